@@ -1,0 +1,36 @@
+"""Test, measure and explain the translation equivariance of PyTorch models.
+
+>>> import torch
+>>> from equivariance import check_equivariance
+>>> conv = torch.nn.Conv2d(1, 8, 5)
+>>> check_equivariance(conv, torch.randn(4, 1, 32, 32), max_shift=3).passed
+True
+"""
+
+from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
+from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
+from equivariance.metric import equivariance_error, invariance_error
+from equivariance.report import EquivarianceReport, ShiftResult
+from equivariance.shifts import Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EquivarianceError",
+    "EquivarianceReport",
+    "EquivarianceWarning",
+    "InvalidArgument",
+    "Shift",
+    "ShiftResult",
+    "__version__",
+    "apply_shifts",
+    "assert_equivariant",
+    "assert_invariant",
+    "check_equivariance",
+    "check_invariance",
+    "circular_group",
+    "equivariance_error",
+    "invariance_error",
+    "multiples_of",
+    "shifts_in_box",
+]

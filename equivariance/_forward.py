@@ -1,0 +1,179 @@
+"""Calling the model under test: a named layer's output, an output selector, clear failures.
+
+``layer="conv4"`` is measured through a forward hook that records the layer's
+output and then stops the forward pass by raising a private exception, so
+the rest of the model never runs (the seed's LeNet head only accepts 28x28
+inputs, but its convolutional part must be checkable on a 38x38 canvas).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from equivariance._validation import describe
+from equivariance.errors import InvalidArgument
+
+OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
+
+
+class _StopForward(Exception):
+    """Raised by the layer hook once the layer's output is recorded."""
+
+
+class Forward:
+    """How to get the tensor under test from the model: which layer, which output.
+
+    The layer name is looked up once, when the Forward is made, so a typo is
+    reported before any forward pass runs.
+    """
+
+    def __init__(
+        self, model: Callable[..., Any], layer: str | None = None, output: OutputSelector = None
+    ) -> None:
+        if not callable(model):
+            raise InvalidArgument(
+                f"model must be a torch.nn.Module or a callable from tensor to tensor, "
+                f"found {describe(model)}"
+            )
+        self.model = model
+        self.layer = layer
+        self.output = output
+        self.module = None if layer is None else find_layer(model, layer)
+
+    def name(self) -> str:
+        """How reports name what was measured, e.g. ``LeNet.conv4``."""
+        model = self.model
+        if isinstance(model, nn.Module):
+            base = type(model).__name__
+        else:
+            base = getattr(model, "__name__", type(model).__name__)
+        return f"{base}.{self.layer}" if self.layer else base
+
+    def __call__(self, x: torch.Tensor, batch_note: str = "") -> torch.Tensor:
+        result = self._call_model(x, batch_note)
+        selected = select_output(result, self.output, self.layer)
+        if selected.dim() == 0 or selected.shape[0] != x.shape[0]:
+            raise InvalidArgument(
+                f"{self._what()} returned a tensor of shape {tuple(selected.shape)} for an input "
+                f"batch of {x.shape[0]}; the first dim of the output must be the batch dim"
+            )
+        return selected
+
+    def _what(self) -> str:
+        return f"layer {self.layer!r}" if self.layer else "the model"
+
+    def _call_model(self, x: torch.Tensor, batch_note: str) -> Any:
+        module = self.module
+        captured: list[Any] = []
+        handle = None
+        if module is not None:
+
+            def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
+                captured.append(out)
+                raise _StopForward
+
+            handle = module.register_forward_hook(hook)
+        try:
+            result = self.model(x)
+        except _StopForward:
+            return captured[0]
+        except InvalidArgument:
+            raise
+        except Exception as exc:
+            raise InvalidArgument(
+                f"the model raised {type(exc).__name__} on an input of shape {tuple(x.shape)} "
+                f"({x.dtype}, {x.device}): {exc}{batch_note}"
+            ) from exc
+        finally:
+            if handle is not None:
+                handle.remove()
+        if module is not None:
+            raise InvalidArgument(
+                f"layer {self.layer!r} was never called during the forward pass, so its output "
+                "cannot be measured; pass the name of a layer that the model's forward uses"
+            )
+        return result
+
+
+def find_layer(model: Callable[..., Any], name: str) -> nn.Module:
+    """The submodule called ``name``, or InvalidArgument listing the close names."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgument(
+            f"layer={name!r} needs an nn.Module to look the layer up in, found {describe(model)}; "
+            "pass the module itself or drop layer="
+        )
+    if not isinstance(name, str):
+        raise InvalidArgument(f"layer must be a submodule name (str), found {describe(name)}")
+    modules = dict(model.named_modules())
+    modules.pop("", None)
+    if name in modules:
+        module: nn.Module = modules[name]
+        return module
+    names = list(modules)
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    listing = close or names[:10]
+    label = "close names" if close else "its layers include"
+    found = ", ".join(map(repr, listing)) if listing else "none (it has no submodules)"
+    raise InvalidArgument(
+        f"{type(model).__name__} has no layer named {name!r}; {label}: {found}. "
+        "Names are those of model.named_modules()"
+    )
+
+
+def select_output(result: Any, output: OutputSelector, layer: str | None) -> torch.Tensor:
+    """The tensor under test from whatever the model (or layer) returned."""
+    what = f"layer {layer!r}" if layer else "the model"
+    if output is None:
+        selected = result
+    elif callable(output):
+        try:
+            selected = output(result)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"output= raised {type(exc).__name__} on what {what} returned ({_kind(result)}): {exc}"
+            ) from exc
+    elif isinstance(output, (int, str)) and not isinstance(output, bool):
+        try:
+            selected = result[output]
+        except (KeyError, IndexError, TypeError):
+            raise InvalidArgument(
+                f"output={output!r} does not select anything from what {what} returned "
+                f"({_kind(result)}); {_how_to_select(result)}"
+            ) from None
+    else:
+        raise InvalidArgument(
+            f"output must be an int index, a str key or a callable, found {describe(output)}"
+        )
+    if isinstance(selected, torch.Tensor):
+        return selected
+    if output is None and isinstance(result, (tuple, list, Mapping)):
+        raise InvalidArgument(f"{what} returned {_kind(result)}, not a tensor; {_how_to_select(result)}")
+    raise InvalidArgument(
+        f"the selected output must be a torch.Tensor, found {describe(selected)}; "
+        "pass output= to pick a tensor out of what the model returns"
+    )
+
+
+def _kind(result: Any) -> str:
+    if isinstance(result, torch.Tensor):
+        return f"a tensor of shape {tuple(result.shape)}"
+    if isinstance(result, Mapping):
+        return f"a dict with keys {list(result)[:8]}"
+    if isinstance(result, (tuple, list)):
+        return f"a {type(result).__name__} of {len(result)} items"
+    return describe(result)
+
+
+def _how_to_select(result: Any) -> str:
+    if isinstance(result, Mapping):
+        keys = [k for k, v in result.items() if isinstance(v, torch.Tensor)]
+        example = repr(keys[0]) if keys else "'key'"
+        return f"pass output={example} (a key) or a callable to choose the tensor to check"
+    if isinstance(result, (tuple, list)):
+        return "pass output=0 (an index) or a callable to choose the tensor to check"
+    return "pass output= (an index, a key or a callable) to choose the tensor to check"

@@ -1,0 +1,107 @@
+"""Run a model for a check without leaving a trace on it or on torch's global state.
+
+A check must leave the caller's world exactly as it found it: every module's
+training flag, the model's parameters and buffers (BatchNorm running
+statistics included), the global RNG state on the CPU and on CUDA, and the
+TF32 settings. Inside :func:`isolated` the model is in eval mode, autograd is
+off and TF32 is disabled so float32 results are not silently rounded to
+10-bit mantissas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+# The fp32_precision leaves introduced alongside the legacy allow_tf32 flags.
+# torch refuses to read a legacy flag once the new API was used, so when the
+# new API exists only it is touched.
+_PRECISION_PATHS = (
+    ("cuda", "matmul"),
+    ("cudnn", "conv"),
+    ("cudnn", "rnn"),
+    ("mkldnn", "matmul"),
+    ("mkldnn", "conv"),
+    ("mkldnn", "rnn"),
+)
+
+
+def _precision_leaves() -> list[Any]:
+    leaves = []
+    for path in _PRECISION_PATHS:
+        obj: Any = torch.backends
+        for name in path:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                break
+        if obj is not None and hasattr(obj, "fp32_precision"):
+            leaves.append(obj)
+    return leaves
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """Disable TF32 (and other reduced-precision float32 paths) for the block, then restore."""
+    leaves = _precision_leaves()
+    if leaves:
+        saved_new = [leaf.fp32_precision for leaf in leaves]
+        try:
+            for leaf in leaves:
+                leaf.fp32_precision = "ieee"
+            yield
+        finally:
+            for leaf, value in zip(leaves, saved_new):
+                leaf.fp32_precision = value
+        return
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved[0]
+        torch.backends.cudnn.allow_tf32 = saved[1]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore the global CPU and (if initialised) CUDA RNG states after the block."""
+    cpu = torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def eval_mode(model: Callable[..., Any]) -> Iterator[None]:
+    """Put every submodule in eval mode, restoring each one's own flag afterwards."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextlib.contextmanager
+def isolated(model: Callable[..., Any]) -> Iterator[None]:
+    """Eval mode, no autograd, exact float32 and a preserved RNG, all undone on exit."""
+    with eval_mode(model), torch.no_grad(), exact_float32(), preserved_rng():
+        yield

@@ -1,0 +1,69 @@
+"""Argument coercion shared by the public functions.
+
+Every helper raises :class:`InvalidArgument` with a message that names the
+argument, what was expected, what was found and how to fix it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+
+from equivariance.errors import InvalidArgument
+
+IntOrInts = int | Sequence[int]
+
+
+def describe(value: object) -> str:
+    """A short description of a value for an error message: its repr and type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def as_int(value: object, what: str) -> int:
+    """``value`` as a Python int; bools and floats are refused, not truncated."""
+    if isinstance(value, (bool, float)):
+        raise InvalidArgument(f"{what} must be an integer, found {describe(value)}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgument(f"{what} must be an integer, found {describe(value)}") from None
+
+
+def per_dim(value: object, ndim: int, what: str, *, minimum: int) -> tuple[int, ...]:
+    """An int, or one int per spatial dim, as a tuple of ``ndim`` ints >= ``minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != ndim:
+            raise InvalidArgument(
+                f"{what} {tuple(value)!r} has {len(value)} entries but there are {ndim} spatial "
+                f"dims; pass one int for all dims or a tuple of {ndim}"
+            )
+        values = tuple(as_int(v, what) for v in value)
+    else:
+        values = (as_int(value, what),) * ndim
+    for v in values:
+        if v < minimum:
+            bound = "positive" if minimum == 1 else f">= {minimum}"
+            raise InvalidArgument(f"{what} must be {bound}, found {v}")
+    return values
+
+
+def as_float(value: object, what: str, *, allow_none: bool = False) -> float | None:
+    """A finite, non-negative float (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(f"{what} must be a non-negative number, found {describe(value)}")
+    number = float(value)
+    if not (number >= 0.0 and number != float("inf")):
+        raise InvalidArgument(f"{what} must be a finite non-negative number, found {number}")
+    return number
+
+
+def spatial_shape_of(x: torch.Tensor, ndim: int) -> tuple[int, ...]:
+    """The trailing ``ndim`` sizes of ``x``."""
+    return tuple(x.shape[x.dim() - ndim :])

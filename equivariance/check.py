@@ -1,0 +1,292 @@
+"""Checks over many shifts: ``check_*`` return a report, ``assert_*`` raise with it.
+
+The three layers are kept apart: :mod:`equivariance.metric` computes,
+:class:`~equivariance.EquivarianceReport` renders, and the ``assert_*``
+functions raise :class:`~equivariance.EquivarianceError` with the report's
+text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from equivariance._forward import Forward, OutputSelector
+from equivariance._hints import hints_for, within
+from equivariance._validation import describe, per_dim
+from equivariance.errors import EquivarianceError, InvalidArgument
+from equivariance.metric import IntOrTuple, OutputAction, check_input, measure, sample_errors
+from equivariance.report import EquivarianceReport, ShiftResult
+from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift, multiples_of
+from equivariance.tolerances import resolve_tolerance
+
+__all__ = ["assert_equivariant", "assert_invariant", "check_equivariance", "check_invariance"]
+
+DEFAULT_MAX_SHIFT = 2
+"""Default box of shifts, in units of the stride: every multiple of the stride in [-2s, 2s]^d."""
+
+
+def check_equivariance(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    shifts: Sequence[ShiftLike] | None = None,
+    *,
+    max_shift: IntOrTuple | None = None,
+    stride: IntOrTuple = 1,
+    output_action: OutputAction | None = None,
+    boundary: Boundary = "zeros",
+    margin: IntOrTuple = 0,
+    layer: str | None = None,
+    output: OutputSelector = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    batch_size: int | None = None,
+) -> EquivarianceReport:
+    """Measure the equivariance error of ``model`` on ``x`` for many shifts at once.
+
+    Every shift of every sample runs through the model in batched forward
+    passes (``batch_size`` samples each), never one pass per shift. A shift
+    passes when, for every sample, the relative error (see
+    :func:`~equivariance.equivariance_error`) is at most ``rtol``, or, where
+    the reference output is all zero, the RMS absolute error is at most
+    ``atol``. The defaults depend on the dtype
+    (:mod:`equivariance.tolerances`).
+
+    The report also carries the noise floor, the error the identity shift
+    measures through the same batched path, which exposes batch-size-dependent
+    kernels and reduced-precision arithmetic.
+
+    >>> import torch
+    >>> from equivariance.models import LeNet
+    >>> x = torch.zeros(2, 1, 38, 38)
+    >>> x[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
+    >>> report = check_equivariance(LeNet(), x, max_shift=3, layer="conv4")
+    >>> report.passed, len(report.shifts)
+    (True, 49)
+
+    Args:
+        model: any ``nn.Module`` or callable from tensor to tensor.
+        x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
+        shifts: the shifts to check (``Shift`` objects or tuples of ints).
+            Default: every multiple of ``stride`` in the box ``[-max_shift, max_shift]``.
+        max_shift: half-width of the default box (an int or one per dim);
+            default ``2 * stride``. Not allowed together with ``shifts``.
+        stride: the output's subsampling factor; the output shift is
+            ``shift / stride``, and every shift must be a multiple of it.
+        output_action: a callable ``(f(x), shift) -> tensor`` for any other
+            output action.
+        boundary: ``"zeros"`` or ``"circular"``, see :mod:`equivariance.shifts`.
+        margin: samples dropped at each edge of the compared region.
+        layer: measure this named submodule's output; the forward pass stops there.
+        output: picks the tensor from a tuple or dict output.
+        atol: tolerance on the RMS absolute error where the reference is zero.
+        rtol: tolerance on the relative error.
+        batch_size: samples per forward pass; default about 2**18 input elements
+            on the CPU and 2**22 on a GPU.
+
+    Returns:
+        An :class:`~equivariance.EquivarianceReport`.
+    """
+    return _check(
+        "equivariance", model, x, shifts, max_shift, stride, output_action, boundary, margin,
+        layer, output, atol, rtol, batch_size,
+    )  # fmt: skip
+
+
+def check_invariance(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    shifts: Sequence[ShiftLike] | None = None,
+    *,
+    max_shift: IntOrTuple | None = None,
+    boundary: Boundary = "zeros",
+    layer: str | None = None,
+    output: OutputSelector = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    batch_size: int | None = None,
+) -> EquivarianceReport:
+    """Measure how much an output that should not move changes under many shifts.
+
+    Like :func:`check_equivariance` with the identity as output action: the
+    output (logits, an embedding, anything with a batch dim) is compared whole
+    to the output for the unshifted input.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(
+    ...     torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"),
+    ...     torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    >>> check_invariance(net, torch.randn(3, 1, 16, 16), boundary="circular").passed
+    True
+    """
+    return _check(
+        "invariance", model, x, shifts, max_shift, 1, None, boundary, 0, layer, output, atol, rtol,
+        batch_size,
+    )  # fmt: skip
+
+
+def assert_equivariant(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    shifts: Sequence[ShiftLike] | None = None,
+    **options: Any,
+) -> EquivarianceReport:
+    """:func:`check_equivariance`, raising :class:`~equivariance.EquivarianceError` if it fails.
+
+    The error message is the report: the worst shifts and their errors, the
+    tolerance and dtype, and a hint when the pattern is recognisable. Returns
+    the report when the check passes.
+
+    >>> import torch
+    >>> from equivariance.models import MLP
+    >>> x = torch.zeros(2, 1, 38, 38)
+    >>> x[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
+    >>> assert_equivariant(MLP(input_size=38), x, max_shift=1)
+    Traceback (most recent call last):
+    ...
+    equivariance.errors.EquivarianceError: equivariance check FAILED: MLP, 9 shifts, 8 failed; ...
+    """
+    __tracebackhide__ = True
+    report = check_equivariance(model, x, shifts, **options)
+    if not report.passed:
+        raise EquivarianceError(str(report), report)
+    return report
+
+
+def assert_invariant(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    shifts: Sequence[ShiftLike] | None = None,
+    **options: Any,
+) -> EquivarianceReport:
+    """:func:`check_invariance`, raising :class:`~equivariance.EquivarianceError` if it fails.
+
+    >>> import torch
+    >>> assert_invariant(torch.nn.Flatten(), torch.randn(1, 1, 8, 8), max_shift=1)
+    Traceback (most recent call last):
+    ...
+    equivariance.errors.EquivarianceError: invariance check FAILED: Flatten, 9 shifts, 8 failed; ...
+    """
+    __tracebackhide__ = True
+    report = check_invariance(model, x, shifts, **options)
+    if not report.passed:
+        raise EquivarianceError(str(report), report)
+    return report
+
+
+def _check(
+    mode: str,
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    shifts: Sequence[ShiftLike] | None,
+    max_shift: IntOrTuple | None,
+    stride: IntOrTuple,
+    output_action: OutputAction | None,
+    boundary: Boundary,
+    margin: IntOrTuple,
+    layer: str | None,
+    output: OutputSelector,
+    atol: float | None,
+    rtol: float | None,
+    batch_size: int | None,
+) -> EquivarianceReport:
+    forward = Forward(model, layer, output)
+    x = check_input(x, model)
+    d = x.dim() - 2
+    strides = per_dim(stride, d, "stride", minimum=1)
+    margins = per_dim(margin, d, "margin", minimum=0)
+    shift_list = _shift_set(shifts, max_shift, strides, d, custom_action=output_action is not None)
+    tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
+    measurement = measure(
+        forward, x, shift_list, mode=mode, stride=strides, output_action=output_action,
+        boundary=boundary, margin=margins, batch_size=batch_size, noise_floor=True,
+    )  # fmt: skip
+    errors, absolute = sample_errors(measurement.diff_sq, measurement.ref_sq, measurement.count)
+    ok = within(errors, absolute, tolerance)
+    worst = errors.argmax(dim=1)
+    rows = torch.arange(len(shift_list))
+    results = tuple(
+        ShiftResult(shift, float(err), bool(passed), bool(abs_))
+        for shift, err, passed, abs_ in zip(
+            shift_list, errors[rows, worst].tolist(), ok.all(dim=1).tolist(), absolute[rows, worst].tolist()
+        )
+    )
+    assert measurement.noise_diff_sq is not None
+    assert measurement.noise_ref_sq is not None
+    assert measurement.noise_count is not None
+    noise, _ = sample_errors(measurement.noise_diff_sq, measurement.noise_ref_sq, measurement.noise_count)
+    noise_floor = float(noise.max())
+    hints = hints_for(
+        measurement, [r.passed for r in results], [r.error for r in results], tolerance, noise_floor,
+        equivariance=mode == "equivariance", boundary=boundary, strides=strides, margin=margins,
+        custom_action=output_action is not None,
+    )  # fmt: skip
+    return EquivarianceReport(
+        kind=mode,
+        subject=forward.name(),
+        results=results,
+        rtol=tolerance.rtol,
+        atol=tolerance.atol,
+        tolerance_source=tolerance.source,
+        noise_floor=noise_floor,
+        zero_reference=int(absolute.sum()),
+        input_shape=measurement.input_shape,
+        output_shape=measurement.output_shape,
+        dtype=str(x.dtype).removeprefix("torch."),
+        device=str(x.device),
+        boundary=boundary,
+        output_action=_describe_action(mode, strides, output_action),
+        margin=margins if mode == "equivariance" else (0,) * d,
+        batch_size=measurement.batch_size,
+        hints=hints,
+    )
+
+
+def _shift_set(
+    shifts: Sequence[ShiftLike] | None,
+    max_shift: IntOrTuple | None,
+    strides: tuple[int, ...],
+    d: int,
+    *,
+    custom_action: bool,
+) -> list[Shift]:
+    if shifts is not None:
+        if max_shift is not None:
+            raise InvalidArgument(
+                "pass either shifts= (an explicit list) or max_shift= (a box of shifts), not both"
+            )
+        if isinstance(shifts, (Shift, str)) or not isinstance(shifts, Sequence):
+            raise InvalidArgument(
+                f"shifts must be a list of shifts, found {describe(shifts)}; wrap a single shift "
+                "in a list, e.g. shifts=[(3, -2)]"
+            )
+        shift_list = [as_shift(s) for s in shifts]
+        if not shift_list:
+            raise InvalidArgument("shifts is empty; pass at least one shift, or leave it out")
+    else:
+        step = (1,) * d if custom_action else strides
+        bound = (
+            tuple(DEFAULT_MAX_SHIFT * s for s in step)
+            if max_shift is None
+            else per_dim(max_shift, d, "max_shift", minimum=0)
+        )
+        shift_list = multiples_of(step, bound, ndim=d)
+    if all(s.is_identity for s in shift_list):
+        raise InvalidArgument(
+            f"the shifts to check are only the identity {shift_list[0]}, a check that cannot fail; "
+            "pass at least one nonzero shift (with stride=k, max_shift must be at least k)"
+        )
+    return shift_list
+
+
+def _describe_action(mode: str, strides: tuple[int, ...], output_action: OutputAction | None) -> str:
+    if mode == "invariance":
+        return "none (invariance)"
+    if output_action is not None:
+        return getattr(output_action, "__name__", type(output_action).__name__)
+    if all(s == 1 for s in strides):
+        return "shift"
+    shown = strides[0] if len(set(strides)) == 1 else strides
+    return f"shift / {shown}"

@@ -1,0 +1,514 @@
+"""Integer translations of the trailing spatial dims of a tensor.
+
+A :class:`Shift` is an element of the translation group Z^d: a tuple of
+integer offsets, one per spatial dim, positive offsets moving content towards
+higher indices (``torch.roll``'s convention). It acts on 1-D signals
+``(N, C, L)``, images ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)``; in fact
+on the last ``d`` dims of any tensor.
+
+How the edges are treated is a separate, explicit choice, the *boundary*:
+
+``"circular"``
+    Content leaving one edge re-enters at the other (``torch.roll``). This is
+    an exact group action of Z^d on the torus: identity, inverse, composition
+    and periodicity (a shift by the size is the identity) hold exactly. It is
+    the right model for circularly padded networks.
+
+``"zeros"``
+    Content moves, vacated samples become zero and content pushed past an
+    edge is lost. This is what happens when an object moves on a finite
+    canvas. It is not a group action (a shift and its inverse lose the
+    border), so every zero-boundary shift knows its *valid region*: the
+    samples whose value is determined by the input rather than by the fill.
+
+Many shifts of a batch are produced by :func:`apply_shifts` in one vectorized
+indexing operation on a padded, strided view, never a Python loop of tensor
+operations over shifts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from equivariance._validation import as_int, describe, per_dim
+from equivariance.errors import InvalidArgument
+
+__all__ = [
+    "Boundary",
+    "Shift",
+    "ShiftLike",
+    "apply_shifts",
+    "as_shift",
+    "circular_group",
+    "multiples_of",
+    "shifts_in_box",
+]
+
+Boundary = Literal["zeros", "circular"]
+BOUNDARIES: tuple[str, ...] = ("zeros", "circular")
+
+
+class Shift:
+    """An integer translation of the last ``ndim`` dims of a tensor.
+
+    Positive offsets move content towards higher indices, as in
+    ``torch.roll``. Shifts form a group under composition (``+``), with
+    inverse ``-s`` and identity ``Shift.identity(ndim)``; they are hashable
+    and compare equal when their offsets are equal.
+
+    >>> import torch
+    >>> s = Shift(1, -2)
+    >>> s
+    Shift(1, -2)
+    >>> s + Shift(2, 2), -s, s.ndim
+    (Shift(3, 0), Shift(-1, 2), 2)
+    >>> x = torch.arange(4.0).reshape(1, 1, 1, 4)
+    >>> Shift(0, 1).apply(x, boundary="circular").flatten().tolist()
+    [3.0, 0.0, 1.0, 2.0]
+    >>> Shift(0, 1).apply(x, boundary="zeros").flatten().tolist()
+    [0.0, 0.0, 1.0, 2.0]
+    >>> Shift(4, -2) / 2
+    Shift(2, -1)
+
+    Args:
+        *offsets: the offsets, one per spatial dim, given as separate ints or
+            as one sequence: ``Shift(1, -2)`` or ``Shift((1, -2))``.
+    """
+
+    __slots__ = ("_offsets",)
+
+    def __init__(self, *offsets: int | Sequence[int]) -> None:
+        values: Sequence[object]
+        if len(offsets) == 1 and not _is_scalar(offsets[0]):
+            values = list(offsets[0])  # type: ignore[arg-type]
+        else:
+            values = offsets
+        if len(values) == 0:
+            raise InvalidArgument(
+                "a shift needs at least one offset, found none; pass one int per spatial dim, "
+                "e.g. Shift(3, -2) for an image"
+            )
+        checked = []
+        for value in values:
+            if isinstance(value, bool) or not _is_integer(value):
+                raise InvalidArgument(
+                    f"shift offsets must be integers, found {describe(value)} in "
+                    f"{tuple(values)!r}; round them yourself if that is what you mean"
+                )
+            checked.append(as_int(value, "shift offset"))
+        self._offsets: tuple[int, ...] = tuple(checked)
+
+    @classmethod
+    def identity(cls, ndim: int) -> Shift:
+        """The shift by zero in ``ndim`` dims.
+
+        >>> Shift.identity(3)
+        Shift(0, 0, 0)
+        """
+        ndim = as_int(ndim, "ndim")
+        if ndim < 1:
+            raise InvalidArgument(f"ndim must be positive, found {ndim}")
+        return cls((0,) * ndim)
+
+    # -- group structure ---------------------------------------------------------------------
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """The offsets as a tuple of ints, one per spatial dim."""
+        return self._offsets
+
+    @property
+    def ndim(self) -> int:
+        """The number of spatial dims the shift acts on."""
+        return len(self._offsets)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether every offset is zero."""
+        return not any(self._offsets)
+
+    def compose(self, other: Shift) -> Shift:
+        """The shift doing ``other`` and then ``self`` (for translations, the sum).
+
+        >>> Shift(1, 2).compose(Shift(3, -4))
+        Shift(4, -2)
+        """
+        other = self._same_ndim(other, "compose")
+        return Shift(tuple(a + b for a, b in zip(self._offsets, other._offsets)))
+
+    def inverse(self) -> Shift:
+        """The shift undoing this one (under the circular boundary).
+
+        >>> Shift(1, -2).inverse()
+        Shift(-1, 2)
+        """
+        return Shift(tuple(-a for a in self._offsets))
+
+    def __add__(self, other: Shift) -> Shift:
+        if not isinstance(other, Shift):
+            return NotImplemented
+        return self.compose(other)
+
+    def __sub__(self, other: Shift) -> Shift:
+        if not isinstance(other, Shift):
+            return NotImplemented
+        return self.compose(other.inverse())
+
+    def __neg__(self) -> Shift:
+        return self.inverse()
+
+    def __mul__(self, factor: int) -> Shift:
+        if isinstance(factor, bool) or not _is_integer(factor):
+            return NotImplemented
+        return Shift(tuple(a * int(factor) for a in self._offsets))
+
+    __rmul__ = __mul__
+
+    def wrap(self, size: int | Sequence[int]) -> Shift:
+        """The equivalent shift on a torus of ``size``, offsets in ``[-(size//2), size - size//2)``.
+
+        Under the circular boundary a shift by the size is the identity, so
+        shifts that differ by multiples of the size act identically.
+
+        >>> Shift(5, -7).wrap(4)
+        Shift(1, 1)
+        """
+        sizes = per_dim(size, self.ndim, "size", minimum=1)
+        return Shift(tuple(_centred(o, n) for o, n in zip(self._offsets, sizes)))
+
+    # -- strides -----------------------------------------------------------------------------
+
+    def divisible_by(self, stride: int | Sequence[int]) -> bool:
+        """Whether every offset is a multiple of the stride (of that dim).
+
+        >>> Shift(4, 2).divisible_by(2), Shift(4, 3).divisible_by(2)
+        (True, False)
+        """
+        strides = per_dim(stride, self.ndim, "stride", minimum=1)
+        return all(o % s == 0 for o, s in zip(self._offsets, strides))
+
+    def __truediv__(self, stride: int | Sequence[int]) -> Shift:
+        """The shift of a map subsampled by ``stride``: a shift by 4 of the
+        input moves a stride-2 feature map by 2.
+
+        A shift the stride does not divide has no exact counterpart on the
+        subsampled grid; that raises instead of being rounded away.
+        """
+        strides = per_dim(stride, self.ndim, "stride", minimum=1)
+        if not self.divisible_by(strides):
+            shown = strides[0] if len(set(strides)) == 1 else strides
+            raise InvalidArgument(
+                f"{self!r} is not a multiple of stride {shown}, so it has no exact counterpart on "
+                f"a map subsampled by {shown}; test multiples of the stride instead, e.g. "
+                f"multiples_of({shown}, max_shift=...)"
+            )
+        return Shift(tuple(o // s for o, s in zip(self._offsets, strides)))
+
+    # -- action on tensors -------------------------------------------------------------------
+
+    def apply(self, x: torch.Tensor, boundary: Boundary = "zeros") -> torch.Tensor:
+        """Translate the last ``ndim`` dims of ``x``; returns a new tensor.
+
+        Under ``boundary="circular"`` this is ``torch.roll``; under
+        ``"zeros"`` vacated samples are zero and content leaving is dropped.
+
+        >>> x = torch.tensor([1.0, 2.0, 3.0])
+        >>> Shift(-1).apply(x).tolist(), Shift(-1).apply(x, "circular").tolist()
+        ([2.0, 3.0, 0.0], [2.0, 3.0, 1.0])
+        """
+        boundary = check_boundary(boundary)
+        if not isinstance(x, torch.Tensor):
+            raise InvalidArgument(f"x must be a torch.Tensor, found {describe(x)}")
+        if x.dim() < self.ndim:
+            raise InvalidArgument(
+                f"{self!r} acts on {self.ndim} trailing dims but x of shape {tuple(x.shape)} "
+                f"has only {x.dim()}; pass a shift with at most {x.dim()} offsets"
+            )
+        dims = tuple(range(x.dim() - self.ndim, x.dim()))
+        if boundary == "circular":
+            return torch.roll(x, self._offsets, dims)
+        out = torch.zeros_like(x)
+        sizes = tuple(x.shape[d] for d in dims)
+        region = self.valid_region(sizes)
+        if any(r.start == r.stop for r in region):
+            return out
+        lead = (slice(None),) * (x.dim() - self.ndim)
+        source = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, self._offsets))
+        out[lead + region] = x[lead + source]
+        return out
+
+    def valid_region(self, size: int | Sequence[int]) -> tuple[slice, ...]:
+        """The box of a zero-boundary result that is determined by the input.
+
+        Outside it the result is the zero fill. Under the circular boundary
+        the whole grid is valid.
+
+        >>> Shift(2, -1).valid_region((5, 5))
+        (slice(2, 5, None), slice(0, 4, None))
+        """
+        sizes = per_dim(size, self.ndim, "size", minimum=1)
+        return tuple(slice(min(max(o, 0), n), max(min(n + o, n), 0)) for o, n in zip(self._offsets, sizes))
+
+    def valid_mask(self, size: int | Sequence[int], boundary: Boundary = "zeros") -> torch.Tensor:
+        """A boolean tensor of ``size``: True where the shifted result is
+        determined by the input (everywhere under the circular boundary).
+
+        >>> Shift(1).valid_mask(4).tolist()
+        [False, True, True, True]
+        """
+        boundary = check_boundary(boundary)
+        sizes = per_dim(size, self.ndim, "size", minimum=1)
+        mask = torch.zeros(sizes, dtype=torch.bool)
+        if boundary == "circular":
+            return mask.logical_not_()
+        mask[self.valid_region(sizes)] = True
+        return mask
+
+    # -- protocol ----------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, index: int) -> int:
+        return self._offsets[index]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Shift):
+            return NotImplemented
+        return self._offsets == other._offsets
+
+    def __hash__(self) -> int:
+        return hash(("Shift", self._offsets))
+
+    def __repr__(self) -> str:
+        return f"Shift({', '.join(map(str, self._offsets))})"
+
+    def __str__(self) -> str:
+        if self.ndim == 1:
+            return f"({self._offsets[0]},)"
+        return f"({', '.join(map(str, self._offsets))})"
+
+    def __reduce__(self) -> tuple[type[Shift], tuple[tuple[int, ...]]]:
+        return (Shift, (self._offsets,))
+
+    def _same_ndim(self, other: object, verb: str) -> Shift:
+        if not isinstance(other, Shift):
+            raise InvalidArgument(f"can only {verb} a Shift with a Shift, found {describe(other)}")
+        if other.ndim != self.ndim:
+            raise InvalidArgument(
+                f"cannot {verb} {self!r} ({self.ndim} dims) with {other!r} ({other.ndim} dims); "
+                "shifts must act on the same number of dims"
+            )
+        return other
+
+
+ShiftLike = Shift | int | Sequence[int]
+
+
+def as_shift(shift: object) -> Shift:
+    """Coerce a :class:`Shift`, an int (1-D) or a sequence of ints to a Shift.
+
+    >>> as_shift((3, -2)), as_shift(4)
+    (Shift(3, -2), Shift(4))
+    """
+    if isinstance(shift, Shift):
+        return shift
+    if _is_scalar(shift):
+        return Shift(shift)  # type: ignore[arg-type]
+    if isinstance(shift, (str, bytes)) or not isinstance(shift, Iterable):
+        raise InvalidArgument(
+            f"shift must be a Shift or a tuple of ints, found {describe(shift)}; "
+            "pass e.g. (3, -2) or Shift(3, -2)"
+        )
+    return Shift(tuple(shift))
+
+
+def check_boundary(boundary: object) -> Boundary:
+    """``boundary`` if it is one of the supported names, else InvalidArgument."""
+    if boundary not in BOUNDARIES:
+        raise InvalidArgument(
+            f"boundary must be one of {', '.join(map(repr, BOUNDARIES))}, found {describe(boundary)}"
+        )
+    return boundary  # type: ignore[return-value]
+
+
+# -- shift sets --------------------------------------------------------------------------------
+
+
+def shifts_in_box(max_shift: int | Sequence[int], ndim: int = 2) -> list[Shift]:
+    """Every shift in the box ``[-k, k]^ndim``, the identity included, in lexicographic order.
+
+    ``max_shift`` is one ``k`` for all dims or one per dim.
+
+    >>> len(shifts_in_box(5, ndim=2))
+    121
+    >>> shifts_in_box(1, ndim=1)
+    [Shift(-1), Shift(0), Shift(1)]
+    """
+    ndim = _check_ndim(ndim)
+    bounds = per_dim(max_shift, ndim, "max_shift", minimum=0)
+    ranges = [range(-k, k + 1) for k in bounds]
+    return [Shift(offsets) for offsets in itertools.product(*ranges)]
+
+
+def circular_group(size: int | Sequence[int]) -> list[Shift]:
+    """The whole group of circular shifts of a grid of ``size``: offsets ``0 .. size-1`` per dim.
+
+    ``size`` is an int for a 1-D signal or a tuple, e.g. ``(H, W)``.
+
+    >>> circular_group(3)
+    [Shift(0), Shift(1), Shift(2)]
+    >>> len(circular_group((4, 5)))
+    20
+    """
+    ndim = len(size) if isinstance(size, (tuple, list)) else 1
+    sizes = per_dim(size, ndim, "size", minimum=1)
+    return [Shift(offsets) for offsets in itertools.product(*(range(n) for n in sizes))]
+
+
+def multiples_of(stride: int | Sequence[int], max_shift: int | Sequence[int], ndim: int = 2) -> list[Shift]:
+    """The shifts in ``[-max_shift, max_shift]^ndim`` whose offsets are multiples of ``stride``.
+
+    These are the shifts that a map subsampled by ``stride`` can follow exactly.
+
+    >>> multiples_of(2, max_shift=3, ndim=1)
+    [Shift(-2), Shift(0), Shift(2)]
+    >>> len(multiples_of(2, max_shift=4, ndim=2))
+    25
+    """
+    ndim = _check_ndim(ndim)
+    strides = per_dim(stride, ndim, "stride", minimum=1)
+    bounds = per_dim(max_shift, ndim, "max_shift", minimum=0)
+    ranges = [range(-(k // s) * s, k + 1, s) for k, s in zip(bounds, strides)]
+    return [Shift(offsets) for offsets in itertools.product(*ranges)]
+
+
+# -- the batched action ------------------------------------------------------------------------
+
+
+def apply_shifts(
+    x: torch.Tensor, shifts: Sequence[ShiftLike] | torch.Tensor, boundary: Boundary = "zeros"
+) -> torch.Tensor:
+    """Every shift applied to every sample, in one vectorized operation.
+
+    Returns a tensor of shape ``(K, *x.shape)`` whose ``[k]`` is
+    ``shifts[k].apply(x, boundary)``. The shifts act on the last ``d`` dims
+    of ``x``, where ``d`` is the shifts' common ``ndim``; ``shifts`` may also
+    be a ``(K, d)`` integer tensor of offsets.
+
+    >>> x = torch.arange(3.0).reshape(1, 1, 3)
+    >>> apply_shifts(x, [Shift(0), Shift(1), Shift(-1)], "circular").flatten(1).tolist()
+    [[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], [1.0, 2.0, 0.0]]
+    """
+    boundary = check_boundary(boundary)
+    offsets = offsets_tensor(shifts)
+    if x.dim() < offsets.shape[1]:
+        raise InvalidArgument(
+            f"the shifts act on {offsets.shape[1]} trailing dims but x of shape {tuple(x.shape)} "
+            f"has only {x.dim()}"
+        )
+    k = offsets.shape[0]
+    batch = x.unsqueeze(0)
+    index = torch.zeros(k, dtype=torch.long, device=x.device)
+    return shift_each(batch, index, offsets.to(x.device), boundary)
+
+
+def offsets_tensor(shifts: Sequence[ShiftLike] | torch.Tensor) -> torch.Tensor:
+    """The offsets of a list of shifts as a ``(K, d)`` int64 tensor (on the CPU)."""
+    if isinstance(shifts, torch.Tensor):
+        if shifts.dim() != 2 or shifts.dtype.is_floating_point or shifts.dtype == torch.bool:
+            raise InvalidArgument(
+                f"a tensor of shifts must be a (K, d) integer tensor, found {tuple(shifts.shape)} "
+                f"of {shifts.dtype}"
+            )
+        return shifts.to(torch.long)
+    coerced = [as_shift(s) for s in shifts]
+    if not coerced:
+        raise InvalidArgument("shifts is empty; pass at least one shift")
+    ndims = {s.ndim for s in coerced}
+    if len(ndims) > 1:
+        raise InvalidArgument(
+            f"all shifts must have the same number of dims, found {sorted(ndims)}; "
+            "use one ndim for the whole set"
+        )
+    return torch.tensor([s.offsets for s in coerced], dtype=torch.long)
+
+
+def shift_each(
+    x: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, boundary: Boundary
+) -> torch.Tensor:
+    """``out[b] = Shift(offsets[b]).apply(x[index[b]], boundary)``, for all ``b`` at once.
+
+    ``x`` has a leading batch dim; the shifts act on its last ``d`` dims,
+    ``d = offsets.shape[1]``. The batch is padded once by the largest offset
+    and unfolded into a strided view of every window; one advanced-indexing
+    gather then reads each output's window. No Python loop over shifts.
+    """
+    d = offsets.shape[1]
+    sizes = x.shape[x.dim() - d :]
+    spatial = range(x.dim() - d, x.dim())
+    size_t = torch.tensor(sizes, dtype=torch.long, device=offsets.device)
+    if boundary == "circular":
+        # The centred representative keeps the padding at most half the size.
+        offsets = torch.remainder(offsets + size_t // 2, size_t) - size_t // 2
+    else:
+        # A shift past the whole size empties the result; clamp so the pad stays finite.
+        offsets = torch.maximum(torch.minimum(offsets, size_t), -size_t)
+    pads = offsets.abs().amax(dim=0).tolist() if offsets.numel() else [0] * d
+    padded = _pad(x, pads, spatial, boundary)
+    windows = padded
+    for dim, n in zip(spatial, sizes):
+        windows = windows.unfold(dim, n, 1)
+    # unfold moved each spatial dim's window start to `dim` and appended its content dims.
+    starts = torch.tensor(pads, dtype=torch.long, device=offsets.device) - offsets
+    lead = (slice(None),) * (x.dim() - d - 1)
+    key = (index.to(x.device), *lead, *starts.to(x.device).unbind(1))
+    return windows[key]  # type: ignore[index]
+
+
+def _pad(x: torch.Tensor, pads: list[int], dims: Iterable[int], boundary: Boundary) -> torch.Tensor:
+    for dim, p in zip(dims, pads):
+        if p == 0:
+            continue
+        if boundary == "circular":
+            n = x.shape[dim]
+            x = torch.cat([x.narrow(dim, n - p, p), x, x.narrow(dim, 0, p)], dim=dim)
+        else:
+            widths = [0, 0] * (x.dim() - 1 - dim) + [p, p]
+            x = F.pad(x, widths)
+    return x
+
+
+def _centred(offset: int, size: int) -> int:
+    return (offset + size // 2) % size - size // 2
+
+
+def _is_integer(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not (
+            value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
+        )
+    return hasattr(type(value), "__index__")
+
+
+def _is_scalar(value: object) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0
+    return not isinstance(value, (Sequence, Iterable)) or isinstance(value, (str, bytes))
+
+
+def _check_ndim(ndim: object) -> int:
+    n = as_int(ndim, "ndim")
+    if n < 1:
+        raise InvalidArgument(f"ndim must be positive, found {n}")
+    return n
