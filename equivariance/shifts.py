@@ -96,9 +96,13 @@ class Shift:
         checked = []
         for value in values:
             if isinstance(value, bool) or not _is_integer(value):
+                fix = (
+                    "round them yourself if that is what you mean"
+                    if isinstance(value, (float, torch.Tensor))
+                    else "pass ints, e.g. Shift(3, -2)"
+                )
                 raise InvalidArgument(
-                    f"shift offsets must be integers, found {describe(value)} in "
-                    f"{tuple(values)!r}; round them yourself if that is what you mean"
+                    f"shift offsets must be integers, found {describe(value)} in {tuple(values)!r}; {fix}"
                 )
             checked.append(as_int(value, "shift offset"))
         self._offsets: tuple[int, ...] = tuple(checked)
@@ -321,9 +325,14 @@ def as_shift(shift: object) -> Shift:
     """
     if isinstance(shift, Shift):
         return shift
+    if isinstance(shift, (str, bytes)):
+        raise InvalidArgument(
+            f"shift must be a Shift or a tuple of ints, found {describe(shift)}; "
+            "pass e.g. (3, -2) or Shift(3, -2)"
+        )
     if _is_scalar(shift):
         return Shift(shift)  # type: ignore[arg-type]
-    if isinstance(shift, (str, bytes)) or not isinstance(shift, Iterable):
+    if not isinstance(shift, Iterable):
         raise InvalidArgument(
             f"shift must be a Shift or a tuple of ints, found {describe(shift)}; "
             "pass e.g. (3, -2) or Shift(3, -2)"

@@ -1,0 +1,128 @@
+"""Nothing lost: a check leaves the model, the input, the RNG and TF32 exactly as it found them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from equivariance import (
+    assert_equivariant,
+    check_equivariance,
+    check_invariance,
+    equivariance_error,
+    invariance_error,
+)
+from equivariance._isolation import exact_float32
+
+
+class Noisy(nn.Module):
+    """BatchNorm, Dropout, an in-place ReLU on the input, and randomness in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)  # modifies the caller's tensor unless the check protects it
+        return self.head(self.drop(self.bn(self.conv(x)))) + 0 * torch.rand(1)
+
+
+CHECKS = {
+    "check_equivariance": lambda m, x: check_equivariance(m, x, max_shift=1),
+    "assert_equivariant-failing": lambda m, x: assert_equivariant(m, x, max_shift=1, rtol=0.0),
+    "check_invariance": lambda m, x: check_invariance(m, x, max_shift=1),
+    "equivariance_error": lambda m, x: equivariance_error(m, x, (1, 1)),
+    "invariance_error": lambda m, x: invariance_error(m, x, (1, 1)),
+    "layer": lambda m, x: check_equivariance(m, x, max_shift=1, layer="head.1"),
+}
+
+
+@pytest.fixture
+def model() -> Iterator[Noisy]:
+    model = Noisy().train()
+    model.head.eval()  # mixed flags must come back mixed
+    yield model
+
+
+@pytest.mark.parametrize("run", list(CHECKS.values()), ids=list(CHECKS))
+def test_model_input_and_rng_are_untouched(model: Noisy, run) -> None:  # type: ignore[no-untyped-def]
+    x = torch.randn(3, 2, 12, 12)
+    x_before = x.clone()
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags_before = {name: m.training for name, m in model.named_modules()}
+    rng_before = torch.random.get_rng_state()
+    try:
+        run(model, x)
+    except AssertionError:
+        pass  # the failing assert is part of the test: it must not leave traces either
+    assert torch.equal(x, x_before)
+    assert {name: m.training for name, m in model.named_modules()} == flags_before
+    state_after = model.state_dict()
+    assert state_after.keys() == state_before.keys()
+    for key, value in state_before.items():
+        assert torch.equal(state_after[key], value), key  # BatchNorm statistics included
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_model_runs_in_eval_mode_without_autograd(model: Noisy) -> None:
+    seen: list[tuple[bool, bool]] = []
+    model.conv.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
+    check_equivariance(model, torch.randn(2, 2, 10, 10), max_shift=1)
+    assert seen
+    assert all(flags == (False, False) for flags in seen)
+    assert model.conv.training
+
+
+def _precision_state() -> list[object]:
+    leaves = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.matmul]
+    if all(hasattr(leaf, "fp32_precision") for leaf in leaves):
+        return [leaf.fp32_precision for leaf in leaves]
+    return [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
+
+
+def _set_reduced_precision() -> None:
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    else:  # torch < 2.9
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def test_tf32_is_disabled_during_the_check_and_restored_after() -> None:
+    before = _precision_state()
+    try:
+        _set_reduced_precision()
+        caller = _precision_state()
+        seen: list[list[object]] = []
+
+        def spy(x: torch.Tensor) -> torch.Tensor:
+            seen.append(_precision_state())
+            return x
+
+        check_equivariance(spy, torch.randn(1, 1, 8), max_shift=1)
+        assert seen
+        assert all("tf32" not in state and "bf16" not in state and True not in state for state in seen)
+        assert _precision_state() == caller
+    finally:
+        for leaf, value in zip(
+            [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.matmul], before
+        ):
+            if hasattr(leaf, "fp32_precision"):
+                leaf.fp32_precision = value
+
+
+def test_exact_float32_restores_even_when_the_block_raises() -> None:
+    before = _precision_state()
+    with pytest.raises(RuntimeError), exact_float32():
+        raise RuntimeError("boom")
+    assert _precision_state() == before
