@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 # "ci" keeps the whole suite under a few minutes on two CPU cores; "dev" and
 # "thorough" are for local runs: pytest --hypothesis-profile=thorough
 settings.register_profile(
-    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    "ci", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(

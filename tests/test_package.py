@@ -1,0 +1,31 @@
+"""Packaging promises: a light import, type information, a consistent public surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import equivariance
+
+
+def test_import_does_not_pull_test_or_plotting_libraries() -> None:
+    code = (
+        "import sys, equivariance, equivariance.models\n"
+        "heavy = [m for m in ('hypothesis', 'pytest', 'matplotlib') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_py_typed_ships_with_the_package() -> None:
+    assert (Path(equivariance.__file__).parent / "py.typed").is_file()
+
+
+def test_public_names_exist_and_are_documented() -> None:
+    for name in equivariance.__all__:
+        obj = getattr(equivariance, name)
+        if name != "__version__":
+            assert obj.__doc__, f"{name} has no docstring"
+    assert equivariance.__version__.count(".") == 2
