@@ -78,7 +78,7 @@ def main() -> None:
     print(f"{'dtype':<15} {'equivariance error':>18} {'rounding vs f64':>16} {'default rtol':>13}")
     for dtype, value in worst.items():
         shown = "(reference)" if dtype == torch.float64 else f"{rounding[dtype]:.2e}"
-        print(f"{str(dtype):<15} {value:18.2e} {shown:>16} {DEFAULT_TOLERANCES[dtype][0]:13.0e}")
+        print(f"{dtype!s:<15} {value:18.2e} {shown:>16} {DEFAULT_TOLERANCES[dtype][0]:13.0e}")
 
 
 if __name__ == "__main__":

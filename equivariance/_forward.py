@@ -21,8 +21,11 @@ from equivariance.errors import InvalidArgument
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
 
 
-class _StopForward(Exception):
-    """Raised by the layer hook once the layer's output is recorded."""
+class _StopForward(BaseException):
+    """Raised by the layer hook once the layer's output is recorded.
+
+    A BaseException, so that a model's own ``except Exception`` cannot swallow it.
+    """
 
 
 class Forward:
@@ -138,6 +141,11 @@ def select_output(result: Any, output: OutputSelector, layer: str | None) -> tor
                 f"output= raised {type(exc).__name__} on what {what} returned ({_kind(result)}): {exc}"
             ) from exc
     elif isinstance(output, (int, str)) and not isinstance(output, bool):
+        if isinstance(result, torch.Tensor):
+            raise InvalidArgument(
+                f"output={output!r} picks from a tuple or dict, but {what} returned "
+                f"{_kind(result)}; drop output=, or pass a callable to transform the tensor"
+            )
         try:
             selected = result[output]
         except (KeyError, IndexError, TypeError):

@@ -2,8 +2,8 @@
 
 A check must leave the caller's world exactly as it found it: every module's
 training flag, the model's parameters and buffers (BatchNorm running
-statistics included), the global RNG state on the CPU and on CUDA, and the
-TF32 settings. Inside :func:`isolated` the model is in eval mode, autograd is
+statistics and anything a forward pass updates), the global RNG state on the
+CPU and on CUDA, and the TF32 settings. Inside :func:`isolated` the model is in eval mode, autograd is
 off and TF32 is disabled so float32 results are not silently rounded to
 10-bit mantissas.
 """
@@ -101,7 +101,37 @@ def eval_mode(model: Callable[..., Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def preserved_buffers(model: Callable[..., Any]) -> Iterator[None]:
+    """Put back every buffer (object and value) after the block.
+
+    Eval mode already keeps BatchNorm's statistics still; this also covers
+    models that update buffers in their own forward (counters, caches).
+    Parameters are not copied: a copy would double the model's memory, and
+    a forward pass under no_grad that writes to its parameters is a bug.
+    """
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    saved = [
+        (module, name, buffer, buffer.clone())
+        for module in model.modules()
+        for name, buffer in module._buffers.items()
+        if buffer is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, name, buffer, copy in saved:
+                module._buffers[name] = buffer
+                if buffer.shape != copy.shape:
+                    buffer.resize_(copy.shape)
+                if not torch.equal(buffer, copy):
+                    buffer.copy_(copy)
+
+
+@contextlib.contextmanager
 def isolated(model: Callable[..., Any]) -> Iterator[None]:
-    """Eval mode, no autograd, exact float32 and a preserved RNG, all undone on exit."""
-    with eval_mode(model), torch.no_grad(), exact_float32(), preserved_rng():
+    """Eval mode, no autograd, exact float32, preserved RNG and buffers, all undone on exit."""
+    with eval_mode(model), preserved_buffers(model), torch.no_grad(), exact_float32(), preserved_rng():
         yield

@@ -56,9 +56,12 @@ def as_float(value: object, what: str, *, allow_none: bool = False) -> float | N
     """A finite, non-negative float (or None when allowed)."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, str, bytes)) or not hasattr(type(value), "__float__"):
         raise InvalidArgument(f"{what} must be a non-negative number, found {describe(value)}")
-    number = float(value)
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidArgument(f"{what} must be a single number, found {describe(value)}") from None
     if not (number >= 0.0 and number != float("inf")):
         raise InvalidArgument(f"{what} must be a finite non-negative number, found {number}")
     return number

@@ -197,12 +197,16 @@ def _check(
     d = x.dim() - 2
     strides = per_dim(stride, d, "stride", minimum=1)
     margins = per_dim(margin, d, "margin", minimum=0)
-    shift_list = _shift_set(shifts, max_shift, strides, d, custom_action=output_action is not None)
-    tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
+    spatial = tuple(x.shape[2:])
+    shift_list = _shift_set(shifts, max_shift, strides, spatial, custom_action=output_action is not None)
+    resolve_tolerance(x.dtype, rtol=rtol, atol=atol)  # reject bad tolerances before any forward pass
     measurement = measure(
         forward, x, shift_list, mode=mode, stride=strides, output_action=output_action,
         boundary=boundary, margin=margins, batch_size=batch_size, noise_floor=True,
     )  # fmt: skip
+    # An output less precise than x (autocast, a half-precision head) sets the tolerance.
+    dtype = min((x.dtype, measurement.output_dtype), key=lambda t: -torch.finfo(t).eps)
+    tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
     errors, absolute = sample_errors(measurement.diff_sq, measurement.ref_sq, measurement.count)
     ok = within(errors, absolute, tolerance)
     worst = errors.argmax(dim=1)
@@ -248,10 +252,11 @@ def _shift_set(
     shifts: Sequence[ShiftLike] | None,
     max_shift: IntOrTuple | None,
     strides: tuple[int, ...],
-    d: int,
+    spatial: tuple[int, ...],
     *,
     custom_action: bool,
 ) -> list[Shift]:
+    d = len(spatial)
     if shifts is not None:
         if max_shift is not None:
             raise InvalidArgument(
@@ -267,11 +272,15 @@ def _shift_set(
             raise InvalidArgument("shifts is empty; pass at least one shift, or leave it out")
     else:
         step = (1,) * d if custom_action else strides
-        bound = (
-            tuple(DEFAULT_MAX_SHIFT * s for s in step)
-            if max_shift is None
-            else per_dim(max_shift, d, "max_shift", minimum=0)
-        )
+        if max_shift is None:
+            bound = tuple(min(DEFAULT_MAX_SHIFT * s, (n - 1) // s * s) for s, n in zip(step, spatial))
+        else:
+            bound = per_dim(max_shift, d, "max_shift", minimum=0)
+            if any(b >= n for b, n in zip(bound, spatial)):
+                raise InvalidArgument(
+                    f"max_shift {max_shift} is as large as the signal or larger (spatial size "
+                    f"{spatial}); pass max_shift below {min(spatial)}"
+                )
         shift_list = multiples_of(step, bound, ndim=d)
     if all(s.is_identity for s in shift_list):
         raise InvalidArgument(

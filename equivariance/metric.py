@@ -16,12 +16,13 @@ instead, the measurement says so, and the check compares it to ``atol``.
 
 All shifts of all samples go through the model in batched forward passes of
 at most ``batch_size`` samples: the input shifts are produced by one
-vectorized gather per chunk (:func:`~equivariance.shifts.shift_each`), never a
+vectorized gather per chunk (:class:`~equivariance.shifts.ShiftedWindows`), never a
 forward pass per shift.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,12 +35,24 @@ from equivariance._forward import Forward, OutputSelector
 from equivariance._isolation import isolated
 from equivariance._validation import as_int, describe, per_dim
 from equivariance.errors import EquivarianceWarning, InvalidArgument
-from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift, check_boundary, shift_each
+from equivariance.shifts import Boundary, Shift, ShiftedWindows, ShiftLike, as_shift, check_boundary
 
 __all__ = ["OutputAction", "equivariance_error", "invariance_error"]
 
-OutputAction = Callable[[torch.Tensor, Shift], torch.Tensor]
-"""A callable ``(f(x), shift) -> g'.f(x)`` for output actions other than a (strided) shift."""
+OutputAction = Callable[[torch.Tensor, Shift], Any]
+"""A callable ``(f(x), shift) -> g'.f(x)`` for output actions other than a (strided) shift.
+
+It receives a batch of outputs for the unshifted input and one input shift,
+and returns the outputs as they should look for the shifted input. It may
+return a pair ``(tensor, mask)`` instead, ``mask`` a bool tensor of the
+output's spatial shape (or with a leading batch dim), True where the expected
+output is determined; only there is it compared. Example, a stride-2
+upsampling layer, whose output moves twice as far as its input::
+
+    def twice(y, shift):
+        moved = Shift(tuple(2 * o for o in shift))
+        return moved.apply(y), moved.valid_mask(y.shape[2:]).to(y.device)
+"""
 
 Reduction = Literal["mean", "max", "none"]
 IntOrTuple = int | Sequence[int]
@@ -77,6 +90,7 @@ class Measurement:
     noise_count: torch.Tensor | None
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    output_dtype: torch.dtype
     batch_size: int
 
 
@@ -221,15 +235,17 @@ def _error(
             EquivarianceWarning,
             stacklevel=3,
         )
-    errors = errors.to(device=x.device, dtype=accumulation_dtype(x.dtype))
+    errors = errors.to(device=x.device, dtype=accumulation_dtype(x.device))
     if reduction == "none":
         return errors
     return errors.max() if reduction == "max" else errors.mean()
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype norms are summed in: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype differences are squared and summed in: float64, so that neither
+    tiny outputs (squares below float32's range) nor huge ones (squares above
+    it) change a verdict; float32 on devices without float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -253,6 +269,10 @@ def check_input(x: object, model: object) -> torch.Tensor:
     if not x.dtype.is_floating_point:
         raise InvalidArgument(
             f"x must have a floating-point dtype, found {x.dtype}; convert it, e.g. x.float()"
+        )
+    if x.device.type == "meta":
+        raise InvalidArgument(
+            "x is on the meta device, which holds shapes but no values; pass a tensor with data"
         )
     if x.shape[0] == 0:
         raise InvalidArgument(f"x is an empty batch (shape {shape}); pass at least one sample")
@@ -362,106 +382,86 @@ def measure(
             raise InvalidArgument(f"batch_size must be positive, found {batch_size}")
 
     n = x.shape[0]
-    identity = Shift.identity(d)
-    plan = [identity, *shifts] if noise_floor else list(shifts)
+    plan = [Shift.identity(d), *shifts] if noise_floor else list(shifts)
     in_offsets = torch.tensor([s.offsets for s in plan], dtype=torch.long)
-
+    total = len(plan) * n
+    acc = accumulation_dtype(x.device)
+    note = (
+        f" (the check sends shifted copies of x through the model in batches of up to "
+        f"{batch_size} samples; if the model needs a fixed batch size, pass batch_size={n})"
+        if batch_size > n
+        else ""
+    )
     with isolated(forward.model):
-        base = forward(x.clone())
+        # clone: a model may hand out the same output buffer on every call
+        base = forward(x.clone()).clone()
         _check_finite(base, "the unshifted input x")
-        out_shape = tuple(base.shape)
-        if equivariant:
-            comparison = _Comparison.build(base, plan, d, strides, margins, boundary, output_action)
-        total = len(plan) * n
+        comparison = (
+            _Comparison(base, plan, d, strides, margins, boundary, output_action) if equivariant else None
+        )
+        inputs = ShiftedWindows(x, in_offsets, boundary)
         diff_sq = torch.zeros(total, dtype=torch.float64)
         ref_sq = torch.zeros(total, dtype=torch.float64)
-        border_diff = border_ref = None
-        if equivariant:
-            border_diff = torch.zeros(total, comparison.depth, dtype=torch.float64)
-            border_ref = torch.zeros(total, comparison.depth, dtype=torch.float64)
-        note = (
-            f" (the check sends shifted copies of x through the model in batches of up to "
-            f"{batch_size} samples; if the model needs a fixed batch size, pass batch_size={n})"
-        )
-        acc = accumulation_dtype(x.dtype)
+        depth = comparison.depth if comparison is not None else 0
+        border_diff = torch.zeros(total, depth, dtype=torch.float64)
+        border_ref = torch.zeros(total, depth, dtype=torch.float64)
         for start in range(0, total, batch_size):
             items = torch.arange(start, min(start + batch_size, total))
+            chunk = slice(start, start + len(items))
             shift_index, sample = items // n, items % n
-            device_sample = sample.to(x.device)
-            shifted_inputs = shift_each(x, device_sample, in_offsets[shift_index].to(x.device), boundary)
-            outputs = forward(shifted_inputs, note if batch_size > n else "")
+            outputs = forward(inputs.take(sample, in_offsets[shift_index]), note)
             _check_finite(outputs, f"shifted inputs ({_shifts_in(plan, shift_index)})")
-            if tuple(outputs.shape[1:]) != out_shape[1:]:
+            if tuple(outputs.shape[1:]) != tuple(base.shape[1:]):
                 raise InvalidArgument(
                     f"the output for shifted inputs has shape {tuple(outputs.shape[1:])} per sample "
-                    f"but {out_shape[1:]} for x; the model must map inputs of one shape to "
+                    f"but {tuple(base.shape[1:])} for x; the model must map inputs of one shape to "
                     "outputs of one shape"
                 )
-            if equivariant:
-                reference = comparison.reference(base, plan, shift_index, device_sample)
-                sums = comparison.sums(outputs.to(acc) - reference.to(acc), reference.to(acc), shift_index)
-                diff_sq[start : start + len(items)] = sums[0]
-                ref_sq[start : start + len(items)] = sums[1]
-                assert border_diff is not None
-                assert border_ref is not None
-                border_diff[start : start + len(items)] = sums[2]
-                border_ref[start : start + len(items)] = sums[3]
+            if comparison is None:
+                reference = base[sample.to(base.device)].to(acc)
+                diff = outputs.to(acc) - reference
+                diff_sq[chunk] = diff.reshape(len(items), -1).square().sum(1).cpu().double()
+                ref_sq[chunk] = reference.reshape(len(items), -1).square().sum(1).cpu().double()
             else:
-                reference = base[device_sample].to(acc)
-                diff = (outputs.to(acc) - reference).flatten(1)
-                diff_sq[start : start + len(items)] = diff.square().sum(1).cpu().double()
-                ref_sq[start : start + len(items)] = reference.flatten(1).square().sum(1).cpu().double()
+                sums = comparison.sums(outputs.to(acc), shift_index, sample, acc)
+                diff_sq[chunk], ref_sq[chunk], border_diff[chunk], border_ref[chunk] = sums
 
     k = len(plan)
-    diff_sq, ref_sq = diff_sq.view(k, n), ref_sq.view(k, n)
-    if equivariant:
-        count = comparison.count.double()
-        border_count = comparison.border_count.double()
+    if comparison is not None:
+        count, border_count = comparison.count.double(), comparison.border_count.double()
     else:
-        count = torch.full((k,), float(base[0].numel()), dtype=torch.float64)
-        border_count = None
-    if border_diff is not None and border_ref is not None:
-        border_diff = border_diff.view(k, n, -1)
-        border_ref = border_ref.view(k, n, -1)
+        count, border_count = torch.full((k,), float(base[0].numel()), dtype=torch.float64), None
     first = 1 if noise_floor else 0
+    has_border = comparison is not None
     return Measurement(
         shifts=tuple(shifts),
-        diff_sq=diff_sq[first:],
-        ref_sq=ref_sq[first:],
+        diff_sq=diff_sq.view(k, n)[first:],
+        ref_sq=ref_sq.view(k, n)[first:],
         count=count[first:],
-        border_diff=None if border_diff is None else border_diff[first:],
-        border_ref=None if border_ref is None else border_ref[first:],
-        border_count=None if border_count is None else border_count[first:],
-        noise_diff_sq=diff_sq[0] if noise_floor else None,
-        noise_ref_sq=ref_sq[0] if noise_floor else None,
+        border_diff=border_diff.view(k, n, -1)[first:] if has_border else None,
+        border_ref=border_ref.view(k, n, -1)[first:] if has_border else None,
+        border_count=border_count[first:] if border_count is not None else None,
+        noise_diff_sq=diff_sq.view(k, n)[0] if noise_floor else None,
+        noise_ref_sq=ref_sq.view(k, n)[0] if noise_floor else None,
         noise_count=count[0] if noise_floor else None,
         input_shape=tuple(x.shape),
-        output_shape=out_shape,
+        output_shape=tuple(base.shape),
+        output_dtype=base.dtype,
         batch_size=batch_size,
     )
 
 
-@dataclass(frozen=True)
 class _Comparison:
     """Where and against what the output of each shift is compared (equivariance).
 
     For shift ``k`` the compared region is a box ``[lo[k], hi[k])`` of the
     output grid: the valid region of the output shift (zeros boundary) or the
-    whole grid, shrunk by the margin.
+    whole grid, shrunk by the margin. A custom output action may narrow it
+    further by returning a mask with its tensor.
     """
 
-    out_offsets: torch.Tensor | None
-    lo: torch.Tensor
-    hi: torch.Tensor
-    channels: int
-    spatial: tuple[int, ...]
-    boundary: Boundary
-    output_action: OutputAction | None
-    depth: int
-
-    @classmethod
-    def build(
-        cls,
+    def __init__(
+        self,
         base: torch.Tensor,
         plan: Sequence[Shift],
         d: int,
@@ -469,46 +469,46 @@ class _Comparison:
         margins: tuple[int, ...],
         boundary: Boundary,
         output_action: OutputAction | None,
-    ) -> _Comparison:
-        if base.dim() < 1 + d:
+    ) -> None:
+        if base.dim() < 2 + d:
             raise InvalidArgument(
-                f"the output of shape {tuple(base.shape)} has fewer than {d} spatial dims, so it "
-                f"cannot carry a shift of the input's {d} spatial dims; to test that it does not "
-                "change use check_invariance, or pass layer= to measure a layer with spatial output"
+                f"the output of shape {tuple(base.shape)} has no channel dim and {d} spatial dims "
+                f"to carry a shift of the input's {d} spatial dims (expected (N, C, *spatial)); to "
+                "test that it does not change use check_invariance, pass layer= to measure a layer "
+                "with spatial output, or output=lambda y: y[:, None] to add a channel dim"
             )
-        spatial = tuple(base.shape[base.dim() - d :])
-        channels = int(torch.tensor(base.shape[1 : base.dim() - d]).prod().item())
-        out_offsets = None
+        self.base = base
+        self.plan = plan
+        self.spatial = tuple(base.shape[base.dim() - d :])
+        self.channels = math.prod(base.shape[1 : base.dim() - d])
+        self.output_action = output_action
+        full = tuple(slice(0, size) for size in self.spatial)
+        self.windows: ShiftedWindows | None = None
+        self.out_offsets: torch.Tensor | None = None
+        regions = [full] * len(plan)
         if output_action is None:
             out_shifts = [shift / strides for shift in plan]
-            out_offsets = torch.tensor([s.offsets for s in out_shifts], dtype=torch.long)
+            self.out_offsets = torch.tensor([s.offsets for s in out_shifts], dtype=torch.long)
             if boundary == "zeros":
-                regions = [s.valid_region(spatial) for s in out_shifts]
-            else:
-                regions = [tuple(slice(0, size) for size in spatial)] * len(plan)
-        else:
-            regions = [tuple(slice(0, size) for size in spatial)] * len(plan)
+                regions = [s.valid_region(self.spatial) for s in out_shifts]
         lo = torch.tensor([[r.start for r in region] for region in regions], dtype=torch.long)
         hi = torch.tensor([[r.stop for r in region] for region in regions], dtype=torch.long)
-        lo = lo + torch.tensor(margins)
-        hi = hi - torch.tensor(margins)
-        empty = (hi <= lo).any(dim=1)
+        self.lo, self.hi = lo + torch.tensor(margins), hi - torch.tensor(margins)
+        empty = (self.hi <= self.lo).any(dim=1)
         if bool(empty.any()):
             shift = plan[int(empty.nonzero()[0])]
-            out_shift = shift if out_offsets is None else shift / strides
-            what = f"output shift {out_shift}" if out_shift != shift else f"shift {shift}"
+            what = f"output shift {shift / strides}" if strides != (1,) * d else f"shift {shift}"
+            if output_action is not None:
+                what = f"shift {shift}"
+            fix = "or a smaller margin" if any(margins) else ", a larger input or a layer= with larger maps"
             margin_note = f" and margin {margins}" if any(margins) else ""
             raise InvalidArgument(
-                f"the output's spatial dims {spatial} cannot carry {what}{margin_note}: "
-                "nothing of the output is left to compare; use smaller shifts"
-                + (
-                    " or a smaller margin"
-                    if any(margins)
-                    else ", a larger input or a layer= with larger maps"
-                )
+                f"the output's spatial dims {self.spatial} cannot carry {what}{margin_note}: "
+                f"nothing of the output is left to compare; use smaller shifts {fix}".replace(" ,", ",")
             )
-        depth = int(((hi - lo + 1) // 2).max().item())
-        return cls(out_offsets, lo, hi, channels, spatial, boundary, output_action, max(depth, 1))
+        if self.out_offsets is not None:
+            self.windows = ShiftedWindows(base, self.out_offsets, boundary)
+        self.depth = max(1, int(((self.hi - self.lo + 1) // 2).max()))
 
     @property
     def count(self) -> torch.Tensor:
@@ -528,54 +528,74 @@ class _Comparison:
         return (at_least[:, :-1] - at_least[:, 1:]) * self.channels
 
     def reference(
-        self, base: torch.Tensor, plan: Sequence[Shift], shift_index: torch.Tensor, sample: torch.Tensor
-    ) -> torch.Tensor:
-        """``g'.f(x)`` for every item of a batch."""
-        if self.out_offsets is not None:
-            offsets = self.out_offsets[shift_index].to(base.device)
-            return shift_each(base, sample, offsets, self.boundary)
+        self, shift_index: torch.Tensor, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``g'.f(x)`` for every item of a batch, and a mask if the output action gave one."""
+        if self.windows is not None:
+            assert self.out_offsets is not None
+            return self.windows.take(sample, self.out_offsets[shift_index]), None
         assert self.output_action is not None
-        pieces = []
-        # A Python loop over the shifts in this batch, on outputs only: a custom
-        # output action is an opaque callable of one shift.
+        pieces, masks = [], []
+        # A Python loop over the shifts present in this batch, on outputs only:
+        # a custom output action is an opaque callable of one shift.
         for k in torch.unique_consecutive(shift_index).tolist():
-            rows = (shift_index == k).nonzero().flatten().to(base.device)
-            try:
-                moved = self.output_action(base[sample[rows]], plan[k])
-            except InvalidArgument:
-                raise
-            except Exception as exc:
-                raise InvalidArgument(
-                    f"output_action raised {type(exc).__name__} for shift {plan[k]}: {exc}"
-                ) from exc
-            if not isinstance(moved, torch.Tensor) or moved.shape != base[sample[rows]].shape:
-                raise InvalidArgument(
-                    f"output_action must return a tensor shaped like f(x) "
-                    f"{tuple(base[sample[rows]].shape)}, found {describe(moved)}"
-                )
+            rows = sample[shift_index == k].to(self.base.device)
+            moved, mask = self._act(self.base[rows], self.plan[k])
             pieces.append(moved)
-        return torch.cat(pieces)
+            masks.append(mask.expand(len(rows), *self.spatial))
+        return torch.cat(pieces), torch.cat(masks)
+
+    def _act(self, outputs: torch.Tensor, shift: Shift) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.output_action is not None
+        try:
+            result = self.output_action(outputs, shift)
+        except InvalidArgument:
+            raise
+        except Exception as exc:
+            raise InvalidArgument(
+                f"output_action raised {type(exc).__name__} for shift {shift}: {exc}"
+            ) from exc
+        mask: object = torch.ones(self.spatial, dtype=torch.bool, device=outputs.device)
+        if isinstance(result, tuple) and len(result) == 2:
+            result, mask = result
+        if not isinstance(result, torch.Tensor) or result.shape != outputs.shape:
+            raise InvalidArgument(
+                f"output_action must return a tensor shaped like f(x) {tuple(outputs.shape)} (or a "
+                f"(tensor, mask) pair), found {describe(result)}"
+            )
+        if (
+            not isinstance(mask, torch.Tensor)
+            or mask.dtype != torch.bool
+            or tuple(mask.shape[-len(self.spatial) :]) != self.spatial
+            or mask.dim() not in (len(self.spatial), len(self.spatial) + 1)
+        ):
+            raise InvalidArgument(
+                f"the mask returned by output_action must be a bool tensor of the output's spatial "
+                f"shape {self.spatial} (or with a leading batch dim), found {describe(mask)}"
+            )
+        return result, mask.to(outputs.device)
 
     def sums(
-        self, diff: torch.Tensor, reference: torch.Tensor, shift_index: torch.Tensor
+        self, outputs: torch.Tensor, shift_index: torch.Tensor, sample: torch.Tensor, acc: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Squared norms over the compared region, in total and by distance from its edge."""
+        reference, action_mask = self.reference(shift_index, sample)
+        reference = reference.to(acc)
+        device = outputs.device
         d = len(self.spatial)
-        device = diff.device
-        mask, dist = _box(self.lo[shift_index].to(device), self.hi[shift_index].to(device), self.spatial)
-        channel_dims = tuple(range(1, diff.dim() - d))
-        diff_map = diff.square()
-        ref_map = reference.square()
-        if channel_dims:
-            diff_map = diff_map.sum(channel_dims)
-            ref_map = ref_map.sum(channel_dims)
-        diff_map = (diff_map * mask).flatten(1)
-        ref_map = (ref_map * mask).flatten(1)
+        dist = _edge_distance(self.lo[shift_index].to(device), self.hi[shift_index].to(device), self.spatial)
+        inside = dist >= 0
+        if action_mask is not None:
+            inside &= action_mask
+        channel_dims = tuple(range(1, outputs.dim() - d))
+        diff_map = (outputs - reference).square().sum(channel_dims)
+        ref_map = reference.square().sum(channel_dims)
+        zero = diff_map.new_zeros(())
+        diff_map = torch.where(inside, diff_map, zero).flatten(1)
+        ref_map = torch.where(inside, ref_map, zero).flatten(1)
         bucket = dist.clamp(0, self.depth - 1).flatten(1)
-        border_diff = torch.zeros(len(diff), self.depth, dtype=diff.dtype, device=device)
-        border_ref = torch.zeros_like(border_diff)
-        border_diff.scatter_add_(1, bucket, diff_map)
-        border_ref.scatter_add_(1, bucket, ref_map)
+        border_diff = diff_map.new_zeros(len(diff_map), self.depth).scatter_add_(1, bucket, diff_map)
+        border_ref = ref_map.new_zeros(len(ref_map), self.depth).scatter_add_(1, bucket, ref_map)
         return (
             diff_map.sum(1).cpu().double(),
             ref_map.sum(1).cpu().double(),
@@ -584,22 +604,18 @@ class _Comparison:
         )
 
 
-def _box(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For boxes ``[lo[b], hi[b])``: a mask of the box and each position's distance to its edge."""
+def _edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """For boxes ``[lo[b], hi[b])``: each position's distance to the box's edge, negative outside."""
     d = len(spatial)
-    batch = lo.shape[0]
-    mask = torch.ones((batch, *spatial), dtype=torch.bool, device=lo.device)
-    dist = torch.full((batch, *spatial), torch.iinfo(torch.long).max, dtype=torch.long, device=lo.device)
+    dist: torch.Tensor | None = None
     for i, size in enumerate(spatial):
-        view = [batch] + [1] * d
+        view = [lo.shape[0]] + [1] * d
         view[1 + i] = size
         ar = torch.arange(size, device=lo.device)
-        low, high = lo[:, i : i + 1], hi[:, i : i + 1]
-        inside = ((ar >= low) & (ar < high)).view(view)
-        edge = torch.minimum(ar - low, high - 1 - ar).view(view)
-        mask = mask & inside
-        dist = torch.minimum(dist, edge)
-    return mask, dist.clamp_min(0)
+        edge = torch.minimum(ar - lo[:, i : i + 1], hi[:, i : i + 1] - 1 - ar).view(view)
+        dist = edge if dist is None else torch.minimum(dist, edge)
+    assert dist is not None
+    return dist
 
 
 def _check_finite(tensor: torch.Tensor, what: str) -> None:
@@ -610,7 +626,7 @@ def _check_finite(tensor: torch.Tensor, what: str) -> None:
         )
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
-        bad = int((~finite).flatten(1).any(1).sum())
+        bad = int((~finite).reshape(len(tensor), -1).any(1).sum())
         raise InvalidArgument(
             f"the model's output is not finite (nan or inf) for {bad} of {len(tensor)} samples of "
             f"{what}; the error of a non-finite output is meaningless. Look for overflow (half "

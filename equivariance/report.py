@@ -141,7 +141,7 @@ class EquivarianceReport:
         verdict = "PASSED" if self.passed else "FAILED"
         failed = f", {len(self.failures)} failed" if not self.passed else ""
         return (
-            f"{self.kind} check {verdict}: {self.subject}, {len(self.results)} shifts{failed}; "
+            f"{self.kind} check {verdict}: {self.subject}, {_count(len(self.results), 'shift')}{failed}; "
             f"max error {self.max_error:.2e} at shift {self.worst_shift} "
             f"(rtol {self.rtol:.0e}, {self.dtype})"
         )
@@ -179,3 +179,7 @@ class EquivarianceReport:
             )
         lines.extend(f"  hint: {hint}" for hint in self.hints)
         return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -235,7 +235,10 @@ class Shift:
             )
         dims = tuple(range(x.dim() - self.ndim, x.dim()))
         if boundary == "circular":
-            return torch.roll(x, self._offsets, dims)
+            if x.numel() == 0:
+                return x.clone()
+            wrapped = tuple(_centred(o, x.shape[d]) for o, d in zip(self._offsets, dims))
+            return torch.roll(x, wrapped, dims)
         out = torch.zeros_like(x)
         sizes = tuple(x.shape[d] for d in dims)
         region = self.valid_region(sizes)
@@ -342,7 +345,7 @@ def as_shift(shift: object) -> Shift:
 
 def check_boundary(boundary: object) -> Boundary:
     """``boundary`` if it is one of the supported names, else InvalidArgument."""
-    if boundary not in BOUNDARIES:
+    if not isinstance(boundary, str) or boundary not in BOUNDARIES:
         raise InvalidArgument(
             f"boundary must be one of {', '.join(map(repr, BOUNDARIES))}, found {describe(boundary)}"
         )
@@ -418,27 +421,41 @@ def apply_shifts(
     [[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], [1.0, 2.0, 0.0]]
     """
     boundary = check_boundary(boundary)
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgument(f"x must be a torch.Tensor, found {describe(x)}")
     offsets = offsets_tensor(shifts)
     if x.dim() < offsets.shape[1]:
         raise InvalidArgument(
             f"the shifts act on {offsets.shape[1]} trailing dims but x of shape {tuple(x.shape)} "
-            f"has only {x.dim()}"
+            f"has only {x.dim()}; pass shifts with at most {x.dim()} offsets"
         )
-    k = offsets.shape[0]
-    batch = x.unsqueeze(0)
-    index = torch.zeros(k, dtype=torch.long, device=x.device)
-    return shift_each(batch, index, offsets.to(x.device), boundary)
+    if x.numel() == 0:
+        return x.new_empty((offsets.shape[0], *x.shape))
+    windows = ShiftedWindows(x.unsqueeze(0), offsets, boundary)
+    index = torch.zeros(offsets.shape[0], dtype=torch.long)
+    return windows.take(index, offsets)
 
 
 def offsets_tensor(shifts: Sequence[ShiftLike] | torch.Tensor) -> torch.Tensor:
     """The offsets of a list of shifts as a ``(K, d)`` int64 tensor (on the CPU)."""
     if isinstance(shifts, torch.Tensor):
-        if shifts.dim() != 2 or shifts.dtype.is_floating_point or shifts.dtype == torch.bool:
+        if (
+            shifts.dim() != 2
+            or shifts.shape[1] == 0
+            or shifts.dtype.is_floating_point
+            or shifts.dtype.is_complex
+            or shifts.dtype == torch.bool
+        ):
             raise InvalidArgument(
-                f"a tensor of shifts must be a (K, d) integer tensor, found {tuple(shifts.shape)} "
-                f"of {shifts.dtype}"
+                f"a tensor of shifts must be a (K, d) integer tensor, found shape "
+                f"{tuple(shifts.shape)} of {shifts.dtype}"
             )
-        return shifts.to(torch.long)
+        return shifts.to(device="cpu", dtype=torch.long)
+    if isinstance(shifts, (Shift, str)) or not isinstance(shifts, (Sequence, Iterable)):
+        raise InvalidArgument(
+            f"shifts must be a list of shifts, found {describe(shifts)}; wrap a single shift in a "
+            "list, e.g. [(3, -2)]"
+        )
     coerced = [as_shift(s) for s in shifts]
     if not coerced:
         raise InvalidArgument("shifts is empty; pass at least one shift")
@@ -448,39 +465,57 @@ def offsets_tensor(shifts: Sequence[ShiftLike] | torch.Tensor) -> torch.Tensor:
             f"all shifts must have the same number of dims, found {sorted(ndims)}; "
             "use one ndim for the whole set"
         )
-    return torch.tensor([s.offsets for s in coerced], dtype=torch.long)
+    # Shifts past the size act like the size (zeros) or like their remainder
+    # (circular); clamping here keeps offsets within int64 whatever was asked.
+    limit = 2**62
+    return torch.tensor([[max(-limit, min(limit, o)) for o in s.offsets] for s in coerced], dtype=torch.long)
+
+
+class ShiftedWindows:
+    """Shifted copies of a batch, gathered from one padded, strided view.
+
+    The batch ``x`` (leading batch dim; the shifts act on its last ``d``
+    dims) is padded once, by the largest of ``offsets``, and unfolded into a
+    view holding every window of the original size. :meth:`take` then reads
+    any number of (sample, shift) pairs with one advanced-indexing gather: no
+    Python loop over shifts, and no work proportional to the whole batch per
+    call.
+    """
+
+    def __init__(self, x: torch.Tensor, offsets: torch.Tensor, boundary: Boundary) -> None:
+        d = offsets.shape[1]
+        self.boundary = boundary
+        self.sizes = torch.tensor(x.shape[x.dim() - d :], dtype=torch.long)
+        spatial = range(x.dim() - d, x.dim())
+        canonical = self._canonical(offsets.cpu())
+        self.pads = canonical.abs().amax(dim=0) if len(canonical) else torch.zeros(d, dtype=torch.long)
+        windows = _pad(x, self.pads.tolist(), spatial, boundary)
+        for dim, n in zip(spatial, self.sizes.tolist()):
+            windows = windows.unfold(dim, n, 1)
+        # unfold moved each spatial dim's window start to `dim` and appended its content dims
+        self.windows = windows
+        self.lead = (slice(None),) * (x.dim() - d - 1)
+
+    def _canonical(self, offsets: torch.Tensor) -> torch.Tensor:
+        if self.boundary == "circular":
+            # the centred representative keeps the padding at most half the size
+            return torch.remainder(offsets + self.sizes // 2, self.sizes) - self.sizes // 2
+        # a shift past the whole size empties the result; clamp so the pad stays finite
+        return torch.maximum(torch.minimum(offsets, self.sizes), -self.sizes)
+
+    def take(self, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``out[b] = Shift(offsets[b]).apply(x[index[b]])``; ``offsets`` must be within those given."""
+        starts = self.pads - self._canonical(offsets.cpu())
+        device = self.windows.device
+        key = (index.to(device), *self.lead, *starts.to(device).unbind(1))
+        return self.windows[key]  # type: ignore[index]
 
 
 def shift_each(
     x: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, boundary: Boundary
 ) -> torch.Tensor:
-    """``out[b] = Shift(offsets[b]).apply(x[index[b]], boundary)``, for all ``b`` at once.
-
-    ``x`` has a leading batch dim; the shifts act on its last ``d`` dims,
-    ``d = offsets.shape[1]``. The batch is padded once by the largest offset
-    and unfolded into a strided view of every window; one advanced-indexing
-    gather then reads each output's window. No Python loop over shifts.
-    """
-    d = offsets.shape[1]
-    sizes = x.shape[x.dim() - d :]
-    spatial = range(x.dim() - d, x.dim())
-    size_t = torch.tensor(sizes, dtype=torch.long, device=offsets.device)
-    if boundary == "circular":
-        # The centred representative keeps the padding at most half the size.
-        offsets = torch.remainder(offsets + size_t // 2, size_t) - size_t // 2
-    else:
-        # A shift past the whole size empties the result; clamp so the pad stays finite.
-        offsets = torch.maximum(torch.minimum(offsets, size_t), -size_t)
-    pads = offsets.abs().amax(dim=0).tolist() if offsets.numel() else [0] * d
-    padded = _pad(x, pads, spatial, boundary)
-    windows = padded
-    for dim, n in zip(spatial, sizes):
-        windows = windows.unfold(dim, n, 1)
-    # unfold moved each spatial dim's window start to `dim` and appended its content dims.
-    starts = torch.tensor(pads, dtype=torch.long, device=offsets.device) - offsets
-    lead = (slice(None),) * (x.dim() - d - 1)
-    key = (index.to(x.device), *lead, *starts.to(x.device).unbind(1))
-    return windows[key]  # type: ignore[index]
+    """``out[b] = Shift(offsets[b]).apply(x[index[b]], boundary)``, for all ``b`` at once."""
+    return ShiftedWindows(x, offsets, boundary).take(index, offsets)
 
 
 def _pad(x: torch.Tensor, pads: list[int], dims: Iterable[int], boundary: Boundary) -> torch.Tensor:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import canvas
 from torch import nn
 
-from conftest import canvas
 from equivariance import (
     EquivarianceError,
     EquivarianceReport,
@@ -158,7 +158,7 @@ def test_a_check_that_cannot_fail_is_refused() -> None:
         check_equivariance(conv, x, stride=2, max_shift=1)
     with pytest.raises(InvalidArgument, match="only the identity"):
         check_equivariance(conv, x, [(0,)])
-    with pytest.raises(InvalidArgument, match="pass either shifts= .* or max_shift="):
+    with pytest.raises(InvalidArgument, match=r"pass either shifts= .* or max_shift="):
         check_equivariance(conv, x, [(1,)], max_shift=2)
 
 
@@ -201,7 +201,7 @@ def test_hint_for_a_stride_pattern() -> None:
     report = check_equivariance(model, x, max_shift=2)
     assert {r.shift for r in report.results if r.passed} == set(multiples_of(2, 2))
     assert any("errors only at shifts that 2 does not divide" in h for h in report.hints)
-    assert any("stride=2" in h and "multiples_of(2" in h for h in report.hints)
+    assert any("followed by upsampling" in h and "multiples_of(2" in h for h in report.hints)
 
 
 def test_hint_for_a_subsampled_output() -> None:
@@ -224,3 +224,50 @@ def test_hint_for_circular_boundary_on_a_valid_convolution() -> None:
     report = check_equivariance(nn.Conv2d(1, 2, 5), torch.randn(2, 1, 16, 16), boundary="circular")
     assert not report.passed
     assert any("only circularly padded models" in h for h in report.hints)
+
+
+def test_tolerance_follows_an_output_less_precise_than_x() -> None:
+    conv = nn.Conv1d(1, 2, 3)
+
+    def half_head(t: torch.Tensor) -> torch.Tensor:
+        return conv(t).to(torch.bfloat16)
+
+    report = check_equivariance(half_head, torch.randn(2, 1, 20))
+    assert report.dtype == "float32"
+    assert (report.rtol, report.tolerance_source) == (1e-1, "bfloat16 default")
+
+
+def test_numpy_and_torch_scalars_as_tolerances() -> None:
+    import numpy as np
+
+    conv = nn.Conv1d(1, 2, 3)
+    x = torch.randn(2, 1, 20)
+    assert check_equivariance(conv, x, rtol=np.float32(1e-3)).rtol == pytest.approx(1e-3)
+    assert check_equivariance(conv, x, atol=torch.tensor(1e-5)).atol == pytest.approx(1e-5)
+
+
+def test_a_huge_max_shift_is_refused_before_any_work() -> None:
+    with pytest.raises(
+        InvalidArgument,
+        match=r"max_shift 1000 is as large as the signal or larger \(spatial size \(10, 10\)\); pass max_shift below 10",
+    ):
+        check_equivariance(nn.Conv2d(1, 1, 3), torch.randn(1, 1, 10, 10), max_shift=1000)
+
+
+def test_default_box_fits_small_inputs() -> None:
+    report = check_equivariance(nn.Conv1d(1, 1, 1), torch.randn(1, 1, 2))
+    assert set(report.shifts) == {Shift(-1), Shift(0), Shift(1)}
+
+
+def test_summary_of_a_single_shift() -> None:
+    report = check_equivariance(nn.Conv1d(1, 1, 3), torch.randn(1, 1, 9), [(1,)])
+    assert report.summary().startswith("equivariance check PASSED: Conv1d, 1 shift;")
+
+
+def test_hint_for_batch_statistics() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
+    report = check_equivariance(model, torch.randn(2, 1, 12, 12), max_shift=1)
+    assert not report.passed
+    assert report.noise_floor > report.rtol
+    assert any("depends on the batch" in h and "track_running_stats=False" in h for h in report.hints)
+    assert not any("Dense layers" in h for h in report.hints)

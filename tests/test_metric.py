@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
+from conftest import canvas
 from torch import nn
 
-from conftest import canvas
 from equivariance import EquivarianceWarning, InvalidArgument, Shift, equivariance_error, invariance_error
 from equivariance.models import MLP, LeNet
 
@@ -35,10 +35,10 @@ def test_matches_a_naive_per_shift_reference() -> None:
     x = torch.randn(3, 2, 20, 20)
     for shift, out_shift in [(Shift(2, -4), Shift(1, -2)), (Shift(0, 6), Shift(0, 3))]:
         ours = equivariance_error(model, x, shift, stride=2, reduction="none")
-        assert torch.allclose(ours, naive_error(model, x, shift, out_shift), rtol=1e-4, atol=1e-7)
+        assert torch.allclose(ours, naive_error(model, x, shift, out_shift).double(), rtol=1e-4, atol=1e-7)
     dense = nn.Sequential(nn.Flatten(), nn.Linear(2 * 400, 2 * 400), nn.Unflatten(1, (2, 20, 20)))
     ours = equivariance_error(dense, x, (1, 2), reduction="none")
-    assert torch.allclose(ours, naive_error(dense, x, Shift(1, 2), Shift(1, 2)), rtol=1e-5)
+    assert torch.allclose(ours, naive_error(dense, x, Shift(1, 2), Shift(1, 2)).double(), rtol=1e-5)
     assert (ours > 0.5).all()
 
 
@@ -54,11 +54,19 @@ def test_reductions() -> None:
         equivariance_error(model, x, (1, 1), reduction="sum")  # type: ignore[arg-type]
 
 
-def test_result_dtype_and_device_follow_x() -> None:
-    conv = nn.Conv1d(1, 1, 3).double()
-    err = equivariance_error(conv, torch.randn(2, 1, 20, dtype=torch.float64), 2)
-    assert err.dtype == torch.float64
+def test_errors_are_float64_on_the_device_of_x() -> None:
+    err = equivariance_error(nn.Conv1d(1, 1, 3), torch.randn(2, 1, 20), 2, reduction="none")
+    assert err.dtype == torch.float64  # summed in float64 whatever the model's dtype
     assert err.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30])
+def test_the_verdict_does_not_depend_on_the_output_scale(scale: float) -> None:
+    conv = nn.Conv2d(1, 2, 3)
+    dense = MLP(input_size=20, hidden=16)
+    x = canvas(batch=2, size=20, content=12)
+    assert equivariance_error(lambda t: conv(t) * scale, x, (1, 2)) < 1e-6
+    assert equivariance_error(lambda t: dense(t) * scale, x, (1, 2)) > 0.1
 
 
 def test_stride_divides_the_output_shift() -> None:
@@ -165,7 +173,9 @@ def test_non_finite_outputs_are_an_error() -> None:
 
     x = torch.rand(3, 1, 8) + 0.5
     x[1, 0, 0] = 0.0
-    with pytest.raises(InvalidArgument, match=r"not finite \(nan or inf\) for 1 of 3 samples of the unshifted"):
+    with pytest.raises(
+        InvalidArgument, match=r"not finite \(nan or inf\) for 1 of 3 samples of the unshifted"
+    ):
         equivariance_error(log, x, 1)
     with pytest.raises(InvalidArgument, match=r"not finite .* of shifted inputs \(shift \(1,\)\)"):
         equivariance_error(log, torch.rand(3, 1, 8) + 0.5, 1)  # the zero fill makes log(0) = -inf
@@ -173,7 +183,10 @@ def test_non_finite_outputs_are_an_error() -> None:
 
 def test_invariance_error() -> None:
     gap = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
     x = torch.randn(3, 1, 16, 16)
     assert invariance_error(gap, x, (5, -3), boundary="circular") < 1e-6
@@ -188,3 +201,58 @@ def test_callables_and_functions_work_as_models() -> None:
     # a cumulative sum only sees content leaving at the start, i.e. under negative shifts
     assert equivariance_error(lambda t: t.cumsum(-1), x, 2) < 1e-6
     assert equivariance_error(lambda t: t.cumsum(-1), x, -2) > 0.1
+
+
+def test_one_score_per_sample_for_invariance() -> None:
+    def score(t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(1).sum(1)  # shape (N,)
+
+    x = torch.randn(3, 1, 10)
+    assert invariance_error(score, x, 2, boundary="circular") < 1e-6
+    assert invariance_error(lambda t: t.flatten(1)[:, 0], x, 2, boundary="circular") > 1e-3
+
+
+def test_a_model_that_reuses_its_output_buffer() -> None:
+    class Reusing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(1, 1, 3)
+            self.buffer: torch.Tensor | None = None
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            y = self.conv(t)
+            if self.buffer is None or self.buffer.shape != y.shape:
+                self.buffer = torch.empty_like(y)
+            return self.buffer.copy_(y)  # like CUDA graphs: the same storage every call
+
+    assert equivariance_error(Reusing(), torch.randn(2, 1, 16), 3, batch_size=2) < 1e-6
+
+
+def test_a_model_that_catches_every_exception_cannot_hide_the_layer() -> None:
+    class Guarded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(1, 1, 3)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            try:
+                return self.conv(t).flatten(1)[:, :2]  # the head destroys equivariance
+            except Exception:
+                return t
+
+    assert equivariance_error(Guarded(), torch.randn(2, 1, 16), 3, layer="conv") < 1e-6
+
+
+def test_output_action_with_a_mask_for_upsampling() -> None:
+    up = nn.ConvTranspose2d(1, 2, 2, stride=2)  # the output moves twice as far as the input
+
+    def twice(y: torch.Tensor, shift: Shift) -> tuple[torch.Tensor, torch.Tensor]:
+        moved = shift * 2
+        return moved.apply(y), moved.valid_mask(tuple(y.shape[2:]))
+
+    x = torch.randn(2, 1, 8, 8)
+    assert equivariance_error(up, x, (3, -1), output_action=twice) < 1e-6
+    unmasked = equivariance_error(up, x, (3, -1), output_action=lambda y, s: (s * 2).apply(y))
+    assert unmasked > 1e-2  # the zero fill is compared against the bias without the mask
+    with pytest.raises(InvalidArgument, match=r"the mask returned by output_action must be a bool tensor"):
+        equivariance_error(up, x, (1, 1), output_action=lambda y, s: (y, torch.ones(3)))

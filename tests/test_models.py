@@ -36,11 +36,15 @@ def test_lenet_features_work_on_any_canvas(size: int) -> None:
 
 
 def test_lenet_head_refuses_other_sizes_clearly() -> None:
-    with pytest.raises(InvalidArgument, match=r"LeNet's head takes 28x28 inputs .* found \(38, 38\).*layer='conv4'"):
+    with pytest.raises(
+        InvalidArgument, match=r"LeNet's head takes 28x28 inputs .* found \(38, 38\).*layer='conv4'"
+    ):
         LeNet()(torch.zeros(1, 1, 38, 38))
     with pytest.raises(InvalidArgument, match=r"at least 17x17, found \(16, 16\)"):
         LeNet().features(torch.zeros(1, 1, 16, 16))
-    with pytest.raises(InvalidArgument, match=r"single-channel images \(N, 1, H, W\), found \(1, 3, 28, 28\)"):
+    with pytest.raises(
+        InvalidArgument, match=r"single-channel images \(N, 1, H, W\), found \(1, 3, 28, 28\)"
+    ):
         LeNet()(torch.zeros(1, 3, 28, 28))
 
 

@@ -228,3 +228,17 @@ def test_apply_shifts_accepts_an_offsets_tensor_and_any_channel_layout() -> None
 def test_apply_shifts_rejects_mixed_dims() -> None:
     with pytest.raises(InvalidArgument, match=r"same number of dims, found \[1, 2\]"):
         apply_shifts(torch.zeros(1, 1, 4, 4), [Shift(1), Shift(1, 1)])
+
+
+def test_huge_offsets_and_bad_arguments_of_the_operators() -> None:
+    x = torch.arange(5.0)
+    assert torch.equal(Shift(2**63 + 1).apply(x, "circular"), Shift((2**63 + 1) % 5).apply(x, "circular"))
+    assert not Shift(-(2**70)).apply(x).any()
+    assert torch.equal(apply_shifts(x, [Shift(2**70)], "circular")[0], Shift(2**70 % 5).apply(x, "circular"))
+    assert apply_shifts(torch.zeros(2, 0), [Shift(1)]).shape == (1, 2, 0)
+    with pytest.raises(InvalidArgument, match=r"x must be a torch.Tensor, found \[1, 2\] \(list\)"):
+        apply_shifts([1, 2], [Shift(1)])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=r"shifts must be a list of shifts, found None"):
+        apply_shifts(x, None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=r"a tensor of shifts must be a \(K, d\) integer tensor"):
+        apply_shifts(x, torch.zeros(2, 1))
