@@ -260,7 +260,7 @@ def test_non_finite_input() -> None:
 def test_output_index_on_a_plain_tensor() -> None:
     with pytest.raises(
         InvalidArgument,
-        match=r"output=0 picks from a tuple or dict, but the model returned a tensor of shape \(18, 2, 14, 14\); drop output=",
+        match=r"output=0 picks from a tuple or dict, but the model returned a tensor of shape \(2, 2, 14, 14\); drop output=",
     ):
         equivariance_error(conv2d, x2d, (1, 1), output=0)
 
