@@ -242,10 +242,37 @@ def _error(
 
 
 def accumulation_dtype(device: torch.device) -> torch.dtype:
-    """The dtype differences are squared and summed in: float64, so that neither
-    tiny outputs (squares below float32's range) nor huge ones (squares above
-    it) change a verdict; float32 on devices without float64 (MPS)."""
+    """The dtype errors are returned in: float64 (float32 on devices without it, MPS)."""
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+# float32 squares and sums of values whose magnitude lies in [1e-15, 1e15] stay
+# normal and finite; outside that range they are squared in float64 instead.
+_FLOAT32_SAFE = 1e15
+
+
+def summing_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype to square and sum ``tensors`` in: float32 when that is exact
+    enough and cannot under- or overflow (8x faster on a CPU), else float64.
+
+    The verdict must not depend on the scale of the outputs: a model whose
+    outputs are 1e-23 or 1e25 is as equivariant as one whose outputs are 1.
+    """
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    if tensors[0].device.type == "mps":
+        return torch.float32
+    for tensor in tensors:
+        scale = tensor.reshape(len(tensor), -1).abs().amax(dim=1)
+        nonzero = scale[scale > 0]
+        if bool((scale > _FLOAT32_SAFE).any()) or bool((nonzero < 1 / _FLOAT32_SAFE).any()):
+            return torch.float64
+    return torch.float32
+
+
+def _working(tensor: torch.Tensor) -> torch.Tensor:
+    """Half types are subtracted in float32, where a difference cannot overflow."""
+    return tensor.float() if torch.finfo(tensor.dtype).bits < 32 else tensor
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -385,7 +412,6 @@ def measure(
     plan = [Shift.identity(d), *shifts] if noise_floor else list(shifts)
     in_offsets = torch.tensor([s.offsets for s in plan], dtype=torch.long)
     total = len(plan) * n
-    acc = accumulation_dtype(x.device)
     note = (
         f" (the check sends shifted copies of x through the model in batches of up to "
         f"{batch_size} samples; if the model needs a fixed batch size, pass batch_size={n})"
@@ -418,12 +444,13 @@ def measure(
                     "outputs of one shape"
                 )
             if comparison is None:
-                reference = base[sample.to(base.device)].to(acc)
-                diff = outputs.to(acc) - reference
-                diff_sq[chunk] = diff.reshape(len(items), -1).square().sum(1).cpu().double()
-                ref_sq[chunk] = reference.reshape(len(items), -1).square().sum(1).cpu().double()
+                reference = _working(base[sample.to(base.device)]).reshape(len(items), -1)
+                flat = _working(outputs).reshape(len(items), -1)
+                work = summing_dtype(flat, reference)
+                diff_sq[chunk] = (flat.to(work) - reference.to(work)).square().sum(1).cpu().double()
+                ref_sq[chunk] = reference.to(work).square().sum(1).cpu().double()
             else:
-                sums = comparison.sums(outputs.to(acc), shift_index, sample, acc)
+                sums = comparison.sums(outputs, shift_index, sample)
                 diff_sq[chunk], ref_sq[chunk], border_diff[chunk], border_ref[chunk] = sums
 
     k = len(plan)
@@ -576,11 +603,12 @@ class _Comparison:
         return result, mask.to(outputs.device)
 
     def sums(
-        self, outputs: torch.Tensor, shift_index: torch.Tensor, sample: torch.Tensor, acc: torch.dtype
+        self, outputs: torch.Tensor, shift_index: torch.Tensor, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Squared norms over the compared region, in total and by distance from its edge."""
         reference, action_mask = self.reference(shift_index, sample)
-        reference = reference.to(acc)
+        work = summing_dtype(_working(outputs), _working(reference))
+        reference, outputs = reference.to(work), outputs.to(work)
         device = outputs.device
         d = len(self.spatial)
         dist = _edge_distance(self.lo[shift_index].to(device), self.hi[shift_index].to(device), self.spatial)
