@@ -15,11 +15,11 @@ import torch
 
 from equivariance._forward import Forward, OutputSelector
 from equivariance._hints import hints_for, within
-from equivariance._validation import describe, per_dim
+from equivariance._validation import per_dim
 from equivariance.errors import EquivarianceError, InvalidArgument
 from equivariance.metric import IntOrTuple, OutputAction, check_input, measure, sample_errors
 from equivariance.report import EquivarianceReport, ShiftResult
-from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift, multiples_of
+from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift_list, multiples_of
 from equivariance.tolerances import resolve_tolerance
 
 __all__ = ["assert_equivariant", "assert_invariant", "check_equivariance", "check_invariance"]
@@ -149,10 +149,7 @@ def assert_equivariant(
     equivariance.errors.EquivarianceError: equivariance check FAILED: MLP, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
-    report = check_equivariance(model, x, shifts, **options)
-    if not report.passed:
-        raise EquivarianceError(str(report), report)
-    return report
+    return _passed_or_raise(check_equivariance(model, x, shifts, **options))
 
 
 def assert_invariant(
@@ -170,7 +167,11 @@ def assert_invariant(
     equivariance.errors.EquivarianceError: invariance check FAILED: Flatten, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
-    report = check_invariance(model, x, shifts, **options)
+    return _passed_or_raise(check_invariance(model, x, shifts, **options))
+
+
+def _passed_or_raise(report: EquivarianceReport) -> EquivarianceReport:
+    __tracebackhide__ = True
     if not report.passed:
         raise EquivarianceError(str(report), report)
     return report
@@ -262,14 +263,7 @@ def _shift_set(
             raise InvalidArgument(
                 "pass either shifts= (an explicit list) or max_shift= (a box of shifts), not both"
             )
-        if isinstance(shifts, (Shift, str)) or not isinstance(shifts, Sequence):
-            raise InvalidArgument(
-                f"shifts must be a list of shifts, found {describe(shifts)}; wrap a single shift "
-                "in a list, e.g. shifts=[(3, -2)]"
-            )
-        shift_list = [as_shift(s) for s in shifts]
-        if not shift_list:
-            raise InvalidArgument("shifts is empty; pass at least one shift, or leave it out")
+        shift_list = as_shift_list(shifts)
     else:
         step = (1,) * d if custom_action else strides
         if max_shift is None:

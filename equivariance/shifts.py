@@ -343,6 +343,29 @@ def as_shift(shift: object) -> Shift:
     return Shift(tuple(shift))
 
 
+def as_shift_list(shifts: object) -> list[Shift]:
+    """A non-empty list of shifts of one ndim from a list of Shifts or tuples, else InvalidArgument.
+
+    >>> as_shift_list([(1, 0), Shift(0, 2)])
+    [Shift(1, 0), Shift(0, 2)]
+    """
+    if isinstance(shifts, (Shift, str, bytes)) or not isinstance(shifts, Iterable):
+        raise InvalidArgument(
+            f"shifts must be a list of shifts, found {describe(shifts)}; wrap a single shift in a "
+            "list, e.g. shifts=[(3, -2)]"
+        )
+    coerced = [as_shift(s) for s in shifts]
+    if not coerced:
+        raise InvalidArgument("shifts is empty; pass at least one shift")
+    ndims = {s.ndim for s in coerced}
+    if len(ndims) > 1:
+        raise InvalidArgument(
+            f"all shifts must have the same number of dims, found {sorted(ndims)}; "
+            "use one ndim for the whole set"
+        )
+    return coerced
+
+
 def check_boundary(boundary: object) -> Boundary:
     """``boundary`` if it is one of the supported names, else InvalidArgument."""
     if not isinstance(boundary, str) or boundary not in BOUNDARIES:
@@ -451,20 +474,7 @@ def offsets_tensor(shifts: Sequence[ShiftLike] | torch.Tensor) -> torch.Tensor:
                 f"{tuple(shifts.shape)} of {shifts.dtype}"
             )
         return shifts.to(device="cpu", dtype=torch.long)
-    if isinstance(shifts, (Shift, str)) or not isinstance(shifts, (Sequence, Iterable)):
-        raise InvalidArgument(
-            f"shifts must be a list of shifts, found {describe(shifts)}; wrap a single shift in a "
-            "list, e.g. [(3, -2)]"
-        )
-    coerced = [as_shift(s) for s in shifts]
-    if not coerced:
-        raise InvalidArgument("shifts is empty; pass at least one shift")
-    ndims = {s.ndim for s in coerced}
-    if len(ndims) > 1:
-        raise InvalidArgument(
-            f"all shifts must have the same number of dims, found {sorted(ndims)}; "
-            "use one ndim for the whole set"
-        )
+    coerced = as_shift_list(shifts)
     # Shifts past the size act like the size (zeros) or like their remainder
     # (circular); clamping here keeps offsets within int64 whatever was asked.
     limit = 2**62
