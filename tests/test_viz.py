@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import canvas
 from PIL import Image
 from torch import nn
 
-from conftest import canvas
 from equivariance import InvalidArgument, check_equivariance
 from equivariance.models import MLP, LeNet
 from equivariance.viz import cluster_colors, feature_animation, kmeans, shift_heatmap
