@@ -1,0 +1,166 @@
+"""The ``equivariance`` command line: check a model from the shell.
+
+``equivariance check PKG.MODULE:FACTORY --input-shape 8,1,38,38`` imports
+``FACTORY`` from ``PKG.MODULE`` (a class or function returning the model, or a
+model instance), builds a random input of that shape and prints the report.
+The exit code is 0 when the check passes, 1 when it fails and 2 for a usage
+error, so the command fits shell scripts and CI jobs.
+
+>>> main(["check", "equivariance.models:LeNet", "--input-shape", "2,1,24,24",
+...       "--layer", "conv4", "--max-shift", "1", "--quiet"])
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from equivariance.check import check_equivariance, check_invariance
+from equivariance.errors import InvalidArgument
+from equivariance.report import EquivarianceReport
+
+__all__ = ["load_factory", "main"]
+
+EXIT_PASSED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def load_factory(spec: str) -> Any:
+    """The model named by ``PKG.MODULE:NAME``: ``NAME()`` if it is a class or function, else ``NAME``.
+
+    >>> type(load_factory("equivariance.models:LeNet")).__name__
+    'LeNet'
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise InvalidArgument(
+            f"the model must be given as PKG.MODULE:FACTORY, found {spec!r}; e.g. equivariance.models:LeNet"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidArgument(
+            f"cannot import {module_name!r} ({exc}); is it installed, or on PYTHONPATH?"
+        ) from None
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise InvalidArgument(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if isinstance(target, torch.nn.Module) or not callable(target):
+        return target
+    return target()
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="equivariance", description="Test, measure and explain the shift equivariance of PyTorch models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser(
+        "check",
+        help="check a model's equivariance (or invariance) on a random input",
+        description="Exit code 0 when the check passes, 1 when it fails, 2 for a usage error.",
+    )
+    check.add_argument("model", help="PKG.MODULE:FACTORY, e.g. equivariance.models:LeNet")
+    check.add_argument("--input-shape", type=_ints, required=True, help="e.g. 8,1,38,38 (N, C, *spatial)")
+    check.add_argument("--max-shift", type=_ints, default=None, help="box half-width, one int or one per dim")
+    check.add_argument(
+        "--stride", type=_ints, default=(1,), help="output subsampling, one int or one per dim"
+    )
+    check.add_argument("--margin", type=_ints, default=(0,), help="samples dropped at each output edge")
+    check.add_argument("--layer", default=None, help="measure this submodule's output, e.g. conv4")
+    check.add_argument("--boundary", choices=("zeros", "circular"), default="zeros")
+    check.add_argument("--invariance", action="store_true", help="check that the output does not move")
+    check.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    check.add_argument("--dtype", default="float32", choices=("float16", "bfloat16", "float32", "float64"))
+    check.add_argument("--border", type=int, default=0, help="zero this many samples at each input edge")
+    check.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    check.add_argument("--rtol", type=float, default=None)
+    check.add_argument("--atol", type=float, default=None)
+    check.add_argument("--batch-size", type=int, default=None)
+    output = check.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the report as JSON")
+    output.add_argument("--quiet", action="store_true", help="print nothing; the exit code tells")
+    return parser
+
+
+def _one_or_tuple(values: tuple[int, ...] | None) -> int | tuple[int, ...] | None:
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def _random_input(args: argparse.Namespace) -> torch.Tensor:
+    shape = args.input_shape
+    if len(shape) < 3:
+        raise InvalidArgument(f"--input-shape needs (N, C, *spatial), found {','.join(map(str, shape))}")
+    generator = torch.Generator().manual_seed(args.seed)
+    x = torch.rand(shape, generator=generator, dtype=torch.float64)
+    if args.border:
+        inner = tuple(slice(args.border, n - args.border) for n in shape[2:])
+        canvas = torch.zeros_like(x)
+        canvas[(..., *inner)] = x[(..., *inner)]
+        x = canvas
+    try:
+        return x.to(device=args.device, dtype=getattr(torch, args.dtype))
+    except (RuntimeError, AssertionError) as exc:
+        raise InvalidArgument(f"cannot use --device {args.device}: {exc}") from None
+
+
+def _check(args: argparse.Namespace) -> EquivarianceReport:
+    model = load_factory(args.model)
+    x = _random_input(args)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device=x.device, dtype=x.dtype)
+    options: dict[str, Any] = dict(
+        max_shift=_one_or_tuple(args.max_shift),
+        boundary=args.boundary,
+        layer=args.layer,
+        rtol=args.rtol,
+        atol=args.atol,
+        batch_size=args.batch_size,
+    )
+    if args.invariance:
+        return check_invariance(model, x, **options)
+    return check_equivariance(
+        model, x, stride=_one_or_tuple(args.stride), margin=_one_or_tuple(args.margin), **options
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 passed, 1 failed, 2 usage error)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # argparse already printed the usage error
+        return int(exit.code or 0) and EXIT_USAGE
+    try:
+        report = _check(args)
+    except InvalidArgument as error:
+        print(f"equivariance: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif not args.quiet:
+        print(report)
+    return EXIT_PASSED if report.passed else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

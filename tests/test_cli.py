@@ -1,0 +1,70 @@
+"""The command line: exit codes, output formats, usage errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from equivariance.cli import main
+
+LENET = ["equivariance.models:LeNet", "--input-shape", "2,1,24,24", "--max-shift", "1"]
+
+
+def test_passing_check_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", *LENET, "--layer", "conv4"]) == 0
+    assert "equivariance check PASSED: LeNet.conv4, 9 shifts" in capsys.readouterr().out
+
+
+def test_failing_check_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "torch.nn:Flatten", "--input-shape", "2,1,8,8", "--invariance"]) == 1
+    assert "invariance check FAILED: Flatten" in capsys.readouterr().out
+
+
+def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", *LENET, "--layer", "conv4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["passed"] is True
+    assert len(data["results"]) == 9
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "nomodule:Thing", "--input-shape", "1,1,8"], "cannot import 'nomodule'"),
+        (["check", "equivariance.models:Nope", "--input-shape", "1,1,8"], "has no attribute 'Nope'"),
+        (["check", "equivariance.models", "--input-shape", "1,1,8"], "must be given as PKG.MODULE:FACTORY"),
+        (["check", *LENET, "--layer", "conv9"], "LeNet has no layer named 'conv9'"),
+        (["check", "torch.nn:Identity", "--input-shape", "8,8"], r"needs \(N, C, \*spatial\)"),
+    ],
+    ids=["no-module", "no-attribute", "no-colon", "bad-layer", "bad-shape"],
+)
+def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equivariance: error:")
+    assert re.search(message, err)
+
+
+def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "equivariance.models:LeNet", "--input-shape", "a,b"]) == 2
+    assert "expected comma-separated integers" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "equivariance", "check", *LENET, "--layer", "conv4", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0
+    assert result.stdout == ""
+
+
+def test_a_factory_that_needs_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "equivariance.models:MLP", "--input-shape", "1,1,20,20"]) == 2
+    assert "calling equivariance.models:MLP() raised TypeError" in capsys.readouterr().err
