@@ -54,7 +54,13 @@ def load_factory(spec: str) -> Any:
         raise InvalidArgument(f"module {module_name!r} has no attribute {attribute!r}") from None
     if isinstance(target, torch.nn.Module) or not callable(target):
         return target
-    return target()
+    try:
+        return target()
+    except Exception as exc:
+        raise InvalidArgument(
+            f"calling {spec}() raised {type(exc).__name__}: {exc}; the factory must build the model "
+            "without arguments (write a small function in your module that does)"
+        ) from exc
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -100,9 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_or_tuple(values: tuple[int, ...] | None) -> int | tuple[int, ...] | None:
-    if values is None:
-        return None
+def _one_or_tuple(values: tuple[int, ...]) -> int | tuple[int, ...]:
     return values[0] if len(values) == 1 else values
 
 
@@ -129,7 +133,7 @@ def _check(args: argparse.Namespace) -> EquivarianceReport:
     if isinstance(model, torch.nn.Module):
         model = model.to(device=x.device, dtype=x.dtype)
     options: dict[str, Any] = dict(
-        max_shift=_one_or_tuple(args.max_shift),
+        max_shift=None if args.max_shift is None else _one_or_tuple(args.max_shift),
         boundary=args.boundary,
         layer=args.layer,
         rtol=args.rtol,
