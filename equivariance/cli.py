@@ -118,8 +118,9 @@ def _random_input(args: argparse.Namespace) -> torch.Tensor:
     x = torch.rand(shape, generator=generator, dtype=torch.float64)
     if args.border:
         inner = tuple(slice(args.border, n - args.border) for n in shape[2:])
+        key: tuple[Any, ...] = (Ellipsis, *inner)
         canvas = torch.zeros_like(x)
-        canvas[(..., *inner)] = x[(..., *inner)]
+        canvas[key] = x[key]
         x = canvas
     try:
         return x.to(device=args.device, dtype=getattr(torch, args.dtype))
