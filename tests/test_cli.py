@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,18 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_a_factory_that_needs_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "equivariance.models:MLP", "--input-shape", "1,1,20,20"]) == 2
     assert "calling equivariance.models:MLP() raised TypeError" in capsys.readouterr().err
+
+
+def test_border_puts_the_random_input_on_a_canvas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A zero-padded conv fails at the borders on full-frame noise, and passes once the input
+    # has a zero border wider than the shifts.
+    (tmp_path / "same_padded.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Conv2d(1, 1, 3, padding=1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["check", "same_padded:build", "--input-shape", "1,1,16,16", "--max-shift", "2"]
+    assert main(argv) == 1
+    assert main([*argv, "--border", "3"]) == 0
+    capsys.readouterr()
