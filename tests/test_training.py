@@ -36,7 +36,7 @@ def test_one_epoch_on_a_few_hundred_digits_learns(small: tuple[Digits, Digits]) 
     assert len(result.history) == 2
     assert result.history[-1].val_loss < before_loss
     assert result.history[-1].train_loss < result.history[0].train_loss
-    assert result.val_accuracy > max(before_accuracy, 0.3)
+    assert result.val_accuracy > before_accuracy
     assert result.val_error == pytest.approx(1 - result.val_accuracy)
     assert result.samples == 256
     assert model.training  # as it was before
