@@ -11,8 +11,9 @@ import equivariance
 
 def test_import_does_not_pull_test_or_plotting_libraries() -> None:
     code = (
-        "import sys, equivariance, equivariance.models\n"
-        "heavy = [m for m in ('hypothesis', 'pytest', 'matplotlib') if m in sys.modules]\n"
+        "import sys, equivariance, equivariance.models, equivariance.linear, equivariance.datasets\n"
+        "import equivariance.training\n"
+        "heavy = [m for m in ('hypothesis', 'pytest', 'matplotlib', 'sklearn') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
