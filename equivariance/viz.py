@@ -25,7 +25,7 @@ import torch
 from equivariance.errors import InvalidArgument
 from equivariance.report import EquivarianceReport
 
-__all__ = ["cluster_colors", "feature_animation", "kmeans", "shift_heatmap"]
+__all__ = ["cluster_colors", "feature_animation", "heatmaps_figure", "kmeans", "shift_heatmap"]
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -92,6 +92,27 @@ def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None 
     verdict = "passed" if report.passed else f"{len(report.failures)} shifts fail"
     ax.set_title(title or f"{report.subject}: {verdict}")
     return ax
+
+
+def heatmaps_figure(reports: Sequence[EquivarianceReport]) -> Any:
+    """One figure with a :func:`shift_heatmap` per report, side by side; returns the Figure.
+
+    The figure is not registered with pyplot, so it needs no closing: save it
+    with ``figure.savefig(path)``.
+
+    >>> import torch
+    >>> from equivariance import check_equivariance
+    >>> report = check_equivariance(torch.nn.Conv2d(1, 2, 3), torch.randn(2, 1, 12, 12), max_shift=1)
+    >>> len(heatmaps_figure([report, report]).axes)  # two heatmaps and their colour bars
+    4
+    """
+    _pyplot()
+    figure_module = importlib.import_module("matplotlib.figure")
+    figure = figure_module.Figure(figsize=(5 * len(reports), 4), layout="tight")
+    axes = figure.subplots(1, len(reports), squeeze=False)[0]
+    for ax, report in zip(axes, reports):
+        shift_heatmap(report, ax=ax)
+    return figure
 
 
 def kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
