@@ -69,7 +69,7 @@ def run_demo(
         max_shift: the checks cover every shift in ``[-max_shift, max_shift]^2``.
         seed: seeds the training and the models.
         retrain: train even if ``out`` holds weights from an earlier run.
-        fast: a quick run (600 training digits, 2 epochs, fewer frames), for smoke tests.
+        fast: a quick run (400 training digits, 1 epoch, fewer frames), for smoke tests.
         progress: show progress bars.
         stream: where to print (default: stdout).
     """
@@ -93,7 +93,7 @@ def run_demo(
         except DatasetUnavailable:
             train_data, val_data = digits().split(0.8, seed=0)
     if fast:
-        train_data, epochs = train_data[:600], min(epochs, 2)
+        train_data, epochs = train_data[:400], 1
     print(
         f"data: {train_data.name} ({len(train_data)} training digits, {len(val_data)} validation)",
         file=stream,
