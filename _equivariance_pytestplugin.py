@@ -59,10 +59,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "assert_invariant fixtures)",
     )
     config.stash[_SETTINGS] = _read_settings(config)
-    config.pluginmanager.register(_Summary(), "equivariance-summary")
+    config.stash[_SUMMARY] = _Summary()
+    config.pluginmanager.register(config.stash[_SUMMARY], "equivariance-summary")
 
 
 _SETTINGS = pytest.StashKey[_Settings]()
+_SUMMARY = pytest.StashKey["_Summary"]()
 
 
 def _read_settings(config: pytest.Config) -> _Settings:
@@ -103,7 +105,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("equivariance")
 
 
-@pytest.fixture
+# Session-scoped, so that Hypothesis' @given tests may use them (it refuses function-scoped
+# fixtures, which would not be reset between examples); each check is recorded under the
+# test running at the time.
+@pytest.fixture(scope="session")
 def assert_equivariant(request: pytest.FixtureRequest) -> Callable[..., EquivarianceReport]:
     """:func:`equivariance.assert_equivariant` with the session's device, dtype and tolerances.
 
@@ -114,7 +119,7 @@ def assert_equivariant(request: pytest.FixtureRequest) -> Callable[..., Equivari
     return _checker(request, "equivariance")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def assert_invariant(request: pytest.FixtureRequest) -> Callable[..., EquivarianceReport]:
     """:func:`equivariance.assert_invariant` with the session's device, dtype and tolerances."""
     return _checker(request, "invariance")
@@ -122,7 +127,7 @@ def assert_invariant(request: pytest.FixtureRequest) -> Callable[..., Equivarian
 
 def _checker(request: pytest.FixtureRequest, kind: str) -> Callable[..., EquivarianceReport]:
     settings = request.config.stash[_SETTINGS]
-    node = request.node
+    summary = request.config.stash[_SUMMARY]
 
     def check(model: Any, x: Any, shifts: Any = None, **options: Any) -> EquivarianceReport:
         __tracebackhide__ = True
@@ -134,7 +139,7 @@ def _checker(request: pytest.FixtureRequest, kind: str) -> Callable[..., Equivar
                 options.setdefault(name, getattr(settings, name))
         run = equivariance.check_equivariance if kind == "equivariance" else equivariance.check_invariance
         report = run(model, x, shifts, **options)
-        node.user_properties.append((PROPERTY, _record(node.nodeid, report)))
+        summary.record(report)
         if not report.passed:
             raise equivariance.EquivarianceError(str(report), report)
         return report
@@ -222,6 +227,16 @@ class _Summary:
 
     def __init__(self) -> None:
         self.checks: list[dict[str, Any]] = []
+        self.item: pytest.Item | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.item = item
+
+    def record(self, report: EquivarianceReport) -> None:
+        """Attach a check to the running test's report, whence the summary (and xdist) take it."""
+        if self.item is not None:
+            self.item.user_properties.append((PROPERTY, _record(self.item.nodeid, report)))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "teardown":
@@ -231,11 +246,12 @@ class _Summary:
         if not self.checks:
             return
         terminalreporter.section("equivariance checks")
-        header = ("test", "model", "shifts", "worst shift", "max error", "rtol", "dtype", "verdict")
+        header = ("test", "model", "checks", "shifts", "worst shift", "max error", "rtol", "dtype", "verdict")
         rows = [
             (
                 c["test"] + ("" if c["kind"] == "equivariance" else " (invariance)"),
                 c["model"],
+                str(c["checks"]),
                 str(c["shifts"]),
                 c["worst"],
                 f"{c['error']:.2e}",
@@ -243,14 +259,28 @@ class _Summary:
                 c["dtype"],
                 "passed" if c["passed"] else "FAILED",
             )
-            for c in self.checks
+            for c in _merged(self.checks)
         ]
         widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
         for row in (header, *rows):
             cells = [
-                cell.rjust(w) if i in (2, 4, 5) else cell.ljust(w)
+                cell.rjust(w) if i in (2, 3, 5, 6) else cell.ljust(w)
                 for i, (cell, w) in enumerate(zip(row, widths))
             ]
             terminalreporter.write_line("  ".join(cells).rstrip())
         failed = sum(not c["passed"] for c in self.checks)
         terminalreporter.write_line(f"{len(self.checks)} checks, {failed} failed")
+
+
+def _merged(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per test, kind, model and dtype: a Hypothesis test checks once per example."""
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    for check in checks:
+        key = (check["test"], check["kind"], check["model"], check["dtype"])
+        row = rows.setdefault(key, {**check, "checks": 0, "shifts": 0, "error": -1.0, "passed": True})
+        row["checks"] += 1
+        row["shifts"] += check["shifts"]
+        row["passed"] = row["passed"] and check["passed"]
+        if check["error"] > row["error"]:
+            row.update(worst=check["worst"], error=check["error"], rtol=check["rtol"])
+    return list(rows.values())

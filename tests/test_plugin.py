@@ -10,6 +10,8 @@ reason: a project that never uses the fixtures never imports torch.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -226,11 +228,11 @@ def test_the_summary_lists_every_check_of_the_session(project: pytest.Pytester) 
     result.stdout.fnmatch_lines(
         [
             "*= equivariance checks =*",
-            "test * model * shifts  worst shift  max error   rtol  dtype    verdict",
-            "test_summary.py::test_conv *Conv2d *9  (-1, -1) *0.00e+00  1e-04  float32  passed",
-            "test_summary.py::test_two *Conv2d *2  (0, 2) *0.00e+00  1e-04  float32  passed",
-            "test_summary.py::test_two (invariance)*Sequential *9  (*)*e-02  1e-04  float32  FAILED",
-            "test_summary.py::test_mlp *MLP *9  (*)*e+00  1e-04  float32  FAILED",
+            "test * model * checks  shifts  worst shift  max error   rtol  dtype    verdict",
+            "test_summary.py::test_conv *Conv2d *1  *9  (-1, -1) *0.00e+00  1e-04  float32  passed",
+            "test_summary.py::test_two *Conv2d *1  *2  (0, 2) *0.00e+00  1e-04  float32  passed",
+            "test_summary.py::test_two (invariance)*Sequential *1  *9  (*)*e-02  1e-04  float32  FAILED",
+            "test_summary.py::test_mlp *MLP *1  *9  (*)*e+00  1e-04  float32  FAILED",
             "4 checks, 2 failed",
         ]
     )
@@ -251,6 +253,20 @@ def test_the_summary_gathers_the_checks_of_xdist_workers(project: pytest.Pyteste
     result = project.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*= equivariance checks =*", "4 checks, 0 failed"])
+
+
+def test_the_example_runs_as_a_test_suite_and_again_in_float64(pytester: pytest.Pytester) -> None:
+    """examples/test_in_your_suite.py: plain code, the fixture, and the fixture inside @given."""
+    example = Path(__file__).parents[1] / "examples" / "test_in_your_suite.py"
+    pytester.makepyfile(test_in_your_suite=example.read_text())
+    result = pytester.runpytest("--equivariance-dtype", "float64", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_lenet_with_the_fixture * LeNet.conv4 * 1 * 49 * 1e-10  float64  passed",
+            "*::test_my_block_keeps_any_conv_stack_equivariant * Sequential * 20 * 20 * 1e-10  float64  passed",
+        ]
+    )
 
 
 def test_a_project_that_never_uses_the_fixtures_never_imports_torch(pytester: pytest.Pytester) -> None:
