@@ -278,7 +278,7 @@ class ConvStack:
         if self.padding == "circular":
             return max(n * self.stride[0], self.min_size)
         for conv in reversed([m for m in self.model if isinstance(m, nn.modules.conv._ConvNd)]):
-            n = (n - 1) * conv.stride[0] + conv.kernel_size[0]
+            n = (n - 1) * conv.stride[0] + conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
         return n
 
     def inputs(
@@ -347,6 +347,7 @@ def conv_stacks(
     depth: Count = (1, 3),
     channels: Count = (1, 4),
     kernel_sizes: Count = (1, 5),
+    dilations: Count = 1,
     padding: str | Sequence[str] | st.SearchStrategy[str] = PADDINGS,
     strides: Count = 1,
 ) -> st.SearchStrategy[ConvStack]:
@@ -378,6 +379,7 @@ def conv_stacks(
         depth: number of convolutions.
         channels: channels of the input and of each layer's output.
         kernel_sizes: kernel size of each layer (the same in every dim).
+        dilations: dilation of each layer (the same in every dim).
         padding: ``"valid"``, ``"circular"``, or a sequence to choose from (one per stack).
         strides: stride of each layer (the same in every dim).
     """
@@ -385,6 +387,7 @@ def conv_stacks(
     depths = _count(depth, "depth", minimum=1)
     widths = _count(channels, "channels", minimum=1)
     kernels = _count(kernel_sizes, "kernel_sizes", minimum=1)
+    spacings = _count(dilations, "dilations", minimum=1)
     layer_strides = _count(strides, "strides", minimum=1)
     paddings = _padding(padding)
 
@@ -392,14 +395,16 @@ def conv_stacks(
     def draw_stack(draw: st.DrawFn) -> ConvStack:
         d, n_layers, mode = draw(ndims), draw(depths), draw(paddings)
         widths_ = [draw(widths) for _ in range(n_layers + 1)]
-        specs = [(draw(kernels), draw(layer_strides), draw(st.booleans())) for _ in range(n_layers)]
+        specs = [
+            (draw(kernels), draw(spacings), draw(layer_strides), draw(st.booleans())) for _ in range(n_layers)
+        ]
         activations = [draw(st.sampled_from(NONLINEARITIES)) for _ in range(n_layers)]
         layers: list[nn.Module] = []
-        for i, ((kernel, stride, bias), activation) in enumerate(zip(specs, activations)):
-            layers.append(_convolution(d, widths_[i], widths_[i + 1], kernel, stride, bias, mode))
+        for i, (spec, activation) in enumerate(zip(specs, activations)):
+            layers.append(_convolution(d, widths_[i], widths_[i + 1], *spec, mode))
             layers.append(activation())
         model = _initialised(nn.Sequential(*layers), draw(SEEDS))
-        total = math.prod(stride for _, stride, _ in specs)
+        total = math.prod(spec[2] for spec in specs)
         return ConvStack(
             model=model,
             ndim=d,
@@ -471,16 +476,15 @@ def mlps(
 
 
 def _convolution(
-    ndim: int, c_in: int, c_out: int, kernel: int, stride: int, bias: bool, padding: str
+    ndim: int, c_in: int, c_out: int, kernel: int, dilation: int, stride: int, bias: bool, padding: str
 ) -> nn.Module:
+    common = {"stride": stride, "dilation": dilation, "bias": bias, "device": "meta"}
     if padding == "valid":
-        return CONVOLUTIONS[ndim](c_in, c_out, kernel, stride=stride, bias=bias, device="meta")
-    # 'same' pads an even kernel asymmetrically but refuses strides; with a stride s that
-    # divides the size, a symmetric (k - 1) // 2 gives size / s for odd and even kernels.
-    pad: str | int = "same" if stride == 1 else (kernel - 1) // 2
-    return CONVOLUTIONS[ndim](
-        c_in, c_out, kernel, stride=stride, bias=bias, padding=pad, padding_mode="circular", device="meta"
-    )
+        return CONVOLUTIONS[ndim](c_in, c_out, kernel, **common)
+    # 'same' pads an even span asymmetrically but refuses strides; with a stride s that
+    # divides the size, a symmetric (span - 1) // 2 gives size / s for odd and even spans.
+    pad: str | int = "same" if stride == 1 else dilation * (kernel - 1) // 2
+    return CONVOLUTIONS[ndim](c_in, c_out, kernel, padding=pad, padding_mode="circular", **common)
 
 
 def _initialised(model: nn.Sequential, seed: int) -> nn.Sequential:
@@ -502,20 +506,21 @@ def _initialised(model: nn.Sequential, seed: int) -> nn.Sequential:
     return model
 
 
-def _min_size(specs: Sequence[tuple[int, int, bool]], padding: str) -> int:
+def _min_size(specs: Sequence[tuple[int, int, int, bool]], padding: str) -> int:
+    spans = [(dilation * (kernel - 1) + 1, stride) for kernel, dilation, stride, _ in specs]
     if padding == "valid":
         n = 1
-        for kernel, stride, _ in reversed(specs):
-            n = (n - 1) * stride + kernel
+        for span, stride in reversed(spans):
+            n = (n - 1) * stride + span
         return n
     # circular: the size must be a multiple of the total stride, and each layer's
     # circular padding must not exceed its input
-    total = math.prod(stride for _, stride, _ in specs)
+    total = math.prod(stride for _, stride in spans)
     n = total
     while True:
         size, fits = n, True
-        for kernel, stride, _ in specs:
-            fits = fits and size >= kernel // 2
+        for span, stride in spans:
+            fits = fits and size >= span // 2
             size //= stride
         if fits:
             return n

@@ -115,7 +115,9 @@ def test_signals_shrink_toward_small_tensors() -> None:
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_every_conv_stack_passes_a_check_with_its_stride_and_boundary(data: st.DataObject) -> None:
-    stack = data.draw(conv_stacks(ndim=st.integers(1, 3), strides=(1, 2), depth=(1, 2)), label="stack")
+    stack = data.draw(
+        conv_stacks(ndim=st.integers(1, 3), strides=(1, 2), depth=(1, 2), dilations=(1, 2)), label="stack"
+    )
     x = data.draw(stack.inputs(), label="x")
     out = stack.model(x)
     assert out.shape[:2] == (x.shape[0], stack.out_channels)
@@ -125,7 +127,7 @@ def test_every_conv_stack_passes_a_check_with_its_stride_and_boundary(data: st.D
     assert report.passed, str(report)
 
 
-@given(conv_stacks(padding="circular", strides=(1, 2), depth=(1, 3), ndim=2))
+@given(conv_stacks(padding="circular", strides=(1, 2), depth=(1, 3), ndim=2, dilations=(1, 2)))
 def test_circular_stacks_keep_the_size_up_to_the_stride(stack: ConvStack) -> None:
     size = stack.input_size(3)
     assert size % stack.stride[0] == 0
@@ -133,7 +135,7 @@ def test_circular_stacks_keep_the_size_up_to_the_stride(stack: ConvStack) -> Non
     assert stack.model(x).shape[-2:] == (size // stack.stride[0],) * 2
 
 
-@given(conv_stacks(padding="valid", ndim=1), st.integers(1, 5))
+@given(conv_stacks(padding="valid", ndim=1, dilations=(1, 3), strides=(1, 2)), st.integers(1, 5))
 def test_valid_stacks_know_their_minimum_and_input_sizes(stack: ConvStack, out: int) -> None:
     assert stack.model(torch.zeros(1, stack.in_channels, stack.min_size)).shape[-1] == 1
     assert stack.model(torch.zeros(1, stack.in_channels, stack.input_size(out))).shape[-1] == out
