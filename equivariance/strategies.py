@@ -127,12 +127,12 @@ def signals(
     channels: Count = (1, 3),
     size: Count | st.SearchStrategy[Sequence[int]] = (4, 32),
     dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
-    min_value: float = -1.0,
-    max_value: float = 1.0,
-    allow_nan: bool = False,
-    allow_infinity: bool = False,
-    border: int | None = None,
-    device: str | torch.device = "cpu",
+    min_value: float | st.SearchStrategy[float] = -1.0,
+    max_value: float | st.SearchStrategy[float] = 1.0,
+    allow_nan: bool | st.SearchStrategy[bool] = False,
+    allow_infinity: bool | st.SearchStrategy[bool] = False,
+    border: int | st.SearchStrategy[int | None] | None = None,
+    device: str | torch.device | st.SearchStrategy[str | torch.device] = "cpu",
 ) -> st.SearchStrategy[torch.Tensor]:
     """Batches ``(N, C, *spatial)`` of finite values in ``[min_value, max_value]``.
 
@@ -167,31 +167,42 @@ def signals(
     ndims = _count(ndim, "ndim", minimum=1, maximum=3)
     batches = _count(batch, "batch", minimum=1)
     widths = _count(channels, "channels", minimum=1)
-    smallest = 1 if border is None else 2 * _as_int(border, "border", minimum=0) + 1
-    draw_size = _sizes(size, smallest, border)
+    borders = _option(border, "border", _as_border)
+    fixed_border = None if isinstance(border, st.SearchStrategy) else _as_border(border, "border")
+    draw_size = _sizes(size, 1 if fixed_border is None else 2 * fixed_border + 1, fixed_border)
     dtypes = _option(dtype, "dtype", _as_float_dtype)
-    low, high = _as_bounds(min_value, max_value)
-    nan = _as_bool(allow_nan, "allow_nan")
-    infinity = _as_bool(allow_infinity, "allow_infinity")
-    where = _as_device(device)
+    lows = _option(min_value, "min_value", _as_finite)
+    highs = _option(max_value, "max_value", _as_finite)
+    if not isinstance(min_value, st.SearchStrategy) and not isinstance(max_value, st.SearchStrategy):
+        _ordered(min_value, max_value)
+    nans = _flag(allow_nan, "allow_nan")
+    infinities = _flag(allow_infinity, "allow_infinity")
+    devices = _option(device, "device", _as_device)
 
     @st.composite
     def draw_signal(draw: st.DrawFn) -> torch.Tensor:
-        d = draw(ndims)
+        d, edge = draw(ndims), draw(borders)
         spatial = draw_size(draw, d)
+        if edge and min(spatial) <= 2 * edge:
+            raise InvalidArgument(
+                f"spatial size {spatial} leaves nothing inside a border of {edge}; sizes must be at "
+                f"least {2 * edge + 1}"
+            )
+        low, high = _ordered(draw(lows), draw(highs))
+        nan, infinity = draw(nans), draw(infinities)
         shape = (draw(batches), draw(widths), *spatial)
         generator = torch.Generator().manual_seed(draw(SEEDS))
         x = torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
-        if border:
+        if edge:
             canvas = torch.zeros_like(x)
-            inner: tuple[Any, ...] = (Ellipsis, *(slice(border, n - border) for n in spatial))
+            inner: tuple[Any, ...] = (Ellipsis, *(slice(edge, n - edge) for n in spatial))
             canvas[inner] = x[inner]
             x = canvas
         specials = [v for v, ok in ((math.nan, nan), (math.inf, infinity), (-math.inf, infinity)) if ok]
         if specials:
             for _ in range(draw(st.integers(0, 3))):
                 x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(st.sampled_from(specials))
-        return x.to(device=where, dtype=draw(dtypes))
+        return x.to(device=draw(devices), dtype=draw(dtypes))
 
     return draw_signal()
 
@@ -202,12 +213,12 @@ def images(
     channels: Count = (1, 3),
     size: Count | st.SearchStrategy[Sequence[int]] = (4, 24),
     dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
-    min_value: float = -1.0,
-    max_value: float = 1.0,
-    allow_nan: bool = False,
-    allow_infinity: bool = False,
-    border: int | None = None,
-    device: str | torch.device = "cpu",
+    min_value: float | st.SearchStrategy[float] = -1.0,
+    max_value: float | st.SearchStrategy[float] = 1.0,
+    allow_nan: bool | st.SearchStrategy[bool] = False,
+    allow_infinity: bool | st.SearchStrategy[bool] = False,
+    border: int | st.SearchStrategy[int | None] | None = None,
+    device: str | torch.device | st.SearchStrategy[str | torch.device] = "cpu",
 ) -> st.SearchStrategy[torch.Tensor]:
     """Batches of images ``(N, C, H, W)``: :func:`signals` with two spatial dims.
 
@@ -654,24 +665,30 @@ def _as_float_dtype(value: object, what: str) -> torch.dtype:
     return value
 
 
-def _as_bounds(low: object, high: object) -> tuple[float, float]:
-    for value, name in ((low, "min_value"), (high, "max_value")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidArgument(
-                f"{name} must be a finite number, found {describe(value)}; ask for NaN and infinity "
-                "with allow_nan=True and allow_infinity=True"
-            )
-    assert isinstance(low, (int, float))
-    assert isinstance(high, (int, float))
+def _as_finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidArgument(
+            f"{what} must be a finite number, found {describe(value)}; ask for NaN and infinity "
+            "with allow_nan=True and allow_infinity=True"
+        )
+    return float(value)
+
+
+def _ordered(low: object, high: object) -> tuple[float, float]:
+    low, high = _as_finite(low, "min_value"), _as_finite(high, "max_value")
     if low > high:
         raise InvalidArgument(f"min_value {low} is above max_value {high}; swap them")
-    return float(low), float(high)
+    return low, high
 
 
-def _as_device(value: object) -> torch.device:
+def _as_border(value: object, what: str) -> int | None:
+    return None if value is None else _as_int(value, what, minimum=0)
+
+
+def _as_device(value: object, what: str) -> torch.device:
     if not isinstance(value, (str, torch.device)):
-        raise InvalidArgument(f"device must be a str or torch.device, found {describe(value)}")
+        raise InvalidArgument(f"{what} must be a str or torch.device, found {describe(value)}")
     try:
         return torch.device(value)
     except RuntimeError:
-        raise InvalidArgument(f"device {value!r} is not a device torch knows; pass e.g. 'cpu'") from None
+        raise InvalidArgument(f"{what} {value!r} is not a device torch knows; pass e.g. 'cpu'") from None

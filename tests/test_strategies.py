@@ -87,6 +87,13 @@ def test_a_strategy_of_shapes_gives_the_whole_spatial_shape(x: torch.Tensor) -> 
     assert x.shape == (2, 1, 5, 11)
 
 
+@given(signals(ndim=2, size=(5, 9), border=st.sampled_from([None, 1, 2]), max_value=st.floats(0, 4)))
+def test_value_and_border_options_may_be_strategies(x: torch.Tensor) -> None:
+    assert float(x.max()) <= 4
+    if bool((x[..., 0, :] != 0).any()):  # content up to the edge: no border was drawn
+        assert bool((x[..., :, 0] != 0).any())
+
+
 @given(signals(dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float64])))
 def test_signals_take_any_floating_dtype(x: torch.Tensor) -> None:
     assert x.dtype in (torch.float16, torch.bfloat16, torch.float64)
@@ -244,6 +251,10 @@ def test_bad_options_are_refused_when_the_strategy_is_built(make, message: str) 
 def test_bad_values_drawn_from_a_strategy_are_refused_when_drawn() -> None:
     with pytest.raises(InvalidArgument, match=r"depth must be at least 1, found 0"):
         find(conv_stacks(depth=st.just(0)), lambda s: True, settings=REPLAY)
+    with pytest.raises(InvalidArgument, match=r"spatial size \(4, 4\) leaves nothing inside a border of 2"):
+        find(images(size=4, border=st.just(2)), lambda x: True, settings=REPLAY)
+    with pytest.raises(InvalidArgument, match=r"min_value 2.0 is above max_value 1.0; swap them"):
+        find(signals(min_value=st.just(2.0)), lambda x: True, settings=REPLAY)
     with pytest.raises(InvalidArgument, match=r"size \(3,\) has 1 entries but there are 2 spatial dims"):
         find(images(size=st.just((3,))), lambda x: True, settings=REPLAY)
 
