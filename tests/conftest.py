@@ -17,6 +17,10 @@ settings.register_profile("dev", max_examples=60, deadline=None, suppress_health
 settings.register_profile(
     "thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+# long fuzzing runs of tests/test_fuzz.py: pytest tests/test_fuzz.py --hypothesis-profile=fuzz
+settings.register_profile(
+    "fuzz", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

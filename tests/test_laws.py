@@ -9,8 +9,6 @@ shift; global average pooling after a circular CNN is shift invariant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 from hypothesis import given
@@ -19,55 +17,40 @@ from torch import nn
 
 from equivariance import InvalidArgument, Shift, check_equivariance, equivariance_error, invariance_error
 from equivariance.models import MLP, LeNet
+from equivariance.strategies import ConvStack, conv_stacks, shifts
 from equivariance.tolerances import default_tolerance
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 RTOL32 = default_tolerance(torch.float32).rtol
 
 
-@dataclass
-class ConvCase:
-    model: nn.Module
-    x: torch.Tensor
-    shift: Shift
-    circular: bool
-
-
 @st.composite
-def conv_cases(draw: st.DrawFn) -> ConvCase:
+def conv_cases(draw: st.DrawFn) -> tuple[ConvStack, torch.Tensor, Shift]:
+    """A public conv stack (any dims, kernel sizes, channels, dilations, biases; valid or
+    circular padding), an input it takes, and any shift smaller than what it can compare."""
     ndim = draw(st.integers(1, 3))
-    circular = draw(st.booleans())
-    depth = draw(st.integers(1, 2 if ndim == 3 else 3))
-    channels = draw(st.integers(1, 3))
-    layers: list[nn.Module] = []
-    reach = 0
-    torch.manual_seed(draw(st.integers(0, 2**16)))
-    for _ in range(depth):
-        out = draw(st.integers(1, 4))
-        kernel = draw(st.integers(1, 3 if ndim == 3 else 5))
-        dilation = draw(st.integers(1, 2))
-        span = dilation * (kernel - 1)
-        if circular and span % 2:  # 'same' circular padding needs an even span
-            kernel, span = kernel + 1, dilation * kernel
-        padding = {"padding": span // 2, "padding_mode": "circular"} if circular else {}
-        bias = draw(st.booleans())
-        layers.append(CONV[ndim](channels, out, kernel, dilation=dilation, bias=bias, **padding))
-        layers.append(draw(st.sampled_from([nn.ReLU(), nn.Tanh(), nn.Identity()])))
-        channels, reach = out, reach + span
-    size = draw(st.integers(reach + 4, reach + (10 if ndim == 3 else 16)))
-    out_size = size if circular else size - reach
-    bound = (size if circular else out_size) - 1
-    shift = Shift(draw(st.tuples(*[st.integers(-bound, bound)] * ndim)))
-    x = torch.randn(2, layers[0].in_channels, *(size,) * ndim)  # type: ignore[union-attr]
-    return ConvCase(nn.Sequential(*layers), x, shift, circular)
+    small = ndim == 3
+    stack = draw(
+        conv_stacks(
+            ndim=ndim,
+            depth=(1, 2 if small else 3),
+            channels=(1, 4),
+            kernel_sizes=(1, 3 if small else 5),
+            dilations=(1, 2),
+        )
+    )
+    x = draw(stack.inputs(batch=2, output_size=(4, 10 if small else 16), min_value=-3.0, max_value=3.0))
+    sizes = x.shape[2:] if stack.boundary == "circular" else stack.model(x).shape[2:]
+    bounds = tuple(n - 1 for n in sizes)
+    return stack, x, draw(shifts(ndim=ndim, max_shift=bounds))
 
 
 @pytest.mark.filterwarnings("ignore::equivariance.errors.EquivarianceWarning")  # dead ReLUs happen
 @given(conv_cases())
-def test_convolutions_are_equivariant_for_every_shift(case: ConvCase) -> None:
-    boundary = "circular" if case.circular else "zeros"
-    err = equivariance_error(case.model, case.x, case.shift, boundary=boundary, reduction="max")
-    assert err <= RTOL32, f"{case.model} {case.shift}: {float(err):.2e}"
+def test_convolutions_are_equivariant_for_every_shift(case: tuple[ConvStack, torch.Tensor, Shift]) -> None:
+    stack, x, shift = case
+    err = equivariance_error(stack.model, x, shift, boundary=stack.boundary, reduction="max")
+    assert err <= RTOL32, f"{stack.model} {shift}: {float(err):.2e}"
 
 
 @given(st.integers(0, 2**16), st.integers(-5, 5), st.integers(-5, 5))

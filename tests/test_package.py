@@ -30,3 +30,15 @@ def test_public_names_exist_and_are_documented() -> None:
         if name != "__version__":
             assert obj.__doc__, f"{name} has no docstring"
     assert equivariance.__version__.count(".") == 2
+
+
+def test_the_pytest_plugin_is_registered_and_imports_no_torch() -> None:
+    from importlib.metadata import entry_points
+
+    (plugin,) = [e for e in entry_points(group="pytest11") if e.name == "equivariance"]
+    assert plugin.value == "_equivariance_pytestplugin"
+    code = (
+        "import sys, _equivariance_pytestplugin\nprint('torch' in sys.modules, 'equivariance' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

@@ -1,0 +1,223 @@
+"""Fuzzing the public checks with random models, inputs, shifts and options, valid or not.
+
+Whatever it is given, a check returns a report or raises ``InvalidArgument``
+(it could not run as asked) or ``EquivarianceError`` (it ran and failed):
+no other exception escapes, and the model (its state and training flags)
+and the input are as they were. CI runs the "ci" profile's 50 examples; for
+a long local run::
+
+    python -m pytest tests/test_fuzz.py --hypothesis-profile=fuzz   # 5,000 examples
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from equivariance import (
+    EquivarianceError,
+    EquivarianceReport,
+    InvalidArgument,
+    assert_equivariant,
+    assert_invariant,
+    check_equivariance,
+    check_invariance,
+)
+from equivariance.strategies import conv_stacks, mlps, shifts, signals
+
+# -- odd models ----------------------------------------------------------------------------------
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def returns_a_pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x, x.sum()
+
+
+def returns_text(x: torch.Tensor) -> str:
+    return "not a tensor"
+
+
+def raises(x: torch.Tensor) -> torch.Tensor:
+    raise RuntimeError("the model is broken")
+
+
+def rounds_to_int(x: torch.Tensor) -> torch.Tensor:
+    return x.round().long()
+
+
+def drops_a_sample(x: torch.Tensor) -> torch.Tensor:
+    return x[1:]
+
+
+def in_place(x: torch.Tensor) -> torch.Tensor:
+    return x.mul_(2)
+
+
+class Stateful(nn.Module):
+    """Batch statistics, dropout and a counter: everything a check must put back."""
+
+    def __init__(self, channels: int = 1) -> None:
+        super().__init__()
+        self.norm = nn.LazyBatchNorm1d() if channels < 0 else nn.BatchNorm1d(channels)
+        self.drop = nn.Dropout(0.5)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.drop(self.norm(x.flatten(2)).view_as(x))
+
+
+ODD_MODELS: list[Callable[..., Any]] = [
+    identity,
+    returns_a_pair,
+    returns_text,
+    raises,
+    rounds_to_int,
+    drops_a_sample,
+    in_place,
+    nn.Identity(),
+    nn.Flatten(),
+    nn.ReLU(inplace=True),
+    Stateful(1).train(),
+]
+
+# -- inputs, shifts and options, valid or not ----------------------------------------------------
+
+
+@st.composite
+def inputs(draw: st.DrawFn, channels: int | None = None, ndim: int | None = None) -> Any:
+    x = draw(
+        signals(
+            ndim=ndim if ndim is not None else st.integers(1, 3),
+            channels=channels if channels is not None else (1, 3),
+            batch=(1, 3),
+            size=(1, 12),
+            allow_nan=True,
+            allow_infinity=True,
+            dtype=st.sampled_from([torch.float32, torch.float32, torch.float64]),
+        )
+    )
+    damage = draw(st.sampled_from(["none"] * 6 + ["rank", "int", "empty", "list", "scalar", "bool"]))
+    if damage == "rank":
+        return x[0]
+    if damage == "int":
+        return x.nan_to_num().long()
+    if damage == "empty":
+        return x[:0]
+    if damage == "list":
+        return x.tolist()
+    if damage == "scalar":
+        return 1.0
+    if damage == "bool":
+        return x > 0
+    return x
+
+
+def shift_lists(ndim: int) -> st.SearchStrategy[Any]:
+    some = st.lists(
+        shifts(ndim=st.sampled_from([ndim, ndim, 1, 2, 3]), max_shift=st.integers(0, 14)), max_size=4
+    )
+    odd = st.sampled_from([[(1.5, 0)], ["ab"], [(1, 2, 3, 4)], (1, 2), "right", 7, [], [None], [[]]])
+    return st.one_of(st.none(), st.none(), some, odd)
+
+
+ANY_INT = st.integers(-3, 40)
+OPTIONS: dict[str, st.SearchStrategy[Any]] = {
+    "max_shift": st.one_of(st.none(), ANY_INT, st.tuples(ANY_INT, ANY_INT), st.just(1.5)),
+    "stride": st.one_of(st.integers(-1, 4), st.tuples(st.integers(0, 3), st.integers(1, 3)), st.just("2")),
+    "margin": st.one_of(st.integers(-1, 4), st.tuples(st.integers(0, 2)), st.just(None)),
+    "boundary": st.sampled_from(["zeros", "circular", "reflect", "", 0, None]),
+    "layer": st.sampled_from([None, "0", "1", "2", "norm", "nope", "", 3]),
+    "output": st.sampled_from([None, 0, 1, -1, 5, "key", lambda out: out[0], lambda out: 1 / 0]),
+    "atol": st.sampled_from([None, 0.0, 1e-6, -1.0, float("nan"), float("inf"), "tight", True]),
+    "rtol": st.sampled_from([None, 0.0, 1e-4, 10.0, -1e-3, float("nan"), [1e-4]]),
+    "batch_size": st.sampled_from([None, 1, 2, 7, 0, -1, 2.5, True, "4"]),
+    "output_action": st.sampled_from([None, lambda y, s: y, lambda y, s: "no", lambda y, s: y[..., :1]]),
+}
+CHECKS = [check_equivariance, check_invariance, assert_equivariant, assert_invariant]
+
+
+@st.composite
+def calls(draw: st.DrawFn) -> tuple[Callable[..., Any], Any, Any, Any, dict[str, Any]]:
+    family = draw(st.sampled_from(["conv", "mlp", "odd"]))
+    if family == "conv":
+        stack = draw(conv_stacks(ndim=st.integers(1, 3), depth=(1, 2), strides=(1, 2)))
+        model: Any = stack.model
+        x = draw(st.one_of(stack.inputs(), inputs(channels=stack.in_channels, ndim=stack.ndim), inputs()))
+    elif family == "mlp":
+        net = draw(mlps(ndim=st.integers(1, 3), size=(2, 6)))
+        model = net.model
+        x = draw(st.one_of(net.inputs(), inputs()))
+    else:
+        model = draw(st.sampled_from(ODD_MODELS))
+        x = draw(inputs())
+    check = draw(st.sampled_from(CHECKS))
+    # Only the keywords a function takes: an unknown keyword is Python's TypeError, not the library's.
+    accepted = inspect.signature(check_invariance if "invarian" in check.__name__ else check_equivariance)
+    names = draw(st.lists(st.sampled_from([n for n in OPTIONS if n in accepted.parameters]), unique=True))
+    options = {name: draw(OPTIONS[name]) for name in names}
+    ndim = x.dim() - 2 if isinstance(x, torch.Tensor) and x.dim() >= 3 else 2
+    return check, model, x, draw(shift_lists(ndim)), options
+
+
+def snapshot(model: Any, x: Any) -> tuple[Any, ...]:
+    state: dict[str, torch.Tensor] = {}
+    flags: list[bool] = []
+    if isinstance(model, nn.Module):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        flags = [m.training for m in model.modules()]
+    copy = x.clone() if isinstance(x, torch.Tensor) else x
+    version = x._version if isinstance(x, torch.Tensor) else None
+    return state, flags, copy, version
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return (
+            isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                             and torch.equal(a.nan_to_num(), b.nan_to_num())))
+        )  # fmt: skip
+    return bool(a == b)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's notes on even 'same' kernels, lazy modules
+@settings(
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+)
+@given(calls())
+def test_checks_return_a_report_or_raise_the_library_errors_and_change_nothing(
+    call: tuple[Callable[..., Any], Any, Any, Any, dict[str, Any]],
+) -> None:
+    check, model, x, shift_list, options = call
+    state, flags, x_before, version = snapshot(model, x)
+    outcome: object
+    try:
+        outcome = check(model, x, shift_list, **options)
+    except (InvalidArgument, EquivarianceError) as exc:  # anything else fails the test
+        outcome = exc
+    if isinstance(outcome, EquivarianceError):
+        assert isinstance(outcome.report, EquivarianceReport)
+        assert not outcome.report.passed
+    elif isinstance(outcome, EquivarianceReport):
+        assert outcome.results
+        str(outcome), outcome.to_dict()  # renders whatever was measured
+    assert str(outcome), "library errors always say what went wrong"
+    after_state, after_flags, _, after_version = snapshot(model, x)
+    assert after_state.keys() == state.keys()
+    assert all(same(state[k], after_state[k]) for k in state), "the model's state changed"
+    assert after_flags == flags, "the model's training flags changed"
+    assert same(x_before, x), "the input changed"
+    assert after_version == version, "the input was written to"

@@ -1,0 +1,265 @@
+"""The public strategies: what they draw, how they shrink, and how they refuse bad options.
+
+The model families are checked against the library: every conv stack passes
+a check with its own stride and boundary, every dense network fails one
+(the negative control that shows the positive one can fail).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, find, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
+from torch import nn
+
+from equivariance import InvalidArgument, Shift, check_equivariance
+from equivariance.strategies import ConvStack, DenseNet, conv_stacks, images, mlps, shifts, signals
+
+REPLAY = settings(database=None, derandomize=True, max_examples=200)
+
+
+# -- shifts --------------------------------------------------------------------------------------
+
+
+@given(st.data(), st.integers(1, 3), st.integers(0, 6), st.integers(1, 3), st.booleans())
+def test_shifts_respect_their_box(
+    data: st.DataObject, ndim: int, max_shift: int, multiple_of: int, nonzero: bool
+) -> None:
+    if nonzero and max_shift < multiple_of:
+        max_shift = multiple_of
+    shift = data.draw(shifts(ndim=ndim, max_shift=max_shift, multiple_of=multiple_of, nonzero=nonzero))
+    assert isinstance(shift, Shift)
+    assert shift.ndim == ndim
+    assert all(abs(o) <= max_shift for o in shift)
+    assert shift.divisible_by(multiple_of)
+    assert not (nonzero and shift.is_identity)
+
+
+@given(shifts(ndim=2, max_shift=(1, 6), multiple_of=(1, 3)))
+def test_shifts_take_one_bound_and_step_per_dim(shift: Shift) -> None:
+    assert abs(shift[0]) <= 1
+    assert shift[1] in (-6, -3, 0, 3, 6)
+
+
+@given(shifts(ndim=st.integers(1, 3), max_shift=st.integers(0, 2)))
+def test_shifts_options_may_be_strategies(shift: Shift) -> None:
+    assert 1 <= shift.ndim <= 3
+    assert max(map(abs, shift)) <= 2
+
+
+def test_shifts_shrink_toward_the_smallest_nonzero_shift() -> None:
+    smallest = find(shifts(ndim=2, max_shift=5), lambda s: not s.is_identity, settings=REPLAY)
+    assert sorted(map(abs, smallest)) == [0, 1]
+    assert find(shifts(ndim=1, multiple_of=2, max_shift=8, nonzero=True), bool, settings=REPLAY) == Shift(2)
+
+
+# -- signals -------------------------------------------------------------------------------------
+
+
+@given(
+    signals(ndim=st.integers(1, 3), batch=(1, 3), channels=(1, 2), size=(3, 9), min_value=-2.0, max_value=0.5)
+)
+def test_signals_respect_shape_and_value_bounds(x: torch.Tensor) -> None:
+    assert 3 <= x.dim() <= 5
+    assert 1 <= x.shape[0] <= 3
+    assert 1 <= x.shape[1] <= 2
+    assert all(3 <= n <= 9 for n in x.shape[2:])
+    assert x.dtype == torch.float32
+    assert bool(torch.isfinite(x).all())
+    assert -2.0 <= float(x.min()) <= float(x.max()) <= 0.5
+
+
+@given(images(size=(7, 15), border=3, dtype=torch.float64))
+def test_images_with_a_border_are_content_on_a_zero_canvas(x: torch.Tensor) -> None:
+    assert x.dim() == 4
+    assert x.dtype == torch.float64
+    inner = x[..., 3:-3, 3:-3]
+    assert float(x.abs().sum()) == pytest.approx(float(inner.abs().sum()))
+    assert bool((inner != 0).any())
+
+
+@given(images(size=st.just((5, 11)), batch=2, channels=1))
+def test_a_strategy_of_shapes_gives_the_whole_spatial_shape(x: torch.Tensor) -> None:
+    assert x.shape == (2, 1, 5, 11)
+
+
+@given(signals(ndim=2, size=(5, 9), border=st.sampled_from([None, 1, 2]), max_value=st.floats(0, 4)))
+def test_value_and_border_options_may_be_strategies(x: torch.Tensor) -> None:
+    assert float(x.max()) <= 4
+    if bool((x[..., 0, :] != 0).any()):  # content up to the edge: no border was drawn
+        assert bool((x[..., :, 0] != 0).any())
+
+
+@given(signals(dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float64])))
+def test_signals_take_any_floating_dtype(x: torch.Tensor) -> None:
+    assert x.dtype in (torch.float16, torch.bfloat16, torch.float64)
+
+
+def test_signals_are_finite_unless_nan_and_infinity_are_asked_for() -> None:
+    def special(x: torch.Tensor) -> bool:
+        return not bool(torch.isfinite(x).all())
+
+    with_nan = find(signals(allow_nan=True), lambda x: bool(x.isnan().any()), settings=REPLAY)
+    assert int(with_nan.isnan().sum()) == 1
+    with_inf = find(signals(allow_infinity=True), lambda x: bool(x.isinf().any()), settings=REPLAY)
+    assert int(with_inf.isinf().sum()) == 1
+    with pytest.raises(NoSuchExample):
+        find(signals(), special, settings=settings(REPLAY, max_examples=50))
+
+
+def test_signals_shrink_toward_small_tensors() -> None:
+    smallest = find(signals(ndim=2), lambda x: True, settings=REPLAY)
+    assert smallest.shape == (1, 1, 4, 4)
+
+
+# -- conv stacks ---------------------------------------------------------------------------------
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_every_conv_stack_passes_a_check_with_its_stride_and_boundary(data: st.DataObject) -> None:
+    stack = data.draw(
+        conv_stacks(ndim=st.integers(1, 3), strides=(1, 2), depth=(1, 2), dilations=(1, 2)), label="stack"
+    )
+    x = data.draw(stack.inputs(), label="x")
+    out = stack.model(x)
+    assert out.shape[:2] == (x.shape[0], stack.out_channels)
+    bound = tuple((n - 1) * s for n, s in zip(out.shape[2:], stack.stride))  # output shifts that fit
+    shift = data.draw(stack.shifts(max_shift=bound, nonzero=True), label="shift")
+    report = check_equivariance(stack.model, x, [shift], stride=stack.stride, boundary=stack.boundary)
+    assert report.passed, str(report)
+
+
+@given(conv_stacks(padding="circular", strides=(1, 2), depth=(1, 3), ndim=2, dilations=(1, 2)))
+def test_circular_stacks_keep_the_size_up_to_the_stride(stack: ConvStack) -> None:
+    size = stack.input_size(3)
+    assert size % stack.stride[0] == 0
+    x = torch.zeros(1, stack.in_channels, size, size)
+    assert stack.model(x).shape[-2:] == (size // stack.stride[0],) * 2
+
+
+@given(conv_stacks(padding="valid", ndim=1, dilations=(1, 3), strides=(1, 2)), st.integers(1, 5))
+def test_valid_stacks_know_their_minimum_and_input_sizes(stack: ConvStack, out: int) -> None:
+    assert stack.model(torch.zeros(1, stack.in_channels, stack.min_size)).shape[-1] == 1
+    assert stack.model(torch.zeros(1, stack.in_channels, stack.input_size(out))).shape[-1] == out
+
+
+@given(conv_stacks(depth=(2, 4), channels=3, kernel_sizes=3, strides=2, padding="valid"))
+def test_conv_stacks_follow_their_options(stack: ConvStack) -> None:
+    convs = [m for m in stack.model if isinstance(m, nn.Conv2d)]
+    assert 2 <= len(convs) <= 4
+    assert all(c.kernel_size == (3, 3) and c.stride == (2, 2) and c.padding == (0, 0) for c in convs)
+    assert all(c.in_channels == 3 and c.out_channels == 3 for c in convs)
+    assert stack.stride == (2 ** len(convs),) * 2
+    assert stack.boundary == "zeros"
+
+
+def test_conv_stacks_shrink_toward_one_small_layer() -> None:
+    stack = find(conv_stacks(), lambda s: True, settings=REPLAY)
+    (conv, _) = stack.model
+    assert (stack.in_channels, stack.out_channels, stack.stride, conv.kernel_size) == (1, 1, (1, 1), (1, 1))
+
+
+def test_conv_stacks_replay_exactly_and_leave_the_global_rng_alone() -> None:
+    state = torch.get_rng_state()
+    first = find(conv_stacks(channels=3, kernel_sizes=3), lambda s: True, settings=REPLAY)
+    second = find(conv_stacks(channels=3, kernel_sizes=3), lambda s: True, settings=REPLAY)
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+# -- dense networks ------------------------------------------------------------------------------
+
+
+@given(st.data())
+def test_every_dense_network_fails_a_check_of_a_nonzero_shift(data: st.DataObject) -> None:
+    net = data.draw(mlps(ndim=st.integers(1, 3), size=(2, 5)), label="net")
+    assert isinstance(net, DenseNet)
+    x = data.draw(net.inputs(), label="x")
+    assert net.model(x).shape == (x.shape[0], net.out_channels, *x.shape[2:])
+    bound = tuple(n - 1 for n in net.input_size)
+    shift = data.draw(shifts(ndim=net.ndim, max_shift=bound).filter(lambda s: not s.is_identity))
+    report = check_equivariance(net.model, x, [shift])
+    assert not report.passed
+    assert report.max_error > 1e3 * report.rtol
+
+
+def test_mlps_shrink_toward_one_small_hidden_layer() -> None:
+    net = find(mlps(), lambda n: True, settings=REPLAY)
+    linears = [m for m in net.model if isinstance(m, nn.Linear)]
+    assert len(linears) == 2
+    assert net.input_size == (2, 2)
+    assert linears[0].out_features == 4
+
+
+# -- refused options -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: shifts(ndim=0), r"ndim must be at least 1, found 0"),
+        (lambda: shifts(max_shift=-1), r"max_shift must be at least 0, found -1"),
+        (lambda: shifts(max_shift=1.5), r"max_shift must be an int, found 1.5 \(float\)"),
+        (lambda: shifts(multiple_of=0), r"multiple_of must be at least 1, found 0"),
+        (
+            lambda: shifts(ndim=2, max_shift=(1, 2, 3)),
+            r"max_shift \(1, 2, 3\) has 3 entries but the shifts have 2 dims",
+        ),
+        (
+            lambda: shifts(max_shift=1, multiple_of=2, nonzero=True),
+            r"no nonzero shift has offsets within max_shift 1 that are multiples of 2; raise max_shift to at least 2",
+        ),
+        (lambda: shifts(nonzero="yes"), r"nonzero must be True or False, found 'yes' \(str\)"),
+        (lambda: signals(batch=0), r"batch must be at least 1, found 0"),
+        (lambda: signals(ndim=4), r"ndim must be at most 3, found 4"),
+        (lambda: signals(size=(8, 4)), r"size range \(8, 4\) is empty: min > max; pass \(4, 8\)"),
+        (lambda: signals(size=(1, 2, 3)), r"size must be an int, a \(min, max\) pair or a strategy"),
+        (
+            lambda: signals(size=6, border=3),
+            r"size must be at least 7 \(twice the border 3, plus one\), found 6",
+        ),
+        (
+            lambda: signals(dtype=torch.int64),
+            r"dtype must be a floating-point torch.dtype, found torch.int64",
+        ),
+        (lambda: signals(min_value=1.0, max_value=0.0), r"min_value 1.0 is above max_value 0.0; swap them"),
+        (
+            lambda: signals(max_value=math.inf),
+            r"max_value must be a finite number, found inf .*allow_infinity=True",
+        ),
+        (lambda: signals(device="tpu9"), r"device 'tpu9' is not a device torch knows"),
+        (lambda: conv_stacks(padding="same"), r"padding must be 'valid' or 'circular', found 'same' \(str\)"),
+        (lambda: conv_stacks(padding=()), r"padding is empty"),
+        (lambda: conv_stacks(depth=0), r"depth must be at least 1, found 0"),
+        (lambda: conv_stacks(strides=(0, 2)), r"strides's min must be at least 1, found 0"),
+        (lambda: conv_stacks(kernel_sizes="3"), r"kernel_sizes must be an int, found '3' \(str\)"),
+        (lambda: mlps(hidden=0), r"hidden must be at least 1, found 0"),
+    ],
+    ids=lambda v: "" if callable(v) else v[:40],
+)
+def test_bad_options_are_refused_when_the_strategy_is_built(make, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidArgument, match=message):
+        make()
+
+
+def test_bad_values_drawn_from_a_strategy_are_refused_when_drawn() -> None:
+    with pytest.raises(InvalidArgument, match=r"depth must be at least 1, found 0"):
+        find(conv_stacks(depth=st.just(0)), lambda s: True, settings=REPLAY)
+    with pytest.raises(InvalidArgument, match=r"spatial size \(4, 4\) leaves nothing inside a border of 2"):
+        find(images(size=4, border=st.just(2)), lambda x: True, settings=REPLAY)
+    with pytest.raises(InvalidArgument, match=r"min_value 2.0 is above max_value 1.0; swap them"):
+        find(signals(min_value=st.just(2.0)), lambda x: True, settings=REPLAY)
+    with pytest.raises(InvalidArgument, match=r"size \(3,\) has 1 entries but there are 2 spatial dims"):
+        find(images(size=st.just((3,))), lambda x: True, settings=REPLAY)
+
+
+def test_stack_inputs_refuse_a_size_of_their_own() -> None:
+    stack = find(conv_stacks(), lambda s: True, settings=REPLAY)
+    with pytest.raises(InvalidArgument, match=r"the stack sets size, ndim and channels of its inputs"):
+        stack.inputs(size=8)
