@@ -174,7 +174,7 @@ class EquivarianceReport:
         if rest:
             failed = sum(not r.passed for r in rest)
             lines.append(
-                f"  ... {len(rest)} more shifts, {failed} failed, errors {rest[-1].error:.2e} "
+                f"  ... {_count(len(rest), 'more shift')}, {failed} failed, errors {rest[-1].error:.2e} "
                 f"to {rest[0].error:.2e}"
             )
         lines.extend(f"  hint: {hint}" for hint in self.hints)
