@@ -173,7 +173,13 @@ def assert_invariant(
 def _passed_or_raise(report: EquivarianceReport) -> EquivarianceReport:
     __tracebackhide__ = True
     if not report.passed:
-        raise EquivarianceError(str(report), report)
+        text = str(report)
+        if report.kind == "equivariance":
+            text += (
+                "\n  to find the layer: equivariance.profile_equivariance(model, x, "
+                f"shift={report.worst_shift}) gives the error of every layer and the first that fails"
+            )
+        raise EquivarianceError(text, report)
     return report
 
 
