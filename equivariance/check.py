@@ -9,10 +9,11 @@ text.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from equivariance import _auto
 from equivariance._forward import Forward, OutputSelector
 from equivariance._hints import hints_for, within
 from equivariance._validation import per_dim
@@ -34,10 +35,10 @@ def check_equivariance(
     shifts: Sequence[ShiftLike] | None = None,
     *,
     max_shift: IntOrTuple | None = None,
-    stride: IntOrTuple = 1,
+    stride: IntOrTuple | Literal["auto"] = 1,
     output_action: OutputAction | None = None,
     boundary: Boundary = "zeros",
-    margin: IntOrTuple = 0,
+    margin: IntOrTuple | Literal["auto"] = 0,
     layer: str | None = None,
     output: OutputSelector = None,
     atol: float | None = None,
@@ -75,10 +76,18 @@ def check_equivariance(
             default ``2 * stride``. Not allowed together with ``shifts``.
         stride: the output's subsampling factor; the output shift is
             ``shift / stride``, and every shift must be a multiple of it.
+            ``"auto"`` infers it (the report says what it found): the
+            input shift that moves the output by one sample, of the
+            candidates the spatial sizes allow, tested in one batched pass.
         output_action: a callable ``(f(x), shift) -> tensor`` for any other
             output action.
         boundary: ``"zeros"`` or ``"circular"``, see :mod:`equivariance.shifts`.
         margin: samples dropped at each edge of the compared region.
+            ``"auto"`` measures the receptive-field radius of the output, in
+            output samples, from the gradient of a centre output with respect
+            to the input (one backward pass), so zero-padded 'same'
+            convolutions pass with ``boundary="zeros"``; if that margin leaves
+            nothing to compare, InvalidArgument says so.
         layer: measure this named submodule's output; the forward pass stops there.
         output: picks the tensor from a tuple or dict output.
         atol: tolerance on the RMS absolute error where the reference is zero.
@@ -189,10 +198,10 @@ def _check(
     x: torch.Tensor,
     shifts: Sequence[ShiftLike] | None,
     max_shift: IntOrTuple | None,
-    stride: IntOrTuple,
+    stride: IntOrTuple | Literal["auto"],
     output_action: OutputAction | None,
     boundary: Boundary,
-    margin: IntOrTuple,
+    margin: IntOrTuple | Literal["auto"],
     layer: str | None,
     output: OutputSelector,
     atol: float | None,
@@ -202,11 +211,13 @@ def _check(
     forward = Forward(model, layer, output)
     x = check_input(x, model)
     d = x.dim() - 2
-    strides = per_dim(stride, d, "stride", minimum=1)
-    margins = per_dim(margin, d, "margin", minimum=0)
-    spatial = tuple(x.shape[2:])
-    shift_list = _shift_set(shifts, max_shift, strides, spatial, custom_action=output_action is not None)
     resolve_tolerance(x.dtype, rtol=rtol, atol=atol)  # reject bad tolerances before any forward pass
+    custom = output_action is not None
+    strides, margins, inferred = _auto.resolve(forward, x, stride, margin, boundary, custom_action=custom)
+    spatial = tuple(x.shape[2:])
+    shift_list = _shift_set(shifts, max_shift, strides, spatial, custom_action=custom)
+    if margin == _auto.AUTO and not custom:
+        _auto.check_room(tuple(_auto.output_of(forward, x).shape[-d:]), shift_list, strides, margins)
     measurement = measure(
         forward, x, shift_list, mode=mode, stride=strides, output_action=output_action,
         boundary=boundary, margin=margins, batch_size=batch_size, noise_floor=True,
@@ -248,10 +259,11 @@ def _check(
         dtype=str(x.dtype).removeprefix("torch."),
         device=str(x.device),
         boundary=boundary,
-        output_action=_describe_action(mode, strides, output_action),
+        output_action=_describe_action(mode, strides, output_action, inferred=stride == _auto.AUTO),
         margin=margins if mode == "equivariance" else (0,) * d,
         batch_size=measurement.batch_size,
         hints=hints,
+        inferred=inferred,
     )
 
 
@@ -290,7 +302,11 @@ def _shift_set(
     return shift_list
 
 
-def _describe_action(mode: str, strides: tuple[int, ...], output_action: OutputAction | None) -> str:
+def _describe_action(
+    mode: str, strides: tuple[int, ...], output_action: OutputAction | None, *, inferred: bool = False
+) -> str:
+    if inferred:
+        return _describe_action(mode, strides, output_action) + " (inferred)"
     if mode == "invariance":
         return "none (invariance)"
     if output_action is not None:

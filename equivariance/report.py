@@ -62,6 +62,8 @@ class EquivarianceReport:
         margin: samples dropped at each edge of the compared region, per dim.
         batch_size: samples per forward pass.
         hints: likely causes of a failure, with fixes, when recognisable.
+        inferred: how ``stride="auto"`` and ``margin="auto"`` were resolved,
+            one sentence each.
     """
 
     kind: str
@@ -81,6 +83,7 @@ class EquivarianceReport:
     margin: tuple[int, ...]
     batch_size: int
     hints: tuple[str, ...] = ()
+    inferred: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -124,7 +127,7 @@ class EquivarianceReport:
             {"shift": list(r.shift.offsets), "error": r.error, "passed": r.passed, "absolute": r.absolute}
             for r in self.results
         ]
-        for key in ("input_shape", "output_shape", "margin", "hints"):
+        for key in ("input_shape", "output_shape", "margin", "hints", "inferred"):
             data[key] = list(data[key])
         worst = self.worst_shift
         data.update(
@@ -157,6 +160,7 @@ class EquivarianceReport:
             f"  tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} ({self.tolerance_source}); "
             f"noise floor {self.noise_floor:.1e}; mean error {self.mean_error:.2e}"
         )
+        lines.extend(f"  inferred: {note}" for note in self.inferred)
         if self.zero_reference:
             lines.append(
                 f"  {self.zero_reference} shifted samples had an all-zero reference output (dead "
