@@ -13,6 +13,7 @@ from equivariance.metric import equivariance_error, invariance_error
 from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equivariance
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
+from equivariance.transforms import Flip, Rot90
 
 __version__ = "0.1.0"
 
@@ -21,8 +22,10 @@ __all__ = [
     "EquivarianceReport",
     "EquivarianceProfile",
     "EquivarianceWarning",
+    "Flip",
     "InvalidArgument",
     "LayerProfile",
+    "Rot90",
     "Shift",
     "ShiftResult",
     "__version__",
