@@ -40,6 +40,7 @@ from equivariance.errors import InvalidArgument
 from equivariance.metric import check_input, check_shift_fits, sample_errors
 from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift, check_boundary
 from equivariance.tolerances import resolve_tolerance
+from equivariance.transforms import Transform
 
 __all__ = ["EquivarianceProfile", "LayerProfile", "profile_equivariance"]
 
@@ -76,7 +77,7 @@ class LayerProfile:
     type: str
     output_shape: tuple[int, ...]
     stride: tuple[int, ...] | None
-    output_shift: Shift | None
+    output_shift: Shift | Transform | None
     exact: bool
     error: float
     passed: bool
@@ -89,7 +90,7 @@ class LayerProfile:
         data = dataclasses.asdict(self)
         data["output_shape"] = list(self.output_shape)
         data["stride"] = None if self.stride is None else list(self.stride)
-        data["output_shift"] = None if self.output_shift is None else list(self.output_shift.offsets)
+        data["output_shift"] = None if self.output_shift is None else _jsonable(self.output_shift)
         return data
 
 
@@ -101,7 +102,7 @@ class EquivarianceProfile:
 
     Attributes:
         subject: the model's class name.
-        shift: the input shift.
+        shift: the input shift, or a transform (``Rot90``, ``Flip``).
         boundary: ``"zeros"`` or ``"circular"``.
         input_shape: the shape of ``x``.
         dtype: the dtype of ``x``.
@@ -112,7 +113,7 @@ class EquivarianceProfile:
     """
 
     subject: str
-    shift: Shift
+    shift: Shift | Transform
     boundary: str
     input_shape: tuple[int, ...]
     dtype: str
@@ -142,7 +143,7 @@ class EquivarianceProfile:
         first = self.first_failure
         return {
             "subject": self.subject,
-            "shift": list(self.shift.offsets),
+            "shift": _jsonable(self.shift),
             "boundary": self.boundary,
             "input_shape": list(self.input_shape),
             "dtype": self.dtype,
@@ -157,7 +158,8 @@ class EquivarianceProfile:
     def summary(self) -> str:
         """One line: the verdict and the first layer that fails, with its cause."""
         first = self.first_failure
-        head = f"equivariance profile of {self.subject} under shift {self.shift} ({self.boundary})"
+        what = "shift" if isinstance(self.shift, Shift) else "transform"
+        head = f"equivariance profile of {self.subject} under {what} {self.shift} ({self.boundary})"
         if first is None:
             return f"{head}: every layer within rtol {self.rtol:.0e}"
         return f"{head}: first failure at {first.name} ({first.type}), {first.cause}"
@@ -191,7 +193,7 @@ class EquivarianceProfile:
 def profile_equivariance(
     model: nn.Module,
     x: torch.Tensor,
-    shift: ShiftLike,
+    shift: ShiftLike | Transform,
     *,
     layers: Sequence[str] | None = None,
     boundary: Boundary = "zeros",
@@ -223,7 +225,9 @@ def profile_equivariance(
     Args:
         model: an ``nn.Module``.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
-        shift: the input shift, a :class:`~equivariance.Shift` or a tuple of ints.
+        shift: the input shift, a :class:`~equivariance.Shift` or a tuple of ints;
+            or a transform (:class:`~equivariance.Rot90`, :class:`~equivariance.Flip`),
+            which every spatial output is expected to undergo too.
         layers: names of the submodules to profile (``model.named_modules()``);
             default every leaf submodule that runs.
         boundary: ``"zeros"`` or ``"circular"``, see :mod:`equivariance.shifts`.
@@ -241,19 +245,26 @@ def profile_equivariance(
         )
     x = check_input(x, model)
     boundary = check_boundary(boundary)
-    the_shift = as_shift(shift)
-    check_shift_fits(the_shift, x)
-    if the_shift.is_identity:
-        raise InvalidArgument(
-            f"shift {the_shift} is the identity, a profile that cannot fail; pass a nonzero shift"
-        )
+    the_shift: Shift | Transform
+    if isinstance(shift, Transform):
+        the_shift = shift
+        moved_x = shift.apply(x, x.dim() - 2)
+        boundary = "circular"  # a rotation or flip maps the grid onto itself: nothing is filled in
+    else:
+        the_shift = as_shift(shift)
+        check_shift_fits(the_shift, x)
+        if the_shift.is_identity:
+            raise InvalidArgument(
+                f"shift {the_shift} is the identity, a profile that cannot fail; pass a nonzero shift"
+            )
+        moved_x = the_shift.apply(x, boundary)
     tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
     targets = _targets(model, layers)
     n = x.shape[0]
     captured: dict[str, torch.Tensor] = {}
     input_sizes: dict[str, tuple[int, ...] | None] = {}
     order: list[str] = []
-    d = the_shift.ndim
+    d = x.dim() - 2
 
     def recorder(name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(_module: nn.Module, inputs: Any, out: Any) -> None:
@@ -270,7 +281,7 @@ def profile_equivariance(
     handles = [module.register_forward_hook(recorder(name)) for name, module in targets.items()]
     try:
         with isolated(model):
-            batch = torch.cat([x, the_shift.apply(x, boundary)])
+            batch = torch.cat([x, moved_x])
             try:
                 result = model(batch)
             except InvalidArgument:
@@ -375,14 +386,14 @@ def _profile_layer(
     both: torch.Tensor,
     stride: tuple[int, ...] | None,
     n: int,
-    shift: Shift,
+    shift: Shift | Transform,
     boundary: Boundary,
     tolerance: Any,
 ) -> LayerProfile:
     if not both.dtype.is_floating_point:
         both = both.double()
     base, moved = both[:n].double(), both[n:].double()
-    d = shift.ndim
+    d = len(stride) if stride is not None else 0
     shape = tuple(base.shape)
     if stride is None or base.dim() < 2 + d:
         diff = (moved - base).reshape(n, -1).square().sum(1)
@@ -402,6 +413,8 @@ def _profile_layer(
             )
         return LayerProfile(name, kind, shape, None, None, True, error, passed, None, cause, fix)
     spatial_out = shape[-d:]
+    if not isinstance(shift, Shift):
+        return _transform_layer(name, kind, base, moved, stride, shift, tolerance)
     exact = shift.divisible_by(stride)
     out_shift = Shift(tuple(round(o / s) for o, s in zip(shift, stride)))
     reference = out_shift.apply(base, boundary)
@@ -446,6 +459,47 @@ def _profile_layer(
             )
     error = float(errors.max())
     return LayerProfile(name, kind, shape, stride, out_shift, exact, error, passed, border, cause, fix)
+
+
+def _transform_layer(
+    name: str,
+    kind: str,
+    base: torch.Tensor,
+    moved: torch.Tensor,
+    stride: tuple[int, ...],
+    transform: Transform,
+    tolerance: Any,
+) -> LayerProfile:
+    """A rotation or flip: the whole output, transformed alike, is the reference."""
+    d, n = len(stride), len(base)
+    shape = tuple(base.shape)
+    reference = transform.apply(base, d)  # raises, saying so, if a layer's output is not square
+    diff = (moved - reference).reshape(n, -1).square().sum(1)
+    ref = reference.reshape(n, -1).square().sum(1)
+    errors, absolute = sample_errors(diff, ref, torch.tensor(float(base[0].numel())))
+    passed = bool(within(errors, absolute, tolerance).all())
+    cause: str | None = None
+    fix: str | None = None
+    if not passed and any(s > 1 for s in stride):
+        cause = "aliasing"
+        fix = (
+            f"the map is subsampled by {stride}, and the subsampling grid is not symmetric under "
+            f"{transform!r} (it keeps samples 0, 2, 4, ... of an even size): use sizes for which the "
+            "grid maps onto itself (odd sizes with centred sampling) or anti-aliased downsampling"
+        )
+    elif not passed:
+        cause = "no symmetry"
+        fix = (
+            f"this layer does not commute with {transform!r}: average its kernels over the group "
+            "(as in a p4 / p4m group convolution), or test the layers before it"
+        )
+    return LayerProfile(
+        name, kind, shape, stride, transform, True, float(errors.max()), passed, None, cause, fix
+    )
+
+
+def _jsonable(shift: Shift | Transform) -> list[int] | str:
+    return list(shift.offsets) if isinstance(shift, Shift) else repr(shift)
 
 
 def _border(

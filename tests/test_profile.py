@@ -9,7 +9,7 @@ import torch
 from conftest import canvas
 from torch import nn
 
-from equivariance import EquivarianceError, InvalidArgument, assert_equivariant, profile_equivariance
+from equivariance import EquivarianceError, InvalidArgument, Rot90, assert_equivariant, profile_equivariance
 from equivariance.models import LeNet
 
 
@@ -131,3 +131,19 @@ def test_invalid_arguments(kwargs: dict[str, object], match: str) -> None:
 def test_a_plain_callable_is_refused() -> None:
     with pytest.raises(InvalidArgument, match=r"needs an nn\.Module to hook its layers"):
         profile_equivariance(torch.relu, torch.rand(1, 1, 8, 8), (1, 0))  # type: ignore[arg-type]
+
+
+def test_a_rotation_profile_names_the_plain_convolution() -> None:
+    torch.manual_seed(0)
+    p4 = nn.Conv2d(1, 3, 3, padding=1)
+    with torch.no_grad():
+        p4.weight.copy_(sum(torch.rot90(p4.weight, k, (-2, -1)) for k in range(4)) / 4)
+    net = nn.Sequential(p4, nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    profile = profile_equivariance(net, torch.randn(2, 1, 10, 10), Rot90(1))
+    assert [layer.passed for layer in profile.layers] == [True, True, False, False, False]
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.cause) == ("2", "no symmetry")
+    assert "average its kernels over the group" in (first.fix or "")
+    assert profile.summary().startswith("equivariance profile of Sequential under transform Rot90(1)")
+    assert json.loads(json.dumps(profile.to_dict()))["shift"] == "Rot90(1)"
