@@ -101,3 +101,9 @@ def test_stride_auto_needs_spatial_output() -> None:
     head = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     with pytest.raises(InvalidArgument, match=r"stride='auto' needs an output with 2 spatial dims"):
         check_equivariance(head, torch.rand(1, 1, 8, 8), stride="auto")
+
+
+def test_equivariance_error_takes_auto_too() -> None:
+    x = canvas(batch=2, size=66, content=32)
+    assert float(equivariance_error(strided(2), x, (4, -2), stride="auto")) == 0.0
+    assert float(equivariance_error(strided(2), x, (4, -2))) > 0.1  # negative control: stride 1 assumed
