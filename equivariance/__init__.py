@@ -10,16 +10,22 @@ True
 from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
 from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
 from equivariance.metric import equivariance_error, invariance_error
+from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equivariance
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
+from equivariance.transforms import Flip, Rot90
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EquivarianceError",
     "EquivarianceReport",
+    "EquivarianceProfile",
     "EquivarianceWarning",
+    "Flip",
     "InvalidArgument",
+    "LayerProfile",
+    "Rot90",
     "Shift",
     "ShiftResult",
     "__version__",
@@ -32,5 +38,6 @@ __all__ = [
     "equivariance_error",
     "invariance_error",
     "multiples_of",
+    "profile_equivariance",
     "shifts_in_box",
 ]

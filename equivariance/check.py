@@ -9,18 +9,28 @@ text.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from equivariance import _auto
 from equivariance._forward import Forward, OutputSelector
 from equivariance._hints import hints_for, within
-from equivariance._validation import per_dim
+from equivariance._isolation import isolated
+from equivariance._validation import describe, per_dim
 from equivariance.errors import EquivarianceError, InvalidArgument
-from equivariance.metric import IntOrTuple, OutputAction, check_input, measure, sample_errors
+from equivariance.metric import (
+    IntOrTuple,
+    OutputAction,
+    check_input,
+    default_batch_size,
+    measure,
+    sample_errors,
+)
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift_list, multiples_of
 from equivariance.tolerances import resolve_tolerance
+from equivariance.transforms import Identity, Transform
 
 __all__ = ["assert_equivariant", "assert_invariant", "check_equivariance", "check_invariance"]
 
@@ -34,15 +44,16 @@ def check_equivariance(
     shifts: Sequence[ShiftLike] | None = None,
     *,
     max_shift: IntOrTuple | None = None,
-    stride: IntOrTuple = 1,
+    stride: IntOrTuple | Literal["auto"] = 1,
     output_action: OutputAction | None = None,
     boundary: Boundary = "zeros",
-    margin: IntOrTuple = 0,
+    margin: IntOrTuple | Literal["auto"] = 0,
     layer: str | None = None,
     output: OutputSelector = None,
     atol: float | None = None,
     rtol: float | None = None,
     batch_size: int | None = None,
+    transforms: Sequence[Transform] | None = None,
 ) -> EquivarianceReport:
     """Measure the equivariance error of ``model`` on ``x`` for many shifts at once.
 
@@ -75,20 +86,45 @@ def check_equivariance(
             default ``2 * stride``. Not allowed together with ``shifts``.
         stride: the output's subsampling factor; the output shift is
             ``shift / stride``, and every shift must be a multiple of it.
+            ``"auto"`` infers it (the report says what it found): the
+            input shift that moves the output by one sample, of the
+            candidates the spatial sizes allow, tested in one batched pass.
         output_action: a callable ``(f(x), shift) -> tensor`` for any other
             output action.
         boundary: ``"zeros"`` or ``"circular"``, see :mod:`equivariance.shifts`.
         margin: samples dropped at each edge of the compared region.
+            ``"auto"`` measures the receptive-field radius of the output, in
+            output samples, from the gradient of a centre output with respect
+            to the input (one backward pass), so zero-padded 'same'
+            convolutions pass with ``boundary="zeros"``; if that margin leaves
+            nothing to compare, InvalidArgument says so.
         layer: measure this named submodule's output; the forward pass stops there.
         output: picks the tensor from a tuple or dict output.
         atol: tolerance on the RMS absolute error where the reference is zero.
         rtol: tolerance on the relative error.
         batch_size: samples per forward pass; default about 2**18 input elements
             on the CPU and 2**22 on a GPU.
+        transforms: check these symmetries instead of shifts, e.g.
+            ``[Rot90(1), Flip(-1)]`` (:mod:`equivariance.transforms`): each acts
+            alike on the input and on the output, over the whole grid, and is
+            a row of the report. Not allowed with ``shifts``, ``max_shift``,
+            ``stride``, ``margin`` or ``output_action``.
 
     Returns:
         An :class:`~equivariance.EquivarianceReport`.
     """
+    if transforms is not None:
+        given = {
+            "shifts": shifts is not None, "max_shift": max_shift is not None, "stride": stride != 1,
+            "margin": margin != 0, "output_action": output_action is not None,
+        }  # fmt: skip
+        clash = [name for name, present in given.items() if present]
+        if clash:
+            raise InvalidArgument(
+                f"transforms= replaces the shifts, so {', '.join(clash)} cannot be passed with it; "
+                "check shifts and transforms in two calls"
+            )
+        return _check_transforms(model, x, transforms, layer, output, atol, rtol, batch_size)
     return _check(
         "equivariance", model, x, shifts, max_shift, stride, output_action, boundary, margin,
         layer, output, atol, rtol, batch_size,
@@ -173,7 +209,13 @@ def assert_invariant(
 def _passed_or_raise(report: EquivarianceReport) -> EquivarianceReport:
     __tracebackhide__ = True
     if not report.passed:
-        raise EquivarianceError(str(report), report)
+        text = str(report)
+        if report.kind == "equivariance" and isinstance(report.worst_shift, Shift):
+            text += (
+                "\n  to find the layer: equivariance.profile_equivariance(model, x, "
+                f"shift={report.worst_shift}) gives the error of every layer and the first that fails"
+            )
+        raise EquivarianceError(text, report)
     return report
 
 
@@ -183,10 +225,10 @@ def _check(
     x: torch.Tensor,
     shifts: Sequence[ShiftLike] | None,
     max_shift: IntOrTuple | None,
-    stride: IntOrTuple,
+    stride: IntOrTuple | Literal["auto"],
     output_action: OutputAction | None,
     boundary: Boundary,
-    margin: IntOrTuple,
+    margin: IntOrTuple | Literal["auto"],
     layer: str | None,
     output: OutputSelector,
     atol: float | None,
@@ -196,11 +238,13 @@ def _check(
     forward = Forward(model, layer, output)
     x = check_input(x, model)
     d = x.dim() - 2
-    strides = per_dim(stride, d, "stride", minimum=1)
-    margins = per_dim(margin, d, "margin", minimum=0)
-    spatial = tuple(x.shape[2:])
-    shift_list = _shift_set(shifts, max_shift, strides, spatial, custom_action=output_action is not None)
     resolve_tolerance(x.dtype, rtol=rtol, atol=atol)  # reject bad tolerances before any forward pass
+    custom = output_action is not None
+    strides, margins, inferred = _auto.resolve(forward, x, stride, margin, boundary, custom_action=custom)
+    spatial = tuple(x.shape[2:])
+    shift_list = _shift_set(shifts, max_shift, strides, spatial, custom_action=custom)
+    if margin == _auto.AUTO and not custom:
+        _auto.check_room(tuple(_auto.output_of(forward, x).shape[-d:]), shift_list, strides, margins)
     measurement = measure(
         forward, x, shift_list, mode=mode, stride=strides, output_action=output_action,
         boundary=boundary, margin=margins, batch_size=batch_size, noise_floor=True,
@@ -242,9 +286,98 @@ def _check(
         dtype=str(x.dtype).removeprefix("torch."),
         device=str(x.device),
         boundary=boundary,
-        output_action=_describe_action(mode, strides, output_action),
+        output_action=_describe_action(mode, strides, output_action, inferred=stride == _auto.AUTO),
         margin=margins if mode == "equivariance" else (0,) * d,
         batch_size=measurement.batch_size,
+        hints=hints,
+        inferred=inferred,
+    )
+
+
+def _check_transforms(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    transforms: Sequence[Transform],
+    layer: str | None,
+    output: OutputSelector,
+    atol: float | None,
+    rtol: float | None,
+    batch_size: int | None,
+) -> EquivarianceReport:
+    """Every transform of every sample in batched passes, compared with the transformed output."""
+    forward = Forward(model, layer, output)
+    x = check_input(x, model)
+    if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence) or not transforms:
+        raise InvalidArgument(
+            f"transforms must be a non-empty list of transforms, found {describe(transforms)}; pass e.g. "
+            "transforms=[Rot90(1), Flip(-1)]"
+        )
+    for t in transforms:
+        if not isinstance(t, Transform):
+            raise InvalidArgument(
+                f"transforms must hold Rot90, Flip or other objects with apply(x, spatial_dims), found "
+                f"{describe(t)}; shifts go in shifts="
+            )
+    tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
+    d, n = x.dim() - 2, x.shape[0]
+    plan: list[Transform] = [Identity(), *transforms]
+    inputs = torch.cat([t.apply(x, d) for t in plan])  # shapes are checked by apply: square planes only
+    size = default_batch_size(x) if batch_size is None else batch_size
+    if size < 1:
+        raise InvalidArgument(f"batch_size must be positive, found {size}")
+    with isolated(forward.model):
+        base = forward(x.clone()).clone()
+        if base.dim() < 2 + d:
+            raise InvalidArgument(
+                f"the output of shape {tuple(base.shape)} has no {d} spatial dims for the transforms "
+                "to act on; pass layer= to measure a layer with spatial output"
+            )
+        outputs = torch.cat([forward(inputs[i : i + size]) for i in range(0, len(inputs), size)])
+    work = torch.float64
+    expected = torch.cat([t.apply(base, d) for t in plan]).to(work)
+    if expected.shape != outputs.shape:
+        raise InvalidArgument(
+            f"the output for transformed inputs has shape {tuple(outputs.shape[1:])} per sample but the "
+            f"transformed output for x has {tuple(expected.shape[1:])}; the transforms must map the "
+            "output grid onto itself"
+        )
+    diff = (outputs.to(work) - expected).reshape(len(plan), n, -1).square().sum(-1)
+    ref = expected.reshape(len(plan), n, -1).square().sum(-1)
+    count = torch.full((len(plan),), float(base[0].numel()), dtype=work)
+    errors, absolute = sample_errors(diff, ref, count)
+    ok = within(errors, absolute, tolerance)
+    worst = errors.argmax(dim=1)
+    rows = torch.arange(len(plan))
+    results = tuple(
+        ShiftResult(t, float(err), bool(passed), bool(abs_))
+        for t, err, passed, abs_ in zip(
+            plan, errors[rows, worst].tolist(), ok.all(dim=1).tolist(), absolute[rows, worst].tolist()
+        )
+    )
+    hints: tuple[str, ...] = ()
+    if not all(r.passed for r in results[1:]):
+        hints = (
+            "the output does not rotate or flip with the input: a plain convolution has no such symmetry; "
+            "make kernels symmetric (average them over the group, as in a p4 / p4m group convolution) or "
+            "check an earlier layer with layer=",
+        )
+    return EquivarianceReport(
+        kind="equivariance",
+        subject=forward.name(),
+        results=results[1:],
+        rtol=tolerance.rtol,
+        atol=tolerance.atol,
+        tolerance_source=tolerance.source,
+        noise_floor=float(errors[0].max()),
+        zero_reference=int(absolute[1:].sum()),
+        input_shape=tuple(x.shape),
+        output_shape=tuple(base.shape),
+        dtype=str(x.dtype).removeprefix("torch."),
+        device=str(x.device),
+        boundary="none (the transforms map the grid onto itself)",
+        output_action="the same transform",
+        margin=(0,) * d,
+        batch_size=size,
         hints=hints,
     )
 
@@ -284,7 +417,11 @@ def _shift_set(
     return shift_list
 
 
-def _describe_action(mode: str, strides: tuple[int, ...], output_action: OutputAction | None) -> str:
+def _describe_action(
+    mode: str, strides: tuple[int, ...], output_action: OutputAction | None, *, inferred: bool = False
+) -> str:
+    if inferred:
+        return _describe_action(mode, strides, output_action) + " (inferred)"
     if mode == "invariance":
         return "none (invariance)"
     if output_action is not None:

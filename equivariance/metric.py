@@ -117,10 +117,10 @@ def equivariance_error(
     x: torch.Tensor,
     shift: ShiftLike,
     *,
-    stride: IntOrTuple = 1,
+    stride: IntOrTuple | Literal["auto"] = 1,
     output_action: OutputAction | None = None,
     boundary: Boundary = "zeros",
-    margin: IntOrTuple = 0,
+    margin: IntOrTuple | Literal["auto"] = 0,
     layer: str | None = None,
     output: OutputSelector = None,
     reduction: Reduction = "mean",
@@ -155,13 +155,15 @@ def equivariance_error(
         shift: a :class:`~equivariance.Shift` or a tuple of ints, one per spatial dim.
         stride: the output's subsampling factor (an int or one per dim); the
             output shift is ``shift / stride``, which must be exact.
+            ``"auto"`` infers it, as in :func:`~equivariance.check_equivariance`.
         output_action: a callable ``(f(x), shift) -> tensor`` replacing the
             default output action.
         boundary: ``"zeros"`` (content moves on a finite canvas) or
             ``"circular"`` (on a torus).
         margin: samples dropped at each edge of the compared region (an int
             or one per dim), for zero-padded convolutions whose border outputs
-            see the padding.
+            see the padding. ``"auto"`` measures the receptive-field radius,
+            as in :func:`~equivariance.check_equivariance`.
         layer: measure the output of this named submodule instead; the
             forward pass stops there.
         output: picks the tensor from a model returning a tuple or dict: an
@@ -211,10 +213,10 @@ def _error(
     x: torch.Tensor,
     shift: ShiftLike,
     mode: str,
-    stride: IntOrTuple,
+    stride: IntOrTuple | Literal["auto"],
     output_action: OutputAction | None,
     boundary: Boundary,
-    margin: IntOrTuple,
+    margin: IntOrTuple | Literal["auto"],
     layer: str | None,
     output: OutputSelector,
     reduction: Reduction,
@@ -223,6 +225,21 @@ def _error(
     if reduction not in ("mean", "max", "none"):
         raise InvalidArgument(f"reduction must be 'mean', 'max' or 'none', found {describe(reduction)}")
     forward = Forward(model, layer, output)
+    if "auto" in (stride, margin):
+        # imported here: the inference runs measurements itself
+        from equivariance import _auto
+
+        x = check_input(x, model)
+        custom = output_action is not None
+        strides, margins, _ = _auto.resolve(forward, x, stride, margin, boundary, custom_action=custom)
+        if margin == _auto.AUTO and not custom:
+            out = _auto.output_of(forward, x)
+            _auto.check_room(
+                tuple(out.shape[out.dim() - (x.dim() - 2) :]), [as_shift(shift)], strides, margins
+            )
+        stride, margin = strides, margins
+    assert not isinstance(stride, str)
+    assert not isinstance(margin, str)
     measurement = measure(
         forward, x, [as_shift(shift)], mode=mode, stride=stride, output_action=output_action,
         boundary=boundary, margin=margin, batch_size=batch_size, noise_floor=False,

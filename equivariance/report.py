@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from equivariance.shifts import Shift
+from equivariance.transforms import Transform
 
 __all__ = ["EquivarianceReport", "ShiftResult"]
 
@@ -18,7 +19,8 @@ class ShiftResult:
     """The outcome for one shift, over the whole batch.
 
     Attributes:
-        shift: the input shift.
+        shift: the input shift, or the transform (``Rot90``, ``Flip``) when
+            the check was given ``transforms=``.
         error: the worst error over the batch: relative, or RMS absolute
             where ``absolute`` is set.
         passed: whether every sample was within tolerance.
@@ -26,7 +28,7 @@ class ShiftResult:
             making its error an absolute one.
     """
 
-    shift: Shift
+    shift: Shift | Transform
     error: float
     passed: bool
     absolute: bool = False
@@ -62,6 +64,8 @@ class EquivarianceReport:
         margin: samples dropped at each edge of the compared region, per dim.
         batch_size: samples per forward pass.
         hints: likely causes of a failure, with fixes, when recognisable.
+        inferred: how ``stride="auto"`` and ``margin="auto"`` were resolved,
+            one sentence each.
     """
 
     kind: str
@@ -81,6 +85,7 @@ class EquivarianceReport:
     margin: tuple[int, ...]
     batch_size: int
     hints: tuple[str, ...] = ()
+    inferred: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -88,7 +93,7 @@ class EquivarianceReport:
         return all(r.passed for r in self.results)
 
     @property
-    def shifts(self) -> tuple[Shift, ...]:
+    def shifts(self) -> tuple[Shift | Transform, ...]:
         """The shifts checked, in order."""
         return tuple(r.shift for r in self.results)
 
@@ -108,7 +113,7 @@ class EquivarianceReport:
         return float(sum(self.errors) / len(self.errors))
 
     @property
-    def worst_shift(self) -> Shift:
+    def worst_shift(self) -> Shift | Transform:
         """The shift with the largest error."""
         return max(self.results, key=lambda r: r.error).shift
 
@@ -121,17 +126,17 @@ class EquivarianceReport:
         """A JSON-serializable dict of every field, plus the verdict and summary numbers."""
         data = dataclasses.asdict(self)
         data["results"] = [
-            {"shift": list(r.shift.offsets), "error": r.error, "passed": r.passed, "absolute": r.absolute}
+            {"shift": _jsonable(r.shift), "error": r.error, "passed": r.passed, "absolute": r.absolute}
             for r in self.results
         ]
-        for key in ("input_shape", "output_shape", "margin", "hints"):
+        for key in ("input_shape", "output_shape", "margin", "hints", "inferred"):
             data[key] = list(data[key])
         worst = self.worst_shift
         data.update(
             passed=self.passed,
             max_error=self.max_error,
             mean_error=self.mean_error,
-            worst_shift=list(worst.offsets),
+            worst_shift=_jsonable(worst),
             failed=len(self.failures),
         )
         return data
@@ -140,11 +145,15 @@ class EquivarianceReport:
         """One line: the verdict, what was measured, and the worst error against the tolerance."""
         verdict = "PASSED" if self.passed else "FAILED"
         failed = f", {len(self.failures)} failed" if not self.passed else ""
+        noun = self._noun()
         return (
-            f"{self.kind} check {verdict}: {self.subject}, {_count(len(self.results), 'shift')}{failed}; "
-            f"max error {self.max_error:.2e} at shift {self.worst_shift} "
+            f"{self.kind} check {verdict}: {self.subject}, {_count(len(self.results), noun)}{failed}; "
+            f"max error {self.max_error:.2e} at {noun} {self.worst_shift} "
             f"(rtol {self.rtol:.0e}, {self.dtype})"
         )
+
+    def _noun(self) -> str:
+        return "shift" if all(isinstance(r.shift, Shift) for r in self.results) else "transform"
 
     def __str__(self) -> str:
         lines = [self.summary()]
@@ -157,6 +166,7 @@ class EquivarianceReport:
             f"  tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} ({self.tolerance_source}); "
             f"noise floor {self.noise_floor:.1e}; mean error {self.mean_error:.2e}"
         )
+        lines.extend(f"  inferred: {note}" for note in self.inferred)
         if self.zero_reference:
             lines.append(
                 f"  {self.zero_reference} shifted samples had an all-zero reference output (dead "
@@ -164,8 +174,9 @@ class EquivarianceReport:
             )
         ordered = sorted(self.results, key=lambda r: -r.error)
         width = max(len(str(r.shift)) for r in ordered[:_ROWS])
-        width = max(width, len("shift"))
-        lines.append(f"  {'shift':<{width}}  {'error':>9}  verdict")
+        noun = self._noun()
+        width = max(width, len(noun))
+        lines.append(f"  {noun:<{width}}  {'error':>9}  verdict")
         for r in ordered[:_ROWS]:
             mark = " (abs)" if r.absolute else ""
             verdict = "ok" if r.passed else "FAIL"
@@ -174,11 +185,15 @@ class EquivarianceReport:
         if rest:
             failed = sum(not r.passed for r in rest)
             lines.append(
-                f"  ... {_count(len(rest), 'more shift')}, {failed} failed, errors {rest[-1].error:.2e} "
+                f"  ... {_count(len(rest), 'more ' + noun)}, {failed} failed, errors {rest[-1].error:.2e} "
                 f"to {rest[0].error:.2e}"
             )
         lines.extend(f"  hint: {hint}" for hint in self.hints)
         return "\n".join(lines)
+
+
+def _jsonable(shift: Shift | Transform) -> list[int] | str:
+    return list(shift.offsets) if isinstance(shift, Shift) else repr(shift)
 
 
 def _count(n: int, noun: str) -> str:

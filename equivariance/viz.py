@@ -24,6 +24,7 @@ import torch
 
 from equivariance.errors import InvalidArgument
 from equivariance.report import EquivarianceReport
+from equivariance.shifts import Shift
 
 __all__ = ["cluster_colors", "feature_animation", "heatmaps_figure", "kmeans", "shift_heatmap"]
 
@@ -62,16 +63,21 @@ def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None 
     """
     plt = _pyplot()
     colors = importlib.import_module("matplotlib.colors")
-    if any(s.ndim != 2 for s in report.shifts):
+    shifts = [s for s in report.shifts if isinstance(s, Shift)]
+    if len(shifts) != len(report.shifts):
         raise InvalidArgument(
-            f"shift_heatmap draws 2-D shifts, found shifts of {report.shifts[0].ndim} dims; "
+            "shift_heatmap draws shifts, found transforms (Rot90, Flip); print the report instead"
+        )
+    if any(s.ndim != 2 for s in shifts):
+        raise InvalidArgument(
+            f"shift_heatmap draws 2-D shifts, found shifts of {shifts[0].ndim} dims; "
             "plot report.errors against report.shifts yourself for other dims"
         )
-    rows = sorted({s[0] for s in report.shifts})
-    cols = sorted({s[1] for s in report.shifts})
+    rows = sorted({s[0] for s in shifts})
+    cols = sorted({s[1] for s in shifts})
     grid = torch.full((len(rows), len(cols)), float("nan"), dtype=torch.float64)
-    for result in report.results:
-        grid[rows.index(result.shift[0]), cols.index(result.shift[1])] = result.error
+    for shift, result in zip(shifts, report.results):
+        grid[rows.index(shift[0]), cols.index(shift[1])] = result.error
     # Exact zeros have no logarithm: they are drawn at the bottom of the scale.
     floor = min([report.rtol / 100, *(e for e in report.errors if e > 0)])
     shown = grid.clamp_min(floor)
@@ -84,9 +90,9 @@ def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None 
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.set_xlabel("dx (columns)")
     ax.set_ylabel("dy (rows)")
-    for result in report.results:
+    for shift, result in zip(shifts, report.results):
         if not result.passed:
-            ax.plot(cols.index(result.shift[1]), rows.index(result.shift[0]), "x", color="white", ms=5)
+            ax.plot(cols.index(shift[1]), rows.index(shift[0]), "x", color="white", ms=5)
     bar = ax.figure.colorbar(image, ax=ax, label="relative error")
     bar.ax.axhline(report.rtol, color="red", linewidth=1.5)
     verdict = "passed" if report.passed else f"{len(report.failures)} shifts fail"

@@ -1,0 +1,198 @@
+"""Sub-pixel translations by a Fourier phase shift, for sub-pixel equivariance tests.
+
+A :class:`FractionalShift` by ``t`` multiplies the discrete Fourier transform
+of the last ``d`` dims by ``exp(-2 pi i k t / n)``: a circular translation by
+a real offset. For integer offsets it is ``torch.roll`` (up to rounding);
+for fractional ones it is trigonometric interpolation, which is *the*
+translation only of a band-limited, periodic signal. On anything else (white
+noise, sharp edges, a signal that is not periodic) it moves the signal and
+also rings, so a model that is exactly equivariant to integer shifts may
+still fail a sub-pixel test, and that failure says something about the
+model's band limit, not a bug: an ideal low-pass filter commutes with every
+Fourier shift; subsampling by 2 commutes with them only on signals below
+half the Nyquist frequency.
+
+For an even size, the Nyquist frequency's coefficient of a real signal is
+real, and its phase-shifted version is not: taking the real part keeps
+``cos(pi t)`` of it. Fractional shifts therefore compose exactly
+(``FractionalShift(a)`` then ``FractionalShift(b)`` is ``FractionalShift(a + b)``)
+only on signals without a Nyquist component.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from equivariance._forward import Forward, OutputSelector
+from equivariance._isolation import isolated
+from equivariance._validation import describe, per_dim
+from equivariance.errors import InvalidArgument
+from equivariance.metric import IntOrTuple, accumulation_dtype, check_input
+
+__all__ = ["FractionalShift", "fractional_equivariance_error"]
+
+
+class FractionalShift:
+    """A circular translation of the last ``ndim`` dims by real offsets, by a Fourier phase shift.
+
+    Exact for band-limited periodic signals; see the module docstring.
+
+    >>> import torch
+    >>> x = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    >>> FractionalShift(1).apply(x).round(decimals=6).tolist() == [0.0, 0.0, 1.0, 0.0]
+    True
+    >>> wave = torch.cos(2 * torch.pi * torch.arange(8.0) / 8)
+    >>> moved = FractionalShift(0.5).apply(wave)
+    >>> torch.allclose(moved, torch.cos(2 * torch.pi * (torch.arange(8.0) - 0.5) / 8), atol=1e-6)
+    True
+
+    Args:
+        *offsets: one real offset per spatial dim, as separate numbers or one sequence.
+    """
+
+    __slots__ = ("_offsets",)
+
+    def __init__(self, *offsets: float | Sequence[float]) -> None:
+        values: Sequence[object]
+        if len(offsets) == 1 and isinstance(offsets[0], (tuple, list)):
+            values = offsets[0]
+        else:
+            values = offsets
+        if not values:
+            raise InvalidArgument(
+                "a fractional shift needs at least one offset; pass one number per spatial dim"
+            )
+        checked = []
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidArgument(
+                    f"fractional shift offsets must be finite real numbers, found {describe(value)}; "
+                    "pass e.g. FractionalShift(0.5, -0.25)"
+                )
+            checked.append(float(value))
+        self._offsets: tuple[float, ...] = tuple(checked)
+
+    @property
+    def offsets(self) -> tuple[float, ...]:
+        """The offsets, one per spatial dim."""
+        return self._offsets
+
+    @property
+    def ndim(self) -> int:
+        """The number of spatial dims the shift acts on."""
+        return len(self._offsets)
+
+    def __truediv__(self, stride: int | Sequence[int]) -> FractionalShift:
+        """The shift of a map subsampled by ``stride``; a fractional shift can always be divided."""
+        strides = per_dim(stride, self.ndim, "stride", minimum=1)
+        return FractionalShift(tuple(o / s for o, s in zip(self._offsets, strides)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FractionalShift):
+            return NotImplemented
+        return self._offsets == other._offsets
+
+    def __hash__(self) -> int:
+        return hash(("FractionalShift", self._offsets))
+
+    def __repr__(self) -> str:
+        return f"FractionalShift({', '.join(map(repr, self._offsets))})"
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Translate the last ``ndim`` dims of a real tensor ``x`` circularly; returns a new tensor."""
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise InvalidArgument(f"x must be a floating-point torch.Tensor, found {describe(x)}")
+        if x.dim() < self.ndim:
+            raise InvalidArgument(
+                f"{self!r} acts on {self.ndim} trailing dims but x of shape {tuple(x.shape)} has "
+                f"only {x.dim()}"
+            )
+        dims = tuple(range(x.dim() - self.ndim, x.dim()))
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        spectrum = torch.fft.fftn(x.to(work), dim=dims)
+        phase = torch.zeros((), dtype=work, device=x.device)
+        for dim, offset in zip(dims, self._offsets):
+            view = [1] * x.dim()
+            view[dim] = x.shape[dim]
+            freq = torch.fft.fftfreq(x.shape[dim], dtype=work, device=x.device).view(view)
+            phase = phase + freq * offset
+        moved = torch.fft.ifftn(
+            spectrum * torch.polar(torch.ones_like(phase), -2 * math.pi * phase), dim=dims
+        )
+        result: torch.Tensor = moved.real.to(x.dtype)
+        return result
+
+
+def fractional_equivariance_error(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    shift: FractionalShift | float | Sequence[float],
+    *,
+    stride: IntOrTuple = 1,
+    layer: str | None = None,
+    output: OutputSelector = None,
+    reduction: Literal["mean", "max", "none"] = "mean",
+) -> torch.Tensor:
+    """The relative error ``||f(g.x) - g'.f(x)|| / ||g'.f(x)||`` for a sub-pixel (Fourier) shift ``g``.
+
+    ``g'`` is the same fractional shift divided by ``stride``, applied to the
+    output. Both sides are circular. ``x`` and its shifted copy run through
+    the model in one batch.
+
+    >>> import torch
+    >>> def low_pass(x):
+    ...     spectrum = torch.fft.fft(x)
+    ...     spectrum[..., 5:-4] = 0
+    ...     return torch.fft.ifft(spectrum).real
+    >>> x = torch.randn(4, 1, 32, dtype=torch.float64)
+    >>> float(fractional_equivariance_error(low_pass, x, 0.5)) < 1e-12
+    True
+    >>> float(fractional_equivariance_error(lambda x: x[..., ::2], x, 0.5, stride=2)) > 0.1
+    True
+
+    Args:
+        model: the function under test.
+        x: a batch ``(N, C, *spatial)``.
+        shift: a :class:`FractionalShift` or one real offset per spatial dim.
+        stride: the output's subsampling factor; the output moves by ``shift / stride``.
+        layer: measure this named submodule's output instead.
+        output: picks the tensor from a tuple or dict output.
+        reduction: ``"mean"``, ``"max"`` or ``"none"`` (one error per sample).
+    """
+    if reduction not in ("mean", "max", "none"):
+        raise InvalidArgument(f"reduction must be 'mean', 'max' or 'none', found {describe(reduction)}")
+    forward = Forward(model, layer, output)
+    x = check_input(x, model)
+    if isinstance(shift, FractionalShift):
+        fractional = shift
+    elif isinstance(shift, (int, float)) and not isinstance(shift, bool):
+        fractional = FractionalShift(shift)
+    else:
+        fractional = FractionalShift(tuple(shift))  # type: ignore[arg-type]
+    d = x.dim() - 2
+    if fractional.ndim != d:
+        raise InvalidArgument(
+            f"{fractional!r} has {fractional.ndim} dims but x of shape {tuple(x.shape)} has {d} spatial "
+            f"dims; pass one offset per spatial dim"
+        )
+    out_shift = fractional / stride
+    n = x.shape[0]
+    with isolated(forward.model):
+        both = forward(torch.cat([x, fractional.apply(x)]))
+    if both.dim() < 2 + d:
+        raise InvalidArgument(
+            f"the output of shape {tuple(both.shape)} has no {d} spatial dims to carry the shift; pass layer="
+        )
+    work = accumulation_dtype(x.device)
+    base, moved = both[:n].to(work), both[n:].to(work)
+    reference = out_shift.apply(base)
+    diff = (moved - reference).flatten(1).norm(dim=1)
+    norm = reference.flatten(1).norm(dim=1)
+    errors = torch.where(norm > 0, diff / torch.where(norm > 0, norm, 1.0), diff)
+    if reduction == "none":
+        return errors
+    return errors.max() if reduction == "max" else errors.mean()

@@ -1,0 +1,153 @@
+"""90-degree rotations and flips of spatial dims: the p4 and p4m symmetries, on the same machinery.
+
+Group-equivariant CNNs (Cohen and Welling 2016) are built for the group p4
+(translations and rotations by multiples of 90 degrees) or p4m (with flips).
+A :class:`Rot90` rotates a plane of two spatial dims, a :class:`Flip`
+reverses one spatial dim. Both act the same way on the input and on a
+spatial output (a field of scalars: each channel is rotated or flipped),
+are exact on the whole grid (no boundary, no margin), and can be passed to
+:func:`~equivariance.check_equivariance` as ``transforms=[Rot90(1), Flip(-1)]``,
+whose report lists them like shifts.
+
+Flips act on 1-D signals, images and volumes; rotations need two spatial
+dims of equal size (an image, or a plane of a volume).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from equivariance._validation import as_int, describe
+from equivariance.errors import InvalidArgument
+
+__all__ = ["Flip", "Rot90", "Transform"]
+
+
+@runtime_checkable
+class Transform(Protocol):
+    """A transformation of the trailing spatial dims of a tensor, acting alike on input and output."""
+
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """Transform ``x`` whose last ``spatial_dims`` dims are spatial."""
+        ...
+
+
+class Rot90:
+    """Rotation by ``k`` quarter turns in the plane of two spatial dims (``torch.rot90``).
+
+    ``dims`` are negative indices among the spatial dims, default the last
+    two (the image plane).
+
+    >>> import torch
+    >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+    >>> Rot90(1).apply(x, 2).flatten().tolist()
+    [1.0, 3.0, 0.0, 2.0]
+    >>> Rot90(5) == Rot90(1), Rot90(-1)
+    (True, Rot90(3))
+
+    Args:
+        k: the number of quarter turns (taken modulo 4).
+        dims: the two spatial dims of the plane, as negative indices.
+    """
+
+    __slots__ = ("dims", "k")
+
+    def __init__(self, k: int = 1, dims: tuple[int, int] = (-2, -1)) -> None:
+        self.k = as_int(k, "k") % 4
+        if not (isinstance(dims, tuple) and len(dims) == 2) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d < 0 for d in dims
+        ):
+            raise InvalidArgument(
+                f"dims must be two negative ints naming spatial dims, found {describe(dims)}; "
+                "pass e.g. dims=(-2, -1) for the image plane"
+            )
+        if dims[0] == dims[1]:
+            raise InvalidArgument(f"dims must be two different dims, found {dims}")
+        self.dims = dims
+
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """Rotate ``x``; the two dims must be spatial and of equal size."""
+        if min(self.dims) < -spatial_dims:
+            raise InvalidArgument(
+                f"{self!r} rotates dims {self.dims} but the tensor of shape {tuple(x.shape)} has "
+                f"{spatial_dims} spatial dim{'s' if spatial_dims != 1 else ''}; a rotation needs two "
+                "spatial dims (use Flip for 1-D signals)"
+            )
+        a, b = (x.shape[d] for d in self.dims)
+        if a != b:
+            raise InvalidArgument(
+                f"{self!r} needs dims {self.dims} of equal size to map the grid onto itself, found "
+                f"sizes {a} and {b} in shape {tuple(x.shape)}; crop or pad to a square"
+            )
+        return torch.rot90(x, self.k, self.dims)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rot90):
+            return NotImplemented
+        return (self.k, self.dims) == (other.k, other.dims)
+
+    def __hash__(self) -> int:
+        return hash(("Rot90", self.k, self.dims))
+
+    def __repr__(self) -> str:
+        suffix = "" if self.dims == (-2, -1) else f", dims={self.dims}"
+        return f"Rot90({self.k}{suffix})"
+
+    __str__ = __repr__
+
+
+class Flip:
+    """Reversal of one spatial dim (``torch.flip``), default the last.
+
+    >>> import torch
+    >>> Flip(-1).apply(torch.tensor([[[1.0, 2.0, 3.0]]]), 1).flatten().tolist()
+    [3.0, 2.0, 1.0]
+
+    Args:
+        dim: the spatial dim, as a negative index.
+    """
+
+    __slots__ = ("dim",)
+
+    def __init__(self, dim: int = -1) -> None:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim >= 0:
+            raise InvalidArgument(
+                f"dim must be a negative int naming a spatial dim, found {describe(dim)}; pass e.g. Flip(-1)"
+            )
+        self.dim = dim
+
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """Flip ``x`` along the dim; it must be spatial."""
+        if self.dim < -spatial_dims:
+            raise InvalidArgument(
+                f"{self!r} flips dim {self.dim} but the tensor of shape {tuple(x.shape)} has only "
+                f"{spatial_dims} spatial dim{'s' if spatial_dims != 1 else ''}; pass a dim in "
+                f"-1..{-spatial_dims}"
+            )
+        return torch.flip(x, (self.dim,))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Flip):
+            return NotImplemented
+        return self.dim == other.dim
+
+    def __hash__(self) -> int:
+        return hash(("Flip", self.dim))
+
+    def __repr__(self) -> str:
+        return f"Flip({self.dim})"
+
+    __str__ = __repr__
+
+
+class Identity:
+    """The identity transform, sent through the batched path to measure the noise floor."""
+
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """``x`` itself."""
+        return x
+
+    def __repr__(self) -> str:
+        return "Identity()"

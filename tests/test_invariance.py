@@ -1,0 +1,157 @@
+"""consistency, prediction_change, logit_change: the literature's invariance metrics of classifiers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from equivariance import InvalidArgument
+from equivariance.invariance import consistency, logit_change, prediction_change, wilson_interval
+
+
+class DenseMax(nn.Module):
+    """Max pooling of size 2 at stride 1, circularly padded: the dense part of a max pool."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="circular"), 2, stride=1)
+
+
+class BlurSubsample(nn.Module):
+    """A [1, 2, 1] x [1, 2, 1] / 16 blur, then subsampling by 2 (Zhang 2019's BlurPool)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None] / 16).expand(channels, 1, 3, 3).clone())
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (1, 1, 1, 1), mode="circular")
+        return F.conv2d(padded, self.kernel, stride=2, groups=self.channels)  # type: ignore[arg-type]
+
+
+def calibrated(net: nn.Sequential, x: torch.Tensor) -> nn.Sequential:
+    """Estimate the BatchNorm statistics of the pooled features on ``x``, so predictions spread over classes."""
+    norm = net[-2]
+    assert isinstance(norm, nn.BatchNorm1d)
+    norm.momentum = None
+    net.train()
+    with torch.no_grad():
+        net(x)
+    return net.eval()
+
+
+def max_pool_and_blur_pool(x: torch.Tensor) -> tuple[nn.Sequential, nn.Sequential]:
+    """One circular CNN, with max pooling and with max-blur pooling: the same convolution and head weights."""
+    torch.manual_seed(0)
+    c1 = nn.Conv2d(1, 8, 3, padding=1, padding_mode="circular")
+    c2 = nn.Conv2d(8, 16, 3, padding=1, padding_mode="circular")
+    head = nn.Linear(16, 10, bias=False)
+
+    def tail() -> list[nn.Module]:
+        return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(16, affine=False), head]
+
+    plain = nn.Sequential(c1, nn.ReLU(), nn.MaxPool2d(2), c2, nn.ReLU(), nn.MaxPool2d(2), *tail())
+    blur = nn.Sequential(
+        c1, nn.ReLU(), DenseMax(), BlurSubsample(8), c2, nn.ReLU(), DenseMax(), BlurSubsample(16), *tail()
+    )
+    return calibrated(plain, x), calibrated(blur, x)
+
+
+def circular_gap(x: torch.Tensor) -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(16, affine=False), nn.Linear(16, 10, bias=False),
+    )  # fmt: skip
+    return calibrated(net, x)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(200, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_a_circular_cnn_with_global_average_pooling_is_exactly_consistent(images: torch.Tensor) -> None:
+    net = circular_gap(images)
+    with torch.no_grad():
+        classes = int(net(images).argmax(1).unique().numel())
+    assert classes >= 8  # the predictions are spread over the classes: 1.0 is not a constant classifier
+    result = consistency(net, images, pairs=2)
+    assert (result.value, result.n) == (1.0, 400)
+    assert result.low == pytest.approx(0.9905, abs=1e-4)
+    assert prediction_change(net, images).value == 0.0
+    assert logit_change(net, images).value < 1e-5
+
+
+def test_blur_pooling_is_more_consistent_than_max_pooling(images: torch.Tensor) -> None:
+    plain, blur = max_pool_and_blur_pool(images)
+    plain_result, blur_result = consistency(plain, images, pairs=2), consistency(blur, images, pairs=2)
+    # the numbers quoted in docs/diagnosing.md
+    assert (plain_result.value, blur_result.value) == (0.3775, 0.7475)
+    assert plain_result.high < blur_result.low  # the 95% intervals do not overlap
+    assert prediction_change(plain, images).value == pytest.approx(0.71125)
+    assert prediction_change(blur, images).value == pytest.approx(0.2975)
+    assert logit_change(blur, images).value < logit_change(plain, images).value
+
+
+def test_a_dense_classifier_is_inconsistent() -> None:
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x = torch.randn(100, 1, 8, 8)
+    assert consistency(dense, x).value < 0.5
+    assert prediction_change(dense, x).value > 0.5
+    assert logit_change(dense, x).value > 0.5
+
+
+def test_the_callers_rng_is_untouched_and_results_reproduce() -> None:
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x = torch.randn(30, 1, 8, 8)
+    state = torch.get_rng_state()
+    first = consistency(dense, x, pairs=3, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert consistency(dense, x, pairs=3, seed=7) == first
+    assert logit_change(dense, x, repeats=2, seed=7) == logit_change(dense, x, repeats=2, seed=7)
+
+
+def test_batching_does_not_change_the_result() -> None:
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x = torch.randn(30, 1, 8, 8)
+    assert consistency(dense, x, pairs=2, batch_size=7) == consistency(dense, x, pairs=2)
+
+
+def test_wilson_interval() -> None:
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    low, high = wilson_interval(10, 10)
+    assert (round(low, 4), high) == (0.7225, 1.0)
+
+
+def test_the_result_prints_and_serializes() -> None:
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    result = prediction_change(dense, torch.randn(10, 1, 8, 8))
+    assert result.n == 40
+    assert str(result).startswith(f"prediction_change {result.value:.4f} (95% CI ")
+    assert "n=40; every one-pixel shift, boundary circular" in str(result)
+    assert json.loads(json.dumps(result.to_dict()))["interval"] == "wilson"
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda m, x: consistency(m, x, boundary="zeros"), r"with boundary='zeros' a random shift must keep"),
+        (lambda m, x: consistency(m, x, pairs=0), r"pairs must be positive, found 0"),
+        (lambda m, x: logit_change(m, x, repeats=0), r"repeats must be positive, found 0"),
+        (lambda m, x: consistency(m, x, max_shift=8), r"max_shift 8 is as large as the signal"),
+        (lambda m, x: prediction_change(nn.Identity(), x), r"a top-1 prediction needs logits \(N, classes\)"),
+    ],
+    ids=["zeros-needs-max-shift", "pairs", "repeats", "max-shift", "not-logits"],
+)
+def test_invalid_arguments(call: object, match: str) -> None:
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(InvalidArgument, match=match):
+        call(dense, torch.randn(4, 1, 8, 8))  # type: ignore[operator]

@@ -1,0 +1,119 @@
+"""Rot90 and Flip: the p4 / p4m symmetries, checked with transforms= on the shifts' machinery."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from equivariance import EquivarianceError, InvalidArgument, assert_equivariant, check_equivariance
+from equivariance.transforms import Flip, Rot90
+
+
+def p4_average(conv: nn.Conv2d | nn.Conv3d, dims: tuple[int, int] = (-2, -1)) -> nn.Module:
+    """The convolution with its kernel averaged over its four rotations: a p4-equivariant layer."""
+    with torch.no_grad():
+        conv.weight.copy_(sum(torch.rot90(conv.weight, k, dims) for k in range(4)) / 4)
+    return conv
+
+
+def test_rot90_and_flip_are_group_elements() -> None:
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(Rot90(4).apply(x, 2), x)
+    assert torch.equal(Rot90(1).apply(Rot90(3).apply(x, 2), 2), x)
+    assert torch.equal(Flip(-1).apply(Flip(-1).apply(x, 2), 2), x)
+    # p4m: a flip conjugates a rotation into its inverse
+    flipped = Flip(-1).apply(Rot90(1).apply(Flip(-1).apply(x, 2), 2), 2)
+    assert torch.equal(flipped, Rot90(-1).apply(x, 2))
+
+
+def test_a_p4_layer_passes_rot90_and_a_plain_convolution_fails() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, 12, 12)
+    p4 = p4_average(nn.Conv2d(2, 3, 3, padding=1))
+    report = check_equivariance(p4, x, transforms=[Rot90(1), Rot90(2), Rot90(3)])
+    assert report.passed
+    assert report.max_error < 1e-6
+    plain = check_equivariance(nn.Conv2d(2, 3, 3, padding=1), x, transforms=[Rot90(1)])
+    assert not plain.passed
+    assert plain.max_error > 0.5
+    assert "average them over the group" in plain.hints[0]
+
+
+def test_a_flip_symmetric_kernel_passes_flip_and_rot90_and_flip_work_together() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    with torch.no_grad():
+        w = conv.weight
+        w.copy_(sum(torch.rot90(w, k, (-2, -1)) for k in range(4)) / 4)
+        w.copy_((w + w.flip(-1)) / 2)  # p4m: invariant under rotations and flips
+    report = check_equivariance(conv, torch.randn(3, 1, 10, 10), transforms=[Rot90(1), Flip(-1), Flip(-2)])
+    assert report.passed
+    assert [str(s) for s in report.shifts] == ["Rot90(1)", "Flip(-1)", "Flip(-2)"]
+
+
+def test_one_dim_flip() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv1d(1, 2, 5, padding=2)
+    x = torch.randn(3, 1, 20)
+    assert not check_equivariance(conv, x, transforms=[Flip(-1)]).passed
+    with torch.no_grad():
+        conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)  # a palindromic kernel
+    assert check_equivariance(conv, x, transforms=[Flip(-1)]).passed
+
+
+def test_three_dim_rotation_of_a_plane() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 6, 8, 8)
+    plain = nn.Conv3d(1, 2, 3, padding=1)
+    assert not check_equivariance(plain, x, transforms=[Rot90(1)]).passed
+    p4 = p4_average(nn.Conv3d(1, 2, 3, padding=1))
+    assert check_equivariance(p4, x, transforms=[Rot90(1), Rot90(3), Flip(-3)]).passed is False  # depth flip
+    assert check_equivariance(p4, x, transforms=[Rot90(1), Rot90(3)]).passed
+
+
+def test_the_report_lists_transforms_like_shifts() -> None:
+    x = torch.randn(2, 1, 8, 8)
+    report = check_equivariance(nn.Conv2d(1, 2, 3), x, transforms=[Rot90(1), Flip(-1)])
+    text = str(report)
+    assert text.startswith("equivariance check FAILED: Conv2d, 2 transforms, 2 failed; max error ")
+    assert "  transform      error  verdict" in text
+    data = json.loads(json.dumps(report.to_dict()))
+    assert [r["shift"] for r in data["results"]] == ["Rot90(1)", "Flip(-1)"]
+    with pytest.raises(EquivarianceError, match=r"2 transforms, 2 failed") as caught:
+        assert_equivariant(nn.Conv2d(1, 2, 3), x, transforms=[Rot90(1), Flip(-1)])
+    assert "profile_equivariance" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "x_shape", "match"),
+    [
+        ({"transforms": [Rot90(1)]}, (1, 1, 6, 8), r"Rot90\(1\) needs dims \(-2, -1\) of equal size"),
+        ({"transforms": [Rot90(1)]}, (1, 1, 8), r"a rotation needs two spatial dims \(use Flip for 1-D"),
+        ({"transforms": [Flip(-2)]}, (1, 1, 8), r"Flip\(-2\) flips dim -2 but .* has only 1 spatial dim"),
+        ({"transforms": [Rot90(1)], "max_shift": 2}, (1, 1, 8, 8), r"max_shift cannot be passed with it"),
+        ({"transforms": [(1, 0)]}, (1, 1, 8, 8), r"transforms must hold Rot90, Flip .* shifts go in shifts="),
+        ({"transforms": []}, (1, 1, 8, 8), r"transforms must be a non-empty list"),
+    ],
+    ids=["not-square", "1d-rotation", "1d-flip-dim", "with-max-shift", "a-shift", "empty"],
+)
+def test_invalid_arguments(kwargs: dict[str, object], x_shape: tuple[int, ...], match: str) -> None:
+    conv = nn.Conv1d(1, 1, 3) if len(x_shape) == 3 else nn.Conv2d(1, 1, 3)
+    with pytest.raises(InvalidArgument, match=match):
+        check_equivariance(conv, torch.randn(*x_shape), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: Rot90(1, dims=(0, 1)), r"dims must be two negative ints naming spatial dims"),
+        (lambda: Rot90(1, dims=(-1, -1)), r"dims must be two different dims"),
+        (lambda: Flip(2), r"dim must be a negative int naming a spatial dim, found 2"),
+    ],
+    ids=["rot-positive-dims", "rot-same-dims", "flip-positive"],
+)
+def test_invalid_constructors(call: object, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        call()  # type: ignore[operator]
