@@ -85,8 +85,8 @@ class Forward:
             result = self.model(x)
         except _StopForward:
             return captured[0]
-        except InvalidArgument:
-            raise
+        except (InvalidArgument, torch.cuda.OutOfMemoryError):
+            raise  # out of memory: the engine retries with a smaller chunk
         except Exception as exc:
             raise InvalidArgument(
                 f"the model raised {type(exc).__name__} on an input of shape {tuple(x.shape)} "

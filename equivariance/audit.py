@@ -40,7 +40,7 @@ from equivariance._isolation import isolated
 from equivariance._progress import Progress
 from equivariance._validation import as_int, describe
 from equivariance.errors import InvalidArgument
-from equivariance.metric import IntOrTuple, measure, sample_errors
+from equivariance.metric import BatchSize, IntOrTuple, measure, sample_errors
 from equivariance.shifts import Boundary, ShiftedWindows, ShiftLike, as_shift_list
 from equivariance.tolerances import resolve_tolerance
 
@@ -129,7 +129,7 @@ def audit(
     atol: float | None = None,
     classifier: Callable[[torch.Tensor], Any] | None = None,
     loader_batch_size: int = 64,
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 10,
     progress: bool = True,
@@ -167,7 +167,8 @@ def audit(
             given, top-1 consistency under the shifts is measured too (often
             the model itself, with ``layer=`` naming its feature map).
         loader_batch_size: samples per batch when ``data`` is a ``Dataset``.
-        batch_size: samples per forward pass inside a batch (default: from the input size).
+        batch_size: samples per forward pass inside a batch (default: from the input
+            size), or ``"auto"`` to fit them to the device's memory.
         checkpoint: a JSON file to write progress to and resume from (one
             file per process under ``torch.distributed``, ``.rank<r>`` appended).
         checkpoint_every: batches between checkpoint writes.
@@ -220,7 +221,7 @@ def audit(
                 x = x.to(device)
             measurement = measure(
                 forward, x, shift_list, mode="equivariance", stride=stride, boundary=boundary,
-                margin=margin, batch_size=batch_size, noise_floor=False,
+                margin=margin, batch_size=batch_size, noise_floor=False, progress=False,
             )  # fmt: skip
             dtype = min((x.dtype, measurement.output_dtype), key=lambda t: -torch.finfo(t).eps)
             tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
