@@ -112,7 +112,11 @@ def find_layer(model: Callable[..., Any], name: str) -> nn.Module:
         )
     if not isinstance(name, str):
         raise InvalidArgument(f"layer must be a submodule name (str), found {describe(name)}")
-    modules = dict(model.named_modules())
+    # torch.compile wraps the model in an OptimizedModule whose submodules are
+    # named "_orig_mod.<name>"; the caller knows them by their own names
+    original = getattr(model, "_orig_mod", None)
+    lookup = original if isinstance(original, nn.Module) else model
+    modules = dict(lookup.named_modules())
     modules.pop("", None)
     if name in modules:
         module: nn.Module = modules[name]
