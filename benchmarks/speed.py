@@ -9,16 +9,28 @@ Measures, in one run and on the same machine:
     same chunks (the shifted copies, the unshifted batch and the identity
     shift the check adds for its noise floor).
 
-It reports medians over repeated runs and the ratios check/floor (the cost
-of everything but the model) and loop/check. Nothing is asserted: this is a
-benchmark, not a timed test.
+It reports medians over repeated runs, the ratios check/floor (the cost
+of everything but the model) and loop/check, and the peak memory of the
+check: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated
+before, on the CPU the process's peak resident set (``VmHWM``, reset through
+``/proc/self/clear_refs``; Linux only) above the resident set before. Nothing
+is asserted: this is a benchmark, not a timed test.
 
-    python benchmarks/speed.py [--repeats 5] [--device cpu]
+Workloads: the seed's LeNet (conv4) on a 38x38 canvas, 121 shifts, batch 8;
+a 4-layer conv net; and a ResNet-18-sized fully convolutional network
+(ResNet-18 without its pooling head: total stride 32, 11M parameters) on
+224x224 with stride-aware shifts (nonzero multiples of 32), batch 1 and 8
+shifts on the CPU (under a second a run), batch 8 and 24 shifts on CUDA.
+
+    python benchmarks/speed.py [--repeats 5] [--device cpu] [--markdown docs/benchmarks.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from equivariance import Shift, check_equivariance, shifts_in_box
+from equivariance import Shift, check_equivariance, multiples_of, shifts_in_box
 from equivariance.metric import default_batch_size
 from equivariance.models import LeNet
 
@@ -53,8 +65,53 @@ def convnet_workload(
     return "4-layer conv net, 64x64, batch 4, 25 shifts", model, x, shifts_in_box(2, ndim=2)
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convolutions and a (strided) shortcut."""
+
+    def __init__(self, channels_in: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels_in, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+def resnet18_trunk() -> nn.Sequential:
+    """ResNet-18 without its pooling and classifier: (N, 3, H, W) -> (N, 512, H / 32, W / 32)."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+    channels = 64
+    for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(channels, width, stride), BasicBlock(width, width, 1)]
+        channels = width
+    return nn.Sequential(*layers)
+
+
+def resnet_workload(
+    device: str,
+) -> tuple[str, Callable[[torch.Tensor], torch.Tensor], torch.Tensor, list[Shift]]:
+    model = resnet18_trunk().to(device).eval()
+    batch, reach = (8, 64) if device == "cuda" else (1, 32)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    shifts = [s for s in multiples_of(32, reach) if any(s)]
+    return f"ResNet-18 trunk, 224x224, batch {batch}, {len(shifts)} shifts", model, x, shifts
+
+
 def per_shift_loop(
-    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shifts: list[Shift]
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shifts: list[Shift], stride: int = 1
 ) -> float:
     """The naive checker: one forward pass per shift, errors on the valid region."""
     worst = 0.0
@@ -62,8 +119,9 @@ def per_shift_loop(
         y = model(x)
         for shift in shifts:
             moved = model(shift.apply(x))
-            expected = shift.apply(y)
-            region = (..., *shift.valid_region(tuple(y.shape[2:])))
+            out_shift = shift / stride
+            expected = out_shift.apply(y)
+            region = (..., *out_shift.valid_region(tuple(y.shape[2:])))
             diff = (moved - expected)[region].flatten(1).norm(dim=1)
             worst = max(worst, float((diff / expected[region].flatten(1).norm(dim=1)).max()))
     return worst
@@ -92,19 +150,65 @@ def timed(fn: Callable[[], object], repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
+def peak_memory(fn: Callable[[], object], device: str) -> float | None:
+    """MiB the call needed at its peak above what was in use before it (None where unmeasurable)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM, the peak resident set, to the current one
+        before = _status_kib("VmRSS")
+        fn()
+        return (_status_kib("VmHWM") - before) / 1024
+    except OSError:
+        return None
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+HEADER = ("workload", "floor", "check", "loop", "check/floor", "loop/check", "check peak MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--markdown", default=None, help="also write the results as a Markdown table here")
     args = parser.parse_args()
     torch.manual_seed(0)
     name = (
-        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     )
-    print(f"torch {torch.__version__} on {name}; medians of {args.repeats} runs\n")
-    print(f"{'workload':<44} {'floor':>8} {'check':>8} {'loop':>8} {'check/floor':>12} {'loop/check':>11}")
-    for workload in (lenet_workload, convnet_workload):
-        print(row(*workload(args.device), args.repeats, args.device))
+    title = f"torch {torch.__version__} on {name}; medians of {args.repeats} runs"
+    print(title + "\n")
+    print(line((*HEADER[:-1], "peak MiB")))
+    rows = []
+    for workload in (lenet_workload, convnet_workload, resnet_workload):
+        label, model, x, shifts = workload(args.device)
+        stride = 32 if workload is resnet_workload else 1
+        cells = row(label, model, x, shifts, args.repeats, args.device, stride)
+        rows.append(cells)
+        print(line(cells))
+    if args.markdown:
+        write_markdown(args.markdown, title, rows, args.device)
+
+
+def line(cells: tuple[str, ...]) -> str:
+    widths = (44, 8, 8, 8, 12, 11, 9)
+    return " ".join([cells[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))])
 
 
 def row(
@@ -114,25 +218,58 @@ def row(
     shifts: list[Shift],
     repeats: int,
     device: str,
-) -> str:
+    stride: int = 1,
+) -> tuple[str, ...]:
     def run_floor() -> None:
         floor(model, x, shifts)
 
     def run_check() -> None:
-        check_equivariance(model, x, shifts)
+        check_equivariance(model, x, shifts, stride=stride)
 
     def run_loop() -> None:
-        per_shift_loop(model, x, shifts)
+        per_shift_loop(model, x, shifts, stride)
 
     run_floor()  # warm up kernels and allocators
     run_check()
     t_floor = timed(run_floor, repeats, device)
     t_check = timed(run_check, repeats, device)
     t_loop = timed(run_loop, repeats, device)
+    peak = peak_memory(run_check, device)
     return (
-        f"{label:<44} {t_floor:7.3f}s {t_check:7.3f}s {t_loop:7.3f}s "
-        f"{t_check / t_floor:12.2f} {t_loop / t_check:11.2f}"
+        label,
+        f"{t_floor:.3f}s",
+        f"{t_check:.3f}s",
+        f"{t_loop:.3f}s",
+        f"{t_check / t_floor:.2f}",
+        f"{t_loop / t_check:.2f}",
+        "n/a" if peak is None else f"{peak:.0f}",
     )
+
+
+def write_markdown(path: str, title: str, rows: list[tuple[str, ...]], device: str) -> None:
+    """Replace the section for ``device`` in the benchmark page with these results."""
+    marker = f"<!-- speed.py {device} -->"
+    table = [
+        marker,
+        f"**{title}**, {datetime.date.today().isoformat()}, `python benchmarks/speed.py --device {device}`",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|",
+        *("| " + " | ".join(cells) + " |" for cells in rows),
+        marker,
+    ]
+    text = ""
+    if os.path.exists(path):
+        with open(path) as page:
+            text = page.read()
+    if marker in text:
+        head, _, rest = text.partition(marker)
+        _, _, tail = rest.partition(marker)
+        text = head + "\n".join(table) + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(table) + "\n"
+    with open(path, "w") as page:
+        page.write(text)
 
 
 if __name__ == "__main__":

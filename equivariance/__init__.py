@@ -7,6 +7,7 @@
 True
 """
 
+from equivariance.audit import AuditResult, audit
 from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
 from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
 from equivariance.metric import equivariance_error, invariance_error
@@ -18,6 +19,7 @@ from equivariance.transforms import Flip, Rot90
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditResult",
     "EquivarianceError",
     "EquivarianceReport",
     "EquivarianceProfile",
@@ -32,6 +34,7 @@ __all__ = [
     "apply_shifts",
     "assert_equivariant",
     "assert_invariant",
+    "audit",
     "check_equivariance",
     "check_invariance",
     "circular_group",

@@ -85,8 +85,8 @@ class Forward:
             result = self.model(x)
         except _StopForward:
             return captured[0]
-        except InvalidArgument:
-            raise
+        except (InvalidArgument, torch.cuda.OutOfMemoryError):
+            raise  # out of memory: the engine retries with a smaller chunk
         except Exception as exc:
             raise InvalidArgument(
                 f"the model raised {type(exc).__name__} on an input of shape {tuple(x.shape)} "
@@ -112,7 +112,11 @@ def find_layer(model: Callable[..., Any], name: str) -> nn.Module:
         )
     if not isinstance(name, str):
         raise InvalidArgument(f"layer must be a submodule name (str), found {describe(name)}")
-    modules = dict(model.named_modules())
+    # torch.compile wraps the model in an OptimizedModule whose submodules are
+    # named "_orig_mod.<name>"; the caller knows them by their own names
+    original = getattr(model, "_orig_mod", None)
+    lookup = original if isinstance(original, nn.Module) else model
+    modules = dict(lookup.named_modules())
     modules.pop("", None)
     if name in modules:
         module: nn.Module = modules[name]

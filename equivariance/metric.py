@@ -23,6 +23,8 @@ forward pass per shift.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from torch import nn
 
 from equivariance._forward import Forward, OutputSelector
 from equivariance._isolation import isolated
+from equivariance._memory import auto_batch_size, metered, release_cached_memory
+from equivariance._progress import Progress
 from equivariance._validation import as_int, describe, per_dim
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.shifts import Boundary, Shift, ShiftedWindows, ShiftLike, as_shift, check_boundary
@@ -56,6 +60,7 @@ upsampling layer, whose output moves twice as far as its input::
 
 Reduction = Literal["mean", "max", "none"]
 IntOrTuple = int | Sequence[int]
+BatchSize = int | Literal["auto"] | None
 
 # Input elements per forward pass when batch_size is not given. On the CPU
 # chunks of about a megabyte of input keep activations in cache (for the
@@ -124,7 +129,7 @@ def equivariance_error(
     layer: str | None = None,
     output: OutputSelector = None,
     reduction: Reduction = "mean",
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
 ) -> torch.Tensor:
     """The relative error ``||f(g.x) - g'.f(x)|| / ||g'.f(x)||`` of a model under one shift.
 
@@ -170,7 +175,8 @@ def equivariance_error(
             index, a key or a callable.
         reduction: ``"mean"`` (default) or ``"max"`` over the batch, or
             ``"none"`` for the per-sample errors.
-        batch_size: samples per forward pass (default: chosen from the input size and device).
+        batch_size: samples per forward pass (default: chosen from the input size and
+            device), or ``"auto"`` to fit the chunks to the device's memory.
 
     Returns:
         A 0-dim tensor (``"mean"``, ``"max"``) or one error per sample
@@ -191,7 +197,7 @@ def invariance_error(
     layer: str | None = None,
     output: OutputSelector = None,
     reduction: Reduction = "mean",
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
 ) -> torch.Tensor:
     """The relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of an output that should not move.
 
@@ -220,7 +226,7 @@ def _error(
     layer: str | None,
     output: OutputSelector,
     reduction: Reduction,
-    batch_size: int | None,
+    batch_size: BatchSize,
 ) -> torch.Tensor:
     if reduction not in ("mean", "max", "none"):
         raise InvalidArgument(f"reduction must be 'mean', 'max' or 'none', found {describe(reduction)}")
@@ -386,8 +392,9 @@ def measure(
     output_action: OutputAction | None = None,
     boundary: Boundary = "zeros",
     margin: IntOrTuple = 0,
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
     noise_floor: bool = True,
+    progress: bool | None = None,
 ) -> Measurement:
     """Run every shift of every sample through the model in batched passes and sum the errors.
 
@@ -396,6 +403,11 @@ def measure(
     or ``"invariance"``. With ``noise_floor``, the identity shift is sent
     through the first batch as well, to measure what the batched path alone
     contributes.
+
+    ``batch_size="auto"`` sizes the chunks from the memory the unshifted pass
+    used (:mod:`equivariance._memory`); a chunk that runs out of CUDA memory is
+    halved and retried. ``progress`` shows a bar on stderr; None shows one
+    for sweeps of 20 chunks or more when stderr is a terminal, outside pytest.
     """
     x = check_input(x, forward.model)
     boundary = check_boundary(boundary)
@@ -418,7 +430,8 @@ def measure(
     if equivariant and output_action is None:
         for shift in shifts:
             shift / strides  # raises for a shift the stride does not divide
-    if batch_size is None:
+    auto = batch_size == "auto"
+    if batch_size is None or auto:
         batch_size = default_batch_size(x)
     else:
         batch_size = as_int(batch_size, "batch_size")
@@ -437,7 +450,10 @@ def measure(
     )
     with isolated(forward.model):
         # clone: a model may hand out the same output buffer on every call
-        base = forward(x.clone()).clone()
+        with metered(forward.model, enabled=auto) as meter:
+            base = forward(x.clone()).clone()
+        if auto:
+            batch_size = auto_batch_size(x, base, meter, total)
         _check_finite(base, "the unshifted input x")
         comparison = (
             _Comparison(base, plan, d, strides, margins, boundary, output_action) if equivariant else None
@@ -448,27 +464,42 @@ def measure(
         depth = comparison.depth if comparison is not None else 0
         border_diff = torch.zeros(total, depth, dtype=torch.float64)
         border_ref = torch.zeros(total, depth, dtype=torch.float64)
-        for start in range(0, total, batch_size):
+        bar = Progress(
+            -(-total // batch_size), "equivariance sweep", enabled=_show_progress(progress, total, batch_size)
+        )
+        start = 0
+        while start < total:
             items = torch.arange(start, min(start + batch_size, total))
             chunk = slice(start, start + len(items))
             shift_index, sample = items // n, items % n
-            outputs = forward(inputs.take(sample, in_offsets[shift_index]), note)
-            _check_finite(outputs, f"shifted inputs ({_shifts_in(plan, shift_index)})")
-            if tuple(outputs.shape[1:]) != tuple(base.shape[1:]):
-                raise InvalidArgument(
-                    f"the output for shifted inputs has shape {tuple(outputs.shape[1:])} per sample "
-                    f"but {tuple(base.shape[1:])} for x; the model must map inputs of one shape to "
-                    "outputs of one shape"
-                )
-            if comparison is None:
-                reference = _working(base[sample.to(base.device)]).reshape(len(items), -1)
-                flat = _working(outputs).reshape(len(items), -1)
-                work = summing_dtype(flat, reference)
-                diff_sq[chunk] = (flat.to(work) - reference.to(work)).square().sum(1).cpu().double()
-                ref_sq[chunk] = reference.to(work).square().sum(1).cpu().double()
-            else:
-                sums = comparison.sums(outputs, shift_index, sample)
-                diff_sq[chunk], ref_sq[chunk], border_diff[chunk], border_ref[chunk] = sums
+            try:
+                outputs = forward(inputs.take(sample, in_offsets[shift_index]), note)
+                _check_finite(outputs, f"shifted inputs ({_shifts_in(plan, shift_index)})")
+                if tuple(outputs.shape[1:]) != tuple(base.shape[1:]):
+                    raise InvalidArgument(
+                        f"the output for shifted inputs has shape {tuple(outputs.shape[1:])} per sample "
+                        f"but {tuple(base.shape[1:])} for x; the model must map inputs of one shape to "
+                        "outputs of one shape"
+                    )
+                if comparison is None:
+                    reference = _working(base[sample.to(base.device)]).reshape(len(items), -1)
+                    flat = _working(outputs).reshape(len(items), -1)
+                    work = summing_dtype(flat, reference)
+                    diff_sq[chunk] = (flat.to(work) - reference.to(work)).square().sum(1).cpu().double()
+                    ref_sq[chunk] = reference.to(work).square().sum(1).cpu().double()
+                else:
+                    sums = comparison.sums(outputs, shift_index, sample)
+                    diff_sq[chunk], ref_sq[chunk], border_diff[chunk], border_ref[chunk] = sums
+            except torch.cuda.OutOfMemoryError:
+                if len(items) == 1:
+                    raise
+                batch_size = len(items) // 2  # halve the chunk and retry it
+                bar.total = bar.count + -(-(total - start) // batch_size)
+                release_cached_memory(x.device)
+                continue
+            start += len(items)
+            bar.update()
+        bar.close()
 
     k = len(plan)
     if comparison is not None:
@@ -677,6 +708,12 @@ def _check_finite(tensor: torch.Tensor, what: str) -> None:
             f"{what}; the error of a non-finite output is meaningless. Look for overflow (half "
             "precision?), a log or division by zero, or non-finite weights"
         )
+
+
+def _show_progress(progress: bool | None, total: int, batch_size: int) -> bool:
+    if progress is not None:
+        return progress
+    return total >= 20 * batch_size and sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
 
 
 def _shifts_in(plan: Sequence[Shift], shift_index: torch.Tensor) -> str:

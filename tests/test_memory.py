@@ -1,0 +1,90 @@
+"""Chunk sizes from memory: batch_size="auto", the out-of-memory retry and the sweep's progress bar."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import canvas
+
+from equivariance import check_equivariance, equivariance_error
+from equivariance._forward import Forward
+from equivariance._memory import CPU_BUDGET_BYTES, ActivationMeter, auto_batch_size, metered
+from equivariance.metric import measure
+from equivariance.models import LeNet
+from equivariance.shifts import shifts_in_box
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """A convolution that raises CUDA's out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.limit = limit
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake: batch {len(x)} > {self.limit})")
+        out: torch.Tensor = self.conv(x)
+        return out
+
+
+def test_out_of_memory_halves_the_chunk_and_retries() -> None:
+    model, x = RunsOutOfMemory(limit=7), canvas(4, size=16, content=10)
+    shifts = shifts_in_box(1)
+    expected = measure(Forward(model), x, shifts, mode="equivariance", batch_size=4, noise_floor=False)
+    model.batches.clear()
+    measured = measure(Forward(model), x, shifts, mode="equivariance", batch_size=32, noise_floor=False)
+    assert measured.batch_size == 4
+    assert model.batches[:4] == [4, 32, 16, 8]  # the base pass, then halved until a chunk fits
+    assert sum(b for b in model.batches[1:] if b <= 7) == 9 * 4
+    torch.testing.assert_close(measured.diff_sq, expected.diff_sq)
+    assert check_equivariance(model, x, max_shift=1, batch_size=64).passed
+
+
+def test_out_of_memory_at_one_sample_is_raised() -> None:
+    model = RunsOutOfMemory(limit=0)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="fake: batch 1 > 0"):
+        equivariance_error(model, canvas(1, size=16, content=10)[:, :, :, :], (1, 0), batch_size=1)
+
+
+def test_auto_batch_size_fits_the_cpu_budget() -> None:
+    x = canvas(8)
+    report = check_equivariance(LeNet(), x, max_shift=2, layer="conv4", batch_size="auto")
+    assert report.passed
+    with metered(LeNet()) as meter:
+        pass
+    assert meter.bytes == 0  # hooks are removed when the block ends
+    model = LeNet()
+    with metered(model) as meter:
+        model.features(x)
+    per_sample = (meter.bytes + 2 * x.numel() * 4) // len(x)
+    assert report.batch_size == min(26 * 8, CPU_BUDGET_BYTES // per_sample)
+    default = check_equivariance(LeNet(), x, max_shift=2, layer="conv4")
+    assert [r.error for r in report.results] == pytest.approx([r.error for r in default.results], abs=1e-6)
+
+
+def test_auto_batch_size_is_at_least_one_and_at_most_the_sweep() -> None:
+    meter = ActivationMeter()
+    meter.bytes = 2**40
+    assert auto_batch_size(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), meter, total=50) == 1
+    meter.bytes = 1
+    assert auto_batch_size(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), meter, total=50) == 50
+
+
+def test_progress_bar_on_request_and_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    x, shifts = canvas(2, size=16, content=10), shifts_in_box(2)
+    measure(Forward(torch.nn.Conv2d(1, 2, 3)), x, shifts, mode="equivariance", batch_size=5)
+    assert capsys.readouterr().err == ""
+    measure(Forward(torch.nn.Conv2d(1, 2, 3)), x, shifts, mode="equivariance", batch_size=5, progress=True)
+    assert "equivariance sweep |########################| 11/11" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_batch_size_on_cuda_fits_free_memory() -> None:
+    x = canvas(8).cuda()
+    report = check_equivariance(LeNet().cuda(), x, max_shift=2, layer="conv4", batch_size="auto")
+    assert report.passed
+    assert 1 <= report.batch_size <= 26 * 8
