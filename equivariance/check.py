@@ -20,6 +20,7 @@ from equivariance._isolation import isolated
 from equivariance._validation import describe, per_dim
 from equivariance.errors import EquivarianceError, InvalidArgument
 from equivariance.metric import (
+    BatchSize,
     IntOrTuple,
     OutputAction,
     check_input,
@@ -52,7 +53,7 @@ def check_equivariance(
     output: OutputSelector = None,
     atol: float | None = None,
     rtol: float | None = None,
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
     transforms: Sequence[Transform] | None = None,
 ) -> EquivarianceReport:
     """Measure the equivariance error of ``model`` on ``x`` for many shifts at once.
@@ -103,7 +104,8 @@ def check_equivariance(
         atol: tolerance on the RMS absolute error where the reference is zero.
         rtol: tolerance on the relative error.
         batch_size: samples per forward pass; default about 2**18 input elements
-            on the CPU and 2**22 on a GPU.
+            on the CPU and 2**22 on a GPU; ``"auto"`` sizes chunks from the memory
+            the unshifted pass used (see the benchmarks page).
         transforms: check these symmetries instead of shifts, e.g.
             ``[Rot90(1), Flip(-1)]`` (:mod:`equivariance.transforms`): each acts
             alike on the input and on the output, over the whole grid, and is
@@ -142,7 +144,7 @@ def check_invariance(
     output: OutputSelector = None,
     atol: float | None = None,
     rtol: float | None = None,
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
 ) -> EquivarianceReport:
     """Measure how much an output that should not move changes under many shifts.
 
@@ -233,7 +235,7 @@ def _check(
     output: OutputSelector,
     atol: float | None,
     rtol: float | None,
-    batch_size: int | None,
+    batch_size: BatchSize,
 ) -> EquivarianceReport:
     forward = Forward(model, layer, output)
     x = check_input(x, model)
@@ -302,7 +304,7 @@ def _check_transforms(
     output: OutputSelector,
     atol: float | None,
     rtol: float | None,
-    batch_size: int | None,
+    batch_size: BatchSize,
 ) -> EquivarianceReport:
     """Every transform of every sample in batched passes, compared with the transformed output."""
     forward = Forward(model, layer, output)
