@@ -17,7 +17,7 @@ from equivariance import _auto
 from equivariance._forward import Forward, OutputSelector
 from equivariance._hints import hints_for, within
 from equivariance._isolation import isolated
-from equivariance._validation import describe, per_dim
+from equivariance._validation import as_int, describe, per_dim
 from equivariance.errors import EquivarianceError, InvalidArgument
 from equivariance.metric import (
     BatchSize,
@@ -324,7 +324,8 @@ def _check_transforms(
     d, n = x.dim() - 2, x.shape[0]
     plan: list[Transform] = [Identity(), *transforms]
     inputs = torch.cat([t.apply(x, d) for t in plan])  # shapes are checked by apply: square planes only
-    size = default_batch_size(x) if batch_size is None else batch_size
+    # The few transforms of a p4m check need no memory-driven sizing: "auto" means the default.
+    size = default_batch_size(x) if batch_size in (None, "auto") else as_int(batch_size, "batch_size")
     if size < 1:
         raise InvalidArgument(f"batch_size must be positive, found {size}")
     with isolated(forward.model):
