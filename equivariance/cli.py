@@ -1,5 +1,7 @@
 """The ``equivariance`` command line: check a model from the shell.
 
+``equivariance profile PKG.MODULE:FACTORY --input-shape ... --shift 1,0``
+prints the error of every layer (:func:`~equivariance.profile_equivariance`).
 ``equivariance demo [--out DIR]`` runs the seed article's demonstration
 (:mod:`equivariance.demo`). ``equivariance check PKG.MODULE:FACTORY
 --input-shape 8,1,38,38`` imports
@@ -20,7 +22,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -85,23 +87,23 @@ def _parser() -> argparse.ArgumentParser:
         help="check a model's equivariance (or invariance) on a random input",
         description="Exit code 0 when the check passes, 1 when it fails, 2 for a usage error.",
     )
-    check.add_argument("model", help="PKG.MODULE:FACTORY, e.g. equivariance.models:LeNet")
-    check.add_argument("--input-shape", type=_ints, required=True, help="e.g. 8,1,38,38 (N, C, *spatial)")
+    _model_and_input(check)
     check.add_argument("--max-shift", type=_ints, default=None, help="box half-width, one int or one per dim")
+    check.add_argument("--stride", type=_ints_or_auto, default=(1,), help="output subsampling: ints or auto")
     check.add_argument(
-        "--stride", type=_ints, default=(1,), help="output subsampling, one int or one per dim"
+        "--margin", type=_ints_or_auto, default=(0,), help="edge samples dropped: ints or auto"
     )
-    check.add_argument("--margin", type=_ints, default=(0,), help="samples dropped at each output edge")
     check.add_argument("--layer", default=None, help="measure this submodule's output, e.g. conv4")
-    check.add_argument("--boundary", choices=("zeros", "circular"), default="zeros")
     check.add_argument("--invariance", action="store_true", help="check that the output does not move")
-    check.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    check.add_argument("--dtype", default="float32", choices=("float16", "bfloat16", "float32", "float64"))
-    check.add_argument("--border", type=int, default=0, help="zero this many samples at each input edge")
-    check.add_argument("--seed", type=int, default=0, help="seed of the random input")
-    check.add_argument("--rtol", type=float, default=None)
-    check.add_argument("--atol", type=float, default=None)
     check.add_argument("--batch-size", type=int, default=None)
+    profile = commands.add_parser(
+        "profile",
+        help="the equivariance error of every layer under one shift: where equivariance breaks",
+        description="Exit code 0 when every layer passes, 1 when one fails, 2 for a usage error.",
+    )
+    _model_and_input(profile)
+    profile.add_argument("--shift", type=_ints, required=True, help="the input shift, e.g. 1,0")
+    profile.add_argument("--json", action="store_true", help="print the profile as JSON")
     demo = commands.add_parser(
         "demo",
         help="the seed's demonstration: train LeNet, check it and an MLP, draw heatmaps and the animation",
@@ -122,7 +124,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_or_tuple(values: tuple[int, ...]) -> int | tuple[int, ...]:
+def _model_and_input(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="PKG.MODULE:FACTORY, e.g. equivariance.models:LeNet")
+    parser.add_argument("--input-shape", type=_ints, required=True, help="e.g. 8,1,38,38 (N, C, *spatial)")
+    parser.add_argument("--boundary", choices=("zeros", "circular"), default="zeros")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", choices=("float16", "bfloat16", "float32", "float64"))
+    parser.add_argument("--border", type=int, default=0, help="zero this many samples at each input edge")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    parser.add_argument("--rtol", type=float, default=None)
+    parser.add_argument("--atol", type=float, default=None)
+
+
+def _ints_or_auto(text: str) -> tuple[int, ...] | Literal["auto"]:
+    return "auto" if text.strip() == "auto" else _ints(text)
+
+
+def _one_or_tuple(values: tuple[int, ...] | Literal["auto"]) -> int | tuple[int, ...] | Literal["auto"]:
+    if values == "auto":
+        return "auto"
     return values[0] if len(values) == 1 else values
 
 
@@ -144,11 +164,27 @@ def _random_input(args: argparse.Namespace) -> torch.Tensor:
         raise InvalidArgument(f"cannot use --device {args.device}: {exc}") from None
 
 
-def _check(args: argparse.Namespace) -> EquivarianceReport:
+def _model_and_x(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
     model = load_factory(args.model)
     x = _random_input(args)
     if isinstance(model, torch.nn.Module):
         model = model.to(device=x.device, dtype=x.dtype)
+    return model, x
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from equivariance.profile import profile_equivariance
+
+    model, x = _model_and_x(args)
+    result = profile_equivariance(
+        model, x, args.shift, boundary=args.boundary, rtol=args.rtol, atol=args.atol
+    )
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return EXIT_PASSED if result.passed else EXIT_FAILED
+
+
+def _check(args: argparse.Namespace) -> EquivarianceReport:
+    model, x = _model_and_x(args)
     options: dict[str, Any] = dict(
         max_shift=None if args.max_shift is None else _one_or_tuple(args.max_shift),
         boundary=args.boundary,
@@ -187,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "profile":
+            return _profile(args)
         report = _check(args)
     except InvalidArgument as error:
         print(f"equivariance: error: {error}", file=sys.stderr)

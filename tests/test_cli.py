@@ -84,3 +84,35 @@ def test_border_puts_the_random_input_on_a_canvas(
     assert main(argv) == 1
     assert main([*argv, "--border", "3"]) == 0
     capsys.readouterr()
+
+
+def test_profile_names_the_failing_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "strided.py").write_text(
+        "import torch\n\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 2, stride=2))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["profile", "strided:build", "--input-shape", "2,1,16,16"]
+    assert main([*argv, "--shift", "1,0"]) == 1
+    out = capsys.readouterr().out
+    assert "first failure at 1 (Conv2d), aliasing" in out
+    assert main([*argv, "--shift", "2,0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+
+
+def test_check_with_inferred_stride_and_margin(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "check",
+        "torch.nn:Identity",
+        "--input-shape",
+        "1,1,12,12",
+        "--stride",
+        "auto",
+        "--margin",
+        "auto",
+    ]
+    assert main(argv) == 0
+    assert "inferred" in capsys.readouterr().out
