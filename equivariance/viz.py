@@ -23,10 +23,18 @@ from typing import Any
 import torch
 
 from equivariance.errors import InvalidArgument
+from equivariance.profile import EquivarianceProfile
 from equivariance.report import EquivarianceReport
 from equivariance.shifts import Shift
 
-__all__ = ["cluster_colors", "feature_animation", "heatmaps_figure", "kmeans", "shift_heatmap"]
+__all__ = [
+    "cluster_colors",
+    "feature_animation",
+    "heatmaps_figure",
+    "kmeans",
+    "profile_chart",
+    "shift_heatmap",
+]
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -119,6 +127,37 @@ def heatmaps_figure(reports: Sequence[EquivarianceReport]) -> Any:
     for ax, report in zip(axes, reports):
         shift_heatmap(report, ax=ax)
     return figure
+
+
+def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
+    """A bar per layer of a :func:`~equivariance.profile_equivariance` result; returns the Axes.
+
+    The bars are the layers' errors on a log scale, in the order the model
+    runs them, red where a layer fails, with the tolerance as a line: the
+    first red bar is where equivariance breaks.
+
+    >>> import torch
+    >>> from equivariance import profile_equivariance
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 2, stride=2))
+    >>> ax = profile_chart(profile_equivariance(net, torch.randn(2, 1, 16, 16), (1, 0)))
+    >>> [label.get_text().split() for label in ax.get_xticklabels()]
+    [['0', 'Conv2d'], ['1', 'Conv2d']]
+    """
+    plt = _pyplot()
+    rows = profile.layers
+    floor = min([profile.rtol / 100, *(r.error for r in rows if r.error > 0)])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(rows) + 1.5), 3.6))
+    heights = [max(r.error, floor) for r in rows]
+    colours = ["tab:green" if r.passed else "tab:red" for r in rows]
+    ax.bar(range(len(rows)), heights, color=colours)
+    ax.set_yscale("log")
+    ax.axhline(profile.rtol, color="black", linestyle="--", linewidth=1, label=f"rtol {profile.rtol:.0e}")
+    ax.set_xticks(range(len(rows)), [f"{r.name}\n{r.type}" for r in rows])
+    ax.set_ylabel("relative error")
+    ax.set_title(f"{profile.subject} under shift {profile.shift}")
+    ax.legend(loc="upper left")
+    return ax
 
 
 def kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:

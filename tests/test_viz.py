@@ -58,3 +58,17 @@ def test_feature_animation_writes_a_gif(tmp_path: Path) -> None:
     gif = Image.open(path)
     assert gif.format == "GIF"
     assert gif.n_frames == 7
+
+
+def test_profile_chart_colours_the_failing_layers(tmp_path: Path) -> None:
+    from equivariance import profile_equivariance
+    from equivariance.viz import profile_chart
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 2, stride=2), nn.Flatten())
+    profile = profile_equivariance(net, torch.randn(2, 1, 16, 16), (1, 0))
+    ax = profile_chart(profile)
+    colours = [bar.get_facecolor()[:3] for bar in ax.patches]
+    failing = [not layer.passed for layer in profile.layers]
+    assert failing == [False, False, True, True]
+    assert colours[0] != colours[2]  # green for the equivariant layers, red from the stride on
+    ax.figure.savefig(tmp_path / "profile.png")
