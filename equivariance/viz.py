@@ -140,8 +140,8 @@ def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
     >>> from equivariance import profile_equivariance
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 2, stride=2))
     >>> ax = profile_chart(profile_equivariance(net, torch.randn(2, 1, 16, 16), (1, 0)))
-    >>> [label.get_text().split() for label in ax.get_xticklabels()]
-    [['0', 'Conv2d'], ['1', 'Conv2d']]
+    >>> " / ".join(label.get_text().replace("\\n", " ") for label in ax.get_xticklabels())
+    '0 Conv2d / 1 Conv2d'
     """
     plt = _pyplot()
     rows = profile.layers
