@@ -92,11 +92,13 @@ def test_a_circular_cnn_with_global_average_pooling_is_exactly_consistent(images
 def test_blur_pooling_is_more_consistent_than_max_pooling(images: torch.Tensor) -> None:
     plain, blur = max_pool_and_blur_pool(images)
     plain_result, blur_result = consistency(plain, images, pairs=2), consistency(blur, images, pairs=2)
-    # the numbers quoted in docs/diagnosing.md
-    assert (plain_result.value, blur_result.value) == (0.3775, 0.7475)
+    # The numbers quoted in docs/diagnosing.md (0.3775 and 0.7475, prediction change 0.711 and 0.298,
+    # torch 2.13 on a CPU); other kernels may flip a few near-tied predictions, hence the slack.
+    assert plain_result.value == pytest.approx(0.3775, abs=0.02)
+    assert blur_result.value == pytest.approx(0.7475, abs=0.02)
     assert plain_result.high < blur_result.low  # the 95% intervals do not overlap
-    assert prediction_change(plain, images).value == pytest.approx(0.71125)
-    assert prediction_change(blur, images).value == pytest.approx(0.2975)
+    assert prediction_change(plain, images).value == pytest.approx(0.71125, abs=0.02)
+    assert prediction_change(blur, images).value == pytest.approx(0.2975, abs=0.02)
     assert logit_change(blur, images).value < logit_change(plain, images).value
 
 
