@@ -38,7 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from equivariance import Shift, check_equivariance, multiples_of, shifts_in_box
+from equivariance import Shift, check_equivariance, multiples_of, profile_equivariance, shifts_in_box
 from equivariance.metric import default_batch_size
 from equivariance.models import LeNet
 
@@ -178,6 +178,7 @@ def _status_kib(key: str) -> int:
 
 
 HEADER = ("workload", "floor", "check", "loop", "check/floor", "loop/check", "check peak MiB")
+PROFILE_HEADER = ("workload, one shift", "check", "profile", "profile/check")
 
 
 def main() -> None:
@@ -195,15 +196,21 @@ def main() -> None:
     title = f"torch {torch.__version__} on {name}; medians of {args.repeats} runs"
     print(title + "\n")
     print(line((*HEADER[:-1], "peak MiB")))
-    rows = []
+    rows, profile_rows = [], []
     for workload in (lenet_workload, convnet_workload, resnet_workload):
         label, model, x, shifts = workload(args.device)
         stride = 32 if workload is resnet_workload else 1
         cells = row(label, model, x, shifts, args.repeats, args.device, stride)
         rows.append(cells)
         print(line(cells))
+        if isinstance(model, nn.Module):  # LeNet's head refuses the 38x38 canvas a whole-model profile runs
+            profile_rows.append(profile_row(label, model, x, shifts[-1], args.repeats, args.device, stride))
+    print("\nThe layer profile of one shift against the check of that shift:")
+    for cells in profile_rows:
+        print(f"{cells[0]:<44} {cells[1]:>8} {cells[2]:>8} {cells[3]:>13}")
     if args.markdown:
         write_markdown(args.markdown, title, rows, args.device)
+        write_markdown(args.markdown, title, profile_rows, f"{args.device} profile", PROFILE_HEADER)
 
 
 def line(cells: tuple[str, ...]) -> str:
@@ -246,15 +253,44 @@ def row(
     )
 
 
-def write_markdown(path: str, title: str, rows: list[tuple[str, ...]], device: str) -> None:
+def profile_row(
+    label: str,
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    shift: Shift,
+    repeats: int,
+    device: str,
+    stride: int = 1,
+) -> tuple[str, ...]:
+    """``profile_equivariance`` (every layer, one batched pass) against the check of the same shift."""
+
+    def run_check() -> None:
+        check_equivariance(model, x, [shift], stride=stride)
+
+    def run_profile() -> None:
+        profile_equivariance(model, x, shift)
+
+    run_check()
+    run_profile()
+    t_check, t_profile = timed(run_check, repeats, device), timed(run_profile, repeats, device)
+    return (label.split(",")[0], f"{t_check:.3f}s", f"{t_profile:.3f}s", f"{t_profile / t_check:.2f}")
+
+
+def write_markdown(
+    path: str,
+    title: str,
+    rows: list[tuple[str, ...]],
+    device: str,
+    header: tuple[str, ...] = HEADER,
+) -> None:
     """Replace the section for ``device`` in the benchmark page with these results."""
     marker = f"<!-- speed.py {device} -->"
     table = [
         marker,
         f"**{title}**, {datetime.date.today().isoformat()}, `python benchmarks/speed.py --device {device}`",
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
         *("| " + " | ".join(cells) + " |" for cells in rows),
         marker,
     ]

@@ -315,7 +315,7 @@ def _check_transforms(
             "transforms=[Rot90(1), Flip(-1)]"
         )
     for t in transforms:
-        if not isinstance(t, Transform):
+        if isinstance(t, Shift) or not isinstance(t, Transform):
             raise InvalidArgument(
                 f"transforms must hold Rot90, Flip or other objects with apply(x, spatial_dims), found "
                 f"{describe(t)}; shifts go in shifts="

@@ -246,7 +246,8 @@ def profile_equivariance(
     x = check_input(x, model)
     boundary = check_boundary(boundary)
     the_shift: Shift | Transform
-    if isinstance(shift, Transform):
+    # A Shift has an apply() too, so it would satisfy the Transform protocol: test for it first.
+    if not isinstance(shift, Shift) and isinstance(shift, Transform):
         the_shift = shift
         moved_x = shift.apply(x, x.dim() - 2)
         boundary = "circular"  # a rotation or flip maps the grid onto itself: nothing is filled in

@@ -9,7 +9,15 @@ import torch
 from conftest import canvas
 from torch import nn
 
-from equivariance import EquivarianceError, InvalidArgument, Rot90, assert_equivariant, profile_equivariance
+from equivariance import (
+    EquivarianceError,
+    InvalidArgument,
+    Rot90,
+    Shift,
+    assert_equivariant,
+    check_equivariance,
+    profile_equivariance,
+)
 from equivariance.models import LeNet
 
 
@@ -147,3 +155,12 @@ def test_a_rotation_profile_names_the_plain_convolution() -> None:
     assert "average its kernels over the group" in (first.fix or "")
     assert profile.summary().startswith("equivariance profile of Sequential under transform Rot90(1)")
     assert json.loads(json.dumps(profile.to_dict()))["shift"] == "Rot90(1)"
+
+
+def test_a_shift_object_is_a_shift_not_a_transform() -> None:
+    # Shift has an apply() method like the Transform protocol; it must still be treated as a shift.
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 2, stride=2))
+    x = torch.randn(2, 1, 16, 16)
+    assert str(profile_equivariance(net, x, Shift(1, 0))) == str(profile_equivariance(net, x, (1, 0)))
+    with pytest.raises(InvalidArgument, match="transforms must hold Rot90, Flip"):
+        check_equivariance(net, x, transforms=[Shift(1, 0)])
