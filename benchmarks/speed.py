@@ -210,7 +210,7 @@ def main() -> None:
         print(f"{cells[0]:<44} {cells[1]:>8} {cells[2]:>8} {cells[3]:>13}")
     if args.markdown:
         write_markdown(args.markdown, title, rows, args.device)
-        write_markdown(args.markdown, title, profile_rows, f"{args.device} profile", PROFILE_HEADER)
+        write_markdown(args.markdown, title, profile_rows, args.device, PROFILE_HEADER, section="profile")
 
 
 def line(cells: tuple[str, ...]) -> str:
@@ -282,9 +282,10 @@ def write_markdown(
     rows: list[tuple[str, ...]],
     device: str,
     header: tuple[str, ...] = HEADER,
+    section: str = "",
 ) -> None:
-    """Replace the section for ``device`` in the benchmark page with these results."""
-    marker = f"<!-- speed.py {device} -->"
+    """Replace the section for ``device`` (and ``section``) in the benchmark page with these results."""
+    marker = f"<!-- speed.py {' '.join(filter(None, (device, section)))} -->"
     table = [
         marker,
         f"**{title}**, {datetime.date.today().isoformat()}, `python benchmarks/speed.py --device {device}`",
