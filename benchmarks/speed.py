@@ -9,8 +9,9 @@ Measures, in one run and on the same machine:
     same chunks (the shifted copies, the unshifted batch and the identity
     shift the check adds for its noise floor).
 
-It reports medians over repeated runs, the ratios check/floor (the cost
-of everything but the model) and loop/check, and the peak memory of the
+It runs the three in turn, repeatedly, and reports the median times and
+the medians of the ratios within each round: check/floor (the cost of
+everything but the model) and loop/check, and the peak memory of the
 check: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated
 before, on the CPU the process's peak resident set (``VmHWM``, reset through
 ``/proc/self/clear_refs``; Linux only) above the resident set before. Nothing
@@ -137,17 +138,33 @@ def floor(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shifts
             model(images[start : start + batch])
 
 
-def timed(fn: Callable[[], object], repeats: int, device: str) -> float:
-    times = []
+def seconds(fn: Callable[[], object], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: list[Callable[[], object]], repeats: int, device: str) -> list[list[float]]:
+    """Times of each function, run in turn ``repeats`` times: ``times[i][r]``.
+
+    Taking the functions in turn, rather than each ``repeats`` times in a row,
+    exposes them to the same machine: a ratio computed within one round is
+    not skewed by load that comes and goes.
+    """
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, series in zip(fns, times):
+            series.append(seconds(fn, device))
+    return times
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of one time over another taken in the same round."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 def peak_memory(fn: Callable[[], object], device: str) -> float | None:
@@ -238,17 +255,15 @@ def row(
 
     run_floor()  # warm up kernels and allocators
     run_check()
-    t_floor = timed(run_floor, repeats, device)
-    t_check = timed(run_check, repeats, device)
-    t_loop = timed(run_loop, repeats, device)
+    floors, checks, loops = interleaved([run_floor, run_check, run_loop], repeats, device)
     peak = peak_memory(run_check, device)
     return (
         label,
-        f"{t_floor:.3f}s",
-        f"{t_check:.3f}s",
-        f"{t_loop:.3f}s",
-        f"{t_check / t_floor:.2f}",
-        f"{t_loop / t_check:.2f}",
+        f"{statistics.median(floors):.3f}s",
+        f"{statistics.median(checks):.3f}s",
+        f"{statistics.median(loops):.3f}s",
+        f"{median_ratio(checks, floors):.2f}",
+        f"{median_ratio(loops, checks):.2f}",
         "n/a" if peak is None else f"{peak:.0f}",
     )
 
@@ -272,8 +287,13 @@ def profile_row(
 
     run_check()
     run_profile()
-    t_check, t_profile = timed(run_check, repeats, device), timed(run_profile, repeats, device)
-    return (label.split(",")[0], f"{t_check:.3f}s", f"{t_profile:.3f}s", f"{t_profile / t_check:.2f}")
+    checks, profiles = interleaved([run_check, run_profile], repeats, device)
+    return (
+        label.split(",")[0],
+        f"{statistics.median(checks):.3f}s",
+        f"{statistics.median(profiles):.3f}s",
+        f"{median_ratio(profiles, checks):.2f}",
+    )
 
 
 def write_markdown(

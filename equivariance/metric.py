@@ -269,33 +269,46 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-# float32 squares and sums of values whose magnitude lies in [1e-15, 1e15] stay
-# normal and finite; outside that range they are squared in float64 instead.
-_FLOAT32_SAFE = 1e15
+# A float32 sum of squared differences is trusted for a row whose reference has
+# a squared norm of at least this: difference elements too small to square in
+# float32 (below ~1e-19) then change the relative error by less than 1e-9.
+_FLOAT32_MIN_REFERENCE = 1e-10
 
 
-def summing_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype to square and sum ``tensors`` in: float32 when that is exact
-    enough and cannot under- or overflow (8x faster on a CPU), else float64.
+class _Squares:
+    """Sums of squared differences: in float32 where that is exact enough, else float64.
 
-    The verdict must not depend on the scale of the outputs: a model whose
-    outputs are 1e-23 or 1e25 is as equivariant as one whose outputs are 1.
+    Squaring and summing in float32 is several times faster on a CPU, but the
+    verdict must not depend on the scale of the outputs (a model whose outputs
+    are 1e-23 or 1e25 is as equivariant as one whose outputs are 1). The
+    reference's squared norms are always taken in float64 (once per check);
+    a chunk's float32 difference sums are kept only if they are finite and
+    every row's reference norm is large enough for an underflowing difference
+    element not to matter (:data:`_FLOAT32_MIN_REFERENCE`). Otherwise the chunk
+    is summed again in float64, and so is every later chunk.
     """
-    if any(t.dtype == torch.float64 for t in tensors):
-        return torch.float64
-    if tensors[0].device.type == "mps":
-        return torch.float32
-    for tensor in tensors:
-        scale = tensor.reshape(len(tensor), -1).abs().amax(dim=1)
-        nonzero = scale[scale > 0]
-        if bool((scale > _FLOAT32_SAFE).any()) or bool((nonzero < 1 / _FLOAT32_SAFE).any()):
-            return torch.float64
-    return torch.float32
+
+    def __init__(self, output: torch.Tensor) -> None:
+        self.exact = accumulation_dtype(output.device)
+        self.work = self.exact if output.dtype == torch.float64 else torch.float32
+
+    def diff(self, outputs: torch.Tensor, reference: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """``sum((outputs - reference)^2)`` over ``dims``."""
+        return (outputs.to(self.work) - reference.to(self.work)).square_().sum(dims)  # a fresh tensor
+
+    def trusted(self, diff_rows: torch.Tensor, ref_rows: torch.Tensor) -> bool:
+        """Whether float32 row sums can stand; if not, later sums are taken in float64."""
+        if self.work == self.exact:
+            return True
+        if bool(torch.isfinite(diff_rows).all()) and bool((ref_rows >= _FLOAT32_MIN_REFERENCE).all()):
+            return True
+        self.work = self.exact
+        return False
 
 
-def _working(tensor: torch.Tensor) -> torch.Tensor:
-    """Half types are subtracted in float32, where a difference cannot overflow."""
-    return tensor.float() if torch.finfo(tensor.dtype).bits < 32 else tensor
+def squared_norms(tensor: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``sum(tensor^2)`` over ``dims``, in float64 (float32 on MPS)."""
+    return tensor.to(accumulation_dtype(tensor.device)).square().sum(dims)
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -458,6 +471,8 @@ def measure(
         comparison = (
             _Comparison(base, plan, d, strides, margins, boundary, output_action) if equivariant else None
         )
+        squares = _Squares(base)
+        base_sq = squared_norms(base.reshape(len(base), -1), (1,)) if comparison is None else None
         inputs = ShiftedWindows(x, in_offsets, boundary)
         diff_sq = torch.zeros(total, dtype=torch.float64)
         ref_sq = torch.zeros(total, dtype=torch.float64)
@@ -482,13 +497,16 @@ def measure(
                         "outputs of one shape"
                     )
                 if comparison is None:
-                    reference = _working(base[sample.to(base.device)]).reshape(len(items), -1)
-                    flat = _working(outputs).reshape(len(items), -1)
-                    work = summing_dtype(flat, reference)
-                    diff_sq[chunk] = (flat.to(work) - reference.to(work)).square().sum(1).cpu().double()
-                    ref_sq[chunk] = reference.to(work).square().sum(1).cpu().double()
+                    assert base_sq is not None
+                    rows = sample.to(base.device)
+                    flat, reference = outputs.reshape(len(items), -1), base[rows].reshape(len(items), -1)
+                    diff_rows = squares.diff(flat, reference, (1,))
+                    if not squares.trusted(diff_rows, base_sq[rows]):
+                        diff_rows = squares.diff(flat, reference, (1,))
+                    diff_sq[chunk] = diff_rows.cpu().double()
+                    ref_sq[chunk] = base_sq[rows].cpu().double()
                 else:
-                    sums = comparison.sums(outputs, shift_index, sample)
+                    sums = comparison.sums(outputs, shift_index, sample, squares)
                     diff_sq[chunk], ref_sq[chunk], border_diff[chunk], border_ref[chunk] = sums
             except torch.cuda.OutOfMemoryError:
                 if len(items) == 1:
@@ -581,8 +599,14 @@ class _Comparison:
                 f"the output's spatial dims {self.spatial} cannot carry {what}{margin_note}: "
                 f"nothing of the output is left to compare; use smaller shifts {fix}".replace(" ,", ",")
             )
+        self.channel_dims = tuple(range(1, base.dim() - d))
+        self.ref_windows: ShiftedWindows | None = None
         if self.out_offsets is not None:
             self.windows = ShiftedWindows(base, self.out_offsets, boundary)
+            # the reference's squared norms at each position, once: a chunk gathers them
+            self.ref_windows = ShiftedWindows(
+                squared_norms(base, self.channel_dims), self.out_offsets, boundary
+            )
         self.depth = max(1, int(((self.hi - self.lo + 1) // 2).max()))
 
     @property
@@ -651,33 +675,40 @@ class _Comparison:
         return result, mask.to(outputs.device)
 
     def sums(
-        self, outputs: torch.Tensor, shift_index: torch.Tensor, sample: torch.Tensor
+        self, outputs: torch.Tensor, shift_index: torch.Tensor, sample: torch.Tensor, squares: _Squares
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Squared norms over the compared region, in total and by distance from its edge."""
         reference, action_mask = self.reference(shift_index, sample)
-        work = summing_dtype(_working(outputs), _working(reference))
-        reference, outputs = reference.to(work), outputs.to(work)
+        if self.ref_windows is not None:
+            assert self.out_offsets is not None
+            ref_map = self.ref_windows.take(sample, self.out_offsets[shift_index])
+        else:
+            ref_map = squared_norms(reference, self.channel_dims)
         device = outputs.device
-        d = len(self.spatial)
         dist = _edge_distance(self.lo[shift_index].to(device), self.hi[shift_index].to(device), self.spatial)
         inside = dist >= 0
         if action_mask is not None:
             inside &= action_mask
-        channel_dims = tuple(range(1, outputs.dim() - d))
-        diff_map = (outputs - reference).square().sum(channel_dims)
-        ref_map = reference.square().sum(channel_dims)
-        zero = diff_map.new_zeros(())
-        diff_map = torch.where(inside, diff_map, zero).flatten(1)
-        ref_map = torch.where(inside, ref_map, zero).flatten(1)
+        ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
+        ref_rows = ref_map.sum(1)
+        diff_map = self._diff_map(outputs, reference, inside, squares)
+        if not squares.trusted(diff_map.sum(1), ref_rows):
+            diff_map = self._diff_map(outputs, reference, inside, squares)
         bucket = dist.clamp(0, self.depth - 1).flatten(1)
         border_diff = diff_map.new_zeros(len(diff_map), self.depth).scatter_add_(1, bucket, diff_map)
         border_ref = ref_map.new_zeros(len(ref_map), self.depth).scatter_add_(1, bucket, ref_map)
         return (
             diff_map.sum(1).cpu().double(),
-            ref_map.sum(1).cpu().double(),
+            ref_rows.cpu().double(),
             border_diff.cpu().double(),
             border_ref.cpu().double(),
         )
+
+    def _diff_map(
+        self, outputs: torch.Tensor, reference: torch.Tensor, inside: torch.Tensor, squares: _Squares
+    ) -> torch.Tensor:
+        diff_map = squares.diff(outputs, reference, self.channel_dims)
+        return torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
 
 
 def _edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -700,6 +731,10 @@ def _check_finite(tensor: torch.Tensor, what: str) -> None:
             f"the output for {what} has dtype {tensor.dtype}; equivariance errors need a "
             "floating-point output"
         )
+    # one summing pass finds any nan or inf (they propagate); the exact test runs only if it
+    # fires, which a finite tensor whose sum overflows also does
+    if bool(torch.isfinite(tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)))):
+        return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
         bad = int((~finite).reshape(len(tensor), -1).any(1).sum())

@@ -69,6 +69,30 @@ def test_the_verdict_does_not_depend_on_the_output_scale(scale: float) -> None:
     assert equivariance_error(lambda t: dense(t) * scale, x, (1, 2)) > 0.1
 
 
+def test_float32_sums_that_overflow_fall_back_to_float64() -> None:
+    # outputs of +-3e38 are finite float32 numbers, but their sums and differences overflow
+    conv = nn.Conv2d(1, 3, 3)
+    dense = MLP(input_size=20, hidden=16)
+    x = canvas(batch=2, size=20, content=12)
+    assert equivariance_error(lambda t: torch.sign(conv(t)) * 3e38, x, (1, 2)) == 0
+    err = equivariance_error(lambda t: torch.sign(dense(t)) * 3e38, x, (1, 2), reduction="none")
+    assert bool(torch.isfinite(err).all())
+    assert bool((err > 0.1).all())
+    assert invariance_error(lambda t: torch.sign(dense(t)).flatten(1) * 3e38, x, (1, 2)) > 0.1
+
+
+def test_a_nan_outside_the_compared_region_is_still_an_error() -> None:
+    def corner(x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        if bool((x[:, :, -1] == 0).all()):  # only for inputs moved right: the fill reached the edge
+            y[:, :, 0] = float("nan")  # the left edge, which the zero boundary never compares
+        return y
+
+    x = torch.rand(2, 1, 8) + 0.5
+    with pytest.raises(InvalidArgument, match=r"not finite .* of shifted inputs \(shift \(-1,\)\)"):
+        equivariance_error(corner, x, -1)
+
+
 def test_stride_divides_the_output_shift() -> None:
     conv = nn.Conv2d(1, 4, 4, stride=2)
     x = torch.randn(2, 1, 24, 24)

@@ -6,10 +6,11 @@ import pickle
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from equivariance import InvalidArgument, Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
+from equivariance.shifts import ShiftedWindows
 
 
 def offsets(ndim: int, bound: int = 12) -> st.SearchStrategy[tuple[int, ...]]:
@@ -216,6 +217,38 @@ def test_apply_shifts_equals_applying_each_shift(
     assert batched.shape == (len(shifts), *x.shape)
     for k, s in enumerate(shifts):
         assert torch.equal(batched[k], s.apply(x, boundary))  # type: ignore[arg-type]
+
+
+@settings(max_examples=25)
+@given(
+    st.lists(st.tuples(st.integers(-4, 4), st.integers(-4, 4)), min_size=1, max_size=5),
+    st.integers(0, 14),
+    st.integers(1, 15),
+    st.booleans(),
+    st.sampled_from([1, 70]),
+    st.sampled_from(["zeros", "circular"]),
+)
+def test_shifted_windows_take_equals_each_shift_in_both_of_its_copy_paths(
+    shifts: list[tuple[int, int]], lo: int, length: int, shuffle: bool, channels: int, boundary: str
+) -> None:
+    # the engine's items: shift-major, every sample per shift, in chunks (here one slice of them),
+    # or in any order. 70 channels of 8x8 are 4,480 elements a sample: runs of samples that share
+    # a shift are copied as slices; one channel is gathered element-wise
+    x = torch.randn(3, channels, 8, 8)
+    items = torch.arange(len(shifts) * 3)[lo : lo + length]
+    if shuffle:
+        items = items[torch.randperm(len(items), generator=torch.Generator().manual_seed(lo))]
+    if len(items) == 0:
+        return
+    offsets = torch.tensor(shifts)[items // 3]
+    windows = ShiftedWindows(x, offsets, boundary)  # type: ignore[arg-type]
+    taken = windows.take(items % 3, offsets)
+    for k, item in enumerate(items.tolist()):
+        expected = Shift(*shifts[item // 3]).apply(x[item % 3], boundary)  # type: ignore[arg-type]
+        assert torch.equal(taken[k], expected)
+    first = taken[0].clone()
+    taken.zero_()  # a copy: writing to it (a model with an in-place first layer) changes nothing
+    assert torch.equal(windows.take(items % 3, offsets)[0], first)
 
 
 def test_apply_shifts_accepts_an_offsets_tensor_and_any_channel_layout() -> None:
