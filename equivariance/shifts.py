@@ -525,9 +525,9 @@ class ShiftedWindows:
         """``out[b] = Shift(offsets[b]).apply(x[index[b]])``; ``offsets`` must be within those given.
 
         Consecutive items that read consecutive samples at one offset are one
-        slice of the view; where those runs are long enough, the result is
-        their concatenation, a plain copy several times faster than the
-        element-wise gather advanced indexing does, used otherwise.
+        slice of the view; on a CPU, where those runs are long enough, the
+        result is their concatenation, a plain copy several times faster than
+        the element-wise gather advanced indexing does, used otherwise.
         """
         starts = self.pads - self._canonical(offsets.cpu())
         index = index.cpu()
@@ -535,7 +535,8 @@ class ShiftedWindows:
         new_run[1:] = (starts[1:] != starts[:-1]).any(1) | (index[1:] != index[:-1] + 1)
         firsts = new_run.nonzero().flatten().tolist()
         window = math.prod(self.windows.shape[self.windows.dim() - len(self.sizes) :])
-        if len(index) * window * self.per_sample >= _RUN_ELEMENTS * len(firsts):
+        on_cpu = self.windows.device.type == "cpu"  # a GPU gathers in one kernel, faster than launching many
+        if on_cpu and len(index) * window * self.per_sample >= _RUN_ELEMENTS * len(firsts):
             bounds = [*firsts, len(index)]
             runs = []
             for first, stop, i in zip(bounds, bounds[1:], index[firsts].tolist()):
