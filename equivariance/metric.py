@@ -22,6 +22,7 @@ forward pass per shift.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -60,6 +61,7 @@ upsampling layer, whose output moves twice as far as its input::
 
 Reduction = Literal["mean", "max", "none"]
 IntOrTuple = int | Sequence[int]
+Dims = tuple[int, ...]
 BatchSize = int | Literal["auto"] | None
 
 # Input elements per forward pass when batch_size is not given. On the CPU
@@ -286,22 +288,45 @@ class _Squares:
     every row's reference norm is large enough for an underflowing difference
     element not to matter (:data:`_FLOAT32_MIN_REFERENCE`). Otherwise the chunk
     is summed again in float64, and so is every later chunk.
+
+    The sums also find non-finite outputs, which they propagate to: a model's
+    output is not read an extra time to look for them.
     """
 
     def __init__(self, output: torch.Tensor) -> None:
         self.exact = accumulation_dtype(output.device)
         self.work = self.exact if output.dtype == torch.float64 else torch.float32
 
-    def diff(self, outputs: torch.Tensor, reference: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-        """``sum((outputs - reference)^2)`` over ``dims``."""
-        return (outputs.to(self.work) - reference.to(self.work)).square_().sum(dims)  # a fresh tensor
+    def diff(
+        self, outputs: torch.Tensor, reference: torch.Tensor | list[tuple[slice, torch.Tensor]], dims: Dims
+    ) -> torch.Tensor:
+        """``sum((outputs - reference)^2)`` over ``dims``.
 
-    def trusted(self, diff_rows: torch.Tensor, ref_rows: torch.Tensor) -> bool:
-        """Whether float32 row sums can stand; if not, later sums are taken in float64."""
+        ``reference`` is a tensor, or runs ``(items, view)`` (see
+        :meth:`ShiftedWindows.runs`) subtracted without gathering them first.
+        """
+        if isinstance(reference, torch.Tensor):
+            difference = outputs.to(self.work) - reference.to(self.work)
+        else:
+            difference = torch.empty(outputs.shape, dtype=self.work, device=outputs.device)
+            outputs = outputs.to(self.work)
+            for items, view in reference:
+                torch.sub(outputs[items], view.to(self.work), out=difference[items])
+        return difference.square_().sum(dims)  # a fresh tensor: squared in place
+
+    def trusted(
+        self, diff: torch.Tensor, ref_rows: torch.Tensor, outputs: torch.Tensor, what: Callable[[], str]
+    ) -> bool:
+        """Whether ``diff``, the output of :meth:`diff`, can stand; if not, it is to be redone.
+
+        Raises InvalidArgument for non-finite outputs.
+        """
+        if not bool(torch.isfinite(diff.sum())):
+            _check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
+        elif self.work == self.exact or bool((ref_rows >= _FLOAT32_MIN_REFERENCE).all()):
+            return True
         if self.work == self.exact:
-            return True
-        if bool(torch.isfinite(diff_rows).all()) and bool((ref_rows >= _FLOAT32_MIN_REFERENCE).all()):
-            return True
+            return True  # finite float64 outputs beyond 1e154: their squares overflow, the error is inf
         self.work = self.exact
         return False
 
@@ -489,7 +514,8 @@ def measure(
             shift_index, sample = items // n, items % n
             try:
                 outputs = forward(inputs.take(sample, in_offsets[shift_index]), note)
-                _check_finite(outputs, f"shifted inputs ({_shifts_in(plan, shift_index)})")
+                what = functools.partial(_shifted_inputs, plan, shift_index)  # for messages only
+                _check_floating(outputs, what)
                 if tuple(outputs.shape[1:]) != tuple(base.shape[1:]):
                     raise InvalidArgument(
                         f"the output for shifted inputs has shape {tuple(outputs.shape[1:])} per sample "
@@ -501,12 +527,12 @@ def measure(
                     rows = sample.to(base.device)
                     flat, reference = outputs.reshape(len(items), -1), base[rows].reshape(len(items), -1)
                     diff_rows = squares.diff(flat, reference, (1,))
-                    if not squares.trusted(diff_rows, base_sq[rows]):
+                    if not squares.trusted(diff_rows, base_sq[rows], outputs, what):
                         diff_rows = squares.diff(flat, reference, (1,))
                     diff_sq[chunk] = diff_rows.cpu().double()
                     ref_sq[chunk] = base_sq[rows].cpu().double()
                 else:
-                    sums = comparison.sums(outputs, shift_index, sample, squares)
+                    sums = comparison.sums(outputs, shift_index, sample, squares, what)
                     diff_sq[chunk], ref_sq[chunk], border_diff[chunk], border_ref[chunk] = sums
             except torch.cuda.OutOfMemoryError:
                 if len(items) == 1:
@@ -675,14 +701,25 @@ class _Comparison:
         return result, mask.to(outputs.device)
 
     def sums(
-        self, outputs: torch.Tensor, shift_index: torch.Tensor, sample: torch.Tensor, squares: _Squares
+        self,
+        outputs: torch.Tensor,
+        shift_index: torch.Tensor,
+        sample: torch.Tensor,
+        squares: _Squares,
+        what: Callable[[], str],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Squared norms over the compared region, in total and by distance from its edge."""
-        reference, action_mask = self.reference(shift_index, sample)
-        if self.ref_windows is not None:
+        action_mask = None
+        reference: torch.Tensor | list[tuple[slice, torch.Tensor]]
+        if self.windows is not None:
             assert self.out_offsets is not None
-            ref_map = self.ref_windows.take(sample, self.out_offsets[shift_index])
+            assert self.ref_windows is not None
+            offsets = self.out_offsets[shift_index]
+            runs = self.windows.runs(sample, offsets)
+            reference = runs if runs is not None else self.windows.take(sample, offsets)
+            ref_map = self.ref_windows.take(sample, offsets)
         else:
+            reference, action_mask = self.reference(shift_index, sample)
             ref_map = squared_norms(reference, self.channel_dims)
         device = outputs.device
         dist = _edge_distance(self.lo[shift_index].to(device), self.hi[shift_index].to(device), self.spatial)
@@ -691,9 +728,10 @@ class _Comparison:
             inside &= action_mask
         ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
         ref_rows = ref_map.sum(1)
-        diff_map = self._diff_map(outputs, reference, inside, squares)
-        if not squares.trusted(diff_map.sum(1), ref_rows):
-            diff_map = self._diff_map(outputs, reference, inside, squares)
+        diff_map = squares.diff(outputs, reference, self.channel_dims)
+        if not squares.trusted(diff_map, ref_rows, outputs, what):
+            diff_map = squares.diff(outputs, reference, self.channel_dims)
+        diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
         bucket = dist.clamp(0, self.depth - 1).flatten(1)
         border_diff = diff_map.new_zeros(len(diff_map), self.depth).scatter_add_(1, bucket, diff_map)
         border_ref = ref_map.new_zeros(len(ref_map), self.depth).scatter_add_(1, bucket, ref_map)
@@ -703,12 +741,6 @@ class _Comparison:
             border_diff.cpu().double(),
             border_ref.cpu().double(),
         )
-
-    def _diff_map(
-        self, outputs: torch.Tensor, reference: torch.Tensor, inside: torch.Tensor, squares: _Squares
-    ) -> torch.Tensor:
-        diff_map = squares.diff(outputs, reference, self.channel_dims)
-        return torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
 
 
 def _edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -725,12 +757,16 @@ def _edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...])
     return dist
 
 
-def _check_finite(tensor: torch.Tensor, what: str) -> None:
+def _check_floating(tensor: torch.Tensor, what: Callable[[], str]) -> None:
     if not tensor.dtype.is_floating_point:
         raise InvalidArgument(
-            f"the output for {what} has dtype {tensor.dtype}; equivariance errors need a "
+            f"the output for {what()} has dtype {tensor.dtype}; equivariance errors need a "
             "floating-point output"
         )
+
+
+def _check_finite(tensor: torch.Tensor, what: str) -> None:
+    _check_floating(tensor, lambda: what)
     # one summing pass finds any nan or inf (they propagate); the exact test runs only if it
     # fires, which a finite tensor whose sum overflows also does
     if bool(torch.isfinite(tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)))):
@@ -749,6 +785,10 @@ def _show_progress(progress: bool | None, total: int, batch_size: int) -> bool:
     if progress is not None:
         return progress
     return total >= 20 * batch_size and sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
+
+
+def _shifted_inputs(plan: Sequence[Shift], shift_index: torch.Tensor) -> str:
+    return f"shifted inputs ({_shifts_in(plan, shift_index)})"
 
 
 def _shifts_in(plan: Sequence[Shift], shift_index: torch.Tensor) -> str:

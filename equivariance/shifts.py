@@ -483,8 +483,8 @@ def offsets_tensor(shifts: Sequence[ShiftLike] | torch.Tensor) -> torch.Tensor:
     return torch.tensor([[max(-limit, min(limit, o)) for o in s.offsets] for s in coerced], dtype=torch.long)
 
 
-# Elements per run above which ShiftedWindows.take copies runs of slices (a Python step
-# each, ~5 us) rather than gathering element by element (~2 GB/s on a CPU core).
+# Elements per run above which ShiftedWindows reads runs of slices (a Python step each,
+# ~5 us) rather than gathering element by element (~2 GB/s on a CPU core).
 _RUN_ELEMENTS = 4096
 
 
@@ -524,28 +524,42 @@ class ShiftedWindows:
     def take(self, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``out[b] = Shift(offsets[b]).apply(x[index[b]])``; ``offsets`` must be within those given.
 
-        Consecutive items that read consecutive samples at one offset are one
-        slice of the view; on a CPU, where those runs are long enough, the
-        result is their concatenation, a plain copy several times faster than
-        the element-wise gather advanced indexing does, used otherwise.
+        A copy, read by one element-wise gather, or, where :meth:`runs` finds
+        long runs of items, by concatenating them: a plain copy several times
+        faster on a CPU.
         """
+        runs = self.runs(index, offsets)
+        if runs is not None:
+            return torch.cat([view for _, view in runs])  # a copy even of one run: a model may write to it
+        starts = self.pads - self._canonical(offsets.cpu())
+        device = self.windows.device
+        key = (index.to(device), *self.lead, *starts.to(device).unbind(1))
+        return self.windows[key]  # type: ignore[index]
+
+    def runs(self, index: torch.Tensor, offsets: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
+        """The items of :meth:`take` as runs ``(items, view)``: ``view`` is ``take(...)[items]``.
+
+        Consecutive items that read consecutive samples at one offset are one
+        slice of the padded view, no copy. None where the runs are too short
+        to beat one gather (under ``_RUN_ELEMENTS`` elements on average), and
+        off the CPU, where a gather is one kernel rather than many.
+        """
+        if self.windows.device.type != "cpu":
+            return None
         starts = self.pads - self._canonical(offsets.cpu())
         index = index.cpu()
         new_run = torch.ones(len(index), dtype=torch.bool)
         new_run[1:] = (starts[1:] != starts[:-1]).any(1) | (index[1:] != index[:-1] + 1)
         firsts = new_run.nonzero().flatten().tolist()
         window = math.prod(self.windows.shape[self.windows.dim() - len(self.sizes) :])
-        on_cpu = self.windows.device.type == "cpu"  # a GPU gathers in one kernel, faster than launching many
-        if on_cpu and len(index) * window * self.per_sample >= _RUN_ELEMENTS * len(firsts):
-            bounds = [*firsts, len(index)]
-            runs = []
-            for first, stop, i in zip(bounds, bounds[1:], index[firsts].tolist()):
-                key = (slice(i, i + stop - first), *self.lead, *starts[first].tolist())
-                runs.append(self.windows[key])
-            return torch.cat(runs)  # a copy even of one run: a model may write to its input
-        device = self.windows.device
-        key = (index.to(device), *self.lead, *starts.to(device).unbind(1))
-        return self.windows[key]
+        if len(index) * window * self.per_sample < _RUN_ELEMENTS * len(firsts):
+            return None
+        bounds = [*firsts, len(index)]
+        runs = []
+        for first, stop, i in zip(bounds, bounds[1:], index[firsts].tolist()):
+            key = (slice(i, i + stop - first), *self.lead, *starts[first].tolist())
+            runs.append((slice(first, stop), self.windows[key]))
+        return runs
 
 
 def shift_each(

@@ -9,7 +9,14 @@ import torch
 from conftest import canvas
 from torch import nn
 
-from equivariance import EquivarianceWarning, InvalidArgument, Shift, equivariance_error, invariance_error
+from equivariance import (
+    EquivarianceWarning,
+    InvalidArgument,
+    Shift,
+    check_equivariance,
+    equivariance_error,
+    invariance_error,
+)
 from equivariance.models import MLP, LeNet
 
 
@@ -40,6 +47,20 @@ def test_matches_a_naive_per_shift_reference() -> None:
     ours = equivariance_error(dense, x, (1, 2), reduction="none")
     assert torch.allclose(ours, naive_error(dense, x, Shift(1, 2), Shift(1, 2)).double(), rtol=1e-5)
     assert (ours > 0.5).all()
+
+
+def test_wide_outputs_compared_run_by_run_match_the_naive_reference() -> None:
+    # 70 channels of 16x16 per sample: the engine subtracts runs of samples that share a shift
+    # straight from the padded reference (ShiftedWindows.runs) instead of gathering it first
+    conv = nn.Conv2d(2, 70, 3, padding=1)
+    where = torch.randn(70, 16, 16) * 0.1  # a position-dependent term: errors that differ by shift
+    x = torch.randn(3, 2, 16, 16)
+    shifts = [Shift(1, 0), Shift(-2, 3), Shift(0, -1)]
+    report = check_equivariance(lambda t: conv(t) + where, x, shifts, batch_size=4)  # runs cut by chunks
+    for result, shift in zip(report.results, shifts):
+        naive = naive_error(lambda t: conv(t) + where, x, shift, shift)  # type: ignore[arg-type]
+        assert result.error == pytest.approx(float(naive.max()), rel=1e-5)
+        assert result.error > 1e-3
 
 
 def test_reductions() -> None:
