@@ -4,7 +4,8 @@
 output and then stops the forward pass by raising a private exception, so
 the rest of the model never runs (the seed's LeNet head only accepts 28x28
 inputs, but its convolutional part must be checkable on a 38x38 canvas).
-:func:`call_until` is that mechanism.
+:func:`call_until` is that mechanism; ``profile_equivariance(..., up_to=...)``
+stops its pass the same way.
 """
 
 from __future__ import annotations
