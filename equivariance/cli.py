@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--layer", default=None, help="measure this submodule's output, e.g. conv4")
     check.add_argument("--invariance", action="store_true", help="check that the output does not move")
-    check.add_argument("--batch-size", type=int, default=None)
+    check.add_argument(
+        "--batch-size", type=_batch_size, default=None, help="samples per forward pass, or auto"
+    )
     profile = commands.add_parser(
         "profile",
         help="the equivariance error of every layer under one shift: where equivariance breaks",
@@ -138,6 +140,18 @@ def _model_and_input(parser: argparse.ArgumentParser) -> None:
 
 def _ints_or_auto(text: str) -> tuple[int, ...] | Literal["auto"]:
     return "auto" if text.strip() == "auto" else _ints(text)
+
+
+def _batch_size(text: str) -> int | Literal["auto"]:
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, found {text!r}")
+    return size
 
 
 def _one_or_tuple(values: tuple[int, ...] | Literal["auto"]) -> int | tuple[int, ...] | Literal["auto"]:

@@ -7,9 +7,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from equivariance import check_equivariance, cli
 from equivariance.cli import main
 
 LENET = ["equivariance.models:LeNet", "--input-shape", "2,1,24,24", "--max-shift", "1"]
@@ -116,3 +118,27 @@ def test_check_with_inferred_stride_and_margin(capsys: pytest.CaptureFixture[str
     ]
     assert main(argv) == 0
     assert "inferred" in capsys.readouterr().out
+
+
+def test_batch_size_takes_an_int_or_auto(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", *LENET, "--layer", "conv4", "--batch-size", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == 3
+    passed: dict[str, Any] = {}
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        passed.update(kwargs)
+        return check_equivariance(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "check_equivariance", spy)
+    assert main(["check", *LENET, "--layer", "conv4", "--batch-size", "auto", "--json"]) == 0
+    assert passed["batch_size"] == "auto"
+    assert json.loads(capsys.readouterr().out)["batch_size"] >= 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "2.5"])
+def test_a_bad_batch_size_is_an_argparse_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", *LENET, "--layer", "conv4", "--batch-size", value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument --batch-size: expected a positive integer or auto, found '{value}'" in err
