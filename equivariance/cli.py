@@ -1,6 +1,6 @@
 """The ``equivariance`` command line: check a model from the shell.
 
-``equivariance profile PKG.MODULE:FACTORY --input-shape ... --shift 1,0``
+``equivariance profile PKG.MODULE:FACTORY --input-shape ... --shift 1,0 [--up-to conv4]``
 prints the error of every layer (:func:`~equivariance.profile_equivariance`).
 ``equivariance demo [--out DIR]`` runs the seed article's demonstration
 (:mod:`equivariance.demo`). ``equivariance check PKG.MODULE:FACTORY
@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _model_and_input(profile)
     profile.add_argument("--shift", type=_ints, required=True, help="the input shift, e.g. 1,0")
+    profile.add_argument(
+        "--up-to", default=None, metavar="NAME", help="stop the forward pass after this submodule, e.g. conv4"
+    )
     profile.add_argument("--json", action="store_true", help="print the profile as JSON")
     demo = commands.add_parser(
         "demo",
@@ -191,7 +194,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     model, x = _model_and_x(args)
     result = profile_equivariance(
-        model, x, args.shift, boundary=args.boundary, rtol=args.rtol, atol=args.atol
+        model, x, args.shift, up_to=args.up_to, boundary=args.boundary, rtol=args.rtol, atol=args.atol
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return EXIT_PASSED if result.passed else EXIT_FAILED
