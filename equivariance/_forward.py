@@ -4,6 +4,8 @@
 output and then stops the forward pass by raising a private exception, so
 the rest of the model never runs (the seed's LeNet head only accepts 28x28
 inputs, but its convolutional part must be checkable on a 38x38 canvas).
+:func:`call_until` is that mechanism; ``profile_equivariance(..., up_to=...)``
+stops its pass the same way.
 """
 
 from __future__ import annotations
@@ -71,20 +73,8 @@ class Forward:
         return f"layer {self.layer!r}" if self.layer else "the model"
 
     def _call_model(self, x: torch.Tensor, batch_note: str) -> Any:
-        module = self.module
-        captured: list[Any] = []
-        handle = None
-        if module is not None:
-
-            def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
-                captured.append(out)
-                raise _StopForward
-
-            handle = module.register_forward_hook(hook)
         try:
-            result = self.model(x)
-        except _StopForward:
-            return captured[0]
+            result, reached = call_until(self.model, x, self.module)
         except (InvalidArgument, torch.cuda.OutOfMemoryError):
             raise  # out of memory: the engine retries with a smaller chunk
         except Exception as exc:
@@ -92,15 +82,38 @@ class Forward:
                 f"the model raised {type(exc).__name__} on an input of shape {tuple(x.shape)} "
                 f"({x.dtype}, {x.device}): {exc}{batch_note}"
             ) from exc
-        finally:
-            if handle is not None:
-                handle.remove()
-        if module is not None:
+        if not reached:
             raise InvalidArgument(
                 f"layer {self.layer!r} was never called during the forward pass, so its output "
                 "cannot be measured; pass the name of a layer that the model's forward uses"
             )
         return result
+
+
+def call_until(model: Callable[..., Any], x: torch.Tensor, module: nn.Module | None) -> tuple[Any, bool]:
+    """``model(x)``, stopped as soon as ``module`` returns; and whether ``module`` ran.
+
+    With ``module``, a forward hook records its first output and raises
+    :class:`_StopForward`, so the rest of the model never runs, and that
+    output is returned. Without one, or if it is never called, the model's
+    own result is returned. Hooks registered on ``module`` before this call
+    run before the one that stops the pass. What the model raises propagates.
+    """
+    if module is None:
+        return model(x), True
+    captured: list[Any] = []
+
+    def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        captured.append(out)
+        raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        return model(x), False
+    except _StopForward:
+        return captured[0], True
+    finally:
+        handle.remove()
 
 
 def find_layer(model: Callable[..., Any], name: str) -> nn.Module:

@@ -1,6 +1,6 @@
 """The ``equivariance`` command line: check a model from the shell.
 
-``equivariance profile PKG.MODULE:FACTORY --input-shape ... --shift 1,0``
+``equivariance profile PKG.MODULE:FACTORY --input-shape ... --shift 1,0 [--up-to conv4]``
 prints the error of every layer (:func:`~equivariance.profile_equivariance`).
 ``equivariance demo [--out DIR]`` runs the seed article's demonstration
 (:mod:`equivariance.demo`). ``equivariance check PKG.MODULE:FACTORY
@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--layer", default=None, help="measure this submodule's output, e.g. conv4")
     check.add_argument("--invariance", action="store_true", help="check that the output does not move")
-    check.add_argument("--batch-size", type=int, default=None)
+    check.add_argument(
+        "--batch-size", type=_batch_size, default=None, help="samples per forward pass, or auto"
+    )
     profile = commands.add_parser(
         "profile",
         help="the equivariance error of every layer under one shift: where equivariance breaks",
@@ -103,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _model_and_input(profile)
     profile.add_argument("--shift", type=_ints, required=True, help="the input shift, e.g. 1,0")
+    profile.add_argument(
+        "--up-to", default=None, metavar="NAME", help="stop the forward pass after this submodule, e.g. conv4"
+    )
     profile.add_argument("--json", action="store_true", help="print the profile as JSON")
     demo = commands.add_parser(
         "demo",
@@ -138,6 +143,18 @@ def _model_and_input(parser: argparse.ArgumentParser) -> None:
 
 def _ints_or_auto(text: str) -> tuple[int, ...] | Literal["auto"]:
     return "auto" if text.strip() == "auto" else _ints(text)
+
+
+def _batch_size(text: str) -> int | Literal["auto"]:
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, found {text!r}")
+    return size
 
 
 def _one_or_tuple(values: tuple[int, ...] | Literal["auto"]) -> int | tuple[int, ...] | Literal["auto"]:
@@ -177,7 +194,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     model, x = _model_and_x(args)
     result = profile_equivariance(
-        model, x, args.shift, boundary=args.boundary, rtol=args.rtol, atol=args.atol
+        model, x, args.shift, up_to=args.up_to, boundary=args.boundary, rtol=args.rtol, atol=args.atol
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return EXIT_PASSED if result.passed else EXIT_FAILED

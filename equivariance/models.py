@@ -68,13 +68,13 @@ class LeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, 10)`` for 28x28 digits ``(N, 1, 28, 28)``."""
         features = self.features(x)
-        # Checked after the convolutions, so that a check with layer="conv4"
-        # (whose hook stops the pass at conv4) works on any canvas.
+        # Checked after the convolutions, so that a check with layer="conv4" or a
+        # profile with up_to="conv4" (whose hook stops the pass at conv4) works on any canvas.
         if tuple(x.shape[-2:]) != (28, 28):
             raise InvalidArgument(
                 f"LeNet's head takes 28x28 inputs (fc1 expects 6*6*5 features), found "
-                f"{tuple(x.shape[-2:])}; for larger canvases use model.features(x), or "
-                "layer='conv4' in a check"
+                f"{tuple(x.shape[-2:])}; for larger canvases use model.features(x), "
+                "layer='conv4' in a check, or up_to='conv4' in a profile"
             )
         logits: torch.Tensor = self.fc1(F.max_pool2d(features, 2, 2).flatten(1))
         return logits

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._forward import find_layer
+from equivariance._forward import call_until, find_layer
 from equivariance._hints import within
 from equivariance._isolation import isolated
 from equivariance._validation import describe
@@ -110,6 +110,8 @@ class EquivarianceProfile:
         atol: the RMS absolute tolerance where a reference is all zero.
         tolerance_source: where the tolerance came from.
         layers: one :class:`LayerProfile` per layer, in the order they ran.
+        up_to: the submodule after which the forward pass stopped; ``None``
+            when the whole model ran.
     """
 
     subject: str
@@ -121,6 +123,7 @@ class EquivarianceProfile:
     atol: float
     tolerance_source: str
     layers: tuple[LayerProfile, ...]
+    up_to: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -143,6 +146,7 @@ class EquivarianceProfile:
         first = self.first_failure
         return {
             "subject": self.subject,
+            "up_to": self.up_to,
             "shift": _jsonable(self.shift),
             "boundary": self.boundary,
             "input_shape": list(self.input_shape),
@@ -159,7 +163,8 @@ class EquivarianceProfile:
         """One line: the verdict and the first layer that fails, with its cause."""
         first = self.first_failure
         what = "shift" if isinstance(self.shift, Shift) else "transform"
-        head = f"equivariance profile of {self.subject} under {what} {self.shift} ({self.boundary})"
+        subject = self.subject if self.up_to is None else f"{self.subject} up to {self.up_to}"
+        head = f"equivariance profile of {subject} under {what} {self.shift} ({self.boundary})"
         if first is None:
             return f"{head}: every layer within rtol {self.rtol:.0e}"
         return f"{head}: first failure at {first.name} ({first.type}), {first.cause}"
@@ -196,6 +201,7 @@ def profile_equivariance(
     shift: ShiftLike | Transform,
     *,
     layers: Sequence[str] | None = None,
+    up_to: str | None = None,
     boundary: Boundary = "zeros",
     atol: float | None = None,
     rtol: float | None = None,
@@ -209,6 +215,9 @@ def profile_equivariance(
     layer's cumulative stride, over the valid region of that output shift
     (zeros boundary). An output without spatial dims is compared unmoved.
     Failing layers get a likely cause and a fix; see the module docstring.
+    With ``up_to``, the pass stops once that layer has returned, as a check's
+    ``layer=`` does, so a model whose head refuses the input size can still
+    be profiled up to it.
 
     >>> import torch
     >>> net = torch.nn.Sequential(
@@ -222,6 +231,16 @@ def profile_equivariance(
     >>> profile_equivariance(net, x, (2, 0)).passed
     True
 
+    The seed's LeNet only takes 28x28 digits whole; on a 38x38 canvas its
+    convolutions are profiled up to ``conv4``:
+
+    >>> from equivariance.models import LeNet
+    >>> canvas = torch.zeros(2, 1, 38, 38)
+    >>> canvas[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
+    >>> profile = profile_equivariance(LeNet(), canvas, (2, 1), up_to="conv4")
+    >>> [layer.name for layer in profile.layers], profile.passed
+    (['conv1', 'conv2', 'conv3', 'conv4'], True)
+
     Args:
         model: an ``nn.Module``.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
@@ -230,6 +249,11 @@ def profile_equivariance(
             which every spatial output is expected to undergo too.
         layers: names of the submodules to profile (``model.named_modules()``);
             default every leaf submodule that runs.
+        up_to: the name of a submodule (``model.named_modules()``) after whose
+            output the forward pass stops: only the layers that ran up to and
+            including it are profiled (those of ``layers`` that would run
+            later are left out), and its own output is a row of the profile
+            if no profiled layer returned it. Default: the whole model runs.
         boundary: ``"zeros"`` or ``"circular"``, see :mod:`equivariance.shifts`.
         atol: tolerance on the RMS absolute error where the reference is zero.
         rtol: tolerance on the relative error; default by dtype
@@ -261,6 +285,7 @@ def profile_equivariance(
         moved_x = the_shift.apply(x, boundary)
     tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
     targets = _targets(model, layers)
+    stop = _stop_layer(model, up_to)
     n = x.shape[0]
     captured: dict[str, torch.Tensor] = {}
     input_sizes: dict[str, tuple[int, ...] | None] = {}
@@ -284,7 +309,9 @@ def profile_equivariance(
         with isolated(model):
             batch = torch.cat([x, moved_x])
             try:
-                result = model(batch)
+                # the recorders were registered first, so an up_to layer that is profiled is recorded
+                # before its hook stops the pass
+                result, reached = call_until(model, batch, stop)
             except InvalidArgument:
                 raise
             except Exception as exc:
@@ -295,12 +322,19 @@ def profile_equivariance(
     finally:
         for handle in handles:
             handle.remove()
+    if not reached:
+        raise InvalidArgument(
+            f"up_to={up_to!r} names a layer that was never called during the forward pass, so the "
+            "profile cannot stop after it; pass the name of a layer that the model's forward uses"
+        )
+    # the model's output, or the up_to layer's where the pass stopped, unless it is the last one recorded
+    last = "(output)" if up_to is None else up_to
     output = _first_tensor(result)
     new = output is not None and (not order or not torch.equal(output, captured[order[-1]]))
-    if output is not None and new and output.dim() >= 1 and len(output) == 2 * n:
-        captured["(output)"] = output.detach().clone()
-        input_sizes["(output)"] = None
-        order.append("(output)")
+    if output is not None and new and output.dim() >= 1 and len(output) == 2 * n and last not in captured:
+        captured[last] = output.detach().clone()
+        input_sizes[last] = None
+        order.append(last)
     if not order:
         raise InvalidArgument(
             "no profiled layer returned a tensor with the input's batch dim; pass layers= naming "
@@ -308,6 +342,8 @@ def profile_equivariance(
         )
     types = {name: type(module).__name__ for name, module in targets.items()}
     types["(output)"] = type(model).__name__
+    if stop is not None and up_to is not None:
+        types[up_to] = type(stop).__name__
     strides = _cumulative_strides(order, captured, input_sizes, tuple(x.shape[2:]))
     profiles = tuple(
         _profile_layer(name, types[name], captured[name], strides[name], n, the_shift, boundary, tolerance)
@@ -323,6 +359,7 @@ def profile_equivariance(
         atol=tolerance.atol,
         tolerance_source=tolerance.source,
         layers=profiles,
+        up_to=up_to,
     )
 
 
@@ -335,6 +372,17 @@ def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Mod
     if isinstance(layers, str):
         raise InvalidArgument(f"layers must be a list of layer names, found {layers!r}; pass [{layers!r}]")
     return {name: find_layer(model, name) for name in layers}
+
+
+def _stop_layer(model: nn.Module, up_to: str | None) -> nn.Module | None:
+    """The submodule named by ``up_to``, after which the forward pass stops; checked before it runs."""
+    if up_to is None:
+        return None
+    if not isinstance(up_to, str):
+        raise InvalidArgument(
+            f"up_to must be a submodule name (str), found {describe(up_to)}; pass e.g. up_to='conv4'"
+        )
+    return find_layer(model, up_to)
 
 
 def _cumulative_strides(

@@ -7,9 +7,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from equivariance import check_equivariance, cli
 from equivariance.cli import main
 
 LENET = ["equivariance.models:LeNet", "--input-shape", "2,1,24,24", "--max-shift", "1"]
@@ -116,3 +118,78 @@ def test_check_with_inferred_stride_and_margin(capsys: pytest.CaptureFixture[str
     ]
     assert main(argv) == 0
     assert "inferred" in capsys.readouterr().out
+
+
+def test_batch_size_takes_an_int_or_auto(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", *LENET, "--layer", "conv4", "--batch-size", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == 3
+    passed: dict[str, Any] = {}
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        passed.update(kwargs)
+        return check_equivariance(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "check_equivariance", spy)
+    assert main(["check", *LENET, "--layer", "conv4", "--batch-size", "auto", "--json"]) == 0
+    assert passed["batch_size"] == "auto"
+    assert json.loads(capsys.readouterr().out)["batch_size"] >= 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "2.5"])
+def test_a_bad_batch_size_is_an_argparse_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", *LENET, "--layer", "conv4", "--batch-size", value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument --batch-size: expected a positive integer or auto, found '{value}'" in err
+
+
+LENET_CANVAS = ["profile", "equivariance.models:LeNet", "--input-shape", "2,1,38,38", "--border", "5"]
+
+
+def test_profile_up_to_stops_before_lenets_head(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*LENET_CANVAS, "--shift", "2,1", "--up-to", "conv4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("equivariance profile of LeNet up to conv4 under shift (2, 1) (zeros): every layer")
+    assert re.search(r"^  conv4 +Conv2d +\(5, 22, 22\)", out, re.MULTILINE)
+    assert "fc1" not in out
+    assert main([*LENET_CANVAS, "--shift", "2,1", "--up-to", "conv2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [layer["name"] for layer in data["layers"]] == ["conv1", "conv2"]
+    assert data["up_to"] == "conv2"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], r"LeNet's head takes 28x28 inputs .* or up_to='conv4' in a profile"),
+        (["--up-to", "conv9"], r"LeNet has no layer named 'conv9'; close names: .*'conv4'"),
+    ],
+    ids=["no-up-to", "unknown"],
+)
+def test_profile_up_to_usage_errors_exit_2(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*LENET_CANVAS, "--shift", "2,1", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equivariance: error:")
+    assert re.search(message, err)
+
+
+def test_profile_up_to_still_fails_on_a_failing_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "strided_head.py").write_text(
+        "import torch\n\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(\n"
+        "        torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 2, stride=2), torch.nn.Flatten(),\n"
+        "        torch.nn.Linear(2 * 3 * 3, 4),\n"
+        "    )\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["profile", "strided_head:build", "--input-shape", "2,1,16,16", "--up-to", "1"]
+    assert main([*argv, "--shift", "1,0"]) == 1
+    assert "first failure at 1 (Conv2d), aliasing" in capsys.readouterr().out
+    assert main([*argv, "--shift", "2,0"]) == 0
+    capsys.readouterr()

@@ -31,6 +31,32 @@ def same_cnn() -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1))
 
 
+def p4_then_plain() -> nn.Sequential:
+    """A convolution averaged over the four rotations (p4 symmetric), then a plain one that is not."""
+    p4 = nn.Conv2d(1, 3, 3, padding=1)
+    with torch.no_grad():
+        p4.weight.copy_(sum(torch.rot90(p4.weight, k, (-2, -1)) for k in range(4)) / 4)
+    return nn.Sequential(p4, nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+class Ramp(nn.Module):
+    """Adds the column index: absolute coordinates, which do not move with the input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.arange(x.shape[-1], dtype=x.dtype)
+
+
+class Residual(nn.Module):
+    """A convolution with a functional skip connection and ReLU: no leaf returns the block's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x) + x)
+
+
 def test_a_stride_2_convolution_is_named_for_an_odd_shift() -> None:
     profile = profile_equivariance(strided_cnn(), canvas(size=32, content=16), (1, 0))
     first = profile.first_failure
@@ -128,8 +154,17 @@ def test_assert_equivariant_points_to_the_profile() -> None:
         ({"shift": (1,)}, r"has 1 dims but x of shape \(4, 1, 32, 32\) has 2 spatial dims"),
         ({"shift": (1, 0), "layers": "0"}, r"layers must be a list of layer names, found '0'; pass \['0'\]"),
         ({"shift": (1, 0), "layers": ["conv"]}, r"no layer named 'conv'"),
+        (
+            {"shift": (1, 0), "up_to": "conv"},
+            r"^Sequential has no layer named 'conv'; its layers include: '0', '1', '2', '3', '4'\. "
+            r"Names are those of model\.named_modules\(\)$",
+        ),
+        (
+            {"shift": (1, 0), "up_to": 2},
+            r"^up_to must be a submodule name \(str\), found 2 \(int\); pass e\.g\. up_to='conv4'$",
+        ),
     ],
-    ids=["identity", "ndim", "layers-str", "layers-typo"],
+    ids=["identity", "ndim", "layers-str", "layers-typo", "up-to-unknown", "up-to-int"],
 )
 def test_invalid_arguments(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
@@ -142,12 +177,7 @@ def test_a_plain_callable_is_refused() -> None:
 
 
 def test_a_rotation_profile_names_the_plain_convolution() -> None:
-    torch.manual_seed(0)
-    p4 = nn.Conv2d(1, 3, 3, padding=1)
-    with torch.no_grad():
-        p4.weight.copy_(sum(torch.rot90(p4.weight, k, (-2, -1)) for k in range(4)) / 4)
-    net = nn.Sequential(p4, nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    profile = profile_equivariance(net, torch.randn(2, 1, 10, 10), Rot90(1))
+    profile = profile_equivariance(p4_then_plain(), torch.randn(2, 1, 10, 10), Rot90(1))
     assert [layer.passed for layer in profile.layers] == [True, True, False, False, False]
     first = profile.first_failure
     assert first is not None
@@ -164,3 +194,112 @@ def test_a_shift_object_is_a_shift_not_a_transform() -> None:
     assert str(profile_equivariance(net, x, Shift(1, 0))) == str(profile_equivariance(net, x, (1, 0)))
     with pytest.raises(InvalidArgument, match="transforms must hold Rot90, Flip"):
         check_equivariance(net, x, transforms=[Shift(1, 0)])
+
+
+# up_to: the pass stops after the named layer, as a check's layer= does
+
+
+def test_lenet_on_a_38x38_canvas_is_profiled_up_to_conv4() -> None:
+    profile = profile_equivariance(LeNet(), canvas(), (2, 1), up_to="conv4")
+    assert [layer.name for layer in profile.layers] == ["conv1", "conv2", "conv3", "conv4"]
+    assert profile.passed
+    assert all(layer.stride == (1, 1) and layer.output_shift == Shift(2, 1) for layer in profile.layers)
+    assert profile["conv4"].output_shape == (4, 5, 22, 22)
+    assert profile.up_to == "conv4"
+    assert profile.summary() == (
+        "equivariance profile of LeNet up to conv4 under shift (2, 1) (zeros): every layer within rtol 1e-04"
+    )
+    assert json.loads(json.dumps(profile.to_dict()))["up_to"] == "conv4"
+
+
+def test_lenet_on_a_38x38_canvas_without_up_to_raises_the_heads_error() -> None:
+    with pytest.raises(
+        InvalidArgument,
+        match=r"^LeNet's head takes 28x28 inputs \(fc1 expects 6\*6\*5 features\), found \(38, 38\); for "
+        r"larger canvases use model\.features\(x\), layer='conv4' in a check, or up_to='conv4' in a profile$",
+    ):
+        profile_equivariance(LeNet(), canvas(), (2, 1))
+
+
+def test_up_to_stops_earlier_too() -> None:
+    profile = profile_equivariance(LeNet(), canvas(), (2, 1), up_to="conv2")
+    assert [layer.name for layer in profile.layers] == ["conv1", "conv2"]
+    assert profile.passed
+
+
+def test_a_layer_without_symmetry_before_up_to_is_the_first_failure() -> None:
+    # the Linear head takes the 2x24x24 map of a 28x28 input, so a 38x38 canvas only runs with up_to
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), Ramp(), nn.Conv2d(4, 2, 3), nn.Flatten(), nn.Linear(2 * 24 * 24, 10)
+    )
+    with pytest.raises(
+        InvalidArgument, match=r"the model raised RuntimeError on an input of shape \(8, 1, 38"
+    ):
+        profile_equivariance(net, canvas(), (2, 1))
+    profile = profile_equivariance(net, canvas(), (2, 1), up_to="2")
+    assert [layer.name for layer in profile.layers] == ["0", "1", "2"]
+    assert [layer.passed for layer in profile.layers] == [True, False, False]
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.type, first.cause) == ("1", "Ramp", "no symmetry")
+    assert profile_equivariance(net, canvas(), (2, 1), up_to="0").passed  # the control: the conv alone
+
+
+def test_up_to_composes_with_layers() -> None:
+    profile = profile_equivariance(LeNet(), canvas(), (2, 1), layers=["conv1", "conv3"], up_to="conv4")
+    # conv4 is not named in layers=, but the pass ends with its output, which is compared like the model's
+    assert [layer.name for layer in profile.layers] == ["conv1", "conv3", "conv4"]
+    assert profile["conv4"].type == "Conv2d"
+    later = profile_equivariance(LeNet(), canvas(), (2, 1), layers=["conv1", "fc1"], up_to="conv2")
+    assert [layer.name for layer in later.layers] == ["conv1", "conv2"]  # fc1 runs after conv2: left out
+    assert later.passed
+
+
+def test_up_to_a_block_whose_output_no_leaf_returns() -> None:
+    # no bias before the zero-padded convolution: the map is zero near the edges, like its padding
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), Residual(), nn.Flatten(), nn.Linear(2 * 14 * 14, 3))
+    profile = profile_equivariance(net, canvas(size=32, content=16), (1, 2), up_to="1")
+    assert [(layer.name, layer.type) for layer in profile.layers] == [
+        ("0", "Conv2d"),
+        ("1.conv", "Conv2d"),
+        ("1", "Residual"),
+    ]
+    assert profile.passed
+
+
+def test_up_to_composes_with_a_rotation() -> None:
+    net = p4_then_plain()
+    x = torch.randn(2, 1, 10, 10)
+    before = profile_equivariance(net, x, Rot90(1), up_to="1")
+    assert [layer.name for layer in before.layers] == ["0", "1"]
+    assert before.passed
+    after = profile_equivariance(net, x, Rot90(1), up_to="2")
+    assert [layer.name for layer in after.layers] == ["0", "1", "2"]
+    assert after.first_failure is not None
+    assert (after.first_failure.name, after.first_failure.cause) == ("2", "no symmetry")
+
+
+def test_an_up_to_layer_that_never_runs() -> None:
+    class Spare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.spare = nn.Conv2d(2, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    with pytest.raises(
+        InvalidArgument,
+        match=r"^up_to='spare' names a layer that was never called during the forward pass, so the profile "
+        r"cannot stop after it; pass the name of a layer that the model's forward uses$",
+    ):
+        profile_equivariance(Spare(), canvas(size=16, content=8), (1, 0), up_to="spare")
+
+
+def test_an_unknown_up_to_name_lists_the_close_ones() -> None:
+    with pytest.raises(
+        InvalidArgument,
+        match=r"^LeNet has no layer named 'conv5'; close names: 'conv4', 'conv3', 'conv2', 'conv1'\. ",
+    ):
+        profile_equivariance(LeNet(), canvas(), (2, 1), up_to="conv5")
