@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from equivariance import EquivarianceError, InvalidArgument, assert_equivariant, check_equivariance
+from equivariance import EquivarianceError, InvalidArgument, Shift, assert_equivariant, check_equivariance
+from equivariance._forward import Forward
+from equivariance.metric import measure
 from equivariance.transforms import Flip, Rot90
 
 
@@ -85,6 +87,41 @@ def test_the_report_lists_transforms_like_shifts() -> None:
     with pytest.raises(EquivarianceError, match=r"2 transforms, 2 failed") as caught:
         assert_equivariant(nn.Conv2d(1, 2, 3), x, transforms=[Rot90(1), Flip(-1)])
     assert "profile_equivariance" not in str(caught.value)
+
+
+P4M = [Rot90(1), Rot90(2), Rot90(3), Flip(-1), Flip(-2)]
+
+
+def test_chunks_smaller_than_the_sweep_give_the_numbers_of_one_chunk() -> None:
+    x = torch.randn(4, 2, 10, 10, dtype=torch.float64)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3)).double()
+    forward = Forward(model)
+    whole = measure(forward, x, P4M, mode="equivariance", batch_size=1000)
+    assert whole.batch_size == 1000
+    for size in (1, 3, 7):  # chunks that split the samples of one transform, and mix transforms
+        chunked = measure(forward, x, P4M, mode="equivariance", batch_size=size)
+        for field in ("diff_sq", "ref_sq", "border_diff", "border_ref", "noise_diff_sq", "noise_ref_sq"):
+            torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=1e-12, atol=0)
+    one = check_equivariance(model, x, transforms=P4M)
+    three = check_equivariance(model, x, transforms=P4M, batch_size=3)
+    assert three.batch_size == 3
+    assert three.errors == pytest.approx(one.errors, rel=1e-12)
+    assert min(one.errors) > 0.1  # a plain convolution: the numbers compared are not all zero
+
+
+def test_shifts_and_transforms_in_one_plan_are_measured_alike() -> None:
+    x = torch.randn(3, 1, 9, 9)
+    forward = Forward(nn.Conv2d(1, 2, 3, padding=1))
+    mixed = measure(
+        forward, x, [Shift(1, 0), Rot90(1), Shift(0, -2), Flip(-1)], mode="equivariance", batch_size=4
+    )
+    shifts = measure(forward, x, [Shift(1, 0), Shift(0, -2)], mode="equivariance")
+    transforms = measure(forward, x, [Rot90(1), Flip(-1)], mode="equivariance")
+    torch.testing.assert_close(mixed.diff_sq[[0, 2]], shifts.diff_sq)
+    torch.testing.assert_close(mixed.diff_sq[[1, 3]], transforms.diff_sq)
+    torch.testing.assert_close(
+        mixed.count, torch.tensor([8 * 9 * 2, 9 * 9 * 2, 9 * 7 * 2, 9 * 9 * 2.0]).double()
+    )
 
 
 @pytest.mark.parametrize(
