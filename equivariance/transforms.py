@@ -5,9 +5,12 @@ Group-equivariant CNNs (Cohen and Welling 2016) are built for the group p4
 A :class:`Rot90` rotates a plane of two spatial dims, a :class:`Flip`
 reverses one spatial dim. Both act the same way on the input and on a
 spatial output (a field of scalars: each channel is rotated or flipped),
-are exact on the whole grid (no boundary, no margin), and can be passed to
-:func:`~equivariance.check_equivariance` as ``transforms=[Rot90(1), Flip(-1)]``,
-whose report lists them like shifts.
+are exact on the whole grid (no boundary), and can be passed to
+:func:`~equivariance.check_equivariance` and :func:`~equivariance.check_invariance`
+as ``transforms=[Rot90(1), Flip(-1)]``, or to
+:func:`~equivariance.equivariance_error` in place of a shift. They run on the
+shifts' engine (:func:`equivariance.metric.measure`): the same chunked batches,
+noise floor, margin and tolerances; the report lists them like shifts.
 
 Flips act on 1-D signals, images and volumes; rotations need two spatial
 dims of equal size (an image, or a plane of a volume).
@@ -249,14 +252,3 @@ class Copies:
                 pieces.append(self.transforms[key].apply(self.x[rows.to(self.x.device)], self.d))
         # contiguous like the gather's copies (a rotation is a strided view of a flipped copy)
         return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces)
-
-
-class Identity:
-    """The identity transform, sent through the batched path to measure the noise floor."""
-
-    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
-        """``x`` itself."""
-        return x
-
-    def __repr__(self) -> str:
-        return "Identity()"
