@@ -157,6 +157,33 @@ def test_shifts_and_transforms_in_one_plan_are_measured_alike() -> None:
     )
 
 
+class TwoHeads(nn.Module):
+    """A p4-symmetric layer, then a plain one; returns both maps as a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.symmetric = p4_average(nn.Conv2d(1, 2, 3, padding=1))
+        self.plain = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        first = self.symmetric(x)
+        return {"first": first, "second": self.plain(first)}
+
+
+def test_layer_output_and_auto_batch_size_with_transforms() -> None:
+    x = torch.randn(3, 1, 8, 8)
+    model = TwoHeads()
+    assert check_equivariance(model, x, transforms=P4M[:3], output="first").passed
+    assert not check_equivariance(model, x, transforms=P4M[:3], output="second").passed
+    by_layer = check_equivariance(model, x, transforms=P4M[:3], layer="symmetric")
+    assert by_layer.passed
+    assert by_layer.subject == "TwoHeads.symmetric"
+    auto = check_equivariance(model, x, transforms=P4M, output="second", batch_size="auto")
+    default = check_equivariance(model, x, transforms=P4M, output="second")
+    assert 1 <= auto.batch_size <= 6 * 3  # sized from memory, at most the sweep
+    assert auto.errors == pytest.approx(default.errors, rel=1e-6)
+
+
 def test_margin_drops_a_border_that_breaks_the_symmetry() -> None:
     x = torch.randn(3, 1, 10, 10)
     failed = check_equivariance(BorderRow(), x, transforms=[Rot90(1), Flip(-2)])
