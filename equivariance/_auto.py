@@ -28,6 +28,7 @@ from equivariance._validation import per_dim
 from equivariance.errors import InvalidArgument
 from equivariance.metric import OutputAction, measure, sample_errors
 from equivariance.shifts import Boundary, Shift, check_boundary
+from equivariance.transforms import Transform
 
 AUTO = "auto"
 
@@ -190,18 +191,28 @@ def receptive_margin(forward: Forward, x: torch.Tensor, strides: tuple[int, ...]
 
 
 def check_room(
-    spatial_out: tuple[int, ...], shifts: Sequence[Shift], strides: tuple[int, ...], margins: tuple[int, ...]
+    spatial_out: tuple[int, ...],
+    shifts: Sequence[Shift | Transform],
+    strides: tuple[int, ...],
+    margins: tuple[int, ...],
 ) -> None:
     """An auto margin that leaves nothing to compare is an error, not a vacuous pass."""
     for shift in shifts:
-        sides = [n - abs(o) // s - 2 * m for n, o, s, m in zip(spatial_out, shift, strides, margins)]
+        # a transform is compared over the whole grid, like the zero shift
+        offsets = tuple(shift) if isinstance(shift, Shift) else (0,) * len(spatial_out)
+        sides = [n - abs(o) // s - 2 * m for n, o, s, m in zip(spatial_out, offsets, strides, margins)]
         if min(sides) <= 0:
+            if isinstance(shift, Shift):
+                what = f"shift {shift}"
+                fix = "a larger input (a zero canvas), smaller shifts, boundary='circular' with "
+                fix += "circular padding"
+            else:
+                what, fix = f"transform {shift}", "a larger input (a zero canvas)"
             raise InvalidArgument(
                 f"margin='auto' measured a receptive-field radius of {_shown(margins)} output samples, "
-                f"which leaves nothing of the output {spatial_out} to compare for shift {shift}; the "
+                f"which leaves nothing of the output {spatial_out} to compare for {what}; the "
                 "model sees the whole input from every output, so it cannot be checked on maps this "
-                "small: use a larger input (a zero canvas), smaller shifts, boundary='circular' with "
-                "circular padding, or pass a smaller margin= explicitly"
+                f"small: use {fix}, or pass a smaller margin= explicitly"
             )
 
 

@@ -48,14 +48,21 @@ def hints_for(
             "track_running_stats=False), randomness in forward, or batch-size-dependent kernels "
             "and reduced precision do this; for the numerics, pass a looser rtol or use float64"
         )
+    transformed = not all(isinstance(s, Shift) for s in measurement.shifts)
     if not equivariance:
         hints.append(
-            "the output changes when the input moves; invariance needs pooling over the whole map "
+            "the output changes when the input is rotated or flipped; invariance needs features that "
+            "rotate or flip with the input (kernels averaged over the group, as in a p4 / p4m group "
+            "convolution) pooled over the whole map and over the group (global average pooling)"
+            if transformed
+            else "the output changes when the input moves; invariance needs pooling over the whole map "
             "(global average pooling) and, for an exact result, circular shifts or content on a "
             "zero canvas that stays inside it"
         )
         return tuple(hints)
-    shifts = measurement.shifts
+    if transformed:
+        return (*hints, *_transform_hints(measurement, tolerance, margin, noisy))
+    shifts = [s for s in measurement.shifts if isinstance(s, Shift)]
     spatial_in = measurement.input_shape[2:]
     spatial_out = measurement.output_shape[len(measurement.output_shape) - len(spatial_in) :]
     found = len(hints)
@@ -94,6 +101,22 @@ def hints_for(
                 "break translation equivariance; check an earlier layer with layer="
             )
     return tuple(hints)
+
+
+def _transform_hints(
+    measurement: Measurement, tolerance: Tolerance, margin: tuple[int, ...], noisy: bool
+) -> list[str]:
+    """Rotations and flips: a boundary effect, or no symmetry at all."""
+    border = _border_hint(measurement, tolerance, margin)
+    if border:
+        return [border]
+    if noisy:
+        return []
+    return [
+        "the output does not rotate or flip with the input: a plain convolution has no such symmetry; "
+        "make kernels symmetric (average them over the group, as in a p4 / p4m group convolution) or "
+        "check an earlier layer with layer="
+    ]
 
 
 def _divisibility_hint(shifts: Sequence[Shift], passed: Sequence[bool], *, subsampled: bool) -> str | None:

@@ -16,22 +16,13 @@ import torch
 from equivariance import _auto
 from equivariance._forward import Forward, OutputSelector
 from equivariance._hints import hints_for, within
-from equivariance._isolation import isolated
-from equivariance._validation import as_int, describe, per_dim
+from equivariance._validation import per_dim
 from equivariance.errors import EquivarianceError, InvalidArgument
-from equivariance.metric import (
-    BatchSize,
-    IntOrTuple,
-    OutputAction,
-    check_input,
-    default_batch_size,
-    measure,
-    sample_errors,
-)
+from equivariance.metric import BatchSize, IntOrTuple, OutputAction, check_input, measure, sample_errors
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift_list, multiples_of
 from equivariance.tolerances import resolve_tolerance
-from equivariance.transforms import Identity, Transform
+from equivariance.transforms import Transform, as_transform_list
 
 __all__ = ["assert_equivariant", "assert_invariant", "check_equivariance", "check_invariance"]
 
@@ -108,28 +99,23 @@ def check_equivariance(
             the unshifted pass used (see the benchmarks page).
         transforms: check these symmetries instead of shifts, e.g.
             ``[Rot90(1), Flip(-1)]`` (:mod:`equivariance.transforms`): each acts
-            alike on the input and on the output, over the whole grid, and is
-            a row of the report. Not allowed with ``shifts``, ``max_shift``,
-            ``stride``, ``margin`` or ``output_action``.
+            alike on the input and on the output, over the whole grid less
+            ``margin``, and is a row of the report. They run through the same
+            batched engine (``batch_size``, noise floor, hints). Not allowed
+            with ``shifts``, ``max_shift``, ``stride`` or ``output_action``;
+            ``boundary`` does not apply to them.
 
     Returns:
         An :class:`~equivariance.EquivarianceReport`.
     """
     if transforms is not None:
-        given = {
-            "shifts": shifts is not None, "max_shift": max_shift is not None, "stride": stride != 1,
-            "margin": margin != 0, "output_action": output_action is not None,
-        }  # fmt: skip
-        clash = [name for name, present in given.items() if present]
-        if clash:
-            raise InvalidArgument(
-                f"transforms= replaces the shifts, so {', '.join(clash)} cannot be passed with it; "
-                "check shifts and transforms in two calls"
-            )
-        return _check_transforms(model, x, transforms, layer, output, atol, rtol, batch_size)
+        _no_shift_options(
+            shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
+            output_action=output_action is not None,
+        )  # fmt: skip
     return _check(
         "equivariance", model, x, shifts, max_shift, stride, output_action, boundary, margin,
-        layer, output, atol, rtol, batch_size,
+        layer, output, atol, rtol, batch_size, transforms,
     )  # fmt: skip
 
 
@@ -145,12 +131,15 @@ def check_invariance(
     atol: float | None = None,
     rtol: float | None = None,
     batch_size: BatchSize = None,
+    transforms: Sequence[Transform] | None = None,
 ) -> EquivarianceReport:
     """Measure how much an output that should not move changes under many shifts.
 
     Like :func:`check_equivariance` with the identity as output action: the
     output (logits, an embedding, anything with a batch dim) is compared whole
-    to the output for the unshifted input.
+    to the output for the unshifted input. With ``transforms=[Rot90(1), ...]``
+    the input is rotated or flipped instead of shifted, and the output must
+    not change under those transforms either.
 
     >>> import torch
     >>> net = torch.nn.Sequential(
@@ -158,10 +147,21 @@ def check_invariance(
     ...     torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     >>> check_invariance(net, torch.randn(3, 1, 16, 16), boundary="circular").passed
     True
+    >>> from equivariance import Rot90
+    >>> check_invariance(net, torch.randn(3, 1, 16, 16), transforms=[Rot90(1)]).passed
+    False
+    >>> pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    >>> check_invariance(pool, torch.randn(3, 1, 16, 16), transforms=[Rot90(1), Rot90(2)]).passed
+    True
+
+    Arguments as in :func:`check_equivariance`; ``transforms`` is not allowed
+    with ``shifts`` or ``max_shift``.
     """
+    if transforms is not None:
+        _no_shift_options(shifts=shifts is not None, max_shift=max_shift is not None)
     return _check(
         "invariance", model, x, shifts, max_shift, 1, None, boundary, 0, layer, output, atol, rtol,
-        batch_size,
+        batch_size, transforms,
     )  # fmt: skip
 
 
@@ -212,13 +212,24 @@ def _passed_or_raise(report: EquivarianceReport) -> EquivarianceReport:
     __tracebackhide__ = True
     if not report.passed:
         text = str(report)
-        if report.kind == "equivariance" and isinstance(report.worst_shift, Shift):
+        if report.kind == "equivariance":
+            # profile_equivariance takes a transform in place of the shift as well
             text += (
                 "\n  to find the layer: equivariance.profile_equivariance(model, x, "
                 f"shift={report.worst_shift}) gives the error of every layer and the first that fails"
             )
         raise EquivarianceError(text, report)
     return report
+
+
+def _no_shift_options(**given: bool) -> None:
+    """transforms= replaces the shifts: the options that describe shifts are refused beside it."""
+    clash = [name for name, present in given.items() if present]
+    if clash:
+        raise InvalidArgument(
+            f"transforms= replaces the shifts, so {', '.join(clash)} cannot be passed with it; "
+            "check shifts and transforms in two calls"
+        )
 
 
 def _check(
@@ -236,15 +247,21 @@ def _check(
     atol: float | None,
     rtol: float | None,
     batch_size: BatchSize,
+    transforms: Sequence[Transform] | None = None,
 ) -> EquivarianceReport:
     forward = Forward(model, layer, output)
     x = check_input(x, model)
     d = x.dim() - 2
     resolve_tolerance(x.dtype, rtol=rtol, atol=atol)  # reject bad tolerances before any forward pass
     custom = output_action is not None
+    transform_list = None if transforms is None else as_transform_list(transforms)
     strides, margins, inferred = _auto.resolve(forward, x, stride, margin, boundary, custom_action=custom)
     spatial = tuple(x.shape[2:])
-    shift_list = _shift_set(shifts, max_shift, strides, spatial, custom_action=custom)
+    shift_list: Sequence[Shift | Transform]
+    if transform_list is None:
+        shift_list = _shift_set(shifts, max_shift, strides, spatial, custom_action=custom)
+    else:
+        shift_list = transform_list
     if margin == _auto.AUTO and not custom:
         _auto.check_room(tuple(_auto.output_of(forward, x).shape[-d:]), shift_list, strides, margins)
     measurement = measure(
@@ -261,7 +278,10 @@ def _check(
     results = tuple(
         ShiftResult(shift, float(err), bool(passed), bool(abs_))
         for shift, err, passed, abs_ in zip(
-            shift_list, errors[rows, worst].tolist(), ok.all(dim=1).tolist(), absolute[rows, worst].tolist()
+            measurement.shifts,
+            errors[rows, worst].tolist(),
+            ok.all(dim=1).tolist(),
+            absolute[rows, worst].tolist(),
         )
     )
     assert measurement.noise_diff_sq is not None
@@ -274,6 +294,12 @@ def _check(
         equivariance=mode == "equivariance", boundary=boundary, strides=strides, margin=margins,
         custom_action=output_action is not None,
     )  # fmt: skip
+    if transform_list is not None:
+        action = "the same transform" if mode == "equivariance" else "none (invariance)"
+        shown_boundary = "none (the transforms map the grid onto itself)"
+    else:
+        action = _describe_action(mode, strides, output_action, inferred=stride == _auto.AUTO)
+        shown_boundary = boundary
     return EquivarianceReport(
         kind=mode,
         subject=forward.name(),
@@ -287,101 +313,12 @@ def _check(
         output_shape=measurement.output_shape,
         dtype=str(x.dtype).removeprefix("torch."),
         device=str(x.device),
-        boundary=boundary,
-        output_action=_describe_action(mode, strides, output_action, inferred=stride == _auto.AUTO),
+        boundary=shown_boundary,
+        output_action=action,
         margin=margins if mode == "equivariance" else (0,) * d,
         batch_size=measurement.batch_size,
         hints=hints,
         inferred=inferred,
-    )
-
-
-def _check_transforms(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
-    transforms: Sequence[Transform],
-    layer: str | None,
-    output: OutputSelector,
-    atol: float | None,
-    rtol: float | None,
-    batch_size: BatchSize,
-) -> EquivarianceReport:
-    """Every transform of every sample in batched passes, compared with the transformed output."""
-    forward = Forward(model, layer, output)
-    x = check_input(x, model)
-    if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence) or not transforms:
-        raise InvalidArgument(
-            f"transforms must be a non-empty list of transforms, found {describe(transforms)}; pass e.g. "
-            "transforms=[Rot90(1), Flip(-1)]"
-        )
-    for t in transforms:
-        if isinstance(t, Shift) or not isinstance(t, Transform):
-            raise InvalidArgument(
-                f"transforms must hold Rot90, Flip or other objects with apply(x, spatial_dims), found "
-                f"{describe(t)}; shifts go in shifts="
-            )
-    tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
-    d, n = x.dim() - 2, x.shape[0]
-    plan: list[Transform] = [Identity(), *transforms]
-    inputs = torch.cat([t.apply(x, d) for t in plan])  # shapes are checked by apply: square planes only
-    # The few transforms of a p4m check need no memory-driven sizing: "auto" means the default.
-    size = default_batch_size(x) if batch_size in (None, "auto") else as_int(batch_size, "batch_size")
-    if size < 1:
-        raise InvalidArgument(f"batch_size must be positive, found {size}")
-    with isolated(forward.model):
-        base = forward(x.clone()).clone()
-        if base.dim() < 2 + d:
-            raise InvalidArgument(
-                f"the output of shape {tuple(base.shape)} has no {d} spatial dims for the transforms "
-                "to act on; pass layer= to measure a layer with spatial output"
-            )
-        outputs = torch.cat([forward(inputs[i : i + size]) for i in range(0, len(inputs), size)])
-    work = torch.float64
-    expected = torch.cat([t.apply(base, d) for t in plan]).to(work)
-    if expected.shape != outputs.shape:
-        raise InvalidArgument(
-            f"the output for transformed inputs has shape {tuple(outputs.shape[1:])} per sample but the "
-            f"transformed output for x has {tuple(expected.shape[1:])}; the transforms must map the "
-            "output grid onto itself"
-        )
-    diff = (outputs.to(work) - expected).reshape(len(plan), n, -1).square().sum(-1)
-    ref = expected.reshape(len(plan), n, -1).square().sum(-1)
-    count = torch.full((len(plan),), float(base[0].numel()), dtype=work)
-    errors, absolute = sample_errors(diff, ref, count)
-    ok = within(errors, absolute, tolerance)
-    worst = errors.argmax(dim=1)
-    rows = torch.arange(len(plan))
-    results = tuple(
-        ShiftResult(t, float(err), bool(passed), bool(abs_))
-        for t, err, passed, abs_ in zip(
-            plan, errors[rows, worst].tolist(), ok.all(dim=1).tolist(), absolute[rows, worst].tolist()
-        )
-    )
-    hints: tuple[str, ...] = ()
-    if not all(r.passed for r in results[1:]):
-        hints = (
-            "the output does not rotate or flip with the input: a plain convolution has no such symmetry; "
-            "make kernels symmetric (average them over the group, as in a p4 / p4m group convolution) or "
-            "check an earlier layer with layer=",
-        )
-    return EquivarianceReport(
-        kind="equivariance",
-        subject=forward.name(),
-        results=results[1:],
-        rtol=tolerance.rtol,
-        atol=tolerance.atol,
-        tolerance_source=tolerance.source,
-        noise_floor=float(errors[0].max()),
-        zero_reference=int(absolute[1:].sum()),
-        input_shape=tuple(x.shape),
-        output_shape=tuple(base.shape),
-        dtype=str(x.dtype).removeprefix("torch."),
-        device=str(x.device),
-        boundary="none (the transforms map the grid onto itself)",
-        output_action="the same transform",
-        margin=(0,) * d,
-        batch_size=size,
-        hints=hints,
     )
 
 

@@ -18,6 +18,11 @@ All shifts of all samples go through the model in batched forward passes of
 at most ``batch_size`` samples: the input shifts are produced by one
 vectorized gather per chunk (:class:`~equivariance.shifts.ShiftedWindows`), never a
 forward pass per shift.
+
+The same engine measures rotations and flips (:mod:`equivariance.transforms`):
+a transform takes the place of a shift in the plan, moves the input by
+applying it to the chunk's samples and the output alike, and is compared over
+the whole output grid, less ``margin``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from equivariance._memory import auto_batch_size, metered, release_cached_memory
 from equivariance._progress import Progress
 from equivariance._validation import as_int, describe, per_dim
 from equivariance.errors import EquivarianceWarning, InvalidArgument
-from equivariance.shifts import Boundary, Shift, ShiftedWindows, ShiftLike, as_shift, check_boundary
+from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift, check_boundary
+from equivariance.transforms import Copies, Transform, check_transform_fits
 
 __all__ = ["OutputAction", "equivariance_error", "invariance_error"]
 
@@ -82,10 +88,11 @@ class Measurement:
     position to the nearest edge of the compared region (equivariance only),
     so one can ask how the error would look with a larger margin without
     running the model again. ``noise_*`` are the same sums for the identity
-    shift sent through the batched path.
+    shift sent through the batched path. ``shifts`` may hold transforms
+    (rotations, flips) in place of shifts.
     """
 
-    shifts: tuple[Shift, ...]
+    shifts: tuple[Shift | Transform, ...]
     diff_sq: torch.Tensor
     ref_sq: torch.Tensor
     count: torch.Tensor
@@ -122,7 +129,7 @@ def sample_errors(
 def equivariance_error(
     model: Callable[[torch.Tensor], Any],
     x: torch.Tensor,
-    shift: ShiftLike,
+    shift: ShiftLike | Transform,
     *,
     stride: IntOrTuple | Literal["auto"] = 1,
     output_action: OutputAction | None = None,
@@ -159,7 +166,10 @@ def equivariance_error(
     Args:
         model: the function under test.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
-        shift: a :class:`~equivariance.Shift` or a tuple of ints, one per spatial dim.
+        shift: a :class:`~equivariance.Shift` or a tuple of ints, one per spatial dim;
+            or a transform (:class:`~equivariance.Rot90`, :class:`~equivariance.Flip`),
+            which acts alike on the input and the output, over the whole grid
+            less ``margin`` (``stride`` and ``output_action`` are then not allowed).
         stride: the output's subsampling factor (an int or one per dim); the
             output shift is ``shift / stride``, which must be exact.
             ``"auto"`` infers it, as in :func:`~equivariance.check_equivariance`.
@@ -193,7 +203,7 @@ def equivariance_error(
 def invariance_error(
     model: Callable[[torch.Tensor], Any],
     x: torch.Tensor,
-    shift: ShiftLike,
+    shift: ShiftLike | Transform,
     *,
     boundary: Boundary = "zeros",
     layer: str | None = None,
@@ -204,7 +214,8 @@ def invariance_error(
     """The relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of an output that should not move.
 
     The output may have any shape (logits, an embedding); it is compared
-    whole. Arguments as in :func:`equivariance_error`.
+    whole. Arguments as in :func:`equivariance_error`; ``shift`` may be a
+    transform (:class:`~equivariance.Rot90`, :class:`~equivariance.Flip`) too.
 
     >>> import torch
     >>> pool = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"),
@@ -219,7 +230,7 @@ def invariance_error(
 def _error(
     model: Callable[[torch.Tensor], Any],
     x: torch.Tensor,
-    shift: ShiftLike,
+    shift: ShiftLike | Transform,
     mode: str,
     stride: IntOrTuple | Literal["auto"],
     output_action: OutputAction | None,
@@ -233,6 +244,12 @@ def _error(
     if reduction not in ("mean", "max", "none"):
         raise InvalidArgument(f"reduction must be 'mean', 'max' or 'none', found {describe(reduction)}")
     forward = Forward(model, layer, output)
+    element = _as_element(shift)
+    if not isinstance(element, Shift) and stride == "auto":
+        raise InvalidArgument(
+            f"stride='auto' infers how shifts move the output, but {element} is a transform, which "
+            "acts alike on the input and the output; drop stride="
+        )
     if "auto" in (stride, margin):
         # imported here: the inference runs measurements itself
         from equivariance import _auto
@@ -242,14 +259,12 @@ def _error(
         strides, margins, _ = _auto.resolve(forward, x, stride, margin, boundary, custom_action=custom)
         if margin == _auto.AUTO and not custom:
             out = _auto.output_of(forward, x)
-            _auto.check_room(
-                tuple(out.shape[out.dim() - (x.dim() - 2) :]), [as_shift(shift)], strides, margins
-            )
+            _auto.check_room(tuple(out.shape[out.dim() - (x.dim() - 2) :]), [element], strides, margins)
         stride, margin = strides, margins
     assert not isinstance(stride, str)
     assert not isinstance(margin, str)
     measurement = measure(
-        forward, x, [as_shift(shift)], mode=mode, stride=stride, output_action=output_action,
+        forward, x, [element], mode=mode, stride=stride, output_action=output_action,
         boundary=boundary, margin=margin, batch_size=batch_size, noise_floor=False,
     )  # fmt: skip
     errors, absolute = sample_errors(measurement.diff_sq[0], measurement.ref_sq[0], measurement.count[0])
@@ -264,6 +279,13 @@ def _error(
     if reduction == "none":
         return errors
     return errors.max() if reduction == "max" else errors.mean()
+
+
+def _as_element(shift: object) -> Shift | Transform:
+    """A shift (from a Shift, an int or ints) or a transform; a Shift has apply() too, so it comes first."""
+    if isinstance(shift, Shift) or not isinstance(shift, Transform):
+        return as_shift(shift)
+    return shift
 
 
 def accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -423,7 +445,7 @@ def default_batch_size(x: torch.Tensor) -> int:
 def measure(
     forward: Forward,
     x: torch.Tensor,
-    shifts: Sequence[Shift],
+    shifts: Sequence[Shift | Transform],
     *,
     mode: str,
     stride: IntOrTuple = 1,
@@ -446,6 +468,11 @@ def measure(
     used (:mod:`equivariance._memory`); a chunk that runs out of CUDA memory is
     halved and retried. ``progress`` shows a bar on stderr; None shows one
     for sweeps of 20 chunks or more when stderr is a terminal, outside pytest.
+
+    ``shifts`` may hold transforms (:mod:`equivariance.transforms`) beside
+    the shifts: a transform moves the input samples and the output alike,
+    is compared over the whole output grid less ``margin`` (no boundary),
+    and takes neither ``stride`` nor ``output_action``.
     """
     x = check_input(x, forward.model)
     boundary = check_boundary(boundary)
@@ -453,7 +480,13 @@ def measure(
     if not shifts:
         raise InvalidArgument("no shifts to check; pass at least one shift")
     for shift in shifts:
-        check_shift_fits(shift, x)
+        if isinstance(shift, Shift):  # first: a Shift has apply() too
+            check_shift_fits(shift, x)
+        elif isinstance(shift, Transform):
+            check_transform_fits(shift, x, d)
+        else:
+            raise InvalidArgument(f"shifts must hold Shift objects or transforms, found {describe(shift)}")
+    transforms = [t for t in shifts if not isinstance(t, Shift)]
     equivariant = mode == "equivariance"
     strides = per_dim(stride, d, "stride", minimum=1)
     margins = per_dim(margin, d, "margin", minimum=0)
@@ -465,9 +498,15 @@ def measure(
         raise InvalidArgument(
             "pass either stride= or output_action=, not both; fold the stride into the output action"
         )
+    if transforms and (output_action is not None or strides != (1,) * d):
+        raise InvalidArgument(
+            f"stride= and output_action= say how shifts move the output, but {transforms[0]} is a "
+            "transform, which acts alike on the input and the output; pass neither with transforms"
+        )
     if equivariant and output_action is None:
         for shift in shifts:
-            shift / strides  # raises for a shift the stride does not divide
+            if isinstance(shift, Shift):
+                shift / strides  # raises for a shift the stride does not divide
     auto = batch_size == "auto"
     if batch_size is None or auto:
         batch_size = default_batch_size(x)
@@ -477,8 +516,8 @@ def measure(
             raise InvalidArgument(f"batch_size must be positive, found {batch_size}")
 
     n = x.shape[0]
-    plan = [Shift.identity(d), *shifts] if noise_floor else list(shifts)
-    in_offsets = torch.tensor([s.offsets for s in plan], dtype=torch.long)
+    plan: list[Shift | Transform] = [Shift.identity(d), *shifts] if noise_floor else list(shifts)
+    in_offsets = torch.tensor([_offsets(s, d) for s in plan], dtype=torch.long)
     total = len(plan) * n
     note = (
         f" (the check sends shifted copies of x through the model in batches of up to "
@@ -498,7 +537,7 @@ def measure(
         )
         squares = _Squares(base)
         base_sq = squared_norms(base.reshape(len(base), -1), (1,)) if comparison is None else None
-        inputs = ShiftedWindows(x, in_offsets, boundary)
+        inputs = Copies(x, plan, in_offsets, boundary)
         diff_sq = torch.zeros(total, dtype=torch.float64)
         ref_sq = torch.zeros(total, dtype=torch.float64)
         depth = comparison.depth if comparison is not None else 0
@@ -513,8 +552,8 @@ def measure(
             chunk = slice(start, start + len(items))
             shift_index, sample = items // n, items % n
             try:
-                outputs = forward(inputs.take(sample, in_offsets[shift_index]), note)
-                what = functools.partial(_shifted_inputs, plan, shift_index)  # for messages only
+                outputs = forward(inputs.take(sample, shift_index), note)
+                what = functools.partial(_moved_inputs, plan, shift_index)  # for messages only
                 _check_floating(outputs, what)
                 if tuple(outputs.shape[1:]) != tuple(base.shape[1:]):
                     raise InvalidArgument(
@@ -576,23 +615,26 @@ class _Comparison:
     For shift ``k`` the compared region is a box ``[lo[k], hi[k])`` of the
     output grid: the valid region of the output shift (zeros boundary) or the
     whole grid, shrunk by the margin. A custom output action may narrow it
-    further by returning a mask with its tensor.
+    further by returning a mask with its tensor. A transform in the plan is
+    expected to act alike on the output, over the whole grid less the margin.
     """
 
     def __init__(
         self,
         base: torch.Tensor,
-        plan: Sequence[Shift],
+        plan: Sequence[Shift | Transform],
         d: int,
         strides: tuple[int, ...],
         margins: tuple[int, ...],
         boundary: Boundary,
         output_action: OutputAction | None,
     ) -> None:
+        transforms = [t for t in plan if not isinstance(t, Shift)]
         if base.dim() < 2 + d:
             raise InvalidArgument(
                 f"the output of shape {tuple(base.shape)} has no channel dim and {d} spatial dims "
-                f"to carry a shift of the input's {d} spatial dims (expected (N, C, *spatial)); to "
+                f"to carry a {'transform' if transforms else 'shift'} of the input's {d} spatial dims "
+                "(expected (N, C, *spatial)); to "
                 "test that it does not change use check_invariance, pass layer= to measure a layer "
                 "with spatial output, or output=lambda y: y[:, None] to add a channel dim"
             )
@@ -602,36 +644,46 @@ class _Comparison:
         self.channels = math.prod(base.shape[1 : base.dim() - d])
         self.output_action = output_action
         full = tuple(slice(0, size) for size in self.spatial)
-        self.windows: ShiftedWindows | None = None
+        for t in transforms:
+            check_transform_fits(t, base, d, f"the output of shape {tuple(base.shape)}")
+        self.windows: Copies | None = None
         self.out_offsets: torch.Tensor | None = None
         regions = [full] * len(plan)
         if output_action is None:
-            out_shifts = [shift / strides for shift in plan]
-            self.out_offsets = torch.tensor([s.offsets for s in out_shifts], dtype=torch.long)
+            out_shifts = [s / strides if isinstance(s, Shift) else s for s in plan]
+            self.out_offsets = torch.tensor([_offsets(s, d) for s in out_shifts], dtype=torch.long)
             if boundary == "zeros":
-                regions = [s.valid_region(self.spatial) for s in out_shifts]
+                regions = [s.valid_region(self.spatial) if isinstance(s, Shift) else full for s in out_shifts]
         lo = torch.tensor([[r.start for r in region] for region in regions], dtype=torch.long)
         hi = torch.tensor([[r.stop for r in region] for region in regions], dtype=torch.long)
         self.lo, self.hi = lo + torch.tensor(margins), hi - torch.tensor(margins)
         empty = (self.hi <= self.lo).any(dim=1)
         if bool(empty.any()):
-            shift = plan[int(empty.nonzero()[0])]
+            # name a transform rather than the identity shift of the noise floor
+            named = [k for k in empty.nonzero().flatten().tolist() if not isinstance(plan[k], Shift)]
+            shift = plan[named[0] if named else int(empty.nonzero()[0])]
+            margin_note = f" and margin {margins}" if any(margins) else ""
+            if not isinstance(shift, Shift):
+                raise InvalidArgument(
+                    f"the output's spatial dims {self.spatial} cannot carry transform {shift}{margin_note}: "
+                    "nothing of the output is left to compare; use a smaller margin, a larger input or "
+                    "a layer= with larger maps"
+                )
             what = f"output shift {shift / strides}" if strides != (1,) * d else f"shift {shift}"
             if output_action is not None:
                 what = f"shift {shift}"
             fix = "or a smaller margin" if any(margins) else ", a larger input or a layer= with larger maps"
-            margin_note = f" and margin {margins}" if any(margins) else ""
             raise InvalidArgument(
                 f"the output's spatial dims {self.spatial} cannot carry {what}{margin_note}: "
                 f"nothing of the output is left to compare; use smaller shifts {fix}".replace(" ,", ",")
             )
         self.channel_dims = tuple(range(1, base.dim() - d))
-        self.ref_windows: ShiftedWindows | None = None
+        self.ref_windows: Copies | None = None
         if self.out_offsets is not None:
-            self.windows = ShiftedWindows(base, self.out_offsets, boundary)
-            # the reference's squared norms at each position, once: a chunk gathers them
-            self.ref_windows = ShiftedWindows(
-                squared_norms(base, self.channel_dims), self.out_offsets, boundary
+            self.windows = Copies(base, plan, self.out_offsets, boundary)
+            # the reference's squared norms at each position, once: a chunk gathers (or transforms) them
+            self.ref_windows = Copies(
+                squared_norms(base, self.channel_dims), plan, self.out_offsets, boundary
             )
         self.depth = max(1, int(((self.hi - self.lo + 1) // 2).max()))
 
@@ -658,14 +710,16 @@ class _Comparison:
         """``g'.f(x)`` for every item of a batch, and a mask if the output action gave one."""
         if self.windows is not None:
             assert self.out_offsets is not None
-            return self.windows.take(sample, self.out_offsets[shift_index]), None
+            return self.windows.take(sample, shift_index), None
         assert self.output_action is not None
         pieces, masks = [], []
         # A Python loop over the shifts present in this batch, on outputs only:
         # a custom output action is an opaque callable of one shift.
         for k in torch.unique_consecutive(shift_index).tolist():
             rows = sample[shift_index == k].to(self.base.device)
-            moved, mask = self._act(self.base[rows], self.plan[k])
+            shift = self.plan[k]
+            assert isinstance(shift, Shift)  # measure() refuses an output action with transforms
+            moved, mask = self._act(self.base[rows], shift)
             pieces.append(moved)
             masks.append(mask.expand(len(rows), *self.spatial))
         return torch.cat(pieces), torch.cat(masks)
@@ -714,10 +768,9 @@ class _Comparison:
         if self.windows is not None:
             assert self.out_offsets is not None
             assert self.ref_windows is not None
-            offsets = self.out_offsets[shift_index]
-            runs = self.windows.runs(sample, offsets)
-            reference = runs if runs is not None else self.windows.take(sample, offsets)
-            ref_map = self.ref_windows.take(sample, offsets)
+            runs = self.windows.runs(sample, shift_index)
+            reference = runs if runs is not None else self.windows.take(sample, shift_index)
+            ref_map = self.ref_windows.take(sample, shift_index)
         else:
             reference, action_mask = self.reference(shift_index, sample)
             ref_map = squared_norms(reference, self.channel_dims)
@@ -787,11 +840,22 @@ def _show_progress(progress: bool | None, total: int, batch_size: int) -> bool:
     return total >= 20 * batch_size and sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
 
 
-def _shifted_inputs(plan: Sequence[Shift], shift_index: torch.Tensor) -> str:
-    return f"shifted inputs ({_shifts_in(plan, shift_index)})"
+def _offsets(element: Shift | Transform, d: int) -> tuple[int, ...]:
+    """A shift's offsets; zeros for a transform, which is applied, not gathered."""
+    return element.offsets if isinstance(element, Shift) else (0,) * d
 
 
-def _shifts_in(plan: Sequence[Shift], shift_index: torch.Tensor) -> str:
-    present = [str(plan[k]) for k in torch.unique(shift_index).tolist()]
-    shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
-    return f"shift {shown}" if len(present) == 1 else f"shifts {shown}"
+def _moved_inputs(plan: Sequence[Shift | Transform], shift_index: torch.Tensor) -> str:
+    """The inputs of a chunk in words: ``shifted inputs (shift (1, 0))``."""
+    present = [plan[k] for k in torch.unique(shift_index).tolist()]
+    shifts = [str(p) for p in present if isinstance(p, Shift)]
+    transforms = [str(p) for p in present if not isinstance(p, Shift)]
+    parts = [_listed("shift", shifts)] if shifts else []
+    parts += [_listed("transform", transforms)] if transforms else []
+    moved = "shifted and transformed" if shifts and transforms else "shifted" if shifts else "transformed"
+    return f"{moved} inputs ({', '.join(parts)})"
+
+
+def _listed(noun: str, names: list[str]) -> str:
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"{noun} {shown}" if len(names) == 1 else f"{noun}s {shown}"

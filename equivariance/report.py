@@ -1,4 +1,9 @@
-"""The result of a check: per-shift errors, the verdict, and how it was reached."""
+"""The result of a check: per-shift errors, the verdict, and how it was reached.
+
+A check of ``transforms=`` (rotations, flips) has one row per transform and
+says so: it counts *transforms*, names the worst one, and lists them under a
+``transform`` column.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ class ShiftResult:
 class EquivarianceReport:
     """What a check measured, and its verdict.
 
-    ``str(report)`` is a compact table, worst shifts first;
+    ``str(report)`` is a compact table, worst shifts (or transforms) first;
     :meth:`to_dict` is JSON-serializable. Made by
     :func:`~equivariance.check_equivariance` and
     :func:`~equivariance.check_invariance`; never needs to be built by hand.
@@ -46,7 +51,7 @@ class EquivarianceReport:
     Attributes:
         kind: ``"equivariance"`` or ``"invariance"``.
         subject: what was measured, e.g. ``"LeNet.conv4"``.
-        results: one :class:`ShiftResult` per shift, in the order checked.
+        results: one :class:`ShiftResult` per shift (or transform), in the order checked.
         rtol: relative tolerance used.
         atol: absolute (RMS) tolerance used where the reference is zero.
         tolerance_source: where the tolerance came from, e.g. ``"float32 default"``.
@@ -58,9 +63,11 @@ class EquivarianceReport:
         output_shape: shape of the measured output for ``x``.
         dtype: dtype of ``x``, e.g. ``"float32"``.
         device: device of ``x``, e.g. ``"cpu"``.
-        boundary: ``"zeros"`` or ``"circular"``.
+        boundary: ``"zeros"`` or ``"circular"``; for transforms, which map the
+            grid onto itself, ``"none (the transforms map the grid onto itself)"``.
         output_action: how the output was expected to move: ``"shift"``,
-            ``"shift / 2"``, ``"none (invariance)"`` or a callable's name.
+            ``"shift / 2"``, ``"the same transform"``, ``"none (invariance)"``
+            or a callable's name.
         margin: samples dropped at each edge of the compared region, per dim.
         batch_size: samples per forward pass.
         hints: likely causes of a failure, with fixes, when recognisable.
@@ -94,12 +101,12 @@ class EquivarianceReport:
 
     @property
     def shifts(self) -> tuple[Shift | Transform, ...]:
-        """The shifts checked, in order."""
+        """The shifts (or transforms) checked, in order."""
         return tuple(r.shift for r in self.results)
 
     @property
     def errors(self) -> tuple[float, ...]:
-        """The worst error over the batch, for each shift in order."""
+        """The worst error over the batch, for each shift (or transform) in order."""
         return tuple(r.error for r in self.results)
 
     @property
@@ -114,12 +121,12 @@ class EquivarianceReport:
 
     @property
     def worst_shift(self) -> Shift | Transform:
-        """The shift with the largest error."""
+        """The shift (or transform) with the largest error."""
         return max(self.results, key=lambda r: r.error).shift
 
     @property
     def failures(self) -> tuple[ShiftResult, ...]:
-        """The shifts that failed, worst first."""
+        """The shifts (or transforms) that failed, worst first."""
         return tuple(sorted((r for r in self.results if not r.passed), key=lambda r: -r.error))
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import canvas
 
-from equivariance import check_equivariance, equivariance_error
+from equivariance import Flip, Rot90, check_equivariance, check_invariance, equivariance_error
 from equivariance._forward import Forward
 from equivariance._memory import CPU_BUDGET_BYTES, ActivationMeter, auto_batch_size, metered
 from equivariance.metric import measure
@@ -42,6 +42,24 @@ def test_out_of_memory_halves_the_chunk_and_retries() -> None:
     assert sum(b for b in model.batches[1:] if b <= 7) == 9 * 4
     torch.testing.assert_close(measured.diff_sq, expected.diff_sq)
     assert check_equivariance(model, x, max_shift=1, batch_size=64).passed
+
+
+def test_out_of_memory_with_transforms_halves_the_chunk_and_retries() -> None:
+    model, x = RunsOutOfMemory(limit=7), canvas(4, size=16, content=10)
+    transforms = [Rot90(1), Rot90(2), Rot90(3), Flip(-1)]
+    expected = measure(Forward(model), x, transforms, mode="equivariance", batch_size=4)
+    model.batches.clear()
+    measured = measure(Forward(model), x, transforms, mode="equivariance", batch_size=32)
+    assert measured.batch_size == 5
+    assert model.batches[:4] == [4, 20, 10, 5]  # the base pass, then the whole sweep (5 x 4) halved twice
+    assert sum(b for b in model.batches[1:] if b <= 7) == 5 * 4  # the identity and 4 transforms, once each
+    torch.testing.assert_close(measured.diff_sq, expected.diff_sq)
+    torch.testing.assert_close(measured.noise_diff_sq, expected.noise_diff_sq)
+    report = check_equivariance(model, x, transforms=transforms, batch_size=64)
+    assert report.batch_size == 5
+    assert not report.passed  # a plain convolution
+    pooled = check_invariance(lambda t: model(t).mean(dim=(2, 3)), x, transforms=transforms, batch_size=64)
+    assert pooled.batch_size == 5
 
 
 def test_out_of_memory_at_one_sample_is_raised() -> None:

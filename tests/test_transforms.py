@@ -1,4 +1,4 @@
-"""Rot90 and Flip: the p4 / p4m symmetries, checked with transforms= on the shifts' machinery."""
+"""Rot90 and Flip: the p4 / p4m symmetries, checked with transforms= on the shifts' engine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,19 @@ import pytest
 import torch
 from torch import nn
 
-from equivariance import EquivarianceError, InvalidArgument, assert_equivariant, check_equivariance
+from equivariance import (
+    EquivarianceError,
+    InvalidArgument,
+    Shift,
+    assert_equivariant,
+    assert_invariant,
+    check_equivariance,
+    check_invariance,
+    equivariance_error,
+    invariance_error,
+)
+from equivariance._forward import Forward
+from equivariance.metric import measure
 from equivariance.transforms import Flip, Rot90
 
 
@@ -84,7 +96,242 @@ def test_the_report_lists_transforms_like_shifts() -> None:
     assert [r["shift"] for r in data["results"]] == ["Rot90(1)", "Flip(-1)"]
     with pytest.raises(EquivarianceError, match=r"2 transforms, 2 failed") as caught:
         assert_equivariant(nn.Conv2d(1, 2, 3), x, transforms=[Rot90(1), Flip(-1)])
-    assert "profile_equivariance" not in str(caught.value)
+    # profile_equivariance takes a transform in place of the shift: the failure says how to find the layer
+    assert "equivariance.profile_equivariance(model, x, shift=Rot90(1)) gives the error" in str(caught.value)
+
+
+class Transpose:
+    """A transform of one's own: the transpose of the image plane (a reflection across the diagonal)."""
+
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        return x.transpose(-2, -1)
+
+    def __repr__(self) -> str:
+        return "Transpose()"
+
+
+class BorderRow(nn.Module):
+    """A p4-symmetric convolution plus a constant on the first output row: symmetric in the interior only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = p4_average(nn.Conv2d(1, 2, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv(x)
+        return torch.cat([out[..., :1, :] + 1, out[..., 1:, :]], dim=-2)
+
+
+P4M = [Rot90(1), Rot90(2), Rot90(3), Flip(-1), Flip(-2)]
+
+
+def test_chunks_smaller_than_the_sweep_give_the_numbers_of_one_chunk() -> None:
+    x = torch.randn(4, 2, 10, 10, dtype=torch.float64)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3)).double()
+    forward = Forward(model)
+    whole = measure(forward, x, P4M, mode="equivariance", batch_size=1000)
+    assert whole.batch_size == 1000
+    for size in (1, 3, 7):  # chunks that split the samples of one transform, and mix transforms
+        chunked = measure(forward, x, P4M, mode="equivariance", batch_size=size)
+        for field in ("diff_sq", "ref_sq", "border_diff", "border_ref", "noise_diff_sq", "noise_ref_sq"):
+            torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=1e-12, atol=0)
+    one = check_equivariance(model, x, transforms=P4M)
+    three = check_equivariance(model, x, transforms=P4M, batch_size=3)
+    assert three.batch_size == 3
+    assert three.errors == pytest.approx(one.errors, rel=1e-12)
+    assert min(one.errors) > 0.1  # a plain convolution: the numbers compared are not all zero
+
+
+def test_shifts_and_transforms_in_one_plan_are_measured_alike() -> None:
+    x = torch.randn(3, 1, 9, 9)
+    forward = Forward(nn.Conv2d(1, 2, 3, padding=1))
+    mixed = measure(
+        forward, x, [Shift(1, 0), Rot90(1), Shift(0, -2), Flip(-1)], mode="equivariance", batch_size=4
+    )
+    shifts = measure(forward, x, [Shift(1, 0), Shift(0, -2)], mode="equivariance")
+    transforms = measure(forward, x, [Rot90(1), Flip(-1)], mode="equivariance")
+    torch.testing.assert_close(mixed.diff_sq[[0, 2]], shifts.diff_sq)
+    torch.testing.assert_close(mixed.diff_sq[[1, 3]], transforms.diff_sq)
+    torch.testing.assert_close(
+        mixed.count, torch.tensor([8 * 9 * 2, 9 * 9 * 2, 9 * 7 * 2, 9 * 9 * 2.0]).double()
+    )
+
+
+class TwoHeads(nn.Module):
+    """A p4-symmetric layer, then a plain one; returns both maps as a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.symmetric = p4_average(nn.Conv2d(1, 2, 3, padding=1))
+        self.plain = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        first = self.symmetric(x)
+        return {"first": first, "second": self.plain(first)}
+
+
+def test_layer_output_and_auto_batch_size_with_transforms() -> None:
+    x = torch.randn(3, 1, 8, 8)
+    model = TwoHeads()
+    assert check_equivariance(model, x, transforms=P4M[:3], output="first").passed
+    assert not check_equivariance(model, x, transforms=P4M[:3], output="second").passed
+    by_layer = check_equivariance(model, x, transforms=P4M[:3], layer="symmetric")
+    assert by_layer.passed
+    assert by_layer.subject == "TwoHeads.symmetric"
+    auto = check_equivariance(model, x, transforms=P4M, output="second", batch_size="auto")
+    default = check_equivariance(model, x, transforms=P4M, output="second")
+    assert 1 <= auto.batch_size <= 6 * 3  # sized from memory, at most the sweep
+    assert auto.errors == pytest.approx(default.errors, rel=1e-6)
+
+
+def test_margin_drops_a_border_that_breaks_the_symmetry() -> None:
+    x = torch.randn(3, 1, 10, 10)
+    failed = check_equivariance(BorderRow(), x, transforms=[Rot90(1), Flip(-2)])
+    assert not failed.passed
+    assert failed.max_error > 0.1
+    # the error split by distance to the edge says where it is, as for shifts
+    assert any(
+        "errors only within 1 sample of the borders" in hint and "margin=1" in hint for hint in failed.hints
+    )
+    report = check_equivariance(BorderRow(), x, transforms=[Rot90(1), Flip(-2)], margin=1)
+    assert report.passed
+    assert report.max_error < 1e-6
+    assert report.margin == (1, 1)
+    assert "margin (1, 1)" in str(report)
+    assert equivariance_error(BorderRow(), x, Rot90(1), margin=1) < 1e-6
+    assert equivariance_error(BorderRow(), x, Rot90(1)) > 0.1
+    with pytest.raises(
+        InvalidArgument,
+        match=r"the output's spatial dims \(10, 10\) cannot carry transform Rot90\(1\) and margin \(5, 5\): nothing of the output is left to compare; use a smaller margin",
+    ):
+        check_equivariance(BorderRow(), x, transforms=[Rot90(1)], margin=5)
+
+
+def test_auto_margin_with_transforms() -> None:
+    x = torch.randn(2, 1, 10, 10)
+    report = check_equivariance(BorderRow(), x, transforms=[Rot90(1)], margin="auto")
+    assert report.margin == (1, 1)
+    assert report.passed
+    assert report.inferred[0].startswith("margin 1: ")
+
+
+def test_check_invariance_with_transforms_passes_a_rotation_invariant_model_and_fails_a_plain_one() -> None:
+    x = torch.randn(4, 1, 12, 12)
+    invariant = nn.Sequential(
+        p4_average(nn.Conv2d(1, 4, 3, padding=1)), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    report = check_invariance(invariant, x, transforms=P4M[:3])
+    assert report.passed
+    assert report.max_error < 1e-6
+    assert report.kind == "invariance"
+    assert report.output_action == "none (invariance)"
+    assert report.summary().startswith("invariance check PASSED: Sequential, 3 transforms; max error ")
+    assert check_invariance(lambda t: t.mean(dim=(2, 3)), x, transforms=P4M).passed
+    # negative control: the same network with a kernel of no symmetry
+    torch.manual_seed(1)
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    failed = check_invariance(plain, x, transforms=[Rot90(1), Flip(-1)])
+    assert not failed.passed
+    assert failed.max_error > 0.01
+    assert "the output changes when the input is rotated or flipped" in failed.hints[0]
+    with pytest.raises(
+        EquivarianceError, match=r"invariance check FAILED: Sequential, 2 transforms, 2 failed"
+    ):
+        assert_invariant(plain, x, transforms=[Rot90(1), Flip(-1)])
+    assert invariance_error(invariant, x, Rot90(1)) < 1e-6
+    assert invariance_error(plain, x, Rot90(1)) > 0.01
+
+
+def test_a_transform_of_ones_own_runs_on_the_engine() -> None:
+    x = torch.randn(2, 1, 8, 8)
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_((conv.weight + conv.weight.transpose(-2, -1)) / 2)  # a symmetric kernel
+    report = check_equivariance(conv, x, transforms=[Transpose()])
+    assert report.passed
+    assert [str(s) for s in report.shifts] == ["Transpose()"]
+    assert not check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[Transpose()]).passed
+
+
+class Cropped:
+    """Not a transform of the grid: it drops a column."""
+
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        return x[..., :-1]
+
+    def __repr__(self) -> str:
+        return "Cropped()"
+
+
+class Reciprocal(nn.Module):
+    """``1 / x`` at the top-left corner: infinite where a rotation brings a zero corner there."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1 / x[:, :, 0, 0]
+
+
+def test_output_and_transform_errors() -> None:
+    x = torch.rand(2, 1, 8, 8) + 0.5
+    with pytest.raises(
+        InvalidArgument,
+        match=r"the transforms act on the output of shape \(2, 1, 6, 8\) as on the input, but Rot90\(1\) needs dims \(-2, -1\) of equal size .*; pass layer= to measure a layer whose output they map onto itself",
+    ):
+        check_equivariance(nn.Conv2d(1, 1, (3, 1)), x, transforms=[Rot90(1)])
+    with pytest.raises(
+        InvalidArgument,
+        match=r"Cropped\(\) must map the grid of x onto itself, returning a tensor of shape \(1, 1, 8, 8\)",
+    ):
+        check_equivariance(nn.Conv2d(1, 1, 3), x, transforms=[Cropped()])  # type: ignore[list-item]
+    with pytest.raises(InvalidArgument, match=r"has no channel dim and 2 spatial dims to carry a transform"):
+        check_equivariance(nn.Flatten(), x, transforms=[Rot90(1)])
+    x[:, :, 0, -1] = 0  # Rot90(1) brings the top-right corner to the top left
+    with pytest.raises(
+        InvalidArgument,
+        match=r"not finite .* for 2 of 2 samples of transformed inputs \(transform Rot90\(1\)\)",
+    ):
+        check_invariance(Reciprocal(), x, transforms=[Rot90(1)], batch_size=2)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda m, x: equivariance_error(m, x, Rot90(1), stride=2),
+            r"stride= and output_action= say how shifts move the output, but Rot90\(1\) is a transform",
+        ),
+        (
+            lambda m, x: equivariance_error(m, x, Rot90(1), stride="auto"),
+            r"stride='auto' infers how shifts move the output, but Rot90\(1\) is a transform",
+        ),
+        (
+            lambda m, x: equivariance_error(m, x, Flip(-1), output_action=lambda y, s: y),
+            r"pass neither with transforms",
+        ),
+        (
+            lambda m, x: check_invariance(m, x, [(1, 0)], transforms=[Rot90(1)]),
+            r"transforms= replaces the shifts, so shifts cannot be passed with it",
+        ),
+        (
+            lambda m, x: check_invariance(m, x, transforms=[Shift(1, 0)]),
+            r"transforms must hold Rot90, Flip .* shifts go in shifts=",
+        ),
+        (
+            lambda m, x: check_equivariance(m, x, transforms=[Rot90(1)], stride="auto"),
+            r"stride cannot be passed with it",
+        ),
+    ],
+    ids=[
+        "error-stride",
+        "error-auto-stride",
+        "error-output-action",
+        "invariance-with-shifts",
+        "invariance-a-shift",
+        "auto-stride",
+    ],
+)
+def test_transforms_refuse_what_only_shifts_mean(call: object, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        call(nn.Conv2d(1, 1, 3, padding=1), torch.randn(1, 1, 8, 8))  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(
