@@ -187,7 +187,7 @@ def assert_equivariant(
     equivariance.errors.EquivarianceError: equivariance check FAILED: MLP, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
-    return _passed_or_raise(check_equivariance(model, x, shifts, **options))
+    return _passed_or_raise(check_equivariance(model, x, shifts, **options), options.get("layer"))
 
 
 def assert_invariant(
@@ -208,15 +208,17 @@ def assert_invariant(
     return _passed_or_raise(check_invariance(model, x, shifts, **options))
 
 
-def _passed_or_raise(report: EquivarianceReport) -> EquivarianceReport:
+def _passed_or_raise(report: EquivarianceReport, layer: object = None) -> EquivarianceReport:
     __tracebackhide__ = True
     if not report.passed:
         text = str(report)
         if report.kind == "equivariance":
-            # profile_equivariance takes a transform in place of the shift as well
+            # profile_equivariance takes a transform in place of the shift as well; a check of a
+            # layer profiles up to it (the layers after it may refuse the input, as LeNet's head does)
+            up_to = f", up_to={layer!r}" if isinstance(layer, str) else ""
             text += (
                 "\n  to find the layer: equivariance.profile_equivariance(model, x, "
-                f"shift={report.worst_shift}) gives the error of every layer and the first that fails"
+                f"shift={report.worst_shift}{up_to}) gives the error of every layer and the first that fails"
             )
         raise EquivarianceError(text, report)
     return report

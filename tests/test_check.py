@@ -20,6 +20,7 @@ from equivariance import (
     check_invariance,
     equivariance_error,
     multiples_of,
+    profile_equivariance,
     shifts_in_box,
 )
 from equivariance.models import MLP, LeNet
@@ -174,6 +175,23 @@ def test_assert_equivariant_raises_with_the_report() -> None:
     assert str(info.value.report.worst_shift) in message
     report = assert_equivariant(LeNet(), x, max_shift=1, layer="conv4")
     assert report.passed
+
+
+def test_the_hint_of_a_failed_layer_check_profiles_up_to_that_layer() -> None:
+    class Pinned(nn.Module):  # adds a fixed pattern: position-dependent, not equivariant
+        def forward(self, y: torch.Tensor) -> torch.Tensor:
+            return y + torch.linspace(0, 1, y.shape[-1])
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), Pinned(), nn.Flatten(), nn.Linear(2 * 36 * 36, 3))
+    x = canvas(batch=2)
+    with pytest.raises(EquivarianceError) as info:
+        assert_equivariant(model, x, max_shift=1, layer="1")
+    hint = str(info.value).splitlines()[-1]
+    assert "equivariance.profile_equivariance(model, x, shift=" in hint
+    assert ", up_to='1') gives the error of every layer" in hint
+    # the hint's call runs and names the culprit
+    worst = info.value.report.worst_shift if info.value.report else None
+    assert profile_equivariance(model, x, worst, up_to="1").first_failure.name == "1"  # type: ignore[arg-type,union-attr]
 
 
 def test_check_and_assert_invariant() -> None:
