@@ -418,7 +418,7 @@ def _afresh(base: str | None, distributed: bool) -> str:
 
 
 def _processes(count: object) -> str:
-    """ "1 process", "2 processes"; "several processes" for a count that is not a number."""
+    """A number of processes in words: 1 process, 2 processes, or several where it is unknown."""
     return "1 process" if count == 1 else f"{count if isinstance(count, int) else 'several'} processes"
 
 
