@@ -35,6 +35,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from types import EllipsisType
 
 import torch
 from torch import nn
@@ -122,7 +123,7 @@ def per_shift_loop(
             moved = model(shift.apply(x))
             out_shift = shift / stride
             expected = out_shift.apply(y)
-            region = (..., *out_shift.valid_region(tuple(y.shape[2:])))
+            region: tuple[EllipsisType | slice, ...] = (..., *out_shift.valid_region(tuple(y.shape[2:])))
             diff = (moved - expected)[region].flatten(1).norm(dim=1)
             worst = max(worst, float((diff / expected[region].flatten(1).norm(dim=1)).max()))
     return worst
@@ -275,7 +276,7 @@ def row(
 
 def profile_row(
     label: str,
-    model: Callable[[torch.Tensor], torch.Tensor],
+    model: nn.Module,
     x: torch.Tensor,
     shift: Shift,
     repeats: int,

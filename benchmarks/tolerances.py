@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def random_stack(rng: random.Random, ndim: int, circular: bool) -> nn.Sequential
     for _ in range(depth):
         out = rng.choice([1, 4, 16, 32, 64]) if ndim < 3 else rng.choice([1, 4, 8])
         k = rng.choice([1, 3, 5, 7]) if ndim < 3 else rng.choice([1, 3])
-        pad = {"padding": k // 2, "padding_mode": "circular"} if circular else {}
+        pad: dict[str, Any] = {"padding": k // 2, "padding_mode": "circular"} if circular else {}
         layers += [CONV[ndim](channels, out, k, **pad), rng.choice([nn.ReLU(), nn.Tanh(), nn.GELU()])]
         channels = out
     return nn.Sequential(*layers)
@@ -61,7 +62,9 @@ def main() -> None:
         ndim = rng.choice([1, 2, 3])
         circular = rng.random() < 0.5
         model = random_stack(rng, ndim, circular).to(args.device)
-        x = torch.randn(4, model[0].in_channels, *(SIZE[ndim],) * ndim, device=args.device)
+        first = model[0]
+        assert isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        x = torch.randn(4, first.in_channels, *(SIZE[ndim],) * ndim, device=args.device)
         with torch.no_grad():
             exact = model.double()(x.double())
         for dtype in worst:

@@ -19,6 +19,16 @@ gathered with ``all_gather`` and put back in dataset order, duplicates from
 the sampler's padding removed::
 
     torchrun --nproc_per_node 2 my_audit.py
+
+A checkpoint records, besides the results so far and the settings, a CRC-32
+of every batch it covers; a resumed run compares the batches it skips with
+them, so different data, another order or another ``loader_batch_size`` is
+refused rather than mixed in. Under ``torch.distributed`` every process keeps
+its own checkpoint file (its shard's results, ``.rank<r>`` appended) and
+resumes from it, and the processes agree before going on: if any one refuses
+its checkpoint (another number of processes, other settings or data), all of
+them raise the same :class:`~equivariance.errors.InvalidArgument`, so none is
+left waiting for the others in a collective.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +57,7 @@ from equivariance.tolerances import resolve_tolerance
 
 __all__ = ["AuditResult", "audit"]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
 
@@ -141,7 +152,9 @@ def audit(
     over ``shifts`` is kept. With ``checkpoint``, the results so far are
     written to that JSON file every ``checkpoint_every`` batches, and a run
     started again with the same file and settings skips the batches already
-    done. The data must come in the same order on every run.
+    done. The data must come in the same order on every run: a checkpoint
+    written with other settings, other data or another number of processes
+    is refused.
 
     >>> import torch
     >>> from equivariance.models import LeNet
@@ -170,7 +183,8 @@ def audit(
         batch_size: samples per forward pass inside a batch (default: from the input
             size), or ``"auto"`` to fit them to the device's memory.
         checkpoint: a JSON file to write progress to and resume from (one
-            file per process under ``torch.distributed``, ``.rank<r>`` appended).
+            file per process under ``torch.distributed``, ``.rank<r>`` appended;
+            resume with as many processes as wrote them).
         checkpoint_every: batches between checkpoint writes.
         progress: show a progress bar on stderr.
 
@@ -201,11 +215,15 @@ def audit(
         "rank": rank,
         "world_size": world,
     }
-    path = None if checkpoint is None else os.fspath(checkpoint) + (f".rank{rank}" if distributed else "")
-    state = _resume(path, settings)
+    base = None if checkpoint is None else os.fspath(checkpoint)
+    path = None if base is None else base + (f".rank{rank}" if distributed else "")
+    state, problem = _resume(base, path, settings, rank, world)
+    if path is not None:
+        _agree(problem, distributed, world)
     errors: list[float] = state["errors"]
     passed: list[bool] = state["passed"]
     consistent: list[bool] = state["consistent"]
+    fingerprints: list[int] = state["fingerprints"]
     done: int = state["batches"]
     tolerances: list[float] = state["tolerance"]
 
@@ -213,10 +231,25 @@ def audit(
     device = _device(model)
     with Progress(total, "audit", enabled=progress and rank == 0, unit="batch") as bar:
         bar.update(done)
+        # the batches the checkpoint covers are read again and compared with it; under
+        # torch.distributed the processes then agree before measuring, as they did on the settings
+        unchecked, seen = path is not None, 0
         for number, batch in enumerate(loader):
-            if number < done:
-                continue
+            seen = number + 1
             x = _inputs(batch, number)
+            fingerprint = _fingerprint(x) if path is not None else 0
+            if number < done:
+                if fingerprint != fingerprints[number]:
+                    problem = (
+                        f"batch {number} of the data is not the batch {number} the audit checkpoint "
+                        f"{path} recorded (other values, shape or order); pass the same data in the same "
+                        f"order and with the same loader_batch_size, or {_afresh(base, distributed)}"
+                    )
+                    break
+                continue
+            if unchecked:
+                _agree(None, distributed, world)
+                unchecked = False
             if device is not None:
                 x = x.to(device)
             measurement = measure(
@@ -233,12 +266,20 @@ def audit(
             if judge is not None:
                 same = _top1_consistent(judge, x, shift_list, boundary, measurement.batch_size)
                 consistent += same.tolist()
+            fingerprints.append(fingerprint)
             done = number + 1
             bar.update(worst=max(errors))
             if path is not None and (done % every == 0):
-                _save(path, settings, done, errors, passed, consistent, tolerances)
+                _save(path, settings, done, errors, passed, consistent, fingerprints, tolerances)
+    if unchecked:
+        if problem is None and seen < done:
+            problem = (
+                f"the audit checkpoint {path} records {done} batches done but the data has only {seen}; "
+                f"pass the data it was written for, or {_afresh(base, distributed)}"
+            )
+        _agree(problem, distributed, world)
     if path is not None:
-        _save(path, settings, done, errors, passed, consistent, tolerances)
+        _save(path, settings, done, errors, passed, consistent, fingerprints, tolerances)
 
     err_t = torch.tensor(errors, dtype=torch.float64)
     passed_t = torch.tensor(passed, dtype=torch.bool)
@@ -363,31 +404,111 @@ def _gather(
     return rows[:, 0].contiguous(), rows[:, 2].bool(), gathered_consistent, tol.cpu().tolist()
 
 
-def _resume(path: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    empty: dict[str, Any] = {"batches": 0, "errors": [], "passed": [], "consistent": [], "tolerance": []}
-    if path is None or not os.path.exists(path):
-        return empty
+def _fingerprint(x: torch.Tensor) -> int:
+    """A CRC-32 of a batch's dtype, shape and bytes, to tell a resumed run's data from the checkpoint's."""
+    data = x.detach().cpu().contiguous()
+    crc = zlib.crc32(f"{data.dtype} {tuple(data.shape)}".encode())
+    return zlib.crc32(data.reshape(-1).view(torch.uint8).numpy().data, crc)
+
+
+def _afresh(base: str | None, distributed: bool) -> str:
+    """How to start an audit afresh instead of resuming it."""
+    files = f"the {base}.rank* files" if distributed else str(base)
+    return f"delete {files} or pass another checkpoint path to start afresh"
+
+
+def _processes(count: object) -> str:
+    """A number of processes in words: 1 process, 2 processes, or several where it is unknown."""
+    return "1 process" if count == 1 else f"{count if isinstance(count, int) else 'several'} processes"
+
+
+def _writers(path: str) -> str:
+    """The processes that wrote a checkpoint, as its settings say."""
+    try:
+        with open(path) as file:
+            return _processes(json.load(file)["settings"]["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _processes(None)
+
+
+def _agree(problem: str | None, distributed: bool, world: int) -> None:
+    """Raise the first process's refusal on every process, so that none goes on alone into a collective."""
+    if distributed:
+        problems: list[str | None] = [None] * world
+        torch.distributed.all_gather_object(problems, problem)
+        refused = [(rank, text) for rank, text in enumerate(problems) if text is not None]
+        if refused:
+            rank, text = refused[0]
+            raise InvalidArgument(f"process {rank} of {world} refuses its checkpoint: {text}")
+    elif problem is not None:
+        raise InvalidArgument(problem)
+
+
+def _resume(
+    base: str | None, path: str | None, settings: dict[str, Any], rank: int, world: int
+) -> tuple[dict[str, Any], str | None]:
+    """The state a checkpoint holds, or an empty one, and why it is refused (None if it is not)."""
+    empty: dict[str, Any] = {
+        "batches": 0, "errors": [], "passed": [], "consistent": [], "fingerprints": [], "tolerance": [],
+    }  # fmt: skip
+    if base is None or path is None:
+        return empty, None
+    distributed = path != base
+    if not os.path.exists(path):
+        return empty, _stray(base, distributed, rank, world)
     try:
         with open(path) as file:
             state = json.load(file)
     except (OSError, ValueError) as exc:
-        raise InvalidArgument(
-            f"the audit checkpoint {path} cannot be read ({exc}); delete it to start the audit afresh"
-        ) from None
+        return empty, f"the audit checkpoint {path} cannot be read ({exc}); {_afresh(base, distributed)}"
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise InvalidArgument(
-            f"{path} is not an audit checkpoint of version {CHECKPOINT_VERSION}; delete it or pass "
-            "another checkpoint path"
+        return empty, (
+            f"{path} is not an audit checkpoint of version {CHECKPOINT_VERSION}; {_afresh(base, distributed)}"
         )
-    if state.get("settings") != settings:
-        saved = state.get("settings") or {}
+    saved = state.get("settings") or {}
+    if saved != settings:
+        if saved.get("world_size") != world:
+            return empty, (
+                f"the audit checkpoint {path} was written by {_processes(saved.get('world_size'))} and "
+                f"this run has {world}; resume with as many processes as started the audit, or "
+                f"{_afresh(base, distributed)}"
+            )
         changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-        raise InvalidArgument(
+        return empty, (
             f"the audit checkpoint {path} was written with other settings (differing: "
-            f"{', '.join(changed)}); rerun with the same settings, or delete the checkpoint or pass "
-            "another path to start afresh"
+            f"{', '.join(changed)}); rerun with the same settings, or {_afresh(base, distributed)}"
         )
-    return {key: state[key] for key in empty}
+    lengths = {len(state.get(key) or []) for key in ("errors", "passed")}
+    if state.get("batches") != len(state.get("fingerprints") or []) or len(lengths) != 1:
+        return empty, f"the audit checkpoint {path} is inconsistent; {_afresh(base, distributed)}"
+    return {key: state[key] for key in empty}, None
+
+
+def _stray(base: str, distributed: bool, rank: int, world: int) -> str | None:
+    """Why a checkpoint written by another number of processes is there, where this run has none."""
+    if not distributed:
+        if os.path.exists(f"{base}.rank0"):
+            processes = _writers(f"{base}.rank0")
+            return (
+                f"there is no audit checkpoint {base} but there is {base}.rank0: the audit was started "
+                f"under torch.distributed by {processes}; resume it under torchrun with as "
+                f"many, or {_afresh(base, True)}"
+            )
+        return None
+    if rank != 0:
+        return None  # a process may have stopped before its first checkpoint while the others wrote theirs
+    if os.path.exists(base):
+        return (
+            f"there is no audit checkpoint {base}.rank0 but there is {base}: the audit was started by a "
+            f"single process; resume it without torchrun, or {_afresh(base, False)}"
+        )
+    if os.path.exists(f"{base}.rank{world}"):
+        return (
+            f"there is no audit checkpoint {base}.rank0 but there is {base}.rank{world}: the audit was "
+            f"started by {_writers(f'{base}.rank{world}')} and this run has {world}; resume "
+            f"with as many processes as started the audit, or {_afresh(base, True)}"
+        )
+    return None
 
 
 def _save(
@@ -397,6 +518,7 @@ def _save(
     errors: list[float],
     passed: list[bool],
     consistent: list[bool],
+    fingerprints: list[int],
     tolerance: list[float],
 ) -> None:
     state = {
@@ -404,6 +526,7 @@ def _save(
         "settings": settings,
         "batches": batches,
         "tolerance": tolerance,
+        "fingerprints": fingerprints,
         "errors": errors,
         "passed": passed,
         "consistent": consistent,
