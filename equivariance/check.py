@@ -94,9 +94,10 @@ def check_equivariance(
         output: picks the tensor from a tuple or dict output.
         atol: tolerance on the RMS absolute error where the reference is zero.
         rtol: tolerance on the relative error.
-        batch_size: samples per forward pass; default about 2**18 input elements
-            on the CPU and 2**22 on a GPU; ``"auto"`` sizes chunks from the memory
-            the unshifted pass used (see the benchmarks page).
+        batch_size: samples per forward pass; by default about 32 MiB of
+            activations (at least 8 samples) on the CPU, measured in the
+            unshifted pass, and 2**22 input elements on a GPU; ``"auto"`` fills
+            a memory budget instead (see the benchmarks page).
         transforms: check these symmetries instead of shifts, e.g.
             ``[Rot90(1), Flip(-1)]`` (:mod:`equivariance.transforms`): each acts
             alike on the input and on the output, over the whole grid less

@@ -41,7 +41,7 @@ from torch import nn
 
 from equivariance._forward import Forward, OutputSelector
 from equivariance._isolation import isolated
-from equivariance._memory import auto_batch_size, metered, release_cached_memory
+from equivariance._memory import auto_batch_size, default_cpu_batch_size, metered, release_cached_memory
 from equivariance._progress import Progress
 from equivariance._validation import as_int, describe, per_dim
 from equivariance.errors import EquivarianceWarning, InvalidArgument
@@ -70,10 +70,10 @@ IntOrTuple = int | Sequence[int]
 Dims = tuple[int, ...]
 BatchSize = int | Literal["auto"] | None
 
-# Input elements per forward pass when batch_size is not given. On the CPU
-# chunks of about a megabyte of input keep activations in cache (for the
-# seed's LeNet, 181 canvases a pass ran 1.25x faster than 2,904); a GPU wants
-# large batches to fill its cores, limited by the activations' memory.
+# Input elements per forward pass when batch_size is not given, off the CPU: a GPU wants
+# large batches to fill its cores, limited by the activations' memory. On the CPU the
+# chunks are sized from the activations the unshifted pass measured
+# (equivariance._memory.default_cpu_batch_size); this figure stands in until then.
 DEFAULT_BATCH_ELEMENTS = {"cpu": 2**18, "cuda": 2**22}
 
 
@@ -433,10 +433,11 @@ def check_shift_fits(shift: Shift, x: torch.Tensor) -> None:
 
 
 def default_batch_size(x: torch.Tensor) -> int:
-    """Samples per forward pass when the caller does not say.
+    """Samples per forward pass when the caller does not say, before the unshifted pass.
 
-    About 2**18 input elements per pass on the CPU and 2**22 on a GPU, at
-    least one sample.
+    About 2**22 input elements per pass on a GPU, at least one sample. On the
+    CPU, :func:`measure` replaces its 2**18 elements by chunks sized from the
+    activations of the unshifted pass (:func:`~equivariance._memory.default_cpu_batch_size`).
     """
     budget = DEFAULT_BATCH_ELEMENTS.get(x.device.type, DEFAULT_BATCH_ELEMENTS["cuda"])
     return max(1, budget // max(1, x[0].numel()))
@@ -508,6 +509,7 @@ def measure(
             if isinstance(shift, Shift):
                 shift / strides  # raises for a shift the stride does not divide
     auto = batch_size == "auto"
+    sized_by_activations = auto or (batch_size is None and x.device.type == "cpu")
     if batch_size is None or auto:
         batch_size = default_batch_size(x)
     else:
@@ -519,18 +521,20 @@ def measure(
     plan: list[Shift | Transform] = [Shift.identity(d), *shifts] if noise_floor else list(shifts)
     in_offsets = torch.tensor([_offsets(s, d) for s in plan], dtype=torch.long)
     total = len(plan) * n
-    note = (
-        f" (the check sends shifted copies of x through the model in batches of up to "
-        f"{batch_size} samples; if the model needs a fixed batch size, pass batch_size={n})"
-        if batch_size > n
-        else ""
-    )
     with isolated(forward.model):
         # clone: a model may hand out the same output buffer on every call
-        with metered(forward.model, enabled=auto) as meter:
+        with metered(forward.model, enabled=sized_by_activations) as meter:
             base = forward(x.clone()).clone()
         if auto:
             batch_size = auto_batch_size(x, base, meter, total)
+        elif sized_by_activations:
+            batch_size = default_cpu_batch_size(x, base, meter, total)
+        note = (
+            f" (the check sends shifted copies of x through the model in batches of up to "
+            f"{batch_size} samples; if the model needs a fixed batch size, pass batch_size={n})"
+            if batch_size > n
+            else ""
+        )
         _check_finite(base, "the unshifted input x")
         comparison = (
             _Comparison(base, plan, d, strides, margins, boundary, output_action) if equivariant else None

@@ -8,7 +8,15 @@ from conftest import canvas
 
 from equivariance import Flip, Rot90, check_equivariance, check_invariance, equivariance_error
 from equivariance._forward import Forward
-from equivariance._memory import CPU_BUDGET_BYTES, ActivationMeter, auto_batch_size, metered
+from equivariance._memory import (
+    CPU_BUDGET_BYTES,
+    CPU_CHUNK_BYTES,
+    CPU_MIN_CHUNK,
+    ActivationMeter,
+    auto_batch_size,
+    default_cpu_batch_size,
+    metered,
+)
 from equivariance.metric import measure
 from equivariance.models import LeNet
 from equivariance.shifts import shifts_in_box
@@ -90,6 +98,33 @@ def test_auto_batch_size_is_at_least_one_and_at_most_the_sweep() -> None:
     assert auto_batch_size(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), meter, total=50) == 1
     meter.bytes = 1
     assert auto_batch_size(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), meter, total=50) == 50
+
+
+def test_default_cpu_chunks_hold_about_32_mib_of_activations_and_at_least_8_samples() -> None:
+    wide = torch.nn.Sequential(torch.nn.Conv2d(1, 128, 3, padding=1), torch.nn.ReLU())
+    x = torch.randn(4, 1, 64, 64)
+    with metered(wide) as meter:
+        wide(x)
+    per_sample = (meter.bytes + x.numel() * 4 + 128 * x.numel() * 4) // len(x)  # activations, input, output
+    assert per_sample > 4 * 2**20  # 4 MiB a sample: 32 MiB would be fewer than 8
+    report = check_equivariance(wide, x, max_shift=2, boundary="circular")
+    assert report.batch_size == CPU_MIN_CHUNK
+    small = canvas(8)  # LeNet's layers on 38x38: a third of a MiB a sample
+    lenet = check_equivariance(LeNet(), small, max_shift=2, layer="conv4")
+    features = check_equivariance(LeNet().features, small, max_shift=2)  # a bound method: its module's layers
+    with metered(LeNet().features) as meter:
+        LeNet().features(small)
+    assert meter.bytes == 0  # another instance: no hooks of ours on it
+    assert CPU_MIN_CHUNK < lenet.batch_size <= 26 * 8
+    assert 0.5 < features.batch_size / lenet.batch_size < 2
+    # a sweep smaller than a chunk is one chunk; a sample beyond the budget is a chunk of one
+    meter = ActivationMeter()
+    meter.bytes = 4 * CPU_BUDGET_BYTES
+    assert default_cpu_batch_size(torch.zeros(4, 1, 4, 4), torch.zeros(4, 1, 4, 4), meter, total=50) == 1
+    meter.bytes = 0  # no leaf reported: four outputs' worth stands in
+    tiny = default_cpu_batch_size(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), meter, total=10**9)
+    assert tiny == CPU_CHUNK_BYTES // (6 * 16 * 4)
+    assert default_cpu_batch_size(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), meter, total=50) == 50
 
 
 def test_progress_bar_on_request_and_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
