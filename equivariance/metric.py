@@ -353,6 +353,29 @@ class _Squares:
         return False
 
 
+def squared_distances(
+    outputs: torch.Tensor, reference: torch.Tensor, dims: Dims
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum((outputs - reference)^2)`` and ``sum(reference^2)`` over ``dims``, for one comparison.
+
+    In float32 where the sums are finite and every sample's reference norm is
+    large enough (as :class:`_Squares` decides for the engine's chunks), else
+    again in float64: fast for the common case, exact whatever the outputs'
+    scale. The inputs must be finite.
+    """
+    exact = accumulation_dtype(outputs.device)
+    work = exact if torch.float64 in (outputs.dtype, reference.dtype) else torch.float32
+    while True:
+        diff = (outputs.to(work) - reference.to(work)).square_().sum(dims)
+        ref = reference.to(work).square().sum(dims)
+        rows = ref.reshape(len(ref), -1).sum(1)
+        if work == exact or (
+            bool(torch.isfinite(diff.sum())) and bool((rows >= _FLOAT32_MIN_REFERENCE).all())
+        ):
+            return diff.to(exact), ref.to(exact)  # reduced maps: cheap, and their ratios cannot overflow
+        work = exact
+
+
 def squared_norms(tensor: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``sum(tensor^2)`` over ``dims``, in float64 (float32 on MPS)."""
     return tensor.to(accumulation_dtype(tensor.device)).square().sum(dims)

@@ -37,7 +37,7 @@ from equivariance._hints import within
 from equivariance._isolation import isolated
 from equivariance._validation import describe
 from equivariance.errors import InvalidArgument
-from equivariance.metric import check_input, check_shift_fits, sample_errors
+from equivariance.metric import check_input, check_shift_fits, sample_errors, squared_distances
 from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift, check_boundary
 from equivariance.tolerances import resolve_tolerance
 from equivariance.transforms import Transform
@@ -441,12 +441,11 @@ def _profile_layer(
 ) -> LayerProfile:
     if not both.dtype.is_floating_point:
         both = both.double()
-    base, moved = both[:n].double(), both[n:].double()
+    base, moved = both[:n], both[n:]
     d = len(stride) if stride is not None else 0
     shape = tuple(base.shape)
     if stride is None or base.dim() < 2 + d:
-        diff = (moved - base).reshape(n, -1).square().sum(1)
-        ref = base.reshape(n, -1).square().sum(1)
+        diff, ref = squared_distances(moved.reshape(n, -1), base.reshape(n, -1), (1,))
         count = torch.tensor(float(base[0].numel()))
         errors, absolute = sample_errors(diff, ref, count)
         passed = bool(within(errors, absolute, tolerance).all())
@@ -472,10 +471,8 @@ def _profile_layer(
     else:
         region = tuple(slice(0, size) for size in spatial_out)
     lead = (slice(None),) * (base.dim() - d)
-    diff_map = (moved - reference)[lead + region].square()
-    ref_map = reference[lead + region].square()
     channel_dims = tuple(range(1, base.dim() - d))
-    diff_map, ref_map = diff_map.sum(channel_dims), ref_map.sum(channel_dims)
+    diff_map, ref_map = squared_distances(moved[lead + region], reference[lead + region], channel_dims)
     channels = int(torch.tensor(shape[1 : base.dim() - d]).prod()) if base.dim() > 1 + d else 1
     sides = tuple(r.stop - r.start for r in region)
     count = torch.tensor(float(channels * int(torch.tensor(sides).prod())))
@@ -523,8 +520,7 @@ def _transform_layer(
     d, n = len(stride), len(base)
     shape = tuple(base.shape)
     reference = transform.apply(base, d)  # raises, saying so, if a layer's output is not square
-    diff = (moved - reference).reshape(n, -1).square().sum(1)
-    ref = reference.reshape(n, -1).square().sum(1)
+    diff, ref = squared_distances(moved.reshape(n, -1), reference.reshape(n, -1), (1,))
     errors, absolute = sample_errors(diff, ref, torch.tensor(float(base[0].numel())))
     passed = bool(within(errors, absolute, tolerance).all())
     cause: str | None = None

@@ -113,6 +113,31 @@ def test_a_layer_with_no_symmetry_is_no_symmetry() -> None:
     assert (profile.first_failure.name, profile.first_failure.cause) == ("embed", "no symmetry")
 
 
+class Scaled(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_the_profile_does_not_depend_on_the_output_scale(scale: float) -> None:
+    # float32 sums are kept only where they are exact enough: 1e-30 underflows their squares,
+    # 1e30 overflows them; either way the profile measures in float64 instead
+    x = canvas(batch=2, size=20, content=12)
+    conv = nn.Sequential(nn.Conv2d(1, 3, 3), Scaled(scale))
+    profile = profile_equivariance(conv, x, (1, 2))
+    assert profile.passed
+    assert profile.layers[-1].error < 1e-6
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(400, 400), nn.Unflatten(1, (1, 20, 20)), Scaled(scale))
+    failing = profile_equivariance(dense, x, (1, 2))
+    assert failing.first_failure is not None
+    assert failing.first_failure.name == "0"  # Flatten: the spatial dims are gone
+    assert 0.1 < failing.layers[-1].error < 10
+
+
 def test_lenet_profile_ends_in_the_dense_head() -> None:
     x = canvas(batch=2, size=28, content=20)
     profile = profile_equivariance(LeNet(), x, (2, 0))
