@@ -318,6 +318,7 @@ class _Squares:
     def __init__(self, output: torch.Tensor) -> None:
         self.exact = accumulation_dtype(output.device)
         self.work = self.exact if output.dtype == torch.float64 else torch.float32
+        self.scratch: torch.Tensor | None = None
 
     def diff(
         self, outputs: torch.Tensor, reference: torch.Tensor | list[tuple[slice, torch.Tensor]], dims: Dims
@@ -326,15 +327,23 @@ class _Squares:
 
         ``reference`` is a tensor, or runs ``(items, view)`` (see
         :meth:`ShiftedWindows.runs`) subtracted without gathering them first.
+        The difference is written to one scratch tensor kept across chunks:
+        a fresh one each chunk costs the page faults of touching new memory.
         """
+        outputs = outputs.to(self.work)
+        difference = self._scratch(outputs)
         if isinstance(reference, torch.Tensor):
-            difference = outputs.to(self.work) - reference.to(self.work)
+            torch.sub(outputs, reference.to(self.work), out=difference)
         else:
-            difference = torch.empty(outputs.shape, dtype=self.work, device=outputs.device)
-            outputs = outputs.to(self.work)
             for items, view in reference:
                 torch.sub(outputs[items], view.to(self.work), out=difference[items])
-        return difference.square_().sum(dims)  # a fresh tensor: squared in place
+        return difference.square_().sum(dims)
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        scratch = self.scratch
+        if scratch is None or scratch.numel() < like.numel() or scratch.dtype != like.dtype:
+            scratch = self.scratch = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return scratch[: like.numel()].view(like.shape)
 
     def trusted(
         self, diff: torch.Tensor, ref_rows: torch.Tensor, outputs: torch.Tensor, what: Callable[[], str]
@@ -605,6 +614,7 @@ def measure(
                     raise
                 batch_size = len(items) // 2  # halve the chunk and retry it
                 bar.total = bar.count + -(-(total - start) // batch_size)
+                squares.scratch = None  # sized for the larger chunk
                 release_cached_memory(x.device)
                 continue
             start += len(items)
