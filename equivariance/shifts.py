@@ -546,18 +546,20 @@ class ShiftedWindows:
         """
         if self.windows.device.type != "cpu":
             return None
-        starts = self.pads - self._canonical(offsets.cpu())
-        index = index.cpu()
-        new_run = torch.ones(len(index), dtype=torch.bool)
-        new_run[1:] = (starts[1:] != starts[:-1]).any(1) | (index[1:] != index[:-1] + 1)
-        firsts = new_run.nonzero().flatten().tolist()
+        starts = (self.pads - self._canonical(offsets.cpu())).tolist()
+        samples = index.tolist()  # a chunk's items: plain lists are faster than small tensor ops
+        bounds = [0]
+        for b in range(1, len(samples)):
+            if starts[b] != starts[b - 1] or samples[b] != samples[b - 1] + 1:
+                bounds.append(b)
+        bounds.append(len(samples))
         window = math.prod(self.windows.shape[self.windows.dim() - len(self.sizes) :])
-        if len(index) * window * self.per_sample < _RUN_ELEMENTS * len(firsts):
+        if len(samples) * window * self.per_sample < _RUN_ELEMENTS * (len(bounds) - 1):
             return None
-        bounds = [*firsts, len(index)]
         runs = []
-        for first, stop, i in zip(bounds, bounds[1:], index[firsts].tolist()):
-            key = (slice(i, i + stop - first), *self.lead, *starts[first].tolist())
+        for first, stop in itertools.pairwise(bounds):
+            i = samples[first]
+            key = (slice(i, i + stop - first), *self.lead, *starts[first])
             runs.append((slice(first, stop), self.windows[key]))
         return runs
 
