@@ -211,7 +211,7 @@ def main() -> None:
         if args.device == "cuda"
         else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     )
-    title = f"torch {torch.__version__} on {name}; medians of {args.repeats} runs"
+    title = f"torch {torch.__version__} on {name}; medians of {args.repeats} rounds"
     print(title + "\n")
     print(line((*HEADER[:-1], "peak MiB")))
     rows, profile_rows = [], []
