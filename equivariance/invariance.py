@@ -21,7 +21,8 @@ Each returns an :class:`InvarianceMetric`: the value, the number of
 comparisons ``n`` it is averaged over and a 95% confidence interval (Wilson's
 score interval for the two proportions, a normal interval for the mean).
 Shifted inputs are made by one vectorized gather and run through the model
-in batches; random shifts come from a local ``torch.Generator`` seeded with
+in batches (a batch that runs out of CUDA memory is halved and retried, as in
+the checks); random shifts come from a local ``torch.Generator`` seeded with
 ``seed``, so the caller's RNG is untouched and a result is reproducible.
 """
 
@@ -37,6 +38,7 @@ import torch
 
 from equivariance._forward import Forward, OutputSelector
 from equivariance._isolation import isolated
+from equivariance._memory import release_cached_memory
 from equivariance._validation import as_int, per_dim
 from equivariance.errors import InvalidArgument
 from equivariance.metric import IntOrTuple, check_input, default_batch_size
@@ -309,15 +311,28 @@ def _logits(
     boundary: Boundary,
     batch_size: int | None,
 ) -> torch.Tensor:
-    """The outputs for ``Shift(offsets[b]).apply(x[index[b]])``, for every ``b``, in batches."""
+    """The outputs for ``Shift(offsets[b]).apply(x[index[b]])``, for every ``b``, in batches.
+
+    A batch that runs out of CUDA memory is halved and retried, down to one
+    sample, as in the engine (:func:`~equivariance.metric.measure`).
+    """
     size = default_batch_size(x) if batch_size is None else as_int(batch_size, "batch_size")
     if size < 1:
         raise InvalidArgument(f"batch_size must be positive, found {size}")
     windows = ShiftedWindows(x, offsets, boundary)
     pieces = []
+    start = 0
     with isolated(forward.model):
-        for start in range(0, len(index), size):
-            chunk = slice(start, start + size)
-            out = forward(windows.take(index[chunk], offsets[chunk]))
+        while start < len(index):
+            chunk = slice(start, min(start + size, len(index)))
+            try:
+                out = forward(windows.take(index[chunk], offsets[chunk]))
+            except torch.cuda.OutOfMemoryError:
+                if chunk.stop - chunk.start == 1:
+                    raise
+                size = (chunk.stop - chunk.start) // 2
+                release_cached_memory(x.device)
+                continue
             pieces.append(out.detach().cpu())
+            start = chunk.stop
     return torch.cat(pieces)

@@ -1,7 +1,7 @@
 """Audit a model's shift equivariance over a whole dataset, on one process or many.
 
     python examples/audit_dataset.py                        # one process
-    torchrun --nproc_per_node 2 examples/audit_dataset.py   # two processes, same numbers
+    torchrun --standalone --nproc_per_node 2 examples/audit_dataset.py   # two processes, same numbers
 
 Under torchrun each process audits its shard of the dataset (a
 DistributedSampler) and rank 0 prints the combined result. Prints the result

@@ -127,6 +127,32 @@ def test_batching_does_not_change_the_result() -> None:
     assert consistency(dense, x, pairs=2, batch_size=7) == consistency(dense, x, pairs=2)
 
 
+def test_a_batch_that_runs_out_of_cuda_memory_is_halved_and_retried() -> None:
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    seen: list[int] = []
+
+    def small_gpu(t: torch.Tensor) -> torch.Tensor:
+        seen.append(len(t))
+        if len(t) > 8:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake: batch {len(t)} > 8)")
+        out: torch.Tensor = dense(t)
+        return out
+
+    x = torch.randn(30, 1, 8, 8)
+    assert consistency(small_gpu, x, pairs=2, batch_size=40) == consistency(dense, x, pairs=2)
+    assert seen[:3] == [40, 20, 10]
+    assert max(seen[3:]) <= 8
+
+    def no_memory(t: torch.Tensor) -> torch.Tensor:
+        seen.append(len(t))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake: always)")
+
+    seen.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # down to one sample, then it is the user's
+        logit_change(no_memory, x, batch_size=4)
+    assert seen == [4, 2, 1]
+
+
 def test_wilson_interval() -> None:
     assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
     low, high = wilson_interval(10, 10)
