@@ -155,7 +155,9 @@ def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
     ax.axhline(profile.rtol, color="black", linestyle="--", linewidth=1, label=f"rtol {profile.rtol:.0e}")
     ax.set_xticks(range(len(rows)), [f"{r.name}\n{r.type}" for r in rows])
     ax.set_ylabel("relative error")
-    ax.set_title(f"{profile.subject} under shift {profile.shift}")
+    what = "shift" if isinstance(profile.shift, Shift) else "transform"  # Shift first: it has apply() too
+    subject = profile.subject if profile.up_to is None else f"{profile.subject} up to {profile.up_to}"
+    ax.set_title(f"{subject} under {what} {profile.shift}")
     ax.legend(loc="upper left")
     return ax
 

@@ -61,7 +61,7 @@ def test_feature_animation_writes_a_gif(tmp_path: Path) -> None:
 
 
 def test_profile_chart_colours_the_failing_layers(tmp_path: Path) -> None:
-    from equivariance import profile_equivariance
+    from equivariance import Rot90, profile_equivariance
     from equivariance.viz import profile_chart
 
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 2, stride=2), nn.Flatten())
@@ -71,4 +71,7 @@ def test_profile_chart_colours_the_failing_layers(tmp_path: Path) -> None:
     failing = [not layer.passed for layer in profile.layers]
     assert failing == [False, False, True, True]
     assert colours[0] != colours[2]  # green for the equivariant layers, red from the stride on
+    assert ax.get_title() == "Sequential under shift (1, 0)"
     ax.figure.savefig(tmp_path / "profile.png")
+    rotated = profile_chart(profile_equivariance(net, torch.randn(2, 1, 16, 16), Rot90(1), up_to="2"))
+    assert rotated.get_title() == "Sequential up to 2 under transform Rot90(1)"
