@@ -321,15 +321,34 @@ class _Squares:
         self.scratch: torch.Tensor | None = None
 
     def diff(
-        self, outputs: torch.Tensor, reference: torch.Tensor | list[tuple[slice, torch.Tensor]], dims: Dims
+        self,
+        outputs: torch.Tensor,
+        reference: torch.Tensor | list[tuple[slice, torch.Tensor]],
+        dims: Dims,
+        ref_rows: torch.Tensor,
+        what: Callable[[], str],
     ) -> torch.Tensor:
-        """``sum((outputs - reference)^2)`` over ``dims``.
+        """``sum((outputs - reference)^2)`` over ``dims``, redone in float64 where float32 fails.
 
         ``reference`` is a tensor, or runs ``(items, view)`` (see
-        :meth:`ShiftedWindows.runs`) subtracted without gathering them first.
-        The difference is written to one scratch tensor kept across chunks:
-        a fresh one each chunk costs the page faults of touching new memory.
+        :meth:`ShiftedWindows.runs`) subtracted without gathering them first;
+        ``ref_rows`` are the reference's squared norms a sample. Raises
+        InvalidArgument for non-finite outputs, which the sums propagate.
         """
+        diff = self._diff(outputs, reference, dims)
+        if not bool(torch.isfinite(diff.sum())):
+            _check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
+        if self.work == self.exact or _float32_sums_hold(diff, ref_rows):
+            # (finite float64 outputs beyond 1e154 overflow their squares: the error is inf)
+            return diff
+        self.work = self.exact
+        return self._diff(outputs, reference, dims)
+
+    def _diff(
+        self, outputs: torch.Tensor, reference: torch.Tensor | list[tuple[slice, torch.Tensor]], dims: Dims
+    ) -> torch.Tensor:
+        # the difference goes to one scratch tensor kept across chunks: a fresh one each chunk
+        # costs the page faults of touching new memory
         outputs = outputs.to(self.work)
         difference = self._scratch(outputs)
         if isinstance(reference, torch.Tensor):
@@ -345,21 +364,10 @@ class _Squares:
             scratch = self.scratch = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
         return scratch[: like.numel()].view(like.shape)
 
-    def trusted(
-        self, diff: torch.Tensor, ref_rows: torch.Tensor, outputs: torch.Tensor, what: Callable[[], str]
-    ) -> bool:
-        """Whether ``diff``, the output of :meth:`diff`, can stand; if not, it is to be redone.
 
-        Raises InvalidArgument for non-finite outputs.
-        """
-        if not bool(torch.isfinite(diff.sum())):
-            _check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
-        elif self.work == self.exact or bool((ref_rows >= _FLOAT32_MIN_REFERENCE).all()):
-            return True
-        if self.work == self.exact:
-            return True  # finite float64 outputs beyond 1e154: their squares overflow, the error is inf
-        self.work = self.exact
-        return False
+def _float32_sums_hold(diff: torch.Tensor, ref_rows: torch.Tensor) -> bool:
+    """Whether float32 sums of squared differences can stand: finite, with large enough references."""
+    return bool(torch.isfinite(diff.sum())) and bool((ref_rows >= _FLOAT32_MIN_REFERENCE).all())
 
 
 def squared_distances(
@@ -377,10 +385,7 @@ def squared_distances(
     while True:
         diff = (outputs.to(work) - reference.to(work)).square_().sum(dims)
         ref = reference.to(work).square().sum(dims)
-        rows = ref.reshape(len(ref), -1).sum(1)
-        if work == exact or (
-            bool(torch.isfinite(diff.sum())) and bool((rows >= _FLOAT32_MIN_REFERENCE).all())
-        ):
+        if work == exact or _float32_sums_hold(diff, ref.reshape(len(ref), -1).sum(1)):
             return diff.to(exact), ref.to(exact)  # reduced maps: cheap, and their ratios cannot overflow
         work = exact
 
@@ -601,9 +606,7 @@ def measure(
                     assert base_sq is not None
                     rows = sample.to(base.device)
                     flat, reference = outputs.reshape(len(items), -1), base[rows].reshape(len(items), -1)
-                    diff_rows = squares.diff(flat, reference, (1,))
-                    if not squares.trusted(diff_rows, base_sq[rows], outputs, what):
-                        diff_rows = squares.diff(flat, reference, (1,))
+                    diff_rows = squares.diff(flat, reference, (1,), base_sq[rows], what)
                     diff_sq[chunk] = diff_rows.cpu().double()
                     ref_sq[chunk] = base_sq[rows].cpu().double()
                 else:
@@ -741,13 +744,8 @@ class _Comparison:
         at_least = (sides - 2 * r.view(1, -1, 1)).clamp_min(0).prod(dim=2)  # (K, depth + 1)
         return (at_least[:, :-1] - at_least[:, 1:]) * self.channels
 
-    def reference(
-        self, shift_index: torch.Tensor, sample: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``g'.f(x)`` for every item of a batch, and a mask if the output action gave one."""
-        if self.windows is not None:
-            assert self.out_offsets is not None
-            return self.windows.take(sample, shift_index), None
+    def acted(self, shift_index: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g'.f(x)`` by the custom output action, for every item of a batch, and its mask."""
         assert self.output_action is not None
         pieces, masks = [], []
         # A Python loop over the shifts present in this batch, on outputs only:
@@ -803,13 +801,12 @@ class _Comparison:
         action_mask = None
         reference: torch.Tensor | list[tuple[slice, torch.Tensor]]
         if self.windows is not None:
-            assert self.out_offsets is not None
             assert self.ref_windows is not None
             runs = self.windows.runs(sample, shift_index)
             reference = runs if runs is not None else self.windows.take(sample, shift_index)
             ref_map = self.ref_windows.take(sample, shift_index)
         else:
-            reference, action_mask = self.reference(shift_index, sample)
+            reference, action_mask = self.acted(shift_index, sample)
             ref_map = squared_norms(reference, self.channel_dims)
         device = outputs.device
         dist = _edge_distance(self.lo[shift_index].to(device), self.hi[shift_index].to(device), self.spatial)
@@ -818,9 +815,7 @@ class _Comparison:
             inside &= action_mask
         ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
         ref_rows = ref_map.sum(1)
-        diff_map = squares.diff(outputs, reference, self.channel_dims)
-        if not squares.trusted(diff_map, ref_rows, outputs, what):
-            diff_map = squares.diff(outputs, reference, self.channel_dims)
+        diff_map = squares.diff(outputs, reference, self.channel_dims, ref_rows, what)
         diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
         bucket = dist.clamp(0, self.depth - 1).flatten(1)
         border_diff = diff_map.new_zeros(len(diff_map), self.depth).scatter_add_(1, bucket, diff_map)
