@@ -140,9 +140,7 @@ def _checker(request: pytest.FixtureRequest, kind: str) -> Callable[..., Equivar
         run = equivariance.check_equivariance if kind == "equivariance" else equivariance.check_invariance
         report = run(model, x, shifts, **options)
         summary.record(report)
-        if not report.passed:
-            raise equivariance.EquivarianceError(str(report), report)
-        return report
+        return report.raise_if_failed()
 
     return check
 
@@ -185,7 +183,7 @@ def _record(nodeid: str, report: EquivarianceReport) -> dict[str, Any]:
         "kind": report.kind,
         "model": report.subject,
         "shifts": len(report.results),
-        "worst": str(report.worst_shift),
+        "worst": str(report.worst_element),
         "error": report.max_error,
         "rtol": report.rtol,
         "dtype": report.dtype,

@@ -3,111 +3,138 @@
 Each hint names a likely cause and a concrete fix. They are read off the
 measurement without running the model again: which shifts failed (a stride
 pattern), where in the output the error sits (a boundary effect, from the
-error split by distance to the edge), and the noise floor.
+error split by distance to the edge: the margin rule of
+`equivariance._judge`), and the noise floor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-import torch
-
-from equivariance.metric import Measurement, sample_errors
+from equivariance._judge import margin_that_passes
+from equivariance._plan import Plan
+from equivariance._sinks import Sums
+from equivariance.layouts import Tokens, other_readings
 from equivariance.shifts import Shift
 from equivariance.tolerances import Tolerance
 
 
-def within(errors: torch.Tensor, absolute: torch.Tensor, tolerance: Tolerance) -> torch.Tensor:
-    """Which errors pass: relative ones against rtol, absolute ones against atol."""
-    return torch.where(absolute, errors <= tolerance.atol, errors <= tolerance.rtol)
+@dataclass(frozen=True)
+class Verdicts:
+    """A check's outcome per element (the rows after the noise floor's), and its noise floor."""
+
+    passed: Sequence[bool]
+    errors: Sequence[float]
+    sums: Sums
+    tolerance: Tolerance
+    noise_floor: float
 
 
-def hints_for(
-    measurement: Measurement,
-    passed: Sequence[bool],
-    errors: Sequence[float],
-    tolerance: Tolerance,
-    noise_floor: float,
-    *,
-    equivariance: bool,
-    boundary: str,
-    strides: tuple[int, ...],
-    margin: tuple[int, ...],
-    custom_action: bool,
-) -> tuple[str, ...]:
+def hints_for(plan: Plan, verdicts: Verdicts) -> tuple[str, ...]:
     """The hints for a failed check (none for a passed one)."""
-    if all(passed):
+    if all(verdicts.passed):
         return ()
     hints: list[str] = []
-    noisy = noise_floor > tolerance.rtol
+    noisy = verdicts.noise_floor > verdicts.tolerance.rtol
     if noisy:
         hints.append(
-            f"the identity shift alone measures an error of {noise_floor:.1e} through the batched "
-            f"path, above rtol={tolerance.rtol:.0e}: the output depends on the batch it is computed "
+            f"the identity shift alone measures an error of {verdicts.noise_floor:.1e} through the batched "
+            f"path, above rtol={verdicts.tolerance.rtol:.0e}: the output depends on the batch it is computed "
             "in, not only on the sample. Batch statistics (BatchNorm with "
             "track_running_stats=False), randomness in forward, or batch-size-dependent kernels "
             "and reduced precision do this; for the numerics, pass a looser rtol or use float64"
         )
-    transformed = not all(isinstance(s, Shift) for s in measurement.shifts)
-    if not equivariance:
-        hints.append(
+    transformed = not all(isinstance(e, Shift) for e in plan.elements)
+    if plan.grid is None:
+        hints.append(_invariance_hint(transformed))
+        return tuple(hints)
+    if transformed:
+        return (*hints, *_transform_hints(verdicts, plan.margins, noisy))
+    return (*hints, *_shift_hints(plan, verdicts, noisy))
+
+
+def _invariance_hint(transformed: bool) -> str:
+    if transformed:
+        return (
             "the output changes when the input is rotated or flipped; invariance needs features that "
             "rotate or flip with the input (kernels averaged over the group, as in a p4 / p4m group "
             "convolution) pooled over the whole map and over the group (global average pooling)"
-            if transformed
-            else "the output changes when the input moves; invariance needs pooling over the whole map "
-            "(global average pooling) and, for an exact result, circular shifts or content on a "
-            "zero canvas that stays inside it"
         )
-        return tuple(hints)
-    if transformed:
-        return (*hints, *_transform_hints(measurement, tolerance, margin, noisy))
-    shifts = [s for s in measurement.shifts if isinstance(s, Shift)]
-    spatial_in = measurement.input_shape[2:]
-    spatial_out = measurement.output_shape[len(measurement.output_shape) - len(spatial_in) :]
-    found = len(hints)
+    return (
+        "the output changes when the input moves; invariance needs pooling over the whole map "
+        "(global average pooling) and, for an exact result, circular shifts or content on a "
+        "zero canvas that stays inside it"
+    )
+
+
+def _shift_hints(plan: Plan, verdicts: Verdicts, noisy: bool) -> list[str]:
+    assert plan.grid_base is not None
+    assert plan.grid is not None
+    shifts = [e for e in plan.elements if isinstance(e, Shift)]
+    d = plan.request.spatial_dims
+    spatial_in = tuple(plan.request.x.shape[2:])
+    spatial_out = tuple(plan.grid_base.shape[-d:])
+    custom = plan.request.output_action is not None
+    layout = _layout_hint(plan)
+    if layout:
+        return [layout]  # read in another layout, the sizes and borders would say other things
+    hints = []
     ratios = [n_in / n_out for n_in, n_out in zip(spatial_in, spatial_out)]
-    stride_hint = _divisibility_hint(shifts, passed, subsampled=min(ratios) >= 1.5)
+    stride_hint = _divisibility_hint(shifts, verdicts.passed, subsampled=min(ratios) >= 1.5)
     if stride_hint:
         hints.append(stride_hint)
-    if not custom_action and all(s == 1 for s in strides) and all(r >= 2 for r in ratios):
+    if not custom and all(s == 1 for s in plan.strides) and all(r >= 2 for r in ratios):
         k = round(min(ratios))
         hints.append(
-            f"the output {tuple(spatial_out)} is about {k} times smaller than the input "
-            f"{tuple(spatial_in)}; if the model subsamples by {k}, pass stride={k} so the "
+            f"the output {spatial_out} is about {k} times smaller than the input "
+            f"{spatial_in}; if the model subsamples by {k}, pass stride={k} so the "
             f"expected output shift is shift / {k}"
         )
-    if boundary == "circular" and not custom_action:
-        expected = tuple(n // s for n, s in zip(spatial_in, strides))
-        if tuple(spatial_out) != expected:
+    if plan.grid.boundary == "circular" and not custom:
+        expected = tuple(n // s for n, s in zip(spatial_in, plan.strides))
+        if spatial_out != expected:
             hints.append(
-                f"boundary='circular' but the output's spatial size {tuple(spatial_out)} is not the "
-                f"input's {tuple(spatial_in)} divided by the stride: only circularly padded models "
+                f"boundary='circular' but the output's spatial size {spatial_out} is not the "
+                f"input's {spatial_in} divided by the stride: only circularly padded models "
                 "are equivariant on the torus; use boundary='zeros' for valid or zero-padded "
                 "convolutions"
             )
-    border = _border_hint(measurement, tolerance, margin)
+    border = _border_hint(verdicts, plan.margins)
     if border:
         hints.append(border)
-    if len(hints) == found and not noisy:
-        nonzero = [e for s, e in zip(shifts, errors) if not s.is_identity]
-        failing_nonzero = [p for s, p in zip(shifts, passed) if not s.is_identity]
-        if nonzero and not any(failing_nonzero):
-            smallest = min(nonzero)
+    if not hints and not noisy:
+        nonzero = [e for s, e in zip(shifts, verdicts.errors) if not s.is_identity]
+        passing_nonzero = [p for s, p in zip(shifts, verdicts.passed) if not s.is_identity]
+        if nonzero and not any(passing_nonzero):
             hints.append(
-                f"every nonzero shift fails, with errors of {smallest:.1e} or more, and the error is "
+                f"every nonzero shift fails, with errors of {min(nonzero):.1e} or more, and the error is "
                 "not confined to the borders: the output does not move with the input. Dense "
                 "layers (flatten, fully connected), positional embeddings or absolute coordinates "
                 "break translation equivariance; check an earlier layer with layer="
             )
-    return tuple(hints)
+    return hints
 
 
-def _transform_hints(
-    measurement: Measurement, tolerance: Tolerance, margin: tuple[int, ...], noisy: bool
-) -> list[str]:
+def _layout_hint(plan: Plan) -> str | None:
+    """A default (channels first) reading of an output whose shape reads as another layout."""
+    if plan.request.layout is not None:
+        return None
+    shape, spatial_in = tuple(plan.base.shape), tuple(plan.request.x.shape[2:])
+    readings = other_readings(shape, spatial_in)
+    if not readings:
+        return None
+    layout = readings[0]
+    name = repr(layout) if isinstance(layout, Tokens) else repr(layout.name)
+    return (
+        f"the output of shape {shape} was read as channels first, but it reads as {layout.describe()} "
+        f"on a grid of the input's {spatial_in} as well; if that is its layout, pass layout={name}"
+    )
+
+
+def _transform_hints(verdicts: Verdicts, margin: tuple[int, ...], noisy: bool) -> list[str]:
     """Rotations and flips: a boundary effect, or no symmetry at all."""
-    border = _border_hint(measurement, tolerance, margin)
+    border = _border_hint(verdicts, margin)
     if border:
         return [border]
     if noisy:
@@ -148,26 +175,20 @@ def _divisibility_hint(shifts: Sequence[Shift], passed: Sequence[bool], *, subsa
     return None
 
 
-def _border_hint(measurement: Measurement, tolerance: Tolerance, margin: tuple[int, ...]) -> str | None:
+def _border_hint(verdicts: Verdicts, margin: tuple[int, ...]) -> str | None:
     """Errors that vanish once ``r`` more samples are dropped at each edge."""
-    if measurement.border_diff is None or measurement.border_ref is None:
+    sums = verdicts.sums
+    if sums.border_diff is None or sums.border_ref is None or sums.border_count is None:
         return None
-    assert measurement.border_count is not None
-    # Sums over the positions at distance >= r from the edge, for every r.
-    diff = measurement.border_diff.flip(-1).cumsum(-1).flip(-1)
-    ref = measurement.border_ref.flip(-1).cumsum(-1).flip(-1)
-    count = measurement.border_count.flip(-1).cumsum(-1).flip(-1)
-    depth = diff.shape[-1]
-    for r in range(1, depth):
-        if bool((count[:, r] == 0).any()):
-            return None
-        errors, absolute = sample_errors(diff[..., r], ref[..., r], count[:, r])
-        if bool(within(errors, absolute, tolerance).all()):
-            suggested = tuple(m + r for m in margin)
-            shown = suggested[0] if len(set(suggested)) == 1 else suggested
-            return (
-                f"errors only within {r} sample{'s' if r > 1 else ''} of the borders of the compared "
-                f"region: a boundary effect (zero padding, or content leaving the canvas); pass "
-                f"margin={shown} or put the content on a larger zero canvas"
-            )
-    return None
+    r = margin_that_passes(
+        sums.border_diff, sums.border_ref, sums.border_count, verdicts.tolerance, sums.scale
+    )
+    if r is None:
+        return None
+    suggested = tuple(m + r for m in margin)
+    shown = suggested[0] if len(set(suggested)) == 1 else suggested
+    return (
+        f"errors only within {r} sample{'s' if r > 1 else ''} of the borders of the compared "
+        f"region: a boundary effect (zero padding, or content leaving the canvas); pass "
+        f"margin={shown} or put the content on a larger zero canvas"
+    )

@@ -1,9 +1,10 @@
 """Chunk sizes from memory: ``batch_size="auto"`` and the retry after a CUDA out-of-memory error.
 
 The memory a forward pass needs per sample is estimated from the unshifted
-pass the engine runs anyway: the bytes of every leaf module's output (an upper
-bound on the activations alive at once without autograd) plus the input,
-divided by the batch. ``"auto"`` then fits as many samples into a chunk as a
+pass the engine runs anyway (or, where there is none, from the first chunk):
+the bytes of every leaf module's output (an upper bound on the activations
+alive at once without autograd) plus the input and output, divided by the
+batch. ``"auto"`` then fits as many samples into a chunk as a
 budget allows:
 
 - on CUDA, half of the free memory reported by ``torch.cuda.mem_get_info``
@@ -51,8 +52,9 @@ than of 1.
 class ActivationMeter:
     """Counts the bytes of the outputs of a model's leaf modules during forward passes."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.bytes = 0
+        self.enabled = enabled
 
     def add(self, output: Any) -> None:
         if isinstance(output, torch.Tensor):
@@ -66,13 +68,16 @@ class ActivationMeter:
 
 
 @contextlib.contextmanager
-def metered(model: Callable[..., Any], enabled: bool = True) -> Iterator[ActivationMeter]:
+def metered(model: Callable[..., Any] | None, enabled: bool = True) -> Iterator[ActivationMeter]:
     """Within the block, count the bytes every leaf module of ``model`` outputs."""
-    meter = ActivationMeter()
+    meter = ActivationMeter(enabled)
+    if not enabled:
+        yield meter
+        return
     handles = []
     # a bound method of a module (``model.features``) runs that module's layers
     owner = getattr(model, "__self__", model)
-    if enabled and isinstance(owner, nn.Module):
+    if isinstance(owner, nn.Module):
         for module in owner.modules():
             if next(module.children(), None) is None:
                 handles.append(module.register_forward_hook(lambda _m, _i, out: meter.add(out)))
@@ -83,43 +88,60 @@ def metered(model: Callable[..., Any], enabled: bool = True) -> Iterator[Activat
             handle.remove()
 
 
-def auto_batch_size(x: torch.Tensor, output: torch.Tensor, meter: ActivationMeter, total: int) -> int:
-    """Samples per chunk that fit the memory budget of ``x``'s device, between 1 and ``total``.
+DEFAULT_BATCH_ELEMENTS = {"cpu": 2**18, "cuda": 2**22}
+"""Input elements per forward pass before anything is metered: a GPU wants large batches to fill its
+cores; on the CPU the chunks are sized from the metered activations instead."""
 
-    >>> meter = ActivationMeter()
-    >>> meter.bytes = 4 * 2**20  # 4 MiB of activations for a batch of 4
-    >>> auto_batch_size(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 8, 8), meter, total=10_000)
-    255
+
+def default_batch_size(x: torch.Tensor) -> int:
+    """Samples per forward pass by input size: about 2**22 input elements on a GPU, 2**18 on the CPU.
+
+    >>> default_batch_size(torch.zeros(1, 1, 64, 64))
+    64
     """
-    per_sample = _bytes_per_sample(x, output, meter)
-    if x.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(x.device)
+    budget = DEFAULT_BATCH_ELEMENTS.get(x.device.type, DEFAULT_BATCH_ELEMENTS["cuda"])
+    return max(1, budget // max(1, x[0].numel()))
+
+
+def auto_batch_size(per_sample: int, device: torch.device, total: int) -> int:
+    """Samples per chunk that fit the memory budget of ``device``, between 1 and ``total``.
+
+    >>> auto_batch_size(2**20, torch.device("cpu"), total=10_000)  # 1 MiB a sample
+    256
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
         budget = int(free * CUDA_FREE_FRACTION)
     else:
         budget = CPU_BUDGET_BYTES
-    return max(1, min(total, budget // per_sample))
+    return max(1, min(total, budget // max(1, per_sample)))
 
 
-def default_cpu_batch_size(x: torch.Tensor, output: torch.Tensor, meter: ActivationMeter, total: int) -> int:
+def default_cpu_batch_size(per_sample: int, total: int) -> int:
     """Samples per chunk on the CPU when the caller does not say: about :data:`CPU_CHUNK_BYTES` of
     activations, at least :data:`CPU_MIN_CHUNK` samples where :data:`CPU_BUDGET_BYTES` allows,
     between 1 and ``total``.
 
-    >>> meter = ActivationMeter()
-    >>> meter.bytes = 4 * 2**20  # 1 MiB of activations a sample
-    >>> default_cpu_batch_size(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 8, 8), meter, total=10_000)
-    31
+    >>> default_cpu_batch_size(2**20, total=10_000)  # 1 MiB a sample
+    32
     """
-    per_sample = _bytes_per_sample(x, output, meter)
+    per_sample = max(1, per_sample)
     at_least = min(CPU_MIN_CHUNK, CPU_BUDGET_BYTES // per_sample)
     return max(1, min(total, max(CPU_CHUNK_BYTES // per_sample, at_least)))
 
 
-def _bytes_per_sample(x: torch.Tensor, output: torch.Tensor, meter: ActivationMeter) -> int:
-    """Activations (or 4 outputs' worth where no leaf module reported any), input and output, a sample."""
-    measured = meter.bytes if meter.bytes else 4 * output.numel() * output.element_size()
-    total = measured + x.numel() * x.element_size() + output.numel() * output.element_size()
-    return max(1, total // len(x))
+def chunk_size(batch_size: int | str | None, x: torch.Tensor, per_sample: int, total: int) -> int:
+    """The chunk size a measurement uses: the caller's, ``"auto"`` (fill the memory budget), or
+    the default (activations on the CPU, input elements elsewhere); ``per_sample`` is the metered
+    bytes a sample."""
+    if batch_size == "auto":
+        return auto_batch_size(per_sample, x.device, total)
+    if batch_size is None:
+        if x.device.type == "cpu" and per_sample:
+            return default_cpu_batch_size(per_sample, total)
+        return min(total, default_batch_size(x))
+    assert isinstance(batch_size, int)
+    return batch_size
 
 
 def release_cached_memory(device: torch.device) -> None:

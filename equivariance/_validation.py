@@ -7,6 +7,7 @@ argument, what was expected, what was found and how to fix it.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -70,3 +71,12 @@ def as_float(value: object, what: str, *, allow_none: bool = False) -> float | N
 def spatial_shape_of(x: torch.Tensor, ndim: int) -> tuple[int, ...]:
     """The trailing ``ndim`` sizes of ``x``."""
     return tuple(x.shape[x.dim() - ndim :])
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """A DeprecationWarning for a name kept one release for compatibility, pointing at the caller's line."""
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )

@@ -46,14 +46,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from equivariance import _plan
 from equivariance._forward import Forward, OutputSelector
-from equivariance._isolation import isolated
+from equivariance._judge import sample_errors, within
+from equivariance._plan import BatchSize
 from equivariance._progress import Progress
+from equivariance._runner import ModelConsumer, Runner
+from equivariance._sinks import Top1, top1
 from equivariance._validation import as_int, describe
+from equivariance.actions import Action, Boundary
 from equivariance.errors import InvalidArgument
-from equivariance.metric import BatchSize, IntOrTuple, measure, sample_errors
-from equivariance.shifts import Boundary, ShiftedWindows, ShiftLike, as_shift_list
-from equivariance.tolerances import resolve_tolerance
+from equivariance.shifts import ShiftLike, as_shift_list
+from equivariance.tolerances import Tolerance, resolve_tolerance
+
+IntOrTuple = int | Sequence[int]
 
 __all__ = ["AuditResult", "audit"]
 
@@ -196,7 +202,7 @@ def audit(
     every = as_int(checkpoint_every, "checkpoint_every")
     if every < 1:
         raise InvalidArgument(f"checkpoint_every must be positive, found {every}")
-    forward = Forward(model, layer, output)
+    Forward(model, layer, output)  # a wrong layer name is refused before any work
     judge = Forward(classifier) if classifier is not None else None
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
@@ -229,7 +235,8 @@ def audit(
 
     total = len(loader) if hasattr(loader, "__len__") else 0  # type: ignore[arg-type]
     device = _device(model)
-    with Progress(total, "audit", enabled=progress and rank == 0, unit="batch") as bar:
+    runner = Runner(model, *([] if classifier is None else [classifier]), progress=False)
+    with runner, Progress(total, "audit", enabled=progress and rank == 0, unit="batch") as bar:
         bar.update(done)
         # the batches the checkpoint covers are read again and compared with it; under
         # torch.distributed the processes then agree before measuring, as they did on the settings
@@ -252,19 +259,14 @@ def audit(
                 unchecked = False
             if device is not None:
                 x = x.to(device)
-            measurement = measure(
-                forward, x, shift_list, mode="equivariance", stride=stride, boundary=boundary,
-                margin=margin, batch_size=batch_size, noise_floor=False, progress=False,
+            err, ok, same, tolerance = _measure_batch(
+                runner, model, classifier, x, shift_list, layer=layer, output=output, boundary=boundary,
+                stride=stride, margin=margin, rtol=rtol, atol=atol, batch_size=batch_size,
             )  # fmt: skip
-            dtype = min((x.dtype, measurement.output_dtype), key=lambda t: -torch.finfo(t).eps)
-            tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
             tolerances = [tolerance.rtol, tolerance.atol]
-            err, absolute = sample_errors(measurement.diff_sq, measurement.ref_sq, measurement.count)
-            ok = torch.where(absolute, err <= tolerance.atol, err <= tolerance.rtol).all(dim=0)
-            errors += err.max(dim=0).values.tolist()
+            errors += err.tolist()
             passed += ok.tolist()
-            if judge is not None:
-                same = _top1_consistent(judge, x, shift_list, boundary, measurement.batch_size)
+            if same is not None:
                 consistent += same.tolist()
             fingerprints.append(fingerprint)
             done = number + 1
@@ -346,23 +348,34 @@ def _device(model: object) -> torch.device | None:
     return None
 
 
-def _top1_consistent(
-    judge: Forward, x: torch.Tensor, shifts: Sequence[Any], boundary: Boundary, batch_size: int
-) -> torch.Tensor:
-    """Per sample: does every shift leave the classifier's top-1 class unchanged?"""
-    n = len(x)
-    offsets = torch.tensor([s.offsets for s in shifts], dtype=torch.long)
-    windows = ShiftedWindows(x, offsets, boundary)
-    total = len(shifts) * n
-    with isolated(judge.model):
-        base = judge(x).reshape(n, -1).argmax(dim=1).cpu()
-        same = torch.ones(n, dtype=torch.bool)
-        for start in range(0, total, batch_size):
-            items = torch.arange(start, min(start + batch_size, total))
-            shift_index, sample = items // n, items % n
-            top1 = judge(windows.take(sample, offsets[shift_index])).reshape(len(items), -1).argmax(1).cpu()
-            same[sample[top1 != base[sample]]] = False
-    return same
+def _measure_batch(
+    runner: Runner,
+    model: Callable[[torch.Tensor], Any],
+    classifier: Callable[[torch.Tensor], Any] | None,
+    x: torch.Tensor,
+    shifts: Sequence[Action],
+    **options: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Tolerance]:
+    """One batch on the checks' engine: each sample's worst error and verdict over the shifts, and
+    (with a classifier, run on the same copies) whether every shift keeps its top-1 class."""
+    rtol, atol = options.pop("rtol"), options.pop("atol")
+    request = _plan.validate(model, x, "equivariance", shifts, noise_floor=False, **options)
+    plan = _plan.make_plan(runner, request)
+    also, predictions, base_class = [], None, None
+    if classifier is not None:
+        judge = Forward(classifier)
+        base_class = top1(runner.base(judge, x).output, lambda: "the unshifted batch").cpu()
+        predictions = Top1(len(plan.rows), len(x))
+        also.append(ModelConsumer(judge, [predictions], None))
+    sums, _ = _plan.measure(runner, plan, also)
+    dtype = min((x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
+    tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
+    err, absolute = sample_errors(sums.diff_sq, sums.ref_sq, sums.count.unsqueeze(-1), sums.scale)
+    ok = within(err, absolute, tolerance).all(dim=0)
+    same = None
+    if predictions is not None and base_class is not None:
+        same = (predictions.table() == base_class).all(dim=0)
+    return err.max(dim=0).values, ok, same, tolerance
 
 
 def _gather(

@@ -1,9 +1,12 @@
 """Checks over many shifts: ``check_*`` return a report, ``assert_*`` raise with it.
 
-The three layers are kept apart: :mod:`equivariance.metric` computes,
-:class:`~equivariance.EquivarianceReport` renders, and the ``assert_*``
-functions raise :class:`~equivariance.EquivarianceError` with the report's
-text.
+The three layers are kept apart: the plan and runner
+(`equivariance._plan`) compute, the
+[`EquivarianceReport`][equivariance.EquivarianceReport] renders, and the
+``assert_*`` functions raise [`EquivarianceError`][equivariance.EquivarianceError]
+with the report's text (through
+[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which
+the pytest fixtures share).
 """
 
 from __future__ import annotations
@@ -13,20 +16,25 @@ from typing import Any, Literal
 
 import torch
 
-from equivariance import _auto
-from equivariance._forward import Forward, OutputSelector
-from equivariance._hints import hints_for, within
-from equivariance._validation import per_dim
-from equivariance.errors import EquivarianceError, InvalidArgument
-from equivariance.metric import BatchSize, IntOrTuple, OutputAction, check_input, measure, sample_errors
+from equivariance import _plan
+from equivariance._forward import OutputSelector
+from equivariance._hints import Verdicts, hints_for
+from equivariance._judge import sample_errors, within
+from equivariance._plan import BatchSize, Mode, Plan
+from equivariance._runner import Runner
+from equivariance._sinks import OutputAction, Sums
+from equivariance.actions import Action, Boundary
+from equivariance.errors import InvalidArgument
+from equivariance.layouts import LayoutLike
 from equivariance.report import EquivarianceReport, ShiftResult
-from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift_list, multiples_of
-from equivariance.tolerances import resolve_tolerance
-from equivariance.transforms import Transform, as_transform_list
+from equivariance.shifts import Shift, ShiftLike, as_shift_list
+from equivariance.tolerances import Tolerance, resolve_tolerance
+from equivariance.transforms import as_transform_list
 
 __all__ = ["assert_equivariant", "assert_invariant", "check_equivariance", "check_invariance"]
 
-DEFAULT_MAX_SHIFT = 2
+IntOrTuple = int | Sequence[int]
+DEFAULT_MAX_SHIFT = _plan.DEFAULT_MAX_SHIFT
 """Default box of shifts, in units of the stride: every multiple of the stride in [-2s, 2s]^d."""
 
 
@@ -45,7 +53,8 @@ def check_equivariance(
     atol: float | None = None,
     rtol: float | None = None,
     batch_size: BatchSize = None,
-    transforms: Sequence[Transform] | None = None,
+    transforms: Sequence[Action] | None = None,
+    layout: LayoutLike | None = None,
 ) -> EquivarianceReport:
     """Measure the equivariance error of ``model`` on ``x`` for many shifts at once.
 
@@ -66,7 +75,7 @@ def check_equivariance(
     >>> x = torch.zeros(2, 1, 38, 38)
     >>> x[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
     >>> report = check_equivariance(LeNet(), x, max_shift=3, layer="conv4")
-    >>> report.passed, len(report.shifts)
+    >>> report.passed, len(report.elements)
     (True, 49)
 
     Args:
@@ -104,7 +113,14 @@ def check_equivariance(
             ``margin``, and is a row of the report. They run through the same
             batched engine (``batch_size``, noise floor, hints). Not allowed
             with ``shifts``, ``max_shift``, ``stride`` or ``output_action``;
-            ``boundary`` does not apply to them.
+            ``boundary`` does not apply to them. An action of your own
+            (a subclass of [`Action`][equivariance.actions.Action]) works too.
+        layout: where the output keeps its spatial dims: ``"channels_first"``
+            ``(N, C, *spatial)``, ``"channels_last"`` ``(N, *spatial, C)`` or
+            ``Tokens(grid, prefix=k)`` ``(N, L, C)`` (see
+            [`equivariance.layouts`][equivariance.layouts]). Default: channels
+            first; a check never guesses, but when it fails on an output whose
+            shape reads as another layout, its hint says so.
 
     Returns:
         An :class:`~equivariance.EquivarianceReport`.
@@ -114,10 +130,12 @@ def check_equivariance(
             shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
             output_action=output_action is not None,
         )  # fmt: skip
-    return _check(
-        "equivariance", model, x, shifts, max_shift, stride, output_action, boundary, margin,
-        layer, output, atol, rtol, batch_size, transforms,
+    request = _plan.validate(
+        model, x, "equivariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
+        stride=stride, margin=margin, boundary=boundary, layout=layout, output_action=output_action,
+        batch_size=batch_size, layer=layer, output=output,
     )  # fmt: skip
+    return _check(request, atol, rtol, layer, inferred_stride=stride == "auto")
 
 
 def check_invariance(
@@ -132,7 +150,7 @@ def check_invariance(
     atol: float | None = None,
     rtol: float | None = None,
     batch_size: BatchSize = None,
-    transforms: Sequence[Transform] | None = None,
+    transforms: Sequence[Action] | None = None,
 ) -> EquivarianceReport:
     """Measure how much an output that should not move changes under many shifts.
 
@@ -160,10 +178,11 @@ def check_invariance(
     """
     if transforms is not None:
         _no_shift_options(shifts=shifts is not None, max_shift=max_shift is not None)
-    return _check(
-        "invariance", model, x, shifts, max_shift, 1, None, boundary, 0, layer, output, atol, rtol,
-        batch_size, transforms,
+    request = _plan.validate(
+        model, x, "invariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
+        boundary=boundary, batch_size=batch_size, layer=layer, output=output,
     )  # fmt: skip
+    return _check(request, atol, rtol, layer)
 
 
 def assert_equivariant(
@@ -188,7 +207,7 @@ def assert_equivariant(
     equivariance.errors.EquivarianceError: equivariance check FAILED: MLP, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
-    return _passed_or_raise(check_equivariance(model, x, shifts, **options), options.get("layer"))
+    return check_equivariance(model, x, shifts, **options).raise_if_failed()
 
 
 def assert_invariant(
@@ -206,23 +225,7 @@ def assert_invariant(
     equivariance.errors.EquivarianceError: invariance check FAILED: Flatten, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
-    return _passed_or_raise(check_invariance(model, x, shifts, **options))
-
-
-def _passed_or_raise(report: EquivarianceReport, layer: object = None) -> EquivarianceReport:
-    __tracebackhide__ = True
-    if not report.passed:
-        text = str(report)
-        if report.kind == "equivariance":
-            # profile_equivariance takes a transform in place of the shift as well; a check of a
-            # layer profiles up to it (the layers after it may refuse the input, as LeNet's head does)
-            up_to = f", up_to={layer!r}" if isinstance(layer, str) else ""
-            text += (
-                "\n  to find the layer: equivariance.profile_equivariance(model, x, "
-                f"shift={report.worst_shift}{up_to}) gives the error of every layer and the first that fails"
-            )
-        raise EquivarianceError(text, report)
-    return report
+    return check_invariance(model, x, shifts, **options).raise_if_failed()
 
 
 def _no_shift_options(**given: bool) -> None:
@@ -235,123 +238,17 @@ def _no_shift_options(**given: bool) -> None:
         )
 
 
-def _check(
-    mode: str,
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
-    shifts: Sequence[ShiftLike] | None,
-    max_shift: IntOrTuple | None,
-    stride: IntOrTuple | Literal["auto"],
-    output_action: OutputAction | None,
-    boundary: Boundary,
-    margin: IntOrTuple | Literal["auto"],
-    layer: str | None,
-    output: OutputSelector,
-    atol: float | None,
-    rtol: float | None,
-    batch_size: BatchSize,
-    transforms: Sequence[Transform] | None = None,
-) -> EquivarianceReport:
-    forward = Forward(model, layer, output)
-    x = check_input(x, model)
-    d = x.dim() - 2
-    resolve_tolerance(x.dtype, rtol=rtol, atol=atol)  # reject bad tolerances before any forward pass
-    custom = output_action is not None
-    transform_list = None if transforms is None else as_transform_list(transforms)
-    strides, margins, inferred = _auto.resolve(forward, x, stride, margin, boundary, custom_action=custom)
-    spatial = tuple(x.shape[2:])
-    shift_list: Sequence[Shift | Transform]
-    if transform_list is None:
-        shift_list = _shift_set(shifts, max_shift, strides, spatial, custom_action=custom)
-    else:
-        shift_list = transform_list
-    if margin == _auto.AUTO and not custom:
-        _auto.check_room(tuple(_auto.output_of(forward, x).shape[-d:]), shift_list, strides, margins)
-    measurement = measure(
-        forward, x, shift_list, mode=mode, stride=strides, output_action=output_action,
-        boundary=boundary, margin=margins, batch_size=batch_size, noise_floor=True,
-    )  # fmt: skip
-    # An output less precise than x (autocast, a half-precision head) sets the tolerance.
-    dtype = min((x.dtype, measurement.output_dtype), key=lambda t: -torch.finfo(t).eps)
-    tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
-    errors, absolute = sample_errors(measurement.diff_sq, measurement.ref_sq, measurement.count)
-    ok = within(errors, absolute, tolerance)
-    worst = errors.argmax(dim=1)
-    rows = torch.arange(len(shift_list))
-    results = tuple(
-        ShiftResult(shift, float(err), bool(passed), bool(abs_))
-        for shift, err, passed, abs_ in zip(
-            measurement.shifts,
-            errors[rows, worst].tolist(),
-            ok.all(dim=1).tolist(),
-            absolute[rows, worst].tolist(),
+def _elements(shifts: object, transforms: object, max_shift: object) -> list[Action] | None:
+    """The elements to check: the transforms, the shifts given, or None for the default box."""
+    if transforms is not None:
+        return as_transform_list(transforms)
+    if shifts is None:
+        return None
+    if max_shift is not None:
+        raise InvalidArgument(
+            "pass either shifts= (an explicit list) or max_shift= (a box of shifts), not both"
         )
-    )
-    assert measurement.noise_diff_sq is not None
-    assert measurement.noise_ref_sq is not None
-    assert measurement.noise_count is not None
-    noise, _ = sample_errors(measurement.noise_diff_sq, measurement.noise_ref_sq, measurement.noise_count)
-    noise_floor = float(noise.max())
-    hints = hints_for(
-        measurement, [r.passed for r in results], [r.error for r in results], tolerance, noise_floor,
-        equivariance=mode == "equivariance", boundary=boundary, strides=strides, margin=margins,
-        custom_action=output_action is not None,
-    )  # fmt: skip
-    if transform_list is not None:
-        action = "the same transform" if mode == "equivariance" else "none (invariance)"
-        shown_boundary = "none (the transforms map the grid onto itself)"
-    else:
-        action = _describe_action(mode, strides, output_action, inferred=stride == _auto.AUTO)
-        shown_boundary = boundary
-    return EquivarianceReport(
-        kind=mode,
-        subject=forward.name(),
-        results=results,
-        rtol=tolerance.rtol,
-        atol=tolerance.atol,
-        tolerance_source=tolerance.source,
-        noise_floor=noise_floor,
-        zero_reference=int(absolute.sum()),
-        input_shape=measurement.input_shape,
-        output_shape=measurement.output_shape,
-        dtype=str(x.dtype).removeprefix("torch."),
-        device=str(x.device),
-        boundary=shown_boundary,
-        output_action=action,
-        margin=margins if mode == "equivariance" else (0,) * d,
-        batch_size=measurement.batch_size,
-        hints=hints,
-        inferred=inferred,
-    )
-
-
-def _shift_set(
-    shifts: Sequence[ShiftLike] | None,
-    max_shift: IntOrTuple | None,
-    strides: tuple[int, ...],
-    spatial: tuple[int, ...],
-    *,
-    custom_action: bool,
-) -> list[Shift]:
-    d = len(spatial)
-    if shifts is not None:
-        if max_shift is not None:
-            raise InvalidArgument(
-                "pass either shifts= (an explicit list) or max_shift= (a box of shifts), not both"
-            )
-        shift_list = as_shift_list(shifts)
-    else:
-        step = (1,) * d if custom_action else strides
-        if max_shift is None:
-            bound = tuple(min(DEFAULT_MAX_SHIFT * s, (n - 1) // s * s) for s, n in zip(step, spatial))
-        else:
-            bound = per_dim(max_shift, d, "max_shift", minimum=0)
-            if any(b >= n for b, n in zip(bound, spatial)):
-                raise InvalidArgument(
-                    f"max_shift {max_shift} is as large as the signal or larger (spatial size "
-                    f"{spatial}); pass max_shift below {min(spatial)}"
-                )
-        shift_list = multiples_of(step, bound, ndim=d)
+    shift_list: list[Action] = list(as_shift_list(shifts))
     if all(s.is_identity for s in shift_list):
         raise InvalidArgument(
             f"the shifts to check are only the identity {shift_list[0]}, a check that cannot fail; "
@@ -360,16 +257,86 @@ def _shift_set(
     return shift_list
 
 
-def _describe_action(
-    mode: str, strides: tuple[int, ...], output_action: OutputAction | None, *, inferred: bool = False
-) -> str:
-    if inferred:
-        return _describe_action(mode, strides, output_action) + " (inferred)"
-    if mode == "invariance":
+def _check(
+    request: _plan.Request, atol: object, rtol: object, layer: str | None, *, inferred_stride: bool = False
+) -> EquivarianceReport:
+    resolve_tolerance(request.x.dtype, rtol=rtol, atol=atol)  # bad tolerances are refused before any pass
+    with Runner(request.forward.model) as runner:
+        plan = _plan.make_plan(runner, request)
+        sums, batch_size = _plan.measure(runner, plan)
+    # an output less precise than x (autocast, a half-precision head) sets the tolerance
+    dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
+    tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
+    return _report(plan, sums, batch_size, tolerance, layer, inferred_stride)
+
+
+def _report(
+    plan: Plan, sums: Sums, batch_size: int, tolerance: Tolerance, layer: str | None, inferred_stride: bool
+) -> EquivarianceReport:
+    noise = sums.rows(slice(0, plan.noise_rows))
+    checked = sums.rows(slice(plan.noise_rows, None))
+    errors, absolute = sample_errors(
+        checked.diff_sq, checked.ref_sq, checked.count.unsqueeze(-1), checked.scale
+    )
+    ok = within(errors, absolute, tolerance)
+    worst = errors.argmax(dim=1)
+    rows = torch.arange(len(plan.elements))
+    results = tuple(
+        ShiftResult(element, float(err), bool(passed), bool(abs_))
+        for element, err, passed, abs_ in zip(
+            plan.elements,
+            errors[rows, worst].tolist(),
+            ok.all(dim=1).tolist(),
+            absolute[rows, worst].tolist(),
+        )
+    )
+    noise_errors, _ = sample_errors(noise.diff_sq, noise.ref_sq, noise.count.unsqueeze(-1), noise.scale)
+    noise_floor = float(noise_errors.max())
+    verdicts = Verdicts(
+        [r.passed for r in results], [r.error for r in results], checked, tolerance, noise_floor
+    )
+    request = plan.request
+    mode: Mode = request.mode
+    d = request.spatial_dims
+    return EquivarianceReport(
+        kind=mode,
+        subject=request.forward.name(),
+        results=results,
+        rtol=tolerance.rtol,
+        atol=tolerance.atol,
+        tolerance_source=tolerance.source,
+        noise_floor=noise_floor,
+        zero_reference=int(absolute.sum()),
+        input_shape=tuple(request.x.shape),
+        output_shape=tuple(plan.base.shape),
+        dtype=str(request.x.dtype).removeprefix("torch."),
+        device=str(request.x.device),
+        boundary=_shown_boundary(plan),
+        output_action=_describe_action(plan, inferred=inferred_stride),
+        margin=plan.margins if mode == "equivariance" else (0,) * d,
+        batch_size=batch_size,
+        hints=hints_for(plan, verdicts),
+        inferred=plan.inferred,
+        layout=plan.grid.layout.name if plan.grid is not None else "channels_first",
+        layer=layer,
+    )
+
+
+def _shown_boundary(plan: Plan) -> str:
+    if any(type(e).uses_boundary for e in plan.elements):
+        return plan.request.boundary
+    return "none (the transforms map the grid onto itself)"
+
+
+def _describe_action(plan: Plan, *, inferred: bool = False) -> str:
+    request = plan.request
+    if request.mode == "invariance":
         return "none (invariance)"
-    if output_action is not None:
-        return getattr(output_action, "__name__", type(output_action).__name__)
-    if all(s == 1 for s in strides):
-        return "shift"
+    if not all(isinstance(e, Shift) for e in plan.elements):
+        return "the same transform"
+    if request.output_action is not None:
+        return getattr(request.output_action, "__name__", type(request.output_action).__name__)
+    strides = plan.strides
     shown = strides[0] if len(set(strides)) == 1 else strides
-    return f"shift / {shown}"
+    text = "shift" if all(s == 1 for s in strides) else f"shift / {shown}"
+    return f"{text} (inferred)" if inferred else text

@@ -23,20 +23,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from equivariance._forward import Forward, OutputSelector
-from equivariance._isolation import isolated
+from equivariance._forward import OutputSelector
 from equivariance._validation import describe, per_dim
+from equivariance.actions import Action, Grid
 from equivariance.errors import InvalidArgument
-from equivariance.metric import IntOrTuple, accumulation_dtype, check_input
+from equivariance.metric import equivariance_error
+
+IntOrTuple = int | Sequence[int]
 
 __all__ = ["FractionalShift", "fractional_equivariance_error"]
 
 
-class FractionalShift:
+class FractionalShift(Action):
     """A circular translation of the last ``ndim`` dims by real offsets, by a Fourier phase shift.
 
     Exact for band-limited periodic signals; see the module docstring.
@@ -55,6 +57,7 @@ class FractionalShift:
     """
 
     __slots__ = ("_offsets",)
+    noun: ClassVar[str] = "sub-pixel shift"
 
     def __init__(self, *offsets: float | Sequence[float]) -> None:
         values: Sequence[object]
@@ -90,6 +93,23 @@ class FractionalShift:
         """The shift of a map subsampled by ``stride``; a fractional shift can always be divided."""
         strides = per_dim(stride, self.ndim, "stride", minimum=1)
         return FractionalShift(tuple(o / s for o, s in zip(self._offsets, strides)))
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Move a tensor on ``grid`` by the offsets divided by its stride (always circularly)."""
+        if self.ndim != grid.spatial_dims:
+            raise InvalidArgument(
+                f"{self!r} has {self.ndim} dims but the grid it acts on has {grid.spatial_dims} spatial "
+                f"dims; pass one offset per spatial dim"
+            )
+        return (self / grid.stride if grid.subsampled else self).apply(x)
+
+    @property
+    def is_identity(self) -> bool:
+        return not any(self._offsets)
+
+    def inverse(self) -> FractionalShift:
+        """The shift by the negated offsets."""
+        return FractionalShift(tuple(-o for o in self._offsets))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FractionalShift):
@@ -140,8 +160,12 @@ def fractional_equivariance_error(
     """The relative error ``||f(g.x) - g'.f(x)|| / ||g'.f(x)||`` for a sub-pixel (Fourier) shift ``g``.
 
     ``g'`` is the same fractional shift divided by ``stride``, applied to the
-    output. Both sides are circular. ``x`` and its shifted copy run through
-    the model in one batch.
+    output. Both sides are circular. It is
+    [`equivariance_error`][equivariance.equivariance_error] with a
+    [`FractionalShift`][equivariance.fractional.FractionalShift] (which that
+    function takes as well) and ``boundary="circular"``: where the output
+    for ``x`` is all zero, the error is the RMS absolute error, with a
+    warning.
 
     >>> import torch
     >>> def low_pass(x):
@@ -163,36 +187,13 @@ def fractional_equivariance_error(
         output: picks the tensor from a tuple or dict output.
         reduction: ``"mean"``, ``"max"`` or ``"none"`` (one error per sample).
     """
-    if reduction not in ("mean", "max", "none"):
-        raise InvalidArgument(f"reduction must be 'mean', 'max' or 'none', found {describe(reduction)}")
-    forward = Forward(model, layer, output)
-    x = check_input(x, model)
     if isinstance(shift, FractionalShift):
         fractional = shift
     elif isinstance(shift, (int, float)) and not isinstance(shift, bool):
         fractional = FractionalShift(shift)
     else:
         fractional = FractionalShift(tuple(shift))  # type: ignore[arg-type]
-    d = x.dim() - 2
-    if fractional.ndim != d:
-        raise InvalidArgument(
-            f"{fractional!r} has {fractional.ndim} dims but x of shape {tuple(x.shape)} has {d} spatial "
-            f"dims; pass one offset per spatial dim"
-        )
-    out_shift = fractional / stride
-    n = x.shape[0]
-    with isolated(forward.model):
-        both = forward(torch.cat([x, fractional.apply(x)]))
-    if both.dim() < 2 + d:
-        raise InvalidArgument(
-            f"the output of shape {tuple(both.shape)} has no {d} spatial dims to carry the shift; pass layer="
-        )
-    work = accumulation_dtype(x.device)
-    base, moved = both[:n].to(work), both[n:].to(work)
-    reference = out_shift.apply(base)
-    diff = (moved - reference).flatten(1).norm(dim=1)
-    norm = reference.flatten(1).norm(dim=1)
-    errors = torch.where(norm > 0, diff / torch.where(norm > 0, norm, 1.0), diff)
-    if reduction == "none":
-        return errors
-    return errors.max() if reduction == "max" else errors.mean()
+    return equivariance_error(
+        model, x, fractional, stride=stride, boundary="circular", layer=layer, output=output,
+        reduction=reduction,
+    )  # fmt: skip

@@ -20,9 +20,12 @@ survives a shift:
 Each returns an :class:`InvarianceMetric`: the value, the number of
 comparisons ``n`` it is averaged over and a 95% confidence interval (Wilson's
 score interval for the two proportions, a normal interval for the mean).
-Shifted inputs are made by one vectorized gather and run through the model
-in batches (a batch that runs out of CUDA memory is halved and retried, as in
-the checks); random shifts come from a local ``torch.Generator`` seeded with
+The shifted inputs go through the model on the checks' engine (the runner of
+`equivariance._runner`): made by one vectorized gather
+a chunk, in batches that halve and retry when they run out of CUDA memory,
+each chunk's predictions taken before the next (so a model that hands back
+the same output buffer on every call is measured right), non-finite logits
+refused. Random shifts come from a local ``torch.Generator`` seeded with
 ``seed``, so the caller's RNG is untouched and a result is reproducible.
 """
 
@@ -30,19 +33,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from equivariance._copies import Copies
 from equivariance._forward import Forward, OutputSelector
-from equivariance._isolation import isolated
-from equivariance._memory import release_cached_memory
+from equivariance._memory import chunk_size, default_batch_size
+from equivariance._plan import check_batch_size, check_input
+from equivariance._runner import ModelConsumer, Runner, Sink
+from equivariance._sinks import RelativeChange, Top1
 from equivariance._validation import as_int, per_dim
+from equivariance.actions import Boundary, Grid, check_boundary
 from equivariance.errors import InvalidArgument
-from equivariance.metric import IntOrTuple, check_input, default_batch_size
-from equivariance.shifts import Boundary, ShiftedWindows, check_boundary
+from equivariance.shifts import Shift
+
+IntOrTuple = int | Sequence[int]
+BatchSize = int | Literal["auto"] | None
 
 __all__ = ["InvarianceMetric", "consistency", "logit_change", "prediction_change"]
 
@@ -93,7 +102,7 @@ def consistency(
     boundary: Boundary = "circular",
     seed: int = 0,
     output: OutputSelector = None,
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
 ) -> InvarianceMetric:
     """How often the top-1 prediction agrees for two random shifts of the same input.
 
@@ -120,17 +129,16 @@ def consistency(
         boundary: ``"circular"`` (default) or ``"zeros"``.
         seed: seeds the local generator the shifts are drawn from.
         output: picks the logits from a tuple or dict output.
-        batch_size: samples per forward pass.
+        batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
     """
     x, forward, boundary, bounds = _prepare(model, x, boundary, max_shift, output)
     count = as_int(pairs, "pairs")
     if count < 1:
-        raise InvalidArgument(f"pairs must be positive, found {count}")
+        raise InvalidArgument(f"pairs must be positive, found {count}; pass pairs=1 or more")
     generator = torch.Generator().manual_seed(as_int(seed, "seed"))
     n = x.shape[0]
-    index = torch.arange(n).repeat(2 * count)
-    offsets = _draw(bounds, len(index), generator)
-    predicted = _top1(_logits(forward, x, index, offsets, boundary, batch_size))
+    drawn = _draw(bounds, 2 * count * n, generator)
+    predicted = _predictions(forward, x, drawn, 2 * count, boundary, batch_size)
     first, second = predicted.view(2, -1)
     agree = int((first == second).sum())
     return _proportion("consistency", agree, count * n, boundary, f"pairs of random shifts in {_box(bounds)}")
@@ -142,7 +150,7 @@ def prediction_change(
     *,
     boundary: Boundary = "circular",
     output: OutputSelector = None,
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
 ) -> InvarianceMetric:
     """The probability that the top-1 prediction changes under a one-pixel shift.
 
@@ -161,16 +169,15 @@ def prediction_change(
         x: a batch ``(N, C, *spatial)``.
         boundary: ``"circular"`` (default) or ``"zeros"``.
         output: picks the logits from a tuple or dict output.
-        batch_size: samples per forward pass.
+        batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
     """
     x, forward, boundary, _ = _prepare(model, x, boundary, None, output)
     n, d = x.shape[0], x.dim() - 2
     units = torch.cat([torch.eye(d, dtype=torch.long), -torch.eye(d, dtype=torch.long)])
     plan = torch.cat([torch.zeros(1, d, dtype=torch.long), units])
-    index = torch.arange(n).repeat(len(plan))
-    offsets = plan.repeat_interleave(n, dim=0)
-    predicted = _top1(_logits(forward, x, index, offsets, boundary, batch_size)).view(len(plan), n)
-    changed = int((predicted[1:] != predicted[0]).sum())
+    predicted = _predictions(forward, x, plan.repeat_interleave(n, dim=0), len(plan), boundary, batch_size)
+    table = predicted.view(len(plan), n)
+    changed = int((table[1:] != table[0]).sum())
     return _proportion("prediction_change", changed, len(units) * n, boundary, "every one-pixel shift")
 
 
@@ -183,7 +190,7 @@ def logit_change(
     boundary: Boundary = "circular",
     seed: int = 0,
     output: OutputSelector = None,
-    batch_size: int | None = None,
+    batch_size: BatchSize = None,
 ) -> InvarianceMetric:
     """The mean relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of the logits under a random shift.
 
@@ -203,26 +210,16 @@ def logit_change(
         boundary: ``"circular"`` (default) or ``"zeros"``.
         seed: seeds the local generator the shifts are drawn from.
         output: picks the logits from a tuple or dict output.
-        batch_size: samples per forward pass.
+        batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
     """
     x, forward, boundary, bounds = _prepare(model, x, boundary, max_shift, output)
     count = as_int(repeats, "repeats")
     if count < 1:
-        raise InvalidArgument(f"repeats must be positive, found {count}")
+        raise InvalidArgument(f"repeats must be positive, found {count}; pass repeats=1 or more")
     generator = torch.Generator().manual_seed(as_int(seed, "seed"))
-    n, d = x.shape[0], x.dim() - 2
+    n = x.shape[0]
     drawn = _draw(bounds, count * n, generator)
-    index = torch.arange(n).repeat(count + 1)
-    offsets = torch.cat([torch.zeros(n, d, dtype=torch.long), drawn])
-    logits = _logits(forward, x, index, offsets, boundary, batch_size).double().flatten(1)
-    base, moved = logits[:n].repeat(count, 1), logits[n:]
-    norm = base.norm(dim=1)
-    if bool((norm == 0).any()):
-        raise InvalidArgument(
-            f"{int((norm == 0).sum())} samples have all-zero logits, where a relative change does not "
-            "exist; check the model (dead features?) or leave those samples out"
-        )
-    change = (moved - base).norm(dim=1) / norm
+    change = _relative_changes(forward, x, drawn, count, boundary, batch_size)
     mean = float(change.mean())
     spread = float(change.std()) if len(change) > 1 else 0.0
     half = _Z95 * spread / math.sqrt(len(change))
@@ -290,49 +287,71 @@ def _draw(bounds: tuple[int, ...], count: int, generator: torch.Generator) -> to
     return (unit * (2 * high + 1).double()).floor().long() - high
 
 
-def _top1(logits: torch.Tensor) -> torch.Tensor:
-    if logits.dim() != 2:
-        raise InvalidArgument(
-            f"the model returned an output of shape {tuple(logits.shape)}; a top-1 prediction needs "
-            "logits (N, classes): pass output= to pick them, or add a pooling and a linear head"
-        )
-    return logits.argmax(dim=1)
-
-
 def _box(bounds: tuple[int, ...]) -> str:
     return "[" + ", ".join(f"-{b}..{b}" for b in bounds) + "]"
 
 
-def _logits(
+def _run(
     forward: Forward,
     x: torch.Tensor,
-    index: torch.Tensor,
     offsets: torch.Tensor,
+    rows: int,
     boundary: Boundary,
-    batch_size: int | None,
-) -> torch.Tensor:
-    """The outputs for ``Shift(offsets[b]).apply(x[index[b]])``, for every ``b``, in batches.
+    batch_size: object,
+    sink: Sink,
+    runner: Runner,
+    shape: tuple[int, ...] | None = None,
+) -> None:
+    """Sample ``s`` of row ``k`` moved by ``offsets[k * n + s]``, through the model into ``sink``.
 
-    A batch that runs out of CUDA memory is halved and retried, down to one
-    sample, as in the engine (:func:`~equivariance.metric.measure`).
+    The offsets of the rows are drawn per sample, so the elements are the
+    distinct shifts among them and the runner gets a table of which one each
+    copy takes.
     """
-    size = default_batch_size(x) if batch_size is None else as_int(batch_size, "batch_size")
-    if size < 1:
-        raise InvalidArgument(f"batch_size must be positive, found {size}")
-    windows = ShiftedWindows(x, offsets, boundary)
-    pieces = []
-    start = 0
-    with isolated(forward.model):
-        while start < len(index):
-            chunk = slice(start, min(start + size, len(index)))
-            try:
-                out = forward(windows.take(index[chunk], offsets[chunk]))
-            except torch.cuda.OutOfMemoryError:
-                if chunk.stop - chunk.start == 1:
-                    raise
-                size = (chunk.stop - chunk.start) // 2
-                release_cached_memory(x.device)
-                continue
-            pieces.append(out.detach().cpu())
-            start = chunk.stop
-    return torch.cat(pieces)
+    size = check_batch_size(batch_size)
+    d, n = x.dim() - 2, len(x)
+    distinct, which = torch.unique(offsets, dim=0, return_inverse=True)
+    elements = [Shift(tuple(o)) for o in distinct.tolist()]
+    copies = Copies(x, elements, Grid.of_input(d, boundary))
+    total = rows * n
+    first = min(total, default_batch_size(x)) if size is None or size == "auto" else size
+    resize = None
+    if size == "auto" or (size is None and x.device.type == "cpu"):
+        resize = lambda per_sample: chunk_size(size, x, per_sample, total)  # noqa: E731
+    consumer = ModelConsumer(forward, [sink], shape)
+    runner.run(copies, rows, [consumer], first, lambda row: "shifted inputs", resize, which.view(rows, n))
+
+
+def _predictions(
+    forward: Forward,
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    rows: int,
+    boundary: Boundary,
+    batch_size: object,
+) -> torch.Tensor:
+    """The top-1 class of every copy, row by row."""
+    sink = Top1(rows, len(x))
+    with Runner(forward.model) as runner:
+        _run(forward, x, offsets, rows, boundary, batch_size, sink, runner)
+    return sink.predicted
+
+
+def _relative_changes(
+    forward: Forward,
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    rows: int,
+    boundary: Boundary,
+    batch_size: object,
+) -> torch.Tensor:
+    """``||f(g.x) - f(x)|| / ||f(x)||`` for every copy; InvalidArgument where ``f(x)`` is all zero.
+
+    ``f(x)`` goes through the same chunks as the copies, as row 0.
+    """
+    n, d = len(x), x.dim() - 2
+    sink = RelativeChange(rows + 1, n)
+    with Runner(forward.model) as runner:
+        unshifted = torch.zeros(n, d, dtype=offsets.dtype)
+        _run(forward, x, torch.cat([unshifted, offsets]), rows + 1, boundary, batch_size, sink, runner)
+    return sink.table()[1:].flatten()

@@ -1,12 +1,16 @@
 """Where a model loses equivariance: the error of every layer under one input shift.
 
-:func:`profile_equivariance` sends the unshifted and the shifted input through
-the model in one batched forward pass, with forward hooks on every leaf
-submodule (or on the layers named). Each layer's output is compared with its
-own expected output action: the input shift divided by the layer's
-*cumulative stride*, inferred from the spatial sizes the hooks see (input
-size / output size, rounded). The first layer whose error rises above the
-tolerance is named, with the likely cause and a fix:
+:func:`profile_equivariance` sends the input through the model once, with
+forward hooks on every leaf submodule (or on the layers named) recording
+each layer's output, and then the shifted input once, comparing each layer's
+output as it is computed with its own expected output action: the input
+element on the layer's grid. A layer's *layout* (channels first, channels
+last as inside ConvNeXt blocks, tokens as in a ViT) and *cumulative stride*
+are inferred from the shapes the hooks see (see
+`equivariance._layers`); the profile says what it
+inferred, and does not compare a layer whose layout the shapes leave
+ambiguous (name it with ``layouts=``). The first layer whose error rises
+above the tolerance is named, with the likely cause and a fix:
 
 ``aliasing``
     the cumulative stride does not divide the shift, so a subsampled map
@@ -25,26 +29,39 @@ tolerance is named, with the likely cause and a fix:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from equivariance._copies import Copies
 from equivariance._forward import call_until, find_layer
-from equivariance._hints import within
-from equivariance._isolation import isolated
-from equivariance._validation import describe
+from equivariance._judge import margin_that_passes, sample_errors, within
+from equivariance._layers import (
+    CHANNELS_FIRST_OPS,
+    LAYOUT_KEEPING_OPS,
+    LayerSpec,
+    Recorded,
+    infer_layers,
+    view_permutation,
+)
+from equivariance._plan import as_element, check_fits, check_input
+from equivariance._runner import Runner
+from equivariance._sinks import Describe, FlatSums, GridSums, Sums, check_floating
+from equivariance._validation import describe, warn_deprecated
+from equivariance.actions import Action, Boundary, Grid, check_boundary
 from equivariance.errors import InvalidArgument
-from equivariance.metric import check_input, check_shift_fits, sample_errors, squared_distances
-from equivariance.shifts import Boundary, Shift, ShiftLike, as_shift, check_boundary
-from equivariance.tolerances import resolve_tolerance
-from equivariance.transforms import Transform
+from equivariance.layouts import Layout, LayoutLike, as_layout
+from equivariance.shifts import Shift, ShiftLike
+from equivariance.tolerances import Tolerance, resolve_tolerance
 
 __all__ = ["EquivarianceProfile", "LayerProfile", "profile_equivariance"]
 
 CAUSES = ("aliasing", "borders", "spatial dims gone", "no symmetry")
+_LAYOUT_LABELS = {"channels_first": "C first", "channels_last": "C last", "tokens": "tokens"}
 
 
 @dataclass(frozen=True)
@@ -58,9 +75,10 @@ class LayerProfile:
         output_shape: the shape of the layer's output for ``x``.
         stride: the cumulative stride inferred from the spatial sizes, per
             dim; ``None`` where the output has no spatial dims.
-        output_shift: the shift the output is expected to make, the input
-            shift divided by the stride (rounded where the stride does not
-            divide it); ``None`` without spatial dims (compared unmoved).
+        output_element: the element the output is expected to undergo: the
+            input shift divided by the stride (rounded where the stride does
+            not divide it), or the transform; ``None`` without spatial dims
+            (compared unmoved).
         exact: whether the stride divides the shift.
         error: the worst relative error over the batch (RMS absolute error
             where the reference is all zero).
@@ -71,26 +89,44 @@ class LayerProfile:
         cause: for a failing layer, one of ``"aliasing"``, ``"borders"``,
             ``"spatial dims gone"`` or ``"no symmetry"``.
         fix: for a failing layer, what to do about it.
+        layout: the output's layout as inferred (or named), e.g.
+            ``"channels_last"``; ``None`` without spatial dims.
+        note: why a layer was not compared (an ambiguous layout), or how a
+            layout other than channels first was inferred.
+        compared: whether the layer was compared at all (not when its layout
+            is ambiguous: its ``error`` is then nan and it counts as passed).
     """
 
     name: str
     type: str
     output_shape: tuple[int, ...]
     stride: tuple[int, ...] | None
-    output_shift: Shift | Transform | None
+    output_element: Action | None
     exact: bool
     error: float
     passed: bool
     border: int | None = None
     cause: str | None = None
     fix: str | None = None
+    layout: str | None = None
+    note: str | None = None
+    compared: bool = True
+
+    @property
+    def output_shift(self) -> Action | None:
+        """Deprecated name of ``output_element`` (it may be a transform)."""
+        warn_deprecated("LayerProfile.output_shift", "LayerProfile.output_element")
+        return self.output_element
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict of the fields."""
-        data = dataclasses.asdict(self)
+        """A JSON-serializable dict of the fields (``output_shift`` repeats ``output_element`` for
+        one release)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["output_shape"] = list(self.output_shape)
         data["stride"] = None if self.stride is None else list(self.stride)
-        data["output_shift"] = None if self.output_shift is None else _jsonable(self.output_shift)
+        moved = None if self.output_element is None else self.output_element.to_json()
+        data["output_element"] = data["output_shift"] = moved
+        data["error"] = None if math.isnan(self.error) else self.error
         return data
 
 
@@ -102,7 +138,7 @@ class EquivarianceProfile:
 
     Attributes:
         subject: the model's class name.
-        shift: the input shift, or a transform (``Rot90``, ``Flip``).
+        element: the input shift, or a transform (``Rot90``, ``Flip``, an action of your own).
         boundary: ``"zeros"`` or ``"circular"``.
         input_shape: the shape of ``x``.
         dtype: the dtype of ``x``.
@@ -115,7 +151,7 @@ class EquivarianceProfile:
     """
 
     subject: str
-    shift: Shift | Transform
+    element: Action
     boundary: str
     input_shape: tuple[int, ...]
     dtype: str
@@ -126,8 +162,14 @@ class EquivarianceProfile:
     up_to: str | None = None
 
     @property
+    def shift(self) -> Action:
+        """Deprecated name of ``element`` (it may be a transform)."""
+        warn_deprecated("EquivarianceProfile.shift", "EquivarianceProfile.element")
+        return self.element
+
+    @property
     def passed(self) -> bool:
-        """Whether every layer is within tolerance."""
+        """Whether every compared layer is within tolerance."""
         return all(layer.passed for layer in self.layers)
 
     @property
@@ -147,7 +189,8 @@ class EquivarianceProfile:
         return {
             "subject": self.subject,
             "up_to": self.up_to,
-            "shift": _jsonable(self.shift),
+            "element": self.element.to_json(),
+            "shift": self.element.to_json(),
             "boundary": self.boundary,
             "input_shape": list(self.input_shape),
             "dtype": self.dtype,
@@ -162,23 +205,26 @@ class EquivarianceProfile:
     def summary(self) -> str:
         """One line: the verdict and the first layer that fails, with its cause."""
         first = self.first_failure
-        what = "shift" if isinstance(self.shift, Shift) else "transform"
         subject = self.subject if self.up_to is None else f"{self.subject} up to {self.up_to}"
-        head = f"equivariance profile of {subject} under {what} {self.shift} ({self.boundary})"
+        head = f"equivariance profile of {subject} under {self.element.noun} {self.element} ({self.boundary})"
         if first is None:
             return f"{head}: every layer within rtol {self.rtol:.0e}"
         return f"{head}: first failure at {first.name} ({first.type}), {first.cause}"
 
     def __str__(self) -> str:
-        rows = [("layer", "type", "output", "stride", "out shift", "error", "verdict")]
+        rows = [("layer", "type", "output", "layout", "stride", "out shift", "error", "verdict")]
         for layer in self.layers:
             stride = "-" if layer.stride is None else _tuple(layer.stride)
-            moved = "none" if layer.output_shift is None else str(layer.output_shift)
+            moved = "none" if layer.output_element is None else str(layer.output_element)
             if not layer.exact:
                 moved += " ~"
             verdict = "ok" if layer.passed else f"FAIL ({layer.cause})"
+            error = f"{layer.error:.2e}"
+            if not layer.compared:
+                verdict, error, moved = "not compared (layout?)", "-", "-"
             shape = _tuple(layer.output_shape[1:])
-            rows.append((layer.name, layer.type, shape, stride, moved, f"{layer.error:.2e}", verdict))
+            layout = _LAYOUT_LABELS.get(layer.layout or "", "-")
+            rows.append((layer.name, layer.type, shape, layout, stride, moved, error, verdict))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [self.summary()]
         lines.append(
@@ -189,6 +235,11 @@ class EquivarianceProfile:
             lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if any(not layer.exact for layer in self.layers):
             lines.append("  ~: the stride does not divide the shift; compared with the rounded shift")
+        for layer in self.layers:
+            if layer.note is not None:
+                lines.append(
+                    f"  {'not compared' if not layer.compared else 'layout'}: {layer.name}: {layer.note}"
+                )
         first = self.first_failure
         if first is not None:
             lines.append(f"  likely cause at {first.name}: {first.cause}; fix: {first.fix}")
@@ -198,69 +249,75 @@ class EquivarianceProfile:
 def profile_equivariance(
     model: nn.Module,
     x: torch.Tensor,
-    shift: ShiftLike | Transform,
+    shift: ShiftLike | Action,
     *,
     layers: Sequence[str] | None = None,
     up_to: str | None = None,
     boundary: Boundary = "zeros",
     atol: float | None = None,
     rtol: float | None = None,
+    layouts: Mapping[str, LayoutLike] | None = None,
 ) -> EquivarianceProfile:
     """The equivariance error of every layer of ``model`` under one input shift.
 
-    ``x`` and its shifted copy run through the model together, in one
-    batched forward pass, with forward hooks recording the output of every
-    leaf submodule (or of the ``layers`` named). Each output is compared
-    with the unshifted output moved by the input shift divided by the
-    layer's cumulative stride, over the valid region of that output shift
-    (zeros boundary). An output without spatial dims is compared unmoved.
-    Failing layers get a likely cause and a fix; see the module docstring.
-    With ``up_to``, the pass stops once that layer has returned, as a check's
+    ``x`` runs through the model once with forward hooks recording the
+    output of every leaf submodule (or of the ``layers`` named), then its
+    shifted copy once, each layer's output compared as it is computed with
+    the unshifted output moved by the input shift divided by the layer's
+    cumulative stride, over the valid region of that output shift (zeros
+    boundary). An output without spatial dims is compared unmoved. Each
+    layer's layout is inferred from the shapes (see the module docstring) or
+    named in ``layouts``. Failing layers get a likely cause and a fix. With
+    ``up_to``, the pass stops once that layer has returned, as a check's
     ``layer=`` does, so a model whose head refuses the input size can still
     be profiled up to it.
 
-    >>> import torch
-    >>> net = torch.nn.Sequential(
-    ...     torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
-    ...     torch.nn.Conv2d(4, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
-    >>> x = torch.zeros(2, 1, 32, 32)
-    >>> x[..., 8:24, 8:24] = torch.rand(2, 1, 16, 16)
-    >>> profile = profile_equivariance(net, x, (1, 0))
-    >>> profile.first_failure.name, profile.first_failure.cause
-    ('2', 'aliasing')
-    >>> profile_equivariance(net, x, (2, 0)).passed
-    True
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(
+        ...     torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+        ...     torch.nn.Conv2d(4, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+        >>> x = torch.zeros(2, 1, 32, 32)
+        >>> x[..., 8:24, 8:24] = torch.rand(2, 1, 16, 16)
+        >>> profile = profile_equivariance(net, x, (1, 0))
+        >>> profile.first_failure.name, profile.first_failure.cause
+        ('2', 'aliasing')
+        >>> profile_equivariance(net, x, (2, 0)).passed
+        True
 
-    The seed's LeNet only takes 28x28 digits whole; on a 38x38 canvas its
-    convolutions are profiled up to ``conv4``:
+        The seed's LeNet only takes 28x28 digits whole; on a 38x38 canvas its
+        convolutions are profiled up to ``conv4``:
 
-    >>> from equivariance.models import LeNet
-    >>> canvas = torch.zeros(2, 1, 38, 38)
-    >>> canvas[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
-    >>> profile = profile_equivariance(LeNet(), canvas, (2, 1), up_to="conv4")
-    >>> [layer.name for layer in profile.layers], profile.passed
-    (['conv1', 'conv2', 'conv3', 'conv4'], True)
+        >>> from equivariance.models import LeNet
+        >>> canvas = torch.zeros(2, 1, 38, 38)
+        >>> canvas[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
+        >>> profile = profile_equivariance(LeNet(), canvas, (2, 1), up_to="conv4")
+        >>> [layer.name for layer in profile.layers], profile.passed
+        (['conv1', 'conv2', 'conv3', 'conv4'], True)
 
     Args:
         model: an ``nn.Module``.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
-        shift: the input shift, a :class:`~equivariance.Shift` or a tuple of ints;
-            or a transform (:class:`~equivariance.Rot90`, :class:`~equivariance.Flip`),
-            which every spatial output is expected to undergo too.
+        shift: the input shift, a [`Shift`][equivariance.Shift] or a tuple of
+            ints; or a transform ([`Rot90`][equivariance.Rot90],
+            [`Flip`][equivariance.Flip], an [`Action`][equivariance.actions.Action]
+            of your own), which every spatial output is expected to undergo too.
         layers: names of the submodules to profile (``model.named_modules()``);
             default every leaf submodule that runs.
-        up_to: the name of a submodule (``model.named_modules()``) after whose
-            output the forward pass stops: only the layers that ran up to and
-            including it are profiled (those of ``layers`` that would run
-            later are left out), and its own output is a row of the profile
-            if no profiled layer returned it. Default: the whole model runs.
-        boundary: ``"zeros"`` or ``"circular"``, see :mod:`equivariance.shifts`.
+        up_to: the name of a submodule after whose output the forward pass
+            stops: only the layers that ran up to and including it are
+            profiled, and its own output is a row of the profile if no
+            profiled layer returned it. Default: the whole model runs.
+        boundary: ``"zeros"`` or ``"circular"``, see [`equivariance.shifts`][equivariance.shifts].
         atol: tolerance on the RMS absolute error where the reference is zero.
         rtol: tolerance on the relative error; default by dtype
-            (:mod:`equivariance.tolerances`).
+            ([`equivariance.tolerances`][equivariance.tolerances]).
+        layouts: layouts of layers whose shapes leave them ambiguous, by name:
+            ``{"blocks.0.norm": "channels_last"}`` (see
+            [`equivariance.layouts`][equivariance.layouts]).
 
     Returns:
-        An :class:`EquivarianceProfile`.
+        An [`EquivarianceProfile`][equivariance.EquivarianceProfile].
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgument(
@@ -268,99 +325,41 @@ def profile_equivariance(
             "use check_equivariance for a plain callable"
         )
     x = check_input(x, model)
-    boundary = check_boundary(boundary)
-    the_shift: Shift | Transform
-    # A Shift has an apply() too, so it would satisfy the Transform protocol: test for it first.
-    if not isinstance(shift, Shift) and isinstance(shift, Transform):
-        the_shift = shift
-        moved_x = shift.apply(x, x.dim() - 2)
-        boundary = "circular"  # a rotation or flip maps the grid onto itself: nothing is filled in
-    else:
-        the_shift = as_shift(shift)
-        check_shift_fits(the_shift, x)
-        if the_shift.is_identity:
-            raise InvalidArgument(
-                f"shift {the_shift} is the identity, a profile that cannot fail; pass a nonzero shift"
-            )
-        moved_x = the_shift.apply(x, boundary)
+    element, boundary = _profiled_element(shift, x, check_boundary(boundary))
     tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
-    targets = _targets(model, layers)
-    stop = _stop_layer(model, up_to)
-    n = x.shape[0]
-    captured: dict[str, torch.Tensor] = {}
-    input_sizes: dict[str, tuple[int, ...] | None] = {}
-    order: list[str] = []
-    d = x.dim() - 2
-
-    def recorder(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(_module: nn.Module, inputs: Any, out: Any) -> None:
-            tensor = _first_tensor(out)
-            if name not in captured and tensor is not None and tensor.dim() >= 1 and len(tensor) == 2 * n:
-                captured[name] = tensor.detach().clone()
-                source = _first_tensor(inputs)
-                spatial = source is not None and source.dim() >= 2 + d
-                input_sizes[name] = tuple(source.shape[-d:]) if spatial else None  # type: ignore[union-attr]
-                order.append(name)
-
-        return hook
-
-    handles = [module.register_forward_hook(recorder(name)) for name, module in targets.items()]
-    try:
-        with isolated(model):
-            batch = torch.cat([x, moved_x])
-            try:
-                # the recorders were registered first, so an up_to layer that is profiled is recorded
-                # before its hook stops the pass
-                result, reached = call_until(model, batch, stop)
-            except InvalidArgument:
-                raise
-            except Exception as exc:
-                raise InvalidArgument(
-                    f"the model raised {type(exc).__name__} on an input of shape {tuple(batch.shape)} "
-                    f"(x and its shifted copy in one batch): {exc}"
-                ) from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not reached:
-        raise InvalidArgument(
-            f"up_to={up_to!r} names a layer that was never called during the forward pass, so the "
-            "profile cannot stop after it; pass the name of a layer that the model's forward uses"
-        )
-    # the model's output, or the up_to layer's where the pass stopped, unless it is the last one recorded
-    last = "(output)" if up_to is None else up_to
-    output = _first_tensor(result)
-    new = output is not None and (not order or not torch.equal(output, captured[order[-1]]))
-    if output is not None and new and output.dim() >= 1 and len(output) == 2 * n and last not in captured:
-        captured[last] = output.detach().clone()
-        input_sizes[last] = None
-        order.append(last)
-    if not order:
-        raise InvalidArgument(
-            "no profiled layer returned a tensor with the input's batch dim; pass layers= naming "
-            "submodules that the forward pass calls"
-        )
-    types = {name: type(module).__name__ for name, module in targets.items()}
-    types["(output)"] = type(model).__name__
-    if stop is not None and up_to is not None:
-        types[up_to] = type(stop).__name__
-    strides = _cumulative_strides(order, captured, input_sizes, tuple(x.shape[2:]))
-    profiles = tuple(
-        _profile_layer(name, types[name], captured[name], strides[name], n, the_shift, boundary, tolerance)
-        for name in order
-    )
+    targets, stop = _targets(model, layers), _stop_layer(model, up_to)
+    given = _given_layouts(model, layouts)
+    with Runner(model) as runner:
+        recorded, x_id = _record(model, x, targets, stop, up_to)
+        specs = infer_layers(recorded, x, x_id, given)
+        sinks = {spec.name: _sink(spec, r.output, element, boundary) for spec, r in zip(specs, recorded)}
+        consumer = _Layers(model, targets, stop, up_to, sinks, len(x))
+        copies = Copies(x, [element], Grid.of_input(x.dim() - 2, boundary))
+        runner.run(copies, 1, [consumer], len(x), lambda row: f"the input moved by {element}")
+    rows = tuple(_profile_layer(spec, sinks[spec.name], element, tolerance) for spec in specs)
     return EquivarianceProfile(
         subject=type(model).__name__,
-        shift=the_shift,
+        element=element,
         boundary=boundary,
         input_shape=tuple(x.shape),
         dtype=str(x.dtype).removeprefix("torch."),
         rtol=tolerance.rtol,
         atol=tolerance.atol,
         tolerance_source=tolerance.source,
-        layers=profiles,
+        layers=rows,
         up_to=up_to,
     )
+
+
+def _profiled_element(shift: object, x: torch.Tensor, boundary: Boundary) -> tuple[Action, Boundary]:
+    element = as_element(shift)
+    check_fits(element, x)
+    if element.is_identity:
+        raise InvalidArgument(
+            f"{element.noun} {element} is the identity, a profile that cannot fail; pass a nonzero shift"
+        )
+    # a rotation or flip maps the grid onto itself: nothing is filled in
+    return element, boundary if type(element).uses_boundary else "circular"
 
 
 def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
@@ -385,40 +384,211 @@ def _stop_layer(model: nn.Module, up_to: str | None) -> nn.Module | None:
     return find_layer(model, up_to)
 
 
-def _cumulative_strides(
-    order: Sequence[str],
-    captured: dict[str, torch.Tensor],
-    input_sizes: dict[str, tuple[int, ...] | None],
-    spatial_in: tuple[int, ...],
-) -> dict[str, tuple[int, ...] | None]:
-    """Each output's stride relative to ``x``, from the spatial sizes the hooks saw.
+def _given_layouts(model: nn.Module, layouts: Mapping[str, LayoutLike] | None) -> dict[str, Layout]:
+    if layouts is None:
+        return {}
+    if not isinstance(layouts, Mapping):
+        raise InvalidArgument(
+            f"layouts must be a dict from layer names to layouts, found {describe(layouts)}; pass e.g. "
+            "layouts={'blocks.0.norm': 'channels_last'}"
+        )
+    for name in layouts:
+        find_layer(model, name)  # an unknown name is refused with the close ones
+    return {name: as_layout(layout) for name, layout in layouts.items()}
 
-    A layer's own stride is its input size over its output size, rounded,
-    where that ratio is at least 1.5 (smaller ratios are the shrinkage of an
-    unpadded convolution, stride 1). Its input's stride is that of the last
-    output seen with the input's spatial size (``x`` itself: stride 1).
-    """
-    d = len(spatial_in)
-    seen: dict[tuple[int, ...], tuple[int, ...]] = {spatial_in: (1,) * d}
-    strides: dict[str, tuple[int, ...] | None] = {}
 
-    def own(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(1 if i / o < 1.5 else round(i / o) for i, o in zip(a, b))
+class _Taps:
+    """Forward hooks on the profiled layers, active within ``with``: each layer's first output
+    with the batch dim of the pass goes to ``on_output(name, inputs, output)``."""
 
-    for name in order:
-        out = captured[name]
-        if out.dim() < 2 + d:
-            strides[name] = None
-            continue
-        size_out = tuple(out.shape[-d:])
-        size_in = input_sizes.get(name)
-        if size_in is not None and size_in in seen:
-            stride = tuple(s * k for s, k in zip(seen[size_in], own(size_in, size_out)))
-        else:
-            stride = own(spatial_in, size_out)
-        strides[name] = stride
-        seen[size_out] = stride
-    return strides
+    def __init__(
+        self, targets: dict[str, nn.Module], on_output: Callable[[str, Any, torch.Tensor], None]
+    ) -> None:
+        self.targets, self.on_output = targets, on_output
+        self.batch, self.seen = 0, set[str]()
+        self.handles: list[Any] = []
+
+    def hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def record(_module: nn.Module, inputs: Any, out: Any) -> None:
+            tensor = _first_tensor(out)
+            if (
+                name not in self.seen
+                and tensor is not None
+                and tensor.dim() >= 1
+                and len(tensor) == self.batch
+            ):
+                self.seen.add(name)
+                self.on_output(name, inputs, tensor)
+
+        return record
+
+    def __enter__(self) -> _Taps:
+        self.handles = [m.register_forward_hook(self.hook(name)) for name, m in self.targets.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _record(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: dict[str, nn.Module],
+    stop: nn.Module | None,
+    up_to: str | None,
+) -> tuple[list[Recorded], int]:
+    """The unshifted pass: every profiled layer's output (a copy) and what it was computed from."""
+    types = {name: type(module).__name__ for name, module in targets.items()}
+    first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
+    keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
+    records: list[Recorded] = []
+    alive: list[Any] = []  # the pass's own tensors, kept so that their ids stay theirs until it ends
+
+    def keep(name: str, inputs: Any, tensor: torch.Tensor) -> None:
+        source = _first_tensor(inputs)
+        alive.extend((source, tensor))
+        kind = types.get(name, type(model).__name__)
+        if source is None:
+            copy = tensor.detach().clone()
+            records.append(
+                Recorded(name, kind, copy, id(tensor), None, None, None, name in first, name in keeps)
+            )
+            return
+        moved = view_permutation(source, tensor)
+        copy = tensor.detach().clone()
+        shape = tuple(source.shape)
+        records.append(
+            Recorded(name, kind, copy, id(tensor), id(source), shape, moved, name in first, name in keeps)
+        )
+
+    batch = x.clone()
+    taps = _Taps(targets, keep)
+    taps.batch = len(x)
+    with taps:
+        result = _call(model, batch, stop, up_to)
+    _record_output(records, result, len(x), types, model, stop, up_to)
+    if not records:
+        raise InvalidArgument(
+            "no profiled layer returned a tensor with the input's batch dim; pass layers= naming "
+            "submodules that the forward pass calls"
+        )
+    return records, id(batch)
+
+
+def _record_output(
+    records: list[Recorded],
+    result: Any,
+    n: int,
+    types: dict[str, str],
+    model: nn.Module,
+    stop: nn.Module | None,
+    up_to: str | None,
+) -> None:
+    """The model's output (or the ``up_to`` layer's) as a last row, unless a recorded layer returned it."""
+    last = "(output)" if up_to is None else up_to
+    output = _first_tensor(result)
+    if output is None or output.dim() < 1 or len(output) != n or any(r.name == last for r in records):
+        return
+    if records and records[-1].output.shape == output.shape and torch.equal(records[-1].output, output):
+        return
+    kind = type(stop).__name__ if stop is not None else type(model).__name__
+    records.append(
+        Recorded(last, types.get(last, kind), output.detach().clone(), id(output), None, None, None)
+    )
+
+
+def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: str | None) -> Any:
+    try:
+        # the taps were registered first, so an up_to layer that is profiled is recorded before its
+        # hook stops the pass
+        result, reached = call_until(model, batch, stop)
+    except (InvalidArgument, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise InvalidArgument(
+            f"the model raised {type(exc).__name__} on an input of shape {tuple(batch.shape)} "
+            f"({batch.dtype}, {batch.device}): {exc}"
+        ) from exc
+    if not reached:
+        raise InvalidArgument(
+            f"up_to={up_to!r} names a layer that was never called during the forward pass, so the "
+            "profile cannot stop after it; pass the name of a layer that the model's forward uses"
+        )
+    return result
+
+
+def _sink(
+    spec: LayerSpec, base: torch.Tensor, element: Action, boundary: Boundary
+) -> GridSums | FlatSums | None:
+    """How a layer's output is compared: on its grid, whole (no spatial dims), or not (ambiguous)."""
+    if spec.ambiguous is not None:
+        return None
+    if not base.dtype.is_floating_point:
+        base = base.double()
+    if spec.layout is None or spec.stride is None:
+        return FlatSums(base, 1)
+    d = len(spec.stride)
+    grid = Grid(d, spec.stride, boundary, spec.layout)
+    expected, on_grid = _expected(element, spec.stride), grid
+    if isinstance(expected, Shift):
+        on_grid = Grid(d, (1,) * d, boundary, spec.layout)  # the rounded output shift, in output samples
+    return GridSums(spec.layout.to_grid(base, d), [element], on_grid, (0,) * d, expected=[expected])
+
+
+def _expected(element: Action, stride: tuple[int, ...]) -> Action:
+    """The element a layer's output should undergo: a shift divided (or rounded) by the stride."""
+    if not isinstance(element, Shift):
+        return element
+    return Shift(tuple(round(o / s) for o, s in zip(element, stride)))
+
+
+class _Layers:
+    """The shifted pass: each profiled layer's output fed to its sink as the layer returns it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: dict[str, nn.Module],
+        stop: nn.Module | None,
+        up_to: str | None,
+        sinks: dict[str, GridSums | FlatSums | None],
+        n: int,
+    ) -> None:
+        self.model, self.targets, self.stop, self.up_to, self.sinks = model, targets, stop, up_to, sinks
+        self.last = "(output)" if up_to is None else up_to
+        self.chunk: tuple[slice, torch.Tensor, torch.Tensor, Describe] | None = None
+
+    def feed(self, name: str, _inputs: Any, tensor: torch.Tensor) -> None:
+        sink = self.sinks.get(name)
+        if sink is None or self.chunk is None:
+            return
+        items, sample, row, what = self.chunk
+        if isinstance(sink, GridSums):
+            tensor = sink.grid.layout.to_grid(
+                tensor if tensor.dtype.is_floating_point else tensor.double(), sink.grid.spatial_dims
+            )
+        elif not tensor.dtype.is_floating_point:
+            tensor = tensor.double()
+        check_floating(tensor, what)
+        sink.add(tensor, items, sample, row, lambda: f"layer {name!r} for {what()}")
+
+    def consume(
+        self, inputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+    ) -> None:
+        self.chunk = (items, sample, row, what)
+        taps = _Taps(self.targets, self.feed)
+        taps.batch = len(inputs)
+        with taps:
+            result = _call(self.model, inputs, self.stop, self.up_to)
+        output = _first_tensor(result)
+        if self.last not in taps.seen and output is not None and self.last in self.sinks:
+            self.feed(self.last, None, output)
+
+    def retry(self) -> None:
+        for sink in self.sinks.values():
+            if sink is not None:
+                sink.retry()
 
 
 def _first_tensor(out: Any) -> torch.Tensor | None:
@@ -430,148 +600,82 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
 
 
 def _profile_layer(
-    name: str,
-    kind: str,
-    both: torch.Tensor,
-    stride: tuple[int, ...] | None,
-    n: int,
-    shift: Shift | Transform,
-    boundary: Boundary,
-    tolerance: Any,
+    spec: LayerSpec, sink: GridSums | FlatSums | None, element: Action, tolerance: Tolerance
 ) -> LayerProfile:
-    if not both.dtype.is_floating_point:
-        both = both.double()
-    base, moved = both[:n], both[n:]
-    d = len(stride) if stride is not None else 0
-    shape = tuple(base.shape)
-    if stride is None or base.dim() < 2 + d:
-        diff, ref = squared_distances(moved.reshape(n, -1), base.reshape(n, -1), (1,))
-        count = torch.tensor(float(base[0].numel()))
-        errors, absolute = sample_errors(diff, ref, count)
-        passed = bool(within(errors, absolute, tolerance).all())
-        error = float(errors.max())
-        cause = fix = None
-        if not passed:
-            cause = "spatial dims gone"
-            fix = (
-                "the spatial dims are gone (flatten, a dense head, or a pooling that keeps position), "
-                "so nothing moves with the input: test the layer before it with layer=, pool over "
-                "the whole map (global average pooling) for invariance, and use check_invariance "
-                "with circular shifts or content inside a zero canvas"
-            )
-        return LayerProfile(name, kind, shape, None, None, True, error, passed, None, cause, fix)
-    spatial_out = shape[-d:]
-    if not isinstance(shift, Shift):
-        return _transform_layer(name, kind, base, moved, stride, shift, tolerance)
-    exact = shift.divisible_by(stride)
-    out_shift = Shift(tuple(round(o / s) for o, s in zip(shift, stride)))
-    reference = out_shift.apply(base, boundary)
-    if boundary == "zeros":
-        region = out_shift.valid_region(spatial_out)
-    else:
-        region = tuple(slice(0, size) for size in spatial_out)
-    lead = (slice(None),) * (base.dim() - d)
-    channel_dims = tuple(range(1, base.dim() - d))
-    diff_map, ref_map = squared_distances(moved[lead + region], reference[lead + region], channel_dims)
-    channels = int(torch.tensor(shape[1 : base.dim() - d]).prod()) if base.dim() > 1 + d else 1
-    sides = tuple(r.stop - r.start for r in region)
-    count = torch.tensor(float(channels * int(torch.tensor(sides).prod())))
-    errors, absolute = sample_errors(diff_map.flatten(1).sum(1), ref_map.flatten(1).sum(1), count)
+    layout = None if spec.layout is None else spec.layout.name
+    if sink is None:
+        return LayerProfile(
+            spec.name, spec.type, spec.shape, None, None, True, math.nan, True,
+            layout=None, note=spec.ambiguous, compared=False,
+        )  # fmt: skip
+    sums = sink.sums()
+    errors, absolute = sample_errors(sums.diff_sq[0], sums.ref_sq[0], sums.count[0], _row(sums.scale))
     passed = bool(within(errors, absolute, tolerance).all())
-    border = None if passed else _border(diff_map, ref_map, sides, channels, tolerance)
-    cause = fix = None
-    if not passed:
-        shown = stride[0] if len(set(stride)) == 1 else stride
-        if not exact:
-            cause = "aliasing"
-            fix = (
-                f"the output is subsampled by {shown}, which does not divide shift {shift}: test "
-                f"multiples of the stride (multiples_of({shown}, max_shift=...), stride={shown}), or "
-                "make the downsampling anti-aliased (blur before subsampling)"
-            )
-        elif border is not None:
-            cause = "borders"
-            fix = (
-                f"the error lies within {border} sample{'s' if border > 1 else ''} of the borders: "
-                f"zero padding or content leaving the canvas; pass margin={border} (or margin='auto'), "
-                "use circular padding with boundary='circular', or put the content on a larger zero canvas"
-            )
-        else:
-            cause = "no symmetry"
-            fix = (
-                "the error is everywhere, not only at the borders: this layer does not commute with "
-                "translations (a positional embedding, absolute coordinates, a dense layer on a map); "
-                "make it translation-equivariant or test the layers before it"
-            )
     error = float(errors.max())
-    return LayerProfile(name, kind, shape, stride, out_shift, exact, error, passed, border, cause, fix)
-
-
-def _transform_layer(
-    name: str,
-    kind: str,
-    base: torch.Tensor,
-    moved: torch.Tensor,
-    stride: tuple[int, ...],
-    transform: Transform,
-    tolerance: Any,
-) -> LayerProfile:
-    """A rotation or flip: the whole output, transformed alike, is the reference."""
-    d, n = len(stride), len(base)
-    shape = tuple(base.shape)
-    reference = transform.apply(base, d)  # raises, saying so, if a layer's output is not square
-    diff, ref = squared_distances(moved.reshape(n, -1), reference.reshape(n, -1), (1,))
-    errors, absolute = sample_errors(diff, ref, torch.tensor(float(base[0].numel())))
-    passed = bool(within(errors, absolute, tolerance).all())
-    cause: str | None = None
-    fix: str | None = None
-    if not passed and any(s > 1 for s in stride):
-        cause = "aliasing"
-        fix = (
-            f"the map is subsampled by {stride}, and the subsampling grid is not symmetric under "
-            f"{transform!r} (it keeps samples 0, 2, 4, ... of an even size): use sizes for which the "
-            "grid maps onto itself (odd sizes with centred sampling) or anti-aliased downsampling"
+    if isinstance(sink, FlatSums) or spec.stride is None:
+        cause, fix = (None, None) if passed else ("spatial dims gone", _GONE)
+        return LayerProfile(
+            spec.name, spec.type, spec.shape, None, None, True, error, passed, None, cause, fix
         )
-    elif not passed:
-        cause = "no symmetry"
-        fix = (
-            f"this layer does not commute with {transform!r}: average its kernels over the group "
+    exact = not isinstance(element, Shift) or element.divisible_by(spec.stride)
+    moved = _expected(element, spec.stride)
+    border = None if passed else _border(sums, tolerance)
+    cause, fix = (None, None) if passed else _cause(element, spec.stride, exact, border)
+    return LayerProfile(
+        spec.name, spec.type, spec.shape, spec.stride, moved, exact, error, passed, border, cause, fix,
+        layout=layout, note=spec.inferred,
+    )  # fmt: skip
+
+
+def _row(scale: torch.Tensor | None) -> torch.Tensor | None:
+    return None if scale is None else scale[0]
+
+
+def _border(sums: Sums, tolerance: Tolerance) -> int | None:
+    """The margin the judge's rule finds for the layer (see equivariance._judge)."""
+    if sums.border_diff is None or sums.border_ref is None or sums.border_count is None:
+        return None
+    return margin_that_passes(sums.border_diff, sums.border_ref, sums.border_count, tolerance, sums.scale)
+
+
+_GONE = (
+    "the spatial dims are gone (flatten, a dense head, or a pooling that keeps position), "
+    "so nothing moves with the input: test the layer before it with layer=, pool over "
+    "the whole map (global average pooling) for invariance, and use check_invariance "
+    "with circular shifts or content inside a zero canvas"
+)
+
+
+def _cause(element: Action, stride: tuple[int, ...], exact: bool, border: int | None) -> tuple[str, str]:
+    shown = stride[0] if len(set(stride)) == 1 else stride
+    if not isinstance(element, Shift):
+        if any(s > 1 for s in stride):
+            return "aliasing", (
+                f"the map is subsampled by {stride}, and the subsampling grid is not symmetric under "
+                f"{element!r} (it keeps samples 0, 2, 4, ... of an even size): use sizes for which the "
+                "grid maps onto itself (odd sizes with centred sampling) or anti-aliased downsampling"
+            )
+        return "no symmetry", (
+            f"this layer does not commute with {element!r}: average its kernels over the group "
             "(as in a p4 / p4m group convolution), or test the layers before it"
         )
-    return LayerProfile(
-        name, kind, shape, stride, transform, True, float(errors.max()), passed, None, cause, fix
+    if not exact:
+        return "aliasing", (
+            f"the output is subsampled by {shown}, which does not divide shift {element}: test "
+            f"multiples of the stride (multiples_of({shown}, max_shift=...), stride={shown}), or "
+            "make the downsampling anti-aliased (blur before subsampling)"
+        )
+    if border is not None:
+        return "borders", (
+            f"the error lies within {border} sample{'s' if border > 1 else ''} of the borders: "
+            f"zero padding or content leaving the canvas; pass margin={border} (or margin='auto'), "
+            "use circular padding with boundary='circular', or put the content on a larger zero canvas"
+        )
+    return "no symmetry", (
+        "the error is everywhere, not only at the borders: this layer does not commute with "
+        "translations (a positional embedding, absolute coordinates, a dense layer on a map); "
+        "make it translation-equivariant or test the layers before it"
     )
-
-
-def _jsonable(shift: Shift | Transform) -> list[int] | str:
-    return list(shift.offsets) if isinstance(shift, Shift) else repr(shift)
-
-
-def _border(
-    diff_map: torch.Tensor, ref_map: torch.Tensor, sides: tuple[int, ...], channels: int, tolerance: Any
-) -> int | None:
-    """The smallest ``r`` below half the region such that dropping ``r`` edge samples passes."""
-    dist: torch.Tensor | None = None
-    for i, side in enumerate(sides):
-        view = [1] * len(sides)
-        view[i] = side
-        ar = torch.arange(side)
-        edge = torch.minimum(ar, side - 1 - ar).view(view)
-        dist = edge if dist is None else torch.minimum(dist, edge)
-    assert dist is not None
-    depth = (min(sides) + 1) // 2
-    for r in range(1, depth):
-        inside = dist >= r
-        # keep at least a quarter of the region: a margin that leaves almost nothing proves nothing
-        if int(inside.sum()) * 4 < inside.numel():
-            return None
-        diff = (diff_map * inside).flatten(1).sum(1)
-        ref = (ref_map * inside).flatten(1).sum(1)
-        count = torch.tensor(float(int(inside.sum()) * channels))
-        errors, absolute = sample_errors(diff, ref, count)
-        if bool(within(errors, absolute, tolerance).all()):
-            return r
-    return None
 
 
 def _tuple(values: tuple[int, ...]) -> str:

@@ -1,8 +1,13 @@
-"""The result of a check: per-shift errors, the verdict, and how it was reached.
+"""The result of a check: per-element errors, the verdict, and how it was reached.
 
-A check of ``transforms=`` (rotations, flips) has one row per transform and
-says so: it counts *transforms*, names the worst one, and lists them under a
-``transform`` column.
+A report has one row per group element checked: per shift, or, for a check
+of ``transforms=`` (rotations, flips, actions of your own), per transform,
+and says which: it counts *transforms*, names the worst one, and lists them
+under a ``transform`` column. A failed report is raised, with its text and a
+pointer to the per-layer profile, by
+[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which
+[`assert_equivariant`][equivariance.assert_equivariant] and the pytest
+fixtures share.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from equivariance.shifts import Shift
-from equivariance.transforms import Transform
+from equivariance._validation import warn_deprecated
+from equivariance.actions import Action
+from equivariance.errors import EquivarianceError
 
 __all__ = ["EquivarianceReport", "ShiftResult"]
 
@@ -21,11 +27,11 @@ _ROWS = 8  # shifts listed in str(report); the rest are summarised in one line
 
 @dataclass(frozen=True)
 class ShiftResult:
-    """The outcome for one shift, over the whole batch.
+    """The outcome for one group element (a shift or a transform), over the whole batch.
 
     Attributes:
-        shift: the input shift, or the transform (``Rot90``, ``Flip``) when
-            the check was given ``transforms=``.
+        element: the input shift, or the transform (``Rot90``, ``Flip``, an
+            action of your own) when the check was given ``transforms=``.
         error: the worst error over the batch: relative, or RMS absolute
             where ``absolute`` is set.
         passed: whether every sample was within tolerance.
@@ -33,10 +39,16 @@ class ShiftResult:
             making its error an absolute one.
     """
 
-    shift: Shift | Transform
+    element: Action
     error: float
     passed: bool
     absolute: bool = False
+
+    @property
+    def shift(self) -> Action:
+        """Deprecated name of ``element`` (it may hold a transform)."""
+        warn_deprecated("ShiftResult.shift", "ShiftResult.element")
+        return self.element
 
 
 @dataclass(frozen=True)
@@ -71,8 +83,10 @@ class EquivarianceReport:
         margin: samples dropped at each edge of the compared region, per dim.
         batch_size: samples per forward pass.
         hints: likely causes of a failure, with fixes, when recognisable.
-        inferred: how ``stride="auto"`` and ``margin="auto"`` were resolved,
-            one sentence each.
+        inferred: how ``stride="auto"`` and ``margin="auto"`` (and a layout
+            that is not channels first) were resolved, one sentence each.
+        layout: the output's layout, e.g. ``"channels_last"`` (equivariance).
+        layer: the layer measured (``layer=``), None for the model's output.
     """
 
     kind: str
@@ -93,16 +107,24 @@ class EquivarianceReport:
     batch_size: int
     hints: tuple[str, ...] = ()
     inferred: tuple[str, ...] = ()
+    layout: str = "channels_first"
+    layer: str | None = None
 
     @property
     def passed(self) -> bool:
-        """Whether every shift passed."""
+        """Whether every shift (or transform) passed."""
         return all(r.passed for r in self.results)
 
     @property
-    def shifts(self) -> tuple[Shift | Transform, ...]:
+    def elements(self) -> tuple[Action, ...]:
         """The shifts (or transforms) checked, in order."""
-        return tuple(r.shift for r in self.results)
+        return tuple(r.element for r in self.results)
+
+    @property
+    def shifts(self) -> tuple[Action, ...]:
+        """Deprecated name of ``elements`` (they may be transforms)."""
+        warn_deprecated("EquivarianceReport.shifts", "EquivarianceReport.elements")
+        return self.elements
 
     @property
     def errors(self) -> tuple[float, ...]:
@@ -120,9 +142,15 @@ class EquivarianceReport:
         return float(sum(self.errors) / len(self.errors))
 
     @property
-    def worst_shift(self) -> Shift | Transform:
+    def worst_element(self) -> Action:
         """The shift (or transform) with the largest error."""
-        return max(self.results, key=lambda r: r.error).shift
+        return max(self.results, key=lambda r: r.error).element
+
+    @property
+    def worst_shift(self) -> Action:
+        """Deprecated name of ``worst_element`` (it may be a transform)."""
+        warn_deprecated("EquivarianceReport.worst_shift", "EquivarianceReport.worst_element")
+        return self.worst_element
 
     @property
     def failures(self) -> tuple[ShiftResult, ...]:
@@ -130,23 +158,52 @@ class EquivarianceReport:
         return tuple(sorted((r for r in self.results if not r.passed), key=lambda r: -r.error))
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict of every field, plus the verdict and summary numbers."""
-        data = dataclasses.asdict(self)
+        """A JSON-serializable dict of every field, plus the verdict and summary numbers.
+
+        Each element is in its JSON form (a shift as a list of offsets, a
+        transform as its repr). The keys ``shift`` (in each result) and
+        ``worst_shift`` repeat ``element`` and ``worst_element`` for one
+        release, for readers of the earlier format.
+        """
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["results"] = [
-            {"shift": _jsonable(r.shift), "error": r.error, "passed": r.passed, "absolute": r.absolute}
+            {"element": r.element.to_json(), "shift": r.element.to_json(), "error": r.error,
+             "passed": r.passed, "absolute": r.absolute}
             for r in self.results
-        ]
+        ]  # fmt: skip
         for key in ("input_shape", "output_shape", "margin", "hints", "inferred"):
             data[key] = list(data[key])
-        worst = self.worst_shift
+        worst = self.worst_element.to_json()
         data.update(
             passed=self.passed,
             max_error=self.max_error,
             mean_error=self.mean_error,
-            worst_shift=_jsonable(worst),
+            worst_element=worst,
+            worst_shift=worst,
             failed=len(self.failures),
         )
         return data
+
+    def raise_if_failed(self) -> EquivarianceReport:
+        """Raise [`EquivarianceError`][equivariance.EquivarianceError] with the report's text if the
+        check failed; return the report if it passed.
+
+        The message ends with the call that finds the layer where an
+        equivariance check breaks (the per-layer profile of the worst
+        element, up to the layer measured).
+        """
+        __tracebackhide__ = True
+        if self.passed:
+            return self
+        text = str(self)
+        if self.kind == "equivariance":
+            # a check of a layer profiles up to it (the layers after it may refuse the input: LeNet's head)
+            up_to = f", up_to={self.layer!r}" if self.layer is not None else ""
+            text += (
+                "\n  to find the layer: equivariance.profile_equivariance(model, x, "
+                f"shift={self.worst_element}{up_to}) gives the error of every layer and the first that fails"
+            )
+        raise EquivarianceError(text, self)
 
     def summary(self) -> str:
         """One line: the verdict, what was measured, and the worst error against the tolerance."""
@@ -155,19 +212,22 @@ class EquivarianceReport:
         noun = self._noun()
         return (
             f"{self.kind} check {verdict}: {self.subject}, {_count(len(self.results), noun)}{failed}; "
-            f"max error {self.max_error:.2e} at {noun} {self.worst_shift} "
+            f"max error {self.max_error:.2e} at {noun} {self.worst_element} "
             f"(rtol {self.rtol:.0e}, {self.dtype})"
         )
 
     def _noun(self) -> str:
-        return "shift" if all(isinstance(r.shift, Shift) for r in self.results) else "transform"
+        nouns = {r.element.noun for r in self.results}
+        return nouns.pop() if len(nouns) == 1 else "transform"
 
     def __str__(self) -> str:
         lines = [self.summary()]
         margin = f", margin {self.margin}" if any(self.margin) else ""
+        layout = "" if self.layout == "channels_first" else f", layout {self.layout}"
         lines.append(
             f"  input {self.input_shape} {self.dtype} on {self.device} -> output "
-            f"{self.output_shape}; boundary {self.boundary}, output action {self.output_action}{margin}"
+            f"{self.output_shape}{layout}; boundary {self.boundary}, "
+            f"output action {self.output_action}{margin}"
         )
         lines.append(
             f"  tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} ({self.tolerance_source}); "
@@ -180,14 +240,14 @@ class EquivarianceReport:
                 "features); their error is the RMS absolute error, compared to atol"
             )
         ordered = sorted(self.results, key=lambda r: -r.error)
-        width = max(len(str(r.shift)) for r in ordered[:_ROWS])
+        width = max(len(str(r.element)) for r in ordered[:_ROWS])
         noun = self._noun()
         width = max(width, len(noun))
         lines.append(f"  {noun:<{width}}  {'error':>9}  verdict")
         for r in ordered[:_ROWS]:
             mark = " (abs)" if r.absolute else ""
             verdict = "ok" if r.passed else "FAIL"
-            lines.append(f"  {r.shift!s:<{width}}  {r.error:9.2e}  {verdict}{mark}")
+            lines.append(f"  {r.element!s:<{width}}  {r.error:9.2e}  {verdict}{mark}")
         rest = ordered[_ROWS:]
         if rest:
             failed = sum(not r.passed for r in rest)
@@ -197,10 +257,6 @@ class EquivarianceReport:
             )
         lines.extend(f"  hint: {hint}" for hint in self.hints)
         return "\n".join(lines)
-
-
-def _jsonable(shift: Shift | Transform) -> list[int] | str:
-    return list(shift.offsets) if isinstance(shift, Shift) else repr(shift)
 
 
 def _count(n: int, noun: str) -> str:

@@ -32,12 +32,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from equivariance._validation import as_int, describe, per_dim
+from equivariance.actions import Action, Batched, Boundary, Grid, check_boundary
 from equivariance.errors import InvalidArgument
 
 __all__ = [
@@ -51,11 +52,8 @@ __all__ = [
     "shifts_in_box",
 ]
 
-Boundary = Literal["zeros", "circular"]
-BOUNDARIES: tuple[str, ...] = ("zeros", "circular")
 
-
-class Shift:
+class Shift(Action):
     """An integer translation of the last ``ndim`` dims of a tensor.
 
     Positive offsets move content towards higher indices, as in
@@ -83,6 +81,9 @@ class Shift:
     """
 
     __slots__ = ("_offsets",)
+    noun: ClassVar[str] = "shift"
+    uses_boundary: ClassVar[bool] = True
+    moves_positions_only: ClassVar[bool] = True
 
     def __init__(self, *offsets: int | Sequence[int]) -> None:
         values: Sequence[object]
@@ -278,6 +279,49 @@ class Shift:
         mask[self.valid_region(sizes)] = True
         return mask
 
+    # -- the action protocol -----------------------------------------------------------------
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Move ``x``, a tensor on ``grid``: by the shift divided by the grid's stride.
+
+        >>> from equivariance.actions import Grid
+        >>> y = torch.arange(4.0).reshape(1, 1, 4)
+        >>> Shift(2).act(y, Grid(1, (2,), "circular")).flatten().tolist()
+        [3.0, 0.0, 1.0, 2.0]
+        """
+        return self._on(grid).apply(x, grid.boundary)
+
+    def region(self, spatial: tuple[int, ...], grid: Grid) -> tuple[slice, ...]:
+        """The valid region of the shift on ``grid`` (the whole grid under the circular boundary)."""
+        if grid.boundary == "circular":
+            return tuple(slice(0, n) for n in spatial)
+        return self._on(grid).valid_region(spatial)
+
+    def to_json(self) -> list[int]:
+        """The offsets as a list.
+
+        >>> Shift(1, -2).to_json()
+        [1, -2]
+        """
+        return list(self._offsets)
+
+    @classmethod
+    def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Grid) -> Batched:
+        """Every shift of ``elements`` read from one padded view of ``x``: one gather a chunk."""
+        offsets = torch.tensor(
+            [s._on(grid).offsets for s in elements if isinstance(s, Shift)], dtype=torch.long
+        )
+        return _ShiftedRows(ShiftedWindows(x, offsets, grid.boundary), offsets)
+
+    def _on(self, grid: Grid) -> Shift:
+        """The shift as seen on ``grid``: divided by its stride (exactly, or InvalidArgument)."""
+        if self.ndim != grid.spatial_dims:
+            raise InvalidArgument(
+                f"shift {self} has {self.ndim} dims but the grid it acts on has {grid.spatial_dims} "
+                f"spatial dims; pass a shift of length {grid.spatial_dims}"
+            )
+        return self / grid.stride if grid.subsampled else self
+
     # -- protocol ----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[int]:
@@ -366,15 +410,6 @@ def as_shift_list(shifts: object) -> list[Shift]:
             "use one ndim for the whole set"
         )
     return coerced
-
-
-def check_boundary(boundary: object) -> Boundary:
-    """``boundary`` if it is one of the supported names, else InvalidArgument."""
-    if not isinstance(boundary, str) or boundary not in BOUNDARIES:
-        raise InvalidArgument(
-            f"boundary must be one of {', '.join(map(repr, BOUNDARIES))}, found {describe(boundary)}"
-        )
-    return boundary  # type: ignore[return-value]
 
 
 # -- shift sets --------------------------------------------------------------------------------
@@ -564,11 +599,17 @@ class ShiftedWindows:
         return runs
 
 
-def shift_each(
-    x: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, boundary: Boundary
-) -> torch.Tensor:
-    """``out[b] = Shift(offsets[b]).apply(x[index[b]], boundary)``, for all ``b`` at once."""
-    return ShiftedWindows(x, offsets, boundary).take(index, offsets)
+class _ShiftedRows(Batched):
+    """Shifted copies of rows, for [`Shift.batched`][equivariance.Shift.batched]."""
+
+    def __init__(self, windows: ShiftedWindows, offsets: torch.Tensor) -> None:
+        self.windows, self.offsets = windows, offsets
+
+    def take(self, rows: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        return self.windows.take(rows, self.offsets[which.cpu()])
+
+    def runs(self, rows: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
+        return self.windows.runs(rows.cpu(), self.offsets[which.cpu()])
 
 
 def _pad(x: torch.Tensor, pads: list[int], dims: Iterable[int], boundary: Boundary) -> torch.Tensor:

@@ -18,29 +18,35 @@ dims of equal size (an image, or a plane of a volume).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from equivariance._validation import as_int, describe
+from equivariance.actions import Action, Grid
 from equivariance.errors import InvalidArgument
-from equivariance.shifts import Boundary, Shift, ShiftedWindows
+from equivariance.shifts import Shift
 
 __all__ = ["Flip", "Rot90", "Transform"]
 
 
 @runtime_checkable
 class Transform(Protocol):
-    """A transformation of the trailing spatial dims of a tensor, acting alike on input and output."""
+    """The earlier protocol of a transform: ``apply(x, spatial_dims)``, acting alike on input and output.
+
+    Deprecated: implement [`Action`][equivariance.actions.Action] instead,
+    whose ``act(x, grid)`` is only ever given tensors ``(N, *channels,
+    *spatial)``. An object with only ``apply`` is still accepted by
+    ``transforms=``; it is called as ``apply(x, grid.spatial_dims)``.
+    """
 
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         """Transform ``x`` whose last ``spatial_dims`` dims are spatial."""
         ...
 
 
-class Rot90:
+class Rot90(Action):
     """Rotation by ``k`` quarter turns in the plane of two spatial dims (``torch.rot90``).
 
     ``dims`` are negative indices among the spatial dims, default the last
@@ -59,6 +65,7 @@ class Rot90:
     """
 
     __slots__ = ("dims", "k")
+    moves_positions_only: ClassVar[bool] = True
 
     def __init__(self, k: int = 1, dims: tuple[int, int] = (-2, -1)) -> None:
         self.k = as_int(k, "k") % 4
@@ -89,6 +96,22 @@ class Rot90:
             )
         return torch.rot90(x, self.k, self.dims)
 
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Rotate a tensor on ``grid`` (the stride does not matter: a rotation maps the grid onto itself)."""
+        return self.apply(x, grid.spatial_dims)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.k == 0
+
+    def inverse(self) -> Rot90:
+        """The rotation the other way.
+
+        >>> Rot90(1).inverse()
+        Rot90(3)
+        """
+        return Rot90(-self.k, self.dims)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Rot90):
             return NotImplemented
@@ -104,7 +127,7 @@ class Rot90:
     __str__ = __repr__
 
 
-class Flip:
+class Flip(Action):
     """Reversal of one spatial dim (``torch.flip``), default the last.
 
     >>> import torch
@@ -116,6 +139,7 @@ class Flip:
     """
 
     __slots__ = ("dim",)
+    moves_positions_only: ClassVar[bool] = True
 
     def __init__(self, dim: int = -1) -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim >= 0:
@@ -134,6 +158,14 @@ class Flip:
             )
         return torch.flip(x, (self.dim,))
 
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Flip a tensor on ``grid``."""
+        return self.apply(x, grid.spatial_dims)
+
+    def inverse(self) -> Flip:
+        """A flip is its own inverse."""
+        return self
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Flip):
             return NotImplemented
@@ -148,11 +180,12 @@ class Flip:
     __str__ = __repr__
 
 
-def as_transform_list(transforms: object) -> list[Transform]:
-    """A non-empty list of transforms (never shifts), else InvalidArgument saying why.
+def as_transform_list(transforms: object) -> list[Action]:
+    """A non-empty list of actions to check in place of shifts, else InvalidArgument saying why.
 
-    A :class:`~equivariance.Shift` has an ``apply`` too, so it would pass for
-    a transform by its shape alone; it is refused by name.
+    Shifts are refused by name (they go in ``shifts=``); an object of the
+    earlier [`Transform`][equivariance.transforms.Transform] protocol (only
+    ``apply(x, spatial_dims)``) is wrapped as an action.
 
     >>> as_transform_list((Rot90(1), Flip(-1)))
     [Rot90(1), Flip(-1)]
@@ -162,101 +195,40 @@ def as_transform_list(transforms: object) -> list[Transform]:
             f"transforms must be a non-empty list of transforms, found {describe(transforms)}; pass e.g. "
             "transforms=[Rot90(1), Flip(-1)]"
         )
-    for t in transforms:
-        if isinstance(t, Shift) or not isinstance(t, Transform):
-            raise InvalidArgument(
-                f"transforms must hold Rot90, Flip or other objects with apply(x, spatial_dims), found "
-                f"{describe(t)}; shifts go in shifts="
-            )
-    return list(transforms)
+    return [as_transform(t) for t in transforms]
 
 
-def check_transform_fits(transform: Transform, x: torch.Tensor, spatial_dims: int, what: str = "x") -> None:
-    """A transform must map the grid of ``x`` (its last ``spatial_dims`` dims) onto itself.
-
-    ``what`` names ``x`` in the message; for anything but the input, the
-    message says so and how to measure another layer.
-    """
-    try:
-        moved: object = transform.apply(x[:1], spatial_dims)
-    except InvalidArgument as exc:
-        if what == "x":
-            raise
+def as_transform(transform: object) -> Action:
+    """An action that is not a shift, from an Action or an object of the earlier Transform protocol."""
+    if isinstance(transform, Shift):
         raise InvalidArgument(
-            f"the transforms act on {what} as on the input, but {exc}; pass layer= to measure a layer "
-            "whose output they map onto itself"
-        ) from None
-    except Exception as exc:
-        raise InvalidArgument(f"{transform!r}.apply raised {type(exc).__name__} on {what}: {exc}") from exc
-    if not isinstance(moved, torch.Tensor) or moved.shape != x[:1].shape:
-        raise InvalidArgument(
-            f"{transform!r} must map the grid of {what} onto itself, returning a tensor of shape "
-            f"{tuple(x[:1].shape)} for one sample, found {describe(moved)}; a transform may only move "
-            "the samples of the spatial dims"
+            f"transforms must hold Rot90, Flip or other actions, found the shift {transform!r}; shifts "
+            "go in shifts="
         )
+    if isinstance(transform, Action):
+        return transform
+    if isinstance(transform, Transform):
+        return _Applied(transform)
+    raise InvalidArgument(
+        f"transforms must hold Rot90, Flip or other actions (subclasses of equivariance.actions.Action), "
+        f"found {describe(transform)}; shifts go in shifts="
+    )
 
 
-class Copies:
-    """Copies of a batch, each moved by one element of a plan of shifts and transforms.
+class _Applied(Action):
+    """An object of the earlier Transform protocol, as an action."""
 
-    ``take(sample, element)[b]`` is ``plan[element[b]]`` applied to
-    ``x[sample[b]]``. The shifts of a whole chunk are read with one
-    vectorized gather (:class:`~equivariance.shifts.ShiftedWindows`); a
-    transform is applied once to each run of consecutive items that share it:
-    a loop over the few distinct transforms of a chunk, never one call per
-    sample. A plan of shifts only takes the gather's path unchanged.
+    def __init__(self, transform: Transform) -> None:
+        self.transform = transform
 
-    >>> import torch
-    >>> x = torch.arange(8.0).reshape(2, 1, 2, 2)
-    >>> plan = [Shift(0, 0), Rot90(1), Flip(-1)]
-    >>> copies = Copies(x, plan, torch.zeros(3, 2, dtype=torch.long), "zeros")
-    >>> moved = copies.take(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 2]))
-    >>> torch.equal(moved[2], Rot90(1).apply(x[0], 2)), torch.equal(moved[3], Flip(-1).apply(x[1], 2))
-    (True, True)
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return self.transform.apply(x, grid.spatial_dims)
 
-    Args:
-        x: the batch; the plan acts on its last ``offsets.shape[1]`` dims.
-        plan: the shifts and transforms, indexed by ``element``.
-        offsets: ``(len(plan), d)`` offsets for the shifts of the plan (the
-            rows of transforms are ignored).
-        boundary: the shifts' boundary.
-    """
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Applied) and self.transform == other.transform
 
-    def __init__(
-        self, x: torch.Tensor, plan: Sequence[Shift | Transform], offsets: torch.Tensor, boundary: Boundary
-    ) -> None:
-        self.x = x
-        self.d = offsets.shape[1]
-        self.transforms = {k: t for k, t in enumerate(plan) if not isinstance(t, Shift)}
-        is_shift = torch.tensor([isinstance(t, Shift) for t in plan], dtype=torch.bool)
-        self.offsets = torch.where(is_shift[:, None], offsets.cpu(), 0)  # transforms need no padding
-        self.windows = ShiftedWindows(x, self.offsets, boundary)
-        # one key per plan element: -1 for every shift (they share a gather), k for transform k
-        self.keys = torch.where(is_shift, -1, torch.arange(len(plan)))
+    def __hash__(self) -> int:
+        return hash(self.transform)
 
-    def runs(self, sample: torch.Tensor, element: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        """The items of :meth:`take` as runs ``(items, view)`` of views, not copies, where
-        :meth:`ShiftedWindows.runs <equivariance.shifts.ShiftedWindows.runs>` finds them; None for a
-        plan with transforms."""
-        if self.transforms:
-            return None
-        return self.windows.runs(sample.cpu(), self.offsets[element.cpu()])
-
-    def take(self, sample: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
-        """The copies ``plan[element[b]]`` of ``x[sample[b]]``, for every ``b``."""
-        sample, element = sample.cpu(), element.cpu()
-        if not self.transforms:
-            return self.windows.take(sample, self.offsets[element])
-        keys = self.keys[element]
-        new_run = torch.ones(len(keys), dtype=torch.bool)
-        new_run[1:] = keys[1:] != keys[:-1]
-        bounds = [*new_run.nonzero().flatten().tolist(), len(keys)]
-        pieces = []
-        for first, stop in itertools.pairwise(bounds):
-            rows, key = sample[first:stop], int(keys[first])
-            if key < 0:
-                pieces.append(self.windows.take(rows, self.offsets[element[first:stop]]))
-            else:  # indexing copies: a model may write to its input
-                pieces.append(self.transforms[key].apply(self.x[rows.to(self.x.device)], self.d))
-        # contiguous like the gather's copies (a rotation is a strided view of a flipped copy)
-        return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces)
+    def __repr__(self) -> str:
+        return repr(self.transform)

@@ -71,15 +71,15 @@ def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None 
     """
     plt = _pyplot()
     colors = importlib.import_module("matplotlib.colors")
-    shifts = [s for s in report.shifts if isinstance(s, Shift)]
-    if len(shifts) != len(report.shifts):
+    shifts = [s for s in report.elements if isinstance(s, Shift)]
+    if len(shifts) != len(report.elements):
         raise InvalidArgument(
             "shift_heatmap draws shifts, found transforms (Rot90, Flip); print the report instead"
         )
     if any(s.ndim != 2 for s in shifts):
         raise InvalidArgument(
             f"shift_heatmap draws 2-D shifts, found shifts of {shifts[0].ndim} dims; "
-            "plot report.errors against report.shifts yourself for other dims"
+            "plot report.errors against report.elements yourself for other dims"
         )
     rows = sorted({s[0] for s in shifts})
     cols = sorted({s[1] for s in shifts})
@@ -155,9 +155,9 @@ def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
     ax.axhline(profile.rtol, color="black", linestyle="--", linewidth=1, label=f"rtol {profile.rtol:.0e}")
     ax.set_xticks(range(len(rows)), [f"{r.name}\n{r.type}" for r in rows])
     ax.set_ylabel("relative error")
-    what = "shift" if isinstance(profile.shift, Shift) else "transform"  # Shift first: it has apply() too
+    what = profile.element.noun
     subject = profile.subject if profile.up_to is None else f"{profile.subject} up to {profile.up_to}"
-    ax.set_title(f"{subject} under {what} {profile.shift}")
+    ax.set_title(f"{subject} under {what} {profile.element}")
     ax.legend(loc="upper left")
     return ax
 

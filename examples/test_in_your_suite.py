@@ -45,7 +45,7 @@ class ResidualBlock(nn.Module):
 # 1. Plain code: the library's function raises EquivarianceError (an AssertionError) with the report.
 def test_lenet_features_follow_a_moving_digit() -> None:
     report = assert_equivariant(LeNet(), digits_on_a_canvas(), max_shift=3, layer="conv4")
-    assert len(report.shifts) == 49
+    assert len(report.elements) == 49
 
 
 # 2. The fixture: the same call; --equivariance-dtype float64 runs it again in float64.

@@ -41,8 +41,8 @@ def mlp_report() -> EquivarianceReport:
 def test_lenet_passes_the_issue_example(lenet_report: EquivarianceReport) -> None:
     report = lenet_report
     assert report.passed
-    assert len(report.shifts) == 121
-    assert set(report.shifts) == set(shifts_in_box(5, ndim=2))
+    assert len(report.elements) == 121
+    assert set(report.elements) == set(shifts_in_box(5, ndim=2))
     assert report.max_error <= report.rtol
     assert report.subject == "LeNet.conv4"
     assert report.input_shape == (8, 1, 38, 38)
@@ -56,10 +56,10 @@ def test_mlp_fails_every_nonzero_shift(mlp_report: EquivarianceReport) -> None:
     report = mlp_report
     assert not report.passed
     assert len(report.failures) == 120
-    assert all(r.error > 0.5 for r in report.results if not r.shift.is_identity)
-    (identity,) = [r for r in report.results if r.shift.is_identity]
+    assert all(r.error > 0.5 for r in report.results if not r.element.is_identity)
+    (identity,) = [r for r in report.results if r.element.is_identity]
     assert identity.passed
-    assert report.worst_shift == max(report.results, key=lambda r: r.error).shift
+    assert report.worst_element == max(report.results, key=lambda r: r.error).element
     assert any("dense" in hint.lower() for hint in report.hints)
 
 
@@ -67,7 +67,7 @@ def test_report_numbers_agree_with_equivariance_error(mlp_report: EquivarianceRe
     torch.manual_seed(0)
     model, x = MLP(input_size=38), canvas(batch=8)
     for result in mlp_report.results[:5]:
-        single = equivariance_error(model, x, result.shift, reduction="max")
+        single = equivariance_error(model, x, result.element, reduction="max")
         assert result.error == pytest.approx(float(single), rel=1e-5)
     assert mlp_report.mean_error == pytest.approx(sum(mlp_report.errors) / 121)
     assert mlp_report.max_error == max(mlp_report.errors)
@@ -81,7 +81,7 @@ def test_str_is_a_table_worst_first(mlp_report: EquivarianceReport) -> None:
     rows = [line for line in lines if line.rstrip().endswith(("FAIL", "ok"))]
     errors = [float(line.split()[-2]) for line in rows]
     assert errors == sorted(errors, reverse=True)
-    assert str(mlp_report.worst_shift) in rows[0]
+    assert str(mlp_report.worst_element) in rows[0]
     assert "... 113 more shifts, 112 failed" in text
     assert "hint:" in text
 
@@ -92,7 +92,7 @@ def test_to_dict_is_json_serializable(mlp_report: EquivarianceReport) -> None:
     assert data["failed"] == 120
     assert len(data["results"]) == 121
     assert data["results"][0]["shift"] == [-5, -5]
-    assert data["worst_shift"] == list(mlp_report.worst_shift)
+    assert data["worst_element"] == list(mlp_report.worst_element)
     assert data["rtol"] == mlp_report.rtol
     assert data["kind"] == "equivariance"
 
@@ -147,9 +147,9 @@ def test_default_shifts_follow_the_stride() -> None:
     x = torch.randn(2, 1, 20, 20)
     report = check_equivariance(conv, x, stride=2)
     assert report.passed
-    assert set(report.shifts) == set(multiples_of(2, max_shift=4, ndim=2))
+    assert set(report.elements) == set(multiples_of(2, max_shift=4, ndim=2))
     assert report.output_action == "shift / 2"
-    assert len(check_equivariance(conv, x, stride=2, max_shift=2).shifts) == 9
+    assert len(check_equivariance(conv, x, stride=2, max_shift=2).elements) == 9
 
 
 def test_a_check_that_cannot_fail_is_refused() -> None:
@@ -172,7 +172,7 @@ def test_assert_equivariant_raises_with_the_report() -> None:
     assert "equivariance check FAILED: MLP, 9 shifts, 8 failed" in message
     assert "rtol 1e-04, float32" in message
     assert info.value.report is not None
-    assert str(info.value.report.worst_shift) in message
+    assert str(info.value.report.worst_element) in message
     report = assert_equivariant(LeNet(), x, max_shift=1, layer="conv4")
     assert report.passed
 
@@ -190,7 +190,7 @@ def test_the_hint_of_a_failed_layer_check_profiles_up_to_that_layer() -> None:
     assert "equivariance.profile_equivariance(model, x, shift=" in hint
     assert ", up_to='1') gives the error of every layer" in hint
     # the hint's call runs and names the culprit
-    worst = info.value.report.worst_shift if info.value.report else None
+    worst = info.value.report.worst_element if info.value.report else None
     assert profile_equivariance(model, x, worst, up_to="1").first_failure.name == "1"  # type: ignore[arg-type,union-attr]
 
 
@@ -217,7 +217,7 @@ def test_hint_for_a_stride_pattern() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 2, stride=2), nn.ReLU(), nn.Upsample(scale_factor=2))
     x = torch.randn(2, 1, 24, 24)
     report = check_equivariance(model, x, max_shift=2)
-    assert {r.shift for r in report.results if r.passed} == set(multiples_of(2, 2))
+    assert {r.element for r in report.results if r.passed} == set(multiples_of(2, 2))
     assert any("errors only at shifts that 2 does not divide" in h for h in report.hints)
     assert any("followed by upsampling" in h and "multiples_of(2" in h for h in report.hints)
 
@@ -274,7 +274,7 @@ def test_a_huge_max_shift_is_refused_before_any_work() -> None:
 
 def test_default_box_fits_small_inputs() -> None:
     report = check_equivariance(nn.Conv1d(1, 1, 1), torch.randn(1, 1, 2))
-    assert set(report.shifts) == {Shift(-1), Shift(0), Shift(1)}
+    assert set(report.elements) == {Shift(-1), Shift(0), Shift(1)}
 
 
 def test_summary_of_a_single_shift() -> None:

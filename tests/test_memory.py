@@ -6,20 +6,38 @@ import pytest
 import torch
 from conftest import canvas
 
-from equivariance import Flip, Rot90, check_equivariance, check_invariance, equivariance_error
+from equivariance import Flip, Rot90, _plan, check_equivariance, check_invariance, equivariance_error
 from equivariance._forward import Forward
 from equivariance._memory import (
     CPU_BUDGET_BYTES,
     CPU_CHUNK_BYTES,
     CPU_MIN_CHUNK,
-    ActivationMeter,
     auto_batch_size,
     default_cpu_batch_size,
     metered,
 )
-from equivariance.metric import measure
+from equivariance._runner import Runner
+from equivariance._sinks import Sums
+from equivariance.actions import Action
 from equivariance.models import LeNet
 from equivariance.shifts import shifts_in_box
+
+
+def measure(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    elements: list[Action],
+    *,
+    batch_size: int,
+    noise_floor: bool = True,
+    progress: bool | None = None,
+) -> tuple[Sums, int]:
+    """The engine's sums for ``elements`` (the plan, then the runner), and the chunk size that fitted."""
+    request = _plan.validate(
+        model, x, "equivariance", elements, batch_size=batch_size, noise_floor=noise_floor
+    )
+    with Runner(model, progress=progress) as runner:
+        return _plan.measure(runner, _plan.make_plan(runner, request))
 
 
 class RunsOutOfMemory(torch.nn.Module):
@@ -42,10 +60,10 @@ class RunsOutOfMemory(torch.nn.Module):
 def test_out_of_memory_halves_the_chunk_and_retries() -> None:
     model, x = RunsOutOfMemory(limit=7), canvas(4, size=16, content=10)
     shifts = shifts_in_box(1)
-    expected = measure(Forward(model), x, shifts, mode="equivariance", batch_size=4, noise_floor=False)
+    expected, _ = measure(model, x, list(shifts), batch_size=4, noise_floor=False)
     model.batches.clear()
-    measured = measure(Forward(model), x, shifts, mode="equivariance", batch_size=32, noise_floor=False)
-    assert measured.batch_size == 4
+    measured, size = measure(model, x, list(shifts), batch_size=32, noise_floor=False)
+    assert size == 4
     assert model.batches[:4] == [4, 32, 16, 8]  # the base pass, then halved until a chunk fits
     assert sum(b for b in model.batches[1:] if b <= 7) == 9 * 4
     torch.testing.assert_close(measured.diff_sq, expected.diff_sq)
@@ -54,15 +72,14 @@ def test_out_of_memory_halves_the_chunk_and_retries() -> None:
 
 def test_out_of_memory_with_transforms_halves_the_chunk_and_retries() -> None:
     model, x = RunsOutOfMemory(limit=7), canvas(4, size=16, content=10)
-    transforms = [Rot90(1), Rot90(2), Rot90(3), Flip(-1)]
-    expected = measure(Forward(model), x, transforms, mode="equivariance", batch_size=4)
+    transforms: list[Action] = [Rot90(1), Rot90(2), Rot90(3), Flip(-1)]
+    expected, _ = measure(model, x, transforms, batch_size=4)
     model.batches.clear()
-    measured = measure(Forward(model), x, transforms, mode="equivariance", batch_size=32)
-    assert measured.batch_size == 5
+    measured, size = measure(model, x, transforms, batch_size=32)
+    assert size == 5
     assert model.batches[:4] == [4, 20, 10, 5]  # the base pass, then the whole sweep (5 x 4) halved twice
     assert sum(b for b in model.batches[1:] if b <= 7) == 5 * 4  # the identity and 4 transforms, once each
-    torch.testing.assert_close(measured.diff_sq, expected.diff_sq)
-    torch.testing.assert_close(measured.noise_diff_sq, expected.noise_diff_sq)
+    torch.testing.assert_close(measured.diff_sq, expected.diff_sq)  # the noise floor's row included
     report = check_equivariance(model, x, transforms=transforms, batch_size=64)
     assert report.batch_size == 5
     assert not report.passed  # a plain convolution
@@ -93,11 +110,8 @@ def test_auto_batch_size_fits_the_cpu_budget() -> None:
 
 
 def test_auto_batch_size_is_at_least_one_and_at_most_the_sweep() -> None:
-    meter = ActivationMeter()
-    meter.bytes = 2**40
-    assert auto_batch_size(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), meter, total=50) == 1
-    meter.bytes = 1
-    assert auto_batch_size(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), meter, total=50) == 50
+    assert auto_batch_size(2**40, torch.device("cpu"), total=50) == 1
+    assert auto_batch_size(1, torch.device("cpu"), total=50) == 50
 
 
 def test_default_cpu_chunks_hold_about_32_mib_of_activations_and_at_least_8_samples() -> None:
@@ -118,20 +132,24 @@ def test_default_cpu_chunks_hold_about_32_mib_of_activations_and_at_least_8_samp
     assert CPU_MIN_CHUNK < lenet.batch_size <= 26 * 8
     assert 0.5 < features.batch_size / lenet.batch_size < 2
     # a sweep smaller than a chunk is one chunk; a sample beyond the budget is a chunk of one
-    meter = ActivationMeter()
-    meter.bytes = 4 * CPU_BUDGET_BYTES
-    assert default_cpu_batch_size(torch.zeros(4, 1, 4, 4), torch.zeros(4, 1, 4, 4), meter, total=50) == 1
-    meter.bytes = 0  # no leaf reported: four outputs' worth stands in
-    tiny = default_cpu_batch_size(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), meter, total=10**9)
-    assert tiny == CPU_CHUNK_BYTES // (6 * 16 * 4)
-    assert default_cpu_batch_size(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), meter, total=50) == 50
+    assert default_cpu_batch_size(CPU_BUDGET_BYTES, total=50) == 1
+    assert default_cpu_batch_size(6 * 16 * 4, total=10**9) == CPU_CHUNK_BYTES // (6 * 16 * 4)
+    assert default_cpu_batch_size(6 * 16 * 4, total=50) == 50
+
+
+def test_a_model_without_leaf_modules_is_metered_by_four_outputs() -> None:
+    # no leaf reports its output: four outputs' worth, the input and the output stand in for a sample
+    x = torch.zeros(2, 1, 4, 4)
+    with Runner(lambda t: t * 2) as runner:
+        base = runner.base(Forward(lambda t: t * 2), x, meter=True)
+    assert base.bytes_per_sample == 6 * 16 * 4
 
 
 def test_progress_bar_on_request_and_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
-    x, shifts = canvas(2, size=16, content=10), shifts_in_box(2)
-    measure(Forward(torch.nn.Conv2d(1, 2, 3)), x, shifts, mode="equivariance", batch_size=5)
+    x, shifts = canvas(2, size=16, content=10), list(shifts_in_box(2))
+    measure(torch.nn.Conv2d(1, 2, 3), x, shifts, batch_size=5)
     assert capsys.readouterr().err == ""
-    measure(Forward(torch.nn.Conv2d(1, 2, 3)), x, shifts, mode="equivariance", batch_size=5, progress=True)
+    measure(torch.nn.Conv2d(1, 2, 3), x, shifts, batch_size=5, progress=True)
     assert "equivariance sweep |########################| 11/11" in capsys.readouterr().err
 
 

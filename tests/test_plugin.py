@@ -44,7 +44,7 @@ def test_the_fixtures_pass_and_fail_like_the_library_and_hide_their_frames(proje
 
         def test_conv(assert_equivariant):
             report = assert_equivariant(conv(), image(), max_shift=2)
-            assert report.passed and len(report.shifts) == 25
+            assert report.passed and len(report.elements) == 25
 
         def test_pooling(assert_invariant):
             pool = torch.nn.Sequential(conv(), torch.nn.AdaptiveAvgPool2d(1))

@@ -73,7 +73,7 @@ def test_the_stride_2_cnn_passes_every_layer_for_an_even_shift() -> None:
     profile = profile_equivariance(strided_cnn(), canvas(size=32, content=16), (2, -4))
     assert profile.passed
     assert profile.first_failure is None
-    assert profile["4"].output_shift == profile.shift / 2
+    assert profile["4"].output_element == profile.element / 2
 
 
 def test_a_zero_padded_same_cnn_is_blamed_on_the_borders() -> None:
@@ -228,7 +228,7 @@ def test_lenet_on_a_38x38_canvas_is_profiled_up_to_conv4() -> None:
     profile = profile_equivariance(LeNet(), canvas(), (2, 1), up_to="conv4")
     assert [layer.name for layer in profile.layers] == ["conv1", "conv2", "conv3", "conv4"]
     assert profile.passed
-    assert all(layer.stride == (1, 1) and layer.output_shift == Shift(2, 1) for layer in profile.layers)
+    assert all(layer.stride == (1, 1) and layer.output_element == Shift(2, 1) for layer in profile.layers)
     assert profile["conv4"].output_shape == (4, 5, 22, 22)
     assert profile.up_to == "conv4"
     assert profile.summary() == (
@@ -258,7 +258,7 @@ def test_a_layer_without_symmetry_before_up_to_is_the_first_failure() -> None:
         nn.Conv2d(1, 4, 3), Ramp(), nn.Conv2d(4, 2, 3), nn.Flatten(), nn.Linear(2 * 24 * 24, 10)
     )
     with pytest.raises(
-        InvalidArgument, match=r"the model raised RuntimeError on an input of shape \(8, 1, 38"
+        InvalidArgument, match=r"the model raised RuntimeError on an input of shape \(4, 1, 38"
     ):
         profile_equivariance(net, canvas(), (2, 1))
     profile = profile_equivariance(net, canvas(), (2, 1), up_to="2")

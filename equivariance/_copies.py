@@ -1,0 +1,82 @@
+"""Copies of a batch, each moved by one element of a plan: the input side of every measurement.
+
+``Copies(x, elements, grid).take(sample, element)[b]`` is
+``elements[element[b]].act(x[sample[b]], grid)``. Elements whose class offers a
+vectorized path ([`Action.batched`][equivariance.actions.Action.batched]:
+shifts, read by one gather from one padded view) take it; the others are
+applied once per run of consecutive items that share an element, never once
+per sample. The same class moves the reference outputs of a comparison: the
+plan's elements acting on the output grid (a stride, another layout).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+
+from equivariance.actions import Action, Batched, Grid
+
+__all__ = ["Copies"]
+
+
+class Copies:
+    """Copies of the rows of ``x`` moved by the elements of a plan.
+
+    Args:
+        x: the tensor, ``(N, *channels, *spatial)`` on ``grid``.
+        elements: the plan's elements, indexed by ``take``'s ``element``.
+        grid: where ``x`` lives (its stride and boundary).
+    """
+
+    def __init__(self, x: torch.Tensor, elements: Sequence[Action], grid: Grid) -> None:
+        self.x, self.elements, self.grid = x, list(elements), grid
+        # each element's key: the index of its vectorized group, or -1 - k to be applied alone
+        self.groups: list[Batched] = []
+        self.keys = [-1 - k for k in range(len(self.elements))]
+        self.local = list(range(len(self.elements)))
+        by_class: dict[type[Action], list[int]] = {}
+        for k, element in enumerate(self.elements):
+            by_class.setdefault(type(element), []).append(k)
+        for cls, members in by_class.items():
+            batched = cls.batched(x, [self.elements[k] for k in members], grid)
+            if batched is None:
+                continue
+            for j, k in enumerate(members):
+                self.keys[k], self.local[k] = len(self.groups), j
+            self.groups.append(batched)
+        self._keys = torch.tensor(self.keys, dtype=torch.long)
+        self._local = torch.tensor(self.local, dtype=torch.long)
+
+    def take(self, sample: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
+        """The copies ``elements[element[b]]`` of ``x[sample[b]]``, for every ``b``: a new tensor."""
+        sample, element = sample.cpu(), element.cpu()
+        pieces = [self._piece(sample[items], element[items]) for items in self._runs(element)]
+        # contiguous like a gather's copies (a rotation is a strided view of a flipped copy)
+        return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces)
+
+    def runs(self, sample: torch.Tensor, element: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
+        """The items of ``take`` as runs ``(items, view)`` of views, where one vectorized group holds
+        them all and offers views (shifts on the CPU); None otherwise."""
+        key = self._keys[element.cpu()]
+        first = int(key[0])
+        if first < 0 or not bool((key == first).all()):
+            return None
+        return self.groups[first].runs(sample, self._local[element.cpu()])
+
+    def _runs(self, element: torch.Tensor) -> list[slice]:
+        """Consecutive items that share a vectorized group, or an element applied alone."""
+        keys = self._keys[element]
+        new = torch.ones(len(keys), dtype=torch.bool)
+        new[1:] = keys[1:] != keys[:-1]
+        bounds = [*new.nonzero().flatten().tolist(), len(keys)]
+        return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+    def _piece(self, rows: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
+        key = self.keys[int(element[0])]
+        if key >= 0:
+            return self.groups[key].take(rows, self._local[element])
+        # indexing copies, so an action that returns its input (or a view of it) hands out a copy
+        chosen = self.x[rows.to(self.x.device)]
+        return self.elements[int(element[0])].act(chosen, self.grid)

@@ -1,0 +1,516 @@
+"""The plan of a measurement: arguments validated once, ``f(x)`` computed once, ``"auto"`` resolved once.
+
+A measurement goes through named stages, each in its own module:
+**elements** ([`equivariance.actions`][equivariance.actions]) →
+**plan** (here) → **copies** (`equivariance._copies`) →
+**runner** (`equivariance._runner`) →
+**sinks** (`equivariance._sinks`) →
+**judge** (`equivariance._judge`) → **report**.
+
+:func:`validate` checks every argument before any forward pass and returns a
+:class:`Request`. :func:`make_plan` then runs the unshifted input through the
+model once (with autograd on, and one backward pass, when ``margin="auto"``
+needs the receptive field), views the output in its layout, infers the
+stride from one run of shifted copies when ``stride="auto"``, and fixes the
+rows the runner will send: the identity first (the noise floor), then the
+elements checked. :func:`measure` runs them and returns the sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from equivariance import _auto
+from equivariance._copies import Copies
+from equivariance._forward import Forward
+from equivariance._memory import chunk_size
+from equivariance._runner import Base, Consumer, ModelConsumer, Runner
+from equivariance._sinks import FlatSums, GridSums, OutputAction, Sums, check_finite
+from equivariance._validation import as_int, describe, per_dim
+from equivariance.actions import Action, Boundary, Grid, Identity, check_boundary
+from equivariance.errors import InvalidArgument
+from equivariance.layouts import ChannelsFirst, Layout, Tokens, as_layout
+from equivariance.shifts import Shift, as_shift, multiples_of
+
+Mode = Literal["equivariance", "invariance"]
+Auto = Literal["auto"]
+BatchSize = int | Literal["auto"] | None
+
+DEFAULT_MAX_SHIFT = 2
+"""Default box of shifts, in units of the stride: every multiple of the stride in [-2s, 2s]^d."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the caller asked for, validated; no forward pass has run yet.
+
+    ``elements`` None means the default box of shifts, which needs the stride.
+    """
+
+    forward: Forward
+    x: torch.Tensor
+    mode: Mode
+    elements: tuple[Action, ...] | None
+    max_shift: tuple[int, ...] | None
+    stride: tuple[int, ...] | Auto
+    margin: tuple[int, ...] | Auto
+    boundary: Boundary
+    layout: Layout | None
+    output_action: OutputAction | None
+    batch_size: BatchSize
+    noise_floor: bool
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.x.dim() - 2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request resolved against the model: what the runner sends and what it compares with.
+
+    Attributes:
+        request: the validated arguments.
+        base: ``f(x)`` as the model returned it (a copy).
+        grid: the output's grid (equivariance), None for invariance.
+        grid_base: ``base`` viewed as a grid (equivariance).
+        strides: the output's stride per dim.
+        margins: the margin per dim.
+        elements: the elements checked.
+        rows: what the runner sends: the identity first with a noise floor.
+        batch_size: samples per forward pass.
+        inferred: how ``"auto"`` (and an inferred layout) were resolved, a sentence each.
+    """
+
+    request: Request
+    base: torch.Tensor
+    grid: Grid | None
+    grid_base: torch.Tensor | None
+    strides: tuple[int, ...]
+    margins: tuple[int, ...]
+    elements: tuple[Action, ...]
+    rows: tuple[Action, ...]
+    batch_size: int
+    inferred: tuple[str, ...] = field(default=())
+
+    @property
+    def noise_rows(self) -> int:
+        """How many rows come before the elements checked (1 with a noise floor)."""
+        return len(self.rows) - len(self.elements)
+
+
+# -- validation, before any forward pass ------------------------------------------------------------
+
+
+def validate(
+    model: Callable[..., Any],
+    x: object,
+    mode: Mode,
+    elements: Sequence[Action] | None,
+    *,
+    max_shift: object = None,
+    stride: object = 1,
+    margin: object = 0,
+    boundary: object = "zeros",
+    layout: object = None,
+    output_action: object = None,
+    batch_size: object = None,
+    layer: str | None = None,
+    output: Any = None,
+    noise_floor: bool = True,
+) -> Request:
+    """Every argument checked, with a message that says how to fix it, before the model runs."""
+    forward = Forward(model, layer, output)
+    tensor = check_input(x, model)
+    d = tensor.dim() - 2
+    the_boundary = check_boundary(boundary)
+    strides = _auto_or_per_dim(stride, d, "stride", minimum=1)
+    margins = _auto_or_per_dim(margin, d, "margin", minimum=0)
+    if output_action is not None:
+        _check_output_action(output_action, strides, elements)
+    if elements is not None:
+        if not elements:
+            raise InvalidArgument("no shifts to check; pass at least one shift")
+        for element in elements:
+            check_fits(element, tensor)
+        if strides == _auto.AUTO and not all(isinstance(e, Shift) for e in elements):
+            raise InvalidArgument(
+                f"stride='auto' infers how shifts move the output, but {elements[0]} is a "
+                f"{elements[0].noun}, which acts alike on the input and the output; drop stride="
+            )
+    bound = None if max_shift is None else per_dim(max_shift, d, "max_shift", minimum=0)
+    if bound is not None and any(b >= n for b, n in zip(bound, tensor.shape[2:])):
+        raise InvalidArgument(
+            f"max_shift {max_shift} is as large as the signal or larger (spatial size "
+            f"{tuple(tensor.shape[2:])}); pass max_shift below {min(tensor.shape[2:])}"
+        )
+    return Request(
+        forward, tensor, mode, None if elements is None else tuple(elements), bound, strides, margins,
+        the_boundary, None if layout is None else as_layout(layout),
+        output_action,  # type: ignore[arg-type]
+        check_batch_size(batch_size), noise_floor,
+    )  # fmt: skip
+
+
+def _auto_or_per_dim(value: object, d: int, name: str, *, minimum: int) -> tuple[int, ...] | Auto:
+    if isinstance(value, str):
+        if value == _auto.AUTO:
+            return "auto"
+        raise InvalidArgument(
+            f"{name} must be an int, one int per spatial dim or 'auto', found {value!r}; "
+            f"pass e.g. {name}=2 or {name}='auto'"
+        )
+    return per_dim(value, d, name, minimum=minimum)
+
+
+def _check_output_action(
+    output_action: object, strides: tuple[int, ...] | Auto, elements: Sequence[Action] | None
+) -> None:
+    if not callable(output_action):
+        raise InvalidArgument(
+            f"output_action must be a callable (f(x), shift) -> tensor, found {describe(output_action)}"
+        )
+    if strides == _auto.AUTO:
+        raise InvalidArgument(
+            "pass either stride='auto' or output_action=, not both; an output action replaces the stride"
+        )
+    if any(s != 1 for s in strides):
+        raise InvalidArgument(
+            "pass either stride= or output_action=, not both; fold the stride into the output action"
+        )
+    if elements is not None and not all(isinstance(e, Shift) for e in elements):
+        raise InvalidArgument(
+            f"output_action= says how shifts move the output, but {elements[0]} is a transform, which "
+            "acts alike on the input and the output; pass neither with transforms"
+        )
+
+
+def check_batch_size(batch_size: object) -> BatchSize:
+    """``None``, ``"auto"`` or a positive int, else InvalidArgument."""
+    if batch_size is None:
+        return None
+    if batch_size == "auto":
+        return "auto"
+    size = as_int(batch_size, "batch_size")
+    if size < 1:
+        raise InvalidArgument(f"batch_size must be positive, found {size}; pass e.g. batch_size=8, or 'auto'")
+    return size
+
+
+def check_input(x: object, model: object) -> torch.Tensor:
+    """``x`` if it is a usable batch for ``model``, else InvalidArgument saying why."""
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgument(f"x must be a torch.Tensor, found {describe(x)}")
+    shape = tuple(x.shape)
+    if not 3 <= x.dim() <= 5:
+        fix = (
+            "add the missing batch and channel dims, e.g. x[None, None]"
+            if x.dim() <= 2
+            else "fold the extra dims into the batch or channel dim"
+        )
+        raise InvalidArgument(
+            f"x must be a batch (N, C, L), (N, C, H, W) or (N, C, D, H, W), found a tensor of "
+            f"shape {shape} ({x.dim()} dims); {fix}"
+        )
+    if not x.dtype.is_floating_point:
+        raise InvalidArgument(
+            f"x must have a floating-point dtype, found {x.dtype}; convert it, e.g. x.float()"
+        )
+    if x.device.type == "meta":
+        raise InvalidArgument(
+            "x is on the meta device, which holds shapes but no values; pass a tensor with data"
+        )
+    if x.shape[0] == 0:
+        raise InvalidArgument(f"x is an empty batch (shape {shape}); pass at least one sample")
+    if x.numel() == 0:
+        raise InvalidArgument(f"x of shape {shape} has no elements; every dim must be nonzero")
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidArgument(
+            f"x contains {int((~torch.isfinite(x)).sum())} non-finite values (nan or inf); "
+            "equivariance is only measurable on finite inputs"
+        )
+    if isinstance(model, nn.Module):
+        _check_model_matches(model, x)
+    return x
+
+
+def _check_model_matches(model: nn.Module, x: torch.Tensor) -> None:
+    tensors = [*model.parameters(), *model.buffers()]
+    devices = {t.device for t in tensors}
+    if len(devices) == 1 and next(iter(devices)) != x.device:
+        (device,) = devices
+        raise InvalidArgument(
+            f"the model is on {device} but x is on {x.device}; move x with x.to({str(device)!r}) "
+            f"or the model with model.to({str(x.device)!r})"
+        )
+    dtypes = {t.dtype for t in tensors if t.dtype.is_floating_point}
+    if len(dtypes) == 1 and next(iter(dtypes)) != x.dtype:
+        (dtype,) = dtypes
+        raise InvalidArgument(
+            f"the model's parameters are {dtype} but x is {x.dtype}; convert one to the "
+            f"other, e.g. x.to({dtype}) or model.to({x.dtype})"
+        )
+
+
+def check_fits(element: Action, x: torch.Tensor, grid: Grid | None = None, what: str = "x") -> None:
+    """An element must act on ``x`` (on ``grid``; by default an input's) and map its grid onto itself."""
+    if isinstance(element, Shift) and grid is None:
+        check_shift_fits(element, x)
+        return
+    grid = grid or Grid.of_input(x.dim() - 2)
+    ndim = getattr(element, "ndim", None)
+    if isinstance(ndim, int) and ndim != grid.spatial_dims:
+        raise InvalidArgument(
+            f"{element!r} has {ndim} dims but {what} of shape {tuple(x.shape)} has {grid.spatial_dims} "
+            f"spatial dims; pass one offset per spatial dim"
+        )
+    try:
+        moved: object = element.act(x[:1].clone(), grid)
+    except InvalidArgument:
+        raise
+    except Exception as exc:
+        raise InvalidArgument(f"{element!r}.act raised {type(exc).__name__} on {what}: {exc}") from exc
+    if not isinstance(moved, torch.Tensor) or moved.shape != x[:1].shape:
+        raise InvalidArgument(
+            f"{element!r} must map the grid of {what} onto itself, returning a tensor of shape "
+            f"{tuple(x[:1].shape)} for one sample, found {describe(moved)}; a transform may only move "
+            "the samples of the spatial dims"
+        )
+
+
+def check_shift_fits(shift: Shift, x: torch.Tensor) -> None:
+    """A shift must have one offset per spatial dim and be smaller than the signal."""
+    spatial = tuple(x.shape[2:])
+    if shift.ndim != len(spatial):
+        raise InvalidArgument(
+            f"shift {shift} has {shift.ndim} dims but x of shape {tuple(x.shape)} has "
+            f"{len(spatial)} spatial dims; pass a shift of length {len(spatial)}"
+        )
+    for offset, size in zip(shift, spatial):
+        if abs(offset) >= size:
+            raise InvalidArgument(
+                f"shift {shift} is as large as the signal or larger (spatial size "
+                f"{spatial}); a shift must be smaller than the size in every dim, so pass "
+                f"offsets in ({-size}, {size})"
+            )
+
+
+def as_element(value: object) -> Action:
+    """An element from an Action (a Shift, Rot90, Flip, ...) or an int / tuple of ints (a Shift)."""
+    if isinstance(value, Action):
+        return value
+    return as_shift(value)
+
+
+# -- the plan: one unshifted pass, "auto" resolved ---------------------------------------------------
+
+
+def make_plan(runner: Runner, request: Request) -> Plan:
+    """The unshifted pass, the layout, the stride and margin, the elements and the rows (see module)."""
+    x, d, forward = request.x, request.spatial_dims, request.forward
+    meter = request.batch_size == "auto" or (request.batch_size is None and x.device.type == "cpu")
+    support = None
+    if request.margin == _auto.AUTO and request.mode == "equivariance":
+        with runner.differentiable(forward, x, meter=meter) as (leaf, output, base):
+            check_finite(base.output, "the unshifted input x")
+            layout, notes = _resolve_layout(request, base.output)
+            support = _auto.receptive_support(leaf, layout.to_grid(output, d), d)
+    else:
+        base = runner.base(forward, x, meter=meter)
+        check_finite(base.output, "the unshifted input x")
+        layout, notes = _resolve_layout(request, base.output)
+    if request.mode == "invariance":
+        elements = request.elements or tuple(_shift_box(request, (1,) * d))
+        return _finish(request, base, None, (1,) * d, (0,) * d, elements, notes)
+    strides, notes = _resolve_stride(runner, request, base, layout, notes)
+    margins = request.margin if support is None else _auto.receptive_margin(support, strides)
+    if isinstance(margins, _auto.Inferred):
+        notes = (*notes, margins.note)
+        margins = margins.value
+    assert not isinstance(margins, str)
+    grid = Grid(d, strides, request.boundary, layout)
+    elements = request.elements or tuple(_shift_box(request, strides))
+    if support is not None and request.output_action is None:
+        _auto.check_room(tuple(layout.to_grid(base.output, d).shape[-d:]), elements, grid, margins)
+    return _finish(request, base, grid, strides, margins, elements, notes)
+
+
+def _resolve_layout(request: Request, base: torch.Tensor) -> tuple[Layout, tuple[str, ...]]:
+    """The output's layout: the caller's (a tokens grid resolved against the input), else channels first."""
+    if request.mode == "invariance":
+        return ChannelsFirst(), ()
+    d, spatial_in = request.spatial_dims, tuple(request.x.shape[2:])
+    layout = request.layout or ChannelsFirst()
+    notes: tuple[str, ...] = ()
+    if isinstance(layout, Tokens) and layout.grid is None:
+        layout = layout.resolved(tuple(base.shape), spatial_in)
+        notes = (f"layout {layout.describe()}: the input's grid {spatial_in} over one patch size",)
+    if layout.spatial_shape(tuple(base.shape), d) is None:
+        for name, fix in (
+            ("stride", "pass layer= to measure a layer with spatial output, or use check_invariance"),
+            ("margin", "a margin only applies to maps, pass layer= to measure one"),
+        ):
+            if getattr(request, name) == _auto.AUTO and isinstance(layout, ChannelsFirst):
+                raise InvalidArgument(
+                    f"{name}='auto' needs an output with {d} spatial dims, found an output of shape "
+                    f"{tuple(base.shape)}; {fix}"
+                )
+        if isinstance(layout, ChannelsFirst):
+            raise InvalidArgument(
+                f"the output of shape {tuple(base.shape)} has no channel dim and {d} spatial dims to "
+                f"carry a {_noun(request)} of the input's {d} spatial dims (expected (N, C, *spatial)); "
+                "pass layout='channels_last' or layout=Tokens(grid, prefix=...) if its channels are "
+                "last or it is a sequence of tokens, layer= to measure a layer with spatial output, "
+                "or use check_invariance to test that it does not change"
+            )
+        layout.check(tuple(base.shape), d, "the output")
+    return layout, notes
+
+
+def _resolve_stride(
+    runner: Runner, request: Request, base: Base, layout: Layout, notes: tuple[str, ...]
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    if request.stride != "auto":
+        return request.stride, notes
+    d = request.spatial_dims
+    candidates = sum(request.x.shape[2:]) * len(request.x)  # an upper bound on the copies it sends
+    size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, candidates)
+    inferred = _auto.infer_stride(
+        runner, request.forward, request.x, base.output, layout, request.boundary, size
+    )
+    assert len(inferred.value) == d
+    return inferred.value, (*notes, inferred.note)
+
+
+def _shift_box(request: Request, strides: tuple[int, ...]) -> list[Shift]:
+    """The default shifts: every multiple of the stride in the box ``[-max_shift, max_shift]``."""
+    spatial = tuple(request.x.shape[2:])
+    step = (1,) * len(spatial) if request.output_action is not None else strides
+    if request.max_shift is None:
+        bound = tuple(min(DEFAULT_MAX_SHIFT * s, (n - 1) // s * s) for s, n in zip(step, spatial))
+    else:
+        bound = request.max_shift
+    shifts = multiples_of(step, bound, ndim=len(spatial))
+    if all(s.is_identity for s in shifts):
+        raise InvalidArgument(
+            f"the shifts to check are only the identity {shifts[0]}, a check that cannot fail; "
+            "pass at least one nonzero shift (with stride=k, max_shift must be at least k)"
+        )
+    return shifts
+
+
+def _finish(
+    request: Request,
+    base: Base,
+    grid: Grid | None,
+    strides: tuple[int, ...],
+    margins: tuple[int, ...],
+    elements: tuple[Action, ...],
+    notes: tuple[str, ...],
+) -> Plan:
+    rows = elements
+    if request.noise_floor:
+        identity: Action = (
+            Shift.identity(request.spatial_dims) if isinstance(elements[0], Shift) else Identity()
+        )
+        rows = (identity, *elements)
+    total = len(rows) * len(request.x)
+    size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, total)
+    grid_base = None
+    if grid is not None:
+        grid_base = grid.layout.to_grid(base.output, grid.spatial_dims)
+        if request.output_action is None:
+            _check_output_fits(elements, grid, grid_base, margins)
+    return Plan(request, base.output, grid, grid_base, strides, margins, elements, rows, size, notes)
+
+
+def _check_output_fits(
+    elements: Sequence[Action], grid: Grid, grid_base: torch.Tensor, margins: tuple[int, ...]
+) -> None:
+    """Every element acts on the output grid (a stride divides its shifts; a transform maps the
+    grid onto itself) and leaves something to compare."""
+    d = grid.spatial_dims
+    spatial = tuple(grid_base.shape[-d:])
+    shown = f"the output of shape {tuple(grid_base.shape)}"
+    for element in elements:
+        if not isinstance(element, Shift):
+            try:
+                check_fits(element, grid_base, grid, shown)
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"the {element.noun}s act on {shown} as on the input, but {exc}; pass layer= to "
+                    "measure a layer whose output they map onto itself"
+                ) from None
+        region = element.region(spatial, grid)  # raises for a shift the stride does not divide
+        if all(r.stop - r.start - 2 * m > 0 for r, m in zip(region, margins)):
+            continue
+        margin_note = f" and margin {margins}" if any(margins) else ""
+        if not isinstance(element, Shift):
+            raise InvalidArgument(
+                f"the output's spatial dims {spatial} cannot carry {element.noun} {element}{margin_note}: "
+                "nothing of the output is left to compare; use a smaller margin, a larger input or "
+                "a layer= with larger maps"
+            )
+        what = f"output shift {element / grid.stride}" if grid.subsampled else f"shift {element}"
+        fix = "or a smaller margin" if any(margins) else ", a larger input or a layer= with larger maps"
+        raise InvalidArgument(
+            f"the output's spatial dims {spatial} cannot carry {what}{margin_note}: "
+            f"nothing of the output is left to compare; use smaller shifts {fix}".replace(" ,", ",")
+        )
+
+
+def _noun(request: Request) -> str:
+    elements = request.elements
+    return "shift" if elements is None or all(isinstance(e, Shift) for e in elements) else "transform"
+
+
+# -- running the plan -------------------------------------------------------------------------------
+
+
+def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[Sums, int]:
+    """The plan's rows through the model, compared by the mode's sink; the sums and the chunk size.
+
+    ``also`` are consumers that take the same copies (an audit's classifier).
+    """
+    request = plan.request
+    d, x = request.spatial_dims, request.x
+    sink: GridSums | FlatSums
+    if plan.grid is not None:
+        assert plan.grid_base is not None
+        sink = GridSums(plan.grid_base, plan.rows, plan.grid, plan.margins, request.output_action)
+        layout: Layout | None = plan.grid.layout
+    else:
+        sink, layout = FlatSums(plan.base, len(plan.rows)), None
+    note = (
+        f" (the check sends shifted copies of x through the model in batches of up to "
+        f"{plan.batch_size} samples; if the model needs a fixed batch size, pass batch_size={len(x)})"
+        if plan.batch_size > len(x)
+        else ""
+    )
+    consumer = ModelConsumer(request.forward, [sink], tuple(plan.base.shape[1:]), layout, d, note)
+    copies = Copies(x, plan.rows, Grid.of_input(d, request.boundary))
+    size = runner.run(
+        copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
+    )
+    return sink.sums(), size
+
+
+def moved_inputs(rows: Sequence[Action], row: torch.Tensor) -> str:
+    """The inputs of a chunk in words: ``shifted inputs (shift (1, 0))``."""
+    present = [rows[k] for k in torch.unique(row).tolist()]
+    shifts = [str(p) for p in present if isinstance(p, Shift)]
+    others = [str(p) for p in present if not isinstance(p, Shift)]
+    parts = [_listed("shift", shifts)] if shifts else []
+    parts += [_listed("transform", others)] if others else []
+    moved = "shifted and transformed" if shifts and others else "shifted" if shifts else "transformed"
+    return f"{moved} inputs ({', '.join(parts)})"
+
+
+def _listed(noun: str, names: list[str]) -> str:
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"{noun} {shown}" if len(names) == 1 else f"{noun}s {shown}"

@@ -1,0 +1,519 @@
+"""What a measurement accumulates, chunk by chunk: the sinks the runner feeds.
+
+The runner (`equivariance._runner`) sends copies of the
+input through the model chunk by chunk; a sink takes each chunk's outputs and
+keeps what its measurement needs, written per item so that a chunk retried
+after running out of memory overwrites rather than adds:
+
+- `GridSums`: equivariance. Squared norms of
+  ``f(g.x) - g'.f(x)`` and of ``g'.f(x)`` over the compared region of the
+  output grid, in total and split by distance to the region's edge;
+- `FlatSums`: invariance. The same for the
+  whole output against ``f(x)``;
+- `Top1`: the predicted class of every copy.
+
+Differences are squared and summed in float32 where that is exact enough and
+in float64 otherwise (:class:`_Squares`); float64 outputs beyond the range
+where squares are exact are scaled by a power of two per sample first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from equivariance._copies import Copies
+from equivariance._validation import describe
+from equivariance.actions import Action, Grid
+from equivariance.errors import InvalidArgument
+
+Dims = tuple[int, ...]
+Describe = Callable[[], str]
+OutputAction = Callable[[torch.Tensor, Any], Any]
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype errors are returned in: float64 (float32 on devices without it, MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def squared_norms(tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
+    """``sum(tensor^2)`` over ``dims``, in float64 (float32 on MPS)."""
+    return tensor.to(accumulation_dtype(tensor.device)).square().sum(dims)
+
+
+@dataclass(frozen=True)
+class Sums:
+    """What an error sink measured, on the CPU in float64.
+
+    ``diff_sq[k, n]`` and ``ref_sq[k, n]`` are the squared norms of
+    ``f(g_k.x_n) - g'_k.f(x_n)`` and of ``g'_k.f(x_n)`` over the compared
+    region of row ``k``, which holds ``count[k]`` elements. ``border_*``
+    split the same sums by the distance of a position to the region's edge
+    (equivariance only), so a larger margin can be judged without running
+    the model again. ``scale[k, n]`` is the power of two the operands were
+    multiplied by (None: 1).
+    """
+
+    diff_sq: torch.Tensor
+    ref_sq: torch.Tensor
+    count: torch.Tensor
+    border_diff: torch.Tensor | None = None
+    border_ref: torch.Tensor | None = None
+    border_count: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+
+    def rows(self, keep: slice) -> Sums:
+        """The sums of some rows only (e.g. without the noise floor's)."""
+        return Sums(
+            self.diff_sq[keep], self.ref_sq[keep], self.count[keep], _pick(self.border_diff, keep),
+            _pick(self.border_ref, keep), _pick(self.border_count, keep), _pick(self.scale, keep),
+        )  # fmt: skip
+
+
+def _pick(tensor: torch.Tensor | None, keep: slice) -> torch.Tensor | None:
+    return None if tensor is None else tensor[keep]
+
+
+# A float32 sum of squared differences is trusted for a row whose reference has
+# a squared norm of at least this: difference elements too small to square in
+# float32 (below ~1e-19) then change the relative error by less than 1e-9.
+_FLOAT32_MIN_REFERENCE = 1e-10
+# float64 values whose squares stay exact: beyond, each sample is scaled by a power of two first
+_FLOAT64_SAFE = (2.0**-450, 2.0**450)
+
+
+class _Squares:
+    """Sums of squared differences: in float32 where that is exact enough, else float64.
+
+    Squaring and summing in float32 is several times faster on a CPU, but the
+    verdict must not depend on the scale of the outputs. A chunk's float32
+    sums are kept only if they are finite and every row's reference norm is
+    large enough for an underflowing difference element not to matter;
+    otherwise the chunk is summed again in float64, and so is every later
+    chunk. The sums also find non-finite outputs, which they propagate to.
+    """
+
+    def __init__(self, output: torch.Tensor) -> None:
+        self.exact = accumulation_dtype(output.device)
+        self.work = self.exact if output.dtype == torch.float64 else torch.float32
+        self.scratch: torch.Tensor | None = None
+
+    def diff(
+        self,
+        outputs: torch.Tensor,
+        reference: torch.Tensor | list[tuple[slice, torch.Tensor]],
+        dims: Dims,
+        ref_rows: torch.Tensor,
+        what: Describe,
+    ) -> torch.Tensor:
+        """``sum((outputs - reference)^2)`` over ``dims``, redone in float64 where float32 fails.
+
+        ``reference`` is a tensor, or runs ``(items, view)`` subtracted without
+        gathering them first; ``ref_rows`` are the reference's squared norms a
+        sample. Raises InvalidArgument for non-finite outputs.
+        """
+        diff = self._diff(outputs, reference, dims)
+        if not bool(torch.isfinite(diff.sum())):
+            check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
+        if self.work == self.exact or _float32_sums_hold(diff, ref_rows):
+            return diff
+        self.work = self.exact
+        return self._diff(outputs, reference, dims)
+
+    def _diff(
+        self, outputs: torch.Tensor, reference: torch.Tensor | list[tuple[slice, torch.Tensor]], dims: Dims
+    ) -> torch.Tensor:
+        # one scratch tensor kept across chunks: a fresh one each chunk costs the page faults of new memory
+        outputs = outputs.to(self.work)
+        difference = self._scratch(outputs)
+        if isinstance(reference, torch.Tensor):
+            torch.sub(outputs, reference.to(self.work), out=difference)
+        else:
+            for items, view in reference:
+                torch.sub(outputs[items], view.to(self.work), out=difference[items])
+        return difference.square_().sum(dims)
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        scratch = self.scratch
+        if scratch is None or scratch.numel() < like.numel() or scratch.dtype != like.dtype:
+            scratch = self.scratch = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return scratch[: like.numel()].view(like.shape)
+
+
+def _float32_sums_hold(diff: torch.Tensor, ref_rows: torch.Tensor) -> bool:
+    """Whether float32 sums of squared differences can stand: finite, with large enough references."""
+    return bool(torch.isfinite(diff.sum())) and bool((ref_rows >= _FLOAT32_MIN_REFERENCE).all())
+
+
+def sample_scale(base: torch.Tensor) -> torch.Tensor | None:
+    """A power of two per sample that brings float64 outputs into the range where squares are exact.
+
+    None where every sample is already in that range (or the output is not
+    float64): then nothing is scaled.
+    """
+    if base.dtype != torch.float64 or base.numel() == 0:
+        return None
+    peak = base.detach().abs().reshape(len(base), -1).amax(dim=1)
+    low, high = _FLOAT64_SAFE
+    if not bool(((peak > 0) & ((peak < low) | (peak > high))).any()):
+        return None
+    _, exponent = torch.frexp(peak)
+    return torch.where(peak > 0, torch.ldexp(torch.ones_like(peak), -exponent), torch.ones_like(peak))
+
+
+def _scaled(tensor: torch.Tensor, scale: torch.Tensor | None, sample: torch.Tensor) -> torch.Tensor:
+    if scale is None:
+        return tensor
+    factor = scale[sample.to(scale.device)]
+    return tensor * factor.reshape(-1, *([1] * (tensor.dim() - 1)))
+
+
+class _ItemSums:
+    """Per-item float64 arrays a sink writes chunk by chunk."""
+
+    def __init__(self, rows: int, n: int, depth: int = 0) -> None:
+        self.rows, self.n = rows, n
+        total = rows * n
+        self.diff_sq = torch.zeros(total, dtype=torch.float64)
+        self.ref_sq = torch.zeros(total, dtype=torch.float64)
+        self.border_diff = torch.zeros(total, depth, dtype=torch.float64) if depth else None
+        self.border_ref = torch.zeros(total, depth, dtype=torch.float64) if depth else None
+
+    def write(self, items: slice, diff: torch.Tensor, ref: torch.Tensor) -> None:
+        self.diff_sq[items] = diff.cpu().double()
+        self.ref_sq[items] = ref.cpu().double()
+
+    def sums(
+        self, count: torch.Tensor, border_count: torch.Tensor | None, scale: torch.Tensor | None
+    ) -> Sums:
+        k, n = self.rows, self.n
+        item_scale = None if scale is None else scale.cpu().double().repeat(k).view(k, n)
+        return Sums(
+            self.diff_sq.view(k, n), self.ref_sq.view(k, n), count,
+            None if self.border_diff is None else self.border_diff.view(k, n, -1),
+            None if self.border_ref is None else self.border_ref.view(k, n, -1),
+            border_count, item_scale,
+        )  # fmt: skip
+
+
+class FlatSums:
+    """Invariance: each output compared whole with the output for the unshifted input.
+
+    Args:
+        base: ``f(x)``, the outputs for the unshifted input (any shape with a batch dim).
+        rows: the number of rows (elements) of the plan.
+    """
+
+    def __init__(self, base: torch.Tensor, rows: int) -> None:
+        self.base = base.reshape(len(base), -1)
+        self.scale = sample_scale(self.base)
+        self.squares = _Squares(base)
+        self.base_sq = squared_norms(_scaled(self.base, self.scale, torch.arange(len(base))), (1,))
+        self.items = _ItemSums(rows, len(base))
+
+    def add(
+        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+    ) -> None:
+        rows = sample.to(self.base.device)
+        flat = _scaled(outputs.reshape(len(outputs), -1), self.scale, sample)
+        reference = _scaled(self.base[rows], self.scale, sample)
+        diff = self.squares.diff(flat, reference, (1,), self.base_sq[rows], what)
+        self.items.write(items, diff, self.base_sq[rows])
+
+    def retry(self) -> None:
+        self.squares.scratch = None
+
+    def sums(self) -> Sums:
+        count = torch.full((self.items.rows,), float(self.base[0].numel()), dtype=torch.float64)
+        return self.items.sums(count, None, self.scale)
+
+
+class GridSums:
+    """Equivariance: each output compared with the unshifted output moved by the row's output action.
+
+    For row ``k`` the reference is ``rows[k]`` acting on the base output on
+    ``grid`` (its stride, boundary and layout), or ``output_action(f(x),
+    rows[k])`` where the caller gave one; the compared region is the row's
+    region on the grid less ``margins`` at each edge, narrowed by the mask
+    an output action may return.
+
+    Args:
+        base: ``f(x)`` viewed as a grid, ``(N, *channels, *spatial)``.
+        rows: the input elements of the plan, one per row.
+        grid: the output's grid.
+        margins: samples dropped at each edge of the compared region, per dim.
+        output_action: a callable ``(f(x), element) -> tensor | (tensor, mask)``
+            replacing the rows' own action on the output.
+        expected: the elements that act on the output instead of ``rows``
+            (one per row), e.g. the one-sample moves of stride inference.
+    """
+
+    def __init__(
+        self,
+        base: torch.Tensor,
+        rows: Sequence[Action],
+        grid: Grid,
+        margins: tuple[int, ...],
+        output_action: OutputAction | None = None,
+        expected: Sequence[Action] | None = None,
+    ) -> None:
+        d = grid.spatial_dims
+        self.base, self.rows, self.grid, self.output_action = base, list(rows), grid, output_action
+        self.spatial = tuple(base.shape[base.dim() - d :])
+        self.channel_dims = tuple(range(1, base.dim() - d))
+        self.channels = math.prod(base.shape[1 : base.dim() - d])
+        acting = list(expected) if expected is not None else self.rows
+        self.lo, self.hi = _boxes(acting, self.spatial, grid, margins, output_action is not None)
+        self.scale = sample_scale(base)
+        scaled = _scaled(base, self.scale, torch.arange(len(base)))
+        self.references = None if output_action is not None else Copies(scaled, acting, grid)
+        self.norms = None
+        if output_action is None and all(type(e).moves_positions_only for e in acting):
+            # per-position norms of the reference, once: a chunk moves them like the reference
+            self.norms = Copies(squared_norms(scaled, self.channel_dims).unsqueeze(1), acting, grid)
+        self.squares = _Squares(base)
+        self.depth = max(1, int(((self.hi - self.lo + 1) // 2).max()))
+        self.items = _ItemSums(len(self.rows), len(base), self.depth)
+
+    @property
+    def count(self) -> torch.Tensor:
+        """Compared elements per sample, for each row."""
+        return ((self.hi - self.lo).prod(dim=1) * self.channels).double()
+
+    @property
+    def border_count(self) -> torch.Tensor:
+        """Compared elements per sample at each distance from the region's edge, for each row.
+
+        A box with sides ``L`` has ``prod(max(L - 2r, 0))`` positions at
+        distance ``r`` or more from its edge; differences give each distance.
+        """
+        r = torch.arange(self.depth + 1)
+        sides = (self.hi - self.lo).unsqueeze(1)  # (K, 1, d)
+        at_least = (sides - 2 * r.view(1, -1, 1)).clamp_min(0).prod(dim=2)  # (K, depth + 1)
+        return ((at_least[:, :-1] - at_least[:, 1:]) * self.channels).double()
+
+    def add(
+        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+    ) -> None:
+        """Sum the chunk's squared differences over the compared region, in total and by edge distance."""
+        reference, ref_map, mask = self._reference(sample, row)
+        device = outputs.device
+        dist = edge_distance(self.lo[row].to(device), self.hi[row].to(device), self.spatial)
+        inside = dist >= 0 if mask is None else (dist >= 0) & mask
+        ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
+        ref_rows = ref_map.sum(1)
+        outputs = _scaled(outputs, self.scale, sample)
+        diff_map = self.squares.diff(outputs, reference, self.channel_dims, ref_rows, what)
+        diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
+        bucket = dist.clamp(0, self.depth - 1).flatten(1)
+        self.items.write(items, diff_map.sum(1), ref_rows)
+        assert self.items.border_diff is not None
+        assert self.items.border_ref is not None
+        self.items.border_diff[items] = (
+            diff_map.new_zeros(len(diff_map), self.depth).scatter_add_(1, bucket, diff_map).cpu().double()
+        )
+        self.items.border_ref[items] = (
+            ref_map.new_zeros(len(ref_map), self.depth).scatter_add_(1, bucket, ref_map).cpu().double()
+        )
+
+    def _reference(
+        self, sample: torch.Tensor, row: torch.Tensor
+    ) -> tuple[torch.Tensor | list[tuple[slice, torch.Tensor]], torch.Tensor, torch.Tensor | None]:
+        """The chunk's references (a tensor or runs of views), their norms a position, and a mask."""
+        if self.references is None:
+            reference, mask = self._custom(sample, row)
+            return reference, squared_norms(reference, self.channel_dims), mask
+        runs = self.references.runs(sample, row)
+        if runs is not None and self.norms is not None:
+            return runs, self.norms.take(sample, row).squeeze(1), None
+        reference = self.references.take(sample, row)
+        if self.norms is not None:
+            return reference, self.norms.take(sample, row).squeeze(1), None
+        return reference, squared_norms(reference, self.channel_dims), None
+
+    def _custom(self, sample: torch.Tensor, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g'.f(x)`` by the caller's output action, once per run of a row, and its mask."""
+        assert self.output_action is not None
+        pieces, masks = [], []
+        for k in torch.unique_consecutive(row).tolist():
+            rows = sample[row == k].to(self.base.device)
+            moved, mask = _call_output_action(self.output_action, self.base[rows], self.rows[k], self.spatial)
+            pieces.append(_scaled(moved, self.scale, sample[row == k]))
+            masks.append(mask.expand(len(rows), *self.spatial))
+        return torch.cat(pieces), torch.cat(masks)
+
+    def retry(self) -> None:
+        self.squares.scratch = None
+
+    def sums(self) -> Sums:
+        return self.items.sums(self.count, self.border_count, self.scale)
+
+
+def _boxes(
+    acting: Sequence[Action], spatial: tuple[int, ...], grid: Grid, margins: tuple[int, ...], custom: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's compared box ``[lo, hi)``: its region on the grid (the whole grid for a custom
+    output action, which narrows it with a mask), less the margins."""
+    full = tuple(slice(0, n) for n in spatial)
+    regions = [full if custom else element.region(spatial, grid) for element in acting]
+    lo = torch.tensor([[r.start for r in region] for region in regions], dtype=torch.long)
+    hi = torch.tensor([[r.stop for r in region] for region in regions], dtype=torch.long)
+    return lo + torch.tensor(margins), hi - torch.tensor(margins)
+
+
+def _call_output_action(
+    action: OutputAction, outputs: torch.Tensor, element: Action, spatial: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The caller's output action on some outputs, checked: a tensor like them, and a bool mask."""
+    try:
+        result = action(outputs, element)
+    except InvalidArgument:
+        raise
+    except Exception as exc:
+        raise InvalidArgument(
+            f"output_action raised {type(exc).__name__} for shift {element}: {exc}"
+        ) from exc
+    mask: object = torch.ones(spatial, dtype=torch.bool, device=outputs.device)
+    if isinstance(result, tuple) and len(result) == 2:
+        result, mask = result
+    if not isinstance(result, torch.Tensor) or result.shape != outputs.shape:
+        raise InvalidArgument(
+            f"output_action must return a tensor shaped like f(x) {tuple(outputs.shape)} (or a "
+            f"(tensor, mask) pair), found {describe(result)}"
+        )
+    if (
+        not isinstance(mask, torch.Tensor)
+        or mask.dtype != torch.bool
+        or tuple(mask.shape[-len(spatial) :]) != spatial
+        or mask.dim() not in (len(spatial), len(spatial) + 1)
+    ):
+        raise InvalidArgument(
+            f"the mask returned by output_action must be a bool tensor of the output's spatial "
+            f"shape {spatial} (or with a leading batch dim), found {describe(mask)}"
+        )
+    return result, mask.to(outputs.device)
+
+
+def edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """For boxes ``[lo[b], hi[b])``: each position's distance to the box's edge, negative outside."""
+    d = len(spatial)
+    dist: torch.Tensor | None = None
+    for i, size in enumerate(spatial):
+        view = [lo.shape[0]] + [1] * d
+        view[1 + i] = size
+        ar = torch.arange(size, device=lo.device)
+        edge = torch.minimum(ar - lo[:, i : i + 1], hi[:, i : i + 1] - 1 - ar).view(view)
+        dist = edge if dist is None else torch.minimum(dist, edge)
+    assert dist is not None
+    return dist
+
+
+class RelativeChange:
+    """``||f(g.x) - f(x)|| / ||f(x)||`` of every copy, where row 0 is the identity: ``f(x)`` itself.
+
+    Row 0 goes through the model first, in the same chunks as the others, and
+    is kept as the reference of the rows after it.
+
+    Args:
+        rows: the number of rows, the identity's included.
+        n: the number of samples.
+    """
+
+    def __init__(self, rows: int, n: int) -> None:
+        self.rows, self.n = rows, n
+        self.reference: torch.Tensor | None = None
+        self.change = torch.zeros(rows * n, dtype=torch.float64)
+
+    def add(
+        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+    ) -> None:
+        check_finite(outputs, what())
+        flat = outputs.detach().reshape(len(outputs), -1).double().cpu()
+        first = row == 0
+        if bool(first.any()):
+            if self.reference is None:
+                self.reference = torch.zeros(self.n, flat.shape[1], dtype=torch.float64)
+            self.reference[sample[first]] = flat[first]
+        assert self.reference is not None
+        norm = self.reference[sample].norm(dim=1)
+        if bool((norm == 0).any()):
+            raise InvalidArgument(
+                f"{int((norm == 0).sum())} samples have all-zero logits, where a relative change does "
+                "not exist; check the model (dead features?) or leave those samples out"
+            )
+        self.change[items] = (flat - self.reference[sample]).norm(dim=1) / norm
+
+    def retry(self) -> None:
+        pass
+
+    def table(self) -> torch.Tensor:
+        """The relative changes, ``[row, sample]`` (row 0: zeros)."""
+        return self.change.view(self.rows, self.n)
+
+
+class Top1:
+    """The predicted class (top-1) of every copy: for consistency, prediction change and audits.
+
+    Args:
+        rows: the number of rows (elements) of the plan.
+        n: the number of samples.
+    """
+
+    def __init__(self, rows: int, n: int) -> None:
+        self.rows, self.n = rows, n
+        self.predicted = torch.zeros(rows * n, dtype=torch.long)
+
+    def add(
+        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+    ) -> None:
+        self.predicted[items] = top1(outputs, what).cpu()
+
+    def retry(self) -> None:
+        pass
+
+    def table(self) -> torch.Tensor:
+        """The predictions, ``[row, sample]``."""
+        return self.predicted.view(self.rows, self.n)
+
+
+def top1(logits: torch.Tensor, what: Describe) -> torch.Tensor:
+    """The argmax of logits ``(N, classes)``; InvalidArgument for any other shape or non-finite logits."""
+    if logits.dim() != 2:
+        raise InvalidArgument(
+            f"the model returned an output of shape {tuple(logits.shape)}; a top-1 prediction needs "
+            "logits (N, classes): pass output= to pick them, or add a pooling and a linear head"
+        )
+    check_floating(logits, what)
+    check_finite(logits, what())
+    return logits.argmax(dim=1)
+
+
+def check_floating(tensor: torch.Tensor, what: Describe) -> None:
+    """InvalidArgument for an output that is not floating point."""
+    if not tensor.dtype.is_floating_point:
+        raise InvalidArgument(
+            f"the output for {what()} has dtype {tensor.dtype}; equivariance errors need a "
+            "floating-point output: return float outputs, e.g. by passing output=lambda y: y.float()"
+        )
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """InvalidArgument for an output with a nan or an inf, naming how many samples have one."""
+    check_floating(tensor, lambda: what)
+    # one summing pass finds any nan or inf (they propagate); the exact test runs only if it
+    # fires, which a finite tensor whose sum overflows also does
+    if bool(torch.isfinite(tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)))):
+        return
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = int((~finite).reshape(len(tensor), -1).any(1).sum())
+        raise InvalidArgument(
+            f"the model's output is not finite (nan or inf) for {bad} of {len(tensor)} samples of "
+            f"{what}; the error of a non-finite output is meaningless. Look for overflow (half "
+            "precision?), a log or division by zero, or non-finite weights"
+        )

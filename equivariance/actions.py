@@ -1,0 +1,233 @@
+"""Group elements and how they act: the one protocol every symmetry of the library implements.
+
+An [`Action`][equivariance.actions.Action] is one element ``g`` of a symmetry
+group together with the way it moves a tensor. Every measurement of the
+library asks an element four things, and nothing else:
+
+- how it acts on a tensor laid out on a grid (``act``): the input, and the
+  output, whose grid may be subsampled (its ``stride``) and whose channels
+  may have come from another layout (channels last, tokens);
+- where the result is defined (``region``): a zero-boundary shift fills in
+  part of the grid, and only the rest can be compared;
+- whether it is the identity (``is_identity``), and its inverse (``inverse``);
+  the identity of every group is [`Identity`][equivariance.actions.Identity];
+- its printed name (``str``) and JSON form (``to_json``), for reports.
+
+[`Shift`][equivariance.Shift], [`Rot90`][equivariance.Rot90],
+[`Flip`][equivariance.Flip] and
+[`FractionalShift`][equivariance.fractional.FractionalShift] implement it; so
+can a user: a subclass that defines ``act`` plugs into
+[`check_equivariance`][equivariance.check_equivariance] (``transforms=``),
+[`equivariance_error`][equivariance.equivariance_error],
+[`profile_equivariance`][equivariance.profile_equivariance] and the pytest
+fixtures with no change to the library.
+
+Examples:
+    A transpose of the two spatial axes of an image, which a convolution with
+    a symmetric kernel commutes with:
+
+    >>> import torch
+    >>> from equivariance import check_equivariance
+    >>> class Transpose(Action):
+    ...     def act(self, x, grid):
+    ...         return x.transpose(-1, -2)
+    ...     def inverse(self):
+    ...         return self
+    >>> conv = torch.nn.Conv2d(1, 1, 3, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = conv.weight.copy_(conv.weight + conv.weight.transpose(-1, -2))
+    >>> check_equivariance(conv, torch.randn(2, 1, 9, 9), transforms=[Transpose()]).passed
+    True
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from equivariance._validation import describe
+from equivariance.errors import InvalidArgument
+from equivariance.layouts import ChannelsFirst, Layout
+
+__all__ = ["Action", "Batched", "Boundary", "Grid", "Identity"]
+
+Boundary = Literal["zeros", "circular"]
+BOUNDARIES: tuple[str, ...] = ("zeros", "circular")
+
+
+def check_boundary(boundary: object) -> Boundary:
+    """``boundary`` if it is one of the supported names, else InvalidArgument."""
+    if not isinstance(boundary, str) or boundary not in BOUNDARIES:
+        raise InvalidArgument(
+            f"boundary must be one of {', '.join(map(repr, BOUNDARIES))}, found {describe(boundary)}; "
+            "pass boundary='zeros' (content moves on a finite canvas) or 'circular' (a torus)"
+        )
+    return boundary  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The tensor an action acts on: ``(N, *channels, *spatial)``, spatial dims last.
+
+    An action always receives its tensor in this form. The engine views
+    every output in it first (see [`equivariance.layouts`][equivariance.layouts]),
+    so an action never has to know where a model keeps its channels.
+
+    Attributes:
+        spatial_dims: the number of trailing spatial dims, ``d``.
+        stride: how many input samples one sample of this grid spans, per
+            dim: 1 for the input, 2 for a map subsampled by 2.
+        boundary: how shifts treat the edges, ``"zeros"`` or ``"circular"``.
+        layout: how the tensor was laid out before it was viewed as a grid.
+    """
+
+    spatial_dims: int
+    stride: tuple[int, ...]
+    boundary: Boundary = "zeros"
+    layout: Layout = field(default_factory=ChannelsFirst)
+
+    @classmethod
+    def of_input(cls, spatial_dims: int, boundary: Boundary = "zeros") -> Grid:
+        """The grid of a model's input: stride 1 in every dim.
+
+        Examples:
+            >>> Grid.of_input(2)
+            Grid(spatial_dims=2, stride=(1, 1), boundary='zeros', layout=ChannelsFirst())
+        """
+        return cls(spatial_dims, (1,) * spatial_dims, boundary)
+
+    @property
+    def subsampled(self) -> bool:
+        """Whether the grid is coarser than the input's in some dim."""
+        return any(s != 1 for s in self.stride)
+
+
+class Action(abc.ABC):
+    """A group element acting on the spatial grid of tensors.
+
+    Subclass it and define [`act`][equivariance.actions.Action.act]; the
+    other methods have defaults that fit an element which maps the whole grid
+    onto itself (a rotation, a flip, a transpose). See the module docstring
+    for a worked example.
+
+    Attributes:
+        noun: what reports call the element (``"transform"``; ``"shift"``
+            for shifts).
+        uses_boundary: whether ``act`` reads ``grid.boundary`` (shifts do;
+            elements that map the grid onto itself do not, and reports then
+            show no boundary).
+        moves_positions_only: whether the element only moves (or drops)
+            positions of the grid, every channel alike, as shifts, rotations
+            and flips do. The engine then moves a map of per-position norms
+            instead of whole tensors. Leave it False for anything that mixes
+            or permutes channels, or interpolates.
+    """
+
+    __slots__ = ()
+    noun: ClassVar[str] = "transform"
+    uses_boundary: ClassVar[bool] = False
+    moves_positions_only: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """The tensor moved by this element.
+
+        Args:
+            x: a tensor ``(N, *channels, *spatial)`` with ``grid.spatial_dims``
+                trailing spatial dims.
+            grid: where ``x`` lives: its stride relative to the input (an
+                output subsampled by 2 moves half as far), its boundary and
+                its original layout.
+
+        Returns:
+            A tensor of the same shape. It may share memory with ``x``.
+        """
+
+    def region(self, spatial: tuple[int, ...], grid: Grid) -> tuple[slice, ...]:
+        """The box of the result that is determined by the tensor acted on.
+
+        Default: the whole grid. A zero-boundary shift returns the part its
+        fill did not reach.
+        """
+        return tuple(slice(0, n) for n in spatial)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the element leaves every tensor as it is."""
+        return False
+
+    def inverse(self) -> Action:
+        """The element undoing this one (exactly, where the group action is exact)."""
+        raise InvalidArgument(
+            f"{self!r} does not define inverse(); define it in {type(self).__name__} to use it"
+        )
+
+    def to_json(self) -> Any:
+        """A JSON-serializable form of the element, for reports: by default ``repr(self)``."""
+        return repr(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        """Elements of one class with equal attributes are equal (classes with state may refine this)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return getattr(self, "__dict__", None) == getattr(other, "__dict__", None)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    @classmethod
+    def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Grid) -> Batched | None:
+        """A vectorized way to move rows of ``x`` by many elements of this class at once.
+
+        The engine calls it once per measurement with every element of the
+        plan that is an instance of ``cls``. The default, None, makes the
+        engine call ``act`` once per run of items that share an element:
+        right for the few elements of a rotation group, too slow for the
+        hundreds of shifts of a sweep, which answer with one gather.
+        """
+        return None
+
+
+class Batched(abc.ABC):
+    """Many elements of one class applied to rows of one tensor, vectorized (see ``Action.batched``)."""
+
+    @abc.abstractmethod
+    def take(self, rows: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """``out[b] = elements[which[b]].act(x[rows[b]])``: a new tensor, never a view of ``x``."""
+
+    def runs(self, rows: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
+        """The items of ``take`` as runs ``(items, view)`` of views where that is cheaper; None if not."""
+        return None
+
+
+class Identity(Action):
+    """The identity element of every group: it leaves the tensor as it is.
+
+    Examples:
+        >>> import torch
+        >>> x = torch.randn(1, 2, 3, 3)
+        >>> torch.equal(Identity().act(x, Grid.of_input(2)), x), Identity().is_identity
+        (True, True)
+    """
+
+    moves_positions_only: ClassVar[bool] = True
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return x
+
+    @property
+    def is_identity(self) -> bool:
+        return True
+
+    def inverse(self) -> Identity:
+        return self

@@ -1,0 +1,289 @@
+"""Where a tensor keeps its spatial dims: channels first, channels last, or tokens on a grid.
+
+The engine compares outputs on a *grid*, ``(N, *channels, *spatial)`` with the
+spatial dims last, the layout of PyTorch's convolutions. Real models also
+carry other layouts, and a layout says how to view each as a grid:
+
+[`ChannelsFirst`][equivariance.layouts.ChannelsFirst]
+    ``(N, C, *spatial)``: convolutions, pooling, most CNNs (the default).
+[`ChannelsLast`][equivariance.layouts.ChannelsLast]
+    ``(N, *spatial, C)``: inside ConvNeXt and Swin blocks, where a
+    ``Permute`` puts the channels last for a ``LayerNorm`` and ``Linear``
+    layers and another puts them back.
+[`Tokens`][equivariance.layouts.Tokens]
+    ``(N, L, C)``: a sequence of ``L`` tokens, row-major on a known grid,
+    optionally after ``prefix`` tokens that have no place on it (a class
+    token), as in a Vision Transformer. Prefix tokens are not compared.
+
+Checks take ``layout=`` for the measured output (channels first unless told
+otherwise; a failed check whose output reads as another layout says so);
+the per-layer profile infers each layer's layout from the shapes it sees and
+says what it inferred.
+
+Examples:
+    >>> import torch
+    >>> y = torch.randn(2, 5, 4, 3)            # (N, H, W, C)
+    >>> ChannelsLast().to_grid(y, 2).shape
+    torch.Size([2, 3, 5, 4])
+    >>> tokens = torch.randn(2, 1 + 4 * 4, 8)  # a class token and a 4x4 grid of tokens
+    >>> Tokens((4, 4), prefix=1).to_grid(tokens, 2).shape
+    torch.Size([2, 8, 4, 4])
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from equivariance._validation import as_int, describe
+from equivariance.errors import InvalidArgument
+
+__all__ = ["ChannelsFirst", "ChannelsLast", "Layout", "LayoutLike", "Tokens", "as_layout"]
+
+
+class Layout(abc.ABC):
+    """How a tensor's dims map to ``(N, *channels, *spatial)``.
+
+    Attributes:
+        name: the layout's name, as ``layout=`` accepts it.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def spatial_shape(self, shape: Sequence[int], spatial_dims: int) -> tuple[int, ...] | None:
+        """The spatial sizes of a tensor of ``shape`` in this layout; None if it cannot be in it."""
+
+    @abc.abstractmethod
+    def to_grid(self, tensor: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """``tensor`` viewed as ``(N, *channels, *spatial)`` (a view where possible, never a copy
+        of more than the compared part)."""
+
+    def describe(self) -> str:
+        """The layout in words, e.g. ``channels last (N, *spatial, C)``."""
+        return self.name.replace("_", " ")
+
+    def to_json(self) -> str:
+        """The layout as ``layout=`` takes it."""
+        return repr(self)
+
+    def check(self, shape: Sequence[int], spatial_dims: int, what: str) -> tuple[int, ...]:
+        """The spatial sizes of ``shape``, or InvalidArgument saying why it is not in this layout."""
+        spatial = self.spatial_shape(shape, spatial_dims)
+        if spatial is None:
+            raise InvalidArgument(
+                f"{what} of shape {tuple(shape)} is not {self.describe()} with {spatial_dims} spatial "
+                f"dim{'s' if spatial_dims != 1 else ''}; {self._fix(spatial_dims)}"
+            )
+        return spatial
+
+    def _fix(self, spatial_dims: int) -> str:
+        return "pass the layout the tensor has (layout='channels_first', 'channels_last' or Tokens(...))"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class ChannelsFirst(Layout):
+    """``(N, *channels, *spatial)``: at least one channel dim before the spatial dims (the default).
+
+    Examples:
+        >>> ChannelsFirst().spatial_shape((8, 3, 32, 32), 2), ChannelsFirst().spatial_shape((8, 10), 2)
+        ((32, 32), None)
+    """
+
+    name = "channels_first"
+
+    def spatial_shape(self, shape: Sequence[int], spatial_dims: int) -> tuple[int, ...] | None:
+        if len(shape) < spatial_dims + 2:
+            return None
+        return tuple(shape[len(shape) - spatial_dims :])
+
+    def to_grid(self, tensor: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        return tensor
+
+    def describe(self) -> str:
+        return "channels first (N, C, *spatial)"
+
+
+class ChannelsLast(Layout):
+    """``(N, *spatial, C)``: the spatial dims after the batch dim, one channel dim last.
+
+    Examples:
+        >>> ChannelsLast().spatial_shape((8, 32, 32, 3), 2)
+        (32, 32)
+    """
+
+    name = "channels_last"
+
+    def spatial_shape(self, shape: Sequence[int], spatial_dims: int) -> tuple[int, ...] | None:
+        if len(shape) != spatial_dims + 2:
+            return None
+        return tuple(shape[1 : 1 + spatial_dims])
+
+    def to_grid(self, tensor: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        return tensor.movedim(-1, 1)
+
+    def describe(self) -> str:
+        return "channels last (N, *spatial, C)"
+
+
+class Tokens(Layout):
+    """``(N, L, C)``: ``prefix`` tokens, then one token per position of ``grid``, row-major.
+
+    This is how a Vision Transformer lays out its patches: a patch embedding
+    (a convolution of stride ``p``) gives ``(N, C, H/p, W/p)``, flattened to
+    ``(N, H/p * W/p, C)``, with a class token put in front. The prefix tokens
+    have no place on the grid and are not compared.
+
+    Examples:
+        >>> Tokens((14, 14), prefix=1).spatial_shape((2, 197, 192), 2)
+        (14, 14)
+        >>> Tokens(prefix=1).resolved((2, 197, 192), (224, 224))
+        Tokens((14, 14), prefix=1)
+
+    Args:
+        grid: the grid's size per spatial dim; None infers it from the number
+            of tokens and the input's size (the input divided by one integer
+            patch size), when that is unambiguous.
+        prefix: the number of tokens before the grid's (a class token: 1).
+    """
+
+    name = "tokens"
+
+    def __init__(self, grid: Sequence[int] | None = None, prefix: int = 0) -> None:
+        self.prefix = as_int(prefix, "prefix")
+        if self.prefix < 0:
+            raise InvalidArgument(
+                f"prefix must be >= 0, found {self.prefix}; pass the number of class tokens"
+            )
+        if grid is None:
+            self.grid: tuple[int, ...] | None = None
+        elif isinstance(grid, (tuple, list)) and grid and all(as_int(g, "grid") >= 1 for g in grid):
+            self.grid = tuple(as_int(g, "grid") for g in grid)
+        else:
+            raise InvalidArgument(
+                f"grid must be a tuple of positive sizes, one per spatial dim, found {describe(grid)}; "
+                "pass e.g. Tokens((14, 14), prefix=1)"
+            )
+
+    def spatial_shape(self, shape: Sequence[int], spatial_dims: int) -> tuple[int, ...] | None:
+        if self.grid is None or len(shape) != 3 or len(self.grid) != spatial_dims:
+            return None
+        return self.grid if shape[1] == self.prefix + math.prod(self.grid) else None
+
+    def to_grid(self, tensor: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        assert self.grid is not None, "resolve the grid first"
+        tokens = tensor[:, self.prefix :]
+        return tokens.reshape(len(tokens), *self.grid, tokens.shape[-1]).movedim(-1, 1)
+
+    def resolved(self, shape: Sequence[int], input_spatial: Sequence[int]) -> Tokens:
+        """This layout with its grid: as given, or the input's size over the one patch size that fits."""
+        if self.grid is not None:
+            return self
+        count = shape[1] - self.prefix if len(shape) == 3 else -1
+        found = {g for g in _grids_below(tuple(input_spatial)) if math.prod(g) == count}
+        if len(found) != 1:
+            shown = "no" if not found else f"{len(found)}"
+            raise InvalidArgument(
+                f"{shown} grid{'s' if len(found) != 1 else ''} of the input's size {tuple(input_spatial)} "
+                f"divided by one patch size hold{'s' if len(found) == 1 else ''} the {count} tokens of an "
+                f"output of shape {tuple(shape)} after {self.prefix} prefix tokens; pass the grid, "
+                "e.g. Tokens((14, 14), prefix=1)"
+            )
+        return Tokens(found.pop(), self.prefix)
+
+    def describe(self) -> str:
+        where = "a grid" if self.grid is None else f"a {'x'.join(map(str, self.grid))} grid"
+        after = f" after {self.prefix} prefix token{'s' if self.prefix != 1 else ''}" if self.prefix else ""
+        return f"tokens (N, L, C) on {where}{after}"
+
+    def __repr__(self) -> str:
+        args = [] if self.grid is None else [repr(self.grid)]
+        if self.prefix:
+            args.append(f"prefix={self.prefix}")
+        return f"Tokens({', '.join(args)})"
+
+
+def _grids_below(spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The input's grid divided by each patch size, rounded down and up."""
+    grids = []
+    for patch in range(1, max(spatial) + 1):
+        grids.append(tuple(n // patch for n in spatial))
+        grids.append(tuple(-(-n // patch) for n in spatial))
+    return [g for g in grids if min(g) >= 1]
+
+
+LayoutLike = Layout | str
+_NAMED: dict[str, type[Layout]] = {"channels_first": ChannelsFirst, "channels_last": ChannelsLast}
+
+
+def as_layout(layout: object) -> Layout:
+    """A [`Layout`][equivariance.layouts.Layout] from an instance or a name.
+
+    Examples:
+        >>> as_layout("channels_last"), as_layout("tokens")
+        (ChannelsLast(), Tokens())
+    """
+    if isinstance(layout, Layout):
+        return layout
+    if isinstance(layout, str) and layout in _NAMED:
+        return _NAMED[layout]()
+    if layout == "tokens":
+        return Tokens()
+    raise InvalidArgument(
+        f"layout must be 'channels_first', 'channels_last', 'tokens' or a Layout such as "
+        f"Tokens((14, 14), prefix=1), found {describe(layout)}"
+    )
+
+
+def other_readings(shape: Sequence[int], input_spatial: Sequence[int]) -> list[Layout]:
+    """The layouts other than channels first that read ``shape`` on a grid the input's could make.
+
+    A check never guesses a layout (channels first unless the caller says
+    otherwise); when it fails, these are what its hint suggests.
+
+    Examples:
+        >>> other_readings((2, 12, 12, 6), (12, 12))
+        [ChannelsLast()]
+    """
+    d = len(input_spatial)
+    found: list[Layout] = []
+    for candidate in (ChannelsLast(), Tokens()):
+        try:
+            layout = candidate.resolved(shape, input_spatial) if isinstance(candidate, Tokens) else candidate
+        except InvalidArgument:
+            continue
+        spatial = layout.spatial_shape(shape, d)
+        if spatial is not None and plausible(spatial, input_spatial):
+            found.append(layout)
+    return found
+
+
+def plausible(spatial: Sequence[int], input_spatial: Sequence[int]) -> bool:
+    """Whether a grid could come from the input's by one integer stride in every dim.
+
+    A valid convolution shrinks a map by a few samples without a stride, so a
+    ratio below 1.5 reads as stride 1; larger ratios are rounded. The grid
+    may not be larger than the input's.
+    """
+    if len(spatial) != len(input_spatial) or any(o > i or o < 1 for o, i in zip(spatial, input_spatial)):
+        return False
+    strides = {stride_of(i, o) for i, o in zip(input_spatial, spatial)}
+    return len(strides) == 1
+
+
+def stride_of(size_in: int, size_out: int) -> int:
+    """The stride that turns a dim of ``size_in`` samples into ``size_out``: 1 below a ratio of 1.5."""
+    ratio = size_in / size_out
+    return 1 if ratio < 1.5 else round(ratio)

@@ -1,0 +1,157 @@
+"""The action protocol: every element acts on inputs and outputs alike, and a user's own plugs in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from equivariance import (
+    EquivarianceError,
+    Flip,
+    InvalidArgument,
+    Rot90,
+    Shift,
+    assert_equivariant,
+    check_equivariance,
+    equivariance_error,
+    profile_equivariance,
+)
+from equivariance.actions import Action, Grid, Identity
+from equivariance.fractional import FractionalShift
+
+
+class Transpose(Action):
+    """The worked example of the docs: swap the two spatial axes of an image."""
+
+    moves_positions_only = True
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return x.transpose(-1, -2)
+
+    def inverse(self) -> Transpose:
+        return self
+
+
+def symmetric_conv(channels: int = 2) -> nn.Conv2d:
+    conv = nn.Conv2d(1, channels, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_((conv.weight + conv.weight.transpose(-1, -2)) / 2)
+    return conv
+
+
+ELEMENTS = [Shift(1, -2), Rot90(1), Rot90(3, dims=(-1, -2)), Flip(-1), Flip(-2), Identity(), Transpose()]
+
+
+@pytest.mark.parametrize("element", ELEMENTS, ids=repr)
+def test_the_inverse_undoes_the_element_on_the_torus(element: Action) -> None:
+    x = torch.randn(2, 3, 6, 6)
+    grid = Grid.of_input(2, "circular")
+    assert torch.equal(element.inverse().act(element.act(x, grid), grid), x)
+    assert element.region((6, 6), grid) == (slice(0, 6), slice(0, 6))
+
+
+def test_identity_and_json() -> None:
+    assert Identity().is_identity
+    assert Shift(0, 0).is_identity
+    assert not Shift(0, 1).is_identity
+    assert Rot90(4).is_identity
+    assert not Flip(-1).is_identity
+    assert FractionalShift(0.0, 0.0).is_identity
+    assert [e.to_json() for e in (Shift(1, -2), Rot90(1), Transpose())] == [
+        [1, -2],
+        "Rot90(1)",
+        "Transpose()",
+    ]
+    assert [e.noun for e in (Shift(1), Rot90(1), FractionalShift(0.5))] == [
+        "shift",
+        "transform",
+        "sub-pixel shift",
+    ]
+
+
+def test_a_shift_acts_on_a_subsampled_grid_by_its_quotient() -> None:
+    y = torch.arange(8.0).reshape(1, 1, 8)
+    grid = Grid(1, (2,), "zeros")
+    assert torch.equal(Shift(4).act(y, grid), Shift(2).apply(y))
+    assert Shift(4).region((8,), grid) == (slice(2, 8),)
+    with pytest.raises(InvalidArgument, match=r"Shift\(3\) is not a multiple of stride 2"):
+        Shift(3).act(y, grid)
+    assert FractionalShift(1.0).act(y, grid).allclose(FractionalShift(0.5).apply(y), atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(-7, 7), flip=st.booleans())
+def test_rotations_and_flips_form_a_group(k: int, flip: bool) -> None:
+    x = torch.randn(1, 2, 5, 5)
+    grid = Grid.of_input(2)
+    g: Action = Flip(-1) if flip else Rot90(k)
+    composed = Rot90(k).act(Rot90(-k).act(x, grid), grid)
+    assert torch.equal(composed, x)
+    assert torch.equal(g.act(g.inverse().act(x, grid), grid), x)
+
+
+def test_a_users_action_plugs_into_every_entry_point() -> None:
+    x = torch.randn(2, 1, 9, 9)
+    conv = symmetric_conv()
+    report = check_equivariance(conv, x, transforms=[Transpose()])
+    assert report.passed
+    assert [str(e) for e in report.elements] == ["Transpose()"]
+    assert report.boundary.startswith("none")
+    assert float(equivariance_error(conv, x, Transpose())) < 1e-6
+    assert_equivariant(conv, x, transforms=[Transpose()])
+    profile = profile_equivariance(nn.Sequential(conv, nn.ReLU()), x, Transpose())
+    assert profile.passed
+    assert [layer.output_element for layer in profile.layers] == [Transpose(), Transpose()]
+    # negative controls: a kernel without the symmetry fails everywhere
+    plain = nn.Conv2d(1, 2, 3, padding=1)
+    assert float(equivariance_error(plain, x, Transpose())) > 0.1
+    with pytest.raises(EquivarianceError, match=r"1 transform, 1 failed.*Transpose\(\)"):
+        assert_equivariant(plain, x, transforms=[Transpose()])
+    failed = profile_equivariance(nn.Sequential(plain, nn.ReLU()), x, Transpose())
+    assert failed.first_failure is not None
+    assert failed.first_failure.name == "0"
+
+
+class ChannelReversal(Action):
+    """Flips the image and reverses the channels: an action that is not on positions only."""
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        if grid.layout.name != "channels_first" and x.dim() != 4:
+            raise AssertionError("the engine must hand an action (N, C, H, W) tensors only")
+        return torch.flip(x, (1, -1))
+
+
+class UnpacksFourDims:
+    """The earlier Transform protocol, written for images: it unpacks (N, C, H, W)."""
+
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        _n, _c, _h, _w = x.shape  # would fail on an (N, H, W) map of norms
+        return torch.flip(x, (-1,))
+
+    def __repr__(self) -> str:
+        return "UnpacksFourDims()"
+
+
+def test_actions_get_grids_of_channels_never_maps_of_norms() -> None:
+    x = torch.randn(2, 1, 8, 8)
+    flipped = nn.Conv2d(1, 2, 3, padding=1)
+    with torch.no_grad():  # a filter bank whose channel 1 is channel 0 mirrored
+        flipped.weight[1].copy_(torch.flip(flipped.weight[0], (-1,)))
+        flipped.bias[1].copy_(flipped.bias[0])
+    assert check_equivariance(flipped, x, transforms=[ChannelReversal()]).passed
+    assert not check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[ChannelReversal()]).passed
+    report = check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[UnpacksFourDims()])  # type: ignore[list-item]
+    assert [str(e) for e in report.elements] == ["UnpacksFourDims()"]
+    assert not report.passed
+
+
+def test_an_action_that_does_not_map_the_grid_onto_itself_is_refused() -> None:
+    class Crop(Action):
+        def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+            return x[..., 1:]
+
+    with pytest.raises(InvalidArgument, match=r"Crop\(\) must map the grid of x onto itself"):
+        check_equivariance(nn.Conv2d(1, 1, 3), torch.randn(1, 1, 8, 8), transforms=[Crop()])
