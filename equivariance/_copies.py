@@ -46,31 +46,30 @@ class Copies:
             for j, k in enumerate(members):
                 self.keys[k], self.local[k] = len(self.groups), j
             self.groups.append(batched)
-        self._keys = torch.tensor(self.keys, dtype=torch.long)
         self._local = torch.tensor(self.local, dtype=torch.long)
 
     def take(self, sample: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
         """The copies ``elements[element[b]]`` of ``x[sample[b]]``, for every ``b``: a new tensor."""
         sample, element = sample.cpu(), element.cpu()
-        pieces = [self._piece(sample[items], element[items]) for items in self._runs(element)]
+        runs = self._runs(element)
+        if len(runs) == 1:
+            return self._piece(sample, element).contiguous()
+        pieces = [self._piece(sample[items], element[items]) for items in runs]
         # contiguous like a gather's copies (a rotation is a strided view of a flipped copy)
         return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces)
 
     def runs(self, sample: torch.Tensor, element: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
         """The items of ``take`` as runs ``(items, view)`` of views, where one vectorized group holds
         them all and offers views (shifts on the CPU); None otherwise."""
-        key = self._keys[element.cpu()]
-        first = int(key[0])
-        if first < 0 or not bool((key == first).all()):
+        keys = {self.keys[k] for k in element.tolist()}
+        if len(keys) != 1 or min(keys) < 0:
             return None
-        return self.groups[first].runs(sample, self._local[element.cpu()])
+        return self.groups[keys.pop()].runs(sample, self._local[element.cpu()])
 
     def _runs(self, element: torch.Tensor) -> list[slice]:
         """Consecutive items that share a vectorized group, or an element applied alone."""
-        keys = self._keys[element]
-        new = torch.ones(len(keys), dtype=torch.bool)
-        new[1:] = keys[1:] != keys[:-1]
-        bounds = [*new.nonzero().flatten().tolist(), len(keys)]
+        keys = [self.keys[k] for k in element.tolist()]  # a chunk's items: lists beat small tensor ops
+        bounds = [0, *(b for b in range(1, len(keys)) if keys[b] != keys[b - 1]), len(keys)]
         return [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
     def _piece(self, rows: torch.Tensor, element: torch.Tensor) -> torch.Tensor:

@@ -85,19 +85,32 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def owning_module(model: Callable[..., Any]) -> torch.nn.Module | None:
+    """The module a callable runs: the model itself, or the module of a bound method (``model.features``)."""
+    owner = getattr(model, "__self__", model)
+    return owner if isinstance(owner, torch.nn.Module) else None
+
+
 @contextlib.contextmanager
 def eval_mode(model: Callable[..., Any]) -> Iterator[None]:
-    """Put every submodule in eval mode, restoring each one's own flag afterwards."""
-    if not isinstance(model, torch.nn.Module):
+    """Put every submodule in eval mode, restoring each one's own flag afterwards.
+
+    A model already in eval mode is left alone: nothing is set, nothing restored.
+    """
+    owner = owning_module(model)
+    modules = [] if owner is None else list(owner.modules())
+    flags = [module.training for module in modules]
+    if not any(flags):
         yield
         return
-    flags = [(module, module.training) for module in model.modules()]
     try:
-        model.eval()
+        assert owner is not None
+        owner.eval()  # through eval(), which a model may override
         yield
     finally:
-        for module, training in flags:
-            module.training = training
+        for module, training in zip(modules, flags):
+            if module.training != training:
+                module.training = training
 
 
 @contextlib.contextmanager
@@ -105,16 +118,16 @@ def preserved_buffers(model: Callable[..., Any]) -> Iterator[None]:
     """Put back every buffer (object and value) after the block.
 
     Eval mode already keeps BatchNorm's statistics still; this also covers
-    models that update buffers in their own forward (counters, caches).
-    Parameters are not copied: a copy would double the model's memory, and
-    a forward pass under no_grad that writes to its parameters is a bug.
+    models that update buffers in their own forward (counters, caches). A
+    buffer is written back only if it was replaced or changed in place (its
+    version counter moved). Parameters are not copied: a copy would double the
+    model's memory, and a forward pass under no_grad that writes to its
+    parameters is a bug.
     """
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
+    owner = owning_module(model)
     saved = [
-        (module, name, buffer, buffer.clone())
-        for module in model.modules()
+        (module, name, buffer, buffer._version, buffer.clone())
+        for module in ([] if owner is None else owner.modules())
         for name, buffer in module._buffers.items()
         if buffer is not None
     ]
@@ -122,12 +135,14 @@ def preserved_buffers(model: Callable[..., Any]) -> Iterator[None]:
         yield
     finally:
         with torch.no_grad():
-            for module, name, buffer, copy in saved:
-                module._buffers[name] = buffer
+            for module, name, buffer, version, copy in saved:
+                if module._buffers.get(name) is not buffer:
+                    module._buffers[name] = buffer
+                if buffer._version == version:
+                    continue
                 if buffer.shape != copy.shape:
                     buffer.resize_(copy.shape)
-                if not torch.equal(buffer, copy):
-                    buffer.copy_(copy)
+                buffer.copy_(copy)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from torch import nn
 from equivariance import _auto
 from equivariance._copies import Copies
 from equivariance._forward import Forward
-from equivariance._memory import chunk_size
+from equivariance._memory import CPU_MIN_CHUNK, chunk_size
 from equivariance._runner import Base, Consumer, ModelConsumer, Runner
 from equivariance._sinks import FlatSums, GridSums, OutputAction, Sums, check_finite
 from equivariance._validation import as_int, describe, per_dim
@@ -313,7 +313,7 @@ def as_element(value: object) -> Action:
 def make_plan(runner: Runner, request: Request) -> Plan:
     """The unshifted pass, the layout, the stride and margin, the elements and the rows (see module)."""
     x, d, forward = request.x, request.spatial_dims, request.forward
-    meter = request.batch_size == "auto" or (request.batch_size is None and x.device.type == "cpu")
+    meter = _needs_meter(request)
     support = None
     if request.margin == _auto.AUTO and request.mode == "equivariance":
         with runner.differentiable(forward, x, meter=meter) as (leaf, output, base):
@@ -338,6 +338,24 @@ def make_plan(runner: Runner, request: Request) -> Plan:
     if support is not None and request.output_action is None:
         _auto.check_room(tuple(layout.to_grid(base.output, d).shape[-d:]), elements, grid, margins)
     return _finish(request, base, grid, strides, margins, elements, notes)
+
+
+def _needs_meter(request: Request) -> bool:
+    """Whether the chunks are sized from the activations the unshifted pass meters.
+
+    Not for a given batch size, nor off the CPU by default; nor for a sweep of
+    at most ``CPU_MIN_CHUNK`` copies, which is one chunk whatever the
+    activations (up to 32 MiB a sample), so the hooks would only cost time.
+    """
+    if request.batch_size == "auto":
+        return True
+    if request.batch_size is not None or request.x.device.type != "cpu":
+        return False
+    if request.stride == "auto" and request.elements is None:
+        return True
+    strides = (1,) * request.spatial_dims if request.stride == "auto" else request.stride
+    rows = len(request.elements) if request.elements is not None else len(_shift_box(request, strides))
+    return (rows + request.noise_floor) * len(request.x) > CPU_MIN_CHUNK
 
 
 def _resolve_layout(request: Request, base: torch.Tensor) -> tuple[Layout, tuple[str, ...]]:

@@ -548,6 +548,9 @@ class ShiftedWindows:
         self.windows = windows
         self.lead = (slice(None),) * (x.dim() - d - 1)
         self.per_sample = math.prod(x.shape[1 : x.dim() - d])
+        # where the window of each offset given starts in the padded view, for take_given
+        self.starts = self.pads - canonical
+        self._starts = self.starts.tolist()
 
     def _canonical(self, offsets: torch.Tensor) -> torch.Tensor:
         if self.boundary == "circular":
@@ -563,10 +566,24 @@ class ShiftedWindows:
         long runs of items, by concatenating them: a plain copy several times
         faster on a CPU.
         """
-        runs = self.runs(index, offsets)
+        starts = self.pads - self._canonical(offsets.cpu())
+        return self._take(index, starts, self._runs(index.tolist(), starts.tolist()))
+
+    def take_given(self, index: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """:meth:`take` with ``offsets[which]`` of the offsets this was made with (no recomputation)."""
+        picked = which.tolist()
+        runs = self._runs(index.tolist(), [self._starts[w] for w in picked])
+        return self._take(index, self.starts[which.cpu()], runs)
+
+    def runs_given(self, index: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
+        """:meth:`runs` with ``offsets[which]`` of the offsets this was made with."""
+        return self._runs(index.tolist(), [self._starts[w] for w in which.tolist()])
+
+    def _take(
+        self, index: torch.Tensor, starts: torch.Tensor, runs: list[tuple[slice, torch.Tensor]] | None
+    ) -> torch.Tensor:
         if runs is not None:
             return torch.cat([view for _, view in runs])  # a copy even of one run: a model may write to it
-        starts = self.pads - self._canonical(offsets.cpu())
         device = self.windows.device
         key = (index.to(device), *self.lead, *starts.to(device).unbind(1))
         return self.windows[key]  # type: ignore[index]
@@ -579,10 +596,12 @@ class ShiftedWindows:
         to beat one gather (under ``_RUN_ELEMENTS`` elements on average), and
         off the CPU, where a gather is one kernel rather than many.
         """
+        return self._runs(index.tolist(), (self.pads - self._canonical(offsets.cpu())).tolist())
+
+    def _runs(self, samples: list[int], starts: list[list[int]]) -> list[tuple[slice, torch.Tensor]] | None:
+        # a chunk's items as plain lists: faster than small tensor ops
         if self.windows.device.type != "cpu":
             return None
-        starts = (self.pads - self._canonical(offsets.cpu())).tolist()
-        samples = index.tolist()  # a chunk's items: plain lists are faster than small tensor ops
         bounds = [0]
         for b in range(1, len(samples)):
             if starts[b] != starts[b - 1] or samples[b] != samples[b - 1] + 1:
@@ -606,10 +625,10 @@ class _ShiftedRows(Batched):
         self.windows, self.offsets = windows, offsets
 
     def take(self, rows: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-        return self.windows.take(rows, self.offsets[which.cpu()])
+        return self.windows.take_given(rows.cpu(), which.cpu())
 
     def runs(self, rows: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        return self.windows.runs(rows.cpu(), self.offsets[which.cpu()])
+        return self.windows.runs_given(rows.cpu(), which.cpu())
 
 
 def _pad(x: torch.Tensor, pads: list[int], dims: Iterable[int], boundary: Boundary) -> torch.Tensor:
