@@ -533,3 +533,34 @@ def test_a_failed_first_run_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="x must have a floating-point dtype"):
         run(path, data=[torch.zeros(2, 1, 10, 10, dtype=torch.long)])
     assert os.listdir(tmp_path) == []
+
+
+# -- item 7: killed at random points, resumed, bitwise the same ------------------------------------------------
+
+FAULTS_WORKER = Path(__file__).resolve().parent / "_checkpoint_faults_worker.py"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker forks a child per attempt")
+def test_audits_killed_at_random_points_resume_to_the_uninterrupted_numbers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    seeds = ["2", "4", "6", "10"]  # between them they stop an audit at every kind of point, in every way
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, str(FAULTS_WORKER), str(tmp_path), *seeds], capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    trials = json.loads(run.stdout)
+    stops = set()
+    for seed in seeds:
+        trial = trials[seed]
+        assert trial["resumed"] == trial["reference"]  # bitwise: JSON keeps every float exactly
+        assert len(trial["reference"][0]) == 12
+        assert trial["batches"] == 6
+        stops |= {(stop["ended"], stop["where"]) for stop in trial["stops"] if stop["where"]}
+    assert stops == {
+        ("killed", "forward"), ("killed", "torn append"), ("killed", "manifest"),
+        ("interrupted", "forward"), ("interrupted", "append"), ("interrupted", "manifest"),
+    }  # fmt: skip
