@@ -348,13 +348,33 @@ def as_shift(shift: object) -> Shift:
 def as_shift_list(shifts: object) -> list[Shift]:
     """A non-empty list of shifts of one ndim from a list of Shifts or tuples, else InvalidArgument.
 
-    >>> as_shift_list([(1, 0), Shift(0, 2)])
-    [Shift(1, 0), Shift(0, 2)]
+    A tuple of two or more ints is one shift written where a list of shifts
+    belongs (``(1, 0)`` for ``[(1, 0)]``), so it is refused, saying so; the
+    shifts of a 1-D signal are a list of ints, ``[1, -1]``.
+
+    Examples:
+        >>> as_shift_list([(1, 0), Shift(0, 2)])
+        [Shift(1, 0), Shift(0, 2)]
+        >>> as_shift_list((1, 0))
+        Traceback (most recent call last):
+        ...
+        equivariance.errors.InvalidArgument: shifts (1, 0) is a tuple of ints, which reads as one shift; ...
     """
-    if isinstance(shifts, (Shift, str, bytes)) or not isinstance(shifts, Iterable):
+    if isinstance(shifts, Shift):
+        raise InvalidArgument(
+            f"shifts must be a list of shifts, found the single shift {shifts!r}; wrap it in a list: "
+            f"shifts=[{shifts!r}]"
+        )
+    if isinstance(shifts, (str, bytes)) or not isinstance(shifts, Iterable):
         raise InvalidArgument(
             f"shifts must be a list of shifts, found {describe(shifts)}; wrap a single shift in a "
             "list, e.g. shifts=[(3, -2)]"
+        )
+    if isinstance(shifts, tuple) and len(shifts) > 1 and all(_is_integer(s) for s in shifts):
+        raise InvalidArgument(
+            f"shifts {shifts!r} is a tuple of ints, which reads as one shift; pass a list of shifts: "
+            f"[{shifts!r}] for that shift, or a list of ints, e.g. {list(shifts)!r}, for shifts of a 1-D "
+            "signal"
         )
     coerced = [as_shift(s) for s in shifts]
     if not coerced:
