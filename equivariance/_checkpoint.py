@@ -42,6 +42,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
+
+from equivariance.errors import InvalidArgument
 
 if sys.platform != "win32":
     import fcntl
@@ -116,8 +119,16 @@ def identity(target: object) -> dict[str, Any]:
     inner = getattr(target, "_orig_mod", None)
     module = inner if isinstance(inner, nn.Module) else target
     if isinstance(module, nn.Module):
+        tensors = [*module.named_parameters(), *module.named_buffers()]
+        lazy = [name for name, tensor in tensors if is_lazy(tensor)]
+        if lazy:
+            raise InvalidArgument(
+                f"{type(module).__name__} has uninitialized (lazy) parameters ({', '.join(lazy[:3])}), "
+                "whose weights a checkpoint cannot record before they exist; run one forward pass "
+                "first, e.g. model(x[:1]), then audit"
+            )
         crc = 0
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        for name, tensor in tensors:
             crc = _tensor_crc(tensor, zlib.crc32(name.encode(), crc))
         return {"name": _qualified(type(module)), "weights": f"{crc:08x}", "code": None}
     return {"name": _qualified(module), "weights": None, "code": _code_crc(module)}
@@ -140,7 +151,7 @@ def _code_crc(function: object) -> str | None:
     """A CRC-32 of a function's compiled code (bytecode and constants), None for other callables."""
     function = getattr(function, "__func__", function)
     code = getattr(function, "__code__", None)
-    if code is None:
+    if code is None and callable(function):
         code = getattr(type(function).__call__, "__code__", None)
     return None if code is None else f"{_code_bytes_crc(code, 0):08x}"
 
@@ -375,9 +386,10 @@ class Checkpoint:
             )
         classifier = self.settings["classifier"] is not None
         self.records = [_parse(line, number, classifier) for number, line in enumerate(lines)]
-        if self.records and not _is_tolerance(manifest["tolerance"]):
-            raise Damaged(f"its tolerance must be [rtol, atol], found {json.dumps(manifest['tolerance'])}")
-        self.tolerance = list(manifest["tolerance"])
+        tolerance = manifest["tolerance"]
+        if not (_is_tolerance(tolerance) or (tolerance == [] and not self.records)):
+            raise Damaged(f"its tolerance must be [rtol, atol], found {json.dumps(tolerance)}")
+        self.tolerance = list(tolerance)
         self._bytes, self._crc = size, manifest["results_crc32"]
         os.ftruncate(self._fd, size)
 
@@ -415,7 +427,7 @@ def _parse(line: bytes, number: int, classifier: bool) -> Record:
         fields = json.loads(line)
     except ValueError:
         raise Damaged(f"{where} is not JSON") from None
-    if not isinstance(fields, dict) or list(fields) != list(RECORD_KEYS):
+    if not isinstance(fields, dict) or set(fields) != set(RECORD_KEYS):
         raise Damaged(f"{where} must be an object with the keys {list(RECORD_KEYS)}")
     batch, crc, errors, passed, consistent = (fields[key] for key in RECORD_KEYS)
     if batch != number or isinstance(batch, bool):

@@ -210,6 +210,20 @@ def test_numpy_and_torch_scalars_are_stored_as_plain_json_numbers(tmp_path: Path
     assert sorted(os.listdir(tmp_path)) == ["audit.json", "audit.json.results"]  # no temporary left
 
 
+def test_a_model_with_lazy_parameters_is_refused_before_any_work(tmp_path: Path) -> None:
+    lazy = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(
+        InvalidArgument,
+        match=r"Sequential has uninitialized \(lazy\) parameters \(2.weight, 2.bias\), whose weights a checkpoint "
+        r"cannot record before they exist; run one forward pass first, e.g. model\(x\[:1\]\), then audit",
+    ):
+        audit(lazy, batches(), SHIFTS, layer="0", checkpoint=tmp_path / "audit.json", progress=False)
+    assert os.listdir(tmp_path) == []
+    assert (
+        audit(lazy, batches(), SHIFTS, layer="0", progress=False).samples == 6
+    )  # without a checkpoint: fine
+
+
 # -- item 3: every field is validated ------------------------------------------------------------------------
 
 
@@ -323,6 +337,7 @@ DAMAGE: dict[str, tuple[str, Callable[[bytes], bytes], str]] = {
         lambda data: json.dumps({k: v for k, v in json.loads(data).items() if k != "tolerance"}).encode(),
         r"its fields must be",
     ),
+    "tolerance empty": ("", edit_manifest(tolerance=[]), r"its tolerance must be \[rtol, atol\], found \[\]"),
     "tolerance null": (
         "",
         edit_manifest(tolerance=None),

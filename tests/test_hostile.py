@@ -120,6 +120,11 @@ BAD: dict[str, tuple[Call, str]] = {
         r"cannot write the audit checkpoint /nonexistent-equivariance-dir/audit.json: the directory "
         r"/nonexistent-equivariance-dir does not exist; create it first \(checked before any work\)",
     ),
+    "audit output=np.int64(0) with a checkpoint": (
+        audit_with(output=np.int64(0), layer=None, checkpoint="in-folder"),
+        r"output must be an int index, a str key or a callable, found np.int64\(0\) \(int64\)|output must be an "
+        r"int index, a str key or a callable, found 0 \(int64\)",
+    ),
     "consistency seed=2**70": (
         lambda model, x, folder: consistency(model, x, seed=2**70),
         r"seed must be an integer from -2\*\*63 to 2\*\*64 - 1 \(what a torch.Generator takes\), found "
