@@ -314,6 +314,10 @@ def _recorded(
 ) -> dict[str, Any]:
     """Everything a checkpoint's numbers depend on, as plain JSON values."""
     model_identity = identity(model)
+    if classifier is None or classifier is model:
+        classifier_identity = None if classifier is None else model_identity
+    else:
+        classifier_identity = identity(classifier)
     settings = {
         "shifts": [list(s.offsets) for s in options.shifts],
         "layer": layer,
@@ -324,11 +328,7 @@ def _recorded(
         "rtol": options.rtol,
         "atol": options.atol,
         "model": model_identity,
-        "classifier": None
-        if classifier is None
-        else model_identity
-        if classifier is model
-        else identity(classifier),
+        "classifier": classifier_identity,
         "rank": world.rank,
         "world_size": world.size,
     }
