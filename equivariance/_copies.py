@@ -64,7 +64,8 @@ class Copies:
         keys = {self.keys[k] for k in element.tolist()}
         if len(keys) != 1 or min(keys) < 0:
             return None
-        return self.groups[keys.pop()].runs(sample, self._local[element.cpu()])
+        group: Batched = self.groups[keys.pop()]
+        return group.runs(sample, self._local[element.cpu()])
 
     def _runs(self, element: torch.Tensor) -> list[slice]:
         """Consecutive items that share a vectorized group, or an element applied alone."""

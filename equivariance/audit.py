@@ -1,11 +1,11 @@
 """Dataset-scale audits: the equivariance error of a model over a whole dataset.
 
-:func:`audit` streams a dataset batch by batch through the same batched engine
-as :func:`~equivariance.check_equivariance`, keeps the worst-over-shifts
-error of every sample, and summarises them as quantiles, a mean and the
-fraction of samples within the tolerance; given a ``classifier`` it also
-measures top-1 consistency, the fraction of samples whose predicted class is
-the same under every shift.
+[`audit`][equivariance.audit.audit] streams a dataset batch by batch through
+the same batched engine as [`check_equivariance`][equivariance.check.check_equivariance],
+keeps the worst-over-shifts error of every sample, and summarises them as
+quantiles, a mean and the fraction of samples within the tolerance; given a
+``classifier`` it also measures top-1 consistency, the fraction of samples
+whose predicted class is the same under every shift.
 
 The aggregates are exact: every per-sample error is kept (about 10 bytes a
 sample: a float64 error and two flags, so 10 MB for a million samples) rather
@@ -13,22 +13,28 @@ than a streaming quantile sketch. A run sharded over processes therefore
 reports the same numbers as a single process on the same data.
 
 Under ``torchrun`` (``torch.distributed`` initialised), a map-style
-``Dataset`` is sharded with :class:`~torch.utils.data.DistributedSampler`
-(no shuffling), each process audits its shard, and the per-sample results are
-gathered with ``all_gather`` and put back in dataset order, duplicates from
-the sampler's padding removed::
+``Dataset`` is sharded with a ``DistributedSampler`` (no shuffling), each
+process audits its shard, and the per-sample results are gathered with
+``all_gather`` and put back in dataset order, duplicates from the sampler's
+padding removed:
 
     torchrun --nproc_per_node 2 my_audit.py
 
-A checkpoint records, besides the results so far and the settings, a CRC-32
-of every batch it covers; a resumed run compares the batches it skips with
-them, so different data, another order or another ``loader_batch_size`` is
-refused rather than mixed in. Under ``torch.distributed`` every process keeps
-its own checkpoint file (its shard's results, ``.rank<r>`` appended) and
-resumes from it, and the processes agree before going on: if any one refuses
-its checkpoint (another number of processes, other settings or data), all of
-them raise the same :class:`~equivariance.errors.InvalidArgument`, so none is
-left waiting for the others in a collective.
+A checkpoint records everything its numbers depend on: the settings (stride
+and margin normalised per dim, so ``stride=1`` and ``stride=(1, 1)`` are the
+same), ``output=``, the model's and the classifier's type with a CRC-32 of
+their weights, and a CRC-32 of every batch it covers. A resumed run compares
+them and the batches it skips with this run's, so other settings, weights,
+data, another order or another ``loader_batch_size`` are refused, saying what
+differs, rather than mixed in. Saves append the new batches only (see
+``equivariance._checkpoint`` for the format), a lock refuses a second writer,
+and an interruption (Ctrl-C, an exception) saves the batches done before it
+propagates. Under ``torch.distributed`` every process keeps its own
+checkpoint file (its shard's results, ``.rank<r>`` appended) and resumes from
+it, and the processes agree before going on: if any one refuses its
+checkpoint, all of them raise the same
+[`InvalidArgument`][equivariance.errors.InvalidArgument], so none is left
+waiting for the others in a collective.
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,23 +52,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from equivariance import _plan
+from equivariance._checkpoint import Checkpoint, Record, fingerprint, identity, selector
 from equivariance._forward import Forward, OutputSelector
 from equivariance._judge import sample_errors, within
 from equivariance._plan import BatchSize
 from equivariance._progress import Progress
 from equivariance._runner import ModelConsumer, Runner
-from equivariance._sinks import Top1, top1
-from equivariance._validation import as_int, describe
-from equivariance.actions import Action, Boundary
+from equivariance._sinks import Top1
+from equivariance._validation import as_float, as_int, describe, per_dim
+from equivariance.actions import Boundary, check_boundary
 from equivariance.errors import InvalidArgument
-from equivariance.shifts import ShiftLike, as_shift_list
-from equivariance.tolerances import Tolerance, resolve_tolerance
+from equivariance.shifts import Shift, ShiftLike, as_shift_list
+from equivariance.tolerances import resolve_tolerance
 
 IntOrTuple = int | Sequence[int]
 
 __all__ = ["AuditResult", "audit"]
 
-CHECKPOINT_VERSION = 2
 QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
 
@@ -153,28 +158,21 @@ def audit(
 ) -> AuditResult:
     """Audit the equivariance of ``model`` over a dataset, batch by batch.
 
-    Each batch is measured as by :func:`~equivariance.check_equivariance`
+    Each batch is measured as by [`check_equivariance`][equivariance.check.check_equivariance]
     (all its shifts in batched forward passes); every sample's largest error
-    over ``shifts`` is kept. With ``checkpoint``, the results so far are
-    written to that JSON file every ``checkpoint_every`` batches, and a run
-    started again with the same file and settings skips the batches already
-    done. The data must come in the same order on every run: a checkpoint
-    written with other settings, other data or another number of processes
-    is refused.
-
-    >>> import torch
-    >>> from equivariance.models import LeNet
-    >>> data = [torch.rand(4, 1, 38, 38) for _ in range(3)]
-    >>> result = audit(LeNet(), data, [(1, 0), (0, -2)], layer="conv4", progress=False)
-    >>> result.samples, result.passed_fraction
-    (12, 1.0)
+    over ``shifts`` is kept. With ``checkpoint``, the batches done are saved
+    every ``checkpoint_every`` batches and when the run stops (Ctrl-C and
+    exceptions included), and a run started again with the same file skips
+    them. A checkpoint of other settings, weights, data (or data order) or
+    number of processes is refused, saying what differs. The path is checked
+    and locked against a second writer before any work.
 
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
         data: a ``DataLoader``, a map-style ``Dataset``, or any iterable of
             batches; a batch is a tensor ``(N, C, *spatial)`` or a tuple or
             list whose first item is one (``(x, y)``).
-        shifts: the shifts to audit, ``Shift`` objects or tuples of ints.
+        shifts: the shifts to audit, [`Shift`][equivariance.shifts.Shift] objects or tuples of ints.
         layer: audit this named submodule's output.
         output: picks the tensor from a tuple or dict output.
         boundary: ``"zeros"`` or ``"circular"``.
@@ -188,112 +186,286 @@ def audit(
         loader_batch_size: samples per batch when ``data`` is a ``Dataset``.
         batch_size: samples per forward pass inside a batch (default: from the input
             size), or ``"auto"`` to fit them to the device's memory.
-        checkpoint: a JSON file to write progress to and resume from (one
-            file per process under ``torch.distributed``, ``.rank<r>`` appended;
-            resume with as many processes as wrote them).
+        checkpoint: a file to write progress to and resume from, with its
+            results beside it (``.results`` appended); one per process under
+            torch.distributed (``.rank<r>`` appended; resume with as many
+            processes as wrote them).
         checkpoint_every: batches between checkpoint writes.
         progress: show a progress bar on stderr.
 
     Returns:
-        An :class:`AuditResult`.
+        An [`AuditResult`][equivariance.audit.AuditResult].
+
+    Examples:
+        >>> import torch
+        >>> from equivariance.models import LeNet
+        >>> data = [torch.rand(4, 1, 38, 38) for _ in range(3)]
+        >>> result = audit(LeNet(), data, [(1, 0), (0, -2)], layer="conv4", progress=False)
+        >>> result.samples, result.passed_fraction
+        (12, 1.0)
     """
+    options = _options(shifts, boundary, stride, margin, rtol, atol, batch_size, checkpoint, checkpoint_every)
+    forward = Forward(model, layer, output)
+    judge = _Classifier(classifier) if classifier is not None else None
+    world = _World.now()
+    loader, indices = _loader(data, world.distributed, as_int(loader_batch_size, "loader_batch_size"))
+    store = _checkpoint(options, model, layer, output, classifier, world)
+    try:
+        if store is not None:
+            _agree(store.open(), world)
+        records, tolerance = _run(forward, judge, loader, options, store, world, progress and world.rank == 0)
+    finally:
+        if store is not None:
+            store.close()
+    return _result(records, tolerance, options, judge is not None, indices, world)
+
+
+@dataclass(frozen=True)
+class _World:
+    """The processes auditing: one, or those of torch.distributed."""
+
+    distributed: bool
+    rank: int
+    size: int
+
+    @classmethod
+    def now(cls) -> _World:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return cls(True, dist.get_rank(), dist.get_world_size())
+        return cls(False, 0, 1)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The audit's arguments, checked and normalised once: plain ints and floats, one value per dim."""
+
+    shifts: list[Shift]
+    boundary: Boundary
+    stride: tuple[int, ...]
+    margin: tuple[int, ...]
+    rtol: float | None
+    atol: float | None
+    batch_size: BatchSize
+    checkpoint: str | None
+    every: int
+
+
+def _options(
+    shifts: object,
+    boundary: object,
+    stride: object,
+    margin: object,
+    rtol: object,
+    atol: object,
+    batch_size: object,
+    checkpoint: object,
+    every: object,
+) -> _Options:
     shift_list = as_shift_list(shifts)
-    resolve_tolerance(torch.float32, rtol=rtol, atol=atol)  # reject bad tolerances early
-    every = as_int(checkpoint_every, "checkpoint_every")
-    if every < 1:
-        raise InvalidArgument(f"checkpoint_every must be positive, found {every}")
-    Forward(model, layer, output)  # a wrong layer name is refused before any work
-    judge = Forward(classifier) if classifier is not None else None
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
-    world = torch.distributed.get_world_size() if distributed else 1
-    loader, indices = _loader(data, distributed, as_int(loader_batch_size, "loader_batch_size"))
+    d = shift_list[0].ndim
+    resolve_tolerance(torch.float32, rtol=rtol, atol=atol)  # refuses bad tolerances with their names
+    size: BatchSize = None
+    if batch_size == "auto":
+        size = "auto"
+    elif batch_size is not None:
+        size = as_int(batch_size, "batch_size")
+        if size < 1:
+            raise InvalidArgument(f"batch_size must be positive, found {size}; pass 1 or more, or 'auto'")
+    checkpoint_every = as_int(every, "checkpoint_every")
+    if checkpoint_every < 1:
+        raise InvalidArgument(
+            f"checkpoint_every must be positive, found {checkpoint_every}; pass 1 to save after every batch"
+        )
+    return _Options(
+        shifts=shift_list,
+        boundary=check_boundary(boundary),
+        stride=per_dim(stride, d, "stride", minimum=1),
+        margin=per_dim(margin, d, "margin", minimum=0),
+        rtol=as_float(rtol, "rtol", allow_none=True),
+        atol=as_float(atol, "atol", allow_none=True),
+        batch_size=size,
+        checkpoint=_checkpoint_path(checkpoint),
+        every=checkpoint_every,
+    )
 
+
+def _checkpoint_path(checkpoint: object) -> str | None:
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, bytes, os.PathLike)):
+        raise InvalidArgument(
+            f"checkpoint must be a file path (a str or a pathlib.Path) or None, found "
+            f"{describe(checkpoint)}; pass e.g. checkpoint='audit.json'"
+        )
+    path = os.fsdecode(os.fspath(checkpoint))
+    if not path:
+        raise InvalidArgument("checkpoint is an empty path; pass a file name, e.g. checkpoint='audit.json'")
+    return path
+
+
+def _checkpoint(
+    options: _Options, model: object, layer: str | None, output: object, classifier: object, world: _World
+) -> Checkpoint | None:
+    """This process's checkpoint (not yet opened), or None without one."""
+    if options.checkpoint is None:
+        return None
+    settings = _recorded(options, model, layer, output, classifier, world)
+    path = options.checkpoint + (f".rank{world.rank}" if world.distributed else "")
+    return Checkpoint(options.checkpoint, path, settings, world.rank, world.size)
+
+
+def _recorded(
+    options: _Options, model: object, layer: str | None, output: object, classifier: object, world: _World
+) -> dict[str, Any]:
+    """Everything a checkpoint's numbers depend on, as plain JSON values."""
+    model_identity = identity(model)
+    if classifier is None or classifier is model:
+        classifier_identity = None if classifier is None else model_identity
+    else:
+        classifier_identity = identity(classifier)
     settings = {
-        "shifts": [list(s.offsets) for s in shift_list],
+        "shifts": [list(s.offsets) for s in options.shifts],
         "layer": layer,
-        "boundary": boundary,
-        "stride": stride if isinstance(stride, int) else list(stride),
-        "margin": margin if isinstance(margin, int) else list(margin),
-        "rtol": rtol,
-        "atol": atol,
-        "classifier": classifier is not None,
-        "rank": rank,
-        "world_size": world,
+        "output": selector(output),
+        "boundary": options.boundary,
+        "stride": list(options.stride),
+        "margin": list(options.margin),
+        "rtol": options.rtol,
+        "atol": options.atol,
+        "model": model_identity,
+        "classifier": classifier_identity,
+        "rank": world.rank,
+        "world_size": world.size,
     }
-    base = None if checkpoint is None else os.fspath(checkpoint)
-    path = None if base is None else base + (f".rank{rank}" if distributed else "")
-    state, problem = _resume(base, path, settings, rank, world)
-    if path is not None:
-        _agree(problem, distributed, world)
-    errors: list[float] = state["errors"]
-    passed: list[bool] = state["passed"]
-    consistent: list[bool] = state["consistent"]
-    fingerprints: list[int] = state["fingerprints"]
-    done: int = state["batches"]
-    tolerances: list[float] = state["tolerance"]
+    recorded: dict[str, Any] = json.loads(json.dumps(settings))
+    return recorded
 
+
+def _run(
+    forward: Forward,
+    judge: Forward | None,
+    loader: Iterable[Any],
+    options: _Options,
+    store: Checkpoint | None,
+    world: _World,
+    progress: bool,
+) -> tuple[list[Record], list[float]]:
+    """Every batch's record, those a checkpoint holds compared with the data rather than measured."""
+    records = list(store.records) if store is not None else []
+    tolerance = list(store.tolerance) if store is not None else []
+    done = len(records)
     total = len(loader) if hasattr(loader, "__len__") else 0  # type: ignore[arg-type]
-    device = _device(model)
-    runner = Runner(model, *([] if classifier is None else [classifier]), progress=False)
-    with runner, Progress(total, "audit", enabled=progress and rank == 0, unit="batch") as bar:
+    device = _device(forward.model)
+    worst = max((max(r.errors) for r in records), default=0.0)
+    # the batches the checkpoint covers are read again and compared with it; under
+    # torch.distributed the processes then agree before measuring, as they did on the settings
+    problem, unchecked, seen = None, store is not None, 0
+    runner = Runner(forward.model, *([] if judge is None else [judge.model]), progress=False)
+    with runner, Progress(total, "audit", enabled=progress, unit="batch") as bar:
         bar.update(done)
-        # the batches the checkpoint covers are read again and compared with it; under
-        # torch.distributed the processes then agree before measuring, as they did on the settings
-        unchecked, seen = path is not None, 0
-        for number, batch in enumerate(loader):
-            seen = number + 1
-            x = _inputs(batch, number)
-            fingerprint = _fingerprint(x) if path is not None else 0
-            if number < done:
-                if fingerprint != fingerprints[number]:
-                    problem = (
-                        f"batch {number} of the data is not the batch {number} the audit checkpoint "
-                        f"{path} recorded (other values, shape or order); pass the same data in the same "
-                        f"order and with the same loader_batch_size, or {_afresh(base, distributed)}"
-                    )
-                    break
-                continue
-            if unchecked:
-                _agree(None, distributed, world)
-                unchecked = False
-            if device is not None:
-                x = x.to(device)
-            err, ok, same, tolerance = _measure_batch(
-                runner, model, classifier, x, shift_list, layer=layer, output=output, boundary=boundary,
-                stride=stride, margin=margin, rtol=rtol, atol=atol, batch_size=batch_size,
-            )  # fmt: skip
-            tolerances = [tolerance.rtol, tolerance.atol]
-            errors += err.tolist()
-            passed += ok.tolist()
-            if same is not None:
-                consistent += same.tolist()
-            fingerprints.append(fingerprint)
-            done = number + 1
-            bar.update(worst=max(errors))
-            if path is not None and (done % every == 0):
-                _save(path, settings, done, errors, passed, consistent, fingerprints, tolerances)
+        try:
+            for number, batch in enumerate(loader):
+                seen = number + 1
+                x = _inputs(batch, number)
+                if number < done:
+                    assert store is not None
+                    problem = store.compare(number, x)
+                    if problem is not None:
+                        break
+                    continue
+                if unchecked:
+                    _agree(None, world)
+                    unchecked = False
+                crc = fingerprint(x) if store is not None else 0
+                moved = x if device is None else x.to(device)
+                errors, passed, consistent, tolerance = _measure_batch(runner, forward, judge, moved, options)
+                records.append(Record(crc, errors, passed, consistent))
+                worst = max(worst, *records[-1].errors)
+                bar.update(worst=worst)
+                if store is not None and len(records) % options.every == 0:
+                    store.save(records, tolerance)
+        except BaseException:
+            if store is not None:
+                store.save(records, tolerance)  # Ctrl-C or a failure: keep the batches done
+            raise
     if unchecked:
+        assert store is not None
         if problem is None and seen < done:
             problem = (
-                f"the audit checkpoint {path} records {done} batches done but the data has only {seen}; "
-                f"pass the data it was written for, or {_afresh(base, distributed)}"
+                f"the audit checkpoint {store.path} records {done} batches done but the data has only "
+                f"{seen}; pass the data it was written for, or {store.afresh()}"
             )
-        _agree(problem, distributed, world)
-    if path is not None:
-        _save(path, settings, done, errors, passed, consistent, fingerprints, tolerances)
+        _agree(problem, world)
+    if store is not None:
+        store.save(records, tolerance)
+    return records, tolerance
 
-    err_t = torch.tensor(errors, dtype=torch.float64)
-    passed_t = torch.tensor(passed, dtype=torch.bool)
-    consistent_t = torch.tensor(consistent, dtype=torch.bool) if judge is not None else None
-    if distributed:
-        err_t, passed_t, consistent_t, tolerances = _gather(
-            err_t, passed_t, consistent_t, indices, tolerances, world
+
+def _measure_batch(
+    runner: Runner, forward: Forward, judge: Forward | None, x: torch.Tensor, options: _Options
+) -> tuple[list[float], list[bool], list[bool] | None, list[float]]:
+    """One batch on the checks' engine: each sample's worst error and verdict over the shifts, the
+    tolerance applied, and (with a classifier, run on the same copies) whether every shift keeps
+    each sample's top-1 class."""
+    request = _plan.validate(
+        forward.model, x, "equivariance", options.shifts, stride=options.stride, margin=options.margin,
+        boundary=options.boundary, batch_size=options.batch_size, layer=forward.layer, output=forward.output,
+        noise_floor=False,
+    )  # fmt: skip
+    plan = _plan.make_plan(runner, request)
+    also, predictions, unshifted = [], None, None
+    if judge is not None:
+        unshifted = runner.base(judge, x).output.argmax(dim=1).cpu()  # on a copy: it may write to it
+        predictions = Top1(len(plan.rows), len(x))
+        also.append(ModelConsumer(judge, [predictions], None))
+    sums, _ = _plan.measure(runner, plan, also)
+    dtype = min((x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
+    tolerance = resolve_tolerance(dtype, rtol=options.rtol, atol=options.atol)
+    err, absolute = sample_errors(sums.diff_sq, sums.ref_sq, sums.count.unsqueeze(-1), sums.scale)
+    ok = within(err, absolute, tolerance).all(dim=0)
+    consistent = None
+    if predictions is not None and unshifted is not None:
+        consistent = (predictions.table() == unshifted).all(dim=0).tolist()
+    return err.max(dim=0).values.tolist(), ok.tolist(), consistent, [tolerance.rtol, tolerance.atol]
+
+
+class _Classifier(Forward):
+    """The ``classifier``: a ``Forward`` whose output must be logits ``(N, classes)``."""
+
+    def __call__(self, x: torch.Tensor, batch_note: str = "") -> torch.Tensor:
+        logits = super().__call__(x, batch_note)
+        if logits.dim() != 2:
+            raise InvalidArgument(
+                f"the classifier returned an output of shape {tuple(logits.shape)}; top-1 consistency needs "
+                "logits (N, classes): pass a classifier that ends in pooling and a linear head, or "
+                "drop classifier="
+            )
+        return logits
+
+
+def _result(
+    records: list[Record],
+    tolerance: list[float],
+    options: _Options,
+    classified: bool,
+    indices: list[int] | None,
+    world: _World,
+) -> AuditResult:
+    """The records as an AuditResult, gathered from every process under torch.distributed."""
+    errors = torch.tensor([e for r in records for e in r.errors], dtype=torch.float64)
+    passed = torch.tensor([p for r in records for p in r.passed], dtype=torch.bool)
+    consistent = None
+    if classified:
+        consistent = torch.tensor([c for r in records for c in r.consistent or []], dtype=torch.bool)
+    if world.distributed:
+        errors, passed, consistent, tolerance = _gather(
+            errors, passed, consistent, indices, tolerance, world.size
         )
-    if not tolerances:
-        default = resolve_tolerance(torch.float32, rtol=rtol, atol=atol)
-        tolerances = [default.rtol, default.atol]
-    return AuditResult(err_t, passed_t, consistent_t, len(shift_list), tolerances[0], tolerances[1])
+    if not tolerance:
+        default = resolve_tolerance(torch.float32, rtol=options.rtol, atol=options.atol)
+        tolerance = [default.rtol, default.atol]
+    return AuditResult(errors, passed, consistent, len(options.shifts), tolerance[0], tolerance[1])
 
 
 def _loader(
@@ -318,6 +490,12 @@ def _loader(
         sampler: DistributedSampler[Any] = DistributedSampler(data, shuffle=False)
         loader = DataLoader(data, batch_size=loader_batch_size, sampler=sampler)
         return loader, list(iter(sampler))
+    if isinstance(data, torch.Tensor):
+        raise InvalidArgument(
+            f"data is a tensor of shape {tuple(data.shape)}, which audit would iterate sample by sample; "
+            "pass a list of batches, e.g. [x] for one batch, or TensorDataset(x) to batch it with "
+            "loader_batch_size"
+        )
     if not isinstance(data, Iterable):
         raise InvalidArgument(
             f"data must be a DataLoader, a Dataset or an iterable of batches, found {describe(data)}"
@@ -346,36 +524,6 @@ def _device(model: object) -> torch.device | None:
         for tensor in (*model.parameters(), *model.buffers()):
             return tensor.device
     return None
-
-
-def _measure_batch(
-    runner: Runner,
-    model: Callable[[torch.Tensor], Any],
-    classifier: Callable[[torch.Tensor], Any] | None,
-    x: torch.Tensor,
-    shifts: Sequence[Action],
-    **options: Any,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Tolerance]:
-    """One batch on the checks' engine: each sample's worst error and verdict over the shifts, and
-    (with a classifier, run on the same copies) whether every shift keeps its top-1 class."""
-    rtol, atol = options.pop("rtol"), options.pop("atol")
-    request = _plan.validate(model, x, "equivariance", shifts, noise_floor=False, **options)
-    plan = _plan.make_plan(runner, request)
-    also, predictions, base_class = [], None, None
-    if classifier is not None:
-        judge = Forward(classifier)
-        base_class = top1(runner.base(judge, x).output, lambda: "the unshifted batch").cpu()
-        predictions = Top1(len(plan.rows), len(x))
-        also.append(ModelConsumer(judge, [predictions], None))
-    sums, _ = _plan.measure(runner, plan, also)
-    dtype = min((x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
-    tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
-    err, absolute = sample_errors(sums.diff_sq, sums.ref_sq, sums.count.unsqueeze(-1), sums.scale)
-    ok = within(err, absolute, tolerance).all(dim=0)
-    same = None
-    if predictions is not None and base_class is not None:
-        same = (predictions.table() == base_class).all(dim=0)
-    return err.max(dim=0).values, ok, same, tolerance
 
 
 def _gather(
@@ -417,134 +565,14 @@ def _gather(
     return rows[:, 0].contiguous(), rows[:, 2].bool(), gathered_consistent, tol.cpu().tolist()
 
 
-def _fingerprint(x: torch.Tensor) -> int:
-    """A CRC-32 of a batch's dtype, shape and bytes, to tell a resumed run's data from the checkpoint's."""
-    data = x.detach().cpu().contiguous()
-    crc = zlib.crc32(f"{data.dtype} {tuple(data.shape)}".encode())
-    return zlib.crc32(data.reshape(-1).view(torch.uint8).numpy().data, crc)
-
-
-def _afresh(base: str | None, distributed: bool) -> str:
-    """How to start an audit afresh instead of resuming it."""
-    files = f"the {base}.rank* files" if distributed else str(base)
-    return f"delete {files} or pass another checkpoint path to start afresh"
-
-
-def _processes(count: object) -> str:
-    """A number of processes in words: 1 process, 2 processes, or several where it is unknown."""
-    return "1 process" if count == 1 else f"{count if isinstance(count, int) else 'several'} processes"
-
-
-def _writers(path: str) -> str:
-    """The processes that wrote a checkpoint, as its settings say."""
-    try:
-        with open(path) as file:
-            return _processes(json.load(file)["settings"]["world_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return _processes(None)
-
-
-def _agree(problem: str | None, distributed: bool, world: int) -> None:
+def _agree(problem: str | None, world: _World) -> None:
     """Raise the first process's refusal on every process, so that none goes on alone into a collective."""
-    if distributed:
-        problems: list[str | None] = [None] * world
+    if world.distributed:
+        problems: list[str | None] = [None] * world.size
         torch.distributed.all_gather_object(problems, problem)
         refused = [(rank, text) for rank, text in enumerate(problems) if text is not None]
         if refused:
             rank, text = refused[0]
-            raise InvalidArgument(f"process {rank} of {world} refuses its checkpoint: {text}")
+            raise InvalidArgument(f"process {rank} of {world.size} refuses its checkpoint: {text}")
     elif problem is not None:
         raise InvalidArgument(problem)
-
-
-def _resume(
-    base: str | None, path: str | None, settings: dict[str, Any], rank: int, world: int
-) -> tuple[dict[str, Any], str | None]:
-    """The state a checkpoint holds, or an empty one, and why it is refused (None if it is not)."""
-    empty: dict[str, Any] = {
-        "batches": 0, "errors": [], "passed": [], "consistent": [], "fingerprints": [], "tolerance": [],
-    }  # fmt: skip
-    if base is None or path is None:
-        return empty, None
-    distributed = path != base
-    if not os.path.exists(path):
-        return empty, _stray(base, distributed, rank, world)
-    try:
-        with open(path) as file:
-            state = json.load(file)
-    except (OSError, ValueError) as exc:
-        return empty, f"the audit checkpoint {path} cannot be read ({exc}); {_afresh(base, distributed)}"
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        return empty, (
-            f"{path} is not an audit checkpoint of version {CHECKPOINT_VERSION}; {_afresh(base, distributed)}"
-        )
-    saved = state.get("settings") or {}
-    if saved != settings:
-        if saved.get("world_size") != world:
-            return empty, (
-                f"the audit checkpoint {path} was written by {_processes(saved.get('world_size'))} and "
-                f"this run has {world}; resume with as many processes as started the audit, or "
-                f"{_afresh(base, distributed)}"
-            )
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-        return empty, (
-            f"the audit checkpoint {path} was written with other settings (differing: "
-            f"{', '.join(changed)}); rerun with the same settings, or {_afresh(base, distributed)}"
-        )
-    lengths = {len(state.get(key) or []) for key in ("errors", "passed")}
-    if state.get("batches") != len(state.get("fingerprints") or []) or len(lengths) != 1:
-        return empty, f"the audit checkpoint {path} is inconsistent; {_afresh(base, distributed)}"
-    return {key: state[key] for key in empty}, None
-
-
-def _stray(base: str, distributed: bool, rank: int, world: int) -> str | None:
-    """Why a checkpoint written by another number of processes is there, where this run has none."""
-    if not distributed:
-        if os.path.exists(f"{base}.rank0"):
-            processes = _writers(f"{base}.rank0")
-            return (
-                f"there is no audit checkpoint {base} but there is {base}.rank0: the audit was started "
-                f"under torch.distributed by {processes}; resume it under torchrun with as "
-                f"many, or {_afresh(base, True)}"
-            )
-        return None
-    if rank != 0:
-        return None  # a process may have stopped before its first checkpoint while the others wrote theirs
-    if os.path.exists(base):
-        return (
-            f"there is no audit checkpoint {base}.rank0 but there is {base}: the audit was started by a "
-            f"single process; resume it without torchrun, or {_afresh(base, False)}"
-        )
-    if os.path.exists(f"{base}.rank{world}"):
-        return (
-            f"there is no audit checkpoint {base}.rank0 but there is {base}.rank{world}: the audit was "
-            f"started by {_writers(f'{base}.rank{world}')} and this run has {world}; resume "
-            f"with as many processes as started the audit, or {_afresh(base, True)}"
-        )
-    return None
-
-
-def _save(
-    path: str,
-    settings: dict[str, Any],
-    batches: int,
-    errors: list[float],
-    passed: list[bool],
-    consistent: list[bool],
-    fingerprints: list[int],
-    tolerance: list[float],
-) -> None:
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "settings": settings,
-        "batches": batches,
-        "tolerance": tolerance,
-        "fingerprints": fingerprints,
-        "errors": errors,
-        "passed": passed,
-        "consistent": consistent,
-    }
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
-        json.dump(state, file)
-    os.replace(temporary, path)  # atomic: an interrupted write leaves the previous checkpoint

@@ -4,28 +4,38 @@ An exact check asks whether the logits are unchanged; a classifier is used
 through its top-1 prediction, and papers report how often that prediction
 survives a shift:
 
-:func:`consistency`
+[`consistency`][equivariance.invariance.consistency]
     how often the top-1 prediction is the same for two random shifts of the
     same input (Zhang 2019, "Making Convolutional Networks Shift-Invariant
     Again"; with circular shifts over the whole image as in Chaman and
     Dokmanic 2021, "Truly shift-invariant convolutional neural networks").
-:func:`prediction_change`
+[`prediction_change`][equivariance.invariance.prediction_change]
     the probability that the top-1 prediction changes under a one-pixel shift
     (Azulay and Weiss 2019, "Why do deep convolutional networks generalize so
     poorly to small image transformations?").
-:func:`logit_change`
+[`logit_change`][equivariance.invariance.logit_change]
     the mean relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of the logits
     under a random shift.
 
-Each returns an :class:`InvarianceMetric`: the value, the number of
-comparisons ``n`` it is averaged over and a 95% confidence interval (Wilson's
-score interval for the two proportions, a normal interval for the mean).
-The shifted inputs go through the model on the checks' engine (the runner of
-`equivariance._runner`): made by one vectorized gather
-a chunk, in batches that halve and retry when they run out of CUDA memory,
-each chunk's predictions taken before the next (so a model that hands back
-the same output buffer on every call is measured right), non-finite logits
-refused. Random shifts come from a local ``torch.Generator`` seeded with
+Each returns an [`InvarianceMetric`][equivariance.invariance.InvarianceMetric]:
+the value, the number of comparisons ``n`` it is averaged over, the number of
+samples they come from, and a 95% confidence interval. The samples, not the
+comparisons, are the independent units: the comparisons of one sample (its
+``pairs``, ``repeats`` or one-pixel shifts) are correlated, and an interval
+that counted them as independent would be too narrow. So the intervals are
+*clustered by sample*: for the two proportions, Wilson's score interval at the
+effective sample size of the per-sample proportions (``N p (1 - p) / s^2``,
+``s^2`` the variance of the per-sample proportions, kept between the number
+of samples and the number of comparisons; the number of samples where ``p`` is
+0 or 1); for the mean, a normal interval on the per-sample means,
+``mean +- 1.96 * sd / sqrt(N)``. With one comparison per sample they are the
+plain Wilson and normal intervals.
+The shifted inputs go through the model on the checks' engine (its runner):
+made by one vectorized gather a chunk, in batches that halve and retry when
+they run out of CUDA memory, each chunk's predictions taken before the next (so
+a model that hands back the same output buffer on every call is measured
+right), non-finite logits refused. Random shifts come from a local
+``torch.Generator`` seeded with
 ``seed``, so the caller's RNG is untouched and a result is reproducible.
 """
 
@@ -68,9 +78,13 @@ class InvarianceMetric:
         n: the number of comparisons (pairs of predictions or of logits).
         low: lower end of the 95% confidence interval.
         high: upper end of the 95% confidence interval.
-        interval: how the interval was computed (``"wilson"`` or ``"normal"``).
+        interval: how the interval was computed: ``"wilson, clustered by sample"``
+            (the proportions) or ``"normal, clustered by sample"`` (the mean); see
+            the module's notes.
         boundary: ``"circular"`` or ``"zeros"``.
         shifts: which shifts were drawn, in words.
+        samples: the number of samples the comparisons come from, the interval's
+            independent units (None where a caller built the metric without it).
     """
 
     name: str
@@ -81,15 +95,17 @@ class InvarianceMetric:
     interval: str
     boundary: str
     shifts: str
+    samples: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the fields."""
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
+        over = "" if self.samples is None else f" over {self.samples} samples"
         return (
             f"{self.name} {self.value:.4f} (95% CI {self.low:.4f} to {self.high:.4f}, {self.interval}; "
-            f"n={self.n}; {self.shifts}, boundary {self.boundary})"
+            f"n={self.n}{over}; {self.shifts}, boundary {self.boundary})"
         )
 
 
@@ -111,15 +127,8 @@ def consistency(
     image, ``size - 1``, with the circular boundary of Chaman and Dokmanic
     2021); the value is the fraction of pairs whose two predictions agree
     (Zhang 2019). A circularly padded CNN with global average pooling scores
-    exactly 1.
-
-    >>> import torch
-    >>> net = torch.nn.Sequential(
-    ...     torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), torch.nn.ReLU(),
-    ...     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    >>> result = consistency(net, torch.randn(50, 1, 16, 16), pairs=2)
-    >>> result.value, result.n
-    (1.0, 100)
+    exactly 1. The interval is clustered by sample: a sample's ``pairs`` are
+    not independent of each other.
 
     Args:
         model: a classifier returning logits ``(N, classes)``.
@@ -127,21 +136,33 @@ def consistency(
         pairs: pairs of shifts per sample.
         max_shift: the largest offset drawn (an int or one per dim); default ``size - 1``.
         boundary: ``"circular"`` (default) or ``"zeros"``.
-        seed: seeds the local generator the shifts are drawn from.
+        seed: seeds the local generator the shifts are drawn from (``-2**63`` to ``2**64 - 1``).
         output: picks the logits from a tuple or dict output.
         batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
+
+    Returns:
+        An [`InvarianceMetric`][equivariance.invariance.InvarianceMetric] named ``"consistency"``.
+
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(
+        ...     torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), torch.nn.ReLU(),
+        ...     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> result = consistency(net, torch.randn(50, 1, 16, 16), pairs=2)
+        >>> result.value, result.n, result.samples
+        (1.0, 100, 50)
     """
     x, forward, boundary, bounds = _prepare(model, x, boundary, max_shift, output)
     count = as_int(pairs, "pairs")
     if count < 1:
         raise InvalidArgument(f"pairs must be positive, found {count}; pass pairs=1 or more")
-    generator = torch.Generator().manual_seed(as_int(seed, "seed"))
+    generator = _generator(seed)
     n = x.shape[0]
     drawn = _draw(bounds, 2 * count * n, generator)
     predicted = _predictions(forward, x, drawn, 2 * count, boundary, batch_size)
     first, second = predicted.view(2, -1)
-    agree = int((first == second).sum())
-    return _proportion("consistency", agree, count * n, boundary, f"pairs of random shifts in {_box(bounds)}")
+    agree = (first == second).view(count, n).sum(dim=0)  # pair j of sample i is item j * n + i
+    return _proportion("consistency", agree, count, boundary, f"pairs of random shifts in {_box(bounds)}")
 
 
 def prediction_change(
@@ -157,28 +178,34 @@ def prediction_change(
     Every one-pixel shift (one sample forwards or backwards along each
     spatial dim) of every sample is compared with the unshifted prediction
     (Azulay and Weiss 2019), so ``n`` is ``2 * d * N`` and no randomness is
-    involved.
-
-    >>> import torch
-    >>> dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    >>> prediction_change(dense, torch.randn(100, 1, 8, 8)).value > 0.2
-    True
+    involved. The interval is clustered by sample: a sample's ``2 * d``
+    shifts are not independent of each other.
 
     Args:
         model: a classifier returning logits ``(N, classes)``.
         x: a batch ``(N, C, *spatial)``.
-        boundary: ``"circular"`` (default) or ``"zeros"``.
+        boundary: ``"circular"`` (default) or ``"zeros"`` (the sample shifted
+            in is a zero, the one shifted out is lost).
         output: picks the logits from a tuple or dict output.
         batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
+
+    Returns:
+        An [`InvarianceMetric`][equivariance.invariance.InvarianceMetric] named ``"prediction_change"``.
+
+    Examples:
+        >>> import torch
+        >>> dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> prediction_change(dense, torch.randn(100, 1, 8, 8)).value > 0.2
+        True
     """
-    x, forward, boundary, _ = _prepare(model, x, boundary, None, output)
+    x, forward, boundary, _ = _prepare(model, x, boundary, None, output, random_shifts=False)
     n, d = x.shape[0], x.dim() - 2
     units = torch.cat([torch.eye(d, dtype=torch.long), -torch.eye(d, dtype=torch.long)])
     plan = torch.cat([torch.zeros(1, d, dtype=torch.long), units])
-    predicted = _predictions(forward, x, plan.repeat_interleave(n, dim=0), len(plan), boundary, batch_size)
-    table = predicted.view(len(plan), n)
-    changed = int((table[1:] != table[0]).sum())
-    return _proportion("prediction_change", changed, len(units) * n, boundary, "every one-pixel shift")
+    offsets = plan.repeat_interleave(n, dim=0)
+    predicted = _predictions(forward, x, offsets, len(plan), boundary, batch_size).view(len(plan), n)
+    changed = (predicted[1:] != predicted[0]).sum(dim=0)
+    return _proportion("prediction_change", changed, len(units), boundary, "every one-pixel shift")
 
 
 def logit_change(
@@ -194,13 +221,10 @@ def logit_change(
 ) -> InvarianceMetric:
     """The mean relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of the logits under a random shift.
 
-    ``repeats`` shifts per sample are drawn as in :func:`consistency`; the
-    interval is the normal one, ``mean +- 1.96 * sd / sqrt(n)``.
-
-    >>> import torch
-    >>> dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    >>> logit_change(dense, torch.randn(20, 1, 8, 8)).value > 0.5
-    True
+    ``repeats`` shifts per sample are drawn as in
+    [`consistency`][equivariance.invariance.consistency]; the
+    interval is the normal one on the per-sample means,
+    ``mean +- 1.96 * sd / sqrt(N)`` (its low end kept at 0 or above).
 
     Args:
         model: a model returning logits ``(N, classes)`` (any output with a batch dim works).
@@ -208,49 +232,126 @@ def logit_change(
         repeats: random shifts per sample.
         max_shift: the largest offset drawn (an int or one per dim); default ``size - 1``.
         boundary: ``"circular"`` (default) or ``"zeros"``.
-        seed: seeds the local generator the shifts are drawn from.
+        seed: seeds the local generator the shifts are drawn from (``-2**63`` to ``2**64 - 1``).
         output: picks the logits from a tuple or dict output.
         batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
+
+    Returns:
+        An [`InvarianceMetric`][equivariance.invariance.InvarianceMetric] named ``"logit_change"``.
+
+    Examples:
+        >>> import torch
+        >>> dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> logit_change(dense, torch.randn(20, 1, 8, 8)).value > 0.5
+        True
     """
     x, forward, boundary, bounds = _prepare(model, x, boundary, max_shift, output)
     count = as_int(repeats, "repeats")
     if count < 1:
         raise InvalidArgument(f"repeats must be positive, found {count}; pass repeats=1 or more")
-    generator = torch.Generator().manual_seed(as_int(seed, "seed"))
+    generator = _generator(seed)
     n = x.shape[0]
     drawn = _draw(bounds, count * n, generator)
     change = _relative_changes(forward, x, drawn, count, boundary, batch_size)
-    mean = float(change.mean())
-    spread = float(change.std()) if len(change) > 1 else 0.0
-    half = _Z95 * spread / math.sqrt(len(change))
+    per_sample = change.view(count, n).mean(dim=0)  # repeat j of sample i is item j * n + i
+    mean = float(per_sample.mean())
+    low, high = clustered_normal_interval(per_sample)
     return InvarianceMetric(
-        "logit_change", mean, len(change), max(mean - half, 0.0), mean + half, "normal", boundary,
-        f"random shifts in {_box(bounds)}",
+        "logit_change", mean, len(change), low, high, "normal, clustered by sample", boundary,
+        f"random shifts in {_box(bounds)}", samples=n,
     )  # fmt: skip
 
 
 def wilson_interval(successes: int, n: int) -> tuple[float, float]:
-    """Wilson's 95% score interval for a proportion ``successes / n``.
+    """Wilson's 95% score interval for a proportion ``successes / n`` of independent trials.
 
-    >>> low, high = wilson_interval(50, 100)
-    >>> round(low, 4), round(high, 4)
-    (0.4038, 0.5962)
+    Examples:
+        >>> low, high = wilson_interval(50, 100)
+        >>> round(low, 4), round(high, 4)
+        (0.4038, 0.5962)
     """
     if n < 1 or not 0 <= successes <= n:
         raise InvalidArgument(f"a proportion needs 0 <= successes <= n and n >= 1, found {successes} of {n}")
-    p = successes / n
+    return _wilson(successes / n, n)
+
+
+def clustered_wilson_interval(successes: torch.Tensor, draws: int) -> tuple[float, float]:
+    """Wilson's 95% interval for a proportion of ``draws`` comparisons per sample, samples as clusters.
+
+    ``successes[i]`` of sample ``i``'s ``draws`` comparisons succeeded. The
+    interval is Wilson's at the effective sample size ``N p (1 - p) / s^2``
+    (``s^2`` the variance of the per-sample proportions), kept between ``N``
+    (every sample's comparisons alike) and ``N * draws`` (independent); it is
+    ``N`` where ``p`` is 0 or 1 or there is one sample, leaving no variance
+    to estimate.
+
+    Args:
+        successes: ``(N,)`` counts, each between 0 and ``draws``.
+        draws: comparisons per sample.
+
+    Returns:
+        The interval's low and high ends.
+
+    Examples:
+        >>> import torch
+        >>> alike = torch.tensor([3, 3, 0, 0] * 25)       # each sample: all 3 comparisons alike
+        >>> [round(v, 4) for v in clustered_wilson_interval(alike, 3)] == [
+        ...     round(v, 4) for v in wilson_interval(50, 100)]
+        True
+    """
+    samples, total = len(successes), int(successes.sum())
+    p = total / (samples * draws)
+    effective = float(samples)
+    if samples > 1 and 0 < total < samples * draws:
+        spread = float((successes.double() / draws).var())
+        independent = float(samples * draws)
+        effective = (
+            independent if spread == 0 else min(max(samples * p * (1 - p) / spread, samples), independent)
+        )
+    return _wilson(p, effective)
+
+
+def clustered_normal_interval(means: torch.Tensor) -> tuple[float, float]:
+    """The normal 95% interval of a mean over samples, from each sample's own mean.
+
+    ``mean +- 1.96 * sd / sqrt(N)`` over the per-sample means, the low end
+    kept at 0 or above (a relative change is never negative); with one sample
+    there is no spread to estimate, and the interval is ``[0, inf)``.
+
+    Examples:
+        >>> import torch
+        >>> low, high = clustered_normal_interval(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        >>> round(low, 3), round(high, 3)
+        (1.235, 3.765)
+    """
+    mean = float(means.double().mean())
+    if len(means) < 2:
+        return 0.0, math.inf
+    half = _Z95 * float(means.double().std()) / math.sqrt(len(means))
+    return max(mean - half, 0.0), mean + half
+
+
+def _wilson(p: float, n: float) -> tuple[float, float]:
+    """Wilson's 95% score interval for a proportion ``p`` observed over ``n`` (possibly effective) trials."""
     denominator = 1 + _Z95**2 / n
     centre = (p + _Z95**2 / (2 * n)) / denominator
     half = _Z95 * math.sqrt(p * (1 - p) / n + _Z95**2 / (4 * n * n)) / denominator
-    # at 0 and n the interval touches the end exactly; rounding would leave it a hair inside
-    low = 0.0 if successes == 0 else max(centre - half, 0.0)
-    high = 1.0 if successes == n else min(centre + half, 1.0)
+    # at 0 and 1 the interval touches the end exactly; rounding would leave it a hair inside
+    low = 0.0 if p == 0 else max(centre - half, 0.0)
+    high = 1.0 if p == 1 else min(centre + half, 1.0)
     return low, high
 
 
-def _proportion(name: str, successes: int, n: int, boundary: str, shifts: str) -> InvarianceMetric:
-    low, high = wilson_interval(successes, n)
-    return InvarianceMetric(name, successes / n, n, low, high, "wilson", boundary, shifts)
+def _proportion(
+    name: str, successes: torch.Tensor, draws: int, boundary: str, shifts: str
+) -> InvarianceMetric:
+    """A proportion from per-sample counts of ``draws`` comparisons, its interval clustered by sample."""
+    n = len(successes) * draws
+    low, high = clustered_wilson_interval(successes, draws)
+    value = int(successes.sum()) / n
+    return InvarianceMetric(
+        name, value, n, low, high, "wilson, clustered by sample", boundary, shifts, samples=len(successes)
+    )
 
 
 def _prepare(
@@ -259,11 +360,15 @@ def _prepare(
     boundary: Boundary,
     max_shift: IntOrTuple | None,
     output: OutputSelector,
+    *,
+    random_shifts: bool = True,
 ) -> tuple[torch.Tensor, Forward, Boundary, tuple[int, ...]]:
     forward = Forward(model, None, output)
     x = check_input(x, model)
     boundary = check_boundary(boundary)
     spatial = tuple(x.shape[2:])
+    if not random_shifts:
+        return x, forward, boundary, (1,) * len(spatial)  # the one-pixel shifts: no box to draw from
     if max_shift is None:
         if boundary == "zeros":
             raise InvalidArgument(
@@ -279,6 +384,17 @@ def _prepare(
                 f"pass max_shift below {min(spatial)}"
             )
     return x, forward, boundary, bounds
+
+
+def _generator(seed: object) -> torch.Generator:
+    """A local generator seeded with ``seed``: the caller's RNG is not touched."""
+    value = as_int(seed, "seed")
+    if not -(2**63) <= value < 2**64:
+        raise InvalidArgument(
+            f"seed must be an integer from -2**63 to 2**64 - 1 (what a torch.Generator takes), found "
+            f"{value}; pass a smaller one, e.g. seed % 2**64"
+        )
+    return torch.Generator().manual_seed(value)
 
 
 def _draw(bounds: tuple[int, ...], count: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,15 +12,24 @@ shift, ``A S_p delta = S_p A delta``; and ``A delta = h`` is the operator's
 This module runs that argument on any linear operator ``op`` on a finite grid,
 with circular shifts (the only ones that form a group on a finite grid):
 
-- :func:`impulse_response` computes ``h = op(delta)``;
-- :func:`as_convolution` rebuilds ``op`` as the circular convolution with
+- [`impulse_response`][equivariance.linear.impulse_response] computes ``h = op(delta)``;
+- [`as_convolution`][equivariance.linear.as_convolution] rebuilds ``op`` as the circular convolution with
   ``h`` and says how far the rebuild is from ``op``: zero, up to rounding,
   exactly when ``op`` is shift equivariant;
-- :func:`nearest_equivariant` projects any linear map (a dense layer on a
+- [`nearest_equivariant`][equivariance.linear.nearest_equivariant] projects any linear map (a dense layer on a
   flattened image, say) onto the circular convolutions, by averaging it over
   the group: ``P(A) = mean_g g^-1 A g``. It reports how far ``A`` was from
   its projection. ``P`` is an orthogonal projection (in the Frobenius inner
   product), so projecting twice changes nothing.
+
+**Linearity is checked.** The theorem is about linear operators, and a
+nonlinear one (a ReLU, say) has an impulse response all the same, whose
+rebuild would look exact on impulses alone. So a callable ``op`` is first
+tried on random inputs: superposition, ``L(a u + b v) = a L(u) + b L(v)``, and
+scaling, ``L(c u) = c L(u)`` with ``c < 0``, for its linear part
+``L(x) = op(x) - op(0)``; an operator that breaks either beyond its dtype's
+rounding is refused with an ``InvalidArgument``. (A matrix or an ``nn.Linear``
+is linear by construction.)
 
 **Operators.** ``op`` is a callable from a batch ``(N, C_in, *spatial)`` to a
 batch ``(N, C_out, *spatial)`` with the same 1 to 3 spatial dims, e.g. an
@@ -70,6 +79,12 @@ _BATCH_ELEMENTS = 2**21
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
+# The linearity check: L(a u + b v) = a L(u) + b L(v) and L(c u) = c L(u), with c < 0 so that a
+# positively homogeneous map (ReLU) fails too. Its bound on the relative differences is far above
+# rounding (a deep float32 stack stays near 1e-6) and far below a nonlinearity (ReLU gives about 0.5).
+_COEFFICIENTS = (0.75, -1.25, -1.5)
+_LINEARITY_BOUND = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 1e-1}
+
 
 class CircularConvolution(nn.Module):
     """The circular convolution of a batch with a full-size kernel, plus an optional offset.
@@ -79,19 +94,20 @@ class CircularConvolution(nn.Module):
     kernel is not flipped as in ``nn.Conv2d``'s cross-correlation), so that
     ``kernel`` is the impulse response of the layer. It is exactly shift
     equivariant under ``boundary="circular"`` when the offset is constant
-    over the grid, which holds for the operators :func:`nearest_equivariant`
-    returns.
-
-    >>> import torch
-    >>> kernel = torch.zeros(1, 1, 5)
-    >>> kernel[0, 0, 1] = 1.0                       # a shift by one sample
-    >>> conv = CircularConvolution(kernel)
-    >>> conv(torch.arange(5.0).view(1, 1, 5)).flatten().tolist()
-    [4.0, 0.0, 1.0, 2.0, 3.0]
+    over the grid, which holds for the operators that
+    [`nearest_equivariant`][equivariance.linear.nearest_equivariant] returns.
 
     Args:
         kernel: ``(C_out, C_in, *spatial)`` with 1 to 3 spatial dims, the grid's size.
         offset: ``(C_out, *spatial)``, added to the output, or None.
+
+    Examples:
+        >>> import torch
+        >>> kernel = torch.zeros(1, 1, 5)
+        >>> kernel[0, 0, 1] = 1.0                       # a shift by one sample
+        >>> conv = CircularConvolution(kernel)
+        >>> conv(torch.arange(5.0).view(1, 1, 5)).flatten().tolist()
+        [4.0, 0.0, 1.0, 2.0, 3.0]
     """
 
     kernel: torch.Tensor
@@ -162,7 +178,8 @@ class ConvolutionFit:
         kernel: the impulse response ``(C_out, C_in, *spatial)``.
         offset: ``op(0)``, ``(C_out, *spatial)``, or None when it is zero (a linear operator).
         error: the relative Frobenius distance of the rebuild, a float.
-        operator: the rebuild, a :class:`CircularConvolution` with ``kernel`` and ``offset``.
+        operator: the rebuild, a [`CircularConvolution`][equivariance.linear.CircularConvolution]
+            with ``kernel`` and ``offset``.
     """
 
     kernel: torch.Tensor
@@ -190,7 +207,7 @@ class Projection:
         offset: the projected offset, ``op(0)`` averaged over the grid per
             channel, ``(C_out, *spatial)`` and constant; None for a linear operator.
         distance: the relative Frobenius distance of the operator from its projection.
-        operator: the projection, a :class:`CircularConvolution`.
+        operator: the projection, a [`CircularConvolution`][equivariance.linear.CircularConvolution].
     """
 
     kernel: torch.Tensor
@@ -215,14 +232,8 @@ def impulse_response(
     ``(0, ..., 0)`` of channel ``c`` and 0 elsewhere; for a linear operator
     ``op(0)`` is zero. If ``op`` is linear and shift equivariant, ``h`` is
     its convolution kernel (the seed's derivation, after Jähne 1997); see
-    :func:`as_convolution` for the check that it is.
-
-    >>> import torch
-    >>> blur = torch.nn.Conv1d(1, 1, 3, padding=1, padding_mode="circular", bias=False)
-    >>> with torch.no_grad():
-    ...     _ = blur.weight.copy_(torch.tensor([[[1.0, 2.0, 3.0]]]))
-    >>> impulse_response(blur, (1, 6)).flatten().tolist()   # the kernel, flipped and wrapped
-    [2.0, 1.0, 0.0, 0.0, 0.0, 3.0]
+    [`as_convolution`][equivariance.linear.as_convolution] for the check that it is.
+    A nonlinear ``op`` is refused (see the module's notes on linearity).
 
     Args:
         op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
@@ -234,10 +245,23 @@ def impulse_response(
 
     Returns:
         ``(C_out, C_in, *spatial)``.
+
+    Raises:
+        InvalidArgument: ``op`` is not linear (nor affine), or does not map the grid to itself.
+
+    Examples:
+        >>> import torch
+        >>> blur = torch.nn.Conv1d(1, 1, 3, padding=1, padding_mode="circular", bias=False)
+        >>> with torch.no_grad():
+        ...     _ = blur.weight.copy_(torch.tensor([[[1.0, 2.0, 3.0]]]))
+        >>> impulse_response(blur, (1, 6)).flatten().tolist()   # the kernel, flipped and wrapped
+        [2.0, 1.0, 0.0, 0.0, 0.0, 3.0]
     """
     operator = _Operator(op, shape, dtype, device)
     with torch.no_grad(), exact_float32():
-        return operator.impulse_response()
+        offset = operator.offset()
+        operator.check_linear(offset, "impulse_response")
+        return operator.impulse_response(offset)
 
 
 def as_convolution(
@@ -253,34 +277,45 @@ def as_convolution(
     The theorem says this rebuild is exact for every linear, circularly
     shift-equivariant operator; the returned ``error`` measures how far it
     is, over the whole operator (every impulse at every grid point and
-    channel), so it is a certificate rather than a sample.
-
-    >>> import torch
-    >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular").double()
-    >>> fit = as_convolution(conv, (2, 8, 8))
-    >>> fit.kernel.shape, fit.error < 1e-12
-    (torch.Size([3, 2, 8, 8]), True)
-    >>> x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
-    >>> bool(torch.allclose(fit.operator(x), conv(x)))
-    True
-    >>> as_convolution(torch.nn.Linear(16, 16).double(), (1, 4, 4)).error > 0.5   # a dense map
-    True
+    channel), so it is a certificate rather than a sample. It certifies
+    linear operators only: a nonlinear ``op`` (a ReLU, say) is refused.
 
     Args:
         op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
             ``nn.Linear`` or a matrix acting on the flattened input.
         shape: one input's shape ``(C_in, *spatial)``, 1 to 3 spatial dims.
         batch_size: impulses per call of ``op`` (default: chosen from the sizes).
-        dtype: the impulses' dtype (default: ``op``'s, as in :func:`impulse_response`).
+        dtype: the impulses' dtype (default: ``op``'s, as in
+            [`impulse_response`][equivariance.linear.impulse_response]).
         device: the impulses' device (default: ``op``'s).
 
     Returns:
-        A :class:`ConvolutionFit`: ``kernel``, ``offset``, ``error`` and the rebuilt ``operator``.
+        A [`ConvolutionFit`][equivariance.linear.ConvolutionFit]: ``kernel``,
+        ``offset``, ``error`` and the rebuilt ``operator``.
+
+    Raises:
+        InvalidArgument: ``op`` is not linear (nor affine), or does not map the grid to itself.
+
+    Examples:
+        >>> import torch
+        >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular").double()
+        >>> fit = as_convolution(conv, (2, 8, 8))
+        >>> fit.kernel.shape, fit.error < 1e-12
+        (torch.Size([3, 2, 8, 8]), True)
+        >>> x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+        >>> bool(torch.allclose(fit.operator(x), conv(x)))
+        True
+        >>> as_convolution(torch.nn.Linear(16, 16).double(), (1, 4, 4)).error > 0.5   # a dense map
+        True
+        >>> as_convolution(torch.nn.ReLU(), (1, 8))
+        Traceback (most recent call last):
+        ...
+        equivariance.errors.InvalidArgument: op is not linear: ...
     """
     operator = _Operator(op, shape, dtype, device)
     batch_size = _check_batch_size(batch_size)
     with torch.no_grad(), exact_float32():
-        stats = operator.circulant_statistics(batch_size)
+        stats = operator.circulant_statistics(batch_size, "as_convolution")
     error = _ratio(stats.deviation_sq, stats.total_sq)
     return ConvolutionFit(
         kernel=stats.impulse,
@@ -306,32 +341,39 @@ def nearest_equivariant(
     along the circulant diagonal ``(p + d, p)``: column ``p`` of the matrix
     (the response to an impulse at ``p``), shifted back by ``p``, averaged
     over ``p``. The shifts are one gather per batch of impulses. Projecting
-    a convolution returns it; projecting twice changes nothing.
-
-    >>> import torch
-    >>> dense = torch.nn.Linear(36, 36)                      # on a flattened 6x6 image
-    >>> projection = nearest_equivariant(dense, (1, 6, 6))
-    >>> projection.kernel.shape, projection.distance > 0.5
-    (torch.Size([1, 1, 6, 6]), True)
-    >>> again = nearest_equivariant(projection.operator, (1, 6, 6))
-    >>> again.distance < 1e-3, bool(torch.allclose(again.kernel, projection.kernel, atol=1e-6))
-    (True, True)
+    a convolution returns it; projecting twice changes nothing. A nonlinear
+    ``op`` is refused: the projection is defined for linear maps.
 
     Args:
         op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
             ``nn.Linear`` or a matrix acting on the flattened input.
         shape: one input's shape ``(C_in, *spatial)``, 1 to 3 spatial dims.
         batch_size: impulses per call of ``op`` (default: chosen from the sizes).
-        dtype: the impulses' dtype (default: ``op``'s, as in :func:`impulse_response`).
+        dtype: the impulses' dtype (default: ``op``'s, as in
+            [`impulse_response`][equivariance.linear.impulse_response]).
         device: the impulses' device (default: ``op``'s).
 
     Returns:
-        A :class:`Projection`: ``kernel``, ``offset``, ``distance`` and the projected ``operator``.
+        A [`Projection`][equivariance.linear.Projection]: ``kernel``,
+        ``offset``, ``distance`` and the projected ``operator``.
+
+    Raises:
+        InvalidArgument: ``op`` is not linear (nor affine), or does not map the grid to itself.
+
+    Examples:
+        >>> import torch
+        >>> dense = torch.nn.Linear(36, 36)                      # on a flattened 6x6 image
+        >>> projection = nearest_equivariant(dense, (1, 6, 6))
+        >>> projection.kernel.shape, projection.distance > 0.5
+        (torch.Size([1, 1, 6, 6]), True)
+        >>> again = nearest_equivariant(projection.operator, (1, 6, 6))
+        >>> again.distance < 1e-3, bool(torch.allclose(again.kernel, projection.kernel, atol=1e-6))
+        (True, True)
     """
     operator = _Operator(op, shape, dtype, device)
     batch_size = _check_batch_size(batch_size)
     with torch.no_grad(), exact_float32():
-        stats = operator.circulant_statistics(batch_size)
+        stats = operator.circulant_statistics(batch_size, "nearest_equivariant")
     n = operator.points
     # Shifted sums: deviations from the impulse response keep the subtraction below
     # accurate when the operator is (nearly) a convolution already.
@@ -465,8 +507,37 @@ class _Operator:
             response = self(self.impulses(index)) - offset
             yield index, _roll_back(response, index % self.points, self.spatial)
 
-    def circulant_statistics(self, batch_size: int | None) -> _Statistics:
+    def check_linear(self, offset: torch.Tensor, caller: str) -> None:
+        """Refuse a callable whose linear part ``L(x) = op(x) - op(0)`` breaks superposition or scaling.
+
+        ``L(a u + b v)`` against ``a L(u) + b L(v)``, and ``L(c u)`` against
+        ``c L(u)`` with ``c < 0``, on Gaussian random inputs (a local
+        generator: the caller's RNG is untouched); each difference relative to
+        the size of the terms, against a bound well above the dtype's rounding.
+        """
+        if self.call is None:
+            return  # a matrix, or an nn.Linear, is linear
+        generator = torch.Generator().manual_seed(0)
+        u, v = torch.randn(2, *self.shape, generator=generator, dtype=torch.float64)
+        a, b, c = _COEFFICIENTS
+        inputs = torch.stack([u, v, a * u + b * v, c * u]).to(self.dtype).to(self.device)
+        lu, lv, combined, scaled = (self(inputs) - offset).to(torch.float64)
+        superposition = _relative(combined - (a * lu + b * lv), abs(a) * lu.norm() + abs(b) * lv.norm())
+        scaling = _relative(scaled - c * lu, abs(c) * lu.norm())
+        bound = _LINEARITY_BOUND.get(self.dtype, _LINEARITY_BOUND[torch.float32])
+        if max(superposition, scaling) > bound:
+            raise InvalidArgument(
+                f"op is not linear: on random inputs u and v its linear part L(x) = op(x) - op(0) fails "
+                f"superposition (L({a}u - {-b}v) is {superposition:.3g} away from {a}L(u) - {-b}L(v), "
+                f"relative) or scaling (L({c}u) is {scaling:.3g} away from {c}L(u)), where "
+                f"{str(self.dtype).removeprefix('torch.')} rounding stays below {bound:g}; {caller} is about "
+                "linear (or affine) operators: pass the linear part alone, e.g. the convolution without its "
+                "activation (and a module with dropout in eval mode)"
+            )
+
+    def circulant_statistics(self, batch_size: int | None, caller: str) -> _Statistics:
         offset = self.offset()
+        self.check_linear(offset, caller)
         impulse = self.impulse_response(offset)  # (C_out, C_in, *spatial)
         per_channel = impulse.transpose(0, 1).to(torch.float64)  # (C_in, C_out, *spatial)
         deviation_sum = torch.zeros_like(per_channel)
@@ -555,6 +626,14 @@ def _dtype_device(
         raise InvalidArgument(
             f"device must be a torch.device or its name, found {describe(device)}"
         ) from None
+
+
+def _relative(difference: torch.Tensor, scale: torch.Tensor) -> float:
+    """``||difference|| / scale``; 0 where both are 0, inf where only the scale is."""
+    size, total = float(difference.norm()), float(scale)
+    if size == 0.0:
+        return 0.0
+    return size / total if total > 0 else math.inf
 
 
 def _ratio(part_sq: float, total_sq: float) -> float:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -392,13 +392,33 @@ def as_shift(shift: object) -> Shift:
 def as_shift_list(shifts: object) -> list[Shift]:
     """A non-empty list of shifts of one ndim from a list of Shifts or tuples, else InvalidArgument.
 
-    >>> as_shift_list([(1, 0), Shift(0, 2)])
-    [Shift(1, 0), Shift(0, 2)]
+    A tuple of two or more ints is one shift written where a list of shifts
+    belongs (``(1, 0)`` for ``[(1, 0)]``), so it is refused, saying so; the
+    shifts of a 1-D signal are a list of ints, ``[1, -1]``.
+
+    Examples:
+        >>> as_shift_list([(1, 0), Shift(0, 2)])
+        [Shift(1, 0), Shift(0, 2)]
+        >>> as_shift_list((1, 0))
+        Traceback (most recent call last):
+        ...
+        equivariance.errors.InvalidArgument: shifts (1, 0) is a tuple of ints, which reads as one shift; ...
     """
-    if isinstance(shifts, (Shift, str, bytes)) or not isinstance(shifts, Iterable):
+    if isinstance(shifts, Shift):
+        raise InvalidArgument(
+            f"shifts must be a list of shifts, found the single shift {shifts!r}; wrap it in a list: "
+            f"shifts=[{shifts!r}]"
+        )
+    if isinstance(shifts, (str, bytes)) or not isinstance(shifts, Iterable):
         raise InvalidArgument(
             f"shifts must be a list of shifts, found {describe(shifts)}; wrap a single shift in a "
             "list, e.g. shifts=[(3, -2)]"
+        )
+    if isinstance(shifts, tuple) and len(shifts) > 1 and all(_is_integer(s) for s in shifts):
+        raise InvalidArgument(
+            f"shifts {shifts!r} is a tuple of ints, which reads as one shift; pass a list of shifts: "
+            f"[{shifts!r}] for that shift, or a list of ints, e.g. {list(shifts)!r}, for shifts of a 1-D "
+            "signal"
         )
     coerced = [as_shift(s) for s in shifts]
     if not coerced:
@@ -472,32 +492,65 @@ def apply_shifts(
     """Every shift applied to every sample, in one vectorized operation.
 
     Returns a tensor of shape ``(K, *x.shape)`` whose ``[k]`` is
-    ``shifts[k].apply(x, boundary)``. The shifts act on the last ``d`` dims
-    of ``x``, where ``d`` is the shifts' common ``ndim``; ``shifts`` may also
-    be a ``(K, d)`` integer tensor of offsets.
+    ``shifts[k].apply(x, boundary)``, for offsets of any size (Python ints
+    beyond int64 included). The shifts act on the last ``d`` dims of ``x``,
+    where ``d`` is the shifts' common ``ndim``; ``shifts`` may also be a
+    ``(K, d)`` integer tensor of offsets.
 
-    >>> x = torch.arange(3.0).reshape(1, 1, 3)
-    >>> apply_shifts(x, [Shift(0), Shift(1), Shift(-1)], "circular").flatten(1).tolist()
-    [[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], [1.0, 2.0, 0.0]]
+    Args:
+        x: the tensor to shift.
+        shifts: [`Shift`][equivariance.shifts.Shift] objects, tuples of ints, or a ``(K, d)`` integer tensor.
+        boundary: ``"zeros"`` or ``"circular"``.
+
+    Returns:
+        ``(K, *x.shape)``, a new tensor.
+
+    Examples:
+        >>> x = torch.arange(3.0).reshape(1, 1, 3)
+        >>> apply_shifts(x, [Shift(0), Shift(1), Shift(-1)], "circular").flatten(1).tolist()
+        [[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], [1.0, 2.0, 0.0]]
+        >>> apply_shifts(x, [Shift(2**70)], "circular").flatten(1).tolist()   # 2**70 = 1 mod 3
+        [[2.0, 0.0, 1.0]]
     """
     boundary = check_boundary(boundary)
     if not isinstance(x, torch.Tensor):
         raise InvalidArgument(f"x must be a torch.Tensor, found {describe(x)}")
-    offsets = offsets_tensor(shifts)
-    if x.dim() < offsets.shape[1]:
+    given = shifts if isinstance(shifts, torch.Tensor) else as_shift_list(shifts)
+    d = offsets_tensor(given).shape[1] if isinstance(given, torch.Tensor) else given[0].ndim
+    if x.dim() < d:
         raise InvalidArgument(
-            f"the shifts act on {offsets.shape[1]} trailing dims but x of shape {tuple(x.shape)} "
+            f"the shifts act on {d} trailing dims but x of shape {tuple(x.shape)} "
             f"has only {x.dim()}; pass shifts with at most {x.dim()} offsets"
         )
     if x.numel() == 0:
-        return x.new_empty((offsets.shape[0], *x.shape))
+        return x.new_empty((len(given), *x.shape))
+    # exact for every int: offsets reduced against the sizes they act on, not clamped
+    offsets = offsets_tensor(given, tuple(x.shape[x.dim() - d :]), boundary)
     windows = ShiftedWindows(x.unsqueeze(0), offsets, boundary)
     index = torch.zeros(offsets.shape[0], dtype=torch.long)
     return windows.take(index, offsets)
 
 
-def offsets_tensor(shifts: Sequence[ShiftLike] | torch.Tensor) -> torch.Tensor:
-    """The offsets of a list of shifts as a ``(K, d)`` int64 tensor (on the CPU)."""
+def offsets_tensor(
+    shifts: Sequence[ShiftLike] | torch.Tensor,
+    sizes: Sequence[int] | None = None,
+    boundary: Boundary = "zeros",
+) -> torch.Tensor:
+    """The offsets of a list of shifts as a ``(K, d)`` int64 tensor (on the CPU).
+
+    Python ints may be larger than int64 holds. Given the ``sizes`` of the
+    dims they act on, each offset becomes one that acts alike under
+    ``boundary``, exactly: its centred remainder (circular) or itself
+    clamped to ``[-size, size]`` (zeros, where any shift past the size
+    empties the result). Without ``sizes`` offsets are clamped to
+    ``+-2**62``, which keeps their action only on grids smaller than that.
+
+    Examples:
+        >>> offsets_tensor([Shift(2**70, -1)], sizes=(5, 5), boundary="circular").tolist()
+        [[-1, -1]]
+        >>> offsets_tensor([Shift(2**70, -1)], sizes=(5, 5), boundary="zeros").tolist()
+        [[5, -1]]
+    """
     if isinstance(shifts, torch.Tensor):
         if (
             shifts.dim() != 2
@@ -512,10 +565,17 @@ def offsets_tensor(shifts: Sequence[ShiftLike] | torch.Tensor) -> torch.Tensor:
             )
         return shifts.to(device="cpu", dtype=torch.long)
     coerced = as_shift_list(shifts)
-    # Shifts past the size act like the size (zeros) or like their remainder
-    # (circular); clamping here keeps offsets within int64 whatever was asked.
-    limit = 2**62
-    return torch.tensor([[max(-limit, min(limit, o)) for o in s.offsets] for s in coerced], dtype=torch.long)
+    if sizes is None:
+        limit = 2**62
+        return torch.tensor(
+            [[max(-limit, min(limit, o)) for o in s.offsets] for s in coerced], dtype=torch.long
+        )
+    if boundary == "circular":
+        return torch.tensor(
+            [[_centred(o, n) for o, n in zip(s.offsets, sizes)] for s in coerced], dtype=torch.long
+        )
+    clamped = [[max(-n, min(n, o)) for o, n in zip(s.offsets, sizes)] for s in coerced]
+    return torch.tensor(clamped, dtype=torch.long)
 
 
 # Elements per run above which ShiftedWindows reads runs of slices (a Python step each,
@@ -554,8 +614,10 @@ class ShiftedWindows:
 
     def _canonical(self, offsets: torch.Tensor) -> torch.Tensor:
         if self.boundary == "circular":
-            # the centred representative keeps the padding at most half the size
-            return torch.remainder(offsets + self.sizes // 2, self.sizes) - self.sizes // 2
+            # the centred representative keeps the padding at most half the size; the remainder
+            # comes first, so that an offset near the int64 limit cannot overflow
+            half = self.sizes // 2
+            return torch.remainder(torch.remainder(offsets, self.sizes) + half, self.sizes) - half
         # a shift past the whole size empties the result; clamp so the pad stays finite
         return torch.maximum(torch.minimum(offsets, self.sizes), -self.sizes)
 
@@ -613,7 +675,7 @@ class ShiftedWindows:
         runs = []
         for first, stop in itertools.pairwise(bounds):
             i = samples[first]
-            key = (slice(i, i + stop - first), *self.lead, *starts[first])
+            key: tuple[Any, ...] = (slice(i, i + stop - first), *self.lead, *starts[first])
             runs.append((slice(first, stop), self.windows[key]))
         return runs
 

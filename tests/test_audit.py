@@ -89,6 +89,11 @@ def crashing(batches: list[torch.Tensor], after: int) -> Iterator[torch.Tensor]:
         yield batch
 
 
+def results(path: Path) -> list[dict[str, Any]]:
+    """The records a checkpoint's results file holds, one per batch."""
+    return [json.loads(line) for line in Path(f"{path}.results").read_text().splitlines()]
+
+
 def test_checkpoint_resume_gives_the_same_result(tmp_path: Path) -> None:
     data = [canvas(3) for _ in range(4)]
     path = tmp_path / "audit.json"
@@ -98,51 +103,45 @@ def test_checkpoint_resume_gives_the_same_result(tmp_path: Path) -> None:
             MLP(input_size=38), crashing(data, 3), SHIFTS, checkpoint=path, checkpoint_every=2, progress=False
         )
     state = json.loads(path.read_text())
-    assert state["batches"] == 2  # batch 2 was measured too, but after the last checkpoint
-    assert len(state["errors"]) == len(state["fingerprints"]) * 3 == 6
-    calls = []
-
-    class Counting(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.inner = MLP(input_size=38)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            calls.append(len(x))
-            out: torch.Tensor = self.inner(x)
-            return out
-
+    assert state["batches"] == 3  # batch 2 came after the last regular save; the crash saved it
+    assert [len(record["errors"]) for record in results(path)] == [3, 3, 3]
+    calls: list[int] = []
     torch.manual_seed(0)
     reference = audit(MLP(input_size=38), data, SHIFTS, progress=False)
     torch.manual_seed(0)
-    resumed = audit(Counting(), data, SHIFTS, checkpoint=path, progress=False)
-    assert len(calls) == 2 * 2  # two batches left, each a base pass and one chunk of shifts
+    model = MLP(input_size=38)
+    model.register_forward_pre_hook(lambda _, inputs: calls.append(len(inputs[0])))
+    resumed = audit(model, data, SHIFTS, checkpoint=path, progress=False)
+    assert len(calls) == 2  # one batch left: a base pass and one chunk of shifts
     torch.testing.assert_close(resumed.errors, reference.errors, rtol=0, atol=0)
     assert resumed.samples == 12
     assert json.loads(path.read_text())["batches"] == 4
 
 
 def test_checkpoint_with_other_settings_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "audit.json"
-    audit(LeNet(), [canvas(2)], SHIFTS, layer="conv4", checkpoint=path, progress=False)
-    with pytest.raises(InvalidArgument, match=r"written with other settings \(differing: layer, shifts\)"):
-        audit(LeNet(), [canvas(2)], shifts_in_box(2), checkpoint=path, progress=False)
+    path, model = tmp_path / "audit.json", LeNet()
+    audit(model, [canvas(2)], SHIFTS, layer="conv4", checkpoint=path, progress=False)
+    with pytest.raises(
+        InvalidArgument,
+        match=r"written with other settings \(differing: layer: \"conv4\" in the checkpoint, null in this "
+        r"run; shifts: \[\[-1, -1\], .* in the checkpoint, \[\[-2, -2\], .* in this run\); rerun with the "
+        r"same settings, or delete "
+        r".*audit.json or pass another checkpoint path to start afresh",
+    ):
+        audit(model, [canvas(2)], shifts_in_box(2), checkpoint=path, progress=False)
     path.write_text("{not json")
     with pytest.raises(
         InvalidArgument,
-        match=r"cannot be read .*; delete .*audit.json or pass another checkpoint path to start afresh",
+        match=r"audit.json is damaged \(it cannot be read as JSON: .*\); delete .*audit.json or pass another "
+        "checkpoint path to start afresh",
     ):
-        audit(LeNet(), [canvas(2)], SHIFTS, layer="conv4", checkpoint=path, progress=False)
-    path.write_text(json.dumps({"version": 1}))
-    with pytest.raises(InvalidArgument, match=r"audit.json is not an audit checkpoint of version 2; delete"):
-        audit(LeNet(), [canvas(2)], SHIFTS, layer="conv4", checkpoint=path, progress=False)
-    path.unlink()
-    audit(LeNet(), [canvas(2)], SHIFTS, layer="conv4", checkpoint=path, progress=False)
-    state = json.loads(path.read_text())
-    path.write_text(json.dumps({**state, "batches": 2}))
-    with pytest.raises(InvalidArgument, match=r"the audit checkpoint .*audit.json is inconsistent; delete"):
-        audit(LeNet(), [canvas(2)], SHIFTS, layer="conv4", checkpoint=path, progress=False)
+        audit(model, [canvas(2)], SHIFTS, layer="conv4", checkpoint=path, progress=False)
+    path.write_text(json.dumps({"version": 2}))
+    with pytest.raises(
+        InvalidArgument,
+        match=r"audit.json is damaged \(it is not an audit checkpoint of version 3 \(found version 2\)\); delete",
+    ):
+        audit(model, [canvas(2)], SHIFTS, layer="conv4", checkpoint=path, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -167,12 +166,12 @@ def test_checkpoint_with_other_settings_is_refused(tmp_path: Path) -> None:
 def test_checkpoint_of_other_data_is_refused(
     tmp_path: Path, resumed: Callable[[torch.Tensor], list[torch.Tensor]], message: str
 ) -> None:
-    x, path = canvas(9), tmp_path / "audit.json"
+    x, path, model = canvas(9), tmp_path / "audit.json", LeNet()
     with pytest.raises(Crash):
-        audit(LeNet(), crashing([x[:3], x[3:6], x[6:9]], 2), SHIFTS, layer="conv4", checkpoint=path,
+        audit(model, crashing([x[:3], x[3:6], x[6:9]], 2), SHIFTS, layer="conv4", checkpoint=path,
               checkpoint_every=1, progress=False)  # fmt: skip
     with pytest.raises(InvalidArgument, match=message):
-        audit(LeNet(), resumed(x), SHIFTS, layer="conv4", checkpoint=path, progress=False)
+        audit(model, resumed(x), SHIFTS, layer="conv4", checkpoint=path, progress=False)
     assert json.loads(path.read_text())["batches"] == 2  # the refused run left the checkpoint alone
 
 
@@ -245,20 +244,25 @@ def shard(rank: int) -> list[int]:
 
 def test_torchrun_resume_after_an_interruption_gives_the_uninterrupted_numbers(tmp_path: Path) -> None:
     checkpoint = tmp_path / "audit.json"
-    # process 0 stops in its 4th batch (checkpoints come every 2), process 1 in its 5th and last
+    # process 0 stops in its 4th batch (regular saves come every 2), process 1 in its 5th and last
     first = torchrun(2, str(tmp_path / "first"), "--checkpoint", str(checkpoint), "--stop-after", "3,4")
     assert first != 0
     stopped = reports(tmp_path / "first", 2)
     assert [report["result"] for report in stopped] == [None, None]
     assert [report["audited"] for report in stopped] == [shard(0)[:12], shard(1)[:16]]
     saved = [json.loads(Path(f"{checkpoint}.rank{rank}").read_text()) for rank in range(2)]
-    assert [state["batches"] for state in saved] == [2, 4]  # process 0 loses its 3rd batch
-    assert [len(state["errors"]) for state in saved] == [8, 16]
+    assert [state["batches"] for state in saved] == [3, 4]  # each saved what it did before it stopped
+    assert [
+        sum(len(r["errors"]) for r in results(Path(f"{checkpoint}.rank{rank}"))) for rank in range(2)
+    ] == [
+        12,
+        16,
+    ]
 
     assert torchrun(2, str(tmp_path / "resumed"), "--checkpoint", str(checkpoint)) == 0
     resumed = reports(tmp_path / "resumed", 2)
-    # each sample measured once: the checkpoint's batches are skipped, the lost 3rd batch is redone
-    assert [report["audited"] for report in resumed] == [shard(0)[8:], shard(1)[16:]]
+    # each sample measured once: the checkpoint's batches are skipped
+    assert [report["audited"] for report in resumed] == [shard(0)[12:], shard(1)[16:]]
 
     assert torchrun(2, str(tmp_path / "uninterrupted")) == 0
     uninterrupted = reports(tmp_path / "uninterrupted", 2)

@@ -245,9 +245,20 @@ def test_bad_boundary_batch_size_and_output_action() -> None:
 def test_shifts_that_are_not_a_list() -> None:
     shift = Shift(1, 1)
     with pytest.raises(
-        InvalidArgument, match=r"shifts must be a list of shifts, found Shift\(1, 1\).*shifts=\[\(3, -2\)\]"
+        InvalidArgument,
+        match=r"shifts must be a list of shifts, found the single shift Shift\(1, 1\); wrap it in a list: "
+        r"shifts=\[Shift\(1, 1\)\]",
     ):
         check_equivariance(conv2d, x2d, shift)  # type: ignore[arg-type]
+    # a tuple of ints is one shift where the list belongs: it used to be read as two 1-D shifts, and the
+    # message then said the shift had 1 dim and to pass one of length 2
+    with pytest.raises(
+        InvalidArgument,
+        match=r"shifts \(1, 0\) is a tuple of ints, which reads as one shift; pass a list of shifts: "
+        r"\[\(1, 0\)\] for that shift, or a list of ints, e.g. \[1, 0\], for shifts of a 1-D signal",
+    ):
+        check_equivariance(conv2d, x2d, (1, 0))  # type: ignore[arg-type]
+    assert check_equivariance(conv2d, x2d, [(1, 0)]).results[0].element == Shift(1, 0)
 
 
 def test_non_finite_input() -> None:

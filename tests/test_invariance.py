@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from equivariance import InvalidArgument
-from equivariance.invariance import consistency, logit_change, prediction_change, wilson_interval
+from equivariance.invariance import (
+    clustered_normal_interval,
+    clustered_wilson_interval,
+    consistency,
+    logit_change,
+    prediction_change,
+    wilson_interval,
+)
 
 
 class DenseMax(nn.Module):
@@ -83,8 +90,10 @@ def test_a_circular_cnn_with_global_average_pooling_is_exactly_consistent(images
         classes = int(net(images).argmax(1).unique().numel())
     assert classes >= 8  # the predictions are spread over the classes: 1.0 is not a constant classifier
     result = consistency(net, images, pairs=2)
-    assert (result.value, result.n) == (1.0, 400)
-    assert result.low == pytest.approx(0.9905, abs=1e-4)
+    assert (result.value, result.n, result.samples) == (1.0, 400, 200)
+    # the 200 samples are the independent units: the interval of 200 agreements, not of 400
+    assert result.low == pytest.approx(0.9812, abs=1e-4)
+    assert (result.low, result.high) == wilson_interval(200, 200)
     assert prediction_change(net, images).value == 0.0
     assert logit_change(net, images).value < 1e-5
 
@@ -164,8 +173,34 @@ def test_the_result_prints_and_serializes() -> None:
     result = prediction_change(dense, torch.randn(10, 1, 8, 8))
     assert result.n == 40
     assert str(result).startswith(f"prediction_change {result.value:.4f} (95% CI ")
-    assert "n=40; every one-pixel shift, boundary circular" in str(result)
-    assert json.loads(json.dumps(result.to_dict()))["interval"] == "wilson"
+    assert (
+        "wilson, clustered by sample; n=40 over 10 samples; every one-pixel shift, boundary circular"
+        in str(result)
+    )
+    assert json.loads(json.dumps(result.to_dict()))["interval"] == "wilson, clustered by sample"
+    assert json.loads(json.dumps(logit_change(dense, torch.randn(10, 1, 8, 8)).to_dict()))["samples"] == 10
+
+
+def test_the_extreme_seeds_torch_takes_are_accepted() -> None:
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x = torch.randn(4, 1, 8, 8)
+    assert consistency(dense, x, seed=2**64 - 1).n == 4
+    assert logit_change(dense, x, seed=-(2**63)).n == 4
+
+
+def test_prediction_change_takes_the_zero_boundary_without_max_shift() -> None:
+    # content on a zero canvas, a zero-padded CNN with global max pooling: a one-pixel shift moves the
+    # content and nothing else, so no prediction changes; a dense head on the same inputs does change
+    torch.manual_seed(0)
+    x = torch.zeros(20, 1, 12, 12)
+    x[..., 3:9, 3:9] = torch.randn(20, 1, 6, 6, generator=torch.Generator().manual_seed(5))
+    pooled = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(6, 4)
+    )
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(144, 4))
+    result = prediction_change(pooled, x, boundary="zeros")
+    assert (result.value, result.n, result.boundary) == (0.0, 80, "zeros")
+    assert prediction_change(dense, x, boundary="zeros").value > 0.1
 
 
 @pytest.mark.parametrize(
@@ -176,10 +211,103 @@ def test_the_result_prints_and_serializes() -> None:
         (lambda m, x: logit_change(m, x, repeats=0), r"repeats must be positive, found 0"),
         (lambda m, x: consistency(m, x, max_shift=8), r"max_shift 8 is as large as the signal"),
         (lambda m, x: prediction_change(nn.Identity(), x), r"a top-1 prediction needs logits \(N, classes\)"),
+        (
+            lambda m, x: consistency(m, x, seed=2**70),
+            r"seed must be an integer from -2\*\*63 to 2\*\*64 - 1 \(what a torch.Generator takes\), found "
+            r"1180591620717411303424; pass a smaller one, e.g. seed % 2\*\*64",
+        ),
+        (lambda m, x: logit_change(m, x, seed=-(2**63) - 1), r"seed must be an integer from -2\*\*63"),
+        (lambda m, x: consistency(m, x, seed=1.5), r"seed must be an integer, found 1.5 \(float\)"),
     ],
-    ids=["zeros-needs-max-shift", "pairs", "repeats", "max-shift", "not-logits"],
+    ids=[
+        "zeros-needs-max-shift",
+        "pairs",
+        "repeats",
+        "max-shift",
+        "not-logits",
+        "seed-2**70",
+        "seed-low",
+        "seed-float",
+    ],
 )
 def test_invalid_arguments(call: object, match: str) -> None:
     dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(InvalidArgument, match=match):
         call(dense, torch.randn(4, 1, 8, 8))  # type: ignore[operator]
+
+
+# -- intervals clustered by sample (issue 12, item 10) ----------------------------------------------------
+
+
+def clustered_draws(generator: torch.Generator, samples: int, draws: int) -> tuple[torch.Tensor, float]:
+    """Per-sample success counts where samples differ a lot: half succeed 95% of the time, half 20%."""
+    rates = torch.where(torch.rand(samples, generator=generator) < 0.5, 0.95, 0.2)
+    counts = (torch.rand(samples, draws, generator=generator) < rates[:, None]).sum(dim=1)
+    return counts, (0.95 + 0.2) / 2
+
+
+def test_clustered_wilson_intervals_cover_where_comparisons_counted_as_independent_do_not() -> None:
+    generator = torch.Generator().manual_seed(0)
+    trials, samples, draws = 400, 60, 5
+    clustered = naive = 0
+    for _ in range(trials):
+        counts, truth = clustered_draws(generator, samples, draws)
+        low, high = clustered_wilson_interval(counts, draws)
+        clustered += low <= truth <= high
+        low, high = wilson_interval(int(counts.sum()), samples * draws)
+        naive += low <= truth <= high
+    assert clustered / trials > 0.92  # close to the nominal 95%
+    assert naive / trials < 0.85  # the negative control: draws of one sample taken as independent
+
+
+def test_the_clustered_interval_is_the_cluster_bootstraps_width() -> None:
+    generator = torch.Generator().manual_seed(1)
+    counts, _ = clustered_draws(generator, 200, 5)
+    low, high = clustered_wilson_interval(counts, 5)
+    resampled = counts[torch.randint(0, 200, (4000, 200), generator=generator)].sum(dim=1) / 1000
+    bootstrap = 1.959964 * float(resampled.double().std())
+    assert (high - low) / 2 == pytest.approx(bootstrap, rel=0.1)
+    naive_low, naive_high = wilson_interval(int(counts.sum()), 1000)
+    assert (naive_high - naive_low) / 2 < 0.8 * bootstrap  # what the old interval said
+
+
+def test_independent_draws_keep_the_interval_of_all_comparisons() -> None:
+    generator = torch.Generator().manual_seed(2)
+    counts = (torch.rand(300, 4, generator=generator) < 0.6).sum(dim=1)  # one rate for every sample
+    low, high = clustered_wilson_interval(counts, 4)
+    naive_low, naive_high = wilson_interval(int(counts.sum()), 1200)
+    assert high - low == pytest.approx(naive_high - naive_low, rel=0.1)
+    # and the extremes: every sample alike is the interval of one comparison per sample
+    assert clustered_wilson_interval(torch.full((50,), 4), 4) == wilson_interval(50, 50)
+    one_low, one_high = clustered_wilson_interval(torch.tensor([2]), 4)  # one sample: one unit
+    four_low, four_high = wilson_interval(2, 4)
+    assert one_low < four_low < four_high < one_high
+
+
+def test_clustered_normal_intervals_cover_the_mean_of_correlated_repeats() -> None:
+    generator = torch.Generator().manual_seed(3)
+    trials, samples, repeats = 300, 40, 6
+    clustered = naive = 0
+    for _ in range(trials):
+        level = torch.rand(samples, 1, generator=generator) * 2  # each sample's own level, mean 1
+        changes = level + 0.1 * torch.rand(samples, repeats, generator=generator) - 0.05
+        low, high = clustered_normal_interval(changes.mean(dim=1))
+        clustered += low <= 1.0 <= high
+        half = 1.959964 * float(changes.std()) / (samples * repeats) ** 0.5
+        naive += abs(float(changes.mean()) - 1.0) <= half
+    assert clustered / trials > 0.91
+    assert naive / trials < 0.8
+    assert clustered_normal_interval(torch.tensor([0.5])) == (0.0, float("inf"))
+
+
+def test_consistency_with_several_pairs_reports_the_samples_interval() -> None:
+    # half the samples are constant images (every shift agrees), half noise through a dense head
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x = torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    x[::2] = 1.0
+    result = consistency(dense, x, pairs=5)
+    assert (result.n, result.samples, result.interval) == (500, 100, "wilson, clustered by sample")
+    naive_low, naive_high = wilson_interval(round(result.value * 500), 500)
+    assert result.high - result.low > 1.5 * (naive_high - naive_low)
+    assert result.low <= result.value <= result.high

@@ -267,3 +267,60 @@ def test_other_misuse() -> None:
         InvalidArgument, match=r"this CircularConvolution takes batches \(N, 1, 6\), found \(2, 1, 5\)"
     ):
         CircularConvolution(torch.zeros(1, 1, 6))(torch.zeros(2, 1, 5))
+
+
+# -- nonlinear operators are refused (issue 12, item 9) ---------------------------------------------------
+
+NONLINEAR = {
+    "relu": nn.ReLU(),
+    "conv-then-relu": nn.Sequential(nn.Conv1d(1, 2, 3, padding=1, padding_mode="circular"), nn.ReLU()),
+    "abs": torch.abs,
+    "square": torch.square,
+    "tanh": torch.tanh,
+    "max-pool": nn.Sequential(nn.ZeroPad1d((0, 1)), nn.MaxPool1d(2, stride=1)),
+}
+
+
+@pytest.mark.parametrize("function", [as_convolution, impulse_response, nearest_equivariant])
+@pytest.mark.parametrize("name", list(NONLINEAR))
+def test_a_nonlinear_operator_is_refused(function: object, name: str) -> None:
+    assert callable(function)
+    caller = function.__name__  # type: ignore[attr-defined]
+    with pytest.raises(
+        InvalidArgument,
+        match=r"op is not linear: on random inputs u and v its linear part L\(x\) = op\(x\) - op\(0\) fails "
+        r"superposition \(L\(0.75u - 1.25v\) is \S+ away from 0.75L\(u\) - 1.25L\(v\), relative\) or scaling "
+        r"\(L\(-1.5u\) is \S+ away from -1.5L\(u\)\), where float32 rounding stays below 0.001; "
+        + caller
+        + r" is about linear \(or affine\) operators: pass the linear part alone, e.g. the convolution "
+        r"without its activation",
+    ):
+        function(NONLINEAR[name], (1, 8))
+
+
+def test_relu_was_certified_as_a_convolution_by_its_impulses_alone() -> None:
+    # why the check is needed: on impulses (and zero) ReLU is the identity, so the rebuild from the impulse
+    # response is exact on every column, yet the rebuilt operator is not ReLU
+    x = torch.randn(1, 1, 8, generator=_generator(0))
+    identity = CircularConvolution(impulse_response(nn.Identity(), (1, 8)))
+    assert float((identity(x) - torch.relu(x)).abs().max()) > 0.5
+    assert torch.equal(nn.ReLU()(torch.eye(8).view(8, 1, 8)), torch.eye(8).view(8, 1, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_deep_linear_and_affine_stacks_pass_the_check_in_every_dtype(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular") for _ in range(8)]  # biases: affine
+    stack = nn.Sequential(*layers).to(dtype)
+    fit = as_convolution(stack, (8, 6, 6))
+    assert fit.offset is not None
+    assert fit.error < {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 0.1)
+
+
+def test_the_linearity_check_leaves_the_global_rng_alone() -> None:
+    conv = nn.Conv1d(1, 1, 3, padding=1, padding_mode="circular")
+    state = torch.get_rng_state()
+    as_convolution(conv, (1, 8))
+    with pytest.raises(InvalidArgument, match="not linear"):
+        impulse_response(torch.relu, (1, 8))
+    assert torch.equal(torch.get_rng_state(), state)

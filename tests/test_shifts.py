@@ -263,6 +263,54 @@ def test_apply_shifts_rejects_mixed_dims() -> None:
         apply_shifts(torch.zeros(1, 1, 4, 4), [Shift(1), Shift(1, 1)])
 
 
+# any int: unbounded Python ints, and the edges of int64 and of the old 2**62 clamp
+ANY_INT = st.one_of(
+    st.integers(),
+    st.integers(-(2**80), 2**80),
+    st.sampled_from([2**62, 2**62 + 1, -(2**62) - 3, 2**63 - 1, -(2**63), 2**63, 2**64 + 7]),
+)
+INT64 = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([2**63 - 1, 2**63 - 2, -(2**63)]))
+
+
+@st.composite
+def huge_shifts_and_signal(
+    draw: st.DrawFn, offset: st.SearchStrategy[int]
+) -> tuple[list[Shift], torch.Tensor]:
+    ndim = draw(st.integers(1, 2))
+    sizes = draw(st.tuples(*[st.integers(1, 6)] * ndim))
+    shifts = [Shift(draw(st.tuples(*[offset] * ndim))) for _ in range(draw(st.integers(1, 3)))]
+    x = torch.randn(2, *sizes, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**16))))
+    return shifts, x
+
+
+@given(huge_shifts_and_signal(ANY_INT), st.sampled_from(["zeros", "circular"]))
+def test_apply_shifts_agrees_with_shift_apply_for_every_int(
+    case: tuple[list[Shift], torch.Tensor], boundary: str
+) -> None:
+    shifts, x = case
+    batched = apply_shifts(x, shifts, boundary)  # type: ignore[arg-type]
+    for k, s in enumerate(shifts):
+        assert torch.equal(batched[k], s.apply(x, boundary))  # type: ignore[arg-type]
+
+
+@given(huge_shifts_and_signal(INT64), st.sampled_from(["zeros", "circular"]))
+def test_a_tensor_of_int64_offsets_agrees_with_shift_apply(
+    case: tuple[list[Shift], torch.Tensor], boundary: str
+) -> None:
+    shifts, x = case
+    batched = apply_shifts(x, torch.tensor([s.offsets for s in shifts]), boundary)  # type: ignore[arg-type]
+    for k, s in enumerate(shifts):
+        assert torch.equal(batched[k], s.apply(x, boundary))  # type: ignore[arg-type]
+
+
+def test_the_offsets_that_disagreed_before() -> None:
+    x = torch.arange(5.0)
+    # 2**64 + 2 wraps to 2**64 + 2 mod 5 = 3, but the old clamp to 2**62 gave 2**62 mod 5 = 4
+    assert torch.equal(apply_shifts(x, [Shift(2**64 + 2)], "circular")[0], torch.roll(x, 3))
+    # an int64 near its limit overflowed when centred: 2**63 - 1 mod 5 = 2
+    assert torch.equal(apply_shifts(x, torch.tensor([[2**63 - 1]]), "circular")[0], torch.roll(x, 2))
+
+
 def test_huge_offsets_and_bad_arguments_of_the_operators() -> None:
     x = torch.arange(5.0)
     assert torch.equal(Shift(2**63 + 1).apply(x, "circular"), Shift((2**63 + 1) % 5).apply(x, "circular"))

@@ -76,9 +76,5 @@ def long_functions() -> list[str]:
     return found
 
 
-# audit() is split by the audit-checkpoint work (issue 12) on its branch; this goes when it lands
-SPLIT_ELSEWHERE = {"audit.audit (116 lines)"}
-
-
 def test_no_function_is_over_about_80_lines() -> None:
-    assert set(long_functions()) <= SPLIT_ELSEWHERE
+    assert long_functions() == []
