@@ -1,10 +1,11 @@
 """Test, measure and explain the translation equivariance of PyTorch models.
 
->>> import torch
->>> from equivariance import check_equivariance
->>> conv = torch.nn.Conv2d(1, 8, 5)
->>> check_equivariance(conv, torch.randn(4, 1, 32, 32), max_shift=3).passed
-True
+Examples:
+    >>> import torch
+    >>> from equivariance import check_equivariance
+    >>> conv = torch.nn.Conv2d(1, 8, 5)
+    >>> check_equivariance(conv, torch.randn(4, 1, 32, 32), max_shift=3).passed
+    True
 """
 
 from equivariance.audit import AuditResult, audit

@@ -65,7 +65,7 @@ class Record:
 
     Attributes:
         fingerprint: the CRC-32 of the batch's input, from
-            [`fingerprint`][equivariance._checkpoint.fingerprint].
+            ``fingerprint``.
         errors: each sample's largest error over the shifts.
         passed: whether each sample is within the tolerance for every shift.
         consistent: whether each sample's top-1 class is unchanged by every shift; None without a classifier.
@@ -184,10 +184,10 @@ def _tensor_crc(tensor: torch.Tensor, crc: int) -> int:
 class Checkpoint:
     """An audit's checkpoint files, locked for this process while open.
 
-    [`open`][equivariance._checkpoint.Checkpoint.open] locks them, checks
+    ``open`` locks them, checks
     that they can be written, and loads and validates what an earlier run
-    committed; [`save`][equivariance._checkpoint.Checkpoint.save] appends new
-    records; [`close`][equivariance._checkpoint.Checkpoint.close] releases the
+    committed; ``save`` appends new
+    records; ``close`` releases the
     lock, leaving no file behind where nothing was committed.
 
     Attributes:
@@ -215,7 +215,7 @@ class Checkpoint:
     def open(self) -> str | None:
         """Lock and load the checkpoint; why it is refused, or None.
 
-        Call [`close`][equivariance._checkpoint.Checkpoint.close] afterwards in either case.
+        Call ``close`` afterwards in either case.
         """
         problem = self._lock()
         if problem is not None:

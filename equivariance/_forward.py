@@ -4,7 +4,7 @@
 output and then stops the forward pass by raising a private exception, so
 the rest of the model never runs (the seed's LeNet head only accepts 28x28
 inputs, but its convolutional part must be checkable on a 38x38 canvas).
-:func:`call_until` is that mechanism; ``profile_equivariance(..., up_to=...)``
+``call_until`` is that mechanism; ``profile_equivariance(..., up_to=...)``
 stops its pass the same way.
 """
 
@@ -94,7 +94,7 @@ def call_until(model: Callable[..., Any], x: torch.Tensor, module: nn.Module | N
     """``model(x)``, stopped as soon as ``module`` returns; and whether ``module`` ran.
 
     With ``module``, a forward hook records its first output and raises
-    :class:`_StopForward`, so the rest of the model never runs, and that
+    ``_StopForward``, so the rest of the model never runs, and that
     output is returned. Without one, or if it is never called, the model's
     own result is returned. Hooks registered on ``module`` before this call
     run before the one that stops the pass. What the model raises propagates.

@@ -3,7 +3,8 @@
 A check must leave the caller's world exactly as it found it: every module's
 training flag, the model's parameters and buffers (BatchNorm running
 statistics and anything a forward pass updates), the global RNG state on the
-CPU and on CUDA, and the TF32 settings. Inside :func:`isolated` the model is in eval mode, autograd is
+CPU and on CUDA, and the TF32 settings. Inside ``isolated`` the model
+is in eval mode, autograd is
 off and TF32 is disabled so float32 results are not silently rounded to
 10-bit mantissas.
 """

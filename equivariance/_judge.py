@@ -3,10 +3,10 @@
 One home for each, shared by the checks, the metric, the profile, the hints
 and the audit:
 
-- :func:`sample_errors`: the relative L2 error of a sample, or its RMS
+- ``sample_errors``: the relative L2 error of a sample, or its RMS
   absolute error where the reference is exactly zero;
-- :func:`within`: relative errors pass at ``rtol``, absolute ones at ``atol``;
-- :func:`margin_that_passes`: the smallest extra margin with which every
+- ``within``: relative errors pass at ``rtol``, absolute ones at ``atol``;
+- ``margin_that_passes``: the smallest extra margin with which every
   sample passes, read off the error split by distance to the compared
   region's edge, as long as the margin keeps a quarter of the region (a
   margin that leaves almost nothing to compare proves nothing).
@@ -68,7 +68,7 @@ def margin_that_passes(
     ``border_*[k, n, r]`` are sums over the positions at distance ``r`` from
     the edge of row ``k``'s compared region (``border_count[k, r]``
     positions). None when no margin that keeps at least
-    :data:`KEEP_FRACTION` of every row's region makes every sample pass.
+    ``KEEP_FRACTION`` of every row's region makes every sample pass.
     """
     diff = border_diff.flip(-1).cumsum(-1).flip(-1)  # sums over distance >= r
     ref = border_ref.flip(-1).cumsum(-1).flip(-1)

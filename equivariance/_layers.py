@@ -17,7 +17,7 @@ they ran, from what the layer was given and what it returned:
    its input's layout (a ``LayerNorm``, a ``Linear`` on the channels), keeps
    its input's layout and grid, unless another layout reads its output on
    the same grid (6 channels on a 6x6 map) and it is not one of the modules
-   known to keep a layout (:data:`LAYOUT_KEEPING_OPS`);
+   known to keep a layout (``LAYOUT_KEEPING_OPS``);
 5. otherwise each reading of the shape (channels first, channels last,
    tokens after a few prefix tokens) gives a grid. A reading on a grid seen
    before (the input's, an earlier layer's) wins; then a reading on a grid
@@ -79,8 +79,10 @@ class Recorded:
         input_shape: its shape.
         permutation: where the output is a permuted view of the input, the
             input dim of each output dim.
-        channels_first: whether the layer is one of :data:`CHANNELS_FIRST_OPS`.
-        keeps_layout: whether the layer is one of :data:`LAYOUT_KEEPING_OPS`.
+        channels_first: whether the layer is one of
+            ``CHANNELS_FIRST_OPS``.
+        keeps_layout: whether the layer is one of
+            ``LAYOUT_KEEPING_OPS``.
     """
 
     name: str

@@ -9,7 +9,7 @@ budget allows:
 
 - on CUDA, half of the free memory reported by ``torch.cuda.mem_get_info``
   (the other half covers convolution workspaces and the allocator's slack);
-- on the CPU, :data:`CPU_BUDGET_BYTES` (256 MiB), since a CPU has no free
+- on the CPU, ``CPU_BUDGET_BYTES`` (256 MiB), since a CPU has no free
   memory figure worth trusting and gains little from larger batches.
 
 If a chunk still runs out of CUDA memory, the engine halves the chunk and
@@ -96,8 +96,9 @@ cores; on the CPU the chunks are sized from the metered activations instead."""
 def default_batch_size(x: torch.Tensor) -> int:
     """Samples per forward pass by input size: about 2**22 input elements on a GPU, 2**18 on the CPU.
 
-    >>> default_batch_size(torch.zeros(1, 1, 64, 64))
-    64
+    Examples:
+        >>> default_batch_size(torch.zeros(1, 1, 64, 64))
+        64
     """
     budget = DEFAULT_BATCH_ELEMENTS.get(x.device.type, DEFAULT_BATCH_ELEMENTS["cuda"])
     return max(1, budget // max(1, x[0].numel()))
@@ -106,8 +107,9 @@ def default_batch_size(x: torch.Tensor) -> int:
 def auto_batch_size(per_sample: int, device: torch.device, total: int) -> int:
     """Samples per chunk that fit the memory budget of ``device``, between 1 and ``total``.
 
-    >>> auto_batch_size(2**20, torch.device("cpu"), total=10_000)  # 1 MiB a sample
-    256
+    Examples:
+        >>> auto_batch_size(2**20, torch.device("cpu"), total=10_000)  # 1 MiB a sample
+        256
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -118,12 +120,15 @@ def auto_batch_size(per_sample: int, device: torch.device, total: int) -> int:
 
 
 def default_cpu_batch_size(per_sample: int, total: int) -> int:
-    """Samples per chunk on the CPU when the caller does not say: about :data:`CPU_CHUNK_BYTES` of
-    activations, at least :data:`CPU_MIN_CHUNK` samples where :data:`CPU_BUDGET_BYTES` allows,
+    """Samples per chunk on the CPU when the caller does not say: about
+    ``CPU_CHUNK_BYTES`` of
+    activations, at least ``CPU_MIN_CHUNK`` samples where
+    ``CPU_BUDGET_BYTES`` allows,
     between 1 and ``total``.
 
-    >>> default_cpu_batch_size(2**20, total=10_000)  # 1 MiB a sample
-    32
+    Examples:
+        >>> default_cpu_batch_size(2**20, total=10_000)  # 1 MiB a sample
+        32
     """
     per_sample = max(1, per_sample)
     at_least = min(CPU_MIN_CHUNK, CPU_BUDGET_BYTES // per_sample)

@@ -7,13 +7,14 @@ A measurement goes through named stages, each in its own module:
 **sinks** (`equivariance._sinks`) →
 **judge** (`equivariance._judge`) → **report**.
 
-:func:`validate` checks every argument before any forward pass and returns a
-:class:`Request`. :func:`make_plan` then runs the unshifted input through the
+``validate`` checks every argument before any forward pass and returns a
+``Request``. ``make_plan`` then runs the
+unshifted input through the
 model once (with autograd on, and one backward pass, when ``margin="auto"``
 needs the receptive field), views the output in its layout, infers the
 stride from one run of shifted copies when ``stride="auto"``, and fixes the
 rows the runner will send: the identity first (the noise floor), then the
-elements checked. :func:`measure` runs them and returns the sums.
+elements checked. ``measure`` runs them and returns the sums.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 Every measurement of the library runs here: the checks and
 ``equivariance_error``, the invariance metrics, the per-layer profile, the
-audit and the sub-pixel error. A :class:`Runner` is a context: inside it the
+audit and the sub-pixel error. A ``Runner`` is a context: inside it the
 models are isolated (eval mode, no autograd, exact float32, their buffers and
 the global RNG restored on exit; see `equivariance._isolation`).
-It runs the unshifted pass once (:meth:`Runner.base`) and then the copies
-(:meth:`Runner.run`): chunk by chunk, each chunk's copies made by one
+It runs the unshifted pass once (``Runner.base``) and then the copies
+(``Runner.run``): chunk by chunk, each chunk's copies made by one
 `Copies` call and handed to every *consumer*,
 which runs its model and feeds its sinks. A chunk that runs out of CUDA
 memory is halved and retried, down to one sample; a long sweep shows a

@@ -13,7 +13,7 @@ after running out of memory overwrites rather than adds:
 - `Top1`: the predicted class of every copy.
 
 Differences are squared and summed in float32 where that is exact enough and
-in float64 otherwise (:class:`_Squares`); float64 outputs beyond the range
+in float64 otherwise (``_Squares``); float64 outputs beyond the range
 where squares are exact are scaled by a power of two per sample first.
 """
 

@@ -1,6 +1,7 @@
 """Argument coercion shared by the public functions.
 
-Every helper raises :class:`InvalidArgument` with a message that names the
+Every helper raises ``InvalidArgument`` with a message that
+names the
 argument, what was expected, what was found and how to fix it.
 """
 

@@ -61,22 +61,23 @@ def check_equivariance(
     Every shift of every sample runs through the model in batched forward
     passes (``batch_size`` samples each), never one pass per shift. A shift
     passes when, for every sample, the relative error (see
-    :func:`~equivariance.equivariance_error`) is at most ``rtol``, or, where
+    [`equivariance_error`][equivariance.equivariance_error]) is at most ``rtol``, or, where
     the reference output is all zero, the RMS absolute error is at most
     ``atol``. The defaults depend on the dtype
-    (:mod:`equivariance.tolerances`).
+    ([`equivariance.tolerances`][equivariance.tolerances]).
 
     The report also carries the noise floor, the error the identity shift
     measures through the same batched path, which exposes batch-size-dependent
     kernels and reduced-precision arithmetic.
 
-    >>> import torch
-    >>> from equivariance.models import LeNet
-    >>> x = torch.zeros(2, 1, 38, 38)
-    >>> x[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
-    >>> report = check_equivariance(LeNet(), x, max_shift=3, layer="conv4")
-    >>> report.passed, len(report.elements)
-    (True, 49)
+    Examples:
+        >>> import torch
+        >>> from equivariance.models import LeNet
+        >>> x = torch.zeros(2, 1, 38, 38)
+        >>> x[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
+        >>> report = check_equivariance(LeNet(), x, max_shift=3, layer="conv4")
+        >>> report.passed, len(report.elements)
+        (True, 49)
 
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
@@ -92,7 +93,7 @@ def check_equivariance(
             candidates the spatial sizes allow, tested in one batched pass.
         output_action: a callable ``(f(x), shift) -> tensor`` for any other
             output action.
-        boundary: ``"zeros"`` or ``"circular"``, see :mod:`equivariance.shifts`.
+        boundary: ``"zeros"`` or ``"circular"``, see [`equivariance.shifts`][equivariance.shifts].
         margin: samples dropped at each edge of the compared region.
             ``"auto"`` measures the receptive-field radius of the output, in
             output samples, from the gradient of a centre output with respect
@@ -108,7 +109,7 @@ def check_equivariance(
             unshifted pass, and 2**22 input elements on a GPU; ``"auto"`` fills
             a memory budget instead (see the benchmarks page).
         transforms: check these symmetries instead of shifts, e.g.
-            ``[Rot90(1), Flip(-1)]`` (:mod:`equivariance.transforms`): each acts
+            ``[Rot90(1), Flip(-1)]`` ([`equivariance.transforms`][equivariance.transforms]): each acts
             alike on the input and on the output, over the whole grid less
             ``margin``, and is a row of the report. They run through the same
             batched engine (``batch_size``, noise floor, hints). Not allowed
@@ -123,7 +124,7 @@ def check_equivariance(
             shape reads as another layout, its hint says so.
 
     Returns:
-        An :class:`~equivariance.EquivarianceReport`.
+        An [`EquivarianceReport`][equivariance.EquivarianceReport].
     """
     if transforms is not None:
         _no_shift_options(
@@ -154,27 +155,29 @@ def check_invariance(
 ) -> EquivarianceReport:
     """Measure how much an output that should not move changes under many shifts.
 
-    Like :func:`check_equivariance` with the identity as output action: the
+    Like [`check_equivariance`][equivariance.check.check_equivariance] with the identity as output action: the
     output (logits, an embedding, anything with a batch dim) is compared whole
     to the output for the unshifted input. With ``transforms=[Rot90(1), ...]``
     the input is rotated or flipped instead of shifted, and the output must
     not change under those transforms either.
 
-    >>> import torch
-    >>> net = torch.nn.Sequential(
-    ...     torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"),
-    ...     torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    >>> check_invariance(net, torch.randn(3, 1, 16, 16), boundary="circular").passed
-    True
-    >>> from equivariance import Rot90
-    >>> check_invariance(net, torch.randn(3, 1, 16, 16), transforms=[Rot90(1)]).passed
-    False
-    >>> pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    >>> check_invariance(pool, torch.randn(3, 1, 16, 16), transforms=[Rot90(1), Rot90(2)]).passed
-    True
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(
+        ...     torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"),
+        ...     torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> check_invariance(net, torch.randn(3, 1, 16, 16), boundary="circular").passed
+        True
+        >>> from equivariance import Rot90
+        >>> check_invariance(net, torch.randn(3, 1, 16, 16), transforms=[Rot90(1)]).passed
+        False
+        >>> pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> check_invariance(pool, torch.randn(3, 1, 16, 16), transforms=[Rot90(1), Rot90(2)]).passed
+        True
 
-    Arguments as in :func:`check_equivariance`; ``transforms`` is not allowed
-    with ``shifts`` or ``max_shift``.
+        Arguments as in [`check_equivariance`][equivariance.check.check_equivariance]; ``transforms`` is
+        not allowed
+        with ``shifts`` or ``max_shift``.
     """
     if transforms is not None:
         _no_shift_options(shifts=shifts is not None, max_shift=max_shift is not None)
@@ -191,20 +194,22 @@ def assert_equivariant(
     shifts: Sequence[ShiftLike] | None = None,
     **options: Any,
 ) -> EquivarianceReport:
-    """:func:`check_equivariance`, raising :class:`~equivariance.EquivarianceError` if it fails.
+    """[`check_equivariance`][equivariance.check.check_equivariance], raising
+    [`EquivarianceError`][equivariance.EquivarianceError] if it fails.
 
     The error message is the report: the worst shifts and their errors, the
     tolerance and dtype, and a hint when the pattern is recognisable. Returns
     the report when the check passes.
 
-    >>> import torch
-    >>> from equivariance.models import MLP
-    >>> x = torch.zeros(2, 1, 38, 38)
-    >>> x[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
-    >>> assert_equivariant(MLP(input_size=38), x, max_shift=1)
-    Traceback (most recent call last):
-    ...
-    equivariance.errors.EquivarianceError: equivariance check FAILED: MLP, 9 shifts, 8 failed; ...
+    Examples:
+        >>> import torch
+        >>> from equivariance.models import MLP
+        >>> x = torch.zeros(2, 1, 38, 38)
+        >>> x[..., 5:33, 5:33] = torch.rand(2, 1, 28, 28)
+        >>> assert_equivariant(MLP(input_size=38), x, max_shift=1)
+        Traceback (most recent call last):
+        ...
+        equivariance.errors.EquivarianceError: equivariance check FAILED: MLP, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
     return check_equivariance(model, x, shifts, **options).raise_if_failed()
@@ -216,13 +221,15 @@ def assert_invariant(
     shifts: Sequence[ShiftLike] | None = None,
     **options: Any,
 ) -> EquivarianceReport:
-    """:func:`check_invariance`, raising :class:`~equivariance.EquivarianceError` if it fails.
+    """[`check_invariance`][equivariance.check.check_invariance], raising
+    [`EquivarianceError`][equivariance.EquivarianceError] if it fails.
 
-    >>> import torch
-    >>> assert_invariant(torch.nn.Flatten(), torch.randn(1, 1, 8, 8), max_shift=1)
-    Traceback (most recent call last):
-    ...
-    equivariance.errors.EquivarianceError: invariance check FAILED: Flatten, 9 shifts, 8 failed; ...
+    Examples:
+        >>> import torch
+        >>> assert_invariant(torch.nn.Flatten(), torch.randn(1, 1, 8, 8), max_shift=1)
+        Traceback (most recent call last):
+        ...
+        equivariance.errors.EquivarianceError: invariance check FAILED: Flatten, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
     return check_invariance(model, x, shifts, **options).raise_if_failed()

@@ -1,6 +1,7 @@
 """Sub-pixel translations by a Fourier phase shift, for sub-pixel equivariance tests.
 
-A :class:`FractionalShift` by ``t`` multiplies the discrete Fourier transform
+A [`FractionalShift`][equivariance.fractional.FractionalShift] by ``t`` multiplies the discrete Fourier
+transform
 of the last ``d`` dims by ``exp(-2 pi i k t / n)``: a circular translation by
 a real offset. For integer offsets it is ``torch.roll`` (up to rounding);
 for fractional ones it is trigonometric interpolation, which is *the*
@@ -43,14 +44,15 @@ class FractionalShift(Action):
 
     Exact for band-limited periodic signals; see the module docstring.
 
-    >>> import torch
-    >>> x = torch.tensor([0.0, 1.0, 0.0, 0.0])
-    >>> FractionalShift(1).apply(x).round(decimals=6).tolist() == [0.0, 0.0, 1.0, 0.0]
-    True
-    >>> wave = torch.cos(2 * torch.pi * torch.arange(8.0) / 8)
-    >>> moved = FractionalShift(0.5).apply(wave)
-    >>> torch.allclose(moved, torch.cos(2 * torch.pi * (torch.arange(8.0) - 0.5) / 8), atol=1e-6)
-    True
+    Examples:
+        >>> import torch
+        >>> x = torch.tensor([0.0, 1.0, 0.0, 0.0])
+        >>> FractionalShift(1).apply(x).round(decimals=6).tolist() == [0.0, 0.0, 1.0, 0.0]
+        True
+        >>> wave = torch.cos(2 * torch.pi * torch.arange(8.0) / 8)
+        >>> moved = FractionalShift(0.5).apply(wave)
+        >>> torch.allclose(moved, torch.cos(2 * torch.pi * (torch.arange(8.0) - 0.5) / 8), atol=1e-6)
+        True
 
     Args:
         *offsets: one real offset per spatial dim, as separate numbers or one sequence.
@@ -167,21 +169,23 @@ def fractional_equivariance_error(
     for ``x`` is all zero, the error is the RMS absolute error, with a
     warning.
 
-    >>> import torch
-    >>> def low_pass(x):
-    ...     spectrum = torch.fft.fft(x)
-    ...     spectrum[..., 5:-4] = 0
-    ...     return torch.fft.ifft(spectrum).real
-    >>> x = torch.randn(4, 1, 32, dtype=torch.float64)
-    >>> float(fractional_equivariance_error(low_pass, x, 0.5)) < 1e-12
-    True
-    >>> float(fractional_equivariance_error(lambda x: x[..., ::2], x, 0.5, stride=2)) > 0.1
-    True
+    Examples:
+        >>> import torch
+        >>> def low_pass(x):
+        ...     spectrum = torch.fft.fft(x)
+        ...     spectrum[..., 5:-4] = 0
+        ...     return torch.fft.ifft(spectrum).real
+        >>> x = torch.randn(4, 1, 32, dtype=torch.float64)
+        >>> float(fractional_equivariance_error(low_pass, x, 0.5)) < 1e-12
+        True
+        >>> float(fractional_equivariance_error(lambda x: x[..., ::2], x, 0.5, stride=2)) > 0.1
+        True
 
     Args:
         model: the function under test.
         x: a batch ``(N, C, *spatial)``.
-        shift: a :class:`FractionalShift` or one real offset per spatial dim.
+        shift: a [`FractionalShift`][equivariance.fractional.FractionalShift] or one real offset per
+            spatial dim.
         stride: the output's subsampling factor; the output moves by ``shift / stride``.
         layer: measure this named submodule's output instead.
         output: picks the tensor from a tuple or dict output.

@@ -95,26 +95,27 @@ def equivariance_error(
     The model is run in eval mode without autograd; its training flags, its
     state, the RNG and the TF32 settings are restored afterwards.
 
-    >>> import torch
-    >>> conv = torch.nn.Conv2d(1, 4, 3)
-    >>> x = torch.randn(2, 1, 16, 16)
-    >>> bool(equivariance_error(conv, x, (3, -2)) < 1e-5)
-    True
-    >>> dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 256),
-    ...                             torch.nn.Unflatten(1, (1, 16, 16)))
-    >>> bool(equivariance_error(dense, x, (3, -2)) > 0.5)
-    True
+    Examples:
+        >>> import torch
+        >>> conv = torch.nn.Conv2d(1, 4, 3)
+        >>> x = torch.randn(2, 1, 16, 16)
+        >>> bool(equivariance_error(conv, x, (3, -2)) < 1e-5)
+        True
+        >>> dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 256),
+        ...                             torch.nn.Unflatten(1, (1, 16, 16)))
+        >>> bool(equivariance_error(dense, x, (3, -2)) > 0.5)
+        True
 
     Args:
         model: the function under test.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
-        shift: a :class:`~equivariance.Shift` or a tuple of ints, one per spatial dim;
-            or a transform (:class:`~equivariance.Rot90`, :class:`~equivariance.Flip`),
+        shift: a [`Shift`][equivariance.Shift] or a tuple of ints, one per spatial dim;
+            or a transform ([`Rot90`][equivariance.Rot90], [`Flip`][equivariance.Flip]),
             which acts alike on the input and the output, over the whole grid
             less ``margin`` (``stride`` and ``output_action`` are then not allowed).
         stride: the output's subsampling factor (an int or one per dim); the
             output shift is ``shift / stride``, which must be exact.
-            ``"auto"`` infers it, as in :func:`~equivariance.check_equivariance`.
+            ``"auto"`` infers it, as in [`check_equivariance`][equivariance.check_equivariance].
         output_action: a callable ``(f(x), shift) -> tensor`` replacing the
             default output action.
         boundary: ``"zeros"`` (content moves on a finite canvas) or
@@ -122,7 +123,7 @@ def equivariance_error(
         margin: samples dropped at each edge of the compared region (an int
             or one per dim), for zero-padded convolutions whose border outputs
             see the padding. ``"auto"`` measures the receptive-field radius,
-            as in :func:`~equivariance.check_equivariance`.
+            as in [`check_equivariance`][equivariance.check_equivariance].
         layer: measure the output of this named submodule instead; the
             forward pass stops there.
         output: picks the tensor from a model returning a tuple or dict: an
@@ -161,15 +162,16 @@ def invariance_error(
     """The relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of an output that should not move.
 
     The output may have any shape (logits, an embedding); it is compared
-    whole. Arguments as in :func:`equivariance_error`; ``shift`` may be a
-    transform (:class:`~equivariance.Rot90`, :class:`~equivariance.Flip`) too.
+    whole. Arguments as in [`equivariance_error`][equivariance.metric.equivariance_error]; ``shift`` may be a
+    transform ([`Rot90`][equivariance.Rot90], [`Flip`][equivariance.Flip]) too.
 
-    >>> import torch
-    >>> pool = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"),
-    ...                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    >>> x = torch.randn(4, 1, 12, 12)
-    >>> bool(invariance_error(pool, x, (5, 2), boundary="circular") < 1e-5)
-    True
+    Examples:
+        >>> import torch
+        >>> pool = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"),
+        ...                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> x = torch.randn(4, 1, 12, 12)
+        >>> bool(invariance_error(pool, x, (5, 2), boundary="circular") < 1e-5)
+        True
     """
     _check_reduction(reduction)
     request = _plan.validate(

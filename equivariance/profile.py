@@ -1,6 +1,7 @@
 """Where a model loses equivariance: the error of every layer under one input shift.
 
-:func:`profile_equivariance` sends the input through the model once, with
+[`profile_equivariance`][equivariance.profile.profile_equivariance] sends the input through the model
+once, with
 forward hooks on every leaf submodule (or on the layers named) recording
 each layer's output, and then the shifted input once, comparing each layer's
 output as it is computed with its own expected output action: the input
@@ -134,7 +135,7 @@ class LayerProfile:
 class EquivarianceProfile:
     """The per-layer errors of a model under one shift; ``str()`` is a table.
 
-    Made by :func:`profile_equivariance`.
+    Made by [`profile_equivariance`][equivariance.profile.profile_equivariance].
 
     Attributes:
         subject: the model's class name.
@@ -145,7 +146,7 @@ class EquivarianceProfile:
         rtol: the relative tolerance a layer is held to.
         atol: the RMS absolute tolerance where a reference is all zero.
         tolerance_source: where the tolerance came from.
-        layers: one :class:`LayerProfile` per layer, in the order they ran.
+        layers: one [`LayerProfile`][equivariance.profile.LayerProfile] per layer, in the order they ran.
         up_to: the submodule after which the forward pass stopped; ``None``
             when the whole model ran.
     """

@@ -56,14 +56,15 @@ class EquivarianceReport:
     """What a check measured, and its verdict.
 
     ``str(report)`` is a compact table, worst shifts (or transforms) first;
-    :meth:`to_dict` is JSON-serializable. Made by
-    :func:`~equivariance.check_equivariance` and
-    :func:`~equivariance.check_invariance`; never needs to be built by hand.
+    [`to_dict`][equivariance.report.EquivarianceReport.to_dict] is JSON-serializable. Made by
+    [`check_equivariance`][equivariance.check_equivariance] and
+    [`check_invariance`][equivariance.check_invariance]; never needs to be built by hand.
 
     Attributes:
         kind: ``"equivariance"`` or ``"invariance"``.
         subject: what was measured, e.g. ``"LeNet.conv4"``.
-        results: one :class:`ShiftResult` per shift (or transform), in the order checked.
+        results: one [`ShiftResult`][equivariance.report.ShiftResult] per shift (or transform), in the
+            order checked.
         rtol: relative tolerance used.
         atol: absolute (RMS) tolerance used where the reference is zero.
         tolerance_source: where the tolerance came from, e.g. ``"float32 default"``.

@@ -1,6 +1,6 @@
 """Integer translations of the trailing spatial dims of a tensor.
 
-A :class:`Shift` is an element of the translation group Z^d: a tuple of
+A [`Shift`][equivariance.shifts.Shift] is an element of the translation group Z^d: a tuple of
 integer offsets, one per spatial dim, positive offsets moving content towards
 higher indices (``torch.roll``'s convention). It acts on 1-D signals
 ``(N, C, L)``, images ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)``; in fact
@@ -21,7 +21,7 @@ How the edges are treated is a separate, explicit choice, the *boundary*:
     border), so every zero-boundary shift knows its *valid region*: the
     samples whose value is determined by the input rather than by the fill.
 
-Many shifts of a batch are produced by :func:`apply_shifts` from one padded,
+Many shifts of a batch are produced by [`apply_shifts`][equivariance.shifts.apply_shifts] from one padded,
 strided view, padded once: every shifted copy is a window of it, read by one
 vectorized gather, or, where whole runs of samples share a shift and are
 large, by copying those runs of windows out in one concatenation.
@@ -61,19 +61,20 @@ class Shift(Action):
     inverse ``-s`` and identity ``Shift.identity(ndim)``; they are hashable
     and compare equal when their offsets are equal.
 
-    >>> import torch
-    >>> s = Shift(1, -2)
-    >>> s
-    Shift(1, -2)
-    >>> s + Shift(2, 2), -s, s.ndim
-    (Shift(3, 0), Shift(-1, 2), 2)
-    >>> x = torch.arange(4.0).reshape(1, 1, 1, 4)
-    >>> Shift(0, 1).apply(x, boundary="circular").flatten().tolist()
-    [3.0, 0.0, 1.0, 2.0]
-    >>> Shift(0, 1).apply(x, boundary="zeros").flatten().tolist()
-    [0.0, 0.0, 1.0, 2.0]
-    >>> Shift(4, -2) / 2
-    Shift(2, -1)
+    Examples:
+        >>> import torch
+        >>> s = Shift(1, -2)
+        >>> s
+        Shift(1, -2)
+        >>> s + Shift(2, 2), -s, s.ndim
+        (Shift(3, 0), Shift(-1, 2), 2)
+        >>> x = torch.arange(4.0).reshape(1, 1, 1, 4)
+        >>> Shift(0, 1).apply(x, boundary="circular").flatten().tolist()
+        [3.0, 0.0, 1.0, 2.0]
+        >>> Shift(0, 1).apply(x, boundary="zeros").flatten().tolist()
+        [0.0, 0.0, 1.0, 2.0]
+        >>> Shift(4, -2) / 2
+        Shift(2, -1)
 
     Args:
         *offsets: the offsets, one per spatial dim, given as separate ints or
@@ -114,8 +115,9 @@ class Shift(Action):
     def identity(cls, ndim: int) -> Shift:
         """The shift by zero in ``ndim`` dims.
 
-        >>> Shift.identity(3)
-        Shift(0, 0, 0)
+        Examples:
+            >>> Shift.identity(3)
+            Shift(0, 0, 0)
         """
         ndim = as_int(ndim, "ndim")
         if ndim < 1:
@@ -142,8 +144,9 @@ class Shift(Action):
     def compose(self, other: Shift) -> Shift:
         """The shift doing ``other`` and then ``self`` (for translations, the sum).
 
-        >>> Shift(1, 2).compose(Shift(3, -4))
-        Shift(4, -2)
+        Examples:
+            >>> Shift(1, 2).compose(Shift(3, -4))
+            Shift(4, -2)
         """
         other = self._same_ndim(other, "compose")
         return Shift(tuple(a + b for a, b in zip(self._offsets, other._offsets)))
@@ -151,8 +154,9 @@ class Shift(Action):
     def inverse(self) -> Shift:
         """The shift undoing this one (under the circular boundary).
 
-        >>> Shift(1, -2).inverse()
-        Shift(-1, 2)
+        Examples:
+            >>> Shift(1, -2).inverse()
+            Shift(-1, 2)
         """
         return Shift(tuple(-a for a in self._offsets))
 
@@ -182,8 +186,9 @@ class Shift(Action):
         Under the circular boundary a shift by the size is the identity, so
         shifts that differ by multiples of the size act identically.
 
-        >>> Shift(5, -7).wrap(4)
-        Shift(1, 1)
+        Examples:
+            >>> Shift(5, -7).wrap(4)
+            Shift(1, 1)
         """
         sizes = per_dim(size, self.ndim, "size", minimum=1)
         return Shift(tuple(_centred(o, n) for o, n in zip(self._offsets, sizes)))
@@ -193,8 +198,9 @@ class Shift(Action):
     def divisible_by(self, stride: int | Sequence[int]) -> bool:
         """Whether every offset is a multiple of the stride (of that dim).
 
-        >>> Shift(4, 2).divisible_by(2), Shift(4, 3).divisible_by(2)
-        (True, False)
+        Examples:
+            >>> Shift(4, 2).divisible_by(2), Shift(4, 3).divisible_by(2)
+            (True, False)
         """
         strides = per_dim(stride, self.ndim, "stride", minimum=1)
         return all(o % s == 0 for o, s in zip(self._offsets, strides))
@@ -224,9 +230,10 @@ class Shift(Action):
         Under ``boundary="circular"`` this is ``torch.roll``; under
         ``"zeros"`` vacated samples are zero and content leaving is dropped.
 
-        >>> x = torch.tensor([1.0, 2.0, 3.0])
-        >>> Shift(-1).apply(x).tolist(), Shift(-1).apply(x, "circular").tolist()
-        ([2.0, 3.0, 0.0], [2.0, 3.0, 1.0])
+        Examples:
+            >>> x = torch.tensor([1.0, 2.0, 3.0])
+            >>> Shift(-1).apply(x).tolist(), Shift(-1).apply(x, "circular").tolist()
+            ([2.0, 3.0, 0.0], [2.0, 3.0, 1.0])
         """
         boundary = check_boundary(boundary)
         if not isinstance(x, torch.Tensor):
@@ -258,8 +265,9 @@ class Shift(Action):
         Outside it the result is the zero fill. Under the circular boundary
         the whole grid is valid.
 
-        >>> Shift(2, -1).valid_region((5, 5))
-        (slice(2, 5, None), slice(0, 4, None))
+        Examples:
+            >>> Shift(2, -1).valid_region((5, 5))
+            (slice(2, 5, None), slice(0, 4, None))
         """
         sizes = per_dim(size, self.ndim, "size", minimum=1)
         return tuple(slice(min(max(o, 0), n), max(min(n + o, n), 0)) for o, n in zip(self._offsets, sizes))
@@ -268,8 +276,9 @@ class Shift(Action):
         """A boolean tensor of ``size``: True where the shifted result is
         determined by the input (everywhere under the circular boundary).
 
-        >>> Shift(1).valid_mask(4).tolist()
-        [False, True, True, True]
+        Examples:
+            >>> Shift(1).valid_mask(4).tolist()
+            [False, True, True, True]
         """
         boundary = check_boundary(boundary)
         sizes = per_dim(size, self.ndim, "size", minimum=1)
@@ -284,10 +293,11 @@ class Shift(Action):
     def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """Move ``x``, a tensor on ``grid``: by the shift divided by the grid's stride.
 
-        >>> from equivariance.actions import Grid
-        >>> y = torch.arange(4.0).reshape(1, 1, 4)
-        >>> Shift(2).act(y, Grid(1, (2,), "circular")).flatten().tolist()
-        [3.0, 0.0, 1.0, 2.0]
+        Examples:
+            >>> from equivariance.actions import Grid
+            >>> y = torch.arange(4.0).reshape(1, 1, 4)
+            >>> Shift(2).act(y, Grid(1, (2,), "circular")).flatten().tolist()
+            [3.0, 0.0, 1.0, 2.0]
         """
         return self._on(grid).apply(x, grid.boundary)
 
@@ -300,8 +310,9 @@ class Shift(Action):
     def to_json(self) -> list[int]:
         """The offsets as a list.
 
-        >>> Shift(1, -2).to_json()
-        [1, -2]
+        Examples:
+            >>> Shift(1, -2).to_json()
+            [1, -2]
         """
         return list(self._offsets)
 
@@ -367,10 +378,11 @@ ShiftLike = Shift | int | Sequence[int]
 
 
 def as_shift(shift: object) -> Shift:
-    """Coerce a :class:`Shift`, an int (1-D) or a sequence of ints to a Shift.
+    """Coerce a [`Shift`][equivariance.shifts.Shift], an int (1-D) or a sequence of ints to a Shift.
 
-    >>> as_shift((3, -2)), as_shift(4)
-    (Shift(3, -2), Shift(4))
+    Examples:
+        >>> as_shift((3, -2)), as_shift(4)
+        (Shift(3, -2), Shift(4))
     """
     if isinstance(shift, Shift):
         return shift
@@ -440,10 +452,11 @@ def shifts_in_box(max_shift: int | Sequence[int], ndim: int = 2) -> list[Shift]:
 
     ``max_shift`` is one ``k`` for all dims or one per dim.
 
-    >>> len(shifts_in_box(5, ndim=2))
-    121
-    >>> shifts_in_box(1, ndim=1)
-    [Shift(-1), Shift(0), Shift(1)]
+    Examples:
+        >>> len(shifts_in_box(5, ndim=2))
+        121
+        >>> shifts_in_box(1, ndim=1)
+        [Shift(-1), Shift(0), Shift(1)]
     """
     ndim = _check_ndim(ndim)
     bounds = per_dim(max_shift, ndim, "max_shift", minimum=0)
@@ -456,10 +469,11 @@ def circular_group(size: int | Sequence[int]) -> list[Shift]:
 
     ``size`` is an int for a 1-D signal or a tuple, e.g. ``(H, W)``.
 
-    >>> circular_group(3)
-    [Shift(0), Shift(1), Shift(2)]
-    >>> len(circular_group((4, 5)))
-    20
+    Examples:
+        >>> circular_group(3)
+        [Shift(0), Shift(1), Shift(2)]
+        >>> len(circular_group((4, 5)))
+        20
     """
     ndim = len(size) if isinstance(size, (tuple, list)) else 1
     sizes = per_dim(size, ndim, "size", minimum=1)
@@ -471,10 +485,11 @@ def multiples_of(stride: int | Sequence[int], max_shift: int | Sequence[int], nd
 
     These are the shifts that a map subsampled by ``stride`` can follow exactly.
 
-    >>> multiples_of(2, max_shift=3, ndim=1)
-    [Shift(-2), Shift(0), Shift(2)]
-    >>> len(multiples_of(2, max_shift=4, ndim=2))
-    25
+    Examples:
+        >>> multiples_of(2, max_shift=3, ndim=1)
+        [Shift(-2), Shift(0), Shift(2)]
+        >>> len(multiples_of(2, max_shift=4, ndim=2))
+        25
     """
     ndim = _check_ndim(ndim)
     strides = per_dim(stride, ndim, "stride", minimum=1)
@@ -588,7 +603,7 @@ class ShiftedWindows:
 
     The batch ``x`` (leading batch dim; the shifts act on its last ``d``
     dims) is padded once, by the largest of ``offsets``, and unfolded into a
-    view holding every window of the original size. :meth:`take` then reads
+    view holding every window of the original size. ``take`` then reads
     any number of (sample, shift) pairs with one advanced-indexing gather: no
     Python loop over shifts, and no work proportional to the whole batch per
     call.
@@ -624,7 +639,7 @@ class ShiftedWindows:
     def take(self, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``out[b] = Shift(offsets[b]).apply(x[index[b]])``; ``offsets`` must be within those given.
 
-        A copy, read by one element-wise gather, or, where :meth:`runs` finds
+        A copy, read by one element-wise gather, or, where ``runs`` finds
         long runs of items, by concatenating them: a plain copy several times
         faster on a CPU.
         """
@@ -632,13 +647,14 @@ class ShiftedWindows:
         return self._take(index, starts, self._runs(index.tolist(), starts.tolist()))
 
     def take_given(self, index: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-        """:meth:`take` with ``offsets[which]`` of the offsets this was made with (no recomputation)."""
+        """``take`` with ``offsets[which]`` of the offsets this was made with
+        (no recomputation)."""
         picked = which.tolist()
         runs = self._runs(index.tolist(), [self._starts[w] for w in picked])
         return self._take(index, self.starts[which.cpu()], runs)
 
     def runs_given(self, index: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        """:meth:`runs` with ``offsets[which]`` of the offsets this was made with."""
+        """``runs`` with ``offsets[which]`` of the offsets this was made with."""
         return self._runs(index.tolist(), [self._starts[w] for w in which.tolist()])
 
     def _take(
@@ -651,7 +667,8 @@ class ShiftedWindows:
         return self.windows[key]  # type: ignore[index]
 
     def runs(self, index: torch.Tensor, offsets: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        """The items of :meth:`take` as runs ``(items, view)``: ``view`` is ``take(...)[items]``.
+        """The items of ``take`` as runs ``(items, view)``: ``view`` is
+        ``take(...)[items]``.
 
         Consecutive items that read consecutive samples at one offset are one
         slice of the padded view, no copy. None where the runs are too short

@@ -2,14 +2,16 @@
 
 Group-equivariant CNNs (Cohen and Welling 2016) are built for the group p4
 (translations and rotations by multiples of 90 degrees) or p4m (with flips).
-A :class:`Rot90` rotates a plane of two spatial dims, a :class:`Flip`
+A [`Rot90`][equivariance.transforms.Rot90] rotates a plane of two spatial dims, a
+[`Flip`][equivariance.transforms.Flip]
 reverses one spatial dim. Both act the same way on the input and on a
 spatial output (a field of scalars: each channel is rotated or flipped),
 are exact on the whole grid (no boundary), and can be passed to
-:func:`~equivariance.check_equivariance` and :func:`~equivariance.check_invariance`
+[`check_equivariance`][equivariance.check_equivariance] and
+[`check_invariance`][equivariance.check_invariance]
 as ``transforms=[Rot90(1), Flip(-1)]``, or to
-:func:`~equivariance.equivariance_error` in place of a shift. They run on the
-shifts' engine (:func:`equivariance.metric.measure`): the same chunked batches,
+[`equivariance_error`][equivariance.equivariance_error] in place of a shift. They run on the
+shifts' engine (the plan and runner every check uses): the same chunked batches,
 noise floor, margin and tolerances; the report lists them like shifts.
 
 Flips act on 1-D signals, images and volumes; rotations need two spatial
@@ -52,12 +54,13 @@ class Rot90(Action):
     ``dims`` are negative indices among the spatial dims, default the last
     two (the image plane).
 
-    >>> import torch
-    >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
-    >>> Rot90(1).apply(x, 2).flatten().tolist()
-    [1.0, 3.0, 0.0, 2.0]
-    >>> Rot90(5) == Rot90(1), Rot90(-1)
-    (True, Rot90(3))
+    Examples:
+        >>> import torch
+        >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+        >>> Rot90(1).apply(x, 2).flatten().tolist()
+        [1.0, 3.0, 0.0, 2.0]
+        >>> Rot90(5) == Rot90(1), Rot90(-1)
+        (True, Rot90(3))
 
     Args:
         k: the number of quarter turns (taken modulo 4).
@@ -107,8 +110,9 @@ class Rot90(Action):
     def inverse(self) -> Rot90:
         """The rotation the other way.
 
-        >>> Rot90(1).inverse()
-        Rot90(3)
+        Examples:
+            >>> Rot90(1).inverse()
+            Rot90(3)
         """
         return Rot90(-self.k, self.dims)
 
@@ -130,9 +134,10 @@ class Rot90(Action):
 class Flip(Action):
     """Reversal of one spatial dim (``torch.flip``), default the last.
 
-    >>> import torch
-    >>> Flip(-1).apply(torch.tensor([[[1.0, 2.0, 3.0]]]), 1).flatten().tolist()
-    [3.0, 2.0, 1.0]
+    Examples:
+        >>> import torch
+        >>> Flip(-1).apply(torch.tensor([[[1.0, 2.0, 3.0]]]), 1).flatten().tolist()
+        [3.0, 2.0, 1.0]
 
     Args:
         dim: the spatial dim, as a negative index.
@@ -187,8 +192,9 @@ def as_transform_list(transforms: object) -> list[Action]:
     earlier [`Transform`][equivariance.transforms.Transform] protocol (only
     ``apply(x, spatial_dims)``) is wrapped as an action.
 
-    >>> as_transform_list((Rot90(1), Flip(-1)))
-    [Rot90(1), Flip(-1)]
+    Examples:
+        >>> as_transform_list((Rot90(1), Flip(-1)))
+        [Rot90(1), Flip(-1)]
     """
     if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence) or not transforms:
         raise InvalidArgument(
