@@ -5,11 +5,13 @@ Measures, in one run and on the same machine:
 (a) ``check_equivariance`` over K shifts of a batch of N images;
 (b) a plain per-shift loop doing the same comparison, one forward pass per
     shift (the way hand-written checkers work);
-(c) the floor: bare forward passes over the same (K + 2) * N images in the
-    same chunks (the shifted copies, the unshifted batch and the identity
-    shift the check adds for its noise floor).
+(c) the floor: bare forward passes over the same (K + 2) * N images (the
+    shifted copies, the unshifted batch and the identity shift the check adds
+    for its noise floor), in the fastest of several chunkings: the check's
+    own, the whole sweep at once, and chunks of 4, 8, 16, 32 and 64 images,
+    each timed in every round.
 
-It runs the three in turn, repeatedly, and reports the median times and
+It runs them in turn, repeatedly, and reports the median times and
 the medians of the ratios within each round: check/floor (the cost of
 everything but the model) and loop/check, and the peak memory of the
 check: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated
@@ -22,6 +24,14 @@ a 4-layer conv net; and a ResNet-18-sized fully convolutional network
 (ResNet-18 without its pooling head: total stride 32, 11M parameters) on
 224x224 with stride-aware shifts (nonzero multiples of 32), batch 1 and 8
 shifts on the CPU (under a second a run), batch 8 and 24 shifts on CUDA.
+
+A second table times small checks, where what a check does besides its
+forward passes shows most: one shift of a batch of 2 through a one-layer
+convolution on 8x8, a 20-layer convolution stack on 12x12, and the ResNet-18
+trunk. Its *overhead* is the check's time less the bare forward passes it
+makes (the unshifted batch, then the identity and the shift in one chunk),
+in milliseconds, as a median over rounds of the difference within a round.
+A third table times the per-layer profile against the check of one shift.
 
     python benchmarks/speed.py [--repeats 5] [--device cpu] [--markdown docs/benchmarks.md]
 """
@@ -131,12 +141,17 @@ def per_shift_loop(
 def floor(
     model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shifts: list[Shift], batch: int
 ) -> None:
-    """Bare forward passes over the images a check runs, in the check's chunks of ``batch``."""
+    """Bare forward passes over the images a check runs, in chunks of ``batch``."""
     images = x.repeat(len(shifts) + 1, *([1] * (x.dim() - 1)))
     with torch.no_grad():
         model(x)
         for start in range(0, len(images), batch):
             model(images[start : start + batch])
+
+
+def chunkings(check_batch: int, total: int) -> list[int]:
+    """The chunk sizes the floor tries: the check's own, the whole sweep, and powers of two from 4 to 64."""
+    return sorted({check_batch, total, *(b for b in (4, 8, 16, 32, 64) if b < total)})
 
 
 def seconds(fn: Callable[[], object], device: str) -> float:
@@ -196,6 +211,7 @@ def _status_kib(key: str) -> int:
 
 
 HEADER = ("workload", "floor", "check", "loop", "check/floor", "loop/check", "check peak MiB")
+OVERHEAD_HEADER = ("one-shift check, batch 2", "modules", "forward passes", "check", "overhead ms")
 PROFILE_HEADER = ("workload, one shift", "check", "profile", "profile/check")
 
 
@@ -228,11 +244,16 @@ def main() -> None:
             profile_rows.append(
                 profile_row(label, lenet, x, shifts[-1], args.repeats, args.device, stride, up_to="conv4")
             )
+    print("\nWhat a small check costs besides its forward passes:")
+    overhead_rows = [overhead_row(*w, args.repeats, args.device) for w in overhead_workloads(args.device)]
+    for cells in overhead_rows:
+        print(f"{cells[0]:<44} {cells[1]:>8} {cells[2]:>15} {cells[3]:>9} {cells[4]:>12}")
     print("\nThe layer profile of one shift against the check of that shift:")
     for cells in profile_rows:
         print(f"{cells[0]:<44} {cells[1]:>8} {cells[2]:>8} {cells[3]:>13}")
     if args.markdown:
         write_markdown(args.markdown, title, rows, args.device)
+        write_markdown(args.markdown, title, overhead_rows, args.device, OVERHEAD_HEADER, section="overhead")
         write_markdown(args.markdown, title, profile_rows, args.device, PROFILE_HEADER, section="profile")
 
 
@@ -252,9 +273,10 @@ def row(
 ) -> tuple[str, ...]:
     # the check's own chunks (the report says which it chose), also warming up kernels and allocators
     batch = check_equivariance(model, x, shifts, stride=stride).batch_size
+    sizes = chunkings(batch, (len(shifts) + 1) * len(x))
 
-    def run_floor() -> None:
-        floor(model, x, shifts, batch)
+    def run_floor(size: int) -> Callable[[], None]:
+        return lambda: floor(model, x, shifts, size)
 
     def run_check() -> None:
         check_equivariance(model, x, shifts, stride=stride)
@@ -262,8 +284,10 @@ def row(
     def run_loop() -> None:
         per_shift_loop(model, x, shifts, stride)
 
-    run_floor()
-    floors, checks, loops = interleaved([run_floor, run_check, run_loop], repeats, device)
+    for size in sizes:
+        run_floor(size)()
+    *per_size, checks, loops = interleaved([*map(run_floor, sizes), run_check, run_loop], repeats, device)
+    floors = [min(times) for times in zip(*per_size)]  # the fastest chunking, in each round
     peak = peak_memory(run_check, device)
     return (
         label,
@@ -273,6 +297,59 @@ def row(
         f"{median_ratio(checks, floors):.2f}",
         f"{median_ratio(loops, checks):.2f}",
         "n/a" if peak is None else f"{peak:.0f}",
+    )
+
+
+def overhead_workloads(
+    device: str,
+) -> list[tuple[str, nn.Module, torch.Tensor]]:
+    """Small checks: one layer, a deep stack of small layers, a real backbone."""
+    torch.manual_seed(0)
+    one = nn.Conv2d(1, 8, 3, padding=1, padding_mode="circular")
+    layers: list[nn.Module] = []
+    for i in range(20):
+        layers += [nn.Conv2d(1 if i == 0 else 8, 8, 3, padding=1, padding_mode="circular"), nn.ReLU()]
+    return [
+        ("one conv, 8x8", one.to(device).eval(), torch.randn(2, 1, 8, 8, device=device)),
+        (
+            "20 conv + ReLU layers, 12x12",
+            nn.Sequential(*layers).to(device).eval(),
+            torch.randn(2, 1, 12, 12, device=device),
+        ),
+        (
+            "ResNet-18 trunk, 224x224",
+            resnet18_trunk().to(device).eval(),
+            torch.randn(2, 3, 224, 224, device=device),
+        ),
+    ]
+
+
+def overhead_row(label: str, model: nn.Module, x: torch.Tensor, repeats: int, device: str) -> tuple[str, ...]:
+    """A one-shift check against its bare forward passes: x, then the identity and the shift in one chunk."""
+    size = x.shape[-1]
+    shift = Shift(0, 32) if size >= 64 else Shift(0, 1)
+    stride = 32 if size >= 64 else 1
+    both = torch.cat([x, x])
+
+    def run_forward() -> None:
+        with torch.no_grad():
+            model(x)
+            model(both)
+
+    def run_check() -> None:
+        check_equivariance(model, x, [shift], stride=stride, boundary="circular")
+
+    run_forward()
+    run_check()
+    forwards, checks = interleaved([run_forward, run_check], max(repeats, 20), device)
+    overhead = statistics.median(c - f for c, f in zip(checks, forwards))
+    modules = sum(1 for _ in model.modules())
+    return (
+        label,
+        str(modules),
+        f"{1e3 * statistics.median(forwards):.1f} ms",
+        f"{1e3 * statistics.median(checks):.1f} ms",
+        f"{1e3 * overhead:.1f}",
     )
 
 

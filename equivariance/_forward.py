@@ -67,6 +67,11 @@ class Forward:
                 f"{self._what()} returned a tensor of shape {tuple(selected.shape)} for an input "
                 f"batch of {x.shape[0]}; the first dim of the output must be the batch dim"
             )
+        if selected.device.type == "meta":
+            raise InvalidArgument(
+                f"{self._what()} returned a tensor on the meta device, which holds shapes but no values; "
+                "load the model's weights (e.g. model.to_empty(device='cpu') and load_state_dict) first"
+            )
         return selected
 
     def _what(self) -> str:

@@ -142,9 +142,11 @@ def chunk_size(batch_size: int | str | None, x: torch.Tensor, per_sample: int, t
     if batch_size == "auto":
         return auto_batch_size(per_sample, x.device, total)
     if batch_size is None:
-        if x.device.type == "cpu" and per_sample:
+        if x.device.type != "cpu":
+            return min(total, default_batch_size(x))
+        if per_sample:
             return default_cpu_batch_size(per_sample, total)
-        return min(total, default_batch_size(x))
+        return min(total, CPU_MIN_CHUNK)  # not metered: a sweep small enough for one default chunk
     assert isinstance(batch_size, int)
     return batch_size
 

@@ -19,6 +19,7 @@ where squares are exact are scaled by a power of two per sample first.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -267,15 +268,17 @@ class GridSums:
         self.spatial = tuple(base.shape[base.dim() - d :])
         self.channel_dims = tuple(range(1, base.dim() - d))
         self.channels = math.prod(base.shape[1 : base.dim() - d])
-        acting = list(expected) if expected is not None else self.rows
-        self.lo, self.hi = _boxes(acting, self.spatial, grid, margins, output_action is not None)
+        self.acting = list(expected) if expected is not None else self.rows
+        self.lo, self.hi = _boxes(self.acting, self.spatial, grid, margins, output_action is not None)
         self.scale = sample_scale(base)
-        scaled = _scaled(base, self.scale, torch.arange(len(base)))
-        self.references = None if output_action is not None else Copies(scaled, acting, grid)
-        self.norms = None
-        if output_action is None and all(type(e).moves_positions_only for e in acting):
-            # per-position norms of the reference, once: a chunk moves them like the reference
-            self.norms = Copies(squared_norms(scaled, self.channel_dims).unsqueeze(1), acting, grid)
+        self.scaled = _scaled(base, self.scale, torch.arange(len(base)))
+        # per-position norms of the reference, once (a chunk moves or slices them like the reference)
+        self.norm_map: torch.Tensor | None = None
+        if output_action is None and all(type(e).moves_positions_only for e in self.acting):
+            self.norm_map = squared_norms(self.scaled, self.channel_dims)
+        self.offsets = _translations(self.acting, grid) if output_action is None else None
+        self._copies: tuple[Copies, Copies | None] | None = None  # made when first needed
+        self._distances: dict[tuple[int, ...], torch.Tensor] = {}
         self.squares = _Squares(base)
         self.depth = max(1, int(((self.hi - self.lo + 1) // 2).max()))
         self.items = _ItemSums(len(self.rows), len(base), self.depth)
@@ -300,18 +303,70 @@ class GridSums:
     def add(
         self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
     ) -> None:
-        """Sum the chunk's squared differences over the compared region, in total and by edge distance."""
-        reference, ref_map, mask = self._reference(sample, row)
-        device = outputs.device
-        dist = edge_distance(self.lo[row].to(device), self.hi[row].to(device), self.spatial)
-        inside = dist >= 0 if mask is None else (dist >= 0) & mask
-        ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
+        """Sum the chunk's squared differences over the compared region, in total and by edge distance.
+
+        Rows that translate a zero-boundary grid compare their box with a
+        slice of the reference, run by run (no moved copy of the reference);
+        other rows, and chunks of runs too short for that to pay, compare
+        whole grids with moved copies of it.
+        """
+        runs = self._box_runs(sample, row)
+        if runs is not None:
+            outputs = _scaled(outputs, self.scale, sample)
+            for run, k, first in runs:
+                self._add_box(
+                    outputs[run], slice(items.start + run.start, items.start + run.stop), k, first, what
+                )
+            return
+        self._add_grids(outputs, items, sample, row, what)
+
+    def _box_runs(self, sample: torch.Tensor, row: torch.Tensor) -> list[tuple[slice, int, int]] | None:
+        """The chunk as runs ``(items, row, first sample)`` of one translated row and consecutive samples."""
+        if self.offsets is None or self.grid.boundary != "zeros" or self.norm_map is None:
+            return None
+        rows, samples = row.tolist(), sample.tolist()
+        bounds = [
+            0,
+            *(b for b in range(1, len(rows)) if rows[b] != rows[b - 1] or samples[b] != samples[b - 1] + 1),
+        ]
+        bounds.append(len(rows))
+        if len(rows) * self.channels * math.prod(self.spatial) < _RUN_ELEMENTS * (len(bounds) - 1):
+            return None  # many short runs: one vectorized pass over whole grids is faster
+        return [(slice(a, b), rows[a], samples[a]) for a, b in itertools.pairwise(bounds)]
+
+    def _add_box(self, outputs: torch.Tensor, items: slice, k: int, first: int, what: Describe) -> None:
+        """One run: the box of row ``k`` in the outputs against the slice of the reference it moved from."""
+        assert self.offsets is not None
+        assert self.norm_map is not None
+        lo, hi = self.lo[k].tolist(), self.hi[k].tolist()
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        source = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, self.offsets[k]))
+        samples = slice(first, first + len(outputs))
+        lead = (slice(None),) * (outputs.dim() - len(box))
+        out_key: tuple[Any, ...] = (*lead, *box)
+        ref_key: tuple[Any, ...] = (samples, *lead[1:], *source)
+        map_key: tuple[Any, ...] = (samples, *source)
+        reference = self.scaled[ref_key]
+        ref_map = self.norm_map[map_key].to(outputs.device).flatten(1)
         ref_rows = ref_map.sum(1)
-        outputs = _scaled(outputs, self.scale, sample)
-        diff_map = self.squares.diff(outputs, reference, self.channel_dims, ref_rows, what)
-        diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
-        bucket = dist.clamp(0, self.depth - 1).flatten(1)
-        self.items.write(items, diff_map.sum(1), ref_rows)
+        diff_map = self.squares.diff(outputs[out_key], reference, self.channel_dims, ref_rows, what)
+        diff_map = diff_map.flatten(1)
+        bucket = self._distance(tuple(b - a for a, b in zip(lo, hi)), outputs.device)
+        self._write(items, diff_map, ref_map, bucket.expand(len(diff_map), -1))
+
+    def _distance(self, sides: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Each position's distance to the edge of a box with these sides, as buckets ``(1, positions)``."""
+        if sides not in self._distances:
+            lo = torch.zeros(1, len(sides), dtype=torch.long)
+            dist = edge_distance(lo, torch.tensor([sides]), sides)
+            self._distances[sides] = dist.clamp(0, self.depth - 1).flatten(1).to(device)
+        return self._distances[sides]
+
+    def _write(
+        self, items: slice, diff_map: torch.Tensor, ref_map: torch.Tensor, bucket: torch.Tensor
+    ) -> None:
+        """The sums of one stretch of items: in total, and by distance to the edge (``bucket``)."""
+        self.items.write(items, diff_map.sum(1), ref_map.sum(1))
         assert self.items.border_diff is not None
         assert self.items.border_ref is not None
         self.items.border_diff[items] = (
@@ -321,20 +376,45 @@ class GridSums:
             ref_map.new_zeros(len(ref_map), self.depth).scatter_add_(1, bucket, ref_map).cpu().double()
         )
 
+    def _add_grids(
+        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+    ) -> None:
+        """The whole grids of a chunk against moved copies of the reference, masked to each row's box."""
+        reference, ref_map, mask = self._reference(sample, row)
+        device = outputs.device
+        dist = edge_distance(self.lo[row].to(device), self.hi[row].to(device), self.spatial)
+        inside = dist >= 0 if mask is None else (dist >= 0) & mask
+        ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
+        ref_rows = ref_map.sum(1)
+        outputs = _scaled(outputs, self.scale, sample)
+        diff_map = self.squares.diff(outputs, reference, self.channel_dims, ref_rows, what)
+        diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
+        self._write(items, diff_map, ref_map, dist.clamp(0, self.depth - 1).flatten(1))
+
     def _reference(
         self, sample: torch.Tensor, row: torch.Tensor
     ) -> tuple[torch.Tensor | list[tuple[slice, torch.Tensor]], torch.Tensor, torch.Tensor | None]:
         """The chunk's references (a tensor or runs of views), their norms a position, and a mask."""
-        if self.references is None:
+        if self.output_action is not None:
             reference, mask = self._custom(sample, row)
             return reference, squared_norms(reference, self.channel_dims), mask
-        runs = self.references.runs(sample, row)
-        if runs is not None and self.norms is not None:
-            return runs, self.norms.take(sample, row).squeeze(1), None
-        reference = self.references.take(sample, row)
-        if self.norms is not None:
-            return reference, self.norms.take(sample, row).squeeze(1), None
+        references, norms = self._moved()
+        runs = references.runs(sample, row)
+        if runs is not None and norms is not None:
+            return runs, norms.take(sample, row).squeeze(1), None
+        reference = references.take(sample, row)
+        if norms is not None:
+            return reference, norms.take(sample, row).squeeze(1), None
         return reference, squared_norms(reference, self.channel_dims), None
+
+    def _moved(self) -> tuple[Copies, Copies | None]:
+        """The reference (and its norms) moved by each row, made the first time a chunk needs them."""
+        if self._copies is None:
+            norms = (
+                None if self.norm_map is None else Copies(self.norm_map.unsqueeze(1), self.acting, self.grid)
+            )
+            self._copies = (Copies(self.scaled, self.acting, self.grid), norms)
+        return self._copies
 
     def _custom(self, sample: torch.Tensor, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``g'.f(x)`` by the caller's output action, once per run of a row, and its mask."""
@@ -352,6 +432,17 @@ class GridSums:
 
     def sums(self) -> Sums:
         return self.items.sums(self.count, self.border_count, self.scale)
+
+
+# Elements per run above which a chunk is compared run by run (a Python step each, ~10 us)
+# rather than in one vectorized pass over whole grids.
+_RUN_ELEMENTS = 4096
+
+
+def _translations(acting: Sequence[Action], grid: Grid) -> list[tuple[int, ...]] | None:
+    """Each row's offsets on the grid if every row is a translation there, else None."""
+    offsets = [element.translation(grid) for element in acting]
+    return None if any(o is None for o in offsets) else offsets  # type: ignore[return-value]
 
 
 def _boxes(

@@ -160,6 +160,15 @@ class Action(abc.ABC):
         """Whether the element leaves every tensor as it is."""
         return False
 
+    def translation(self, grid: Grid) -> tuple[int, ...] | None:
+        """The integer offsets by which the element moves every position of ``grid``, if it is a
+        translation there (a shift); None otherwise (the default).
+
+        The engine then compares the part of an output it is defined on with a
+        slice of the reference instead of with a moved copy of it.
+        """
+        return None
+
     def inverse(self) -> Action:
         """The element undoing this one (exactly, where the group action is exact)."""
         raise InvalidArgument(

@@ -307,6 +307,16 @@ class Shift(Action):
             return tuple(slice(0, n) for n in spatial)
         return self._on(grid).valid_region(spatial)
 
+    def translation(self, grid: Grid) -> tuple[int, ...]:
+        """The offsets on ``grid``: the shift divided by the grid's stride.
+
+        Examples:
+            >>> from equivariance.actions import Grid
+            >>> Shift(4, -2).translation(Grid(2, (2, 2)))
+            (2, -1)
+        """
+        return self._on(grid).offsets
+
     def to_json(self) -> list[int]:
         """The offsets as a list.
 

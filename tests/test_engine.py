@@ -217,3 +217,15 @@ def test_audit_measures_on_the_engine_and_leaves_the_callers_batches_alone() -> 
     assert result.passed_fraction == 1.0  # a valid convolution, compared where both sides are defined
     assert all(torch.equal(a, b) for a, b in zip(batches, copies))
     assert result.consistency is not None
+
+
+def test_a_model_that_returns_meta_tensors_is_refused() -> None:
+    def meta(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(t.shape, device="meta")
+
+    with pytest.raises(
+        InvalidArgument, match=r"the model returned a tensor on the meta device.*load the model's"
+    ):
+        check_equivariance(meta, torch.randn(2, 1, 8, 8))
+    with pytest.raises(InvalidArgument, match=r"the model returned a tensor on the meta device"):
+        consistency(lambda t: torch.empty(len(t), 3, device="meta"), torch.randn(2, 1, 8, 8))
