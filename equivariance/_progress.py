@@ -69,6 +69,7 @@ class Progress:
         self.postfix: dict[str, float] = {}
         self.start = time.perf_counter()
         self._last_draw = 0.0
+        self._drawn = 0  # the width of the last line drawn in place, to blank what a shorter one leaves
         isatty = getattr(self.stream, "isatty", None)
         self.live = bool(enabled and callable(isatty) and isatty())
         self.closed = False
@@ -81,7 +82,7 @@ class Progress:
             now = time.perf_counter()
             if now - self._last_draw >= _REDRAW_S or self.count >= self.total:
                 self._last_draw = now
-                self.stream.write("\r" + self.line())
+                self._redraw(self.line())
                 self.stream.flush()
 
     def set(self, **postfix: float) -> None:
@@ -108,8 +109,17 @@ class Progress:
             self.closed = True
             return
         self.closed = True
-        self.stream.write(("\r" if self.live else "") + self.line() + "\n")
+        if self.live:
+            self._redraw(self.line())
+            self.stream.write("\n")
+        else:
+            self.stream.write(self.line() + "\n")
         self.stream.flush()
+
+    def _redraw(self, line: str) -> None:
+        """Overwrite the line in place, padding with spaces over the end of a longer earlier one."""
+        self.stream.write("\r" + line.ljust(self._drawn))
+        self._drawn = len(line)
 
     def __enter__(self) -> Progress:
         return self
