@@ -185,7 +185,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # test running at the time.
 @pytest.fixture(scope="session")
 def assert_equivariant(request: pytest.FixtureRequest) -> Callable[..., EquivarianceReport]:
-    """:func:`equivariance.assert_equivariant` with the session's device, dtype and tolerances.
+    """``equivariance.assert_equivariant`` with the session's device, dtype and tolerances.
 
     Options given in the call win over the session's. The model and the input
     are copied before they are converted; the check is recorded for the
@@ -196,7 +196,7 @@ def assert_equivariant(request: pytest.FixtureRequest) -> Callable[..., Equivari
 
 @pytest.fixture(scope="session")
 def assert_invariant(request: pytest.FixtureRequest) -> Callable[..., EquivarianceReport]:
-    """:func:`equivariance.assert_invariant` with the session's device, dtype and tolerances."""
+    """``equivariance.assert_invariant`` with the session's device, dtype and tolerances."""
     return _checker(request, "invariance")
 
 

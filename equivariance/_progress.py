@@ -23,8 +23,9 @@ _REDRAW_S = 0.1
 def format_seconds(seconds: float) -> str:
     """``m:ss`` (or ``h:mm:ss``) for a duration.
 
-    >>> format_seconds(75.4), format_seconds(3725)
-    ('1:15', '1:02:05')
+    Examples:
+        >>> format_seconds(75.4), format_seconds(3725)
+        ('1:15', '1:02:05')
     """
     whole = round(seconds)
     hours, rest = divmod(whole, 3600)
@@ -35,20 +36,21 @@ def format_seconds(seconds: float) -> str:
 class Progress:
     """A progress bar for ``total`` steps, written to ``stream`` (stderr by default).
 
-    >>> import io
-    >>> out = io.StringIO()
-    >>> with Progress(4, "epoch 1/1", stream=out) as bar:
-    ...     for _ in range(4):
-    ...         bar.update(loss=0.25)
-    >>> print(out.getvalue().strip())    # doctest: +ELLIPSIS
-    epoch 1/1 |########################| 4/4 [0:00<0:00, ... it/s] loss=0.25
-
     Args:
         total: the number of steps.
         description: printed before the bar.
         enabled: False draws nothing.
         stream: where to write (default ``sys.stderr``); redrawn in place only if it is a terminal.
         unit: the name of a step in the rate, ``it`` by default.
+
+    Examples:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> with Progress(4, "epoch 1/1", stream=out) as bar:
+        ...     for _ in range(4):
+        ...         bar.update(loss=0.25)
+        >>> print(out.getvalue().strip())    # doctest: +ELLIPSIS
+        epoch 1/1 |########################| 4/4 [0:00<0:00, ... it/s] loss=0.25
     """
 
     def __init__(
