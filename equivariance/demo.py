@@ -28,7 +28,7 @@ from equivariance.report import EquivarianceReport
 if TYPE_CHECKING:
     from equivariance.datasets import Digits
 
-__all__ = ["PROMISED_ACCURACY", "DemoResult", "run_demo"]
+__all__ = ["PROMISED_ACCURACY", "DemoResult", "run_demo", "weights_path"]
 
 DataChoice = Literal["auto", "mnist", "digits"]
 
@@ -121,9 +121,7 @@ def run_demo(
         file=stream,
     )
     lenet = LeNet()
-    weights = (
-        out / f"lenet-{train_data.name.split('[')[0]}-{len(train_data)}digits-{epochs}epochs-seed{seed}.pt"
-    )
+    weights = weights_path(out, train_data.name, len(train_data), epochs, seed=seed)
     accuracy = _trained(lenet, weights, train_data, val_data, epochs, seed, retrain, progress, stream)
     print(
         f"LeNet validation accuracy {accuracy:.2%} (error {1 - accuracy:.2%}; the seed: about 1% on MNIST)",
@@ -156,6 +154,26 @@ def run_demo(
     for name, path in files.items():
         print(f"{name:>10}: {path}", file=stream)
     return DemoResult(lenet_report, mlp_report, accuracy, files)
+
+
+def weights_path(out: Path, data_name: str, digits: int, epochs: int, *, seed: int) -> Path:
+    """Where the demo keeps LeNet's weights for these training settings.
+
+    Args:
+        out: the output directory.
+        data_name: the training data's name (a slice suffix such as ``[:1438]`` is dropped).
+        digits: the number of training digits.
+        epochs: training epochs.
+        seed: the training seed.
+
+    Returns:
+        ``out / "lenet-DATA-Ndigits-Eepochs-seedS.pt"``: a run of other settings never reuses it.
+
+    Examples:
+        >>> weights_path(Path("demo"), "sklearn-digits[:1438]", 400, 1, seed=0).name
+        'lenet-sklearn-digits-400digits-1epochs-seed0.pt'
+    """
+    return out / f"lenet-{data_name.split('[')[0]}-{digits}digits-{epochs}epochs-seed{seed}.pt"
 
 
 def _require_extras(data: DataChoice) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from equivariance import training
+from equivariance import demo, training
 from equivariance.cli import main
 from equivariance.demo import PROMISED_ACCURACY, run_demo
 
@@ -40,10 +40,13 @@ def test_demo_trains_checks_and_draws_then_reuses_only_weights_of_the_same_setti
     assert "WARNING: LeNet's accuracy" in again.getvalue()  # loaded weights are no better
     assert 0.1 < result.val_accuracy < PROMISED_ACCURACY
 
-    other = io.StringIO()
-    result = run_demo(tmp_path, data="digits", fast=True, seed=1, max_shift=1, progress=False, stream=other)
-    assert "loaded" not in other.getvalue()  # another seed: trained, not the seed-0 weights
-    assert result.files["weights"] == tmp_path / "lenet-sklearn-digits-400digits-1epochs-seed1.pt"
+    # weights of other settings are not reused: each set of settings has its own file
+    assert demo.weights_path(tmp_path, "sklearn-digits[:1438]", 400, 1, seed=1) == (
+        tmp_path / "lenet-sklearn-digits-400digits-1epochs-seed1.pt"
+    )
+    assert demo.weights_path(tmp_path, "mnist-train", 60000, 10, seed=0).name == (
+        "lenet-mnist-train-60000digits-10epochs-seed0.pt"
+    )
 
 
 @pytest.mark.parametrize(
