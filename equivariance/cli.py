@@ -70,7 +70,7 @@ def load_factory(spec: str, arguments: Mapping[str, Any] | None = None) -> Any:
     Examples:
         >>> type(load_factory("equivariance.models:LeNet")).__name__
         'LeNet'
-        >>> load_factory("equivariance.models:MLP", {"input_size": 20, "hidden": 4}).hidden
+        >>> load_factory("equivariance.models:MLP", {"input_size": 20, "hidden": 4}).fc1.out_features
         4
     """
     module_name, _, attribute = spec.partition(":")
