@@ -370,26 +370,6 @@ def test_the_json_report_and_the_junit_properties(project: pytest.Pytester) -> N
     result.stderr.fnmatch_lines(["*--equivariance-report missing/checks.json: the folder * does not exist*"])
 
 
-def test_the_json_report_gathers_the_checks_of_xdist_workers(project: pytest.Pytester) -> None:
-    pytest.importorskip("xdist")
-    project.makepyfile(
-        test_workers="""
-        import pytest
-        from models import conv, image
-
-        @pytest.mark.parametrize("size", [10, 11, 12, 13])
-        def test_conv(assert_equivariant, size):
-            assert_equivariant(conv(), image(size), max_shift=1)
-        """
-    )
-    result = project.runpytest_subprocess(
-        "-n", "2", "-p", "no:cacheprovider", "--equivariance-report", "r.json"
-    )
-    result.assert_outcomes(passed=4)
-    data = json.loads((project.path / "r.json").read_text())
-    assert sorted(c["input_shape"][-1] for c in data["checks"]) == [10, 11, 12, 13]
-
-
 def test_a_check_in_a_session_fixtures_teardown_is_attributed_to_the_fixture(
     project: pytest.Pytester,
 ) -> None:
@@ -430,7 +410,7 @@ def test_a_check_in_a_session_fixtures_teardown_is_attributed_to_the_fixture(
     assert "test_last" not in result.stdout.str().split("equivariance checks")[1]
 
 
-def test_the_summary_gathers_the_checks_of_xdist_workers(project: pytest.Pytester) -> None:
+def test_the_summary_and_the_json_report_gather_the_checks_of_xdist_workers(project: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     project.makepyfile(
         test_workers="""
@@ -442,9 +422,13 @@ def test_the_summary_gathers_the_checks_of_xdist_workers(project: pytest.Pyteste
             assert_equivariant(conv(), image(size), max_shift=1)
         """
     )
-    result = project.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result = project.runpytest_subprocess(
+        "-n", "2", "-p", "no:cacheprovider", "--equivariance-report", "r.json"
+    )
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*= equivariance checks =*", "4 checks, 0 failed"])
+    data = json.loads((project.path / "r.json").read_text())  # written once, by the controller
+    assert sorted(c["input_shape"][-1] for c in data["checks"]) == [10, 11, 12, 13]
 
 
 def test_the_example_runs_as_a_test_suite_and_again_in_float64(pytester: pytest.Pytester) -> None:
