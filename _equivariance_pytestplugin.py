@@ -9,17 +9,21 @@ nor the library until a test asks for one of its fixtures. Measured with
 - fixtures ``assert_equivariant`` and ``assert_invariant``: the library's
   functions with the session's device, dtype and tolerances applied;
 - options ``--equivariance-device``, ``--equivariance-dtype``,
-  ``--equivariance-atol`` and ``--equivariance-rtol`` (ini: ``equivariance_device`` ...);
+  ``--equivariance-atol`` and ``--equivariance-rtol`` (ini: ``equivariance_device`` ...),
+  checked at start-up (a bad value, or a device this machine lacks, is a usage error);
 - the marker ``equivariance``, given to every test using the fixtures;
 - a failing ``assert report.passed`` shows the report's table;
-- a terminal section listing every check the fixtures ran.
+- a terminal section listing every check the fixtures ran (``--equivariance-summary``),
+  and every check as JSON (``--equivariance-report PATH``).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -29,7 +33,8 @@ if TYPE_CHECKING:
 
 FIXTURES = ("assert_equivariant", "assert_invariant")
 DTYPES = ("float64", "float32", "float16", "bfloat16")
-PROPERTY = "equivariance_check"  # the user_properties key that carries a check to the summary
+PROPERTY = "equivariance_check"  # the user_properties key that carries a check (as JSON) to the summary
+SUMMARY_MODES = ("all", "failed", "off")
 
 
 class _Settings:
@@ -37,6 +42,8 @@ class _Settings:
 
     def __init__(self, device: str | None, dtype: str | None, atol: float | None, rtol: float | None) -> None:
         self.device, self.dtype, self.atol, self.rtol = device, dtype, atol, rtol
+        self.summary = "all"
+        self.report: Path | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,6 +57,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for name, text in options.items():
         group.addoption(f"--equivariance-{name}", dest=f"equivariance_{name}", default=None, help=text)
         parser.addini(f"equivariance_{name}", f"{text}; --equivariance-{name} overrides it", default="")
+    group.addoption(
+        "--equivariance-summary",
+        dest="equivariance_summary",
+        default=None,
+        choices=SUMMARY_MODES,
+        help="the table of checks at the end: all checks, only the failed ones, or off "
+        "(default: all; failed under -q)",
+    )
+    parser.addini("equivariance_summary", "the table of checks at the end: all, failed or off", default="")
+    group.addoption(
+        "--equivariance-report",
+        dest="equivariance_report",
+        default=None,
+        metavar="PATH",
+        help="write every check of the fixtures to PATH as JSON",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,7 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "assert_invariant fixtures)",
     )
     config.stash[_SETTINGS] = _read_settings(config)
-    config.stash[_SUMMARY] = _Summary()
+    config.stash[_SUMMARY] = _Summary(config.stash[_SETTINGS])
     config.pluginmanager.register(config.stash[_SUMMARY], "equivariance-summary")
 
 
@@ -79,9 +102,61 @@ def _read_settings(config: pytest.Config) -> _Settings:
             raise pytest.UsageError(
                 f"--equivariance-dtype must be one of {', '.join(DTYPES)}, found {dtype!r}"
             )
-    return _Settings(
-        value("device"), dtype, _tolerance(value("atol"), "atol"), _tolerance(value("rtol"), "rtol")
-    )
+    device = value("device")
+    if device is not None:
+        _check_device(device)
+    settings = _Settings(device, dtype, _tolerance(value("atol"), "atol"), _tolerance(value("rtol"), "rtol"))
+    summary = value("summary") or ("failed" if int(config.getoption("verbose")) < 0 else "all")
+    if summary not in SUMMARY_MODES:
+        raise pytest.UsageError(
+            f"equivariance_summary must be one of {', '.join(SUMMARY_MODES)}, found {summary!r}"
+        )
+    settings.summary = summary
+    report = config.getoption("equivariance_report")
+    if report:
+        path = Path(config.invocation_params.dir, report)
+        if not path.parent.is_dir():
+            raise pytest.UsageError(
+                f"--equivariance-report {report}: the folder {str(path.parent)!r} does not exist; create it "
+                "or write the report elsewhere"
+            )
+        settings.report = path
+    return settings
+
+
+def _check_device(name: str) -> None:
+    """Refuse at start-up a device torch does not know or this machine does not have."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise pytest.UsageError(
+            f"--equivariance-device {name!r} is not a device torch knows; e.g. cpu, cuda, cuda:1"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = (
+                "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            )
+            raise pytest.UsageError(
+                f"--equivariance-device {name}: this machine has no CUDA device ({why}); run on a machine "
+                "with a GPU, or drop the option to check on the inputs' own device"
+            )
+        if device.index is not None and device.index >= count:
+            raise pytest.UsageError(
+                f"--equivariance-device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}; pick one of those"
+            )
+        return
+    backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type != "cpu" and callable(available) and not available():
+        raise pytest.UsageError(
+            f"--equivariance-device {name}: this machine has no {device.type} device; drop the option "
+            "or pick one it has, e.g. cpu"
+        )
 
 
 def _tolerance(text: str | None, name: str) -> float | None:
@@ -110,7 +185,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # test running at the time.
 @pytest.fixture(scope="session")
 def assert_equivariant(request: pytest.FixtureRequest) -> Callable[..., EquivarianceReport]:
-    """:func:`equivariance.assert_equivariant` with the session's device, dtype and tolerances.
+    """``equivariance.assert_equivariant`` with the session's device, dtype and tolerances.
 
     Options given in the call win over the session's. The model and the input
     are copied before they are converted; the check is recorded for the
@@ -121,28 +196,39 @@ def assert_equivariant(request: pytest.FixtureRequest) -> Callable[..., Equivari
 
 @pytest.fixture(scope="session")
 def assert_invariant(request: pytest.FixtureRequest) -> Callable[..., EquivarianceReport]:
-    """:func:`equivariance.assert_invariant` with the session's device, dtype and tolerances."""
+    """``equivariance.assert_invariant`` with the session's device, dtype and tolerances."""
     return _checker(request, "invariance")
 
 
 def _checker(request: pytest.FixtureRequest, kind: str) -> Callable[..., EquivarianceReport]:
-    settings = request.config.stash[_SETTINGS]
-    summary = request.config.stash[_SUMMARY]
+    return _Check(kind, request.config.stash[_SETTINGS], request.config.stash[_SUMMARY])
 
-    def check(model: Any, x: Any, shifts: Any = None, **options: Any) -> EquivarianceReport:
+
+class _Check:
+    """The fixtures' value: a check with the session's settings, recorded for the summary."""
+
+    def __init__(self, kind: str, settings: _Settings, summary: _Summary) -> None:
+        self.kind, self.settings, self.summary = kind, settings, summary
+
+    def __call__(self, model: Any, x: Any, shifts: Any = None, **options: Any) -> EquivarianceReport:
         __tracebackhide__ = True
         import equivariance
 
+        settings = self.settings
         model, x = _converted(model, x, settings)
         for name in ("atol", "rtol"):
             if getattr(settings, name) is not None:
                 options.setdefault(name, getattr(settings, name))
+        kind = self.kind
         run = equivariance.check_equivariance if kind == "equivariance" else equivariance.check_invariance
         report = run(model, x, shifts, **options)
-        summary.record(report)
+        self.summary.record(report)
         return report.raise_if_failed()
 
-    return check
+    def __repr__(self) -> str:
+        device, dtype = self.settings.device or "as given", self.settings.dtype or "as given"
+        name = "assert_equivariant" if self.kind == "equivariance" else "assert_invariant"
+        return f"<{name} fixture (device={device}, dtype={dtype})>"
 
 
 def _converted(model: Any, x: Any, settings: _Settings) -> tuple[Any, Any]:
@@ -177,17 +263,16 @@ def _converted(model: Any, x: Any, settings: _Settings) -> tuple[Any, Any]:
     return model, x
 
 
-def _record(nodeid: str, report: EquivarianceReport) -> dict[str, Any]:
+def _record(test: str, when: str, report: EquivarianceReport) -> dict[str, Any]:
+    details = {key: value for key, value in report.to_dict().items() if key != "results"}
     return {
-        "test": nodeid,
-        "kind": report.kind,
+        **details,
+        "test": test,
+        "when": when,
         "model": report.subject,
         "shifts": len(report.results),
         "worst": str(report.worst_element),
         "error": report.max_error,
-        "rtol": report.rtol,
-        "dtype": report.dtype,
-        "passed": report.passed,
     }
 
 
@@ -218,34 +303,97 @@ def _failed_reports(tb: Any, report_type: type[Any]) -> list[tuple[str, Any]]:
 class _Summary:
     """Collects the checks of every test and prints them as a table at the end of the session.
 
-    Checks travel in the test reports' ``user_properties``, so under xdist the
-    controller collects every worker's checks and prints one table for the
-    whole session (they also appear as properties in a JUnit XML report).
+    Checks travel, as JSON, in the test reports' ``user_properties``, so under
+    xdist the controller collects every worker's checks and prints one table
+    for the whole session (they also appear as properties in a JUnit XML
+    report). A check that failed in a test that did not (inside
+    ``pytest.raises(EquivarianceError)``, or an xfail) counts as an expected
+    failure. A check run while a module-, class-, package- or session-scoped
+    fixture is set up or torn down is attributed to that fixture, not to the
+    test that happened to be running.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settings: _Settings) -> None:
+        self.settings = settings
         self.checks: list[dict[str, Any]] = []
         self.item: pytest.Item | None = None
+        self.when = "setup"
+        self.fixtures: list[tuple[Any, str]] = []  # (fixturedef, "setup" | "teardown"), innermost last
+        self.call_failed: dict[str, bool] = {}
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        self.item = item
+        self.item, self.when = item, "setup"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        self.when = "call"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        self.when = "teardown"
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: Any, request: pytest.FixtureRequest
+    ) -> Generator[None, Any, Any]:
+        if fixturedef.scope == "function":
+            return (yield)
+        self.fixtures.append((fixturedef, "setup"))
+        try:
+            return (yield)
+        finally:
+            self.fixtures.pop()
+            # Finalizers run last added first: this one runs just before the fixture's own teardown,
+            # and pytest_fixture_post_finalizer just after it.
+            fixturedef.addfinalizer(lambda: self.fixtures.append((fixturedef, "teardown")))
+
+    def pytest_fixture_post_finalizer(self, fixturedef: Any) -> None:
+        if self.fixtures and self.fixtures[-1][0] is fixturedef:
+            self.fixtures.pop()
 
     def record(self, report: EquivarianceReport) -> None:
         """Attach a check to the running test's report, whence the summary (and xdist) take it."""
-        if self.item is not None:
-            self.item.user_properties.append((PROPERTY, _record(self.item.nodeid, report)))
+        if self.item is None:
+            return
+        if self.fixtures:
+            fixturedef, when = self.fixtures[-1]
+            where = f"{fixturedef.baseid}::" if fixturedef.baseid else ""
+            test = f"{where}{fixturedef.argname} ({fixturedef.scope} fixture {when})"
+        else:
+            test, when = self.item.nodeid, self.when
+        self.item.user_properties.append((PROPERTY, json.dumps(_record(test, when, report))))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "teardown":
-            self.checks.extend(value for key, value in report.user_properties if key == PROPERTY)  # type: ignore[misc]
+        if report.when == "call":
+            self.call_failed[report.nodeid] = report.failed
+        if report.when != "teardown":
+            return
+        for key, value in report.user_properties:
+            if key != PROPERTY:
+                continue
+            check = json.loads(str(value))
+            caught = check["when"] == "call" and not self.call_failed.get(report.nodeid, True)
+            check["expected_failure"] = not check["passed"] and caught
+            self.checks.append(check)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        path = self.settings.report
+        if path is None or hasattr(session.config, "workerinput"):  # xdist: the controller writes it
+            return
+        counts = _counts(self.checks)
+        path.write_text(json.dumps({"checks": self.checks, **counts}, indent=2) + "\n")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.checks:
+        mode = self.settings.summary
+        rows = _merged(self.checks)
+        if mode == "failed":
+            rows = [row for row in rows if row["verdict"] == "FAILED"]
+        if mode == "off" or not self.checks or (mode == "failed" and not rows):
             return
         terminalreporter.section("equivariance checks")
         header = ("test", "model", "checks", "shifts", "worst shift", "max error", "rtol", "dtype", "verdict")
-        rows = [
+        lines = [
             (
                 c["test"] + ("" if c["kind"] == "equivariance" else " (invariance)"),
                 c["model"],
@@ -255,19 +403,33 @@ class _Summary:
                 f"{c['error']:.2e}",
                 f"{c['rtol']:.0e}",
                 c["dtype"],
-                "passed" if c["passed"] else "FAILED",
+                c["verdict"],
             )
-            for c in _merged(self.checks)
+            for c in rows
         ]
-        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-        for row in (header, *rows):
+        widths = [max(len(row[i]) for row in (header, *lines)) for i in range(len(header))]
+        for row in (header, *lines):
             cells = [
                 cell.rjust(w) if i in (2, 3, 5, 6) else cell.ljust(w)
                 for i, (cell, w) in enumerate(zip(row, widths))
             ]
             terminalreporter.write_line("  ".join(cells).rstrip())
-        failed = sum(not c["passed"] for c in self.checks)
-        terminalreporter.write_line(f"{len(self.checks)} checks, {failed} failed")
+        counts = _counts(self.checks)
+        expected = counts["expected_failures"]
+        terminalreporter.write_line(
+            f"{counts['total']} check{'s' if counts['total'] != 1 else ''}, {counts['failed']} failed"
+            + (f", {expected} failed as expected" if expected else "")
+        )
+
+
+def _counts(checks: list[dict[str, Any]]) -> dict[str, int]:
+    expected = sum(c["expected_failure"] for c in checks)
+    return {
+        "total": len(checks),
+        "passed": sum(c["passed"] for c in checks),
+        "failed": sum(not c["passed"] for c in checks) - expected,
+        "expected_failures": expected,
+    }
 
 
 def _merged(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -275,10 +437,12 @@ def _merged(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
     for check in checks:
         key = (check["test"], check["kind"], check["model"], check["dtype"])
-        row = rows.setdefault(key, {**check, "checks": 0, "shifts": 0, "error": -1.0, "passed": True})
+        row = rows.setdefault(key, {**check, "checks": 0, "shifts": 0, "error": -1.0, "verdict": "passed"})
         row["checks"] += 1
         row["shifts"] += check["shifts"]
-        row["passed"] = row["passed"] and check["passed"]
+        if not check["passed"]:
+            verdict = "expected" if check["expected_failure"] else "FAILED"
+            row["verdict"] = "FAILED" if "FAILED" in (row["verdict"], verdict) else verdict
         if check["error"] > row["error"]:
             row.update(worst=check["worst"], error=check["error"], rtol=check["rtol"])
     return list(rows.values())

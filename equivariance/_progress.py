@@ -23,8 +23,9 @@ _REDRAW_S = 0.1
 def format_seconds(seconds: float) -> str:
     """``m:ss`` (or ``h:mm:ss``) for a duration.
 
-    >>> format_seconds(75.4), format_seconds(3725)
-    ('1:15', '1:02:05')
+    Examples:
+        >>> format_seconds(75.4), format_seconds(3725)
+        ('1:15', '1:02:05')
     """
     whole = round(seconds)
     hours, rest = divmod(whole, 3600)
@@ -35,20 +36,21 @@ def format_seconds(seconds: float) -> str:
 class Progress:
     """A progress bar for ``total`` steps, written to ``stream`` (stderr by default).
 
-    >>> import io
-    >>> out = io.StringIO()
-    >>> with Progress(4, "epoch 1/1", stream=out) as bar:
-    ...     for _ in range(4):
-    ...         bar.update(loss=0.25)
-    >>> print(out.getvalue().strip())    # doctest: +ELLIPSIS
-    epoch 1/1 |########################| 4/4 [0:00<0:00, ... it/s] loss=0.25
-
     Args:
         total: the number of steps.
         description: printed before the bar.
         enabled: False draws nothing.
         stream: where to write (default ``sys.stderr``); redrawn in place only if it is a terminal.
         unit: the name of a step in the rate, ``it`` by default.
+
+    Examples:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> with Progress(4, "epoch 1/1", stream=out) as bar:
+        ...     for _ in range(4):
+        ...         bar.update(loss=0.25)
+        >>> print(out.getvalue().strip())    # doctest: +ELLIPSIS
+        epoch 1/1 |########################| 4/4 [0:00<0:00, ... it/s] loss=0.25
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Progress:
         self.postfix: dict[str, float] = {}
         self.start = time.perf_counter()
         self._last_draw = 0.0
+        self._drawn = 0  # the width of the last line drawn in place, to blank what a shorter one leaves
         isatty = getattr(self.stream, "isatty", None)
         self.live = bool(enabled and callable(isatty) and isatty())
         self.closed = False
@@ -81,7 +84,7 @@ class Progress:
             now = time.perf_counter()
             if now - self._last_draw >= _REDRAW_S or self.count >= self.total:
                 self._last_draw = now
-                self.stream.write("\r" + self.line())
+                self._redraw(self.line())
                 self.stream.flush()
 
     def set(self, **postfix: float) -> None:
@@ -108,8 +111,17 @@ class Progress:
             self.closed = True
             return
         self.closed = True
-        self.stream.write(("\r" if self.live else "") + self.line() + "\n")
+        if self.live:
+            self._redraw(self.line())
+            self.stream.write("\n")
+        else:
+            self.stream.write(self.line() + "\n")
         self.stream.flush()
+
+    def _redraw(self, line: str) -> None:
+        """Overwrite the line in place, padding with spaces over the end of a longer earlier one."""
+        self.stream.write("\r" + line.ljust(self._drawn))
+        self._drawn = len(line)
 
     def __enter__(self) -> Progress:
         return self

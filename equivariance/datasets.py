@@ -1,28 +1,28 @@
 """Handwritten digits for the seed's experiments: MNIST, an offline fallback, and canvases.
 
-:func:`mnist` reads the official MNIST files (LeCun, Cortes and Burges), the
+[`mnist`][equivariance.datasets.mnist] reads the official MNIST files (LeCun, Cortes and Burges), the
 IDX files ``train-images-idx3-ubyte.gz`` and friends. They are downloaded
 once, with the standard library's ``urllib``, from the mirrors in
-:data:`MNIST_MIRRORS` into a cache directory, and every file's SHA-256 is
+[`MNIST_MIRRORS`][equivariance.datasets.MNIST_MIRRORS] into a cache directory, and every file's SHA-256 is
 checked against the official one before it is parsed (with numpy only).
-Nothing is downloaded by :func:`digits`, the offline fallback: the 1,797
+Nothing is downloaded by [`digits`][equivariance.datasets.digits], the offline fallback: the 1,797
 handwritten digits that ship with scikit-learn (8x8, from the UCI optical
 recognition data set) resized to MNIST's layout, a 20x20 digit centred in a
 28x28 square.
 
-:func:`embed_in_canvas` puts 28x28 digits on a larger zero canvas (the seed
-uses 38x38) and :func:`position_sweep` makes the frames of a digit moving
+[`embed_in_canvas`][equivariance.datasets.embed_in_canvas] puts 28x28 digits on a larger zero canvas (the seed
+uses 38x38) and [`position_sweep`][equivariance.datasets.position_sweep] makes the frames of a digit moving
 across it, for checks and animations.
 
 **Where the files go.** ``root`` if given (the directory holding the four
 files); else ``$EQUIVARIANCE_DATA/mnist`` if the environment variable is
 set; else ``$XDG_CACHE_HOME/equivariance/mnist``, by default
 ``~/.cache/equivariance/mnist``. On a machine without internet access, copy
-the four ``.gz`` files there, or use :func:`digits`.
+the four ``.gz`` files there, or use [`digits`][equivariance.datasets.digits].
 
 **Failures.** A file that cannot be found or downloaded, or whose checksum is
-wrong, raises :class:`DatasetUnavailable`, a subclass of
-:class:`~equivariance.InvalidArgument` whose message says what to do.
+wrong, raises [`DatasetUnavailable`][equivariance.datasets.DatasetUnavailable], a subclass of
+[`InvalidArgument`][equivariance.InvalidArgument] whose message says what to do.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ MNIST_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's mirror
     "https://storage.googleapis.com/cvdf-datasets/mnist/",  # TensorFlow's mirror
 )
-"""Where :func:`mnist` downloads the official files from, tried in order."""
+"""Where [`mnist`][equivariance.datasets.mnist] downloads the official files from, tried in order."""
 
 MNIST_FILES: dict[str, tuple[int, str]] = {
     "train-images-idx3-ubyte.gz": (
@@ -98,7 +98,8 @@ class DatasetUnavailable(InvalidArgument):
 
     The message names the file, where it was looked for, what went wrong and
     what to do (place the official files in the cache directory, or use the
-    offline :func:`digits`). It subclasses :class:`~equivariance.InvalidArgument`.
+    offline [`digits`][equivariance.datasets.digits]). It subclasses
+    [`InvalidArgument`][equivariance.InvalidArgument].
     """
 
 
@@ -106,18 +107,19 @@ class DatasetUnavailable(InvalidArgument):
 class Digits:
     """Digit images and their labels.
 
-    >>> import torch
-    >>> data = Digits(torch.zeros(10, 1, 28, 28), torch.arange(10), "zeros")
-    >>> len(data), data[2:5].labels.tolist()
-    (10, [2, 3, 4])
-    >>> train, val = data.split(0.8, seed=0)
-    >>> len(train), len(val)
-    (8, 2)
-
     Attributes:
         images: ``(N, 1, 28, 28)`` float32 in ``[0, 1]``, ink bright on a zero background.
         labels: ``(N,)`` int64, the digits 0 to 9.
         name: where the digits come from, e.g. ``"mnist-train"``.
+
+    Examples:
+        >>> import torch
+        >>> data = Digits(torch.zeros(10, 1, 28, 28), torch.arange(10), "zeros")
+        >>> len(data), data[2:5].labels.tolist()
+        (10, [2, 3, 4])
+        >>> train, val = data.split(0.8, seed=0)
+        >>> len(train), len(val)
+        (8, 2)
     """
 
     images: torch.Tensor
@@ -171,8 +173,9 @@ class Digits:
 def data_dir(root: str | os.PathLike[str] | None = None) -> Path:
     """The directory holding the MNIST files: ``root``, else from the environment (see the module).
 
-    >>> str(data_dir("/data/mnist"))
-    '/data/mnist'
+    Examples:
+        >>> str(data_dir("/data/mnist"))
+        '/data/mnist'
     """
     if root is not None:
         if not isinstance(root, (str, os.PathLike)):
@@ -192,20 +195,23 @@ def mnist(
 ) -> Digits:
     """The MNIST digits of ``split``: 60,000 for ``"train"``, 10,000 for ``"test"``.
 
-    The files are read from :func:`data_dir` and, if missing and
-    ``download`` is true, downloaded there first from :data:`MNIST_MIRRORS`.
-    Every file's SHA-256 must match :data:`MNIST_FILES`. Images come as
+    The files are read from [`data_dir`][equivariance.datasets.data_dir] and, if missing and
+    ``download`` is true, downloaded there first from [`MNIST_MIRRORS`][equivariance.datasets.MNIST_MIRRORS].
+    Every file's SHA-256 must match [`MNIST_FILES`][equivariance.datasets.MNIST_FILES]. Images come as
     float32 in ``[0, 1]``, ``(N, 1, 28, 28)``.
 
-    Example (not run here: it may download 11 MB)::
+    Not run as a doctest, since it may download 11 MB:
 
-        train, test = mnist("train"), mnist("test")
+    ```python
+    train, test = mnist("train"), mnist("test")
+    ```
 
     Args:
         split: ``"train"`` or ``"test"``.
-        root: the directory holding the four files (default: see :func:`data_dir`).
+        root: the directory holding the four files (default: see
+            [`data_dir`][equivariance.datasets.data_dir]).
         download: whether to download missing files; with False a missing
-            file raises :class:`DatasetUnavailable`.
+            file raises [`DatasetUnavailable`][equivariance.datasets.DatasetUnavailable].
 
     Raises:
         DatasetUnavailable: a file is missing and cannot be downloaded, or its checksum is wrong.
@@ -235,18 +241,19 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     element type, ``DD`` the number of dims), one big-endian uint32 per dim,
     then the elements, big-endian, in C order.
 
-    >>> import gzip, struct, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte.gz")
-    >>> with gzip.open(path, "wb") as f:
-    ...     _ = f.write(struct.pack(">II", 0x0801, 3) + bytes([7, 2, 1]))
-    >>> read_idx(path).tolist()
-    [7, 2, 1]
-
     Args:
         path: the file; a name ending in ``.gz`` is decompressed.
 
     Raises:
         DatasetUnavailable: the file is not a well-formed IDX file.
+
+    Examples:
+        >>> import gzip, struct, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte.gz")
+        >>> with gzip.open(path, "wb") as f:
+        ...     _ = f.write(struct.pack(">II", 0x0801, 3) + bytes([7, 2, 1]))
+        >>> read_idx(path).tolist()
+        [7, 2, 1]
     """
     path = Path(path)
     try:
@@ -353,12 +360,13 @@ def digits() -> Digits:
     MNIST's but real handwriting, enough to train the seed's LeNet to about
     98% accuracy in well under a minute on a CPU.
 
-    >>> data = digits()
-    >>> data.images.shape, data.labels[:5].tolist()
-    (torch.Size([1797, 1, 28, 28]), [0, 1, 2, 3, 4])
-
     Raises:
         DatasetUnavailable: scikit-learn is not installed (``pip install 'equivariance[data]'``).
+
+    Examples:
+        >>> data = digits()
+        >>> data.images.shape, data.labels[:5].tolist()
+        (torch.Size([1797, 1, 28, 28]), [0, 1, 2, 3, 4])
     """
     try:
         from sklearn.datasets import load_digits
@@ -390,11 +398,6 @@ def embed_in_canvas(
     sequence of shape ``(N, 2)``); by default the images are centred
     (offset ``(size - 28) // 2``). Every image must fit entirely.
 
-    >>> import torch
-    >>> canvas = embed_in_canvas(torch.ones(2, 1, 2, 2), size=4, offset=[(0, 0), (2, 1)])
-    >>> canvas[1, 0].tolist()
-    [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]]
-
     Args:
         images: ``(N, C, H, W)``.
         size: the canvas's size, ``S`` for ``S x S`` or ``(S_h, S_w)``.
@@ -402,6 +405,12 @@ def embed_in_canvas(
 
     Returns:
         ``(N, C, S_h, S_w)``, the images' dtype and device.
+
+    Examples:
+        >>> import torch
+        >>> canvas = embed_in_canvas(torch.ones(2, 1, 2, 2), size=4, offset=[(0, 0), (2, 1)])
+        >>> canvas[1, 0].tolist()
+        [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]]
     """
     images = _check_images(images, "images")
     n, _, height, width = images.shape
@@ -443,17 +452,18 @@ def position_sweep(
     Consecutive frames of a named sweep differ by a shift of one pixel,
     which is what an equivariant feature map should follow.
 
-    >>> import torch
-    >>> frames = position_sweep(torch.ones(1, 28, 28), size=38)
-    >>> frames.shape
-    torch.Size([11, 1, 38, 38])
-    >>> frames[3, 0, 5, :5].tolist()    # the digit's left edge is at column 3
-    [0.0, 0.0, 0.0, 1.0, 1.0]
-
     Args:
         image: one image ``(C, H, W)`` (or ``(1, C, H, W)``).
         size: the square canvas's side.
         path: a named sweep or a sequence of ``(row, column)`` offsets.
+
+    Examples:
+        >>> import torch
+        >>> frames = position_sweep(torch.ones(1, 28, 28), size=38)
+        >>> frames.shape
+        torch.Size([11, 1, 38, 38])
+        >>> frames[3, 0, 5, :5].tolist()    # the digit's left edge is at column 3
+        [0.0, 0.0, 0.0, 1.0, 1.0]
     """
     if isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[0] == 1:
         image = image[0]

@@ -1,8 +1,8 @@
 """The exceptions and warnings the library raises.
 
-Two failures are kept apart on purpose: :class:`InvalidArgument` means the
+Two failures are kept apart on purpose: [`InvalidArgument`][equivariance.errors.InvalidArgument] means the
 check could not be run as asked (a usage error, fixed by changing the call),
-while :class:`EquivarianceError` means it ran and the model failed it.
+while [`EquivarianceError`][equivariance.errors.EquivarianceError] means it ran and the model failed it.
 """
 
 from __future__ import annotations
@@ -15,21 +15,22 @@ class InvalidArgument(ValueError):
 
     The message says what was expected, what was found and how to fix it.
 
-    >>> from equivariance import Shift
-    >>> Shift(1.5)
-    Traceback (most recent call last):
-    ...
-    equivariance.errors.InvalidArgument: shift offsets must be integers, found 1.5 (float) in (1.5,); ...
+    Examples:
+        >>> from equivariance import Shift
+        >>> Shift(1.5)
+        Traceback (most recent call last):
+        ...
+        equivariance.errors.InvalidArgument: shift offsets must be integers, found 1.5 (float) in (1.5,); ...
     """
 
 
 class EquivarianceError(AssertionError):
     """A model failed an equivariance or invariance check.
 
-    Raised by :func:`~equivariance.assert_equivariant` and
-    :func:`~equivariance.assert_invariant`. It subclasses ``AssertionError``
+    Raised by [`assert_equivariant`][equivariance.assert_equivariant] and
+    [`assert_invariant`][equivariance.assert_invariant]. It subclasses ``AssertionError``
     so test runners report it as a failed assertion; the failing
-    :class:`~equivariance.EquivarianceReport` is kept as ``.report``.
+    [`EquivarianceReport`][equivariance.EquivarianceReport] is kept as ``.report``.
     """
 
     def __init__(self, message: str, report: object = None) -> None:

@@ -1,10 +1,10 @@
 """Reference models: the seed article's convolutional LeNet and a dense counterpart.
 
-:class:`LeNet` is the network of the article the project started from
+[`LeNet`][equivariance.models.LeNet] is the network of the article the project started from
 (C. Wolf, "What is translation equivariance, and why do we use convolutions
 to get it?", 2020): four 5x5 convolutions without padding or pooling between
 them, so its convolutional part is translation equivariant on any canvas of
-at least 17x17. :class:`MLP` maps an image to a tensor of exactly the same
+at least 17x17. [`MLP`][equivariance.models.MLP] maps an image to a tensor of exactly the same
 shape as LeNet's conv4 map, through dense layers; it runs through the same
 checks and fails them, which is the article's point.
 """
@@ -35,17 +35,18 @@ class LeNet(nn.Module):
     Trained on 28x28 MNIST digits.
 
     It demonstrates that a stack of convolutions is translation equivariant:
-    :meth:`features` (or ``layer="conv4"`` in a check) maps a digit moved on a
+    [`features`][equivariance.models.LeNet.features] (or ``layer="conv4"`` in a check) maps a digit moved on a
     larger canvas to a feature map moved by the same amount. The head only
     accepts 28x28 inputs, like the seed's, but says so instead of reshaping
     silently.
 
-    >>> import torch
-    >>> model = LeNet()
-    >>> model(torch.zeros(2, 1, 28, 28)).shape
-    torch.Size([2, 10])
-    >>> model.features(torch.zeros(2, 1, 38, 38)).shape
-    torch.Size([2, 5, 22, 22])
+    Examples:
+        >>> import torch
+        >>> model = LeNet()
+        >>> model(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+        >>> model.features(torch.zeros(2, 1, 38, 38)).shape
+        torch.Size([2, 5, 22, 22])
     """
 
     def __init__(self) -> None:
@@ -90,13 +91,14 @@ class MLP(nn.Module):
     ties a moved input to a moved output: it demonstrates what convolutions
     avoid, and is the negative control of every equivariance check.
 
-    >>> import torch
-    >>> MLP(input_size=38)(torch.zeros(2, 1, 38, 38)).shape
-    torch.Size([2, 5, 22, 22])
-
     Args:
         input_size: the input's spatial size, ``H`` for a square or ``(H, W)``.
         hidden: width of the hidden layer (the seed's example uses 500).
+
+    Examples:
+        >>> import torch
+        >>> MLP(input_size=38)(torch.zeros(2, 1, 38, 38)).shape
+        torch.Size([2, 5, 22, 22])
     """
 
     def __init__(self, input_size: int | Sequence[int], hidden: int = 500) -> None:

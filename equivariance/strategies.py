@@ -3,10 +3,12 @@
 Shifts, inputs and two families of random models: stacks of convolutions
 with pointwise nonlinearities, which are equivariant and must pass a check,
 and dense networks, which are not and must fail one. They let you test your
-own layers the way this project tests its own::
+own layers the way this project tests its own:
 
-    @given(conv_stacks(), shifts(max_shift=3))
-    def test_my_checker(stack, shift): ...
+```python
+@given(conv_stacks(), shifts(max_shift=3))
+def test_my_checker(stack, shift): ...
+```
 
 This is the only module that imports Hypothesis; ``import equivariance``
 does not.
@@ -16,7 +18,7 @@ Counts (batch, channels, sizes, depth, kernel sizes, strides, widths) are an
 int, an inclusive ``(min, max)`` pair, or a strategy of ints; per-dim options
 of a shift (``max_shift``, ``multiple_of``) are an int or one int per dim.
 Values are checked when the strategy is built, drawn values when they are
-drawn, and a bad one raises :class:`~equivariance.InvalidArgument`.
+drawn, and a bad one raises [`InvalidArgument`][equivariance.InvalidArgument].
 
 Shrinking goes toward small shifts, small tensors and shallow, narrow stacks,
 so a failing property reports a minimal example. Models and tensor values are
@@ -70,18 +72,19 @@ def shifts(
     shift that fails. ``multiple_of`` is the stride of a subsampled output:
     pass a conv stack's ``stack.stride`` to draw the shifts it can follow.
 
-    >>> from hypothesis import given
-    >>> @given(shifts(ndim=2, max_shift=4, multiple_of=2, nonzero=True))
-    ... def test_even_shifts(shift):
-    ...     assert shift.ndim == 2 and not shift.is_identity
-    ...     assert shift.divisible_by(2) and max(map(abs, shift)) <= 4
-    >>> test_even_shifts()
-
     Args:
         ndim: number of spatial dims, at least 1.
         max_shift: largest absolute offset, one for all dims or one per dim.
         multiple_of: every offset is a multiple of it (one for all dims or one per dim).
         nonzero: leave out the identity.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> @given(shifts(ndim=2, max_shift=4, multiple_of=2, nonzero=True))
+        ... def test_even_shifts(shift):
+        ...     assert shift.ndim == 2 and not shift.is_identity
+        ...     assert shift.divisible_by(2) and max(map(abs, shift)) <= 4
+        >>> test_even_shifts()
     """
     ndims = _count(ndim, "ndim", minimum=1)
     bounds = _per_dim(max_shift, "max_shift", minimum=0)
@@ -143,13 +146,6 @@ def signals(
     shift of up to ``b`` moves without losing anything. NaN and infinity
     appear only when asked for, at a few drawn positions.
 
-    >>> from hypothesis import given
-    >>> @given(signals(ndim=2, batch=2, channels=1, size=(8, 12), border=2))
-    ... def test_canvas(x):
-    ...     assert x.shape[:2] == (2, 1) and 8 <= x.shape[-1] <= 12
-    ...     assert x[..., :2, :].abs().max() == 0 and x.abs().max() <= 1
-    >>> test_canvas()
-
     Args:
         ndim: number of spatial dims (1 for signals, 2 for images, 3 for volumes).
         batch: number of samples.
@@ -163,6 +159,14 @@ def signals(
         allow_infinity: put a few infinities in some draws.
         border: zero samples at every edge of every spatial dim (``None``: content everywhere).
         device: where the tensor is made.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> @given(signals(ndim=2, batch=2, channels=1, size=(8, 12), border=2))
+        ... def test_canvas(x):
+        ...     assert x.shape[:2] == (2, 1) and 8 <= x.shape[-1] <= 12
+        ...     assert x[..., :2, :].abs().max() == 0 and x.abs().max() <= 1
+        >>> test_canvas()
     """
     ndims = _count(ndim, "ndim", minimum=1, maximum=3)
     batches = _count(batch, "batch", minimum=1)
@@ -220,13 +224,7 @@ def images(
     border: int | st.SearchStrategy[int | None] | None = None,
     device: str | torch.device | st.SearchStrategy[str | torch.device] = "cpu",
 ) -> st.SearchStrategy[torch.Tensor]:
-    """Batches of images ``(N, C, H, W)``: :func:`signals` with two spatial dims.
-
-    >>> from hypothesis import given
-    >>> @given(images(batch=1, channels=3, size=16))
-    ... def test_rgb(x):
-    ...     assert x.shape == (1, 3, 16, 16)
-    >>> test_rgb()
+    """Batches of images ``(N, C, H, W)``: [`signals`][equivariance.strategies.signals] with two spatial dims.
 
     Args:
         batch: number of samples.
@@ -239,6 +237,13 @@ def images(
         allow_infinity: put a few infinities in some draws.
         border: zero samples at every edge (``None``: content everywhere).
         device: where the tensor is made.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> @given(images(batch=1, channels=3, size=16))
+        ... def test_rgb(x):
+        ...     assert x.shape == (1, 3, 16, 16)
+        >>> test_rgb()
     """
     return signals(
         ndim=2, batch=batch, channels=channels, size=size, dtype=dtype, min_value=min_value,
@@ -252,7 +257,7 @@ def images(
 
 @dataclass(frozen=True, eq=False)
 class ConvStack:
-    """A random stack of convolutions, drawn by :func:`conv_stacks`, and what a check needs to know.
+    """A random stack of convolutions, drawn by ``conv_stacks``, and what a check needs to know.
 
     The model maps ``(N, in_channels, *spatial)`` to ``(N, out_channels,
     *spatial / stride)`` (less the kernels' reach for valid padding). It is
@@ -295,7 +300,7 @@ class ConvStack:
     def inputs(
         self, *, output_size: Count = (2, 6), batch: Count = (1, 3), **options: Any
     ) -> st.SearchStrategy[torch.Tensor]:
-        """Inputs this stack accepts, from :func:`signals`, sized by the output they give.
+        """Inputs this stack accepts, from ``signals``, sized by the output they give.
 
         Circular stacks get sizes that are multiples of the stride; valid
         ones any size giving ``output_size`` samples per dim.
@@ -303,7 +308,8 @@ class ConvStack:
         Args:
             output_size: samples per dim of the output (an int, a ``(min, max)`` pair or a strategy).
             batch: number of samples.
-            **options: the other options of :func:`signals` (dtype, values, border, device).
+            **options: the other options of [`signals`][equivariance.strategies.signals] (dtype,
+                values, border, device).
         """
         if "size" in options or "ndim" in options or "channels" in options:
             raise InvalidArgument(
@@ -326,7 +332,7 @@ class ConvStack:
 
 @dataclass(frozen=True, eq=False)
 class DenseNet:
-    """A random dense network, drawn by :func:`mlps`: the family that is not equivariant.
+    """A random dense network, drawn by ``mlps``: the family that is not equivariant.
 
     It flattens ``(N, in_channels, *input_size)``, applies fully connected
     layers and reshapes to ``(N, out_channels, *input_size)``, so a check
@@ -347,7 +353,7 @@ class DenseNet:
     input_size: tuple[int, ...]
 
     def inputs(self, *, batch: Count = (1, 3), **options: Any) -> st.SearchStrategy[torch.Tensor]:
-        """Inputs this network accepts, from :func:`signals` (``options`` as there, less the shape)."""
+        """Inputs this network accepts, from ``signals`` (``options`` as there, less the shape)."""
         shape = st.just(self.input_size)
         return signals(ndim=self.ndim, batch=batch, channels=self.in_channels, size=shape, **options)
 
@@ -362,7 +368,7 @@ def conv_stacks(
     padding: str | Sequence[str] | st.SearchStrategy[str] = PADDINGS,
     strides: Count = 1,
 ) -> st.SearchStrategy[ConvStack]:
-    """Random stacks of convolutions with pointwise nonlinearities, drawn as a :class:`ConvStack`.
+    """Random stacks of convolutions with pointwise nonlinearities, drawn as a ``ConvStack``.
 
     The ground truth of shift equivariance: every stack is exactly
     equivariant for every shift that is a multiple of ``stack.stride`` (the
@@ -374,17 +380,6 @@ def conv_stacks(
     shrink toward one layer, one channel and small kernels; weights are made
     from a drawn seed.
 
-    >>> import torch
-    >>> from hypothesis import given, settings
-    >>> from equivariance import check_equivariance
-    >>> @settings(max_examples=10, deadline=None)
-    ... @given(conv_stacks(ndim=1), shifts(ndim=1, max_shift=3, nonzero=True))
-    ... def test_conv_stacks_are_equivariant(stack, shift):
-    ...     x = torch.randn(2, stack.in_channels, stack.min_size + 4)
-    ...     report = check_equivariance(stack.model, x, [shift], boundary=stack.boundary)
-    ...     assert report.passed
-    >>> test_conv_stacks_are_equivariant()
-
     Args:
         ndim: number of spatial dims, 1 to 3.
         depth: number of convolutions.
@@ -393,6 +388,18 @@ def conv_stacks(
         dilations: dilation of each layer (the same in every dim).
         padding: ``"valid"``, ``"circular"``, or a sequence to choose from (one per stack).
         strides: stride of each layer (the same in every dim).
+
+    Examples:
+        >>> import torch
+        >>> from hypothesis import given, settings
+        >>> from equivariance import check_equivariance
+        >>> @settings(max_examples=10, deadline=None)
+        ... @given(conv_stacks(ndim=1), shifts(ndim=1, max_shift=3, nonzero=True))
+        ... def test_conv_stacks_are_equivariant(stack, shift):
+        ...     x = torch.randn(2, stack.in_channels, stack.min_size + 4)
+        ...     report = check_equivariance(stack.model, x, [shift], boundary=stack.boundary)
+        ...     assert report.passed
+        >>> test_conv_stacks_are_equivariant()
     """
     ndims = _count(ndim, "ndim", minimum=1, maximum=3)
     depths = _count(depth, "depth", minimum=1)
@@ -437,22 +444,12 @@ def mlps(
     size: Count = (2, 8),
     hidden: Count = (4, 32),
 ) -> st.SearchStrategy[DenseNet]:
-    """Random dense networks with as many outputs as inputs, drawn as a :class:`DenseNet`.
+    """Random dense networks with as many outputs as inputs, drawn as a ``DenseNet``.
 
     The negative control: every output unit has its own weights for every
     input sample, so no shift of the input moves the output, and a check of
     a nonzero shift fails. Networks shrink toward one hidden layer and small
     sizes; weights are made from a drawn seed.
-
-    >>> from hypothesis import given, settings
-    >>> from equivariance import check_equivariance
-    >>> @settings(max_examples=10, deadline=None)
-    ... @given(st.data())
-    ... def test_mlps_fail(data):
-    ...     net = data.draw(mlps(ndim=1, size=(4, 8)))
-    ...     x = data.draw(net.inputs())
-    ...     assert not check_equivariance(net.model, x, [(1,)]).passed
-    >>> test_mlps_fail()
 
     Args:
         ndim: number of spatial dims, 1 to 3.
@@ -460,6 +457,17 @@ def mlps(
         channels: channels of the input and of the output.
         size: spatial size of each dim of the one input shape the network takes.
         hidden: width of each hidden layer.
+
+    Examples:
+        >>> from hypothesis import given, settings
+        >>> from equivariance import check_equivariance
+        >>> @settings(max_examples=10, deadline=None)
+        ... @given(st.data())
+        ... def test_mlps_fail(data):
+        ...     net = data.draw(mlps(ndim=1, size=(4, 8)))
+        ...     x = data.draw(net.inputs())
+        ...     assert not check_equivariance(net.model, x, [(1,)]).passed
+        >>> test_mlps_fail()
     """
     ndims = _count(ndim, "ndim", minimum=1, maximum=3)
     depths = _count(depth, "depth", minimum=1)

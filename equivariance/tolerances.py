@@ -74,8 +74,9 @@ DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 def default_tolerance(dtype: torch.dtype) -> Tolerance:
     """The default tolerance for ``dtype``.
 
-    >>> default_tolerance(torch.float64)
-    Tolerance(rtol=1e-10, atol=1e-12, source='float64 default')
+    Examples:
+        >>> default_tolerance(torch.float64)
+        Tolerance(rtol=1e-10, atol=1e-12, source='float64 default')
     """
     rtol, atol = DEFAULT_TOLERANCES.get(dtype, DEFAULT_TOLERANCES[torch.float32])
     return Tolerance(rtol, atol, f"{_name(dtype)} default")
@@ -84,8 +85,9 @@ def default_tolerance(dtype: torch.dtype) -> Tolerance:
 def resolve_tolerance(dtype: torch.dtype, rtol: object = None, atol: object = None) -> Tolerance:
     """The caller's ``rtol``/``atol`` where given, the dtype's defaults elsewhere.
 
-    >>> resolve_tolerance(torch.float32, rtol=1e-3)
-    Tolerance(rtol=0.001, atol=1e-06, source='rtol from caller, atol float32 default')
+    Examples:
+        >>> resolve_tolerance(torch.float32, rtol=1e-3)
+        Tolerance(rtol=0.001, atol=1e-06, source='rtol from caller, atol float32 default')
     """
     default = default_tolerance(dtype)
     given_rtol = as_float(rtol, "rtol", allow_none=True)

@@ -1,6 +1,6 @@
 """Train the seed's LeNet (or any classifier) on digits, in plain PyTorch.
 
-:func:`train` is a short, ordinary training loop: cross-entropy, Adam (or
+[`train`][equivariance.training.train] is a short, ordinary training loop: cross-entropy, Adam (or
 SGD with momentum) with a one-cycle learning-rate schedule, shuffled
 mini-batches drawn from a seeded generator, a validation pass after every
 epoch and a progress bar on stderr. Given the same seed, the same model
@@ -9,7 +9,7 @@ whose kernels are deterministic).
 
 The seed article trains its LeNet on MNIST "until convergence" to a
 validation error of about 1%; ``train(LeNet(), mnist("train"), mnist("test"))``
-reports the same number. Offline, on :func:`~equivariance.datasets.digits`
+reports the same number. Offline, on [`digits`][equivariance.datasets.digits]
 (``python benchmarks/train_digits.py``), a few epochs reach about 98%.
 
 Training does not make a network less equivariant: its convolutions stay
@@ -60,7 +60,7 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """What :func:`train` did: one :class:`EpochStats` per epoch and the final validation numbers.
+    """What ``train`` did: one ``EpochStats`` per epoch and the final validation numbers.
 
     ``str(result)`` is a small table, one line per epoch.
 
@@ -114,17 +114,9 @@ def train(
     (the global RNG is not touched, so seed the model's initialization
     yourself, e.g. ``torch.manual_seed(0); LeNet()``).
 
-    >>> import torch
-    >>> from equivariance.models import LeNet
-    >>> from equivariance.datasets import Digits
-    >>> data = Digits(torch.rand(32, 1, 28, 28), torch.arange(32) % 10, "noise")
-    >>> result = train(LeNet(), data, data, epochs=1, batch_size=16, progress=False)
-    >>> len(result.history), 0.0 <= result.val_accuracy <= 1.0
-    (1, True)
-
     Args:
-        model: maps ``(N, 1, 28, 28)`` to logits ``(N, classes)``, e.g. :class:`~equivariance.models.LeNet`.
-        train_data: :class:`~equivariance.datasets.Digits` or a pair ``(images, labels)``.
+        model: maps ``(N, 1, 28, 28)`` to logits ``(N, classes)``, e.g. [`LeNet`][equivariance.models.LeNet].
+        train_data: [`Digits`][equivariance.datasets.Digits] or a pair ``(images, labels)``.
         val_data: the same, or None to skip validation.
         epochs: passes over the training data.
         batch_size: digits per step.
@@ -140,7 +132,16 @@ def train(
             summary line per epoch elsewhere).
 
     Returns:
-        A :class:`TrainingResult`.
+        A [`TrainingResult`][equivariance.training.TrainingResult].
+
+    Examples:
+        >>> import torch
+        >>> from equivariance.models import LeNet
+        >>> from equivariance.datasets import Digits
+        >>> data = Digits(torch.rand(32, 1, 28, 28), torch.arange(32) % 10, "noise")
+        >>> result = train(LeNet(), data, data, epochs=1, batch_size=16, progress=False)
+        >>> len(result.history), 0.0 <= result.val_accuracy <= 1.0
+        (1, True)
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgument(f"model must be a torch.nn.Module, found {describe(model)}")
@@ -214,22 +215,23 @@ def evaluate(
 ) -> tuple[float, float]:
     """The mean cross-entropy and the accuracy of a classifier on ``data``, in eval mode, without autograd.
 
-    >>> import torch
-    >>> from equivariance.datasets import Digits
-    >>> always_three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
-    >>> with torch.no_grad():
-    ...     _ = always_three[1].weight.zero_(); _ = always_three[1].bias.copy_(torch.eye(10)[3])
-    >>> evaluate(always_three, Digits(torch.zeros(4, 1, 2, 2), torch.tensor([3, 3, 1, 0]), "x"))[1]
-    0.5
-
     Args:
         model: maps images to logits.
-        data: :class:`~equivariance.datasets.Digits` or a pair ``(images, labels)``.
+        data: [`Digits`][equivariance.datasets.Digits] or a pair ``(images, labels)``.
         batch_size: digits per forward pass.
         device: where to run (default: the model's device).
 
     Returns:
         ``(loss, accuracy)`` as floats.
+
+    Examples:
+        >>> import torch
+        >>> from equivariance.datasets import Digits
+        >>> always_three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
+        >>> with torch.no_grad():
+        ...     _ = always_three[1].weight.zero_(); _ = always_three[1].bias.copy_(torch.eye(10)[3])
+        >>> evaluate(always_three, Digits(torch.zeros(4, 1, 2, 2), torch.tensor([3, 3, 1, 0]), "x"))[1]
+        0.5
     """
     images, labels = _as_data(data, "data")
     batch_size = _positive(batch_size, "batch_size")
@@ -254,12 +256,13 @@ def evaluate(
 def save(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Save a model's weights (its ``state_dict``) to ``path``.
 
-    >>> import os, tempfile, torch
-    >>> from equivariance.models import LeNet
-    >>> path = os.path.join(tempfile.mkdtemp(), "lenet.pt")
-    >>> save(LeNet(), path)
-    >>> isinstance(load(LeNet(), path), LeNet)
-    True
+    Examples:
+        >>> import os, tempfile, torch
+        >>> from equivariance.models import LeNet
+        >>> path = os.path.join(tempfile.mkdtemp(), "lenet.pt")
+        >>> save(LeNet(), path)
+        >>> isinstance(load(LeNet(), path), LeNet)
+        True
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgument(f"model must be a torch.nn.Module, found {describe(model)}")
@@ -267,7 +270,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
 
 def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
-    """Load weights saved by :func:`save` into ``model`` (strictly: every name must match); returns it.
+    """Load weights saved by ``save`` into ``model`` (strictly: every name must match); returns it.
 
     Only tensors are read (``torch.load(..., weights_only=True)``), so a file
     from elsewhere cannot run code.

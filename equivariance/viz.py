@@ -3,9 +3,10 @@
 Needs the ``viz`` extra (``pip install "equivariance[viz]"``: matplotlib and
 Pillow). Nothing here is imported by ``import equivariance``.
 
-- :func:`shift_heatmap` draws a report's errors over the (dy, dx) grid of
+- [`shift_heatmap`][equivariance.viz.shift_heatmap] draws a report's errors over the (dy, dx) grid of
   2-D shifts, failures marked;
-- :func:`cluster_colors` and :func:`feature_animation` retell the seed
+- [`cluster_colors`][equivariance.viz.cluster_colors] and
+  [`feature_animation`][equivariance.viz.feature_animation] retell the seed
   article's animation: the activations of a feature map on a batch of images
   are clustered with k-means, each pixel of the map is coloured by its
   cluster, and one frame is drawn per position of a moving digit, with one
@@ -57,17 +58,18 @@ def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None 
     The colour is the error on a log scale; failing shifts are marked with a
     cross, and the tolerance is drawn in the colour bar.
 
-    >>> import torch
-    >>> from equivariance import check_equivariance
-    >>> report = check_equivariance(torch.nn.Conv2d(1, 2, 3), torch.randn(2, 1, 12, 12), max_shift=2)
-    >>> ax = shift_heatmap(report)
-    >>> ax.get_xlabel(), ax.get_ylabel()
-    ('dx (columns)', 'dy (rows)')
-
     Args:
         report: a report of 2-D shifts.
         ax: the Axes to draw in (default: a new figure).
         title: the title (default: the report's subject and verdict).
+
+    Examples:
+        >>> import torch
+        >>> from equivariance import check_equivariance
+        >>> report = check_equivariance(torch.nn.Conv2d(1, 2, 3), torch.randn(2, 1, 12, 12), max_shift=2)
+        >>> ax = shift_heatmap(report)
+        >>> ax.get_xlabel(), ax.get_ylabel()
+        ('dx (columns)', 'dy (rows)')
     """
     plt = _pyplot()
     colors = importlib.import_module("matplotlib.colors")
@@ -109,16 +111,17 @@ def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None 
 
 
 def heatmaps_figure(reports: Sequence[EquivarianceReport]) -> Any:
-    """One figure with a :func:`shift_heatmap` per report, side by side; returns the Figure.
+    """One figure with a ``shift_heatmap`` per report, side by side; returns the Figure.
 
     The figure is not registered with pyplot, so it needs no closing: save it
     with ``figure.savefig(path)``.
 
-    >>> import torch
-    >>> from equivariance import check_equivariance
-    >>> report = check_equivariance(torch.nn.Conv2d(1, 2, 3), torch.randn(2, 1, 12, 12), max_shift=1)
-    >>> len(heatmaps_figure([report, report]).axes)  # two heatmaps and their colour bars
-    4
+    Examples:
+        >>> import torch
+        >>> from equivariance import check_equivariance
+        >>> report = check_equivariance(torch.nn.Conv2d(1, 2, 3), torch.randn(2, 1, 12, 12), max_shift=1)
+        >>> len(heatmaps_figure([report, report]).axes)  # two heatmaps and their colour bars
+        4
     """
     _pyplot()
     figure_module = importlib.import_module("matplotlib.figure")
@@ -130,18 +133,19 @@ def heatmaps_figure(reports: Sequence[EquivarianceReport]) -> Any:
 
 
 def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
-    """A bar per layer of a :func:`~equivariance.profile_equivariance` result; returns the Axes.
+    """A bar per layer of a ``profile_equivariance`` result; returns the Axes.
 
     The bars are the layers' errors on a log scale, in the order the model
     runs them, red where a layer fails, with the tolerance as a line: the
     first red bar is where equivariance breaks.
 
-    >>> import torch
-    >>> from equivariance import profile_equivariance
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 2, stride=2))
-    >>> ax = profile_chart(profile_equivariance(net, torch.randn(2, 1, 16, 16), (1, 0)))
-    >>> " / ".join(label.get_text().replace("\\n", " ") for label in ax.get_xticklabels())
-    '0 Conv2d / 1 Conv2d'
+    Examples:
+        >>> import torch
+        >>> from equivariance import profile_equivariance
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 2, stride=2))
+        >>> ax = profile_chart(profile_equivariance(net, torch.randn(2, 1, 16, 16), (1, 0)))
+        >>> " / ".join(label.get_text().replace("\\n", " ") for label in ax.get_xticklabels())
+        '0 Conv2d / 1 Conv2d'
     """
     plt = _pyplot()
     rows = profile.layers
@@ -167,9 +171,10 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) ->
 
     Deterministic for a given ``seed``; runs on the points' device.
 
-    >>> points = torch.cat([torch.zeros(10, 2), torch.ones(10, 2)])
-    >>> sorted(kmeans(points, 2).sum(1).tolist())
-    [0.0, 2.0]
+    Examples:
+        >>> points = torch.cat([torch.zeros(10, 2), torch.ones(10, 2)])
+        >>> sorted(kmeans(points, 2).sum(1).tolist())
+        [0.0, 2.0]
     """
     if points.dim() != 2 or len(points) < k or k < 1:
         raise InvalidArgument(
@@ -206,11 +211,12 @@ def cluster_colors(
     function mapping a batch of inputs to label maps ``(N, H, W)`` (the nearest
     centre of each pixel's activations).
 
-    >>> import torch
-    >>> conv = torch.nn.Conv2d(1, 3, 3)
-    >>> colour = cluster_colors(conv, torch.rand(5, 1, 10, 10), k=4)
-    >>> colour(torch.rand(2, 1, 10, 10)).shape
-    torch.Size([2, 8, 8])
+    Examples:
+        >>> import torch
+        >>> conv = torch.nn.Conv2d(1, 3, 3)
+        >>> colour = cluster_colors(conv, torch.rand(5, 1, 10, 10), k=4)
+        >>> colour(torch.rand(2, 1, 10, 10)).shape
+        torch.Size([2, 8, 8])
     """
     with torch.no_grad():
         features = feature_map(images)
@@ -243,7 +249,7 @@ def feature_animation(
 
     For each model in ``feature_maps`` (name -> callable giving an
     ``(N, C, H, W)`` map), the activations on ``reference_images`` are
-    clustered with k-means (:func:`cluster_colors`); every frame of
+    clustered with k-means ([`cluster_colors`][equivariance.viz.cluster_colors]); every frame of
     ``frames`` (``(T, 1, H, W)``, e.g. a digit moving across a canvas) is then
     drawn as the input next to each model's map, coloured by cluster. An
     equivariant map moves with the digit; a dense network's map does not.

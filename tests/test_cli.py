@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -9,8 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+import equivariance
 from equivariance import check_equivariance, cli
 from equivariance.cli import main
 
@@ -193,3 +198,255 @@ def test_profile_up_to_still_fails_on_a_failing_layer(
     assert "first failure at 1 (Conv2d), aliasing" in capsys.readouterr().out
     assert main([*argv, "--shift", "2,0"]) == 0
     capsys.readouterr()
+
+
+# -- a command line that feels native -------------------------------------------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"equivariance {equivariance.__version__}\n"
+
+
+def test_a_bare_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: equivariance [-h] [--version] {check,profile,demo} ...")
+    assert "examples:\n  equivariance check equivariance.models:LeNet" in out
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["check", "profile", "demo"])
+def test_every_subcommand_documents_its_options_defaults_and_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = _subcommands()[command]
+    undocumented = [a.dest for a in parser._actions if not (a.help or "").strip()]
+    assert undocumented == []
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    examples = out.split("examples:\n")[1].splitlines()
+    assert len(examples) == 2
+    assert all(line.startswith(f"  equivariance {command} ") for line in examples)
+    with_defaults = [
+        a for a in parser._actions if isinstance(a.default, int | str) and a.default != argparse.SUPPRESS
+    ]
+    assert with_defaults  # --boundary, --seed, --out, ...
+    flat = " ".join(out.split())
+    for action in with_defaults:
+        if not isinstance(action.default, bool):
+            assert f"(default: {action.default})" in flat, action.dest
+
+
+def test_a_model_in_the_current_directory_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "mymodels_here.py").write_text(
+        "import torch\n\ndef make():\n    return torch.nn.Conv2d(1, 2, 3)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    assert main(["check", "mymodels_here:make", "--input-shape", "1,1,12,12", "--quiet"]) == 0
+    assert sys.path == path_before
+    # and as a user runs it: the installed script, whose sys.path[0] is its own folder
+    script = Path(sys.executable).with_name("equivariance")
+    command = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "from equivariance.cli import main; raise SystemExit(main())"]
+    )
+    result = subprocess.run(
+        [*command, "check", "mymodels_here:make", "--input-shape", "1,1,12,12", "--max-shift", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "equivariance check PASSED: Conv2d, 9 shifts" in result.stdout
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """``equivariance check ... | head -1``: the reader is gone before the report is written."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "equivariance", "check", *LENET, "--layer", "conv4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()  # long before the child has imported torch
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0  # the verdict, although nobody read it
+    assert stderr == ""
+
+
+SEGMENTER = """
+import torch
+
+class Segmenter(torch.nn.Module):
+    def __init__(self, num_classes=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, num_classes, 3, padding=1, padding_mode="circular")
+        self.head = torch.nn.Linear(num_classes * 8 * 8, 4)
+
+    def forward(self, x):
+        masks = self.conv(x)
+        return {"masks": masks, "scores": self.head(masks.flatten(1))}
+
+class Pair(Segmenter):
+    def forward(self, x):
+        out = super().forward(x)
+        return out["scores"], out["masks"]
+
+instance = Segmenter()
+"""
+
+
+@pytest.fixture
+def segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    (tmp_path / "segmenter.py").write_text(SEGMENTER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return ["--input-shape", "2,1,8,8", "--boundary", "circular", "--max-shift", "1"]
+
+
+def test_output_picks_a_tensor_by_key_or_index(
+    segmenter: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "segmenter:Segmenter", *segmenter]) == 2
+    assert "pass output='masks' (a key)" in capsys.readouterr().err
+    assert main(["check", "segmenter:Segmenter", *segmenter, "--output", "masks"]) == 0
+    assert main(["check", "segmenter:Segmenter", *segmenter, "--output", "scores", "--invariance"]) == 1
+    assert main(["check", "segmenter:Pair", *segmenter, "--output", "1"]) == 0
+    assert main(["check", "segmenter:Pair", *segmenter, "--output", "0", "--invariance", "--quiet"]) == 1
+    capsys.readouterr()
+
+
+def test_factory_arguments(segmenter: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["check", "segmenter:Segmenter", *segmenter, "--output", "masks", "--json"]
+    assert main([*argv, "--arg", "num_classes=3"]) == 0
+    assert json.loads(capsys.readouterr().out)["output_shape"][1] == 3
+    assert main([*argv, "--arg", "num_classes=many"]) == 2
+    assert "calling segmenter:Segmenter(num_classes='many') raised TypeError" in capsys.readouterr().err
+    assert main([*argv, "--arg", "3"]) == 2
+    assert "argument --arg: expected NAME=VALUE, found '3'; e.g. num_classes=3" in capsys.readouterr().err
+    assert main(["check", "segmenter:instance", *segmenter, "--arg", "num_classes=3"]) == 2
+    assert "segmenter:instance is a model, not a factory, so it takes no arguments" in capsys.readouterr().err
+    mlp = ["check", "equivariance.models:MLP", "--input-shape", "2,1,20,20", "--max-shift", "1", "--quiet"]
+    assert main([*mlp, "--arg", "input_size=20", "--arg", "hidden=8"]) == 1
+
+
+def _digit_canvas(channels: int = 1) -> torch.Tensor:
+    x = torch.zeros(1, channels, 38, 38)
+    x[..., 10:28, 10:28] = torch.rand(1, channels, 18, 18, generator=torch.Generator().manual_seed(0))
+    return x
+
+
+def test_input_from_a_tensor_an_array_or_an_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "same_padded_input.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Conv2d(1, 1, 3, padding=1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    x = _digit_canvas()
+    torch.save(x, tmp_path / "x.pt")
+    np.save(tmp_path / "x.npy", x.numpy())
+    Image.fromarray((x[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / "digit.png")
+    Image.fromarray((_digit_canvas(3)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
+        tmp_path / "rgb.png"
+    )
+    # a zero-padded conv passes on content with a zero border, and fails on noise of the same shape
+    argv = ["check", "same_padded_input:build", "--max-shift", "3", "--json"]
+    for name in ("x.pt", "x.npy", "digit.png"):
+        assert main([*argv, "--input", str(tmp_path / name)]) == 0, name
+        data = json.loads(capsys.readouterr().out)
+        assert data["input_shape"] == [1, 1, 38, 38]
+        assert data["passed"] is True
+    assert main([*argv, "--input-shape", "1,1,38,38"]) == 1
+    capsys.readouterr()
+    assert torch.allclose(cli.load_input(tmp_path / "digit.png"), x, atol=1 / 255)
+    rgb = cli.load_input(tmp_path / "rgb.png")
+    assert rgb.shape == (1, 3, 38, 38)
+    assert torch.allclose(rgb, _digit_canvas(3), atol=1 / 255)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "missing.pt", r"--input '.*missing.pt': no such file"),
+        (lambda p: _write(p / "x.txt", b"1 2 3"), r"expected a .pt, .npy or image file .*found '.txt'"),
+        (
+            lambda p: _npy(p / "flat.npy", np.zeros((8, 8))),
+            r"found shape \(8, 8\); add the batch and channel dims",
+        ),
+        (lambda p: _pt(p / "many.pt", {"x": torch.zeros(1)}), r"expected one tensor, found dict"),
+        (lambda p: _write(p / "broken.npy", b"garbage"), r"numpy.load could not read it"),
+        (lambda p: _write(p / "broken.png", b"garbage"), r"not an image Pillow can read"),
+    ],
+    ids=["missing", "suffix", "2-d", "dict", "bad-npy", "bad-png"],
+)
+def test_bad_input_files_are_usage_errors(
+    tmp_path: Path, make: Any, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make(tmp_path)
+    assert main(["check", "torch.nn:Identity", "--input", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equivariance: error: --input")
+    assert re.search(message, err)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _npy(path: Path, array: np.ndarray) -> Path:
+    np.save(path, array)
+    return path
+
+
+def _pt(path: Path, value: object) -> Path:
+    torch.save(value, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["check", *LENET, "--border", "-3"],
+            "argument --border: expected a non-negative integer, found '-3'",
+        ),
+        (
+            ["check", *LENET, "--border", "12"],
+            "--border 12 leaves nothing of an input of spatial shape (24, 24)",
+        ),
+        (
+            ["check", *LENET, "--rtol", "-1"],
+            "argument --rtol: expected a finite non-negative number, found '-1'",
+        ),
+        (["check", *LENET, "--input", "x.pt"], "argument --input: not allowed with argument --input-shape"),
+        (["check", "equivariance.models:LeNet"], "one of the arguments --input-shape --input is required"),
+        (["demo", "--epochs", "0"], "argument --epochs: expected a positive integer, found '0'"),
+        (["demo", "--max-shift", "-1"], "argument --max-shift: expected a non-negative integer, found '-1'"),
+    ],
+    ids=[
+        "negative-border",
+        "border-too-wide",
+        "negative-rtol",
+        "two-inputs",
+        "no-input",
+        "epochs",
+        "demo-shift",
+    ],
+)
+def test_bad_numbers_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

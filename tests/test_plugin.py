@@ -10,7 +10,9 @@ reason: a project that never uses the fixtures never imports torch.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -94,8 +96,28 @@ def test_device_option_moves_copies_and_refuses_unknown_devices(project: pytest.
     )
     project.runpytest("--equivariance-device", "cpu").assert_outcomes(passed=1)
     result = project.runpytest("--equivariance-device", "abacus")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*--equivariance-device 'abacus' is not a device torch knows*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--equivariance-device 'abacus' is not a device torch knows; e.g. cpu, cuda*"]
+    )
+
+
+def test_a_device_this_machine_lacks_is_a_usage_error_at_start_up(project: pytest.Pytester) -> None:
+    import torch
+
+    project.makepyfile(test_nothing="def test_nothing(): pass")
+    result = project.runpytest("--equivariance-device", "cuda:99")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--equivariance-device cuda:99: this machine has *CUDA device*"])
+    if not torch.cuda.is_available():
+        result = project.runpytest("--equivariance-device", "cuda")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(
+            [
+                "ERROR: --equivariance-device cuda: this machine has no CUDA device (*); run on a machine with a GPU*"
+            ]
+        )
+        assert "AssertionError" not in result.stdout.str() + result.stderr.str()
 
 
 def test_tolerance_options_override_the_dtype_defaults_but_not_the_call(project: pytest.Pytester) -> None:
@@ -238,7 +260,157 @@ def test_the_summary_lists_every_check_of_the_session(project: pytest.Pytester) 
     )
 
 
-def test_the_summary_gathers_the_checks_of_xdist_workers(project: pytest.Pytester) -> None:
+def test_the_fixture_has_a_readable_repr(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_repr="""
+        from models import MLP, image
+
+        def test_mlp(assert_equivariant, assert_invariant):
+            assert_equivariant(MLP(input_size=20), image(20), max_shift=1)
+        """
+    )
+    result = project.runpytest("--equivariance-dtype", "float64")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "assert_equivariant = <assert_equivariant fixture (device=as given, dtype=float64)>",
+            "assert_invariant = <assert_invariant fixture (device=as given, dtype=float64)>",
+        ]
+    )
+    assert "<locals>" not in result.stdout.str()
+
+
+EXPECTED = """
+import pytest
+from equivariance import EquivarianceError
+from models import MLP, conv, image
+
+def test_raises(assert_equivariant):
+    assert_equivariant(conv(), image(), max_shift=1)
+    with pytest.raises(EquivarianceError):
+        assert_equivariant(MLP(input_size=20), image(20), max_shift=1)
+
+@pytest.mark.xfail(raises=EquivarianceError, strict=True)
+def test_xfail(assert_equivariant):
+    assert_equivariant(MLP(input_size=20), image(20), max_shift=1)
+
+def test_fails(assert_equivariant):
+    assert_equivariant(MLP(input_size=20), image(20), max_shift=1)
+"""
+
+
+def test_a_check_expected_to_fail_is_counted_as_expected(project: pytest.Pytester) -> None:
+    project.makepyfile(test_expected=EXPECTED)
+    result = project.runpytest()
+    result.assert_outcomes(passed=1, xfailed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "test_expected.py::test_raises *Conv2d * passed",
+            "test_expected.py::test_raises *MLP * expected",
+            "test_expected.py::test_xfail *MLP * expected",
+            "test_expected.py::test_fails *MLP * FAILED",
+            "4 checks, 1 failed, 2 failed as expected",
+        ]
+    )
+
+
+def test_the_summary_option_and_quiet_runs(project: pytest.Pytester) -> None:
+    project.makepyfile(test_expected=EXPECTED)
+    table = "*= equivariance checks =*"
+    # -q: only the failed rows
+    result = project.runpytest("-q")
+    result.stdout.fnmatch_lines(
+        [table, "test * verdict", "test_expected.py::test_fails *MLP * FAILED", "4 checks, *"]
+    )
+    assert "test_raises" not in result.stdout.str().split("equivariance checks")[1]
+    result = project.runpytest("-q", "--equivariance-summary", "all")
+    result.stdout.fnmatch_lines([table, "test_expected.py::test_raises *Conv2d * passed"])
+    result = project.runpytest("--equivariance-summary", "off")
+    assert "equivariance checks" not in result.stdout.str()
+    # -q with nothing failed: no table at all
+    result = project.runpytest("-q", "-k", "raises or xfail")
+    result.assert_outcomes(passed=1, xfailed=1)
+    assert "equivariance checks" not in result.stdout.str()
+    project.makeini("[pytest]\nequivariance_summary = off\n")
+    assert "equivariance checks" not in project.runpytest().stdout.str()
+    project.makeini("[pytest]\nequivariance_summary = some\n")
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*equivariance_summary must be one of all, failed, off, found 'some'"])
+
+
+def test_the_json_report_and_the_junit_properties(project: pytest.Pytester) -> None:
+    project.makepyfile(test_expected=EXPECTED)
+    project.runpytest("--equivariance-report", "out/checks.json", "--junitxml", "junit.xml")
+    data = (
+        json.loads((project.path / "out" / "checks.json").read_text())
+        if (project.path / "out").exists()
+        else None
+    )
+    assert data is None  # the folder must exist: refused at start-up, see below
+    (project.path / "out").mkdir()
+    project.runpytest("--equivariance-report", "out/checks.json", "--junitxml", "junit.xml")
+    data = json.loads((project.path / "out" / "checks.json").read_text())
+    assert (data["total"], data["passed"], data["failed"], data["expected_failures"]) == (4, 1, 1, 2)
+    first = data["checks"][0]
+    assert first["test"] == "test_expected.py::test_raises"
+    assert (first["kind"], first["model"], first["passed"], first["expected_failure"]) == (
+        "equivariance",
+        "Conv2d",
+        True,
+        False,
+    )
+    assert (first["shifts"], first["input_shape"], first["rtol"]) == (9, [2, 1, 12, 12], 1e-4)
+    assert [c["expected_failure"] for c in data["checks"]] == [False, True, True, False]
+    properties = ElementTree.parse(project.path / "junit.xml").getroot().iter("property")
+    values = [json.loads(p.get("value", "")) for p in properties if p.get("name") == "equivariance_check"]
+    assert [v["model"] for v in values] == ["Conv2d", "MLP", "MLP", "MLP"]
+    result = project.runpytest("--equivariance-report", "missing/checks.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--equivariance-report missing/checks.json: the folder * does not exist*"])
+
+
+def test_a_check_in_a_session_fixtures_teardown_is_attributed_to_the_fixture(
+    project: pytest.Pytester,
+) -> None:
+    project.makeconftest(
+        """
+        import pytest
+        from models import conv, image
+
+        @pytest.fixture(scope="session")
+        def model(assert_equivariant):
+            net = conv()
+            assert_equivariant(net, image(), max_shift=1)   # setup
+            yield net
+            assert_equivariant(net, image(10), max_shift=2)  # teardown, after the last test
+        """
+    )
+    project.makepyfile(
+        test_fixture="""
+        from models import image
+
+        def test_first(model, assert_equivariant):
+            assert_equivariant(model, image(11), shifts=[(0, 1)])
+
+        def test_last(model):
+            pass
+        """
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "model (session fixture setup) * Conv2d *1 *9 *passed",
+            "test_fixture.py::test_first * Conv2d *1 *1 *passed",
+            "model (session fixture teardown) * Conv2d *1 *25 *passed",
+            "3 checks, 0 failed",
+        ]
+    )
+    assert "test_last" not in result.stdout.str().split("equivariance checks")[1]
+
+
+def test_the_summary_and_the_json_report_gather_the_checks_of_xdist_workers(project: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     project.makepyfile(
         test_workers="""
@@ -250,9 +422,13 @@ def test_the_summary_gathers_the_checks_of_xdist_workers(project: pytest.Pyteste
             assert_equivariant(conv(), image(size), max_shift=1)
         """
     )
-    result = project.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result = project.runpytest_subprocess(
+        "-n", "2", "-p", "no:cacheprovider", "--equivariance-report", "r.json"
+    )
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*= equivariance checks =*", "4 checks, 0 failed"])
+    data = json.loads((project.path / "r.json").read_text())  # written once, by the controller
+    assert sorted(c["input_shape"][-1] for c in data["checks"]) == [10, 11, 12, 13]
 
 
 def test_the_example_runs_as_a_test_suite_and_again_in_float64(pytester: pytest.Pytester) -> None:

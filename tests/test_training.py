@@ -8,13 +8,15 @@ script, ``benchmarks/train_digits.py``, not a timed test.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from equivariance import InvalidArgument, check_equivariance
+from equivariance import InvalidArgument, _progress, check_equivariance
 from equivariance._progress import Progress, format_seconds
 from equivariance.datasets import Digits, digits, embed_in_canvas
 from equivariance.models import LeNet
@@ -125,6 +127,37 @@ def test_the_progress_bar_redraws_in_place_on_a_terminal() -> None:
     with Progress(3, "off", stream=quiet, enabled=False) as bar:
         bar.update()
     assert quiet.getvalue() == ""
+
+
+def screen(text: str) -> list[str]:
+    """What a terminal shows after ``text``: a carriage return moves back, characters overwrite."""
+    lines, row, column = [""], 0, 0
+    for char in text:
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            lines.append("")
+            row, column = row + 1, 0
+        else:
+            line = lines[row].ljust(column)
+            lines[row] = line[:column] + char + line[column + 1 :]
+            column += 1
+    return lines
+
+
+def test_a_shorter_redraw_leaves_no_stray_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(_progress, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    out = Terminal()
+    with Progress(2, "work", stream=out) as bar:
+        bar.update(loss=0.123456)  # drawn as loss=0.1235
+        bar.update(loss=1.0)  # drawn 5 characters shorter
+    drawn = out.getvalue().split("\r")
+    assert drawn[1].rstrip().endswith("] loss=0.1235")
+    last = drawn[-1].rstrip()
+    assert re.fullmatch(r"work \|#{24}\| 2/2 \[0:0\d<0:00, 0\.\d it/s\] loss=1", last)
+    assert [line.rstrip() for line in screen(out.getvalue())] == [last, ""]
+    assert screen("\rabcdef\rxy\n") == ["xycdef", ""]  # the emulator itself: what the bar had left
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,140 @@
+"""MkDocs hooks: MathJax served with the site, pictures drawn at build time, the notebook in its fast setting.
+
+Nothing is loaded from the network, at build time or in the reader's browser:
+
+- MathJax 2.7 comes from the ``jupyter-server-mathjax`` package (the ``docs``
+  extra) and is copied into ``assets/mathjax/``;
+- the pictures the pages show (``images/*.png``, ``images/moving_digit.gif``)
+  are drawn by the library itself on scikit-learn's offline digits;
+- the notebook (``translation_equivariance.ipynb``, a link to the one in
+  ``examples/``) is executed by mkdocs-jupyter with ``EQUIVARIANCE_FAST=1``
+  unless the environment sets it otherwise; the scripts nbconvert adds to
+  its page (MathJax and mermaid from a CDN) are taken out, since the site's
+  MathJax serves every page and the notebook has no diagrams.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
+
+MATHJAX_PARTS = (
+    "MathJax.js",
+    "config",
+    "extensions",
+    "jax/input",
+    "jax/element",
+    "jax/output/HTML-CSS",
+    "fonts/HTML-CSS/STIX-Web/woff",
+)
+
+
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    os.environ.setdefault("EQUIVARIANCE_FAST", "1")
+    os.environ.setdefault("EQUIVARIANCE_OUT", tempfile.mkdtemp(prefix="equivariance-notebook-"))
+    return config
+
+
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    for src_uri, path in _mathjax_files():
+        files.append(File.generated(config, src_uri, abs_src_path=str(path)))
+    for name, content in _pictures().items():
+        files.append(File.generated(config, f"images/{name}", content=content))
+    return files
+
+
+NOTEBOOK_SCRIPTS = (
+    re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.DOTALL),
+    re.compile(r"<script type=\"module\">(?:(?!</script>).)*?mermaid.*?</script>", re.DOTALL),
+)
+
+
+def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:
+    if page.file.src_uri.endswith(".ipynb"):
+        for pattern in NOTEBOOK_SCRIPTS:
+            output, found = pattern.subn("", output)
+            if found != 1:
+                raise RuntimeError(f"{page.file.src_uri}: expected one nbconvert script {pattern.pattern!r}")
+    return output
+
+
+def _mathjax_files() -> list[tuple[str, Path]]:
+    import jupyter_server_mathjax
+
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    found = []
+    for part in MATHJAX_PARTS:
+        root = static / part
+        for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            found.append((f"assets/mathjax/{path.relative_to(static).as_posix()}", path))
+    return found
+
+
+def _pictures() -> dict[str, bytes]:
+    """The pictures of the pages, drawn by the library (about 20 s on two cores)."""
+    import torch
+
+    from equivariance import check_equivariance, profile_equivariance
+    from equivariance.datasets import digits, embed_in_canvas, position_sweep
+    from equivariance.models import MLP, LeNet
+    from equivariance.training import train
+    from equivariance.viz import feature_animation, heatmaps_figure, profile_chart
+
+    pictures: dict[str, bytes] = {}
+    train_data, val_data = digits().split(0.8, seed=0)
+    torch.manual_seed(0)
+    lenet, mlp = LeNet(), MLP(input_size=38)
+    train(lenet, train_data[:600], val_data, epochs=2, batch_size=32, progress=False)
+    # the dense network trained as the notebook trains it: LeNet's head on top, digits on the canvas
+    dense = torch.nn.Sequential(
+        mlp, torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(5 * 11 * 11, 10)
+    )
+    on_canvas = (embed_in_canvas(train_data.images[:600], size=38), train_data.labels[:600])
+    train(dense, on_canvas, epochs=2, batch_size=32, progress=False)
+    canvas = embed_in_canvas(val_data.images[:8], size=38)
+    reports = [
+        check_equivariance(lenet, canvas, max_shift=5, layer="conv4"),
+        check_equivariance(mlp, canvas, max_shift=5),
+    ]
+    pictures["lenet_and_mlp.png"] = _png(heatmaps_figure(reports))
+
+    frames = position_sweep(val_data.images[0], size=38, path="horizontal")[::2]
+    reference = embed_in_canvas(val_data.images[:20], size=38)
+    with tempfile.TemporaryDirectory() as folder:
+        gif = feature_animation(
+            {"LeNet conv4": lenet.features, "MLP (dense)": mlp}, frames, reference, Path(folder) / "a.gif"
+        )
+        pictures["moving_digit.gif"] = gif.read_bytes()
+
+    # docs/diagnosing.md: a stride-2 convolution upsampled back, and a small CNN with a dense head
+    torch.manual_seed(0)
+    nn = torch.nn
+    upsampled = nn.Sequential(nn.Conv2d(1, 4, 2, stride=2), nn.ReLU(), nn.Upsample(scale_factor=2))
+    report = check_equivariance(upsampled, torch.randn(2, 1, 24, 24), max_shift=2)
+    pictures["stride_heatmap.png"] = _png(heatmaps_figure([report]))
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 2, 3),
+        nn.Flatten(), nn.Linear(288, 10),
+    )  # fmt: skip
+    x = torch.zeros(2, 1, 32, 32)
+    x[..., 8:24, 8:24] = torch.rand(2, 1, 16, 16)
+    pictures["profile.png"] = _png(profile_chart(profile_equivariance(cnn, x, (1, 0))).figure)
+    return pictures
+
+
+def _png(figure: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
