@@ -1,7 +1,6 @@
 """Argument coercion shared by the public functions.
 
-Every helper raises ``InvalidArgument`` with a message that
-names the
+Every helper raises ``InvalidArgument`` with a message that names the
 argument, what was expected, what was found and how to fix it.
 """
 
@@ -28,12 +27,13 @@ def describe(value: object) -> str:
 
 def as_int(value: object, what: str) -> int:
     """``value`` as a Python int; bools and floats are refused, not truncated."""
+    fix = "round it yourself if that is what you mean" if isinstance(value, float) else "pass an int"
     if isinstance(value, (bool, float)):
-        raise InvalidArgument(f"{what} must be an integer, found {describe(value)}")
+        raise InvalidArgument(f"{what} must be an integer, found {describe(value)}; {fix}")
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise InvalidArgument(f"{what} must be an integer, found {describe(value)}") from None
+        raise InvalidArgument(f"{what} must be an integer, found {describe(value)}; pass an int") from None
 
 
 def per_dim(value: object, ndim: int, what: str, *, minimum: int) -> tuple[int, ...]:
@@ -50,7 +50,7 @@ def per_dim(value: object, ndim: int, what: str, *, minimum: int) -> tuple[int, 
     for v in values:
         if v < minimum:
             bound = "positive" if minimum == 1 else f">= {minimum}"
-            raise InvalidArgument(f"{what} must be {bound}, found {v}")
+            raise InvalidArgument(f"{what} must be {bound}, found {v}; pass {minimum} or more")
     return values
 
 
@@ -59,13 +59,19 @@ def as_float(value: object, what: str, *, allow_none: bool = False) -> float | N
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, str, bytes)) or not hasattr(type(value), "__float__"):
-        raise InvalidArgument(f"{what} must be a non-negative number, found {describe(value)}")
+        raise InvalidArgument(
+            f"{what} must be a non-negative number, found {describe(value)}; pass a float, e.g. {what}=1e-4"
+        )
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, RuntimeError):
-        raise InvalidArgument(f"{what} must be a single number, found {describe(value)}") from None
+        raise InvalidArgument(
+            f"{what} must be a single number, found {describe(value)}; pass a float, e.g. {what}=1e-4"
+        ) from None
     if not (number >= 0.0 and number != float("inf")):
-        raise InvalidArgument(f"{what} must be a finite non-negative number, found {number}")
+        raise InvalidArgument(
+            f"{what} must be a finite non-negative number, found {number}; pass e.g. {what}=1e-4"
+        )
     return number
 
 

@@ -67,6 +67,49 @@ def test_the_fixtures_pass_and_fail_like_the_library_and_hide_their_frames(proje
     assert "_equivariance_pytestplugin.py" not in result.stdout.str()
 
 
+def test_a_failed_fixture_check_points_to_the_profile_and_takes_actions_of_ones_own(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_own_actions="""
+        import torch
+        from equivariance.actions import Action
+        from models import conv, image
+
+        class Transpose(Action):
+            def act(self, x, grid):
+                return x.transpose(-1, -2)
+
+        def symmetric():
+            layer = conv()
+            with torch.no_grad():
+                layer.weight.copy_(layer.weight + layer.weight.transpose(-1, -2))
+            return layer
+
+        def test_symmetric(assert_equivariant):
+            assert assert_equivariant(symmetric(), image(), transforms=[Transpose()]).passed
+
+        def test_plain(assert_equivariant):
+            assert_equivariant(conv(), image(), transforms=[Transpose()])
+
+        def test_a_layer(assert_equivariant):
+            dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(200, 200), torch.nn.Unflatten(1, (2, 10, 10)))
+            net = torch.nn.Sequential(conv(), dense, torch.nn.ReLU())
+            assert_equivariant(net, image(), max_shift=1, layer="0")
+            assert_equivariant(net, image(), max_shift=1, layer="1")
+        """
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*EquivarianceError: equivariance check FAILED: Conv2d, 1 transform, 1 failed*",
+            "*to find the layer: equivariance.profile_equivariance(model, x, shift=Transpose()) gives the error*",
+            "*to find the layer: equivariance.profile_equivariance(model, x, shift=(*), up_to='1') gives the error*",
+        ]
+    )
+
+
 def test_dtype_option_checks_copies_in_that_dtype(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_dtype="""
