@@ -31,13 +31,17 @@ CPU_BUDGET_BYTES = 256 * 2**20
 CUDA_FREE_FRACTION = 0.5
 """The share of the GPU's free memory that ``batch_size="auto"`` lets one chunk use."""
 
-CPU_CHUNK_BYTES = 32 * 2**20
+CPU_CHUNK_BYTES = 16 * 2**20
 """Activation memory per forward pass that the default chunks aim for on the CPU.
 
 Measured with ``benchmarks/speed.py`` on a 2-core CPU: the seed's LeNet on 38x38
 canvases (0.34 MiB of activations a sample) ran its check 1.2x faster in chunks
-of 32 to 94 samples than of 181 (the earlier default of 2**18 input elements);
-the 4-layer net (5.9 MiB a sample) was within noise from 4 to 21 samples.
+of 32 to 94 samples than of 181 (the earlier default of 2**18 input elements),
+and bare forward passes over its 976 canvases, timed in turn in chunks of 4 to
+90, were fastest in chunks of 32 to 45 and 10 to 20% slower in chunks of 64 and
+90, whose larger allocations the C allocator hands back and takes again: 16 MiB
+gives chunks of 45. The 4-layer net (5.9 MiB a sample) was within noise from 4
+to 21 samples.
 """
 
 CPU_MIN_CHUNK = 8
@@ -145,10 +149,25 @@ def chunk_size(batch_size: int | str | None, x: torch.Tensor, per_sample: int, t
         if x.device.type != "cpu":
             return min(total, default_batch_size(x))
         if per_sample:
-            return default_cpu_batch_size(per_sample, total)
+            return balanced(default_cpu_batch_size(per_sample, total), total)
         return min(total, CPU_MIN_CHUNK)  # not metered: a sweep small enough for one default chunk
     assert isinstance(batch_size, int)
     return batch_size
+
+
+def balanced(size: int, total: int) -> int:
+    """A chunk size near ``size`` that splits ``total`` into chunks of about equal size.
+
+    A sweep of 9 in chunks of 8 would end with a chunk of one, a forward pass
+    of its own: it runs as one chunk of 9 instead; 976 in chunks of about 45
+    as 22 chunks of 45 or 44. A chunk grows by at most half.
+
+    Examples:
+        >>> balanced(8, 9), balanced(45, 976), balanced(8, 104), balanced(8, 12)
+        (9, 45, 8, 6)
+    """
+    chunks = max(1, round(total / size))
+    return -(-total // chunks)
 
 
 def release_cached_memory(device: torch.device) -> None:

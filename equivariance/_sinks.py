@@ -126,6 +126,30 @@ class _Squares:
         self.work = self.exact
         return self._diff(outputs, reference, dims)
 
+    def boxes(
+        self,
+        outputs: torch.Tensor,
+        runs: Sequence[tuple[slice, int, int]],
+        pieces: Callable[[torch.Tensor, slice, int, int], tuple[Any, torch.Tensor, torch.Tensor]],
+        grid: tuple[Dims, tuple[int, ...]],
+        ref_rows: torch.Tensor,
+        what: Describe,
+    ) -> torch.Tensor:
+        """Like :meth:`diff`, over one box of the grid per run, zero elsewhere: ``pieces`` gives each
+        run's key into the chunk's grid, its outputs in the box and the reference slice they match;
+        ``grid`` is the channel dims and the spatial shape."""
+        dims, spatial = grid
+        while True:
+            diff = torch.zeros((len(outputs), *spatial), dtype=self.work, device=outputs.device)
+            for run, k, first in runs:
+                key, out, reference = pieces(outputs, run, k, first)
+                diff[key] = torch.sub(out.to(self.work), reference.to(self.work)).square_().sum(dims)
+            if not bool(torch.isfinite(diff.sum())):
+                check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
+            if self.work == self.exact or _float32_sums_hold(diff, ref_rows):
+                return diff
+            self.work = self.exact
+
     def _diff(
         self, outputs: torch.Tensor, reference: torch.Tensor | list[tuple[slice, torch.Tensor]], dims: Dims
     ) -> torch.Tensor:
@@ -311,14 +335,44 @@ class GridSums:
         whole grids with moved copies of it.
         """
         runs = self._box_runs(sample, row)
-        if runs is not None:
-            outputs = _scaled(outputs, self.scale, sample)
-            for run, k, first in runs:
-                self._add_box(
-                    outputs[run], slice(items.start + run.start, items.start + run.stop), k, first, what
-                )
+        if runs is None:
+            self._add_grids(outputs, items, sample, row, what)
             return
-        self._add_grids(outputs, items, sample, row, what)
+        assert self.norm_map is not None
+        outputs = _scaled(outputs, self.scale, sample)
+        device = outputs.device
+        ref_map = torch.zeros((len(outputs), *self.spatial), dtype=self.squares.exact, device=device)
+        for run, k, first in runs:
+            source: tuple[Any, ...] = (slice(first, first + run.stop - run.start), *self._source(k))
+            target: tuple[Any, ...] = (run, *self._box(k))
+            ref_map[target] = self.norm_map[source]
+        ref_map = ref_map.flatten(1)
+        grid = (self.channel_dims, self.spatial)
+        diff_map = self.squares.boxes(outputs, runs, self._pieces, grid, ref_map.sum(1), what).flatten(1)
+        dist = edge_distance(self.lo[row].to(device), self.hi[row].to(device), self.spatial)
+        self._write(items, diff_map, ref_map, dist.clamp(0, self.depth - 1).flatten(1))
+
+    def _box(self, k: int) -> tuple[slice, ...]:
+        """Row ``k``'s compared box on the output grid."""
+        return tuple(slice(a, b) for a, b in zip(self.lo[k].tolist(), self.hi[k].tolist()))
+
+    def _source(self, k: int) -> tuple[slice, ...]:
+        """Where the reference in row ``k``'s box comes from: the box moved back by the row's offsets."""
+        assert self.offsets is not None
+        return tuple(
+            slice(a - o, b - o) for a, b, o in zip(self.lo[k].tolist(), self.hi[k].tolist(), self.offsets[k])
+        )
+
+    def _pieces(
+        self, outputs: torch.Tensor, run: slice, k: int, first: int
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """One run's key into the chunk's grid, its outputs in the box and the reference slice they match."""
+        box = self._box(k)
+        lead = (slice(None),) * (outputs.dim() - len(box) - 1)
+        key: tuple[Any, ...] = (run, *box)
+        ref_key: tuple[Any, ...] = (slice(first, first + run.stop - run.start), *lead, *self._source(k))
+        out_key: tuple[Any, ...] = (run, *lead, *box)
+        return key, outputs[out_key], self.scaled[ref_key]
 
     def _box_runs(self, sample: torch.Tensor, row: torch.Tensor) -> list[tuple[slice, int, int]] | None:
         """The chunk as runs ``(items, row, first sample)`` of one translated row and consecutive samples."""
@@ -333,34 +387,6 @@ class GridSums:
         if len(rows) * self.channels * math.prod(self.spatial) < _RUN_ELEMENTS * (len(bounds) - 1):
             return None  # many short runs: one vectorized pass over whole grids is faster
         return [(slice(a, b), rows[a], samples[a]) for a, b in itertools.pairwise(bounds)]
-
-    def _add_box(self, outputs: torch.Tensor, items: slice, k: int, first: int, what: Describe) -> None:
-        """One run: the box of row ``k`` in the outputs against the slice of the reference it moved from."""
-        assert self.offsets is not None
-        assert self.norm_map is not None
-        lo, hi = self.lo[k].tolist(), self.hi[k].tolist()
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        source = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, self.offsets[k]))
-        samples = slice(first, first + len(outputs))
-        lead = (slice(None),) * (outputs.dim() - len(box))
-        out_key: tuple[Any, ...] = (*lead, *box)
-        ref_key: tuple[Any, ...] = (samples, *lead[1:], *source)
-        map_key: tuple[Any, ...] = (samples, *source)
-        reference = self.scaled[ref_key]
-        ref_map = self.norm_map[map_key].to(outputs.device).flatten(1)
-        ref_rows = ref_map.sum(1)
-        diff_map = self.squares.diff(outputs[out_key], reference, self.channel_dims, ref_rows, what)
-        diff_map = diff_map.flatten(1)
-        bucket = self._distance(tuple(b - a for a, b in zip(lo, hi)), outputs.device)
-        self._write(items, diff_map, ref_map, bucket.expand(len(diff_map), -1))
-
-    def _distance(self, sides: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """Each position's distance to the edge of a box with these sides, as buckets ``(1, positions)``."""
-        if sides not in self._distances:
-            lo = torch.zeros(1, len(sides), dtype=torch.long)
-            dist = edge_distance(lo, torch.tensor([sides]), sides)
-            self._distances[sides] = dist.clamp(0, self.depth - 1).flatten(1).to(device)
-        return self._distances[sides]
 
     def _write(
         self, items: slice, diff_map: torch.Tensor, ref_map: torch.Tensor, bucket: torch.Tensor
