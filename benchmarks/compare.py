@@ -1,9 +1,12 @@
 """Is any workload slower than at an earlier commit? The same calls timed on both, in one run.
 
 The earlier commit is checked out into a temporary git worktree. Each round
-runs every workload once on each version, in turn, each in a fresh Python
-process that imports that version's package (so the two never share a
-process), and the ratio is this checkout's time over the earlier one's,
+runs every workload on each version, in turn, each run in a fresh Python
+process that imports that version's package (the two never share a process,
+and no workload inherits the allocator's state from another: timings of a
+small workload were seen to change threefold with the one run before it);
+a workload's time in a round is the median of about half a second of calls
+(at least 3) after one to warm up, and the ratio is this checkout's time over the earlier one's,
 taken within the round; the table shows the median over rounds. Nothing is
 asserted: this is a benchmark, not a timed test.
 
@@ -76,18 +79,21 @@ import equivariance.invariance, equivariance.audit
 {setup}
 out = {{}}
 for label, statement in {workloads!r}.items():
-    exec(statement)  # warm up: kernels, allocators, imports
-    start = time.perf_counter(); exec(statement); out[label] = time.perf_counter() - start
+    start = time.perf_counter(); exec(statement); warm = time.perf_counter() - start  # kernels, allocators
+    times = []
+    for _ in range(max(3, min(50, int(0.5 / max(warm, 1e-4))))):  # about half a second of calls
+        start = time.perf_counter(); exec(statement); times.append(time.perf_counter() - start)
+    out[label] = sorted(times)[len(times) // 2]
 print(json.dumps(out))
 """
 
 
-def run(path: Path) -> dict[str, float]:
-    """One round of every workload on the package at ``path``, in a fresh process."""
-    code = CHILD.format(path=str(path), setup=SETUP, workloads=WORKLOADS)
+def run(path: Path, label: str) -> float:
+    """One workload on the package at ``path``, in a fresh process: the median time of a call."""
+    code = CHILD.format(path=str(path), setup=SETUP, workloads={label: WORKLOADS[label]})
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     times: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
-    return times
+    return times[label]
 
 
 def main() -> None:
@@ -95,26 +101,28 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="the earlier commit to compare with")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--markdown", default=None, help="also write the table into this page")
+    parser.add_argument("--only", default="", help="time only the workloads whose label contains this")
     args = parser.parse_args()
+    labels = [label for label in WORKLOADS if args.only in label]
     with tempfile.TemporaryDirectory() as scratch:
         before = Path(scratch) / "before"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.before],
                        check=True, capture_output=True)  # fmt: skip
         try:
-            ratios: dict[str, list[float]] = {label: [] for label in WORKLOADS}
-            times: dict[str, list[float]] = {label: [] for label in WORKLOADS}
+            ratios: dict[str, list[float]] = {label: [] for label in labels}
+            times: dict[str, list[float]] = {label: [] for label in labels}
             for _ in range(args.rounds):
-                old, new = run(before), run(ROOT)
-                for label in WORKLOADS:
-                    ratios[label].append(new[label] / old[label])
-                    times[label].append(new[label])
+                for label in labels:
+                    old, new = run(before, label), run(ROOT, label)
+                    ratios[label].append(new / old)
+                    times[label].append(new)
         finally:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], check=False
             )
     rows: list[tuple[str, ...]] = [
         (label, f"{1e3 * statistics.median(times[label]):.1f} ms", f"{statistics.median(ratios[label]):.2f}")
-        for label in WORKLOADS
+        for label in labels
     ]
     title = f"this checkout against {args.before}; medians of {args.rounds} rounds"
     print(title)

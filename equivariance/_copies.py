@@ -48,6 +48,16 @@ class Copies:
             self.groups.append(batched)
         self._local = torch.tensor(self.local, dtype=torch.long)
 
+    @classmethod
+    def of(cls, x: torch.Tensor, batched: Batched, count: int, grid: Grid) -> Copies:
+        """Copies made by one vectorized group of ``count`` elements (say, thousands of random shifts
+        from a tensor of offsets), with no element objects."""
+        copies = cls(x, [], grid)
+        copies.groups = [batched]
+        copies.keys, copies.local = [0] * count, list(range(count))
+        copies._local = torch.arange(count)
+        return copies
+
     def take(self, sample: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
         """The copies ``elements[element[b]]`` of ``x[sample[b]]``, for every ``b``: a new tensor."""
         sample, element = sample.cpu(), element.cpu()

@@ -143,7 +143,10 @@ class _Squares:
             diff = torch.zeros((len(outputs), *spatial), dtype=self.work, device=outputs.device)
             for run, k, first in runs:
                 key, out, reference = pieces(outputs, run, k, first)
-                diff[key] = torch.sub(out.to(self.work), reference.to(self.work)).square_().sum(dims)
+                out = out.to(self.work)
+                difference = self._scratch(out)  # kept across runs and chunks: no fresh pages each time
+                torch.sub(out, reference.to(self.work), out=difference)
+                diff[key] = difference.square_().sum(dims)
             if not bool(torch.isfinite(diff.sum())):
                 check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
             if self.work == self.exact or _float32_sums_hold(diff, ref_rows):

@@ -58,7 +58,7 @@ from equivariance._sinks import RelativeChange, Top1
 from equivariance._validation import as_int, per_dim
 from equivariance.actions import Boundary, Grid, check_boundary
 from equivariance.errors import InvalidArgument
-from equivariance.shifts import Shift
+from equivariance.shifts import shifted_rows
 
 IntOrTuple = int | Sequence[int]
 BatchSize = int | Literal["auto"] | None
@@ -202,8 +202,7 @@ def prediction_change(
     n, d = x.shape[0], x.dim() - 2
     units = torch.cat([torch.eye(d, dtype=torch.long), -torch.eye(d, dtype=torch.long)])
     plan = torch.cat([torch.zeros(1, d, dtype=torch.long), units])
-    offsets = plan.repeat_interleave(n, dim=0)
-    predicted = _predictions(forward, x, offsets, len(plan), boundary, batch_size).view(len(plan), n)
+    predicted = _predictions(forward, x, plan, len(plan), boundary, batch_size).view(len(plan), n)
     changed = (predicted[1:] != predicted[0]).sum(dim=0)
     return _proportion("prediction_change", changed, len(units), boundary, "every one-pixel shift")
 
@@ -420,22 +419,23 @@ def _run(
 ) -> None:
     """Sample ``s`` of row ``k`` moved by ``offsets[k * n + s]``, through the model into ``sink``.
 
-    The offsets of the rows are drawn per sample, so the elements are the
-    distinct shifts among them and the runner gets a table of which one each
-    copy takes.
+    Where every row moves all its samples alike (``offsets`` has one row per
+    row), the rows are the elements; where the offsets are drawn per sample,
+    the elements are the distinct shifts among them and the runner gets a
+    table of which one each copy takes.
     """
     size = check_batch_size(batch_size)
     d, n = x.dim() - 2, len(x)
-    distinct, which = torch.unique(offsets, dim=0, return_inverse=True)
-    elements = [Shift(tuple(o)) for o in distinct.tolist()]
-    copies = Copies(x, elements, Grid.of_input(d, boundary))
+    which = None if len(offsets) == rows else torch.arange(len(offsets)).view(rows, n)
+    grid = Grid.of_input(d, boundary)
+    copies = Copies.of(x, shifted_rows(x, offsets, boundary), len(offsets), grid)
     total = rows * n
     first = min(total, default_batch_size(x)) if size is None or size == "auto" else size
     resize = None
-    if size == "auto" or (size is None and x.device.type == "cpu"):
+    if (size == "auto" or (size is None and x.device.type == "cpu")) and first < total:
         resize = lambda per_sample: chunk_size(size, x, per_sample, total)  # noqa: E731
     consumer = ModelConsumer(forward, [sink], shape)
-    runner.run(copies, rows, [consumer], first, lambda row: "shifted inputs", resize, which.view(rows, n))
+    runner.run(copies, rows, [consumer], first, lambda row: "shifted inputs", resize, which)
 
 
 def _predictions(

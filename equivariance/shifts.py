@@ -707,6 +707,13 @@ class ShiftedWindows:
         return runs
 
 
+def shifted_rows(x: torch.Tensor, offsets: torch.Tensor, boundary: Boundary) -> Batched:
+    """Rows of ``x`` moved by the shifts of a ``(K, d)`` tensor of offsets, vectorized: the batched
+    path of [`Shift`][equivariance.Shift] for offsets drawn by the thousand, with no Shift made."""
+    offsets = offsets.to(device="cpu", dtype=torch.long)
+    return _ShiftedRows(ShiftedWindows(x, offsets, boundary), offsets)
+
+
 class _ShiftedRows(Batched):
     """Shifted copies of rows, for [`Shift.batched`][equivariance.Shift.batched]."""
 
