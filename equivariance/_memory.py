@@ -132,7 +132,7 @@ def default_cpu_batch_size(per_sample: int, total: int) -> int:
 
     Examples:
         >>> default_cpu_batch_size(2**20, total=10_000)  # 1 MiB a sample
-        32
+        16
     """
     per_sample = max(1, per_sample)
     at_least = min(CPU_MIN_CHUNK, CPU_BUDGET_BYTES // per_sample)
