@@ -43,7 +43,7 @@ class Forward:
         if not callable(model):
             raise InvalidArgument(
                 f"model must be a torch.nn.Module or a callable from tensor to tensor, "
-                f"found {describe(model)}"
+                f"found {describe(model)}; pass the model itself, e.g. check_equivariance(model, x)"
             )
         self.model = model
         self.layer = layer
@@ -65,7 +65,8 @@ class Forward:
         if selected.dim() == 0 or selected.shape[0] != x.shape[0]:
             raise InvalidArgument(
                 f"{self._what()} returned a tensor of shape {tuple(selected.shape)} for an input "
-                f"batch of {x.shape[0]}; the first dim of the output must be the batch dim"
+                f"batch of {x.shape[0]}; the first dim of the output must be the batch dim: pass output= "
+                "to pick or reshape the tensor to check"
             )
         if selected.device.type == "meta":
             raise InvalidArgument(
@@ -129,7 +130,10 @@ def find_layer(model: Callable[..., Any], name: str) -> nn.Module:
             "pass the module itself or drop layer="
         )
     if not isinstance(name, str):
-        raise InvalidArgument(f"layer must be a submodule name (str), found {describe(name)}")
+        raise InvalidArgument(
+            f"layer must be a submodule name (str), found {describe(name)}; pass a name from "
+            "model.named_modules(), e.g. layer='conv4'"
+        )
     # torch.compile wraps the model in an OptimizedModule whose submodules are
     # named "_orig_mod.<name>"; the caller knows them by their own names
     original = getattr(model, "_orig_mod", None)
@@ -146,7 +150,7 @@ def find_layer(model: Callable[..., Any], name: str) -> nn.Module:
     found = ", ".join(map(repr, listing)) if listing else "none (it has no submodules)"
     raise InvalidArgument(
         f"{type(model).__name__} has no layer named {name!r}; {label}: {found}. "
-        "Names are those of model.named_modules()"
+        "Names are those of model.named_modules(); pass one of them"
     )
 
 
@@ -177,7 +181,8 @@ def select_output(result: Any, output: OutputSelector, layer: str | None) -> tor
             ) from None
     else:
         raise InvalidArgument(
-            f"output must be an int index, a str key or a callable, found {describe(output)}"
+            f"output must be an int index, a str key or a callable, found {describe(output)}; pass e.g. "
+            "output=0, output='logits' or output=lambda y: y.logits"
         )
     if isinstance(selected, torch.Tensor):
         return selected

@@ -174,7 +174,8 @@ def _check_output_action(
 ) -> None:
     if not callable(output_action):
         raise InvalidArgument(
-            f"output_action must be a callable (f(x), shift) -> tensor, found {describe(output_action)}"
+            f"output_action must be a callable (f(x), shift) -> tensor, found {describe(output_action)}; "
+            "pass a function, or subclass equivariance.actions.Action for an element of your own"
         )
     if strides == _auto.AUTO:
         raise InvalidArgument(
@@ -206,7 +207,9 @@ def check_batch_size(batch_size: object) -> BatchSize:
 def check_input(x: object, model: object) -> torch.Tensor:
     """``x`` if it is a usable batch for ``model``, else InvalidArgument saying why."""
     if not isinstance(x, torch.Tensor):
-        raise InvalidArgument(f"x must be a torch.Tensor, found {describe(x)}")
+        raise InvalidArgument(
+            f"x must be a torch.Tensor, found {describe(x)}; convert it, e.g. torch.as_tensor(x)"
+        )
     shape = tuple(x.shape)
     if not 3 <= x.dim() <= 5:
         fix = (
@@ -229,11 +232,13 @@ def check_input(x: object, model: object) -> torch.Tensor:
     if x.shape[0] == 0:
         raise InvalidArgument(f"x is an empty batch (shape {shape}); pass at least one sample")
     if x.numel() == 0:
-        raise InvalidArgument(f"x of shape {shape} has no elements; every dim must be nonzero")
+        raise InvalidArgument(
+            f"x of shape {shape} has no elements; every dim must be nonzero: pass a batch with data"
+        )
     if not bool(torch.isfinite(x).all()):
         raise InvalidArgument(
             f"x contains {int((~torch.isfinite(x)).sum())} non-finite values (nan or inf); "
-            "equivariance is only measurable on finite inputs"
+            "equivariance is only measurable on finite inputs: replace them, e.g. torch.nan_to_num(x)"
         )
     if isinstance(model, nn.Module):
         _check_model_matches(model, x)

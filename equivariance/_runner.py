@@ -87,7 +87,8 @@ class ModelConsumer:
         if self.shape is not None and tuple(outputs.shape[1:]) != self.shape:
             raise InvalidArgument(
                 f"the output for {what()} has shape {tuple(outputs.shape[1:])} per sample but "
-                f"{self.shape} for x; the model must map inputs of one shape to outputs of one shape"
+                f"{self.shape} for x; the model must map inputs of one shape to outputs of one shape: "
+                "check that its output does not depend on the batch size, or pass batch_size=len(x)"
             )
         if self.layout is not None:
             outputs = self.layout.to_grid(outputs, self.spatial_dims)

@@ -43,8 +43,29 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
 
 
 def squared_norms(tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
-    """``sum(tensor^2)`` over ``dims``, in float64 (float32 on MPS)."""
-    return tensor.to(accumulation_dtype(tensor.device)).square().sum(dims)
+    """``sum(tensor^2)`` over ``dims``, in float64 (float32 on MPS).
+
+    A tensor of float32 or less is squared and summed in float32 first, and
+    kept (converted) where that is exact enough: every sum finite, and none
+    below 2**-100 except sums of exact zeros. Otherwise (values whose squares
+    underflow or overflow in float32) it is summed again in float64. Both
+    give the same verdicts; the first spares a float64 copy of the tensor.
+    """
+    exact = accumulation_dtype(tensor.device)
+    if exact == torch.float64 and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        fast = tensor.float().square().sum(dims)
+        if bool(torch.isfinite(fast).all()):
+            low = fast < _FLOAT32_SMALLEST_SUM
+            if not bool(low.any()):
+                return fast.double()
+            if not bool((low & (fast != 0)).any()) and not bool(
+                ((fast == 0) & (tensor != 0).any(dims)).any()
+            ):
+                return fast.double()
+    return tensor.to(exact).square().sum(dims)
+
+
+_FLOAT32_SMALLEST_SUM = 2.0**-100  # a float32 sum of squares below this may have lost its small terms
 
 
 @dataclass(frozen=True)
@@ -504,7 +525,8 @@ def _call_output_action(
     if not isinstance(result, torch.Tensor) or result.shape != outputs.shape:
         raise InvalidArgument(
             f"output_action must return a tensor shaped like f(x) {tuple(outputs.shape)} (or a "
-            f"(tensor, mask) pair), found {describe(result)}"
+            f"(tensor, mask) pair), found {describe(result)}; return the outputs moved, not a copy of "
+            "another shape"
         )
     if (
         not isinstance(mask, torch.Tensor)
@@ -514,7 +536,8 @@ def _call_output_action(
     ):
         raise InvalidArgument(
             f"the mask returned by output_action must be a bool tensor of the output's spatial "
-            f"shape {spatial} (or with a leading batch dim), found {describe(mask)}"
+            f"shape {spatial} (or with a leading batch dim), found {describe(mask)}; return e.g. "
+            "shift.valid_mask(y.shape[2:])"
         )
     return result, mask.to(outputs.device)
 

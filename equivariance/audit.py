@@ -484,7 +484,10 @@ def _loader(
         return data, list(iter(data.sampler))
     if isinstance(data, Dataset) and hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         if loader_batch_size < 1:
-            raise InvalidArgument(f"loader_batch_size must be positive, found {loader_batch_size}")
+            raise InvalidArgument(
+                f"loader_batch_size must be positive, found {loader_batch_size}; pass e.g. "
+                "loader_batch_size=64"
+            )
         if not distributed:
             return DataLoader(data, batch_size=loader_batch_size, shuffle=False), None
         sampler: DistributedSampler[Any] = DistributedSampler(data, shuffle=False)

@@ -131,7 +131,10 @@ class Digits:
             found = (
                 tuple(self.images.shape) if isinstance(self.images, torch.Tensor) else describe(self.images)
             )
-            raise InvalidArgument(f"images must be a tensor (N, C, H, W), found {found}")
+            raise InvalidArgument(
+                f"images must be a tensor (N, C, H, W), found {found}; add a channel dim, e.g. "
+                "images[:, None]"
+            )
         if not isinstance(self.labels, torch.Tensor) or tuple(self.labels.shape) != (self.images.shape[0],):
             found = (
                 tuple(self.labels.shape) if isinstance(self.labels, torch.Tensor) else describe(self.labels)
@@ -179,7 +182,9 @@ def data_dir(root: str | os.PathLike[str] | None = None) -> Path:
     """
     if root is not None:
         if not isinstance(root, (str, os.PathLike)):
-            raise InvalidArgument(f"root must be a path or None, found {describe(root)}")
+            raise InvalidArgument(
+                f"root must be a path or None, found {describe(root)}; pass e.g. root='~/.cache/mnist'"
+            )
         return Path(root).expanduser()
     if os.environ.get("EQUIVARIANCE_DATA"):
         return Path(os.environ["EQUIVARIANCE_DATA"]).expanduser() / "mnist"
@@ -217,7 +222,7 @@ def mnist(
         DatasetUnavailable: a file is missing and cannot be downloaded, or its checksum is wrong.
     """
     if split not in _SPLITS:
-        raise InvalidArgument(f"split must be 'train' or 'test', found {describe(split)}")
+        raise InvalidArgument(f"split must be 'train' or 'test', found {describe(split)}; pass split='test'")
     directory = data_dir(root)
     images_name, labels_name = _SPLITS[split]
     images = read_idx(_fetch(images_name, directory, download))
@@ -473,7 +478,10 @@ def position_sweep(
     side, _ = _canvas_size(size)
     height, width = image.shape[1:]
     if height > side or width > side:
-        raise InvalidArgument(f"a {height}x{width} image does not fit on a {side}x{side} canvas")
+        raise InvalidArgument(
+            f"a {height}x{width} image does not fit on a {side}x{side} canvas; pass a canvas of at least "
+            f"{max(height, width)}"
+        )
     row, column = (side - height) // 2, (side - width) // 2
     if isinstance(path, str):
         steps = {
@@ -506,12 +514,14 @@ def _check_images(images: object, what: str) -> torch.Tensor:
 def _canvas_size(size: object) -> tuple[int, int]:
     if isinstance(size, (tuple, list)):
         if len(size) != 2:
-            raise InvalidArgument(f"size must be an int or a pair (height, width), found {describe(size)}")
+            raise InvalidArgument(
+                f"size must be an int or a pair (height, width), found {describe(size)}; pass e.g. size=38"
+            )
         height, width = (as_int(s, "size") for s in size)
     else:
         height = width = as_int(size, "size")
     if min(height, width) < 1:
-        raise InvalidArgument(f"size must be positive, found {(height, width)}")
+        raise InvalidArgument(f"size must be positive, found {(height, width)}; pass e.g. size=38")
     return height, width
 
 

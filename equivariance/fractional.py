@@ -127,11 +127,13 @@ class FractionalShift(Action):
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Translate the last ``ndim`` dims of a real tensor ``x`` circularly; returns a new tensor."""
         if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
-            raise InvalidArgument(f"x must be a floating-point torch.Tensor, found {describe(x)}")
+            raise InvalidArgument(
+                f"x must be a floating-point torch.Tensor, found {describe(x)}; convert it, e.g. x.float()"
+            )
         if x.dim() < self.ndim:
             raise InvalidArgument(
                 f"{self!r} acts on {self.ndim} trailing dims but x of shape {tuple(x.shape)} has "
-                f"only {x.dim()}"
+                f"only {x.dim()}; pass a shift with at most {x.dim()} offsets"
             )
         dims = tuple(range(x.dim() - self.ndim, x.dim()))
         work = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -467,7 +467,9 @@ class _Operator:
                 f"{', '.join(map(str, self.spatial))})"
             ) from error
         if not isinstance(out, torch.Tensor):
-            raise InvalidArgument(f"op must return a tensor, found {describe(out)}")
+            raise InvalidArgument(
+                f"op must return a tensor, found {describe(out)}; return op's output tensor"
+            )
         if out.dim() != x.dim() or out.shape[0] != x.shape[0] or tuple(out.shape[2:]) != self.spatial:
             raise InvalidArgument(
                 f"op maps a batch of shape {tuple(x.shape)} to {tuple(out.shape)}, but the theorem here is "
@@ -586,7 +588,7 @@ def _check_batch_size(batch_size: object) -> int | None:
         return None
     checked = as_int(batch_size, "batch_size")
     if checked < 1:
-        raise InvalidArgument(f"batch_size must be positive, found {checked}")
+        raise InvalidArgument(f"batch_size must be positive, found {checked}; pass e.g. batch_size=64")
     return checked
 
 
@@ -600,7 +602,7 @@ def _check_shape(shape: object) -> tuple[int, ...]:
         )
     sizes = tuple(as_int(s, "shape entry") for s in shape)
     if min(sizes) < 1:
-        raise InvalidArgument(f"shape entries must be positive, found {sizes}")
+        raise InvalidArgument(f"shape entries must be positive, found {sizes}; pass e.g. shape=(1, 16, 16)")
     return sizes
 
 
@@ -617,7 +619,9 @@ def _dtype_device(
     if dtype is None:
         dtype = reference.dtype if reference is not None else torch.get_default_dtype()
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InvalidArgument(f"dtype must be a floating torch.dtype, found {describe(dtype)}")
+        raise InvalidArgument(
+            f"dtype must be a floating torch.dtype, found {describe(dtype)}; pass e.g. dtype=torch.float64"
+        )
     if device is None:
         return dtype, reference.device if reference is not None else torch.device("cpu")
     try:

@@ -121,7 +121,7 @@ class Shift(Action):
         """
         ndim = as_int(ndim, "ndim")
         if ndim < 1:
-            raise InvalidArgument(f"ndim must be positive, found {ndim}")
+            raise InvalidArgument(f"ndim must be positive, found {ndim}; pass 1, 2 or 3")
         return cls((0,) * ndim)
 
     # -- group structure ---------------------------------------------------------------------
@@ -237,7 +237,9 @@ class Shift(Action):
         """
         boundary = check_boundary(boundary)
         if not isinstance(x, torch.Tensor):
-            raise InvalidArgument(f"x must be a torch.Tensor, found {describe(x)}")
+            raise InvalidArgument(
+                f"x must be a torch.Tensor, found {describe(x)}; convert it, e.g. torch.as_tensor(x)"
+            )
         if x.dim() < self.ndim:
             raise InvalidArgument(
                 f"{self!r} acts on {self.ndim} trailing dims but x of shape {tuple(x.shape)} "
@@ -375,11 +377,14 @@ class Shift(Action):
 
     def _same_ndim(self, other: object, verb: str) -> Shift:
         if not isinstance(other, Shift):
-            raise InvalidArgument(f"can only {verb} a Shift with a Shift, found {describe(other)}")
+            raise InvalidArgument(
+                f"can only {verb} a Shift with a Shift, found {describe(other)}; wrap the offsets, e.g. "
+                "Shift(1, 0)"
+            )
         if other.ndim != self.ndim:
             raise InvalidArgument(
                 f"cannot {verb} {self!r} ({self.ndim} dims) with {other!r} ({other.ndim} dims); "
-                "shifts must act on the same number of dims"
+                "shifts must act on the same number of dims: give both one offset per spatial dim"
             )
         return other
 
@@ -539,7 +544,9 @@ def apply_shifts(
     """
     boundary = check_boundary(boundary)
     if not isinstance(x, torch.Tensor):
-        raise InvalidArgument(f"x must be a torch.Tensor, found {describe(x)}")
+        raise InvalidArgument(
+            f"x must be a torch.Tensor, found {describe(x)}; convert it, e.g. torch.as_tensor(x)"
+        )
     given = shifts if isinstance(shifts, torch.Tensor) else as_shift_list(shifts)
     d = offsets_tensor(given).shape[1] if isinstance(given, torch.Tensor) else given[0].ndim
     if x.dim() < d:
@@ -585,8 +592,8 @@ def offsets_tensor(
             or shifts.dtype == torch.bool
         ):
             raise InvalidArgument(
-                f"a tensor of shifts must be a (K, d) integer tensor, found shape "
-                f"{tuple(shifts.shape)} of {shifts.dtype}"
+                f"a tensor of shifts must be a (K, d) integer tensor, found shape {tuple(shifts.shape)} of "
+                f"{shifts.dtype}; pass e.g. torch.tensor([[1, 0], [0, 1]])"
             )
         return shifts.to(device="cpu", dtype=torch.long)
     coerced = as_shift_list(shifts)
@@ -763,5 +770,5 @@ def _is_scalar(value: object) -> bool:
 def _check_ndim(ndim: object) -> int:
     n = as_int(ndim, "ndim")
     if n < 1:
-        raise InvalidArgument(f"ndim must be positive, found {n}")
+        raise InvalidArgument(f"ndim must be positive, found {n}; pass 1, 2 or 3")
     return n

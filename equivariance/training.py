@@ -144,7 +144,9 @@ def train(
         (1, True)
     """
     if not isinstance(model, nn.Module):
-        raise InvalidArgument(f"model must be a torch.nn.Module, found {describe(model)}")
+        raise InvalidArgument(
+            f"model must be a torch.nn.Module, found {describe(model)}; pass the module, not its output"
+        )
     images, labels = _as_data(train_data, "train_data")
     val = None if val_data is None else _as_data(val_data, "val_data")
     epochs = _positive(epochs, "epochs")
@@ -153,20 +155,13 @@ def train(
     decay = as_float(weight_decay, "weight_decay")
     assert lr_value is not None
     assert decay is not None
-    if optimizer not in ("adam", "sgd"):
-        raise InvalidArgument(f"optimizer must be 'adam' or 'sgd', found {describe(optimizer)}")
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise InvalidArgument(f"{type(model).__name__} has no trainable parameters")
-    step: torch.optim.Optimizer
-    if optimizer == "adam":
-        step = torch.optim.Adam(parameters, lr=lr_value, weight_decay=decay)
-    else:
-        step = torch.optim.SGD(parameters, lr=lr_value, momentum=0.9, weight_decay=decay)
+    step = _optimizer(model, optimizer, lr_value, decay)
     if schedule not in ("onecycle", "constant"):
-        raise InvalidArgument(f"schedule must be 'onecycle' or 'constant', found {describe(schedule)}")
+        raise InvalidArgument(
+            f"schedule must be 'onecycle' or 'constant', found {describe(schedule)}; pass schedule='onecycle'"
+        )
     batches = -(-len(labels) // batch_size)
     scheduler = (
         torch.optim.lr_scheduler.OneCycleLR(step, lr_value, total_steps=epochs * batches)
@@ -265,7 +260,9 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> None:
         True
     """
     if not isinstance(model, nn.Module):
-        raise InvalidArgument(f"model must be a torch.nn.Module, found {describe(model)}")
+        raise InvalidArgument(
+            f"model must be a torch.nn.Module, found {describe(model)}; pass the module, not its output"
+        )
     torch.save(model.state_dict(), os.fspath(path))
 
 
@@ -276,7 +273,9 @@ def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     from elsewhere cannot run code.
     """
     if not isinstance(model, nn.Module):
-        raise InvalidArgument(f"model must be a torch.nn.Module, found {describe(model)}")
+        raise InvalidArgument(
+            f"model must be a torch.nn.Module, found {describe(model)}; pass the module, not its output"
+        )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         state = torch.load(os.fspath(path), map_location=device, weights_only=True)
@@ -291,6 +290,22 @@ def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             f"the weights in {os.fspath(path)!r} do not fit {type(model).__name__}: {error}"
         ) from None
     return model
+
+
+def _optimizer(model: nn.Module, optimizer: object, lr: float, decay: float) -> torch.optim.Optimizer:
+    """Adam or SGD with momentum over the model's trainable parameters."""
+    if optimizer not in ("adam", "sgd"):
+        raise InvalidArgument(
+            f"optimizer must be 'adam' or 'sgd', found {describe(optimizer)}; pass optimizer='adam'"
+        )
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise InvalidArgument(
+            f"{type(model).__name__} has no trainable parameters; unfreeze them (requires_grad_(True))"
+        )
+    if optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=decay)
 
 
 def _as_data(data: object, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,12 +325,15 @@ def _as_data(data: object, what: str) -> tuple[torch.Tensor, torch.Tensor]:
             f"{tuple(labels.shape)}"
         )
     if labels.dtype != torch.long:
-        raise InvalidArgument(f"{what}'s labels must be int64 class indices, found {labels.dtype}")
+        raise InvalidArgument(
+            f"{what}'s labels must be int64 class indices, found {labels.dtype}; convert them, e.g. "
+            "labels.long()"
+        )
     return images, labels
 
 
 def _positive(value: object, what: str) -> int:
     number = as_int(value, what)
     if number < 1:
-        raise InvalidArgument(f"{what} must be positive, found {number}")
+        raise InvalidArgument(f"{what} must be positive, found {number}; pass a positive number")
     return number

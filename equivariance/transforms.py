@@ -80,7 +80,7 @@ class Rot90(Action):
                 "pass e.g. dims=(-2, -1) for the image plane"
             )
         if dims[0] == dims[1]:
-            raise InvalidArgument(f"dims must be two different dims, found {dims}")
+            raise InvalidArgument(f"dims must be two different dims, found {dims}; pass e.g. dims=(-2, -1)")
         self.dims = dims
 
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:

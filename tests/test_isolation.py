@@ -146,3 +146,35 @@ def test_buffers_updated_in_forward_are_put_back() -> None:
     assert model.calls == 0
     assert model.cache is cache
     assert model.cache == 0
+
+
+class Features(nn.Module):
+    """A model whose convolutional part is checked through a bound method, as ``LeNet.features``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout2d(0.5)
+
+    def features(self, t: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.drop(self.norm(self.conv(t)))
+        return out
+
+
+def test_a_bound_method_is_checked_in_eval_mode_and_its_module_left_as_it_was() -> None:
+    model = Features().train()
+    stats = {k: v.clone() for k, v in model.norm.state_dict().items()}
+    report = check_equivariance(model.features, torch.randn(4, 1, 12, 12), max_shift=1)
+    assert report.passed  # in train mode, dropout and batch statistics would fail it
+    assert model.training
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.norm.state_dict()[k]) for k, v in stats.items())
+
+
+def test_a_model_already_in_eval_mode_is_not_touched() -> None:
+    model = Features().eval()
+    calls: list[bool] = []
+    model.train = lambda mode=True: calls.append(mode) or model  # type: ignore[method-assign, assignment]
+    check_equivariance(model.features, torch.randn(2, 1, 12, 12), max_shift=1)
+    assert calls == []  # neither eval() nor train() was called

@@ -182,7 +182,7 @@ def test_assert_equivariant_points_to_the_profile() -> None:
         (
             {"shift": (1, 0), "up_to": "conv"},
             r"^Sequential has no layer named 'conv'; its layers include: '0', '1', '2', '3', '4'\. "
-            r"Names are those of model\.named_modules\(\)$",
+            r"Names are those of model\.named_modules\(\); pass one of them$",
         ),
         (
             {"shift": (1, 0), "up_to": 2},
