@@ -333,6 +333,7 @@ class Timed(nn.Module):
     def __init__(self, model: nn.Module, device: str) -> None:
         super().__init__()
         self.model, self.device, self.inside = model, device, 0.0
+        self.eval()  # as the model it wraps: a check leaves a model in eval mode alone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()

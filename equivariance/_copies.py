@@ -87,6 +87,12 @@ class Copies:
         key = self.keys[int(element[0])]
         if key >= 0:
             return self.groups[key].take(rows, self._local[element])
-        # indexing copies, so an action that returns its input (or a view of it) hands out a copy
-        chosen = self.x[rows.to(self.x.device)]
-        return self.elements[int(element[0])].act(chosen, self.grid)
+        first, count = int(rows[0]), len(rows)
+        if bool((rows == torch.arange(first, first + count)).all()):
+            chosen = self.x[first : first + count]  # consecutive samples: a view, no copy yet
+        else:
+            chosen = self.x[rows.to(self.x.device)]
+        moved = self.elements[int(element[0])].act(chosen, self.grid)
+        if moved.untyped_storage().data_ptr() == self.x.untyped_storage().data_ptr():
+            moved = moved.clone()  # an action that returns (a view of) its input: a model may write to it
+        return moved

@@ -318,6 +318,7 @@ class GridSums:
         self.channels = math.prod(base.shape[1 : base.dim() - d])
         self.acting = list(expected) if expected is not None else self.rows
         self.lo, self.hi = _boxes(self.acting, self.spatial, grid, margins, output_action is not None)
+        self._bounds = list(zip(self.lo.tolist(), self.hi.tolist()))  # as lists: a run reads them often
         self.scale = sample_scale(base)
         self.scaled = _scaled(base, self.scale, torch.arange(len(base)))
         # per-position norms of the reference, once (a chunk moves or slices them like the reference)
@@ -378,14 +379,14 @@ class GridSums:
 
     def _box(self, k: int) -> tuple[slice, ...]:
         """Row ``k``'s compared box on the output grid."""
-        return tuple(slice(a, b) for a, b in zip(self.lo[k].tolist(), self.hi[k].tolist()))
+        lo, hi = self._bounds[k]
+        return tuple(slice(a, b) for a, b in zip(lo, hi))
 
     def _source(self, k: int) -> tuple[slice, ...]:
         """Where the reference in row ``k``'s box comes from: the box moved back by the row's offsets."""
         assert self.offsets is not None
-        return tuple(
-            slice(a - o, b - o) for a, b, o in zip(self.lo[k].tolist(), self.hi[k].tolist(), self.offsets[k])
-        )
+        lo, hi = self._bounds[k]
+        return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, self.offsets[k]))
 
     def _pieces(
         self, outputs: torch.Tensor, run: slice, k: int, first: int

@@ -192,7 +192,9 @@ class Tokens(Layout):
         if self.grid is not None:
             return self
         count = shape[1] - self.prefix if len(shape) == 3 else -1
-        found = {g for g in _grids_below(tuple(input_spatial)) if math.prod(g) == count}
+        found = (
+            {g for g in _grids_below(tuple(input_spatial)) if math.prod(g) == count} if count > 0 else set()
+        )
         if len(found) != 1:
             shown = "no" if not found else f"{len(found)}"
             raise InvalidArgument(

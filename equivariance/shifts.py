@@ -271,8 +271,7 @@ class Shift(Action):
             >>> Shift(2, -1).valid_region((5, 5))
             (slice(2, 5, None), slice(0, 4, None))
         """
-        sizes = per_dim(size, self.ndim, "size", minimum=1)
-        return tuple(slice(min(max(o, 0), n), max(min(n + o, n), 0)) for o, n in zip(self._offsets, sizes))
+        return _valid(self._offsets, per_dim(size, self.ndim, "size", minimum=1))
 
     def valid_mask(self, size: int | Sequence[int], boundary: Boundary = "zeros") -> torch.Tensor:
         """A boolean tensor of ``size``: True where the shifted result is
@@ -330,7 +329,7 @@ class Shift(Action):
 
     @classmethod
     def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Grid) -> Batched:
-        """Every shift of ``elements`` read from one padded view of ``x``: one gather a chunk."""
+        """Every shift of ``elements`` read from ``x`` by slices or one gather a chunk."""
         offsets = torch.tensor(
             [s._on(grid).offsets for s in elements if isinstance(s, Shift)], dtype=torch.long
         )
@@ -623,26 +622,38 @@ class ShiftedWindows:
     view holding every window of the original size. ``take`` then reads
     any number of (sample, shift) pairs with one advanced-indexing gather: no
     Python loop over shifts, and no work proportional to the whole batch per
-    call.
+    call. On the CPU, long runs of items that share a shift are copied as
+    slices instead: of ``x`` itself under the zeros boundary (the padded view
+    is then never made), of the padded view under the circular one.
     """
 
     def __init__(self, x: torch.Tensor, offsets: torch.Tensor, boundary: Boundary) -> None:
         d = offsets.shape[1]
         self.boundary = boundary
         self.sizes = torch.tensor(x.shape[x.dim() - d :], dtype=torch.long)
-        spatial = range(x.dim() - d, x.dim())
         canonical = self._canonical(offsets.cpu())
         self.pads = canonical.abs().amax(dim=0) if len(canonical) else torch.zeros(d, dtype=torch.long)
-        windows = _pad(x, self.pads.tolist(), spatial, boundary)
-        for dim, n in zip(spatial, self.sizes.tolist()):
-            windows = windows.unfold(dim, n, 1)
-        # unfold moved each spatial dim's window start to `dim` and appended its content dims
-        self.windows = windows
+        self.x = x
+        self._windows: torch.Tensor | None = None
         self.lead = (slice(None),) * (x.dim() - d - 1)
         self.per_sample = math.prod(x.shape[1 : x.dim() - d])
         # where the window of each offset given starts in the padded view, for take_given
         self.starts = self.pads - canonical
         self._starts = self.starts.tolist()
+        self._canonical_given = canonical.tolist()
+
+    @property
+    def windows(self) -> torch.Tensor:
+        """The padded view holding every window, made the first time it is needed."""
+        if self._windows is None:
+            d = len(self.sizes)
+            spatial = range(self.x.dim() - d, self.x.dim())
+            windows = _pad(self.x, self.pads.tolist(), spatial, self.boundary)
+            for dim, n in zip(spatial, self.sizes.tolist()):
+                windows = windows.unfold(dim, n, 1)
+            # unfold moved each spatial dim's window start to `dim` and appended its content dims
+            self._windows = windows
+        return self._windows
 
     def _canonical(self, offsets: torch.Tensor) -> torch.Tensor:
         if self.boundary == "circular":
@@ -667,6 +678,10 @@ class ShiftedWindows:
         """``take`` with ``offsets[which]`` of the offsets this was made with
         (no recomputation)."""
         picked = which.tolist()
+        if self.boundary == "zeros":
+            direct = self._sliced(index.tolist(), [self._canonical_given[w] for w in picked])
+            if direct is not None:
+                return direct
         runs = self._runs(index.tolist(), [self._starts[w] for w in picked])
         return self._take(index, self.starts[which.cpu()], runs)
 
@@ -694,17 +709,47 @@ class ShiftedWindows:
         """
         return self._runs(index.tolist(), (self.pads - self._canonical(offsets.cpu())).tolist())
 
-    def _runs(self, samples: list[int], starts: list[list[int]]) -> list[tuple[slice, torch.Tensor]] | None:
+    def _bounds(self, samples: list[int], keys: list[list[int]]) -> list[int] | None:
+        """Where runs of consecutive samples at one offset start (and the end); None off the CPU or
+        where runs are too short to beat one gather."""
         # a chunk's items as plain lists: faster than small tensor ops
-        if self.windows.device.type != "cpu":
+        if self.x.device.type != "cpu":
             return None
         bounds = [0]
         for b in range(1, len(samples)):
-            if starts[b] != starts[b - 1] or samples[b] != samples[b - 1] + 1:
+            if keys[b] != keys[b - 1] or samples[b] != samples[b - 1] + 1:
                 bounds.append(b)
         bounds.append(len(samples))
-        window = math.prod(self.windows.shape[self.windows.dim() - len(self.sizes) :])
+        window = math.prod(self.sizes.tolist())
         if len(samples) * window * self.per_sample < _RUN_ELEMENTS * (len(bounds) - 1):
+            return None
+        return bounds
+
+    def _sliced(self, samples: list[int], offsets: list[list[int]]) -> torch.Tensor | None:
+        """Zero-boundary copies made run by run from slices of ``x``: the valid region copied, the
+        rest zeroed, no padded view (None where ``_bounds`` says so)."""
+        bounds = self._bounds(samples, offsets)
+        if bounds is None:
+            return None
+        out = self.x.new_empty((len(samples), *self.x.shape[1:]))
+        sizes = self.sizes.tolist()
+        for first, stop in itertools.pairwise(bounds):
+            items, i = slice(first, stop), samples[first]
+            region = _valid(offsets[first], sizes)
+            source = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, offsets[first]))
+            target: tuple[Any, ...] = (items, *self.lead, *region)
+            origin: tuple[Any, ...] = (slice(i, i + stop - first), *self.lead, *source)
+            out[target] = self.x[origin]
+            for dim, (r, n) in enumerate(zip(region, sizes)):  # the fill: slabs before and after the region
+                before: tuple[Any, ...] = (items, *self.lead, *[slice(None)] * dim, slice(0, r.start))
+                after: tuple[Any, ...] = (items, *self.lead, *[slice(None)] * dim, slice(r.stop, n))
+                out[before] = 0
+                out[after] = 0
+        return out
+
+    def _runs(self, samples: list[int], starts: list[list[int]]) -> list[tuple[slice, torch.Tensor]] | None:
+        bounds = self._bounds(samples, starts)
+        if bounds is None:
             return None
         runs = []
         for first, stop in itertools.pairwise(bounds):
@@ -745,6 +790,11 @@ def _pad(x: torch.Tensor, pads: list[int], dims: Iterable[int], boundary: Bounda
             widths = [0, 0] * (x.dim() - 1 - dim) + [p, p]
             x = F.pad(x, widths)
     return x
+
+
+def _valid(offsets: Sequence[int], sizes: Sequence[int]) -> tuple[slice, ...]:
+    """The valid region of a zero-boundary shift by ``offsets`` of a grid of ``sizes``."""
+    return tuple(slice(min(max(o, 0), n), max(min(n + o, n), 0)) for o, n in zip(offsets, sizes))
 
 
 def _centred(offset: int, size: int) -> int:
