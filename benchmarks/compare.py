@@ -133,7 +133,8 @@ def main() -> None:
         from speed import write_markdown
 
         header = ("workload", "time now", "now / before")
-        write_markdown(args.markdown, title, rows, "cpu", header, section="before-after")
+        command = f"python benchmarks/compare.py --before {args.before} --rounds {args.rounds}"
+        write_markdown(args.markdown, title, rows, "cpu", header, section="before-after", command=command)
 
 
 if __name__ == "__main__":

@@ -412,12 +412,14 @@ def write_markdown(
     device: str,
     header: tuple[str, ...] = HEADER,
     section: str = "",
+    command: str | None = None,
 ) -> None:
     """Replace the section for ``device`` (and ``section``) in the benchmark page with these results."""
     marker = f"<!-- speed.py {' '.join(filter(None, (device, section)))} -->"
+    command = command or f"python benchmarks/speed.py --device {device}"
     table = [
         marker,
-        f"**{title}**, {datetime.date.today().isoformat()}, `python benchmarks/speed.py --device {device}`",
+        f"**{title}**, {datetime.date.today().isoformat()}, `{command}`",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",

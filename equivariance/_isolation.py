@@ -86,6 +86,21 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def submodules(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """``list(module.modules())``, each once, without building the dotted names ``modules()`` makes."""
+    found: list[torch.nn.Module] = []
+    seen: set[int] = set()
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        stack.extend(child for child in reversed(current._modules.values()) if child is not None)
+    return found
+
+
 def owning_module(model: Callable[..., Any]) -> torch.nn.Module | None:
     """The module a callable runs: the model itself, or the module of a bound method (``model.features``)."""
     owner = getattr(model, "__self__", model)
@@ -99,7 +114,7 @@ def eval_mode(model: Callable[..., Any]) -> Iterator[None]:
     A model already in eval mode is left alone: nothing is set, nothing restored.
     """
     owner = owning_module(model)
-    modules = [] if owner is None else list(owner.modules())
+    modules = [] if owner is None else submodules(owner)
     flags = [module.training for module in modules]
     if not any(flags):
         yield
@@ -128,7 +143,7 @@ def preserved_buffers(model: Callable[..., Any]) -> Iterator[None]:
     owner = owning_module(model)
     saved = [
         (module, name, buffer, buffer._version, buffer.clone())
-        for module in ([] if owner is None else owner.modules())
+        for module in ([] if owner is None else submodules(owner))
         for name, buffer in module._buffers.items()
         if buffer is not None
     ]

@@ -207,7 +207,7 @@ def _kept(
 ) -> tuple[Layout, str | None] | None:
     """The layout a layer carries over from its input, if the shapes (or the module) say it does."""
     layout, grid, _ = producer
-    if record.permutation is not None:
+    if record.permutation is not None and record.permutation != tuple(range(len(record.permutation))):
         moved = _permuted(layout, record.permutation, d)
         if moved is not None and moved.spatial_shape(shape, d) == grid:
             return moved, f"{moved.describe()}, a permuted view of its input ({layout.describe()})"

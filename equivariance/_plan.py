@@ -29,6 +29,7 @@ from torch import nn
 from equivariance import _auto
 from equivariance._copies import Copies
 from equivariance._forward import Forward
+from equivariance._isolation import submodules
 from equivariance._memory import CPU_MIN_CHUNK, chunk_size
 from equivariance._runner import Base, Consumer, ModelConsumer, Runner
 from equivariance._sinks import FlatSums, GridSums, OutputAction, Sums, check_finite
@@ -246,7 +247,12 @@ def check_input(x: object, model: object) -> torch.Tensor:
 
 
 def _check_model_matches(model: nn.Module, x: torch.Tensor) -> None:
-    tensors = [*model.parameters(), *model.buffers()]
+    tensors = [
+        t
+        for module in submodules(model)
+        for t in (*module._parameters.values(), *module._buffers.values())
+        if t is not None
+    ]
     devices = {t.device for t in tensors}
     if len(devices) == 1 and next(iter(devices)) != x.device:
         (device,) = devices

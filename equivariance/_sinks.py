@@ -151,23 +151,23 @@ class _Squares:
         self,
         outputs: torch.Tensor,
         runs: Sequence[tuple[slice, int, int]],
-        pieces: Callable[[torch.Tensor, slice, int, int], tuple[Any, torch.Tensor, torch.Tensor]],
+        pieces: Callable[[torch.Tensor, slice, int, int], list[tuple[Any, torch.Tensor, torch.Tensor]]],
         grid: tuple[Dims, tuple[int, ...]],
         ref_rows: torch.Tensor,
         what: Describe,
     ) -> torch.Tensor:
-        """Like :meth:`diff`, over one box of the grid per run, zero elsewhere: ``pieces`` gives each
-        run's key into the chunk's grid, its outputs in the box and the reference slice they match;
+        """Like :meth:`diff`, over boxes of the grid, zero elsewhere: ``pieces`` gives each run's
+        pieces, a key into the chunk's grid, the outputs there and the reference slice they match;
         ``grid`` is the channel dims and the spatial shape."""
         dims, spatial = grid
         while True:
             diff = torch.zeros((len(outputs), *spatial), dtype=self.work, device=outputs.device)
             for run, k, first in runs:
-                key, out, reference = pieces(outputs, run, k, first)
-                out = out.to(self.work)
-                difference = self._scratch(out)  # kept across runs and chunks: no fresh pages each time
-                torch.sub(out, reference.to(self.work), out=difference)
-                diff[key] = difference.square_().sum(dims)
+                for key, out, reference in pieces(outputs, run, k, first):
+                    out = out.to(self.work)
+                    difference = self._scratch(out)  # kept across runs and chunks: no fresh pages each time
+                    torch.sub(out, reference.to(self.work), out=difference)
+                    diff[key] = difference.square_().sum(dims)
             if not bool(torch.isfinite(diff.sum())):
                 check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
             if self.work == self.exact or _float32_sums_hold(diff, ref_rows):
@@ -318,7 +318,7 @@ class GridSums:
         self.channels = math.prod(base.shape[1 : base.dim() - d])
         self.acting = list(expected) if expected is not None else self.rows
         self.lo, self.hi = _boxes(self.acting, self.spatial, grid, margins, output_action is not None)
-        self._bounds = list(zip(self.lo.tolist(), self.hi.tolist()))  # as lists: a run reads them often
+        bounds = list(zip(self.lo.tolist(), self.hi.tolist()))
         self.scale = sample_scale(base)
         self.scaled = _scaled(base, self.scale, torch.arange(len(base)))
         # per-position norms of the reference, once (a chunk moves or slices them like the reference)
@@ -326,6 +326,12 @@ class GridSums:
         if output_action is None and all(type(e).moves_positions_only for e in self.acting):
             self.norm_map = squared_norms(self.scaled, self.channel_dims)
         self.offsets = _translations(self.acting, grid) if output_action is None else None
+        # each translated row's box as tiles (target, source): one, or up to 2**d where a circular shift wraps
+        self._tiles = (
+            []
+            if self.offsets is None
+            else [_tiles(lo, hi, o, self.spatial, grid.boundary) for (lo, hi), o in zip(bounds, self.offsets)]
+        )
         self._copies: tuple[Copies, Copies | None] | None = None  # made when first needed
         self._distances: dict[tuple[int, ...], torch.Tensor] = {}
         self.squares = _Squares(base)
@@ -368,40 +374,34 @@ class GridSums:
         device = outputs.device
         ref_map = torch.zeros((len(outputs), *self.spatial), dtype=self.squares.exact, device=device)
         for run, k, first in runs:
-            source: tuple[Any, ...] = (slice(first, first + run.stop - run.start), *self._source(k))
-            target: tuple[Any, ...] = (run, *self._box(k))
-            ref_map[target] = self.norm_map[source]
+            samples = slice(first, first + run.stop - run.start)
+            for box, origin in self._tiles[k]:
+                target: tuple[Any, ...] = (run, *box)
+                source: tuple[Any, ...] = (samples, *origin)
+                ref_map[target] = self.norm_map[source]
         ref_map = ref_map.flatten(1)
         grid = (self.channel_dims, self.spatial)
         diff_map = self.squares.boxes(outputs, runs, self._pieces, grid, ref_map.sum(1), what).flatten(1)
         dist = edge_distance(self.lo[row].to(device), self.hi[row].to(device), self.spatial)
         self._write(items, diff_map, ref_map, dist.clamp(0, self.depth - 1).flatten(1))
 
-    def _box(self, k: int) -> tuple[slice, ...]:
-        """Row ``k``'s compared box on the output grid."""
-        lo, hi = self._bounds[k]
-        return tuple(slice(a, b) for a, b in zip(lo, hi))
-
-    def _source(self, k: int) -> tuple[slice, ...]:
-        """Where the reference in row ``k``'s box comes from: the box moved back by the row's offsets."""
-        assert self.offsets is not None
-        lo, hi = self._bounds[k]
-        return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, self.offsets[k]))
-
     def _pieces(
         self, outputs: torch.Tensor, run: slice, k: int, first: int
-    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """One run's key into the chunk's grid, its outputs in the box and the reference slice they match."""
-        box = self._box(k)
-        lead = (slice(None),) * (outputs.dim() - len(box) - 1)
-        key: tuple[Any, ...] = (run, *box)
-        ref_key: tuple[Any, ...] = (slice(first, first + run.stop - run.start), *lead, *self._source(k))
-        out_key: tuple[Any, ...] = (run, *lead, *box)
-        return key, outputs[out_key], self.scaled[ref_key]
+    ) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
+        """One run's tiles: a key into the chunk's grid, the outputs there, the reference slice they match."""
+        lead = (slice(None),) * (outputs.dim() - len(self.spatial) - 1)
+        samples = slice(first, first + run.stop - run.start)
+        pieces = []
+        for box, origin in self._tiles[k]:
+            key: tuple[Any, ...] = (run, *box)
+            ref_key: tuple[Any, ...] = (samples, *lead, *origin)
+            out_key: tuple[Any, ...] = (run, *lead, *box)
+            pieces.append((key, outputs[out_key], self.scaled[ref_key]))
+        return pieces
 
     def _box_runs(self, sample: torch.Tensor, row: torch.Tensor) -> list[tuple[slice, int, int]] | None:
         """The chunk as runs ``(items, row, first sample)`` of one translated row and consecutive samples."""
-        if self.offsets is None or self.grid.boundary != "zeros" or self.norm_map is None:
+        if self.offsets is None or self.norm_map is None:
             return None
         rows, samples = row.tolist(), sample.tolist()
         bounds = [
@@ -488,6 +488,26 @@ class GridSums:
 # Elements per run above which a chunk is compared run by run (a Python step each, ~10 us)
 # rather than in one vectorized pass over whole grids.
 _RUN_ELEMENTS = 4096
+
+
+def _tiles(
+    lo: Sequence[int], hi: Sequence[int], offsets: Sequence[int], spatial: Sequence[int], boundary: str
+) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """The box ``[lo, hi)`` of a grid translated by ``offsets``, as tiles ``(box part, where the reference
+    for it comes from)``: the reference at ``p`` is the base at ``p - offsets``, wrapped around under the
+    circular boundary, which splits a dim in two where the source wraps."""
+    per_dim = []
+    for a, b, o, n in zip(lo, hi, offsets, spatial):
+        if boundary == "zeros":
+            per_dim.append([(slice(a, b), slice(a - o, b - o))])
+            continue
+        wrap = min(max(o % n, a), b)  # the first position whose source is 0
+        parts = [(s, e) for s, e in ((a, wrap), (wrap, b)) if e > s]
+        per_dim.append([(slice(s, e), slice((s - o) % n, (s - o) % n + e - s)) for s, e in parts])
+    return [
+        (tuple(part for part, _ in combo), tuple(source for _, source in combo))
+        for combo in itertools.product(*per_dim)
+    ]
 
 
 def _translations(acting: Sequence[Action], grid: Grid) -> list[tuple[int, ...]] | None:

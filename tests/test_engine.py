@@ -229,3 +229,42 @@ def test_a_model_that_returns_meta_tensors_is_refused() -> None:
         check_equivariance(meta, torch.randn(2, 1, 8, 8))
     with pytest.raises(InvalidArgument, match=r"the model returned a tensor on the meta device"):
         consistency(lambda t: torch.empty(len(t), 3, device="meta"), torch.randn(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("boundary", ["zeros", "circular"])
+@pytest.mark.parametrize("margin", [0, 1])
+def test_slices_of_the_reference_sum_what_moved_copies_of_it_sum(
+    boundary: str, margin: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # translations compare boxes of the output with slices of the reference (tiles that wrap around
+    # under the circular boundary); every other element, moved copies of whole grids: the same sums
+    from equivariance import _plan
+    from equivariance._runner import Runner
+    from equivariance._sinks import GridSums
+    from equivariance.shifts import shifts_in_box
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 3, padding=1))
+    x = torch.randn(3, 2, 11, 9, dtype=torch.float64)
+    model = model.double()
+
+    def sums() -> object:
+        request = _plan.validate(
+            model, x, "equivariance", list(shifts_in_box(3)), boundary=boundary, margin=margin
+        )
+        with Runner(model) as runner:
+            return _plan.measure(runner, _plan.make_plan(runner, request))[0]
+
+    import equivariance._sinks as sinks
+
+    monkeypatch.setattr(sinks, "_RUN_ELEMENTS", 0)  # every chunk by tiles, however short its runs
+    calls: list[int] = []
+    by_runs = GridSums._box_runs
+    monkeypatch.setattr(GridSums, "_box_runs", lambda self, s, r: calls.append(1) or by_runs(self, s, r))
+    tiles = sums()
+    assert calls
+    monkeypatch.setattr(GridSums, "_box_runs", lambda self, sample, row: None)
+    grids = sums()
+    for field in ("diff_sq", "ref_sq", "count", "border_diff", "border_ref", "border_count"):
+        torch.testing.assert_close(getattr(tiles, field), getattr(grids, field), rtol=1e-12, atol=1e-300)
+    assert float(tiles.diff_sq[1:].max()) > 0  # zero padding under shifts: not all zero
