@@ -17,6 +17,8 @@ Run it to print every profile::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +43,9 @@ def canvas(n: int = 2, channels: int = 3, size: int = 64, content: int = 32, see
     generator = torch.Generator().manual_seed(seed)
     x = torch.zeros(n, channels, size, size)
     lo = (size - content) // 2
-    x[..., lo : lo + content, lo : lo + content] = torch.rand(n, channels, content, content, generator=generator)
+    x[..., lo : lo + content, lo : lo + content] = torch.rand(
+        n, channels, content, content, generator=generator
+    )
     return x
 
 
@@ -70,7 +74,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + shortcut)
+        result: torch.Tensor = self.relu(self.bn2(self.conv2(out)) + shortcut)
+        return result
 
 
 def resnet_stage(zero_init_residual: bool = False, seed: int = 0) -> nn.Module:
@@ -87,7 +92,7 @@ def resnet_stage(zero_init_residual: bool = False, seed: int = 0) -> nn.Module:
     model.add_module("relu", nn.ReLU())
     model.add_module("layer1", BasicBlock(8, 8))
     model.add_module("layer2", BasicBlock(8, 16, stride=2))
-    model = _ready(model, seed)
+    model.eval()
     if zero_init_residual:
         with torch.no_grad():
             for block in (model.layer1, model.layer2):
@@ -127,19 +132,24 @@ class ConvNeXtBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
+        result: torch.Tensor = x + self.block(x)
+        return result
 
 
 def convnext_stage(seed: int = 0) -> nn.Module:
     """A 4x4 stride-4 stem, a block, a downsampling layer (LayerNorm, 2x2 stride-2 conv), a block."""
     torch.manual_seed(seed)
     model = nn.Sequential()
-    model.add_module("stem", nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), Permute(0, 2, 3, 1), nn.LayerNorm(8)))
+    model.add_module(
+        "stem", nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), Permute(0, 2, 3, 1), nn.LayerNorm(8))
+    )
     model.add_module("to_first", Permute(0, 3, 1, 2))
     model.add_module("stage1", ConvNeXtBlock(8))
     model.add_module(
         "downsample",
-        nn.Sequential(Permute(0, 2, 3, 1), nn.LayerNorm(8), Permute(0, 3, 1, 2), nn.Conv2d(8, 16, 2, stride=2)),
+        nn.Sequential(
+            Permute(0, 2, 3, 1), nn.LayerNorm(8), Permute(0, 3, 1, 2), nn.Conv2d(8, 16, 2, stride=2)
+        ),
     )
     model.add_module("stage2", ConvNeXtBlock(16))
     return _ready(model, seed)
@@ -161,13 +171,16 @@ class EncoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(x)
         x = x + self.attn(y, y, y, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
+        result: torch.Tensor = x + self.mlp(self.norm2(x))
+        return result
 
 
 class ViT(nn.Module):
     """Patches of 16x16 as tokens, a class token, a learned position embedding added in ``forward``."""
 
-    def __init__(self, image: int = 64, patch: int = 16, dim: int = 16, depth: int = 2, classes: int = 10) -> None:
+    def __init__(
+        self, image: int = 64, patch: int = 16, dim: int = 16, depth: int = 2, classes: int = 10
+    ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
         tokens = (image // patch) ** 2
@@ -180,7 +193,8 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed
-        return self.head(self.norm(self.blocks(tokens))[:, 0])
+        logits: torch.Tensor = self.head(self.norm(self.blocks(tokens))[:, 0])
+        return logits
 
 
 def vit(seed: int = 0) -> nn.Module:
@@ -204,7 +218,8 @@ class SqueezeExcite(nn.Module):
         self.gate = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+        result: torch.Tensor = x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+        return result
 
 
 def squeeze_excite_net(seed: int = 0) -> nn.Module:
@@ -229,13 +244,15 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
         self.depthwise = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
         )
         self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.depthwise(self.expand(x)))
+        out: torch.Tensor = self.project(self.depthwise(self.expand(x)))
         return x + out if self.residual else out
 
 
@@ -243,7 +260,9 @@ def depthwise_net(seed: int = 0) -> nn.Module:
     """A stem, a residual depthwise block and a depthwise block of stride 2."""
     torch.manual_seed(seed)
     model = nn.Sequential()
-    model.add_module("stem", nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6()))
+    model.add_module(
+        "stem", nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+    )
     model.add_module("block1", InvertedResidual(8, 8, stride=1))
     model.add_module("block2", InvertedResidual(8, 16, stride=2))
     return _ready(model, seed)
@@ -269,7 +288,9 @@ def fcn_head(seed: int = 0) -> nn.Module:
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU()
+    )
 
 
 class UNet(nn.Module):
@@ -287,7 +308,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.enc1(x)
         deep = self.enc2(self.pool(skip))
-        return self.out(self.dec1(torch.cat([self.up(deep), skip], dim=1)))
+        result: torch.Tensor = self.out(self.dec1(torch.cat([self.up(deep), skip], dim=1)))
+        return result
 
 
 def unet(seed: int = 0) -> nn.Module:
@@ -306,6 +328,7 @@ class BlurPool(nn.Module):
         super().__init__()
         tap = torch.tensor([1.0, 2.0, 1.0])
         kernel = (tap[:, None] * tap[None, :]) / 16
+        self.kernel: torch.Tensor
         self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone())
         self.channels = channels
 
@@ -314,7 +337,7 @@ class BlurPool(nn.Module):
 
 
 def blurpool_net(seed: int = 0) -> nn.Module:
-    """A convolution, ReLU, max pooling of stride 1 and a BlurPool (antialiased max pooling), a convolution."""
+    """A convolution, ReLU, max pooling of stride 1 and a BlurPool (max-blur-pool), a convolution."""
     torch.manual_seed(seed)
     model = nn.Sequential()
     model.add_module("conv1", nn.Conv2d(3, 8, 3, padding=1))
@@ -325,7 +348,7 @@ def blurpool_net(seed: int = 0) -> nn.Module:
     return _ready(model, seed)
 
 
-GALLERY = {
+GALLERY: dict[str, Callable[..., nn.Module]] = {
     "ResNet stage": resnet_stage,
     "ConvNeXt stage": convnext_stage,
     "ViT": vit,

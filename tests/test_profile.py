@@ -113,7 +113,8 @@ def test_a_layer_with_no_symmetry_is_no_symmetry() -> None:
     assert first is not None
     # the constant is added in forward: the row of the tensor embed is given names the break
     assert (first.name, first.type, first.cause) == ("embed (input)", "(forward)", "no symmetry")
-    assert first.fix is not None and "between conv and embed, in forward code" in first.fix
+    assert first.fix is not None
+    assert "between conv and embed, in forward code" in first.fix
     assert "first failure between conv and embed (in forward, not a submodule)" in profile.summary()
     assert [layer.name for layer in profile.layers] == ["conv", "embed (input)", "embed"]
 
