@@ -25,6 +25,7 @@ import torch
 
 from equivariance._copies import Copies
 from equivariance._forward import Forward
+from equivariance._isolation import owning_module
 from equivariance._judge import sample_errors
 from equivariance._runner import ModelConsumer, Runner
 from equivariance._sinks import GridSums
@@ -181,7 +182,7 @@ def receptive_support(
     return support
 
 
-def receptive_margin(support: torch.Tensor, strides: tuple[int, ...]) -> Inferred:
+def receptive_margin(support: torch.Tensor, strides: tuple[int, ...], zeros: Sequence[str] = ()) -> Inferred:
     """The receptive-field radius of the centre output, in output samples, from its input support."""
     margins, widths = [], []
     for i in range(support.dim()):
@@ -195,6 +196,12 @@ def receptive_margin(support: torch.Tensor, strides: tuple[int, ...]) -> Inferre
         f"{' x '.join(map(str, widths))} input samples (one backward pass), a radius of "
         f"{_shown(tuple(margins))} output samples at stride {_shown(strides)}"
     )
+    if zeros:
+        shown = ", ".join(zeros[:3]) + (f" and {len(zeros) - 3} more" if len(zeros) > 3 else "")
+        note += (
+            f"; measured with the all-zero weights ({shown}) set to ones, so that it is the "
+            "architecture's reach, not the initial weights' (which hide the branches they zero)"
+        )
     return Inferred(tuple(margins), note)
 
 
@@ -218,6 +225,52 @@ def measured_reach(
     if torch.equal(support, corner):
         return None  # every output sees the same inputs (a dense layer): no local reach to speak of
     return receptive_margin(support, strides).value
+
+
+def zero_weights(model: object) -> list[tuple[str, torch.nn.Parameter]]:
+    """The model's weights that are all zero (a zero-initialised BatchNorm or last convolution).
+
+    Biases are left out: many start at zero without hiding anything.
+    """
+    module = owning_module(model)  # type: ignore[arg-type]
+    if module is None:
+        return []
+    return [
+        (name, p)
+        for name, p in module.named_parameters()
+        if name.rsplit(".", 1)[-1].startswith("weight")
+        and p.numel() > 0
+        and p.is_floating_point()
+        and p.device.type != "meta"
+        and not p.any()
+    ]
+
+
+def architecture_support(
+    runner: Runner,
+    forward: Forward,
+    x: torch.Tensor,
+    layout: Layout,
+    zeros: list[tuple[str, torch.nn.Parameter]],
+) -> torch.Tensor:
+    """The centre output's receptive support with the zero weights set to ones, then restored.
+
+    A branch whose weights start at zero contributes nothing to the gradient,
+    so the support measured with the initial weights is that of the other
+    paths (a residual block's shortcut); with ones in their place, it is the
+    architecture's.
+    """
+    d = x.dim() - 2
+    try:
+        with torch.no_grad():
+            for _, p in zeros:
+                p.fill_(1.0)
+        with runner.differentiable(forward, x) as (leaf, output, _):
+            return receptive_support(leaf, layout.to_grid(output, d), d)
+    finally:
+        with torch.no_grad():
+            for _, p in zeros:
+                p.zero_()
 
 
 def check_room(

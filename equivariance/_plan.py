@@ -344,7 +344,11 @@ def make_plan(runner: Runner, request: Request) -> Plan:
         elements = request.elements or tuple(_shift_box(request, (1,) * d))
         return _finish(request, base, None, (1,) * d, (0,) * d, elements, notes)
     strides, notes, clean = _resolve_stride(runner, request, base, layout, notes)
-    margins = request.margin if support is None else _auto.receptive_margin(support, strides)
+    zeros = _auto.zero_weights(forward.model) if support is not None else []
+    if zeros:
+        support = _auto.architecture_support(runner, forward, x, layout, zeros)
+    names = [name for name, _ in zeros]
+    margins = request.margin if support is None else _auto.receptive_margin(support, strides, names)
     if isinstance(margins, _auto.Inferred):
         notes = (*notes, margins.note)
         margins = margins.value
