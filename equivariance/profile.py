@@ -474,8 +474,12 @@ def _record(
             made.add(id(source))  # the same computed tensor may feed several layers: one row
             junction = source.detach().clone()
             records.append(
-                Recorded(junction_name(name), JUNCTION, junction, id(source), None, junction.shape, None)
-            )
+                # computed from earlier tensors (a residual sum, an activation): it keeps their layout
+                Recorded(
+                    junction_name(name), JUNCTION, junction, id(source), None, tuple(junction.shape), None,
+                    keeps_layout=True,
+                )
+            )  # fmt: skip
         made.add(id(tensor))
         if source is None:
             copy = tensor.detach().clone()
@@ -537,8 +541,11 @@ def _record_output(
         return
     kind = type(stop).__name__ if stop is not None else type(model).__name__
     records.append(
-        Recorded(last, types.get(last, kind), output.detach().clone(), id(output), None, None, None)
-    )
+        Recorded(
+            last, types.get(last, kind), output.detach().clone(), id(output), None, tuple(output.shape),
+            None, keeps_layout=True,
+        )
+    )  # fmt: skip
 
 
 def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: str | None) -> Any:

@@ -137,12 +137,17 @@ class ConvNeXtBlock(nn.Module):
 
 
 def convnext_stage(seed: int = 0) -> nn.Module:
-    """A 4x4 stride-4 stem, a block, a downsampling layer (LayerNorm, 2x2 stride-2 conv), a block."""
+    """A 4x4 stride-4 stem, a block, a downsampling layer (LayerNorm, 2x2 stride-2 conv), a block.
+
+    The stem has no bias (ConvNeXt's has one), so that content on a zero
+    canvas is the only thing that is not zero: the profile then shows the
+    downsampling, not the canvas's edges, as the first failure.
+    """
     torch.manual_seed(seed)
     model = nn.Sequential()
-    model.add_module(
-        "stem", nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), Permute(0, 2, 3, 1), nn.LayerNorm(8))
-    )
+    # no bias in the stem: the zero canvas stays zero, so the zero padding adds no edges of its own
+    stem = nn.Conv2d(3, 8, 4, stride=4, bias=False)
+    model.add_module("stem", nn.Sequential(stem, Permute(0, 2, 3, 1), nn.LayerNorm(8)))
     model.add_module("to_first", Permute(0, 3, 1, 2))
     model.add_module("stage1", ConvNeXtBlock(8))
     model.add_module(
