@@ -48,7 +48,17 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         files.append(File.generated(config, src_uri, abs_src_path=str(path)))
     for name, content in _pictures().items():
         files.append(File.generated(config, f"images/{name}", content=content))
+    for name, content in _gallery().pictures.items():
+        files.append(File.generated(config, f"images/{name}", content=content))
     return files
+
+
+def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    if page.file.src_uri == "architectures.md":
+        if GALLERY_MARKER not in markdown:
+            raise RuntimeError(f"architectures.md: expected the marker {GALLERY_MARKER}")
+        markdown = markdown.replace(GALLERY_MARKER, _gallery().markdown)
+    return markdown
 
 
 NOTEBOOK_SCRIPTS = (
@@ -129,6 +139,87 @@ def _pictures() -> dict[str, bytes]:
     x[..., 8:24, 8:24] = torch.rand(2, 1, 16, 16)
     pictures["profile.png"] = _png(profile_chart(profile_equivariance(cnn, x, (1, 0))).figure)
     return pictures
+
+
+GALLERY_MARKER = "<!-- gallery: profiles drawn at build time -->"
+
+
+class _Gallery:
+    """The architectures page's sections and pictures, computed once per build."""
+
+    def __init__(self) -> None:
+        self.markdown = ""
+        self.pictures: dict[str, bytes] = {}
+
+
+_GALLERY: list[_Gallery] = []
+
+
+def _gallery() -> _Gallery:
+    """Each model of ``examples/gallery.py`` profiled and checked: a section and a picture each."""
+    if _GALLERY:
+        return _GALLERY[0]
+    import importlib.util
+    import sys
+
+    from equivariance.viz import profile_chart
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "gallery.py"
+    spec = importlib.util.spec_from_file_location("gallery", path)
+    assert spec is not None
+    assert spec.loader is not None
+    gallery = importlib.util.module_from_spec(spec)
+    sys.modules["gallery"] = gallery
+    spec.loader.exec_module(gallery)
+    result = _Gallery()
+    sections = []
+    for name, build in gallery.GALLERY.items():
+        case = gallery.CASES[name]
+        model = build()
+        profile, report = case.run(model)
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        result.pictures[f"gallery_{slug}.png"] = _png(profile_chart(profile).figure)
+        sections.append(_section(name, build, case, profile, report, slug))
+    result.markdown = "\n".join(sections)
+    _GALLERY.append(result)
+    return result
+
+
+def _wrapped(lines: list[str]) -> list[str]:
+    """Long lines of a text block folded at 100 characters, continuations indented."""
+    import textwrap
+
+    folded = []
+    for line in lines:
+        folded.extend(textwrap.wrap(line, 100, subsequent_indent="    ", break_on_hyphens=False) or [""])
+    return folded
+
+
+def _section(name: str, build: Any, case: Any, profile: Any, report: Any, slug: str) -> str:
+    first = profile.first_failure
+    lines = [
+        f"## {name}",
+        "",
+        f"`{build.__name__}()`: {(build.__doc__ or '').strip().splitlines()[0]}",
+        "",
+        case.about,
+        "",
+        "```python",
+        f"profile_equivariance(model, {case.inputs}, {case.shift})",
+        "```",
+        "",
+        f"![the profile of the {name}](images/gallery_{slug}.png)",
+        "",
+        "```text",
+    ]
+    said = [profile.summary()]
+    if first is not None:
+        said.append(f"likely cause at {first.name}: {first.cause}; fix: {first.fix}")
+    lines += [*_wrapped(said), "```", "", "```python", case.check, "```", "", "```text"]
+    checked = [report.summary(), *(f"inferred: {n}" for n in report.inferred)]
+    checked += [f"hint: {hint}" for hint in report.hints]
+    lines += [*_wrapped(checked), "```", ""]
+    return "\n".join(lines)
 
 
 def _png(figure: Any) -> bytes:

@@ -152,12 +152,14 @@ def consistency(
 
     Examples:
         >>> import torch
+        >>> _ = torch.manual_seed(2)
         >>> net = torch.nn.Sequential(
         ...     torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), torch.nn.ReLU(),
         ...     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
-        >>> result = consistency(net, torch.randn(50, 1, 16, 16), pairs=2)
-        >>> result.value, result.n, result.samples
-        (1.0, 100, 50)
+        >>> x = torch.randn(50, 1, 16, 16) * torch.linspace(0.1, 3, 50).view(-1, 1, 1, 1)
+        >>> result = consistency(net, x, pairs=2)
+        >>> result.value, result.n, result.samples, result.distinct
+        (1.0, 100, 50, 2)
     """
     x, forward, boundary, bounds = _prepare(model, x, boundary, max_shift, output)
     count = as_int(pairs, "pairs")

@@ -157,7 +157,10 @@ def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
     ax.bar(range(len(rows)), heights, color=colours)
     ax.set_yscale("log")
     ax.axhline(profile.rtol, color="black", linestyle="--", linewidth=1, label=f"rtol {profile.rtol:.0e}")
-    ax.set_xticks(range(len(rows)), [f"{r.name}\n{r.type}" for r in rows])
+    if max(len(r.name) for r in rows) > 8 and len(rows) > 4:  # long names side by side would overlap
+        ax.set_xticks(range(len(rows)), [f"{r.name} ({r.type})" for r in rows], rotation=40, ha="right")
+    else:
+        ax.set_xticks(range(len(rows)), [f"{r.name}\n{r.type}" for r in rows])
     ax.set_ylabel("relative error")
     what = profile.element.noun
     subject = profile.subject if profile.up_to is None else f"{profile.subject} up to {profile.up_to}"

@@ -18,16 +18,28 @@ Run it to print every profile::
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equivariance import (
+    EquivarianceProfile,
+    EquivarianceReport,
+    check_equivariance,
+    multiples_of,
+    profile_equivariance,
+)
+
 __all__ = [
+    "CASES",
     "GALLERY",
+    "Case",
     "BlurPool",
     "blurpool_net",
     "canvas",
+    "image",
     "convnext_stage",
     "depthwise_net",
     "fcn_head",
@@ -366,10 +378,120 @@ GALLERY: dict[str, Callable[..., nn.Module]] = {
 """The gallery's models by name, each a builder taking a ``seed``."""
 
 
-if __name__ == "__main__":
-    from equivariance import profile_equivariance
+@dataclass(frozen=True)
+class Case:
+    """How the docs page profiles and checks a gallery model, and what the result shows.
 
+    The inputs and the check are Python expressions, shown on the page as
+    they are and evaluated (by ``run``) with ``model``, ``canvas``, ``image``,
+    ``check_equivariance`` and ``multiples_of`` in scope.
+
+    Attributes:
+        inputs: the batch the model is profiled on, e.g. ``"canvas()"``.
+        shift: the input shift of the profile.
+        check: the check, e.g. ``'check_equivariance(model, canvas(), stride="auto")'``.
+        about: what the profile shows, and why (the page's prose).
+    """
+
+    inputs: str
+    shift: tuple[int, ...]
+    check: str
+    about: str
+
+    def run(self, model: nn.Module) -> tuple[EquivarianceProfile, EquivarianceReport]:
+        """The profile and the check of ``model``."""
+        scope = {
+            "model": model,
+            "canvas": canvas,
+            "image": image,
+            "check_equivariance": check_equivariance,
+            "multiples_of": multiples_of,
+        }
+        x = eval(self.inputs, scope)  # the gallery's own expressions
+        report = eval(self.check, scope)
+        return profile_equivariance(model, x, self.shift), report
+
+
+def image(seed: int = 0) -> torch.Tensor:
+    """Two random 32x32 images (no canvas: their content reaches the edges)."""
+    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+CASES: dict[str, Case] = {
+    "ResNet stage": Case(
+        "canvas()",
+        (1, 0),
+        'check_equivariance(model, canvas(), stride="auto", margin="auto")',
+        "The stem and the first block keep the resolution and follow a one-sample shift exactly; the "
+        "block that subsamples by 2 is where the shift stops being followed, in its strided shortcut "
+        "(which runs first) and its strided convolution alike. Shifts by multiples of 2 pass.",
+    ),
+    "ConvNeXt stage": Case(
+        "canvas(size=128, content=64)",
+        (4, 0),
+        'check_equivariance(model, canvas(size=128, content=64), stride="auto", margin="auto")',
+        "Inside each block the map is channels last (a Permute, a LayerNorm and an MLP on the last "
+        "dim, a Permute back): the profile follows the layout through the permutations and compares "
+        "every layer on its grid, at stride 4 after the patchify stem. A shift of 4 passes the stem "
+        "and the first stage; the downsampling layer (stride 8 in all) is the first it cannot follow.",
+    ),
+    "ViT": Case(
+        "canvas()",
+        (16, 0),
+        'check_equivariance(model, canvas(), multiples_of(16, 16), layer="patch_embed", stride="auto")',
+        "The patch embedding (a 16x16 convolution of stride 16) follows shifts by whole patches. The "
+        "break comes right after it, in forward code: the class token is prepended and a learned "
+        "position embedding is added as a parameter, not in a submodule. The profile gives that tensor "
+        "a row of its own, reads it as tokens on the 4x4 grid after one prefix token, and names the "
+        "parameter with a value for every position.",
+    ),
+    "squeeze-excite": Case(
+        "image()",
+        (1, 0),
+        "check_equivariance(model, canvas(), margin=2)",
+        "On a whole image, a zero-boundary shift fills in a row of zeros: the edges break first "
+        "(borders), and the squeeze-excite block's global average changes with them. Its rows are "
+        "global pooling, not aliasing: a global statistic is unchanged by a shift only while the "
+        "content stays inside the canvas, which is why the check on a zero canvas passes.",
+    ),
+    "MobileNet blocks": Case(
+        "canvas()",
+        (1, 0),
+        'check_equivariance(model, canvas(), stride="auto", margin="auto")',
+        "Depthwise and pointwise convolutions keep the symmetry; the depthwise convolution of stride 2 "
+        "is the first layer that cannot follow a one-sample shift.",
+    ),
+    "FCN head": Case(
+        "canvas()",
+        (1, 0),
+        'check_equivariance(model, canvas(), stride="auto")',
+        "The output is at full resolution, but the model subsamples by 4 inside and upsamples back: "
+        "no input shift moves the output cleanly by one sample, so stride='auto' takes the size ratio "
+        "(1) and says the check will fail. The upsampling layer's row is aliasing carried from the "
+        "first strided layer, not a layer without symmetry.",
+    ),
+    "U-Net": Case(
+        "canvas()",
+        (1, 0),
+        'check_equivariance(model, canvas(), stride="auto", margin="auto")',
+        "The encoder's convolutions have biases, so the zero canvas becomes a constant map whose edges "
+        "meet the zero padding: a boundary effect comes first. The pooling aliases odd shifts, and the "
+        "decoder's transposed convolution cannot undo it: its row is aliasing from the pooling. The "
+        "check follows even shifts only.",
+    ),
+    "blur pooling": Case(
+        "canvas()",
+        (1, 0),
+        'check_equivariance(model, canvas(), stride="auto", margin="auto")',
+        "Max pooling of stride 1, then a 3x3 blur before subsampling by 2 (Zhang, ICML 2019): the blur "
+        "lowers the error of an odd shift but cannot remove it, and the fix says so instead of "
+        "suggesting the anti-aliasing that is already there.",
+    ),
+}
+"""The docs page's profiles and checks of the gallery models."""
+
+
+if __name__ == "__main__":
     for name, build in GALLERY.items():
-        model = build()
-        shift = (16, 0) if name == "ViT" else (1, 0)
-        print(f"# {name}\n{profile_equivariance(model, canvas(), shift)}\n")
+        profile, report = CASES[name].run(build())
+        print(f"# {name}\n{profile}\n\n{report}\n")

@@ -29,7 +29,7 @@ from equivariance.shifts import shifts_in_box
 
 
 def classifier() -> nn.Module:
-    torch.manual_seed(0)
+    torch.manual_seed(2)  # it tells images() apart (a classifier with one prediction warns)
     return nn.Sequential(
         nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4)
     )
