@@ -37,10 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from equivariance.layouts import ChannelsFirst, ChannelsLast, Layout, Tokens, stride_of
-
-MAX_PREFIX = 8
-"""The most prefix tokens (class, distillation and register tokens) a token reading allows."""
+from equivariance.layouts import MAX_PREFIX, ChannelsFirst, ChannelsLast, Layout, Tokens, stride_of
 
 CHANNELS_FIRST_OPS: tuple[type[nn.Module], ...] = (
     nn.modules.conv._ConvNd,

@@ -157,6 +157,8 @@ class Tokens(Layout):
             of tokens and the input's size (the input divided by one integer
             patch size), when that is unambiguous.
         prefix: the number of tokens before the grid's (a class token: 1).
+            With neither the grid nor a prefix, the fewest prefix tokens (up
+            to ``MAX_PREFIX``) that leave the tokens of a grid are taken.
     """
 
     name = "tokens"
@@ -188,13 +190,23 @@ class Tokens(Layout):
         return tokens.reshape(len(tokens), *self.grid, tokens.shape[-1]).movedim(-1, 1)
 
     def resolved(self, shape: Sequence[int], input_spatial: Sequence[int]) -> Tokens:
-        """This layout with its grid: as given, or the input's size over the one patch size that fits."""
+        """This layout with its grid: as given, or the input's size over the one patch size that fits.
+
+        Examples:
+            >>> Tokens().resolved((2, 17, 16), (64, 64))  # a class token before 4x4 patches of 16
+            Tokens((4, 4), prefix=1)
+        """
         if self.grid is not None:
             return self
+        found = self._grids(shape, input_spatial, self.prefix)
+        if not found and self.prefix == 0:  # no grid without prefix tokens: the fewest that leave one
+            for prefix in range(1, MAX_PREFIX + 1):
+                grids = self._grids(shape, input_spatial, prefix)
+                if len(grids) == 1:
+                    return Tokens(grids.pop(), prefix)
+                if grids:
+                    break
         count = shape[1] - self.prefix if len(shape) == 3 else -1
-        found = (
-            {g for g in _grids_below(tuple(input_spatial)) if math.prod(g) == count} if count > 0 else set()
-        )
         if len(found) != 1:
             shown = "no" if not found else f"{len(found)}"
             raise InvalidArgument(
@@ -204,6 +216,14 @@ class Tokens(Layout):
                 "e.g. Tokens((14, 14), prefix=1)"
             )
         return Tokens(found.pop(), self.prefix)
+
+    @staticmethod
+    def _grids(shape: Sequence[int], input_spatial: Sequence[int], prefix: int) -> set[tuple[int, ...]]:
+        """The grids of the input's size over one patch size that hold the tokens after ``prefix``."""
+        count = shape[1] - prefix if len(shape) == 3 else -1
+        if count <= 0:
+            return set()
+        return {g for g in _grids_below(tuple(input_spatial)) if math.prod(g) == count}
 
     def describe(self) -> str:
         where = "a grid" if self.grid is None else f"a {'x'.join(map(str, self.grid))} grid"
@@ -227,6 +247,9 @@ def _grids_below(spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 LayoutLike = Layout | str
+
+MAX_PREFIX = 8
+"""The most prefix tokens (class, distillation and register tokens) an inferred token layout allows."""
 _NAMED: dict[str, type[Layout]] = {"channels_first": ChannelsFirst, "channels_last": ChannelsLast}
 
 

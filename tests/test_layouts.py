@@ -172,3 +172,11 @@ def test_an_ambiguous_layout_is_not_compared_and_can_be_named() -> None:
     assert named["2"].layout == "channels_last"
     with pytest.raises(InvalidArgument, match=r"Sequential has no layer named 'nope'"):
         profile_equivariance(net, x, (1, 2), layouts={"nope": "channels_last"})
+
+
+def test_a_token_layout_without_a_prefix_takes_the_fewest_prefix_tokens_that_leave_a_grid() -> None:
+    assert Tokens().resolved((2, 17, 16), (64, 64)) == Tokens((4, 4), prefix=1)
+    assert Tokens().resolved((2, 16, 16), (64, 64)) == Tokens((4, 4))  # no prefix needed
+    assert Tokens(prefix=2).resolved((2, 18, 16), (64, 64)) == Tokens((4, 4), prefix=2)
+    with pytest.raises(InvalidArgument, match=r"no grids of the input's size \(64, 64\).* after 2 prefix"):
+        Tokens(prefix=2).resolved((2, 17, 16), (64, 64))  # a prefix given is not second-guessed
