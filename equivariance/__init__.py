@@ -10,6 +10,7 @@ Examples:
 
 from equivariance.audit import AuditResult, audit
 from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
+from equivariance.crops import Crop
 from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
 from equivariance.metric import equivariance_error, invariance_error
 from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equivariance
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditResult",
+    "Crop",
     "EquivarianceError",
     "EquivarianceReport",
     "EquivarianceProfile",

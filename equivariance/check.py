@@ -24,6 +24,7 @@ from equivariance._plan import BatchSize, Mode, Plan
 from equivariance._runner import Runner
 from equivariance._sinks import OutputAction, Sums
 from equivariance.actions import Action, Boundary
+from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import LayoutLike
 from equivariance.report import EquivarianceReport, ShiftResult
@@ -46,7 +47,7 @@ def check_equivariance(
     max_shift: IntOrTuple | None = None,
     stride: IntOrTuple | Literal["auto"] = 1,
     output_action: OutputAction | None = None,
-    boundary: Boundary = "zeros",
+    boundary: Boundary | Crop = "zeros",
     margin: IntOrTuple | Literal["auto"] = 0,
     layer: str | None = None,
     output: OutputSelector = None,
@@ -93,7 +94,9 @@ def check_equivariance(
             candidates the spatial sizes allow, tested in one batched pass.
         output_action: a callable ``(f(x), shift) -> tensor`` for any other
             output action.
-        boundary: ``"zeros"`` or ``"circular"``, see [`equivariance.shifts`][equivariance.shifts].
+        boundary: ``"zeros"`` or ``"circular"``, see [`equivariance.shifts`][equivariance.shifts];
+            or ``Crop(size)``: ``x`` is a larger image, each shift a crop window
+            (the protocol of Zhang 2019, see [`equivariance.crops`][equivariance.crops]).
         margin: samples dropped at each edge of the compared region.
             ``"auto"`` measures the receptive-field radius of the output, in
             output samples, from the gradient of a centre output with respect
@@ -145,7 +148,7 @@ def check_invariance(
     shifts: Sequence[ShiftLike] | None = None,
     *,
     max_shift: IntOrTuple | None = None,
-    boundary: Boundary = "zeros",
+    boundary: Boundary | Crop = "zeros",
     layer: str | None = None,
     output: OutputSelector = None,
     atol: float | None = None,
@@ -330,6 +333,8 @@ def _report(
 
 
 def _shown_boundary(plan: Plan) -> str:
+    if plan.request.crop is not None:
+        return str(plan.request.crop)
     if any(type(e).uses_boundary for e in plan.elements):
         return plan.request.boundary
     return "none (the transforms map the grid onto itself)"

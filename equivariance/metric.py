@@ -38,6 +38,7 @@ from equivariance._runner import Runner
 from equivariance._sinks import accumulation_dtype
 from equivariance._validation import describe
 from equivariance.actions import Action, Boundary
+from equivariance.crops import Crop
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.layouts import LayoutLike
 from equivariance.shifts import Shift, ShiftLike
@@ -74,7 +75,7 @@ def equivariance_error(
     *,
     stride: IntOrTuple | Literal["auto"] = 1,
     output_action: OutputAction | None = None,
-    boundary: Boundary = "zeros",
+    boundary: Boundary | Crop = "zeros",
     margin: IntOrTuple | Literal["auto"] = 0,
     layer: str | None = None,
     output: OutputSelector = None,
@@ -118,8 +119,10 @@ def equivariance_error(
             ``"auto"`` infers it, as in [`check_equivariance`][equivariance.check_equivariance].
         output_action: a callable ``(f(x), shift) -> tensor`` replacing the
             default output action.
-        boundary: ``"zeros"`` (content moves on a finite canvas) or
-            ``"circular"`` (on a torus).
+        boundary: ``"zeros"`` (content moves on a finite canvas),
+            ``"circular"`` (on a torus) or ``Crop(size)`` (``x`` is a larger
+            image and the shift moves a crop window, see
+            [`equivariance.crops`][equivariance.crops]).
         margin: samples dropped at each edge of the compared region (an int
             or one per dim), for zero-padded convolutions whose border outputs
             see the padding. ``"auto"`` measures the receptive-field radius,
@@ -153,7 +156,7 @@ def invariance_error(
     x: torch.Tensor,
     shift: ShiftLike | Action,
     *,
-    boundary: Boundary = "zeros",
+    boundary: Boundary | Crop = "zeros",
     layer: str | None = None,
     output: OutputSelector = None,
     reduction: Reduction = "mean",
