@@ -84,7 +84,8 @@ class InvarianceMetric:
         interval: how the interval was computed: ``"wilson, clustered by sample"``
             (the proportions) or ``"normal, clustered by sample"`` (the mean); see
             the module's notes.
-        boundary: ``"circular"``, ``"zeros"``, or the crop protocol's ``"crop 224x224 of 256x256 at (16, 16)"``.
+        boundary: ``"circular"``, ``"zeros"``, or the crop protocol's
+            ``"crop 224x224 of 256x256 at (16, 16)"``.
         shifts: which shifts were drawn, in words.
         samples: the number of samples the comparisons come from, the interval's
             independent units (None where a caller built the metric without it).
