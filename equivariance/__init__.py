@@ -14,6 +14,7 @@ from equivariance.crops import Crop
 from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
 from equivariance.metric import equivariance_error, invariance_error
 from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equivariance
+from equivariance.regular import regular
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
 from equivariance.transforms import Flip, Rot90
@@ -45,5 +46,6 @@ __all__ = [
     "invariance_error",
     "multiples_of",
     "profile_equivariance",
+    "regular",
     "shifts_in_box",
 ]

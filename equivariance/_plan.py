@@ -19,6 +19,7 @@ elements checked. ``measure`` runs them and returns the sums.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from equivariance import _auto
+from equivariance._alignment import Strided, strided_layers
 from equivariance._copies import Copies
 from equivariance._forward import Forward
 from equivariance._isolation import submodules
@@ -38,6 +40,7 @@ from equivariance.actions import Action, Boundary, Grid, Identity
 from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout, Tokens, as_layout
+from equivariance.regular import Regular
 from equivariance.shifts import Shift, as_shift, multiples_of
 
 Mode = Literal["equivariance", "invariance"]
@@ -68,6 +71,7 @@ class Request:
     batch_size: BatchSize
     noise_floor: bool
     crop: CropOf | None = None
+    fields: Regular | None = None
 
     @property
     def spatial_dims(self) -> int:
@@ -89,6 +93,8 @@ class Plan:
         rows: what the runner sends: the identity first with a noise floor.
         batch_size: samples per forward pass.
         inferred: how ``"auto"`` (and an inferred layout) were resolved, a sentence each.
+        strided: the strided layers the unshifted pass met and their input sizes (recorded for
+            rotations and flips, whose exactness depends on them; see `equivariance._alignment`).
     """
 
     request: Request
@@ -101,6 +107,7 @@ class Plan:
     rows: tuple[Action, ...]
     batch_size: int
     inferred: tuple[str, ...] = field(default=())
+    strided: tuple[Strided, ...] = field(default=())
 
     @property
     def noise_rows(self) -> int:
@@ -135,7 +142,10 @@ def validate(
     the_boundary = as_boundary(boundary)
     strides = _auto_or_per_dim(stride, d, "stride", minimum=1)
     margins = _auto_or_per_dim(margin, d, "margin", minimum=0)
-    if output_action is not None:
+    fields = output_action if isinstance(output_action, Regular) else None
+    if fields is not None:
+        output_action = None  # not a callable replacing the stride: the rows' elements on regular fields
+    elif output_action is not None:
         _check_output_action(output_action, strides, elements)
     crop = None
     if isinstance(the_boundary, Crop):
@@ -163,7 +173,7 @@ def validate(
         forward, tensor, mode, None if elements is None else tuple(elements), bound, strides, margins,
         the_boundary, None if layout is None else as_layout(layout),
         output_action,  # type: ignore[arg-type]
-        check_batch_size(batch_size), noise_floor, crop,
+        check_batch_size(batch_size), noise_floor, crop, fields,
     )  # fmt: skip
 
 
@@ -366,6 +376,14 @@ def as_element(value: object) -> Action:
 
 def make_plan(runner: Runner, request: Request) -> Plan:
     """The unshifted pass, the layout, the stride and margin, the elements and the rows (see module)."""
+    elements = request.elements or ()
+    transformed = any(not isinstance(e, Shift) for e in elements)
+    with strided_layers(request.forward.model, enabled=transformed) as seen:
+        plan = _make_plan(runner, request)
+    return dataclasses.replace(plan, strided=tuple(seen)) if seen else plan
+
+
+def _make_plan(runner: Runner, request: Request) -> Plan:
     x, d, forward = request.x, request.spatial_dims, request.forward
     meter = _needs_meter(request)
     support = None
@@ -497,7 +515,7 @@ def _finish(
     if grid is not None:
         grid_base = grid.layout.to_grid(base.output, grid.spatial_dims)
         if request.output_action is None:
-            _check_output_fits(elements, grid, grid_base, margins)
+            _check_output_fits(_acting(request, elements), grid, grid_base, margins)
     return Plan(request, base.output, grid, grid_base, strides, margins, elements, rows, size, notes)
 
 
@@ -554,7 +572,10 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
     sink: GridSums | FlatSums
     if plan.grid is not None:
         assert plan.grid_base is not None
-        sink = GridSums(plan.grid_base, plan.rows, plan.grid, plan.margins, request.output_action)
+        sink = GridSums(
+            plan.grid_base, plan.rows, plan.grid, plan.margins, request.output_action,
+            None if request.fields is None else _acting(request, plan.rows),
+        )  # fmt: skip
         layout: Layout | None = plan.grid.layout
     else:
         sink, layout = FlatSums(plan.base, len(plan.rows)), None
@@ -570,6 +591,12 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
         copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
     )
     return sink.sums(), size
+
+
+def _acting(request: Request, elements: Sequence[Action]) -> list[Action]:
+    """How the elements act on the output: as on the input, or on regular fields (``regular(...)``)."""
+    fields = request.fields
+    return list(elements) if fields is None else [fields.acting(e) for e in elements]
 
 
 def _input_copies(request: Request, rows: Sequence[Action]) -> Copies:
