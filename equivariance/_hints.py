@@ -148,11 +148,13 @@ def _orientation_hint(plan: Plan) -> str:
     """A map that does not rotate with the input: a group convolution's fields, or no symmetry."""
     fields = plan.request.fields
     if fields is not None:
+        other = "p4m" if fields.group == "p4" else "p4"
         return (
-            f"the output does not transform as the {fields} given: check the group, the number of "
-            "fields, the order of the orientation channels (direction=-1 numbers them the other way) "
-            "and, for p4m, which dim the reflection reverses (reflection=-2); or check an earlier "
-            "layer with layer="
+            f"the output does not transform under the action given ({fields}): check the group "
+            f"(regular({other!r})?), the number of fields, the numbering of the orientations "
+            f"(direction={-fields.direction} numbers them the other way) and, for p4m, which dim the "
+            f"reflection reverses (reflection={-3 - fields.reflection}); or check an earlier layer "
+            "with layer="
         )
     assert plan.grid_base is not None
     channels = plan.grid_base.shape[1] if plan.grid_base.dim() == plan.request.spatial_dims + 2 else 0

@@ -194,7 +194,7 @@ def as_boundary(boundary: object) -> Boundary | Crop:
     """A boundary name or a [`Crop`][equivariance.crops.Crop], else InvalidArgument saying what to pass."""
     if isinstance(boundary, Crop):
         return boundary
-    if boundary == "crop":
+    if isinstance(boundary, str) and boundary == "crop":
         raise InvalidArgument(
             "boundary='crop' needs the crop's size; pass boundary=Crop(size), e.g. Crop(224) for "
             "224x224 crops of x (from equivariance import Crop)"

@@ -195,7 +195,8 @@ def test_the_hint_at_a_group_convolution_layer_points_to_the_regular_action() ->
     given = check_equivariance(
         Lifting(1, 2).double(), images(), transforms=ROTATIONS, output_action=regular("p4", direction=-1)
     )
-    assert "direction=-1 numbers them the other way" in given.hints[-1]
+    assert "(direction=1 numbers them the other way)" in given.hints[-1]
+    assert "reflection=-2" in given.hints[-1]
 
 
 def test_a_strided_layer_misaligned_for_rotations_is_named_with_the_size_to_use() -> None:
