@@ -418,6 +418,11 @@ def _crop_bounds(crop: CropOf, max_shift: IntOrTuple | None, random_shifts: bool
             ) from None
         return ones, ones
     if max_shift is None:
+        if not any(crop.room):
+            raise InvalidArgument(
+                f"the image {tuple(crop.x.shape[2:])} holds a single window of {crop.size}, so every "
+                "random crop is the same one and the metric cannot fail; pass a larger x or a smaller crop"
+            )
         return crop.shifts_allowed()
     bounds = per_dim(max_shift, len(crop.size), "max_shift", minimum=0)
     crop.check_shift(Shift(bounds))

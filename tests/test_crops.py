@@ -252,13 +252,14 @@ def test_a_model_whose_answers_are_known_in_closed_form() -> None:
         (lambda m, x: check_equivariance(m, x, boundary=Crop(12)), r"leaves no room to move a crop"),
         (lambda m, x: prediction_change(m, x, boundary=Crop(12, at=0)), r"one pixel each way, but shift"),
         (lambda m, x: consistency(m, x, boundary=Crop(8), max_shift=6), r"shift \(6, 6\) moves"),
+        (lambda m, x: logit_change(m, x, boundary=Crop(12)), r"holds a single window of \(12, 12\)"),
         (lambda m, x: Crop(0), r"the crop size must be positive, found 0"),
         (lambda m, x: Crop((8, 8), at=(-1, 0)), r"the reference corner at must be >= 0"),
     ],
     ids=[
         "crop-without-size", "unknown-name", "crop-too-large", "reference-outside", "shift-outside",
         "max-shift-outside", "transforms", "auto-stride", "no-room", "no-room-for-one-pixel",
-        "metric-box-outside", "zero-size", "negative-corner",
+        "metric-box-outside", "single-window", "zero-size", "negative-corner",
     ],
 )  # fmt: skip
 def test_bad_crop_arguments_are_refused_with_a_fix(call: object, message: str) -> None:
