@@ -209,7 +209,8 @@ def regular(
         group: ``"p4"`` or ``"p4m"``.
         fields: the number of fields ``K`` of the output (default: its channels over ``|G|``).
         direction: ``1`` if a quarter turn of the input moves orientation ``i`` to ``i + 1``
-            (escnn's numbering, and that of a filter bank rotated with ``torch.rot90``), ``-1`` otherwise.
+            (the numbering measured on escnn's fields, and that of a filter bank rotated with
+            ``torch.rot90``), ``-1`` otherwise.
         reflection: the spatial dim the group's reflection reverses (p4m): ``-1`` (default) or ``-2``.
 
     Returns:
