@@ -25,6 +25,7 @@ import torch
 
 from equivariance._copies import Copies
 from equivariance._forward import Forward
+from equivariance._isolation import owning_module
 from equivariance._judge import sample_errors
 from equivariance._runner import ModelConsumer, Runner
 from equivariance._sinks import GridSums
@@ -32,6 +33,7 @@ from equivariance.actions import Action, Boundary, Grid
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import Layout
 from equivariance.shifts import Shift
+from equivariance.tolerances import resolve_tolerance
 
 AUTO = "auto"
 
@@ -42,6 +44,7 @@ class Inferred:
 
     value: tuple[int, ...]
     note: str
+    clean: bool = True
 
 
 def infer_stride(
@@ -76,7 +79,8 @@ def infer_stride(
     runner.run(input_copies, len(rows), [consumer], batch_size, lambda row: "the shifts of stride='auto'")
     measured = sums.sums()
     errors, _ = sample_errors(measured.diff_sq, measured.ref_sq, measured.count.unsqueeze(-1))
-    return _choose(candidates, errors.mean(dim=1).tolist(), spatial_out)
+    rtol = resolve_tolerance(base.dtype if base.dtype.is_floating_point else x.dtype).rtol
+    return _choose(candidates, errors.mean(dim=1).tolist(), spatial_in, spatial_out, rtol)
 
 
 def _candidates(
@@ -95,27 +99,68 @@ def _candidates(
     return candidates
 
 
-def _choose(candidates: list[list[int]], mean: list[float], spatial_out: tuple[int, ...]) -> Inferred:
-    stride, parts, k = [], [], 0
-    for tried_at in candidates:
+def _choose(
+    candidates: list[list[int]],
+    mean: list[float],
+    spatial_in: tuple[int, ...],
+    spatial_out: tuple[int, ...],
+    rtol: float,
+) -> Inferred:
+    """The best candidate per dim where one moves the output cleanly; else the size ratio, said so."""
+    stride, picked, parts, k, unclear = [], [], [], 0, []
+    for i, tried_at in enumerate(candidates):
         tried = mean[k : k + len(tried_at)]
         k += len(tried_at)
-        best = min(range(len(tried)), key=lambda j: tried[j])
+        order = sorted(range(len(tried)), key=lambda j: tried[j])
+        best = order[0]
+        next_best = tried[order[1]] if len(order) > 1 else math.inf
         stride.append(tried_at[best])
-        rest = [e for j, e in enumerate(tried) if j != best]
-        next_best = f"{min(rest):.1e}" if rest else "none"
-        parts.append(f"{tried_at[best]} (error {tried[best]:.1e}; next best {next_best})")
-    shown = parts[0] if len(set(stride)) == 1 else ", ".join(parts)
+        picked.append(tried_at[best])
+        shown_next = f"{next_best:.1e}" if len(order) > 1 else "none"
+        parts.append(f"{tried_at[best]} (error {tried[best]:.1e}; next best {shown_next})")
+        if not _clean(tried[best], next_best, rtol):
+            unclear.append(i)
+            stride[i] = max(1, math.floor(spatial_in[i] / spatial_out[i]))
+    shown = parts[0] if len(set(picked)) == 1 else ", ".join(parts)
+    tried_range = f"1 to {max(len(c) for c in candidates)}"
+    if unclear:
+        note = (
+            f"stride {_shown(tuple(stride))}, the input's size over the output's: no input shift of "
+            f"{tried_range} tried moves the output {spatial_out} cleanly by one sample (the best is "
+            f"{shown}). Expect the check to fail: the model subsamples and upsamples back (aliasing), "
+            "or its output does not move with the input; profile_equivariance names the layer"
+        )
+        return Inferred(tuple(stride), note, clean=False)
     note = (
         f"stride {_shown(tuple(stride))}, the input shift that moves the output "
-        f"{spatial_out} by one sample, of 1 to {max(len(c) for c in candidates)} tried, is {shown}"
+        f"{spatial_out} by one sample, of {tried_range} tried, is {shown}"
     )
     return Inferred(tuple(stride), note)
 
 
-def receptive_support(leaf: torch.Tensor, grid_output: torch.Tensor, d: int) -> torch.Tensor:
-    """Which input positions the output at the centre of the map depends on (one backward pass)."""
-    centre = tuple(n // 2 for n in grid_output.shape[-d:])
+CLEAN_ERROR = 100
+"""The best candidate's error must be within this many ``rtol`` to be the stride."""
+CLEAR_LEAD = 2
+"""... and the next best's error this many times its own (and above ``rtol``)."""
+
+
+def _clean(best: float, next_best: float, rtol: float) -> bool:
+    """A stride candidate that moves the output within tolerance's reach, well ahead of the next."""
+    return best <= CLEAN_ERROR * rtol and next_best > max(CLEAR_LEAD * best, rtol)
+
+
+def receptive_support(
+    leaf: torch.Tensor,
+    grid_output: torch.Tensor,
+    d: int,
+    position: tuple[int, ...] | None = None,
+    retain: bool = False,
+) -> torch.Tensor:
+    """Which input positions the output at the centre of the map (or at ``position``) depends on.
+
+    One backward pass; ``retain`` keeps the graph for another.
+    """
+    centre = tuple(n // 2 for n in grid_output.shape[-d:]) if position is None else position
     index: tuple[Any, ...] = (Ellipsis, *centre)
     picked = grid_output[index]
     if not picked.requires_grad:
@@ -123,7 +168,7 @@ def receptive_support(leaf: torch.Tensor, grid_output: torch.Tensor, d: int) -> 
             "margin='auto' measures the receptive field by differentiating the output with "
             "respect to the input, but the output does not depend on x through autograd; pass margin="
         )
-    (grad,) = torch.autograd.grad(picked.sum(), leaf, allow_unused=True)
+    (grad,) = torch.autograd.grad(picked.sum(), leaf, allow_unused=True, retain_graph=retain)
     if grad is None:
         support = torch.zeros(leaf.shape[2:], dtype=torch.bool)
     else:
@@ -137,7 +182,7 @@ def receptive_support(leaf: torch.Tensor, grid_output: torch.Tensor, d: int) -> 
     return support
 
 
-def receptive_margin(support: torch.Tensor, strides: tuple[int, ...]) -> Inferred:
+def receptive_margin(support: torch.Tensor, strides: tuple[int, ...], zeros: Sequence[str] = ()) -> Inferred:
     """The receptive-field radius of the centre output, in output samples, from its input support."""
     margins, widths = [], []
     for i in range(support.dim()):
@@ -151,7 +196,81 @@ def receptive_margin(support: torch.Tensor, strides: tuple[int, ...]) -> Inferre
         f"{' x '.join(map(str, widths))} input samples (one backward pass), a radius of "
         f"{_shown(tuple(margins))} output samples at stride {_shown(strides)}"
     )
+    if zeros:
+        shown = ", ".join(zeros[:3]) + (f" and {len(zeros) - 3} more" if len(zeros) > 3 else "")
+        note += (
+            f"; measured with the all-zero weights ({shown}) set to ones, so that it is the "
+            "architecture's reach, not the initial weights' (which hide the branches they zero)"
+        )
     return Inferred(tuple(margins), note)
+
+
+def measured_reach(
+    runner: Runner, forward: Forward, x: torch.Tensor, layout: Layout, strides: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The receptive-field radius in output samples, from one more pass and two backward passes.
+
+    None where the output does not depend on x through autograd, or where the
+    corner output depends on the same inputs as the centre one (a dense layer,
+    not a local map whose reach could be compared with its size).
+    """
+    d = x.dim() - 2
+    try:
+        with runner.differentiable(forward, x) as (leaf, output, _):
+            grid_output = layout.to_grid(output, d)
+            support = receptive_support(leaf, grid_output, d, retain=True)
+            corner = receptive_support(leaf, grid_output, d, position=(0,) * d)
+    except InvalidArgument:
+        return None
+    if torch.equal(support, corner):
+        return None  # every output sees the same inputs (a dense layer): no local reach to speak of
+    return receptive_margin(support, strides).value
+
+
+def zero_weights(model: object) -> list[tuple[str, torch.nn.Parameter]]:
+    """The model's weights that are all zero (a zero-initialised BatchNorm or last convolution).
+
+    Biases are left out: many start at zero without hiding anything.
+    """
+    module = owning_module(model)  # type: ignore[arg-type]
+    if module is None:
+        return []
+    return [
+        (name, p)
+        for name, p in module.named_parameters()
+        if name.rsplit(".", 1)[-1].startswith("weight")
+        and p.numel() > 0
+        and p.is_floating_point()
+        and p.device.type != "meta"
+        and not p.any()
+    ]
+
+
+def architecture_support(
+    runner: Runner,
+    forward: Forward,
+    x: torch.Tensor,
+    layout: Layout,
+    zeros: list[tuple[str, torch.nn.Parameter]],
+) -> torch.Tensor:
+    """The centre output's receptive support with the zero weights set to ones, then restored.
+
+    A branch whose weights start at zero contributes nothing to the gradient,
+    so the support measured with the initial weights is that of the other
+    paths (a residual block's shortcut); with ones in their place, it is the
+    architecture's.
+    """
+    d = x.dim() - 2
+    try:
+        with torch.no_grad():
+            for _, p in zeros:
+                p.fill_(1.0)
+        with runner.differentiable(forward, x) as (leaf, output, _):
+            return receptive_support(leaf, layout.to_grid(output, d), d)
+    finally:
+        with torch.no_grad():
+            for _, p in zeros:
+                p.zero_()
 
 
 def check_room(

@@ -9,7 +9,7 @@ error split by distance to the edge: the margin rule of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from equivariance._judge import margin_that_passes
@@ -29,6 +29,8 @@ class Verdicts:
     sums: Sums
     tolerance: Tolerance
     noise_floor: float
+    reach: Callable[[], tuple[int, ...] | None] | None = None
+    """Measures the receptive-field radius in output samples (a backward pass), on demand."""
 
 
 def hints_for(plan: Plan, verdicts: Verdicts) -> tuple[str, ...]:
@@ -86,13 +88,10 @@ def _shift_hints(plan: Plan, verdicts: Verdicts, noisy: bool) -> list[str]:
     stride_hint = _divisibility_hint(shifts, verdicts.passed, subsampled=min(ratios) >= 1.5)
     if stride_hint:
         hints.append(stride_hint)
-    if not custom and all(s == 1 for s in plan.strides) and all(r >= 2 for r in ratios):
-        k = round(min(ratios))
-        hints.append(
-            f"the output {spatial_out} is about {k} times smaller than the input "
-            f"{spatial_in}; if the model subsamples by {k}, pass stride={k} so the "
-            f"expected output shift is shift / {k}"
-        )
+    # the failing shifts' pattern names the stride better than the sizes, which valid convolutions shrink too
+    size_hint = None if custom or stride_hint else _size_hint(plan.strides, ratios, spatial_in, spatial_out)
+    if size_hint:
+        hints.append(size_hint)
     if plan.grid.boundary == "circular" and not custom:
         expected = tuple(n // s for n, s in zip(spatial_in, plan.strides))
         if spatial_out != expected:
@@ -105,17 +104,79 @@ def _shift_hints(plan: Plan, verdicts: Verdicts, noisy: bool) -> list[str]:
     border = _border_hint(verdicts, plan.margins)
     if border:
         hints.append(border)
+    if not plan.stride_clean and not noisy:
+        hints.append(_unclear_stride_hint(plan))
     if not hints and not noisy:
         nonzero = [e for s, e in zip(shifts, verdicts.errors) if not s.is_identity]
         passing_nonzero = [p for s, p in zip(shifts, verdicts.passed) if not s.is_identity]
         if nonzero and not any(passing_nonzero):
-            hints.append(
-                f"every nonzero shift fails, with errors of {min(nonzero):.1e} or more, and the error is "
-                "not confined to the borders: the output does not move with the input. Dense "
-                "layers (flatten, fully connected), positional embeddings or absolute coordinates "
-                "break translation equivariance; check an earlier layer with layer="
-            )
+            hints.append(_everywhere_hint(plan, verdicts, min(nonzero), spatial_out))
     return hints
+
+
+def _size_hint(
+    strides: tuple[int, ...], ratios: list[float], spatial_in: tuple[int, ...], spatial_out: tuple[int, ...]
+) -> str | None:
+    """A stride that the sizes of the input and the output contradict.
+
+    The size ratio bounds the stride but is not it (valid convolutions shrink
+    the map too: 24 -> 18 -> stride 2 -> 8 is a ratio of 3), so the hint names
+    the ratio and sends to ``stride="auto"``, which measures the stride.
+    """
+    ratio = min(ratios)
+    if ratio < 1.5 or any(s > ratio * 1.05 for s in strides) or ratio < 2 * max(strides):
+        return None
+    shown_ratio = f"{ratio:.1f}".removesuffix(".0")
+    what = (
+        f"the output {spatial_out} is {shown_ratio} times smaller than the input {spatial_in}, so "
+        "the model subsamples"
+    )
+    measure = (
+        "pass stride='auto' to measure the stride (the size ratio bounds it, but valid convolutions "
+        "shrink the map too), or stride= with the model's total stride"
+    )
+    if all(s == 1 for s in strides):
+        return f"{what}, and a shift of the input moves its output by less; {measure}"
+    shown = strides[0] if len(set(strides)) == 1 else strides
+    return (
+        f"stride={shown} was given, but {what} by more: a wrong stride expects the output to move by "
+        f"the wrong amount, and every shift fails; {measure}"
+    )
+
+
+def _everywhere_hint(plan: Plan, verdicts: Verdicts, smallest: float, spatial_out: tuple[int, ...]) -> str:
+    """Every nonzero shift fails all over the map: no symmetry, unless the borders reach every output."""
+    reach = verdicts.reach() if verdicts.reach is not None and not any(plan.margins) else None
+    if reach is not None and any(n - 2 * r <= 0 for n, r in zip(spatial_out, reach)):
+        shown = reach[0] if len(set(reach)) == 1 else reach
+        return (
+            f"every nonzero shift fails, with errors of {smallest:.1e} or more, all over the output "
+            f"{spatial_out}; but the receptive field reaches {shown} output samples (one backward "
+            "pass), so every output is within reach of the map's border: zero padding, or content "
+            "leaving the canvas, can explain all of the error. Check on a larger input (content on a "
+            f"zero canvas, maps wider than {2 * max(reach)} samples) with margin='auto', or use "
+            "circular padding with boundary='circular', before concluding the model has no symmetry"
+        )
+    return (
+        f"every nonzero shift fails, with errors of {smallest:.1e} or more, and the error is "
+        "not confined to the borders: the output does not move with the input. Dense "
+        "layers (flatten, fully connected), positional embeddings or absolute coordinates "
+        "break translation equivariance; check an earlier layer with layer="
+    )
+
+
+def _unclear_stride_hint(plan: Plan) -> str:
+    """``stride="auto"`` found no shift that moves the output cleanly."""
+    x = plan.request.x
+    shift = tuple(1 if i == 0 else 0 for i in range(x.dim() - 2))
+    return (
+        "stride='auto' found no input shift that the output follows cleanly, so the output is "
+        "not a map that moves with the input at any one stride: a model that subsamples and then "
+        "upsamples back to full resolution (an FCN or U-Net head) follows only multiples of its "
+        "coarsest stride, and a layer without symmetry follows none. "
+        f"profile_equivariance(model, x, shift={shift}) names the layer where it breaks; then test "
+        "multiples of that layer's stride (multiples_of(k, max_shift=...))"
+    )
 
 
 def _layout_hint(plan: Plan) -> str | None:

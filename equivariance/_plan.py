@@ -93,6 +93,8 @@ class Plan:
         rows: what the runner sends: the identity first with a noise floor.
         batch_size: samples per forward pass.
         inferred: how ``"auto"`` (and an inferred layout) were resolved, a sentence each.
+        stride_clean: False where ``stride="auto"`` found no candidate that
+            moves the output cleanly and took the size ratio instead.
         strided: the strided layers the unshifted pass met and their input sizes (recorded for
             rotations and flips, whose exactness depends on them; see `equivariance._alignment`).
     """
@@ -107,6 +109,7 @@ class Plan:
     rows: tuple[Action, ...]
     batch_size: int
     inferred: tuple[str, ...] = field(default=())
+    stride_clean: bool = True
     strided: tuple[Strided, ...] = field(default=())
 
     @property
@@ -399,8 +402,12 @@ def _make_plan(runner: Runner, request: Request) -> Plan:
     if request.mode == "invariance":
         elements = request.elements or tuple(_shift_box(request, (1,) * d))
         return _finish(request, base, None, (1,) * d, (0,) * d, elements, notes)
-    strides, notes = _resolve_stride(runner, request, base, layout, notes)
-    margins = request.margin if support is None else _auto.receptive_margin(support, strides)
+    strides, notes, clean = _resolve_stride(runner, request, base, layout, notes)
+    zeros = _auto.zero_weights(forward.model) if support is not None else []
+    if zeros:
+        support = _auto.architecture_support(runner, forward, x, layout, zeros)
+    names = [name for name, _ in zeros]
+    margins = request.margin if support is None else _auto.receptive_margin(support, strides, names)
     if isinstance(margins, _auto.Inferred):
         notes = (*notes, margins.note)
         margins = margins.value
@@ -409,7 +416,8 @@ def _make_plan(runner: Runner, request: Request) -> Plan:
     elements = request.elements or tuple(_shift_box(request, strides))
     if support is not None and request.output_action is None:
         _auto.check_room(tuple(layout.to_grid(base.output, d).shape[-d:]), elements, grid, margins)
-    return _finish(request, base, grid, strides, margins, elements, notes)
+    plan = _finish(request, base, grid, strides, margins, elements, notes)
+    return plan if clean else dataclasses.replace(plan, stride_clean=False)
 
 
 def _needs_meter(request: Request) -> bool:
@@ -464,9 +472,9 @@ def _resolve_layout(request: Request, base: torch.Tensor) -> tuple[Layout, tuple
 
 def _resolve_stride(
     runner: Runner, request: Request, base: Base, layout: Layout, notes: tuple[str, ...]
-) -> tuple[tuple[int, ...], tuple[str, ...]]:
+) -> tuple[tuple[int, ...], tuple[str, ...], bool]:
     if request.stride != "auto":
-        return request.stride, notes
+        return request.stride, notes, True
     d = request.spatial_dims
     candidates = sum(request.x.shape[2:]) * len(request.x)  # an upper bound on the copies it sends
     size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, candidates)
@@ -474,7 +482,7 @@ def _resolve_stride(
         runner, request.forward, request.x, base.output, layout, request.boundary, size
     )
     assert len(inferred.value) == d
-    return inferred.value, (*notes, inferred.note)
+    return inferred.value, (*notes, inferred.note), inferred.clean
 
 
 def _shift_box(request: Request, strides: tuple[int, ...]) -> list[Shift]:

@@ -11,18 +11,20 @@ the pytest fixtures share).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 
-from equivariance import _plan
+from equivariance import _auto, _plan
 from equivariance._forward import OutputSelector
 from equivariance._hints import Verdicts, hints_for
 from equivariance._judge import sample_errors, within
 from equivariance._plan import BatchSize, Mode, Plan
 from equivariance._runner import Runner
 from equivariance._sinks import OutputAction, Sums
+from equivariance._vacuous import why_vacuous
 from equivariance.actions import Action, Boundary
 from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
@@ -279,14 +281,29 @@ def _check(
     with Runner(request.forward.model) as runner:
         plan = _plan.make_plan(runner, request)
         sums, batch_size = _plan.measure(runner, plan)
-    # an output less precise than x (autocast, a half-precision head) sets the tolerance
-    dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
-    tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
-    return _report(plan, sums, batch_size, tolerance, layer, inferred_stride)
+        # an output less precise than x (autocast, a half-precision head) sets the tolerance
+        dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
+        tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
+        reach = None
+        if plan.grid is not None:
+            grid = plan.grid
+
+            def reach() -> tuple[int, ...] | None:
+                return _auto.measured_reach(runner, request.forward, request.x, grid.layout, grid.stride)
+
+        report = _report(plan, sums, batch_size, tolerance, layer, inferred_stride, reach)
+        why = why_vacuous(runner, plan, tolerance) if report.passed else None
+    return report if why is None else dataclasses.replace(report, vacuous=why)
 
 
 def _report(
-    plan: Plan, sums: Sums, batch_size: int, tolerance: Tolerance, layer: str | None, inferred_stride: bool
+    plan: Plan,
+    sums: Sums,
+    batch_size: int,
+    tolerance: Tolerance,
+    layer: str | None,
+    inferred_stride: bool,
+    reach: Callable[[], tuple[int, ...] | None] | None = None,
 ) -> EquivarianceReport:
     noise = sums.rows(slice(0, plan.noise_rows))
     checked = sums.rows(slice(plan.noise_rows, None))
@@ -308,7 +325,7 @@ def _report(
     noise_errors, _ = sample_errors(noise.diff_sq, noise.ref_sq, noise.count.unsqueeze(-1), noise.scale)
     noise_floor = float(noise_errors.max())
     verdicts = Verdicts(
-        [r.passed for r in results], [r.error for r in results], checked, tolerance, noise_floor
+        [r.passed for r in results], [r.error for r in results], checked, tolerance, noise_floor, reach
     )
     request = plan.request
     mode: Mode = request.mode

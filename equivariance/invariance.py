@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -58,7 +59,7 @@ from equivariance._sinks import RelativeChange, Top1
 from equivariance._validation import as_int, per_dim
 from equivariance.actions import Boundary, Grid
 from equivariance.crops import Crop, CropOf, as_boundary
-from equivariance.errors import InvalidArgument
+from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.shifts import Shift, shifted_rows
 
 IntOrTuple = int | Sequence[int]
@@ -89,6 +90,10 @@ class InvarianceMetric:
         shifts: which shifts were drawn, in words.
         samples: the number of samples the comparisons come from, the interval's
             independent units (None where a caller built the metric without it).
+        distinct: how many distinct top-1 predictions the compared inputs got
+            (the proportions; None for ``logit_change``). With 1, every input got
+            the same class and the proportion says nothing about invariance:
+            the metric warns.
     """
 
     name: str
@@ -100,6 +105,7 @@ class InvarianceMetric:
     boundary: str
     shifts: str
     samples: int | None = None
+    distinct: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the fields."""
@@ -107,9 +113,10 @@ class InvarianceMetric:
 
     def __str__(self) -> str:
         over = "" if self.samples is None else f" over {self.samples} samples"
+        classes = "" if self.distinct is None else f"; {self.distinct} distinct predictions"
         return (
             f"{self.name} {self.value:.4f} (95% CI {self.low:.4f} to {self.high:.4f}, {self.interval}; "
-            f"n={self.n}{over}; {self.shifts}, boundary {self.boundary})"
+            f"n={self.n}{over}{classes}; {self.shifts}, boundary {self.boundary})"
         )
 
 
@@ -170,7 +177,8 @@ def consistency(
     predicted = _predictions(forward, x, drawn, 2 * count, where, batch_size)
     first, second = predicted.view(2, -1)
     agree = (first == second).view(count, n).sum(dim=0)  # pair j of sample i is item j * n + i
-    return _proportion("consistency", agree, count, str(where), f"pairs of random {_box(bounds, where)}")
+    shifts = f"pairs of random {_box(bounds, where)}"
+    return _proportion("consistency", agree, count, str(where), shifts, predicted)
 
 
 def prediction_change(
@@ -214,7 +222,9 @@ def prediction_change(
     plan = torch.cat([torch.zeros(1, d, dtype=torch.long), units])
     predicted = _predictions(forward, x, plan, len(plan), where, batch_size).view(len(plan), n)
     changed = (predicted[1:] != predicted[0]).sum(dim=0)
-    return _proportion("prediction_change", changed, len(units), str(where), "every one-pixel shift")
+    return _proportion(
+        "prediction_change", changed, len(units), str(where), "every one-pixel shift", predicted
+    )
 
 
 def logit_change(
@@ -356,15 +366,29 @@ def _wilson(p: float, n: float) -> tuple[float, float]:
 
 
 def _proportion(
-    name: str, successes: torch.Tensor, draws: int, boundary: str, shifts: str
+    name: str, successes: torch.Tensor, draws: int, boundary: str, shifts: str, predicted: torch.Tensor
 ) -> InvarianceMetric:
-    """A proportion from per-sample counts of ``draws`` comparisons, its interval clustered by sample."""
+    """A proportion from per-sample counts of ``draws`` comparisons, its interval clustered by sample.
+
+    Warns where every prediction is the same class: the proportion is then trivial.
+    """
     n = len(successes) * draws
     low, high = clustered_wilson_interval(successes, draws)
     value = int(successes.sum()) / n
+    classes = torch.unique(predicted)
+    if len(classes) == 1:
+        warnings.warn(
+            f"{name} {value:.2f} is trivial: every one of the {predicted.numel()} inputs compared got "
+            f"the same prediction (class {int(classes[0])}), so no shift could change it. The classifier "
+            "is degenerate on these inputs (untrained, a constant head, inputs it cannot tell apart); "
+            "measure it on inputs it tells apart, or use logit_change",
+            EquivarianceWarning,
+            stacklevel=3,
+        )
     return InvarianceMetric(
-        name, value, n, low, high, "wilson, clustered by sample", boundary, shifts, samples=len(successes)
-    )
+        name, value, n, low, high, "wilson, clustered by sample", boundary, shifts,
+        samples=len(successes), distinct=len(classes),
+    )  # fmt: skip
 
 
 def _prepare(

@@ -32,10 +32,11 @@ import torch
 
 from equivariance import _plan
 from equivariance._forward import OutputSelector
-from equivariance._judge import sample_errors
+from equivariance._judge import sample_errors, within
 from equivariance._plan import BatchSize
 from equivariance._runner import Runner
 from equivariance._sinks import accumulation_dtype
+from equivariance._vacuous import why_vacuous
 from equivariance._validation import describe
 from equivariance.actions import Action, Boundary
 from equivariance.crops import Crop
@@ -43,6 +44,7 @@ from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.layouts import LayoutLike
 from equivariance.regular import Regular
 from equivariance.shifts import Shift, ShiftLike
+from equivariance.tolerances import resolve_tolerance
 
 __all__ = ["OutputAction", "equivariance_error", "invariance_error"]
 
@@ -201,7 +203,16 @@ def _error(request: _plan.Request, reduction: Reduction) -> torch.Tensor:
     with Runner(request.forward.model) as runner:
         plan = _plan.make_plan(runner, request)
         sums, _ = _plan.measure(runner, plan)
-    errors, absolute = sample_errors(sums.diff_sq[0], sums.ref_sq[0], sums.count[0], _first(sums.scale))
+        errors, absolute = sample_errors(sums.diff_sq[0], sums.ref_sq[0], sums.count[0], _first(sums.scale))
+        tolerance = resolve_tolerance(request.x.dtype)
+        small = bool(within(errors, absolute, tolerance).all())
+        why = why_vacuous(runner, plan, tolerance) if small else None
+    if why is not None:
+        warnings.warn(
+            why.replace("the check cannot fail", "this error cannot show a failure"),
+            EquivarianceWarning,
+            stacklevel=3,
+        )
     if bool(absolute.any()):
         warnings.warn(
             f"{int(absolute.sum())} of {absolute.numel()} samples have an all-zero reference "

@@ -61,7 +61,14 @@ from equivariance.tolerances import Tolerance, resolve_tolerance
 
 __all__ = ["EquivarianceProfile", "LayerProfile", "profile_equivariance"]
 
-CAUSES = ("aliasing", "borders", "spatial dims gone", "no symmetry")
+CAUSES = (
+    "aliasing",
+    "borders",
+    "global pooling",
+    "absolute positions",
+    "spatial dims gone",
+    "no symmetry",
+)
 _LAYOUT_LABELS = {"channels_first": "C first", "channels_last": "C last", "tokens": "tokens"}
 
 
@@ -210,12 +217,19 @@ class EquivarianceProfile:
         head = f"equivariance profile of {subject} under {self.element.noun} {self.element} ({self.boundary})"
         if first is None:
             return f"{head}: every layer within rtol {self.rtol:.0e}"
+        if first.type == JUNCTION:
+            where = _between(first, list(self.layers[: self.layers.index(first)]))
+            return f"{head}: first failure {where} (in forward, not a submodule), {first.cause}"
         return f"{head}: first failure at {first.name} ({first.type}), {first.cause}"
 
     def __str__(self) -> str:
         rows = [("layer", "type", "output", "layout", "stride", "out shift", "error", "verdict")]
         for layer in self.layers:
             stride = "-" if layer.stride is None else _tuple(layer.stride)
+            if layer.stride is not None and _is_global(
+                layer.output_shape, layer.stride, self.input_shape[2:]
+            ):
+                stride = "global"
             moved = "none" if layer.output_element is None else str(layer.output_element)
             if not layer.exact:
                 moved += " ~"
@@ -331,13 +345,14 @@ def profile_equivariance(
     targets, stop = _targets(model, layers), _stop_layer(model, up_to)
     given = _given_layouts(model, layouts)
     with Runner(model) as runner:
-        recorded, x_id = _record(model, x, targets, stop, up_to)
+        recorded, x_id = _record(model, x, targets, stop, up_to, junctions=layers is None)
         specs = infer_layers(recorded, x, x_id, given)
         sinks = {spec.name: _sink(spec, r.output, element, boundary) for spec, r in zip(specs, recorded)}
         consumer = _Layers(model, targets, stop, up_to, sinks, len(x))
         copies = Copies(x, [element], Grid.of_input(x.dim() - 2, boundary))
         runner.run(copies, 1, [consumer], len(x), lambda row: f"the input moved by {element}")
     rows = tuple(_profile_layer(spec, sinks[spec.name], element, tolerance) for spec in specs)
+    rows = _explained(rows, model, element, tuple(x.shape[2:]))
     return EquivarianceProfile(
         subject=type(model).__name__,
         element=element,
@@ -438,18 +453,34 @@ def _record(
     targets: dict[str, nn.Module],
     stop: nn.Module | None,
     up_to: str | None,
+    *,
+    junctions: bool = True,
 ) -> tuple[list[Recorded], int]:
     """The unshifted pass: every profiled layer's output (a copy) and what it was computed from."""
     types = {name: type(module).__name__ for name, module in targets.items()}
     first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
     keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
     records: list[Recorded] = []
+    batch = x.clone()
     alive: list[Any] = []  # the pass's own tensors, kept so that their ids stay theirs until it ends
+
+    made = {id(batch)}  # tensors a recorded layer returned (or x): any other input is a junction
 
     def keep(name: str, inputs: Any, tensor: torch.Tensor) -> None:
         source = _first_tensor(inputs)
         alive.extend((source, tensor))
         kind = types.get(name, type(model).__name__)
+        if junctions and source is not None and _is_junction(source, made, len(x)):
+            made.add(id(source))  # the same computed tensor may feed several layers: one row
+            junction = source.detach().clone()
+            records.append(
+                # computed from earlier tensors (a residual sum, an activation): it keeps their layout
+                Recorded(
+                    junction_name(name), JUNCTION, junction, id(source), None, tuple(junction.shape), None,
+                    keeps_layout=True,
+                )
+            )  # fmt: skip
+        made.add(id(tensor))
         if source is None:
             copy = tensor.detach().clone()
             records.append(
@@ -463,7 +494,6 @@ def _record(
             Recorded(name, kind, copy, id(tensor), id(source), shape, moved, name in first, name in keeps)
         )
 
-    batch = x.clone()
     taps = _Taps(targets, keep)
     taps.batch = len(x)
     with taps:
@@ -475,6 +505,22 @@ def _record(
             "submodules that the forward pass calls"
         )
     return records, id(batch)
+
+
+JUNCTION = "(forward)"
+"""The type of a row for a tensor computed in ``forward`` between two submodules."""
+
+
+def junction_name(layer: str) -> str:
+    """The row of the tensor that ``layer`` is given, where no profiled layer returned it."""
+    return f"{layer} (input)"
+
+
+def _is_junction(source: torch.Tensor, made: set[int], n: int) -> bool:
+    """A layer's input that no recorded layer returned: computed in ``forward`` (a sum, a parameter added)."""
+    return (
+        id(source) not in made and source.dim() >= 2 and len(source) == n and source.dtype.is_floating_point
+    )
 
 
 def _record_output(
@@ -495,8 +541,11 @@ def _record_output(
         return
     kind = type(stop).__name__ if stop is not None else type(model).__name__
     records.append(
-        Recorded(last, types.get(last, kind), output.detach().clone(), id(output), None, None, None)
-    )
+        Recorded(
+            last, types.get(last, kind), output.detach().clone(), id(output), None, tuple(output.shape),
+            None, keeps_layout=True,
+        )
+    )  # fmt: skip
 
 
 def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: str | None) -> Any:
@@ -560,7 +609,15 @@ class _Layers:
         self.last = "(output)" if up_to is None else up_to
         self.chunk: tuple[slice, torch.Tensor, torch.Tensor, Describe] | None = None
 
-    def feed(self, name: str, _inputs: Any, tensor: torch.Tensor) -> None:
+    def feed(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
+        junction = junction_name(name)
+        if junction in self.sinks:
+            source = _first_tensor(inputs)
+            if source is not None:
+                self._feed(junction, source)
+        self._feed(name, tensor)
+
+    def _feed(self, name: str, tensor: torch.Tensor) -> None:
         sink = self.sinks.get(name)
         if sink is None or self.chunk is None:
             return
@@ -584,7 +641,7 @@ class _Layers:
             result = _call(self.model, inputs, self.stop, self.up_to)
         output = _first_tensor(result)
         if self.last not in taps.seen and output is not None and self.last in self.sinks:
-            self.feed(self.last, None, output)
+            self._feed(self.last, output)
 
     def retry(self) -> None:
         for sink in self.sinks.values():
@@ -626,6 +683,157 @@ def _profile_layer(
         spec.name, spec.type, spec.shape, spec.stride, moved, exact, error, passed, border, cause, fix,
         layout=layout, note=spec.inferred,
     )  # fmt: skip
+
+
+def _explained(
+    rows: tuple[LayerProfile, ...], model: nn.Module, element: Action, spatial_in: tuple[int, ...]
+) -> tuple[LayerProfile, ...]:
+    """Causes read with the layers around each failure; rows of computed inputs kept where they fail first.
+
+    A row for a tensor computed in ``forward`` (``JUNCTION``) is shown only
+    where it is the first failure: the break happened between two submodules.
+    """
+    kept: list[LayerProfile] = []
+    subsampled: LayerProfile | None = None  # the first layer whose stride the shift did not divide
+    failed = False
+    for row in rows:
+        if row.type == JUNCTION and (row.passed or failed):
+            continue
+        if not row.passed:
+            row = _recaused(row, kept, subsampled, model, element, spatial_in)
+            failed = True
+        global_pool = row.stride is not None and _is_global(row.output_shape, row.stride, spatial_in)
+        if subsampled is None and not row.exact and row.stride is not None and not global_pool:
+            subsampled = row
+        kept.append(row)
+    return tuple(kept)
+
+
+def _recaused(
+    row: LayerProfile,
+    before: list[LayerProfile],
+    subsampled: LayerProfile | None,
+    model: nn.Module,
+    element: Action,
+    spatial_in: tuple[int, ...],
+) -> LayerProfile:
+    """A failing row's cause, with what the rows before it and the model's parameters say."""
+    replace = dataclasses.replace
+    if row.stride is not None and _is_global(row.output_shape, row.stride, spatial_in):
+        return replace(row, cause="global pooling", fix=_global_fix(row))
+    if row.cause == "aliasing" and isinstance(element, Shift) and _blurs(model, row.name):
+        return replace(row, fix=_blur_fix(row))
+    if row.cause in ("no symmetry", "borders") and subsampled is not None and isinstance(element, Shift):
+        return replace(row, cause="aliasing", fix=_upsampled_fix(subsampled, row))
+    if row.cause != "no symmetry":
+        return row
+    positional = _positional_parameter(model, row)
+    if positional is not None:
+        return replace(row, cause="absolute positions", fix=_positions_fix(row, positional, before))
+    if row.type == JUNCTION:
+        return replace(row, fix=_junction_fix(row, before))
+    return row
+
+
+def _is_global(shape: tuple[int, ...], stride: tuple[int, ...], spatial_in: tuple[int, ...]) -> bool:
+    """A map pooled to one sample per dim from an input with more."""
+    return all(s >= n for s, n in zip(stride, spatial_in)) and any(n > 1 for n in spatial_in)
+
+
+def _global_fix(row: LayerProfile) -> str:
+    return (
+        f"{row.name} pools the whole map into one value per channel: a global statistic, which a shift "
+        "leaves unchanged only while all of the content stays inside the input and out of the zero "
+        "padding's reach; content that enters or leaves the canvas changes it, and every layer it "
+        "gates (a squeeze-excite block multiplies it back onto the map). Put the content on a zero "
+        "canvas larger than the shift, use circular padding with boundary='circular', or check the "
+        "pooled part for invariance (check_invariance)"
+    )
+
+
+def _blurs(model: nn.Module, name: str) -> bool:
+    """Whether a layer low-pass filters before it subsamples: an average pool, or a fixed (buffer) kernel."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return False
+    if isinstance(module, (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd)):
+        return True
+    kernels = [b for b in module.buffers(recurse=False) if b.dim() >= 3 and b.dtype.is_floating_point]
+    return bool(kernels) and not any(True for _ in module.parameters(recurse=False))
+
+
+def _blur_fix(row: LayerProfile) -> str:
+    assert row.stride is not None
+    shown = row.stride[0] if len(set(row.stride)) == 1 else row.stride
+    return (
+        f"{row.name} blurs before it subsamples by {shown}: blurring reduces aliasing but does not "
+        f"remove it (a blur of a few taps leaves some of the signal above the new Nyquist frequency), "
+        f"so a shift that {shown} does not divide still moves the output by a relative {row.error:.1e}; "
+        f"test multiples of the stride (multiples_of({shown}, max_shift=...)), or accept the residual "
+        f"with rtol above {row.error:.0e} (a wider blur lowers it)"
+    )
+
+
+def _upsampled_fix(subsampled: LayerProfile, row: LayerProfile) -> str:
+    assert subsampled.stride is not None
+    shown = subsampled.stride[0] if len(set(subsampled.stride)) == 1 else subsampled.stride
+    return (
+        f"the map was subsampled by {shown} at {subsampled.name} ({subsampled.type}), where the shift "
+        f"stopped being followed, and brought back to a finer grid before {row.name}: upsampling "
+        f"cannot restore what subsampling aliased. Test multiples of {shown} (multiples_of({shown}, "
+        "max_shift=...)), or make the downsampling anti-aliased"
+    )
+
+
+def _positional_parameter(model: nn.Module, row: LayerProfile) -> tuple[str, tuple[int, ...]] | None:
+    """A parameter or buffer shaped like one sample of the row's output: a value for each position."""
+    per_sample = tuple(row.output_shape[1:])
+    if len(per_sample) < 2:
+        return None
+    owner: nn.Module = model
+    if row.type != JUNCTION:
+        try:
+            owner = model.get_submodule(row.name)
+        except AttributeError:
+            return None
+    for name, tensor in (*owner.named_parameters(), *owner.named_buffers()):
+        shape = tuple(tensor.shape)
+        if shape == per_sample or (
+            len(shape) == len(per_sample) + 1 and shape[0] == 1 and shape[1:] == per_sample
+        ):
+            return (name if row.type == JUNCTION else f"{row.name}.{name}"), shape
+    return None
+
+
+def _between(row: LayerProfile, before: list[LayerProfile]) -> str:
+    layer = row.name.removesuffix(" (input)")
+    previous = next((r.name for r in reversed(before) if r.type != JUNCTION), None)
+    return f"between {previous} and {layer}" if previous is not None else f"before {layer}"
+
+
+def _positions_fix(
+    row: LayerProfile, positional: tuple[str, tuple[int, ...]], before: list[LayerProfile]
+) -> str:
+    name, shape = positional
+    where = f" The break happens {_between(row, before)}, in forward." if row.type == JUNCTION else ""
+    return (
+        f"the parameter {name} of shape {shape} holds a value for every position and is added to "
+        "the map: an absolute (learned) position embedding, which stays where it is when the content "
+        f"moves.{where} Use relative positions (a relative position bias, as in Swin, or a "
+        "convolutional position encoding) for equivariance, or test a pooled output for invariance "
+        "(check_invariance) and the layers before the embedding for equivariance"
+    )
+
+
+def _junction_fix(row: LayerProfile, before: list[LayerProfile]) -> str:
+    return (
+        f"the break happens {_between(row, before)}, in forward code rather than in a submodule: an "
+        "operation there (a parameter or a constant "
+        "added, indexing or concatenation by position, a reshape that mixes positions) does not "
+        "commute with translations; make it translation-equivariant, or wrap it in a submodule to "
+        "profile it"
+    )
 
 
 def _row(scale: torch.Tensor | None) -> torch.Tensor | None:

@@ -13,12 +13,13 @@ fixtures share.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from equivariance._validation import warn_deprecated
 from equivariance.actions import Action
-from equivariance.errors import EquivarianceError
+from equivariance.errors import EquivarianceError, EquivarianceWarning
 
 __all__ = ["EquivarianceReport", "ShiftResult"]
 
@@ -88,6 +89,10 @@ class EquivarianceReport:
             that is not channels first) were resolved, one sentence each.
         layout: the output's layout, e.g. ``"channels_last"`` (equivariance).
         layer: the layer measured (``layer=``), None for the model's output.
+        vacuous: why a passing check could not have failed (an output that
+            does not move, or does not respond to the input), None when it
+            could; ``assert_*`` and the pytest fixtures warn with it
+            (``EquivarianceWarning``).
     """
 
     kind: str
@@ -110,6 +115,7 @@ class EquivarianceReport:
     inferred: tuple[str, ...] = ()
     layout: str = "channels_first"
     layer: str | None = None
+    vacuous: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -187,7 +193,8 @@ class EquivarianceReport:
 
     def raise_if_failed(self) -> EquivarianceReport:
         """Raise [`EquivarianceError`][equivariance.EquivarianceError] with the report's text if the
-        check failed; return the report if it passed.
+        check failed; return the report if it passed (with an
+        [`EquivarianceWarning`][equivariance.EquivarianceWarning] if it passed vacuously).
 
         The message ends with the call that finds the layer where an
         equivariance check breaks (the per-layer profile of the worst
@@ -195,6 +202,8 @@ class EquivarianceReport:
         """
         __tracebackhide__ = True
         if self.passed:
+            if self.vacuous is not None:
+                warnings.warn(f"{self.summary()}: {self.vacuous}", EquivarianceWarning, stacklevel=3)
             return self
         text = str(self)
         if self.kind == "equivariance":
@@ -209,6 +218,8 @@ class EquivarianceReport:
     def summary(self) -> str:
         """One line: the verdict, what was measured, and the worst error against the tolerance."""
         verdict = "PASSED" if self.passed else "FAILED"
+        if self.passed and self.vacuous is not None:
+            verdict = "PASSED VACUOUSLY"
         failed = f", {len(self.failures)} failed" if not self.passed else ""
         noun = self._noun()
         return (
@@ -257,6 +268,8 @@ class EquivarianceReport:
                 f"to {rest[0].error:.2e}"
             )
         lines.extend(f"  hint: {hint}" for hint in self.hints)
+        if self.vacuous is not None:
+            lines.append(f"  vacuous: {self.vacuous}")
         return "\n".join(lines)
 
 

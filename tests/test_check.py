@@ -225,7 +225,37 @@ def test_hint_for_a_stride_pattern() -> None:
 def test_hint_for_a_subsampled_output() -> None:
     report = check_equivariance(nn.Conv2d(1, 2, 2, stride=2), torch.randn(2, 1, 20, 20))
     assert not report.passed
-    assert any("about 2 times smaller" in h and "pass stride=2" in h for h in report.hints)
+    (hint,) = report.hints
+    assert hint.startswith(
+        "the output (10, 10) is 2 times smaller than the input (20, 20), so the model subsamples"
+    )
+    assert "pass stride='auto' to measure the stride" in hint
+
+
+def test_a_wrong_explicit_stride_is_named() -> None:
+    net = nn.Sequential(*(nn.Conv2d(1, 1, 3, stride=2, padding=1) for _ in range(3)))
+    x = torch.zeros(2, 1, 64, 64)
+    x[..., 16:48, 16:48] = torch.rand(2, 1, 32, 32)
+    report = check_equivariance(net, x, stride=4, max_shift=8)
+    assert not report.passed
+    assert report.hints[0].startswith(
+        "stride=4 was given, but the output (8, 8) is 8 times smaller than the input (64, 64), so the "
+        "model subsamples by more"
+    )
+    right = check_equivariance(net, x, stride=8, max_shift=8)
+    assert not any("was given" in h for h in right.hints)  # negative control: the right stride
+
+
+def test_valid_convolutions_before_a_stride_do_not_get_the_size_ratio_as_a_stride() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 5, 3), nn.Conv2d(5, 5, 3), nn.Conv2d(5, 5, 3), nn.Conv2d(5, 5, 3, stride=2)
+    )
+    x = torch.zeros(2, 3, 24, 24)
+    x[..., 4:20, 4:20] = torch.rand(2, 3, 16, 16)
+    report = check_equivariance(net, x)  # output 8x8: a ratio of 3, a stride of 2
+    assert not any("stride=3" in h for h in report.hints)
+    assert any("pass stride='auto'" in h for h in report.hints)
+    assert check_equivariance(net, x, stride="auto").output_action == "shift / 2 (inferred)"
 
 
 def test_hint_for_a_boundary_effect_suggests_a_margin_that_works() -> None:

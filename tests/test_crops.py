@@ -9,6 +9,7 @@ from torch import nn
 
 from equivariance import (
     Crop,
+    EquivarianceWarning,
     InvalidArgument,
     Rot90,
     Shift,
@@ -223,13 +224,19 @@ def test_a_model_whose_answers_are_known_in_closed_form() -> None:
     expected = 1 / 5  # two independent uniform rows out of 5 agree with probability 1/5
     assert agreeing.low <= expected <= agreeing.high
     assert abs(agreeing.value - expected) < 0.02
-    near = consistency(model, x, boundary=Crop(8), pairs=2, max_shift=(0, 2))
+    with pytest.warns(EquivarianceWarning, match="trivial"):  # every crop in the reference's row: one class
+        near = consistency(model, x, boundary=Crop(8), pairs=2, max_shift=(0, 2))
     assert near.value == 1.0  # only horizontal moves: the row never changes
     spot = torch.zeros(40, 1, 12, 12)
-    spot[:, :, 5:7, 5:7] = 1.0
-    invariant = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(1, 3))
-    assert consistency(invariant, spot, boundary=Crop(8), pairs=3).value == 1.0
-    assert logit_change(invariant, spot, boundary=Crop(8), repeats=3).value == 0.0
+    spot[:, :, 5:7, 5:7] = torch.linspace(-1, 1, 40).view(40, 1, 1, 1)  # inside every crop of 8
+    sign = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        sign.weight.copy_(torch.tensor([[1.0], [-1.0]]))  # class 0 for a positive mean, 1 for a negative one
+    invariant = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), sign)
+    agreeing_spot = consistency(invariant, spot, boundary=Crop(8), pairs=3)
+    assert agreeing_spot.value == 1.0
+    assert agreeing_spot.distinct == 2
+    assert logit_change(invariant, spot, boundary=Crop(8), repeats=3).value < 1e-6
 
 
 # -- arguments -----------------------------------------------------------------------------------------

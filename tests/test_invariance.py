@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivariance import InvalidArgument
+from equivariance import EquivarianceWarning, InvalidArgument
 from equivariance.invariance import (
     clustered_normal_interval,
     clustered_wilson_interval,
@@ -174,8 +174,8 @@ def test_the_result_prints_and_serializes() -> None:
     assert result.n == 40
     assert str(result).startswith(f"prediction_change {result.value:.4f} (95% CI ")
     assert (
-        "wilson, clustered by sample; n=40 over 10 samples; every one-pixel shift, boundary circular"
-        in str(result)
+        "wilson, clustered by sample; n=40 over 10 samples; 10 distinct predictions; every one-pixel shift, "
+        "boundary circular" in str(result)
     )
     assert json.loads(json.dumps(result.to_dict()))["interval"] == "wilson, clustered by sample"
     assert json.loads(json.dumps(logit_change(dense, torch.randn(10, 1, 8, 8)).to_dict()))["samples"] == 10
@@ -191,7 +191,7 @@ def test_the_extreme_seeds_torch_takes_are_accepted() -> None:
 def test_prediction_change_takes_the_zero_boundary_without_max_shift() -> None:
     # content on a zero canvas, a zero-padded CNN with global max pooling: a one-pixel shift moves the
     # content and nothing else, so no prediction changes; a dense head on the same inputs does change
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # a head that tells the inputs apart (2 classes): not a trivial 0
     x = torch.zeros(20, 1, 12, 12)
     x[..., 3:9, 3:9] = torch.randn(20, 1, 6, 6, generator=torch.Generator().manual_seed(5))
     pooled = nn.Sequential(
@@ -199,7 +199,7 @@ def test_prediction_change_takes_the_zero_boundary_without_max_shift() -> None:
     )
     dense = nn.Sequential(nn.Flatten(), nn.Linear(144, 4))
     result = prediction_change(pooled, x, boundary="zeros")
-    assert (result.value, result.n, result.boundary) == (0.0, 80, "zeros")
+    assert (result.value, result.n, result.boundary, result.distinct) == (0.0, 80, "zeros", 2)
     assert prediction_change(dense, x, boundary="zeros").value > 0.1
 
 
@@ -311,3 +311,17 @@ def test_consistency_with_several_pairs_reports_the_samples_interval() -> None:
     naive_low, naive_high = wilson_interval(round(result.value * 500), 500)
     assert result.high - result.low > 1.5 * (naive_high - naive_low)
     assert result.low <= result.value <= result.high
+
+
+def test_a_classifier_that_predicts_one_class_is_trivially_invariant_and_says_so() -> None:
+    constant = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    x = torch.randn(8, 1, 8, 8)
+    with pytest.warns(EquivarianceWarning, match=r"consistency 1.00 is trivial: every one of the 16 inputs"):
+        result = consistency(constant, x)
+    assert (result.value, result.distinct) == (1.0, 1)
+    with pytest.warns(EquivarianceWarning, match=r"prediction_change 0.00 is trivial: .* \(class 1\)"):
+        assert prediction_change(constant, x).distinct == 1
+    assert logit_change(constant, x).distinct is None

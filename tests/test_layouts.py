@@ -115,7 +115,9 @@ def test_a_channels_last_layer_without_symmetry_is_named() -> None:
     profile = profile_equivariance(positioned, x, (1, 2), boundary="circular")
     first = profile.first_failure
     assert first is not None
-    assert (first.name, first.layout, first.cause) == ("3", "channels_last", "no symmetry")
+    assert (first.name, first.layout, first.cause) == ("3", "channels_last", "absolute positions")
+    assert first.fix is not None
+    assert "the parameter 3.position of shape" in first.fix
     assert [layer.passed for layer in profile.layers] == [True, True, True, False, False, False]
 
 

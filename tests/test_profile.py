@@ -109,8 +109,28 @@ def test_a_layer_with_no_symmetry_is_no_symmetry() -> None:
             return self.embed(self.conv(x) + torch.linspace(0, 5, x.shape[-1] - 2))
 
     profile = profile_equivariance(Positional(), torch.rand(3, 1, 40), (3,))
-    assert profile.first_failure is not None
-    assert (profile.first_failure.name, profile.first_failure.cause) == ("embed", "no symmetry")
+    first = profile.first_failure
+    assert first is not None
+    # the constant is added in forward: the row of the tensor embed is given names the break
+    assert (first.name, first.type, first.cause) == ("embed (input)", "(forward)", "no symmetry")
+    assert first.fix is not None
+    assert "between conv and embed, in forward code" in first.fix
+    assert "first failure between conv and embed (in forward, not a submodule)" in profile.summary()
+    assert [layer.name for layer in profile.layers] == ["conv", "embed (input)", "embed"]
+
+
+def test_a_tensor_computed_in_forward_that_keeps_the_symmetry_gets_no_row() -> None:
+    class Relu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv1d(1, 2, 3), nn.Conv1d(2, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv2(torch.relu(self.conv1(x)) * 2)
+
+    profile = profile_equivariance(Relu(), torch.rand(3, 1, 40), (3,))
+    assert profile.passed
+    assert [layer.name for layer in profile.layers] == ["conv1", "conv2"]
 
 
 class Scaled(nn.Module):

@@ -1,0 +1,104 @@
+"""Checks that cannot fail: an output that does not move, or does not respond to its input.
+
+A passing check means ``f(g x) ≈ g f(x)`` for every element ``g`` checked.
+That is evidence of equivariance only if a model whose output did *not*
+follow the input would have failed, and two cases make the check vacuous:
+
+- **equivariance**, with an output on a grid: if ``g f(x) ≈ f(x)`` for every
+  element (the output is constant over its grid: a layer with zero weights
+  leaves only its bias; an input without structure), then a model whose
+  output stays still passes as well. Read off the reference alone, with no
+  forward pass: ``f(x)`` itself is fed to the check's comparison, as if it
+  were every shifted output.
+- **invariance** (or an output without spatial dims): if the output does not
+  respond to its input at all, every shift leaves it unchanged. Samples of
+  the batch whose outputs differ show that it responds, for free; otherwise
+  one forward pass of the first sample under a strong perturbation (noise of
+  its own RMS) tells.
+
+The checks refuse such a result with an [`InvalidArgument`][equivariance.InvalidArgument]
+that says which case it is; ``equivariance_error`` warns.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from equivariance._judge import sample_errors, within
+from equivariance._plan import Plan
+from equivariance._runner import Runner
+from equivariance._sinks import GridSums
+from equivariance.actions import Action
+from equivariance.tolerances import Tolerance
+
+PERTURBATION_SEED = 0
+"""The seed of the perturbation's noise (a generator of its own: the global RNG is not touched)."""
+
+
+def why_vacuous(runner: Runner, plan: Plan, tolerance: Tolerance) -> str | None:
+    """Why a passing check could not have failed; None when it could."""
+    elements = [e for e in plan.elements if not e.is_identity]
+    if plan.grid is not None and elements:
+        return _still(plan, elements, tolerance)
+    if plan.grid is None:
+        return _unresponsive(runner, plan, tolerance)
+    return None
+
+
+def _still(plan: Plan, elements: list[Action], tolerance: Tolerance) -> str | None:
+    """The reference moved by each element against the reference itself: all alike is a still output."""
+    assert plan.grid is not None
+    assert plan.grid_base is not None
+    base, n = plan.grid_base, len(plan.grid_base)
+    sample, row = torch.arange(n), torch.zeros(n, dtype=torch.long)
+    largest = 0.0
+    for element in elements:
+        sink = GridSums(base, [element], plan.grid, plan.margins, plan.request.output_action)
+        sink.add(base, slice(0, n), sample, row, lambda: "the unshifted output")
+        sums = sink.sums()
+        scale = None if sums.scale is None else sums.scale[0]
+        errors, absolute = sample_errors(sums.diff_sq[0], sums.ref_sq[0], sums.count[0], scale)
+        if not bool(within(errors, absolute, tolerance).all()):
+            return None
+        largest = max(largest, float(errors.max()))
+    noun = elements[0].noun
+    return (
+        f"the check cannot fail: the output does not change when it is moved (every {noun} checked "
+        f"moves f(x) to within tolerance of f(x) itself, a difference of {largest:.1e} at most), so an "
+        "output that ignored the input's moves would pass as well. The output is constant over its "
+        "grid, or varies below the tolerance: a layer with zero weights leaves only its bias, and an "
+        "input without structure (all zeros, a constant) gives a constant map; check an input with "
+        "structure, or a layer whose output varies over space"
+    )
+
+
+def _unresponsive(runner: Runner, plan: Plan, tolerance: Tolerance) -> str | None:
+    """Whether the output depends on the input: across the batch, else under one perturbation."""
+    base = plan.base
+    if len(base) > 1 and _differs(base[1:], base[:1].expand_as(base[1:]), tolerance):
+        return None
+    x = plan.request.x[:1]
+    generator = torch.Generator().manual_seed(PERTURBATION_SEED)
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+    rms = float(x.double().pow(2).mean().sqrt())
+    perturbed = x + noise * (rms if rms > 0 else 1.0)
+    moved = runner.base(plan.request.forward, perturbed).output
+    if _differs(moved, base[:1], tolerance):
+        return None
+    return (
+        "the check cannot fail: the output does not respond to the input (the samples of x give the "
+        "same output, and noise of the input's own size added to the first sample changes it by less "
+        f"than rtol={tolerance.rtol:.0e}), so no shift can change it. The output is constant, or "
+        "varies below the tolerance: a layer with zero weights leaves only its bias, and dead units "
+        "(a ReLU that is never positive) cut the input off; check a model whose output depends on its input"
+    )
+
+
+def _differs(outputs: torch.Tensor, reference: torch.Tensor, tolerance: Tolerance) -> bool:
+    """Whether any output differs from its reference by more than the tolerance (relative, or RMS)."""
+    dims = tuple(range(1, outputs.dim()))
+    diff = (outputs.double() - reference.double()).pow(2).sum(dims)
+    ref = reference.double().pow(2).sum(dims)
+    count = torch.full_like(ref, max(1, reference[0].numel()))
+    errors, absolute = sample_errors(diff, ref, count)
+    return not bool(within(errors, absolute, tolerance).all())

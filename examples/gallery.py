@@ -1,0 +1,375 @@
+"""Small models with the structures of the architectures people build, for the profile gallery.
+
+Each builder returns a randomly initialised model, in eval mode, that
+reproduces one structure seen in a well-known architecture, small enough to
+profile on a CPU in well under a second: a ResNet stage, a ConvNeXt stage
+(channels-last blocks), a ViT (tokens, a class token, a learned position
+embedding), a squeeze-excite block, MobileNet-like depthwise blocks, an
+FCN-like head that upsamples back to full resolution, a U-Net with skips, and
+blur pooling. ``tests/test_gallery.py`` pins what the library says about
+each, and the docs page "What the profile says about common architectures"
+draws their profiles.
+
+Run it to print every profile::
+
+    python examples/gallery.py
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "GALLERY",
+    "BlurPool",
+    "blurpool_net",
+    "canvas",
+    "convnext_stage",
+    "depthwise_net",
+    "fcn_head",
+    "resnet_stage",
+    "squeeze_excite_net",
+    "unet",
+    "vit",
+]
+
+
+def canvas(n: int = 2, channels: int = 3, size: int = 64, content: int = 32, seed: int = 0) -> torch.Tensor:
+    """A batch of random images of ``content`` x ``content`` samples centred on a zero canvas."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, channels, size, size)
+    lo = (size - content) // 2
+    x[..., lo : lo + content, lo : lo + content] = torch.rand(
+        n, channels, content, content, generator=generator
+    )
+    return x
+
+
+def _ready(model: nn.Module, seed: int) -> nn.Module:
+    """The model in eval mode, with PyTorch's default initialisation (``torch.manual_seed(seed)`` first)."""
+    return model.eval()
+
+
+# -- a ResNet stage ----------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions and a shortcut, as in ResNet-18 (a 1x1 strided shortcut when it subsamples)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        result: torch.Tensor = self.relu(self.bn2(self.conv2(out)) + shortcut)
+        return result
+
+
+def resnet_stage(zero_init_residual: bool = False, seed: int = 0) -> nn.Module:
+    """A stem, a block at full resolution and a block that subsamples by 2 (ResNet-18's layout).
+
+    With ``zero_init_residual`` the last BatchNorm of each block starts at
+    zero, as torchvision's option of that name does: each block is then its
+    shortcut until it is trained.
+    """
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 8, 3, 1, 1, bias=False))
+    model.add_module("bn", nn.BatchNorm2d(8))
+    model.add_module("relu", nn.ReLU())
+    model.add_module("layer1", BasicBlock(8, 8))
+    model.add_module("layer2", BasicBlock(8, 16, stride=2))
+    model.eval()
+    if zero_init_residual:
+        with torch.no_grad():
+            for block in (model.layer1, model.layer2):
+                assert isinstance(block, BasicBlock)
+                block.bn2.weight.zero_()
+                block.bn2.bias.zero_()
+    return model
+
+
+# -- a ConvNeXt stage (channels last inside the blocks) ---------------------------------------------
+
+
+class Permute(nn.Module):
+    """``x.permute(*dims)`` as a module, as ConvNeXt's blocks use it."""
+
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7, then LayerNorm and an MLP on channels last, and a residual connection."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
+            Permute(0, 2, 3, 1),
+            nn.LayerNorm(dim),
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Linear(4 * dim, dim),
+            Permute(0, 3, 1, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = x + self.block(x)
+        return result
+
+
+def convnext_stage(seed: int = 0) -> nn.Module:
+    """A 4x4 stride-4 stem, a block, a downsampling layer (LayerNorm, 2x2 stride-2 conv), a block.
+
+    The stem has no bias (ConvNeXt's has one), so that content on a zero
+    canvas is the only thing that is not zero: the profile then shows the
+    downsampling, not the canvas's edges, as the first failure.
+    """
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    # no bias in the stem: the zero canvas stays zero, so the zero padding adds no edges of its own
+    stem = nn.Conv2d(3, 8, 4, stride=4, bias=False)
+    model.add_module("stem", nn.Sequential(stem, Permute(0, 2, 3, 1), nn.LayerNorm(8)))
+    model.add_module("to_first", Permute(0, 3, 1, 2))
+    model.add_module("stage1", ConvNeXtBlock(8))
+    model.add_module(
+        "downsample",
+        nn.Sequential(
+            Permute(0, 2, 3, 1), nn.LayerNorm(8), Permute(0, 3, 1, 2), nn.Conv2d(8, 16, 2, stride=2)
+        ),
+    )
+    model.add_module("stage2", ConvNeXtBlock(16))
+    return _ready(model, seed)
+
+
+# -- a ViT ------------------------------------------------------------------------------------------
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm self-attention and MLP, as in ViT."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        result: torch.Tensor = x + self.mlp(self.norm2(x))
+        return result
+
+
+class ViT(nn.Module):
+    """Patches of 16x16 as tokens, a class token, a learned position embedding added in ``forward``."""
+
+    def __init__(
+        self, image: int = 64, patch: int = 16, dim: int = 16, depth: int = 2, classes: int = 10
+    ) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
+        tokens = (image // patch) ** 2
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim))
+        self.blocks = nn.Sequential(*(EncoderBlock(dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed
+        logits: torch.Tensor = self.head(self.norm(self.blocks(tokens))[:, 0])
+        return logits
+
+
+def vit(seed: int = 0) -> nn.Module:
+    """A ViT for 64x64 images: 4x4 patches of 16 and a class token, two encoder blocks."""
+    torch.manual_seed(seed)
+    return _ready(ViT(), seed)
+
+
+# -- a squeeze-excite block -------------------------------------------------------------------------
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pooling to a 1x1 map, two 1x1 convolutions, and a gate on the input's channels."""
+
+    def __init__(self, channels: int, squeezed: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeezed, 1)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(squeezed, channels, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+        return result
+
+
+def squeeze_excite_net(seed: int = 0) -> nn.Module:
+    """Convolutions without any stride around a squeeze-excite block."""
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module("conv1", nn.Conv2d(3, 8, 3, padding=1))
+    model.add_module("relu", nn.ReLU())
+    model.add_module("se", SqueezeExcite(8, 4))
+    model.add_module("conv2", nn.Conv2d(8, 8, 3, padding=1))
+    return _ready(model, seed)
+
+
+# -- MobileNet-like depthwise blocks ----------------------------------------------------------------
+
+
+class InvertedResidual(nn.Module):
+    """Expand (1x1), depthwise 3x3 (maybe strided), project (1x1), as in MobileNetV2."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+        )
+        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.project(self.depthwise(self.expand(x)))
+        return x + out if self.residual else out
+
+
+def depthwise_net(seed: int = 0) -> nn.Module:
+    """A stem, a residual depthwise block and a depthwise block of stride 2."""
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module(
+        "stem", nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+    )
+    model.add_module("block1", InvertedResidual(8, 8, stride=1))
+    model.add_module("block2", InvertedResidual(8, 16, stride=2))
+    return _ready(model, seed)
+
+
+# -- an FCN-like head -------------------------------------------------------------------------------
+
+
+def fcn_head(seed: int = 0) -> nn.Module:
+    """Two stride-2 convolutions, a 1x1 classifier and a bilinear upsampling back to full resolution."""
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module("conv1", nn.Conv2d(3, 8, 3, stride=2, padding=1))
+    model.add_module("relu1", nn.ReLU())
+    model.add_module("conv2", nn.Conv2d(8, 16, 3, stride=2, padding=1))
+    model.add_module("relu2", nn.ReLU())
+    model.add_module("classifier", nn.Conv2d(16, 4, 1))
+    model.add_module("upsample", nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False))
+    return _ready(model, seed)
+
+
+# -- a U-Net ----------------------------------------------------------------------------------------
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU()
+    )
+
+
+class UNet(nn.Module):
+    """Two levels: max pooling down, a transposed convolution up, and a skip concatenated in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1 = _double_conv(3, 8)
+        self.pool = nn.MaxPool2d(2)
+        self.enc2 = _double_conv(8, 16)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec1 = _double_conv(16, 8)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.enc1(x)
+        deep = self.enc2(self.pool(skip))
+        result: torch.Tensor = self.out(self.dec1(torch.cat([self.up(deep), skip], dim=1)))
+        return result
+
+
+def unet(seed: int = 0) -> nn.Module:
+    """A two-level U-Net."""
+    torch.manual_seed(seed)
+    return _ready(UNet(), seed)
+
+
+# -- blur pooling -----------------------------------------------------------------------------------
+
+
+class BlurPool(nn.Module):
+    """A [1, 2, 1] x [1, 2, 1] blur, then subsampling by 2 (Zhang, ICML 2019), per channel."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        tap = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (tap[:, None] * tap[None, :]) / 16
+        self.kernel: torch.Tensor
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone())
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.kernel, stride=2, groups=self.channels)
+
+
+def blurpool_net(seed: int = 0) -> nn.Module:
+    """A convolution, ReLU, max pooling of stride 1 and a BlurPool (max-blur-pool), a convolution."""
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module("conv1", nn.Conv2d(3, 8, 3, padding=1))
+    model.add_module("relu", nn.ReLU())
+    model.add_module("maxpool", nn.MaxPool2d(2, stride=1))
+    model.add_module("blurpool", BlurPool(8))
+    model.add_module("conv2", nn.Conv2d(8, 8, 3, padding=1))
+    return _ready(model, seed)
+
+
+GALLERY: dict[str, Callable[..., nn.Module]] = {
+    "ResNet stage": resnet_stage,
+    "ConvNeXt stage": convnext_stage,
+    "ViT": vit,
+    "squeeze-excite": squeeze_excite_net,
+    "MobileNet blocks": depthwise_net,
+    "FCN head": fcn_head,
+    "U-Net": unet,
+    "blur pooling": blurpool_net,
+}
+"""The gallery's models by name, each a builder taking a ``seed``."""
+
+
+if __name__ == "__main__":
+    from equivariance import profile_equivariance
+
+    for name, build in GALLERY.items():
+        model = build()
+        shift = (16, 0) if name == "ViT" else (1, 0)
+        print(f"# {name}\n{profile_equivariance(model, canvas(), shift)}\n")

@@ -1,0 +1,196 @@
+"""What the library says about small models with the structures of common architectures (issue 11).
+
+The models are in ``examples/gallery.py`` (the docs page "What the profile says about common
+architectures" draws their profiles). Each test pins the verdict, the culprit and its cause, the
+inferred stride and margin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from equivariance import check_equivariance, multiples_of, profile_equivariance
+
+
+def _load_gallery() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "examples" / "gallery.py"
+    spec = importlib.util.spec_from_file_location("gallery", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gallery"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+gallery = _load_gallery()
+
+
+def _strides(profile: object) -> set[tuple[int, ...] | None]:
+    return {layer.stride for layer in profile.layers}  # type: ignore[attr-defined]
+
+
+def test_resnet_stage() -> None:
+    model, x = gallery.resnet_stage(), gallery.canvas()
+    profile = profile_equivariance(model, x, (1, 0))
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.cause, first.stride) == ("layer2.downsample.0", "aliasing", (2, 2))
+    assert _strides(profile) == {(1, 1), (2, 2)}
+    assert profile_equivariance(model, x, (2, 0)).passed
+    report = check_equivariance(model, x, stride="auto", margin="auto")
+    assert report.passed
+    assert (report.output_action, report.margin) == ("shift / 2 (inferred)", (3, 3))
+
+
+def test_resnet_stage_with_zero_initialised_residuals_gets_the_architectures_margin() -> None:
+    x = gallery.canvas(size=96, content=48)
+    trained_like = check_equivariance(gallery.resnet_stage(), x, stride="auto", margin="auto")
+    zero_init = check_equivariance(
+        gallery.resnet_stage(zero_init_residual=True), x, stride="auto", margin="auto"
+    )
+    assert zero_init.margin == trained_like.margin == (3, 3)  # the shortcut alone reaches 1
+    assert "depends on 13 x 13 input samples" in zero_init.inferred[1]
+    assert "all-zero weights (layer1.bn2.weight, layer2.bn2.weight) set to ones" in zero_init.inferred[1]
+    assert "all-zero weights" not in trained_like.inferred[1]
+    assert zero_init.passed
+
+
+def test_convnext_stage() -> None:
+    model, x = gallery.convnext_stage(), gallery.canvas(size=128, content=64)
+    profile = profile_equivariance(model, x, (4, 0))
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.type, first.cause, first.stride) == (
+        "downsample.3",
+        "Conv2d",
+        "aliasing",
+        (8, 8),
+    )
+    assert _strides(profile) == {(4, 4), (8, 8)}
+    layouts = {layer.name: layer.layout for layer in profile.layers}
+    assert layouts["stage1.block.2"] == layouts["downsample.1"] == "channels_last"  # the LayerNorms
+    assert layouts["stage1.block.6"] == layouts["downsample.3"] == "channels_first"
+    assert all(layer.passed for layer in profile.layers if layer.stride == (4, 4))
+    report = check_equivariance(model, x, stride="auto", margin="auto")
+    assert report.passed
+    assert (report.output_action, report.margin) == ("shift / 8 (inferred)", (5, 5))
+
+
+def test_vit() -> None:
+    model, x = gallery.vit(), gallery.canvas()
+    profile = profile_equivariance(model, x, (16, 0))
+    assert profile["patch_embed"].passed
+    assert profile["patch_embed"].stride == (16, 16)
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.type, first.cause, first.layout) == (
+        "blocks.0.norm1 (input)", "(forward)", "absolute positions", "tokens",
+    )  # fmt: skip
+    assert first.fix is not None
+    assert first.fix.startswith(
+        "the parameter pos_embed of shape (1, 17, 16) holds a value for every position"
+    )
+    assert "The break happens between patch_embed and blocks.0.norm1, in forward." in first.fix
+    assert (
+        "first failure between patch_embed and blocks.0.norm1 (in forward, not a submodule)"
+        in profile.summary()
+    )
+    report = check_equivariance(model, x, multiples_of(16, 16), layer="patch_embed", stride="auto")
+    assert report.passed
+    assert report.output_action == "shift / 16 (inferred)"
+
+
+def test_squeeze_excite_is_global_pooling_not_aliasing() -> None:
+    model = gallery.squeeze_excite_net()
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    profile = profile_equivariance(model, image, (1, 0))
+    pool = profile["se.pool"]
+    assert (pool.passed, pool.cause) == (False, "global pooling")
+    assert pool.fix is not None
+    assert "pools the whole map into one value per channel" in pool.fix
+    assert "subsampled" not in pool.fix
+    assert "global" in next(line for line in str(profile).splitlines() if line.lstrip().startswith("se.pool"))
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.cause) == ("conv1", "borders")  # the image's own edges come first
+    # content inside a zero canvas: the pooled statistics do not change, and the map follows the shift
+    assert check_equivariance(model, gallery.canvas(), margin=2).passed
+
+
+def test_mobilenet_blocks() -> None:
+    model, x = gallery.depthwise_net(), gallery.canvas()
+    profile = profile_equivariance(model, x, (1, 0))
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.cause, first.stride) == ("block2.depthwise.0", "aliasing", (2, 2))
+    report = check_equivariance(model, x, stride="auto", margin="auto")
+    assert report.passed
+    assert (report.output_action, report.margin) == ("shift / 2 (inferred)", (2, 2))
+
+
+def test_fcn_head() -> None:
+    model, x = gallery.fcn_head(), gallery.canvas()
+    profile = profile_equivariance(model, x, (1, 0))
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.cause) == ("conv1", "aliasing")
+    upsample = profile["upsample"]
+    assert (upsample.stride, upsample.cause) == ((1, 1), "aliasing")  # not "no symmetry"
+    assert upsample.fix is not None
+    assert upsample.fix.startswith("the map was subsampled by 2 at conv1 (Conv2d)")
+    report = check_equivariance(model, x, stride="auto")
+    assert not report.passed
+    assert report.output_action == "shift (inferred)"
+    assert "no input shift of 1 to 2 tried moves the output (64, 64) cleanly" in report.inferred[0]
+    assert not any("Dense layers" in h for h in report.hints)
+    # margin='auto' (5, the centre output's reach) is short of the reach of the zero padding of the
+    # stride-4 map, which the upsampling spreads over whole cells of 4 samples: pass it by hand
+    assert check_equivariance(model, x, multiples_of(4, 8), margin=8).passed
+
+
+def test_unet() -> None:
+    model, x = gallery.unet(), gallery.canvas()
+    profile = profile_equivariance(model, x, (1, 0))
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.cause) == ("enc1.2", "borders")  # biases meet the canvas's zero padding
+    assert (profile["pool"].cause, profile["up"].cause) == ("aliasing", "aliasing")
+    assert profile["up"].fix is not None
+    assert profile["up"].fix.startswith("the map was subsampled by 2 at pool (MaxPool2d)")
+    report = check_equivariance(model, x, stride="auto", margin="auto")
+    assert not report.passed
+    assert (report.output_action, report.margin) == ("shift (inferred)", (9, 9))
+    assert any("looks like a stride-2 layer followed by upsampling" in h for h in report.hints)
+    assert check_equivariance(model, x, multiples_of(2, 4), margin="auto").passed
+
+
+def test_blur_pooling() -> None:
+    model, x = gallery.blurpool_net(), gallery.canvas()
+    profile = profile_equivariance(model, x, (1, 0))
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.cause) == ("blurpool", "aliasing")
+    assert first.fix is not None
+    assert first.fix.startswith(
+        "blurpool blurs before it subsamples by 2: blurring reduces aliasing but does not remove it"
+    )
+    assert "make the downsampling anti-aliased" not in first.fix
+    report = check_equivariance(model, x, stride="auto", margin="auto")
+    assert report.passed
+    assert (report.output_action, report.margin) == ("shift / 2 (inferred)", (3, 3))
+
+
+@pytest.mark.parametrize("name", sorted(gallery.GALLERY))
+def test_every_gallery_model_profiles_without_ambiguity(name: str) -> None:
+    model = gallery.GALLERY[name]()
+    shift = (16, 0) if name == "ViT" else (2, 0)
+    profile = profile_equivariance(model, gallery.canvas(), shift)
+    assert all(layer.compared for layer in profile.layers)
+    assert all(layer.stride is None or max(layer.stride) <= 64 for layer in profile.layers)

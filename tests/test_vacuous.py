@@ -1,0 +1,172 @@
+"""Checks that cannot fail are flagged, and stride='auto' says when no stride fits (issue 11, items 1-3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from equivariance import (
+    EquivarianceWarning,
+    assert_equivariant,
+    check_equivariance,
+    check_invariance,
+    equivariance_error,
+)
+
+
+def _zero_weights_conv() -> nn.Conv2d:
+    conv = nn.Conv2d(1, 3, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()  # the bias alone: a constant map
+    return conv
+
+
+def test_a_conv_with_zero_weights_passes_vacuously_and_says_so() -> None:
+    report = check_equivariance(_zero_weights_conv(), torch.rand(2, 1, 16, 16))
+    assert report.passed
+    assert report.vacuous is not None
+    assert report.vacuous.startswith("the check cannot fail: the output does not change when it is moved")
+    assert report.summary().startswith("equivariance check PASSED VACUOUSLY")
+    assert "  vacuous: the check cannot fail" in str(report)
+    assert report.to_dict()["vacuous"] == report.vacuous
+
+
+def test_assert_warns_on_a_vacuous_pass() -> None:
+    with pytest.warns(
+        EquivarianceWarning, match="PASSED VACUOUSLY.*the output does not change when it is moved"
+    ):
+        assert_equivariant(_zero_weights_conv(), torch.rand(2, 1, 16, 16))
+
+
+def test_an_output_that_varies_below_the_tolerance_is_vacuous() -> None:
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return 1.0 + 1e-8 * conv(x)
+
+    assert check_equivariance(model, torch.rand(2, 1, 16, 16)).vacuous is not None
+
+
+def test_a_dense_net_on_an_all_zero_input_is_vacuous() -> None:
+    model = nn.Sequential(nn.Flatten(1), nn.Linear(144, 144, bias=False), nn.Unflatten(1, (1, 12, 12)))
+    report = check_equivariance(model, torch.zeros(2, 1, 12, 12), max_shift=2)
+    assert report.passed  # 0 everywhere
+    assert report.vacuous is not None
+
+
+def test_negative_controls_are_not_vacuous() -> None:
+    conv = nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular")
+    assert check_equivariance(conv, torch.rand(2, 1, 16, 16), boundary="circular").vacuous is None
+    pooled = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"), nn.AdaptiveAvgPool2d(1))
+    assert check_invariance(pooled, torch.rand(2, 1, 16, 16), boundary="circular").vacuous is None
+    # one sample: the perturbed pass shows that the output responds
+    assert check_invariance(pooled, torch.rand(1, 1, 16, 16), boundary="circular").vacuous is None
+
+
+def test_a_constant_classifier_passes_invariance_vacuously() -> None:
+    head = nn.Sequential(nn.Flatten(1), nn.Linear(256, 4))
+    with torch.no_grad():
+        head[1].weight.zero_()
+    for n in (1, 3):
+        report = check_invariance(head, torch.rand(n, 1, 16, 16))
+        assert report.passed
+        assert report.vacuous is not None
+        assert report.vacuous.startswith("the check cannot fail: the output does not respond to the input")
+
+
+def test_a_classifier_that_ignores_all_but_the_samples_identical_content_is_not_vacuous() -> None:
+    """Identical samples give identical outputs: the perturbed pass, not the batch, decides."""
+    pooled = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"), nn.AdaptiveAvgPool2d(1))
+    x = torch.rand(1, 1, 16, 16).expand(3, -1, -1, -1).clone()
+    assert check_invariance(pooled, x, boundary="circular").vacuous is None
+
+
+def test_equivariance_error_warns_when_it_cannot_show_a_failure() -> None:
+    with pytest.warns(EquivarianceWarning, match="^this error cannot show a failure"):
+        assert equivariance_error(_zero_weights_conv(), torch.rand(2, 1, 16, 16), (1, 1)) == 0
+
+
+def test_the_check_leaves_the_rng_alone_when_it_perturbs() -> None:
+    head = nn.Sequential(nn.Flatten(1), nn.Linear(256, 4))
+    with torch.no_grad():
+        head[1].weight.zero_()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    check_invariance(head, torch.rand(1, 1, 16, 16))
+    assert not torch.equal(torch.rand(3), expected)  # the input drew from it ...
+    torch.manual_seed(5)
+    x = torch.rand(1, 1, 16, 16)
+    state = torch.get_rng_state()
+    check_invariance(head, x)
+    assert torch.equal(torch.get_rng_state(), state)  # ... the check did not
+
+
+# -- stride="auto" (item 1) -------------------------------------------------------------------------
+
+
+def test_stride_auto_on_a_full_resolution_output_takes_the_size_ratio_and_says_so() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2))
+    x = torch.zeros(2, 3, 48, 48)
+    x[..., 12:36, 12:36] = torch.rand(2, 3, 24, 24)
+    report = check_equivariance(net, x, stride="auto")
+    assert report.output_action == "shift (inferred)"  # stride 1: the size ratio
+    (note,) = report.inferred
+    assert note.startswith("stride 1, the input's size over the output's: no input shift of 1 to 2 tried")
+    assert "Expect the check to fail" in note
+    assert not report.passed
+    assert any(
+        h.startswith("stride='auto' found no input shift that the output follows cleanly")
+        for h in report.hints
+    )
+    assert not any("Dense layers" in h for h in report.hints)
+
+
+def test_stride_auto_with_a_clear_winner_is_unchanged() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1))
+    x = torch.zeros(2, 1, 40, 40)
+    x[..., 10:30, 10:30] = torch.rand(2, 1, 20, 20)
+    report = check_equivariance(net, x, stride="auto", margin="auto")
+    assert report.passed
+    assert report.inferred[0].startswith(
+        "stride 2, the input shift that moves the output (20, 20) by one sample"
+    )
+    assert not any("Expect the check to fail" in n for n in report.inferred)
+
+
+def test_stride_auto_on_a_constant_output_is_not_a_silent_tie() -> None:
+    report = check_equivariance(_zero_weights_conv(), torch.rand(2, 1, 16, 16), stride="auto")
+    assert "no input shift of 1 to 2 tried moves the output (16, 16) cleanly" in report.inferred[0]
+    assert report.vacuous is not None
+
+
+# -- borders or no symmetry (item 3) ----------------------------------------------------------------
+
+
+def _deep_local_net() -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()]
+    layers += [nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()]
+    for _ in range(6):
+        layers += [nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers).eval()
+
+
+def test_errors_everywhere_on_a_map_the_padding_reaches_are_borders_not_dense_layers() -> None:
+    report = check_equivariance(_deep_local_net(), torch.rand(2, 3, 40, 40), stride=4)
+    assert not report.passed
+    (hint,) = report.hints
+    assert "the receptive field reaches 5 output samples" in hint
+    assert "every output is within reach of the map's border" in hint
+    assert "Dense layers" not in hint
+
+
+def test_a_dense_layer_still_gets_the_dense_hint() -> None:
+    linear = nn.Linear(144, 144)
+    model = nn.Sequential(nn.Flatten(1), linear, nn.Unflatten(1, (1, 12, 12)))
+    report = check_equivariance(model, torch.rand(2, 1, 12, 12), max_shift=2)
+    assert not report.passed
+    assert any("Dense layers (flatten, fully connected)" in h for h in report.hints)
+    assert not any("within reach of the map's border" in h for h in report.hints)
