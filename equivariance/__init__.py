@@ -10,9 +10,11 @@ Examples:
 
 from equivariance.audit import AuditResult, audit
 from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
+from equivariance.crops import Crop
 from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
 from equivariance.metric import equivariance_error, invariance_error
 from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equivariance
+from equivariance.regular import regular
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
 from equivariance.transforms import Flip, Rot90
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditResult",
+    "Crop",
     "EquivarianceError",
     "EquivarianceReport",
     "EquivarianceProfile",
@@ -43,5 +46,6 @@ __all__ = [
     "invariance_error",
     "multiples_of",
     "profile_equivariance",
+    "regular",
     "shifts_in_box",
 ]

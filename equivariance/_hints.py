@@ -48,11 +48,13 @@ def hints_for(plan: Plan, verdicts: Verdicts) -> tuple[str, ...]:
             "and reduced precision do this; for the numerics, pass a looser rtol or use float64"
         )
     transformed = not all(isinstance(e, Shift) for e in plan.elements)
+    if transformed:
+        hints.extend(_alignment_hints(plan))
     if plan.grid is None:
         hints.append(_invariance_hint(transformed))
         return tuple(hints)
     if transformed:
-        return (*hints, *_transform_hints(verdicts, plan.margins, noisy))
+        return (*hints, *_transform_hints(verdicts, plan.margins, noisy, plan))
     return (*hints, *_shift_hints(plan, verdicts, noisy))
 
 
@@ -193,18 +195,65 @@ def _layout_hint(plan: Plan) -> str | None:
     )
 
 
-def _transform_hints(verdicts: Verdicts, margin: tuple[int, ...], noisy: bool) -> list[str]:
+def _transform_hints(verdicts: Verdicts, margin: tuple[int, ...], noisy: bool, plan: Plan) -> list[str]:
     """Rotations and flips: a boundary effect, or no symmetry at all."""
     border = _border_hint(verdicts, margin)
     if border:
         return [border]
     if noisy:
         return []
-    return [
-        "the output does not rotate or flip with the input: a plain convolution has no such symmetry; "
-        "make kernels symmetric (average them over the group, as in a p4 / p4m group convolution) or "
-        "check an earlier layer with layer="
-    ]
+    return [_orientation_hint(plan)]
+
+
+def _orientation_hint(plan: Plan) -> str:
+    """A map that does not rotate with the input: a group convolution's fields, or no symmetry."""
+    fields = plan.request.fields
+    if fields is not None:
+        other = "p4m" if fields.group == "p4" else "p4"
+        return (
+            f"the output does not transform under the action given ({fields}): check the group "
+            f"(regular({other!r})?), the number of fields, the numbering of the orientations "
+            f"(direction={-fields.direction} numbers them the other way) and, for p4m, which dim the "
+            f"reflection reverses (reflection={-3 - fields.reflection}); or check an earlier layer "
+            "with layer="
+        )
+    assert plan.grid_base is not None
+    channels = plan.grid_base.shape[1] if plan.grid_base.dim() == plan.request.spatial_dims + 2 else 0
+    plain = (
+        "a plain convolution has no such symmetry; make kernels symmetric (average them over the "
+        "group) or check an earlier layer with layer="
+    )
+    if channels and channels % 4 == 0:
+        return (
+            f"the output does not rotate or flip with the input as a map of scalars. If it is a p4 / p4m "
+            f"group-convolution layer (escnn, e2cnn), its {channels} channels are orientation fields that "
+            "also permute: pass output_action=regular('p4') (4 channels a field) or regular('p4m') "
+            f"(8, with reflections), from equivariance import regular. Otherwise {plain}"
+        )
+    return f"the output does not rotate or flip with the input: {plain}"
+
+
+def _alignment_hints(plan: Plan) -> list[str]:
+    """Strided layers whose sampling grid a rotation or flip does not map onto itself, and the size to use."""
+    hints = []
+    spatial_in = tuple(plan.request.x.shape[2:])
+    for index, layer in enumerate(plan.strided):
+        for dim in layer.misaligned():
+            n, k, s, p = layer.size[dim], layer.kernel[dim], layer.stride[dim], layer.padding[dim]
+            wanted = layer.aligned_size(dim)
+            if index == 0 and len(layer.size) == len(spatial_in):  # sizes before it differ by a constant
+                size = spatial_in[dim] + wanted - n
+                fix = f"use an input of size {size} in that dim (the layer then sees {wanted})"
+            else:
+                fix = f"change the input size so that this layer sees {wanted}"
+            hints.append(
+                f"layer {layer.name!r} (kernel {k}, stride {s}, padding {p}) gets a map of size {n}, and "
+                f"{n} + 2*{p} - {k} = {n + 2 * p - k} is not a multiple of {s}: its samples are not placed "
+                "symmetrically, and a strided layer is exactly rotation- and flip-equivariant only when "
+                f"(n + 2p - k) = 0 (mod s) at its input; {fix}"
+            )
+            break  # one hint a layer
+    return hints
 
 
 def _divisibility_hint(shifts: Sequence[Shift], passed: Sequence[bool], *, subsampled: bool) -> str | None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from equivariance import _auto
+from equivariance._alignment import Strided, strided_layers
 from equivariance._copies import Copies
 from equivariance._forward import Forward
 from equivariance._isolation import submodules
@@ -35,9 +36,11 @@ from equivariance._memory import CPU_MIN_CHUNK, chunk_size
 from equivariance._runner import Base, Consumer, ModelConsumer, Runner
 from equivariance._sinks import FlatSums, GridSums, OutputAction, Sums, check_finite
 from equivariance._validation import as_int, describe, per_dim
-from equivariance.actions import Action, Boundary, Grid, Identity, check_boundary
+from equivariance.actions import Action, Boundary, Grid, Identity
+from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout, Tokens, as_layout
+from equivariance.regular import Regular
 from equivariance.shifts import Shift, as_shift, multiples_of
 
 Mode = Literal["equivariance", "invariance"]
@@ -67,6 +70,8 @@ class Request:
     output_action: OutputAction | None
     batch_size: BatchSize
     noise_floor: bool
+    crop: CropOf | None = None
+    fields: Regular | None = None
 
     @property
     def spatial_dims(self) -> int:
@@ -90,6 +95,8 @@ class Plan:
         inferred: how ``"auto"`` (and an inferred layout) were resolved, a sentence each.
         stride_clean: False where ``stride="auto"`` found no candidate that
             moves the output cleanly and took the size ratio instead.
+        strided: the strided layers the unshifted pass met and their input sizes (recorded for
+            rotations and flips, whose exactness depends on them; see `equivariance._alignment`).
     """
 
     request: Request
@@ -103,6 +110,7 @@ class Plan:
     batch_size: int
     inferred: tuple[str, ...] = field(default=())
     stride_clean: bool = True
+    strided: tuple[Strided, ...] = field(default=())
 
     @property
     def noise_rows(self) -> int:
@@ -134,16 +142,25 @@ def validate(
     forward = Forward(model, layer, output)
     tensor = check_input(x, model)
     d = tensor.dim() - 2
-    the_boundary = check_boundary(boundary)
+    the_boundary = as_boundary(boundary)
     strides = _auto_or_per_dim(stride, d, "stride", minimum=1)
     margins = _auto_or_per_dim(margin, d, "margin", minimum=0)
-    if output_action is not None:
+    fields = output_action if isinstance(output_action, Regular) else None
+    if fields is not None:
+        output_action = None  # not a callable replacing the stride: the rows' elements on regular fields
+    elif output_action is not None:
         _check_output_action(output_action, strides, elements)
+    crop = None
+    if isinstance(the_boundary, Crop):
+        crop = the_boundary.of(tensor)
+        max_shift = _crop_shifts(crop, elements, max_shift, strides)
+        tensor, the_boundary = crop.reference(), "zeros"  # the model sees crops; overlaps compare as zeros
     if elements is not None:
         if not elements:
             raise InvalidArgument("no shifts to check; pass at least one shift")
         for element in elements:
-            check_fits(element, tensor)
+            if crop is None or not isinstance(element, Shift):
+                check_fits(element, tensor)
         if strides == _auto.AUTO and not all(isinstance(e, Shift) for e in elements):
             raise InvalidArgument(
                 f"stride='auto' infers how shifts move the output, but {elements[0]} is a "
@@ -159,8 +176,42 @@ def validate(
         forward, tensor, mode, None if elements is None else tuple(elements), bound, strides, margins,
         the_boundary, None if layout is None else as_layout(layout),
         output_action,  # type: ignore[arg-type]
-        check_batch_size(batch_size), noise_floor,
+        check_batch_size(batch_size), noise_floor, crop, fields,
     )  # fmt: skip
+
+
+def _crop_shifts(
+    crop: CropOf, elements: Sequence[Action] | None, max_shift: object, strides: tuple[int, ...] | Auto
+) -> object:
+    """Shifts that move the crop window inside the image; the default box (``max_shift`` None and no
+    elements) cut to the room the image leaves, returned as the ``max_shift`` to use."""
+    if isinstance(strides, str):
+        raise InvalidArgument(
+            "stride='auto' is not available with boundary=Crop(...); pass the output's stride, e.g. stride=2"
+        )
+    if elements is not None:
+        for element in elements:
+            if not isinstance(element, Shift):
+                raise InvalidArgument(
+                    f"boundary=Crop(...) moves the crop window, which only shifts do, but {element} is a "
+                    f"{element.noun} that maps the grid onto itself; check it on the crop itself "
+                    "(x[..., i:i+h, j:j+w]) without boundary="
+                )
+            crop.check_shift(element)
+        return max_shift
+    if max_shift is not None:
+        bound = per_dim(max_shift, len(crop.size), "max_shift", minimum=0)
+        crop.check_shift(Shift(bound))
+        crop.check_shift(Shift(tuple(-b for b in bound)))
+        return bound
+    wanted = tuple(min(DEFAULT_MAX_SHIFT * s, (n - 1) // s * s) for s, n in zip(strides, crop.size))
+    bound = tuple(b // s * s for b, s in zip(crop.fitting_bound(wanted), strides))
+    if not any(bound):
+        raise InvalidArgument(
+            f"the image {tuple(crop.x.shape[2:])} leaves no room to move a crop of {crop.size} at "
+            f"{crop.at} by a multiple of the stride {strides}: pass a larger x, a smaller crop or shifts="
+        )
+    return bound
 
 
 def _auto_or_per_dim(value: object, d: int, name: str, *, minimum: int) -> tuple[int, ...] | Auto:
@@ -328,6 +379,14 @@ def as_element(value: object) -> Action:
 
 def make_plan(runner: Runner, request: Request) -> Plan:
     """The unshifted pass, the layout, the stride and margin, the elements and the rows (see module)."""
+    elements = request.elements or ()
+    transformed = any(not isinstance(e, Shift) for e in elements)
+    with strided_layers(request.forward.model, enabled=transformed) as seen:
+        plan = _make_plan(runner, request)
+    return dataclasses.replace(plan, strided=tuple(seen)) if seen else plan
+
+
+def _make_plan(runner: Runner, request: Request) -> Plan:
     x, d, forward = request.x, request.spatial_dims, request.forward
     meter = _needs_meter(request)
     support = None
@@ -464,7 +523,7 @@ def _finish(
     if grid is not None:
         grid_base = grid.layout.to_grid(base.output, grid.spatial_dims)
         if request.output_action is None:
-            _check_output_fits(elements, grid, grid_base, margins)
+            _check_output_fits(_acting(request, elements), grid, grid_base, margins)
     return Plan(request, base.output, grid, grid_base, strides, margins, elements, rows, size, notes)
 
 
@@ -521,7 +580,10 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
     sink: GridSums | FlatSums
     if plan.grid is not None:
         assert plan.grid_base is not None
-        sink = GridSums(plan.grid_base, plan.rows, plan.grid, plan.margins, request.output_action)
+        sink = GridSums(
+            plan.grid_base, plan.rows, plan.grid, plan.margins, request.output_action,
+            None if request.fields is None else _acting(request, plan.rows),
+        )  # fmt: skip
         layout: Layout | None = plan.grid.layout
     else:
         sink, layout = FlatSums(plan.base, len(plan.rows)), None
@@ -532,11 +594,26 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
         else ""
     )
     consumer = ModelConsumer(request.forward, [sink], tuple(plan.base.shape[1:]), layout, d, note)
-    copies = Copies(x, plan.rows, Grid.of_input(d, request.boundary))
+    copies = _input_copies(request, plan.rows)
     size = runner.run(
         copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
     )
     return sink.sums(), size
+
+
+def _acting(request: Request, elements: Sequence[Action]) -> list[Action]:
+    """How the elements act on the output: as on the input, or on regular fields (``regular(...)``)."""
+    fields = request.fields
+    return list(elements) if fields is None else [fields.acting(e) for e in elements]
+
+
+def _input_copies(request: Request, rows: Sequence[Action]) -> Copies:
+    """The copies of the input each row sends: moved by the row's element, or crops of the larger image."""
+    grid = Grid.of_input(request.spatial_dims, request.boundary)
+    if request.crop is None:
+        return Copies(request.x, rows, grid)
+    offsets = torch.tensor([list(row) for row in rows if isinstance(row, Shift)], dtype=torch.long)
+    return Copies.of(request.crop.x, request.crop.rows(offsets), len(rows), grid)
 
 
 def moved_inputs(rows: Sequence[Action], row: torch.Tensor) -> str:

@@ -26,8 +26,10 @@ from equivariance._runner import Runner
 from equivariance._sinks import OutputAction, Sums
 from equivariance._vacuous import why_vacuous
 from equivariance.actions import Action, Boundary
+from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import LayoutLike
+from equivariance.regular import Regular
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, ShiftLike, as_shift_list
 from equivariance.tolerances import Tolerance, resolve_tolerance
@@ -47,8 +49,8 @@ def check_equivariance(
     *,
     max_shift: IntOrTuple | None = None,
     stride: IntOrTuple | Literal["auto"] = 1,
-    output_action: OutputAction | None = None,
-    boundary: Boundary = "zeros",
+    output_action: OutputAction | Regular | None = None,
+    boundary: Boundary | Crop = "zeros",
     margin: IntOrTuple | Literal["auto"] = 0,
     layer: str | None = None,
     output: OutputSelector = None,
@@ -94,8 +96,13 @@ def check_equivariance(
             input shift that moves the output by one sample, of the
             candidates the spatial sizes allow, tested in one batched pass.
         output_action: a callable ``(f(x), shift) -> tensor`` for any other
-            output action.
-        boundary: ``"zeros"`` or ``"circular"``, see [`equivariance.shifts`][equivariance.shifts].
+            output action; or ``regular("p4")`` / ``regular("p4m")`` for the
+            orientation channels of a group-convolution layer, which the
+            transforms (and shifts) move as the regular representation
+            ([`equivariance.regular`][equivariance.regular]).
+        boundary: ``"zeros"`` or ``"circular"``, see [`equivariance.shifts`][equivariance.shifts];
+            or ``Crop(size)``: ``x`` is a larger image, each shift a crop window
+            (the protocol of Zhang 2019, see [`equivariance.crops`][equivariance.crops]).
         margin: samples dropped at each edge of the compared region.
             ``"auto"`` measures the receptive-field radius of the output, in
             output samples, from the gradient of a centre output with respect
@@ -115,7 +122,8 @@ def check_equivariance(
             alike on the input and on the output, over the whole grid less
             ``margin``, and is a row of the report. They run through the same
             batched engine (``batch_size``, noise floor, hints). Not allowed
-            with ``shifts``, ``max_shift``, ``stride`` or ``output_action``;
+            with ``shifts``, ``max_shift``, ``stride`` or an ``output_action``
+            other than ``regular(...)``;
             ``boundary`` does not apply to them. An action of your own
             (a subclass of [`Action`][equivariance.actions.Action]) works too.
         layout: where the output keeps its spatial dims: ``"channels_first"``
@@ -131,7 +139,7 @@ def check_equivariance(
     if transforms is not None:
         _no_shift_options(
             shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
-            output_action=output_action is not None,
+            output_action=output_action is not None and not isinstance(output_action, Regular),
         )  # fmt: skip
     request = _plan.validate(
         model, x, "equivariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
@@ -147,7 +155,7 @@ def check_invariance(
     shifts: Sequence[ShiftLike] | None = None,
     *,
     max_shift: IntOrTuple | None = None,
-    boundary: Boundary = "zeros",
+    boundary: Boundary | Crop = "zeros",
     layer: str | None = None,
     output: OutputSelector = None,
     atol: float | None = None,
@@ -347,6 +355,8 @@ def _report(
 
 
 def _shown_boundary(plan: Plan) -> str:
+    if plan.request.crop is not None:
+        return str(plan.request.crop)
     if any(type(e).uses_boundary for e in plan.elements):
         return plan.request.boundary
     return "none (the transforms map the grid onto itself)"
@@ -356,6 +366,8 @@ def _describe_action(plan: Plan, *, inferred: bool = False) -> str:
     request = plan.request
     if request.mode == "invariance":
         return "none (invariance)"
+    if request.fields is not None:
+        return str(request.fields)
     if not all(isinstance(e, Shift) for e in plan.elements):
         return "the same transform"
     if request.output_action is not None:

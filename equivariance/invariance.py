@@ -57,11 +57,14 @@ from equivariance._plan import check_batch_size, check_input
 from equivariance._runner import ModelConsumer, Runner, Sink
 from equivariance._sinks import RelativeChange, Top1
 from equivariance._validation import as_int, per_dim
-from equivariance.actions import Boundary, Grid, check_boundary
+from equivariance.actions import Boundary, Grid
+from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import EquivarianceWarning, InvalidArgument
-from equivariance.shifts import shifted_rows
+from equivariance.shifts import Shift, shifted_rows
 
 IntOrTuple = int | Sequence[int]
+Bounds = tuple[tuple[int, ...], tuple[int, ...]]
+"""The lowest and the highest shift drawn, per dim."""
 BatchSize = int | Literal["auto"] | None
 
 __all__ = ["InvarianceMetric", "consistency", "logit_change", "prediction_change"]
@@ -82,7 +85,8 @@ class InvarianceMetric:
         interval: how the interval was computed: ``"wilson, clustered by sample"``
             (the proportions) or ``"normal, clustered by sample"`` (the mean); see
             the module's notes.
-        boundary: ``"circular"`` or ``"zeros"``.
+        boundary: ``"circular"``, ``"zeros"``, or the crop protocol's
+            ``"crop 224x224 of 256x256 at (16, 16)"``.
         shifts: which shifts were drawn, in words.
         samples: the number of samples the comparisons come from, the interval's
             independent units (None where a caller built the metric without it).
@@ -122,7 +126,7 @@ def consistency(
     *,
     pairs: int = 1,
     max_shift: IntOrTuple | None = None,
-    boundary: Boundary = "circular",
+    boundary: Boundary | Crop = "circular",
     seed: int = 0,
     output: OutputSelector = None,
     batch_size: BatchSize = None,
@@ -142,7 +146,11 @@ def consistency(
         x: a batch ``(N, C, *spatial)``.
         pairs: pairs of shifts per sample.
         max_shift: the largest offset drawn (an int or one per dim); default ``size - 1``.
-        boundary: ``"circular"`` (default) or ``"zeros"``.
+        boundary: ``"circular"`` (default), ``"zeros"``, or ``Crop(size)``:
+            ``x`` is a larger image and each draw is a crop of it, uniform over
+            every window of ``size`` (Zhang 2019; see
+            [`equivariance.crops`][equivariance.crops]); with ``max_shift``,
+            the windows within ``max_shift`` of the reference crop.
         seed: seeds the local generator the shifts are drawn from (``-2**63`` to ``2**64 - 1``).
         output: picks the logits from a tuple or dict output.
         batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
@@ -161,25 +169,25 @@ def consistency(
         >>> result.value, result.n, result.samples, result.distinct
         (1.0, 100, 50, 2)
     """
-    x, forward, boundary, bounds = _prepare(model, x, boundary, max_shift, output)
+    x, forward, where, bounds = _prepare(model, x, boundary, max_shift, output)
     count = as_int(pairs, "pairs")
     if count < 1:
         raise InvalidArgument(f"pairs must be positive, found {count}; pass pairs=1 or more")
     generator = _generator(seed)
     n = x.shape[0]
     drawn = _draw(bounds, 2 * count * n, generator)
-    predicted = _predictions(forward, x, drawn, 2 * count, boundary, batch_size)
+    predicted = _predictions(forward, x, drawn, 2 * count, where, batch_size)
     first, second = predicted.view(2, -1)
     agree = (first == second).view(count, n).sum(dim=0)  # pair j of sample i is item j * n + i
-    shifts = f"pairs of random shifts in {_box(bounds)}"
-    return _proportion("consistency", agree, count, boundary, shifts, predicted)
+    shifts = f"pairs of random {_box(bounds, where)}"
+    return _proportion("consistency", agree, count, str(where), shifts, predicted)
 
 
 def prediction_change(
     model: Callable[[torch.Tensor], Any],
     x: torch.Tensor,
     *,
-    boundary: Boundary = "circular",
+    boundary: Boundary | Crop = "circular",
     output: OutputSelector = None,
     batch_size: BatchSize = None,
 ) -> InvarianceMetric:
@@ -194,8 +202,10 @@ def prediction_change(
     Args:
         model: a classifier returning logits ``(N, classes)``.
         x: a batch ``(N, C, *spatial)``.
-        boundary: ``"circular"`` (default) or ``"zeros"`` (the sample shifted
-            in is a zero, the one shifted out is lost).
+        boundary: ``"circular"`` (default), ``"zeros"`` (the sample shifted
+            in is a zero, the one shifted out is lost), or ``Crop(size)``:
+            the reference crop of a larger ``x`` against the crops one pixel
+            away ([`equivariance.crops`][equivariance.crops]).
         output: picks the logits from a tuple or dict output.
         batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
 
@@ -208,13 +218,15 @@ def prediction_change(
         >>> prediction_change(dense, torch.randn(100, 1, 8, 8)).value > 0.2
         True
     """
-    x, forward, boundary, _ = _prepare(model, x, boundary, None, output, random_shifts=False)
+    x, forward, where, _ = _prepare(model, x, boundary, None, output, random_shifts=False)
     n, d = x.shape[0], x.dim() - 2
     units = torch.cat([torch.eye(d, dtype=torch.long), -torch.eye(d, dtype=torch.long)])
     plan = torch.cat([torch.zeros(1, d, dtype=torch.long), units])
-    predicted = _predictions(forward, x, plan, len(plan), boundary, batch_size).view(len(plan), n)
+    predicted = _predictions(forward, x, plan, len(plan), where, batch_size).view(len(plan), n)
     changed = (predicted[1:] != predicted[0]).sum(dim=0)
-    return _proportion("prediction_change", changed, len(units), boundary, "every one-pixel shift", predicted)
+    return _proportion(
+        "prediction_change", changed, len(units), str(where), "every one-pixel shift", predicted
+    )
 
 
 def logit_change(
@@ -223,7 +235,7 @@ def logit_change(
     *,
     repeats: int = 1,
     max_shift: IntOrTuple | None = None,
-    boundary: Boundary = "circular",
+    boundary: Boundary | Crop = "circular",
     seed: int = 0,
     output: OutputSelector = None,
     batch_size: BatchSize = None,
@@ -240,7 +252,11 @@ def logit_change(
         x: a batch ``(N, C, *spatial)``.
         repeats: random shifts per sample.
         max_shift: the largest offset drawn (an int or one per dim); default ``size - 1``.
-        boundary: ``"circular"`` (default) or ``"zeros"``.
+        boundary: ``"circular"`` (default), ``"zeros"``, or ``Crop(size)``:
+            ``x`` is a larger image and each draw is a crop of it, uniform over
+            every window of ``size`` (Zhang 2019; see
+            [`equivariance.crops`][equivariance.crops]); with ``max_shift``,
+            the windows within ``max_shift`` of the reference crop.
         seed: seeds the local generator the shifts are drawn from (``-2**63`` to ``2**64 - 1``).
         output: picks the logits from a tuple or dict output.
         batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
@@ -254,20 +270,20 @@ def logit_change(
         >>> logit_change(dense, torch.randn(20, 1, 8, 8)).value > 0.5
         True
     """
-    x, forward, boundary, bounds = _prepare(model, x, boundary, max_shift, output)
+    x, forward, where, bounds = _prepare(model, x, boundary, max_shift, output)
     count = as_int(repeats, "repeats")
     if count < 1:
         raise InvalidArgument(f"repeats must be positive, found {count}; pass repeats=1 or more")
     generator = _generator(seed)
     n = x.shape[0]
     drawn = _draw(bounds, count * n, generator)
-    change = _relative_changes(forward, x, drawn, count, boundary, batch_size)
+    change = _relative_changes(forward, x, drawn, count, where, batch_size)
     per_sample = change.view(count, n).mean(dim=0)  # repeat j of sample i is item j * n + i
     mean = float(per_sample.mean())
     low, high = clustered_normal_interval(per_sample)
     return InvarianceMetric(
-        "logit_change", mean, len(change), low, high, "normal, clustered by sample", boundary,
-        f"random shifts in {_box(bounds)}", samples=n,
+        "logit_change", mean, len(change), low, high, "normal, clustered by sample", str(where),
+        f"random {_box(bounds, where)}", samples=n,
     )  # fmt: skip
 
 
@@ -380,20 +396,25 @@ def _proportion(
 def _prepare(
     model: Callable[[torch.Tensor], Any],
     x: torch.Tensor,
-    boundary: Boundary,
+    boundary: Boundary | Crop,
     max_shift: IntOrTuple | None,
     output: OutputSelector,
     *,
     random_shifts: bool = True,
-) -> tuple[torch.Tensor, Forward, Boundary, tuple[int, ...]]:
+) -> tuple[torch.Tensor, Forward, Boundary | CropOf, Bounds]:
+    """The checked input, model, boundary (a crop bound to ``x``) and the lowest and highest shift to draw."""
     forward = Forward(model, None, output)
     x = check_input(x, model)
-    boundary = check_boundary(boundary)
+    given = as_boundary(boundary)
+    the_boundary: Boundary | CropOf = given.of(x) if isinstance(given, Crop) else given
     spatial = tuple(x.shape[2:])
+    ones = (1,) * len(spatial)
+    if isinstance(the_boundary, CropOf):
+        return x, forward, the_boundary, _crop_bounds(the_boundary, max_shift, random_shifts)
     if not random_shifts:
-        return x, forward, boundary, (1,) * len(spatial)  # the one-pixel shifts: no box to draw from
+        return x, forward, the_boundary, (ones, ones)  # the one-pixel shifts: no box to draw from
     if max_shift is None:
-        if boundary == "zeros":
+        if the_boundary == "zeros":
             raise InvalidArgument(
                 "with boundary='zeros' a random shift must keep the content on the canvas, so pass "
                 "max_shift= (the room around the content), or use boundary='circular'"
@@ -406,7 +427,33 @@ def _prepare(
                 f"max_shift {max_shift} is as large as the signal or larger (spatial size {spatial}); "
                 f"pass max_shift below {min(spatial)}"
             )
-    return x, forward, boundary, bounds
+    return x, forward, the_boundary, (tuple(-b for b in bounds), bounds)
+
+
+def _crop_bounds(crop: CropOf, max_shift: IntOrTuple | None, random_shifts: bool) -> Bounds:
+    """The shifts to draw crops at: every window of the image by default, else ``[-max_shift,
+    max_shift]`` about the reference crop; InvalidArgument where they would leave the image."""
+    if not random_shifts:
+        ones = (1,) * len(crop.size)
+        try:
+            crop.check_shift(Shift(ones))
+            crop.check_shift(Shift(tuple(-1 for _ in ones)))
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"prediction_change moves the reference crop by one pixel each way, but {exc}"
+            ) from None
+        return ones, ones
+    if max_shift is None:
+        if not any(crop.room):
+            raise InvalidArgument(
+                f"the image {tuple(crop.x.shape[2:])} holds a single window of {crop.size}, so every "
+                "random crop is the same one and the metric cannot fail; pass a larger x or a smaller crop"
+            )
+        return crop.shifts_allowed()
+    bounds = per_dim(max_shift, len(crop.size), "max_shift", minimum=0)
+    crop.check_shift(Shift(bounds))
+    crop.check_shift(Shift(tuple(-b for b in bounds)))
+    return tuple(-b for b in bounds), bounds
 
 
 def _generator(seed: object) -> torch.Generator:
@@ -420,14 +467,19 @@ def _generator(seed: object) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
-def _draw(bounds: tuple[int, ...], count: int, generator: torch.Generator) -> torch.Tensor:
-    high = torch.tensor(bounds, dtype=torch.long)
-    unit = torch.rand(count, len(bounds), generator=generator, dtype=torch.float64)
-    return (unit * (2 * high + 1).double()).floor().long() - high
+def _draw(bounds: Bounds, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` shifts drawn uniformly from the box ``[low, high]`` of ``bounds``, per dim."""
+    low, high = (torch.tensor(b, dtype=torch.long) for b in bounds)
+    unit = torch.rand(count, len(low), generator=generator, dtype=torch.float64)
+    return (unit * (high - low + 1).double()).floor().long() + low
 
 
-def _box(bounds: tuple[int, ...]) -> str:
-    return "[" + ", ".join(f"-{b}..{b}" for b in bounds) + "]"
+def _box(bounds: Bounds, boundary: Boundary | CropOf) -> str:
+    low, high = bounds
+    if isinstance(boundary, CropOf):
+        corners = ", ".join(f"{a - h}..{a - lo}" for a, lo, h in zip(boundary.at, low, high))
+        return f"crops with corners in [{corners}]"
+    return "shifts in [" + ", ".join(f"{lo}..{h}" for lo, h in zip(low, high)) + "]"
 
 
 def _run(
@@ -435,7 +487,7 @@ def _run(
     x: torch.Tensor,
     offsets: torch.Tensor,
     rows: int,
-    boundary: Boundary,
+    boundary: Boundary | CropOf,
     batch_size: object,
     sink: Sink,
     runner: Runner,
@@ -451,8 +503,12 @@ def _run(
     size = check_batch_size(batch_size)
     d, n = x.dim() - 2, len(x)
     which = None if len(offsets) == rows else torch.arange(len(offsets)).view(rows, n)
-    grid = Grid.of_input(d, boundary)
-    copies = Copies.of(x, shifted_rows(x, offsets, boundary), len(offsets), grid)
+    if isinstance(boundary, CropOf):  # crops of the larger x: the shift moves the window
+        rows_of = boundary.rows(offsets)
+        grid = Grid.of_input(d)
+    else:
+        rows_of, grid = shifted_rows(x, offsets, boundary), Grid.of_input(d, boundary)
+    copies = Copies.of(x, rows_of, len(offsets), grid)
     total = rows * n
     first = min(total, default_batch_size(x)) if size is None or size == "auto" else size
     resize = None
@@ -467,7 +523,7 @@ def _predictions(
     x: torch.Tensor,
     offsets: torch.Tensor,
     rows: int,
-    boundary: Boundary,
+    boundary: Boundary | CropOf,
     batch_size: object,
 ) -> torch.Tensor:
     """The top-1 class of every copy, row by row."""
@@ -482,7 +538,7 @@ def _relative_changes(
     x: torch.Tensor,
     offsets: torch.Tensor,
     rows: int,
-    boundary: Boundary,
+    boundary: Boundary | CropOf,
     batch_size: object,
 ) -> torch.Tensor:
     """``||f(g.x) - f(x)|| / ||f(x)||`` for every copy; InvalidArgument where ``f(x)`` is all zero.

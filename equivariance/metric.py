@@ -39,8 +39,10 @@ from equivariance._sinks import accumulation_dtype
 from equivariance._vacuous import why_vacuous
 from equivariance._validation import describe
 from equivariance.actions import Action, Boundary
+from equivariance.crops import Crop
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.layouts import LayoutLike
+from equivariance.regular import Regular
 from equivariance.shifts import Shift, ShiftLike
 from equivariance.tolerances import resolve_tolerance
 
@@ -75,8 +77,8 @@ def equivariance_error(
     shift: ShiftLike | Action,
     *,
     stride: IntOrTuple | Literal["auto"] = 1,
-    output_action: OutputAction | None = None,
-    boundary: Boundary = "zeros",
+    output_action: OutputAction | Regular | None = None,
+    boundary: Boundary | Crop = "zeros",
     margin: IntOrTuple | Literal["auto"] = 0,
     layer: str | None = None,
     output: OutputSelector = None,
@@ -114,14 +116,19 @@ def equivariance_error(
         shift: a [`Shift`][equivariance.Shift] or a tuple of ints, one per spatial dim;
             or a transform ([`Rot90`][equivariance.Rot90], [`Flip`][equivariance.Flip]),
             which acts alike on the input and the output, over the whole grid
-            less ``margin`` (``stride`` and ``output_action`` are then not allowed).
+            less ``margin`` (``stride`` and a callable ``output_action`` are then not
+            allowed; ``regular(...)`` is).
         stride: the output's subsampling factor (an int or one per dim); the
             output shift is ``shift / stride``, which must be exact.
             ``"auto"`` infers it, as in [`check_equivariance`][equivariance.check_equivariance].
         output_action: a callable ``(f(x), shift) -> tensor`` replacing the
-            default output action.
-        boundary: ``"zeros"`` (content moves on a finite canvas) or
-            ``"circular"`` (on a torus).
+            default output action, or ``regular("p4")`` / ``regular("p4m")``
+            for the orientation channels of a group-convolution layer
+            ([`equivariance.regular`][equivariance.regular]).
+        boundary: ``"zeros"`` (content moves on a finite canvas),
+            ``"circular"`` (on a torus) or ``Crop(size)`` (``x`` is a larger
+            image and the shift moves a crop window, see
+            [`equivariance.crops`][equivariance.crops]).
         margin: samples dropped at each edge of the compared region (an int
             or one per dim), for zero-padded convolutions whose border outputs
             see the padding. ``"auto"`` measures the receptive-field radius,
@@ -155,7 +162,7 @@ def invariance_error(
     x: torch.Tensor,
     shift: ShiftLike | Action,
     *,
-    boundary: Boundary = "zeros",
+    boundary: Boundary | Crop = "zeros",
     layer: str | None = None,
     output: OutputSelector = None,
     reduction: Reduction = "mean",

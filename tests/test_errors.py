@@ -228,7 +228,8 @@ def test_a_model_that_is_not_callable() -> None:
 
 def test_bad_boundary_batch_size_and_output_action() -> None:
     with pytest.raises(
-        InvalidArgument, match=r"boundary must be one of 'zeros', 'circular', found 'reflect' \(str\)"
+        InvalidArgument,
+        match=r"boundary must be 'zeros', 'circular' or Crop\(size\), found 'reflect' \(str\)",
     ):
         equivariance_error(conv2d, x2d, (1, 1), boundary="reflect")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="batch_size must be positive, found 0"):
@@ -284,5 +285,5 @@ def test_x_on_the_meta_device() -> None:
 def test_boundary_must_be_a_string() -> None:
     import numpy as np
 
-    with pytest.raises(InvalidArgument, match="boundary must be one of"):
+    with pytest.raises(InvalidArgument, match=r"boundary must be .zeros., .circular. or Crop\(size\)"):
         equivariance_error(conv2d, x2d, (1, 1), boundary=np.array(["zeros"]))  # type: ignore[arg-type]

@@ -1,0 +1,106 @@
+"""Where strided layers sample: the sizes at which a rotation or flip maps their sampling grid onto itself.
+
+A layer of kernel ``k``, stride ``s`` and padding ``p`` on an input of size
+``n`` samples the padded input at ``0, s, 2s, ...``; the last window ends
+``(n + 2p - k) mod s`` samples short of the far edge. Rotated or flipped,
+that grid is only the same grid when the remainder is zero, so a strided
+layer is exactly rotation- and flip-equivariant only when
+``(n + 2p - k) = 0 (mod s)`` at its input (a 5x5 stride-2 layer with padding
+2 needs an odd size). The unshifted pass of a check with rotations or flips
+records every strided convolution and pooling layer's input size, so that a
+failed check can say which layer is misaligned and what size to use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from equivariance._isolation import owning_module
+
+_SAMPLING = (
+    *(nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    *(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
+    *(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d),
+)
+
+
+@dataclass(frozen=True)
+class Strided:
+    """A strided layer as the unshifted pass met it: its name, input size and sampling, per spatial dim."""
+
+    name: str
+    size: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+
+    def misaligned(self) -> list[int]:
+        """The spatial dims (indices) where ``(n + 2p - k) mod s`` is not zero."""
+        return [i for i, (n, k, s, p) in enumerate(self._dims()) if (n + 2 * p - k) % s]
+
+    def aligned_size(self, dim: int) -> int:
+        """The smallest input size at least the one seen for which the dim is aligned."""
+        n, k, s, p = self._dims()[dim]
+        return n + (-(n + 2 * p - k)) % s
+
+    def _dims(self) -> list[tuple[int, int, int, int]]:
+        return list(zip(self.size, self.kernel, self.stride, self.padding))
+
+
+@contextlib.contextmanager
+def strided_layers(model: Callable[..., Any], *, enabled: bool) -> Iterator[list[Strided]]:
+    """Record each strided convolution or pooling layer's first input, in the order they run."""
+    seen: list[Strided] = []
+    owner = owning_module(model) if enabled else None
+    if owner is None:
+        yield seen
+        return
+    handles = []
+    names: set[str] = set()
+    for name, module in owner.named_modules():
+        if isinstance(module, _SAMPLING) and _sampling(module) is not None:
+            handles.append(module.register_forward_pre_hook(_recorder(name, seen, names)))
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _recorder(name: str, seen: list[Strided], names: set[str]) -> Callable[[nn.Module, Any], None]:
+    def record(module: nn.Module, args: Any) -> None:
+        sampling = _sampling(module)
+        if name in names or sampling is None or not args or not hasattr(args[0], "shape"):
+            return
+        kernel, stride, padding = sampling
+        d = len(kernel)
+        names.add(name)
+        seen.append(
+            Strided(name or type(module).__name__, tuple(args[0].shape[-d:]), kernel, stride, padding)
+        )
+
+    return record
+
+
+def _sampling(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """The effective kernel, stride and padding per dim of a layer with a stride above 1, else None."""
+    d = int(type(module).__name__[-2])
+    stride = _per_dim(getattr(module, "stride", None) or getattr(module, "kernel_size", 1), d)
+    padding_given = getattr(module, "padding", 0)
+    if all(s == 1 for s in stride) or isinstance(padding_given, str):
+        return None  # a string padding ("same", "valid") only goes with stride 1 in torch
+    kernel = _per_dim(module.kernel_size, d)
+    dilation = _per_dim(getattr(module, "dilation", 1), d)
+    effective = tuple(q * (k - 1) + 1 for k, q in zip(kernel, dilation))
+    return effective, stride, _per_dim(padding_given, d)
+
+
+def _per_dim(value: Any, d: int) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)):
+        return tuple(int(v) for v in value)
+    return (int(value),) * d

@@ -1,0 +1,274 @@
+"""Group-convolution outputs: the regular representation of p4 and p4m on orientation channels.
+
+A hidden layer of a p4 or p4m group CNN (Cohen and Welling 2016, "Group
+equivariant convolutional networks"; as built with escnn or e2cnn) is a stack
+of *fields*, each a block of orientation channels: 4 for p4, 8 for p4m. When
+the input is rotated, such a map rotates *and* each field's orientation
+channels are cyclically permuted (the regular representation of the group);
+a flip also reverses their order. A check with the plain spatial action
+rotates only the map, so it fails on every such layer, correctly so for that
+action; [`regular`][equivariance.regular.regular] gives the action the layer
+is equivariant under:
+
+    check_equivariance(gcnn, x, transforms=[Rot90(1), Rot90(2), Rot90(3)],
+                       layer="block2", output_action=regular("p4"))
+
+The layout, for an output ``(N, C, *spatial)`` with ``C = K * |G|``: channel
+``|G| * j + o`` is orientation ``o`` of field ``j`` (each field's channels
+contiguous, escnn's order). For p4, ``o = i`` in ``0..3``; for p4m,
+``o = 4 f + i`` with ``f`` the reflection bit. The group element "reflect
+``s`` times, then rotate by ``k`` quarter turns" moves orientation
+``(f, i)`` to ``(f XOR s, (direction * k + (-1)^s i) mod 4)``:
+
+- ``direction=1`` (default) when rotating the input by one quarter turn
+  (``torch.rot90``, counter-clockwise in the displayed image) moves
+  orientation ``i`` to ``i + 1``: the filter bank of orientation ``i`` is the
+  base filter turned by ``i`` quarter turns the same way. Libraries that number
+  orientations the other way need ``direction=-1``.
+- ``reflection`` is the spatial dim the group's reflection reverses (default
+  ``-1``, a left-right mirror); a [`Flip`][equivariance.Flip] of the other dim
+  of the plane is that reflection followed by a half turn.
+
+Shifts move such a map like any other (translations do not touch the
+orientation channels), so the same output action serves shifts, rotations
+and flips. An element built by [`Regular.acting`][equivariance.regular.Regular.acting]
+can also be the *input* transform of a layer whose input is itself a
+regular field (a group convolution on its own).
+
+Examples:
+    A p4 lifting convolution: four rotated copies of one filter bank.
+
+    >>> import torch
+    >>> from equivariance import Rot90, check_equivariance
+    >>> w = torch.randn(2, 1, 3, 3)
+    >>> bank = torch.stack([torch.rot90(w, i, (-2, -1)) for i in range(4)], 1).flatten(0, 1)
+    >>> lift = torch.nn.Conv2d(1, 8, 3, padding=1, bias=False)
+    >>> _ = lift.weight.data.copy_(bank)          # channel 4 j + i: field j, orientation i
+    >>> x = torch.randn(2, 1, 9, 9)
+    >>> check_equivariance(lift, x, transforms=[Rot90(1)], output_action=regular("p4")).passed
+    True
+    >>> check_equivariance(lift, x, transforms=[Rot90(1)]).passed      # the map alone: not the action
+    False
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+
+from equivariance._validation import as_int, describe
+from equivariance.actions import Action, Grid, Identity
+from equivariance.errors import InvalidArgument
+from equivariance.shifts import Shift
+from equivariance.transforms import Flip, Rot90
+
+__all__ = ["OnFields", "Regular", "regular"]
+
+Group = Literal["p4", "p4m"]
+_ORDERS = {"p4": 4, "p4m": 8}
+
+
+class Regular:
+    """The regular representation of p4 or p4m on the channels of an output (see the module docstring).
+
+    Args:
+        group: ``"p4"`` (rotations by quarter turns) or ``"p4m"`` (with reflections).
+        fields: the number of fields ``K`` (``C = K * |G|``); default inferred from ``C``.
+        direction: ``1`` if a quarter turn of the input moves orientation ``i`` to ``i + 1``,
+            ``-1`` if to ``i - 1``.
+        reflection: the spatial dim the group's reflection reverses (p4m), ``-1`` or ``-2``.
+    """
+
+    def __init__(
+        self, group: Group = "p4", *, fields: int | None = None, direction: int = 1, reflection: int = -1
+    ):
+        if group not in _ORDERS:
+            raise InvalidArgument(
+                f"group must be 'p4' or 'p4m', found {describe(group)}; pass regular('p4') for rotations "
+                "by quarter turns or regular('p4m') with reflections"
+            )
+        if direction not in (1, -1) or isinstance(direction, bool):
+            raise InvalidArgument(
+                f"direction must be 1 or -1, found {describe(direction)}; pass direction=-1 if a quarter "
+                "turn of the input moves orientation i to i - 1"
+            )
+        if reflection not in (-1, -2) or isinstance(reflection, bool):
+            raise InvalidArgument(
+                f"reflection must be -1 or -2 (the spatial dim the group's reflection reverses), found "
+                f"{describe(reflection)}"
+            )
+        if fields is not None and as_int(fields, "fields") < 1:
+            raise InvalidArgument(f"fields must be positive, found {fields}; pass the number of fields K")
+        self.group: Group = group
+        self.order = _ORDERS[group]
+        self.fields = None if fields is None else as_int(fields, "fields")
+        self.direction, self.reflection = direction, reflection
+
+    def acting(self, element: Action) -> Action:
+        """The action of an input element on such an output: the element on the grid, then the
+        permutation of each field's orientation channels (shifts and the identity as they are).
+
+        Examples:
+            >>> regular("p4").acting(Rot90(1)), regular("p4").acting(Shift(1, 0))
+            (OnFields(Rot90(1), p4), Shift(1, 0))
+        """
+        if isinstance(element, OnFields):
+            element = element.element
+        if isinstance(element, (Shift, Identity)) or element.is_identity:
+            return element
+        return OnFields(element, self)
+
+    def decompose(self, element: Action) -> tuple[int, int]:
+        """The element as ``(s, k)``: reflect ``s`` times, then rotate by ``k`` quarter turns.
+
+        Examples:
+            >>> regular("p4m").decompose(Flip(-2))      # the reflection of dim -1, then a half turn
+            (1, 2)
+        """
+        if isinstance(element, Rot90):
+            if element.dims not in ((-2, -1), (-1, -2)):
+                raise InvalidArgument(
+                    f"{element!r} turns dims {element.dims}, but the regular action of {self.group} knows "
+                    "the image plane, dims (-2, -1)"
+                )
+            return 0, element.k if element.dims == (-2, -1) else -element.k % 4
+        if isinstance(element, Flip):
+            if self.group == "p4":
+                raise InvalidArgument(
+                    f"p4 has no reflections, but {element!r} is one; use regular('p4m') for a group CNN "
+                    "with reflections"
+                )
+            if element.dim not in (-1, -2):
+                raise InvalidArgument(
+                    f"{element!r} flips dim {element.dim}, outside the image plane (-2, -1)"
+                )
+            return 1, 0 if element.dim == self.reflection else 2
+        raise InvalidArgument(
+            f"the regular action of {self.group} knows Rot90, Flip and shifts, found {element!r}; write an "
+            "Action of your own for other elements"
+        )
+
+    def permutation(self, element: Action) -> torch.Tensor:
+        """``source``: orientation ``o`` of every field of the moved output comes from ``source[o]``.
+
+        Examples:
+            >>> regular("p4").permutation(Rot90(1)).tolist()      # orientation i moves to i + 1
+            [3, 0, 1, 2]
+        """
+        s, k = self.decompose(element)
+        source = torch.empty(self.order, dtype=torch.long)
+        for o in range(self.order):
+            f, i = divmod(o, 4)
+            target = 4 * (f ^ s) + (self.direction * k + (-1) ** s * i) % 4
+            source[target] = o
+        return source
+
+    def fields_of(self, channels: int) -> int:
+        """The number of fields in ``channels`` channels, else InvalidArgument saying why."""
+        if channels % self.order or (self.fields is not None and channels != self.fields * self.order):
+            expected = (
+                f"{self.fields} fields of {self.order}"
+                if self.fields is not None
+                else f"a multiple of {self.order} ({self.group}'s {self.order} orientations per field)"
+            )
+            raise InvalidArgument(
+                f"the output has {channels} channels, but the regular action of {self.group} expects "
+                f"{expected}; pass layer= to measure a group-convolution layer, or the right group"
+            )
+        return channels // self.order
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Regular):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.group, self.fields, self.direction, self.reflection)
+
+    def __repr__(self) -> str:
+        options = [f"fields={self.fields}"] if self.fields is not None else []
+        options += [f"direction={self.direction}"] if self.direction != 1 else []
+        options += [f"reflection={self.reflection}"] if self.reflection != -1 else []
+        return f"regular({', '.join([repr(self.group), *options])})"
+
+    def __str__(self) -> str:
+        turn = "" if self.direction == 1 else ", numbered the other way"
+        return f"regular representation of {self.group} ({self.order} orientation channels a field{turn})"
+
+
+def regular(
+    group: Group = "p4", *, fields: int | None = None, direction: int = 1, reflection: int = -1
+) -> Regular:
+    """The output action of a p4 / p4m group-convolution layer, for ``output_action=``.
+
+    Args:
+        group: ``"p4"`` or ``"p4m"``.
+        fields: the number of fields ``K`` of the output (default: its channels over ``|G|``).
+        direction: ``1`` if a quarter turn of the input moves orientation ``i`` to ``i + 1``
+            (the numbering measured on escnn's fields, and that of a filter bank rotated with
+            ``torch.rot90``), ``-1`` otherwise.
+        reflection: the spatial dim the group's reflection reverses (p4m): ``-1`` (default) or ``-2``.
+
+    Returns:
+        A [`Regular`][equivariance.regular.Regular] representation.
+
+    Examples:
+        >>> regular("p4m", fields=3)
+        regular('p4m', fields=3)
+    """
+    return Regular(group, fields=fields, direction=direction, reflection=reflection)
+
+
+class OnFields(Action):
+    """An element acting on regular fields: on the grid as on the input, then permuting orientations.
+
+    Args:
+        element: the element (a [`Rot90`][equivariance.Rot90] or a [`Flip`][equivariance.Flip]).
+        representation: the [`Regular`][equivariance.regular.Regular] representation of the channels.
+    """
+
+    moves_positions_only: ClassVar[bool] = False  # it permutes channels
+
+    def __init__(self, element: Action, representation: Regular) -> None:
+        self.element, self.representation = element, representation
+        self.source = representation.permutation(element)
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Move the grid of ``x`` ``(N, C, *spatial)`` by the element, and each field's orientations."""
+        if x.dim() != grid.spatial_dims + 2:
+            raise InvalidArgument(
+                f"the regular action needs one channel dim, (N, C, *spatial), found shape {tuple(x.shape)}"
+            )
+        moved = self.element.act(x, grid)
+        order = self.representation.order
+        fields = self.representation.fields_of(x.shape[1])
+        split = moved.reshape(len(x), fields, order, *x.shape[2:])
+        return split.index_select(2, self.source.to(x.device)).reshape(x.shape)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.element.is_identity
+
+    def inverse(self) -> OnFields:
+        return OnFields(self.element.inverse(), self.representation)
+
+    def to_json(self) -> object:
+        return self.element.to_json()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OnFields):
+            return NotImplemented
+        return (self.element, self.representation) == (other.element, other.representation)
+
+    def __hash__(self) -> int:
+        return hash((self.element, self.representation))
+
+    def __repr__(self) -> str:
+        return f"OnFields({self.element!r}, {self.representation.group})"
+
+    def __str__(self) -> str:
+        return str(self.element)
