@@ -31,7 +31,8 @@ convolution on 8x8, a 20-layer convolution stack on 12x12, and the ResNet-18
 trunk. Its *overhead* is the check's time less the time spent inside the
 model's forward passes, timed from inside the model by a wrapper, in
 milliseconds, the median over rounds.
-A third table times the per-layer profile against the check of one shift.
+A third table times the per-layer profile against the check of one shift, a fourth does so on
+the gallery of common architectures (``examples/gallery.py``).
 
     python benchmarks/speed.py [--repeats 5] [--device cpu] [--markdown docs/benchmarks.md]
 """
@@ -40,17 +41,28 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import EllipsisType
+from typing import Any
 
 import torch
 from torch import nn
 
-from equivariance import Shift, check_equivariance, multiples_of, profile_equivariance, shifts_in_box
+from equivariance import (
+    Shift,
+    check_equivariance,
+    check_invariance,
+    multiples_of,
+    profile_equivariance,
+    shifts_in_box,
+)
 from equivariance.models import LeNet
 
 
@@ -254,7 +266,14 @@ def main() -> None:
     print("\nThe layer profile of one shift against the check of that shift:")
     for cells in profile_rows:
         print(f"{cells[0]:<44} {cells[1]:>8} {cells[2]:>8} {cells[3]:>13}")
+    print(
+        "\nThe layer profile against the check, on the gallery of common architectures (examples/gallery.py):"
+    )
+    gallery_rows = [gallery_row(name, args.repeats, args.device) for name in _gallery().GALLERY]
+    for cells in gallery_rows:
+        print(f"{cells[0]:<44} {cells[1]:>8} {cells[2]:>8} {cells[3]:>13}")
     if args.markdown:
+        write_markdown(args.markdown, title, gallery_rows, args.device, PROFILE_HEADER, section="gallery")
         write_markdown(args.markdown, title, rows, args.device)
         write_markdown(args.markdown, title, overhead_rows, args.device, OVERHEAD_HEADER, section="overhead")
         write_markdown(args.markdown, title, profile_rows, args.device, PROFILE_HEADER, section="profile")
@@ -399,6 +418,51 @@ def profile_row(
     checks, profiles = interleaved([run_check, run_profile], repeats, device)
     return (
         label.split(",")[0],
+        f"{statistics.median(checks):.3f}s",
+        f"{statistics.median(profiles):.3f}s",
+        f"{median_ratio(profiles, checks):.2f}",
+    )
+
+
+def _gallery() -> Any:
+    """``examples/gallery.py``, loaded by its path."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "gallery.py"
+    spec = importlib.util.spec_from_file_location("gallery", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gallery"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def gallery_row(name: str, repeats: int, device: str) -> tuple[str, ...]:
+    """The profile of a gallery model (its docs page's shift) against a check of that one shift.
+
+    A model whose output has no spatial dims (the ViT's logits) is checked for invariance.
+    """
+    gallery = _gallery()
+    case = gallery.CASES[name]
+    model = gallery.GALLERY[name]().to(device)
+    x = eval(case.inputs, {"canvas": gallery.canvas, "image": gallery.image}).to(device)
+    shift = Shift(case.shift)
+    with torch.no_grad():
+        flat = model(x).dim() == 2
+
+    def run_check() -> None:
+        if flat:
+            check_invariance(model, x, [shift])
+        else:
+            check_equivariance(model, x, [shift])
+
+    def run_profile() -> None:
+        profile_equivariance(model, x, shift)
+
+    run_check()
+    run_profile()
+    checks, profiles = interleaved([run_check, run_profile], repeats, device)
+    return (
+        f"{name}, shift {shift}",
         f"{statistics.median(checks):.3f}s",
         f"{statistics.median(profiles):.3f}s",
         f"{median_ratio(profiles, checks):.2f}",
