@@ -577,6 +577,109 @@ def edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) 
     return dist
 
 
+class OneTranslation:
+    """Equivariance under one translation of a grid: the profile's per-layer sink, a few tensor
+    operations a chunk.
+
+    Like a [`GridSums`][equivariance._sinks.GridSums] of one row whose
+    element is a translation on ``grid`` (its ``expected`` element, e.g. the
+    input shift divided by the layer's stride): the box of the grid where the
+    translation is defined is compared with the slices of the reference it
+    comes from (one, or up to ``2**d`` where a circular shift wraps), summed in
+    total and by distance to the box's edge. The boxes, the distances and the
+    reference's norms are fixed when it is made; a chunk costs a subtraction,
+    a square and two sums. Not for float64 outputs that need scaling
+    (``sample_scale``): those take a ``GridSums``.
+    """
+
+    def __init__(
+        self, base: torch.Tensor, grid: Grid, offsets: tuple[int, ...], region: tuple[slice, ...]
+    ) -> None:
+        d = grid.spatial_dims
+        self.grid, self.base = grid, base
+        self.spatial = tuple(base.shape[base.dim() - d :])
+        self.channel_dims = tuple(range(1, base.dim() - d))
+        self.lead = (slice(None),) * (base.dim() - d - 1)
+        lo, hi = [r.start for r in region], [r.stop for r in region]
+        # each tile: where it sits in the box, and where its reference comes from in the grid
+        self.tiles = [
+            (tuple(slice(t.start - a, t.stop - a) for t, a in zip(target, lo)), target, source)
+            for target, source in _tiles(lo, hi, offsets, self.spatial, grid.boundary)
+        ]
+        self.box = tuple(b - a for a, b in zip(lo, hi))
+        dist = edge_distance(torch.tensor([lo]), torch.tensor([hi]), self.spatial)[0]
+        self.depth = max(1, max((b - a + 1) // 2 for a, b in zip(lo, hi)))
+        inside = tuple(slice(a, b) for a, b in zip(lo, hi))
+        self.bucket = dist[inside].clamp(0, self.depth - 1).flatten().to(base.device)
+        channels = math.prod(base.shape[1 : base.dim() - d])
+        self.count = torch.tensor([math.prod(self.box) * channels], dtype=torch.float64)
+        per_distance = torch.zeros(self.depth, dtype=torch.float64).index_add_(
+            0, self.bucket.cpu(), torch.ones(self.bucket.numel(), dtype=torch.float64)
+        )
+        self.border_count = (per_distance * channels).view(1, -1)
+        ref_map = squared_norms(self._reference(slice(None)), self.channel_dims).flatten(1)
+        self.ref_sq = ref_map.sum(1).cpu().double()
+        self.border_ref = ref_map.new_zeros(len(base), self.depth).index_add_(1, self.bucket, ref_map).cpu()
+        self.work = torch.float64 if base.dtype == torch.float64 else torch.float32
+        n = len(base)
+        self.diff_sq = torch.zeros(n, dtype=torch.float64)
+        self.border_diff = torch.zeros(n, self.depth, dtype=torch.float64)
+
+    def _reference(self, samples: slice | torch.Tensor) -> torch.Tensor:
+        """The reference over the box for some samples (a view where one tile covers it)."""
+        if len(self.tiles) == 1:
+            _, _, source = self.tiles[0]
+            key: tuple[Any, ...] = (samples, *self.lead, *source)
+            return self.base[key]
+        picked = self.base[samples]
+        out = picked.new_empty((*picked.shape[: picked.dim() - len(self.box)], *self.box))
+        for place, _, source in self.tiles:
+            into: tuple[Any, ...] = (slice(None), *self.lead, *place)
+            origin: tuple[Any, ...] = (slice(None), *self.lead, *source)
+            out[into] = picked[origin]
+        return out
+
+    def add(
+        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+    ) -> None:
+        """Sum one chunk's squared differences over the box (its items are samples of the one row)."""
+        first, count = int(sample[0]), len(sample)
+        samples: slice | torch.Tensor = (
+            slice(first, first + count)
+            if bool((sample == torch.arange(first, first + count)).all())
+            else sample
+        )
+        reference = self._reference(samples)
+        while True:
+            diff = torch.zeros((count, *self.box), dtype=self.work, device=outputs.device)
+            for place, target, _ in self.tiles:
+                at: tuple[Any, ...] = (slice(None), *self.lead, *target)
+                within_box: tuple[Any, ...] = (slice(None), *self.lead, *place)
+                positions: tuple[Any, ...] = (slice(None), *place)
+                out, ref = outputs[at].to(self.work), reference[within_box].to(self.work)
+                diff[positions] = (out - ref).square_().sum(self.channel_dims)
+            diff = diff.flatten(1)
+            if not bool(torch.isfinite(diff.sum())):
+                check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
+            if self.work == torch.float64 or _float32_sums_hold(diff, self.ref_sq[samples]):
+                break
+            self.work = torch.float64
+        self.diff_sq[samples] = diff.sum(1).cpu().double()
+        self.border_diff[samples] = (
+            diff.new_zeros(count, self.depth).index_add_(1, self.bucket, diff).cpu().double()
+        )
+
+    def retry(self) -> None:
+        pass
+
+    def sums(self) -> Sums:
+        n = len(self.diff_sq)
+        return Sums(
+            self.diff_sq.view(1, n), self.ref_sq.view(1, n), self.count, self.border_diff.view(1, n, -1),
+            self.border_ref.view(1, n, -1), self.border_count, None,
+        )  # fmt: skip
+
+
 class RelativeChange:
     """``||f(g.x) - f(x)|| / ||f(x)||`` of every copy, where row 0 is the identity: ``f(x)`` itself.
 

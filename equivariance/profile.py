@@ -51,7 +51,15 @@ from equivariance._layers import (
 )
 from equivariance._plan import as_element, check_fits, check_input
 from equivariance._runner import Runner
-from equivariance._sinks import Describe, FlatSums, GridSums, Sums, check_floating
+from equivariance._sinks import (
+    Describe,
+    FlatSums,
+    GridSums,
+    OneTranslation,
+    Sums,
+    check_floating,
+    sample_scale,
+)
 from equivariance._validation import describe, warn_deprecated
 from equivariance.actions import Action, Boundary, Grid, check_boundary
 from equivariance.errors import InvalidArgument
@@ -570,7 +578,7 @@ def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: 
 
 def _sink(
     spec: LayerSpec, base: torch.Tensor, element: Action, boundary: Boundary
-) -> GridSums | FlatSums | None:
+) -> GridSums | OneTranslation | FlatSums | None:
     """How a layer's output is compared: on its grid, whole (no spatial dims), or not (ambiguous)."""
     if spec.ambiguous is not None:
         return None
@@ -583,7 +591,12 @@ def _sink(
     expected, on_grid = _expected(element, spec.stride), grid
     if isinstance(expected, Shift):
         on_grid = Grid(d, (1,) * d, boundary, spec.layout)  # the rounded output shift, in output samples
-    return GridSums(spec.layout.to_grid(base, d), [element], on_grid, (0,) * d, expected=[expected])
+    on_grid_base = spec.layout.to_grid(base, d)
+    offsets = expected.translation(on_grid)
+    if offsets is not None and sample_scale(on_grid_base) is None:
+        region = expected.region(tuple(on_grid_base.shape[-d:]), on_grid)
+        return OneTranslation(on_grid_base, on_grid, offsets, region)
+    return GridSums(on_grid_base, [element], on_grid, (0,) * d, expected=[expected])
 
 
 def _expected(element: Action, stride: tuple[int, ...]) -> Action:
@@ -602,7 +615,7 @@ class _Layers:
         targets: dict[str, nn.Module],
         stop: nn.Module | None,
         up_to: str | None,
-        sinks: dict[str, GridSums | FlatSums | None],
+        sinks: dict[str, GridSums | OneTranslation | FlatSums | None],
         n: int,
     ) -> None:
         self.model, self.targets, self.stop, self.up_to, self.sinks = model, targets, stop, up_to, sinks
@@ -622,7 +635,7 @@ class _Layers:
         if sink is None or self.chunk is None:
             return
         items, sample, row, what = self.chunk
-        if isinstance(sink, GridSums):
+        if isinstance(sink, (GridSums, OneTranslation)):
             tensor = sink.grid.layout.to_grid(
                 tensor if tensor.dtype.is_floating_point else tensor.double(), sink.grid.spatial_dims
             )
@@ -658,7 +671,7 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
 
 
 def _profile_layer(
-    spec: LayerSpec, sink: GridSums | FlatSums | None, element: Action, tolerance: Tolerance
+    spec: LayerSpec, sink: GridSums | OneTranslation | FlatSums | None, element: Action, tolerance: Tolerance
 ) -> LayerProfile:
     layout = None if spec.layout is None else spec.layout.name
     if sink is None:

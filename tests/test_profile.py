@@ -16,6 +16,7 @@ from equivariance import (
     Shift,
     assert_equivariant,
     check_equivariance,
+    equivariance_error,
     profile_equivariance,
 )
 from equivariance.models import LeNet
@@ -348,3 +349,28 @@ def test_an_unknown_up_to_name_lists_the_close_ones() -> None:
         match=r"^LeNet has no layer named 'conv5'; close names: 'conv4', 'conv3', 'conv2', 'conv1'\. ",
     ):
         profile_equivariance(LeNet(), canvas(), (2, 1), up_to="conv5")
+
+
+@pytest.mark.parametrize("boundary", ["zeros", "circular"])
+def test_every_layers_error_is_the_checks_error_at_that_layer(boundary: str) -> None:
+    """The profile's per-layer comparison (one translation, slices of the reference) against the
+    metric's, layer by layer, with the shift wrapping around under the circular boundary."""
+    torch.manual_seed(0)
+    mode = "circular" if boundary == "circular" else "zeros"
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, padding_mode=mode), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, padding_mode=mode), nn.ReLU(),
+        nn.Conv2d(4, 3, 3, padding=1, padding_mode=mode),
+    )  # fmt: skip
+    x = torch.randn(3, 2, 16, 16)
+    for shift in ((2, -4), (6, 2)):
+        profile = profile_equivariance(net, x, shift, boundary=boundary)
+        for name, stride in (("0", 1), ("1", 1), ("2", 2), ("4", 2)):
+            expected = equivariance_error(
+                net, x, shift, layer=name, stride=stride, boundary=boundary, reduction="max"
+            )
+            assert profile[name].error == pytest.approx(float(expected), rel=1e-5, abs=1e-9)
+        if boundary == "circular":
+            assert profile.passed
+        else:
+            assert not profile.passed  # zero padding: the borders
