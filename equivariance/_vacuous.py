@@ -27,7 +27,7 @@ import torch
 from equivariance._judge import sample_errors, within
 from equivariance._plan import Plan
 from equivariance._runner import Runner
-from equivariance._sinks import GridSums
+from equivariance._sinks import GridSums, OneTranslation, sample_scale
 from equivariance.actions import Action
 from equivariance.tolerances import Tolerance
 
@@ -53,7 +53,7 @@ def _still(plan: Plan, elements: list[Action], tolerance: Tolerance) -> str | No
     sample, row = torch.arange(n), torch.zeros(n, dtype=torch.long)
     largest = 0.0
     for element in elements:
-        sink = GridSums(base, [element], plan.grid, plan.margins, plan.request.output_action)
+        sink = _sink(plan, element)
         sink.add(base, slice(0, n), sample, row, lambda: "the unshifted output")
         sums = sink.sums()
         scale = None if sums.scale is None else sums.scale[0]
@@ -70,6 +70,19 @@ def _still(plan: Plan, elements: list[Action], tolerance: Tolerance) -> str | No
         "input without structure (all zeros, a constant) gives a constant map; check an input with "
         "structure, or a layer whose output varies over space"
     )
+
+
+def _sink(plan: Plan, element: Action) -> GridSums | OneTranslation:
+    """The check's comparison for one element: the lean one for a translation, else the general one."""
+    assert plan.grid is not None
+    assert plan.grid_base is not None
+    offsets = element.translation(plan.grid)
+    if offsets is not None and plan.request.output_action is None and sample_scale(plan.grid_base) is None:
+        spatial = tuple(plan.grid_base.shape[-plan.grid.spatial_dims :])
+        region = element.region(spatial, plan.grid)
+        inner = tuple(slice(r.start + m, r.stop - m) for r, m in zip(region, plan.margins))
+        return OneTranslation(plan.grid_base, plan.grid, offsets, inner)
+    return GridSums(plan.grid_base, [element], plan.grid, plan.margins, plan.request.output_action)
 
 
 def _unresponsive(runner: Runner, plan: Plan, tolerance: Tolerance) -> str | None:
