@@ -73,10 +73,13 @@ def margin_that_passes(
     diff = border_diff.flip(-1).cumsum(-1).flip(-1)  # sums over distance >= r
     ref = border_ref.flip(-1).cumsum(-1).flip(-1)
     count = border_count.flip(-1).cumsum(-1).flip(-1)
+    # every distance at once: the rows' counts (K, R) broadcast over the samples of diff (K, N, R)
+    keeps = ((count >= KEEP_FRACTION * count[:, :1]) & (count > 0)).all(dim=0).tolist()
+    errors, absolute = sample_errors(diff, ref, count.unsqueeze(1), scale)
+    passes = within(errors, absolute, tolerance).flatten(0, -2).all(dim=0).tolist()
     for r in range(1, diff.shape[-1]):
-        if bool((count[:, r] < KEEP_FRACTION * count[:, 0]).any()) or bool((count[:, r] == 0).any()):
+        if not keeps[r]:
             return None
-        errors, absolute = sample_errors(diff[..., r], ref[..., r], count[:, r].unsqueeze(-1), scale)
-        if bool(within(errors, absolute, tolerance).all()):
+        if passes[r]:
             return r
     return None

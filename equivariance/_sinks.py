@@ -59,8 +59,8 @@ def squared_norms(tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
             if not bool(low.any()):
                 return fast.double()
             if not bool((low & (fast != 0)).any()) and not bool(
-                ((fast == 0) & (tensor != 0).any(dims)).any()
-            ):
+                ((fast == 0) & (torch.linalg.vector_norm(tensor, math.inf, dims) != 0)).any()
+            ):  # no sum of zero from squares that underflowed: the largest magnitude, in one read
                 return fast.double()
     return tensor.to(exact).square().sum(dims)
 
