@@ -41,10 +41,9 @@ class PositionalCNN(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        circular = {"padding_mode": "circular"}
-        self.conv1 = nn.Conv2d(3, 8, 5, padding=2, **circular)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, **circular)
-        self.conv3 = nn.Conv2d(16, 32, 3, padding=1, **circular)
+        self.conv1 = nn.Conv2d(3, 8, 5, padding=2, padding_mode="circular")
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, padding_mode="circular")
+        self.conv3 = nn.Conv2d(16, 32, 3, padding=1, padding_mode="circular")
         self.norm1, self.norm2, self.norm3 = nn.BatchNorm2d(8), nn.BatchNorm2d(16), nn.BatchNorm2d(32)
         self.head = nn.Linear(32, 10)
 
@@ -55,7 +54,8 @@ class PositionalCNN(nn.Module):
         h = F.relu(self.norm1(self.conv1(torch.cat([x, position, position.abs()], dim=1))))
         h = F.relu(self.norm2(self.conv2(F.avg_pool2d(h, 2))))
         h = F.relu(self.norm3(self.conv3(F.avg_pool2d(h, 2))))
-        return self.head(h.amax(dim=(-2, -1)))
+        logits: torch.Tensor = self.head(h.amax(dim=(-2, -1)))
+        return logits
 
 
 def fit(
