@@ -11,6 +11,8 @@ Examples:
 from equivariance.audit import AuditResult, audit
 from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
 from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
+from equivariance.lie import lie_derivative_error, profile_lie_derivative
+from equivariance.loss import equivariance_loss
 from equivariance.metric import equivariance_error, invariance_error
 from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equivariance
 from equivariance.report import EquivarianceReport, ShiftResult
@@ -44,4 +46,7 @@ __all__ = [
     "multiples_of",
     "profile_equivariance",
     "shifts_in_box",
+    "equivariance_loss",
+    "lie_derivative_error",
+    "profile_lie_derivative",
 ]

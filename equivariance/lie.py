@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from equivariance._forward import Forward, OutputSelector, find_layer
+from equivariance._grids import Grids, Stride
 from equivariance._plan import check_input
 from equivariance._runner import Runner
 from equivariance._validation import describe, per_dim
@@ -91,27 +92,6 @@ def as_generator(generator: object, x: torch.Tensor) -> Generator:
     return generator
 
 
-def grid_stride(shape: Sequence[int], input_spatial: Sequence[int]) -> tuple[int, ...] | None:
-    """The stride of a channels-first tensor's grid relative to the input, None if it is not spatial.
-
-    A tensor ``(N, C, *spatial)`` with as many spatial dims as the input is
-    on a grid; its stride per dim is the input's size over its size, rounded
-    (a valid convolution keeps stride 1, a stride-2 one halves the size). Any
-    other shape has no spatial dims (logits, a flattened map): its generator
-    is zero, it is expected not to move.
-
-    Examples:
-        >>> grid_stride((8, 4, 16, 16), (32, 32)), grid_stride((8, 4, 30, 30), (32, 32))
-        ((2, 2), (1, 1))
-        >>> grid_stride((8, 10), (32, 32)) is None
-        True
-    """
-    d = len(input_spatial)
-    if len(shape) != d + 2:
-        return None
-    return tuple(max(1, round(n_in / n)) for n_in, n in zip(input_spatial, shape[2:]))
-
-
 @contextlib.contextmanager
 def _forward_mode() -> Iterator[None]:
     """Silence the deprecation warning torch raises from its own code the first time it loads its
@@ -124,7 +104,7 @@ def _forward_mode() -> Iterator[None]:
         yield
 
 
-def _moved(generator: Generator, h: torch.Tensor, stride: tuple[int, ...] | None) -> torch.Tensor:
+def _moved(generator: Generator, h: torch.Tensor, stride: Stride | None) -> torch.Tensor:
     """The generator applied to ``h`` on its grid, zero where ``h`` has no spatial dims."""
     return torch.zeros_like(h) if stride is None else generator.apply(h, stride)
 
@@ -162,8 +142,10 @@ def lie_derivative(
             [`Generator`][equivariance.generators.Generator] such as
             ``Translation(1, 0)``.
         stride: the output's stride relative to the input, per dim;
-            ``"auto"`` reads it off the sizes (the input's size over the
-            output's, rounded).
+            ``"auto"`` follows it through the model's modules as they run
+            (a convolution's or pooling's ``stride``, else the ratio of the
+            sizes; for a plain callable, the input's size over the output's,
+            rounded).
         invariant: compare the output unmoved (True), moved (False), or
             decide by its shape (None: an output ``(N, C, *spatial)`` with
             the input's number of spatial dims moves, anything else does not).
@@ -258,7 +240,7 @@ class _Setup:
     forward: Forward
     x: torch.Tensor
     generator: Generator
-    stride: tuple[int, ...] | None
+    stride: Stride | None
     invariant: bool | None
     batch_size: int
 
@@ -300,29 +282,31 @@ class _Setup:
     def _chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spatial = tuple(x.shape[2:])
         tangent = self.generator.apply(x, (1,) * len(spatial))
-        found: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-            lambda v: self.forward(v), (x.clone(),), (tangent,)
-        )
+        grids = Grids(spatial)
+        with grids.following(self.forward.model):
+            found: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
+                lambda v: self.forward(v), (x.clone(),), (tangent,)
+            )
         base, pushed = found
         if not base.dtype.is_floating_point:
             raise InvalidArgument(
                 f"the output has dtype {base.dtype}; a Lie derivative needs a floating-point output: "
                 "pass output=lambda y: y.float()"
             )
-        stride = self._output_stride(tuple(base.shape), spatial)
+        stride = self._output_stride(tuple(base.shape), grids)
         return base.detach(), (pushed - _moved(self.generator, base, stride)).detach()
 
-    def _output_stride(self, shape: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int, ...] | None:
+    def _output_stride(self, shape: tuple[int, ...], grids: Grids) -> Stride | None:
         """The output grid's stride, None for an output compared unmoved."""
-        inferred = grid_stride(shape, spatial)
+        inferred = grids.stride(shape)
         if self.invariant is True:
             return None
         if inferred is None:
             if self.invariant is False:
                 raise InvalidArgument(
                     f"invariant=False moves the output with the input, but the output of shape {shape} "
-                    f"has no {len(spatial)} spatial dims (expected (N, C, *spatial)); pass invariant=None "
-                    "or True, or layer= to measure a layer with spatial output"
+                    f"has no {len(grids.input_spatial)} spatial dims (expected (N, C, *spatial)); pass "
+                    "invariant=None or True, or layer= to measure a layer with spatial output"
                 )
             return None
         return self.stride if self.stride is not None else inferred
@@ -340,8 +324,9 @@ class LayerContribution:
             ``"(other operations)"`` for what no profiled layer accounts for.
         type: the layer's class name (``""`` for the remainder).
         output_shape: the shape of the layer's output (``()`` for the remainder).
-        stride: the layer output's stride as read off its size; None
-            without spatial dims (its generator is zero).
+        stride: the stride of the layer's output grid relative to the
+            input, followed through the modules; None without spatial dims
+            (its generator is zero).
         error: the mean over the batch of ``||contribution|| / ||f(x)||``, on
             the scale of ``lie_derivative_error``.
         share: the fraction of ``||L f(x)||^2`` (summed over the batch) the
@@ -353,7 +338,7 @@ class LayerContribution:
     name: str
     type: str
     output_shape: tuple[int, ...]
-    stride: tuple[int, ...] | None
+    stride: Stride | None
     error: float
     share: float
 
@@ -398,7 +383,7 @@ class LieProfile:
         )
         rows = [("layer", "type", "stride", "contribution", "share")]
         for row in self.layers:
-            stride = "-" if row.stride is None else "x".join(map(str, row.stride))
+            stride = "-" if row.stride is None else "x".join(f"{s:g}" for s in row.stride)
             share = "-" if row.share != row.share else f"{row.share:.1%}"
             rows.append((row.name, row.type, stride, f"{row.error:.3e}", share))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -422,8 +407,9 @@ def profile_lie_derivative(
     ``L f(x)`` up to what no profiled layer accounts for. All of them are
     one forward-mode pass vectorized over the layers (``torch.func.vmap`` of
     ``torch.func.jvp``): about the work of one forward pass per layer, in
-    one call. Each layer's grid is read off its shapes as channels first
-    (see [`grid_stride`][equivariance.lie.grid_stride]); a module called
+    one call. Maps are read channels first, ``(N, C, *spatial)``, their
+    strides followed through the modules that made them (a module's
+    ``stride`` attribute, else the ratio of the sizes); a module called
     twice is one layer with both calls.
 
     Examples:
@@ -455,10 +441,12 @@ def profile_lie_derivative(
     tensor = check_input(x, model)
     the_generator = as_generator(generator, tensor)
     targets = _targets(model, layers)
+    grids = Grids(tuple(tensor.shape[2:]))
     with Runner(model), _forward_mode():
-        ran = _layers_that_run(model, tensor, targets)
-        found = _contributions(model, tensor, the_generator, ran)
-    return _profile(model, the_generator, tensor, ran, found)
+        with grids.following(model):
+            ran = _layers_that_run(model, tensor, targets)
+        found = _contributions(model, tensor, the_generator, ran, grids)
+    return _profile(model, the_generator, grids, ran, found)
 
 
 def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
@@ -512,7 +500,7 @@ def _layers_that_run(model: nn.Module, x: torch.Tensor, targets: dict[str, nn.Mo
 
 
 def _conjugated(
-    model: nn.Module, x: torch.Tensor, generator: Generator, ran: list[_Ran], s: torch.Tensor
+    model: nn.Module, x: torch.Tensor, generator: Generator, ran: list[_Ran], grids: Grids, s: torch.Tensor
 ) -> torch.Tensor:
     """The model's output with every profiled layer ``i`` conjugated by the transformation ``s[i]``, and
     the whole model by ``s[-1]``.
@@ -521,10 +509,9 @@ def _conjugated(
     input ``h`` becomes ``h + s_i L h`` and its output ``y`` becomes
     ``y - s_i L' y``. At ``s = 0`` the values are exactly the model's own.
     """
-    spatial = tuple(x.shape[2:])
 
     def conjugate(h: torch.Tensor, t: torch.Tensor, sign: float) -> torch.Tensor:
-        return h + sign * t * _moved(generator, h, grid_stride(tuple(h.shape), spatial))
+        return h + sign * t * _moved(generator, h, grids.stride(tuple(h.shape)))
 
     handles = []
     for i, layer in enumerate(ran):
@@ -549,7 +536,7 @@ def _conjugated(
 
 
 def _contributions(
-    model: nn.Module, x: torch.Tensor, generator: Generator, ran: list[_Ran]
+    model: nn.Module, x: torch.Tensor, generator: Generator, ran: list[_Ran], grids: Grids
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``f(x)``, the layers' contributions ``(layers, *f(x).shape)`` and ``L f(x)``: one jvp vmapped
     over the layers and the whole model."""
@@ -558,7 +545,7 @@ def _contributions(
 
     def along(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         result: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-            lambda t: _conjugated(model, x.clone(), generator, ran, t), (s,), (direction,)
+            lambda t: _conjugated(model, x.clone(), generator, ran, grids, t), (s,), (direction,)
         )
         return result
 
@@ -579,11 +566,10 @@ def _contributions(
 
 
 def _profile(
-    model: nn.Module, generator: Generator, x: torch.Tensor, ran: list[_Ran],
+    model: nn.Module, generator: Generator, grids: Grids, ran: list[_Ran],
     found: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> LieProfile:  # fmt: skip
     base, parts, total = found
-    spatial = tuple(x.shape[2:])
     energy = float(total.double().pow(2).sum())
     rows = []
     for layer, part in [*zip(ran, parts), (None, total - parts.sum(0))]:
@@ -592,8 +578,8 @@ def _profile(
         if layer is None:
             rows.append(LayerContribution(OTHER, "", (), None, error, share))
         else:
-            stride = grid_stride(layer.output_shape, spatial)
+            stride = grids.stride(layer.output_shape)
             rows.append(LayerContribution(layer.name, layer.type, layer.output_shape, stride, error, share))
-    invariant = grid_stride(tuple(base.shape), spatial) is None
+    invariant = grids.stride(tuple(base.shape)) is None
     overall = float(sizes(total, base).mean())
     return LieProfile(type(model).__name__, generator, invariant, overall, tuple(rows))

@@ -96,6 +96,21 @@ def test_it_is_the_finite_difference_limit_of_the_fractional_error(
     assert float(((limit - found).abs() / found).max()) < 1e-3
 
 
+def test_valid_convolutions_are_measured_on_their_own_grid_not_a_stride_read_off_the_sizes() -> None:
+    from equivariance.models import LeNet
+
+    torch.manual_seed(0)
+    model = LeNet().double()
+    canvas = torch.zeros(2, 1, 38, 38, dtype=F64)
+    canvas[..., 5:33, 5:33] = smooth(2, 1, 28, keep=4)
+    t = 1e-5
+    limit = fractional_equivariance_error(model.features, canvas, (0, t), reduction="none") / t  # stride 1
+    found = lie_derivative_error(model.features, canvas, reduction="none")  # 38 -> 22: still stride 1
+    assert float(((limit - found).abs() / found).max()) < 1e-3
+    halved = lie_derivative_error(model.features, canvas, stride=2, reduction="none")
+    assert float(((halved - found).abs() / found).min()) > 0.01  # the stride matters
+
+
 def test_a_classifier_is_measured_for_invariance_and_a_map_can_be_asked_to_be_invariant() -> None:
     torch.manual_seed(0)
     pooled = nn.Sequential(nn.Conv2d(2, 4, 3, **CIRCULAR), nn.AdaptiveAvgPool2d(1), nn.Flatten())
