@@ -74,7 +74,7 @@ def test_gradients_flow_and_chunks_accumulate_the_same_gradients() -> None:
     shifts = [(0, 2), (1, -3), (3, 3)]
     grads = []
     values = []
-    for size in (None, 4, 20, 1):
+    for size in (None, 4, 7):  # 15 copies: chunks across rows, one pass, and within a row
         model = Positional(pooled=False)
         loss = equivariance_loss(model, x, shifts, boundary="zeros", batch_size=size)
         assert loss.requires_grad
@@ -90,14 +90,16 @@ def test_gradients_flow_and_chunks_accumulate_the_same_gradients() -> None:
 
 
 def test_training_on_the_penalty_alone_lowers_it() -> None:
-    model, x = Positional(pooled=False), batch(4)
+    model, x = Positional(pooled=False), batch(4, size=8)
     shifts = [(0, 3), (2, -2)]
     before = equivariance_loss(model, x, shifts).item()
-    step = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(10):
-        step.zero_grad()
+    for _ in range(8):  # plain gradient descent
+        model.zero_grad()
         equivariance_loss(model, x, shifts).backward()
-        step.step()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 0.5 * p.grad
     assert before > 0.5
     assert equivariance_loss(model, x, shifts).item() < before / 5
 
