@@ -244,3 +244,46 @@ def test_what_no_layer_accounts_for_is_reported_as_other_operations() -> None:
 def test_bad_arguments_are_refused_with_a_fix(call: object, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         call(stack(), noise())  # type: ignore[operator]
+
+
+def _conjugated_step(
+    model: nn.Module, x: torch.Tensor, index: int, stride_in: int, stride_out: int
+) -> torch.Tensor:
+    """d/dt of the output with layer ``index`` alone conjugated by real sub-pixel shifts along the width
+    (the input moved by t / stride_in, the output back by t / stride_out), by central differences."""
+    from equivariance.fractional import FractionalShift
+
+    layer, t = model[index], 1e-5
+    results = []
+    for offset in (t, -t):
+        before = layer.register_forward_pre_hook(
+            lambda _m, args, o=offset: (FractionalShift(0.0, o / stride_in).apply(args[0]),)
+        )
+        after = layer.register_forward_hook(
+            lambda _m, _a, out, o=offset: FractionalShift(0.0, -o / stride_out).apply(out)
+        )
+        try:
+            with torch.no_grad():
+                results.append(model(x))
+        finally:
+            before.remove()
+            after.remove()
+    return (results[0] - results[1]) / (2 * t)
+
+
+def test_each_contribution_is_the_derivative_with_only_that_layer_conjugated_by_a_real_shift() -> None:
+    """An independent check of the decomposition, with actual FractionalShifts instead of generators."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, **CIRCULAR), nn.Tanh(), nn.Conv2d(4, 4, 3, stride=2, **CIRCULAR),
+        nn.Conv2d(4, 3, 3, **CIRCULAR),
+    )  # fmt: skip
+    x = smooth(keep=5)
+    profile = profile_lie_derivative(model, x)
+    reference = model(x).detach().flatten(1).norm(dim=1)
+    for index, (stride_in, stride_out) in enumerate([(1, 1), (1, 1), (1, 2), (2, 2)]):
+        step = _conjugated_step(model, x, index, stride_in, stride_out)
+        expected = float((step.flatten(1).norm(dim=1) / reference).mean())
+        assert profile[str(index)].error == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    assert profile["2"].error > 0.01
+    assert profile["1"].error > 1e-4
