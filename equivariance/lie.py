@@ -342,6 +342,17 @@ class LayerContribution:
     error: float
     share: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict of the fields (NaN shares as None)."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "output_shape": list(self.output_shape),
+            "stride": None if self.stride is None else list(self.stride),
+            "error": self.error,
+            "share": None if self.share != self.share else self.share,
+        }
+
 
 @dataclass(frozen=True)
 class LieProfile:
@@ -369,6 +380,18 @@ class LieProfile:
             if row.name == name:
                 return row
         raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict: the fields, the largest part's name and every row."""
+        return {
+            "subject": self.subject,
+            "generator": repr(self.generator),
+            "unit": self.generator.unit,
+            "invariant": self.invariant,
+            "error": self.error,
+            "largest": self.largest.name,
+            "layers": [row.to_dict() for row in self.layers],
+        }
 
     @property
     def largest(self) -> LayerContribution:

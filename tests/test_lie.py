@@ -3,6 +3,8 @@ error, the layers' contributions summing to it, and the model left as it was fou
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -195,6 +197,10 @@ def test_the_layers_contributions_sum_to_the_lie_derivative_and_name_the_layer()
     assert profile.largest.name == "2"
     assert profile["2"].stride == (2, 2)
     assert "largest part: 2" in str(profile)
+    data = json.loads(json.dumps(profile.to_dict()))
+    assert data["largest"] == "2"
+    assert data["layers"][2]["stride"] == [2, 2]
+    assert data["error"] == profile.error
 
 
 class Positional(nn.Module):
