@@ -59,6 +59,7 @@ def equivariance_loss(
     output: OutputSelector = None,
     batch_size: int | None = None,
     rng: torch.Generator | None = None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The mean squared relative equivariance error over a few elements: a penalty to train with.
 
@@ -106,18 +107,28 @@ def equivariance_loss(
         batch_size: the most copies per forward pass; default all copies and
             ``x`` in one pass.
         rng: draws the random shifts (default: torch's global RNG).
+        reference: the output for ``x`` (``f(x)``, or the ``layer``'s, as
+            selected by ``output``) if the training step has computed it
+            already, say as the logits of its task loss, with autograd on:
+            it is used instead of a pass of its own, and its graph is kept
+            for the task loss's backward. Default: ``x`` runs through the
+            model in the same pass as its copies.
 
     Returns:
         A 0-dim tensor that gradients flow through.
     """
     setup = _Setup.of(model, x, shifts, samples, max_shift, boundary, stride, layer, output, batch_size)
+    given = _check_reference(reference, setup.x)
     elements = setup.elements if setup.elements is not None else setup.draw(rng)
     total = len(elements) * len(setup.x)
-    if setup.batch_size is None or setup.batch_size >= total:
-        n = len(setup.x)
-        both = setup.forward(torch.cat([setup.x, setup.copies(elements, 0, total)]))  # a new tensor
-        return setup.penalty(both[n:], both[:n], elements, 0, total) / total
-    return _accumulated(setup, elements, setup.batch_size)
+    if setup.batch_size is not None and setup.batch_size < total:
+        return _accumulated(setup, elements, setup.batch_size, given)
+    if given is not None:
+        outputs = setup.forward(setup.copies(elements, 0, total))
+        return setup.penalty(outputs, given, elements, 0, total) / total
+    n = len(setup.x)
+    both = setup.forward(torch.cat([setup.x, setup.copies(elements, 0, total)]))  # a new tensor
+    return setup.penalty(both[n:], both[:n], elements, 0, total) / total
 
 
 @dataclass(frozen=True)
@@ -238,7 +249,25 @@ def _squared_errors(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     return diff / torch.where(ref > 0, ref, torch.full_like(ref, float(count)))
 
 
-def _accumulated(setup: _Setup, elements: tuple[Action, ...], size: int) -> torch.Tensor:
+def _check_reference(reference: object, x: torch.Tensor) -> torch.Tensor | None:
+    if reference is None:
+        return None
+    if not isinstance(reference, torch.Tensor) or not reference.dtype.is_floating_point:
+        raise InvalidArgument(
+            f"reference must be the model's floating-point output for x, found {describe(reference)}; "
+            "pass the tensor the training step computed, e.g. reference=logits, or drop it"
+        )
+    if reference.dim() == 0 or len(reference) != len(x):
+        raise InvalidArgument(
+            f"reference of shape {tuple(reference.shape)} is not an output for x of batch {len(x)}; pass "
+            "the model's output for this very x (not a slice of it), or drop it"
+        )
+    return reference
+
+
+def _accumulated(
+    setup: _Setup, elements: tuple[Action, ...], size: int, given: torch.Tensor | None
+) -> torch.Tensor:
     """The loss in chunks of ``size`` copies, each chunk's gradient taken at once (see the module)."""
     module = owning_module(setup.forward.model)
     params = [] if module is None else [p for p in module.parameters() if p.requires_grad]
@@ -249,7 +278,7 @@ def _accumulated(setup: _Setup, elements: tuple[Action, ...], size: int) -> torc
             "drop batch_size= to run every copy in one pass"
         )
     total = len(elements) * len(setup.x)
-    reference = setup.forward(setup.x.clone())
+    reference = setup.forward(setup.x.clone()) if given is None else given
     tracked = torch.is_grad_enabled() and reference.requires_grad
     held = reference.detach().requires_grad_(tracked)
     value = torch.zeros((), dtype=torch.float64, device=setup.x.device)
@@ -265,7 +294,10 @@ def _accumulated(setup: _Setup, elements: tuple[Action, ...], size: int) -> torc
     if not tracked:
         return value.to(reference.dtype)
     if grads[0] is not None:
-        back = torch.autograd.grad(reference, params, grads[0], allow_unused=True)
+        # a reference the caller computed keeps its graph for the caller's own backward
+        back = torch.autograd.grad(
+            reference, params, grads[0], allow_unused=True, retain_graph=given is not None
+        )
         grads[1:] = [_add(g, f) for g, f in zip(grads[1:], back)]
     carried = [(p * g).sum() for p, g in zip(params, grads[1:]) if g is not None]
     dot = torch.stack(carried).sum() if carried else value.new_zeros(())

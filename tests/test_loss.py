@@ -89,6 +89,27 @@ def test_gradients_flow_and_chunks_accumulate_the_same_gradients() -> None:
         assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-14) for a, b in zip(found, grads[0]))
 
 
+@pytest.mark.parametrize("size", [None, 5], ids=["one-pass", "chunked"])
+def test_a_reference_the_step_computed_saves_a_pass_and_keeps_its_graph(size: int | None) -> None:
+    x, shifts = batch(5), [(0, 2), (1, -3)]
+    model = Positional()
+    plain = model(x).square().mean() + equivariance_loss(model, x, shifts, batch_size=size)
+    plain.backward()
+    expected = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+    model.zero_grad()
+    calls = []
+    handle = model.conv1.register_forward_hook(lambda _m, args, _out: calls.append(len(args[0])))
+    logits = model(x)
+    penalty = equivariance_loss(model, x, shifts, batch_size=size, reference=logits)
+    handle.remove()
+    assert sum(calls) == 5 + 10  # the step's own pass and the copies: x is not run again
+    step = logits.square().mean() + penalty  # the task loss's graph is still there
+    assert step.item() == pytest.approx(plain.item(), rel=1e-12)
+    step.backward()
+    got = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-14) for a, b in zip(got, expected))
+
+
 def test_training_on_the_penalty_alone_lowers_it() -> None:
     model, x = Positional(pooled=False), batch(4, size=8)
     shifts = [(0, 3), (2, -2)]
@@ -162,8 +183,26 @@ def test_under_no_grad_the_chunks_give_the_value_alone() -> None:
         ({"boundary": "reflect"}, "boundary must be one of 'zeros', 'circular'"),
         ({"rng": 3}, r"rng must be a torch.Generator, found 3 \(int\)"),
         ({"batch_size": 0}, "batch_size must be positive"),
+        (
+            {"reference": torch.zeros(3, 3, dtype=F64)},
+            r"reference of shape \(3, 3\) is not an output for x of batch 4",
+        ),
+        ({"reference": [1.0]}, "reference must be the model's floating-point output for x"),
     ],
-    ids=["both", "samples", "one-shift", "empty", "stride", "dims", "box", "boundary", "rng", "batch"],
+    ids=[
+        "both",
+        "samples",
+        "one-shift",
+        "empty",
+        "stride",
+        "dims",
+        "box",
+        "boundary",
+        "rng",
+        "batch",
+        "reference-batch",
+        "reference-type",
+    ],
 )
 def test_bad_arguments_are_refused_with_a_fix(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
