@@ -17,7 +17,9 @@ runs in the mode it is in (train mode: dropout draws, BatchNorm normalizes
 with the statistics of the batch of copies and updates its running
 statistics, as any training forward pass does) and nothing is restored; only
 the input is left untouched. Random shifts are drawn from torch's global RNG,
-as dropout's are, unless ``rng=`` is given.
+as dropout's are, unless ``rng=`` is given. A step that has computed
+``logits = model(x)`` for its task loss passes ``reference=logits``, and
+``x`` does not run through the model again.
 
 When the copies do not fit in one pass (``batch_size=`` smaller than the
 copies), they run in chunks, each chunk's gradient taken at once and
