@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -430,7 +430,9 @@ def profile_lie_derivative(
     ``L f(x)`` up to what no profiled layer accounts for. All of them are
     one forward-mode pass vectorized over the layers (``torch.func.vmap`` of
     ``torch.func.jvp``): about the work of one forward pass per layer, in
-    one call. Maps are read channels first, ``(N, C, *spatial)``, their
+    one call, after a plain pass that applies the generator once to every
+    profiled layer's input and output (kept: about twice the activations of
+    one pass). Maps are read channels first, ``(N, C, *spatial)``, their
     strides followed through the modules that made them (a module's
     ``stride`` attribute, else the ratio of the sizes); a module called
     twice is one layer with both calls.
@@ -467,9 +469,9 @@ def profile_lie_derivative(
     grids = Grids(tuple(tensor.shape[2:]))
     with Runner(model), _forward_mode():
         with grids.following(model):
-            ran = _layers_that_run(model, tensor, targets)
-        found = _contributions(model, tensor, the_generator, ran, grids)
-    return _profile(model, the_generator, grids, ran, found)
+            plain = _layers_that_run(model, tensor, targets, the_generator, grids)
+        found = _contributions(model, tensor, plain)
+    return _profile(model, the_generator, grids, plain.layers, found)
 
 
 def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
@@ -489,28 +491,58 @@ def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Mod
 
 @dataclass(frozen=True)
 class _Ran:
-    """A profiled layer that ran: its name, module, type and output shape."""
+    """A profiled layer that ran: its name, module, type, output shape, and for each call the generator
+    applied to its first tensor input and to its output (None where there is no such tensor)."""
 
     name: str
     module: nn.Module
     type: str
     output_shape: tuple[int, ...]
+    moves: list[list[torch.Tensor | None]] = field(default_factory=list)
 
 
-def _layers_that_run(model: nn.Module, x: torch.Tensor, targets: dict[str, nn.Module]) -> list[_Ran]:
-    """The profiled layers in the order they first run, from one plain pass."""
+@dataclass(frozen=True)
+class _Pass:
+    """The plain pass of a profile: the layers that ran and the generator applied to ``x`` and ``f(x)``."""
+
+    layers: list[_Ran]
+    moved_input: torch.Tensor
+    moved_output: torch.Tensor
+
+
+def _layers_that_run(
+    model: nn.Module, x: torch.Tensor, targets: dict[str, nn.Module], generator: Generator, grids: Grids
+) -> _Pass:
+    """The profiled layers in the order they first run, from one plain pass, with the generator applied
+    to what each call took and returned (as the pass computes them: a later in-place op cannot change
+    them). The conjugated passes add these, scaled, instead of applying the generator again."""
     order: dict[str, _Ran] = {}
+    pending: dict[str, list[torch.Tensor | None]] = {}
 
-    def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def record(module: nn.Module, _inputs: Any, out: Any) -> None:
-            if name not in order and isinstance(out, torch.Tensor):
-                order[name] = _Ran(name, module, type(module).__name__, tuple(out.shape))
+    def moved(h: Any) -> torch.Tensor | None:
+        if not isinstance(h, torch.Tensor) or not h.dtype.is_floating_point:
+            return None
+        return _moved(generator, h, grids.stride(tuple(h.shape)))
+
+    def before(name: str) -> Callable[[nn.Module, Any], None]:
+        def record(_module: nn.Module, args: Any) -> None:
+            pending[name] = [moved(args[0]) if args else None]
 
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in targets.items()]
+    def after(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def record(module: nn.Module, _inputs: Any, out: Any) -> None:
+            if name not in order and isinstance(out, torch.Tensor):
+                order[name] = _Ran(name, module, type(module).__name__, tuple(out.shape))
+            if name in order:
+                order[name].moves.append([*pending.pop(name, [None]), moved(out)])
+
+        return record
+
+    handles = [m.register_forward_pre_hook(before(name)) for name, m in targets.items()]
+    handles += [m.register_forward_hook(after(name)) for name, m in targets.items()]
     try:
-        Forward(model)(x.clone())
+        base = Forward(model)(x.clone())
     finally:
         for handle in handles:
             handle.remove()
@@ -519,56 +551,61 @@ def _layers_that_run(model: nn.Module, x: torch.Tensor, targets: dict[str, nn.Mo
             "no profiled layer returned a tensor during the forward pass; pass layers= naming "
             "submodules that the forward pass calls"
         )
-    return list(order.values())
+    moved_input = generator.apply(x, (1,) * (x.dim() - 2))
+    return _Pass(list(order.values()), moved_input, _moved(generator, base, grids.stride(tuple(base.shape))))
 
 
-def _conjugated(
-    model: nn.Module, x: torch.Tensor, generator: Generator, ran: list[_Ran], grids: Grids, s: torch.Tensor
-) -> torch.Tensor:
+def _conjugated(model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor) -> torch.Tensor:
     """The model's output with every profiled layer ``i`` conjugated by the transformation ``s[i]``, and
     the whole model by ``s[-1]``.
 
     To first order, which is all the derivative at ``s = 0`` sees: a layer's
     input ``h`` becomes ``h + s_i L h`` and its output ``y`` becomes
-    ``y - s_i L' y``. At ``s = 0`` the values are exactly the model's own.
+    ``y - s_i L' y``, ``L h`` and ``L' y`` taken from the plain pass (at
+    ``s = 0`` the pass is the plain one). The values are exactly the model's own.
     """
 
-    def conjugate(h: torch.Tensor, t: torch.Tensor, sign: float) -> torch.Tensor:
-        return h + sign * t * _moved(generator, h, grids.stride(tuple(h.shape)))
+    def conjugate(h: torch.Tensor, t: torch.Tensor, move: torch.Tensor | None) -> torch.Tensor:
+        return h if move is None or move.shape != h.shape else h + t * move
 
+    calls = [0] * len(plain.layers)
     handles = []
-    for i, layer in enumerate(ran):
+    for i, layer in enumerate(plain.layers):
 
-        def before(_m: nn.Module, args: Any, i: int = i) -> Any:
-            if not args or not isinstance(args[0], torch.Tensor) or not args[0].dtype.is_floating_point:
+        def before(_m: nn.Module, args: Any, i: int = i, layer: _Ran = layer) -> Any:
+            if calls[i] >= len(layer.moves) or not args or not isinstance(args[0], torch.Tensor):
                 return None
-            return (conjugate(args[0], s[i], 1.0), *args[1:])
+            return (conjugate(args[0], s[i], layer.moves[calls[i]][0]), *args[1:])
 
-        def after(_m: nn.Module, _args: Any, out: Any, i: int = i) -> Any:
-            if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
+        def after(_m: nn.Module, _args: Any, out: Any, i: int = i, layer: _Ran = layer) -> Any:
+            calls[i] += 1
+            if calls[i] > len(layer.moves) or not isinstance(out, torch.Tensor):
                 return None
-            return conjugate(out, s[i], -1.0)
+            move = layer.moves[calls[i] - 1][1]
+            return conjugate(out, -s[i], move)
 
         handles.append(layer.module.register_forward_pre_hook(before))
         handles.append(layer.module.register_forward_hook(after))
     try:
-        return conjugate(Forward(model)(conjugate(x, s[-1], 1.0)), s[-1], -1.0)
+        out = Forward(model)(conjugate(x, s[-1], plain.moved_input))
+        return conjugate(out, -s[-1], plain.moved_output)
     finally:
         for handle in handles:
             handle.remove()
 
 
 def _contributions(
-    model: nn.Module, x: torch.Tensor, generator: Generator, ran: list[_Ran], grids: Grids
+    model: nn.Module, x: torch.Tensor, plain: _Pass
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``f(x)``, the layers' contributions ``(layers, *f(x).shape)`` and ``L f(x)``: one jvp vmapped
     over the layers and the whole model."""
-    s = torch.zeros(len(ran) + 1, dtype=x.dtype, device=x.device)
-    basis = torch.eye(len(ran) + 1, dtype=x.dtype, device=x.device)
+    count = len(plain.layers) + 1
+    s = torch.zeros(count, dtype=x.dtype, device=x.device)
+    basis = torch.eye(count, dtype=x.dtype, device=x.device)
 
     def along(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         result: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-            lambda t: _conjugated(model, x.clone(), generator, ran, grids, t), (s,), (direction,)
+            lambda t: _conjugated(model, x.clone(), plain, t), (s,), (direction,)
         )
         return result
 
