@@ -293,3 +293,26 @@ def test_each_contribution_is_the_derivative_with_only_that_layer_conjugated_by_
         assert profile[str(index)].error == pytest.approx(expected, rel=1e-4, abs=1e-9)
     assert profile["2"].error > 0.01
     assert profile["1"].error > 1e-4
+
+
+class Twice(nn.Module):
+    """One convolution applied twice, with a nonlinearity between: a module with two calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 2, 3, **CIRCULAR)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.act(self.conv(x)))
+
+
+def test_a_module_called_twice_is_one_layer_with_both_calls() -> None:
+    x = noise()
+    profile = profile_lie_derivative(Twice(), x)
+    assert [row.name for row in profile.layers] == ["conv", "act", "(other operations)"]
+    assert profile["conv"].error < 1e-12
+    assert profile["(other operations)"].error < 1e-12
+    assert profile["act"].share == pytest.approx(1.0, abs=1e-9)
+    assert profile.error == pytest.approx(float(lie_derivative_error(Twice(), x)), rel=1e-9)
