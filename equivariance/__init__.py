@@ -12,6 +12,8 @@ from equivariance.audit import AuditResult, audit
 from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
 from equivariance.crops import Crop
 from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
+from equivariance.lie import lie_derivative_error, profile_lie_derivative
+from equivariance.loss import equivariance_loss
 from equivariance.metric import equivariance_error, invariance_error
 from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equivariance
 from equivariance.regular import regular
@@ -48,4 +50,7 @@ __all__ = [
     "profile_equivariance",
     "regular",
     "shifts_in_box",
+    "equivariance_loss",
+    "lie_derivative_error",
+    "profile_lie_derivative",
 ]

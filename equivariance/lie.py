@@ -1,0 +1,645 @@
+"""The Lie derivative: a model's local equivariance error under a continuous transformation.
+
+For a one-parameter group ``T_t`` acting on the input (a sub-pixel
+translation, a rotation; see [`equivariance.generators`][equivariance.generators])
+and its action ``T'_t`` on the output (the same transformation on the
+output's grid, divided by its stride; none for an output that should be
+invariant, such as logits), the *Lie derivative* of a model ``f`` at ``x``
+is
+
+    L f(x) = d/dt T'_{-t} f(T_t x) at t = 0 = J_f(x) L_in x - L_out f(x)
+
+(Gruver, Finzi, Goldblum and Wilson, "The Lie derivative for measuring
+learned equivariance", ICLR 2023). It is zero for a model equivariant to the
+whole group, and measures how fast the equivariance error grows for small
+transformations: for a translation,
+``fractional_equivariance_error(f, x, t) / t`` tends to
+``||L f(x)|| / ||f(x)||`` as ``t`` goes to 0 (the tests check it). It takes
+one forward pass with one Jacobian-vector product (``torch.func.jvp``)
+instead of a sweep over many shifts, and it sees what integer shifts
+cannot: a pointwise nonlinearity aliases under sub-pixel shifts, so a
+circularly padded convolution stack with a ReLU between has a small nonzero
+Lie derivative, the same stack without one a zero one.
+
+[`profile_lie_derivative`][equivariance.lie.profile_lie_derivative] splits
+``L f(x)`` into the contributions of the layers, as the paper does: by the
+chain rule, ``L f(x) = sum_i J_{>i} L f_i``, where ``L f_i`` is layer
+``i``'s own Lie derivative at the input it was given and ``J_{>i}`` carries
+it through the layers after it. The contribution of layer ``i`` is the
+derivative of the model's output when only layer ``i`` is conjugated by the
+transformation (``T'_{-s} f_i T_s``); all of them come from one vectorized
+forward-mode pass. What no layer module accounts for (a functional op in a
+``forward``, a positional channel added by hand) is the remainder, reported
+as ``(other operations)``.
+
+The measurement runs like the checks: in eval mode, autograd off, exact
+float32, the model's state and the RNG restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from equivariance._forward import Forward, OutputSelector, find_layer
+from equivariance._grids import Grids, Stride
+from equivariance._plan import check_input
+from equivariance._runner import Runner
+from equivariance._validation import describe, per_dim
+from equivariance.errors import EquivarianceWarning, InvalidArgument
+from equivariance.generators import Generator, Rotation, Translation
+
+__all__ = [
+    "LayerContribution",
+    "LieProfile",
+    "lie_derivative",
+    "lie_derivative_error",
+    "profile_lie_derivative",
+]
+
+GeneratorLike = Generator | Literal["translation", "rotation"]
+Reduction = Literal["mean", "max", "none"]
+OTHER = "(other operations)"
+
+
+def as_generator(generator: object, x: torch.Tensor) -> Generator:
+    """A generator from a Generator or a name; checked against ``x``'s spatial dims.
+
+    ``"translation"`` is the unit translation along the last spatial dim (the
+    width of an image), ``"rotation"`` the rotation of the last two dims.
+    """
+    d = x.dim() - 2
+    if generator == "translation":
+        return Translation.along(-1, d)
+    if generator == "rotation":
+        generator = Rotation()
+    if not isinstance(generator, Generator):
+        raise InvalidArgument(
+            f"generator must be 'translation', 'rotation' or an equivariance.generators.Generator, found "
+            f"{describe(generator)}; pass e.g. generator=Translation(0, 1)"
+        )
+    if generator.ndim is not None and generator.ndim != d:
+        raise InvalidArgument(
+            f"{generator!r} acts on {generator.ndim} spatial dims but x of shape {tuple(x.shape)} has {d}; "
+            f"pass a generator for {d} spatial dims"
+        )
+    return generator
+
+
+@contextlib.contextmanager
+def _forward_mode() -> Iterator[None]:
+    """Silence the deprecation warning torch raises from its own code the first time it loads its
+    forward-mode decompositions (they are registered with ``torch.jit.script``): not the caller's
+    concern, and a test suite that turns warnings into errors would fail on it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning
+        )
+        yield
+
+
+def _moved(generator: Generator, h: torch.Tensor, stride: Stride | None) -> torch.Tensor:
+    """The generator applied to ``h`` on its grid, zero where ``h`` has no spatial dims."""
+    return torch.zeros_like(h) if stride is None else generator.apply(h, stride)
+
+
+def lie_derivative(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    generator: GeneratorLike = "translation",
+    *,
+    stride: int | Sequence[int] | Literal["auto"] = "auto",
+    invariant: bool | None = None,
+    layer: str | None = None,
+    output: OutputSelector = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """The Lie derivative ``L f(x) = J_f(x) L_in x - L_out f(x)`` itself, a tensor shaped like ``f(x)``.
+
+    One forward pass with a Jacobian-vector product (``torch.func.jvp``)
+    whose tangent is the generator applied to ``x``; the output's generator
+    is then subtracted (nothing for an invariant output). See the module
+    docstring.
+
+    Examples:
+        >>> import torch
+        >>> conv = torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular", dtype=torch.float64)
+        >>> x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+        >>> float(lie_derivative(conv, x).abs().max()) < 1e-12
+        True
+
+    Args:
+        model: the function under test (an ``nn.Module`` or a callable).
+        x: a batch ``(N, C, *spatial)``.
+        generator: ``"translation"`` (along the last spatial dim),
+            ``"rotation"`` (of the last two), or a
+            [`Generator`][equivariance.generators.Generator] such as
+            ``Translation(1, 0)``.
+        stride: the output's stride relative to the input, per dim;
+            ``"auto"`` follows it through the model's modules as they run
+            (a convolution's or pooling's ``stride``, else the ratio of the
+            sizes; for a plain callable, the input's size over the output's,
+            rounded).
+        invariant: compare the output unmoved (True), moved (False), or
+            decide by its shape (None: an output ``(N, C, *spatial)`` with
+            the input's number of spatial dims moves, anything else does not).
+        layer: measure this named submodule's output instead.
+        output: picks the tensor from a tuple or dict output.
+        batch_size: samples per pass (default: the whole batch at once).
+
+    Returns:
+        ``L f(x)``, with the output's shape and dtype.
+    """
+    setup = _Setup.of(model, x, generator, stride, invariant, layer, output, batch_size)
+    _, derivative = setup.run()
+    return derivative
+
+
+def lie_derivative_error(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    generator: GeneratorLike = "translation",
+    *,
+    relative: bool = True,
+    reduction: Reduction = "mean",
+    stride: int | Sequence[int] | Literal["auto"] = "auto",
+    invariant: bool | None = None,
+    layer: str | None = None,
+    output: OutputSelector = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """The size of the Lie derivative per sample: ``||L f(x)|| / ||f(x)||`` (or ``||L f(x)||``).
+
+    The relative form is the limit of the library's relative error per unit
+    of the group parameter: for ``Translation(0, 1)``,
+    ``fractional_equivariance_error(model, x, (0, t)) / t`` for small ``t``.
+    Where ``f(x)`` is all zero it is the RMS of ``L f(x)`` instead, with an
+    [`EquivarianceWarning`][equivariance.EquivarianceWarning]. Arguments as
+    in [`lie_derivative`][equivariance.lie.lie_derivative].
+
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(
+        ...     torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), torch.nn.ReLU(),
+        ...     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 4))
+        >>> x = torch.randn(8, 1, 16, 16)
+        >>> float(lie_derivative_error(net, x)) < float(lie_derivative_error(dense, x))
+        True
+
+    Args:
+        relative: divide by ``||f(x)||`` (default) or report ``||L f(x)||``,
+            the paper's absolute form.
+        reduction: ``"mean"`` (default) or ``"max"`` over the batch, or
+            ``"none"`` for one value per sample (float64).
+    """
+    if reduction not in ("mean", "max", "none"):
+        raise InvalidArgument(
+            f"reduction must be 'mean', 'max' or 'none', found {describe(reduction)}; pass "
+            "reduction='none' for the value of every sample"
+        )
+    setup = _Setup.of(model, x, generator, stride, invariant, layer, output, batch_size)
+    base, derivative = setup.run()
+    errors = sizes(derivative, base if relative else None)
+    if reduction == "none":
+        return errors
+    return errors.max() if reduction == "max" else errors.mean()
+
+
+def sizes(derivative: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample ``||derivative|| / ||base||`` (float64); ``||derivative||`` without a base.
+
+    Where ``base`` is all zero, the RMS of the derivative, with a warning.
+    """
+    norms: torch.Tensor = derivative.detach().double().flatten(1).norm(dim=1)
+    if base is None:
+        return norms
+    reference = base.detach().double().flatten(1).norm(dim=1)
+    dead = reference == 0
+    if bool(dead.any()):
+        warnings.warn(
+            f"{int(dead.sum())} of {len(dead)} samples have an all-zero output (dead features?); their "
+            "Lie derivative is the RMS of L f(x), not relative to ||f(x)||",
+            EquivarianceWarning,
+            stacklevel=3,
+        )
+    rms = norms / max(1, derivative[0].numel()) ** 0.5
+    return torch.where(dead, rms, norms / torch.where(dead, torch.ones_like(reference), reference))
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Validated arguments of a Lie derivative, before any forward pass."""
+
+    forward: Forward
+    x: torch.Tensor
+    generator: Generator
+    stride: Stride | None
+    invariant: bool | None
+    batch_size: int
+
+    @classmethod
+    def of(
+        cls,
+        model: Callable[[torch.Tensor], Any],
+        x: object,
+        generator: object,
+        stride: object,
+        invariant: object,
+        layer: str | None,
+        output: OutputSelector,
+        batch_size: object,
+    ) -> _Setup:
+        forward = Forward(model, layer, output)
+        tensor = check_input(x, model)
+        the_generator = as_generator(generator, tensor)
+        d = tensor.dim() - 2
+        strides = None if stride == "auto" else per_dim(stride, d, "stride", minimum=1)
+        if invariant not in (None, True, False):
+            raise InvalidArgument(
+                f"invariant must be True, False or None (decide by the output's shape), found "
+                f"{describe(invariant)}; pass invariant=True for logits"
+            )
+        size = len(tensor) if batch_size is None else per_dim(batch_size, 1, "batch_size", minimum=1)[0]
+        return cls(forward, tensor, the_generator, strides, invariant, size)
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f(x), L f(x))``, chunk by chunk, isolated like a check."""
+        outputs, derivatives = [], []
+        with Runner(self.forward.model), _forward_mode():
+            for start in range(0, len(self.x), self.batch_size):
+                base, derivative = self._chunk(self.x[start : start + self.batch_size])
+                outputs.append(base)
+                derivatives.append(derivative)
+        return torch.cat(outputs), torch.cat(derivatives)
+
+    def _chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spatial = tuple(x.shape[2:])
+        tangent = self.generator.apply(x, (1,) * len(spatial))
+        grids = Grids(spatial)
+        with grids.following(self.forward.model):
+            found: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
+                lambda v: self.forward(v), (x.clone(),), (tangent,)
+            )
+        base, pushed = found
+        if not base.dtype.is_floating_point:
+            raise InvalidArgument(
+                f"the output has dtype {base.dtype}; a Lie derivative needs a floating-point output: "
+                "pass output=lambda y: y.float()"
+            )
+        stride = self._output_stride(tuple(base.shape), grids)
+        return base.detach(), (pushed - _moved(self.generator, base, stride)).detach()
+
+    def _output_stride(self, shape: tuple[int, ...], grids: Grids) -> Stride | None:
+        """The output grid's stride, None for an output compared unmoved."""
+        inferred = grids.stride(shape)
+        if self.invariant is True:
+            return None
+        if inferred is None:
+            if self.invariant is False:
+                raise InvalidArgument(
+                    f"invariant=False moves the output with the input, but the output of shape {shape} "
+                    f"has no {len(grids.input_spatial)} spatial dims (expected (N, C, *spatial)); pass "
+                    "invariant=None or True, or layer= to measure a layer with spatial output"
+                )
+            return None
+        return self.stride if self.stride is not None else inferred
+
+
+# -- the per-layer profile ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerContribution:
+    """One layer's part of the model's Lie derivative: ``J_{>i} L f_i``, carried to the output.
+
+    Attributes:
+        name: the layer's name in ``model.named_modules()``, or
+            ``"(other operations)"`` for what no profiled layer accounts for.
+        type: the layer's class name (``""`` for the remainder).
+        output_shape: the shape of the layer's output (``()`` for the remainder).
+        stride: the stride of the layer's output grid relative to the
+            input, followed through the modules; None without spatial dims
+            (its generator is zero).
+        error: the mean over the batch of ``||contribution|| / ||f(x)||``, on
+            the scale of ``lie_derivative_error``.
+        share: the fraction of ``||L f(x)||^2`` (summed over the batch) the
+            layer accounts for, ``<contribution, L f(x)> / ||L f(x)||^2``;
+            the shares of all rows sum to 1. Signed: a layer can undo part of
+            another's error. NaN when the total is zero.
+    """
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    stride: Stride | None
+    error: float
+    share: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict of the fields (NaN shares as None)."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "output_shape": list(self.output_shape),
+            "stride": None if self.stride is None else list(self.stride),
+            "error": self.error,
+            "share": None if self.share != self.share else self.share,
+        }
+
+
+@dataclass(frozen=True)
+class LieProfile:
+    """The Lie derivative of a model and each layer's contribution to it; ``str()`` is a table.
+
+    Made by [`profile_lie_derivative`][equivariance.lie.profile_lie_derivative].
+
+    Attributes:
+        subject: the model's class name.
+        generator: the generator measured.
+        invariant: whether the output was compared unmoved (no spatial dims).
+        error: the model's mean relative Lie derivative, as ``lie_derivative_error``.
+        layers: one row per profiled layer in the order they first ran, then
+            ``(other operations)``.
+    """
+
+    subject: str
+    generator: Generator
+    invariant: bool
+    error: float
+    layers: tuple[LayerContribution, ...]
+
+    def __getitem__(self, name: str) -> LayerContribution:
+        for row in self.layers:
+            if row.name == name:
+                return row
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict: the fields, the largest part's name and every row."""
+        return {
+            "subject": self.subject,
+            "generator": repr(self.generator),
+            "unit": self.generator.unit,
+            "invariant": self.invariant,
+            "error": self.error,
+            "largest": self.largest.name,
+            "layers": [row.to_dict() for row in self.layers],
+        }
+
+    @property
+    def largest(self) -> LayerContribution:
+        """The row with the largest contribution (``error``)."""
+        return max(self.layers, key=lambda row: row.error)
+
+    def __str__(self) -> str:
+        kind = "invariance" if self.invariant else "equivariance"
+        head = (
+            f"Lie derivative of {self.subject} under {self.generator!r} ({kind}): "
+            f"{self.error:.3e} per {self.generator.unit}; largest part: {self.largest.name}"
+        )
+        rows = [("layer", "type", "stride", "contribution", "share")]
+        for row in self.layers:
+            stride = "-" if row.stride is None else "x".join(f"{s:g}" for s in row.stride)
+            share = "-" if row.share != row.share else f"{row.share:.1%}"
+            rows.append((row.name, row.type, stride, f"{row.error:.3e}", share))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join(lines)
+
+
+def profile_lie_derivative(
+    model: nn.Module,
+    x: torch.Tensor,
+    generator: GeneratorLike = "translation",
+    *,
+    layers: Sequence[str] | None = None,
+) -> LieProfile:
+    """The model's Lie derivative split into the contributions of its layers (see the module docstring).
+
+    Every profiled layer ``i`` is conjugated by the transformation with its
+    own parameter ``s_i`` (its first tensor input moved by ``T_{s_i}``, its
+    output by ``T'_{-s_i}``); the derivative of the model's output with
+    respect to ``s_i`` at 0 is layer ``i``'s contribution, and they sum to
+    ``L f(x)`` up to what no profiled layer accounts for. All of them are
+    one forward-mode pass vectorized over the layers (``torch.func.vmap`` of
+    ``torch.func.jvp``): about the work of one forward pass per layer, in
+    one call, after a plain pass that applies the generator once to every
+    profiled layer's input and output (kept: about twice the activations of
+    one pass). Maps are read channels first, ``(N, C, *spatial)``, their
+    strides followed through the modules that made them (a module's
+    ``stride`` attribute, else the ratio of the sizes); a module called
+    twice is one layer with both calls.
+
+    Examples:
+        >>> import torch
+        >>> circular = dict(padding=1, padding_mode="circular")
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, **circular), torch.nn.Tanh(),
+        ...                           torch.nn.Conv2d(4, 4, 3, stride=2, **circular))
+        >>> profile = profile_lie_derivative(net, torch.randn(2, 1, 16, 16))
+        >>> [row.name for row in profile.layers]
+        ['0', '1', '2', '(other operations)']
+        >>> profile.largest.name in ("1", "2"), profile["0"].error < 1e-5
+        (True, True)
+
+    Args:
+        model: an ``nn.Module``.
+        x: a batch ``(N, C, *spatial)``.
+        generator: as in [`lie_derivative`][equivariance.lie.lie_derivative].
+        layers: names of the submodules to profile; default every leaf
+            submodule that runs.
+
+    Returns:
+        A [`LieProfile`][equivariance.lie.LieProfile].
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidArgument(
+            f"profile_lie_derivative needs an nn.Module to hook its layers, found {describe(model)}; "
+            "use lie_derivative_error for a plain callable"
+        )
+    tensor = check_input(x, model)
+    the_generator = as_generator(generator, tensor)
+    targets = _targets(model, layers)
+    grids = Grids(tuple(tensor.shape[2:]))
+    with Runner(model), _forward_mode():
+        with grids.following(model):
+            plain = _layers_that_run(model, tensor, targets, the_generator, grids)
+        found = _contributions(model, tensor, plain)
+    return _profile(model, the_generator, grids, plain.layers, found)
+
+
+def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
+    if layers is None:
+        leaves = {name: m for name, m in model.named_modules() if name and not any(m.children())}
+        if not leaves:
+            raise InvalidArgument(
+                f"{type(model).__name__} has no submodules to profile; use lie_derivative_error for it whole"
+            )
+        return leaves
+    if isinstance(layers, str) or not layers:
+        raise InvalidArgument(
+            f"layers must be a non-empty list of layer names, found {describe(layers)}; pass e.g. ['conv1']"
+        )
+    return {name: find_layer(model, name) for name in layers}
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """A profiled layer that ran: its name, module, type, output shape, and for each call the generator
+    applied to its first tensor input and to its output (None where there is no such tensor)."""
+
+    name: str
+    module: nn.Module
+    type: str
+    output_shape: tuple[int, ...]
+    moves: list[list[torch.Tensor | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """The plain pass of a profile: the layers that ran and the generator applied to ``x`` and ``f(x)``."""
+
+    layers: list[_Ran]
+    moved_input: torch.Tensor
+    moved_output: torch.Tensor
+
+
+def _layers_that_run(
+    model: nn.Module, x: torch.Tensor, targets: dict[str, nn.Module], generator: Generator, grids: Grids
+) -> _Pass:
+    """The profiled layers in the order they first run, from one plain pass, with the generator applied
+    to what each call took and returned (as the pass computes them: a later in-place op cannot change
+    them). The conjugated passes add these, scaled, instead of applying the generator again."""
+    order: dict[str, _Ran] = {}
+    pending: dict[str, list[torch.Tensor | None]] = {}
+
+    def moved(h: Any) -> torch.Tensor | None:
+        if not isinstance(h, torch.Tensor) or not h.dtype.is_floating_point:
+            return None
+        return _moved(generator, h, grids.stride(tuple(h.shape)))
+
+    def before(name: str) -> Callable[[nn.Module, Any], None]:
+        def record(_module: nn.Module, args: Any) -> None:
+            pending[name] = [moved(args[0]) if args else None]
+
+        return record
+
+    def after(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def record(module: nn.Module, _inputs: Any, out: Any) -> None:
+            if name not in order and isinstance(out, torch.Tensor):
+                order[name] = _Ran(name, module, type(module).__name__, tuple(out.shape))
+            if name in order:
+                order[name].moves.append([*pending.pop(name, [None]), moved(out)])
+
+        return record
+
+    handles = [m.register_forward_pre_hook(before(name)) for name, m in targets.items()]
+    handles += [m.register_forward_hook(after(name)) for name, m in targets.items()]
+    try:
+        base = Forward(model)(x.clone())
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not order:
+        raise InvalidArgument(
+            "no profiled layer returned a tensor during the forward pass; pass layers= naming "
+            "submodules that the forward pass calls"
+        )
+    moved_input = generator.apply(x, (1,) * (x.dim() - 2))
+    return _Pass(list(order.values()), moved_input, _moved(generator, base, grids.stride(tuple(base.shape))))
+
+
+def _conjugated(model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor) -> torch.Tensor:
+    """The model's output with every profiled layer ``i`` conjugated by the transformation ``s[i]``, and
+    the whole model by ``s[-1]``.
+
+    To first order, which is all the derivative at ``s = 0`` sees: a layer's
+    input ``h`` becomes ``h + s_i L h`` and its output ``y`` becomes
+    ``y - s_i L' y``, ``L h`` and ``L' y`` taken from the plain pass (at
+    ``s = 0`` the pass is the plain one). The values are exactly the model's own.
+    """
+
+    def conjugate(h: torch.Tensor, t: torch.Tensor, move: torch.Tensor | None) -> torch.Tensor:
+        return h if move is None or move.shape != h.shape else h + t * move
+
+    calls = [0] * len(plain.layers)
+    handles = []
+    for i, layer in enumerate(plain.layers):
+
+        def before(_m: nn.Module, args: Any, i: int = i, layer: _Ran = layer) -> Any:
+            if calls[i] >= len(layer.moves) or not args or not isinstance(args[0], torch.Tensor):
+                return None
+            return (conjugate(args[0], s[i], layer.moves[calls[i]][0]), *args[1:])
+
+        def after(_m: nn.Module, _args: Any, out: Any, i: int = i, layer: _Ran = layer) -> Any:
+            calls[i] += 1
+            if calls[i] > len(layer.moves) or not isinstance(out, torch.Tensor):
+                return None
+            move = layer.moves[calls[i] - 1][1]
+            return conjugate(out, -s[i], move)
+
+        handles.append(layer.module.register_forward_pre_hook(before))
+        handles.append(layer.module.register_forward_hook(after))
+    try:
+        out = Forward(model)(conjugate(x, s[-1], plain.moved_input))
+        return conjugate(out, -s[-1], plain.moved_output)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _contributions(
+    model: nn.Module, x: torch.Tensor, plain: _Pass
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``f(x)``, the layers' contributions ``(layers, *f(x).shape)`` and ``L f(x)``: one jvp vmapped
+    over the layers and the whole model."""
+    count = len(plain.layers) + 1
+    s = torch.zeros(count, dtype=x.dtype, device=x.device)
+    basis = torch.eye(count, dtype=x.dtype, device=x.device)
+
+    def along(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        result: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
+            lambda t: _conjugated(model, x.clone(), plain, t), (s,), (direction,)
+        )
+        return result
+
+    try:
+        bases, parts = torch.func.vmap(along)(basis)
+    except InvalidArgument:
+        raise
+    except Exception as exc:
+        raise InvalidArgument(
+            f"the per-layer Lie derivative runs the model under torch.func.vmap and jvp, and it raised "
+            f"{type(exc).__name__}: {exc}; use lie_derivative_error for the model's total instead"
+        ) from exc
+    if not bases.dtype.is_floating_point:
+        raise InvalidArgument(
+            f"the output has dtype {bases.dtype}; a Lie derivative needs a floating-point output"
+        )
+    return bases[0].detach(), parts[:-1].detach(), parts[-1].detach()
+
+
+def _profile(
+    model: nn.Module, generator: Generator, grids: Grids, ran: list[_Ran],
+    found: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> LieProfile:  # fmt: skip
+    base, parts, total = found
+    energy = float(total.double().pow(2).sum())
+    rows = []
+    for layer, part in [*zip(ran, parts), (None, total - parts.sum(0))]:
+        error = float(sizes(part, base).mean())
+        share = float((part.double() * total.double()).sum()) / energy if energy > 0 else float("nan")
+        if layer is None:
+            rows.append(LayerContribution(OTHER, "", (), None, error, share))
+        else:
+            stride = grids.stride(layer.output_shape)
+            rows.append(LayerContribution(layer.name, layer.type, layer.output_shape, stride, error, share))
+    invariant = grids.stride(tuple(base.shape)) is None
+    overall = float(sizes(total, base).mean())
+    return LieProfile(type(model).__name__, generator, invariant, overall, tuple(rows))

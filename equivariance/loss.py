@@ -1,0 +1,313 @@
+"""A differentiable equivariance penalty, to train a model towards the symmetry the checks measure.
+
+[`equivariance_loss`][equivariance.loss.equivariance_loss] is the mean, over
+the batch and a few group elements ``g`` (shifts given, or drawn at random
+each step), of the *squared* relative error of the library's metric,
+
+    ||f(g.x) - g'.f(x)||^2 / ||g'.f(x)||^2
+
+(the mean squared error where ``g'.f(x)`` is all zero), with autograd on, so
+``task_loss + weight * equivariance_loss(model, x, samples=2)`` trains the
+model to be more equivariant (or, for logits, invariant). Squaring makes the
+penalty smooth at zero; dividing by the reference keeps a model from
+lowering it by shrinking its outputs.
+
+Unlike the checks, it is meant to run *inside a training step*: the model
+runs in the mode it is in (train mode: dropout draws, BatchNorm normalizes
+with the statistics of the batch of copies and updates its running
+statistics, as any training forward pass does) and nothing is restored; only
+the input is left untouched. Random shifts are drawn from torch's global RNG,
+as dropout's are, unless ``rng=`` is given. A step that has computed
+``logits = model(x)`` for its task loss passes ``reference=logits``, and
+``x`` does not run through the model again.
+
+When the copies do not fit in one pass (``batch_size=`` smaller than the
+copies), they run in chunks, each chunk's gradient taken at once and
+accumulated, so the memory is that of one chunk; the loss returned then
+carries the accumulated gradient to the model's parameters (its value is
+the same, its ``backward`` gives the same gradients to the parameters, but
+no gradient reaches anything else, such as ``x``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from equivariance._forward import Forward, OutputSelector
+from equivariance._isolation import owning_module
+from equivariance._plan import as_element, check_fits, check_input
+from equivariance._validation import as_int, describe, per_dim
+from equivariance.actions import Action, Boundary, Grid, check_boundary
+from equivariance.errors import InvalidArgument
+from equivariance.shifts import Shift, ShiftLike, multiples_of
+
+__all__ = ["equivariance_loss"]
+
+
+def equivariance_loss(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    shifts: Sequence[ShiftLike | Action] | None = None,
+    *,
+    samples: int | None = None,
+    max_shift: int | Sequence[int] = 2,
+    boundary: Boundary = "circular",
+    stride: int | Sequence[int] = 1,
+    layer: str | None = None,
+    output: OutputSelector = None,
+    batch_size: int | None = None,
+    rng: torch.Generator | None = None,
+    reference: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The mean squared relative equivariance error over a few elements: a penalty to train with.
+
+    An output ``(N, C, *spatial)`` with the input's number of spatial dims
+    is compared with the reference moved by ``g'`` (the shift divided by
+    ``stride``; a transform acts alike), over the region where both sides
+    are defined; any other output (logits) with the reference unmoved. For
+    a model in eval mode its value is the mean of
+    ``equivariance_error(model, x, g, reduction="none") ** 2`` over the
+    elements. See the module docstring for how it runs: in the model's own
+    mode, inside a training step.
+
+    Examples:
+        >>> import torch
+        >>> torch.manual_seed(0) and None
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"),
+        ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        ...                           torch.nn.Linear(4, 10))
+        >>> x = torch.randn(8, 1, 12, 12)
+        >>> equivariance_loss(net, x, samples=2).item() < 1e-10  # circular conv + global pooling
+        True
+        >>> positional = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10))
+        >>> loss = equivariance_loss(positional, x, [(0, 3), (2, -1)])
+        >>> loss.backward()
+        >>> loss.item() > 0.1, positional[1].weight.grad is not None
+        (True, True)
+
+    Args:
+        model: the model being trained (an ``nn.Module`` for ``batch_size=``), or a callable.
+        x: a batch ``(N, C, *spatial)``; it is not changed.
+        shifts: the elements, each a [`Shift`][equivariance.Shift] or a tuple
+            of ints, or a transform ([`Rot90`][equivariance.Rot90],
+            [`Flip`][equivariance.Flip],
+            [`FractionalShift`][equivariance.fractional.FractionalShift], an
+            [`Action`][equivariance.actions.Action] of your own). Pass either
+            this or ``samples``.
+        samples: draw this many shifts per call, uniformly among the nonzero
+            multiples of ``stride`` in ``[-max_shift, max_shift]^d`` (default:
+            1 when ``shifts`` is not given).
+        max_shift: the box the random shifts are drawn from (an int or one per dim).
+        boundary: ``"circular"`` (default: on a torus, nothing is cut off) or ``"zeros"``.
+        stride: the output's subsampling factor; random shifts are multiples of it.
+        layer: penalize this named submodule's output instead.
+        output: picks the tensor from a tuple or dict output.
+        batch_size: the most copies per forward pass; default all copies and
+            ``x`` in one pass.
+        rng: draws the random shifts (default: torch's global RNG).
+        reference: the output for ``x`` (``f(x)``, or the ``layer``'s, as
+            selected by ``output``) if the training step has computed it
+            already, say as the logits of its task loss, with autograd on:
+            it is used instead of a pass of its own, and its graph is kept
+            for the task loss's backward. Default: ``x`` runs through the
+            model in the same pass as its copies.
+
+    Returns:
+        A 0-dim tensor that gradients flow through.
+    """
+    setup = _Setup.of(model, x, shifts, samples, max_shift, boundary, stride, layer, output, batch_size)
+    given = _check_reference(reference, setup.x)
+    elements = setup.elements if setup.elements is not None else setup.draw(rng)
+    total = len(elements) * len(setup.x)
+    if setup.batch_size is not None and setup.batch_size < total:
+        return _accumulated(setup, elements, setup.batch_size, given)
+    if given is not None:
+        outputs = setup.forward(setup.copies(elements, 0, total))
+        return setup.penalty(outputs, given, elements, 0, total) / total
+    n = len(setup.x)
+    both = setup.forward(torch.cat([setup.x, setup.copies(elements, 0, total)]))  # a new tensor
+    return setup.penalty(both[n:], both[:n], elements, 0, total) / total
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The loss's validated arguments."""
+
+    forward: Forward
+    x: torch.Tensor
+    elements: tuple[Action, ...] | None
+    samples: int
+    bound: tuple[int, ...]
+    boundary: Boundary
+    stride: tuple[int, ...]
+    batch_size: int | None
+
+    @classmethod
+    def of(
+        cls, model: Callable[[torch.Tensor], Any], x: object, shifts: object, samples: object,
+        max_shift: object, boundary: object, stride: object, layer: str | None, output: OutputSelector,
+        batch_size: object,
+    ) -> _Setup:  # fmt: skip
+        forward = Forward(model, layer, output)
+        tensor = check_input(x, model)
+        d = tensor.dim() - 2
+        the_boundary = check_boundary(boundary)
+        strides = per_dim(stride, d, "stride", minimum=1)
+        bound = per_dim(max_shift, d, "max_shift", minimum=0)
+        size = None if batch_size is None else per_dim(batch_size, 1, "batch_size", minimum=1)[0]
+        if shifts is not None and samples is not None:
+            raise InvalidArgument(
+                "pass either shifts= (the elements to penalize) or samples= (how many random shifts to "
+                "draw each call), not both"
+            )
+        elements = None if shifts is None else _elements(shifts, tensor, strides)
+        count = 1 if samples is None else as_int(samples, "samples")
+        if count < 1:
+            raise InvalidArgument(f"samples must be positive, found {count}; pass e.g. samples=2")
+        if elements is None and all(b < s for b, s in zip(bound, strides)):
+            raise InvalidArgument(
+                f"max_shift {bound} holds no nonzero multiple of the stride {strides} to draw; pass "
+                f"max_shift={max(strides)} or more"
+            )
+        return cls(forward, tensor, elements, count, bound, the_boundary, strides, size)
+
+    def draw(self, rng: torch.Generator | None) -> tuple[Action, ...]:
+        """``samples`` random nonzero shifts from the box, multiples of the stride."""
+        if rng is not None and not isinstance(rng, torch.Generator):
+            raise InvalidArgument(f"rng must be a torch.Generator, found {describe(rng)}; pass None or one")
+        box = [s for s in multiples_of(self.stride, self.bound, ndim=len(self.stride)) if not s.is_identity]
+        picks = torch.randint(len(box), (self.samples,), generator=rng).tolist()
+        return tuple(box[k] for k in picks)
+
+    def copies(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
+        """Items ``start:stop`` of the copies, row by row: ``elements[row]`` acting on ``x[sample]``."""
+        grid = Grid.of_input(self.x.dim() - 2, self.boundary)
+        pieces = [e.act(self.x[a:b], grid) for e, a, b in _runs(len(self.x), elements, start, stop)]
+        return torch.cat(pieces)
+
+    def penalty(
+        self, outputs: torch.Tensor, reference: torch.Tensor, elements: Sequence[Action], start: int,
+        stop: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """The sum of the squared errors of items ``start:stop`` (``reference`` indexed by sample)."""
+        d = self.x.dim() - 2
+        spatial = outputs.dim() == self.x.dim()
+        grid = Grid(d, self.stride, self.boundary)
+        total = outputs.new_zeros((), dtype=torch.promote_types(outputs.dtype, torch.float32))
+        done = 0
+        for element, a, b in _runs(len(self.x), elements, start, stop):
+            got, expected = outputs[done : done + b - a], reference[a:b]
+            done += b - a
+            if spatial:
+                expected = element.act(expected, grid)
+                region: tuple[Any, ...] = (..., *element.region(tuple(expected.shape[-d:]), grid))
+                got, expected = got[region], expected[region]
+            total = total + _squared_errors(got, expected).sum()
+        return total
+
+
+def _elements(shifts: object, x: torch.Tensor, strides: tuple[int, ...]) -> tuple[Action, ...]:
+    if isinstance(shifts, (Action, str)) or not isinstance(shifts, Sequence) or not shifts:
+        raise InvalidArgument(
+            f"shifts must be a non-empty list of shifts or transforms, found {describe(shifts)}; pass "
+            "e.g. shifts=[(0, 1), (2, -1)], or samples=k for random ones"
+        )
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in shifts):
+        raise InvalidArgument(
+            f"shifts {tuple(shifts)!r} is one shift, not a list of them; pass shifts=[{tuple(shifts)!r}]"
+        )
+    elements = tuple(as_element(value) for value in shifts)
+    for element in elements:
+        check_fits(element, x)
+        if isinstance(element, Shift) and not element.divisible_by(strides):
+            raise InvalidArgument(
+                f"shift {element} is not a multiple of the stride {strides}, so the subsampled output "
+                "cannot follow it; pass multiples of the stride"
+            )
+    return elements
+
+
+def _runs(n: int, elements: Sequence[Action], start: int, stop: int) -> list[tuple[Action, int, int]]:
+    """Items ``start:stop`` (row-major over elements x samples) as runs ``(element, first, last)``."""
+    runs = []
+    item = start
+    while item < stop:
+        row, sample = divmod(item, n)
+        end = min(stop, (row + 1) * n)
+        runs.append((elements[row], sample, sample + end - item))
+        item = end
+    return runs
+
+
+def _squared_errors(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Per sample ``||got - expected||^2 / ||expected||^2``, or the mean square where ``expected`` is 0."""
+    diff = (got - expected).flatten(1).pow(2).sum(1)
+    ref = expected.flatten(1).pow(2).sum(1)
+    count = max(1, got[0].numel()) if len(got) else 1
+    return diff / torch.where(ref > 0, ref, torch.full_like(ref, float(count)))
+
+
+def _check_reference(reference: object, x: torch.Tensor) -> torch.Tensor | None:
+    if reference is None:
+        return None
+    if not isinstance(reference, torch.Tensor) or not reference.dtype.is_floating_point:
+        raise InvalidArgument(
+            f"reference must be the model's floating-point output for x, found {describe(reference)}; "
+            "pass the tensor the training step computed, e.g. reference=logits, or drop it"
+        )
+    if reference.dim() == 0 or len(reference) != len(x):
+        raise InvalidArgument(
+            f"reference of shape {tuple(reference.shape)} is not an output for x of batch {len(x)}; pass "
+            "the model's output for this very x (not a slice of it), or drop it"
+        )
+    return reference
+
+
+def _accumulated(
+    setup: _Setup, elements: tuple[Action, ...], size: int, given: torch.Tensor | None
+) -> torch.Tensor:
+    """The loss in chunks of ``size`` copies, each chunk's gradient taken at once (see the module)."""
+    module = owning_module(setup.forward.model)
+    params = [] if module is None else [p for p in module.parameters() if p.requires_grad]
+    if module is None:
+        raise InvalidArgument(
+            f"batch_size= runs the copies in chunks and accumulates the gradient of the model's "
+            f"parameters, but {describe(setup.forward.model)} is not an nn.Module; pass the module, or "
+            "drop batch_size= to run every copy in one pass"
+        )
+    total = len(elements) * len(setup.x)
+    reference = setup.forward(setup.x.clone()) if given is None else given
+    tracked = torch.is_grad_enabled() and reference.requires_grad
+    held = reference.detach().requires_grad_(tracked)
+    value = torch.zeros((), dtype=torch.float64, device=setup.x.device)
+    grads: list[torch.Tensor | None] = [None] * (len(params) + 1)
+    for start in range(0, total, size):
+        stop = min(total, start + size)
+        outputs = setup.forward(setup.copies(elements, start, stop))
+        part = setup.penalty(outputs, held, elements, start, stop) / total
+        value += part.detach().double()
+        if tracked:
+            found = torch.autograd.grad(part, [held, *params], allow_unused=True)
+            grads = [_add(g, f) for g, f in zip(grads, found)]
+    if not tracked:
+        return value.to(reference.dtype)
+    if grads[0] is not None:
+        # a reference the caller computed keeps its graph for the caller's own backward
+        back = torch.autograd.grad(
+            reference, params, grads[0], allow_unused=True, retain_graph=given is not None
+        )
+        grads[1:] = [_add(g, f) for g, f in zip(grads[1:], back)]
+    carried = [(p * g).sum() for p, g in zip(params, grads[1:]) if g is not None]
+    dot = torch.stack(carried).sum() if carried else value.new_zeros(())
+    # the value of the loss, with the gradient of the accumulated chunks for the parameters
+    return (value + (dot - dot.detach())).to(reference.dtype)
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a + b

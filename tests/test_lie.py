@@ -1,0 +1,318 @@
+"""The Lie derivative: zero where the model commutes with the continuous group, the limit of the sub-pixel
+error, the layers' contributions summing to it, and the model left as it was found."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from equivariance import EquivarianceWarning
+from equivariance.errors import InvalidArgument
+from equivariance.fractional import fractional_equivariance_error
+from equivariance.generators import Rotation, Translation
+from equivariance.lie import lie_derivative, lie_derivative_error, profile_lie_derivative
+
+F64 = torch.float64
+CIRCULAR = {"padding": 1, "padding_mode": "circular", "dtype": F64}
+
+
+def smooth(n: int = 3, channels: int = 2, size: int = 16, keep: int = 3, seed: int = 0) -> torch.Tensor:
+    """Random images with no frequency above ``keep`` cycles per image: band-limited, well below Nyquist."""
+    x = torch.randn(n, channels, size, size, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    k = torch.fft.fftfreq(size, dtype=F64) * size
+    low = (k.abs()[:, None] <= keep) & (k.abs()[None, :] <= keep)
+    return torch.fft.ifft2(torch.fft.fft2(x) * low).real
+
+
+def noise(n: int = 3, channels: int = 2, size: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, channels, size, size, dtype=F64, generator=torch.Generator().manual_seed(seed))
+
+
+def stack(nonlinearity: type[nn.Module] | None = None) -> nn.Sequential:
+    torch.manual_seed(0)
+    between = [] if nonlinearity is None else [nonlinearity()]
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, **CIRCULAR), *between, nn.Conv2d(4, 4, 3, **CIRCULAR), *between,
+        nn.Conv2d(4, 3, 3, **CIRCULAR),
+    )  # fmt: skip
+
+
+def mlp(size: int = 16) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(2 * size * size, 32, dtype=F64), nn.Tanh(),
+        nn.Linear(32, 2 * size * size, dtype=F64), nn.Unflatten(1, (2, size, size)),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("generator", ["translation", Translation(1, 0), Translation(0.5, -2)], ids=repr)
+def test_a_circular_linear_conv_stack_has_a_zero_lie_derivative(generator: object) -> None:
+    for x in (smooth(), noise()):  # band-limited or not: a circular convolution commutes with Fourier shifts
+        assert float(lie_derivative_error(stack(), x, generator, reduction="max")) < 1e-13  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("nonlinearity", [nn.Tanh, nn.ReLU], ids=["tanh", "relu"])
+def test_a_pointwise_nonlinearity_aliases_under_sub_pixel_shifts_small_but_nonzero(
+    nonlinearity: type[nn.Module],
+) -> None:
+    x = smooth(keep=2)  # smoother content aliases less; a ReLU's kink aliases more than tanh
+    found = float(lie_derivative_error(stack(nonlinearity), x, reduction="max"))
+    dense = float(lie_derivative_error(mlp(), x, reduction="mean"))
+    assert 1e-4 < found < 0.2  # far above the linear stack's 1e-15, far below a dense map's
+    assert dense > 1.0
+    assert found < dense / 5
+    rougher = float(lie_derivative_error(stack(nonlinearity), smooth(keep=3), reduction="max"))
+    assert rougher > 1.5 * found
+    # integer shifts do not see it: the same stack passes a circular integer shift exactly
+    assert float(fractional_equivariance_error(stack(nonlinearity), x, (0, 1))) < 1e-12
+
+
+def test_an_mlp_and_a_stride_two_layer_have_clearly_nonzero_lie_derivatives() -> None:
+    x = noise()
+    strided = nn.Conv2d(2, 4, 3, stride=2, **CIRCULAR)
+    assert float(lie_derivative_error(mlp(), x)) > 1.0
+    assert float(lie_derivative_error(strided, x)) > 0.5  # output stride 2 read off the sizes
+    # below half the Nyquist frequency, subsampling by 2 commutes with Fourier shifts (fractional.py)
+    assert float(lie_derivative_error(strided, smooth(keep=3))) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("model", "x", "stride"),
+    [
+        (stack(nn.Tanh), smooth(), 1),
+        (stack(nn.ReLU), smooth(), 1),
+        (nn.Conv2d(2, 3, 3, stride=2, **CIRCULAR), noise(), 2),
+    ],
+    ids=["tanh", "relu", "stride-2"],
+)
+def test_it_is_the_finite_difference_limit_of_the_fractional_error(
+    model: nn.Module, x: torch.Tensor, stride: int
+) -> None:
+    t = 1e-5
+    limit = fractional_equivariance_error(model, x, (0, t), stride=stride, reduction="none") / t
+    found = lie_derivative_error(model, x, Translation(0, 1), reduction="none")
+    assert float(found.min()) > 1e-3
+    assert float(((limit - found).abs() / found).max()) < 1e-3
+
+
+def test_valid_convolutions_are_measured_on_their_own_grid_not_a_stride_read_off_the_sizes() -> None:
+    from equivariance.models import LeNet
+
+    torch.manual_seed(0)
+    model = LeNet().double()
+    canvas = torch.zeros(2, 1, 38, 38, dtype=F64)
+    canvas[..., 5:33, 5:33] = smooth(2, 1, 28, keep=4)
+    t = 1e-5
+    limit = fractional_equivariance_error(model.features, canvas, (0, t), reduction="none") / t  # stride 1
+    found = lie_derivative_error(model.features, canvas, reduction="none")  # 38 -> 22: still stride 1
+    assert float(((limit - found).abs() / found).max()) < 1e-3
+    halved = lie_derivative_error(model.features, canvas, stride=2, reduction="none")
+    assert float(((halved - found).abs() / found).min()) > 0.01  # the stride matters
+
+
+def test_a_classifier_is_measured_for_invariance_and_a_map_can_be_asked_to_be_invariant() -> None:
+    torch.manual_seed(0)
+    pooled = nn.Sequential(nn.Conv2d(2, 4, 3, **CIRCULAR), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    x = noise()
+    assert float(lie_derivative_error(pooled, x)) < 1e-13  # logits: compared unmoved
+    conv = nn.Conv2d(2, 4, 3, **CIRCULAR)
+    assert float(lie_derivative_error(conv, x)) < 1e-13
+    assert float(lie_derivative_error(conv, x, invariant=True)) > 0.1  # a map that moves is not invariant
+    derivative = lie_derivative(conv, x, invariant=True)
+    assert derivative.shape == conv(x).shape
+
+
+def test_rotation_separates_an_isotropic_blur_from_a_directional_filter() -> None:
+    x = torch.zeros(2, 1, 25, 25, dtype=F64)
+    x[..., 8:17, 8:17] = smooth(2, 1, 9, keep=2)  # content clear of the edges
+    r = torch.arange(5, dtype=F64) - 2
+    blur = nn.Conv2d(1, 1, 5, padding=2, padding_mode="circular", bias=False, dtype=F64)
+    edge = nn.Conv2d(1, 1, 5, padding=2, padding_mode="circular", bias=False, dtype=F64)
+    with torch.no_grad():
+        blur.weight.copy_(torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 2))
+        edge.weight.copy_(r[None, :] * torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 2))
+    isotropic = float(lie_derivative_error(blur, x, "rotation"))
+    directional = float(lie_derivative_error(edge, x, Rotation()))
+    assert directional > 0.5
+    assert isotropic < directional / 20
+
+
+def test_chunks_give_the_same_answer_and_the_absolute_form_is_the_norm() -> None:
+    model, x = stack(nn.Tanh), smooth(5)
+    whole = lie_derivative(model, x)
+    assert torch.allclose(lie_derivative(model, x, batch_size=2), whole, atol=1e-14)
+    absolute = lie_derivative_error(model, x, relative=False, reduction="none")
+    assert torch.allclose(absolute, whole.flatten(1).norm(dim=1))
+    assert float(lie_derivative_error(model, x, reduction="max")) >= float(lie_derivative_error(model, x))
+
+
+def test_an_all_zero_output_is_measured_absolutely_with_a_warning() -> None:
+    dead = nn.Sequential(nn.Conv2d(2, 2, 3, **CIRCULAR), nn.ReLU())
+    with torch.no_grad():
+        dead[0].weight.zero_()
+        dead[0].bias.fill_(-1.0)
+    with pytest.warns(EquivarianceWarning, match="3 of 3 samples have an all-zero output"):
+        assert float(lie_derivative_error(dead, noise())) == 0.0
+
+
+def test_the_model_its_state_the_rng_and_the_input_are_left_as_found() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, **CIRCULAR), nn.BatchNorm2d(4, dtype=F64), nn.Dropout(0.5), nn.Tanh()
+    )
+    model.train()
+    model[2].eval()  # a mixed state, restored flag by flag
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = smooth()
+    x_before = x.clone()
+    rng = torch.random.get_rng_state()
+    value = lie_derivative_error(model, x)
+    profile = profile_lie_derivative(model, x)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert torch.equal(x, x_before)
+    assert [m.training for m in model.modules()] == [True, True, True, False, True]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert float(value) == pytest.approx(profile.error, rel=1e-9)  # eval mode: no dropout noise
+
+
+def test_the_layers_contributions_sum_to_the_lie_derivative_and_name_the_layer() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, **CIRCULAR), nn.Tanh(), nn.Conv2d(4, 4, 3, stride=2, **CIRCULAR),
+        nn.Conv2d(4, 3, 3, **CIRCULAR),
+    )  # fmt: skip
+    x = noise()
+    profile = profile_lie_derivative(model, x)
+    names = [row.name for row in profile.layers]
+    assert names == ["0", "1", "2", "3", "(other operations)"]
+    assert profile.error == pytest.approx(float(lie_derivative_error(model, x)), rel=1e-9)
+    assert sum(row.share for row in profile.layers) == pytest.approx(1.0, abs=1e-9)
+    assert profile["(other operations)"].error < 1e-12  # a Sequential has nothing between its layers
+    assert profile["0"].error < 1e-12
+    assert profile["3"].error < 1e-12  # a stride-1 layer on the coarse grid commutes
+    assert profile["2"].error > 0.1  # the subsampling aliases white noise
+    assert profile.largest.name == "2"
+    assert profile["2"].stride == (2, 2)
+    assert "largest part: 2" in str(profile)
+    data = json.loads(json.dumps(profile.to_dict()))
+    assert data["largest"] == "2"
+    assert data["layers"][2]["stride"] == [2, 2]
+    assert data["error"] == profile.error
+
+
+class Positional(nn.Module):
+    """A conv net that adds a coordinate ramp in its forward: a non-equivariant operation outside any layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, **CIRCULAR)
+        self.conv2 = nn.Conv2d(4, 3, 3, **CIRCULAR)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)
+        return self.conv2(self.conv1(x) + ramp)
+
+
+def test_what_no_layer_accounts_for_is_reported_as_other_operations() -> None:
+    profile = profile_lie_derivative(Positional(), smooth())
+    assert profile.largest.name == "(other operations)"
+    assert profile["conv1"].error < 1e-12
+    assert profile["conv2"].error < 1e-12
+    assert profile["(other operations)"].share == pytest.approx(1.0, abs=1e-9)
+    only = profile_lie_derivative(Positional(), smooth(), layers=["conv2"])
+    assert [row.name for row in only.layers] == ["conv2", "(other operations)"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, x: lie_derivative(m, x, "shear"), r"generator must be 'translation', 'rotation' or an"),
+        (lambda m, x: lie_derivative(m, x, Translation(1.0)), r"acts on 1 spatial dims but x of shape \(3, 2, 16, 16\) has 2"),
+        (lambda m, x: lie_derivative(m, x[..., 0], Rotation()), "acts on 2 spatial dims"),
+        (lambda m, x: lie_derivative(m, x, invariant="yes"), "invariant must be True, False or None"),
+        (lambda m, x: lie_derivative(m, x, stride=0), "stride must be positive"),
+        (lambda m, x: lie_derivative(m, x, batch_size=0), "batch_size must be positive"),
+        (lambda m, x: lie_derivative_error(m, x, reduction="sum"), "reduction must be 'mean', 'max' or 'none'"),
+        (lambda m, x: lie_derivative(m, x.float()), "the model's parameters are torch.float64 but x is torch.float32"),
+        (lambda m, x: lie_derivative(nn.Flatten(), x, invariant=False), r"invariant=False moves the output .* has no 2 spatial dims"),
+        (lambda m, x: profile_lie_derivative(lambda v: v, x), "needs an nn.Module to hook its layers"),  # type: ignore[arg-type]
+        (lambda m, x: profile_lie_derivative(m, x, layers="0"), "layers must be a non-empty list of layer names"),
+        (lambda m, x: profile_lie_derivative(m, x, layers=["conv9"]), "has no layer named 'conv9'"),
+    ],
+    ids=[
+        "generator", "dims", "rotation-1d", "invariant", "stride", "batch", "reduction", "dtype", "not-a-map",
+        "callable", "layers-str", "layers-unknown",
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_refused_with_a_fix(call: object, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        call(stack(), noise())  # type: ignore[operator]
+
+
+def _conjugated_step(
+    model: nn.Module, x: torch.Tensor, index: int, stride_in: int, stride_out: int
+) -> torch.Tensor:
+    """d/dt of the output with layer ``index`` alone conjugated by real sub-pixel shifts along the width
+    (the input moved by t / stride_in, the output back by t / stride_out), by central differences."""
+    from equivariance.fractional import FractionalShift
+
+    layer, t = model[index], 1e-5
+    results = []
+    for offset in (t, -t):
+        before = layer.register_forward_pre_hook(
+            lambda _m, args, o=offset: (FractionalShift(0.0, o / stride_in).apply(args[0]),)
+        )
+        after = layer.register_forward_hook(
+            lambda _m, _a, out, o=offset: FractionalShift(0.0, -o / stride_out).apply(out)
+        )
+        try:
+            with torch.no_grad():
+                results.append(model(x))
+        finally:
+            before.remove()
+            after.remove()
+    return (results[0] - results[1]) / (2 * t)
+
+
+def test_each_contribution_is_the_derivative_with_only_that_layer_conjugated_by_a_real_shift() -> None:
+    """An independent check of the decomposition, with actual FractionalShifts instead of generators."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, **CIRCULAR), nn.Tanh(), nn.Conv2d(4, 4, 3, stride=2, **CIRCULAR),
+        nn.Conv2d(4, 3, 3, **CIRCULAR),
+    )  # fmt: skip
+    x = smooth(keep=5)
+    profile = profile_lie_derivative(model, x)
+    reference = model(x).detach().flatten(1).norm(dim=1)
+    for index, (stride_in, stride_out) in enumerate([(1, 1), (1, 1), (1, 2), (2, 2)]):
+        step = _conjugated_step(model, x, index, stride_in, stride_out)
+        expected = float((step.flatten(1).norm(dim=1) / reference).mean())
+        assert profile[str(index)].error == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    assert profile["2"].error > 0.01
+    assert profile["1"].error > 1e-4
+
+
+class Twice(nn.Module):
+    """One convolution applied twice, with a nonlinearity between: a module with two calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 2, 3, **CIRCULAR)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.act(self.conv(x)))
+
+
+def test_a_module_called_twice_is_one_layer_with_both_calls() -> None:
+    x = noise()
+    profile = profile_lie_derivative(Twice(), x)
+    assert [row.name for row in profile.layers] == ["conv", "act", "(other operations)"]
+    assert profile["conv"].error < 1e-12
+    assert profile["(other operations)"].error < 1e-12
+    assert profile["act"].share == pytest.approx(1.0, abs=1e-9)
+    assert profile.error == pytest.approx(float(lie_derivative_error(Twice(), x)), rel=1e-9)
