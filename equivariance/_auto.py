@@ -205,28 +205,6 @@ def receptive_margin(support: torch.Tensor, strides: tuple[int, ...], zeros: Seq
     return Inferred(tuple(margins), note)
 
 
-def measured_reach(
-    runner: Runner, forward: Forward, x: torch.Tensor, layout: Layout, strides: tuple[int, ...]
-) -> tuple[int, ...] | None:
-    """The receptive-field radius in output samples, from one more pass and two backward passes.
-
-    None where the output does not depend on x through autograd, or where the
-    corner output depends on the same inputs as the centre one (a dense layer,
-    not a local map whose reach could be compared with its size).
-    """
-    d = x.dim() - 2
-    try:
-        with runner.differentiable(forward, x) as (leaf, output, _):
-            grid_output = layout.to_grid(output, d)
-            support = receptive_support(leaf, grid_output, d, retain=True)
-            corner = receptive_support(leaf, grid_output, d, position=(0,) * d)
-    except InvalidArgument:
-        return None
-    if torch.equal(support, corner):
-        return None  # every output sees the same inputs (a dense layer): no local reach to speak of
-    return receptive_margin(support, strides).value
-
-
 def zero_weights(model: object) -> list[tuple[str, torch.nn.Parameter]]:
     """The model's weights that are all zero (a zero-initialised BatchNorm or last convolution).
 

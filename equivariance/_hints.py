@@ -9,7 +9,8 @@ error split by distance to the edge: the margin rule of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from equivariance._judge import margin_that_passes
@@ -29,8 +30,6 @@ class Verdicts:
     sums: Sums
     tolerance: Tolerance
     noise_floor: float
-    reach: Callable[[], tuple[int, ...] | None] | None = None
-    """Measures the receptive-field radius in output samples (a backward pass), on demand."""
 
 
 def hints_for(plan: Plan, verdicts: Verdicts) -> tuple[str, ...]:
@@ -144,18 +143,30 @@ def _size_hint(
     )
 
 
+DECAY = 10.0
+"""How many times the error density at the compared region's edge must exceed that at its centre for
+errors everywhere to be put down to the borders."""
+
+
 def _everywhere_hint(plan: Plan, verdicts: Verdicts, smallest: float, spatial_out: tuple[int, ...]) -> str:
-    """Every nonzero shift fails all over the map: no symmetry, unless the borders reach every output."""
-    reach = verdicts.reach() if verdicts.reach is not None and not any(plan.margins) else None
-    if reach is not None and any(n - 2 * r <= 0 for n, r in zip(spatial_out, reach)):
-        shown = reach[0] if len(set(reach)) == 1 else reach
+    """Every nonzero shift fails all over the map: no symmetry, unless the error dies away from the edges.
+
+    Read off the error split by distance to the edge (no extra pass): a boundary effect
+    whose reach covers most of a small map (zero padding seen through a large receptive
+    field) fails everywhere too, but its error falls toward the centre, where a dense
+    layer's or a position embedding's does not.
+    """
+    decay = _decay(verdicts)
+    if decay is not None:
+        edge, centre = decay
         return (
             f"every nonzero shift fails, with errors of {smallest:.1e} or more, all over the output "
-            f"{spatial_out}; but the receptive field reaches {shown} output samples (one backward "
-            "pass), so every output is within reach of the map's border: zero padding, or content "
-            "leaving the canvas, can explain all of the error. Check on a larger input (content on a "
-            f"zero canvas, maps wider than {2 * max(reach)} samples) with margin='auto', or use "
-            "circular padding with boundary='circular', before concluding the model has no symmetry"
+            f"{spatial_out}; but the error falls from the edges of the compared region toward its "
+            f"centre ({edge:.1e} at the edge, {centre:.1e} at the centre, relative): a boundary effect "
+            "(zero padding seen through a receptive field that reaches most of the map, or content "
+            "leaving the canvas), not a layer without symmetry. Check on a larger input (content on a "
+            "zero canvas, or larger maps) with margin='auto', or use circular padding with "
+            "boundary='circular'"
         )
     return (
         f"every nonzero shift fails, with errors of {smallest:.1e} or more, and the error is "
@@ -163,6 +174,22 @@ def _everywhere_hint(plan: Plan, verdicts: Verdicts, smallest: float, spatial_ou
         "layers (flatten, fully connected), positional embeddings or absolute coordinates "
         "break translation equivariance; check an earlier layer with layer="
     )
+
+
+def _decay(verdicts: Verdicts) -> tuple[float, float] | None:
+    """The relative error at the edge and at the centre of the compared regions, if it falls by ``DECAY``."""
+    sums = verdicts.sums
+    if sums.border_diff is None or sums.border_ref is None or sums.border_count is None:
+        return None
+    count = sums.border_count.unsqueeze(1)  # (K, 1, depth): positions at each distance
+    diff = sums.border_diff.sum(dim=(0, 1)) / count.sum(dim=(0, 1)).clamp_min(1)
+    ref = sums.border_ref.sum(dim=(0, 1)) / count.sum(dim=(0, 1)).clamp_min(1)
+    present = (sums.border_count.sum(0) > 0).nonzero().flatten().tolist()
+    if len(present) < 2 or float(ref.mean()) <= 0:
+        return None
+    scale = float(ref[present].mean())
+    edge, centre = (math.sqrt(float(diff[r]) / scale) for r in (present[0], present[-1]))
+    return (edge, centre) if edge > DECAY * centre else None
 
 
 def _unclear_stride_hint(plan: Plan) -> str:

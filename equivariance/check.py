@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from equivariance import _auto, _plan
+from equivariance import _plan
 from equivariance._forward import OutputSelector
 from equivariance._hints import Verdicts, hints_for
 from equivariance._judge import sample_errors, within
@@ -284,14 +284,7 @@ def _check(
         # an output less precise than x (autocast, a half-precision head) sets the tolerance
         dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
         tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
-        reach = None
-        if plan.grid is not None:
-            grid = plan.grid
-
-            def reach() -> tuple[int, ...] | None:
-                return _auto.measured_reach(runner, request.forward, request.x, grid.layout, grid.stride)
-
-        report = _report(plan, sums, batch_size, tolerance, layer, inferred_stride, reach)
+        report = _report(plan, sums, batch_size, tolerance, layer, inferred_stride)
         why = why_vacuous(runner, plan, tolerance) if report.passed else None
     return report if why is None else dataclasses.replace(report, vacuous=why)
 
@@ -303,7 +296,6 @@ def _report(
     tolerance: Tolerance,
     layer: str | None,
     inferred_stride: bool,
-    reach: Callable[[], tuple[int, ...] | None] | None = None,
 ) -> EquivarianceReport:
     noise = sums.rows(slice(0, plan.noise_rows))
     checked = sums.rows(slice(plan.noise_rows, None))
@@ -325,7 +317,7 @@ def _report(
     noise_errors, _ = sample_errors(noise.diff_sq, noise.ref_sq, noise.count.unsqueeze(-1), noise.scale)
     noise_floor = float(noise_errors.max())
     verdicts = Verdicts(
-        [r.passed for r in results], [r.error for r in results], checked, tolerance, noise_floor, reach
+        [r.passed for r in results], [r.error for r in results], checked, tolerance, noise_floor
     )
     request = plan.request
     mode: Mode = request.mode
