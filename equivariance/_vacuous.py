@@ -22,12 +22,15 @@ that says which case it is; ``equivariance_error`` warns.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
 from equivariance._judge import sample_errors, within
 from equivariance._plan import Plan
 from equivariance._runner import Runner
-from equivariance._sinks import GridSums, OneTranslation, sample_scale
+from equivariance._sinks import GridSums, _tiles, sample_scale
 from equivariance.actions import Action
 from equivariance.tolerances import Tolerance
 
@@ -46,18 +49,13 @@ def why_vacuous(runner: Runner, plan: Plan, tolerance: Tolerance) -> str | None:
 
 
 def _still(plan: Plan, elements: list[Action], tolerance: Tolerance) -> str | None:
-    """The reference moved by each element against the reference itself: all alike is a still output."""
-    assert plan.grid is not None
-    assert plan.grid_base is not None
-    base, n = plan.grid_base, len(plan.grid_base)
-    sample, row = torch.arange(n), torch.zeros(n, dtype=torch.long)
+    """The reference moved by each element against the reference itself: all alike is a still output.
+
+    Stops at the first element that moves it (usually the first one checked).
+    """
     largest = 0.0
     for element in elements:
-        sink = _sink(plan, element)
-        sink.add(base, slice(0, n), sample, row, lambda: "the unshifted output")
-        sums = sink.sums()
-        scale = None if sums.scale is None else sums.scale[0]
-        errors, absolute = sample_errors(sums.diff_sq[0], sums.ref_sq[0], sums.count[0], scale)
+        errors, absolute = _moved_errors(plan, element)
         if not bool(within(errors, absolute, tolerance).all()):
             return None
         largest = max(largest, float(errors.max()))
@@ -72,17 +70,41 @@ def _still(plan: Plan, elements: list[Action], tolerance: Tolerance) -> str | No
     )
 
 
-def _sink(plan: Plan, element: Action) -> GridSums | OneTranslation:
-    """The check's comparison for one element: the lean one for a translation, else the general one."""
-    assert plan.grid is not None
-    assert plan.grid_base is not None
-    offsets = element.translation(plan.grid)
-    if offsets is not None and plan.request.output_action is None and sample_scale(plan.grid_base) is None:
-        spatial = tuple(plan.grid_base.shape[-plan.grid.spatial_dims :])
-        region = element.region(spatial, plan.grid)
-        inner = tuple(slice(r.start + m, r.stop - m) for r, m in zip(region, plan.margins))
-        return OneTranslation(plan.grid_base, plan.grid, offsets, inner)
-    return GridSums(plan.grid_base, [element], plan.grid, plan.margins, plan.request.output_action)
+def _moved_errors(plan: Plan, element: Action) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the error of ``f(x)`` against ``f(x)`` moved by ``element``, over its compared box.
+
+    A translation compares slices of ``f(x)`` (its tiles) directly, a few operations; other
+    elements go through the check's general comparison.
+    """
+    grid, base = plan.grid, plan.grid_base
+    assert grid is not None
+    assert base is not None
+    offsets = element.translation(grid)
+    if offsets is None or plan.request.output_action is not None or sample_scale(base) is not None:
+        sink = GridSums(base, [element], grid, plan.margins, plan.request.output_action)
+        n = len(base)
+        sink.add(base, slice(0, n), torch.arange(n), torch.zeros(n, dtype=torch.long), lambda: "f(x)")
+        sums = sink.sums()
+        scale = None if sums.scale is None else sums.scale[0]
+        return sample_errors(sums.diff_sq[0], sums.ref_sq[0], sums.count[0], scale)
+    d = grid.spatial_dims
+    spatial = tuple(base.shape[-d:])
+    region = element.region(spatial, grid)
+    lo = [r.start + m for r, m in zip(region, plan.margins)]
+    hi = [r.stop - m for r, m in zip(region, plan.margins)]
+    lead = (slice(None),) * (base.dim() - d)
+    diff = torch.zeros(len(base), dtype=torch.float64)
+    ref = torch.zeros(len(base), dtype=torch.float64)
+    for target, source in _tiles(lo, hi, offsets, spatial, grid.boundary):
+        at: tuple[Any, ...] = (*lead, *target)
+        origin: tuple[Any, ...] = (*lead, *source)
+        moved = base[origin].double()
+        diff += (base[at].double() - moved).square().flatten(1).sum(1).cpu()
+        ref += moved.square().flatten(1).sum(1).cpu()
+    count = torch.tensor(
+        math.prod(max(b - a, 0) for a, b in zip(lo, hi)) * math.prod(base.shape[1 : base.dim() - d])
+    )
+    return sample_errors(diff, ref, count.double())
 
 
 def _unresponsive(runner: Runner, plan: Plan, tolerance: Tolerance) -> str | None:
