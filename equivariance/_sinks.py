@@ -19,6 +19,7 @@ where squares are exact are scaled by a power of two per sample first.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -577,6 +578,17 @@ def edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) 
     return dist
 
 
+@functools.lru_cache(maxsize=256)
+def _box_distances(lo: tuple[int, ...], hi: tuple[int, ...], depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the box ``[lo, hi)``: each position's distance to its edge (clamped below ``depth``),
+    flattened, and how many positions lie at each distance."""
+    sides = [b - a for a, b in zip(lo, hi)]
+    dist = edge_distance(torch.zeros(1, len(sides), dtype=torch.long), torch.tensor([sides]), tuple(sides))[0]
+    bucket = dist.clamp(0, depth - 1).flatten()
+    per_distance = torch.bincount(bucket, minlength=depth).double()
+    return bucket, per_distance
+
+
 class OneTranslation:
     """Equivariance under one translation of a grid: the profile's per-layer sink, a few tensor
     operations a chunk.
@@ -607,23 +619,38 @@ class OneTranslation:
             for target, source in _tiles(lo, hi, offsets, self.spatial, grid.boundary)
         ]
         self.box = tuple(b - a for a, b in zip(lo, hi))
-        dist = edge_distance(torch.tensor([lo]), torch.tensor([hi]), self.spatial)[0]
         self.depth = max(1, max((b - a + 1) // 2 for a, b in zip(lo, hi)))
-        inside = tuple(slice(a, b) for a, b in zip(lo, hi))
-        self.bucket = dist[inside].clamp(0, self.depth - 1).flatten().to(base.device)
+        bucket, per_distance = _box_distances(tuple(lo), tuple(hi), self.depth)
+        self.bucket = bucket.to(base.device)
         channels = math.prod(base.shape[1 : base.dim() - d])
         self.count = torch.tensor([math.prod(self.box) * channels], dtype=torch.float64)
-        per_distance = torch.zeros(self.depth, dtype=torch.float64).index_add_(
-            0, self.bucket.cpu(), torch.ones(self.bucket.numel(), dtype=torch.float64)
-        )
         self.border_count = (per_distance * channels).view(1, -1)
-        ref_map = squared_norms(self._reference(slice(None)), self.channel_dims).flatten(1)
-        self.ref_sq = ref_map.sum(1).cpu().double()
-        self.border_ref = ref_map.new_zeros(len(base), self.depth).index_add_(1, self.bucket, ref_map).cpu()
         self.work = torch.float64 if base.dtype == torch.float64 else torch.float32
+        ref_map = self._norms(self._reference(slice(None)))
+        self.ref_sq = ref_map.sum(1).cpu().double()
+        self.border_ref = (
+            ref_map.new_zeros(len(base), self.depth).index_add_(1, self.bucket, ref_map).cpu().double()
+        )
         n = len(base)
         self.diff_sq = torch.zeros(n, dtype=torch.float64)
         self.border_diff = torch.zeros(n, self.depth, dtype=torch.float64)
+
+    def _norms(self, reference: torch.Tensor) -> torch.Tensor:
+        """The reference's squared norm at each position of the box, ``(N, positions)``.
+
+        In float32 where that is exact enough for relative errors: each
+        sample's total finite and either zero with an all-zero reference, or
+        at least 2**-100 (squares that underflow then change it by less than
+        2**-49). Otherwise, as ``squared_norms`` does it (float64 where needed).
+        """
+        if self.work == torch.float32:
+            fast = reference.float().square().sum(self.channel_dims).flatten(1)
+            totals = fast.sum(1)
+            doubtful = ~torch.isfinite(totals) | ((totals < _FLOAT32_SMALLEST_SUM) & (totals != 0))
+            zero = totals == 0
+            if not bool(doubtful.any()) and not (bool(zero.any()) and bool(reference[zero].ne(0).any())):
+                return fast
+        return squared_norms(reference, self.channel_dims).flatten(1)
 
     def _reference(self, samples: slice | torch.Tensor) -> torch.Tensor:
         """The reference over the box for some samples (a view where one tile covers it)."""
