@@ -170,3 +170,15 @@ def test_a_dense_layer_still_gets_the_dense_hint() -> None:
     assert not report.passed
     assert any("Dense layers (flatten, fully connected)" in h for h in report.hints)
     assert not any("the error falls from the edges" in h for h in report.hints)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_outputs_of_extreme_scale_that_move_are_not_vacuous(scale: float) -> None:
+    conv = nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular", bias=False)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return conv(x) * scale  # squares that underflow or overflow in float32
+
+    report = check_equivariance(model, torch.rand(2, 1, 12, 12), boundary="circular")
+    assert report.passed
+    assert report.vacuous is None
