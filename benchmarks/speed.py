@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import platform
 import statistics
@@ -425,15 +424,11 @@ def profile_row(
 
 
 def _gallery() -> Any:
-    """``examples/gallery.py``, loaded by its path."""
-    path = Path(__file__).resolve().parents[1] / "examples" / "gallery.py"
-    spec = importlib.util.spec_from_file_location("gallery", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gallery"] = module
-    spec.loader.exec_module(module)
-    return module
+    """``examples/gallery.py`` (``examples/`` is not a package: it goes on the path)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import gallery
+
+    return gallery
 
 
 def gallery_row(name: str, repeats: int, device: str) -> tuple[str, ...]:

@@ -159,18 +159,13 @@ def _gallery() -> _Gallery:
     """Each model of ``examples/gallery.py`` profiled and checked: a section and a picture each."""
     if _GALLERY:
         return _GALLERY[0]
-    import importlib.util
     import sys
 
     from equivariance.viz import profile_chart
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "gallery.py"
-    spec = importlib.util.spec_from_file_location("gallery", path)
-    assert spec is not None
-    assert spec.loader is not None
-    gallery = importlib.util.module_from_spec(spec)
-    sys.modules["gallery"] = gallery
-    spec.loader.exec_module(gallery)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # not a package
+    import gallery
+
     result = _Gallery()
     sections = []
     for name, build in gallery.GALLERY.items():

@@ -7,29 +7,17 @@ inferred stride and margin.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
 from equivariance import check_equivariance, multiples_of, profile_equivariance
 
-
-def _load_gallery() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "examples" / "gallery.py"
-    spec = importlib.util.spec_from_file_location("gallery", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gallery"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gallery = _load_gallery()
+# examples/ is not a package: it goes on the path before the import
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import gallery
 
 
 def _strides(profile: object) -> set[tuple[int, ...] | None]:
