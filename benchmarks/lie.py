@@ -26,12 +26,12 @@ ReLUs) on 64x64, batch 4.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -40,7 +40,6 @@ from equivariance import check_equivariance, shifts_in_box
 from equivariance.lie import lie_derivative_error, profile_lie_derivative
 from equivariance.models import LeNet
 
-MARKER = "<!-- lie.py cpu -->"
 HEADER = (
     "workload", "forward", "Lie derivative", "121-shift check", "sweep/Lie", "Lie/forward", "per-layer",
     "per-layer/Lie",
@@ -105,31 +104,6 @@ def row(label: str, model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[st
     return (label, *medians[:3], ratio(sweep, lie), ratio(lie, bare), medians[3], ratio(profile, lie))
 
 
-def write_markdown(path: str, rows: list[tuple[str, ...]], title: str) -> None:
-    """Replace the section between this script's markers in the benchmark page (or append it)."""
-    table = [
-        MARKER,
-        f"**{title}**, {datetime.date.today().isoformat()}, `python benchmarks/lie.py`",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|",
-        *("| " + " | ".join(cells) + " |" for cells in rows),
-        MARKER,
-    ]
-    text = ""
-    if os.path.exists(path):
-        with open(path) as page:
-            text = page.read()
-    if MARKER in text:
-        head, _, rest = text.partition(MARKER)
-        _, _, tail = rest.partition(MARKER)
-        text = head + "\n".join(table) + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(table) + "\n"
-    with open(path, "w") as page:
-        page.write(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -148,7 +122,12 @@ def main() -> None:
     for cells in rows:
         print(" | ".join(cells))
     if args.markdown:
-        write_markdown(args.markdown, rows, title)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from speed import write_markdown
+
+        write_markdown(
+            args.markdown, title, rows, "cpu", HEADER, command="python benchmarks/lie.py", script="lie.py"
+        )
 
 
 if __name__ == "__main__":

@@ -472,9 +472,11 @@ def write_markdown(
     header: tuple[str, ...] = HEADER,
     section: str = "",
     command: str | None = None,
+    script: str = "speed.py",
 ) -> None:
-    """Replace the section for ``device`` (and ``section``) in the benchmark page with these results."""
-    marker = f"<!-- speed.py {' '.join(filter(None, (device, section)))} -->"
+    """Replace the section of ``script`` for ``device`` (and ``section``) in the benchmark page with
+    these results (or append it)."""
+    marker = f"<!-- {script} {' '.join(filter(None, (device, section)))} -->"
     command = command or f"python benchmarks/speed.py --device {device}"
     table = [
         marker,

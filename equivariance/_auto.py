@@ -29,6 +29,7 @@ from equivariance._isolation import owning_module
 from equivariance._judge import sample_errors
 from equivariance._runner import ModelConsumer, Runner
 from equivariance._sinks import GridSums
+from equivariance._validation import shown_per_dim
 from equivariance.actions import Action, Boundary, Grid
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import Layout
@@ -125,14 +126,14 @@ def _choose(
     tried_range = f"1 to {max(len(c) for c in candidates)}"
     if unclear:
         note = (
-            f"stride {_shown(tuple(stride))}, the input's size over the output's: no input shift of "
+            f"stride {shown_per_dim(stride)}, the input's size over the output's: no input shift of "
             f"{tried_range} tried moves the output {spatial_out} cleanly by one sample (the best is "
             f"{shown}). Expect the check to fail: the model subsamples and upsamples back (aliasing), "
             "or its output does not move with the input; profile_equivariance names the layer"
         )
         return Inferred(tuple(stride), note, clean=False)
     note = (
-        f"stride {_shown(tuple(stride))}, the input shift that moves the output "
+        f"stride {shown_per_dim(stride)}, the input shift that moves the output "
         f"{spatial_out} by one sample, of {tried_range} tried, is {shown}"
     )
     return Inferred(tuple(stride), note)
@@ -149,18 +150,9 @@ def _clean(best: float, next_best: float, rtol: float) -> bool:
     return best <= CLEAN_ERROR * rtol and next_best > max(CLEAR_LEAD * best, rtol)
 
 
-def receptive_support(
-    leaf: torch.Tensor,
-    grid_output: torch.Tensor,
-    d: int,
-    position: tuple[int, ...] | None = None,
-    retain: bool = False,
-) -> torch.Tensor:
-    """Which input positions the output at the centre of the map (or at ``position``) depends on.
-
-    One backward pass; ``retain`` keeps the graph for another.
-    """
-    centre = tuple(n // 2 for n in grid_output.shape[-d:]) if position is None else position
+def receptive_support(leaf: torch.Tensor, grid_output: torch.Tensor, d: int) -> torch.Tensor:
+    """Which input positions the output at the centre of the map depends on (one backward pass)."""
+    centre = tuple(n // 2 for n in grid_output.shape[-d:])
     index: tuple[Any, ...] = (Ellipsis, *centre)
     picked = grid_output[index]
     if not picked.requires_grad:
@@ -168,7 +160,7 @@ def receptive_support(
             "margin='auto' measures the receptive field by differentiating the output with "
             "respect to the input, but the output does not depend on x through autograd; pass margin="
         )
-    (grad,) = torch.autograd.grad(picked.sum(), leaf, allow_unused=True, retain_graph=retain)
+    (grad,) = torch.autograd.grad(picked.sum(), leaf, allow_unused=True)
     if grad is None:
         support = torch.zeros(leaf.shape[2:], dtype=torch.bool)
     else:
@@ -192,9 +184,9 @@ def receptive_margin(support: torch.Tensor, strides: tuple[int, ...], zeros: Seq
         widths.append(width)
         margins.append(math.ceil((width - 1) / 2 / strides[i]))
     note = (
-        f"margin {_shown(tuple(margins))}: the output at the centre of the map depends on "
+        f"margin {shown_per_dim(margins)}: the output at the centre of the map depends on "
         f"{' x '.join(map(str, widths))} input samples (one backward pass), a radius of "
-        f"{_shown(tuple(margins))} output samples at stride {_shown(strides)}"
+        f"{shown_per_dim(margins)} output samples at stride {shown_per_dim(strides)}"
     )
     if zeros:
         shown = ", ".join(zeros[:3]) + (f" and {len(zeros) - 3} more" if len(zeros) > 3 else "")
@@ -266,12 +258,8 @@ def check_room(
             else:
                 what, fix = f"{element.noun} {element}", "a larger input (a zero canvas)"
             raise InvalidArgument(
-                f"margin='auto' measured a receptive-field radius of {_shown(margins)} output samples, "
-                f"which leaves nothing of the output {spatial_out} to compare for {what}; the "
+                f"margin='auto' measured a receptive-field radius of {shown_per_dim(margins)} output "
+                f"samples, which leaves nothing of the output {spatial_out} to compare for {what}; the "
                 "model sees the whole input from every output, so it cannot be checked on maps this "
                 f"small: use {fix}, or pass a smaller margin= explicitly"
             )
-
-
-def _shown(values: tuple[int, ...]) -> str:
-    return str(values[0]) if len(set(values)) == 1 else str(values)

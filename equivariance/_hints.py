@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from equivariance._judge import margin_that_passes
 from equivariance._plan import Plan
 from equivariance._sinks import Sums
+from equivariance._validation import shown_per_dim
 from equivariance.layouts import Tokens, other_readings
 from equivariance.shifts import Shift
 from equivariance.tolerances import Tolerance
@@ -136,7 +137,7 @@ def _size_hint(
     )
     if all(s == 1 for s in strides):
         return f"{what}, and a shift of the input moves its output by less; {measure}"
-    shown = strides[0] if len(set(strides)) == 1 else strides
+    shown = shown_per_dim(strides)
     return (
         f"stride={shown} was given, but {what} by more: a wrong stride expects the output to move by "
         f"the wrong amount, and every shift fails; {measure}"
@@ -323,7 +324,7 @@ def _border_hint(verdicts: Verdicts, margin: tuple[int, ...]) -> str | None:
     if r is None:
         return None
     suggested = tuple(m + r for m in margin)
-    shown = suggested[0] if len(set(suggested)) == 1 else suggested
+    shown = shown_per_dim(suggested)
     return (
         f"errors only within {r} sample{'s' if r > 1 else ''} of the borders of the compared "
         f"region: a boundary effect (zero padding, or content leaving the canvas); pass "

@@ -36,6 +36,17 @@ def as_int(value: object, what: str) -> int:
         raise InvalidArgument(f"{what} must be an integer, found {describe(value)}; pass an int") from None
 
 
+def shown_per_dim(values: Sequence[int]) -> str:
+    """One value where every dim has it, else all of them: ``2`` or ``(2, 4)``.
+
+    Examples:
+        >>> shown_per_dim((2, 2)), shown_per_dim((2, 4))
+        ('2', '(2, 4)')
+    """
+    values = tuple(values)
+    return str(values[0]) if len(set(values)) == 1 else str(values)
+
+
 def per_dim(value: object, ndim: int, what: str, *, minimum: int) -> tuple[int, ...]:
     """An int, or one int per spatial dim, as a tuple of ``ndim`` ints >= ``minimum``."""
     if isinstance(value, (tuple, list)):

@@ -60,7 +60,7 @@ from equivariance._sinks import (
     check_floating,
     sample_scale,
 )
-from equivariance._validation import describe, warn_deprecated
+from equivariance._validation import describe, shown_per_dim, warn_deprecated
 from equivariance.actions import Action, Boundary, Grid, check_boundary
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import Layout, LayoutLike, as_layout
@@ -778,7 +778,7 @@ def _blurs(model: nn.Module, name: str) -> bool:
 
 def _blur_fix(row: LayerProfile) -> str:
     assert row.stride is not None
-    shown = row.stride[0] if len(set(row.stride)) == 1 else row.stride
+    shown = shown_per_dim(row.stride)
     return (
         f"{row.name} blurs before it subsamples by {shown}: blurring reduces aliasing but does not "
         f"remove it (a blur of a few taps leaves some of the signal above the new Nyquist frequency), "
@@ -790,7 +790,7 @@ def _blur_fix(row: LayerProfile) -> str:
 
 def _upsampled_fix(subsampled: LayerProfile, row: LayerProfile) -> str:
     assert subsampled.stride is not None
-    shown = subsampled.stride[0] if len(set(subsampled.stride)) == 1 else subsampled.stride
+    shown = shown_per_dim(subsampled.stride)
     return (
         f"the map was subsampled by {shown} at {subsampled.name} ({subsampled.type}), where the shift "
         f"stopped being followed, and brought back to a finer grid before {row.name}: upsampling "
@@ -869,7 +869,7 @@ _GONE = (
 
 
 def _cause(element: Action, stride: tuple[int, ...], exact: bool, border: int | None) -> tuple[str, str]:
-    shown = stride[0] if len(set(stride)) == 1 else stride
+    shown = shown_per_dim(stride)
     if not isinstance(element, Shift):
         if any(s > 1 for s in stride):
             return "aliasing", (
