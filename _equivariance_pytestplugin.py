@@ -443,6 +443,8 @@ def _merged(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not check["passed"]:
             verdict = "expected" if check["expected_failure"] else "FAILED"
             row["verdict"] = "FAILED" if "FAILED" in (row["verdict"], verdict) else verdict
+        elif check.get("vacuous") and row["verdict"] == "passed":
+            row["verdict"] = "vacuous"  # passed, but could not have failed (report.vacuous)
         if check["error"] > row["error"]:
             row.update(worst=check["worst"], error=check["error"], rtol=check["rtol"])
     return list(rows.values())

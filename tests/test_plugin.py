@@ -502,3 +502,30 @@ def test_a_project_that_never_uses_the_fixtures_never_imports_torch(pytester: py
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["PLUGIN True TORCH False"])
+
+
+def test_a_vacuous_pass_warns_and_is_marked_in_the_summary(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_dead="""
+        import torch
+        from models import conv, image
+
+        def test_dead(assert_equivariant):
+            dead = conv()
+            with torch.no_grad():
+                dead.weight.zero_()
+            assert_equivariant(dead, image(), max_shift=1)
+
+        def test_alive(assert_equivariant):
+            assert_equivariant(conv(), image(), max_shift=1)
+        """
+    )
+    result = project.runpytest("-W", "default::equivariance.EquivarianceWarning")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*EquivarianceWarning: equivariance check PASSED VACUOUSLY*the check cannot fail*",
+            "test_dead.py::test_dead *Conv2d *1  *9  * vacuous",
+            "test_dead.py::test_alive *Conv2d *1  *9  * passed",
+        ]
+    )
