@@ -15,16 +15,28 @@ above the tolerance is named, with the likely cause and a fix:
 
 ``aliasing``
     the cumulative stride does not divide the shift, so a subsampled map
-    cannot follow it (a strided convolution or pooling layer);
+    cannot follow it (a strided convolution or pooling layer), also after
+    the map is upsampled back (the fix names the layer that subsampled);
 ``borders``
     the error sits within a few samples of the edges of the compared region
     (zero padding, or content leaving the canvas);
+``global pooling``
+    the map is pooled to one value per channel, a statistic that changes when
+    content enters or leaves the canvas (a squeeze-excite block);
+``absolute positions``
+    a parameter with a value for every position (a learned position
+    embedding) is added to the map;
 ``spatial dims gone``
     the output has no spatial dims left (flatten, a dense head) and changes
     with the shift;
 ``no symmetry``
     the error is everywhere: a layer that does not commute with translations
-    (a positional embedding, absolute coordinates).
+    (absolute coordinates, a dense layer on a map).
+
+Where the tensor a layer is given was computed in ``forward`` (not returned
+by a profiled layer) and is the first to fail, it gets a row of its own,
+``"<layer> (input)"`` of type ``"(forward)"``: the break happened between
+two submodules.
 """
 
 from __future__ import annotations
@@ -102,7 +114,8 @@ class LayerProfile:
         border: for a failing layer, the number of samples at the edges of
             the compared region that hold all of the error; ``None`` if the
             error is not confined to the borders.
-        cause: for a failing layer, one of ``"aliasing"``, ``"borders"``,
+        cause: for a failing layer, one of ``CAUSES``: ``"aliasing"``,
+            ``"borders"``, ``"global pooling"``, ``"absolute positions"``,
             ``"spatial dims gone"`` or ``"no symmetry"``.
         fix: for a failing layer, what to do about it.
         layout: the output's layout as inferred (or named), e.g.
