@@ -158,7 +158,10 @@ def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
     ax.set_yscale("log")
     ax.axhline(profile.rtol, color="black", linestyle="--", linewidth=1, label=f"rtol {profile.rtol:.0e}")
     if max(len(r.name) for r in rows) > 8 and len(rows) > 4:  # long names side by side would overlap
-        ax.set_xticks(range(len(rows)), [f"{r.name} ({r.type})" for r in rows], rotation=40, ha="right")
+        kinds = [r.type if r.type.startswith("(") else f"({r.type})" for r in rows]  # "(forward)" rows
+        ax.set_xticks(
+            range(len(rows)), [f"{r.name} {k}" for r, k in zip(rows, kinds)], rotation=40, ha="right"
+        )
     else:
         ax.set_xticks(range(len(rows)), [f"{r.name}\n{r.type}" for r in rows])
     ax.set_ylabel("relative error")
