@@ -14,8 +14,12 @@ and the audit:
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from equivariance._sinks import Sums
 from equivariance.tolerances import Tolerance
 
 KEEP_FRACTION = 0.25
@@ -77,7 +81,37 @@ def margin_that_passes(
     keeps = ((count >= KEEP_FRACTION * count[:, :1]) & (count > 0)).all(dim=0).tolist()
     errors, absolute = sample_errors(diff, ref, count.unsqueeze(1), scale)
     passes = within(errors, absolute, tolerance).flatten(0, -2).all(dim=0).tolist()
-    for r in range(1, diff.shape[-1]):
+    return first_margin(keeps, passes)
+
+
+def margins_that_pass(sums: Sequence[Sums], tolerance: Tolerance) -> list[int | None]:
+    """``margin_that_passes`` for each of several one-row sums (the profile's layers), computed together.
+
+    Each layer's sums by distance are padded with zeros to the deepest
+    layer's: a padded distance has no positions, so no margin reaches it.
+    """
+    if not sums:
+        return []
+    # (layers, distance, samples), zeros beyond a layer's own depth
+    diff = pad_sequence([s.border_diff[0].T for s in sums], batch_first=True)  # type: ignore[index]
+    ref = pad_sequence([s.border_ref[0].T for s in sums], batch_first=True)  # type: ignore[index]
+    count = pad_sequence([s.border_count[0] for s in sums], batch_first=True)  # type: ignore[index]
+    diff, ref, count = (t.flip(1).cumsum(1).flip(1) for t in (diff, ref, count))  # sums over distance >= r
+    keeps = ((count >= KEEP_FRACTION * count[:, :1]) & (count > 0)).tolist()
+    scale = None
+    if any(s.scale is not None for s in sums):
+        scale = torch.cat(
+            [torch.ones_like(s.diff_sq) if s.scale is None else s.scale for s in sums]
+        ).unsqueeze(1)
+    errors, absolute = sample_errors(diff, ref, count.unsqueeze(-1), scale)
+    passes = within(errors, absolute, tolerance).all(dim=-1).tolist()
+    return [first_margin(k, p) for k, p in zip(keeps, passes)]
+
+
+def first_margin(keeps: list[bool], passes: list[bool]) -> int | None:
+    """The first distance ``r >= 1`` at which every sample passes, unless the margin stops keeping
+    enough of the region first."""
+    for r in range(1, len(keeps)):
         if not keeps[r]:
             return None
         if passes[r]:

@@ -42,6 +42,7 @@ two submodules.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ from torch import nn
 
 from equivariance._copies import Copies
 from equivariance._forward import call_until, find_layer
-from equivariance._judge import margin_that_passes, sample_errors, within
+from equivariance._judge import margins_that_pass, sample_errors, within
+from equivariance._layer_sums import LayerSums, PooledLayer
 from equivariance._layers import (
     CHANNELS_FIRST_OPS,
     LAYOUT_KEEPING_OPS,
@@ -67,7 +69,6 @@ from equivariance._sinks import (
     Describe,
     FlatSums,
     GridSums,
-    OneTranslation,
     Sums,
     check_floating,
     sample_scale,
@@ -365,14 +366,20 @@ def profile_equivariance(
     tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
     targets, stop = _targets(model, layers), _stop_layer(model, up_to)
     given = _given_layouts(model, layouts)
-    with Runner(model) as runner:
-        recorded, x_id = _record(model, x, targets, stop, up_to, junctions=layers is None)
+    with Runner(model) as runner, _Taps(targets) as taps:
+        recorded, x_id = _record(model, x, taps, stop, up_to, junctions=layers is None)
         specs = infer_layers(recorded, x, x_id, given)
-        sinks = {spec.name: _sink(spec, r.output, element, boundary) for spec, r in zip(specs, recorded)}
-        consumer = _Layers(model, targets, stop, up_to, sinks, len(x))
+        pool = LayerSums(len(x))
+        sinks = {
+            spec.name: _sink(spec, r.output, element, boundary, pool) for spec, r in zip(specs, recorded)
+        }
+        pool.prepare()
+        consumer = _Layers(model, taps, stop, up_to, sinks)
         copies = Copies(x, [element], Grid.of_input(x.dim() - 2, boundary))
         runner.run(copies, 1, [consumer], len(x), lambda row: f"the input moved by {element}")
-    rows = tuple(_profile_layer(spec, sinks[spec.name], element, tolerance) for spec in specs)
+        if pool.unsettled():  # sums that came out not finite: again in float64, outputs tested for nan
+            runner.run(copies, 1, [consumer], len(x), lambda row: f"the input moved by {element}")
+    rows = _profile_layers(specs, sinks, pool, element, tolerance)
     rows = _explained(rows, model, element, tuple(x.shape[2:]))
     return EquivarianceProfile(
         subject=type(model).__name__,
@@ -435,15 +442,19 @@ def _given_layouts(model: nn.Module, layouts: Mapping[str, LayoutLike] | None) -
 
 
 class _Taps:
-    """Forward hooks on the profiled layers, active within ``with``: each layer's first output
-    with the batch dim of the pass goes to ``on_output(name, inputs, output)``."""
+    """Forward hooks on the profiled layers, active within ``with`` (registered once for both
+    passes): in a pass begun with ``start``, each layer's first output with the batch dim of the
+    pass goes to ``on_output(name, inputs, output)``."""
 
-    def __init__(
-        self, targets: dict[str, nn.Module], on_output: Callable[[str, Any, torch.Tensor], None]
-    ) -> None:
-        self.targets, self.on_output = targets, on_output
+    def __init__(self, targets: dict[str, nn.Module]) -> None:
+        self.targets = targets
+        self.on_output: Callable[[str, Any, torch.Tensor], None] = lambda *_: None
         self.batch, self.seen = 0, set[str]()
         self.handles: list[Any] = []
+
+    def start(self, batch: int, on_output: Callable[[str, Any, torch.Tensor], None]) -> None:
+        """A new pass of ``batch`` samples."""
+        self.batch, self.seen, self.on_output = batch, set(), on_output
 
     def hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def record(_module: nn.Module, inputs: Any, out: Any) -> None:
@@ -471,13 +482,14 @@ class _Taps:
 def _record(
     model: nn.Module,
     x: torch.Tensor,
-    targets: dict[str, nn.Module],
+    taps: _Taps,
     stop: nn.Module | None,
     up_to: str | None,
     *,
     junctions: bool = True,
 ) -> tuple[list[Recorded], int]:
     """The unshifted pass: every profiled layer's output (a copy) and what it was computed from."""
+    targets = taps.targets
     types = {name: type(module).__name__ for name, module in targets.items()}
     first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
     keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
@@ -493,7 +505,7 @@ def _record(
         kind = types.get(name, type(model).__name__)
         if junctions and source is not None and _is_junction(source, made, len(x)):
             made.add(id(source))  # the same computed tensor may feed several layers: one row
-            junction = source.detach().clone()
+            junction = snapshot(source)
             records.append(
                 # computed from earlier tensors (a residual sum, an activation): it keeps their layout
                 Recorded(
@@ -503,22 +515,20 @@ def _record(
             )  # fmt: skip
         made.add(id(tensor))
         if source is None:
-            copy = tensor.detach().clone()
+            copy = snapshot(tensor)
             records.append(
                 Recorded(name, kind, copy, id(tensor), None, None, None, name in first, name in keeps)
             )
             return
         moved = view_permutation(source, tensor)
-        copy = tensor.detach().clone()
+        copy = snapshot(tensor)
         shape = tuple(source.shape)
         records.append(
             Recorded(name, kind, copy, id(tensor), id(source), shape, moved, name in first, name in keeps)
         )
 
-    taps = _Taps(targets, keep)
-    taps.batch = len(x)
-    with taps:
-        result = _call(model, batch, stop, up_to)
+    taps.start(len(x), keep)
+    result = _call(model, batch, stop, up_to)
     _record_output(records, result, len(x), types, model, stop, up_to)
     if not records:
         raise InvalidArgument(
@@ -526,6 +536,26 @@ def _record(
             "submodules that the forward pass calls"
         )
     return records, id(batch)
+
+
+def snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` as it is now, which the model's later in-place writes leave alone.
+
+    Copy-on-write where torch offers it (``torch._lazy_clone``): no memory is
+    copied unless the model writes to the tensor later (an in-place ReLU, a
+    residual ``out += identity``), and then only that tensor's. Otherwise,
+    a plain copy.
+    """
+    tensor = tensor.detach()
+    if _LAZY_CLONE is not None:
+        try:
+            return _LAZY_CLONE(tensor)
+        except (RuntimeError, NotImplementedError):  # a device or tensor kind without copy-on-write
+            pass
+    return tensor.clone()
+
+
+_LAZY_CLONE: Callable[[torch.Tensor], torch.Tensor] | None = getattr(torch, "_lazy_clone", None)
 
 
 JUNCTION = "(forward)"
@@ -563,7 +593,7 @@ def _record_output(
     kind = type(stop).__name__ if stop is not None else type(model).__name__
     records.append(
         Recorded(
-            last, types.get(last, kind), output.detach().clone(), id(output), None, tuple(output.shape),
+            last, types.get(last, kind), snapshot(output), id(output), None, tuple(output.shape),
             None, keeps_layout=True,
         )
     )  # fmt: skip
@@ -589,26 +619,31 @@ def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: 
     return result
 
 
-def _sink(
-    spec: LayerSpec, base: torch.Tensor, element: Action, boundary: Boundary
-) -> GridSums | OneTranslation | FlatSums | None:
-    """How a layer's output is compared: on its grid, whole (no spatial dims), or not (ambiguous)."""
+Sink = GridSums | FlatSums | PooledLayer | None
+
+
+def _sink(spec: LayerSpec, base: torch.Tensor, element: Action, boundary: Boundary, pool: LayerSums) -> Sink:
+    """How a layer's output is compared: on its grid, whole (no spatial dims), or not (ambiguous).
+
+    A translation of the layer's grid (and a whole output) goes to the
+    pool, which sums all layers together; other elements, and float64
+    outputs that need scaling, get a sink of their own.
+    """
     if spec.ambiguous is not None:
         return None
     if not base.dtype.is_floating_point:
         base = base.double()
     if spec.layout is None or spec.stride is None:
-        return FlatSums(base, 1)
+        return FlatSums(base, 1) if sample_scale(base) is not None else pool.layer(base, None)
     d = len(spec.stride)
-    grid = Grid(d, spec.stride, boundary, spec.layout)
-    expected, on_grid = _expected(element, spec.stride), grid
-    if isinstance(expected, Shift):
-        on_grid = Grid(d, (1,) * d, boundary, spec.layout)  # the rounded output shift, in output samples
+    expected = _expected(element, spec.stride)
+    # a shift is rounded to whole output samples: it acts on a grid of stride 1
+    on_grid = Grid(d, (1,) * d if isinstance(expected, Shift) else spec.stride, boundary, spec.layout)
     on_grid_base = spec.layout.to_grid(base, d)
     offsets = expected.translation(on_grid)
     if offsets is not None and sample_scale(on_grid_base) is None:
         region = expected.region(tuple(on_grid_base.shape[-d:]), on_grid)
-        return OneTranslation(on_grid_base, on_grid, offsets, region)
+        return pool.layer(on_grid_base, on_grid, offsets, region)
     return GridSums(on_grid_base, [element], on_grid, (0,) * d, expected=[expected])
 
 
@@ -616,28 +651,28 @@ def _expected(element: Action, stride: tuple[int, ...]) -> Action:
     """The element a layer's output should undergo: a shift divided (or rounded) by the stride."""
     if not isinstance(element, Shift):
         return element
-    return Shift(tuple(round(o / s) for o, s in zip(element, stride)))
+    return _divided(tuple(element), stride)
+
+
+@functools.lru_cache(maxsize=1024)
+def _divided(offsets: tuple[int, ...], stride: tuple[int, ...]) -> Shift:
+    return Shift(tuple(round(o / s) for o, s in zip(offsets, stride)))
 
 
 class _Layers:
     """The shifted pass: each profiled layer's output fed to its sink as the layer returns it."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        targets: dict[str, nn.Module],
-        stop: nn.Module | None,
-        up_to: str | None,
-        sinks: dict[str, GridSums | OneTranslation | FlatSums | None],
-        n: int,
+        self, model: nn.Module, taps: _Taps, stop: nn.Module | None, up_to: str | None, sinks: dict[str, Sink]
     ) -> None:
-        self.model, self.targets, self.stop, self.up_to, self.sinks = model, targets, stop, up_to, sinks
+        self.model, self.taps, self.stop, self.up_to, self.sinks = model, taps, stop, up_to, sinks
+        self.junctions = {name: junction_name(name) for name in taps.targets if junction_name(name) in sinks}
         self.last = "(output)" if up_to is None else up_to
         self.chunk: tuple[slice, torch.Tensor, torch.Tensor, Describe] | None = None
 
     def feed(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
-        junction = junction_name(name)
-        if junction in self.sinks:
+        junction = self.junctions.get(name)
+        if junction is not None:
             source = _first_tensor(inputs)
             if source is not None:
                 self._feed(junction, source)
@@ -648,7 +683,7 @@ class _Layers:
         if sink is None or self.chunk is None:
             return
         items, sample, row, what = self.chunk
-        if isinstance(sink, (GridSums, OneTranslation)):
+        if isinstance(sink, GridSums):
             tensor = sink.grid.layout.to_grid(
                 tensor if tensor.dtype.is_floating_point else tensor.double(), sink.grid.spatial_dims
             )
@@ -661,10 +696,9 @@ class _Layers:
         self, inputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
     ) -> None:
         self.chunk = (items, sample, row, what)
-        taps = _Taps(self.targets, self.feed)
-        taps.batch = len(inputs)
-        with taps:
-            result = _call(self.model, inputs, self.stop, self.up_to)
+        taps = self.taps
+        taps.start(len(inputs), self.feed)
+        result = _call(self.model, inputs, self.stop, self.up_to)
         output = _first_tensor(result)
         if self.last not in taps.seen and output is not None and self.last in self.sinks:
             self._feed(self.last, output)
@@ -683,32 +717,73 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
     return None
 
 
-def _profile_layer(
-    spec: LayerSpec, sink: GridSums | OneTranslation | FlatSums | None, element: Action, tolerance: Tolerance
-) -> LayerProfile:
-    layout = None if spec.layout is None else spec.layout.name
-    if sink is None:
-        return LayerProfile(
-            spec.name, spec.type, spec.shape, None, None, True, math.nan, True,
-            layout=None, note=spec.ambiguous, compared=False,
+def _profile_layers(
+    specs: Sequence[LayerSpec],
+    sinks: Mapping[str, Sink],
+    pool: LayerSums,
+    element: Action,
+    tolerance: Tolerance,
+) -> tuple[LayerProfile, ...]:
+    """Every layer's row: errors and verdicts of all compared layers at once, a cause for each failure."""
+    verdicts: dict[str, tuple[float, bool, int | None]] = {}
+    pooled = pool.judge(tolerance)
+    own = {
+        name: sink for name, sink in sinks.items() if sink is not None and not isinstance(sink, PooledLayer)
+    }
+    sums = {name: sink.sums() for name, sink in own.items()}
+    errors, passes = _judged(list(sums.values()), tolerance)
+    # where a failing layer's error lies within a few samples of its borders
+    bordered = [name for name, ok in zip(sums, passes) if not ok and sums[name].border_diff is not None]
+    borders = dict(zip(bordered, margins_that_pass([sums[name] for name in bordered], tolerance)))
+    for name, error, passed in zip(sums, errors, passes):
+        verdicts[name] = (error, passed, borders.get(name))
+    rows = []
+    for spec in specs:
+        sink = sinks[spec.name]
+        if sink is None:
+            rows.append(
+                LayerProfile(
+                    spec.name, spec.type, spec.shape, None, None, True, math.nan, True,
+                    layout=None, note=spec.ambiguous, compared=False,
+                )
+            )  # fmt: skip
+            continue
+        error, passed, border = pooled[sink] if isinstance(sink, PooledLayer) else verdicts[spec.name]
+        if spec.layout is None or spec.stride is None:
+            cause, fix = (None, None) if passed else ("spatial dims gone", _GONE)
+            rows.append(
+                LayerProfile(
+                    spec.name, spec.type, spec.shape, None, None, True, error, passed, None, cause, fix
+                )
+            )
+            continue
+        moved = _expected(element, spec.stride)
+        exact = not isinstance(element, Shift) or all(o % s == 0 for o, s in zip(element, spec.stride))
+        cause, fix = (None, None) if passed else _cause(element, spec.stride, exact, border)
+        rows.append(
+            LayerProfile(
+                spec.name, spec.type, spec.shape, spec.stride, moved, exact, error, passed, border,
+                cause, fix, layout=spec.layout.name, note=spec.inferred,
+            )
         )  # fmt: skip
-    sums = sink.sums()
-    errors, absolute = sample_errors(sums.diff_sq[0], sums.ref_sq[0], sums.count[0], _row(sums.scale))
-    passed = bool(within(errors, absolute, tolerance).all())
-    error = float(errors.max())
-    if isinstance(sink, FlatSums) or spec.stride is None:
-        cause, fix = (None, None) if passed else ("spatial dims gone", _GONE)
-        return LayerProfile(
-            spec.name, spec.type, spec.shape, None, None, True, error, passed, None, cause, fix
-        )
-    exact = not isinstance(element, Shift) or element.divisible_by(spec.stride)
-    moved = _expected(element, spec.stride)
-    border = None if passed else _border(sums, tolerance)
-    cause, fix = (None, None) if passed else _cause(element, spec.stride, exact, border)
-    return LayerProfile(
-        spec.name, spec.type, spec.shape, spec.stride, moved, exact, error, passed, border, cause, fix,
-        layout=layout, note=spec.inferred,
-    )  # fmt: skip
+    return tuple(rows)
+
+
+def _judged(sums: list[Sums], tolerance: Tolerance) -> tuple[list[float], list[bool]]:
+    """The worst error of each layer, and whether every sample passes: one computation for all."""
+    if not sums:
+        return [], []
+    scales = [s.scale for s in sums]
+    scale = None
+    if any(s is not None for s in scales):
+        scale = torch.cat([torch.ones_like(s.diff_sq) if c is None else c for s, c in zip(sums, scales)])
+    errors, absolute = sample_errors(
+        torch.cat([s.diff_sq for s in sums]),
+        torch.cat([s.ref_sq for s in sums]),
+        torch.cat([s.count for s in sums]),
+        scale,
+    )
+    return errors.amax(1).tolist(), within(errors, absolute, tolerance).all(1).tolist()
 
 
 def _explained(
@@ -860,17 +935,6 @@ def _junction_fix(row: LayerProfile, before: list[LayerProfile]) -> str:
         "commute with translations; make it translation-equivariant, or wrap it in a submodule to "
         "profile it"
     )
-
-
-def _row(scale: torch.Tensor | None) -> torch.Tensor | None:
-    return None if scale is None else scale[0]
-
-
-def _border(sums: Sums, tolerance: Tolerance) -> int | None:
-    """The margin the judge's rule finds for the layer (see equivariance._judge)."""
-    if sums.border_diff is None or sums.border_ref is None or sums.border_count is None:
-        return None
-    return margin_that_passes(sums.border_diff, sums.border_ref, sums.border_count, tolerance, sums.scale)
 
 
 _GONE = (

@@ -374,3 +374,76 @@ def test_every_layers_error_is_the_checks_error_at_that_layer(boundary: str) -> 
             assert profile.passed
         else:
             assert not profile.passed  # zero padding: the borders
+
+
+class WritesInPlace(nn.Module):
+    """A circular convolution whose output the forward then overwrites in place, in two ways: an
+    in-place ReLU module, and a row set to zero by indexing (not translation-equivariant)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular")
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 2, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv1(x))
+        y[..., 0, :] = 0
+        return self.conv2(y)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_layer_outputs_are_recorded_before_the_model_writes_to_them(
+    lazy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unshifted pass keeps each layer's output as it was returned (copy-on-write where torch
+    has it, a copy otherwise): the in-place ReLU does not leak into conv1's row, nor the zeroed row
+    into the ReLU's (which would then fail); the break shows where the written map is used."""
+    import equivariance.profile as profile_module
+
+    if not lazy:
+        monkeypatch.setattr(profile_module, "_LAZY_CLONE", None)
+    torch.manual_seed(0)
+    profile = profile_equivariance(WritesInPlace(), torch.randn(2, 1, 12, 12), (3, 1), boundary="circular")
+    assert profile["conv1"].passed
+    assert profile["relu"].passed
+    first = profile.first_failure
+    assert first is not None
+    assert first.name == "conv2"
+
+
+def _zero_padded_stages() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(1, 1),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 5, padding=2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("x", "shift", "boundary"),
+    [
+        (canvas(batch=3, size=24, content=20), (2, -2), "zeros"),  # errors at the borders
+        (canvas(batch=3, size=24, content=20), (1, 0), "zeros"),  # aliasing after the stride
+        (torch.randn(2, 1, 16, 16), (5, -3), "circular"),  # shifts that wrap around
+        (torch.randn(2, 1, 16, 16, dtype=torch.float64), (2, 4), "zeros"),  # float64 sums
+    ],
+)
+def test_pooled_sums_judge_every_layer_as_one_sink_per_layer_would(
+    x: torch.Tensor, shift: tuple[int, int], boundary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profile sums every translated layer together (equivariance._layer_sums); a sink of its own
+    per layer (the engine's GridSums and FlatSums, taken when a float64 output needs scaling) must
+    give each layer the same error, verdict, border and cause."""
+    import equivariance.profile as profile_module
+
+    model = _zero_padded_stages().to(x.dtype)
+    pooled = profile_equivariance(model, x, shift, boundary=boundary)
+    monkeypatch.setattr(profile_module, "sample_scale", lambda base: torch.ones(len(base)))
+    alone = profile_equivariance(model, x, shift, boundary=boundary)
+    assert [row.name for row in pooled.layers] == [row.name for row in alone.layers]
+    assert any(not row.passed for row in pooled.layers)
+    for a, b in zip(pooled.layers, alone.layers):
+        assert a.error == pytest.approx(b.error, rel=1e-5, abs=1e-12), a.name
+        assert (a.passed, a.border, a.cause) == (b.passed, b.border, b.cause), a.name
