@@ -108,13 +108,15 @@ def owning_module(model: Callable[..., Any]) -> torch.nn.Module | None:
 
 
 @contextlib.contextmanager
-def eval_mode(model: Callable[..., Any]) -> Iterator[None]:
+def eval_mode(model: Callable[..., Any], modules: list[torch.nn.Module] | None = None) -> Iterator[None]:
     """Put every submodule in eval mode, restoring each one's own flag afterwards.
 
     A model already in eval mode is left alone: nothing is set, nothing restored.
+    ``modules``: the model's submodules where the caller has them already.
     """
     owner = owning_module(model)
-    modules = [] if owner is None else submodules(owner)
+    if modules is None:
+        modules = [] if owner is None else submodules(owner)
     flags = [module.training for module in modules]
     if not any(flags):
         yield
@@ -130,7 +132,9 @@ def eval_mode(model: Callable[..., Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def preserved_buffers(model: Callable[..., Any]) -> Iterator[None]:
+def preserved_buffers(
+    model: Callable[..., Any], modules: list[torch.nn.Module] | None = None
+) -> Iterator[None]:
     """Put back every buffer (object and value) after the block.
 
     Eval mode already keeps BatchNorm's statistics still; this also covers
@@ -140,10 +144,12 @@ def preserved_buffers(model: Callable[..., Any]) -> Iterator[None]:
     model's memory, and a forward pass under no_grad that writes to its
     parameters is a bug.
     """
-    owner = owning_module(model)
+    if modules is None:
+        owner = owning_module(model)
+        modules = [] if owner is None else submodules(owner)
     saved = [
         (module, name, buffer, buffer._version, buffer.clone())
-        for module in ([] if owner is None else submodules(owner))
+        for module in modules
         for name, buffer in module._buffers.items()
         if buffer is not None
     ]
@@ -164,5 +170,34 @@ def preserved_buffers(model: Callable[..., Any]) -> Iterator[None]:
 @contextlib.contextmanager
 def isolated(model: Callable[..., Any]) -> Iterator[None]:
     """Eval mode, no autograd, exact float32, preserved RNG and buffers, all undone on exit."""
-    with eval_mode(model), preserved_buffers(model), torch.no_grad(), exact_float32(), preserved_rng():
+    owner = owning_module(model)
+    modules = [] if owner is None else submodules(owner)
+    with (
+        eval_mode(model, modules),
+        preserved_buffers(model, modules),
+        torch.no_grad(),
+        exact_float32(),
+        preserved_rng(),
+    ):
         yield
+
+
+def snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` as it is now, which later in-place writes to either leave alone.
+
+    Copy-on-write where torch offers it (``torch._lazy_clone``): no memory is
+    copied unless one side is written to later (a model that writes to its
+    input, an in-place ReLU, a residual ``out += identity``, an output buffer
+    reused on the next call), and then only that tensor's. Otherwise, a
+    plain copy.
+    """
+    tensor = tensor.detach()
+    if _LAZY_CLONE is not None:
+        try:
+            return _LAZY_CLONE(tensor)
+        except (RuntimeError, NotImplementedError):  # a device or tensor kind without copy-on-write
+            pass
+    return tensor.clone()
+
+
+_LAZY_CLONE: Callable[[torch.Tensor], torch.Tensor] | None = getattr(torch, "_lazy_clone", None)

@@ -31,7 +31,14 @@ from typing import Any
 import torch
 
 from equivariance._judge import KEEP_FRACTION, first_margin, sample_errors, within
-from equivariance._sinks import _FLOAT32_MIN_REFERENCE, Describe, _tiles, check_finite
+from equivariance._sinks import (
+    _FLOAT32_MIN_REFERENCE,
+    Describe,
+    _tiles,
+    beyond_sums,
+    check_finite,
+    reach_masks,
+)
 from equivariance.actions import Grid
 from equivariance.layouts import ChannelsFirst
 from equivariance.tolerances import Tolerance
@@ -238,7 +245,7 @@ class _Group:
                 layer.reference = reference = layer.reference_box()
                 squares = torch.mul(reference, reference, out=pool.scratch(reference.shape, dtype, device))
                 torch.sum(squares, layer.channel_dims, out=block[n:, i])
-            masks = [mask.to(device=device, dtype=dtype) for mask in _reaching(box, members[0].depth)]
+            masks = [mask.to(device=device) for mask in _reaching(box, members[0].depth)]
             self.blocks.append((block, masks))
             totals.append(block[n:].flatten(2).sum(2))
         # the reference's squared norm of each sample, (L, N)
@@ -256,12 +263,8 @@ class _Group:
         differences and of the reference's squared norms, float64 on the CPU."""
         if self._beyond is None:
             parts = []
-            for block, masks in self.blocks:
-                # contract the last spatial dim with its mask (positions x depth), then each other
-                # dim with its own, keeping the depth: (2N, k, *box) -> (2N, k, R)
-                summed = block @ masks[-1].T
-                for mask in reversed(masks[:-1]):
-                    summed = (summed * mask.T).sum(-2)
+            for block, masks in self.blocks:  # (2N, k, *box) -> (2N, k, R)
+                summed = beyond_sums(block.flatten(0, 1), masks).view(*block.shape[:2], -1)
                 parts.append(torch.nn.functional.pad(summed, (0, self.depth - summed.shape[-1])))
             both = torch.cat(parts, 1).permute(1, 2, 0).double().cpu()
             self._beyond = both[..., : self.n], both[..., self.n :]
@@ -331,10 +334,6 @@ def _deep(box: tuple[int, ...], depth: int) -> tuple[list[float], list[bool]]:
 
 @functools.lru_cache(maxsize=256)
 def _reaching(box: tuple[int, ...], depth: int) -> list[torch.Tensor]:
-    """Per dim of a box, ``(depth, side)``: which positions lie ``r`` or more from both ends of the side."""
-    masks = []
-    for side in box:
-        i = torch.arange(side)
-        reach = torch.minimum(i, side - 1 - i)
-        masks.append((reach[None] >= torch.arange(depth)[:, None]).double())
-    return masks
+    """``reach_masks`` of a whole box (the same for every layer of those sides)."""
+    lo = torch.zeros(1, len(box), dtype=torch.long)
+    return reach_masks(lo, torch.tensor([box]), box, depth, torch.device("cpu"))

@@ -26,7 +26,7 @@ import torch
 
 from equivariance._copies import Copies
 from equivariance._forward import Forward
-from equivariance._isolation import isolated
+from equivariance._isolation import isolated, snapshot
 from equivariance._memory import ActivationMeter, metered, release_cached_memory
 from equivariance._progress import Progress
 from equivariance._sinks import Describe, check_floating
@@ -133,9 +133,9 @@ class Runner:
     def base(self, forward: Forward, x: torch.Tensor, *, meter: bool = False) -> Base:
         """``f(x)`` for the unshifted input, once: a copy of the output, the caller's ``x`` untouched."""
         with metered(forward.model, enabled=meter) as bytes_seen:
-            output = forward(x.clone())
-        # clone: a model may hand out the same output buffer on every call
-        return Base(output.detach().clone(), _per_sample(bytes_seen, x, output))
+            output = forward(snapshot(x))
+        # a snapshot: a model may hand out the same output buffer on every call
+        return Base(snapshot(output), _per_sample(bytes_seen, x, output))
 
     @contextlib.contextmanager
     def differentiable(

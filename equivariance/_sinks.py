@@ -382,8 +382,7 @@ class GridSums:
         ref_map = ref_map.flatten(1)
         grid = (self.channel_dims, self.spatial)
         diff_map = self.squares.boxes(outputs, runs, self._pieces, grid, ref_map.sum(1), what).flatten(1)
-        dist = edge_distance(self.lo[row].to(device), self.hi[row].to(device), self.spatial)
-        self._write(items, diff_map, ref_map, dist.clamp(0, self.depth - 1).flatten(1))
+        self._write(items, diff_map, ref_map, row)
 
     def _pieces(
         self, outputs: torch.Tensor, run: slice, k: int, first: int
@@ -413,19 +412,20 @@ class GridSums:
             return None  # many short runs: one vectorized pass over whole grids is faster
         return [(slice(a, b), rows[a], samples[a]) for a, b in itertools.pairwise(bounds)]
 
-    def _write(
-        self, items: slice, diff_map: torch.Tensor, ref_map: torch.Tensor, bucket: torch.Tensor
-    ) -> None:
-        """The sums of one stretch of items: in total, and by distance to the edge (``bucket``)."""
-        self.items.write(items, diff_map.sum(1), ref_map.sum(1))
+    def _write(self, items: slice, diff_map: torch.Tensor, ref_map: torch.Tensor, row: torch.Tensor) -> None:
+        """The sums of one stretch of items (flattened maps, zero outside each row's box): in total, and
+        by distance to the edge of the box."""
+        masks = reach_masks(self.lo[row], self.hi[row], self.spatial, self.depth, diff_map.device)
+        shape = (len(diff_map), *self.spatial)
+        beyond = [
+            beyond_sums(m.view(shape).to(self.squares.exact), masks).cpu().double()
+            for m in (diff_map, ref_map)
+        ]
+        self.items.write(items, beyond[0][:, 0], beyond[1][:, 0])
         assert self.items.border_diff is not None
         assert self.items.border_ref is not None
-        self.items.border_diff[items] = (
-            diff_map.new_zeros(len(diff_map), self.depth).scatter_add_(1, bucket, diff_map).cpu().double()
-        )
-        self.items.border_ref[items] = (
-            ref_map.new_zeros(len(ref_map), self.depth).scatter_add_(1, bucket, ref_map).cpu().double()
-        )
+        self.items.border_diff[items] = by_distance(beyond[0])
+        self.items.border_ref[items] = by_distance(beyond[1])
 
     def _add_grids(
         self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
@@ -440,7 +440,7 @@ class GridSums:
         outputs = _scaled(outputs, self.scale, sample)
         diff_map = self.squares.diff(outputs, reference, self.channel_dims, ref_rows, what)
         diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
-        self._write(items, diff_map, ref_map, dist.clamp(0, self.depth - 1).flatten(1))
+        self._write(items, diff_map, ref_map, row)
 
     def _reference(
         self, sample: torch.Tensor, row: torch.Tensor
@@ -561,6 +561,45 @@ def _call_output_action(
             "shift.valid_mask(y.shape[2:])"
         )
     return result, mask.to(outputs.device)
+
+
+def reach_masks(
+    lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...], depth: int, device: torch.device
+) -> list[torch.Tensor]:
+    """For boxes ``[lo[b], hi[b])`` of a grid of ``spatial``, per dim ``(B, depth, n)``: which positions lie
+    ``r`` or more samples inside the box from both of its ends in that dim (all False outside it)."""
+    r = torch.arange(depth, device=device).view(1, -1, 1)
+    masks = []
+    for i, n in enumerate(spatial):
+        p = torch.arange(n, device=device).view(1, 1, -1)
+        a, b = lo[:, i : i + 1, None].to(device), hi[:, i : i + 1, None].to(device)
+        masks.append(torch.minimum(p - a, b - 1 - p) >= r)
+    return masks
+
+
+def beyond_sums(maps: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    """``(B, depth)`` sums of each map ``(B, *spatial)`` over the positions at distance ``r`` or more from
+    the edge of its box: the product of ``reach_masks`` (``(B or 1, depth, n)`` per dim) contracted with it.
+
+    A matrix product over the last dim, then a masked sum over each other: no index of the map's
+    size, and every term a sum of the map's own values (no differences of large sums).
+    """
+    d = len(masks)
+    batch = maps.shape[0]
+    ones = [1] * max(d - 2, 0)  # the batch dims of the product: (B, n_0, ..., n_{d-3})
+    last = masks[-1].to(maps.dtype).transpose(1, 2)  # (B, n, depth)
+    summed = (maps.unsqueeze(1) if d == 1 else maps) @ last.reshape(last.shape[0], *ones, *last.shape[1:])
+    for i in reversed(range(d - 1)):  # summed: (B, n_0, ..., n_i, depth)
+        mask = masks[i].to(maps.dtype).transpose(1, 2)
+        summed = (summed * mask.reshape(mask.shape[0], *([1] * i), *mask.shape[1:])).sum(-2)
+    return summed.reshape(batch, -1)
+
+
+def by_distance(beyond: torch.Tensor) -> torch.Tensor:
+    """Sums at each distance from sums over each distance or more (the last dim)."""
+    rings = beyond.clone()
+    rings[..., :-1] -= beyond[..., 1:]
+    return rings
 
 
 def edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:

@@ -53,6 +53,7 @@ from torch import nn
 
 from equivariance._copies import Copies
 from equivariance._forward import call_until, find_layer
+from equivariance._isolation import snapshot
 from equivariance._judge import margins_that_pass, sample_errors, within
 from equivariance._layer_sums import LayerSums, PooledLayer
 from equivariance._layers import (
@@ -536,26 +537,6 @@ def _record(
             "submodules that the forward pass calls"
         )
     return records, id(batch)
-
-
-def snapshot(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy of ``tensor`` as it is now, which the model's later in-place writes leave alone.
-
-    Copy-on-write where torch offers it (``torch._lazy_clone``): no memory is
-    copied unless the model writes to the tensor later (an in-place ReLU, a
-    residual ``out += identity``), and then only that tensor's. Otherwise,
-    a plain copy.
-    """
-    tensor = tensor.detach()
-    if _LAZY_CLONE is not None:
-        try:
-            return _LAZY_CLONE(tensor)
-        except (RuntimeError, NotImplementedError):  # a device or tensor kind without copy-on-write
-            pass
-    return tensor.clone()
-
-
-_LAZY_CLONE: Callable[[torch.Tensor], torch.Tensor] | None = getattr(torch, "_lazy_clone", None)
 
 
 JUNCTION = "(forward)"

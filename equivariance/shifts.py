@@ -678,10 +678,10 @@ class ShiftedWindows:
         """``take`` with ``offsets[which]`` of the offsets this was made with
         (no recomputation)."""
         picked = which.tolist()
-        if self.boundary == "zeros":
-            direct = self._sliced(index.tolist(), [self._canonical_given[w] for w in picked])
-            if direct is not None:
-                return direct
+        copy = self._sliced if self.boundary == "zeros" else self._rolled
+        direct = copy(index.tolist(), [self._canonical_given[w] for w in picked])
+        if direct is not None:
+            return direct
         runs = self._runs(index.tolist(), [self._starts[w] for w in picked])
         return self._take(index, self.starts[which.cpu()], runs)
 
@@ -745,6 +745,28 @@ class ShiftedWindows:
                 after: tuple[Any, ...] = (items, *self.lead, *[slice(None)] * dim, slice(r.stop, n))
                 out[before] = 0
                 out[after] = 0
+        return out
+
+    def _rolled(self, samples: list[int], offsets: list[list[int]]) -> torch.Tensor | None:
+        """Circular copies made run by run from slices of ``x``: in each dim the part before the wrap
+        and the part after it, ``2**d`` tiles at most, no padded view (None where ``_bounds`` says so)."""
+        bounds = self._bounds(samples, offsets)
+        if bounds is None:
+            return None
+        out = self.x.new_empty((len(samples), *self.x.shape[1:]))
+        sizes = self.sizes.tolist()
+        for first, stop in itertools.pairwise(bounds):
+            items, i = slice(first, stop), samples[first]
+            per_dim = []
+            for o, n in zip(offsets[first], sizes):
+                m = o % n  # out[p] = x[(p - o) mod n]: out[m:] comes from x[:n - m], out[:m] from x[n - m:]
+                per_dim.append(
+                    [(slice(m, n), slice(0, n - m)), (slice(0, m), slice(n - m, n))][: 2 if m else 1]
+                )
+            for tile in itertools.product(*per_dim):
+                target: tuple[Any, ...] = (items, *self.lead, *(place for place, _ in tile))
+                origin: tuple[Any, ...] = (slice(i, i + stop - first), *self.lead, *(src for _, src in tile))
+                out[target] = self.x[origin]
         return out
 
     def _runs(self, samples: list[int], starts: list[list[int]]) -> list[tuple[slice, torch.Tensor]] | None:

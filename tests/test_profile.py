@@ -399,10 +399,10 @@ def test_layer_outputs_are_recorded_before_the_model_writes_to_them(
     """The unshifted pass keeps each layer's output as it was returned (copy-on-write where torch
     has it, a copy otherwise): the in-place ReLU does not leak into conv1's row, nor the zeroed row
     into the ReLU's (which would then fail); the break shows where the written map is used."""
-    import equivariance.profile as profile_module
+    import equivariance._isolation as isolation
 
     if not lazy:
-        monkeypatch.setattr(profile_module, "_LAZY_CLONE", None)
+        monkeypatch.setattr(isolation, "_LAZY_CLONE", None)
     torch.manual_seed(0)
     profile = profile_equivariance(WritesInPlace(), torch.randn(2, 1, 12, 12), (3, 1), boundary="circular")
     assert profile["conv1"].passed

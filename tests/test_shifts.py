@@ -249,6 +249,12 @@ def test_shifted_windows_take_equals_each_shift_in_both_of_its_copy_paths(
     first = taken[0].clone()
     taken.zero_()  # a copy: writing to it (a model with an in-place first layer) changes nothing
     assert torch.equal(windows.take(items % 3, offsets)[0], first)
+    # the offsets it was made with, by index: under either boundary, long runs are copied tile by
+    # tile from x itself (the valid region, or the parts before and after the wrap), no padding
+    given = windows.take_given(items % 3, torch.arange(len(items)))
+    for k, item in enumerate(items.tolist()):
+        expected = Shift(*shifts[item // 3]).apply(x[item % 3], boundary)  # type: ignore[arg-type]
+        assert torch.equal(given[k], expected)
 
 
 def test_apply_shifts_accepts_an_offsets_tensor_and_any_channel_layout() -> None:
