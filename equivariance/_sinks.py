@@ -333,7 +333,7 @@ class GridSums:
             else [_tiles(lo, hi, o, self.spatial, grid.boundary) for (lo, hi), o in zip(bounds, self.offsets)]
         )
         self._copies: tuple[Copies, Copies | None] | None = None  # made when first needed
-        self._distances: dict[tuple[int, ...], torch.Tensor] = {}
+        self._masks: list[torch.Tensor] | None = None  # each row's reach_masks, made when first needed
         self.squares = _Squares(base)
         self.depth = max(1, int(((self.hi - self.lo + 1) // 2).max()))
         self.items = _ItemSums(len(self.rows), len(base), self.depth)
@@ -415,12 +415,14 @@ class GridSums:
     def _write(self, items: slice, diff_map: torch.Tensor, ref_map: torch.Tensor, row: torch.Tensor) -> None:
         """The sums of one stretch of items (flattened maps, zero outside each row's box): in total, and
         by distance to the edge of the box."""
-        masks = reach_masks(self.lo[row], self.hi[row], self.spatial, self.depth, diff_map.device)
+        exact = self.squares.exact
+        if self._masks is None:  # every row's, once
+            masks = reach_masks(self.lo, self.hi, self.spatial, self.depth, diff_map.device)
+            self._masks = [mask.to(exact) for mask in masks]
+        rows = row.to(diff_map.device)
+        masks = [mask[rows] for mask in self._masks]
         shape = (len(diff_map), *self.spatial)
-        beyond = [
-            beyond_sums(m.view(shape).to(self.squares.exact), masks).cpu().double()
-            for m in (diff_map, ref_map)
-        ]
+        beyond = [beyond_sums(m.view(shape).to(exact), masks).cpu().double() for m in (diff_map, ref_map)]
         self.items.write(items, beyond[0][:, 0], beyond[1][:, 0])
         assert self.items.border_diff is not None
         assert self.items.border_ref is not None
