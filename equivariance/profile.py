@@ -53,7 +53,7 @@ from torch import nn
 
 from equivariance._copies import Copies
 from equivariance._forward import call_until, find_layer
-from equivariance._isolation import snapshot
+from equivariance._isolation import snapshot, submodules
 from equivariance._judge import margins_that_pass, sample_errors, within
 from equivariance._layer_sums import LayerSums, PooledLayer
 from equivariance._layers import (
@@ -879,12 +879,21 @@ def _positional_parameter(model: nn.Module, row: LayerProfile) -> tuple[str, tup
             owner = model.get_submodule(row.name)
         except AttributeError:
             return None
-    for name, tensor in (*owner.named_parameters(), *owner.named_buffers()):
-        shape = tuple(tensor.shape)
-        if shape == per_sample or (
-            len(shape) == len(per_sample) + 1 and shape[0] == 1 and shape[1:] == per_sample
-        ):
-            return (name if row.type == JUNCTION else f"{row.name}.{name}"), shape
+    modules = submodules(owner)
+    # parameters first, then buffers, each in named_parameters' order; a name made only for a match
+    for kind, named in (("_parameters", owner.named_parameters), ("_buffers", owner.named_buffers)):
+        for module in modules:
+            for tensor in getattr(module, kind).values():
+                if tensor is None:
+                    continue
+                shape = tuple(tensor.shape)
+                if shape == per_sample or (
+                    len(shape) == len(per_sample) + 1 and shape[0] == 1 and shape[1:] == per_sample
+                ):
+                    name = next((n for n, t in named() if t is tensor), None)
+                    if name is None:
+                        continue
+                    return (name if row.type == JUNCTION else f"{row.name}.{name}"), shape
     return None
 
 
