@@ -77,7 +77,7 @@ from equivariance._sinks import (
 from equivariance._validation import describe, shown_per_dim, warn_deprecated
 from equivariance.actions import Action, Boundary, Grid, check_boundary
 from equivariance.errors import InvalidArgument
-from equivariance.layouts import Layout, LayoutLike, as_layout
+from equivariance.layouts import ChannelsFirst, Layout, LayoutLike, as_layout
 from equivariance.shifts import Shift, ShiftLike
 from equivariance.tolerances import Tolerance, resolve_tolerance
 
@@ -367,21 +367,28 @@ def profile_equivariance(
     tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
     targets, stop = _targets(model, layers), _stop_layer(model, up_to)
     given = _given_layouts(model, layouts)
+    blurs = frozenset(name for name in targets if isinstance(element, Shift) and _blurs(model, name))
+    blurred: dict[str, torch.Tensor] = {}
     with Runner(model) as runner, _Taps(targets) as taps:
-        recorded, x_id = _record(model, x, taps, stop, up_to, junctions=layers is None)
+        recorded, x_id = _record(
+            model, x, taps, stop, up_to, junctions=layers is None, inputs_of=blurs, inputs=blurred
+        )
         specs = infer_layers(recorded, x, x_id, given)
         pool = LayerSums(len(x))
         sinks = {
             spec.name: _sink(spec, r.output, element, boundary, pool) for spec, r in zip(specs, recorded)
         }
+        unblurred = _unblurred(specs, blurred, element, boundary, pool)
         pool.prepare()
-        consumer = _Layers(model, taps, stop, up_to, sinks)
+        consumer = _Layers(model, taps, stop, up_to, sinks, unblurred)
         copies = Copies(x, [element], Grid.of_input(x.dim() - 2, boundary))
         runner.run(copies, 1, [consumer], len(x), lambda row: f"the input moved by {element}")
         if pool.unsettled():  # sums that came out not finite: again in float64, outputs tested for nan
             runner.run(copies, 1, [consumer], len(x), lambda row: f"the input moved by {element}")
-    rows = _profile_layers(specs, sinks, pool, element, tolerance)
-    rows = _explained(rows, model, element, tuple(x.shape[2:]))
+    pooled = pool.judge(tolerance)
+    rows = _profile_layers(specs, sinks, pooled, element, tolerance)
+    without_blur = {name: pooled[sink][0] for name, (_, sink) in unblurred.items()}
+    rows = _explained(rows, model, element, tuple(x.shape[2:]), without_blur)
     return EquivarianceProfile(
         subject=type(model).__name__,
         element=element,
@@ -488,8 +495,11 @@ def _record(
     up_to: str | None,
     *,
     junctions: bool = True,
+    inputs_of: frozenset[str] = frozenset(),
+    inputs: dict[str, torch.Tensor] | None = None,
 ) -> tuple[list[Recorded], int]:
-    """The unshifted pass: every profiled layer's output (a copy) and what it was computed from."""
+    """The unshifted pass: every profiled layer's output (a copy) and what it was computed from; and
+    the input (a copy) of each layer in ``inputs_of``, put in ``inputs``."""
     targets = taps.targets
     types = {name: type(module).__name__ for name, module in targets.items()}
     first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
@@ -500,9 +510,11 @@ def _record(
 
     made = {id(batch)}  # tensors a recorded layer returned (or x): any other input is a junction
 
-    def keep(name: str, inputs: Any, tensor: torch.Tensor) -> None:
-        source = _first_tensor(inputs)
+    def keep(name: str, given: Any, tensor: torch.Tensor) -> None:
+        source = _first_tensor(given)
         alive.extend((source, tensor))
+        if inputs is not None and name in inputs_of and source is not None:
+            inputs[name] = snapshot(source)
         kind = types.get(name, type(model).__name__)
         if junctions and source is not None and _is_junction(source, made, len(x)):
             made.add(id(source))  # the same computed tensor may feed several layers: one row
@@ -628,6 +640,46 @@ def _sink(spec: LayerSpec, base: torch.Tensor, element: Action, boundary: Bounda
     return GridSums(on_grid_base, [element], on_grid, (0,) * d, expected=[expected])
 
 
+def _unblurred(
+    specs: Sequence[LayerSpec],
+    inputs: Mapping[str, torch.Tensor],
+    element: Action,
+    boundary: Boundary,
+    pool: LayerSums,
+) -> dict[str, tuple[tuple[slice, ...], PooledLayer]]:
+    """For each layer that blurs before it subsamples: its input subsampled by the same step without
+    the blur, compared like its output, to say how much of the aliasing the blur removes.
+
+    The step is the ratio of the layer's input and output sizes; a layer whose sizes give none, or
+    whose input or output is not a channels-first float map, is left out.
+    """
+    found = {}
+    for spec in specs:
+        source = inputs.get(spec.name)
+        if source is None or spec.stride is None or spec.spatial is None:
+            continue
+        d = len(spec.spatial)
+        if (
+            not isinstance(spec.layout, ChannelsFirst)
+            or source.dim() != d + 2
+            or not source.is_floating_point()
+        ):
+            continue
+        steps = tuple(round(n / m) for n, m in zip(source.shape[2:], spec.spatial))
+        if any(s < 1 for s in steps) or all(s == 1 for s in steps) or sample_scale(source) is not None:
+            continue
+        key = (slice(None), slice(None), *(slice(None, None, s) for s in steps))
+        subsampled = source[key]
+        expected = _expected(element, spec.stride)
+        grid = Grid(d, (1,) * d, boundary)
+        offsets = expected.translation(grid)
+        if offsets is None:
+            continue
+        region = expected.region(tuple(subsampled.shape[2:]), grid)
+        found[spec.name] = key, pool.layer(subsampled, grid, offsets, region)
+    return found
+
+
 def _expected(element: Action, stride: tuple[int, ...]) -> Action:
     """The element a layer's output should undergo: a shift divided (or rounded) by the stride."""
     if not isinstance(element, Shift):
@@ -644,14 +696,27 @@ class _Layers:
     """The shifted pass: each profiled layer's output fed to its sink as the layer returns it."""
 
     def __init__(
-        self, model: nn.Module, taps: _Taps, stop: nn.Module | None, up_to: str | None, sinks: dict[str, Sink]
+        self,
+        model: nn.Module,
+        taps: _Taps,
+        stop: nn.Module | None,
+        up_to: str | None,
+        sinks: dict[str, Sink],
+        unblurred: dict[str, tuple[tuple[slice, ...], PooledLayer]],
     ) -> None:
         self.model, self.taps, self.stop, self.up_to, self.sinks = model, taps, stop, up_to, sinks
+        self.unblurred = unblurred
         self.junctions = {name: junction_name(name) for name in taps.targets if junction_name(name) in sinks}
         self.last = "(output)" if up_to is None else up_to
         self.chunk: tuple[slice, torch.Tensor, torch.Tensor, Describe] | None = None
 
     def feed(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
+        if name in self.unblurred and self.chunk is not None:
+            key, sink = self.unblurred[name]
+            source = _first_tensor(inputs)
+            if source is not None:
+                items, sample, row, what = self.chunk
+                sink.add(source[key], items, sample, row, lambda: f"the input of {name!r} for {what()}")
         junction = self.junctions.get(name)
         if junction is not None:
             source = _first_tensor(inputs)
@@ -701,13 +766,13 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
 def _profile_layers(
     specs: Sequence[LayerSpec],
     sinks: Mapping[str, Sink],
-    pool: LayerSums,
+    pooled: Mapping[PooledLayer, tuple[float, bool, int | None]],
     element: Action,
     tolerance: Tolerance,
 ) -> tuple[LayerProfile, ...]:
-    """Every layer's row: errors and verdicts of all compared layers at once, a cause for each failure."""
+    """Every layer's row: errors and verdicts of all compared layers at once (``pooled``: those of the
+    pool's layers), a cause for each failure."""
     verdicts: dict[str, tuple[float, bool, int | None]] = {}
-    pooled = pool.judge(tolerance)
     own = {
         name: sink for name, sink in sinks.items() if sink is not None and not isinstance(sink, PooledLayer)
     }
@@ -768,7 +833,11 @@ def _judged(sums: list[Sums], tolerance: Tolerance) -> tuple[list[float], list[b
 
 
 def _explained(
-    rows: tuple[LayerProfile, ...], model: nn.Module, element: Action, spatial_in: tuple[int, ...]
+    rows: tuple[LayerProfile, ...],
+    model: nn.Module,
+    element: Action,
+    spatial_in: tuple[int, ...],
+    without_blur: Mapping[str, float],
 ) -> tuple[LayerProfile, ...]:
     """Causes read with the layers around each failure; rows of computed inputs kept where they fail first.
 
@@ -782,7 +851,7 @@ def _explained(
         if row.type == JUNCTION and (row.passed or failed):
             continue
         if not row.passed:
-            row = _recaused(row, kept, subsampled, model, element, spatial_in)
+            row = _recaused(row, kept, subsampled, model, element, spatial_in, without_blur)
             failed = True
         global_pool = row.stride is not None and _is_global(row.output_shape, row.stride, spatial_in)
         if subsampled is None and not row.exact and row.stride is not None and not global_pool:
@@ -798,13 +867,14 @@ def _recaused(
     model: nn.Module,
     element: Action,
     spatial_in: tuple[int, ...],
+    without_blur: Mapping[str, float],
 ) -> LayerProfile:
     """A failing row's cause, with what the rows before it and the model's parameters say."""
     replace = dataclasses.replace
     if row.stride is not None and _is_global(row.output_shape, row.stride, spatial_in):
         return replace(row, cause="global pooling", fix=_global_fix(row))
     if row.cause == "aliasing" and isinstance(element, Shift) and _blurs(model, row.name):
-        return replace(row, fix=_blur_fix(row))
+        return replace(row, fix=_blur_fix(row, without_blur.get(row.name)))
     if row.cause in ("no symmetry", "borders") and subsampled is not None and isinstance(element, Shift):
         return replace(row, cause="aliasing", fix=_upsampled_fix(subsampled, row))
     if row.cause != "no symmetry":
@@ -845,15 +915,24 @@ def _blurs(model: nn.Module, name: str) -> bool:
     return bool(kernels) and not any(True for _ in module.parameters(recurse=False))
 
 
-def _blur_fix(row: LayerProfile) -> str:
+def _blur_fix(row: LayerProfile, without: float | None) -> str:
+    """The fix for a blurring layer; ``without``: the error of its input subsampled without the blur."""
     assert row.stride is not None
     shown = shown_per_dim(row.stride)
+    measured = ""
+    if without is not None and math.isfinite(without) and without > 0:
+        measured = (
+            f" (its input subsampled by the same step without the blur: {without:.1e}, so the blur "
+            f"divides the error by {without / row.error:.1f})"
+            if row.error > 0
+            else ""
+        )
     return (
         f"{row.name} blurs before it subsamples by {shown}: blurring reduces aliasing but does not "
         f"remove it (a blur of a few taps leaves some of the signal above the new Nyquist frequency), "
-        f"so a shift that {shown} does not divide still moves the output by a relative {row.error:.1e}; "
-        f"test multiples of the stride (multiples_of({shown}, max_shift=...)), or accept the residual "
-        f"with rtol above {row.error:.0e} (a wider blur lowers it)"
+        f"so a shift that {shown} does not divide still moves the output by a relative "
+        f"{row.error:.1e}{measured}; test multiples of the stride (multiples_of({shown}, "
+        f"max_shift=...)), or accept the residual with rtol above {row.error:.0e} (a wider blur lowers it)"
     )
 
 

@@ -7,13 +7,14 @@ inferred stride and margin.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from equivariance import check_equivariance, multiples_of, profile_equivariance
+from equivariance import Shift, check_equivariance, multiples_of, profile_equivariance
 
 # examples/ is not a package: it goes on the path before the import
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -173,6 +174,28 @@ def test_blur_pooling() -> None:
     report = check_equivariance(model, x, stride="auto", margin="auto")
     assert report.passed
     assert (report.output_action, report.margin) == ("shift / 2 (inferred)", (3, 3))
+
+
+def test_the_blur_fix_says_by_how_much_the_blur_lowers_the_error() -> None:
+    """The profile also compares the blurring layer's input subsampled by the same step without the
+    blur: recomputed here by hand (the shift of 1 rounds to no move on the stride-2 grid)."""
+    model, x = gallery.blurpool_net(), gallery.canvas()
+    first = profile_equivariance(model, x, (1, 0)).first_failure
+    assert first is not None
+    assert first.fix is not None
+    found = re.search(
+        r"without the blur: ([0-9.e+-]+), so the blur divides the error by ([0-9.]+)\)", first.fix
+    )
+    assert found is not None, first.fix
+    without, factor = float(found[1]), float(found[2])
+    before_blur = model[:3]  # conv1, relu, maxpool: what the BlurPool is given
+    with torch.no_grad():
+        moved = before_blur(Shift(1, 0).apply(x))[..., ::2, ::2]
+        still = before_blur(x)[..., ::2, ::2]
+    by_hand = float(((moved - still).flatten(1).norm(dim=1) / still.flatten(1).norm(dim=1)).max())
+    assert without == pytest.approx(by_hand, rel=0.05)  # as printed, two significant digits
+    assert factor == pytest.approx(by_hand / first.error, rel=0.05)
+    assert factor > 1.5  # the blur removes a good part of the aliasing, not all of it
 
 
 @pytest.mark.parametrize("name", sorted(gallery.GALLERY))
