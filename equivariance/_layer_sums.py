@@ -6,10 +6,11 @@ layer on its own costs some forty small tensor operations a layer, which on
 models that run in a millisecond is most of the profile's time. Here a layer
 costs a handful of operations as it returns: the box of its output where the
 translation is defined, less the slice of the recorded output it should
-equal, squared and summed over channels, written into columns of one map
-``(N, positions of all layers)`` that all layers share. The totals, the sums
-by distance to each box's edge and the test of whether float32 is exact
-enough are then done once, for all layers together.
+equal, squared and summed over channels, written into a *block* that the
+layers whose boxes have the same sides share. The sums by distance to each
+box's edge (a matrix product with masks of the box, ``equivariance._sinks.beyond_sums``),
+the totals and the errors, verdicts and margins are then computed once for
+all layers together.
 
 Sums are float32 where that is exact enough for relative errors and float64
 otherwise, by the rules of `equivariance._sinks`: a layer whose recorded
@@ -85,7 +86,7 @@ class PooledLayer:
         self.exact = base.dtype == torch.float64
         self.checked = False  # whether its outputs are tested for nan and inf as they return
         self.reference: torch.Tensor | None = None  # the reference over the box, in the sums' dtype
-        self.map: torch.Tensor | None = None  # (N, *box): its squared differences, in its group's map
+        self.map: torch.Tensor | None = None  # (N, *box): its squared differences, in its group's block
 
     @property
     def work(self) -> torch.dtype:
