@@ -19,6 +19,7 @@ where squares are exact are scaled by a power of two per sample first.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -417,8 +418,8 @@ class GridSums:
         by distance to the edge of the box."""
         exact = self.squares.exact
         if self._masks is None:  # every row's, once
-            masks = reach_masks(self.lo, self.hi, self.spatial, self.depth, diff_map.device)
-            self._masks = [mask.to(exact) for mask in masks]
+            boxes = (tuple(map(tuple, self.lo.tolist())), tuple(map(tuple, self.hi.tolist())))
+            self._masks = _row_masks(*boxes, self.spatial, self.depth, exact, diff_map.device)
         rows = row.to(diff_map.device)
         masks = [mask[rows] for mask in self._masks]
         shape = (len(diff_map), *self.spatial)
@@ -577,6 +578,21 @@ def reach_masks(
         a, b = lo[:, i : i + 1, None].to(device), hi[:, i : i + 1, None].to(device)
         masks.append(torch.minimum(p - a, b - 1 - p) >= r)
     return masks
+
+
+@functools.lru_cache(maxsize=64)
+def _row_masks(
+    lo: tuple[tuple[int, ...], ...],
+    hi: tuple[tuple[int, ...], ...],
+    spatial: tuple[int, ...],
+    depth: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """``reach_masks`` of the boxes of a check's rows, in ``dtype``: the same for every check of the
+    same shapes, shifts and margins (made once; nothing writes to them)."""
+    masks = reach_masks(torch.tensor(lo), torch.tensor(hi), spatial, depth, device)
+    return [mask.to(dtype) for mask in masks]
 
 
 def beyond_sums(maps: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
