@@ -485,7 +485,9 @@ CASES: dict[str, Case] = {
         'check_equivariance(model, canvas(), stride="auto", margin="auto")',
         "Max pooling of stride 1, then a 3x3 blur before subsampling by 2 (Zhang, ICML 2019): the blur "
         "lowers the error of an odd shift but cannot remove it, and the fix says so instead of "
-        "suggesting the anti-aliasing that is already there.",
+        "suggesting the anti-aliasing that is already there. It also says by how much: the profile "
+        "compares the BlurPool's input subsampled without the blur too, whose error is about twice "
+        "as large.",
     ),
 }
 """The docs page's profiles and checks of the gallery models."""
