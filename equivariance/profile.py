@@ -633,11 +633,25 @@ def _sink(spec: LayerSpec, base: torch.Tensor, element: Action, boundary: Bounda
     # a shift is rounded to whole output samples: it acts on a grid of stride 1
     on_grid = Grid(d, (1,) * d if isinstance(expected, Shift) else spec.stride, boundary, spec.layout)
     on_grid_base = spec.layout.to_grid(base, d)
-    offsets = expected.translation(on_grid)
+    spatial = tuple(on_grid_base.shape[-d:])
+    offsets: tuple[int, ...] | None
+    if isinstance(expected, Shift):  # the same few shifts and sizes for most layers: worked out once
+        offsets, region = _translated(tuple(expected), spatial, boundary)
+    else:
+        offsets, region = expected.translation(on_grid), expected.region(spatial, on_grid)
     if offsets is not None and sample_scale(on_grid_base) is None:
-        region = expected.region(tuple(on_grid_base.shape[-d:]), on_grid)
         return pool.layer(on_grid_base, on_grid, offsets, region)
     return GridSums(on_grid_base, [element], on_grid, (0,) * d, expected=[expected])
+
+
+@functools.lru_cache(maxsize=1024)
+def _translated(
+    offsets: tuple[int, ...], spatial: tuple[int, ...], boundary: Boundary
+) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+    """A shift's offsets and valid region on a grid of stride 1."""
+    grid = Grid(len(offsets), (1,) * len(offsets), boundary)
+    shift = Shift(offsets)
+    return shift.translation(grid), shift.region(spatial, grid)
 
 
 def _unblurred(
