@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -728,46 +728,57 @@ class ShiftedWindows:
     def _sliced(self, samples: list[int], offsets: list[list[int]]) -> torch.Tensor | None:
         """Zero-boundary copies made run by run from slices of ``x``: the valid region copied, the
         rest zeroed, no padded view (None where ``_bounds`` says so)."""
-        bounds = self._bounds(samples, offsets)
-        if bounds is None:
-            return None
-        out = self.x.new_empty((len(samples), *self.x.shape[1:]))
-        sizes = self.sizes.tolist()
-        for first, stop in itertools.pairwise(bounds):
-            items, i = slice(first, stop), samples[first]
-            region = _valid(offsets[first], sizes)
-            source = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, offsets[first]))
-            target: tuple[Any, ...] = (items, *self.lead, *region)
-            origin: tuple[Any, ...] = (slice(i, i + stop - first), *self.lead, *source)
-            out[target] = self.x[origin]
-            for dim, (r, n) in enumerate(zip(region, sizes)):  # the fill: slabs before and after the region
-                before: tuple[Any, ...] = (items, *self.lead, *[slice(None)] * dim, slice(0, r.start))
-                after: tuple[Any, ...] = (items, *self.lead, *[slice(None)] * dim, slice(r.stop, n))
-                out[before] = 0
-                out[after] = 0
-        return out
+        return self._by_runs(samples, offsets, self._slice_into)
 
     def _rolled(self, samples: list[int], offsets: list[list[int]]) -> torch.Tensor | None:
         """Circular copies made run by run from slices of ``x``: in each dim the part before the wrap
         and the part after it, ``2**d`` tiles at most, no padded view (None where ``_bounds`` says so)."""
+        return self._by_runs(samples, offsets, self._roll_into)
+
+    def _by_runs(
+        self,
+        samples: list[int],
+        offsets: list[list[int]],
+        write: Callable[[torch.Tensor, slice, slice, list[int], list[int]], None],
+    ) -> torch.Tensor | None:
+        """A new tensor of the copies, each run of items (consecutive samples, one offset) written by
+        ``write(out, items, samples of x, offset, sizes)``; None where ``_bounds`` says so."""
         bounds = self._bounds(samples, offsets)
         if bounds is None:
             return None
         out = self.x.new_empty((len(samples), *self.x.shape[1:]))
         sizes = self.sizes.tolist()
         for first, stop in itertools.pairwise(bounds):
-            items, i = slice(first, stop), samples[first]
-            per_dim = []
-            for o, n in zip(offsets[first], sizes):
-                m = o % n  # out[p] = x[(p - o) mod n]: out[m:] comes from x[:n - m], out[:m] from x[n - m:]
-                per_dim.append(
-                    [(slice(m, n), slice(0, n - m)), (slice(0, m), slice(n - m, n))][: 2 if m else 1]
-                )
-            for tile in itertools.product(*per_dim):
-                target: tuple[Any, ...] = (items, *self.lead, *(place for place, _ in tile))
-                origin: tuple[Any, ...] = (slice(i, i + stop - first), *self.lead, *(src for _, src in tile))
-                out[target] = self.x[origin]
+            i = samples[first]
+            write(out, slice(first, stop), slice(i, i + stop - first), offsets[first], sizes)
         return out
+
+    def _slice_into(
+        self, out: torch.Tensor, items: slice, rows: slice, offset: list[int], sizes: list[int]
+    ) -> None:
+        region = _valid(offset, sizes)
+        source = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, offset))
+        target: tuple[Any, ...] = (items, *self.lead, *region)
+        origin: tuple[Any, ...] = (rows, *self.lead, *source)
+        out[target] = self.x[origin]
+        for dim, (r, n) in enumerate(zip(region, sizes)):  # the fill: slabs before and after the region
+            before: tuple[Any, ...] = (items, *self.lead, *[slice(None)] * dim, slice(0, r.start))
+            after: tuple[Any, ...] = (items, *self.lead, *[slice(None)] * dim, slice(r.stop, n))
+            out[before] = 0
+            out[after] = 0
+
+    def _roll_into(
+        self, out: torch.Tensor, items: slice, rows: slice, offset: list[int], sizes: list[int]
+    ) -> None:
+        per_dim = []
+        for o, n in zip(offset, sizes):
+            m = o % n  # out[p] = x[(p - o) mod n]: out[m:] comes from x[:n - m], out[:m] from x[n - m:]
+            parts = [(slice(m, n), slice(0, n - m)), (slice(0, m), slice(n - m, n))]
+            per_dim.append(parts if m else parts[:1])
+        for tile in itertools.product(*per_dim):
+            target: tuple[Any, ...] = (items, *self.lead, *(place for place, _ in tile))
+            origin: tuple[Any, ...] = (rows, *self.lead, *(src for _, src in tile))
+            out[target] = self.x[origin]
 
     def _runs(self, samples: list[int], starts: list[list[int]]) -> list[tuple[slice, torch.Tensor]] | None:
         bounds = self._bounds(samples, starts)
