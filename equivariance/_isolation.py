@@ -192,7 +192,9 @@ def snapshot(tensor: torch.Tensor) -> torch.Tensor:
     plain copy.
     """
     tensor = tensor.detach()
-    if _LAZY_CLONE is not None:
+    # an expanded tensor (stride 0) is copied out densely, as clone does: a model may write to it
+    overlapping = any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
+    if _LAZY_CLONE is not None and not overlapping and tensor.layout == torch.strided:
         try:
             return _LAZY_CLONE(tensor)
         except (RuntimeError, NotImplementedError):  # a device or tensor kind without copy-on-write

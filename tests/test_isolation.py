@@ -178,3 +178,14 @@ def test_a_model_already_in_eval_mode_is_not_touched() -> None:
     model.train = lambda mode=True: calls.append(mode) or model  # type: ignore[method-assign, assignment]
     check_equivariance(model.features, torch.randn(2, 1, 12, 12), max_shift=1)
     assert calls == []  # neither eval() nor train() was called
+
+
+@pytest.mark.parametrize("run", list(CHECKS.values()), ids=list(CHECKS))
+def test_an_expanded_input_reaches_a_model_that_writes_to_it(model: Noisy, run) -> None:  # type: ignore[no-untyped-def]
+    """The model gets a copy it can write to (copy-on-write where torch has it): a batch expanded
+    from one sample (stride 0) is copied out densely, else the model's in-place ReLU would raise."""
+    x = torch.randn(1, 2, 12, 12).expand(3, 2, 12, 12)
+    x_before = x.clone()
+    with contextlib.suppress(AssertionError):
+        run(model, x)
+    assert torch.equal(x, x_before)
