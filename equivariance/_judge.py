@@ -92,20 +92,33 @@ def margins_that_pass(sums: Sequence[Sums], tolerance: Tolerance) -> list[int | 
     """
     if not sums:
         return []
-    # (layers, distance, samples), zeros beyond a layer's own depth
+    # (layers, distance, samples), zeros beyond a layer's own depth; then sums over distance >= r
     diff = pad_sequence([s.border_diff[0].T for s in sums], batch_first=True)  # type: ignore[index]
     ref = pad_sequence([s.border_ref[0].T for s in sums], batch_first=True)  # type: ignore[index]
     count = pad_sequence([s.border_count[0] for s in sums], batch_first=True)  # type: ignore[index]
-    diff, ref, count = (t.flip(1).cumsum(1).flip(1) for t in (diff, ref, count))  # sums over distance >= r
-    keeps = ((count >= KEEP_FRACTION * count[:, :1]) & (count > 0)).tolist()
+    diff, ref, count = (t.flip(1).cumsum(1).flip(1) for t in (diff, ref, count))
     scale = None
     if any(s.scale is not None for s in sums):
         scale = torch.cat(
             [torch.ones_like(s.diff_sq) if s.scale is None else s.scale for s in sums]
         ).unsqueeze(1)
+    return margins_beyond(diff, ref, count, [False] * len(sums), tolerance, scale)
+
+
+def margins_beyond(
+    diff: torch.Tensor,
+    ref: torch.Tensor,
+    count: torch.Tensor,
+    passed: Sequence[bool],
+    tolerance: Tolerance,
+    scale: torch.Tensor | None = None,
+) -> list[int | None]:
+    """The margin rule for several layers at once, from their sums over distance ``r`` or more:
+    ``diff`` and ``ref`` ``(L, R, N)``, ``count`` ``(L, R)`` elements. None for a layer that passed."""
+    keeps = ((count >= KEEP_FRACTION * count[:, :1]) & (count > 0)).tolist()
     errors, absolute = sample_errors(diff, ref, count.unsqueeze(-1), scale)
     passes = within(errors, absolute, tolerance).all(dim=-1).tolist()
-    return [first_margin(k, p) for k, p in zip(keeps, passes)]
+    return [None if ok else first_margin(k, p) for ok, k, p in zip(passed, keeps, passes)]
 
 
 def first_margin(keeps: list[bool], passes: list[bool]) -> int | None:

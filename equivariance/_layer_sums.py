@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from equivariance._judge import KEEP_FRACTION, first_margin, sample_errors, within
+from equivariance._judge import margins_beyond, sample_errors, within
 from equivariance._sinks import (
     _FLOAT32_MIN_REFERENCE,
     Describe,
@@ -254,9 +254,8 @@ class _Group:
         # elements at distance >= r from the edge, (L, R); r = 0: all of them
         deep = [_deep(layer.box, self.depth) for layer in self.layers]
         channels = torch.tensor([float(layer.channels) for layer in self.layers], dtype=torch.float64)
-        self.beyond_count = torch.tensor([positions for positions, _ in deep]) * channels[:, None]
+        self.beyond_count = torch.tensor(deep, dtype=torch.float64) * channels[:, None]
         self.count = self.beyond_count[:, 0]
-        self.keeps = [keeps for _, keeps in deep]
         self._beyond: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def beyond(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,12 +287,7 @@ class _Group:
         worst, passed = errors.amax(1).tolist(), within(errors, absolute, tolerance).all(1).tolist()
         margins: list[int | None] = [None] * len(self.layers)
         if not all(passed):  # every layer's every margin at once
-            errors, absolute = sample_errors(diff, ref, self.beyond_count.unsqueeze(-1))
-            passes = within(errors, absolute, tolerance).all(-1).tolist()
-            margins = [
-                None if ok else first_margin(keeps, passing)
-                for ok, keeps, passing in zip(passed, self.keeps, passes)
-            ]
+            margins = margins_beyond(diff, ref, self.beyond_count, passed, tolerance)
         return list(zip(self.layers, zip(worst, passed, margins)))
 
 
@@ -326,11 +320,9 @@ def _plan(
 
 
 @functools.lru_cache(maxsize=256)
-def _deep(box: tuple[int, ...], depth: int) -> tuple[list[float], list[bool]]:
-    """How many positions of a box lie ``r`` or more from its edge, for ``r < depth``, and whether
-    those keep enough of the box for a margin of ``r`` to count (``equivariance._judge``)."""
-    positions = [float(math.prod(max(side - 2 * r, 0) for side in box)) for r in range(depth)]
-    return positions, [0 < p >= KEEP_FRACTION * positions[0] for p in positions]
+def _deep(box: tuple[int, ...], depth: int) -> list[int]:
+    """How many positions of a box lie ``r`` or more from its edge, for ``r < depth``."""
+    return [math.prod(max(side - 2 * r, 0) for side in box) for r in range(depth)]
 
 
 @functools.lru_cache(maxsize=256)

@@ -34,7 +34,7 @@ from equivariance._forward import Forward
 from equivariance._isolation import submodules
 from equivariance._memory import CPU_MIN_CHUNK, chunk_size
 from equivariance._runner import Base, Consumer, ModelConsumer, Runner
-from equivariance._sinks import FlatSums, GridSums, OutputAction, Sums, check_finite
+from equivariance._sinks import FlatSums, GridSums, OutputAction, Sums, all_finite, check_finite
 from equivariance._validation import as_int, describe, per_dim
 from equivariance.actions import Action, Boundary, Grid, Identity
 from equivariance.crops import Crop, CropOf, as_boundary
@@ -291,11 +291,7 @@ def check_input(x: object, model: object) -> torch.Tensor:
         raise InvalidArgument(
             f"x of shape {shape} has no elements; every dim must be nonzero: pass a batch with data"
         )
-    # a sum propagates any nan or inf, in one read with no mask of x's size; the exact count runs
-    # only if it fires (as it also does for finite values whose sum overflows)
-    if not bool(torch.isfinite(x.sum(dtype=torch.promote_types(x.dtype, torch.float32)))) and not bool(
-        torch.isfinite(x).all()
-    ):
+    if not all_finite(x):
         raise InvalidArgument(
             f"x contains {int((~torch.isfinite(x)).sum())} non-finite values (nan or inf); "
             "equivariance is only measurable on finite inputs: replace them, e.g. torch.nan_to_num(x)"

@@ -417,11 +417,7 @@ class GridSums:
         """The sums of one stretch of items (flattened maps, zero outside each row's box): in total, and
         by distance to the edge of the box."""
         exact = self.squares.exact
-        if self._masks is None:  # every row's, once
-            boxes = (tuple(map(tuple, self.lo.tolist())), tuple(map(tuple, self.hi.tolist())))
-            self._masks = _row_masks(*boxes, self.spatial, self.depth, exact, diff_map.device)
-        rows = row.to(diff_map.device)
-        masks = [mask[rows] for mask in self._masks]
+        masks = self._reach(row, diff_map.device)
         shape = (len(diff_map), *self.spatial)
         beyond = [beyond_sums(m.view(shape).to(exact), masks).cpu().double() for m in (diff_map, ref_map)]
         self.items.write(items, beyond[0][:, 0], beyond[1][:, 0])
@@ -430,14 +426,27 @@ class GridSums:
         self.items.border_diff[items] = by_distance(beyond[0])
         self.items.border_ref[items] = by_distance(beyond[1])
 
+    def _reach(self, row: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+        """The ``reach_masks`` of each item's row, ``(items, depth, n)`` per dim (every row's made once)."""
+        if self._masks is None:
+            boxes = (tuple(map(tuple, self.lo.tolist())), tuple(map(tuple, self.hi.tolist())))
+            self._masks = _row_masks(*boxes, self.spatial, self.depth, self.squares.exact, device)
+        rows = row.to(device)
+        return [mask[rows] for mask in self._masks]
+
     def _add_grids(
         self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
     ) -> None:
         """The whole grids of a chunk against moved copies of the reference, masked to each row's box."""
         reference, ref_map, mask = self._reference(sample, row)
-        device = outputs.device
-        dist = edge_distance(self.lo[row].to(device), self.hi[row].to(device), self.spatial)
-        inside = dist >= 0 if mask is None else (dist >= 0) & mask
+        # in the box: reaching distance 0 in every dim
+        inside: torch.Tensor | None = mask
+        for i, reach in enumerate(self._reach(row, outputs.device)):
+            shape = [len(reach)] + [1] * len(self.spatial)
+            shape[1 + i] = reach.shape[-1]
+            along = reach[:, 0].view(shape) > 0
+            inside = along if inside is None else inside & along
+        assert inside is not None
         ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
         ref_rows = ref_map.sum(1)
         outputs = _scaled(outputs, self.scale, sample)
@@ -620,20 +629,6 @@ def by_distance(beyond: torch.Tensor) -> torch.Tensor:
     return rings
 
 
-def edge_distance(lo: torch.Tensor, hi: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
-    """For boxes ``[lo[b], hi[b])``: each position's distance to the box's edge, negative outside."""
-    d = len(spatial)
-    dist: torch.Tensor | None = None
-    for i, size in enumerate(spatial):
-        view = [lo.shape[0]] + [1] * d
-        view[1 + i] = size
-        ar = torch.arange(size, device=lo.device)
-        edge = torch.minimum(ar - lo[:, i : i + 1], hi[:, i : i + 1] - 1 - ar).view(view)
-        dist = edge if dist is None else torch.minimum(dist, edge)
-    assert dist is not None
-    return dist
-
-
 class RelativeChange:
     """``||f(g.x) - f(x)|| / ||f(x)||`` of every copy, where row 0 is the identity: ``f(x)`` itself.
 
@@ -726,15 +721,18 @@ def check_floating(tensor: torch.Tensor, what: Describe) -> None:
 def check_finite(tensor: torch.Tensor, what: str) -> None:
     """InvalidArgument for an output with a nan or an inf, naming how many samples have one."""
     check_floating(tensor, lambda: what)
-    # one summing pass finds any nan or inf (they propagate); the exact test runs only if it
-    # fires, which a finite tensor whose sum overflows also does
-    if bool(torch.isfinite(tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)))):
-        return
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
-        bad = int((~finite).reshape(len(tensor), -1).any(1).sum())
+    if not all_finite(tensor):
+        bad = int((~torch.isfinite(tensor)).reshape(len(tensor), -1).any(1).sum())
         raise InvalidArgument(
             f"the model's output is not finite (nan or inf) for {bad} of {len(tensor)} samples of "
             f"{what}; the error of a non-finite output is meaningless. Look for overflow (half "
             "precision?), a log or division by zero, or non-finite weights"
         )
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every element is finite: one summing pass (a nan or inf propagates), and the exact,
+    element-wise test only where that fires (as it also does for finite values whose sum overflows)."""
+    if bool(torch.isfinite(tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)))):
+        return True
+    return bool(torch.isfinite(tensor).all())

@@ -684,13 +684,10 @@ def _unblurred(
             continue
         key = (slice(None), slice(None), *(slice(None, None, s) for s in steps))
         subsampled = source[key]
-        expected = _expected(element, spec.stride)
-        grid = Grid(d, (1,) * d, boundary)
-        offsets = expected.translation(grid)
-        if offsets is None:
-            continue
-        region = expected.region(tuple(subsampled.shape[2:]), grid)
-        found[spec.name] = key, pool.layer(subsampled, grid, offsets, region)
+        assert isinstance(element, Shift)  # only shifts look for blurring layers
+        moved = tuple(_divided(tuple(element), spec.stride))
+        offsets, region = _translated(moved, tuple(subsampled.shape[2:]), boundary)
+        found[spec.name] = key, pool.layer(subsampled, Grid(d, (1,) * d, boundary), offsets, region)
     return found
 
 
