@@ -4,44 +4,47 @@ A profile compares a few dozen layer outputs, each under one expected
 translation (the input shift divided by the layer's stride). Judging each
 layer on its own costs some forty small tensor operations a layer, which on
 models that run in a millisecond is most of the profile's time. Here a layer
-costs a handful of operations as it returns: the box of its output where the
-translation is defined, less the slice of the recorded output it should
-equal, squared and summed over channels, written into a *block* that the
-layers whose boxes have the same sides share. The sums by distance to each
-box's edge (a matrix product with masks of the box, ``equivariance._sinks.beyond_sums``),
-the totals and the errors, verdicts and margins are then computed once for
-all layers together.
+costs a handful of operations: the box of its output for the moved input
+where the translation is defined, less the slice of its output for ``x`` it
+should equal, squared and summed over channels, beside the squared norms of
+that slice. A large layer is compared as it returns; small ones (at most
+``_DEFERRED_BYTES``) are kept as copy-on-write snapshots and compared at the
+end of the pass, a stack of the layers of each shape and plan at once, since
+on small maps each operation costs its fixed overhead. The sums by distance
+to each box's edge (a matrix product with masks of the box,
+``equivariance._sinks.beyond_sums``), the totals and the errors, verdicts and
+margins are then computed once for all layers together, in one *block* for
+the layers whose boxes have the same sides.
 
 Sums are float32 where that is exact enough for relative errors and float64
-otherwise, by the rules of `equivariance._sinks`: a layer whose recorded
-output has a sample with a squared norm below ``1e-10`` (or not finite) is
-summed in float64 from the start, and a layer whose float32 sums come out not
-finite is measured again in float64, its outputs tested for nan and inf as
-they return (``LayerSums.unsettled``: the profile then sends the shifted
-input through the model once more). Float64 outputs whose squares would
-leave float64's exact range are not for this sink (see
-``equivariance._sinks.sample_scale``).
+otherwise, by the rules of `equivariance._sinks`: after the pass
+(``LayerSums.settle``), a float32 layer whose output for ``x`` has a sample
+with a squared norm below ``1e-10`` (or not finite), and any layer whose sums
+came out not finite, is measured again in float64, its outputs tested for
+nan and inf (the profile then runs its batch through the model once more).
+Float64 outputs whose squares would leave float64's exact range are not for
+this sink (see ``equivariance._sinks.sample_scale``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from equivariance._isolation import snapshot
 from equivariance._judge import margins_beyond, sample_errors, within
 from equivariance._sinks import (
     _FLOAT32_MIN_REFERENCE,
-    Describe,
     _tiles,
     beyond_sums,
     check_finite,
     reach_masks,
 )
 from equivariance.actions import Grid
-from equivariance.layouts import ChannelsFirst
 from equivariance.tolerances import Tolerance
 
 __all__ = ["LayerSums", "PooledLayer"]
@@ -49,12 +52,14 @@ __all__ = ["LayerSums", "PooledLayer"]
 
 class PooledLayer:
     """One layer's part of a [`LayerSums`][equivariance._layer_sums.LayerSums]: the sink the profile
-    feeds the layer's output to, as the layer returns it.
+    hands the layer's two outputs to, for ``x`` and its moved copy, as the layer returns them.
 
     Args:
         pool: the pool it belongs to.
-        base: the layer's recorded output: viewed as a grid ``(N, *channels,
-            *spatial)``, or as it was for a layer compared whole (``grid`` None).
+        shape: the shape of one sample of the layer's output, viewed as a grid
+            ``(*channels, *spatial)``, or as it is for a layer compared whole
+            (``grid`` None).
+        dtype: the output's dtype.
         grid: the grid (its stride, boundary and layout); None to compare the
             output whole, unmoved.
         offsets: the translation on the grid, in samples per dim.
@@ -64,80 +69,83 @@ class PooledLayer:
     def __init__(
         self,
         pool: LayerSums,
-        base: torch.Tensor,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
         grid: Grid | None,
         offsets: tuple[int, ...] = (),
         region: tuple[slice, ...] = (),
     ) -> None:
         self.pool, self.grid = pool, grid
         if grid is None:  # the whole output as one position
-            base, offsets, region = base.reshape(len(base), -1, 1), (0,), (slice(0, 1),)
+            shape, offsets, region = (math.prod(shape), 1), (0,), (slice(0, 1),)
         d = len(offsets)
         self.spatial_dims = d
-        self.to_grid = grid is not None and not isinstance(grid.layout, ChannelsFirst)
         boundary = "zeros" if grid is None else grid.boundary
         lo, hi = tuple(r.start for r in region), tuple(r.stop for r in region)
-        plan = _plan(base.dim(), tuple(base.shape[base.dim() - d :]), tuple(offsets), lo, hi, boundary)
-        self.channel_dims, lead, self.tiles, self.box, self.depth = plan
+        plan = _plan(len(shape) + 1, shape[len(shape) - d :], tuple(offsets), lo, hi, boundary)
+        channel_dims, self.tiles, self.box, self.depth = plan
+        self.summed = tuple(dim + 2 for dim in channel_dims)  # in (2, layers, N, ...): see _compared
+        self.shape = (*shape[: len(shape) - d], *self.box)  # a sample's reference over the box
         self.positions = math.prod(self.box)
-        self.channels = math.prod(base.shape[1 : base.dim() - d])
-        self.base, self.lead = base, lead
+        self.channels = math.prod(shape[: len(shape) - d])
         # float64 sums: float64 outputs, and any layer float32 cannot sum exactly enough
-        self.exact = base.dtype == torch.float64
+        self.exact = dtype == torch.float64
         self.checked = False  # whether its outputs are tested for nan and inf as they return
-        self.reference: torch.Tensor | None = None  # the reference over the box, in the sums' dtype
-        self.map: torch.Tensor | None = None  # (N, *box): its squared differences, in its group's block
+        # (2, N, *box): its squared differences at each position, and the reference's squared norms,
+        # summed over channels
+        self.sums: torch.Tensor | None = None
 
     @property
     def work(self) -> torch.dtype:
         """The dtype its squares are summed in."""
         return torch.float64 if self.exact else torch.float32
 
-    def reference_box(self) -> torch.Tensor:
-        """The recorded output over the box, in the sums' dtype (a view where one tile covers it)."""
-        if len(self.tiles) == 1:
-            key: tuple[Any, ...] = (slice(None), *self.lead, *self.tiles[0][3])
-            box = self.base[key]
-        else:
-            box = self.base.new_empty((*self.base.shape[: self.base.dim() - len(self.box)], *self.box))
-            for _, place, _, source in self.tiles:
-                key = (slice(None), *self.lead, *source)
-                box[place] = self.base[key]
-        return box if box.dtype == self.work else box.to(self.work)
+    def measure(self, both: torch.Tensor, what: Callable[[str], str]) -> None:
+        """Compare the layer's output for the moved input with its output for ``x`` translated: both
+        outputs as one ``(2N, ...)`` tensor (``x``'s first), viewed as the pool's grid; ``what`` names
+        them for an error message.
 
-    def add(
-        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
-    ) -> None:
-        """One chunk's squared differences at each position of the box (its items are samples)."""
-        assert self.reference is not None, "prepare the pool first"
-        assert self.map is not None
+        A small layer is compared later, together with the others of its shape and plan (a copy-on-write
+        snapshot keeps its outputs as they are now); a large one at once.
+        """
         if self.grid is None:
-            outputs = outputs.reshape(len(outputs), -1, 1)
-        elif self.to_grid:
-            outputs = self.grid.layout.to_grid(outputs, self.spatial_dims)
+            both = both.reshape(len(both), -1, 1)
         if self.checked:
-            check_finite(outputs, what())
-        whole = items == self.pool.everything
-        reference = self.reference if whole else self.reference[items]
-        into = self.map if whole else self.map[items]
-        one = len(self.tiles) == 1
-        for in_map, in_reference, in_output, _ in self.tiles:
-            out = outputs[in_output]
-            difference = self.pool.scratch(out.shape, self.work, out.device)
-            torch.sub(out, reference if one else reference[in_reference], out=difference)
-            torch.sum(difference.square_(), self.channel_dims, out=into if one else into[in_map])
+            n = self.pool.n
+            check_finite(both[:n], what("x"))
+            check_finite(both[n:], what("the moved input"))
+        if both.numel() * both.element_size() <= _DEFERRED_BYTES and not self.checked:
+            self.pool.defer(self, snapshot(both))
+        else:
+            self.sums = _compared([self], both[None])[0]
 
-    def retry(self) -> None:
-        pass  # each chunk overwrites its samples' part of the map
+
+def _compared(layers: list[PooledLayer], both: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The sums ``(2, N, *box)`` of layers of one shape and plan, their outputs stacked ``(k, 2N, ...)``."""
+    first = layers[0]
+    k, n, work = len(layers), first.pool.n, first.work
+    base, moved = both[:, :n], both[:, n:]
+    sums = torch.empty((2, k, n, *first.box), dtype=work, device=both.device)
+    # the differences and the reference side by side, squared and summed over channels at once
+    squares = first.pool.scratch((2, k, n, *first.shape), work, both.device)
+    differences, reference = squares[0], squares[1]
+    every = (slice(None),)
+    for in_box, in_moved, in_base in first.tiles:
+        box_key, moved_key, base_key = every + in_box, every + in_moved, every + in_base
+        reference[box_key].copy_(base[base_key])
+        torch.sub(moved[moved_key], reference[box_key], out=differences[box_key])
+    torch.sum(squares.square_(), first.summed, out=sums)
+    return sums.unbind(1)
 
 
 class LayerSums:
     """The pooled sink of every layer a profile compares by a translation (or whole).
 
-    Make the layers with [`layer`][equivariance._layer_sums.LayerSums.layer],
-    call [`prepare`][equivariance._layer_sums.LayerSums.prepare] once before
-    the shifted pass, and [`judge`][equivariance._layer_sums.LayerSums.judge]
-    after it.
+    Make the layers with [`layer`][equivariance._layer_sums.LayerSums.layer]
+    and have each [`measure`][equivariance._layer_sums.PooledLayer.measure]
+    its outputs; then [`settle`][equivariance._layer_sums.LayerSums.settle]
+    says which to measure again in float64, and
+    [`judge`][equivariance._layer_sums.LayerSums.judge] judges them all.
 
     Args:
         n: the number of samples.
@@ -145,15 +153,16 @@ class LayerSums:
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.everything = slice(0, n)
         self.layers: list[PooledLayer] = []
         self.groups: list[_Group] = []
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
-        self._views: dict[tuple[torch.Size, torch.dtype], torch.Tensor] = {}
+        self._views: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
+        self._pending: dict[tuple[Any, ...], list[tuple[PooledLayer, torch.Tensor]]] = {}
+        self._pending_bytes = 0
 
-    def scratch(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Memory for one layer's differences, kept across layers and chunks: a fresh tensor each time
-        would cost the page faults of new memory."""
+    def scratch(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Memory for one layer's differences, kept across layers: a fresh tensor each time would
+        cost the page faults of new memory."""
         view = self._views.get((shape, dtype))
         if view is not None:
             return view
@@ -167,48 +176,52 @@ class LayerSums:
 
     def layer(
         self,
-        base: torch.Tensor,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
         grid: Grid | None,
         offsets: tuple[int, ...] = (),
         region: tuple[slice, ...] = (),
     ) -> PooledLayer:
         """A new layer of the pool (see [`PooledLayer`][equivariance._layer_sums.PooledLayer])."""
-        layer = PooledLayer(self, base, grid, offsets, region)
+        layer = PooledLayer(self, shape, dtype, grid, offsets, region)
         self.layers.append(layer)
         return layer
 
-    def prepare(self) -> None:
-        """Each layer's reference norms, and the dtype its sums are kept in."""
-        fast = [layer for layer in self.layers if not layer.exact]
-        groups = []
-        while fast:
-            group = _Group(self, fast, torch.float32)
-            unsure = group.unsure()
-            if not unsure:
-                groups.append(group)
-                break
-            for layer in unsure:
-                layer.exact = True
-            fast = [layer for layer in fast if not layer.exact]
-        exact = [layer for layer in self.layers if layer.exact]
-        if exact:
-            groups.append(_Group(self, exact, torch.float64))
-        self.groups = groups
+    def defer(self, layer: PooledLayer, both: torch.Tensor) -> None:
+        """Keep a small layer's outputs, to compare with the others of its shape and plan at once."""
+        key = (id(layer.tiles), tuple(both.shape), both.dtype, layer.work, both.device)
+        self._pending.setdefault(key, []).append((layer, both))
+        self._pending_bytes += both.numel() * both.element_size()
+        if self._pending_bytes > _PENDING_BYTES:
+            self.flush()
 
-    def unsettled(self) -> bool:
-        """Whether some layer's sums came out not finite and its outputs were not yet tested; those
-        layers are then summed in float64 and tested as they return, for the pass to be run again."""
-        redo = [
-            layer
-            for group in self.groups
-            for layer, finite in zip(group.layers, group.finite())
-            if not finite and not layer.checked
+    def flush(self) -> None:
+        """Compare the layers kept for later, a stack of each shape and plan at once."""
+        for members in self._pending.values():
+            layers = [layer for layer, _ in members]
+            both = members[0][1][None] if len(members) == 1 else torch.stack([t for _, t in members])
+            for layer, sums in zip(layers, _compared(layers, both)):
+                layer.sums = sums
+        self._pending, self._pending_bytes = {}, 0
+
+    def settle(self) -> list[PooledLayer]:
+        """After a pass: the layers to measure again, in float64 with their outputs tested for nan
+        and inf as they return. Those are the float32 layers whose sums float32 cannot keep exact
+        enough (a sample's reference norm not finite, or too small for squares of differences that
+        underflow not to matter; see ``equivariance._sinks``), and any layer whose sums came out
+        not finite before its outputs were tested."""
+        self.flush()
+        measured = [layer for layer in self.layers if layer.sums is not None]
+        groups = [
+            _Group(self, members, dtype)
+            for dtype in (torch.float32, torch.float64)
+            if (members := [layer for layer in measured if layer.work == dtype])
         ]
+        self.groups = groups
+        redo = [layer for group in groups for layer in group.unsettled()]
         for layer in redo:
             layer.exact = layer.checked = True
-        if redo:
-            self.prepare()
-        return bool(redo)
+        return redo
 
     def judge(self, tolerance: Tolerance) -> dict[PooledLayer, tuple[float, bool, int | None]]:
         """Each layer's worst error, whether every sample passes, and for a failing layer the margin
@@ -230,31 +243,26 @@ class _Group:
     """
 
     def __init__(self, pool: LayerSums, layers: list[PooledLayer], dtype: torch.dtype) -> None:
-        self.n = n = pool.n
+        self.n = pool.n
+        self.dtype = dtype
         by_box: dict[tuple[int, ...], list[PooledLayer]] = {}
         for layer in layers:
             by_box.setdefault(layer.box, []).append(layer)
         self.layers = [layer for members in by_box.values() for layer in members]
-        device = layers[0].base.device
+        device = layers[0].sums.device  # type: ignore[union-attr]
         self.depth = max(layer.depth for layer in layers)
         self.blocks: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
-        totals = []
         for box, members in by_box.items():
-            block = torch.zeros((2 * n, len(members), *box), dtype=dtype, device=device)
-            for i, layer in enumerate(members):
-                layer.map = block[:n, i]
-                layer.reference = reference = layer.reference_box()
-                squares = torch.mul(reference, reference, out=pool.scratch(reference.shape, dtype, device))
-                torch.sum(squares, layer.channel_dims, out=block[n:, i])
-            masks = [mask.to(device=device) for mask in _reaching(box, members[0].depth)]
+            # (2, N, k, *box) -> (2N, k, *box)
+            block = torch.stack([layer.sums for layer in members], 2).flatten(0, 1)  # type: ignore[misc]
+            masks = _reaching(box, members[0].depth, dtype, device)
             self.blocks.append((block, masks))
-            totals.append(block[n:].flatten(2).sum(2))
-        # the reference's squared norm of each sample, (L, N)
-        self.ref_totals = torch.cat(totals, 1).T.double().cpu()
         # elements at distance >= r from the edge, (L, R); r = 0: all of them
         deep = [_deep(layer.box, self.depth) for layer in self.layers]
-        channels = torch.tensor([float(layer.channels) for layer in self.layers], dtype=torch.float64)
-        self.beyond_count = torch.tensor(deep, dtype=torch.float64) * channels[:, None]
+        self.beyond_count = torch.tensor(
+            [[float(count * layer.channels) for count in row] for layer, row in zip(self.layers, deep)],
+            dtype=torch.float64,
+        )
         self.count = self.beyond_count[:, 0]
         self._beyond: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -270,16 +278,14 @@ class _Group:
             self._beyond = both[..., : self.n], both[..., self.n :]
         return self._beyond
 
-    def unsure(self) -> list[PooledLayer]:
-        """The layers float32 cannot sum exactly enough: a sample's reference norm not finite, or too
-        small for squares of differences that underflow not to matter (see ``equivariance._sinks``)."""
-        totals = self.ref_totals
-        doubtful = (~torch.isfinite(totals) | (totals < _FLOAT32_MIN_REFERENCE)).any(1)
-        return [layer for layer, bad in zip(self.layers, doubtful.tolist()) if bad]
-
-    def finite(self) -> list[bool]:
-        """Whether each layer's sums of squared differences are finite for every sample."""
-        return torch.isfinite(self.beyond()[0][:, 0]).all(1).tolist()
+    def unsettled(self) -> list[PooledLayer]:
+        """The layers to measure again (see ``LayerSums.settle``)."""
+        diff, ref = self.beyond()
+        redo = ~torch.isfinite(diff[:, 0]).all(1)
+        if self.dtype == torch.float32:  # references float32 cannot sum exactly enough
+            totals = ref[:, 0]
+            redo |= (~torch.isfinite(totals) | (totals < _FLOAT32_MIN_REFERENCE)).any(1)
+        return [layer for layer, again in zip(self.layers, redo.tolist()) if again and not layer.checked]
 
     def judge(self, tolerance: Tolerance) -> list[tuple[PooledLayer, tuple[float, bool, int | None]]]:
         diff, ref = self.beyond()
@@ -291,7 +297,12 @@ class _Group:
         return list(zip(self.layers, zip(worst, passed, margins)))
 
 
-Tile = tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]
+Tile = tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]
+
+# a layer whose two outputs take at most this many bytes is compared with the others of its shape at
+# the end of the pass; all kept take at most _PENDING_BYTES
+_DEFERRED_BYTES = 1 << 16
+_PENDING_BYTES = 32 << 20
 
 
 @functools.lru_cache(maxsize=1024)
@@ -302,21 +313,20 @@ def _plan(
     lo: tuple[int, ...],
     hi: tuple[int, ...],
     boundary: str,
-) -> tuple[tuple[int, ...], tuple[slice, ...], list[Tile], tuple[int, ...], int]:
+) -> tuple[tuple[int, ...], list[Tile], tuple[int, ...], int]:
     """How a layer's output of ``dims`` dims is compared with its box ``[lo, hi)`` translated by
-    ``offsets``: its channel dims, the slices before its spatial dims, its tiles, its box's sides, and
-    its depth (distances to the edge). Each tile says where it sits in the box (in the map, in the
-    reference), where it is in the output, and where its reference comes from."""
+    ``offsets``: its channel dims, its tiles, its box's sides, and its depth (distances to the edge).
+    Each tile says where it sits in the box, where it is in the output for the moved input, and where
+    its reference comes from in the output for ``x``."""
     d = len(spatial)
-    lead = (slice(None),) * (dims - d - 1)
+    everything = (slice(None),) * (dims - d)
     tiles = []
     for target, source in _tiles(lo, hi, offsets, spatial, boundary):
         place = tuple(slice(t.start - a, t.stop - a) for t, a in zip(target, lo))
-        everything = (slice(None), *lead)
-        tiles.append(((slice(None), *place), (*everything, *place), (*everything, *target), source))
+        tiles.append(((*everything, *place), (*everything, *target), (*everything, *source)))
     box = tuple(b - a for a, b in zip(lo, hi))
     depth = max(1, max((b - a + 1) // 2 for a, b in zip(lo, hi)))
-    return tuple(range(1, dims - d)), lead, tiles, box, depth
+    return tuple(range(1, dims - d)), tiles, box, depth
 
 
 @functools.lru_cache(maxsize=256)
@@ -326,7 +336,10 @@ def _deep(box: tuple[int, ...], depth: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _reaching(box: tuple[int, ...], depth: int) -> list[torch.Tensor]:
-    """``reach_masks`` of a whole box (the same for every layer of those sides)."""
+def _reaching(
+    box: tuple[int, ...], depth: int, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
+    """``reach_masks`` of a whole box (the same for every layer of those sides), in ``dtype``."""
     lo = torch.zeros(1, len(box), dtype=torch.long)
-    return reach_masks(lo, torch.tensor([box]), box, depth, torch.device("cpu"))
+    masks = reach_masks(lo, torch.tensor([box]), box, depth, torch.device("cpu"))
+    return [mask.to(dtype=dtype, device=device) for mask in masks]

@@ -1,6 +1,6 @@
 """Where each layer of a model keeps its spatial dims, and at which stride: read off the shapes.
 
-The per-layer profile records every layer's output in one unshifted pass.
+The per-layer profile reads every layer's output as the layer returns it.
 To compare a layer's output with the input's shift, it must know the output's
 layout (channels first, channels last, tokens; see
 [`equivariance.layouts`][equivariance.layouts]) and its grid's stride
@@ -30,8 +30,8 @@ they ran, from what the layer was given and what it returned:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,15 +65,17 @@ LAYOUT_KEEPING_OPS: tuple[type[nn.Module], ...] = (
 
 @dataclass(frozen=True)
 class Recorded:
-    """One layer's output in the unshifted pass, and what it was computed from.
+    """One layer's output in the profile's pass, and what it was computed from.
 
     Attributes:
         name: the layer's name in ``model.named_modules()``.
         type: the layer's class name.
-        output: a copy of the layer's first output with the batch dim.
+        shape: the shape of the layer's first output with the batch dim, for
+            the batch of ``x``.
         output_id: ``id`` of the output as the layer returned it.
-        input_id: ``id`` of the layer's first tensor input, None without one.
-        input_shape: its shape.
+        input_id: ``id`` of the layer's first tensor input where it is a tensor
+            the pass has seen (an earlier layer's output, or the input), else None.
+        input_shape: its shape, for the batch of ``x``.
         permutation: where the output is a permuted view of the input, the
             input dim of each output dim.
         channels_first: whether the layer is one of
@@ -84,7 +86,7 @@ class Recorded:
 
     name: str
     type: str
-    output: torch.Tensor
+    shape: tuple[int, ...]
     output_id: int
     input_id: int | None
     input_shape: tuple[int, ...] | None
@@ -135,32 +137,42 @@ def view_permutation(source: torch.Tensor, result: torch.Tensor) -> tuple[int, .
     return tuple(found)  # type: ignore[arg-type]
 
 
-def infer_layers(
-    records: Sequence[Recorded], x: torch.Tensor, x_id: int, given: dict[str, Layout]
-) -> list[LayerSpec]:
-    """Each recorded layer's layout, grid and stride, in the order the layers ran (see the module)."""
-    spatial_in = tuple(x.shape[2:])
-    ones = (1,) * len(spatial_in)
-    known: _Producers = {x_id: (ChannelsFirst(), spatial_in, ones)}
-    # an input computed outside the profiled layers (F.relu, a residual sum) takes after the last
-    # recorded output of its shape
-    by_shape: dict[tuple[int, ...], _Known | None] = {tuple(x.shape): known[x_id]}
-    grids: dict[tuple[int, ...], tuple[int, ...]] = {spatial_in: ones}
-    specs = []
-    for record in records:
+class LayerInference:
+    """Each recorded layer's layout, grid and stride, inferred as the layers run (see the module).
+
+    Args:
+        x_shape: the shape of the model's input ``x``.
+        x_id: ``id`` of the input tensor the model was given.
+        given: the layouts the caller named, by layer name.
+    """
+
+    def __init__(self, x_shape: tuple[int, ...], x_id: int, given: dict[str, Layout]) -> None:
+        self.spatial_in = spatial_in = tuple(x_shape[2:])
+        ones = (1,) * len(spatial_in)
+        self.given = given
+        self.known: _Producers = {x_id: (ChannelsFirst(), spatial_in, ones)}
+        # an input computed outside the profiled layers (F.relu, a residual sum) takes after the last
+        # recorded output of its shape
+        self.by_shape: dict[tuple[int, ...], _Known | None] = {tuple(x_shape): self.known[x_id]}
+        self.grids: dict[tuple[int, ...], tuple[int, ...]] = {spatial_in: ones}
+
+    def add(self, record: Recorded) -> LayerSpec:
+        """The next layer's spec, from what it was given and what it returned."""
         producer = None
-        if record.input_id is not None and record.input_id in known:
-            producer = known[record.input_id]
+        if record.input_id is not None and record.input_id in self.known:
+            producer = self.known[record.input_id]
         elif record.input_shape is not None:
-            producer = by_shape.get(record.input_shape)
-        spec = _infer(record, producer, grids, spatial_in, given.get(record.name))
-        specs.append(spec)
+            producer = self.by_shape.get(record.input_shape)
+        spec = _infer(record, producer, self.grids, self.spatial_in, self.given.get(record.name))
         if spec.ambiguous is not None:
-            known[record.output_id] = by_shape[spec.shape] = None
+            self.known[record.output_id] = self.by_shape[spec.shape] = None
         elif spec.layout is not None and spec.spatial is not None and spec.stride is not None:
-            known[record.output_id] = by_shape[spec.shape] = (spec.layout, spec.spatial, spec.stride)
-            grids.setdefault(spec.spatial, spec.stride)
-    return specs
+            found = (spec.layout, spec.spatial, spec.stride)
+            self.known[record.output_id] = self.by_shape[spec.shape] = found
+            self.grids.setdefault(spec.spatial, spec.stride)
+        else:  # spatial dims gone: what is computed from it takes after its shape (an id is reused)
+            self.known.pop(record.output_id, None)
+        return spec
 
 
 def _infer(
@@ -170,7 +182,7 @@ def _infer(
     spatial_in: tuple[int, ...],
     given: Layout | None,
 ) -> LayerSpec:
-    shape, d = tuple(record.output.shape), len(spatial_in)
+    shape, d = record.shape, len(spatial_in)
     base = LayerSpec(record.name, record.type, shape, None, None, None)
     if given is not None:
         layout = given.resolved(shape, spatial_in) if isinstance(given, Tokens) else given
@@ -247,8 +259,15 @@ def _only_channels_differ(layout: Layout, before: tuple[int, ...], after: tuple[
 
 def _readings(
     shape: tuple[int, ...], d: int, grids: dict[tuple[int, ...], tuple[int, ...]]
-) -> list[tuple[Layout, tuple[int, ...]]]:
+) -> tuple[tuple[Layout, tuple[int, ...]], ...]:
     """Every layout that can read ``shape``, with its grid (tokens only on grids seen before)."""
+    return _readings_on(shape, d, tuple(grids))
+
+
+@functools.lru_cache(maxsize=1024)
+def _readings_on(
+    shape: tuple[int, ...], d: int, grids: tuple[tuple[int, ...], ...]
+) -> tuple[tuple[Layout, tuple[int, ...]], ...]:
     readings: list[tuple[Layout, tuple[int, ...]]] = []
     for layout in (ChannelsFirst(), ChannelsLast()):
         spatial = layout.spatial_shape(shape, d)
@@ -259,7 +278,7 @@ def _readings(
             prefix = shape[1] - math.prod(grid)
             if 0 <= prefix <= MAX_PREFIX and not (d == 1 and prefix == 0):
                 readings.append((Tokens(grid, prefix), grid))
-    return readings
+    return tuple(readings)
 
 
 def _choose(

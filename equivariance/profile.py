@@ -1,11 +1,13 @@
 """Where a model loses equivariance: the error of every layer under one input shift.
 
-[`profile_equivariance`][equivariance.profile.profile_equivariance] sends the input through the model
-once, with
-forward hooks on every leaf submodule (or on the layers named) recording
-each layer's output, and then the shifted input once, comparing each layer's
-output as it is computed with its own expected output action: the input
-element on the layer's grid. A layer's *layout* (channels first, channels
+[`profile_equivariance`][equivariance.profile.profile_equivariance] sends the input and its shifted
+copy through the model once, as one batch of ``2N``, with forward hooks on
+every leaf submodule (or on the layers named) that compare each layer's two
+outputs as the layer returns them: the output for the shifted copy with the
+output for the input moved by the layer's own expected output action (the
+input element on the layer's grid). No layer's output is kept for a second
+pass; small ones are compared together at the end of the pass, from
+copy-on-write snapshots (``equivariance._layer_sums``). A layer's *layout* (channels first, channels
 last as inside ConvNeXt blocks, tokens as in a ViT) and *cumulative stride*
 are inferred from the shapes the hooks see (see
 `equivariance._layers`); the profile says what it
@@ -44,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,27 +54,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._copies import Copies
 from equivariance._forward import call_until, find_layer
-from equivariance._isolation import snapshot, submodules
+from equivariance._isolation import submodules
 from equivariance._judge import margins_that_pass, sample_errors, within
 from equivariance._layer_sums import LayerSums, PooledLayer
 from equivariance._layers import (
     CHANNELS_FIRST_OPS,
     LAYOUT_KEEPING_OPS,
+    LayerInference,
     LayerSpec,
     Recorded,
-    infer_layers,
     view_permutation,
 )
 from equivariance._plan import as_element, check_fits, check_input
 from equivariance._runner import Runner
 from equivariance._sinks import (
-    Describe,
     FlatSums,
     GridSums,
     Sums,
-    check_floating,
     sample_scale,
 )
 from equivariance._validation import describe, shown_per_dim, warn_deprecated
@@ -298,12 +298,13 @@ def profile_equivariance(
 ) -> EquivarianceProfile:
     """The equivariance error of every layer of ``model`` under one input shift.
 
-    ``x`` runs through the model once with forward hooks recording the
-    output of every leaf submodule (or of the ``layers`` named), then its
-    shifted copy once, each layer's output compared as it is computed with
-    the unshifted output moved by the input shift divided by the layer's
+    ``x`` and its shifted copy run through the model once, as one batch of
+    ``2N``, with forward hooks on every leaf submodule (or on the ``layers``
+    named): each layer's output for the shifted copy is compared with its
+    output for ``x`` moved by the input shift divided by the layer's
     cumulative stride, over the valid region of that output shift (zeros
-    boundary). An output without spatial dims is compared unmoved. Each
+    boundary). The model must treat the samples of a batch independently, as
+    every check assumes (it runs in eval mode). An output without spatial dims is compared unmoved. Each
     layer's layout is inferred from the shapes (see the module docstring) or
     named in ``layouts``. Failing layers get a likely cause and a fix. With
     ``up_to``, the pass stops once that layer has returned, as a check's
@@ -356,6 +357,11 @@ def profile_equivariance(
 
     Returns:
         An [`EquivarianceProfile`][equivariance.EquivarianceProfile].
+
+    Raises:
+        InvalidArgument: for bad arguments, a model that raises on the batch
+            (the message names it and its shape), or a batch of ``2N`` that does
+            not fit in the GPU's memory (profile fewer samples).
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgument(
@@ -367,28 +373,40 @@ def profile_equivariance(
     tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
     targets, stop = _targets(model, layers), _stop_layer(model, up_to)
     given = _given_layouts(model, layouts)
-    blurs = frozenset(name for name in targets if isinstance(element, Shift) and _blurs(model, name))
-    blurred: dict[str, torch.Tensor] = {}
-    with Runner(model) as runner, _Taps(targets) as taps:
-        recorded, x_id = _record(
-            model, x, taps, stop, up_to, junctions=layers is None, inputs_of=blurs, inputs=blurred
+    blurs = frozenset(
+        name for name, module in targets.items() if isinstance(element, Shift) and _blurring(module)
+    )
+    pool = LayerSums(len(x))
+    with Runner(model), _Taps(targets) as taps:
+        batch = _paired(x, element, boundary)
+        run = _Pass(
+            model, x, batch, taps, element, boundary, given, pool, junctions=layers is None, blurs=blurs
         )
-        specs = infer_layers(recorded, x, x_id, given)
-        pool = LayerSums(len(x))
-        sinks = {
-            spec.name: _sink(spec, r.output, element, boundary, pool) for spec, r in zip(specs, recorded)
-        }
-        unblurred = _unblurred(specs, blurred, element, boundary, pool)
-        pool.prepare()
-        consumer = _Layers(model, taps, stop, up_to, sinks, unblurred)
-        copies = Copies(x, [element], Grid.of_input(x.dim() - 2, boundary))
-        runner.run(copies, 1, [consumer], len(x), lambda row: f"the input moved by {element}")
-        if pool.unsettled():  # sums that came out not finite: again in float64, outputs tested for nan
-            runner.run(copies, 1, [consumer], len(x), lambda row: f"the input moved by {element}")
+        taps.start(len(batch), run.on_output)
+        run.output(_call(model, batch, stop, up_to), up_to, stop)
+        if not run.rows:
+            raise InvalidArgument(
+                "no profiled layer returned a tensor with the input's batch dim; pass layers= naming "
+                "submodules that the forward pass calls"
+            )
+        redo = pool.settle()
+        if redo:  # sums float32 cannot keep, or not finite: again in float64, the outputs tested for nan
+            run.redo = {name for name, row in run.rows.items() if row.sink in redo and row.same_as is None}
+            batch = _paired(x, element, boundary)  # the model may have written to the first
+            taps.start(len(batch), run.again)
+            run.output(_call(model, batch, stop, up_to), up_to, stop, again=True)
+            pool.settle()
+    rows_of = [row for row in run.rows.values() if row.kind != "unblurred"]
+    specs = [row.spec for row in rows_of]
+    sinks = {row.spec.name: row.sink for row in rows_of}
     pooled = pool.judge(tolerance)
     rows = _profile_layers(specs, sinks, pooled, element, tolerance)
-    without_blur = {name: pooled[sink][0] for name, (_, sink) in unblurred.items()}
-    rows = _explained(rows, model, element, tuple(x.shape[2:]), without_blur)
+    without_blur = {
+        name.removesuffix(" (unblurred)"): pooled[row.sink][0]
+        for name, row in run.rows.items()
+        if row.kind == "unblurred" and isinstance(row.sink, PooledLayer)
+    }
+    rows = _explained(rows, model, element, tuple(x.shape[2:]), without_blur, targets)
     return EquivarianceProfile(
         subject=type(model).__name__,
         element=element,
@@ -487,70 +505,6 @@ class _Taps:
             handle.remove()
 
 
-def _record(
-    model: nn.Module,
-    x: torch.Tensor,
-    taps: _Taps,
-    stop: nn.Module | None,
-    up_to: str | None,
-    *,
-    junctions: bool = True,
-    inputs_of: frozenset[str] = frozenset(),
-    inputs: dict[str, torch.Tensor] | None = None,
-) -> tuple[list[Recorded], int]:
-    """The unshifted pass: every profiled layer's output (a copy) and what it was computed from; and
-    the input (a copy) of each layer in ``inputs_of``, put in ``inputs``."""
-    targets = taps.targets
-    types = {name: type(module).__name__ for name, module in targets.items()}
-    first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
-    keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
-    records: list[Recorded] = []
-    batch = x.clone()
-    alive: list[Any] = []  # the pass's own tensors, kept so that their ids stay theirs until it ends
-
-    made = {id(batch)}  # tensors a recorded layer returned (or x): any other input is a junction
-
-    def keep(name: str, given: Any, tensor: torch.Tensor) -> None:
-        source = _first_tensor(given)
-        alive.extend((source, tensor))
-        if inputs is not None and name in inputs_of and source is not None:
-            inputs[name] = snapshot(source)
-        kind = types.get(name, type(model).__name__)
-        if junctions and source is not None and _is_junction(source, made, len(x)):
-            made.add(id(source))  # the same computed tensor may feed several layers: one row
-            junction = snapshot(source)
-            records.append(
-                # computed from earlier tensors (a residual sum, an activation): it keeps their layout
-                Recorded(
-                    junction_name(name), JUNCTION, junction, id(source), None, tuple(junction.shape), None,
-                    keeps_layout=True,
-                )
-            )  # fmt: skip
-        made.add(id(tensor))
-        if source is None:
-            copy = snapshot(tensor)
-            records.append(
-                Recorded(name, kind, copy, id(tensor), None, None, None, name in first, name in keeps)
-            )
-            return
-        moved = view_permutation(source, tensor)
-        copy = snapshot(tensor)
-        shape = tuple(source.shape)
-        records.append(
-            Recorded(name, kind, copy, id(tensor), id(source), shape, moved, name in first, name in keeps)
-        )
-
-    taps.start(len(x), keep)
-    result = _call(model, batch, stop, up_to)
-    _record_output(records, result, len(x), types, model, stop, up_to)
-    if not records:
-        raise InvalidArgument(
-            "no profiled layer returned a tensor with the input's batch dim; pass layers= naming "
-            "submodules that the forward pass calls"
-        )
-    return records, id(batch)
-
-
 JUNCTION = "(forward)"
 """The type of a row for a tensor computed in ``forward`` between two submodules."""
 
@@ -560,36 +514,272 @@ def junction_name(layer: str) -> str:
     return f"{layer} (input)"
 
 
-def _is_junction(source: torch.Tensor, made: set[int], n: int) -> bool:
-    """A layer's input that no recorded layer returned: computed in ``forward`` (a sum, a parameter added)."""
-    return (
-        id(source) not in made and source.dim() >= 2 and len(source) == n and source.dtype.is_floating_point
-    )
+def _paired(x: torch.Tensor, element: Action, boundary: Boundary) -> torch.Tensor:
+    """The batch of the profile's one pass: ``x`` and its moved copy, ``(2N, ...)``."""
+    return torch.cat([x, element.act(x, Grid.of_input(x.dim() - 2, boundary))])
 
 
-def _record_output(
-    records: list[Recorded],
-    result: Any,
-    n: int,
-    types: dict[str, str],
-    model: nn.Module,
-    stop: nn.Module | None,
-    up_to: str | None,
-) -> None:
-    """The model's output (or the ``up_to`` layer's) as a last row, unless a recorded layer returned it."""
-    last = "(output)" if up_to is None else up_to
-    output = _first_tensor(result)
-    if output is None or output.dim() < 1 or len(output) != n or any(r.name == last for r in records):
-        return
-    if records and records[-1].output.shape == output.shape and torch.equal(records[-1].output, output):
-        return
-    kind = type(stop).__name__ if stop is not None else type(model).__name__
-    records.append(
-        Recorded(
-            last, types.get(last, kind), snapshot(output), id(output), None, tuple(output.shape),
-            None, keeps_layout=True,
+Sink = GridSums | FlatSums | PooledLayer | None
+
+
+@dataclass
+class _Row:
+    """A compared tensor of the pass: its spec, its sink, and what it was read from."""
+
+    spec: LayerSpec
+    sink: Sink
+    kind: str  # "output", "input" (a junction) or "unblurred" (the input, subsampled)
+    key: tuple[slice, ...] = ()  # the subsampling of an unblurred row
+    same_as: str | None = None  # the row whose comparison it shares (the same elements on its grid)
+
+
+class _Pass:
+    """The profile's pass: ``x`` and its moved copy as one batch of ``2N``; each profiled layer's
+    output (and a tensor computed between layers, a blurring layer's input) is read as the layer
+    returns it, its layout inferred from what came before, and its two halves compared at once.
+
+    A tensor the pass has seen is known by ``id`` while it lives (a weak reference says whether it
+    still does), so the pass keeps no layer's output alive.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        batch: torch.Tensor,
+        taps: _Taps,
+        element: Action,
+        boundary: Boundary,
+        given: dict[str, Layout],
+        pool: LayerSums,
+        *,
+        junctions: bool,
+        blurs: frozenset[str],
+    ) -> None:
+        self.model, self.taps, self.element, self.boundary, self.pool = model, taps, element, boundary, pool
+        self.n = len(x)
+        self.junctions, self.blurs = junctions, blurs
+        targets = taps.targets
+        self.types = {name: type(module).__name__ for name, module in targets.items()}
+        self.first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
+        self.keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
+        self.inference = LayerInference((self.n, *x.shape[1:]), id(batch), given)
+        self.seen: dict[int, weakref.ref[torch.Tensor]] = {}
+        self._see(batch)
+        self.rows: dict[str, _Row] = {}
+        # by id of a tensor the pass has seen: its grid view (pointer, shape, strides, dtype) and row
+        self.views: dict[int, tuple[tuple[Any, ...] | None, _Row]] = {}
+        self.last: torch.Tensor | None = None  # the last layer output recorded
+        self.redo: set[str] = set()  # the rows to measure again
+        self.output_row: str | None = None  # the row of the model's output, where no layer returned it
+        self.samples = torch.arange(self.n)
+        self.zero = torch.zeros(self.n, dtype=torch.long)
+
+    def _see(self, tensor: torch.Tensor) -> None:
+        self.seen[id(tensor)] = weakref.ref(tensor)
+
+    def _known(self, tensor: torch.Tensor) -> bool:
+        ref = self.seen.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def per_sample(self, shape: torch.Size) -> tuple[int, ...]:
+        return (self.n, *shape[1:])
+
+    def on_output(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
+        """The hook of the first pass: new rows, inferred and compared."""
+        source = _first_tensor(inputs)
+        kind = self.types.get(name, type(self.model).__name__)
+        if self.junctions and source is not None and self._is_junction(source):
+            # computed from earlier tensors (a residual sum, an activation): it keeps their layout
+            shape = self.per_sample(source.shape)
+            record = Recorded(
+                junction_name(name), JUNCTION, shape, id(source), None, shape, None, keeps_layout=True
+            )
+            self._add(record, source, "input")
+            self._see(source)  # the same computed tensor may feed several layers: one row
+        self._see(tensor)
+        self.last = tensor
+        if source is None:
+            record = Recorded(
+                name, kind, self.per_sample(tensor.shape), id(tensor), None, None, None, name in self.first,
+                name in self.keeps,
+            )  # fmt: skip
+        else:
+            record = Recorded(
+                name, kind, self.per_sample(tensor.shape), id(tensor),
+                id(source) if self._known(source) else None, self.per_sample(source.shape),
+                view_permutation(source, tensor), name in self.first, name in self.keeps,
+            )  # fmt: skip
+        spec = self._add(record, tensor, "output")
+        if name in self.blurs and source is not None:
+            self._unblurred(spec, source)
+
+    def again(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
+        """The hook of a pass run again: the rows to measure again, measured."""
+        source = _first_tensor(inputs)
+        reads = ((junction_name(name), source), (name, tensor), (_unblurred_name(name), source))
+        for row_name, read in reads:
+            row = self.rows.get(row_name)
+            if row_name in self.redo and row is not None and read is not None:
+                self._measure(row, read)
+
+    def output(self, result: Any, up_to: str | None, stop: nn.Module | None, *, again: bool = False) -> None:
+        """The model's output (or the ``up_to`` layer's) as a last row, unless a row has it; in a pass
+        run again, that row measured again."""
+        last = "(output)" if up_to is None else up_to
+        output = _first_tensor(result)
+        if output is None or output.dim() < 1 or len(output) != 2 * self.n:
+            return
+        if again:
+            if self.output_row is not None and self.output_row in self.redo:
+                self._measure(self.rows[self.output_row], output)
+            return
+        if last in self.rows:
+            return
+        if self.last is not None and (
+            self.last is output or (self.last.shape == output.shape and torch.equal(self.last, output))
+        ):
+            return
+        kind = type(stop).__name__ if stop is not None else type(self.model).__name__
+        shape = self.per_sample(output.shape)
+        record = Recorded(
+            last, self.types.get(last, kind), shape, id(output), None, shape, None, keeps_layout=True
         )
-    )  # fmt: skip
+        self._add(record, output, "output")
+        self.output_row = last
+
+    def _is_junction(self, source: torch.Tensor) -> bool:
+        """A layer's input that no recorded layer returned: computed in ``forward`` (a sum, a parameter
+        added)."""
+        return (
+            not self._known(source)
+            and source.dim() >= 2
+            and len(source) == 2 * self.n
+            and source.dtype.is_floating_point
+        )
+
+    def _add(self, record: Recorded, tensor: torch.Tensor, kind: str) -> LayerSpec:
+        spec = self.inference.add(record)
+        producer = self.views.get(record.input_id) if record.input_id is not None else None
+        self.views.pop(record.output_id, None)
+        if spec.ambiguous is not None:
+            self.rows[spec.name] = _Row(spec, None, kind)
+            return spec
+        view = _as_float(tensor)
+        if spec.layout is not None and spec.stride is not None:
+            view = spec.layout.to_grid(view, len(spec.stride))
+        seen = _signature(view)
+        if seen is not None and producer is not None and producer[0] == seen:
+            # the same elements on the same grid as the row it was computed from, not written to since
+            # (a permuted view, an Identity): that row's comparison is this one's
+            self.rows[spec.name] = _Row(spec, producer[1].sink, kind, same_as=producer[1].spec.name)
+            self.views[record.output_id] = (seen, producer[1])
+            return spec
+        row = self.rows[spec.name] = _Row(spec, self._sink(spec, view), kind)
+        self.views[record.output_id] = (seen, row)
+        self._compare(row, view)
+        return spec
+
+    def _sink(self, spec: LayerSpec, both: torch.Tensor) -> Sink:
+        """How a layer's output is compared: on its grid, or whole (no spatial dims); ``both``: its
+        outputs for ``x`` and the moved input, viewed as that grid.
+
+        A translation of the layer's grid (and a whole output) goes to the
+        pool, which sums all layers together; other elements, and float64
+        outputs that need scaling, get a sink of their own.
+        """
+        base = both[: self.n]
+        scaled = sample_scale(base) is not None
+        if spec.layout is None or spec.stride is None:
+            return FlatSums(base, 1) if scaled else self.pool.layer(tuple(both.shape[1:]), both.dtype, None)
+        d, element = len(spec.stride), self.element
+        expected = _expected(element, spec.stride)
+        # a shift is rounded to whole output samples: it acts on a grid of stride 1
+        step = (1,) * d if isinstance(expected, Shift) else spec.stride
+        on_grid = Grid(d, step, self.boundary, spec.layout)
+        spatial = tuple(both.shape[-d:])
+        offsets: tuple[int, ...] | None
+        if isinstance(expected, Shift):  # the same few shifts and sizes for most layers: worked out once
+            offsets, region = _translated(tuple(expected), spatial, self.boundary)
+        else:
+            offsets, region = expected.translation(on_grid), expected.region(spatial, on_grid)
+        if offsets is not None and not scaled:
+            return self.pool.layer(tuple(both.shape[1:]), both.dtype, on_grid, offsets, region)
+        return GridSums(base, [element], on_grid, (0,) * d, expected=[expected])
+
+    def _measure(self, row: _Row, tensor: torch.Tensor) -> None:
+        """A row measured again: its tensor read and viewed as its grid."""
+        spec = row.spec
+        if row.kind == "unblurred":
+            tensor = tensor[row.key]
+        tensor = _as_float(tensor)
+        if spec.layout is not None and spec.stride is not None:
+            tensor = spec.layout.to_grid(tensor, len(spec.stride))
+        self._compare(row, tensor)
+
+    def _compare(self, row: _Row, tensor: torch.Tensor) -> None:
+        """Both halves of a row's tensor (viewed as its grid) handed to its sink."""
+        sink, name, n, element = row.sink, row.spec.name, self.n, self.element
+        if sink is None:
+            return
+
+        def what(which: str = "the moved input") -> str:
+            where = f"the input of {name!r}" if row.kind == "unblurred" else f"layer {name!r}"
+            return f"{where} for {which if which == 'x' else f'the input moved by {element}'}"
+
+        if isinstance(sink, PooledLayer):
+            sink.measure(tensor, what)
+        else:
+            sink.add(tensor[n:], slice(0, n), self.samples, self.zero, what)
+
+    def _unblurred(self, spec: LayerSpec, source: torch.Tensor) -> None:
+        """For a layer that blurs before it subsamples: its input subsampled by the same step without
+        the blur, compared like its output, to say how much of the aliasing the blur removes.
+
+        The step is the ratio of the layer's input and output sizes; a layer whose sizes give none, or
+        whose input or output is not a channels-first float map, is left out.
+        """
+        if spec.stride is None or spec.spatial is None:
+            return
+        d = len(spec.spatial)
+        if not isinstance(spec.layout, ChannelsFirst) or source.dim() != d + 2:
+            return
+        if not source.is_floating_point():
+            return
+        steps = tuple(round(n / m) for n, m in zip(source.shape[2:], spec.spatial))
+        if any(s < 1 for s in steps) or all(s == 1 for s in steps):
+            return
+        key = (slice(None), slice(None), *(slice(None, None, s) for s in steps))
+        base = source[: self.n][key]
+        if sample_scale(base) is not None:
+            return
+        assert isinstance(self.element, Shift)  # only shifts look for blurring layers
+        moved = tuple(_divided(tuple(self.element), spec.stride))
+        offsets, region = _translated(moved, tuple(base.shape[2:]), self.boundary)
+        grid = Grid(d, (1,) * d, self.boundary)
+        sink = self.pool.layer(tuple(base.shape[1:]), base.dtype, grid, offsets, region)
+        name = _unblurred_name(spec.name)
+        row = self.rows[name] = _Row(dataclasses.replace(spec, name=name), sink, "unblurred", key)
+        self._compare(row, source[key])
+
+
+def _signature(view: torch.Tensor) -> tuple[Any, ...] | None:
+    """Where a view's elements are, and the version of its memory (in-place writes change it); None
+    for a tensor without a version counter (made in inference mode)."""
+    try:
+        version = view._version
+    except RuntimeError:
+        return None
+    return view.data_ptr(), tuple(view.shape), view.stride(), view.dtype, view.device, version
+
+
+def _unblurred_name(layer: str) -> str:
+    """The key of a blurring layer's input subsampled without the blur (not a row of the profile)."""
+    return f"{layer} (unblurred)"
+
+
+def _as_float(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype.is_floating_point else tensor.double()
 
 
 def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: str | None) -> Any:
@@ -597,12 +787,18 @@ def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: 
         # the taps were registered first, so an up_to layer that is profiled is recorded before its
         # hook stops the pass
         result, reached = call_until(model, batch, stop)
-    except (InvalidArgument, torch.cuda.OutOfMemoryError):
+    except InvalidArgument:
         raise
+    except torch.cuda.OutOfMemoryError as exc:
+        raise InvalidArgument(
+            f"out of memory running x and its moved copy as one batch of shape {tuple(batch.shape)} on "
+            f"{batch.device}: the profile compares each layer's two outputs as the layer returns them; "
+            f"profile fewer samples (x[:{max(1, len(batch) // 4)}])"
+        ) from exc
     except Exception as exc:
         raise InvalidArgument(
-            f"the model raised {type(exc).__name__} on an input of shape {tuple(batch.shape)} "
-            f"({batch.dtype}, {batch.device}): {exc}"
+            f"the model raised {type(exc).__name__} on x and its moved copy, one batch of shape "
+            f"{tuple(batch.shape)} ({batch.dtype}, {batch.device}): {exc}"
         ) from exc
     if not reached:
         raise InvalidArgument(
@@ -610,38 +806,6 @@ def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: 
             "profile cannot stop after it; pass the name of a layer that the model's forward uses"
         )
     return result
-
-
-Sink = GridSums | FlatSums | PooledLayer | None
-
-
-def _sink(spec: LayerSpec, base: torch.Tensor, element: Action, boundary: Boundary, pool: LayerSums) -> Sink:
-    """How a layer's output is compared: on its grid, whole (no spatial dims), or not (ambiguous).
-
-    A translation of the layer's grid (and a whole output) goes to the
-    pool, which sums all layers together; other elements, and float64
-    outputs that need scaling, get a sink of their own.
-    """
-    if spec.ambiguous is not None:
-        return None
-    if not base.dtype.is_floating_point:
-        base = base.double()
-    if spec.layout is None or spec.stride is None:
-        return FlatSums(base, 1) if sample_scale(base) is not None else pool.layer(base, None)
-    d = len(spec.stride)
-    expected = _expected(element, spec.stride)
-    # a shift is rounded to whole output samples: it acts on a grid of stride 1
-    on_grid = Grid(d, (1,) * d if isinstance(expected, Shift) else spec.stride, boundary, spec.layout)
-    on_grid_base = spec.layout.to_grid(base, d)
-    spatial = tuple(on_grid_base.shape[-d:])
-    offsets: tuple[int, ...] | None
-    if isinstance(expected, Shift):  # the same few shifts and sizes for most layers: worked out once
-        offsets, region = _translated(tuple(expected), spatial, boundary)
-    else:
-        offsets, region = expected.translation(on_grid), expected.region(spatial, on_grid)
-    if offsets is not None and sample_scale(on_grid_base) is None:
-        return pool.layer(on_grid_base, on_grid, offsets, region)
-    return GridSums(on_grid_base, [element], on_grid, (0,) * d, expected=[expected])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -654,43 +818,6 @@ def _translated(
     return shift.translation(grid), shift.region(spatial, grid)
 
 
-def _unblurred(
-    specs: Sequence[LayerSpec],
-    inputs: Mapping[str, torch.Tensor],
-    element: Action,
-    boundary: Boundary,
-    pool: LayerSums,
-) -> dict[str, tuple[tuple[slice, ...], PooledLayer]]:
-    """For each layer that blurs before it subsamples: its input subsampled by the same step without
-    the blur, compared like its output, to say how much of the aliasing the blur removes.
-
-    The step is the ratio of the layer's input and output sizes; a layer whose sizes give none, or
-    whose input or output is not a channels-first float map, is left out.
-    """
-    found = {}
-    for spec in specs:
-        source = inputs.get(spec.name)
-        if source is None or spec.stride is None or spec.spatial is None:
-            continue
-        d = len(spec.spatial)
-        if (
-            not isinstance(spec.layout, ChannelsFirst)
-            or source.dim() != d + 2
-            or not source.is_floating_point()
-        ):
-            continue
-        steps = tuple(round(n / m) for n, m in zip(source.shape[2:], spec.spatial))
-        if any(s < 1 for s in steps) or all(s == 1 for s in steps) or sample_scale(source) is not None:
-            continue
-        key = (slice(None), slice(None), *(slice(None, None, s) for s in steps))
-        subsampled = source[key]
-        assert isinstance(element, Shift)  # only shifts look for blurring layers
-        moved = tuple(_divided(tuple(element), spec.stride))
-        offsets, region = _translated(moved, tuple(subsampled.shape[2:]), boundary)
-        found[spec.name] = key, pool.layer(subsampled, Grid(d, (1,) * d, boundary), offsets, region)
-    return found
-
-
 def _expected(element: Action, stride: tuple[int, ...]) -> Action:
     """The element a layer's output should undergo: a shift divided (or rounded) by the stride."""
     if not isinstance(element, Shift):
@@ -701,69 +828,6 @@ def _expected(element: Action, stride: tuple[int, ...]) -> Action:
 @functools.lru_cache(maxsize=1024)
 def _divided(offsets: tuple[int, ...], stride: tuple[int, ...]) -> Shift:
     return Shift(tuple(round(o / s) for o, s in zip(offsets, stride)))
-
-
-class _Layers:
-    """The shifted pass: each profiled layer's output fed to its sink as the layer returns it."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        taps: _Taps,
-        stop: nn.Module | None,
-        up_to: str | None,
-        sinks: dict[str, Sink],
-        unblurred: dict[str, tuple[tuple[slice, ...], PooledLayer]],
-    ) -> None:
-        self.model, self.taps, self.stop, self.up_to, self.sinks = model, taps, stop, up_to, sinks
-        self.unblurred = unblurred
-        self.junctions = {name: junction_name(name) for name in taps.targets if junction_name(name) in sinks}
-        self.last = "(output)" if up_to is None else up_to
-        self.chunk: tuple[slice, torch.Tensor, torch.Tensor, Describe] | None = None
-
-    def feed(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
-        if name in self.unblurred and self.chunk is not None:
-            key, sink = self.unblurred[name]
-            source = _first_tensor(inputs)
-            if source is not None:
-                items, sample, row, what = self.chunk
-                sink.add(source[key], items, sample, row, lambda: f"the input of {name!r} for {what()}")
-        junction = self.junctions.get(name)
-        if junction is not None:
-            source = _first_tensor(inputs)
-            if source is not None:
-                self._feed(junction, source)
-        self._feed(name, tensor)
-
-    def _feed(self, name: str, tensor: torch.Tensor) -> None:
-        sink = self.sinks.get(name)
-        if sink is None or self.chunk is None:
-            return
-        items, sample, row, what = self.chunk
-        if isinstance(sink, GridSums):
-            tensor = sink.grid.layout.to_grid(
-                tensor if tensor.dtype.is_floating_point else tensor.double(), sink.grid.spatial_dims
-            )
-        elif not tensor.dtype.is_floating_point:
-            tensor = tensor.double()
-        check_floating(tensor, what)
-        sink.add(tensor, items, sample, row, lambda: f"layer {name!r} for {what()}")
-
-    def consume(
-        self, inputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
-    ) -> None:
-        self.chunk = (items, sample, row, what)
-        taps = self.taps
-        taps.start(len(inputs), self.feed)
-        result = _call(self.model, inputs, self.stop, self.up_to)
-        output = _first_tensor(result)
-        if self.last not in taps.seen and output is not None and self.last in self.sinks:
-            self._feed(self.last, output)
-
-    def retry(self) -> None:
-        for sink in self.sinks.values():
-            if sink is not None:
-                sink.retry()
 
 
 def _first_tensor(out: Any) -> torch.Tensor | None:
@@ -849,6 +913,7 @@ def _explained(
     element: Action,
     spatial_in: tuple[int, ...],
     without_blur: Mapping[str, float],
+    modules: Mapping[str, nn.Module],
 ) -> tuple[LayerProfile, ...]:
     """Causes read with the layers around each failure; rows of computed inputs kept where they fail first.
 
@@ -862,7 +927,7 @@ def _explained(
         if row.type == JUNCTION and (row.passed or failed):
             continue
         if not row.passed:
-            row = _recaused(row, kept, subsampled, model, element, spatial_in, without_blur)
+            row = _recaused(row, kept, subsampled, model, element, spatial_in, without_blur, modules)
             failed = True
         global_pool = row.stride is not None and _is_global(row.output_shape, row.stride, spatial_in)
         if subsampled is None and not row.exact and row.stride is not None and not global_pool:
@@ -879,18 +944,19 @@ def _recaused(
     element: Action,
     spatial_in: tuple[int, ...],
     without_blur: Mapping[str, float],
+    modules: Mapping[str, nn.Module],
 ) -> LayerProfile:
     """A failing row's cause, with what the rows before it and the model's parameters say."""
     replace = dataclasses.replace
     if row.stride is not None and _is_global(row.output_shape, row.stride, spatial_in):
         return replace(row, cause="global pooling", fix=_global_fix(row))
-    if row.cause == "aliasing" and isinstance(element, Shift) and _blurs(model, row.name):
+    if row.cause == "aliasing" and isinstance(element, Shift) and _blurs(model, row.name, modules):
         return replace(row, fix=_blur_fix(row, without_blur.get(row.name)))
     if row.cause in ("no symmetry", "borders") and subsampled is not None and isinstance(element, Shift):
         return replace(row, cause="aliasing", fix=_upsampled_fix(subsampled, row))
     if row.cause != "no symmetry":
         return row
-    positional = _positional_parameter(model, row)
+    positional = _positional_parameter(model, row, modules)
     if positional is not None:
         return replace(row, cause="absolute positions", fix=_positions_fix(row, positional, before))
     if row.type == JUNCTION:
@@ -914,16 +980,31 @@ def _global_fix(row: LayerProfile) -> str:
     )
 
 
-def _blurs(model: nn.Module, name: str) -> bool:
-    """Whether a layer low-pass filters before it subsamples: an average pool, or a fixed (buffer) kernel."""
+def _blurs(model: nn.Module, name: str, modules: Mapping[str, nn.Module]) -> bool:
+    """Whether the layer ``name`` of ``model`` (in ``modules`` by name, if there) low-pass filters
+    before it subsamples (``_blurring``)."""
+    module = _module(model, name, modules)
+    return module is not None and _blurring(module)
+
+
+def _module(model: nn.Module, name: str, modules: Mapping[str, nn.Module]) -> nn.Module | None:
+    """The submodule ``name`` of ``model``: from ``modules`` where it is there; None if none is."""
+    module = modules.get(name)
+    if module is not None:
+        return module
     try:
-        module = model.get_submodule(name)
+        return model.get_submodule(name)
     except AttributeError:
-        return False
+        return None
+
+
+def _blurring(module: nn.Module) -> bool:
+    """Whether a layer low-pass filters before it subsamples: an average pool, or a fixed (buffer) kernel."""
     if isinstance(module, (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd)):
         return True
-    kernels = [b for b in module.buffers(recurse=False) if b.dim() >= 3 and b.dtype.is_floating_point]
-    return bool(kernels) and not any(True for _ in module.parameters(recurse=False))
+    kernels = [b for b in module._buffers.values() if b is not None and b.dim() >= 3]
+    fixed = not any(p is not None for p in module._parameters.values())
+    return fixed and any(b.is_floating_point() for b in kernels)
 
 
 def _blur_fix(row: LayerProfile, without: float | None) -> str:
@@ -958,21 +1039,23 @@ def _upsampled_fix(subsampled: LayerProfile, row: LayerProfile) -> str:
     )
 
 
-def _positional_parameter(model: nn.Module, row: LayerProfile) -> tuple[str, tuple[int, ...]] | None:
+def _positional_parameter(
+    model: nn.Module, row: LayerProfile, modules: Mapping[str, nn.Module]
+) -> tuple[str, tuple[int, ...]] | None:
     """A parameter or buffer shaped like one sample of the row's output: a value for each position."""
     per_sample = tuple(row.output_shape[1:])
     if len(per_sample) < 2:
         return None
     owner: nn.Module = model
     if row.type != JUNCTION:
-        try:
-            owner = model.get_submodule(row.name)
-        except AttributeError:
+        found = _module(model, row.name, modules)
+        if found is None:
             return None
-    modules = submodules(owner)
+        owner = found
+    within = submodules(owner)
     # parameters first, then buffers, each in named_parameters' order; a name made only for a match
     for kind, named in (("_parameters", owner.named_parameters), ("_buffers", owner.named_buffers)):
-        for module in modules:
+        for module in within:
             for tensor in getattr(module, kind).values():
                 if tensor is None:
                     continue

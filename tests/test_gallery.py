@@ -205,3 +205,47 @@ def test_every_case_of_the_docs_page_runs_and_profiles_without_ambiguity(name: s
     assert profile.first_failure is not None  # each case shows where its model breaks
     assert report.passed == (name not in ("FCN head", "U-Net"))
     assert report.vacuous is None
+
+
+@pytest.mark.parametrize("name", sorted(gallery.GALLERY))
+def test_every_way_of_comparing_the_layers_gives_each_the_same_verdict(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profile compares small layers together at the end of its pass (from copy-on-write
+    snapshots), large ones as they return, and a permuted view or an Identity by the row it was
+    computed from; each must judge every layer as comparing it on its own, at once, would: the
+    engine's GridSums and FlatSums (taken when a float64 output needs scaling)."""
+    import equivariance._layer_sums as layer_sums
+    import equivariance.profile as profile_module
+
+    model = gallery.GALLERY[name]()
+    case = gallery.CASES[name]
+    x = eval(case.inputs, {"canvas": gallery.canvas, "image": gallery.image})
+    profiles = [profile_equivariance(model, x, case.shift)]
+    monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", 1 << 40)  # every layer at the end
+    profiles.append(profile_equivariance(model, x, case.shift))
+    monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", 0)  # every layer as it returns, none shared
+    monkeypatch.setattr(profile_module, "_signature", lambda view: None)
+    profiles.append(profile_equivariance(model, x, case.shift))
+    monkeypatch.setattr(profile_module, "sample_scale", lambda base: torch.ones(len(base)))
+    profiles.append(profile_equivariance(model, x, case.shift))  # a sink of its own per layer
+    reference = profiles[-1]
+    assert any(not row.passed for row in reference.layers)
+    for profile in profiles[:-1]:
+        assert [row.name for row in profile.layers] == [row.name for row in reference.layers]
+        for a, b in zip(profile.layers, reference.layers):
+            assert a.error == pytest.approx(b.error, rel=1e-5, abs=1e-12), a.name
+            assert (a.passed, a.border, a.cause) == (b.passed, b.border, b.cause), a.name
+    # the pooled ways also measure a blurring layer's input without the blur, for its fix
+    assert [row.fix for row in profiles[0].layers] == [row.fix for row in profiles[1].layers]
+    assert [row.fix for row in profiles[0].layers] == [row.fix for row in profiles[2].layers]
+
+
+def test_a_permuted_view_shares_the_comparison_of_the_map_it_views() -> None:
+    model, x = gallery.convnext_stage(), gallery.canvas(size=128, content=64)
+    profile = profile_equivariance(model, x, (4, 0))
+    # stem.1 permutes stem.0's map to channels last; stage1.block.6 permutes block.5's back
+    assert profile["stem.1"].error == profile["stem.0"].error
+    assert profile["stage1.block.6"].error == profile["stage1.block.5"].error
+    assert profile["stem.1"].layout == "channels_last"
+    assert profile["stem.0"].layout == "channels_first"

@@ -279,7 +279,8 @@ def test_a_layer_without_symmetry_before_up_to_is_the_first_failure() -> None:
         nn.Conv2d(1, 4, 3), Ramp(), nn.Conv2d(4, 2, 3), nn.Flatten(), nn.Linear(2 * 24 * 24, 10)
     )
     with pytest.raises(
-        InvalidArgument, match=r"the model raised RuntimeError on an input of shape \(4, 1, 38"
+        InvalidArgument,
+        match=r"the model raised RuntimeError on x and its moved copy, one batch of shape \(8, 1, 38",
     ):
         profile_equivariance(net, canvas(), (2, 1))
     profile = profile_equivariance(net, canvas(), (2, 1), up_to="2")
@@ -392,13 +393,44 @@ class WritesInPlace(nn.Module):
         return self.conv2(y)
 
 
+class RampInPlace(nn.Module):
+    """Adds a ramp over the width to its input in place and returns it: not equivariant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.add_(torch.linspace(0.0, 1.0, x.shape[-1]))
+
+
+@pytest.mark.parametrize("deferred", [0, 1 << 20])
+def test_a_layer_that_writes_its_input_in_place_is_compared_on_its_own(
+    deferred: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ramp returns the very tensor the convolution did, written to: its row must not take the
+    convolution's comparison (as a view of it, unchanged, would); the Identity after it takes the
+    ramp's. Compared as they return or later (from copy-on-write snapshots, which move the memory
+    a write goes to)."""
+    import equivariance._layer_sums as layer_sums
+
+    monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", deferred)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular")
+    profile = profile_equivariance(
+        nn.Sequential(conv, RampInPlace(), nn.Identity()), torch.randn(2, 1, 12, 12), (0, 3),
+        boundary="circular",
+    )  # fmt: skip
+    assert profile["0"].passed
+    assert not profile["1"].passed
+    assert profile["1"].cause == "no symmetry"
+    assert profile["2"].error == profile["1"].error
+
+
 @pytest.mark.parametrize("lazy", [True, False])
 def test_layer_outputs_are_recorded_before_the_model_writes_to_them(
     lazy: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The unshifted pass keeps each layer's output as it was returned (copy-on-write where torch
-    has it, a copy otherwise): the in-place ReLU does not leak into conv1's row, nor the zeroed row
-    into the ReLU's (which would then fail); the break shows where the written map is used."""
+    """The pass compares each layer's outputs as they were returned (small ones later, from
+    copy-on-write snapshots where torch has them, copies otherwise): the in-place ReLU does not leak
+    into conv1's row, nor the zeroed row into the ReLU's (which would then fail); the break shows
+    where the written map is used."""
     import equivariance._isolation as isolation
 
     if not lazy:
@@ -447,3 +479,47 @@ def test_pooled_sums_judge_every_layer_as_one_sink_per_layer_would(
     for a, b in zip(pooled.layers, alone.layers):
         assert a.error == pytest.approx(b.error, rel=1e-5, abs=1e-12), a.name
         assert (a.passed, a.border, a.cause) == (b.passed, b.border, b.cause), a.name
+
+
+def test_the_pass_keeps_no_large_layer_output_alive() -> None:
+    """The profile compares a large layer's two outputs as the layer returns them: by the time the
+    last layer runs, the first layer's output is gone, as it is in a plain forward pass."""
+    import gc
+    import weakref
+
+    first: list[weakref.ref[torch.Tensor]] = []
+    alive: list[bool] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            gc.collect()
+            alive.append(first[-1]() is not None)
+            return x
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+        nn.Conv2d(8, 2, 3, padding=1, padding_mode="circular"), Probe(),
+    )  # fmt: skip
+    model[0].register_forward_hook(lambda module, args, out: first.append(weakref.ref(out)))
+    with torch.no_grad():
+        model(torch.randn(4, 1, 64, 64))
+    profile = profile_equivariance(model, torch.randn(2, 1, 64, 64), (1, 2), boundary="circular")
+    assert profile.passed
+    assert alive == [False, False]  # the plain pass, then the profile's
+
+
+def test_a_batch_that_does_not_fit_asks_for_fewer_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profile runs x and its moved copy as one batch: out of GPU memory, it says so and what to
+    pass (faked here: CI has no GPU)."""
+    import equivariance.profile as profile_module
+
+    def out_of_memory(model: nn.Module, batch: torch.Tensor, stop: object) -> object:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(profile_module, "call_until", out_of_memory)
+    with pytest.raises(
+        InvalidArgument,
+        match=r"out of memory running x and its moved copy as one batch of shape \(16, 1, 12, 12\) on "
+        r"cpu: .*profile fewer samples \(x\[:4\]\)",
+    ):
+        profile_equivariance(nn.Conv2d(1, 2, 3), torch.randn(8, 1, 12, 12), (1, 0))
