@@ -489,7 +489,7 @@ class _Taps:
                 name not in self.seen
                 and tensor is not None
                 and tensor.dim() >= 1
-                and len(tensor) == self.batch
+                and tensor.shape[0] == self.batch
             ):
                 self.seen.add(name)
                 self.on_output(name, inputs, tensor)
@@ -654,7 +654,7 @@ class _Pass:
         return (
             not self._known(source)
             and source.dim() >= 2
-            and len(source) == 2 * self.n
+            and source.shape[0] == 2 * self.n
             and source.dtype.is_floating_point
         )
 

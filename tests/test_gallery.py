@@ -215,12 +215,37 @@ def test_every_way_of_comparing_the_layers_gives_each_the_same_verdict(
     snapshots), large ones as they return, and a permuted view or an Identity by the row it was
     computed from; each must judge every layer as comparing it on its own, at once, would: the
     engine's GridSums and FlatSums (taken when a float64 output needs scaling)."""
+    case = gallery.CASES[name]
+    x = eval(case.inputs, {"canvas": gallery.canvas, "image": gallery.image})
+    _judged_every_way(gallery.GALLERY[name](), x, case.shift, monkeypatch)
+
+
+def test_zero_layers_are_measured_again_in_float64_and_judged_as_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Residual branches whose last BatchNorm starts at zero return all-zero maps, which float32 sums
+    cannot judge: the pass runs again for them, in float64."""
+    import equivariance.profile as profile_module
+
+    calls = []
+    call_until = profile_module.call_until
+    monkeypatch.setattr(profile_module, "call_until", lambda *a: calls.append(1) or call_until(*a))
+    model, x = gallery.resnet_stage(zero_init_residual=True), gallery.canvas()
+    profile = profile_equivariance(model, x, (1, 0))
+    assert len(calls) == 2
+    assert profile["layer1.bn2"].error == 0.0
+    assert profile["layer1.bn2"].passed
+    monkeypatch.undo()
+    _judged_every_way(model, x, (1, 0), monkeypatch)
+
+
+def _judged_every_way(
+    model: torch.nn.Module, x: torch.Tensor, shift: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import equivariance._layer_sums as layer_sums
     import equivariance.profile as profile_module
 
-    model = gallery.GALLERY[name]()
-    case = gallery.CASES[name]
-    x = eval(case.inputs, {"canvas": gallery.canvas, "image": gallery.image})
+    case = type("Case", (), {"shift": shift})
     profiles = [profile_equivariance(model, x, case.shift)]
     monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", 1 << 40)  # every layer at the end
     profiles.append(profile_equivariance(model, x, case.shift))

@@ -523,3 +523,23 @@ def test_a_batch_that_does_not_fit_asks_for_fewer_samples(monkeypatch: pytest.Mo
         r"cpu: .*profile fewer samples \(x\[:4\]\)",
     ):
         profile_equivariance(nn.Conv2d(1, 2, 3), torch.randn(8, 1, 12, 12), (1, 0))
+
+
+class NanCorner(nn.Module):
+    """Writes nan into one corner of its input: every output not finite."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[..., 0, 0] = float("nan")
+        return x
+
+
+def test_a_layer_with_nan_outputs_is_refused_with_its_name() -> None:
+    """Sums that come out not finite are measured again in float64, the outputs tested for nan: the
+    message names the layer, and the batch it came from."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), NanCorner(), nn.Conv2d(2, 2, 3, padding=1))
+    with pytest.raises(
+        InvalidArgument,
+        match=r"the model's output is not finite \(nan or inf\) for 2 of 2 samples of layer '1' for x; ",
+    ):
+        profile_equivariance(model, canvas(batch=2, size=12, content=6), (1, 0))
