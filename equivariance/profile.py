@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -369,6 +370,7 @@ def profile_equivariance(
             "use check_equivariance for a plain callable"
         )
     x = check_input(x, model)
+    _warn_batch_statistics(model)
     element, boundary = _profiled_element(shift, x, check_boundary(boundary))
     tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
     targets, stop = _targets(model, layers), _stop_layer(model, up_to)
@@ -419,6 +421,28 @@ def profile_equivariance(
         layers=rows,
         up_to=up_to,
     )
+
+
+def _warn_batch_statistics(model: nn.Module) -> None:
+    """A warning where a layer normalizes with the statistics of its batch also in eval mode: in the
+    profile's batch, the outputs for ``x`` then depend on its moved copy."""
+    if not any(_batch_statistics(module) for module in submodules(model)):
+        return
+    names = [repr(name) for name, module in model.named_modules() if _batch_statistics(module)]
+    which = f"layer {names[0]} normalizes" if len(names) == 1 else f"layers {', '.join(names)} normalize"
+    warnings.warn(
+        f"{which} with the statistics of the batch (BatchNorm with "
+        "track_running_stats=False), also in eval mode: the profile runs x and its moved copy as one "
+        "batch, so those layers' outputs for x depend on the moved copy, and errors that come from "
+        "the batch a sample is in do not show. Give them running statistics, or look for them with "
+        "check_equivariance, whose noise floor measures that dependence",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _batch_statistics(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None
 
 
 def _profiled_element(shift: object, x: torch.Tensor, boundary: Boundary) -> tuple[Action, Boundary]:

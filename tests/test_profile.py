@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -543,3 +544,21 @@ def test_a_layer_with_nan_outputs_is_refused_with_its_name() -> None:
         match=r"the model's output is not finite \(nan or inf\) for 2 of 2 samples of layer '1' for x; ",
     ):
         profile_equivariance(model, canvas(batch=2, size=12, content=6), (1, 0))
+
+
+def test_a_layer_with_batch_statistics_in_eval_mode_is_named_in_a_warning() -> None:
+    """BatchNorm without running statistics normalizes with the batch's, also in eval mode: in the
+    profile's one batch, x's outputs depend on its moved copy. Other norms are per sample."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2, track_running_stats=False), nn.GroupNorm(1, 2)
+    )
+    x = canvas(batch=2, size=12, content=6)
+    with pytest.warns(
+        UserWarning, match=r"^layer '1' normalizes with the statistics of the batch \(BatchNorm "
+    ):
+        profile_equivariance(model, x, (1, 0))
+    model[1] = nn.BatchNorm2d(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        profile_equivariance(model, x, (1, 0))
