@@ -7,6 +7,7 @@ inferred stride and margin.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -274,3 +275,32 @@ def test_a_permuted_view_shares_the_comparison_of_the_map_it_views() -> None:
     assert profile["stage1.block.6"].error == profile["stage1.block.5"].error
     assert profile["stem.1"].layout == "channels_last"
     assert profile["stem.0"].layout == "channels_first"
+
+
+@pytest.mark.parametrize("name", ["blur pooling", "ViT", "ConvNeXt stage", "U-Net"])
+def test_a_pass_run_again_in_float64_measures_every_kind_of_row_as_the_first(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layers float32 cannot sum exactly enough are measured again in float64, by a second run of
+    the batch: made here to be every layer, the rows of the second run (layer outputs, tensors
+    computed in forward, a blurring layer's input without the blur, permuted views) must give the
+    errors and fixes of the first."""
+    import equivariance._layer_sums as layer_sums
+    import equivariance.profile as profile_module
+
+    case = gallery.CASES[name]
+    model = gallery.GALLERY[name]()
+    x = eval(case.inputs, {"canvas": gallery.canvas, "image": gallery.image})
+    once = profile_equivariance(model, x, case.shift)
+    calls = []
+    call_until = profile_module.call_until
+    monkeypatch.setattr(profile_module, "call_until", lambda *a: calls.append(1) or call_until(*a))
+    monkeypatch.setattr(layer_sums, "_FLOAT32_MIN_REFERENCE", math.inf)
+    twice = profile_equivariance(model, x, case.shift)
+    assert len(calls) == 2
+    assert [row.name for row in twice.layers] == [row.name for row in once.layers]
+    for a, b in zip(twice.layers, once.layers):
+        assert a.error == pytest.approx(b.error, rel=1e-4, abs=1e-9), a.name
+        assert (a.passed, a.cause) == (b.passed, b.cause), a.name
+    blurred = [row.fix for row in twice.layers if row.fix and "without the blur" in row.fix]
+    assert bool(blurred) == (name == "blur pooling")

@@ -562,3 +562,31 @@ def test_a_layer_with_batch_statistics_in_eval_mode_is_named_in_a_warning() -> N
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         profile_equivariance(model, x, (1, 0))
+
+
+class TinyRamp(nn.Module):
+    """A convolution, then (in forward, between submodules) a ramp added and everything scaled to
+    1e-25, where float32 squares underflow; then a blur that subsamples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular", bias=False)
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.pool((y + torch.linspace(0.0, 1.0, y.shape[-1])) * 1e-25)
+
+
+def test_tiny_tensors_computed_in_forward_and_blurred_inputs_are_judged_in_float64() -> None:
+    """Float32 squares of 1e-25 underflow to zero: the pass runs again in float64 for those rows,
+    the tensor computed in forward as well as the blur's input subsampled without the blur."""
+    torch.manual_seed(0)
+    profile = profile_equivariance(TinyRamp(), torch.randn(2, 1, 12, 12), (0, 1), boundary="circular")
+    first = profile.first_failure
+    assert first is not None
+    assert (first.name, first.cause) == ("pool (input)", "no symmetry")
+    assert 0.01 < first.error < 10
+    blurred = profile["pool"]
+    assert blurred.cause == "aliasing"
+    assert "its input subsampled by the same step without the blur: " in (blurred.fix or "")
