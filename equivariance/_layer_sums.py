@@ -51,7 +51,8 @@ __all__ = ["LayerSums", "PooledLayer"]
 
 
 class PooledLayer:
-    """One layer's part of a [`LayerSums`][equivariance._layer_sums.LayerSums]: the sink the profile
+    """One layer's part of a [`LayerSums`][equivariance._layer_sums.LayerSums] (made, it joins the
+    pool): the sink the profile
     hands the layer's two outputs to, for ``x`` and its moved copy, as the layer returns them.
 
     Args:
@@ -76,17 +77,16 @@ class PooledLayer:
         region: tuple[slice, ...] = (),
     ) -> None:
         self.pool, self.grid = pool, grid
+        pool.layers.append(self)
         if grid is None:  # the whole output as one position
             shape, offsets, region = (math.prod(shape), 1), (0,), (slice(0, 1),)
         d = len(offsets)
-        self.spatial_dims = d
         boundary = "zeros" if grid is None else grid.boundary
         lo, hi = tuple(r.start for r in region), tuple(r.stop for r in region)
         plan = _plan(len(shape) + 1, shape[len(shape) - d :], tuple(offsets), lo, hi, boundary)
         channel_dims, self.tiles, self.box, self.depth = plan
         self.summed = tuple(dim + 2 for dim in channel_dims)  # in (2, layers, N, ...): see _compared
         self.shape = (*shape[: len(shape) - d], *self.box)  # a sample's reference over the box
-        self.positions = math.prod(self.box)
         self.channels = math.prod(shape[: len(shape) - d])
         # float64 sums: float64 outputs, and any layer float32 cannot sum exactly enough
         self.exact = dtype == torch.float64
@@ -141,8 +141,8 @@ def _compared(layers: list[PooledLayer], both: torch.Tensor) -> tuple[torch.Tens
 class LayerSums:
     """The pooled sink of every layer a profile compares by a translation (or whole).
 
-    Make the layers with [`layer`][equivariance._layer_sums.LayerSums.layer]
-    and have each [`measure`][equivariance._layer_sums.PooledLayer.measure]
+    Make its layers ([`PooledLayer`][equivariance._layer_sums.PooledLayer]s of
+    the pool) and have each [`measure`][equivariance._layer_sums.PooledLayer.measure]
     its outputs; then [`settle`][equivariance._layer_sums.LayerSums.settle]
     says which to measure again in float64, and
     [`judge`][equivariance._layer_sums.LayerSums.judge] judges them all.
@@ -173,19 +173,6 @@ class LayerSums:
             self._views = {key: view for key, view in self._views.items() if key[1] != dtype}
         view = self._views[(shape, dtype)] = flat[:numel].view(shape)
         return view
-
-    def layer(
-        self,
-        shape: tuple[int, ...],
-        dtype: torch.dtype,
-        grid: Grid | None,
-        offsets: tuple[int, ...] = (),
-        region: tuple[slice, ...] = (),
-    ) -> PooledLayer:
-        """A new layer of the pool (see [`PooledLayer`][equivariance._layer_sums.PooledLayer])."""
-        layer = PooledLayer(self, shape, dtype, grid, offsets, region)
-        self.layers.append(layer)
-        return layer
 
     def defer(self, layer: PooledLayer, both: torch.Tensor) -> None:
         """Keep a small layer's outputs, to compare with the others of its shape and plan at once."""

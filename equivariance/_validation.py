@@ -10,8 +10,6 @@ import operator
 import warnings
 from collections.abc import Sequence
 
-import torch
-
 from equivariance.errors import InvalidArgument
 
 IntOrInts = int | Sequence[int]
@@ -84,11 +82,6 @@ def as_float(value: object, what: str, *, allow_none: bool = False) -> float | N
             f"{what} must be a finite non-negative number, found {number}; pass e.g. {what}=1e-4"
         )
     return number
-
-
-def spatial_shape_of(x: torch.Tensor, ndim: int) -> tuple[int, ...]:
-    """The trailing ``ndim`` sizes of ``x``."""
-    return tuple(x.shape[x.dim() - ndim :])
 
 
 def warn_deprecated(old: str, new: str) -> None:

@@ -591,7 +591,7 @@ class _Pass:
         self.seen: dict[int, weakref.ref[torch.Tensor]] = {}
         self._see(batch)
         self.rows: dict[str, _Row] = {}
-        # by id of a tensor the pass has seen: its grid view (pointer, shape, strides, dtype) and row
+        # by id of a tensor the pass has seen: its grid view's signature (``_signature``) and its row
         self.views: dict[int, tuple[tuple[Any, ...] | None, _Row]] = {}
         self.last: torch.Tensor | None = None  # the last layer output recorded
         self.redo: set[str] = set()  # the rows to measure again
@@ -689,9 +689,7 @@ class _Pass:
         if spec.ambiguous is not None:
             self.rows[spec.name] = _Row(spec, None, kind)
             return spec
-        view = _as_float(tensor)
-        if spec.layout is not None and spec.stride is not None:
-            view = spec.layout.to_grid(view, len(spec.stride))
+        view = _grid_view(spec, tensor)
         seen = _signature(view)
         if seen is not None and producer is not None and producer[0] == seen:
             # the same elements on the same grid as the row it was computed from, not written to since
@@ -713,9 +711,9 @@ class _Pass:
         outputs that need scaling, get a sink of their own.
         """
         base = both[: self.n]
-        scaled = sample_scale(base) is not None
+        scaled, per_sample = sample_scale(base) is not None, tuple(both.shape[1:])
         if spec.layout is None or spec.stride is None:
-            return FlatSums(base, 1) if scaled else self.pool.layer(tuple(both.shape[1:]), both.dtype, None)
+            return FlatSums(base, 1) if scaled else PooledLayer(self.pool, per_sample, both.dtype, None)
         d, element = len(spec.stride), self.element
         expected = _expected(element, spec.stride)
         # a shift is rounded to whole output samples: it acts on a grid of stride 1
@@ -728,7 +726,7 @@ class _Pass:
         else:
             offsets, region = expected.translation(on_grid), expected.region(spatial, on_grid)
         if offsets is not None and not scaled:
-            return self.pool.layer(tuple(both.shape[1:]), both.dtype, on_grid, offsets, region)
+            return PooledLayer(self.pool, per_sample, both.dtype, on_grid, offsets, region)
         return GridSums(base, [element], on_grid, (0,) * d, expected=[expected])
 
     def _measure(self, row: _Row, tensor: torch.Tensor) -> None:
@@ -736,10 +734,7 @@ class _Pass:
         spec = row.spec
         if row.kind == "unblurred":
             tensor = tensor[row.key]
-        tensor = _as_float(tensor)
-        if spec.layout is not None and spec.stride is not None:
-            tensor = spec.layout.to_grid(tensor, len(spec.stride))
-        self._compare(row, tensor)
+        self._compare(row, _grid_view(spec, tensor))
 
     def _compare(self, row: _Row, tensor: torch.Tensor) -> None:
         """Both halves of a row's tensor (viewed as its grid) handed to its sink."""
@@ -781,7 +776,7 @@ class _Pass:
         moved = tuple(_divided(tuple(self.element), spec.stride))
         offsets, region = _translated(moved, tuple(base.shape[2:]), self.boundary)
         grid = Grid(d, (1,) * d, self.boundary)
-        sink = self.pool.layer(tuple(base.shape[1:]), base.dtype, grid, offsets, region)
+        sink = PooledLayer(self.pool, tuple(base.shape[1:]), base.dtype, grid, offsets, region)
         name = _unblurred_name(spec.name)
         row = self.rows[name] = _Row(dataclasses.replace(spec, name=name), sink, "unblurred", key)
         self._compare(row, source[key])
@@ -802,8 +797,13 @@ def _unblurred_name(layer: str) -> str:
     return f"{layer} (unblurred)"
 
 
-def _as_float(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if tensor.dtype.is_floating_point else tensor.double()
+def _grid_view(spec: LayerSpec, tensor: torch.Tensor) -> torch.Tensor:
+    """A row's tensor as it is compared: floating point, viewed as the row's grid where it has one."""
+    if not tensor.dtype.is_floating_point:
+        tensor = tensor.double()
+    if spec.layout is not None and spec.stride is not None:
+        tensor = spec.layout.to_grid(tensor, len(spec.stride))
+    return tensor
 
 
 def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: str | None) -> Any:
