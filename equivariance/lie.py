@@ -33,14 +33,19 @@ forward-mode pass. What no layer module accounts for (a functional op in a
 as ``(other operations)``.
 
 The measurement runs like the checks: in eval mode, autograd off, exact
-float32, the model's state and the RNG restored.
+float32, the model's state and the RNG restored; the same at every finite
+scale of the output (the checks' rule for sums, `equivariance._judge`), and
+refused where it would not be the derivative: a non-finite output, a model
+that drops the derivative on the way to its output (``.detach()``), an op
+without a forward-mode formula. Attention runs on its math kernel, the one
+that has one (`equivariance._jvp`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,8 +54,11 @@ from torch import nn
 
 from equivariance._forward import Forward, OutputSelector, find_layer
 from equivariance._grids import Grids, Stride
+from equivariance._judge import sample_errors
+from equivariance._jvp import TangentWatch, forward_mode, not_implemented, pushforward
 from equivariance._plan import check_input
 from equivariance._runner import Runner
+from equivariance._sinks import all_finite, check_finite, sample_scale, squared_norms
 from equivariance._validation import describe, per_dim
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.generators import Generator, Rotation, Translation
@@ -92,21 +100,68 @@ def as_generator(generator: object, x: torch.Tensor) -> Generator:
     return generator
 
 
-@contextlib.contextmanager
-def _forward_mode() -> Iterator[None]:
-    """Silence the deprecation warning torch raises from its own code the first time it loads its
-    forward-mode decompositions (they are registered with ``torch.jit.script``): not the caller's
-    concern, and a test suite that turns warnings into errors would fail on it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning
-        )
-        yield
-
-
 def _moved(generator: Generator, h: torch.Tensor, stride: Stride | None) -> torch.Tensor:
     """The generator applied to ``h`` on its grid, zero where ``h`` has no spatial dims."""
     return torch.zeros_like(h) if stride is None else generator.apply(h, stride)
+
+
+def floating(output: torch.Tensor) -> torch.Tensor:
+    """``output``, if it is floating point: a Lie derivative needs one."""
+    if not output.dtype.is_floating_point:
+        raise InvalidArgument(
+            f"the output has dtype {output.dtype}; a Lie derivative needs a floating-point output: "
+            "pass output=lambda y: y.float()"
+        )
+    return output
+
+
+def check_derivative(base: torch.Tensor, derivative: torch.Tensor, what: str = "x") -> None:
+    """InvalidArgument for a non-finite output (as the checks refuse one) or derivative."""
+    check_finite(base, what)
+    if not all_finite(derivative):
+        bad = int((~torch.isfinite(derivative)).reshape(len(derivative), -1).any(1).sum())
+        raise InvalidArgument(
+            f"the Lie derivative is not finite (nan or inf) for {bad} of {len(derivative)} samples of {what} "
+            "although the output is: the model is not differentiable there (a sqrt or a norm at exactly "
+            "0, a division by an exact zero) or the derivative overflows; measure "
+            "fractional_equivariance_error(model, x, (0, t)) / t for a small t instead"
+        )
+
+
+def warn_cuts(watch: TangentWatch, stacklevel: int) -> None:
+    """EquivarianceWarnings for what the forward-mode pass saw but could not judge: a tensor carrying the
+    derivative turned into a Python number, and normalizations that amplified it on constant groups."""
+    if watch.numbers:
+        warnings.warn(
+            f"the model turns a tensor that carries the derivative of x into a Python number "
+            f"({watch.numbers[0]}), which forward-mode AD cannot follow: if that number feeds the output "
+            "(a scale, a threshold), the Lie derivative misses its dependence on x; compute it with "
+            "torch operations",
+            EquivarianceWarning,
+            stacklevel=stacklevel,
+        )
+    _warn_amplified(watch, stacklevel + 1)
+
+
+def _warn_amplified(watch: TangentWatch, stacklevel: int) -> None:
+    """An EquivarianceWarning naming the first normalization that amplified the tangent on constant
+    groups (and the others that did)."""
+    found = watch.amplified()
+    if not found:
+        return
+    first, others = found[0], [f"{f.layer!r} ({f.share:.0%})" for f in found[1:]]
+    kind = f" ({first.type})" if first.type else ""
+    also = f"; so do {', '.join(others)}" if others else ""
+    warnings.warn(
+        f"layer {first.layer!r}{kind} normalizes {first.groups} of {first.of} groups that are constant "
+        f"over what it normalizes (zero on a zero canvas?), where its eps={first.eps:g} amplifies the "
+        f"derivative up to {1 / math.sqrt(first.eps):.0f}x: they carry {first.share:.0%} of its output's "
+        f"derivative{also}. The Lie derivative then measures the band-limited translation ringing into "
+        "the constant border, not the model; put the content on a canvas that is not zero (docs/lie.md, "
+        "'Inputs')",
+        EquivarianceWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def lie_derivative(
@@ -198,6 +253,12 @@ def lie_derivative_error(
             the paper's absolute form.
         reduction: ``"mean"`` (default) or ``"max"`` over the batch, or
             ``"none"`` for one value per sample (float64).
+
+    Raises:
+        InvalidArgument: for bad arguments, a non-finite output or derivative,
+            a model whose output depends on x through a tensor it detaches
+            (or on nothing differentiable at all), and an op that has no
+            forward-mode derivative, each with the reason.
     """
     if reduction not in ("mean", "max", "none"):
         raise InvalidArgument(
@@ -215,22 +276,40 @@ def lie_derivative_error(
 def sizes(derivative: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
     """Per-sample ``||derivative|| / ||base||`` (float64); ``||derivative||`` without a base.
 
-    Where ``base`` is all zero, the RMS of the derivative, with a warning.
+    The checks' rule (``_judge.sample_errors``): relative where ``base`` is
+    nonzero, else the RMS of the derivative, with a warning. Squares are
+    summed as the checks sum them (``_sinks.squared_norms``), float64 tensors
+    beyond the range where squares are exact scaled by a power of two per
+    sample first (``_sinks.sample_scale``), so that every finite scale gives
+    the same answer.
     """
-    norms: torch.Tensor = derivative.detach().double().flatten(1).norm(dim=1)
+    flat = derivative.detach().flatten(1)
     if base is None:
-        return norms
-    reference = base.detach().double().flatten(1).norm(dim=1)
-    dead = reference == 0
-    if bool(dead.any()):
+        own = sample_scale(flat)
+        norms = squared_norms(_times(flat, own), (1,)).sqrt()
+        return norms if own is None else norms / own
+    reference = base.detach().flatten(1)
+    scale = sample_scale(reference)
+    ref_sq = squared_norms(_times(reference, scale), (1,))
+    dead = ref_sq == 0
+    own = sample_scale(flat) if bool(dead.any()) else None
+    if own is not None:  # an all-zero output is measured absolutely, on the derivative's own scale
+        scale = torch.where(dead, own, torch.ones_like(own) if scale is None else scale)
+    diff_sq = squared_norms(_times(flat, scale), (1,))
+    errors, absolute = sample_errors(diff_sq, ref_sq, torch.tensor(flat.shape[1]), scale)
+    if bool(absolute.any()):
         warnings.warn(
-            f"{int(dead.sum())} of {len(dead)} samples have an all-zero output (dead features?); their "
-            "Lie derivative is the RMS of L f(x), not relative to ||f(x)||",
+            f"{int(absolute.sum())} of {len(absolute)} samples have an all-zero output (dead features?); "
+            "their Lie derivative is the RMS of L f(x), not relative to ||f(x)||",
             EquivarianceWarning,
             stacklevel=3,
         )
-    rms = norms / max(1, derivative[0].numel()) ** 0.5
-    return torch.where(dead, rms, norms / torch.where(dead, torch.ones_like(reference), reference))
+    return errors
+
+
+def _times(tensor: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Each sample (row) of ``tensor`` times its power of two."""
+    return tensor if scale is None else tensor * scale.to(tensor.device, tensor.dtype).unsqueeze(1)
 
 
 @dataclass(frozen=True)
@@ -272,29 +351,25 @@ class _Setup:
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(f(x), L f(x))``, chunk by chunk, isolated like a check."""
         outputs, derivatives = [], []
-        with Runner(self.forward.model), _forward_mode():
+        watch = TangentWatch(self.forward.model)
+        with Runner(self.forward.model), forward_mode():
             for start in range(0, len(self.x), self.batch_size):
-                base, derivative = self._chunk(self.x[start : start + self.batch_size])
+                base, derivative = self._chunk(self.x[start : start + self.batch_size], watch)
                 outputs.append(base)
                 derivatives.append(derivative)
+        warn_cuts(watch, stacklevel=4)
         return torch.cat(outputs), torch.cat(derivatives)
 
-    def _chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk(self, x: torch.Tensor, watch: TangentWatch) -> tuple[torch.Tensor, torch.Tensor]:
         spatial = tuple(x.shape[2:])
         tangent = self.generator.apply(x, (1,) * len(spatial))
         grids = Grids(spatial)
         with grids.following(self.forward.model):
-            found: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-                lambda v: self.forward(v), (x.clone(),), (tangent,)
-            )
-        base, pushed = found
-        if not base.dtype.is_floating_point:
-            raise InvalidArgument(
-                f"the output has dtype {base.dtype}; a Lie derivative needs a floating-point output: "
-                "pass output=lambda y: y.float()"
-            )
+            base, pushed = pushforward(lambda v: floating(self.forward(v)), x.clone(), tangent, watch)
         stride = self._output_stride(tuple(base.shape), grids)
-        return base.detach(), (pushed - _moved(self.generator, base, stride)).detach()
+        derivative = (pushed - _moved(self.generator, base, stride)).detach()
+        check_derivative(base.detach(), derivative)
+        return base.detach(), derivative
 
     def _output_stride(self, shape: tuple[int, ...], grids: Grids) -> Stride | None:
         """The output grid's stride, None for an output compared unmoved."""
@@ -467,7 +542,7 @@ def profile_lie_derivative(
     the_generator = as_generator(generator, tensor)
     targets = _targets(model, layers)
     grids = Grids(tuple(tensor.shape[2:]))
-    with Runner(model), _forward_mode():
+    with Runner(model), forward_mode():
         with grids.following(model):
             plain = _layers_that_run(model, tensor, targets, the_generator, grids)
         found = _contributions(model, tensor, plain)
@@ -551,11 +626,14 @@ def _layers_that_run(
             "no profiled layer returned a tensor during the forward pass; pass layers= naming "
             "submodules that the forward pass calls"
         )
+    base = floating(base)
     moved_input = generator.apply(x, (1,) * (x.dim() - 2))
     return _Pass(list(order.values()), moved_input, _moved(generator, base, grids.stride(tuple(base.shape))))
 
 
-def _conjugated(model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor) -> torch.Tensor:
+def _conjugated(
+    model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor, watch: TangentWatch
+) -> torch.Tensor:
     """The model's output with every profiled layer ``i`` conjugated by the transformation ``s[i]``, and
     the whole model by ``s[-1]``.
 
@@ -563,6 +641,8 @@ def _conjugated(model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor
     input ``h`` becomes ``h + s_i L h`` and its output ``y`` becomes
     ``y - s_i L' y``, ``L h`` and ``L' y`` taken from the plain pass (at
     ``s = 0`` the pass is the plain one). The values are exactly the model's own.
+    The model's own output must carry the derivative (``watch``) before the
+    whole model's conjugation is undone on it.
     """
 
     def conjugate(h: torch.Tensor, t: torch.Tensor, move: torch.Tensor | None) -> torch.Tensor:
@@ -587,7 +667,8 @@ def _conjugated(model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor
         handles.append(layer.module.register_forward_pre_hook(before))
         handles.append(layer.module.register_forward_hook(after))
     try:
-        out = Forward(model)(conjugate(x, s[-1], plain.moved_input))
+        out = floating(Forward(model)(conjugate(x, s[-1], plain.moved_input)))
+        watch.check(out, flows=True)
         return conjugate(out, -s[-1], plain.moved_output)
     finally:
         for handle in handles:
@@ -603,24 +684,29 @@ def _contributions(
     s = torch.zeros(count, dtype=x.dtype, device=x.device)
     basis = torch.eye(count, dtype=x.dtype, device=x.device)
 
+    watch = TangentWatch(model, normalizations=False)  # under vmap: no branching on values
+
     def along(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         result: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-            lambda t: _conjugated(model, x.clone(), plain, t), (s,), (direction,)
+            lambda t: _conjugated(model, x.clone(), plain, t, watch), (s,), (direction,)
         )
         return result
 
     try:
-        bases, parts = torch.func.vmap(along)(basis)
-    except InvalidArgument:
-        raise
+        with watch:
+            bases, parts = torch.func.vmap(along)(basis)
+    except InvalidArgument as exc:
+        raise not_implemented(exc) from exc.__cause__
     except Exception as exc:
         raise InvalidArgument(
             f"the per-layer Lie derivative runs the model under torch.func.vmap and jvp, and it raised "
             f"{type(exc).__name__}: {exc}; use lie_derivative_error for the model's total instead"
         ) from exc
-    if not bases.dtype.is_floating_point:
+    check_derivative(bases[0], parts[-1])
+    if not all_finite(parts):
         raise InvalidArgument(
-            f"the output has dtype {bases.dtype}; a Lie derivative needs a floating-point output"
+            "a layer's contribution to the Lie derivative is not finite (nan or inf) although the total "
+            "is: the layers' parts overflow; profile fewer layers with layers="
         )
     return bases[0].detach(), parts[:-1].detach(), parts[-1].detach()
 
@@ -630,11 +716,11 @@ def _profile(
     found: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> LieProfile:  # fmt: skip
     base, parts, total = found
-    energy = float(total.double().pow(2).sum())
+    rest = total - parts.sum(0)
+    shares = _shares(torch.cat([parts, rest.unsqueeze(0)]), total)
     rows = []
-    for layer, part in [*zip(ran, parts), (None, total - parts.sum(0))]:
+    for layer, part, share in zip([*ran, None], [*parts, rest], shares):
         error = float(sizes(part, base).mean())
-        share = float((part.double() * total.double()).sum()) / energy if energy > 0 else float("nan")
         if layer is None:
             rows.append(LayerContribution(OTHER, "", (), None, error, share))
         else:
@@ -643,3 +729,16 @@ def _profile(
     invariant = grids.stride(tuple(base.shape)) is None
     overall = float(sizes(total, base).mean())
     return LieProfile(type(model).__name__, generator, invariant, overall, tuple(rows))
+
+
+def _shares(parts: torch.Tensor, total: torch.Tensor) -> list[float]:
+    """``<part, total> / ||total||^2`` for each part (NaN where the total is zero), in float64 scaled by
+    one power of two so that no product overflows or underflows at any finite scale."""
+    work = torch.cat([parts.flatten(1), total.reshape(1, -1)]).double()
+    peak = float(work.abs().max())
+    if peak == 0:
+        return [float("nan")] * len(parts)
+    _, exponent = math.frexp(peak)
+    work = work * math.ldexp(1.0, -max(exponent, -1022))
+    energy = float(work[-1].square().sum())
+    return (work[:-1] @ work[-1] / energy).tolist() if energy > 0 else [float("nan")] * len(parts)
