@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,12 +57,21 @@ from equivariance._forward import Forward, OutputSelector, find_layer
 from equivariance._grids import Grids, Stride
 from equivariance._judge import sample_errors
 from equivariance._jvp import TangentWatch, forward_mode, not_implemented, pushforward
+from equivariance._layers import (
+    CHANNELS_FIRST_OPS,
+    LAYOUT_KEEPING_OPS,
+    LayerInference,
+    Recorded,
+    view_permutation,
+)
 from equivariance._plan import check_input
 from equivariance._runner import Runner
 from equivariance._sinks import all_finite, check_finite, sample_scale, squared_norms
 from equivariance._validation import describe, per_dim
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.generators import Generator, Rotation, Translation
+from equivariance.layouts import ChannelsFirst, Layout, LayoutLike
+from equivariance.profile import JUNCTION, _given_layouts, junction_name
 
 __all__ = [
     "LayerContribution",
@@ -495,6 +505,7 @@ def profile_lie_derivative(
     generator: GeneratorLike = "translation",
     *,
     layers: Sequence[str] | None = None,
+    layouts: Mapping[str, LayoutLike] | None = None,
 ) -> LieProfile:
     """The model's Lie derivative split into the contributions of its layers (see the module docstring).
 
@@ -507,10 +518,14 @@ def profile_lie_derivative(
     ``torch.func.jvp``): about the work of one forward pass per layer, in
     one call, after a plain pass that applies the generator once to every
     profiled layer's input and output (kept: about twice the activations of
-    one pass). Maps are read channels first, ``(N, C, *spatial)``, their
+    one pass). Each layer's input and output are read in the layout the
+    equivariance profile infers for them (channels first, channels last
+    after a ``Permute``, tokens on a grid; `equivariance._layers`), their
     strides followed through the modules that made them (a module's
-    ``stride`` attribute, else the ratio of the sizes); a module called
-    twice is one layer with both calls.
+    ``stride`` attribute, else the ratio of the sizes); a layer whose layout
+    is ambiguous is left out with an ``EquivarianceWarning`` (its part
+    counted in ``(other operations)``) until ``layouts`` names it. A module
+    called twice is one layer with both calls.
 
     Examples:
         >>> import torch
@@ -529,6 +544,9 @@ def profile_lie_derivative(
         generator: as in [`lie_derivative`][equivariance.lie.lie_derivative].
         layers: names of the submodules to profile; default every leaf
             submodule that runs.
+        layouts: layouts of layers whose shapes leave them ambiguous, by name:
+            ``{"blocks.0.norm": "channels_last"}``, as in
+            [`profile_equivariance`][equivariance.profile_equivariance].
 
     Returns:
         A [`LieProfile`][equivariance.lie.LieProfile].
@@ -540,12 +558,18 @@ def profile_lie_derivative(
         )
     tensor = check_input(x, model)
     the_generator = as_generator(generator, tensor)
-    targets = _targets(model, layers)
+    targets, given = _targets(model, layers), _given_layouts(model, layouts)
     grids = Grids(tuple(tensor.shape[2:]))
     with Runner(model), forward_mode():
         with grids.following(model):
-            plain = _layers_that_run(model, tensor, targets, the_generator, grids)
+            plain = _layers_that_run(model, tensor, targets, the_generator, grids, given)
         found = _contributions(model, tensor, plain)
+    for name, why in plain.ambiguous.items():
+        warnings.warn(
+            f"layer {name!r} is left out of the Lie profile (its part is in {OTHER!r}): {why}",
+            EquivarianceWarning,
+            stacklevel=2,
+        )
     return _profile(model, the_generator, grids, plain.layers, found)
 
 
@@ -566,69 +590,166 @@ def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Mod
 
 @dataclass(frozen=True)
 class _Ran:
-    """A profiled layer that ran: its name, module, type, output shape, and for each call the generator
-    applied to its first tensor input and to its output (None where there is no such tensor)."""
+    """A profiled layer that ran: its name, module, type, output shape and the stride of its output's
+    grid (None without one), and for each call the generator applied to its first tensor input and to
+    its output (None where there is no such tensor)."""
 
     name: str
     module: nn.Module
     type: str
     output_shape: tuple[int, ...]
+    stride: Stride | None
     moves: list[list[torch.Tensor | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class _Pass:
-    """The plain pass of a profile: the layers that ran and the generator applied to ``x`` and ``f(x)``."""
+    """The plain pass of a profile: the layers that ran, the generator applied to ``x`` and ``f(x)``,
+    and the layers left out because their layout is ambiguous (with why and the fix)."""
 
     layers: list[_Ran]
     moved_input: torch.Tensor
     moved_output: torch.Tensor
+    ambiguous: dict[str, str]
+
+
+_Place = tuple[Layout, tuple[int, ...]] | None  # a tensor's layout and grid; None without spatial dims
+
+
+class _Plain:
+    """The hooks of the plain pass: each profiled layer's input and output read in the layout the
+    equivariance profile infers for them (`equivariance._layers.LayerInference`: channels first, a
+    permuted view of it such as channels last, tokens), the generator applied on that grid.
+
+    A tensor is known by ``id`` while a weak reference says it lives, as in the equivariance profile;
+    an input no profiled layer returned (a residual sum) is read as that profile reads it.
+    """
+
+    def __init__(self, x: torch.Tensor, generator: Generator, grids: Grids, given: dict[str, Layout]) -> None:
+        self.generator, self.grids, self.d = generator, grids, x.dim() - 2
+        self.inference = LayerInference(tuple(x.shape), id(x), given)
+        self.seen: dict[int, weakref.ref[torch.Tensor]] = {id(x): weakref.ref(x)}
+        self.order: dict[str, _Ran] = {}
+        self.pending: dict[str, torch.Tensor | None] = {}
+        self.ambiguous: dict[str, str] = {}
+
+    def before(self, name: str, module: nn.Module, args: Any) -> None:
+        h = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        place = None if h is None else self._input_place(name, module, h)
+        self.pending[name] = None if h is None else self._move(h, place)
+
+    def after(self, name: str, module: nn.Module, inputs: Any, out: Any) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
+        source = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+        spec = self.inference.add(
+            Recorded(
+                name, type(module).__name__, tuple(out.shape), id(out),
+                id(source) if source is not None and self._known(source) else None,
+                None if source is None else tuple(source.shape),
+                None if source is None else view_permutation(source, out),
+                isinstance(module, CHANNELS_FIRST_OPS), isinstance(module, LAYOUT_KEEPING_OPS),
+            )
+        )  # fmt: skip
+        self.seen[id(out)] = weakref.ref(out)
+        if spec.ambiguous is not None:
+            self.ambiguous.setdefault(name, spec.ambiguous)
+        place = None if spec.layout is None or spec.spatial is None else (spec.layout, spec.spatial)
+        if name not in self.order:
+            stride = None if place is None else self._stride(place[1])
+            self.order[name] = _Ran(name, module, type(module).__name__, tuple(out.shape), stride)
+        self.order[name].moves.append([self.pending.pop(name, None), self._move(out, place)])
+
+    def _known(self, tensor: torch.Tensor) -> bool:
+        ref = self.seen.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def _input_place(self, name: str, module: nn.Module, h: torch.Tensor) -> _Place:
+        """Where a layer's input keeps its spatial dims: channels first for a module that takes them so,
+        else as inferred for the tensor (a junction record where no profiled layer returned it)."""
+        if isinstance(module, CHANNELS_FIRST_OPS) and h.dim() == self.d + 2:
+            return ChannelsFirst(), tuple(h.shape[2:])
+        if not self._known(h):
+            shape = tuple(h.shape)
+            record = Recorded(
+                junction_name(name), JUNCTION, shape, id(h), None, shape, None, keeps_layout=True
+            )
+            spec = self.inference.add(record)
+            self.seen[id(h)] = weakref.ref(h)
+            if spec.ambiguous is None:
+                return None if spec.layout is None or spec.spatial is None else (spec.layout, spec.spatial)
+        elif id(h) not in self.inference.known:
+            return None  # an output whose spatial dims are gone
+        else:
+            known = self.inference.known[id(h)]
+            if known is not None:
+                return known[0], known[1]
+        self.ambiguous.setdefault(
+            name, "its input's layout is ambiguous; name the layout of the layer before it"
+        )
+        return None
+
+    def _stride(self, spatial: tuple[int, ...]) -> Stride | None:
+        """A grid's stride, as the Lie derivative follows it through the modules (``_grids.Grids``)."""
+        return self.grids.stride((1, 1, *spatial))
+
+    def _move(self, h: torch.Tensor, place: _Place) -> torch.Tensor | None:
+        """The generator applied to ``h`` on its grid; zero without one."""
+        if not h.dtype.is_floating_point:
+            return None
+        if place is None:
+            return torch.zeros_like(h)
+        layout, spatial = place
+        stride = self._stride(spatial)
+        assert stride is not None
+        grid = layout.to_grid(h, self.d)
+        moved = self.generator.apply(grid, stride)
+        if grid is h:
+            return moved
+        result = torch.zeros(h.shape, dtype=h.dtype, device=h.device)  # dense: its grid view is a view
+        layout.to_grid(result, self.d).copy_(moved)
+        return result
+
+    def result(self, x: torch.Tensor, base: torch.Tensor) -> _Pass:
+        if not self.order:
+            raise InvalidArgument(
+                "no profiled layer returned a tensor during the forward pass; pass layers= naming "
+                "submodules that the forward pass calls"
+            )
+        layers = [ran for name, ran in self.order.items() if name not in self.ambiguous]
+        moved_input = self.generator.apply(x, (1,) * (x.dim() - 2))
+        moved_output = _moved(self.generator, base, self.grids.stride(tuple(base.shape)))
+        return _Pass(layers, moved_input, moved_output, dict(self.ambiguous))
 
 
 def _layers_that_run(
-    model: nn.Module, x: torch.Tensor, targets: dict[str, nn.Module], generator: Generator, grids: Grids
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: dict[str, nn.Module],
+    generator: Generator,
+    grids: Grids,
+    given: dict[str, Layout],
 ) -> _Pass:
     """The profiled layers in the order they first run, from one plain pass, with the generator applied
     to what each call took and returned (as the pass computes them: a later in-place op cannot change
     them). The conjugated passes add these, scaled, instead of applying the generator again."""
-    order: dict[str, _Ran] = {}
-    pending: dict[str, list[torch.Tensor | None]] = {}
-
-    def moved(h: Any) -> torch.Tensor | None:
-        if not isinstance(h, torch.Tensor) or not h.dtype.is_floating_point:
-            return None
-        return _moved(generator, h, grids.stride(tuple(h.shape)))
+    given_x = x.clone()
+    plain = _Plain(given_x, generator, grids, given)
 
     def before(name: str) -> Callable[[nn.Module, Any], None]:
-        def record(_module: nn.Module, args: Any) -> None:
-            pending[name] = [moved(args[0]) if args else None]
-
-        return record
+        return lambda module, args: plain.before(name, module, args)
 
     def after(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def record(module: nn.Module, _inputs: Any, out: Any) -> None:
-            if name not in order and isinstance(out, torch.Tensor):
-                order[name] = _Ran(name, module, type(module).__name__, tuple(out.shape))
-            if name in order:
-                order[name].moves.append([*pending.pop(name, [None]), moved(out)])
-
-        return record
+        return lambda module, inputs, out: plain.after(name, module, inputs, out)
 
     handles = [m.register_forward_pre_hook(before(name)) for name, m in targets.items()]
     handles += [m.register_forward_hook(after(name)) for name, m in targets.items()]
     try:
-        base = Forward(model)(x.clone())
+        base = Forward(model)(given_x)
     finally:
         for handle in handles:
             handle.remove()
-    if not order:
-        raise InvalidArgument(
-            "no profiled layer returned a tensor during the forward pass; pass layers= naming "
-            "submodules that the forward pass calls"
-        )
-    base = floating(base)
-    moved_input = generator.apply(x, (1,) * (x.dim() - 2))
-    return _Pass(list(order.values()), moved_input, _moved(generator, base, grids.stride(tuple(base.shape))))
+    return plain.result(x, floating(base))
 
 
 def _conjugated(
@@ -724,8 +845,9 @@ def _profile(
         if layer is None:
             rows.append(LayerContribution(OTHER, "", (), None, error, share))
         else:
-            stride = grids.stride(layer.output_shape)
-            rows.append(LayerContribution(layer.name, layer.type, layer.output_shape, stride, error, share))
+            rows.append(
+                LayerContribution(layer.name, layer.type, layer.output_shape, layer.stride, error, share)
+            )
     invariant = grids.stride(tuple(base.shape)) is None
     overall = float(sizes(total, base).mean())
     return LieProfile(type(model).__name__, generator, invariant, overall, tuple(rows))

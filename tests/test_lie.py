@@ -498,6 +498,79 @@ def test_torch_no_grad_does_not_cut_a_forward_mode_derivative() -> None:
     assert float(((limit - found).abs() / found).max()) < 1e-3
 
 
+# -- layouts in the profile (item 5) -------------------------------------------------------------
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def channels_last_block(last: bool) -> nn.Sequential:
+    """conv -> (Permute ->) Linear -> GELU -> (Permute ->) conv, circular, as in a ConvNeXt block; or the
+    same with 1x1 convolutions in channels-first order."""
+    torch.manual_seed(0)
+    conv1, conv2 = nn.Conv2d(2, 4, 3, **CIRCULAR), nn.Conv2d(4, 3, 3, **CIRCULAR)
+    linear = nn.Linear(4, 4, dtype=F64)
+    if last:
+        return nn.Sequential(conv1, Permute(0, 2, 3, 1), linear, nn.GELU(), Permute(0, 3, 1, 2), conv2)
+    pointwise = nn.Conv2d(4, 4, 1, dtype=F64)
+    with torch.no_grad():
+        pointwise.weight.copy_(linear.weight[..., None, None])
+        pointwise.bias.copy_(linear.bias)
+    return nn.Sequential(conv1, pointwise, nn.GELU(), conv2)
+
+
+def test_channels_last_layers_are_read_in_their_layout() -> None:
+    x = smooth()
+    last = profile_lie_derivative(channels_last_block(last=True), x)
+    first = profile_lie_derivative(channels_last_block(last=False), x)
+    assert last.error == pytest.approx(first.error, rel=1e-9)
+    assert last["3"].error == pytest.approx(first["2"].error, rel=1e-9)  # the GELU aliases alike
+    assert last["3"].share == pytest.approx(1.0, abs=1e-6)
+    for name in ("0", "1", "2", "4", "5", "(other operations)"):  # convs, permutes, the Linear: exact
+        assert last[name].error < 1e-12
+    assert last["1"].stride == last["3"].stride == (1, 1)
+    assert sum(row.share for row in last.layers) == pytest.approx(1.0, abs=1e-9)
+
+
+class OnSixBySix(nn.Module):
+    """6 channels on a 6x6 map, then a module of the library's unknown kind that keeps the shape: its
+    output reads as channels first or channels last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 6, 3, **CIRCULAR)
+        self.mix = Squash()
+        self.out = nn.Conv2d(6, 2, 3, **CIRCULAR)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mix(self.conv(x)))
+
+
+class Squash(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+
+def test_an_ambiguous_layout_is_left_out_with_a_warning_until_named() -> None:
+    x = smooth(size=6, keep=1)
+    with pytest.warns(
+        EquivarianceWarning, match=r"layer 'mix' is left out of the Lie profile .*layouts=\{'mix'"
+    ):
+        profile = profile_lie_derivative(OnSixBySix(), x)
+    assert [row.name for row in profile.layers] == ["conv", "out", "(other operations)"]
+    named = profile_lie_derivative(OnSixBySix(), x, layouts={"mix": "channels_first"})
+    assert [row.name for row in named.layers] == ["conv", "mix", "out", "(other operations)"]
+    assert named["mix"].share == pytest.approx(1.0, abs=1e-6)
+    assert named.error == pytest.approx(profile.error, rel=1e-12)
+
+
 # -- attention (item 7) --------------------------------------------------------------------------
 
 
@@ -546,6 +619,7 @@ def test_attention_runs_on_the_math_kernel_and_is_measured_right(multihead: bool
     assert torch.allclose(found, expected, rtol=1e-6)
     profile = profile_lie_derivative(model, x)
     assert profile.error == pytest.approx(float(found.mean()), rel=1e-9)
+    assert profile["patch"].stride == profile["norm"].stride == (4, 4)  # tokens on the patch grid
     assert torch.backends.mha.get_fastpath_enabled() == fast_path
 
 
