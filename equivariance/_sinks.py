@@ -213,6 +213,8 @@ def sample_scale(base: torch.Tensor) -> torch.Tensor | None:
     if not bool(((peak > 0) & ((peak < low) | (peak > high))).any()):
         return None
     _, exponent = torch.frexp(peak)
+    # a subnormal peak (below 2**-1022) needs a factor beyond float64's range: 2**1022 brings it near 1e-3
+    exponent = exponent.clamp_min(-1022)
     return torch.where(peak > 0, torch.ldexp(torch.ones_like(peak), -exponent), torch.ones_like(peak))
 
 

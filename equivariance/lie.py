@@ -33,14 +33,20 @@ forward-mode pass. What no layer module accounts for (a functional op in a
 as ``(other operations)``.
 
 The measurement runs like the checks: in eval mode, autograd off, exact
-float32, the model's state and the RNG restored.
+float32, the model's state and the RNG restored; the same at every finite
+scale of the output (the checks' rule for sums, `equivariance._judge`), and
+refused where it would not be the derivative: a non-finite output, a model
+that drops the derivative on the way to its output (``.detach()``), an op
+without a forward-mode formula. Attention runs on its math kernel, the one
+that has one (`equivariance._jvp`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,11 +55,23 @@ from torch import nn
 
 from equivariance._forward import Forward, OutputSelector, find_layer
 from equivariance._grids import Grids, Stride
+from equivariance._judge import sample_errors
+from equivariance._jvp import TangentWatch, forward_mode, not_implemented, pushforward
+from equivariance._layers import (
+    CHANNELS_FIRST_OPS,
+    LAYOUT_KEEPING_OPS,
+    LayerInference,
+    Recorded,
+    view_permutation,
+)
 from equivariance._plan import check_input
 from equivariance._runner import Runner
+from equivariance._sinks import all_finite, check_finite, sample_scale, squared_norms
 from equivariance._validation import describe, per_dim
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.generators import Generator, Rotation, Translation
+from equivariance.layouts import ChannelsFirst, Layout, LayoutLike
+from equivariance.profile import JUNCTION, _given_layouts, junction_name
 
 __all__ = [
     "LayerContribution",
@@ -92,21 +110,68 @@ def as_generator(generator: object, x: torch.Tensor) -> Generator:
     return generator
 
 
-@contextlib.contextmanager
-def _forward_mode() -> Iterator[None]:
-    """Silence the deprecation warning torch raises from its own code the first time it loads its
-    forward-mode decompositions (they are registered with ``torch.jit.script``): not the caller's
-    concern, and a test suite that turns warnings into errors would fail on it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning
-        )
-        yield
-
-
 def _moved(generator: Generator, h: torch.Tensor, stride: Stride | None) -> torch.Tensor:
     """The generator applied to ``h`` on its grid, zero where ``h`` has no spatial dims."""
     return torch.zeros_like(h) if stride is None else generator.apply(h, stride)
+
+
+def floating(output: torch.Tensor) -> torch.Tensor:
+    """``output``, if it is floating point: a Lie derivative needs one."""
+    if not output.dtype.is_floating_point:
+        raise InvalidArgument(
+            f"the output has dtype {output.dtype}; a Lie derivative needs a floating-point output: "
+            "pass output=lambda y: y.float()"
+        )
+    return output
+
+
+def check_derivative(base: torch.Tensor, derivative: torch.Tensor, what: str = "x") -> None:
+    """InvalidArgument for a non-finite output (as the checks refuse one) or derivative."""
+    check_finite(base, what)
+    if not all_finite(derivative):
+        bad = int((~torch.isfinite(derivative)).reshape(len(derivative), -1).any(1).sum())
+        raise InvalidArgument(
+            f"the Lie derivative is not finite (nan or inf) for {bad} of {len(derivative)} samples of {what} "
+            "although the output is: the model is not differentiable there (a sqrt or a norm at exactly "
+            "0, a division by an exact zero) or the derivative overflows; measure "
+            "fractional_equivariance_error(model, x, (0, t)) / t for a small t instead"
+        )
+
+
+def warn_cuts(watch: TangentWatch, stacklevel: int) -> None:
+    """EquivarianceWarnings for what the forward-mode pass saw but could not judge: a tensor carrying the
+    derivative turned into a Python number, and normalizations that amplified it on constant groups."""
+    if watch.numbers:
+        warnings.warn(
+            f"the model turns a tensor that carries the derivative of x into a Python number "
+            f"({watch.numbers[0]}), which forward-mode AD cannot follow: if that number feeds the output "
+            "(a scale, a threshold), the Lie derivative misses its dependence on x; compute it with "
+            "torch operations",
+            EquivarianceWarning,
+            stacklevel=stacklevel,
+        )
+    _warn_amplified(watch, stacklevel + 1)
+
+
+def _warn_amplified(watch: TangentWatch, stacklevel: int) -> None:
+    """An EquivarianceWarning naming the first normalization that amplified the tangent on constant
+    groups (and the others that did)."""
+    found = watch.amplified()
+    if not found:
+        return
+    first, others = found[0], [f"{f.layer!r} ({f.share:.0%})" for f in found[1:]]
+    kind = f" ({first.type})" if first.type else ""
+    also = f"; so do {', '.join(others)}" if others else ""
+    warnings.warn(
+        f"layer {first.layer!r}{kind} normalizes {first.groups} of {first.of} groups that are constant "
+        f"over what it normalizes (zero on a zero canvas?), where its eps={first.eps:g} amplifies the "
+        f"derivative up to {1 / math.sqrt(first.eps):.0f}x: they carry {first.share:.0%} of its output's "
+        f"derivative{also}. The Lie derivative then measures the band-limited translation ringing into "
+        "the constant border, not the model; put the content on a canvas that is not zero (docs/lie.md, "
+        "'Inputs')",
+        EquivarianceWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def lie_derivative(
@@ -198,6 +263,12 @@ def lie_derivative_error(
             the paper's absolute form.
         reduction: ``"mean"`` (default) or ``"max"`` over the batch, or
             ``"none"`` for one value per sample (float64).
+
+    Raises:
+        InvalidArgument: for bad arguments, a non-finite output or derivative,
+            a model whose output depends on x through a tensor it detaches
+            (or on nothing differentiable at all), and an op that has no
+            forward-mode derivative, each with the reason.
     """
     if reduction not in ("mean", "max", "none"):
         raise InvalidArgument(
@@ -215,22 +286,40 @@ def lie_derivative_error(
 def sizes(derivative: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
     """Per-sample ``||derivative|| / ||base||`` (float64); ``||derivative||`` without a base.
 
-    Where ``base`` is all zero, the RMS of the derivative, with a warning.
+    The checks' rule (``_judge.sample_errors``): relative where ``base`` is
+    nonzero, else the RMS of the derivative, with a warning. Squares are
+    summed as the checks sum them (``_sinks.squared_norms``), float64 tensors
+    beyond the range where squares are exact scaled by a power of two per
+    sample first (``_sinks.sample_scale``), so that every finite scale gives
+    the same answer.
     """
-    norms: torch.Tensor = derivative.detach().double().flatten(1).norm(dim=1)
+    flat = derivative.detach().flatten(1)
     if base is None:
-        return norms
-    reference = base.detach().double().flatten(1).norm(dim=1)
-    dead = reference == 0
-    if bool(dead.any()):
+        own = sample_scale(flat)
+        norms = squared_norms(_times(flat, own), (1,)).sqrt()
+        return norms if own is None else norms / own
+    reference = base.detach().flatten(1)
+    scale = sample_scale(reference)
+    ref_sq = squared_norms(_times(reference, scale), (1,))
+    dead = ref_sq == 0
+    own = sample_scale(flat) if bool(dead.any()) else None
+    if own is not None:  # an all-zero output is measured absolutely, on the derivative's own scale
+        scale = torch.where(dead, own, torch.ones_like(own) if scale is None else scale)
+    diff_sq = squared_norms(_times(flat, scale), (1,))
+    errors, absolute = sample_errors(diff_sq, ref_sq, torch.tensor(flat.shape[1]), scale)
+    if bool(absolute.any()):
         warnings.warn(
-            f"{int(dead.sum())} of {len(dead)} samples have an all-zero output (dead features?); their "
-            "Lie derivative is the RMS of L f(x), not relative to ||f(x)||",
+            f"{int(absolute.sum())} of {len(absolute)} samples have an all-zero output (dead features?); "
+            "their Lie derivative is the RMS of L f(x), not relative to ||f(x)||",
             EquivarianceWarning,
             stacklevel=3,
         )
-    rms = norms / max(1, derivative[0].numel()) ** 0.5
-    return torch.where(dead, rms, norms / torch.where(dead, torch.ones_like(reference), reference))
+    return errors
+
+
+def _times(tensor: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Each sample (row) of ``tensor`` times its power of two."""
+    return tensor if scale is None else tensor * scale.to(tensor.device, tensor.dtype).unsqueeze(1)
 
 
 @dataclass(frozen=True)
@@ -272,29 +361,25 @@ class _Setup:
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(f(x), L f(x))``, chunk by chunk, isolated like a check."""
         outputs, derivatives = [], []
-        with Runner(self.forward.model), _forward_mode():
+        watch = TangentWatch(self.forward.model)
+        with Runner(self.forward.model), forward_mode():
             for start in range(0, len(self.x), self.batch_size):
-                base, derivative = self._chunk(self.x[start : start + self.batch_size])
+                base, derivative = self._chunk(self.x[start : start + self.batch_size], watch)
                 outputs.append(base)
                 derivatives.append(derivative)
+        warn_cuts(watch, stacklevel=4)
         return torch.cat(outputs), torch.cat(derivatives)
 
-    def _chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk(self, x: torch.Tensor, watch: TangentWatch) -> tuple[torch.Tensor, torch.Tensor]:
         spatial = tuple(x.shape[2:])
         tangent = self.generator.apply(x, (1,) * len(spatial))
         grids = Grids(spatial)
         with grids.following(self.forward.model):
-            found: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-                lambda v: self.forward(v), (x.clone(),), (tangent,)
-            )
-        base, pushed = found
-        if not base.dtype.is_floating_point:
-            raise InvalidArgument(
-                f"the output has dtype {base.dtype}; a Lie derivative needs a floating-point output: "
-                "pass output=lambda y: y.float()"
-            )
+            base, pushed = pushforward(lambda v: floating(self.forward(v)), x.clone(), tangent, watch)
         stride = self._output_stride(tuple(base.shape), grids)
-        return base.detach(), (pushed - _moved(self.generator, base, stride)).detach()
+        derivative = (pushed - _moved(self.generator, base, stride)).detach()
+        check_derivative(base.detach(), derivative)
+        return base.detach(), derivative
 
     def _output_stride(self, shape: tuple[int, ...], grids: Grids) -> Stride | None:
         """The output grid's stride, None for an output compared unmoved."""
@@ -420,6 +505,7 @@ def profile_lie_derivative(
     generator: GeneratorLike = "translation",
     *,
     layers: Sequence[str] | None = None,
+    layouts: Mapping[str, LayoutLike] | None = None,
 ) -> LieProfile:
     """The model's Lie derivative split into the contributions of its layers (see the module docstring).
 
@@ -432,10 +518,14 @@ def profile_lie_derivative(
     ``torch.func.jvp``): about the work of one forward pass per layer, in
     one call, after a plain pass that applies the generator once to every
     profiled layer's input and output (kept: about twice the activations of
-    one pass). Maps are read channels first, ``(N, C, *spatial)``, their
+    one pass). Each layer's input and output are read in the layout the
+    equivariance profile infers for them (channels first, channels last
+    after a ``Permute``, tokens on a grid; `equivariance._layers`), their
     strides followed through the modules that made them (a module's
-    ``stride`` attribute, else the ratio of the sizes); a module called
-    twice is one layer with both calls.
+    ``stride`` attribute, else the ratio of the sizes); a layer whose layout
+    is ambiguous is left out with an ``EquivarianceWarning`` (its part
+    counted in ``(other operations)``) until ``layouts`` names it. A module
+    called twice is one layer with both calls.
 
     Examples:
         >>> import torch
@@ -454,6 +544,9 @@ def profile_lie_derivative(
         generator: as in [`lie_derivative`][equivariance.lie.lie_derivative].
         layers: names of the submodules to profile; default every leaf
             submodule that runs.
+        layouts: layouts of layers whose shapes leave them ambiguous, by name:
+            ``{"blocks.0.norm": "channels_last"}``, as in
+            [`profile_equivariance`][equivariance.profile_equivariance].
 
     Returns:
         A [`LieProfile`][equivariance.lie.LieProfile].
@@ -465,12 +558,18 @@ def profile_lie_derivative(
         )
     tensor = check_input(x, model)
     the_generator = as_generator(generator, tensor)
-    targets = _targets(model, layers)
+    targets, given = _targets(model, layers), _given_layouts(model, layouts)
     grids = Grids(tuple(tensor.shape[2:]))
-    with Runner(model), _forward_mode():
+    with Runner(model), forward_mode():
         with grids.following(model):
-            plain = _layers_that_run(model, tensor, targets, the_generator, grids)
+            plain = _layers_that_run(model, tensor, targets, the_generator, grids, given)
         found = _contributions(model, tensor, plain)
+    for name, why in plain.ambiguous.items():
+        warnings.warn(
+            f"layer {name!r} is left out of the Lie profile (its part is in {OTHER!r}): {why}",
+            EquivarianceWarning,
+            stacklevel=2,
+        )
     return _profile(model, the_generator, grids, plain.layers, found)
 
 
@@ -491,71 +590,171 @@ def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Mod
 
 @dataclass(frozen=True)
 class _Ran:
-    """A profiled layer that ran: its name, module, type, output shape, and for each call the generator
-    applied to its first tensor input and to its output (None where there is no such tensor)."""
+    """A profiled layer that ran: its name, module, type, output shape and the stride of its output's
+    grid (None without one), and for each call the generator applied to its first tensor input and to
+    its output (None where there is no such tensor)."""
 
     name: str
     module: nn.Module
     type: str
     output_shape: tuple[int, ...]
+    stride: Stride | None
     moves: list[list[torch.Tensor | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class _Pass:
-    """The plain pass of a profile: the layers that ran and the generator applied to ``x`` and ``f(x)``."""
+    """The plain pass of a profile: the layers that ran, the generator applied to ``x`` and ``f(x)``,
+    and the layers left out because their layout is ambiguous (with why and the fix)."""
 
     layers: list[_Ran]
     moved_input: torch.Tensor
     moved_output: torch.Tensor
+    ambiguous: dict[str, str]
+
+
+_Place = tuple[Layout, tuple[int, ...]] | None  # a tensor's layout and grid; None without spatial dims
+
+
+class _Plain:
+    """The hooks of the plain pass: each profiled layer's input and output read in the layout the
+    equivariance profile infers for them (`equivariance._layers.LayerInference`: channels first, a
+    permuted view of it such as channels last, tokens), the generator applied on that grid.
+
+    A tensor is known by ``id`` while a weak reference says it lives, as in the equivariance profile;
+    an input no profiled layer returned (a residual sum) is read as that profile reads it.
+    """
+
+    def __init__(self, x: torch.Tensor, generator: Generator, grids: Grids, given: dict[str, Layout]) -> None:
+        self.generator, self.grids, self.d = generator, grids, x.dim() - 2
+        self.inference = LayerInference(tuple(x.shape), id(x), given)
+        self.seen: dict[int, weakref.ref[torch.Tensor]] = {id(x): weakref.ref(x)}
+        self.order: dict[str, _Ran] = {}
+        self.pending: dict[str, torch.Tensor | None] = {}
+        self.ambiguous: dict[str, str] = {}
+
+    def before(self, name: str, module: nn.Module, args: Any) -> None:
+        h = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        place = None if h is None else self._input_place(name, module, h)
+        self.pending[name] = None if h is None else self._move(h, place)
+
+    def after(self, name: str, module: nn.Module, inputs: Any, out: Any) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
+        source = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+        spec = self.inference.add(
+            Recorded(
+                name, type(module).__name__, tuple(out.shape), id(out),
+                id(source) if source is not None and self._known(source) else None,
+                None if source is None else tuple(source.shape),
+                None if source is None else view_permutation(source, out),
+                isinstance(module, CHANNELS_FIRST_OPS), isinstance(module, LAYOUT_KEEPING_OPS),
+            )
+        )  # fmt: skip
+        self.seen[id(out)] = weakref.ref(out)
+        if spec.ambiguous is not None:
+            self.ambiguous.setdefault(name, spec.ambiguous)
+        place = None if spec.layout is None or spec.spatial is None else (spec.layout, spec.spatial)
+        if name not in self.order:
+            stride = None if place is None else self._stride(place[1])
+            self.order[name] = _Ran(name, module, type(module).__name__, tuple(out.shape), stride)
+        self.order[name].moves.append([self.pending.pop(name, None), self._move(out, place)])
+
+    def _known(self, tensor: torch.Tensor) -> bool:
+        ref = self.seen.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def _input_place(self, name: str, module: nn.Module, h: torch.Tensor) -> _Place:
+        """Where a layer's input keeps its spatial dims: channels first for a module that takes them so,
+        else as inferred for the tensor (a junction record where no profiled layer returned it)."""
+        if isinstance(module, CHANNELS_FIRST_OPS) and h.dim() == self.d + 2:
+            return ChannelsFirst(), tuple(h.shape[2:])
+        if not self._known(h):
+            shape = tuple(h.shape)
+            record = Recorded(
+                junction_name(name), JUNCTION, shape, id(h), None, shape, None, keeps_layout=True
+            )
+            spec = self.inference.add(record)
+            self.seen[id(h)] = weakref.ref(h)
+            if spec.ambiguous is None:
+                return None if spec.layout is None or spec.spatial is None else (spec.layout, spec.spatial)
+        elif id(h) not in self.inference.known:
+            return None  # an output whose spatial dims are gone
+        else:
+            known = self.inference.known[id(h)]
+            if known is not None:
+                return known[0], known[1]
+        self.ambiguous.setdefault(
+            name, "its input's layout is ambiguous; name the layout of the layer before it"
+        )
+        return None
+
+    def _stride(self, spatial: tuple[int, ...]) -> Stride | None:
+        """A grid's stride, as the Lie derivative follows it through the modules (``_grids.Grids``)."""
+        return self.grids.stride((1, 1, *spatial))
+
+    def _move(self, h: torch.Tensor, place: _Place) -> torch.Tensor | None:
+        """The generator applied to ``h`` on its grid; zero without one."""
+        if not h.dtype.is_floating_point:
+            return None
+        if place is None:
+            return torch.zeros_like(h)
+        layout, spatial = place
+        stride = self._stride(spatial)
+        assert stride is not None
+        grid = layout.to_grid(h, self.d)
+        moved = self.generator.apply(grid, stride)
+        if grid is h:
+            return moved
+        result = torch.zeros(h.shape, dtype=h.dtype, device=h.device)  # dense: its grid view is a view
+        layout.to_grid(result, self.d).copy_(moved)
+        return result
+
+    def result(self, x: torch.Tensor, base: torch.Tensor) -> _Pass:
+        if not self.order:
+            raise InvalidArgument(
+                "no profiled layer returned a tensor during the forward pass; pass layers= naming "
+                "submodules that the forward pass calls"
+            )
+        layers = [ran for name, ran in self.order.items() if name not in self.ambiguous]
+        moved_input = self.generator.apply(x, (1,) * (x.dim() - 2))
+        moved_output = _moved(self.generator, base, self.grids.stride(tuple(base.shape)))
+        return _Pass(layers, moved_input, moved_output, dict(self.ambiguous))
 
 
 def _layers_that_run(
-    model: nn.Module, x: torch.Tensor, targets: dict[str, nn.Module], generator: Generator, grids: Grids
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: dict[str, nn.Module],
+    generator: Generator,
+    grids: Grids,
+    given: dict[str, Layout],
 ) -> _Pass:
     """The profiled layers in the order they first run, from one plain pass, with the generator applied
     to what each call took and returned (as the pass computes them: a later in-place op cannot change
     them). The conjugated passes add these, scaled, instead of applying the generator again."""
-    order: dict[str, _Ran] = {}
-    pending: dict[str, list[torch.Tensor | None]] = {}
-
-    def moved(h: Any) -> torch.Tensor | None:
-        if not isinstance(h, torch.Tensor) or not h.dtype.is_floating_point:
-            return None
-        return _moved(generator, h, grids.stride(tuple(h.shape)))
+    given_x = x.clone()
+    plain = _Plain(given_x, generator, grids, given)
 
     def before(name: str) -> Callable[[nn.Module, Any], None]:
-        def record(_module: nn.Module, args: Any) -> None:
-            pending[name] = [moved(args[0]) if args else None]
-
-        return record
+        return lambda module, args: plain.before(name, module, args)
 
     def after(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def record(module: nn.Module, _inputs: Any, out: Any) -> None:
-            if name not in order and isinstance(out, torch.Tensor):
-                order[name] = _Ran(name, module, type(module).__name__, tuple(out.shape))
-            if name in order:
-                order[name].moves.append([*pending.pop(name, [None]), moved(out)])
-
-        return record
+        return lambda module, inputs, out: plain.after(name, module, inputs, out)
 
     handles = [m.register_forward_pre_hook(before(name)) for name, m in targets.items()]
     handles += [m.register_forward_hook(after(name)) for name, m in targets.items()]
     try:
-        base = Forward(model)(x.clone())
+        base = Forward(model)(given_x)
     finally:
         for handle in handles:
             handle.remove()
-    if not order:
-        raise InvalidArgument(
-            "no profiled layer returned a tensor during the forward pass; pass layers= naming "
-            "submodules that the forward pass calls"
-        )
-    moved_input = generator.apply(x, (1,) * (x.dim() - 2))
-    return _Pass(list(order.values()), moved_input, _moved(generator, base, grids.stride(tuple(base.shape))))
+    return plain.result(x, floating(base))
 
 
-def _conjugated(model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor) -> torch.Tensor:
+def _conjugated(
+    model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor, watch: TangentWatch
+) -> torch.Tensor:
     """The model's output with every profiled layer ``i`` conjugated by the transformation ``s[i]``, and
     the whole model by ``s[-1]``.
 
@@ -563,6 +762,8 @@ def _conjugated(model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor
     input ``h`` becomes ``h + s_i L h`` and its output ``y`` becomes
     ``y - s_i L' y``, ``L h`` and ``L' y`` taken from the plain pass (at
     ``s = 0`` the pass is the plain one). The values are exactly the model's own.
+    The model's own output must carry the derivative (``watch``) before the
+    whole model's conjugation is undone on it.
     """
 
     def conjugate(h: torch.Tensor, t: torch.Tensor, move: torch.Tensor | None) -> torch.Tensor:
@@ -587,7 +788,8 @@ def _conjugated(model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor
         handles.append(layer.module.register_forward_pre_hook(before))
         handles.append(layer.module.register_forward_hook(after))
     try:
-        out = Forward(model)(conjugate(x, s[-1], plain.moved_input))
+        out = floating(Forward(model)(conjugate(x, s[-1], plain.moved_input)))
+        watch.check(out, flows=True)
         return conjugate(out, -s[-1], plain.moved_output)
     finally:
         for handle in handles:
@@ -603,24 +805,29 @@ def _contributions(
     s = torch.zeros(count, dtype=x.dtype, device=x.device)
     basis = torch.eye(count, dtype=x.dtype, device=x.device)
 
+    watch = TangentWatch(model, normalizations=False)  # under vmap: no branching on values
+
     def along(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         result: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-            lambda t: _conjugated(model, x.clone(), plain, t), (s,), (direction,)
+            lambda t: _conjugated(model, x.clone(), plain, t, watch), (s,), (direction,)
         )
         return result
 
     try:
-        bases, parts = torch.func.vmap(along)(basis)
-    except InvalidArgument:
-        raise
+        with watch:
+            bases, parts = torch.func.vmap(along)(basis)
+    except InvalidArgument as exc:
+        raise not_implemented(exc) from exc.__cause__
     except Exception as exc:
         raise InvalidArgument(
             f"the per-layer Lie derivative runs the model under torch.func.vmap and jvp, and it raised "
             f"{type(exc).__name__}: {exc}; use lie_derivative_error for the model's total instead"
         ) from exc
-    if not bases.dtype.is_floating_point:
+    check_derivative(bases[0], parts[-1])
+    if not all_finite(parts):
         raise InvalidArgument(
-            f"the output has dtype {bases.dtype}; a Lie derivative needs a floating-point output"
+            "a layer's contribution to the Lie derivative is not finite (nan or inf) although the total "
+            "is: the layers' parts overflow; profile fewer layers with layers="
         )
     return bases[0].detach(), parts[:-1].detach(), parts[-1].detach()
 
@@ -630,16 +837,30 @@ def _profile(
     found: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> LieProfile:  # fmt: skip
     base, parts, total = found
-    energy = float(total.double().pow(2).sum())
+    rest = total - parts.sum(0)
+    shares = _shares(torch.cat([parts, rest.unsqueeze(0)]), total)
     rows = []
-    for layer, part in [*zip(ran, parts), (None, total - parts.sum(0))]:
+    for layer, part, share in zip([*ran, None], [*parts, rest], shares):
         error = float(sizes(part, base).mean())
-        share = float((part.double() * total.double()).sum()) / energy if energy > 0 else float("nan")
         if layer is None:
             rows.append(LayerContribution(OTHER, "", (), None, error, share))
         else:
-            stride = grids.stride(layer.output_shape)
-            rows.append(LayerContribution(layer.name, layer.type, layer.output_shape, stride, error, share))
+            rows.append(
+                LayerContribution(layer.name, layer.type, layer.output_shape, layer.stride, error, share)
+            )
     invariant = grids.stride(tuple(base.shape)) is None
     overall = float(sizes(total, base).mean())
     return LieProfile(type(model).__name__, generator, invariant, overall, tuple(rows))
+
+
+def _shares(parts: torch.Tensor, total: torch.Tensor) -> list[float]:
+    """``<part, total> / ||total||^2`` for each part (NaN where the total is zero), in float64 scaled by
+    one power of two so that no product overflows or underflows at any finite scale."""
+    work = torch.cat([parts.flatten(1), total.reshape(1, -1)]).double()
+    peak = float(work.abs().max())
+    if peak == 0:
+        return [float("nan")] * len(parts)
+    _, exponent = math.frexp(peak)
+    work = work * math.ldexp(1.0, -max(exponent, -1022))
+    energy = float(work[-1].square().sum())
+    return (work[:-1] @ work[-1] / energy).tolist() if energy > 0 else [float("nan")] * len(parts)

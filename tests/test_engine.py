@@ -170,6 +170,9 @@ def test_float64_errors_do_not_depend_on_the_scale() -> None:
     for scale in (1e-300, 1e-160, 1e160, 1e300):
         measured = float(equivariance_error(lambda t, s=scale: dense(t) * s, x, (1, 0)))
         assert measured == pytest.approx(reference, rel=1e-12)
+    # subnormal outputs: the power of two that scales them stays within float64's range
+    measured = float(equivariance_error(lambda t: dense(t) * 1e-310, x, (1, 0)))
+    assert measured == pytest.approx(reference, rel=1e-9)
 
 
 def test_fractional_shifts_run_on_the_engine() -> None:

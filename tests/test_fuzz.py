@@ -12,6 +12,7 @@ a long local run::
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ from equivariance import (
     check_equivariance,
     check_invariance,
 )
+from equivariance.generators import Rotation, Translation
+from equivariance.lie import LieProfile, lie_derivative, lie_derivative_error, profile_lie_derivative
 from equivariance.strategies import conv_stacks, mlps, shifts, signals
 
 # -- odd models ----------------------------------------------------------------------------------
@@ -221,3 +224,101 @@ def test_checks_return_a_report_or_raise_the_library_errors_and_change_nothing(
     assert after_flags == flags, "the model's training flags changed"
     assert same(x_before, x), "the input changed"
     assert after_version == version, "the input was written to"
+
+
+# -- the Lie derivative --------------------------------------------------------------------------
+
+LIE_OPTIONS: dict[str, st.SearchStrategy[Any]] = {
+    "generator": st.sampled_from(
+        ["translation", "rotation", "shear", None, Translation(0, 1), Translation(1.0), Rotation(), 3]
+    ),
+    "relative": st.sampled_from([True, False, "yes"]),
+    "reduction": st.sampled_from(["mean", "max", "none", "sum", None]),
+    "stride": st.one_of(st.sampled_from(["auto", 0, "2"]), st.integers(1, 3), st.tuples(st.integers(0, 2))),
+    "invariant": st.sampled_from([None, True, False, "yes"]),
+    "layer": OPTIONS["layer"],
+    "output": OPTIONS["output"],
+    "batch_size": OPTIONS["batch_size"],
+    "layers": st.sampled_from([None, ["0"], ["nope"], "0", []]),
+    "layouts": st.sampled_from([None, {"0": "channels_last"}, {"0": "diagonal"}, ["0"]]),
+}
+LIE_CALLS = [lie_derivative_error, lie_derivative, profile_lie_derivative]
+
+
+class Times(nn.Module):
+    """A model whose output is multiplied by a power of two: exactly, so its relative Lie derivative is
+    the model's, to the last bit but for the sums."""
+
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(x) * self.factor
+        return out
+
+
+@st.composite
+def lie_calls(draw: st.DrawFn) -> tuple[Callable[..., Any], Any, Any, dict[str, Any]]:
+    family = draw(st.sampled_from(["conv", "conv", "mlp", "odd"]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    if family == "conv":
+        stack = draw(conv_stacks(ndim=st.integers(1, 3), depth=(1, 2), strides=(1, 2)))
+        model: Any = stack.model.to(dtype)
+        valid = stack.inputs(dtype=dtype)
+        x = draw(st.one_of(valid, valid, inputs(channels=stack.in_channels, ndim=stack.ndim)))
+    elif family == "mlp":
+        net = draw(mlps(ndim=st.integers(1, 3), size=(2, 6)))
+        model, x = net.model.to(dtype), draw(st.one_of(net.inputs(dtype=dtype), inputs()))
+    else:
+        model, x = draw(st.sampled_from(ODD_MODELS)), draw(inputs())
+    call = draw(st.sampled_from(LIE_CALLS))
+    accepted = inspect.signature(call).parameters
+    names = draw(st.lists(st.sampled_from([n for n in LIE_OPTIONS if n in accepted]), unique=True))
+    return call, model, x, {name: draw(LIE_OPTIONS[name]) for name in names}
+
+
+def finite_result(outcome: object) -> bool:
+    """A Lie derivative, its size or a profile: finite (sizes and contributions also nonnegative)."""
+    if isinstance(outcome, LieProfile):
+        str(outcome), outcome.to_dict()
+        return all(math.isfinite(row.error) and row.error >= 0 for row in outcome.layers)
+    assert isinstance(outcome, torch.Tensor)
+    return bool(torch.isfinite(outcome).all())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # EquivarianceWarning (dead outputs, canvases) too
+@settings(
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+)
+@given(lie_calls(), st.sampled_from([2.0**-600, 2.0**600, 2.0**-1000]))  # float32: 2**-60, 2**60, 2**-100
+def test_the_lie_derivative_returns_a_finite_right_number_or_raises_invalid_argument(
+    call: tuple[Callable[..., Any], Any, Any, dict[str, Any]], factor: float
+) -> None:
+    function, model, x, options = call
+    state, flags, x_before, version = snapshot(model, x)
+    try:
+        outcome: object = function(model, x, **options)
+    except InvalidArgument as exc:  # anything else fails the test
+        outcome = exc
+    assert str(outcome), "library errors always say what went wrong"
+    if not isinstance(outcome, InvalidArgument):
+        assert finite_result(outcome), "a Lie derivative is a finite number or an InvalidArgument"
+        if function is lie_derivative_error and options.get("reduction") != "none":
+            assert float(outcome) >= 0  # type: ignore[arg-type]
+    after_state, after_flags, _, after_version = snapshot(model, x)
+    assert all(same(state[k], after_state[k]) for k in state), "the model's state changed"
+    assert after_flags == flags, "the model's training flags changed"
+    assert same(x_before, x), "the input changed"
+    assert after_version == version, "the input was written to"
+    # right at every scale: the output times a power of two has the same relative Lie derivative
+    if (
+        function is lie_derivative_error
+        and isinstance(outcome, torch.Tensor)
+        and isinstance(model, nn.Module)
+        and options.get("relative", True) is True
+        and not {"layer", "output"} & set(options)
+    ):
+        exact = x.dtype == torch.float64
+        scaled = lie_derivative_error(Times(model, factor if exact else factor ** (1 / 10)), x, **options)
+        torch.testing.assert_close(scaled, outcome, rtol=1e-9 if exact else 1e-5, atol=0.0)

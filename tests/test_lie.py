@@ -4,12 +4,13 @@ error, the layers' contributions summing to it, and the model left as it was fou
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from equivariance import EquivarianceWarning
+from equivariance import EquivarianceWarning, check_equivariance
 from equivariance.errors import InvalidArgument
 from equivariance.fractional import fractional_equivariance_error
 from equivariance.generators import Rotation, Translation
@@ -316,3 +317,439 @@ def test_a_module_called_twice_is_one_layer_with_both_calls() -> None:
     assert profile["(other operations)"].error < 1e-12
     assert profile["act"].share == pytest.approx(1.0, abs=1e-9)
     assert profile.error == pytest.approx(float(lie_derivative_error(Twice(), x)), rel=1e-9)
+
+
+# -- every finite scale (issue 21, item 1) -------------------------------------------------------
+
+
+class Scaled(nn.Module):
+    """A circular conv stack with a tanh whose output is multiplied by ``scale``: the relative Lie
+    derivative does not depend on it."""
+
+    def __init__(self, scale: float, dtype: torch.dtype = F64) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        circular = {"padding": 1, "padding_mode": "circular", "dtype": dtype}
+        self.conv1, self.conv2 = nn.Conv2d(2, 4, 3, **circular), nn.Conv2d(4, 3, 3, **circular)  # type: ignore[arg-type]
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.tanh(self.conv1(x))) * self.scale
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [(F64, s) for s in (1e200, 1e-200, 1e300, 1e-300, 1e-310)]
+    + [(torch.float32, s) for s in (1e37, 1e-30, 1e-38)],
+    ids=lambda v: str(v).removeprefix("torch."),
+)
+def test_the_relative_lie_derivative_is_the_same_at_every_finite_scale(
+    dtype: torch.dtype, scale: float
+) -> None:
+    x = noise().to(dtype)
+    truth = lie_derivative_error(Scaled(1.0, dtype), x, reduction="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no false "all-zero output" warning
+        found = lie_derivative_error(Scaled(scale, dtype), x, reduction="none")
+        absolute = lie_derivative_error(Scaled(scale, dtype), x, relative=False, reduction="none")
+    assert float(truth.min()) > 0.05
+    assert torch.allclose(found, truth, rtol=1e-9 if dtype == F64 and scale > 1e-300 else 1e-4)
+    plain = lie_derivative_error(Scaled(1.0, dtype), x, relative=False, reduction="none")
+    assert torch.allclose(absolute / scale, plain, rtol=1e-4)
+
+
+def test_the_profile_is_the_same_at_every_finite_scale() -> None:
+    x = noise()
+    truth = profile_lie_derivative(Scaled(1.0), x)
+    for scale in (1e200, 1e-200):
+        found = profile_lie_derivative(Scaled(scale), x)
+        assert found.error == pytest.approx(truth.error, rel=1e-9)
+        for row, expected in zip(found.layers, truth.layers):
+            assert row.error == pytest.approx(expected.error, rel=1e-6, abs=1e-12)
+            assert row.share == pytest.approx(expected.share, rel=1e-6, abs=1e-12)
+
+
+def test_an_all_zero_output_is_measured_on_its_derivatives_scale() -> None:
+    """A dead output with a huge derivative (``f(v) = (v - x) * 1e200`` at ``v = x``): its RMS is
+    exact, not an overflow."""
+    x = noise()
+    with pytest.warns(EquivarianceWarning, match="3 of 3 samples have an all-zero output"):
+        found = lie_derivative_error(lambda v: (v - x) * 1e200, x, invariant=True, reduction="none")
+    generated = Translation(0, 1).apply(x, (1, 1)).flatten(1)
+    expected = generated.norm(dim=1) / generated.shape[1] ** 0.5 * 1e200
+    assert torch.allclose(found, expected, rtol=1e-12)
+
+
+# -- the tangent must flow (item 4) --------------------------------------------------------------
+
+
+class Detached(nn.Module):
+    """An equivariant circular conv whose output is detached whole, in part (a branch added), or only
+    for a tensor kept aside that does not reach the output."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 3, 3, **CIRCULAR)
+        self.branch = nn.Conv2d(2, 3, 3, **CIRCULAR)
+        self.how = how
+        self.kept: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.how == "whole":
+            return y.detach()
+        if self.how == "data":
+            return y + torch.tanh(self.branch(x)).data
+        if self.how == "part":
+            return y + torch.tanh(self.branch(x)).detach()
+        if self.how == "written in place":
+            y[:, :1] = torch.tanh(self.branch(x))[:, :1].detach()
+            return y
+        self.kept = torch.tanh(self.branch(x)).detach()  # "aside": kept for a plot, never used
+        return y + torch.tanh(self.branch(x))
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("whole", r"the model's output depends on x through a tensor whose derivative it drops \(\.detach\(\) in the model's own forward at test_lie\.py:\d+\)"),
+        ("part", r"drops \(\.detach\(\) in the model's own forward at test_lie\.py:\d+\)"),
+        ("data", r"drops \(\.data in the model's own forward"),
+        ("written in place", r"drops \(\.detach\(\)"),
+    ],
+)  # fmt: skip
+def test_a_model_that_cuts_the_derivative_of_its_output_is_refused(how: str, message: str) -> None:
+    model = Detached(how)
+    if how == "whole":  # an equivariant conv, detached: the check passes it, by its outputs
+        assert check_equivariance(model, noise(), [(0, 1)], boundary="circular").passed
+    with pytest.raises(InvalidArgument, match=message):
+        lie_derivative_error(model, noise())
+    with pytest.raises(InvalidArgument, match=r"depends on x through a tensor whose derivative it drops"):
+        profile_lie_derivative(model, noise())
+
+
+def test_a_detached_tensor_that_does_not_reach_the_output_is_no_cut() -> None:
+    aside = Detached("aside")
+    plain = Detached("plain")  # the same sum without the tensor kept aside
+    x = noise()
+    assert float(lie_derivative_error(aside, x)) == pytest.approx(
+        float(lie_derivative_error(plain, x)), rel=1e-12
+    )
+    assert aside.kept is not None
+
+
+def test_an_output_no_tangent_reaches_is_refused_with_the_reasons() -> None:
+    def through_numpy(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(x.numpy().copy()) * 2
+
+    def through_a_list(x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(x.tolist(), dtype=x.dtype) * 2
+
+    with pytest.raises(
+        InvalidArgument,
+        match=r"converts a tensor that carries the derivative of x to NumPy \(\.numpy\(\) at test_lie\.py",
+    ):
+        lie_derivative_error(through_numpy, noise())
+    with pytest.raises(
+        InvalidArgument,
+        match=r"does not depend on x through autograd, so no derivative reaches it; the tangent was cut \.tolist\(\) at test_lie\.py:\d+",
+    ):
+        lie_derivative_error(through_a_list, noise())
+
+    class InferenceMode(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return x * 2
+
+    with pytest.raises(InvalidArgument, match="does not depend on x through autograd"):
+        lie_derivative_error(InferenceMode(), noise())
+
+
+def test_a_python_number_made_from_the_derivative_is_warned_about() -> None:
+    def normalized(x: torch.Tensor) -> torch.Tensor:
+        return x / float(x.abs().max())
+
+    with pytest.warns(
+        EquivarianceWarning,
+        match=r"turns a tensor that carries the derivative of x into a Python number \(float\(\) at test_lie\.py",
+    ):
+        lie_derivative_error(normalized, noise())
+
+
+def test_torch_no_grad_does_not_cut_a_forward_mode_derivative() -> None:
+    """Forward-mode AD ignores no_grad: such a model is measured, and rightly (the finite-difference
+    limit agrees)."""
+
+    class NoGrad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = stack(nn.Tanh)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.inner(x)
+
+    x = smooth()
+    t = 1e-5
+    limit = fractional_equivariance_error(NoGrad(), x, (0, t), reduction="none") / t
+    found = lie_derivative_error(NoGrad(), x, Translation(0, 1), reduction="none")
+    assert float(found.min()) > 1e-3
+    assert float(((limit - found).abs() / found).max()) < 1e-3
+
+
+# -- layouts in the profile (item 5) -------------------------------------------------------------
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def channels_last_block(last: bool) -> nn.Sequential:
+    """conv -> (Permute ->) Linear -> GELU -> (Permute ->) conv, circular, as in a ConvNeXt block; or the
+    same with 1x1 convolutions in channels-first order."""
+    torch.manual_seed(0)
+    conv1, conv2 = nn.Conv2d(2, 4, 3, **CIRCULAR), nn.Conv2d(4, 3, 3, **CIRCULAR)
+    linear = nn.Linear(4, 4, dtype=F64)
+    if last:
+        return nn.Sequential(conv1, Permute(0, 2, 3, 1), linear, nn.GELU(), Permute(0, 3, 1, 2), conv2)
+    pointwise = nn.Conv2d(4, 4, 1, dtype=F64)
+    with torch.no_grad():
+        pointwise.weight.copy_(linear.weight[..., None, None])
+        pointwise.bias.copy_(linear.bias)
+    return nn.Sequential(conv1, pointwise, nn.GELU(), conv2)
+
+
+def test_channels_last_layers_are_read_in_their_layout() -> None:
+    x = smooth()
+    last = profile_lie_derivative(channels_last_block(last=True), x)
+    first = profile_lie_derivative(channels_last_block(last=False), x)
+    assert last.error == pytest.approx(first.error, rel=1e-9)
+    assert last["3"].error == pytest.approx(first["2"].error, rel=1e-9)  # the GELU aliases alike
+    assert last["3"].share == pytest.approx(1.0, abs=1e-6)
+    for name in ("0", "1", "2", "4", "5", "(other operations)"):  # convs, permutes, the Linear: exact
+        assert last[name].error < 1e-12
+    assert last["1"].stride == last["3"].stride == (1, 1)
+    assert sum(row.share for row in last.layers) == pytest.approx(1.0, abs=1e-9)
+
+
+class OnSixBySix(nn.Module):
+    """6 channels on a 6x6 map, then a module of the library's unknown kind that keeps the shape: its
+    output reads as channels first or channels last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 6, 3, **CIRCULAR)
+        self.mix = Squash()
+        self.out = nn.Conv2d(6, 2, 3, **CIRCULAR)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mix(self.conv(x)))
+
+
+class Squash(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+
+def test_an_ambiguous_layout_is_left_out_with_a_warning_until_named() -> None:
+    x = smooth(size=6, keep=1)
+    with pytest.warns(
+        EquivarianceWarning, match=r"layer 'mix' is left out of the Lie profile .*layouts=\{'mix'"
+    ):
+        profile = profile_lie_derivative(OnSixBySix(), x)
+    assert [row.name for row in profile.layers] == ["conv", "out", "(other operations)"]
+    named = profile_lie_derivative(OnSixBySix(), x, layouts={"mix": "channels_first"})
+    assert [row.name for row in named.layers] == ["conv", "mix", "out", "(other operations)"]
+    assert named["mix"].share == pytest.approx(1.0, abs=1e-6)
+    assert named.error == pytest.approx(profile.error, rel=1e-12)
+
+
+# -- attention (item 7) --------------------------------------------------------------------------
+
+
+class TinyViT(nn.Module):
+    """Patches of 4, a class token, one attention block (``F.scaled_dot_product_attention`` or
+    ``nn.MultiheadAttention``) and a linear head on the class token."""
+
+    def __init__(self, multihead: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        width = 8
+        self.patch = nn.Conv2d(2, width, 4, stride=4, dtype=F64)
+        self.cls = nn.Parameter(torch.randn(1, 1, width, dtype=F64))
+        self.norm = nn.LayerNorm(width, dtype=F64)
+        self.qkv = nn.Linear(width, 3 * width, dtype=F64)
+        self.attention = nn.MultiheadAttention(width, 2, batch_first=True, dtype=F64) if multihead else None
+        self.head = nn.Linear(width, 3, dtype=F64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+        h = self.norm(tokens)
+        if self.attention is not None:
+            mixed = self.attention(h, h, h, need_weights=False)[0]
+        else:
+            n, length, width = h.shape
+            q, k, v = self.qkv(h).reshape(n, length, 3, 2, width // 2).permute(2, 0, 3, 1, 4)
+            mixed = (
+                nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, width)
+            )
+        return self.head((tokens + mixed)[:, 0])
+
+
+@pytest.mark.parametrize("multihead", [False, True], ids=["sdpa", "MultiheadAttention"])
+def test_attention_runs_on_the_math_kernel_and_is_measured_right(multihead: bool) -> None:
+    from equivariance.fractional import FractionalShift
+
+    model, x = TinyViT(multihead).eval(), noise(2, size=16)
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    found = lie_derivative_error(model, x, reduction="none")
+    t = 1e-5
+    with torch.no_grad():
+        step = (model(FractionalShift(0, t).apply(x)) - model(FractionalShift(0, -t).apply(x))) / (2 * t)
+        expected = step.norm(dim=1) / model(x).norm(dim=1)
+    assert float(found.min()) > 1e-3
+    assert torch.allclose(found, expected, rtol=1e-6)
+    profile = profile_lie_derivative(model, x)
+    assert profile.error == pytest.approx(float(found.mean()), rel=1e-9)
+    assert profile["patch"].stride == profile["norm"].stride == (4, 4)  # tokens on the patch grid
+    assert torch.backends.mha.get_fastpath_enabled() == fast_path
+
+
+def test_an_op_without_a_forward_mode_derivative_is_named() -> None:
+    def warped(x: torch.Tensor) -> torch.Tensor:
+        grid = torch.zeros(len(x), 4, 4, 2, dtype=x.dtype)
+        return nn.functional.grid_sample(x, grid, align_corners=False)
+
+    with pytest.raises(
+        InvalidArgument, match=r"the model calls grid_sampler_2d, which has no forward-mode derivative"
+    ):
+        lie_derivative_error(warped, noise())
+    with pytest.raises(InvalidArgument, match=r"the model calls grid_sampler_2d"):
+        profile_lie_derivative(nn.Sequential(Warp()), noise())
+
+
+class Warp(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = torch.zeros(len(x), 4, 4, 2, dtype=x.dtype)
+        return nn.functional.grid_sample(x, grid, align_corners=False)
+
+
+# -- non-finite outputs and derivatives (item 10) ------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_non_finite_output_is_refused_like_the_checks_refuse_it(value: float) -> None:
+    model = stack()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = value
+    message = r"the model's output is not finite \(nan or inf\) for 3 of 3 samples of x"
+    with pytest.raises(InvalidArgument, match=message):
+        lie_derivative_error(model, noise())
+    with pytest.raises(InvalidArgument, match=message):
+        lie_derivative(model, noise())
+    with pytest.raises(InvalidArgument, match=message):
+        profile_lie_derivative(model, noise())
+
+
+def test_a_derivative_that_is_not_finite_is_refused() -> None:
+    def magnitude(x: torch.Tensor) -> torch.Tensor:
+        return x.square().sqrt()  # finite everywhere, not differentiable at the zeros
+
+    x = noise()
+    x[0, 0, 3, 3] = 0.0
+    with pytest.raises(
+        InvalidArgument, match=r"the Lie derivative is not finite \(nan or inf\) for 1 of 3 samples"
+    ):
+        lie_derivative_error(magnitude, x)
+
+
+# -- normalizations of a zero canvas (item 12) ---------------------------------------------------
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """A LayerNorm over the channels of an (N, C, H, W) map, as ConvNeXt's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def convnext_like() -> nn.Sequential:
+    """A patchify stem, a LayerNorm over channels, a depthwise 7x7 conv and a pointwise MLP, pooled
+    logits; biases zero as timm initializes them, so the stem is exactly zero on a zero canvas."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 4, stride=4), LayerNorm2d(16, eps=1e-6), nn.Conv2d(16, 16, 7, padding=3, groups=16),
+        LayerNorm2d(16, eps=1e-6), nn.Conv2d(16, 32, 1), nn.GELU(), nn.Conv2d(32, 16, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    ).double()  # fmt: skip
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(module.weight, std=0.2)
+            nn.init.zeros_(module.bias)
+    return model.eval()
+
+
+def bilinear_lie_derivative(model: nn.Module, x: torch.Tensor, t: float = 1e-4) -> float:
+    """The relative Lie derivative of logits under a bilinear translation along the width with reflection
+    at the edges, as Gruver et al. translate, by central differences (a reference, not the library's)."""
+    n, _, _, w = x.shape
+
+    def moved(step: float) -> torch.Tensor:
+        theta = torch.tensor([[1.0, 0.0, -2 * step / (w - 1)], [0.0, 1.0, 0.0]], dtype=x.dtype).expand(
+            n, 2, 3
+        )
+        grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=True)
+        return nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=True)
+
+    with torch.no_grad():
+        step = (model(moved(t)) - model(moved(-t))) / (2 * t)
+        return float((step.norm(dim=1) / model(x).norm(dim=1)).mean())
+
+
+def canvas(fill: str) -> torch.Tensor:
+    content = nn.functional.avg_pool2d(
+        torch.rand(3, 3, 36, 36, dtype=F64, generator=torch.Generator().manual_seed(0)), 5, 1
+    )
+    x = torch.zeros(3, 3, 64, 64, dtype=F64)
+    if fill == "mean":
+        x += content.mean(dim=(-2, -1), keepdim=True)
+    x[..., 16:48, 16:48] = content
+    return x
+
+
+def test_a_normalization_of_a_zero_canvas_is_named_and_the_docs_canvas_is_right() -> None:
+    model = convnext_like()
+    with pytest.warns(
+        EquivarianceWarning,
+        match=r"layer '1' \(LayerNorm2d\) normalizes \d+ of 768 groups that are constant .* eps=1e-06 amplifies .* 1000x",
+    ):
+        zero = float(lie_derivative_error(model, canvas("zero")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        filled = float(lie_derivative_error(model, canvas("mean")))
+    reference = bilinear_lie_derivative(model, canvas("mean"))
+    assert 0.5 < filled / reference < 2  # the band-limited and the bilinear derivative, alike
+    assert zero > 50 * filled
+
+
+def test_a_normalization_whose_constant_groups_get_no_derivative_is_not_reported() -> None:
+    """ReLU'd features that die all together at some positions: constant groups, but no derivative
+    reaches them (the ReLU's is zero there), so nothing is amplified."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, **CIRCULAR), nn.ReLU(), LayerNorm2d(4, dtype=F64), nn.Conv2d(4, 3, 3, **CIRCULAR)
+    )
+    with torch.no_grad():
+        model[0].bias.fill_(-50.0)  # dead except where the input is large
+    x = noise() * 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lie_derivative_error(model, x)
