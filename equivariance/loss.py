@@ -41,7 +41,7 @@ from equivariance._forward import Forward, OutputSelector
 from equivariance._isolation import owning_module
 from equivariance._plan import as_element, check_fits, check_input
 from equivariance._validation import as_int, describe, per_dim
-from equivariance.actions import Action, Boundary, Grid, check_boundary
+from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift, ShiftLike, multiples_of
 
@@ -186,7 +186,7 @@ class _Setup:
     def copies(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
         """Items ``start:stop`` of the copies, row by row: ``elements[row]`` acting on ``x[sample]``."""
         grid = Grid.of_input(self.x.dim() - 2, self.boundary)
-        pieces = [e.act(self.x[a:b], grid) for e, a, b in _runs(len(self.x), elements, start, stop)]
+        pieces = [guarded_act(e, self.x[a:b], grid) for e, a, b in _runs(len(self.x), elements, start, stop)]
         return torch.cat(pieces)
 
     def penalty(
@@ -203,7 +203,7 @@ class _Setup:
             got, expected = outputs[done : done + b - a], reference[a:b]
             done += b - a
             if spatial:
-                expected = element.act(expected, grid)
+                expected = guarded_act(element, expected, grid)
                 region: tuple[Any, ...] = (..., *element.region(tuple(expected.shape[-d:]), grid))
                 got, expected = got[region], expected[region]
             total = total + _squared_errors(got, expected).sum()

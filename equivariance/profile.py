@@ -76,7 +76,7 @@ from equivariance._sinks import (
     sample_scale,
 )
 from equivariance._validation import describe, shown_per_dim, warn_deprecated
-from equivariance.actions import Action, Boundary, Grid, check_boundary
+from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout, LayoutLike, as_layout
 from equivariance.shifts import Shift, ShiftLike
@@ -540,7 +540,7 @@ def junction_name(layer: str) -> str:
 
 def _paired(x: torch.Tensor, element: Action, boundary: Boundary) -> torch.Tensor:
     """The batch of the profile's one pass: ``x`` and its moved copy, ``(2N, ...)``."""
-    return torch.cat([x, element.act(x, Grid.of_input(x.dim() - 2, boundary))])
+    return torch.cat([x, guarded_act(element, x, Grid.of_input(x.dim() - 2, boundary))])
 
 
 Sink = GridSums | FlatSums | PooledLayer | None

@@ -58,7 +58,7 @@ from typing import ClassVar, Literal
 import torch
 
 from equivariance._validation import as_int, describe
-from equivariance.actions import Action, Grid, Identity
+from equivariance.actions import Action, Grid, Identity, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift
 from equivariance.transforms import Flip, Rot90
@@ -232,6 +232,7 @@ class OnFields(Action):
     """
 
     moves_positions_only: ClassVar[bool] = False  # it permutes channels
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, element: Action, representation: Regular) -> None:
         self.element, self.representation = element, representation
@@ -243,7 +244,7 @@ class OnFields(Action):
             raise InvalidArgument(
                 f"the regular action needs one channel dim, (N, C, *spatial), found shape {tuple(x.shape)}"
             )
-        moved = self.element.act(x, grid)
+        moved = guarded_act(self.element, x, grid)
         order = self.representation.order
         fields = self.representation.fields_of(x.shape[1])
         split = moved.reshape(len(x), fields, order, *x.shape[2:])

@@ -69,6 +69,7 @@ class Rot90(Action):
 
     __slots__ = ("dims", "k")
     moves_positions_only: ClassVar[bool] = True
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, k: int = 1, dims: tuple[int, int] = (-2, -1)) -> None:
         self.k = as_int(k, "k") % 4
@@ -145,6 +146,7 @@ class Flip(Action):
 
     __slots__ = ("dim",)
     moves_positions_only: ClassVar[bool] = True
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, dim: int = -1) -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim >= 0:
