@@ -448,6 +448,9 @@ def _resolve_layout(request: Request, base: torch.Tensor) -> tuple[Layout, tuple
     if isinstance(layout, Tokens) and layout.grid is None:
         layout = layout.resolved(tuple(base.shape), spatial_in)
         notes = (f"layout {layout.describe()}: the input's grid {spatial_in} over one patch size",)
+    elif isinstance(layout, Tokens):
+        stride = None if request.stride == _auto.AUTO else request.stride
+        layout.check_grid(spatial_in, stride, "layout=")  # type: ignore[arg-type]
     if layout.spatial_shape(tuple(base.shape), d) is None:
         for name, fix in (
             ("stride", "pass layer= to measure a layer with spatial output, or use check_invariance"),
