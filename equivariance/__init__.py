@@ -19,7 +19,7 @@ from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equi
 from equivariance.regular import regular
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
-from equivariance.transforms import Flip, Rot90
+from equivariance.transforms import Flip, Rot90, Transpose
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "Rot90",
     "Shift",
     "ShiftResult",
+    "Transpose",
     "__version__",
     "apply_shifts",
     "assert_equivariant",

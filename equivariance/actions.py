@@ -278,3 +278,7 @@ class Identity(Action):
 
     def inverse(self) -> Identity:
         return self
+
+    def __mul__(self, other: Action) -> Action:
+        """The identity; for another element, that element's own ``__rmul__`` (its canonical form)."""
+        return self if isinstance(other, Identity) else NotImplemented
