@@ -11,7 +11,7 @@ Examples:
 from equivariance.audit import AuditResult, audit
 from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
 from equivariance.crops import Crop
-from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
+from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument, VacuousCheckError
 from equivariance.lie import lie_derivative_error, profile_lie_derivative
 from equivariance.loss import equivariance_loss
 from equivariance.metric import equivariance_error, invariance_error
@@ -37,6 +37,7 @@ __all__ = [
     "Shift",
     "ShiftResult",
     "Transpose",
+    "VacuousCheckError",
     "__version__",
     "apply_shifts",
     "assert_equivariant",
