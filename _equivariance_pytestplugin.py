@@ -12,6 +12,8 @@ nor the library until a test asks for one of its fixtures. Measured with
   ``--equivariance-atol`` and ``--equivariance-rtol`` (ini: ``equivariance_device`` ...),
   checked at start-up (a bad value, or a device this machine lacks, is a usage error);
 - the marker ``equivariance``, given to every test using the fixtures;
+  ``@pytest.mark.equivariance(allow_vacuous=True)`` (or ``--equivariance-allow-vacuous``, or
+  ``allow_vacuous=True`` in the call) lets a check that cannot fail pass instead of failing the test;
 - a failing ``assert report.passed`` shows the report's table;
 - a terminal section listing every check the fixtures ran (``--equivariance-summary``),
   and every check as JSON (``--equivariance-report PATH``).
@@ -44,6 +46,7 @@ class _Settings:
         self.device, self.dtype, self.atol, self.rtol = device, dtype, atol, rtol
         self.summary = "all"
         self.report: Path | None = None
+        self.allow_vacuous = False
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -67,6 +70,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("equivariance_summary", "the table of checks at the end: all, failed or off", default="")
     group.addoption(
+        "--equivariance-allow-vacuous",
+        dest="equivariance_allow_vacuous",
+        action="store_true",
+        default=None,
+        help="let the fixtures pass a check that cannot fail (report.vacuous) instead of failing the test",
+    )
+    parser.addini(
+        "equivariance_allow_vacuous",
+        "let the fixtures pass a check that cannot fail",
+        type="bool",
+        default=False,
+    )
+    group.addoption(
         "--equivariance-report",
         dest="equivariance_report",
         default=None,
@@ -78,8 +94,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "equivariance: a shift equivariance check (given to tests using the assert_equivariant or "
-        "assert_invariant fixtures)",
+        "equivariance(allow_vacuous=False): a shift equivariance check (given to tests using the "
+        "assert_equivariant or assert_invariant fixtures); allow_vacuous=True lets a check that cannot "
+        "fail pass",
     )
     config.stash[_SETTINGS] = _read_settings(config)
     config.stash[_SUMMARY] = _Summary(config.stash[_SETTINGS])
@@ -112,6 +129,9 @@ def _read_settings(config: pytest.Config) -> _Settings:
             f"equivariance_summary must be one of {', '.join(SUMMARY_MODES)}, found {summary!r}"
         )
     settings.summary = summary
+    settings.allow_vacuous = bool(
+        config.getoption("equivariance_allow_vacuous") or config.getini("equivariance_allow_vacuous")
+    )
     report = config.getoption("equivariance_report")
     if report:
         path = Path(config.invocation_params.dir, report)
@@ -219,11 +239,12 @@ class _Check:
         for name in ("atol", "rtol"):
             if getattr(settings, name) is not None:
                 options.setdefault(name, getattr(settings, name))
+        allow_vacuous = bool(options.pop("allow_vacuous", self.summary.allows_vacuous()))
         kind = self.kind
         run = equivariance.check_equivariance if kind == "equivariance" else equivariance.check_invariance
         report = run(model, x, shifts, **options)
-        self.summary.record(report)
-        return report.raise_if_failed()
+        self.summary.record(report, allow_vacuous)
+        return report.raise_if_failed(allow_vacuous=allow_vacuous)
 
     def __repr__(self) -> str:
         device, dtype = self.settings.device or "as given", self.settings.dtype or "as given"
@@ -263,12 +284,13 @@ def _converted(model: Any, x: Any, settings: _Settings) -> tuple[Any, Any]:
     return model, x
 
 
-def _record(test: str, when: str, report: EquivarianceReport) -> dict[str, Any]:
+def _record(test: str, when: str, report: EquivarianceReport, allow_vacuous: bool) -> dict[str, Any]:
     details = {key: value for key, value in report.to_dict().items() if key != "results"}
     return {
         **details,
         "test": test,
         "when": when,
+        "allowed_vacuous": allow_vacuous and report.within_tolerance and report.vacuous is not None,
         "model": report.subject,
         "shifts": len(report.results),
         "worst": str(report.worst_element),
@@ -352,7 +374,16 @@ class _Summary:
         if self.fixtures and self.fixtures[-1][0] is fixturedef:
             self.fixtures.pop()
 
-    def record(self, report: EquivarianceReport) -> None:
+    def allows_vacuous(self) -> bool:
+        """Whether the session (``--equivariance-allow-vacuous``) or the running test's marker
+        (``@pytest.mark.equivariance(allow_vacuous=True)``) lets a check that cannot fail pass."""
+        if self.item is not None:
+            for marker in self.item.iter_markers("equivariance"):
+                if "allow_vacuous" in marker.kwargs:
+                    return bool(marker.kwargs["allow_vacuous"])
+        return self.settings.allow_vacuous
+
+    def record(self, report: EquivarianceReport, allow_vacuous: bool = False) -> None:
         """Attach a check to the running test's report, whence the summary (and xdist) take it."""
         if self.item is None:
             return
@@ -362,7 +393,7 @@ class _Summary:
             test = f"{where}{fixturedef.argname} ({fixturedef.scope} fixture {when})"
         else:
             test, when = self.item.nodeid, self.when
-        self.item.user_properties.append((PROPERTY, json.dumps(_record(test, when, report))))
+        self.item.user_properties.append((PROPERTY, json.dumps(_record(test, when, report, allow_vacuous))))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
@@ -374,7 +405,8 @@ class _Summary:
                 continue
             check = json.loads(str(value))
             caught = check["when"] == "call" and not self.call_failed.get(report.nodeid, True)
-            check["expected_failure"] = not check["passed"] and caught
+            allowed = check.get("allowed_vacuous", False)
+            check["expected_failure"] = not check["passed"] and caught and not allowed
             self.checks.append(check)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -388,7 +420,7 @@ class _Summary:
         mode = self.settings.summary
         rows = _merged(self.checks)
         if mode == "failed":
-            rows = [row for row in rows if row["verdict"] == "FAILED"]
+            rows = [row for row in rows if row["verdict"] in ("FAILED", "VACUOUS")]
         if mode == "off" or not self.checks or (mode == "failed" and not rows):
             return
         terminalreporter.section("equivariance checks")
@@ -415,20 +447,23 @@ class _Summary:
             ]
             terminalreporter.write_line("  ".join(cells).rstrip())
         counts = _counts(self.checks)
-        expected = counts["expected_failures"]
+        expected, vacuous = counts["expected_failures"], counts["vacuous"]
         terminalreporter.write_line(
             f"{counts['total']} check{'s' if counts['total'] != 1 else ''}, {counts['failed']} failed"
             + (f", {expected} failed as expected" if expected else "")
+            + (f", {vacuous} vacuous (allowed)" if vacuous else "")
         )
 
 
 def _counts(checks: list[dict[str, Any]]) -> dict[str, int]:
     expected = sum(c["expected_failure"] for c in checks)
+    allowed = sum(c.get("allowed_vacuous", False) for c in checks)
     return {
         "total": len(checks),
         "passed": sum(c["passed"] for c in checks),
-        "failed": sum(not c["passed"] for c in checks) - expected,
+        "failed": sum(not c["passed"] for c in checks) - expected - allowed,
         "expected_failures": expected,
+        "vacuous": allowed,
     }
 
 
@@ -440,11 +475,17 @@ def _merged(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = rows.setdefault(key, {**check, "checks": 0, "shifts": 0, "error": -1.0, "verdict": "passed"})
         row["checks"] += 1
         row["shifts"] += check["shifts"]
-        if not check["passed"]:
-            verdict = "expected" if check["expected_failure"] else "FAILED"
-            row["verdict"] = "FAILED" if "FAILED" in (row["verdict"], verdict) else verdict
-        elif check.get("vacuous") and row["verdict"] == "passed":
-            row["verdict"] = "vacuous"  # passed, but could not have failed (report.vacuous)
+        # a check that could not have failed (report.vacuous): "vacuous" where the test allowed it,
+        # "VACUOUS" where it failed the test
+        if check.get("allowed_vacuous"):
+            verdict = "vacuous"
+        elif not check["passed"]:
+            vacuous = check.get("vacuous") and check.get("within_tolerance")
+            verdict = "expected" if check["expected_failure"] else "VACUOUS" if vacuous else "FAILED"
+        else:
+            verdict = "passed"
+        rank = ("passed", "vacuous", "expected", "VACUOUS", "FAILED")
+        row["verdict"] = max(row["verdict"], verdict, key=rank.index)
         if check["error"] > row["error"]:
             row.update(worst=check["worst"], error=check["error"], rtol=check["rtol"])
     return list(rows.values())

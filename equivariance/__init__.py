@@ -11,7 +11,7 @@ Examples:
 from equivariance.audit import AuditResult, audit
 from equivariance.check import assert_equivariant, assert_invariant, check_equivariance, check_invariance
 from equivariance.crops import Crop
-from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument
+from equivariance.errors import EquivarianceError, EquivarianceWarning, InvalidArgument, VacuousCheckError
 from equivariance.lie import lie_derivative_error, profile_lie_derivative
 from equivariance.loss import equivariance_loss
 from equivariance.metric import equivariance_error, invariance_error
@@ -19,7 +19,7 @@ from equivariance.profile import EquivarianceProfile, LayerProfile, profile_equi
 from equivariance.regular import regular
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
-from equivariance.transforms import Flip, Rot90
+from equivariance.transforms import Flip, Rot90, Transpose
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,8 @@ __all__ = [
     "Rot90",
     "Shift",
     "ShiftResult",
+    "Transpose",
+    "VacuousCheckError",
     "__version__",
     "apply_shifts",
     "assert_equivariant",

@@ -124,6 +124,16 @@ def _choose(
             stride[i] = max(1, math.floor(spatial_in[i] / spatial_out[i]))
     shown = parts[0] if len(set(picked)) == 1 else ", ".join(parts)
     tried_range = f"1 to {max(len(c) for c in candidates)}"
+    if unclear and max(mean) <= rtol:
+        # every candidate moves the output "cleanly": it does not move at all (a constant map), and the
+        # check that follows cannot fail either way, so it is not told to expect a failure
+        note = (
+            f"stride {shown_per_dim(stride)}, the input's size over the output's: every input shift of "
+            f"{tried_range} tried moves the output by one sample to within tolerance (errors of "
+            f"{max(mean):.1e} at most), as an output that does not move at all does (a constant map, or "
+            "one that varies below the tolerance), so none tells the stride"
+        )
+        return Inferred(tuple(stride), note, clean=False)
     if unclear:
         note = (
             f"stride {shown_per_dim(stride)}, the input's size over the output's: no input shift of "

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from equivariance.actions import Action, Batched, Grid
+from equivariance._isolation import private_copy
+from equivariance.actions import Action, Batched, Grid, _writes_nothing, guarded_act
 
 __all__ = ["Copies"]
 
@@ -40,7 +41,9 @@ class Copies:
         for k, element in enumerate(self.elements):
             by_class.setdefault(type(element), []).append(k)
         for cls, members in by_class.items():
-            batched = cls.batched(x, [self.elements[k] for k in members], grid)
+            # a vectorized path of the caller's own gets a private copy, as its act does
+            given = x if _writes_nothing(cls) else private_copy(x)
+            batched = cls.batched(given, [self.elements[k] for k in members], grid)
             if batched is None:
                 continue
             for j, k in enumerate(members):
@@ -92,7 +95,7 @@ class Copies:
             chosen = self.x[first : first + count]  # consecutive samples: a view, no copy yet
         else:
             chosen = self.x[rows.to(self.x.device)]
-        moved = self.elements[int(element[0])].act(chosen, self.grid)
+        moved = guarded_act(self.elements[int(element[0])], chosen, self.grid)
         if moved.untyped_storage().data_ptr() == self.x.untyped_storage().data_ptr():
             moved = moved.clone()  # an action that returns (a view of) its input: a model may write to it
         return moved

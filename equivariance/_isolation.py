@@ -191,7 +191,11 @@ def snapshot(tensor: torch.Tensor) -> torch.Tensor:
     reused on the next call), and then only that tensor's. Otherwise, a
     plain copy.
     """
-    tensor = tensor.detach()
+    return private_copy(tensor.detach())
+
+
+def private_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """``snapshot`` that keeps ``tensor``'s autograd graph: a copy (on write) the caller may write to."""
     # an expanded tensor (stride 0) is copied out densely, as clone does: a model may write to it
     overlapping = any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
     if _LAZY_CLONE is not None and not overlapping and tensor.layout == torch.strided:

@@ -186,6 +186,8 @@ def _infer(
     base = LayerSpec(record.name, record.type, shape, None, None, None)
     if given is not None:
         layout = given.resolved(shape, spatial_in) if isinstance(given, Tokens) else given
+        if isinstance(layout, Tokens):
+            layout.check_grid(spatial_in, None, f"layouts[{record.name!r}]=")
         spatial = layout.check(shape, d, f"the output of layer {record.name!r}")
         return _spec(base, layout, spatial, _stride_to(spatial, producer, grids, spatial_in))
     first = ChannelsFirst().spatial_shape(shape, d)

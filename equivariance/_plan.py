@@ -448,6 +448,9 @@ def _resolve_layout(request: Request, base: torch.Tensor) -> tuple[Layout, tuple
     if isinstance(layout, Tokens) and layout.grid is None:
         layout = layout.resolved(tuple(base.shape), spatial_in)
         notes = (f"layout {layout.describe()}: the input's grid {spatial_in} over one patch size",)
+    elif isinstance(layout, Tokens):
+        stride = None if request.stride == _auto.AUTO else request.stride
+        layout.check_grid(spatial_in, stride, "layout=")  # type: ignore[arg-type]
     if layout.spatial_shape(tuple(base.shape), d) is None:
         for name, fix in (
             ("stride", "pass layer= to measure a layer with spatial output, or use check_invariance"),
@@ -523,26 +526,33 @@ def _finish(
     if grid is not None:
         grid_base = grid.layout.to_grid(base.output, grid.spatial_dims)
         if request.output_action is None:
-            _check_output_fits(_acting(request, elements), grid, grid_base, margins)
+            if request.fields is not None and grid_base.dim() >= 2:
+                request.fields.fields_of(grid_base.shape[1], f"the output of shape {tuple(grid_base.shape)}")
+            _check_output_fits(_acting(request, elements), grid, grid_base, margins, request.fields)
     return Plan(request, base.output, grid, grid_base, strides, margins, elements, rows, size, notes)
 
 
 def _check_output_fits(
-    elements: Sequence[Action], grid: Grid, grid_base: torch.Tensor, margins: tuple[int, ...]
+    elements: Sequence[Action],
+    grid: Grid,
+    grid_base: torch.Tensor,
+    margins: tuple[int, ...],
+    fields: Regular | None = None,
 ) -> None:
     """Every element acts on the output grid (a stride divides its shifts; a transform maps the
     grid onto itself) and leaves something to compare."""
     d = grid.spatial_dims
     spatial = tuple(grid_base.shape[-d:])
     shown = f"the output of shape {tuple(grid_base.shape)}"
+    how = "as on the input" if fields is None else f"through output_action={fields!r}"
     for element in elements:
         if not isinstance(element, Shift):
             try:
                 check_fits(element, grid_base, grid, shown)
             except InvalidArgument as exc:
                 raise InvalidArgument(
-                    f"the {element.noun}s act on {shown} as on the input, but {exc}; pass layer= to "
-                    "measure a layer whose output they map onto itself"
+                    f"the {element.noun}s act on {shown} {how}, and {exc}; pass layer= to measure a "
+                    "layer whose output they map onto itself"
                 ) from None
         region = element.region(spatial, grid)  # raises for a shift the stride does not divide
         if all(r.stop - r.start - 2 * m > 0 for r, m in zip(region, margins)):

@@ -16,8 +16,11 @@ follow the input would have failed, and two cases make the check vacuous:
   one forward pass of the first sample under a strong perturbation (noise of
   its own RMS) tells.
 
-The checks refuse such a result with an [`InvalidArgument`][equivariance.InvalidArgument]
-that says which case it is; ``equivariance_error`` warns.
+A check with such a result is not a pass: its report's ``passed`` is False
+(``within_tolerance`` stays True), ``vacuous`` and the first hint say which
+case it is, and ``assert_*`` and the pytest fixtures raise
+[`VacuousCheckError`][equivariance.errors.VacuousCheckError] unless allowed;
+``equivariance_error`` warns.
 """
 
 from __future__ import annotations

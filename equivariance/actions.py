@@ -43,17 +43,19 @@ Examples:
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 
+from equivariance._isolation import private_copy
 from equivariance._validation import describe
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout
 
-__all__ = ["Action", "Batched", "Boundary", "Grid", "Identity"]
+__all__ = ["Action", "Batched", "Boundary", "Grid", "Identity", "guarded_act"]
 
 Boundary = Literal["zeros", "circular"]
 BOUNDARIES: tuple[str, ...] = ("zeros", "circular")
@@ -131,6 +133,8 @@ class Action(abc.ABC):
     noun: ClassVar[str] = "transform"
     uses_boundary: ClassVar[bool] = False
     moves_positions_only: ClassVar[bool] = False
+    # set True beside an ``act`` of the library's own, which never writes to the tensor it is given
+    _act_writes_nothing: ClassVar[bool] = False
 
     @abc.abstractmethod
     def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -144,7 +148,9 @@ class Action(abc.ABC):
                 its original layout.
 
         Returns:
-            A tensor of the same shape. It may share memory with ``x``.
+            A tensor of the same shape. It may share memory with ``x``, and
+            may even write to ``x``: the engine gives an ``act`` of your own
+            a private copy (see [`guarded_act`][equivariance.actions.guarded_act]).
         """
 
     def region(self, spatial: tuple[int, ...], grid: Grid) -> tuple[slice, ...]:
@@ -207,6 +213,37 @@ class Action(abc.ABC):
         return None
 
 
+def guarded_act(element: Action, tensor: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """``element.act(tensor, grid)``, leaving ``tensor`` as it was even where ``act`` writes to it.
+
+    The engine moves the caller's input and the model's reference outputs
+    with it. The library's own elements never write to what they are given;
+    an ``act`` of the caller's own (a subclass that defines or redefines it)
+    is given a private copy (copy-on-write where torch has it, keeping the
+    autograd graph), so ``x.mul_(-1)`` in it changes that copy only.
+
+    Examples:
+        >>> class Negate(Action):
+        ...     def act(self, x, grid):
+        ...         return x.mul_(-1)
+        >>> x = torch.ones(1, 1, 2)
+        >>> guarded_act(Negate(), x, Grid.of_input(1)).tolist(), x.tolist()
+        ([[[-1.0, -1.0]]], [[[1.0, 1.0]]])
+    """
+    if _writes_nothing(type(element)):
+        return element.act(tensor, grid)
+    return element.act(private_copy(tensor), grid)
+
+
+@functools.lru_cache(maxsize=256)
+def _writes_nothing(cls: type[Action]) -> bool:
+    """Whether the class that defines ``cls.act`` is one of the library's, which never write."""
+    for klass in cls.__mro__:
+        if "act" in vars(klass):
+            return bool(vars(klass).get("_act_writes_nothing", False))
+    return False
+
+
 class Batched(abc.ABC):
     """Many elements of one class applied to rows of one tensor, vectorized (see ``Action.batched``)."""
 
@@ -230,6 +267,7 @@ class Identity(Action):
     """
 
     moves_positions_only: ClassVar[bool] = True
+    _act_writes_nothing: ClassVar[bool] = True
 
     def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         return x
@@ -240,3 +278,7 @@ class Identity(Action):
 
     def inverse(self) -> Identity:
         return self
+
+    def __mul__(self, other: Action) -> Action:
+        """The identity; for another element, that element's own ``__rmul__`` (its canonical form)."""
+        return self if isinstance(other, Identity) else NotImplemented

@@ -26,7 +26,12 @@ same), ``output=``, the model's and the classifier's type with a CRC-32 of
 their weights, and a CRC-32 of every batch it covers. A resumed run compares
 them and the batches it skips with this run's, so other settings, weights,
 data, another order or another ``loader_batch_size`` are refused, saying what
-differs, rather than mixed in. Saves append the new batches only (see
+differs, rather than mixed in. What weights and settings cannot show (a plain
+Python attribute that changes the output, a global setting, a hook) is
+caught where it changes the numbers of the first batch: a resumed run
+measures batch 0 again and refuses to go on if its errors are not the ones
+recorded (to the tolerance, plus a relative 1e-3 for the last bits). A
+change that shows only on later batches is not seen. Saves append the new batches only (see
 ``equivariance._checkpoint`` for the format), a lock refuses a second writer,
 and an interruption (Ctrl-C, an exception) saves the batches done before it
 propagates. Under ``torch.distributed`` every process keeps its own
@@ -371,6 +376,13 @@ def _run(
                 if number < done:
                     assert store is not None
                     problem = store.compare(number, x)
+                    if problem is None and number == 0:
+                        moved = x if device is None else x.to(device)
+                        again = Record(
+                            records[0].fingerprint,
+                            *_measure_batch(runner, forward, judge, moved, options)[:3],
+                        )
+                        problem = _changed(records[0], again, tolerance, store.afresh())
                     if problem is not None:
                         break
                     continue
@@ -400,6 +412,34 @@ def _run(
     if store is not None:
         store.save(records, tolerance)
     return records, tolerance
+
+
+RESUME_SLACK = 1e-3
+"""How far (relative, beyond the tolerance) a resumed audit's first batch, measured again, may be from
+what the checkpoint recorded: the last bits of an error may change with the machine, not its meaning."""
+
+
+def _changed(recorded: Record, again: Record, tolerance: list[float], afresh: str) -> str | None:
+    """Why batch 0, measured again on resume, says the model computes something else than when the
+    checkpoint was written (weights and settings alike: a plain attribute, a global, a hook); None if
+    its results agree."""
+    slack = max(tolerance) if tolerance else 0.0
+    for i, (old, new) in enumerate(zip(recorded.errors, again.errors)):
+        if math.isnan(old) and math.isnan(new):
+            continue
+        if not abs(new - old) <= slack + RESUME_SLACK * max(abs(old), abs(new)):
+            what = f"sample {i} has error {new:.3g} now and {old:.3g} in the checkpoint"
+            break
+    else:
+        if recorded.consistent == again.consistent:
+            return None
+        what = "the top-1 consistency of its samples differs"
+    return (
+        f"batch 0, measured again to resume, gives other results than the checkpoint recorded ({what}), "
+        "although the weights, buffers and settings are the same: the model computes something else "
+        "than when the checkpoint was written (a plain attribute, a global setting, a hook, or "
+        f"randomness in forward), which a checkpoint cannot see; rerun with the model as it was, or {afresh}"
+    )
 
 
 def _measure_batch(

@@ -202,6 +202,8 @@ def assert_equivariant(
     model: Callable[[torch.Tensor], Any],
     x: torch.Tensor,
     shifts: Sequence[ShiftLike] | None = None,
+    *,
+    allow_vacuous: bool = False,
     **options: Any,
 ) -> EquivarianceReport:
     """[`check_equivariance`][equivariance.check.check_equivariance], raising
@@ -209,7 +211,10 @@ def assert_equivariant(
 
     The error message is the report: the worst shifts and their errors, the
     tolerance and dtype, and a hint when the pattern is recognisable. Returns
-    the report when the check passes.
+    the report when the check passes. A check that could not have failed
+    (``report.vacuous``: an output that does not move) raises
+    [`VacuousCheckError`][equivariance.errors.VacuousCheckError] too, unless
+    ``allow_vacuous=True`` (a property test that may draw dead networks).
 
     Examples:
         >>> import torch
@@ -222,17 +227,22 @@ def assert_equivariant(
         equivariance.errors.EquivarianceError: equivariance check FAILED: MLP, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
-    return check_equivariance(model, x, shifts, **options).raise_if_failed()
+    return check_equivariance(model, x, shifts, **options).raise_if_failed(allow_vacuous=allow_vacuous)
 
 
 def assert_invariant(
     model: Callable[[torch.Tensor], Any],
     x: torch.Tensor,
     shifts: Sequence[ShiftLike] | None = None,
+    *,
+    allow_vacuous: bool = False,
     **options: Any,
 ) -> EquivarianceReport:
     """[`check_invariance`][equivariance.check.check_invariance], raising
-    [`EquivarianceError`][equivariance.EquivarianceError] if it fails.
+    [`EquivarianceError`][equivariance.EquivarianceError] if it fails, or
+    [`VacuousCheckError`][equivariance.errors.VacuousCheckError] if it could not
+    have failed (an output that does not respond to its input), unless
+    ``allow_vacuous=True``.
 
     Examples:
         >>> import torch
@@ -242,7 +252,7 @@ def assert_invariant(
         equivariance.errors.EquivarianceError: invariance check FAILED: Flatten, 9 shifts, 8 failed; ...
     """
     __tracebackhide__ = True
-    return check_invariance(model, x, shifts, **options).raise_if_failed()
+    return check_invariance(model, x, shifts, **options).raise_if_failed(allow_vacuous=allow_vacuous)
 
 
 def _no_shift_options(**given: bool) -> None:
@@ -285,8 +295,9 @@ def _check(
         dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
         tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
         report = _report(plan, sums, batch_size, tolerance, layer, inferred_stride)
-        why = why_vacuous(runner, plan, tolerance) if report.passed else None
-    return report if why is None else dataclasses.replace(report, vacuous=why)
+        why = why_vacuous(runner, plan, tolerance) if report.within_tolerance else None
+    # not a pass (report.passed is False): the reason is also the first hint
+    return report if why is None else dataclasses.replace(report, vacuous=why, hints=(why, *report.hints))
 
 
 def _report(

@@ -7,7 +7,7 @@ while [`EquivarianceError`][equivariance.errors.EquivarianceError] means it ran 
 
 from __future__ import annotations
 
-__all__ = ["EquivarianceError", "EquivarianceWarning", "InvalidArgument"]
+__all__ = ["EquivarianceError", "EquivarianceWarning", "InvalidArgument", "VacuousCheckError"]
 
 
 class InvalidArgument(ValueError):
@@ -36,6 +36,18 @@ class EquivarianceError(AssertionError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class VacuousCheckError(EquivarianceError):
+    """A check that could not have failed (``report.vacuous``): an output that does not move, or does
+    not respond to its input.
+
+    Raised by ``assert_equivariant``, ``assert_invariant`` and the pytest
+    fixtures unless they are given ``allow_vacuous=True``: a check that
+    asserted nothing is not a passing test. A subclass of
+    [`EquivarianceError`][equivariance.EquivarianceError], so ``pytest.raises(EquivarianceError)``
+    catches it too.
+    """
 
 
 class EquivarianceWarning(UserWarning):

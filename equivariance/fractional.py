@@ -60,6 +60,7 @@ class FractionalShift(Action):
 
     __slots__ = ("_offsets",)
     noun: ClassVar[str] = "sub-pixel shift"
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, *offsets: float | Sequence[float]) -> None:
         values: Sequence[object]

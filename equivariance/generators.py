@@ -34,12 +34,14 @@ map subsampled by 2 half as many of its samples.
 from __future__ import annotations
 
 import abc
+import functools
 import math
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 
+from equivariance._isolation import private_copy
 from equivariance._validation import describe
 from equivariance.errors import InvalidArgument
 
@@ -84,6 +86,17 @@ class Generator(abc.ABC):
 
     unit: ClassVar[str] = "unit"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``apply`` is given a private copy of ``h`` (copy-on-write, keeping its
+        gradients): the Lie derivative applies it to the caller's input and to the model's outputs,
+        which an ``apply`` that writes in place must leave as they were. The library's generators
+        never write and are called as they are."""
+        super().__init_subclass__(**kwargs)
+        own = vars(cls).get("apply")
+        if own is None or cls.__module__ == __name__ or getattr(own, "guarded", False):
+            return
+        cls.apply = _guarded(own)  # type: ignore[method-assign, assignment]
+
     @property
     def ndim(self) -> int | None:
         """The number of spatial dims it acts on; None for any."""
@@ -100,6 +113,17 @@ class Generator(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _guarded(
+    apply: Callable[[Any, torch.Tensor, Sequence[float]], torch.Tensor],
+) -> Callable[[Any, torch.Tensor, Sequence[float]], torch.Tensor]:
+    @functools.wraps(apply)
+    def guarded(self: Any, h: torch.Tensor, stride: Sequence[float]) -> torch.Tensor:
+        return apply(self, private_copy(h), stride)
+
+    guarded.guarded = True  # type: ignore[attr-defined]
+    return guarded
 
 
 class Translation(Generator):

@@ -217,6 +217,53 @@ class Tokens(Layout):
             )
         return Tokens(found.pop(), self.prefix)
 
+    def check_grid(self, input_spatial: Sequence[int], stride: Sequence[int] | None, what: str) -> None:
+        """Refuse a grid the input's cannot make: more than ``ceil(n / s)`` positions in a dim at the
+        stride ``s`` given, or, with the stride to infer (None), no one integer stride from the input.
+
+        A token sequence fits more than one grid of its length (16 tokens: 4x4, 2x8, 8x2); the
+        wrong one reads the tokens in the wrong places, and the check would fail for that alone.
+
+        Examples:
+            >>> Tokens((2, 8), prefix=1).check_grid((8, 8), (2, 2), "layout=")
+            Traceback (most recent call last):
+            ...
+            equivariance.errors.InvalidArgument: layout=Tokens((2, 8), prefix=1) puts the 16 tokens ...
+        """
+        grid = self.grid
+        if grid is None or len(grid) != len(input_spatial):
+            return
+        if stride is not None:
+            most = tuple(-(-n // s) for n, s in zip(input_spatial, stride))
+            if all(g <= m for g, m in zip(grid, most)):
+                return
+            why = (
+                f"the input's {_sizes(input_spatial)} grid subsampled by the stride {tuple(stride)} has "
+                f"at most {_sizes(most)} positions"
+            )
+        elif plausible(grid, input_spatial):
+            return
+        else:
+            needed = tuple(stride_of(n, g) for n, g in zip(input_spatial, grid))
+            why = (
+                f"no one patch size makes it from the input's {_sizes(input_spatial)} (it takes strides "
+                f"{needed})"
+            )
+        fits = [
+            g for g in dict.fromkeys(_grids_below(tuple(input_spatial)))
+            if math.prod(g) == math.prod(grid) and g != grid
+            and (stride is None or all(stride_of(n, k) == s for n, k, s in zip(input_spatial, g, stride)))
+        ]  # fmt: skip
+        fit = f", {Tokens(fits[0], self.prefix)!r}," if len(fits) == 1 else ""
+        infer = Tokens(prefix=self.prefix)
+        fix = f"pass the grid the patches make{fit} or {infer!r} to infer it from the input's size"
+        if stride is None:
+            fix += f", or stride={needed} if the patches have that shape"
+        raise InvalidArgument(
+            f"{what}{self!r} puts the {math.prod(grid)} tokens after the prefix on a {_sizes(grid)} grid, "
+            f"but {why}; {fix}"
+        )
+
     @staticmethod
     def _grids(shape: Sequence[int], input_spatial: Sequence[int], prefix: int) -> set[tuple[int, ...]]:
         """The grids of the input's size over one patch size that hold the tokens after ``prefix``."""
@@ -235,6 +282,10 @@ class Tokens(Layout):
         if self.prefix:
             args.append(f"prefix={self.prefix}")
         return f"Tokens({', '.join(args)})"
+
+
+def _sizes(sizes: Sequence[int]) -> str:
+    return "x".join(map(str, sizes))
 
 
 def _grids_below(spatial: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -26,7 +26,15 @@ copies), they run in chunks, each chunk's gradient taken at once and
 accumulated, so the memory is that of one chunk; the loss returned then
 carries the accumulated gradient to the model's parameters (its value is
 the same, its ``backward`` gives the same gradients to the parameters, but
-no gradient reaches anything else, such as ``x``).
+no gradient reaches anything else, such as ``x``). That holds only for a
+model that treats the samples of a batch alone: a BatchNorm in train mode
+(or one without running statistics) would normalize each chunk with the
+chunk's own statistics, a different number, and update its running
+statistics once per chunk, so chunks are refused for such a model, with the
+reason, before any pass (eval mode, or GroupNorm / LayerNorm, chunk exactly).
+Making chunks exact would need the statistics of the whole batch of copies
+before the first chunk, a pass over all of them: the memory chunks exist to
+avoid.
 """
 
 from __future__ import annotations
@@ -36,12 +44,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from equivariance._forward import Forward, OutputSelector
 from equivariance._isolation import owning_module
 from equivariance._plan import as_element, check_fits, check_input
 from equivariance._validation import as_int, describe, per_dim
-from equivariance.actions import Action, Boundary, Grid, check_boundary
+from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift, ShiftLike, multiples_of
 
@@ -107,7 +116,9 @@ def equivariance_loss(
         layer: penalize this named submodule's output instead.
         output: picks the tensor from a tuple or dict output.
         batch_size: the most copies per forward pass; default all copies and
-            ``x`` in one pass.
+            ``x`` in one pass. Refused for a model with a BatchNorm in train
+            mode (or without running statistics), whose chunks would be
+            normalized each by its own statistics.
         rng: draws the random shifts (default: torch's global RNG).
         reference: the output for ``x`` (``f(x)``, or the ``layer``'s, as
             selected by ``output``) if the training step has computed it
@@ -186,7 +197,7 @@ class _Setup:
     def copies(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
         """Items ``start:stop`` of the copies, row by row: ``elements[row]`` acting on ``x[sample]``."""
         grid = Grid.of_input(self.x.dim() - 2, self.boundary)
-        pieces = [e.act(self.x[a:b], grid) for e, a, b in _runs(len(self.x), elements, start, stop)]
+        pieces = [guarded_act(e, self.x[a:b], grid) for e, a, b in _runs(len(self.x), elements, start, stop)]
         return torch.cat(pieces)
 
     def penalty(
@@ -203,7 +214,7 @@ class _Setup:
             got, expected = outputs[done : done + b - a], reference[a:b]
             done += b - a
             if spatial:
-                expected = element.act(expected, grid)
+                expected = guarded_act(element, expected, grid)
                 region: tuple[Any, ...] = (..., *element.region(tuple(expected.shape[-d:]), grid))
                 got, expected = got[region], expected[region]
             total = total + _squared_errors(got, expected).sum()
@@ -280,6 +291,7 @@ def _accumulated(
             "drop batch_size= to run every copy in one pass"
         )
     total = len(elements) * len(setup.x)
+    _check_chunkable(module, total, size)
     reference = setup.forward(setup.x.clone()) if given is None else given
     tracked = torch.is_grad_enabled() and reference.requires_grad
     held = reference.detach().requires_grad_(tracked)
@@ -305,6 +317,45 @@ def _accumulated(
     dot = torch.stack(carried).sum() if carried else value.new_zeros(())
     # the value of the loss, with the gradient of the accumulated chunks for the parameters
     return (value + (dot - dot.detach())).to(reference.dtype)
+
+
+def _check_chunkable(module: nn.Module, total: int, size: int) -> None:
+    """Refuse chunks where a layer normalizes with the statistics of the batch it is given (BatchNorm
+    in train mode, or without running statistics) or updates running statistics at every pass: the
+    chunks would give another value than the one pass, or update the statistics once per chunk."""
+    found = [(name, layer, why) for name, layer in module.named_modules() if (why := _batch_dependent(layer))]
+    if not found:
+        return
+    name, layer, why = found[0]
+    chunks = -(-total // size)
+    more = f" (and {len(found) - 1} more such layers)" if len(found) > 1 else ""
+    raise InvalidArgument(
+        f"batch_size={size} runs the {total} copies in {chunks} chunks, but {type(layer).__name__} "
+        f"{name!r}{more} {why}: chunked, the penalty would not be the one-pass penalty. Drop batch_size= "
+        "to run the copies in one pass, compute the penalty in eval mode (model.eval()) where the layer "
+        "has running statistics, or normalize each sample alone (GroupNorm, LayerNorm)"
+    )
+
+
+def _batch_dependent(layer: nn.Module) -> str:
+    """Why a layer's output or state depends on the chunks its batch is cut into; "" if it does not."""
+    if not isinstance(layer, nn.modules.batchnorm._NormBase):
+        return ""
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        if layer.training:
+            return (
+                "normalizes with the statistics of the batch it is given and updates its running "
+                "statistics at every pass (train mode): each chunk would be normalized by its own "
+                "statistics, and the running statistics updated once per chunk"
+            )
+        if layer.running_mean is None:
+            return (
+                "normalizes with the statistics of the batch it is given, also in eval mode (it has no "
+                "running statistics): each chunk would be normalized by its own"
+            )
+    if layer.training and layer.track_running_stats:
+        return "updates its running statistics at every pass (train mode): once per chunk instead of once"
+    return ""
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

@@ -39,6 +39,19 @@ Where the tensor a layer is given was computed in ``forward`` (not returned
 by a profiled layer) and is the first to fail, it gets a row of its own,
 ``"<layer> (input)"`` of type ``"(forward)"``: the break happened between
 two submodules.
+
+The one batch assumes the samples do not influence each other, as the
+checks do. A model whose samples do (a layer that subtracts the batch mean,
+attention across the batch, BatchNorm without running statistics) would make
+a layer fail because of the batch, not of itself. So a first failure whose
+cause is not geometric (``aliasing`` and ``borders`` are, whatever the batch)
+is tested: the model runs on ``x[:1]`` alone up to that layer, and where
+that sample's tensor there differs from the one batch's by more than the
+tolerance, the profile runs ``x`` and its moved copy in two separate passes
+(joined layer by layer into the same rows) and says why
+(``EquivarianceProfile.separate_passes``). Layers after the first failure,
+and a profile without failures, are not tested: a batch effect that makes a
+layer pass would have to cancel its asymmetry exactly.
 """
 
 from __future__ import annotations
@@ -46,7 +59,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +68,7 @@ import torch
 from torch import nn
 
 from equivariance._forward import call_until, find_layer
-from equivariance._isolation import submodules
+from equivariance._isolation import snapshot, submodules
 from equivariance._judge import margins_that_pass, sample_errors, within
 from equivariance._layer_sums import LayerSums, PooledLayer
 from equivariance._layers import (
@@ -76,7 +88,7 @@ from equivariance._sinks import (
     sample_scale,
 )
 from equivariance._validation import describe, shown_per_dim, warn_deprecated
-from equivariance.actions import Action, Boundary, Grid, check_boundary
+from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout, LayoutLike, as_layout
 from equivariance.shifts import Shift, ShiftLike
@@ -180,6 +192,9 @@ class EquivarianceProfile:
         layers: one [`LayerProfile`][equivariance.profile.LayerProfile] per layer, in the order they ran.
         up_to: the submodule after which the forward pass stopped; ``None``
             when the whole model ran.
+        separate_passes: why ``x`` and its moved copy ran in two separate
+            passes instead of one batch (the samples of a batch influence
+            each other in this model); ``None`` for the one batch.
     """
 
     subject: str
@@ -192,6 +207,7 @@ class EquivarianceProfile:
     tolerance_source: str
     layers: tuple[LayerProfile, ...]
     up_to: str | None = None
+    separate_passes: str | None = None
 
     @property
     def shift(self) -> Action:
@@ -231,6 +247,7 @@ class EquivarianceProfile:
             "tolerance_source": self.tolerance_source,
             "passed": self.passed,
             "first_failure": None if first is None else first.name,
+            "separate_passes": self.separate_passes,
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -270,6 +287,8 @@ class EquivarianceProfile:
             f"  input {self.input_shape} {self.dtype}; tolerance rtol={self.rtol:.0e}, "
             f"atol={self.atol:.0e} ({self.tolerance_source})"
         )
+        if self.separate_passes is not None:
+            lines.append(f"  two passes: {self.separate_passes}")
         for row in rows:
             lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if any(not layer.exact for layer in self.layers):
@@ -304,8 +323,14 @@ def profile_equivariance(
     named): each layer's output for the shifted copy is compared with its
     output for ``x`` moved by the input shift divided by the layer's
     cumulative stride, over the valid region of that output shift (zeros
-    boundary). The model must treat the samples of a batch independently, as
-    every check assumes (it runs in eval mode). An output without spatial dims is compared unmoved. Each
+    boundary). In one batch, a model whose samples influence each other (a
+    layer that normalizes with the batch's statistics, attention across the
+    batch) would give ``x`` outputs that depend on its moved copy: where a
+    layer fails for a reason its geometry does not explain (not a stride, not
+    the borders), the model runs once more on ``x[:1]`` alone up to that
+    layer, and if that sample's output there is not what it was in the batch,
+    the profile runs ``x`` and its moved copy in two separate passes instead
+    and says so (``separate_passes``). An output without spatial dims is compared unmoved. Each
     layer's layout is inferred from the shapes (see the module docstring) or
     named in ``layouts``. Failing layers get a likely cause and a fix. With
     ``up_to``, the pass stops once that layer has returned, as a check's
@@ -370,7 +395,6 @@ def profile_equivariance(
             "use check_equivariance for a plain callable"
         )
     x = check_input(x, model)
-    _warn_batch_statistics(model)
     element, boundary = _profiled_element(shift, x, check_boundary(boundary))
     tolerance = resolve_tolerance(x.dtype, rtol=rtol, atol=atol)
     targets, stop = _targets(model, layers), _stop_layer(model, up_to)
@@ -378,37 +402,15 @@ def profile_equivariance(
     blurs = frozenset(
         name for name, module in targets.items() if isinstance(element, Shift) and _blurring(module)
     )
-    pool = LayerSums(len(x))
     with Runner(model), _Taps(targets) as taps:
-        batch = _paired(x, element, boundary)
-        run = _Pass(
-            model, x, batch, taps, element, boundary, given, pool, junctions=layers is None, blurs=blurs
-        )
-        taps.start(len(batch), run.on_output)
-        run.output(_call(model, batch, stop, up_to), up_to, stop)
-        if not run.rows:
-            raise InvalidArgument(
-                "no profiled layer returned a tensor with the input's batch dim; pass layers= naming "
-                "submodules that the forward pass calls"
-            )
-        redo = pool.settle()
-        if redo:  # sums float32 cannot keep, or not finite: again in float64, the outputs tested for nan
-            run.redo = {name for name, row in run.rows.items() if row.sink in redo and row.same_as is None}
-            batch = _paired(x, element, boundary)  # the model may have written to the first
-            taps.start(len(batch), run.again)
-            run.output(_call(model, batch, stop, up_to), up_to, stop, again=True)
-            pool.settle()
-    rows_of = [row for row in run.rows.values() if row.kind != "unblurred"]
-    specs = [row.spec for row in rows_of]
-    sinks = {row.spec.name: row.sink for row in rows_of}
-    pooled = pool.judge(tolerance)
-    rows = _profile_layers(specs, sinks, pooled, element, tolerance)
-    without_blur = {
-        name.removesuffix(" (unblurred)"): pooled[row.sink][0]
-        for name, row in run.rows.items()
-        if row.kind == "unblurred" and isinstance(row.sink, PooledLayer)
-    }
-    rows = _explained(rows, model, element, tuple(x.shape[2:]), without_blur, targets)
+        passes = _Passes(model, x, element, boundary, taps, stop, up_to)
+        run, pool = _measured(passes, given, layers is None, blurs)
+        rows = _judged_rows(run, pool, model, element, tolerance, targets)
+        interaction = _interaction(passes, run, _first_failure(rows), tolerance)
+        if interaction is not None:  # the halves of the one batch influence each other: two passes
+            passes.separate = True
+            run, pool = _measured(passes, given, layers is None, blurs)
+            rows = _judged_rows(run, pool, model, element, tolerance, targets)
     return EquivarianceProfile(
         subject=type(model).__name__,
         element=element,
@@ -420,29 +422,34 @@ def profile_equivariance(
         tolerance_source=tolerance.source,
         layers=rows,
         up_to=up_to,
+        separate_passes=interaction,
     )
 
 
-def _warn_batch_statistics(model: nn.Module) -> None:
-    """A warning where a layer normalizes with the statistics of its batch also in eval mode: in the
-    profile's batch, the outputs for ``x`` then depend on its moved copy."""
-    if not any(_batch_statistics(module) for module in submodules(model)):
-        return
-    names = [repr(name) for name, module in model.named_modules() if _batch_statistics(module)]
-    which = f"layer {names[0]} normalizes" if len(names) == 1 else f"layers {', '.join(names)} normalize"
-    warnings.warn(
-        f"{which} with the statistics of the batch (BatchNorm with "
-        "track_running_stats=False), also in eval mode: the profile runs x and its moved copy as one "
-        "batch, so those layers' outputs for x depend on the moved copy, and errors that come from "
-        "the batch a sample is in do not show. Give them running statistics, or look for them with "
-        "check_equivariance, whose noise floor measures that dependence",
-        UserWarning,
-        stacklevel=3,
-    )
+def _judged_rows(
+    run: _Pass,
+    pool: LayerSums,
+    model: nn.Module,
+    element: Action,
+    tolerance: Tolerance,
+    targets: Mapping[str, nn.Module],
+) -> tuple[LayerProfile, ...]:
+    """The rows of a pass: every layer judged, and each failure given its cause."""
+    rows_of = [row for row in run.rows.values() if row.kind != "unblurred"]
+    specs = [row.spec for row in rows_of]
+    sinks = {row.spec.name: row.sink for row in rows_of}
+    pooled = pool.judge(tolerance)
+    rows = _profile_layers(specs, sinks, pooled, element, tolerance)
+    without_blur = {
+        name.removesuffix(" (unblurred)"): pooled[row.sink][0]
+        for name, row in run.rows.items()
+        if row.kind == "unblurred" and isinstance(row.sink, PooledLayer)
+    }
+    return _explained(rows, model, element, tuple(run.inference.spatial_in), without_blur, targets)
 
 
-def _batch_statistics(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None
+def _first_failure(rows: Sequence[LayerProfile]) -> LayerProfile | None:
+    return next((row for row in rows if not row.passed), None)
 
 
 def _profiled_element(shift: object, x: torch.Tensor, boundary: Boundary) -> tuple[Action, Boundary]:
@@ -540,7 +547,195 @@ def junction_name(layer: str) -> str:
 
 def _paired(x: torch.Tensor, element: Action, boundary: Boundary) -> torch.Tensor:
     """The batch of the profile's one pass: ``x`` and its moved copy, ``(2N, ...)``."""
-    return torch.cat([x, element.act(x, Grid.of_input(x.dim() - 2, boundary))])
+    return torch.cat([x, guarded_act(element, x, Grid.of_input(x.dim() - 2, boundary))])
+
+
+def _measured(
+    passes: _Passes, given: dict[str, Layout], junctions: bool, blurs: frozenset[str]
+) -> tuple[_Pass, LayerSums]:
+    """Every profiled layer's two outputs compared, in a pool of sums: the pass, and where float32
+    cannot keep some sums, those rows again in float64."""
+    pool = LayerSums(len(passes.x))
+    batch = passes.batch()
+    run = _Pass(
+        passes.model, passes.x, batch, passes.taps, passes.element, passes.boundary, given, pool,
+        junctions=junctions, blurs=blurs,
+    )  # fmt: skip
+    run.output(passes.run(batch, run.on_output), passes.up_to, passes.stop)
+    if not run.rows:
+        raise InvalidArgument(
+            "no profiled layer returned a tensor with the input's batch dim; pass layers= naming "
+            "submodules that the forward pass calls"
+        )
+    redo = pool.settle()
+    if redo:  # sums float32 cannot keep, or not finite: again in float64, the outputs tested for nan
+        run.redo = {name for name, row in run.rows.items() if row.sink in redo and row.same_as is None}
+        again = passes.run(passes.batch(), run.again)  # a new batch: the model may have written to the first
+        run.output(again, passes.up_to, passes.stop, again=True)
+        pool.settle()
+    return run, pool
+
+
+class _Passes:
+    """How ``x`` and its moved copy go through the model: one batch of ``2N`` (the default), or, for a
+    model whose samples interact (``separate``), two passes of ``N`` whose outputs are joined layer
+    by layer into what the one batch would have given, had the halves not influenced each other.
+
+    In two passes, each profiled layer's input and output for ``x`` are kept (copy-on-write) from
+    the first pass, and its hook in the second joins them to those for the moved copy before the
+    profile's pass (``_Pass``) sees them: the same tensor joins to the same joined tensor (a layer's
+    input is the tensor an earlier layer returned), a tensor written to in place since is joined
+    again in place, and a permuted view of a layer's input is the same view of the joined input, so
+    layouts are inferred and rows shared as in one batch.
+    """
+
+    def __init__(
+        self, model: nn.Module, x: torch.Tensor, element: Action, boundary: Boundary, taps: _Taps,
+        stop: nn.Module | None, up_to: str | None,
+    ) -> None:  # fmt: skip
+        self.model, self.x, self.element, self.boundary, self.taps = model, x, element, boundary, taps
+        self.stop, self.up_to = stop, up_to
+        self.separate = False
+
+    def batch(self) -> torch.Tensor:
+        """``x`` and its moved copy, ``(2N, ...)``: what the one pass gives the model."""
+        return _paired(self.x, self.element, self.boundary)
+
+    def run(self, batch: torch.Tensor, on_output: Callable[[str, Any, torch.Tensor], None]) -> Any:
+        """The model's output for ``batch`` (its layers' outputs handed to ``on_output``)."""
+        if not self.separate:
+            self.taps.start(len(batch), on_output)
+            return _call(self.model, batch, self.stop, self.up_to)
+        n = len(self.x)
+        first: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+
+        def keep(name: str, inputs: Any, tensor: torch.Tensor) -> None:
+            source = _first_tensor(inputs)
+            first[name] = (None if source is None else snapshot(source), snapshot(tensor))
+
+        self.taps.start(n, keep)
+        for_x = _first_tensor(_call(self.model, batch[:n].clone(), self.stop, self.up_to, "x alone"))
+        moved = batch[n:].clone()
+        joiner = _Joiner(first, moved, batch, on_output)
+        self.taps.start(n, joiner.on_output)
+        for_moved = _call(self.model, moved, self.stop, self.up_to, "the moved copy of x alone")
+        tensor = _first_tensor(for_moved)
+        if for_x is None or tensor is None or for_x.shape != tensor.shape:
+            return None
+        return joiner.join(snapshot(for_x), tensor)
+
+
+class _Joiner:
+    """The second of two passes: each layer's outputs for the moved copy joined to those the first
+    pass kept for ``x`` (see ``_Passes``), then handed to ``on_output`` as one batch's."""
+
+    def __init__(
+        self,
+        first: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
+        moved: torch.Tensor,
+        batch: torch.Tensor,
+        on_output: Callable[[str, Any, torch.Tensor], None],
+    ) -> None:
+        self.first, self.on = first, on_output
+        # by id of a tensor of the second pass: the tensor itself (weakly), its version, its join
+        self.joined: dict[int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
+        self._remember(moved, batch)
+
+    def _remember(self, tensor: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
+        self.joined[id(tensor)] = (weakref.ref(tensor), tensor._version, joined)
+        return joined
+
+    def join(self, for_x: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+        """``[for_x; tensor]``: the same joined tensor for the same ``tensor``, brought up to date in
+        place where ``tensor`` was written to since."""
+        found = self.joined.get(id(tensor))
+        if found is not None and found[0]() is tensor:
+            _, version, joined = found
+            if version != tensor._version:
+                n = len(for_x)
+                with torch.no_grad():
+                    joined[:n].copy_(for_x)
+                    joined[n:].copy_(tensor)
+                self.joined[id(tensor)] = (found[0], tensor._version, joined)
+            return joined
+        return self._remember(tensor, torch.cat([for_x, tensor]))
+
+    def on_output(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
+        kept = self.first.get(name)
+        if kept is None or kept[1].shape != tensor.shape:  # not run for x: another path through forward
+            return
+        source_x, output_x = kept
+        source = _first_tensor(inputs)
+        joined_source = None
+        if source is not None and source_x is not None and source_x.shape == source.shape:
+            joined_source = self.join(source_x, source)
+        permutation = None if source is None else view_permutation(source, tensor)
+        if tensor is source:
+            joined = joined_source
+        elif joined_source is not None and permutation is not None:
+            joined = self._remember(tensor, joined_source.permute(permutation))
+        else:
+            joined = self.join(output_x, tensor)
+        if joined is not None:
+            self.on(name, () if joined_source is None else (joined_source,), joined)
+
+
+GEOMETRIC_CAUSES = ("aliasing", "borders")
+"""Causes the layer's geometry explains, whatever the batch: a stride that does not divide the
+shift, error confined to the edges. A batch effect puts error everywhere on a layer that follows."""
+
+
+def _interaction(passes: _Passes, run: _Pass, first: LayerProfile | None, tolerance: Tolerance) -> str | None:
+    """Why the first failure of the one batch may come from the batch (its halves influence each
+    other), or None.
+
+    Where no layer fails, or the first failure's cause is geometric
+    (``GEOMETRIC_CAUSES``), nothing is run. Otherwise the model runs once
+    more on ``x[:1]`` alone, up to the first failing layer, and that row's
+    tensor (the layer's output, the input computed for it in ``forward``, or
+    the model's output) is compared with the one batch's for that sample,
+    kept as the layer returned it: the same model on the same sample, in a
+    batch of one instead of beside the others and its moved copy.
+    """
+    if first is None or first.cause in GEOMETRIC_CAUSES or first.name not in run.firsts:
+        return None
+    joint = run.firsts[first.name]
+    row = run.rows[first.name]
+    layer = first.name.removesuffix(" (input)") if row.kind == "input" else first.name
+    module = passes.taps.targets.get(layer) if first.name != run.output_row else None
+    captured: list[torch.Tensor] = []
+
+    def capture(name: str, inputs: Any, tensor: torch.Tensor) -> None:
+        read = _first_tensor(inputs) if row.kind == "input" else tensor
+        if name == layer and not captured and read is not None:
+            captured.append(read.detach().clone())
+
+    passes.taps.start(1, capture)
+    try:
+        result, _ = call_until(passes.model, passes.x[:1].clone(), module or passes.stop)
+    except Exception as exc:  # a model that needs more than one sample: two passes of N
+        return (
+            f"the model raised {type(exc).__name__} on x[:1] alone ({exc}), so its outputs may depend on "
+            "the batch a sample is in; the profile ran x and its moved copy in two separate passes"
+        )
+    alone = _first_tensor(result) if module is None else (captured[0] if captured else None)
+    if alone is None or alone.shape != joint.shape:
+        return None
+    diff = (alone.detach().double() - joint.double()).square().sum().reshape(1, 1)
+    ref = joint.double().square().sum().reshape(1, 1)
+    errors, absolute = sample_errors(diff, ref, torch.tensor([[float(max(1, joint.numel()))]]))
+    # kernels that round differently by batch size stay far below the tolerance; a batch statistic or
+    # attention across the batch does not
+    if bool(within(errors, absolute, tolerance).all()):
+        return None
+    kind = "absolute" if bool(absolute.any()) else "relative"
+    return (
+        f"the first failing row, {first.name}, gives x[:1] run alone another value than in the batch of "
+        f"x and its moved copy (a difference of {float(errors.max()):.1e}, {kind}): the samples of a batch "
+        "influence each other (a layer that normalizes with the batch's statistics, attention across "
+        "the batch, or randomness in forward), so the profile ran x and its moved copy in two separate "
+        "passes, joined layer by layer"
+    )
 
 
 Sink = GridSums | FlatSums | PooledLayer | None
@@ -594,6 +789,8 @@ class _Pass:
         # by id of a tensor the pass has seen: its grid view's signature (``_signature``) and its row
         self.views: dict[int, tuple[tuple[Any, ...] | None, _Row]] = {}
         self.last: torch.Tensor | None = None  # the last layer output recorded
+        # each row's tensor for x[:1], as it was read (a small copy): is its sample alone the same?
+        self.firsts: dict[str, torch.Tensor] = {}
         self.redo: set[str] = set()  # the rows to measure again
         self.output_row: str | None = None  # the row of the model's output, where no layer returned it
         self.samples = torch.arange(self.n)
@@ -684,6 +881,7 @@ class _Pass:
 
     def _add(self, record: Recorded, tensor: torch.Tensor, kind: str) -> LayerSpec:
         spec = self.inference.add(record)
+        self.firsts[spec.name] = tensor[:1].detach().clone()
         producer = self.views.get(record.input_id) if record.input_id is not None else None
         self.views.pop(record.output_id, None)
         if spec.ambiguous is not None:
@@ -806,7 +1004,10 @@ def _grid_view(spec: LayerSpec, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: str | None) -> Any:
+def _call(
+    model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: str | None,
+    what: str = "x and its moved copy, one batch",
+) -> Any:  # fmt: skip
     try:
         # the taps were registered first, so an up_to layer that is profiled is recorded before its
         # hook stops the pass
@@ -815,13 +1016,13 @@ def _call(model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: 
         raise
     except torch.cuda.OutOfMemoryError as exc:
         raise InvalidArgument(
-            f"out of memory running x and its moved copy as one batch of shape {tuple(batch.shape)} on "
-            f"{batch.device}: the profile compares each layer's two outputs as the layer returns them; "
-            f"profile fewer samples (x[:{max(1, len(batch) // 4)}])"
+            f"out of memory running {what.replace(', one batch', ' as one batch')} of shape "
+            f"{tuple(batch.shape)} on {batch.device}: the profile compares each layer's two outputs as the "
+            f"layer returns them; profile fewer samples (x[:{max(1, len(batch) // 4)}])"
         ) from exc
     except Exception as exc:
         raise InvalidArgument(
-            f"the model raised {type(exc).__name__} on x and its moved copy, one batch of shape "
+            f"the model raised {type(exc).__name__} on {what} of shape "
             f"{tuple(batch.shape)} ({batch.dtype}, {batch.device}): {exc}"
         ) from exc
     if not reached:

@@ -58,15 +58,16 @@ from typing import ClassVar, Literal
 import torch
 
 from equivariance._validation import as_int, describe
-from equivariance.actions import Action, Grid, Identity
+from equivariance.actions import Action, Grid, Identity, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift
-from equivariance.transforms import Flip, Rot90
+from equivariance.transforms import planar
 
 __all__ = ["OnFields", "Regular", "regular"]
 
 Group = Literal["p4", "p4m"]
 _ORDERS = {"p4": 4, "p4m": 8}
+_IMAGE_PLANE = (-2, -1)
 
 
 class Regular:
@@ -110,6 +111,7 @@ class Regular:
         permutation of each field's orientation channels (shifts and the identity as they are).
 
         Examples:
+            >>> from equivariance.transforms import Rot90
             >>> regular("p4").acting(Rot90(1)), regular("p4").acting(Shift(1, 0))
             (OnFields(Rot90(1), p4), Shift(1, 0))
         """
@@ -122,37 +124,44 @@ class Regular:
     def decompose(self, element: Action) -> tuple[int, int]:
         """The element as ``(s, k)``: reflect ``s`` times, then rotate by ``k`` quarter turns.
 
+        Every element of p4m in the image plane: rotations, flips, the
+        diagonal reflections ([`Transpose`][equivariance.transforms.Transpose])
+        and their products (``Rot90(1) * Flip(-1)``).
+
         Examples:
+            >>> from equivariance.transforms import Flip, Rot90, Transpose
             >>> regular("p4m").decompose(Flip(-2))      # the reflection of dim -1, then a half turn
             (1, 2)
+            >>> regular("p4m").decompose(Rot90(1) * Flip(-1)), regular("p4m").decompose(Transpose(anti=True))
+            ((1, 1), (1, 3))
         """
-        if isinstance(element, Rot90):
-            if element.dims not in ((-2, -1), (-1, -2)):
+        found = planar(element, _IMAGE_PLANE)
+        if found is None:
+            if planar(element) is not None:
                 raise InvalidArgument(
-                    f"{element!r} turns dims {element.dims}, but the regular action of {self.group} knows "
-                    "the image plane, dims (-2, -1)"
+                    f"{element!r} acts on other dims than the image plane (-2, -1), the plane the regular "
+                    f"action of {self.group} knows"
                 )
-            return 0, element.k if element.dims == (-2, -1) else -element.k % 4
-        if isinstance(element, Flip):
-            if self.group == "p4":
-                raise InvalidArgument(
-                    f"p4 has no reflections, but {element!r} is one; use regular('p4m') for a group CNN "
-                    "with reflections"
-                )
-            if element.dim not in (-1, -2):
-                raise InvalidArgument(
-                    f"{element!r} flips dim {element.dim}, outside the image plane (-2, -1)"
-                )
-            return 1, 0 if element.dim == self.reflection else 2
-        raise InvalidArgument(
-            f"the regular action of {self.group} knows Rot90, Flip and shifts, found {element!r}; write an "
-            "Action of your own for other elements"
-        )
+            raise InvalidArgument(
+                f"the regular action of {self.group} knows rotations, flips and diagonal reflections of "
+                f"the image plane and shifts, found {element!r}; write an Action of your own for other "
+                "elements"
+            )
+        _, s, k = found
+        if s and self.group == "p4":
+            raise InvalidArgument(
+                f"p4 has no reflections, but {element!r} is one; use regular('p4m') for a group CNN "
+                "with reflections"
+            )
+        if s and self.reflection == -2:  # the group's reflection is the flip of dim -2: F(-1) = R^2 F(-2)
+            k += 2
+        return s, k % 4
 
     def permutation(self, element: Action) -> torch.Tensor:
         """``source``: orientation ``o`` of every field of the moved output comes from ``source[o]``.
 
         Examples:
+            >>> from equivariance.transforms import Rot90
             >>> regular("p4").permutation(Rot90(1)).tolist()      # orientation i moves to i + 1
             [3, 0, 1, 2]
         """
@@ -164,19 +173,34 @@ class Regular:
             source[target] = o
         return source
 
-    def fields_of(self, channels: int) -> int:
-        """The number of fields in ``channels`` channels, else InvalidArgument saying why."""
-        if channels % self.order or (self.fields is not None and channels != self.fields * self.order):
+    def fields_of(self, channels: int, what: str = "the output") -> int:
+        """The number of fields in ``channels`` channels (of ``what``), else InvalidArgument saying why.
+
+        Examples:
+            >>> regular("p4", fields=3).fields_of(16, "the output of shape (2, 16, 9, 9)")
+            Traceback (most recent call last):
+            ...
+            equivariance.errors.InvalidArgument: regular('p4', fields=3) expects 3 fields of 4 orientation ...
+        """
+        order = self.order
+        if channels % order == 0 and (self.fields is None or channels == self.fields * order):
+            return channels // order
+        if self.fields is not None:
             expected = (
-                f"{self.fields} fields of {self.order}"
-                if self.fields is not None
-                else f"a multiple of {self.order} ({self.group}'s {self.order} orientations per field)"
+                f"{self.fields} fields of {order} orientation channels ({self.fields * order} channels)"
             )
-            raise InvalidArgument(
-                f"the output has {channels} channels, but the regular action of {self.group} expects "
-                f"{expected}; pass layer= to measure a group-convolution layer, or the right group"
+            fix = f"pass fields={channels // order}" if channels % order == 0 else "pass the fields it has"
+        else:
+            expected = f"fields of {order} orientation channels each (a multiple of {order})"
+            fix = (
+                "pass the group whose orientations it has"
+                if self.group == "p4m"
+                else ("pass regular('p4m') if its fields hold 8 orientations")
             )
-        return channels // self.order
+        raise InvalidArgument(
+            f"{self!r} expects {expected}, but {what} has {channels} channels; {fix}, or layer= naming "
+            "the group-convolution layer to measure"
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Regular):
@@ -232,6 +256,7 @@ class OnFields(Action):
     """
 
     moves_positions_only: ClassVar[bool] = False  # it permutes channels
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, element: Action, representation: Regular) -> None:
         self.element, self.representation = element, representation
@@ -243,7 +268,7 @@ class OnFields(Action):
             raise InvalidArgument(
                 f"the regular action needs one channel dim, (N, C, *spatial), found shape {tuple(x.shape)}"
             )
-        moved = self.element.act(x, grid)
+        moved = guarded_act(self.element, x, grid)
         order = self.representation.order
         fields = self.representation.fields_of(x.shape[1])
         split = moved.reshape(len(x), fields, order, *x.shape[2:])

@@ -13,13 +13,12 @@ fixtures share.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from equivariance._validation import warn_deprecated
 from equivariance.actions import Action
-from equivariance.errors import EquivarianceError, EquivarianceWarning
+from equivariance.errors import EquivarianceError, VacuousCheckError
 
 __all__ = ["EquivarianceReport", "ShiftResult"]
 
@@ -89,10 +88,13 @@ class EquivarianceReport:
             that is not channels first) were resolved, one sentence each.
         layout: the output's layout, e.g. ``"channels_last"`` (equivariance).
         layer: the layer measured (``layer=``), None for the model's output.
-        vacuous: why a passing check could not have failed (an output that
-            does not move, or does not respond to the input), None when it
-            could; ``assert_*`` and the pytest fixtures warn with it
-            (``EquivarianceWarning``).
+        vacuous: why a check whose every element is within tolerance could
+            not have failed (an output that does not move, or does not
+            respond to the input), None when it could. Such a check is not a
+            pass: ``passed`` is False, the reason is also the first hint, and
+            ``assert_*`` and the pytest fixtures raise
+            [`VacuousCheckError`][equivariance.errors.VacuousCheckError]
+            unless given ``allow_vacuous=True``.
     """
 
     kind: str
@@ -119,7 +121,20 @@ class EquivarianceReport:
 
     @property
     def passed(self) -> bool:
-        """Whether every shift (or transform) passed."""
+        """Whether the check showed the symmetry: every shift (or transform) within tolerance, and a
+        check that could have failed.
+
+        A vacuous check (``vacuous``: an output that does not move, or does
+        not respond to its input) is not a pass, though every element is
+        within tolerance (``within_tolerance``): a test that reads
+        ``passed`` must not go green on a check that asserted nothing, as a
+        Hypothesis test whose every example was rejected fails.
+        """
+        return self.within_tolerance and self.vacuous is None
+
+    @property
+    def within_tolerance(self) -> bool:
+        """Whether every shift (or transform) is within tolerance, whether or not the check could fail."""
         return all(r.passed for r in self.results)
 
     @property
@@ -183,6 +198,7 @@ class EquivarianceReport:
         worst = self.worst_element.to_json()
         data.update(
             passed=self.passed,
+            within_tolerance=self.within_tolerance,
             max_error=self.max_error,
             mean_error=self.mean_error,
             worst_element=worst,
@@ -191,20 +207,29 @@ class EquivarianceReport:
         )
         return data
 
-    def raise_if_failed(self) -> EquivarianceReport:
+    def raise_if_failed(self, *, allow_vacuous: bool = False) -> EquivarianceReport:
         """Raise [`EquivarianceError`][equivariance.EquivarianceError] with the report's text if the
-        check failed; return the report if it passed (with an
-        [`EquivarianceWarning`][equivariance.EquivarianceWarning] if it passed vacuously).
+        check failed, and [`VacuousCheckError`][equivariance.errors.VacuousCheckError] (one) if it
+        could not have failed, unless ``allow_vacuous``; return the report otherwise.
 
-        The message ends with the call that finds the layer where an
-        equivariance check breaks (the per-layer profile of the worst
+        The message of a failure ends with the call that finds the layer where
+        an equivariance check breaks (the per-layer profile of the worst
         element, up to the layer measured).
+
+        Args:
+            allow_vacuous: return a check that could not have failed instead of
+                raising (a property test that may draw dead networks).
         """
         __tracebackhide__ = True
-        if self.passed:
-            if self.vacuous is not None:
-                warnings.warn(f"{self.summary()}: {self.vacuous}", EquivarianceWarning, stacklevel=3)
-            return self
+        if self.within_tolerance:
+            if self.vacuous is None or allow_vacuous:
+                return self
+            raise VacuousCheckError(
+                f"{self}\n  a check that cannot fail asserts nothing; pass allow_vacuous=True to accept it "
+                "(a property test that may draw dead networks), or check a model and input whose output "
+                "moves with the input",
+                self,
+            )
         text = str(self)
         if self.kind == "equivariance":
             # a check of a layer profiles up to it (the layers after it may refuse the input: LeNet's head)
@@ -218,9 +243,9 @@ class EquivarianceReport:
     def summary(self) -> str:
         """One line: the verdict, what was measured, and the worst error against the tolerance."""
         verdict = "PASSED" if self.passed else "FAILED"
-        if self.passed and self.vacuous is not None:
-            verdict = "PASSED VACUOUSLY"
-        failed = f", {len(self.failures)} failed" if not self.passed else ""
+        if self.within_tolerance and self.vacuous is not None:
+            verdict = "VACUOUS (cannot fail)"
+        failed = f", {len(self.failures)} failed" if self.failures else ""
         noun = self._noun()
         return (
             f"{self.kind} check {verdict}: {self.subject}, {_count(len(self.results), noun)}{failed}; "
@@ -268,7 +293,7 @@ class EquivarianceReport:
                 f"to {rest[0].error:.2e}"
             )
         lines.extend(f"  hint: {hint}" for hint in self.hints)
-        if self.vacuous is not None:
+        if self.vacuous is not None and self.vacuous not in self.hints:
             lines.append(f"  vacuous: {self.vacuous}")
         return "\n".join(lines)
 

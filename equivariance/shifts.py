@@ -85,6 +85,7 @@ class Shift(Action):
     noun: ClassVar[str] = "shift"
     uses_boundary: ClassVar[bool] = True
     moves_positions_only: ClassVar[bool] = True
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, *offsets: int | Sequence[int]) -> None:
         values: Sequence[object]

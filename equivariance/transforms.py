@@ -16,6 +16,20 @@ noise floor, margin and tolerances; the report lists them like shifts.
 
 Flips act on 1-D signals, images and volumes; rotations need two spatial
 dims of equal size (an image, or a plane of a volume).
+
+Elements of one plane compose: ``g * h`` is the element that acts as ``h``
+then ``g``, so ``Rot90(1) * Flip(-1)`` (a flip, then a quarter turn) is the
+reflection across the main diagonal, [`Transpose`][equivariance.transforms.Transpose].
+The eight elements of the plane's p4m group (four rotations, the two flips
+and the two diagonal reflections) are closed under ``*``, and every product
+comes out in one canonical form, so equal elements compare equal:
+
+    >>> Rot90(1) * Flip(-1), Rot90(2) * Flip(-1), Flip(-1) * Flip(-2), Rot90(1) * Rot90(3)
+    (Transpose(), Flip(-2), Rot90(2), Identity())
+
+A product of elements of different planes (a rotation of dims ``(-3, -2)``
+and a flip of dim ``-1``), or with a shift (a roto-translation), is not an
+element of one plane's group and is refused with ``InvalidArgument``.
 """
 
 from __future__ import annotations
@@ -26,11 +40,11 @@ from typing import ClassVar, Protocol, runtime_checkable
 import torch
 
 from equivariance._validation import as_int, describe
-from equivariance.actions import Action, Grid
+from equivariance.actions import Action, Grid, Identity
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift
 
-__all__ = ["Flip", "Rot90", "Transform"]
+__all__ = ["Flip", "Rot90", "Transform", "Transpose", "planar"]
 
 
 @runtime_checkable
@@ -69,6 +83,7 @@ class Rot90(Action):
 
     __slots__ = ("dims", "k")
     moves_positions_only: ClassVar[bool] = True
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, k: int = 1, dims: tuple[int, int] = (-2, -1)) -> None:
         self.k = as_int(k, "k") % 4
@@ -116,6 +131,14 @@ class Rot90(Action):
         """
         return Rot90(-self.k, self.dims)
 
+    def __mul__(self, other: Action) -> Action:
+        """The element that acts as ``other``, then this rotation (see the module docstring)."""
+        return compose(self, other)
+
+    def __rmul__(self, other: Action) -> Action:
+        """``other * self``, where ``other`` leaves the product to this element (the identity)."""
+        return compose(other, self)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Rot90):
             return NotImplemented
@@ -145,6 +168,7 @@ class Flip(Action):
 
     __slots__ = ("dim",)
     moves_positions_only: ClassVar[bool] = True
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, dim: int = -1) -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim >= 0:
@@ -171,6 +195,14 @@ class Flip(Action):
         """A flip is its own inverse."""
         return self
 
+    def __mul__(self, other: Action) -> Action:
+        """The element that acts as ``other``, then this flip (see the module docstring)."""
+        return compose(self, other)
+
+    def __rmul__(self, other: Action) -> Action:
+        """``other * self``, where ``other`` leaves the product to this element (the identity)."""
+        return compose(other, self)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Flip):
             return NotImplemented
@@ -183,6 +215,184 @@ class Flip(Action):
         return f"Flip({self.dim})"
 
     __str__ = __repr__
+
+
+class Transpose(Action):
+    """Reflection of a plane of two spatial dims across its main diagonal (``anti=True``: across the
+    other diagonal): the two diagonal reflections of p4m.
+
+    ``Transpose()`` is ``Rot90(1) * Flip(-1)`` (a flip of the last dim, then a
+    quarter turn) and ``Transpose(anti=True)`` is ``Rot90(3) * Flip(-1)``;
+    products of rotations and flips return them where they are these elements.
+
+    Examples:
+        >>> import torch
+        >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)   # [[0, 1], [2, 3]]
+        >>> Transpose().apply(x, 2).flatten().tolist(), Transpose(anti=True).apply(x, 2).flatten().tolist()
+        ([0.0, 2.0, 1.0, 3.0], [3.0, 1.0, 2.0, 0.0])
+        >>> Transpose() == Rot90(1) * Flip(-1), Transpose() * Transpose()
+        (True, Identity())
+
+    Args:
+        dims: the two spatial dims of the plane, as negative indices (their order does not matter).
+        anti: reflect across the anti-diagonal instead of the main diagonal.
+    """
+
+    __slots__ = ("anti", "dims")
+    moves_positions_only: ClassVar[bool] = True
+    _act_writes_nothing: ClassVar[bool] = True
+
+    def __init__(self, dims: tuple[int, int] = (-2, -1), *, anti: bool = False) -> None:
+        self.dims = _plane(dims)
+        if not isinstance(anti, bool):
+            raise InvalidArgument(f"anti must be True or False, found {describe(anti)}")
+        self.anti = anti
+
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """Reflect ``x``; the two dims must be spatial and of equal size."""
+        _check_square(self, x, spatial_dims)
+        a, b = self.dims
+        return (torch.flip(x, self.dims) if self.anti else x).transpose(a, b)
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Reflect a tensor on ``grid`` (a reflection maps the grid onto itself)."""
+        return self.apply(x, grid.spatial_dims)
+
+    def inverse(self) -> Transpose:
+        """A reflection is its own inverse."""
+        return self
+
+    def __mul__(self, other: Action) -> Action:
+        """The element that acts as ``other``, then this reflection (see the module docstring)."""
+        return compose(self, other)
+
+    def __rmul__(self, other: Action) -> Action:
+        """``other * self``, where ``other`` leaves the product to this element (the identity)."""
+        return compose(other, self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Transpose):
+            return NotImplemented
+        return (self.dims, self.anti) == (other.dims, other.anti)
+
+    def __hash__(self) -> int:
+        return hash(("Transpose", self.dims, self.anti))
+
+    def __repr__(self) -> str:
+        options = [] if self.dims == (-2, -1) else [f"dims={self.dims}"]
+        options += ["anti=True"] if self.anti else []
+        return f"Transpose({', '.join(options)})"
+
+    __str__ = __repr__
+
+
+def _plane(dims: object) -> tuple[int, int]:
+    """Two different negative spatial dims, in increasing order."""
+    if not (isinstance(dims, tuple) and len(dims) == 2) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d < 0 for d in dims
+    ):
+        raise InvalidArgument(
+            f"dims must be two negative ints naming spatial dims, found {describe(dims)}; "
+            "pass e.g. dims=(-2, -1) for the image plane"
+        )
+    if dims[0] == dims[1]:
+        raise InvalidArgument(f"dims must be two different dims, found {dims}; pass e.g. dims=(-2, -1)")
+    a, b = sorted(dims)
+    return a, b
+
+
+def _check_square(element: Action, x: torch.Tensor, spatial_dims: int) -> None:
+    dims: tuple[int, int] = element.dims  # type: ignore[attr-defined]
+    if min(dims) < -spatial_dims:
+        raise InvalidArgument(
+            f"{element!r} acts on dims {dims} but the tensor of shape {tuple(x.shape)} has "
+            f"{spatial_dims} spatial dim{'s' if spatial_dims != 1 else ''}; it needs two "
+            "spatial dims (use Flip for 1-D signals)"
+        )
+    a, b = (x.shape[d] for d in dims)
+    if a != b:
+        raise InvalidArgument(
+            f"{element!r} needs dims {dims} of equal size to map the grid onto itself, found "
+            f"sizes {a} and {b} in shape {tuple(x.shape)}; crop or pad to a square"
+        )
+
+
+Planar = tuple[tuple[int, int], int, int]
+"""An element of a plane's p4m group as ``(plane, s, k)``: reflect ``s`` times (flip the plane's
+second dim), then rotate by ``k`` quarter turns from its first dim towards its second."""
+
+
+def planar(element: Action, plane: tuple[int, int] | None = None) -> Planar | None:
+    """``element`` as ``(plane, s, k)`` (see ``Planar``): in ``plane`` where given (or the element's
+    own); None for an element that is not a rotation, flip or diagonal reflection of a plane, or
+    not of ``plane``.
+
+    Examples:
+        >>> planar(Flip(-2)), planar(Transpose(anti=True)), planar(Rot90(1, dims=(-1, -2)))
+        (((-2, -1), 1, 2), ((-2, -1), 1, 3), ((-2, -1), 0, 3))
+    """
+    if isinstance(element, Identity) or (element.is_identity and isinstance(element, Rot90)):
+        return ((-2, -1) if plane is None else plane), 0, 0
+    if isinstance(element, Flip):
+        dim = element.dim
+        found = plane or ((dim, -1) if dim < -1 else (-2, -1))
+        if dim not in found:
+            return None
+        return found, 1, 0 if dim == found[1] else 2
+    if isinstance(element, Rot90):
+        own = _plane(element.dims)
+        if plane is not None and own != plane:
+            return None
+        return own, 0, element.k if element.dims == own else -element.k % 4
+    if isinstance(element, Transpose):
+        if plane is not None and element.dims != plane:
+            return None
+        return element.dims, 1, 3 if element.anti else 1
+    return None
+
+
+def from_planar(plane: tuple[int, int], s: int, k: int) -> Action:
+    """The canonical element ``(plane, s, k)``: Identity, a Rot90, a Flip or a Transpose."""
+    a, b = plane
+    k %= 4
+    if not s:
+        return Identity() if k == 0 else Rot90(k, plane)
+    return {0: Flip(b), 1: Transpose(plane), 2: Flip(a), 3: Transpose(plane, anti=True)}[k]
+
+
+def compose(outer: Action, inner: Action) -> Action:
+    """``outer * inner``: the element that acts as ``inner``, then ``outer``, for elements of one
+    plane's p4m group (rotations, flips and diagonal reflections, and the identity)."""
+    dims = set(_dims_of(outer)) | set(_dims_of(inner))
+    if len(dims) > 2 or planar(outer) is None or planar(inner) is None:
+        raise InvalidArgument(
+            f"{outer!r} * {inner!r} is not an element of one plane's p4m group: products are defined "
+            "for rotations, flips and diagonal reflections (Transpose) of the same two spatial dims; "
+            "check the elements one by one, e.g. transforms=[a, b]"
+        )
+    if len(dims) == 2:
+        low, high = sorted(dims)
+        plane = (low, high)
+    else:  # one flipped dim or none: a plane around it, whose other dim the product never names
+        (dim,) = dims or {-1}
+        plane = (dim - 1, dim)
+    found_outer, found_inner = planar(outer, plane), planar(inner, plane)
+    assert found_outer is not None
+    assert found_inner is not None
+    _, s1, k1 = found_outer
+    _, s2, k2 = found_inner
+    # R^k1 F^s1 R^k2 F^s2 = R^(k1 + (-1)^s1 k2) F^(s1 + s2): a reflection turns a rotation around
+    return from_planar(plane, s1 ^ s2, k1 + (-k2 if s1 else k2))
+
+
+def _dims_of(element: Action) -> tuple[int, ...]:
+    if element.is_identity:
+        return ()
+    if isinstance(element, Flip):
+        return (element.dim,)
+    if isinstance(element, (Rot90, Transpose)):
+        return tuple(element.dims)
+    return ()
 
 
 def as_transform_list(transforms: object) -> list[Action]:

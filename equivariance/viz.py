@@ -106,6 +106,8 @@ def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None 
     bar = ax.figure.colorbar(image, ax=ax, label="relative error")
     bar.ax.axhline(report.rtol, color="red", linewidth=1.5)
     verdict = "passed" if report.passed else f"{len(report.failures)} shifts fail"
+    if report.within_tolerance and report.vacuous is not None:
+        verdict = "vacuous (cannot fail)"
     ax.set_title(title or f"{report.subject}: {verdict}")
     return ax
 

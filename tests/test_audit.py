@@ -112,7 +112,9 @@ def test_checkpoint_resume_gives_the_same_result(tmp_path: Path) -> None:
     model = MLP(input_size=38)
     model.register_forward_pre_hook(lambda _, inputs: calls.append(len(inputs[0])))
     resumed = audit(model, data, SHIFTS, checkpoint=path, progress=False)
-    assert len(calls) == 2  # one batch left: a base pass and one chunk of shifts
+    # batch 0 again (to see that the model computes what it did) and the one batch left: a base pass
+    # and one chunk of shifts each
+    assert len(calls) == 4
     torch.testing.assert_close(resumed.errors, reference.errors, rtol=0, atol=0)
     assert resumed.samples == 12
     assert json.loads(path.read_text())["batches"] == 4
@@ -261,8 +263,12 @@ def test_torchrun_resume_after_an_interruption_gives_the_uninterrupted_numbers(t
 
     assert torchrun(2, str(tmp_path / "resumed"), "--checkpoint", str(checkpoint)) == 0
     resumed = reports(tmp_path / "resumed", 2)
-    # each sample measured once: the checkpoint's batches are skipped
-    assert [report["audited"] for report in resumed] == [shard(0)[12:], shard(1)[16:]]
+    # the checkpoint's batches are skipped, except each process's batch 0, measured again to see that
+    # the model computes what it did when the checkpoint was written
+    assert [report["audited"] for report in resumed] == [
+        shard(0)[:4] + shard(0)[12:],
+        shard(1)[:4] + shard(1)[16:],
+    ]
 
     assert torchrun(2, str(tmp_path / "uninterrupted")) == 0
     uninterrupted = reports(tmp_path / "uninterrupted", 2)

@@ -159,6 +159,47 @@ def test_a_resume_with_anything_that_changes_the_numbers_is_refused(tmp_path: Pa
     assert (path.read_bytes(), Path(f"{path}.results").read_bytes()) == before  # left as found
 
 
+class Switched(Net):
+    """A plain Python attribute (not a parameter or buffer) that changes the output: ``positional`` adds
+    a ramp over the width, which does not move with the content."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positional = False
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features, pooled, weighted = super().forward(x)
+        if self.positional:
+            features = features + torch.linspace(0, 1, features.shape[-1])
+        return features, pooled, weighted
+
+
+@pytest.mark.parametrize("positional", [False, True], ids=["added", "removed"])
+def test_a_resume_whose_model_computes_something_else_is_refused(tmp_path: Path, positional: bool) -> None:
+    """Issue 21, item 6: a plain attribute the weights' CRC cannot see changes the numbers; batch 0,
+    measured again on resume, shows it, and the resume is refused instead of mixing 0.0 with 0.5."""
+    path, data = tmp_path / "audit.json", batches()
+    model = Switched()
+    model.positional = positional
+    with pytest.raises(KeyboardInterrupt):
+        run(path, model, interrupted(data, 2), checkpoint_every=1)
+    before = path.read_bytes(), Path(f"{path}.results").read_bytes()
+    model.positional = not positional
+    fresh = run(None, model, data)
+    with pytest.raises(
+        InvalidArgument,
+        match=r"^batch 0, measured again to resume, gives other results than the checkpoint recorded \(sample "
+        r"\d has error .* now and .* in the checkpoint\), although the weights, buffers and settings are the "
+        r"same: the model computes something else .* which a checkpoint cannot see; rerun with the model as "
+        r"it was, or delete .*audit.json or pass another checkpoint path to start afresh$",
+    ):
+        run(path, model, data)
+    assert (path.read_bytes(), Path(f"{path}.results").read_bytes()) == before  # left as found
+    model.positional = positional  # as it was: the resume goes on, to the uninterrupted numbers
+    assert same(run(path, model, data), run(None, model, data))
+    assert not same(fresh, run(None, model, data))  # the attribute does change the numbers
+
+
 def interrupted(data: list[torch.Tensor], after: int) -> Iterator[torch.Tensor]:
     """The first ``after`` batches, then Ctrl-C (a KeyboardInterrupt) when the next is asked for."""
     yield from data[:after]
@@ -539,7 +580,9 @@ def test_ctrl_c_saves_the_batches_done(tmp_path: Path) -> None:
     assert manifest(path)["batches"] == 3
     model = Net()
     resumed = run(path, model, data)
-    assert model.calls == 2 * 2  # two batches left, each a base pass and one chunk of shifts
+    # two batches left, and batch 0 again (to see that the model computes what it did), each a base
+    # pass and one chunk of shifts
+    assert model.calls == 3 * 2
     assert same(resumed, reference)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -14,8 +15,13 @@ from equivariance import (
     check_invariance,
     equivariance_error,
     invariance_error,
+    profile_equivariance,
 )
 from equivariance._isolation import exact_float32
+from equivariance.actions import Action, Grid
+from equivariance.generators import Generator, Translation
+from equivariance.lie import lie_derivative_error
+from equivariance.loss import equivariance_loss
 
 
 class Noisy(nn.Module):
@@ -189,3 +195,56 @@ def test_an_expanded_input_reaches_a_model_that_writes_to_it(model: Noisy, run) 
     with contextlib.suppress(AssertionError):
         run(model, x)
     assert torch.equal(x, x_before)
+
+
+class Negate(Action):
+    """An action of the caller's own that writes to the tensor it is given."""
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return x.mul_(-1)
+
+    def inverse(self) -> Negate:
+        return self
+
+
+class OverwritingTranslation(Generator):
+    """A generator of the caller's own that returns the translation's derivative and zeroes ``h``."""
+
+    def apply(self, h: torch.Tensor, stride: Sequence[float]) -> torch.Tensor:
+        derivative = Translation.along(-1, len(stride)).apply(h, stride).clone()
+        h.mul_(0)
+        return derivative
+
+
+class Energy(nn.Module):
+    """The mean square of each channel: even, so invariant under negation."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.square().mean(dim=(-2, -1))
+
+
+_CONV = nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular", bias=False, dtype=torch.float64)
+_POOLED = nn.Sequential(_CONV, Energy())
+
+IN_PLACE_ACTIONS = {  # each is exact on a bias-free circular conv: the error must be 0
+    "check_equivariance": lambda x: check_equivariance(_CONV, x, transforms=[Negate()]).max_error,
+    "check_invariance": lambda x: check_invariance(_POOLED, x, transforms=[Negate()]).max_error,
+    "equivariance_error": lambda x: float(equivariance_error(_CONV, x, Negate())),
+    "invariance_error": lambda x: float(invariance_error(_POOLED, x, Negate())),
+    "profile_equivariance": lambda x: max(r.error for r in profile_equivariance(_CONV, x, Negate()).layers),
+    "equivariance_loss": lambda x: equivariance_loss(_CONV, x, [Negate()]).item(),
+    "equivariance_loss-chunked": lambda x: equivariance_loss(_CONV, x, [Negate()], batch_size=1).item(),
+    "lie_derivative_error": lambda x: float(
+        lie_derivative_error(_CONV, x, OverwritingTranslation(), reduction="max")
+    ),
+}
+
+
+@pytest.mark.parametrize("run", list(IN_PLACE_ACTIONS.values()), ids=list(IN_PLACE_ACTIONS))
+def test_an_action_that_writes_in_place_leaves_the_input_and_the_numbers_alone(run) -> None:  # type: ignore[no-untyped-def]
+    """Issue 21, item 8: a user's ``act`` (or generator) that writes to what it is given acts on a
+    private copy, for the input and for the model's reference outputs alike."""
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kept = x.clone()
+    assert run(x) < 1e-12
+    assert torch.equal(x, kept)

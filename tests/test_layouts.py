@@ -180,3 +180,43 @@ def test_a_token_layout_without_a_prefix_takes_the_fewest_prefix_tokens_that_lea
     assert Tokens(prefix=2).resolved((2, 18, 16), (64, 64)) == Tokens((4, 4), prefix=2)
     with pytest.raises(InvalidArgument, match=r"no grids of the input's size \(64, 64\).* after 2 prefix"):
         Tokens(prefix=2).resolved((2, 17, 16), (64, 64))  # a prefix given is not second-guessed
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"stride": 2, "boundary": "circular"},
+            r"layout=Tokens\(\(2, 8\), prefix=1\) puts the 16 tokens after the prefix on a 2x8 grid, but the "
+            r"input's 8x8 grid subsampled by the stride \(2, 2\) has at most 4x4 positions; pass the grid "
+            r"the patches make, Tokens\(\(4, 4\), prefix=1\), or Tokens\(prefix=1\) to infer it",
+        ),
+        (
+            {"stride": 2},
+            r"at most 4x4 positions; pass the grid the patches make, Tokens\(\(4, 4\), prefix=1\)",
+        ),
+        (
+            {"stride": "auto"},
+            r"on a 2x8 grid, but no one patch size makes it from the input's 8x8 \(it takes strides \(4, 1\)\);"
+            r" pass the grid the patches make, Tokens\(\(4, 4\), prefix=1\), or Tokens\(prefix=1\) to infer "
+            r"it from the input's size, or stride=\(4, 1\) if the patches have that shape",
+        ),
+    ],
+    ids=["circular", "zeros", "auto"],
+)
+def test_a_token_grid_the_input_cannot_make_is_refused(options: dict[str, object], message: str) -> None:
+    """Issue 21, item 9: 16 tokens of a 4x4 patch grid (8x8 input, patches of 2) read as 2x8 is an
+    argument error, not a FAILED verdict with a hint about the boundary."""
+    model = PatchTokens()
+    model.embed = nn.Conv2d(3, 8, 2, stride=2)
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(InvalidArgument, match=message):
+        check_equivariance(model, x, [(0, 2)], layout=Tokens((2, 8), prefix=1), **options)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=r"layouts\['norm'\]=Tokens\(\(2, 8\), prefix=1\) puts"):
+        profile_equivariance(model, x, (0, 2), layouts={"norm": Tokens((2, 8), prefix=1)})
+    right = check_equivariance(
+        model, x, [(0, 2)], layout=Tokens((4, 4), prefix=1), stride=2, boundary="circular"
+    )
+    assert right.passed
+    anisotropic = Tokens((2, 8), prefix=1)  # patches 4x1, said so with the stride: accepted
+    anisotropic.check_grid((8, 8), (4, 1), "layout=")

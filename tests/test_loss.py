@@ -212,3 +212,37 @@ def test_bad_arguments_are_refused_with_a_fix(kwargs: dict[str, object], message
 def test_chunks_need_a_module_whose_parameters_take_the_gradient() -> None:
     with pytest.raises(InvalidArgument, match=r"is not an nn\.Module; pass the module, or drop batch_size="):
         equivariance_loss(lambda v: v * 2, batch(), [(0, 1)], batch_size=2)
+
+
+def test_chunks_are_refused_where_batch_statistics_would_change_the_value() -> None:
+    """Issue 21, item 2: chunked, a BatchNorm in train mode normalizes each chunk by its own statistics
+    (0.005 where one pass gives 0.0) and updates its running statistics once per chunk: refused, before
+    any forward pass, with the reason; in eval mode (running statistics), and with a per-sample
+    normalization, chunks give the one-pass value."""
+    torch.manual_seed(0)
+
+    def conv() -> nn.Conv2d:
+        return nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular", dtype=F64)
+
+    model = nn.Sequential(conv(), nn.BatchNorm2d(4, dtype=F64), conv())
+    x = torch.randn(4, 4, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(2))
+    assert equivariance_loss(model, x, [(0, 1)]).item() < 1e-25  # one pass: exact
+    tracked = int(model[1].num_batches_tracked)
+    with pytest.raises(
+        InvalidArgument,
+        match=r"^batch_size=1 runs the 4 copies in 4 chunks, but BatchNorm2d '1' normalizes with the statistics "
+        r"of the batch it is given and updates its running statistics at every pass \(train mode\).*Drop "
+        r"batch_size= to run the copies in one pass, compute the penalty in eval mode",
+    ):
+        equivariance_loss(model, x, [(0, 1)], batch_size=1)
+    assert int(model[1].num_batches_tracked) == tracked  # refused before any pass
+    no_stats = nn.Sequential(conv(), nn.BatchNorm2d(4, track_running_stats=False, dtype=F64)).eval()
+    with pytest.raises(InvalidArgument, match=r"also in eval mode \(it has no running statistics\)"):
+        equivariance_loss(no_stats, x, [(0, 1)], batch_size=2)
+    model.eval()
+    assert equivariance_loss(model, x, [(0, 1)], batch_size=1).item() == pytest.approx(
+        equivariance_loss(model, x, [(0, 1)]).item(), abs=1e-25
+    )
+    per_sample = nn.Sequential(conv(), nn.GroupNorm(2, 4, dtype=F64), conv()).train()
+    chunked = equivariance_loss(per_sample, x, [(0, 1), (2, 1)], batch_size=3).item()
+    assert chunked == pytest.approx(equivariance_loss(per_sample, x, [(0, 1), (2, 1)]).item(), abs=1e-25)

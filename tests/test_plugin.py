@@ -242,7 +242,7 @@ def test_tests_using_the_fixtures_get_the_marker(project: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(["*test_fixture PASSED*", "*test_marked PASSED*"])
     project.runpytest("-m", "not equivariance").assert_outcomes(passed=1, deselected=2)
     project.runpytest("--markers").stdout.fnmatch_lines(
-        ["@pytest.mark.equivariance: a shift equivariance check*"]
+        ["@pytest.mark.equivariance(allow_vacuous=False): a shift equivariance check*"]
     )
 
 
@@ -504,28 +504,49 @@ def test_a_project_that_never_uses_the_fixtures_never_imports_torch(pytester: py
     result.stdout.fnmatch_lines(["PLUGIN True TORCH False"])
 
 
-def test_a_vacuous_pass_warns_and_is_marked_in_the_summary(project: pytest.Pytester) -> None:
+def test_a_vacuous_check_fails_the_test_unless_allowed(project: pytest.Pytester) -> None:
+    """Issue 21, item 16: a check that cannot fail is not a pass; the keyword, the marker and the
+    option let a property test that draws dead networks pass it, and the summary says which."""
     project.makepyfile(
         test_dead="""
+        import pytest
         import torch
         from models import conv, image
 
-        def test_dead(assert_equivariant):
-            dead = conv()
+        def dead():
+            model = conv()
             with torch.no_grad():
-                dead.weight.zero_()
-            assert_equivariant(dead, image(), max_shift=1)
+                model.weight.zero_()
+            return model
+
+        def test_dead(assert_equivariant):
+            assert_equivariant(dead(), image(), max_shift=1)
+
+        def test_dead_allowed(assert_equivariant):
+            report = assert_equivariant(dead(), image(), max_shift=1, allow_vacuous=True)
+            assert report.vacuous is not None and not report.passed
+
+        @pytest.mark.equivariance(allow_vacuous=True)
+        def test_dead_marked(assert_equivariant):
+            assert_equivariant(dead(), image(), max_shift=1)
 
         def test_alive(assert_equivariant):
             assert_equivariant(conv(), image(), max_shift=1)
         """
     )
-    result = project.runpytest("-W", "default::equivariance.EquivarianceWarning")
-    result.assert_outcomes(passed=2, warnings=1)
+    result = project.runpytest()
+    result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*EquivarianceWarning: equivariance check PASSED VACUOUSLY*the check cannot fail*",
-            "test_dead.py::test_dead *Conv2d *1  *9  * vacuous",
+            "*VacuousCheckError: equivariance check VACUOUS (cannot fail)*",
+            "*pass allow_vacuous=True to accept it*",
+            "test_dead.py::test_dead *Conv2d *1  *9  * VACUOUS",
+            "test_dead.py::test_dead_allowed *Conv2d *1  *9  * vacuous",
+            "test_dead.py::test_dead_marked *Conv2d *1  *9  * vacuous",
             "test_dead.py::test_alive *Conv2d *1  *9  * passed",
+            "4 checks, 1 failed, 2 vacuous (allowed)",
         ]
     )
+    project.runpytest("--equivariance-allow-vacuous").assert_outcomes(passed=4)
+    project.makeini("[pytest]\nequivariance_allow_vacuous = true\n")
+    project.runpytest().assert_outcomes(passed=4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -546,22 +547,135 @@ def test_a_layer_with_nan_outputs_is_refused_with_its_name() -> None:
         profile_equivariance(model, canvas(batch=2, size=12, content=6), (1, 0))
 
 
-def test_a_layer_with_batch_statistics_in_eval_mode_is_named_in_a_warning() -> None:
-    """BatchNorm without running statistics normalizes with the batch's, also in eval mode: in the
-    profile's one batch, x's outputs depend on its moved copy. Other norms are per sample."""
+class Centred(nn.Module):
+    """Subtracts the mean over the batch: every sample's output depends on the others (in eval mode too)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(dim=0, keepdim=True)
+
+
+class BatchAttention(nn.Module):
+    """At every position, attention across the samples of the batch (a batch-first mix-up)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = x.permute(2, 3, 0, 1)  # (H, W, N, C)
+        weights = torch.softmax(q @ q.transpose(-1, -2) / x.shape[1] ** 0.5, dim=-1)
+        return (weights @ q).permute(2, 3, 0, 1)
+
+
+def _circular(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1, padding_mode="circular", dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mixer", [Centred, BatchAttention], ids=["batch-mean", "attention-across-the-batch"])
+def test_samples_that_interact_are_profiled_in_two_passes(
+    mixer: Callable[[], nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21, item 3: x and its moved copy in one batch of 2N influence each other in such a model;
+    run separately, it is exact. The output of x[:1] alone shows it, and the profile runs two passes,
+    joined layer by layer, instead of marking the layer "no symmetry" at 0.38."""
+    import equivariance.profile as profile_module
+
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2, track_running_stats=False), nn.GroupNorm(1, 2)
+    model = nn.Sequential(_circular(1, 4), mixer(), _circular(4, 2)).eval()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    calls = []
+    call_until = profile_module.call_until
+    monkeypatch.setattr(profile_module, "call_until", lambda *a: calls.append(len(a[1])) or call_until(*a))
+    profile = profile_equivariance(model, x, (0, 1), boundary="circular")
+    # the one batch, x[:1] alone up to the first failing layer, then x and its moved copy apart
+    assert calls == [8, 1, 4, 4]
+    assert profile.passed, str(profile)
+    assert max(row.error for row in profile.layers) < 1e-12
+    assert profile.separate_passes is not None
+    assert profile.separate_passes.startswith(
+        "the first failing row, 1, gives x[:1] run alone another value than in the batch of x and its moved "
+        "copy (a difference of "
     )
-    x = canvas(batch=2, size=12, content=6)
-    with pytest.warns(
-        UserWarning, match=r"^layer '1' normalizes with the statistics of the batch \(BatchNorm "
-    ):
-        profile_equivariance(model, x, (1, 0))
-    model[1] = nn.BatchNorm2d(2)
+    assert "two passes: the first failing row, 1," in str(profile)
+    assert profile.to_dict()["separate_passes"] == profile.separate_passes
+
+
+def test_two_passes_measure_what_runs_apart_gives_and_one_batch_is_kept_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The numbers of the two passes are those of the model run on x and on its moved copy apart (a
+    positional ramp after the batch mean: a real failure, measured by hand); a model whose samples do
+    not interact keeps the one batch: passing, without running anything more; failing, for the price
+    of x[:1] alone up to the first failure, unless the layer's geometry explains it (a stride)."""
+    import equivariance.profile as profile_module
+
+    class Ramp(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.linspace(0, 1, x.shape[-1], dtype=x.dtype)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_circular(1, 4), Centred(), Ramp(), _circular(4, 2)).eval()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    profile = profile_equivariance(model, x, (0, 2), boundary="circular")
+    assert profile.separate_passes is not None
+    with torch.no_grad():
+        moved = model(torch.roll(x, 2, dims=-1))
+        expected = torch.roll(model(x), 2, dims=-1)
+    by_hand = float(((moved - expected).flatten(1).norm(dim=1) / expected.flatten(1).norm(dim=1)).max())
+    assert profile["3"].error == pytest.approx(by_hand, rel=1e-9)
+    assert by_hand > 0.01
+    assert [row.passed for row in profile.layers] == [True, True, False, False]
+    calls = []
+    call_until = profile_module.call_until
+    monkeypatch.setattr(profile_module, "call_until", lambda *a: calls.append(len(a[1])) or call_until(*a))
+    alone = nn.Sequential(_circular(1, 4), nn.GroupNorm(2, 4, dtype=torch.float64), _circular(4, 2)).eval()
+    kept = profile_equivariance(alone, x, (0, 2), boundary="circular")
+    assert kept.separate_passes is None
+    assert calls == [6]
+    assert kept.passed
+    positional = nn.Sequential(_circular(1, 4), Ramp(), _circular(4, 2)).eval()
+    failing = profile_equivariance(positional, x, (0, 2), boundary="circular")
+    assert failing.separate_passes is None
+    assert failing.first_failure is not None
+    assert (failing.first_failure.name, failing.first_failure.cause) == ("1", "no symmetry")
+    assert calls == [6, 6, 1]
+    strided = nn.Sequential(_circular(1, 4), nn.AvgPool2d(2), _circular(4, 2)).eval()
+    aliased = profile_equivariance(strided, x, (0, 1), boundary="circular")
+    assert aliased.first_failure is not None
+    assert aliased.first_failure.cause == "aliasing"
+    assert calls == [6, 6, 1, 6]  # a stride that does not divide the shift: no batch can cause that
+    # batch statistics that a circular shift leaves alone: one batch, passed, as two passes give
+    statistics = nn.Sequential(
+        _circular(1, 4), nn.BatchNorm2d(4, track_running_stats=False, dtype=torch.float64), _circular(4, 2)
+    ).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        profile_equivariance(model, x, (1, 0))
+        shared = profile_equivariance(statistics, x, (0, 2), boundary="circular")
+    assert shared.separate_passes is None
+    assert shared.passed
+    monkeypatch.setattr(profile_module, "_interaction", lambda *_: "forced")
+    apart = profile_equivariance(statistics, x, (0, 2), boundary="circular")
+    assert apart.passed
+    assert [row.error for row in apart.layers] == pytest.approx(
+        [row.error for row in shared.layers], abs=1e-12
+    )
+
+
+def test_a_model_that_needs_more_than_one_sample_is_profiled_in_two_passes() -> None:
+    """x[:1] alone raises: the samples' outputs depend on their batch, and the profile says so and runs
+    two passes of N."""
+
+    class Pairwise(Centred):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if len(x) < 2:
+                raise ValueError("expected more than 1 sample")
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_circular(1, 4), Pairwise(), _circular(4, 2)).eval()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    profile = profile_equivariance(model, x, (0, 1), boundary="circular")
+    assert profile.separate_passes is not None
+    assert profile.separate_passes.startswith(
+        "the model raised ValueError on x[:1] alone (expected more than 1 sample)"
+    )
+    assert profile.passed
 
 
 class TinyRamp(nn.Module):

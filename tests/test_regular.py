@@ -18,6 +18,7 @@ from equivariance import (
 )
 from equivariance.actions import Action, Grid
 from equivariance.regular import Regular, regular
+from equivariance.transforms import Transpose
 
 ROTATIONS = [Rot90(1), Rot90(2), Rot90(3)]
 
@@ -135,10 +136,32 @@ def test_a_p4m_lifting_convolution_with_flips() -> None:
     ).passed
 
 
+def test_every_element_of_p4m_is_checked_with_the_regular_action() -> None:
+    """Issue 21, item 11: the diagonal reflections and products of rotations and flips are elements of p4m
+    too, and regular("p4m") moves the orientation channels for each of them."""
+    torch.manual_seed(0)
+    lift, x = Lifting(2, 2, flips=True).double(), images().expand(-1, 2, -1, -1).clone()
+    group = [Rot90(1), Rot90(2), Rot90(3), Flip(-1), Flip(-2), Transpose(), Transpose(anti=True)]
+    products = [Rot90(1) * Flip(-1), Flip(-1) * Rot90(1), Rot90(3) * Flip(-2), Flip(-2) * Transpose()]
+    report = check_equivariance(lift, x, transforms=[*group, *products], output_action=regular("p4m"))
+    assert report.passed
+    assert report.max_error < 1e-12
+    wrong = check_equivariance(lift, x, transforms=group, output_action=regular("p4m", direction=-1))
+    assert by_element(wrong) == {  # numbered the other way: the half turn and the flips still agree
+        "Rot90(1)": False, "Rot90(2)": True, "Rot90(3)": False, "Flip(-1)": True, "Flip(-2)": True,
+        "Transpose()": False, "Transpose(anti=True)": False,
+    }  # fmt: skip
+    plain = check_equivariance(lift, x, transforms=[Transpose(), Transpose(anti=True)])
+    assert not any(by_element(plain).values())
+    with pytest.raises(InvalidArgument, match=r"p4 has no reflections, but Transpose\(\) is one"):
+        check_equivariance(lift, x, transforms=[Rot90(1) * Flip(-1)], output_action=regular("p4"))
+
+
 def test_the_permutations_are_the_measured_action() -> None:
     """Orientation (f, i) moves to (f XOR s, k + (-1)^s i) under "flip s times, then rotate by k"."""
     group = regular("p4m")
     cases = [(0, k, Rot90(k)) for k in range(4)] + [(1, 0, Flip(-1)), (1, 2, Flip(-2))]
+    cases += [(1, 1, Transpose()), (1, 3, Transpose(anti=True)), (1, 1, Rot90(1) * Flip(-1))]
     for s, k, element in cases:
         source = group.permutation(element)
         assert sorted(source.tolist()) == list(range(8))
@@ -234,20 +257,38 @@ def test_a_strided_layer_misaligned_for_rotations_is_named_with_the_size_to_use(
         (
             lambda: check_equivariance(nn.Conv2d(1, 6, 3), torch.randn(1, 1, 8, 8), transforms=[Rot90(1)],
                                        output_action=regular("p4")),
-            r"the output has 6 channels, but the regular action of p4 expects a multiple of 4",
+            r"^regular\('p4'\) expects fields of 4 orientation channels each \(a multiple of 4\), but the "
+            r"output of shape \(1, 6, 6, 6\) has 6 channels; pass regular\('p4m'\) if its fields hold 8 "
+            r"orientations, or layer= naming the group-convolution layer to measure$",
         ),
         (
             lambda: check_equivariance(nn.Conv2d(1, 8, 3), torch.randn(1, 1, 8, 8), transforms=[Rot90(1)],
                                        output_action=regular("p4", fields=3)),
-            r"8 channels, but the regular action of p4 expects 3 fields of 4",
+            r"^regular\('p4', fields=3\) expects 3 fields of 4 orientation channels \(12 channels\), but "
+            r"the output of shape \(1, 8, 6, 6\) has 8 channels; pass fields=2, or layer= naming the "
+            r"group-convolution layer to measure$",
         ),
         (
             lambda: check_equivariance(nn.Conv2d(1, 8, 3), torch.randn(1, 1, 8, 8), transforms=[Flip(-1)],
                                        output_action=regular("p4")),
             r"p4 has no reflections, but Flip\(-1\) is one; use regular\('p4m'\)",
         ),
+        (  # issue 21, item 11: one "but", the layer= advice once, and no "as on the input"
+            lambda: check_equivariance(nn.Conv2d(1, 16, 3, padding=1), torch.randn(2, 1, 9, 9),
+                                       transforms=[Rot90(1)], output_action=regular("p4", fields=3)),
+            r"^regular\('p4', fields=3\) expects 3 fields of 4 orientation channels \(12 channels\), but "
+            r"the output of shape \(2, 16, 9, 9\) has 16 channels; pass fields=4, or layer= naming the "
+            r"group-convolution layer to measure$",
+        ),
+        (
+            lambda: check_equivariance(nn.Conv2d(1, 8, (3, 1)), torch.randn(2, 1, 9, 9),
+                                       transforms=[Rot90(1)], output_action=regular("p4m")),
+            r"^the transforms act on the output of shape \(2, 8, 7, 9\) through output_action=regular\('p4m'\)"
+            r", and Rot90\(1\) needs dims \(-2, -1\) of equal size",
+        ),
     ],
-    ids=["group", "direction", "reflection", "fields", "channels", "fields-mismatch", "flip-in-p4"],
+    ids=["group", "direction", "reflection", "fields", "channels", "fields-mismatch", "flip-in-p4",
+         "sixteen-channels", "not-square"],
 )  # fmt: skip
 def test_bad_regular_arguments_are_refused_with_a_fix(call: object, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):

@@ -131,7 +131,8 @@ def test_every_conv_stack_passes_a_check_with_its_stride_and_boundary(data: st.D
     bound = tuple((n - 1) * s for n, s in zip(out.shape[2:], stack.stride))  # output shifts that fit
     shift = data.draw(stack.shifts(max_shift=bound, nonzero=True), label="shift")
     report = check_equivariance(stack.model, x, [shift], stride=stack.stride, boundary=stack.boundary)
-    assert report.passed, str(report)  # also where it could not fail (a ReLU never positive: report.vacuous)
+    # within tolerance also where it could not fail (a ReLU never positive: report.vacuous, not a pass)
+    assert report.within_tolerance, str(report)
 
 
 @given(conv_stacks(padding="circular", strides=(1, 2), depth=(1, 3), ndim=2, dilations=(1, 2)))

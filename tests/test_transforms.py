@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from equivariance import (
@@ -22,8 +24,8 @@ from equivariance import (
 )
 from equivariance._runner import Runner
 from equivariance._sinks import Sums
-from equivariance.actions import Action
-from equivariance.transforms import Flip, Rot90
+from equivariance.actions import Action, Grid, Identity
+from equivariance.transforms import Flip, Rot90, Transpose
 
 
 def p4_average(conv: nn.Conv2d | nn.Conv3d, dims: tuple[int, int] = (-2, -1)) -> nn.Module:
@@ -102,14 +104,14 @@ def test_the_report_lists_transforms_like_shifts() -> None:
     assert "equivariance.profile_equivariance(model, x, shift=Rot90(1)) gives the error" in str(caught.value)
 
 
-class Transpose:
+class OwnTranspose:
     """A transform of one's own: the transpose of the image plane (a reflection across the diagonal)."""
 
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         return x.transpose(-2, -1)
 
     def __repr__(self) -> str:
-        return "Transpose()"
+        return "OwnTranspose()"
 
 
 class BorderRow(nn.Module):
@@ -256,10 +258,10 @@ def test_a_transform_of_ones_own_runs_on_the_engine() -> None:
     conv = nn.Conv2d(1, 2, 3, padding=1)
     with torch.no_grad():
         conv.weight.copy_((conv.weight + conv.weight.transpose(-2, -1)) / 2)  # a symmetric kernel
-    report = check_equivariance(conv, x, transforms=[Transpose()])
+    report = check_equivariance(conv, x, transforms=[OwnTranspose()])
     assert report.passed
-    assert [str(s) for s in report.elements] == ["Transpose()"]
-    assert not check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[Transpose()]).passed
+    assert [str(s) for s in report.elements] == ["OwnTranspose()"]
+    assert not check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[OwnTranspose()]).passed
 
 
 class Cropped:
@@ -283,7 +285,7 @@ def test_output_and_transform_errors() -> None:
     x = torch.rand(2, 1, 8, 8) + 0.5
     with pytest.raises(
         InvalidArgument,
-        match=r"the transforms act on the output of shape \(2, 1, 6, 8\) as on the input, but Rot90\(1\) needs dims \(-2, -1\) of equal size .*; pass layer= to measure a layer whose output they map onto itself",
+        match=r"the transforms act on the output of shape \(2, 1, 6, 8\) as on the input, and Rot90\(1\) needs dims \(-2, -1\) of equal size .*; pass layer= to measure a layer whose output they map onto itself",
     ):
         check_equivariance(nn.Conv2d(1, 1, (3, 1)), x, transforms=[Rot90(1)])
     with pytest.raises(
@@ -383,3 +385,99 @@ def test_invalid_arguments(kwargs: dict[str, object], x_shape: tuple[int, ...], 
 def test_invalid_constructors(call: object, match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
         call()  # type: ignore[operator]
+
+
+# -- products: the p4m group of a plane ----------------------------------------------------------------------
+
+PLANES = [(-2, -1), (-3, -1), (-3, -2)]
+
+
+@st.composite
+def plane_elements(draw: st.DrawFn, plane: tuple[int, int] | None = None) -> Action:
+    """An element of a plane's p4m group, in any of the forms a user may write it."""
+    a, b = plane if plane is not None else draw(st.sampled_from(PLANES))
+    return draw(
+        st.sampled_from(
+            [
+                Identity(), Rot90(0, (a, b)), Rot90(1, (a, b)), Rot90(2, (a, b)), Rot90(3, (a, b)),
+                Rot90(1, (b, a)), Rot90(3, (b, a)), Flip(a), Flip(b), Transpose((a, b)),
+                Transpose((b, a), anti=True),
+            ]
+        )
+    )  # fmt: skip
+
+
+@st.composite
+def triples(draw: st.DrawFn) -> tuple[Action, Action, Action]:
+    plane = draw(st.sampled_from(PLANES))
+    return draw(plane_elements(plane)), draw(plane_elements(plane)), draw(plane_elements(plane))
+
+
+def volume() -> torch.Tensor:
+    return torch.randn(2, 3, 5, 5, 5, generator=torch.Generator().manual_seed(0))
+
+
+def acts(element: Action, x: torch.Tensor) -> torch.Tensor:
+    return element.act(x, Grid.of_input(3))
+
+
+@given(triples())
+def test_products_are_associative_and_act_as_acting_twice(elements: tuple[Action, Action, Action]) -> None:
+    """Issue 21, item 11: elements of a plane compose, and acting by a product is acting twice."""
+    a, b, c = elements
+    assert (a * b) * c == a * (b * c)  # type: ignore[operator]
+    x = volume()
+    assert torch.equal(acts(a * b, x), acts(a, acts(b, x)))  # type: ignore[operator]
+    assert torch.equal(acts((a * b) * c, x), acts(a, acts(b, acts(c, x))))  # type: ignore[operator]
+
+
+@given(plane_elements())
+def test_the_identity_and_inverses_of_products(element: Action) -> None:
+    canonical = Identity() * element
+    assert canonical == element * Identity()  # type: ignore[operator]
+    assert torch.equal(acts(canonical, volume()), acts(element, volume()))
+    assert element * element.inverse() == Identity()  # type: ignore[operator]
+    assert element.inverse() * element == Identity()  # type: ignore[operator]
+    assert canonical * canonical.inverse() == Identity()  # type: ignore[operator]
+
+
+def test_the_products_of_a_plane_are_its_eight_elements_in_one_canonical_form_each() -> None:
+    group = [Identity(), Rot90(1), Rot90(2), Rot90(3), Flip(-1), Flip(-2), Transpose(), Transpose(anti=True)]
+    table = {(str(g), str(h)): g * h for g in group for h in group}  # type: ignore[operator]
+    assert set(table.values()) == set(group)  # closed, and every element is a product
+    x = torch.randn(1, 1, 4, 4)
+    images = {element: acts(element, x) for element in group}
+    assert len({tuple(image.flatten().tolist()) for image in images.values()}) == 8  # all distinct
+    assert Rot90(1) * Flip(-1) == Transpose()  # the diagonal reflections
+    assert Rot90(3) * Flip(-1) == Transpose(anti=True)
+    assert torch.equal(acts(Transpose(), x), x.transpose(-1, -2))
+    assert Flip(-1) * Rot90(1) == Transpose(anti=True)  # not commutative
+    assert Rot90(1, dims=(-1, -2)) * Rot90(1) == Identity()  # a rotation written the other way round
+
+
+@pytest.mark.parametrize(
+    ("product", "message"),
+    [
+        (lambda: Rot90(1, (-3, -2)) * Flip(-1), r"Rot90\(1, dims=\(-3, -2\)\) \* Flip\(-1\) is not an element of one plane's p4m group"),
+        (lambda: Rot90(1) * Shift(1, 0), r"Rot90\(1\) \* Shift\(1, 0\) is not an element of one plane's"),
+        (lambda: Transpose((-1, -1)), r"dims must be two different dims"),
+        (lambda: Transpose(anti=1), r"anti must be True or False, found 1"),  # type: ignore[arg-type]
+        (lambda: Transpose().apply(torch.zeros(1, 1, 3, 4), 2), r"Transpose\(\) needs dims \(-2, -1\) of equal size"),
+    ],
+    ids=["planes", "shift", "dims", "anti", "not-square"],
+)  # fmt: skip
+def test_products_outside_one_plane_are_refused(product: object, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        product()  # type: ignore[operator]
+
+
+def test_a_diagonal_reflection_is_checked_like_any_transform() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    with torch.no_grad():  # a kernel symmetric across the diagonal commutes with the transpose
+        conv.weight.copy_(conv.weight + conv.weight.transpose(-1, -2))
+    x = torch.randn(2, 2, 9, 9)
+    assert check_equivariance(conv, x, transforms=[Transpose(), Rot90(1) * Flip(-1)]).passed
+    report = check_equivariance(conv, x, transforms=[Transpose(anti=True)])
+    assert not report.passed  # the anti-diagonal is another reflection: a negative control
+    assert "Transpose(anti=True)" in str(report)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 from equivariance import (
+    EquivarianceError,
     EquivarianceWarning,
+    VacuousCheckError,
     assert_equivariant,
+    assert_invariant,
     check_equivariance,
     check_invariance,
     equivariance_error,
@@ -22,21 +27,41 @@ def _zero_weights_conv() -> nn.Conv2d:
     return conv
 
 
-def test_a_conv_with_zero_weights_passes_vacuously_and_says_so() -> None:
+def test_a_conv_with_zero_weights_is_vacuous_not_passed_and_says_so() -> None:
+    """Issue 21, item 16: a check that cannot fail is not a pass; its reason is a hint too."""
     report = check_equivariance(_zero_weights_conv(), torch.rand(2, 1, 16, 16))
-    assert report.passed
+    assert not report.passed
+    assert report.within_tolerance
+    assert report.failures == ()
     assert report.vacuous is not None
     assert report.vacuous.startswith("the check cannot fail: the output does not change when it is moved")
-    assert report.summary().startswith("equivariance check PASSED VACUOUSLY")
-    assert "  vacuous: the check cannot fail" in str(report)
-    assert report.to_dict()["vacuous"] == report.vacuous
+    assert report.hints[0] == report.vacuous
+    assert report.summary().startswith("equivariance check VACUOUS (cannot fail): Conv2d, 25 shifts; max")
+    assert "  hint: the check cannot fail" in str(report)
+    assert "  vacuous:" not in str(report)  # said once, as the hint
+    data = report.to_dict()
+    assert (data["vacuous"], data["passed"], data["within_tolerance"]) == (report.vacuous, False, True)
 
 
-def test_assert_warns_on_a_vacuous_pass() -> None:
-    with pytest.warns(
-        EquivarianceWarning, match="PASSED VACUOUSLY.*the output does not change when it is moved"
-    ):
-        assert_equivariant(_zero_weights_conv(), torch.rand(2, 1, 16, 16))
+def test_assert_fails_on_a_vacuous_check_unless_allowed() -> None:
+    dead, x = _zero_weights_conv(), torch.rand(2, 1, 16, 16)
+    with pytest.raises(
+        VacuousCheckError,
+        match=r"(?s)^equivariance check VACUOUS \(cannot fail\).*the output does not change when it is moved"
+        r".*a check that cannot fail asserts nothing; pass allow_vacuous=True to accept it",
+    ) as caught:
+        assert_equivariant(dead, x)
+    assert isinstance(caught.value, EquivarianceError)  # pytest.raises(EquivarianceError) catches it too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # allowed: no warning either
+        report = assert_equivariant(dead, x, allow_vacuous=True)
+    assert report.vacuous is not None
+    head = nn.Sequential(nn.Flatten(1), nn.Linear(256, 4))
+    with torch.no_grad():
+        head[1].weight.zero_()
+    with pytest.raises(VacuousCheckError, match=r"^invariance check VACUOUS"):
+        assert_invariant(head, x)
+    assert assert_invariant(head, x, allow_vacuous=True).vacuous is not None
 
 
 def test_an_output_that_varies_below_the_tolerance_is_vacuous() -> None:
@@ -51,7 +76,8 @@ def test_an_output_that_varies_below_the_tolerance_is_vacuous() -> None:
 def test_a_dense_net_on_an_all_zero_input_is_vacuous() -> None:
     model = nn.Sequential(nn.Flatten(1), nn.Linear(144, 144, bias=False), nn.Unflatten(1, (1, 12, 12)))
     report = check_equivariance(model, torch.zeros(2, 1, 12, 12), max_shift=2)
-    assert report.passed  # 0 everywhere
+    assert report.within_tolerance  # 0 everywhere
+    assert not report.passed
     assert report.vacuous is not None
 
 
@@ -70,7 +96,8 @@ def test_a_constant_classifier_passes_invariance_vacuously() -> None:
         head[1].weight.zero_()
     for n in (1, 3):
         report = check_invariance(head, torch.rand(n, 1, 16, 16))
-        assert report.passed
+        assert report.within_tolerance
+        assert not report.passed
         assert report.vacuous is not None
         assert report.vacuous.startswith("the check cannot fail: the output does not respond to the input")
 
@@ -137,8 +164,15 @@ def test_stride_auto_with_a_clear_winner_is_unchanged() -> None:
 
 
 def test_stride_auto_on_a_constant_output_is_not_a_silent_tie() -> None:
+    """Issue 21, item 16: a still output ties every candidate; the note says why, and does not tell the
+    reader to expect a failure above a check that could not fail."""
     report = check_equivariance(_zero_weights_conv(), torch.rand(2, 1, 16, 16), stride="auto")
-    assert "no input shift of 1 to 2 tried moves the output (16, 16) cleanly" in report.inferred[0]
+    (note,) = report.inferred
+    assert note.startswith(
+        "stride 1, the input's size over the output's: every input shift of 1 to 2 tried moves the output by "
+        "one sample to within tolerance (errors of 0.0e+00 at most), as an output that does not move at all"
+    )
+    assert "Expect the check to fail" not in str(report)
     assert report.vacuous is not None
 
 
