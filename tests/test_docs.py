@@ -91,8 +91,15 @@ def test_the_pages_have_transcripts() -> None:
     ids=[f"{page.name}:{line}" for page, line, *_ in TRANSCRIPTS],
 )
 def test_every_command_line_transcript_prints_what_the_page_shows(
-    page: Path, line: int, command: str, expected: str, capsys: pytest.CaptureFixture[str]
+    page: Path,
+    line: int,
+    command: str,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a transcript may write a file (-o report.json)
     argv = shlex.split(command)
     assert argv[0] == "equivariance"
     code = main(argv[1:])
