@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,15 @@ def test_the_pytest_plugin_is_registered_and_imports_no_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_the_readme_test_command_installs_pytest_xdist() -> None:
+    """The README's test command installs the test extra, which has xdist: the plugin's xdist test runs."""
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    command = readme.split("# run the tests\n")[1].splitlines()[0]
+    assert '-e ".[test]"' in command
+    assert command.endswith("python -m pytest")
+    test_extra = re.search(r"^test = \[(.*)\]$", (root / "pyproject.toml").read_text(), re.MULTILINE)
+    assert test_extra is not None
+    assert '"pytest-xdist>=3.5"' in test_extra.group(1)
