@@ -391,6 +391,7 @@ class _Summary:
             rows = [row for row in rows if row["verdict"] == "FAILED"]
         if mode == "off" or not self.checks or (mode == "failed" and not rows):
             return
+        terminalreporter.ensure_newline()  # after the progress line, not inside the section
         terminalreporter.section("equivariance checks")
         for line in summary_lines(rows, _counts(self.checks), terminalreporter._tw.fullwidth):
             terminalreporter.write_line(line)

@@ -36,10 +36,14 @@ def test_public_names_exist_and_are_documented() -> None:
 def test_the_pytest_plugin_is_registered_and_imports_no_torch() -> None:
     from importlib.metadata import entry_points
 
-    (plugin,) = [e for e in entry_points(group="pytest11") if e.name == "equivariance"]
-    assert plugin.value == "_equivariance_pytestplugin"
+    plugins = {e.name: e.value for e in entry_points(group="pytest11") if e.name.startswith("equivariance")}
+    assert plugins == {
+        "equivariance": "_equivariance_pytestplugin",
+        "equivariance-regressions": "_equivariance_regressions",
+    }
     code = (
-        "import sys, _equivariance_pytestplugin\nprint('torch' in sys.modules, 'equivariance' in sys.modules)"
+        "import sys, _equivariance_pytestplugin, _equivariance_regressions\n"
+        "print('torch' in sys.modules, 'equivariance' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
