@@ -30,7 +30,18 @@ def test_public_names_exist_and_are_documented() -> None:
         obj = getattr(equivariance, name)
         if name != "__version__":
             assert obj.__doc__, f"{name} has no docstring"
-    assert equivariance.__version__.count(".") == 2
+    assert re.fullmatch(r"\d+\.\d+\.\d+(\.dev\d+)?", equivariance.__version__)
+
+
+def test_the_changelog_has_a_section_for_this_version() -> None:
+    """Keep a Changelog: a development version's changes are under Unreleased, a release has its own."""
+    changelog = (Path(__file__).parents[1] / "CHANGELOG.md").read_text()
+    version = equivariance.__version__
+    heading = "## [Unreleased]" if ".dev" in version else f"## [{version}] - "
+    assert heading in changelog
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog, re.MULTILINE)
+    assert released, "no release section dated YYYY-MM-DD"
+    assert all(f"[{v}]: https://" in changelog for v in released)  # each version links to its source
 
 
 def test_the_pytest_plugin_is_registered_and_imports_no_torch() -> None:
