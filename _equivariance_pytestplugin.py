@@ -13,7 +13,8 @@ nor the library until a test asks for one of its fixtures. Measured with
   checked at start-up (a bad value, or a device this machine lacks, is a usage error);
 - the marker ``equivariance``, given to every test using the fixtures;
 - a failing ``assert report.passed`` shows the report's table;
-- a terminal section listing every check the fixtures ran (``--equivariance-summary``),
+- a terminal section listing every check the fixtures ran, fitted to the terminal's width
+  (``--equivariance-summary``),
   and every check as JSON (``--equivariance-report PATH``).
 """
 

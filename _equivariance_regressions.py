@@ -136,7 +136,6 @@ class Regressions:
     storage: Path
     save: str | None
     baseline: dict[str, Any] | None
-    baseline_path: Path | None
     thresholds: list[Threshold]
     fail: bool
     quiet: bool
@@ -278,10 +277,10 @@ def pytest_configure(config: pytest.Config) -> None:
             "e.g. --equivariance-save main"
         )
     storage = _storage(config)
-    baseline, path = (None, None) if compare is None else _baseline(storage, compare, config)
+    baseline = None if compare is None else _baseline(storage, compare, config)
     thresholds = [Threshold.parse(text) for text in fail] or [Threshold.parse(DEFAULT_THRESHOLD)]
     quiet = int(config.getoption("verbose")) < 0
-    regressions = Regressions(storage, save, baseline, path, thresholds, bool(fail), quiet)
+    regressions = Regressions(storage, save, baseline, thresholds, bool(fail), quiet)
     config.pluginmanager.register(regressions, "equivariance-regressions-session")
 
 
@@ -292,7 +291,7 @@ def _storage(config: pytest.Config) -> Path:
     return Path(config.invocation_params.dir, given)
 
 
-def _baseline(storage: Path, name: str, config: pytest.Config) -> tuple[dict[str, Any], Path]:
+def _baseline(storage: Path, name: str, config: pytest.Config) -> dict[str, Any]:
     """The saved run to compare with: ``NAME`` in the storage, a ``.json`` file, or the last saved."""
     if name:
         file = Path(config.invocation_params.dir, name)
@@ -306,7 +305,7 @@ def _baseline(storage: Path, name: str, config: pytest.Config) -> tuple[dict[str
                 else f"; saved runs: {', '.join(sorted(_saved(storage))) or 'none'}"
             )
             raise pytest.UsageError(f"--equivariance-compare: no saved run {name!r} in {storage}{hint}")
-        return _read(path), path
+        return _read(path)
     runs = _saved(storage)
     if not runs:
         raise pytest.UsageError(
@@ -314,7 +313,7 @@ def _baseline(storage: Path, name: str, config: pytest.Config) -> tuple[dict[str
             "--equivariance-save NAME (e.g. on the main branch), then compare"
         )
     latest = max(runs.values(), key=lambda path: path.stat().st_mtime)  # the last saved
-    return _read(latest), latest
+    return _read(latest)
 
 
 def _saved(storage: Path) -> dict[str, Path]:
