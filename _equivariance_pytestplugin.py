@@ -15,7 +15,8 @@ nor the library until a test asks for one of its fixtures. Measured with
   ``@pytest.mark.equivariance(allow_vacuous=True)`` (or ``--equivariance-allow-vacuous``, or
   ``allow_vacuous=True`` in the call) lets a check that cannot fail pass instead of failing the test;
 - a failing ``assert report.passed`` shows the report's table;
-- a terminal section listing every check the fixtures ran (``--equivariance-summary``),
+- a terminal section listing every check the fixtures ran, fitted to the terminal's width
+  (``--equivariance-summary``),
   and every check as JSON (``--equivariance-report PATH``).
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -423,36 +424,45 @@ class _Summary:
             rows = [row for row in rows if row["verdict"] in ("FAILED", "VACUOUS")]
         if mode == "off" or not self.checks or (mode == "failed" and not rows):
             return
+        terminalreporter.ensure_newline()  # after the progress line, not inside the section
         terminalreporter.section("equivariance checks")
-        header = ("test", "model", "checks", "shifts", "worst shift", "max error", "rtol", "dtype", "verdict")
-        lines = [
-            (
-                c["test"] + ("" if c["kind"] == "equivariance" else " (invariance)"),
-                c["model"],
-                str(c["checks"]),
-                str(c["shifts"]),
-                c["worst"],
-                f"{c['error']:.2e}",
-                f"{c['rtol']:.0e}",
-                c["dtype"],
-                c["verdict"],
-            )
-            for c in rows
-        ]
-        widths = [max(len(row[i]) for row in (header, *lines)) for i in range(len(header))]
-        for row in (header, *lines):
-            cells = [
-                cell.rjust(w) if i in (2, 3, 5, 6) else cell.ljust(w)
-                for i, (cell, w) in enumerate(zip(row, widths))
-            ]
-            terminalreporter.write_line("  ".join(cells).rstrip())
-        counts = _counts(self.checks)
-        expected, vacuous = counts["expected_failures"], counts["vacuous"]
-        terminalreporter.write_line(
-            f"{counts['total']} check{'s' if counts['total'] != 1 else ''}, {counts['failed']} failed"
-            + (f", {expected} failed as expected" if expected else "")
-            + (f", {vacuous} vacuous (allowed)" if vacuous else "")
+        for line in summary_lines(rows, _counts(self.checks), terminalreporter._tw.fullwidth):
+            terminalreporter.write_line(line)
+
+
+HEADER = ("test", "model", "checks", "shifts", "worst shift", "max error", "rtol", "dtype", "verdict")
+
+
+def summary_lines(rows: list[dict[str, Any]], counts: dict[str, int], width: int) -> list[str]:
+    """The summary: one line per row (see `fit_table`), then the counts, within ``width`` columns."""
+    cells = [
+        (
+            c["test"] + ("" if c["kind"] == "equivariance" else " (invariance)"),
+            c["model"],
+            str(c["checks"]),
+            str(c["shifts"]),
+            c["worst"],
+            f"{c['error']:.2e}",
+            f"{c['rtol']:.0e}",
+            c["dtype"],
+            c["verdict"],
         )
+        for c in rows
+    ]
+    lines, dropped = fit_table(HEADER, cells, width, right={"checks", "shifts", "max error", "rtol"})
+    said = f"{counts['total']} check{'s' if counts['total'] != 1 else ''}, {counts['failed']} failed"
+    if counts["expected_failures"]:
+        said += f", {counts['expected_failures']} failed as expected"
+    if counts.get("vacuous"):
+        said += f", {counts['vacuous']} vacuous (allowed)"
+    words = {"dtype": "{}", "rtol": "rtol {}", "checks": "{} checks a row"}
+    same = ", ".join(words[name].format(value) for name, value in dropped.items()).replace(
+        "1 checks a row", "1 check a row"
+    )
+    if not same:
+        return [*lines, said]
+    note = f"(every row: {same})"
+    return [*lines, f"{said} {note}"] if len(said) + 1 + len(note) <= width else [*lines, said, note]
 
 
 def _counts(checks: list[dict[str, Any]]) -> dict[str, int]:
@@ -489,3 +499,90 @@ def _merged(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if check["error"] > row["error"]:
             row.update(worst=check["worst"], error=check["error"], rtol=check["rtol"])
     return list(rows.values())
+
+
+# When the table is wider than the terminal: first the columns that hold one value in every row go (the
+# counts line names it), then the test ids are shortened from the left, then the model names, then the
+# columns a reader can best do without go, and last the test ids are shortened further.
+CONSTANT_COLUMNS = ("dtype", "rtol", "checks")
+SPARE_COLUMNS = ("worst shift", "shifts")
+SHORTEST = {"test": 24, "model": 10}
+SHORTEST_TEST_AT_LAST = 12
+
+
+def fit_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], width: int, *, right: set[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The table's lines within ``width`` columns, and the columns dropped with their one value.
+
+    Examples:
+        >>> header = ("test", "model", "dtype", "verdict")
+        >>> rows = [("test_a.py::test_a_long_name[with-parameters]", "Conv2d", "float32", "passed")]
+        >>> lines, dropped = fit_table(header, rows, 40, right=set())
+        >>> for line in lines:
+        ...     print(line)
+        test                      model   verdict
+        ...name[with-parameters]  Conv2d  passed
+        >>> dropped
+        {'dtype': 'float32'}
+    """
+    table = _Table(header, rows)
+    dropped: dict[str, str] = {}
+    for name in CONSTANT_COLUMNS:
+        values = table.values(name)
+        if table.width() > width and len(values) == 1:
+            dropped[name] = values.pop()
+            table.drop(name)
+    for name, shortest in SHORTEST.items():
+        table.shorten(name, table.width() - width, shortest)
+    for name in SPARE_COLUMNS:
+        if table.width() > width:
+            table.drop(name)
+    table.shorten("test", table.width() - width, SHORTEST_TEST_AT_LAST)
+    return table.lines(right), dropped
+
+
+class _Table:
+    """Rows of cells under named columns, as the summary fits them to the terminal."""
+
+    def __init__(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        self.columns = list(header)
+        self.rows = [list(row) for row in rows]
+
+    def values(self, name: str) -> set[str]:
+        return {row[self.columns.index(name)] for row in self.rows} if name in self.columns else set()
+
+    def widths(self) -> list[int]:
+        return [max(len(row[i]) for row in (self.columns, *self.rows)) for i in range(len(self.columns))]
+
+    def width(self) -> int:
+        return sum(self.widths()) + 2 * (len(self.columns) - 1)
+
+    def drop(self, name: str) -> None:
+        if name in self.columns:
+            index = self.columns.index(name)
+            for row in (self.columns, *self.rows):
+                del row[index]
+
+    def shorten(self, name: str, excess: int, shortest: int) -> None:
+        if excess <= 0 or name not in self.columns:
+            return
+        index = self.columns.index(name)
+        room = max(shortest, self.widths()[index] - excess, len(name))
+        for row in self.rows:
+            row[index] = _shortened(row[index], room)
+
+    def lines(self, right: set[str]) -> list[str]:
+        widths = self.widths()
+        return [
+            "  ".join(
+                cell.rjust(w) if name in right else cell.ljust(w)
+                for name, cell, w in zip(self.columns, row, widths)
+            ).rstrip()
+            for row in (self.columns, *self.rows)
+        ]
+
+
+def _shortened(text: str, room: int) -> str:
+    """``text`` in at most ``room`` characters: ``...`` and its end (the test's name and parameters)."""
+    return text if len(text) <= room else "..." + text[len(text) - room + 3 :]

@@ -13,7 +13,20 @@ Every HTML page is read with the standard library's parser and checked for
 - a broken internal link: a link, image, script or stylesheet whose file is not
   in the site, or a ``#fragment`` that names no element of its page;
 - anything loaded from the network (a script, stylesheet, image or frame with an
-  ``http(s)://`` address, or an address inside an inline script).
+  ``http(s)://`` address, or an address inside an inline script);
+- maths written as code: a code span with a norm (``||x||``), a power (``^2``,
+  ``²``), which the site's MathJax would typeset if written ``$...$``;
+- a private name where the API reference should show a value
+  (``DEFAULT_MAX_SHIFT = _plan.DEFAULT_MAX_SHIFT``);
+- a block wider than a page shows that neither wraps nor fits: blocks whose
+  class the site's stylesheet (``stylesheets/extra.css``) makes wrap may be
+  as wide as they like; any other block may be ``SCROLL_COLUMNS`` wide, what
+  the widest page shows, and scrolls beyond ``FITS_COLUMNS``, what a page
+  shows on a 1280-pixel screen; a page with a block wider than that must load
+  the stylesheet;
+- a page whose footer does not show the version documented
+  (``equivariance/__init__.py``) and the repository, and a changelog page
+  without a section for that version.
 
 It prints one line per problem and exits with 1 if any is left, 0 otherwise.
 Pages listed in ``KNOWN`` may still show the problems named there: they are
@@ -33,6 +46,16 @@ from urllib.parse import unquote, urlsplit
 # module's docstrings are in the team's convention). A page is listed only with a reason, and goes as
 # soon as the reason does.
 KNOWN: dict[str, set[str]] = {}
+
+ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = "https://github.com/equivariance/equivariance"
+STYLESHEET = "stylesheets/extra.css"
+FITS_COLUMNS = 110  # what a page shows of a code block on a 1280-pixel-wide screen
+SCROLL_COLUMNS = 120  # what the widest page shows; a wider block that does not wrap is cut for everyone
+MATHS_AS_CODE = re.compile(r"\|\|.+\|\||[\w)\]]\^[\w({]|[²³]")
+MATHS_IN_TEXT = re.compile(r"\S*[\w)\]]\^[\w({]\S*|\S*[²³]\S*")
+PRIVATE_VALUE = re.compile(r"(?<![\w.])_[a-z]\w*\.\w")
+WRAP_RULE = re.compile(r"([^{}]+)\{[^}]*white-space:\s*pre-wrap[^}]*\}")
 
 SPHINX_ROLE = re.compile(r":(?:py:)?(class|func|meth|mod|attr|data|exc|obj|const|ref):(?=\s*[`~\w])")
 RAW_TEX = re.compile(r"\\\(|\\\[|\$\$")
@@ -63,6 +86,12 @@ class _Page(HTMLParser):
         self.has_math = False
         self.inline_scripts: list[str] = []
         self.nested_quotes = 0
+        self.classes: list[set[str]] = []  # the classes of each open element, as the stack
+        self.blocks: list[tuple[frozenset[str], str]] = []  # each <pre>: the classes around it, its text
+        self.code_spans: list[str] = []
+        self.signatures: list[str] = []  # the API reference's signatures (values of attributes)
+        self.footer: list[str] = []
+        self._capture: list[list[str]] = []  # texts being collected, one per open element collecting
 
     def _in(self) -> tuple[bool, bool]:
         return (self.stack[-1][1], self.stack[-1][2]) if self.stack else (False, False)
@@ -82,8 +111,17 @@ class _Page(HTMLParser):
         self.has_math = self.has_math or math
         if tag in VOID:
             return
+        classes = set(values.get("class", "").split())
         code, in_math = self._in()
+        if tag == "pre":
+            around = frozenset(c for above in self.classes for c in above)
+            self.blocks.append((around, ""))
+            if "doc-signature" in around:
+                self.signatures.append("")
+        elif tag == "code" and not code:
+            self.code_spans.append("")
         self.stack.append((tag, code or tag in CODE, in_math or math))
+        self.classes.append(classes)
         if tag == "blockquote" and sum(t == "blockquote" for t, _, _ in self.stack) == 3:
             self.nested_quotes += 1
 
@@ -91,9 +129,21 @@ class _Page(HTMLParser):
         for index in range(len(self.stack) - 1, -1, -1):
             if self.stack[index][0] == tag:
                 del self.stack[index:]
+                del self.classes[index:]
                 return
 
     def handle_data(self, data: str) -> None:
+        tags = [tag for tag, _, _ in self.stack]
+        classes = {c for above in self.classes for c in above}
+        if "pre" in tags:
+            around, text = self.blocks[-1]
+            self.blocks[-1] = (around, text + data)
+        elif tags and tags[-1] == "code" and self.code_spans:
+            self.code_spans[-1] += data
+        if "doc-signature" in classes and self.signatures:
+            self.signatures[-1] += data
+        if "md-copyright" in classes:
+            self.footer.append(data)
         code, math = self._in()
         if self.stack and self.stack[-1][0] == "script":
             self.inline_scripts.append(data)
@@ -101,11 +151,17 @@ class _Page(HTMLParser):
             self.text.append(data)
 
 
-def check_site(site: Path) -> list[tuple[str, str]]:
-    """Every problem of the site as ``(page, problem)``, pages relative to ``site``."""
+def check_site(site: Path, version: str | None = None) -> list[tuple[str, str]]:
+    """Every problem of the site as ``(page, problem)``, pages relative to ``site``.
+
+    ``version`` is the version the site documents (default: the repository's).
+    """
+    version = version or _version()
     pages = {path.relative_to(site).as_posix(): _parse(path) for path in sorted(site.rglob("*.html"))}
-    problems: list[tuple[str, str]] = []
+    wrapping = _wrapping_classes(site / STYLESHEET)
+    problems: list[tuple[str, str]] = _changelog_problems(pages, version)
     for name, page in pages.items():
+        problems.extend((name, problem) for problem in _page_problems(name, page, version, wrapping))
         text = " ".join(" ".join(page.text).split())
         problems.extend((name, problem) for problem in dict.fromkeys(problems_in_text(text)))
         if page.nested_quotes:
@@ -127,6 +183,62 @@ def check_site(site: Path) -> list[tuple[str, str]]:
                 (name, "has math but does not load the site's MathJax (assets/mathjax/MathJax.js)")
             )
     return problems
+
+
+def _version() -> str:
+    found = re.search(r'^__version__ = "(.+)"$', (ROOT / "equivariance" / "__init__.py").read_text(), re.M)
+    assert found, "no __version__ in equivariance/__init__.py"
+    return found.group(1)
+
+
+def _wrapping_classes(stylesheet: Path) -> set[str]:
+    """The classes whose blocks the stylesheet wraps (its rules with ``white-space: pre-wrap``)."""
+    if not stylesheet.is_file():
+        return set()
+    css = re.sub(r"/\*.*?\*/", "", stylesheet.read_text(), flags=re.DOTALL)
+    return {c for selectors in WRAP_RULE.findall(css) for c in re.findall(r"\.([\w-]+)", selectors)} - {
+        "md-typeset"
+    }
+
+
+def _page_problems(name: str, page: _Page, version: str, wrapping: set[str]) -> Iterator[str]:
+    for span in page.code_spans:
+        if MATHS_AS_CODE.search(span):
+            yield f"maths written as code, not typeset: `{span}` (write it as $...$)"
+    for found in MATHS_IN_TEXT.finditer(" ".join(page.text)):
+        yield f"maths in plain text, not typeset: {found.group(0)!r} (write it as $...$)"
+    for signature in page.signatures:
+        if PRIVATE_VALUE.search(signature):
+            yield f"a private name where a value should be: {' '.join(signature.split())}"
+    styled = any(what == "load" and address.endswith(STYLESHEET) for what, address in page.references)
+    for around, text in page.blocks:
+        columns = max((len(line) for line in text.splitlines()), default=0)
+        wraps = styled and bool(around & wrapping)
+        if columns > SCROLL_COLUMNS and not wraps:
+            yield (
+                f"a block of {columns} columns that does not wrap, wider than the widest page "
+                f"({SCROLL_COLUMNS}): {_first_long_line(text, SCROLL_COLUMNS)}"
+            )
+        elif columns > FITS_COLUMNS and not styled:
+            yield f"a block of {columns} columns on a page that does not load {STYLESHEET}"
+    footer = " ".join(" ".join(page.footer).split())
+    if f"equivariance {version}" not in footer or REPOSITORY.removeprefix("https://") not in footer:
+        yield f"the footer does not show the version (equivariance {version}) and the repository: {footer!r}"
+
+
+def _first_long_line(text: str, columns: int) -> str:
+    line = next(line for line in text.splitlines() if len(line) > columns)
+    return repr(line[:60] + "...")
+
+
+def _changelog_problems(pages: dict[str, _Page], version: str) -> list[tuple[str, str]]:
+    page = pages.get("changelog/index.html")
+    heading = "Unreleased" if ".dev" in version else version
+    if page is None:
+        return [("changelog/index.html", "no changelog page")]
+    if heading not in " ".join(page.text):
+        return [("changelog/index.html", f"the changelog has no section {heading} for version {version}")]
+    return []
 
 
 def _reference_problems(site: Path, name: str, page: _Page, pages: dict[str, _Page]) -> Iterator[str]:

@@ -37,7 +37,15 @@ MATHJAX_PARTS = (
 )
 
 
+REPOSITORY = "https://github.com/equivariance/equivariance"
+
+
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    from equivariance import __version__
+
+    # every page's footer: the version documented, its licence and where the code is
+    link = f'<a href="{REPOSITORY}">{REPOSITORY.removeprefix("https://")}</a>'
+    config.copyright = f"equivariance {__version__} · MIT License · {link}"
     os.environ.setdefault("EQUIVARIANCE_FAST", "1")
     os.environ.setdefault("EQUIVARIANCE_OUT", tempfile.mkdtemp(prefix="equivariance-notebook-"))
     return config
@@ -73,7 +81,26 @@ def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:
             output, found = pattern.subn("", output)
             if found != 1:
                 raise RuntimeError(f"{page.file.src_uri}: expected one nbconvert script {pattern.pattern!r}")
+        output = notebook_maths(output)
     return output
+
+
+INLINE_MATHS = re.compile(r"(<code>.*?</code>)|\$([^$<\n]+?)\$", re.DOTALL)
+
+
+def notebook_maths(html: str) -> str:
+    """The ``$...$`` of the notebook's Markdown cells marked as arithmatex marks the pages' maths.
+
+    The site's MathJax typesets only what carries the ``arithmatex`` class, so that a stray ``\\(`` in
+    code is never typeset; the notebook's inline maths gets the same span as the pages' ``$...$``.
+    """
+    cells = html.split('<div class="jp-Cell ')
+    for index, cell in enumerate(cells):
+        if index and cell.startswith("jp-MarkdownCell"):
+            cells[index] = INLINE_MATHS.sub(
+                lambda m: m.group(1) or f'<span class="arithmatex">\\({m.group(2)}\\)</span>', cell
+            )
+    return '<div class="jp-Cell '.join(cells)
 
 
 def _mathjax_files() -> list[tuple[str, Path]]:

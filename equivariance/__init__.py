@@ -21,7 +21,7 @@ from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, apply_shifts, circular_group, multiples_of, shifts_in_box
 from equivariance.transforms import Flip, Rot90, Transpose
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "AuditResult",

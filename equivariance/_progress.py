@@ -4,7 +4,8 @@ The runtime dependencies are torch and numpy only, so the bar is written here
 rather than taken from tqdm. On a terminal it is redrawn in place at most ten
 times a second; on anything else (a log file, CI, pytest's capture) it writes
 one line, its final state, when it closes, so logs get a summary and no
-carriage returns.
+carriage returns. With a ``delay``, a bar on a terminal appears only once its
+work has run that long, so quick work stays silent (tqdm's ``delay``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Progress:
         enabled: False draws nothing.
         stream: where to write (default ``sys.stderr``); redrawn in place only if it is a terminal.
         unit: the name of a step in the rate, ``it`` by default.
+        delay: on a terminal, draw nothing until this many seconds have
+            passed; a bar closed before then leaves no trace.
 
     Examples:
         >>> import io
@@ -61,12 +64,14 @@ class Progress:
         enabled: bool = True,
         stream: TextIO | None = None,
         unit: str = "it",
+        delay: float = 0.0,
     ) -> None:
         self.total = max(int(total), 0)
         self.description = description
         self.enabled = enabled
         self.stream = sys.stderr if stream is None else stream
         self.unit = unit
+        self.delay = delay
         self.count = 0
         self.postfix: dict[str, float] = {}
         self.start = time.perf_counter()
@@ -82,6 +87,8 @@ class Progress:
         self.postfix.update(postfix)
         if self.live:
             now = time.perf_counter()
+            if now - self.start < self.delay:
+                return
             if now - self._last_draw >= _REDRAW_S or self.count >= self.total:
                 self._last_draw = now
                 self._redraw(self.line())
@@ -111,6 +118,8 @@ class Progress:
             self.closed = True
             return
         self.closed = True
+        if self.live and self.delay and not self._drawn and time.perf_counter() - self.start < self.delay:
+            return  # quick work: never drawn, nothing to finish
         if self.live:
             self._redraw(self.line())
             self.stream.write("\n")

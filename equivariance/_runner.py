@@ -9,13 +9,14 @@ It runs the unshifted pass once (``Runner.base``) and then the copies
 (``Runner.run``): chunk by chunk, each chunk's copies made by one
 `Copies` call and handed to every *consumer*,
 which runs its model and feeds its sinks. A chunk that runs out of CUDA
-memory is halved and retried, down to one sample; a long sweep shows a
-progress bar.
+memory is halved and retried, down to one sample; a sweep that runs for more
+than a second shows a progress bar on a terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -113,8 +114,9 @@ class Runner:
 
     Args:
         models: the models (callables) the measurement runs; each is isolated.
-        progress: show a progress bar: True, False, or None for sweeps of 20
-            chunks or more when stderr is a terminal, outside pytest.
+        progress: show a progress bar: True, False, or None for a bar on
+            stderr when it is a terminal, outside pytest, drawn once a sweep
+            has run for ``PROGRESS_DELAY_S`` (unless `progress_off` is in force).
     """
 
     def __init__(self, *models: Callable[..., Any], progress: bool | None = None) -> None:
@@ -174,7 +176,9 @@ class Runner:
         n = len(copies.x)
         total = rows * n
         table = None if elements is None else elements.reshape(-1).cpu()
-        bar = Progress(-(-total // batch_size), "equivariance sweep", enabled=self._show(total, batch_size))
+        shown = self._show()
+        delay = 0.0 if self.progress else PROGRESS_DELAY_S
+        bar = Progress(-(-total // batch_size), "equivariance sweep", enabled=shown, delay=delay)
         start = 0
         while start < total:
             stop = min(start + batch_size, total)
@@ -205,10 +209,28 @@ class Runner:
         bar.close()
         return batch_size
 
-    def _show(self, total: int, batch_size: int) -> bool:
+    def _show(self) -> bool:
         if self.progress is not None:
             return self.progress
-        return total >= 20 * batch_size and sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
+        if _PROGRESS_OFF.get():
+            return False
+        return sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
+
+
+PROGRESS_DELAY_S = 1.0
+"""A sweep shows its progress bar (on a terminal) once it has run this long: quick checks stay silent."""
+
+_PROGRESS_OFF = contextvars.ContextVar("equivariance_progress_off", default=False)
+
+
+@contextlib.contextmanager
+def progress_off() -> Iterator[None]:
+    """No progress bars from runners made with ``progress=None`` inside (``equivariance check -q``)."""
+    token = _PROGRESS_OFF.set(True)
+    try:
+        yield
+    finally:
+        _PROGRESS_OFF.reset(token)
 
 
 def _per_sample(meter: ActivationMeter, x: torch.Tensor, output: torch.Tensor) -> int:

@@ -39,7 +39,7 @@ __all__ = ["assert_equivariant", "assert_invariant", "check_equivariance", "chec
 
 IntOrTuple = int | Sequence[int]
 DEFAULT_MAX_SHIFT = _plan.DEFAULT_MAX_SHIFT
-"""Default box of shifts, in units of the stride: every multiple of the stride in [-2s, 2s]^d."""
+"""Default box of shifts, in units of the stride $s$: every multiple of $s$ in $[-2s, 2s]^d$."""
 
 
 def check_equivariance(

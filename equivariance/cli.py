@@ -1,6 +1,6 @@
 """The ``equivariance`` command line: check a model from the shell.
 
-Three subcommands, each with ``--help``:
+Three subcommands, each with ``--help`` (examples first, options grouped):
 
 - ``equivariance check PKG.MODULE:FACTORY --input-shape 8,1,38,38`` imports
   ``FACTORY`` from ``PKG.MODULE`` (a class or function returning the model,
@@ -14,13 +14,18 @@ Three subcommands, each with ``--help``:
   ([`run_demo`][equivariance.demo.run_demo]).
 
 The exit code is 0 when the check passes, 1 when it fails and 2 for a usage
-error, so the command fits shell scripts and CI jobs. The current directory
-is on the import path, as with ``python -m``, so a model defined in
-``./mymodels.py`` is found as ``mymodels:build``.
+error, so the command fits shell scripts and CI jobs. ``-o FILE`` writes the
+report to a file (JSON for a ``.json`` name) and prints the verdict line,
+``-q`` prints only that line, and a check that runs for more than a second
+shows a progress bar on a terminal. The current directory is on the import
+path, as with ``python -m``, so a model defined in ``./mymodels.py`` is found
+as ``mymodels:build``.
 
 Examples:
     >>> main(["check", "equivariance.models:LeNet", "--input-shape", "2,1,24,24",
     ...       "--layer", "conv4", "--max-shift", "1", "--quiet"])
+    equivariance check PASSED: LeNet.conv4, 9 shifts; max error 0.00e+00 at shift (-1, -1)
+    (rtol 1e-04, float32)
     0
 """
 
@@ -29,9 +34,11 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import difflib
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,8 +47,10 @@ from typing import Any, Literal, TextIO, cast
 import torch
 
 from equivariance import __version__
+from equivariance._runner import progress_off
 from equivariance.check import check_equivariance, check_invariance
 from equivariance.errors import InvalidArgument
+from equivariance.layouts import ChannelsFirst, ChannelsLast, Layout, Tokens, as_layout
 from equivariance.report import EquivarianceReport
 
 __all__ = ["load_factory", "load_input", "main"]
@@ -256,7 +265,7 @@ def _argument(text: str) -> tuple[str, Any]:
     return name.strip(), parsed
 
 
-def _output(text: str) -> int | str:
+def _selector(text: str) -> int | str:
     try:
         return int(text)
     except ValueError:
@@ -279,8 +288,39 @@ def _batch_size(text: str) -> int | Literal["auto"]:
     return size
 
 
+LAYOUT_NAMES = ("channels_first", "channels_last", "tokens")
+
+
+def _layout(text: str) -> Layout:
+    """A layout by name, or written as the library's messages write it: ``Tokens((14, 14), prefix=1)``."""
+    name = text.strip()
+    if name in LAYOUT_NAMES:
+        return as_layout(name)
+    try:
+        call = ast.parse(name, mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+            raise ValueError
+        kinds: dict[str, type[Layout]] = {
+            "Tokens": Tokens,
+            "ChannelsLast": ChannelsLast,
+            "ChannelsFirst": ChannelsFirst,
+        }
+        kind = kinds[call.func.id]
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+        return kind(*args, **kwargs)
+    except (SyntaxError, ValueError, KeyError, TypeError, InvalidArgument):
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(LAYOUT_NAMES)} or Tokens((H, W), prefix=K), found {text!r}; "
+            "e.g. --layout tokens --grid 14,14 --prefix 1"
+        ) from None
+
+
 class _Formatter(argparse.HelpFormatter):
     """Wraps each paragraph on its own, keeps the examples' lines, and appends an option's default."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=26)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         paragraphs = [
@@ -312,25 +352,29 @@ def _examples(*lines: str) -> str:
 
 
 CHECK_EXAMPLES = _examples(
-    "equivariance check equivariance.models:LeNet --input-shape 8,1,38,38 --layer conv4 --max-shift 5",
-    "equivariance check mymodels:build --arg num_classes=3 --input digit.png --output logits --invariance",
+    "equivariance check mymodels:cnn --input-shape 8,3,64,64 --max-shift 4",
+    "equivariance check mymodels:vit --input-shape 2,3,224,224 --layout tokens",
+    "equivariance check mymodels:seg --input scan.npy --select masks -o report.json",
 )
 PROFILE_EXAMPLES = _examples(
     "equivariance profile mymodels:build --input-shape 2,3,64,64 --shift 1,0",
-    "equivariance profile equivariance.models:LeNet --input-shape 2,1,38,38 --border 5 --shift 2,1 "
-    "--up-to conv4",
+    "equivariance profile mymodels:cnn --input x.pt --shift 2,1 --up-to conv4",
 )
 DEMO_EXAMPLES = _examples(
     "equivariance demo --fast --out /tmp/demo",
     "equivariance demo --data digits --epochs 10 --out equivariance-demo",
 )
+EXIT_CODES = "Exit code 0 when {what} passes, 1 when {fails} fails, 2 for a usage error."
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="equivariance",
         description="Test, measure and explain the shift equivariance of PyTorch models.",
-        epilog=_examples(CHECK_EXAMPLES.splitlines()[1].strip(), "equivariance check --help"),
+        epilog=_examples(
+            "equivariance check equivariance.models:LeNet --input-shape 8,1,38,38 --layer conv4",
+            "equivariance check --help",
+        ),
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -338,27 +382,38 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="check a model's equivariance (or invariance) over many shifts",
-        description="Check a model's equivariance (or invariance) over every shift of a box.\n\n"
-        "Exit code 0 when the check passes, 1 when it fails, 2 for a usage error.",
-        epilog=CHECK_EXAMPLES,
+        usage="%(prog)s MODEL (--input-shape SHAPE | --input FILE) [options]",
+        description="Check a model's equivariance (or invariance) over every shift of a box. "
+        + EXIT_CODES.format(what="the check", fails="it")
+        + "\n\n"
+        + CHECK_EXAMPLES,
         formatter_class=_Formatter,
+        add_help=False,
     )
     _model_and_input(check)
     _check_options(check)
+    _tolerances(check, batch_size=True)
+    _output_options(check, progress=True)
     profile = commands.add_parser(
         "profile",
         help="the equivariance error of every layer under one shift: where equivariance breaks",
-        description="The equivariance error of every layer under one shift: where equivariance breaks.\n\n"
-        "Exit code 0 when every layer passes, 1 when one fails, 2 for a usage error.",
-        epilog=PROFILE_EXAMPLES,
+        usage="%(prog)s MODEL (--input-shape SHAPE | --input FILE) --shift SHIFT [options]",
+        description="The equivariance error of every layer under one shift: where equivariance breaks. "
+        + EXIT_CODES.format(what="every layer", fails="one")
+        + "\n\n"
+        + PROFILE_EXAMPLES,
         formatter_class=_Formatter,
+        add_help=False,
     )
     _model_and_input(profile)
-    profile.add_argument("--shift", type=_ints, required=True, help="the input shift, e.g. 1,0")
-    profile.add_argument(
-        "--up-to", default=None, metavar="NAME", help="stop the forward pass after this submodule, e.g. conv4"
+    measured = profile.add_argument_group("what to profile")
+    measured.add_argument("--shift", type=_ints, required=True, help="the input shift, e.g. 1,0")
+    measured.add_argument(
+        "--up-to", default=None, metavar="NAME", help="stop the forward pass after this submodule"
     )
-    profile.add_argument("--json", action="store_true", help="print the profile as JSON")
+    _boundary(measured)
+    _tolerances(profile, batch_size=False)
+    _output_options(profile, progress=False)
     _demo_options(
         commands.add_parser(
             "demo",
@@ -374,88 +429,124 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_options(check: argparse.ArgumentParser) -> None:
-    check.add_argument(
-        "--max-shift",
-        type=_ints,
-        default=None,
-        help="box half-width, one int or one per dim (default: twice the stride)",
-    )
-    check.add_argument("--stride", type=_ints_or_auto, default=(1,), help="output subsampling: ints or auto")
-    check.add_argument(
-        "--margin", type=_ints_or_auto, default=(0,), help="edge samples dropped: ints or auto"
-    )
-    check.add_argument("--layer", default=None, help="measure this submodule's output, e.g. conv4")
-    check.add_argument(
-        "--output",
-        type=_output,
-        default=None,
-        metavar="KEY|INDEX",
-        help="the tensor to check when the model returns a dict (a key) or a tuple (an index)",
-    )
-    check.add_argument("--invariance", action="store_true", help="check that the output does not move")
-    check.add_argument(
-        "--batch-size", type=_batch_size, default=None, help="samples per forward pass, or auto"
-    )
-    output = check.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the report as JSON")
-    output.add_argument("--quiet", action="store_true", help="print nothing; the exit code tells")
-
-
 def _model_and_input(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="PKG.MODULE:FACTORY, e.g. equivariance.models:LeNet")
-    parser.add_argument(
+    group = parser.add_argument_group("model and input")
+    group.add_argument("model", metavar="MODEL", help="PKG.MODULE:FACTORY, e.g. equivariance.models:LeNet")
+    group.add_argument(
         "--arg",
         dest="arguments",
         type=_argument,
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a keyword argument of the factory, repeatable; VALUE is a Python literal or a word, "
-        "e.g. --arg num_classes=3",
+        help="the factory's keyword argument (repeatable)",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = group.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--input-shape",
-        type=_ints,
-        metavar="SHAPE",
-        help="random noise of this shape, e.g. 8,1,38,38 (N, C, *spatial)",
+        "--input-shape", type=_ints, metavar="SHAPE", help="random noise of this shape (N, C, *spatial)"
     )
     source.add_argument(
-        "--input",
-        metavar="FILE",
-        help="a real input instead of noise: a .pt tensor or .npy array of shape (N, C, *spatial), "
-        "or an image (a batch of one)",
+        "--input", metavar="FILE", help="a real input: .pt, .npy (N, C, *spatial) or an image"
     )
-    parser.add_argument(
-        "--boundary",
-        choices=("zeros", "circular"),
-        default="zeros",
-        help="what a shift does at the edges: zeros (a canvas) or circular (a torus)",
+    group.add_argument(
+        "--border", type=_non_negative, default=0, metavar="B", help="zero B samples at each input edge"
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument(
+    group.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random input")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    group.add_argument(
         "--dtype",
         default="float32",
         choices=("float16", "bfloat16", "float32", "float64"),
-        help="the dtype of the model and the input; the default tolerances follow it",
+        metavar="DTYPE",
+        help="float16|bfloat16|float32|float64",
     )
-    parser.add_argument(
-        "--border", type=_non_negative, default=0, help="zero this many samples at each input edge"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random input")
-    parser.add_argument(
-        "--rtol",
-        type=_tolerance,
+
+
+def _check_options(check: argparse.ArgumentParser) -> None:
+    group = check.add_argument_group("what to check")
+    group.add_argument(
+        "--max-shift",
+        type=_ints,
         default=None,
-        help="relative tolerance (default: the dtype's, 1e-4 in float32)",
+        metavar="N",
+        help="every shift in [-N, N] (default: 2 strides)",
     )
-    parser.add_argument(
-        "--atol",
-        type=_tolerance,
+    group.add_argument(
+        "--stride", type=_ints_or_auto, default=(1,), metavar="S", help="the output's subsampling, or auto"
+    )
+    group.add_argument(
+        "--margin", type=_ints_or_auto, default=(0,), metavar="M", help="edge samples dropped, or auto"
+    )
+    _boundary(group)
+    group.add_argument("--layer", default=None, metavar="NAME", help="check this submodule's output")
+    group.add_argument(
+        "--select",
+        type=_selector,
         default=None,
-        help="absolute tolerance, for all-zero references (default: the dtype's, 1e-6 in float32)",
+        metavar="KEY|INDEX",
+        help="a tensor of a dict or tuple output",
     )
+    group.add_argument(
+        "--layout",
+        type=_layout,
+        default=None,
+        metavar="LAYOUT",
+        help="channels_first, channels_last or tokens",
+    )
+    group.add_argument(
+        "--grid", type=_ints, default=None, metavar="H,W", help="the tokens' grid (--layout tokens)"
+    )
+    group.add_argument(
+        "--prefix",
+        type=_non_negative,
+        default=None,
+        metavar="K",
+        help="K tokens before the grid (a class token: 1)",
+    )
+    group.add_argument("--invariance", action="store_true", help="check that the output does not move")
+
+
+def _boundary(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--boundary",
+        choices=("zeros", "circular"),
+        default="zeros",
+        metavar="B",
+        help="zeros (a canvas) or circular",
+    )
+
+
+def _tolerances(parser: argparse.ArgumentParser, *, batch_size: bool) -> None:
+    group = parser.add_argument_group("tolerance" + (" and speed" if batch_size else ""))
+    group.add_argument(
+        "--rtol", type=_tolerance, default=None, metavar="R", help="relative tolerance (default: the dtype's)"
+    )
+    group.add_argument(
+        "--atol", type=_tolerance, default=None, metavar="A", help="absolute tolerance (default: the dtype's)"
+    )
+    if batch_size:
+        group.add_argument(
+            "--batch-size",
+            type=_batch_size,
+            default=None,
+            metavar="B",
+            help="samples per forward pass, or auto",
+        )
+
+
+def _output_options(parser: argparse.ArgumentParser, *, progress: bool) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "-o", "--output", default=None, metavar="FILE", help="write the report to FILE (.json: as JSON)"
+    )
+    group.add_argument(
+        "--format", choices=("text", "json"), default=None, help="text or json (default: by FILE's suffix)"
+    )
+    group.add_argument("--json", action="store_true", help="same as --format json")
+    group.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line")
+    if progress:
+        group.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal)")
+    group.add_argument("-h", "--help", action="help", help="show this help and exit")
 
 
 def _demo_options(demo: argparse.ArgumentParser) -> None:
@@ -475,7 +566,11 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train even if --out holds weights saved by an earlier run of the same settings",
     )
-    demo.add_argument("--fast", action="store_true", help="a quick smoke run: 400 digits, 1 epoch")
+    demo.add_argument(
+        "--fast",
+        action="store_true",
+        help="a quick smoke run: 400 digits, 1 epoch; its pictures get names of their own (*-fast)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -528,7 +623,7 @@ def _profile(args: argparse.Namespace) -> int:
     result = profile_equivariance(
         model, x, args.shift, up_to=args.up_to, boundary=args.boundary, rtol=args.rtol, atol=args.atol
     )
-    _print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
+    _emit(args, result.summary(), str(result), result.to_dict())
     return EXIT_PASSED if result.passed else EXIT_FAILED
 
 
@@ -538,23 +633,111 @@ def _check(args: argparse.Namespace) -> int:
         max_shift=None if args.max_shift is None else _one_or_tuple(args.max_shift),
         boundary=args.boundary,
         layer=args.layer,
-        output=args.output,
+        output=args.select,
         rtol=args.rtol,
         atol=args.atol,
         batch_size=args.batch_size,
     )
     report: EquivarianceReport
-    if args.invariance:
-        report = check_invariance(model, x, **options)
-    else:
-        report = check_equivariance(
-            model, x, stride=_one_or_tuple(args.stride), margin=_one_or_tuple(args.margin), **options
-        )
-    if args.json:
-        _print(json.dumps(report.to_dict(), indent=2))
-    elif not args.quiet:
-        _print(str(report))
+    with contextlib.nullcontext() if _progress_shown(args) else progress_off():
+        if args.invariance:
+            report = check_invariance(model, x, **options)
+        else:
+            report = check_equivariance(
+                model, x, stride=_one_or_tuple(args.stride), margin=_one_or_tuple(args.margin),
+                layout=args.layout, **options,
+            )  # fmt: skip
+    _emit(args, report.summary(), str(report) + _options_named(report.hints), report.to_dict())
     return EXIT_PASSED if report.passed else EXIT_FAILED
+
+
+def _progress_shown(args: argparse.Namespace) -> bool:
+    return not (args.quiet or args.no_progress)
+
+
+# The library's messages name its keyword arguments; on the command line they are these options.
+OPTION_OF = {
+    "output=": "--select",
+    "layout=": "--layout",
+    "stride=": "--stride",
+    "margin=": "--margin",
+    "max_shift=": "--max-shift",
+    "layer=": "--layer",
+    "up_to=": "--up-to",
+    "batch_size=": "--batch-size",
+    "boundary=": "--boundary",
+    "check_invariance": "--invariance",
+}
+
+
+def _options_named(texts: Sequence[str]) -> str:
+    """A line translating the keywords that ``texts`` name into this command's options ('' if none)."""
+    named = [f"{keyword} is {option}" for keyword, option in OPTION_OF.items() if any(
+        re.search(rf"(?<![\w.]){re.escape(keyword)}", text) for text in texts
+    )]  # fmt: skip
+    return f"\n  on the command line: {', '.join(named)}" if named else ""
+
+
+def _emit(args: argparse.Namespace, verdict: str, text: str, data: dict[str, Any]) -> None:
+    """The report into ``--output`` (the verdict on stdout), or on stdout: whole, or its verdict (``-q``)."""
+    body = json.dumps(data, indent=2) if args.format == "json" else text
+    if args.output is not None:
+        try:
+            Path(args.output).write_text(body + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise InvalidArgument(
+                f"cannot write the report to {args.output!r} ({exc.strerror or exc}); pass -o a file you "
+                "can write to"
+            ) from None
+    _print(verdict if args.quiet or args.output is not None else body)
+
+
+def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Checks between options, made before any work, with the subcommand's usage on an error."""
+    if args.output is not None:
+        file = Path(args.output)
+        if not file.suffix:
+            selected = "" if args.command != "check" else (
+                f"; to pick the tensor {args.output!r} of a model's dict or tuple output, pass --select "
+                f"{args.output} (--output was that option's name before 0.2.0)"
+            )  # fmt: skip
+            parser.error(
+                f"argument -o/--output: expected a file name with a suffix, such as report.json or "
+                f"report.txt, found {args.output!r}{selected}"
+            )
+        if not file.parent.is_dir():
+            parser.error(
+                f"argument -o/--output: the folder {os.fspath(file.parent)!r} does not exist; create it or "
+                "write the report elsewhere"
+            )
+    if args.json and args.format == "text":
+        parser.error("argument --json: not allowed with argument --format text")
+    if args.json or (args.format is None and args.output and Path(args.output).suffix.lower() == ".json"):
+        args.format = "json"
+    if args.command == "check":
+        args.layout = _tokens_layout(args, parser)
+
+
+def _tokens_layout(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Layout | None:
+    """``--layout`` with ``--grid`` and ``--prefix`` folded in."""
+    layout: Layout | None = args.layout
+    grid, prefix = args.grid, args.prefix
+    if (grid is not None or prefix is not None) and not isinstance(layout, Tokens):
+        given = "--grid" if grid is not None else "--prefix"
+        parser.error(f"argument {given}: describes tokens; pass it with --layout tokens")
+    if layout is not None and args.invariance:
+        parser.error(
+            "argument --layout: an invariance check compares the whole output, wherever it keeps its "
+            "grid; drop --layout"
+        )
+    if isinstance(layout, Tokens) and (grid is not None or prefix is not None):
+        try:
+            layout = Tokens(
+                grid if grid is not None else layout.grid, prefix if prefix is not None else layout.prefix
+            )
+        except InvalidArgument as error:
+            parser.error(f"argument --grid: {error}")
+    return layout
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -605,6 +788,26 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _unrecognized(arguments: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's message for unknown arguments, with the closest option to each misspelt one."""
+    known = [option for action in parser._actions for option in action.option_strings]
+    guesses: dict[str, str] = {}
+    for argument in arguments:
+        given = argument.split("=")[0]
+        close = difflib.get_close_matches(given, known, n=1, cutoff=0.6) if given.startswith("-") else []
+        guesses.update({given: close[0]} if close else {})
+    said = f"unrecognized arguments: {' '.join(arguments)}"
+    if len(guesses) == 1:
+        return f"{said}; did you mean {next(iter(guesses.values()))}?"
+    shown = ", ".join(f"{option} for {given}" for given, option in guesses.items())
+    return f"{said}; did you mean {shown}?" if guesses else said
+
+
 @contextlib.contextmanager
 def _current_directory_importable() -> Iterator[None]:
     """The current directory first on ``sys.path`` for the command's duration, as ``python -m`` has it."""
@@ -630,7 +833,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        command = _subcommands(parser).get(args.command or "", parser)
+        if unknown:
+            command.error(_unrecognized(unknown, command))
+        if args.command in ("check", "profile"):
+            _settle(args, command)
     except SystemExit as exit:  # argparse already printed the usage error, the help or the version
         return int(exit.code or 0) and EXIT_USAGE
     if args.command is None:
@@ -644,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _profile(args)
             return _check(args)
     except InvalidArgument as error:
-        print(f"equivariance: error: {error}", file=sys.stderr)
+        print(f"equivariance: error: {error}{_options_named([str(error)])}", file=sys.stderr)
         return EXIT_USAGE
 
 

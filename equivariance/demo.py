@@ -28,9 +28,12 @@ from equivariance.report import EquivarianceReport
 if TYPE_CHECKING:
     from equivariance.datasets import Digits
 
-__all__ = ["PROMISED_ACCURACY", "DemoResult", "run_demo", "weights_path"]
+__all__ = ["FAST_DIGITS", "PROMISED_ACCURACY", "DemoResult", "describe_data", "run_demo", "weights_path"]
 
 DataChoice = Literal["auto", "mnist", "digits"]
+
+FAST_DIGITS = 400
+"""The training digits of a ``fast`` run (1 epoch)."""
 
 PROMISED_ACCURACY = 0.9
 """The validation accuracy a full run reaches on either data set (about 97% on the digits, 99% on MNIST)."""
@@ -87,7 +90,8 @@ def run_demo(
         max_shift: the checks cover every shift in ``[-max_shift, max_shift]^2``.
         seed: seeds the training and the models.
         retrain: train even if ``out`` holds weights of an earlier run with the same settings.
-        fast: a quick run (400 training digits, 1 epoch, fewer frames), for smoke tests.
+        fast: a quick run (400 training digits, 1 epoch, fewer frames), for smoke tests; its
+            pictures are ``heatmaps-fast.png`` and ``moving_digit-fast.gif``, so a full run's stay.
         progress: show progress bars.
         stream: where to print (default: stdout).
 
@@ -114,12 +118,10 @@ def run_demo(
 
     torch.manual_seed(seed)
     train_data, val_data = _data(data)
+    available = len(train_data)
     if fast:
-        train_data, epochs = train_data[:400], 1
-    print(
-        f"data: {train_data.name} ({len(train_data)} training digits, {len(val_data)} validation)",
-        file=stream,
-    )
+        train_data, epochs = train_data[:FAST_DIGITS], 1
+    print(f"data: {describe_data(train_data, val_data, available)}", file=stream)
     lenet = LeNet()
     weights = weights_path(out, train_data.name, len(train_data), epochs, seed=seed)
     accuracy = _trained(lenet, weights, train_data, val_data, epochs, seed, retrain, progress, stream)
@@ -142,18 +144,53 @@ def run_demo(
     mlp_report = check_equivariance(mlp, canvas, max_shift=max_shift)
     print(f"\n{lenet_report}\n\n{mlp_report}\n", file=stream)
 
-    heatmaps = out / "heatmaps.png"
+    suffix = "-fast" if fast else ""  # a smoke run never replaces the pictures of a full one
+    heatmaps = out / f"heatmaps{suffix}.png"
     heatmaps_figure([lenet_report, mlp_report]).savefig(heatmaps, dpi=100)
 
     frames = position_sweep(val_data.images[0], size=38, path="horizontal")[:: 2 if fast else 1]
     reference = embed_in_canvas(val_data.images[: 20 if fast else 50], size=38)
     gif = feature_animation(
-        {"LeNet conv4": lenet.features, "MLP (dense)": mlp}, frames, reference, out / "moving_digit.gif"
+        {"LeNet conv4": lenet.features, "MLP (dense)": mlp},
+        frames,
+        reference,
+        out / f"moving_digit{suffix}.gif",
     )
     files = {"heatmaps": heatmaps, "animation": gif, "weights": weights}
     for name, path in files.items():
         print(f"{name:>10}: {path}", file=stream)
     return DemoResult(lenet_report, mlp_report, accuracy, files)
+
+
+def describe_data(train_data: Digits, val_data: Digits, available: int) -> str:
+    """The demo's data in words: which digits, how many of them trained and validated the model.
+
+    Args:
+        train_data: the training digits used.
+        val_data: the validation digits.
+        available: how many training digits there were before a ``fast`` run took its few.
+
+    Examples:
+        >>> from equivariance.datasets import digits
+        >>> train, val = digits().split(0.8, seed=0)
+        >>> print(describe_data(train[:400], val, len(train)))
+        scikit-learn's handwritten digits (offline; 8x8 scans resized to MNIST's 28x28),
+        400 of its 1,438 training digits to train, 359 others to validate
+        >>> describe_data(train, val, len(train)).split(", ", 1)[1]
+        'all 1,438 training digits to train, 359 others to validate'
+    """
+    source = train_data.name.split("[")[0]
+    words = {
+        "sklearn-digits": "scikit-learn's handwritten digits (offline; 8x8 scans resized to MNIST's 28x28)",
+        "mnist-train": "MNIST (the official files, 28x28)",
+    }.get(source, source)
+    used = len(train_data)
+    trained = (
+        f"all {used:,} training digits"
+        if used == available
+        else f"{used:,} of its {available:,} training digits"
+    )
+    return f"{words}, {trained} to train, {len(val_data):,} others to validate"
 
 
 def weights_path(out: Path, data_name: str, digits: int, epochs: int, *, seed: int) -> Path:

@@ -162,7 +162,7 @@ def fractional_equivariance_error(
     output: OutputSelector = None,
     reduction: Literal["mean", "max", "none"] = "mean",
 ) -> torch.Tensor:
-    """The relative error ``||f(g.x) - g'.f(x)|| / ||g'.f(x)||`` for a sub-pixel (Fourier) shift ``g``.
+    """The relative error $||f(gx) - g'f(x)|| / ||g'f(x)||$ for a sub-pixel (Fourier) shift ``g``.
 
     ``g'`` is the same fractional shift divided by ``stride``, applied to the
     output. Both sides are circular. It is

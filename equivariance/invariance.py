@@ -14,7 +14,7 @@ survives a shift:
     (Azulay and Weiss 2019, "Why do deep convolutional networks generalize so
     poorly to small image transformations?").
 [`logit_change`][equivariance.invariance.logit_change]
-    the mean relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of the logits
+    the mean relative change $||f(gx) - f(x)|| / ||f(x)||$ of the logits
     under a random shift.
 
 Each returns an [`InvarianceMetric`][equivariance.invariance.InvarianceMetric]:
@@ -24,8 +24,8 @@ comparisons, are the independent units: the comparisons of one sample (its
 ``pairs``, ``repeats`` or one-pixel shifts) are correlated, and an interval
 that counted them as independent would be too narrow. So the intervals are
 *clustered by sample*: for the two proportions, Wilson's score interval at the
-effective sample size of the per-sample proportions (``N p (1 - p) / s^2``,
-``s^2`` the variance of the per-sample proportions, kept between the number
+effective sample size of the per-sample proportions ($N p (1 - p) / s^2$,
+$s^2$ the variance of the per-sample proportions, kept between the number
 of samples and the number of comparisons; the number of samples where ``p`` is
 0 or 1); for the mean, a normal interval on the per-sample means,
 ``mean +- 1.96 * sd / sqrt(N)``. With one comparison per sample they are the
@@ -240,7 +240,7 @@ def logit_change(
     output: OutputSelector = None,
     batch_size: BatchSize = None,
 ) -> InvarianceMetric:
-    """The mean relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of the logits under a random shift.
+    """The mean relative change $||f(gx) - f(x)|| / ||f(x)||$ of the logits under a random shift.
 
     ``repeats`` shifts per sample are drawn as in
     [`consistency`][equivariance.invariance.consistency]; the
@@ -304,8 +304,8 @@ def clustered_wilson_interval(successes: torch.Tensor, draws: int) -> tuple[floa
     """Wilson's 95% interval for a proportion of ``draws`` comparisons per sample, samples as clusters.
 
     ``successes[i]`` of sample ``i``'s ``draws`` comparisons succeeded. The
-    interval is Wilson's at the effective sample size ``N p (1 - p) / s^2``
-    (``s^2`` the variance of the per-sample proportions), kept between ``N``
+    interval is Wilson's at the effective sample size $N p (1 - p) / s^2$
+    ($s^2$ the variance of the per-sample proportions), kept between ``N``
     (every sample's comparisons alike) and ``N * draws`` (independent); it is
     ``N`` where ``p`` is 0 or 1 or there is one sample, leaving no variance
     to estimate.
@@ -541,7 +541,7 @@ def _relative_changes(
     boundary: Boundary | CropOf,
     batch_size: object,
 ) -> torch.Tensor:
-    """``||f(g.x) - f(x)|| / ||f(x)||`` for every copy; InvalidArgument where ``f(x)`` is all zero.
+    """$||f(gx) - f(x)|| / ||f(x)||$ for every copy; InvalidArgument where ``f(x)`` is all zero.
 
     ``f(x)`` goes through the same chunks as the copies, as row 0.
     """

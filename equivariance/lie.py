@@ -14,7 +14,7 @@ learned equivariance", ICLR 2023). It is zero for a model equivariant to the
 whole group, and measures how fast the equivariance error grows for small
 transformations: for a translation,
 ``fractional_equivariance_error(f, x, t) / t`` tends to
-``||L f(x)|| / ||f(x)||`` as ``t`` goes to 0 (the tests check it). It takes
+$||L f(x)|| / ||f(x)||$ as ``t`` goes to 0 (the tests check it). It takes
 one forward pass with one Jacobian-vector product (``torch.func.jvp``)
 instead of a sweep over many shifts, and it sees what integer shifts
 cannot: a pointwise nonlinearity aliases under sub-pixel shifts, so a
@@ -239,7 +239,7 @@ def lie_derivative_error(
     output: OutputSelector = None,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """The size of the Lie derivative per sample: ``||L f(x)|| / ||f(x)||`` (or ``||L f(x)||``).
+    """The size of the Lie derivative per sample: $||L f(x)|| / ||f(x)||$ (or $||L f(x)||$).
 
     The relative form is the limit of the library's relative error per unit
     of the group parameter: for ``Translation(0, 1)``,
@@ -259,7 +259,7 @@ def lie_derivative_error(
         True
 
     Args:
-        relative: divide by ``||f(x)||`` (default) or report ``||L f(x)||``,
+        relative: divide by $||f(x)||$ (default) or report $||L f(x)||$,
             the paper's absolute form.
         reduction: ``"mean"`` (default) or ``"max"`` over the batch, or
             ``"none"`` for one value per sample (float64).
@@ -284,7 +284,7 @@ def lie_derivative_error(
 
 
 def sizes(derivative: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample ``||derivative|| / ||base||`` (float64); ``||derivative||`` without a base.
+    """Per-sample $||d|| / ||b||$ of the derivative $d$ and the base $b$ (float64); $||d||$ without a base.
 
     The checks' rule (``_judge.sample_errors``): relative where ``base`` is
     nonzero, else the RMS of the derivative, with a warning. Squares are
@@ -412,10 +412,10 @@ class LayerContribution:
         stride: the stride of the layer's output grid relative to the
             input, followed through the modules; None without spatial dims
             (its generator is zero).
-        error: the mean over the batch of ``||contribution|| / ||f(x)||``, on
+        error: the mean over the batch of $||c|| / ||f(x)||$ ($c$ the layer's contribution), on
             the scale of ``lie_derivative_error``.
-        share: the fraction of ``||L f(x)||^2`` (summed over the batch) the
-            layer accounts for, ``<contribution, L f(x)> / ||L f(x)||^2``;
+        share: the fraction of $||L f(x)||^2$ (summed over the batch) the
+            layer accounts for, the inner product of $c$ and $L f(x)$ over $||L f(x)||^2$;
             the shares of all rows sum to 1. Signed: a layer can undo part of
             another's error. NaN when the total is zero.
     """

@@ -166,7 +166,7 @@ class CircularConvolution(nn.Module):
 class ConvolutionFit:
     """How well an operator is rebuilt as the circular convolution with its impulse response.
 
-    ``error`` is the relative Frobenius distance ``||A - C(h)|| / ||A||``
+    ``error`` is the relative Frobenius distance $||A - C(h)|| / ||A||$
     between the operator's linear part ``A`` (as a matrix) and the circulant
     matrix ``C(h)`` of its impulse response ``h``: zero up to rounding when
     ``op`` is shift equivariant, of order one for a generic dense map. It is
@@ -198,7 +198,7 @@ class Projection:
     ``kernel`` holds, for every offset ``d`` and channel pair, the mean of the
     operator's matrix along the circulant diagonal ``(p + d, p)``, which is
     ``mean_g g^-1 A g`` written entrywise. ``distance`` is
-    ``||A - P(A)|| / ||A||`` in the Frobenius norm: 0 for a convolution,
+    $||A - P(A)|| / ||A||$ in the Frobenius norm: 0 for a convolution,
     close to 1 for a generic dense map (whose circulant diagonals average
     out).
 

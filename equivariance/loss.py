@@ -108,7 +108,7 @@ def equivariance_loss(
             [`Action`][equivariance.actions.Action] of your own). Pass either
             this or ``samples``.
         samples: draw this many shifts per call, uniformly among the nonzero
-            multiples of ``stride`` in ``[-max_shift, max_shift]^d`` (default:
+            multiples of ``stride`` in $[-m, m]^d$ ($m$ = ``max_shift``) (default:
             1 when ``shifts`` is not given).
         max_shift: the box the random shifts are drawn from (an int or one per dim).
         boundary: ``"circular"`` (default: on a torus, nothing is cut off) or ``"zeros"``.

@@ -86,7 +86,7 @@ def equivariance_error(
     batch_size: BatchSize = None,
     layout: LayoutLike | None = None,
 ) -> torch.Tensor:
-    """The relative error ``||f(g.x) - g'.f(x)|| / ||g'.f(x)||`` of a model under one shift.
+    """The relative error $||f(gx) - g'f(x)|| / ||g'f(x)||$ of a model under one shift.
 
     ``f`` is ``model`` (any ``nn.Module`` or callable from tensor to tensor),
     or the output of its submodule ``layer``; ``g`` is ``shift`` applied to
@@ -168,7 +168,7 @@ def invariance_error(
     reduction: Reduction = "mean",
     batch_size: BatchSize = None,
 ) -> torch.Tensor:
-    """The relative change ``||f(g.x) - f(x)|| / ||f(x)||`` of an output that should not move.
+    """The relative change $||f(gx) - f(x)|| / ||f(x)||$ of an output that should not move.
 
     The output may have any shape (logits, an embedding); it is compared
     whole. Arguments as in [`equivariance_error`][equivariance.metric.equivariance_error]; ``shift`` may be a

@@ -18,7 +18,8 @@ The layout, for an output ``(N, C, *spatial)`` with ``C = K * |G|``: channel
 contiguous, escnn's order). For p4, ``o = i`` in ``0..3``; for p4m,
 ``o = 4 f + i`` with ``f`` the reflection bit. The group element "reflect
 ``s`` times, then rotate by ``k`` quarter turns" moves orientation
-``(f, i)`` to ``(f XOR s, (direction * k + (-1)^s i) mod 4)``:
+``(f, i)`` to $(f + s, dk + (-1)^s i)$, $f + s$ modulo 2 and the orientation modulo 4, with $d$ =
+``direction``:
 
 - ``direction=1`` (default) when rotating the input by one quarter turn
   (``torch.rot90``, counter-clockwise in the displayed image) moves

@@ -51,11 +51,13 @@ class ShiftResult:
         return self.element
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class EquivarianceReport:
     """What a check measured, and its verdict.
 
-    ``str(report)`` is a compact table, worst shifts (or transforms) first;
+    ``str(report)`` is a compact table, worst shifts (or transforms) first, and
+    ``repr(report)`` its first line (so a failing ``assert report.passed`` in
+    pytest shows one line before the table, not every field);
     [`to_dict`][equivariance.report.EquivarianceReport.to_dict] is JSON-serializable. Made by
     [`check_equivariance`][equivariance.check_equivariance] and
     [`check_invariance`][equivariance.check_invariance]; never needs to be built by hand.
@@ -256,6 +258,9 @@ class EquivarianceReport:
     def _noun(self) -> str:
         nouns = {r.element.noun for r in self.results}
         return nouns.pop() if len(nouns) == 1 else "transform"
+
+    def __repr__(self) -> str:
+        return f"<EquivarianceReport {self.summary()}>"
 
     def __str__(self) -> str:
         lines = [self.summary()]

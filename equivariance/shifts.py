@@ -1,6 +1,6 @@
 """Integer translations of the trailing spatial dims of a tensor.
 
-A [`Shift`][equivariance.shifts.Shift] is an element of the translation group Z^d: a tuple of
+A [`Shift`][equivariance.shifts.Shift] is an element of the translation group $Z^d$: a tuple of
 integer offsets, one per spatial dim, positive offsets moving content towards
 higher indices (``torch.roll``'s convention). It acts on 1-D signals
 ``(N, C, L)``, images ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)``; in fact
@@ -10,7 +10,7 @@ How the edges are treated is a separate, explicit choice, the *boundary*:
 
 ``"circular"``
     Content leaving one edge re-enters at the other (``torch.roll``). This is
-    an exact group action of Z^d on the torus: identity, inverse, composition
+    an exact group action of $Z^d$ on the torus: identity, inverse, composition
     and periodicity (a shift by the size is the identity) hold exactly. It is
     the right model for circularly padded networks.
 
@@ -463,7 +463,7 @@ def as_shift_list(shifts: object) -> list[Shift]:
 
 
 def shifts_in_box(max_shift: int | Sequence[int], ndim: int = 2) -> list[Shift]:
-    """Every shift in the box ``[-k, k]^ndim``, the identity included, in lexicographic order.
+    """Every shift in the box $[-k, k]^n$ ($n$ = ``ndim``), the identity included, in lexicographic order.
 
     ``max_shift`` is one ``k`` for all dims or one per dim.
 
@@ -496,7 +496,7 @@ def circular_group(size: int | Sequence[int]) -> list[Shift]:
 
 
 def multiples_of(stride: int | Sequence[int], max_shift: int | Sequence[int], ndim: int = 2) -> list[Shift]:
-    """The shifts in ``[-max_shift, max_shift]^ndim`` whose offsets are multiples of ``stride``.
+    """The shifts in $[-m, m]^n$ (``max_shift``, ``ndim``) whose offsets are multiples of ``stride``.
 
     These are the shifts that a map subsampled by ``stride`` can follow exactly.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import subprocess
@@ -16,7 +17,8 @@ import torch
 from PIL import Image
 
 import equivariance
-from equivariance import check_equivariance, cli
+from equivariance import _runner, check_equivariance, cli
+from equivariance._progress import Progress
 from equivariance.cli import main
 
 LENET = ["equivariance.models:LeNet", "--input-shape", "2,1,24,24", "--max-shift", "1"]
@@ -70,7 +72,11 @@ def test_python_dash_m_runs_the_cli() -> None:
         text=True,
     )
     assert result.returncode == 0
-    assert result.stdout == ""
+    assert result.stdout == (
+        "equivariance check PASSED: LeNet.conv4, 9 shifts; max error 0.00e+00 at shift (-1, -1) "
+        "(rtol 1e-04, float32)\n"
+    )
+    assert result.stderr == ""  # not a terminal: no progress bar
 
 
 def test_a_factory_that_needs_arguments(capsys: pytest.CaptureFixture[str]) -> None:
@@ -212,7 +218,10 @@ def test_a_bare_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> N
     assert main([]) == 2
     out = capsys.readouterr().out
     assert out.startswith("usage: equivariance [-h] [--version] {check,profile,demo} ...")
-    assert "examples:\n  equivariance check equivariance.models:LeNet" in out
+    assert (
+        "examples:\n  equivariance check equivariance.models:LeNet --input-shape 8,1,38,38 --layer conv4"
+        in out
+    )
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -229,8 +238,8 @@ def test_every_subcommand_documents_its_options_defaults_and_examples(
     assert undocumented == []
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
-    examples = out.split("examples:\n")[1].splitlines()
-    assert len(examples) == 2
+    examples = out.split("examples:\n")[1].split("\n\n")[0].splitlines()
+    assert len(examples) >= 2
     assert all(line.startswith(f"  equivariance {command} ") for line in examples)
     with_defaults = [
         a for a in parser._actions if isinstance(a.default, int | str) and a.default != argparse.SUPPRESS
@@ -314,20 +323,36 @@ def segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return ["--input-shape", "2,1,8,8", "--boundary", "circular", "--max-shift", "1"]
 
 
-def test_output_picks_a_tensor_by_key_or_index(
+def test_select_picks_a_tensor_by_key_or_index(
     segmenter: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["check", "segmenter:Segmenter", *segmenter]) == 2
-    assert "pass output='masks' (a key)" in capsys.readouterr().err
-    assert main(["check", "segmenter:Segmenter", *segmenter, "--output", "masks"]) == 0
-    assert main(["check", "segmenter:Segmenter", *segmenter, "--output", "scores", "--invariance"]) == 1
-    assert main(["check", "segmenter:Pair", *segmenter, "--output", "1"]) == 0
-    assert main(["check", "segmenter:Pair", *segmenter, "--output", "0", "--invariance", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "pass output='masks' (a key)" in err
+    assert err.rstrip().endswith("on the command line: output= is --select")
+    assert main(["check", "segmenter:Segmenter", *segmenter, "--select", "masks"]) == 0
+    assert main(["check", "segmenter:Segmenter", *segmenter, "--select", "scores", "--invariance"]) == 1
+    assert main(["check", "segmenter:Pair", *segmenter, "--select", "1"]) == 0
+    assert main(["check", "segmenter:Pair", *segmenter, "--select", "0", "--invariance", "--quiet"]) == 1
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("old", ["masks", "0"])
+def test_the_old_spelling_of_select_is_refused_with_a_pointer(
+    old: str, segmenter: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "segmenter:Segmenter", *segmenter, "--output", old]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: equivariance check MODEL")
+    assert (
+        f"equivariance check: error: argument -o/--output: expected a file name with a suffix, such as "
+        f"report.json or report.txt, found '{old}'; to pick the tensor '{old}' of a model's dict or tuple "
+        f"output, pass --select {old} (--output was that option's name before 0.2.0)"
+    ) in err
+
+
 def test_factory_arguments(segmenter: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["check", "segmenter:Segmenter", *segmenter, "--output", "masks", "--json"]
+    argv = ["check", "segmenter:Segmenter", *segmenter, "--select", "masks", "--json"]
     assert main([*argv, "--arg", "num_classes=3"]) == 0
     assert json.loads(capsys.readouterr().out)["output_shape"][1] == 3
     assert main([*argv, "--arg", "num_classes=many"]) == 2
@@ -450,3 +475,232 @@ def test_bad_numbers_are_usage_errors(
 ) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# -- the conventions of every command line: -o, -q, --help, a misspelt option ---------------------
+
+
+def _refuse_to_check(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the check ran before the usage error")
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "kind"),
+    [
+        ("report.json", [], "json"),
+        ("report.txt", [], "text"),
+        ("report.out", ["--format", "json"], "json"),
+        ("report.log", ["--json"], "json"),
+    ],
+    ids=["json-by-suffix", "text-by-suffix", "format", "json-flag"],
+)
+def test_output_writes_the_report_to_a_file_and_the_verdict_to_stdout(
+    name: str, extra: list[str], kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    assert main(["check", *LENET, "--layer", "conv4", "-o", str(path), *extra]) == 0
+    assert capsys.readouterr().out == (
+        "equivariance check PASSED: LeNet.conv4, 9 shifts; max error 0.00e+00 at shift (-1, -1) "
+        "(rtol 1e-04, float32)\n"
+    )
+    text = path.read_text()
+    if kind == "json":
+        data = json.loads(text)
+        assert (data["passed"], len(data["results"]), data["subject"]) == (True, 9, "LeNet.conv4")
+    else:
+        assert text.startswith("equivariance check PASSED: LeNet.conv4, 9 shifts")
+        assert "  shift " in text
+
+
+def test_output_of_a_failing_check_and_of_a_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failing = ["check", "torch.nn:Flatten", "--input-shape", "2,1,8,8", "--invariance", "--max-shift", "1"]
+    assert main([*failing, "--output", str(tmp_path / "flat.json")]) == 1
+    assert capsys.readouterr().out.startswith("invariance check FAILED: Flatten, 9 shifts, 8 failed")
+    assert json.loads((tmp_path / "flat.json").read_text())["passed"] is False
+    argv = [*LENET_CANVAS, "--shift", "2,1", "--up-to", "conv4"]
+    assert main([*argv, "-o", str(tmp_path / "profile.json")]) == 0
+    assert capsys.readouterr().out == (
+        "equivariance profile of LeNet up to conv4 under shift (2, 1) (zeros): every layer within rtol 1e-04\n"
+    )
+    layers = json.loads((tmp_path / "profile.json").read_text())["layers"]
+    assert [layer["name"] for layer in layers] == ["conv1", "conv2", "conv3", "conv4"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-o", "missing/report.json"], "argument -o/--output: the folder 'missing' does not exist"),
+        (["-o", "report"], "argument -o/--output: expected a file name with a suffix"),
+        (["--json", "--format", "text"], "argument --json: not allowed with argument --format text"),
+    ],
+    ids=["no-folder", "no-suffix", "json-and-text"],
+)
+def test_output_options_are_checked_before_any_work(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "check_equivariance", _refuse_to_check)
+    assert main(["check", *LENET, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: equivariance check MODEL (--input-shape SHAPE | --input FILE) [options]\n")
+    assert f"equivariance check: error: {message}" in err
+
+
+def test_quiet_prints_the_verdict_line_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "torch.nn:Flatten", "--input-shape", "2,1,8,8", "--invariance", "-q"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert out.startswith("invariance check FAILED: Flatten, 25 shifts, 24 failed; max error")
+    assert main([*LENET_CANVAS, "--shift", "1,0", "--up-to", "conv2", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("extra", "shown"), [([], True), (["-q"], False), (["--no-progress"], False)])
+def test_a_long_check_shows_progress_on_a_terminal(
+    extra: list[str], shown: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    monkeypatch.setattr(_runner, "PROGRESS_DELAY_S", 0.0)  # every check counts as long
+    assert main(["check", *LENET, "--layer", "conv4", "--batch-size", "2", *extra]) == 0
+    assert ("\requivariance sweep |########################| 10/10 [" in terminal.getvalue()) is shown
+    capsys.readouterr()
+
+
+def test_a_quick_bar_on_a_terminal_leaves_no_trace() -> None:
+    terminal = _Terminal()
+    with Progress(3, "sweep", stream=terminal, delay=60.0) as bar:
+        bar.update(3)
+    assert terminal.getvalue() == ""
+    with Progress(3, "sweep", stream=terminal) as bar:
+        bar.update(3)
+    assert terminal.getvalue().startswith("\rsweep |")
+
+
+def test_check_help_fits_a_screen_with_examples_first_and_options_grouped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["check", "--help"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) <= 48, len(lines)
+    assert max(len(line) for line in lines) <= 80
+    headings = [line for line in lines if line and not line.startswith(" ") and line.endswith(":")]
+    assert headings == ["examples:", "model and input:", "what to check:", "tolerance and speed:", "output:"]
+    assert lines[0] == "usage: equivariance check MODEL (--input-shape SHAPE | --input FILE) [options]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["check", *LENET, "--max-shfit", "2"],
+            "unrecognized arguments: --max-shfit 2; did you mean --max-shift?",
+        ),
+        (
+            ["check", *LENET, "--layuot", "tokens", "--quite"],
+            "unrecognized arguments: --layuot tokens --quite; did you mean --layout for --layuot, --quiet for "
+            "--quite?",
+        ),
+        (["check", *LENET, "--verbose"], "unrecognized arguments: --verbose\n"),
+        (["profile", *LENET_CANVAS[1:], "--shift", "1,0", "--upto", "conv4"], "did you mean --up-to?"),
+    ],
+    ids=["one", "two", "none-close", "profile"],
+)
+def test_a_misspelt_option_gets_the_subcommands_usage_and_a_guess(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: equivariance {argv[0]} MODEL")
+    assert said in err
+
+
+TOKENS = """
+import torch
+
+class Tokenizer(torch.nn.Module):
+    '''Patches of 4x4 as tokens after a class token, then a per-token linear map: tokens on a grid.'''
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Conv2d(1, 4, 4, stride=4)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 4))
+        self.mix = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return self.mix(torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1))
+"""
+
+
+@pytest.fixture
+def tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    (tmp_path / "tokenizer.py").write_text(TOKENS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return [
+        "check", "tokenizer:Tokenizer", "--input-shape", "2,1,16,16", "--boundary", "circular",
+        "--stride", "4", "--max-shift", "4",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ["--layout", "tokens"],
+        ["--layout", "tokens", "--prefix", "1"],
+        ["--layout", "tokens", "--grid", "4,4", "--prefix", "1"],
+        ["--layout", "Tokens((4, 4), prefix=1)"],
+    ],
+    ids=["inferred", "prefix", "grid-and-prefix", "as-python"],
+)
+def test_layout_checks_tokens_on_their_grid(
+    layout: list[str], tokenizer: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*tokenizer, *layout, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["passed"], data["layout"], len(data["results"])) == (True, "tokens", 9)
+
+
+def test_layout_is_needed_for_tokens_and_the_error_names_the_option(
+    tokenizer: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(tokenizer) == 2
+    err = capsys.readouterr().err
+    assert "pass layout='channels_last' or layout=Tokens(grid, prefix=...)" in err
+    assert (
+        "on the command line: layout= is --layout, layer= is --layer, check_invariance is --invariance" in err
+    )
+    # a wrong prefix leaves tokens that are no grid: the check refuses it
+    assert main([*tokenizer, "--layout", "tokens", "--grid", "4,4", "--prefix", "2"]) == 2
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--layout", "rows"], "argument --layout: expected channels_first, channels_last, tokens or Tokens((H, W), "
+         "prefix=K), found 'rows'; e.g. --layout tokens --grid 14,14 --prefix 1"),
+        (["--layout", "Tokens(__import__('os'))"], "argument --layout: expected channels_first"),
+        (["--prefix", "1"], "argument --prefix: describes tokens; pass it with --layout tokens"),
+        (["--layout", "channels_last", "--grid", "4,4"], "argument --grid: describes tokens; pass it with --layout tokens"),
+        (["--layout", "tokens", "--grid", "0,4"], "argument --grid: grid must be a tuple of positive sizes"),
+        (["--layout", "channels_last", "--invariance"], "argument --layout: an invariance check compares the whole "
+         "output"),
+    ],
+    ids=["unknown", "code", "prefix-alone", "grid-not-tokens", "bad-grid", "invariance"],
+)  # fmt: skip
+def test_bad_layouts_are_usage_errors(
+    argv: list[str], message: str, tokenizer: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*tokenizer, *argv]) == 2
+    assert f"equivariance check: error: {message}" in capsys.readouterr().err

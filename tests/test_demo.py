@@ -24,8 +24,16 @@ def test_demo_trains_checks_and_draws_then_reuses_only_weights_of_the_same_setti
     assert "equivariance check PASSED: LeNet.conv4, 25 shifts" in printed
     assert "equivariance check FAILED: MLP, 25 shifts, 24 failed" in printed
     assert "LeNet passed, the MLP failed: as the seed says" in printed
-    assert Image.open(tmp_path / "heatmaps.png").size[0] >= 500
-    assert Image.open(tmp_path / "moving_digit.gif").n_frames > 3
+    # the data in plain words, and pictures of its own: a smoke run never replaces a full run's
+    assert (
+        "data: scikit-learn's handwritten digits (offline; 8x8 scans resized to MNIST's 28x28), 400 of its "
+        "1,438 training digits to train, 359 others to validate\n"
+    ) in printed
+    assert Image.open(tmp_path / "heatmaps-fast.png").size[0] >= 500
+    assert Image.open(tmp_path / "moving_digit-fast.gif").n_frames > 3
+    assert not (tmp_path / "heatmaps.png").exists()
+    assert not (tmp_path / "moving_digit.gif").exists()
+    assert f"  heatmaps: {tmp_path / 'heatmaps-fast.png'}" in printed
     fast_weights = tmp_path / "lenet-sklearn-digits-400digits-1epochs-seed0.pt"
     assert fast_weights.exists()
     # one epoch on 400 digits is far from a trained network, and the demo says so

@@ -91,8 +91,15 @@ def test_the_pages_have_transcripts() -> None:
     ids=[f"{page.name}:{line}" for page, line, *_ in TRANSCRIPTS],
 )
 def test_every_command_line_transcript_prints_what_the_page_shows(
-    page: Path, line: int, command: str, expected: str, capsys: pytest.CaptureFixture[str]
+    page: Path,
+    line: int,
+    command: str,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a transcript may write a file (-o report.json)
     argv = shlex.split(command)
     assert argv[0] == "equivariance"
     code = main(argv[1:])
@@ -113,7 +120,8 @@ def _check_site_module() -> ModuleType:
     return module
 
 
-CLEAN = """<html><head><link rel="stylesheet" href="../assets/style.css"></head><body>
+CLEAN = """<html><head><link rel="stylesheet" href="../assets/style.css">
+<link rel="stylesheet" href="../stylesheets/extra.css"></head><body>
 <h2 id="use">Use</h2>
 <p>See <a href="../other/#part">the other page</a> and <a href="#use">above</a>;
 <code>:class:`x`</code> in code is fine, and so is <a href="https://example.org">a link out</a>.</p>
@@ -121,7 +129,14 @@ CLEAN = """<html><head><link rel="stylesheet" href="../assets/style.css"></head>
 </code></pre>
 <p>Math: <span class="arithmatex">\\(\\phi\\)</span></p>
 <img src="../images/a.png" alt="a picture">
+<div class="language-text highlight"><pre><code>equivariance check FAILED: MLP, 9 shifts, 8 failed; max error 1.62e+00 at shift (0, -1) (rtol 1e-04, float32), and
+so on for two hundred columns, which wrap</code></pre></div>
+<div class="language-python highlight"><pre><code>report = check_equivariance(model, x, max_shift=5)  # a line of code that fits the widest page, scrolling on small ones</code></pre></div>
+<p>The error <code>x ** 2</code> is code; <span class="arithmatex">\\(x^2\\)</span> is maths.</p>
+<div class="doc-signature highlight"><pre><code>DEFAULT_MAX_SHIFT = 2</code></pre></div>
 <script src="../assets/mathjax/MathJax.js"></script>
+<footer><div class="md-copyright"><div class="md-copyright__highlight">equivariance 1.2.3 · MIT License ·
+<a href="https://github.com/equivariance/equivariance">github.com/equivariance/equivariance</a></div></div></footer>
 </body></html>
 """
 
@@ -144,34 +159,69 @@ BROKEN = {
     "loads from the network: https://cdn.example/m.mjs": CLEAN.replace(
         "</body>", '<script>import("https://cdn.example/m.mjs")</script></body>'
     ),
+    "maths written as code, not typeset: `||f(x)||`": CLEAN.replace(
+        "<code>x ** 2</code>", "<code>||f(x)||</code>"
+    ),
+    "maths in plain text, not typeset: 'x^2'": CLEAN.replace(
+        '<span class="arithmatex">\\(x^2\\)</span>', "x^2"
+    ),
+    "a private name where a value should be: DEFAULT_MAX_SHIFT = _plan.DEFAULT_MAX_SHIFT": CLEAN.replace(
+        "DEFAULT_MAX_SHIFT = 2", "DEFAULT_MAX_SHIFT = _plan.DEFAULT_MAX_SHIFT"
+    ),
+    "a block of 168 columns that does not wrap, wider than the widest page (120)": CLEAN.replace(
+        "fits the widest page", "fits the widest page (but is not the widest of lines, as this one is)"
+    ),
+    "a block of 119 columns on a page that does not load stylesheets/extra.css": CLEAN.replace(
+        '<link rel="stylesheet" href="../stylesheets/extra.css">', ""
+    )
+    .replace("which wrap</code>", "which wrap</code>")
+    .replace(
+        "equivariance check FAILED: MLP, 9 shifts, 8 failed; max error 1.62e+00 at shift (0, -1) (rtol 1e-04, float32), and\n",
+        "",
+    ),
+    "the footer does not show the version (equivariance 1.2.3) and the repository": CLEAN.replace(
+        "equivariance 1.2.3", "equivariance 1.2.2"
+    ),
 }
 
 
-def _site(tmp_path: Path, page: str) -> Path:
+FOOTER = (
+    '<div class="md-copyright">equivariance 1.2.3 · <a href="https://github.com/equivariance/equivariance">'
+    "github.com/equivariance/equivariance</a></div>"
+)
+
+
+def _site(tmp_path: Path, page: str, changelog: str = "## [Unreleased]\n## [1.2.3] - 2026-12-01") -> Path:
     for name, text in {
         "page/index.html": page,
-        "other/index.html": '<html><body><p id="part">x</p></body></html>',
+        "other/index.html": f'<html><body><p id="part">x</p>{FOOTER}</body></html>',
+        "changelog/index.html": f"<html><body><h2>{changelog}</h2>{FOOTER}</body></html>",
         "images/a.png": "",
         "assets/style.css": "",
         "assets/mathjax/MathJax.js": "",
+        "stylesheets/extra.css": (ROOT / "docs" / "stylesheets" / "extra.css").read_text(),
     }.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     return tmp_path
 
 
-def test_the_site_check_passes_a_clean_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_site_check_passes_a_clean_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     check_site = _check_site_module()
+    monkeypatch.setattr(check_site, "_version", lambda: "1.2.3")
     assert check_site.check_site(_site(tmp_path, CLEAN)) == []
     assert check_site.main([str(tmp_path)]) == 0
-    assert capsys.readouterr().out == "2 pages checked: 0 problems, 0 known\n"
+    assert capsys.readouterr().out == "3 pages checked: 0 problems, 0 known\n"
 
 
 @pytest.mark.parametrize("problem", list(BROKEN), ids=lambda problem: problem.split(":")[0])
 def test_the_site_check_finds_each_problem(
-    problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     check_site = _check_site_module()
+    monkeypatch.setattr(check_site, "_version", lambda: "1.2.3")
     found = check_site.check_site(_site(tmp_path, BROKEN[problem]))
     assert len(found) == 1
     assert found[0][0] == "page/index.html"
@@ -184,6 +234,7 @@ def test_the_site_check_lets_known_problems_pass_and_only_those(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     check_site = _check_site_module()
+    monkeypatch.setattr(check_site, "_version", lambda: "1.2.3")
     _site(tmp_path, BROKEN["literal Sphinx role"])
     monkeypatch.setattr(check_site, "KNOWN", {"page/index.html": {"literal Sphinx role"}})
     assert check_site.main([str(tmp_path)]) == 0
@@ -191,3 +242,52 @@ def test_the_site_check_lets_known_problems_pass_and_only_those(
     monkeypatch.setattr(check_site, "KNOWN", {"page/index.html": {"flattened example"}})
     assert check_site.main([str(tmp_path)]) == 1
     assert check_site.main([]) == 2
+
+
+@pytest.mark.parametrize(
+    ("version", "changelog", "problem"),
+    [
+        (
+            "1.2.4",
+            "## [Unreleased]\n## [1.2.3] - 2026-12-01",
+            "the changelog has no section 1.2.4 for version 1.2.4",
+        ),
+        (
+            "1.3.0.dev0",
+            "## [1.2.3] - 2026-12-01",
+            "the changelog has no section Unreleased for version 1.3.0.dev0",
+        ),
+    ],
+    ids=["release", "development"],
+)
+def test_the_site_check_wants_the_version_in_the_changelog(
+    version: str, changelog: str, problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_site = _check_site_module()
+    page = CLEAN.replace("1.2.3", version)
+    found = check_site.check_site(_site(tmp_path, page, changelog), version=version)
+    assert ("changelog/index.html", problem) in found
+
+
+def test_the_site_check_reads_which_blocks_wrap_from_the_stylesheet(tmp_path: Path) -> None:
+    check_site = _check_site_module()
+    wrapping = check_site._wrapping_classes(ROOT / "docs" / "stylesheets" / "extra.css")
+    assert {"language-text", "language-bash", "jp-OutputArea-output"} <= wrapping
+    assert "language-python" not in wrapping  # code scrolls
+
+
+def test_the_notebooks_inline_maths_is_marked_for_the_sites_mathjax() -> None:
+    pytest.importorskip("mkdocs")
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = (
+        '<div class="jp-Cell jp-MarkdownCell"><p>a $x^2$ and <code>echo $HOME $PATH</code></p></div>'
+        '<div class="jp-Cell jp-CodeCell"><pre>price = "$3 and $4"</pre></div>'
+    )
+    assert hooks.notebook_maths(page) == (
+        '<div class="jp-Cell jp-MarkdownCell"><p>a <span class="arithmatex">\\(x^2\\)</span> and '
+        '<code>echo $HOME $PATH</code></p></div><div class="jp-Cell jp-CodeCell"><pre>price = "$3 and $4"</pre></div>'
+    )

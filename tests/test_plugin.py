@@ -11,6 +11,7 @@ reason: a project that never uses the fixtures never imports torch.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -32,9 +33,10 @@ def image(size=12):
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     pytester.makepyfile(models=MODELS)
     pytester.syspathinsert()
+    monkeypatch.setenv("COLUMNS", "160")  # a wide terminal: every column of the summary fits
     return pytester
 
 
@@ -257,15 +259,21 @@ def test_a_failing_assert_on_a_report_shows_the_report(project: pytest.Pytester)
             assert report.passed
         """
     )
-    result = project.runpytest()
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*report: failed equivariance check*",
-            "equivariance check FAILED: MLP, 9 shifts, 8 failed; max error *",
-            "  shift * error  verdict",
-        ]
-    )
+    for verbosity in ("-q", "-vv"):  # -vv: pytest shows reprs whole
+        result = project.runpytest(verbosity)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(
+            [
+                ">       assert report.passed",
+                "E       assert False",
+                "E        +  where False = <EquivarianceReport equivariance check FAILED: MLP, 9 shifts, 8 failed; "
+                "max error * (rtol 1e-04, float32)>.passed",
+                "*report: failed equivariance check*",
+                "equivariance check FAILED: MLP, 9 shifts, 8 failed; max error *",
+                "  shift * error  verdict",
+            ]
+        )
+        assert "ShiftResult(" not in result.stdout.str()  # no field of the report before its table
 
 
 def test_the_summary_lists_every_check_of_the_session(project: pytest.Pytester) -> None:
@@ -474,8 +482,11 @@ def test_the_summary_and_the_json_report_gather_the_checks_of_xdist_workers(proj
     assert sorted(c["input_shape"][-1] for c in data["checks"]) == [10, 11, 12, 13]
 
 
-def test_the_example_runs_as_a_test_suite_and_again_in_float64(pytester: pytest.Pytester) -> None:
+def test_the_example_runs_as_a_test_suite_and_again_in_float64(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """examples/test_in_your_suite.py: plain code, the fixture, and the fixture inside @given."""
+    monkeypatch.setenv("COLUMNS", "160")
     example = Path(__file__).parents[1] / "examples" / "test_in_your_suite.py"
     pytester.makepyfile(test_in_your_suite=example.read_text())
     result = pytester.runpytest("--equivariance-dtype", "float64", "-p", "no:randomly")
@@ -550,3 +561,54 @@ def test_a_vacuous_check_fails_the_test_unless_allowed(project: pytest.Pytester)
     project.runpytest("--equivariance-allow-vacuous").assert_outcomes(passed=4)
     project.makeini("[pytest]\nequivariance_allow_vacuous = true\n")
     project.runpytest().assert_outcomes(passed=4)
+
+
+LONG_IDS = """
+import pytest
+from models import MLP, conv, image
+
+@pytest.mark.parametrize("size", [12, 13])
+def test_a_convolution_checked_on_images_of_several_sizes_with_a_long_name(assert_equivariant, size):
+    assert_equivariant(conv(), image(size), max_shift=1)
+
+def test_mlp(assert_equivariant):
+    assert_equivariant(MLP(input_size=20), image(20), max_shift=1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("columns", "header"),
+    [
+        (60, "test model shifts max error verdict"),
+        (80, "test model shifts worst shift max error verdict"),
+        (100, "test model shifts worst shift max error verdict"),
+    ],
+)
+def test_the_summary_fits_the_terminal(
+    columns: int, header: str, project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(test_long_ids=LONG_IDS)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    result = project.runpytest()
+    result.assert_outcomes(passed=2, failed=1)
+    table = result.stdout.str().split("= equivariance checks =")[1].split("\n=")[0].strip("=\n").splitlines()
+    assert max(len(line) for line in table) <= columns, "\n".join(table)
+    # the columns of one value are named once, the ends of the test ids stay, and the rarest columns go last
+    assert " ".join(table[0].split()) == header
+    assert " ".join(table[4:]) == "3 checks, 1 failed (every row: float32, rtol 1e-04, 1 check a row)"
+    assert table[1].endswith("passed")
+    assert "long_name[12]  Conv2d" in table[1]
+    assert re.search(r"test_mlp +MLP ", table[3])
+
+
+def test_a_wide_terminal_gets_every_column(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.makepyfile(test_long_ids=LONG_IDS)
+    monkeypatch.setenv("COLUMNS", "200")
+    result = project.runpytest()
+    result.stdout.fnmatch_lines(
+        [
+            "test * model * checks  shifts  worst shift  max error   rtol  dtype    verdict",
+            "test_long_ids.py::test_a_convolution_checked_on_images_of_several_sizes_with_a_long_name?12?  Conv2d *",
+            "3 checks, 1 failed",
+        ]
+    )
