@@ -234,7 +234,7 @@ def _largest(grid: torch.Tensor, d: int) -> torch.Tensor:
     """Per sample, the index (flattened over the ``s**d`` components) of the component of largest norm."""
     with torch.no_grad():
         summed = (1, *(2 + 2 * k for k in range(d)))  # channels and the positions within each component
-        energy = grid.detach().double().pow(2).sum(dim=summed)  # (N, s_1, s_2, ...)
+        energy = grid.detach().pow(2).sum(dim=summed, dtype=torch.float64)  # (N, s_1, s_2, ...)
         return energy.flatten(1).argmax(dim=1)
 
 

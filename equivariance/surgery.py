@@ -335,7 +335,7 @@ def _converted(model: M, layers: Sequence[str] | None, conversion: _Conversion) 
         raise InvalidArgument(
             f"{conversion.name} converts an nn.Module's layers, found {describe(model)}; pass the model"
         )
-    names = _layer_names(layers, conversion)
+    names = _layer_names(model, layers, conversion)
     fixed = copy.deepcopy(model)
     tree = _Tree(fixed)
     chosen, left = _chosen(tree, names, conversion)
@@ -372,7 +372,8 @@ def _listed(left: list[tuple[str, nn.Module, str]]) -> str:
     return "; ".join(parts)
 
 
-def _layer_names(layers: object, conversion: _Conversion) -> list[str] | None:
+def _layer_names(model: nn.Module, layers: object, conversion: _Conversion) -> list[str] | None:
+    """The names given, checked against the model before it is copied."""
     if layers is None:
         return None
     if isinstance(layers, str) or not isinstance(layers, Sequence):
@@ -386,6 +387,7 @@ def _layer_names(layers: object, conversion: _Conversion) -> list[str] | None:
             raise InvalidArgument(
                 f"layers must hold names from model.named_modules() (str), found {describe(name)}"
             )
+        find_layer(model, name)  # an unknown name is refused with the close ones
     return list(layers)
 
 
