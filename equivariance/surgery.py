@@ -34,7 +34,7 @@ names: a ``state_dict`` of the original loads into the copy.
 Surgery sees modules, not code: a subsampling written in ``forward``
 (``F.max_pool2d(x, 2)``, ``x[..., ::2]``) or a padding done there
 (``F.pad``) is left as it is. The profile of the converted copy shows what
-is left ([`EquivarianceProfile.fixed_copy`][equivariance.EquivarianceProfile.fixed_copy]
+is left ([`EquivarianceProfile.fixed_copy`][equivariance.profile.EquivarianceProfile.fixed_copy]
 makes the copy a profile calls for).
 """
 
