@@ -66,7 +66,58 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         if GALLERY_MARKER not in markdown:
             raise RuntimeError(f"architectures.md: expected the marker {GALLERY_MARKER}")
         markdown = markdown.replace(GALLERY_MARKER, _gallery().markdown)
+    if page.file.src_uri == "fixing.md":
+        if FIXING_MARKER not in markdown:
+            raise RuntimeError(f"fixing.md: expected the marker {FIXING_MARKER}")
+        markdown = markdown.replace(
+            FIXING_MARKER, fixing_tables(Path(config.docs_dir) / "fixing" / "results.json")
+        )
     return markdown
+
+
+FIXING_MARKER = "<!-- fixing: results table -->"
+_METRICS = (
+    ("consistency_4px", "consistency, shifts up to 4 px"),
+    ("consistency_circular", "consistency, any circular shift"),
+    ("prediction_change", "P(change), 1-pixel shift"),
+)
+
+
+def fixing_tables(path: Path) -> str:
+    """The tables of ``examples/fix_digits.py``'s committed results: the mean of the seeds per variant,
+    then every run with its 95% intervals."""
+    import json
+
+    results = json.loads(path.read_text())
+    runs, settings = results["runs"], results["settings"]
+    lines = [
+        f"Mean over {settings['seeds']} seeds (the lowest and highest seed in brackets); {settings['data']}, "
+        f"{settings['epochs']} epochs, torch {settings['torch']} on {settings['threads']} CPU thread(s), "
+        f"{settings['seconds']} s in all (`python examples/fix_digits.py`, results in "
+        "`docs/fixing/results.json`):",
+        "",
+        "| variant | accuracy | " + " | ".join(label for _, label in _METRICS) + " |",
+        "|---|---:|" + "---:|" * len(_METRICS),
+    ]
+    for variant in results["variants"]:
+        mine = [run for run in runs if run["variant"] == variant]
+        cells = [_spread([run["accuracy"] for run in mine])]
+        cells += [_spread([run[key]["value"] for run in mine]) for key, _ in _METRICS]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += ["", "Every run, with the 95% interval of each measurement, clustered by digit:", ""]
+    lines += [
+        "| variant | seed | accuracy | " + " | ".join(label for _, label in _METRICS) + " |",
+        "|---|---:|---:|" + "---:|" * len(_METRICS),
+    ]
+    for run in runs:
+        cells = [f"{run['accuracy']:.3f}"]
+        cells += [f"{run[k]['value']:.3f} [{run[k]['low']:.3f}, {run[k]['high']:.3f}]" for k, _ in _METRICS]
+        lines.append(f"| {run['variant']} | {run['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
 NOTEBOOK_SCRIPTS = (
@@ -165,7 +216,38 @@ def _pictures() -> dict[str, bytes]:
     x = torch.zeros(2, 1, 32, 32)
     x[..., 8:24, 8:24] = torch.rand(2, 1, 16, 16)
     pictures["profile.png"] = _png(profile_chart(profile_equivariance(cnn, x, (1, 0))).figure)
+    pictures["fixing_profiles.png"] = _fixing_profiles()
     return pictures
+
+
+def _fixing_profiles() -> bytes:
+    """docs/fixing.md: the untrained CNN's profile and its anti-aliased copy's, side by side."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from equivariance import profile_equivariance
+    from equivariance.datasets import digits
+    from equivariance.viz import profile_chart
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(20, 40, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(40, 40, 5, padding=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(40, 10),
+    ).eval()  # fmt: skip
+    x = digits().images[:8]
+    before = profile_equivariance(model, x, (1, 0))
+    after = profile_equivariance(before.fixed_copy(model), x, (1, 0))
+    figure, axes = plt.subplots(1, 2, figsize=(14, 4.2), sharey=True)
+    for ax, profile, title in zip(axes, (before, after), ("as is", "antialias(model, layers=['2', '5'])")):
+        profile_chart(profile, ax=ax)
+        ax.set_title(f"{title}: shift (1, 0)")
+        labels = [label.get_text().replace("\n", " ") for label in ax.get_xticklabels()]
+        ax.set_xticks(ax.get_xticks(), labels, rotation=40, ha="right")
+    figure.tight_layout()
+    return _png(figure)
 
 
 GALLERY_MARKER = "<!-- gallery: profiles drawn at build time -->"

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from equivariance.downsampling import BlurPool, PolyphaseSampling
 from equivariance.layouts import MAX_PREFIX, ChannelsFirst, ChannelsLast, Layout, Tokens, stride_of
 
 CHANNELS_FIRST_OPS: tuple[type[nn.Module], ...] = (
@@ -50,6 +51,8 @@ CHANNELS_FIRST_OPS: tuple[type[nn.Module], ...] = (
     nn.GroupNorm,
     nn.LocalResponseNorm,
     nn.Upsample,
+    BlurPool,
+    PolyphaseSampling,
 )
 """Modules that take and return ``(N, C, *spatial)`` tensors."""
 

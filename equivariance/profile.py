@@ -62,11 +62,12 @@ import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from equivariance import _profile_fixes
 from equivariance._forward import call_until, find_layer
 from equivariance._isolation import snapshot, submodules
 from equivariance._judge import margins_that_pass, sample_errors, within
@@ -95,6 +96,8 @@ from equivariance.shifts import Shift, ShiftLike
 from equivariance.tolerances import Tolerance, resolve_tolerance
 
 __all__ = ["EquivarianceProfile", "LayerProfile", "profile_equivariance"]
+
+FixMethod = Literal["auto", "antialias", "polyphase", "circular_padding"]
 
 CAUSES = (
     "aliasing",
@@ -224,6 +227,47 @@ class EquivarianceProfile:
     def first_failure(self) -> LayerProfile | None:
         """The first layer (in the order they ran) whose error is above tolerance."""
         return next((layer for layer in self.layers if not layer.passed), None)
+
+    def fixed_copy(self, model: nn.Module, method: FixMethod = "auto", **options: Any) -> nn.Module:
+        """A converted copy of ``model`` (the one profiled) with the surgery the profile's causes call for.
+
+        ``"auto"``: where a layer fails for ``aliasing``, the strided layers
+        the profile saw are converted: anti-aliased
+        ([`antialias`][equivariance.surgery.antialias]) under the zeros
+        boundary, with adaptive polyphase sampling
+        ([`polyphase`][equivariance.surgery.polyphase]) under the circular one;
+        where a layer fails for ``borders``, or under the circular boundary,
+        the padded layers pad circularly
+        ([`circular_padding`][equivariance.surgery.circular_padding]). Other
+        causes (a dense head, a position embedding) are not what surgery
+        changes. Profile the copy to see where the error went.
+
+        Examples:
+            >>> import torch
+            >>> net = torch.nn.Sequential(
+            ...     torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            ...     torch.nn.Conv2d(4, 4, 3, padding=1))
+            >>> x = torch.zeros(2, 1, 32, 32)
+            >>> x[..., 8:24, 8:24] = torch.rand(2, 1, 16, 16)
+            >>> profile = profile_equivariance(net, x, (1, 0))
+            >>> profile.first_failure.name, profile.first_failure.cause
+            ('2', 'aliasing')
+            >>> fixed = profile.fixed_copy(net)
+            >>> type(fixed[2]).__name__
+            'AntialiasedMaxPool2d'
+            >>> profile_equivariance(fixed, x, (1, 0))["3"].error < profile["3"].error
+            True
+
+        Args:
+            model: the model this profile was made of (it is copied, never changed).
+            method: ``"auto"``, or one conversion: ``"antialias"``,
+                ``"polyphase"`` or ``"circular_padding"``.
+            **options: passed to the conversion (``filter_size``, ``pad_type``).
+
+        Returns:
+            The converted copy.
+        """
+        return _profile_fixes.fixed_copy(self, model, method, options)
 
     def __getitem__(self, name: str) -> LayerProfile:
         for layer in self.layers:
@@ -411,6 +455,7 @@ def profile_equivariance(
             passes.separate = True
             run, pool = _measured(passes, given, layers is None, blurs)
             rows = _judged_rows(run, pool, model, element, tolerance, targets)
+    rows = _profile_fixes.revised(rows, model, boundary)
     return EquivarianceProfile(
         subject=type(model).__name__,
         element=element,

@@ -10,7 +10,10 @@ Pillow). Nothing here is imported by ``import equivariance``.
   article's animation: the activations of a feature map on a batch of images
   are clustered with k-means, each pixel of the map is coloured by its
   cluster, and one frame is drawn per position of a moving digit, with one
-  column per model (LeNet's map moves with the digit, the MLP's does not).
+  column per model (LeNet's map moves with the digit, the MLP's does not);
+- [`monitor_curve`][equivariance.viz.monitor_curve] draws what an
+  [`EquivarianceMonitor`][equivariance.monitor.EquivarianceMonitor] measured
+  during training, against the training step.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 
 from equivariance.errors import InvalidArgument
+from equivariance.monitor import EquivarianceMonitor, MonitorRecord
 from equivariance.profile import EquivarianceProfile
 from equivariance.report import EquivarianceReport
 from equivariance.shifts import Shift
@@ -33,6 +37,7 @@ __all__ = [
     "feature_animation",
     "heatmaps_figure",
     "kmeans",
+    "monitor_curve",
     "profile_chart",
     "shift_heatmap",
 ]
@@ -171,6 +176,52 @@ def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
     subject = profile.subject if profile.up_to is None else f"{profile.subject} up to {profile.up_to}"
     ax.set_title(f"{subject} under {what} {profile.element}")
     ax.legend(loc="upper left")
+    return ax
+
+
+Curve = EquivarianceMonitor | Sequence[MonitorRecord]
+
+
+def monitor_curve(curves: Curve | Mapping[str, Curve], ax: Any = None, *, log: bool = True) -> Any:
+    """The values a monitor measured during training against the step, one line per monitor; returns the Axes.
+
+    Examples:
+        >>> import torch
+        >>> from equivariance.monitor import EquivarianceMonitor
+        >>> net = torch.nn.Sequential(
+        ...     torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> monitor = EquivarianceMonitor(net, torch.randn(2, 1, 8, 8))
+        >>> for _ in range(3):
+        ...     _ = monitor.step()
+        >>> monitor_curve({"plain": monitor}).get_lines()[0].get_xdata().tolist()
+        [1, 2, 3]
+
+    Args:
+        curves: a monitor (or its ``history``), or several by label.
+        ax: the Axes to draw on; default a new figure.
+        log: a log scale for the values (default).
+    """
+    plt = _pyplot()
+    named = dict(curves) if isinstance(curves, Mapping) else {"": curves}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 3.6))
+    ylabel = "value"
+    for label, curve in named.items():
+        records = curve.history if isinstance(curve, EquivarianceMonitor) else list(curve)
+        if not records or not all(isinstance(r, MonitorRecord) for r in records):
+            raise InvalidArgument(
+                f"monitor_curve draws a monitor's records; {label or 'the curve'} has none (call "
+                "monitor.step() during training first)"
+            )
+        if isinstance(curve, EquivarianceMonitor):
+            ylabel = curve.name
+        ax.plot([r.step for r in records], [r.value for r in records], marker="o", markersize=3, label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    if any(named):
+        ax.legend()
     return ax
 
 
