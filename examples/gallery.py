@@ -315,14 +315,20 @@ def depthwise_net(seed: int = 0) -> nn.Module:
 # -- an FCN-like head -------------------------------------------------------------------------------
 
 
-def fcn_head(seed: int = 0) -> nn.Module:
-    """Two stride-2 convolutions, a 1x1 classifier and a bilinear upsampling back to full resolution."""
+def _subsampled_by_4(seed: int) -> nn.Sequential:
+    """Two stride-2 3x3 convolutions (3 -> 8 -> 16 channels), each followed by a ReLU."""
     torch.manual_seed(seed)
     model = nn.Sequential()
     model.add_module("conv1", nn.Conv2d(3, 8, 3, stride=2, padding=1))
     model.add_module("relu1", nn.ReLU())
     model.add_module("conv2", nn.Conv2d(8, 16, 3, stride=2, padding=1))
     model.add_module("relu2", nn.ReLU())
+    return model
+
+
+def fcn_head(seed: int = 0) -> nn.Module:
+    """Two stride-2 convolutions, a 1x1 classifier and a bilinear upsampling back to full resolution."""
+    model = _subsampled_by_4(seed)
     model.add_module("classifier", nn.Conv2d(16, 4, 1))
     model.add_module("upsample", nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False))
     return _ready(model, seed)
@@ -425,12 +431,7 @@ class ScaledBranch(nn.Module):
 
 def lraspp_head(seed: int = 0) -> nn.Module:
     """Two stride-2 convolutions, LRASPP's gated head, a classifier and upsampling back by 4."""
-    torch.manual_seed(seed)
-    model = nn.Sequential()
-    model.add_module("conv1", nn.Conv2d(3, 8, 3, stride=2, padding=1))
-    model.add_module("relu1", nn.ReLU())
-    model.add_module("conv2", nn.Conv2d(8, 16, 3, stride=2, padding=1))
-    model.add_module("relu2", nn.ReLU())
+    model = _subsampled_by_4(seed)
     model.add_module("head", ScaledBranch(16, 8))
     model.add_module("classifier", nn.Conv2d(8, 4, 1))
     model.add_module("upsample", nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False))
