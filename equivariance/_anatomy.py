@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -395,7 +396,9 @@ class _Seen:
         self.attention: list[str] = []
         self.shapes: set[tuple[int, ...]] = set()
         self.pools: dict[str, list[torch.Tensor]] = {}
-        self.pooled_ids: set[int] = set()
+        # maps of one sample per dim that a layer returned or was given, by id while they live
+        self.small: dict[int, weakref.ref[torch.Tensor]] = {}
+        self.after_small = False  # whether the last layer returned such a map
         self.moved = False
         self.called: set[str] = set()
 
@@ -424,6 +427,7 @@ class _Seen:
             elif name not in self.called:
                 self.called.add(name)
                 self._first(name, module, tensor_in, tensor_out)
+            self.after_small = self._small(tensor_out)
 
         return record
 
@@ -462,12 +466,16 @@ class _Seen:
         d = self.d
         if source is None or source.dim() != d + 2 or math.prod(self.spatial) <= 1:
             return
-        one = [t is not None and t.dim() == d + 2 and all(m == 1 for m in t.shape[2:]) for t in (source, out)]
+        one = [self._small(source), self._small(out)]
         key, pooled = name, None
         if one[1] and not one[0]:
             pooled = out
-        elif one[0] and id(source) not in self.pooled_ids:
+        elif one[0] and not self._seen_small(source) and not self.after_small:
+            # pooled in forward, not computed in forward from the small map the last layer returned
             key, pooled = f"the input of {name!r}", source
+        for tensor, small in zip((source, out), one):
+            if small and tensor is not None:
+                self.small[id(tensor)] = weakref.ref(tensor)
         if pooled is None:
             return
         if self.moved:
@@ -475,7 +483,16 @@ class _Seen:
                 self.pools[key].append(pooled.detach().clone())
         elif key not in self.pools:
             self.pools[key] = [pooled.detach().clone()]
-            self.pooled_ids.add(id(pooled))  # the layer it feeds is not a pooling of its own
+
+    def _small(self, tensor: torch.Tensor | None) -> bool:
+        """Whether a tensor is a map of one sample per dim."""
+        return tensor is not None and tensor.dim() == self.d + 2 and all(m == 1 for m in tensor.shape[2:])
+
+    def _seen_small(self, tensor: torch.Tensor) -> bool:
+        """Whether a map of one sample per dim is one a layer returned or was given before: computed
+        from a pooling, not a pooling of its own."""
+        ref = self.small.get(id(tensor))
+        return ref is not None and ref() is tensor
 
     def change(self, key: str) -> float:
         """The largest relative change of a pooled value over the samples (0 without a moved pass)."""

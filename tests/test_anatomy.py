@@ -119,3 +119,28 @@ def test_the_structure_names_a_global_pooling_and_measures_its_change() -> None:
     assert [p.name for p in inside.pooled] == ["1"]
     assert inside.pooled[0].change < 1e-6  # the content stays inside: the average does not change
     assert leaving.pooled[0].change > 1e-2
+
+
+class PooledInForward(nn.Module):
+    """Squeeze-excite as torchvision writes it: the pooling in ``forward``, then 1x1 convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1 = nn.Conv2d(4, 2, 1)
+        self.fc2 = nn.Conv2d(2, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        scale = torch.sigmoid(self.fc2(torch.relu(self.fc1(torch.nn.functional.adaptive_avg_pool2d(y, 1)))))
+        return y * scale
+
+
+def test_a_pooling_in_forward_is_named_by_the_layer_it_feeds_and_counted_once() -> None:
+    model = PooledInForward().eval()
+    x = torch.rand(2, 1, 10, 10)
+    with torch.no_grad():
+        structure = read_structure(model, model, x, torch.roll(x, 3, -1) * (torch.arange(10) >= 3))
+    assert structure is not None
+    assert [p.name for p in structure.pooled] == ["the input of 'fc1'"]  # not fc2's: computed from it
+    assert structure.pooled[0].change > 1e-3
