@@ -299,6 +299,10 @@ def _wrapped(lines: list[str]) -> list[str]:
     return folded
 
 
+def _boundary(case: Any) -> str:
+    return "" if case.boundary == "zeros" else f", boundary={case.boundary!r}"
+
+
 def _section(name: str, build: Any, case: Any, profile: Any, report: Any, slug: str) -> str:
     first = profile.first_failure
     lines = [
@@ -309,7 +313,7 @@ def _section(name: str, build: Any, case: Any, profile: Any, report: Any, slug: 
         case.about,
         "",
         "```python",
-        f"profile_equivariance(model, {case.inputs}, {case.shift})",
+        f"profile_equivariance(model, {case.inputs}, {case.shift}{_boundary(case)})",
         "```",
         "",
         f"![the profile of the {name}](images/gallery_{slug}.png)",

@@ -1,25 +1,42 @@
 """Recognise the usual reasons a check fails, from the numbers it already has.
 
-Each hint names a likely cause and a concrete fix. They are read off the
+Each hint names a likely cause and a concrete fix. Most are read off the
 measurement without running the model again: which shifts failed (a stride
 pattern), where in the output the error sits (a boundary effect, from the
 error split by distance to the edge: the margin rule of
-`equivariance._judge`), and the noise floor.
+`equivariance._judge`), and the noise floor. Where every shift fails and
+the numbers alone cannot say why, one more pass of ``x`` (and of a moved
+copy, where the model pools globally) reads the model's layers
+(`equivariance._anatomy`, the rules the profile's causes use too): a
+padding whose reach covers the map, subsampling that the output was brought
+back from, a global pooling whose value the shift changed, self-attention
+under the zeros boundary, a position embedding. Hints are ranked by that
+evidence: what the failing shifts and the sizes say first, then what the
+layers say, and a guess (a dense layer) only where nothing else explains
+the failure.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+
+from equivariance import _anatomy
+from equivariance._anatomy import Structure
 from equivariance._judge import margin_that_passes
 from equivariance._plan import Plan
 from equivariance._sinks import Sums
 from equivariance._validation import shown_per_dim
-from equivariance.layouts import Tokens, other_readings
+from equivariance.layouts import Tokens, other_readings, plausible
 from equivariance.shifts import Shift
 from equivariance.tolerances import Tolerance
+
+ReadStructure = Callable[[], Structure | None]
+"""Reads the checked model's layers (one more pass), or None where they cannot be hooked."""
 
 
 @dataclass(frozen=True)
@@ -33,10 +50,15 @@ class Verdicts:
     noise_floor: float
 
 
-def hints_for(plan: Plan, verdicts: Verdicts) -> tuple[str, ...]:
-    """The hints for a failed check (none for a passed one)."""
+def hints_for(plan: Plan, verdicts: Verdicts, structure: ReadStructure | None = None) -> tuple[str, ...]:
+    """The hints for a failed check (none for a passed one), ranked by their evidence.
+
+    ``structure`` reads the model's layers; it is called at most once, and
+    only where the failing shifts leave the cause open.
+    """
     if all(verdicts.passed):
         return ()
+    read: ReadStructure = functools.cache(structure) if structure is not None else lambda: None
     hints: list[str] = []
     noisy = verdicts.noise_floor > verdicts.tolerance.rtol
     if noisy:
@@ -51,28 +73,59 @@ def hints_for(plan: Plan, verdicts: Verdicts) -> tuple[str, ...]:
     if transformed:
         hints.extend(_alignment_hints(plan))
     if plan.grid is None:
-        hints.append(_invariance_hint(transformed))
-        return tuple(hints)
+        if transformed:
+            return (*hints, _ORIENTATION_INVARIANCE)
+        return (*hints, *_invariance_hints(plan, verdicts, noisy, read))
     if transformed:
         return (*hints, *_transform_hints(verdicts, plan.margins, noisy, plan))
-    return (*hints, *_shift_hints(plan, verdicts, noisy))
+    return (*hints, *_shift_hints(plan, verdicts, noisy, read))
 
 
-def _invariance_hint(transformed: bool) -> str:
-    if transformed:
-        return (
-            "the output changes when the input is rotated or flipped; invariance needs features that "
-            "rotate or flip with the input (kernels averaged over the group, as in a p4 / p4m group "
-            "convolution) pooled over the whole map and over the group (global average pooling)"
+_ORIENTATION_INVARIANCE = (
+    "the output changes when the input is rotated or flipped; invariance needs features that "
+    "rotate or flip with the input (kernels averaged over the group, as in a p4 / p4m group "
+    "convolution) pooled over the whole map and over the group (global average pooling)"
+)
+_NO_POOLING = (
+    "the output changes when the input moves; invariance needs pooling over the whole map "
+    "(global average pooling) and, for an exact result, circular shifts or content on a "
+    "zero canvas that stays inside it"
+)
+
+
+def _invariance_hints(plan: Plan, verdicts: Verdicts, noisy: bool, read: ReadStructure) -> list[str]:
+    """Shifts that change a pooled output: the stride pattern first, then what the layers say; that
+    the model lacks global pooling only where no layer was seen to pool globally."""
+    shifts = [e for e in plan.elements if isinstance(e, Shift)]
+    failing = [s for s, ok in zip(shifts, verdicts.passed) if not ok and not s.is_identity]
+    pattern = _divisibility_hint(shifts, verdicts.passed, subsampled=True, invariance=True)
+    if pattern:
+        return [pattern]  # every multiple of k passes: the stride explains every failure
+    if noisy or not failing:
+        return []
+    structure = read()
+    if structure is None or not (structure.pooled or structure.attention):
+        return [_NO_POOLING]  # attention gathers every token too (a class token's read-out)
+    ones = (1,) * plan.request.spatial_dims
+    found = [
+        _positional_hint(structure),
+        _subsampling_hint(structure, failing, ones, invariance=True),
+        _pooled_borders_hint(plan, structure, failing) if structure.pooled else None,
+        _attention_hint(plan, structure),
+    ]
+    hints = [h for h in found if h]
+    if not hints:
+        hints.append(
+            f"the model pools the whole map (at {_pooling(structure)}), but the pooled value "
+            "changes when the input moves: a layer before the pooling does not commute with "
+            f"translations; profile_equivariance(model, x, shift={tuple(failing[0])}) names it"
         )
-    return (
-        "the output changes when the input moves; invariance needs pooling over the whole map "
-        "(global average pooling) and, for an exact result, circular shifts or content on a "
-        "zero canvas that stays inside it"
-    )
+    return hints
 
 
-def _shift_hints(plan: Plan, verdicts: Verdicts, noisy: bool) -> list[str]:
+def _shift_hints(plan: Plan, verdicts: Verdicts, noisy: bool, read: ReadStructure) -> list[str]:
+    """What the sizes and the failing shifts say first; where they say nothing and every shift fails,
+    what the layers say; a layout the output's shape also reads as, after them."""
     assert plan.grid_base is not None
     assert plan.grid is not None
     shifts = [e for e in plan.elements if isinstance(e, Shift)]
@@ -81,8 +134,8 @@ def _shift_hints(plan: Plan, verdicts: Verdicts, noisy: bool) -> list[str]:
     spatial_out = tuple(plan.grid_base.shape[-d:])
     custom = plan.request.output_action is not None
     layout = _layout_hint(plan)
-    if layout:
-        return [layout]  # read in another layout, the sizes and borders would say other things
+    if layout and not plausible(spatial_out, spatial_in):
+        return [layout]  # channels first reads no grid the input's makes: the sizes would say nothing
     hints = []
     ratios = [n_in / n_out for n_in, n_out in zip(spatial_in, spatial_out)]
     stride_hint = _divisibility_hint(shifts, verdicts.passed, subsampled=min(ratios) >= 1.5)
@@ -104,14 +157,19 @@ def _shift_hints(plan: Plan, verdicts: Verdicts, noisy: bool) -> list[str]:
     border = _border_hint(verdicts, plan.margins)
     if border:
         hints.append(border)
-    if not plan.stride_clean and not noisy:
-        hints.append(_unclear_stride_hint(plan))
-    if not hints and not noisy:
-        nonzero = [e for s, e in zip(shifts, verdicts.errors) if not s.is_identity]
-        passing_nonzero = [p for s, p in zip(shifts, verdicts.passed) if not s.is_identity]
-        if nonzero and not any(passing_nonzero):
-            hints.append(_everywhere_hint(plan, verdicts, min(nonzero), spatial_out))
-    return hints
+    # stride='auto' found no clean stride: a symptom, after the causes the numbers or the layers name
+    unclear = [] if plan.stride_clean or noisy else [_unclear_stride_hint(plan)]
+    tail = [*unclear, *([layout] if layout else [])]  # a layout only the shape suggests comes last
+    if hints or noisy:
+        return [*hints, *tail]
+    nonzero = [e for s, e in zip(shifts, verdicts.errors) if not s.is_identity]
+    passing_nonzero = [p for s, p in zip(shifts, verdicts.passed) if not s.is_identity]
+    if not nonzero or any(passing_nonzero):
+        return tail
+    found = _everywhere_hints(plan, verdicts, min(nonzero), spatial_out, read)
+    if found or tail:
+        return [*found, *tail]
+    return [_everywhere_hint(plan, verdicts, min(nonzero), spatial_out)]
 
 
 def _size_hint(
@@ -175,6 +233,217 @@ def _everywhere_hint(plan: Plan, verdicts: Verdicts, smallest: float, spatial_ou
         "layers (flatten, fully connected), positional embeddings or absolute coordinates "
         "break translation equivariance; check an earlier layer with layer="
     )
+
+
+def _everywhere_hints(
+    plan: Plan, verdicts: Verdicts, smallest: float, spatial_out: tuple[int, ...], read: ReadStructure
+) -> list[str]:
+    """Every nonzero shift fails: what the error's place and the model's layers say, ranked (a
+    position embedding, subsampling the output was brought back from, a global pooling the shift
+    changed, borders whose reach covers the map, attention under the zeros boundary)."""
+    shifts = [e for e in plan.elements if isinstance(e, Shift)]
+    failing = [s for s, ok in zip(shifts, verdicts.passed) if not ok and not s.is_identity]
+    structure = read()
+    found = []
+    if structure is not None:
+        found += [
+            _positional_hint(structure),
+            _subsampling_hint(structure, failing, plan.strides, invariance=False),
+            _global_pool_hint(structure, verdicts.tolerance),
+        ]
+    found += [_reach_hint(plan, verdicts, structure, failing, spatial_out, smallest)]
+    if structure is not None:
+        found.append(_attention_hint(plan, structure))
+    return [h for h in found if h]
+
+
+def _positional_hint(structure: Structure) -> str | None:
+    if structure.positional is None:
+        return None
+    name, shape = structure.positional
+    return (
+        f"the parameter {name} of shape {shape} is shaped like a map the model computes and holds a "
+        "different value at every position: a position embedding, which stays where it is when the "
+        "content moves. Use relative positions (a relative position bias, or a convolutional position "
+        "encoding) for equivariance, or check the layers before it"
+    )
+
+
+def _subsampling_hint(
+    structure: Structure, failing: Sequence[Shift], strides: tuple[int, ...], *, invariance: bool
+) -> str | None:
+    """The model subsamples deeper than its output's stride, and a failing shift is not a multiple."""
+    if structure.coarsest is None:
+        return None
+    name, coarsest = structure.coarsest
+    if all(c <= s for c, s in zip(coarsest, strides)):
+        return None
+    odd = [s for s in failing if not s.divisible_by(coarsest)]
+    if not odd:
+        return None
+    shown = shown_per_dim(coarsest)
+    if invariance:
+        return (
+            f"the model subsamples by {shown} before it pools (down to {name!r}): a map subsampled by "
+            f"{shown} cannot follow a shift that {shown} does not divide ({odd[0]} fails), so the pooled "
+            f"value changes (aliasing); invariance holds at most for multiples of {shown} "
+            f"(multiples_of({shown}, max_shift=...)), and anti-aliased downsampling (blur before "
+            "subsampling) reduces the rest"
+        )
+    return (
+        f"the model subsamples by {shown} inside (down to {name!r}) and brings the map back to "
+        f"stride {shown_per_dim(strides)}: it can follow only shifts that {shown} divides ({odd[0]} "
+        f"fails: aliasing); test multiples_of({shown}, max_shift=...), or make the down- and "
+        "upsampling anti-aliased (blur before subsampling)"
+    )
+
+
+def _global_pool_hint(structure: Structure, tolerance: Tolerance) -> str | None:
+    """A global pooling whose value the failing shift changed."""
+    changed = [p for p in structure.pooled if p.change > tolerance.rtol]
+    if not changed:
+        return None
+    first = changed[0]
+    more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+    return (
+        f"{first.name}{more} pools the whole map into one value per channel, and the shift changes it "
+        f"by a relative {first.change:.1e} (content entering or leaving the canvas, or a pooled map that "
+        "cannot follow the shift): a global statistic, which changes every sample it gates or is added "
+        "to (a squeeze-excite block, a global-pool branch). Put the content on a zero canvas larger "
+        "than the shifts, use circular padding with boundary='circular', or check the layers before "
+        "the pooling with layer="
+    )
+
+
+def _reach_hint(
+    plan: Plan,
+    verdicts: Verdicts,
+    structure: Structure | None,
+    failing: Sequence[Shift],
+    spatial_out: tuple[int, ...],
+    smallest: float,
+) -> str | None:
+    """Errors that vanish beyond some distance from the edges, however little that leaves; or a map
+    the borders' reach covers."""
+    cover = _cover(plan, structure, failing, spatial_out)
+    sums = verdicts.sums
+    confined = None
+    if sums.border_diff is not None and sums.border_ref is not None and sums.border_count is not None:
+        confined = margin_that_passes(
+            sums.border_diff, sums.border_ref, sums.border_count, verdicts.tolerance, sums.scale, keep=0.0
+        )
+    head = (
+        f"every nonzero shift fails, with errors of {smallest:.1e} or more, all over the output {spatial_out}"
+    )
+    if confined is not None:
+        kept = _kept(plan, failing, spatial_out, confined)
+        beyond = (
+            f"{head}; but beyond {confined} sample{'s' if confined > 1 else ''} of the borders of the "
+            f"compared region every sample passes: a boundary effect whose reach leaves only {kept:.0%} "
+            "of the region beyond it"
+        )
+        boundary = plan.request.boundary
+        carrying = [] if structure is None else _anatomy.reaching(structure.padded, boundary)
+        if boundary == "circular" and carrying:
+            first = carrying[0]
+            return (
+                f"{beyond}. boundary='circular' moves content across the edges, but {first.describe()} "
+                f"does not pad circularly: {_anatomy.pad_circularly(first)}"
+            )
+        why = (
+            f"; {cover.because()}" if cover is not None else " (zero padding, or content leaving the canvas)"
+        )
+        return (
+            f"{beyond}{why}. Check on a larger input (content on a zero canvas, or larger maps) with "
+            "margin='auto', or use circular padding with boundary='circular'"
+        )
+    if cover is not None:
+        return f"{head}; {cover.because()}. {cover.fix()[0].upper()}{cover.fix()[1:]}"
+    return None
+
+
+def _cover(
+    plan: Plan, structure: Structure | None, failing: Sequence[Shift], spatial_out: tuple[int, ...]
+) -> _anatomy.Cover | None:
+    """The borders' reach, where it covers the compared region of every failing shift."""
+    if structure is None or not failing or plan.grid is None:
+        return None
+    covers = []
+    for shift in sorted(failing, key=lambda s: sum(abs(o) for o in s)):  # the largest region first
+        moved = tuple(round(o / s) for o, s in zip(shift, plan.strides))
+        sides = [n - abs(o) - 2 * m for n, o, m in zip(spatial_out, moved, plan.margins)]
+        dims = [i for i, o in enumerate(shift) if o]
+        covers.append(_anatomy.covering(structure.padded, plan.grid.boundary, plan.strides, sides, dims))
+    return covers[0] if all(c is not None for c in covers) else None
+
+
+def _kept(plan: Plan, failing: Sequence[Shift], spatial_out: tuple[int, ...], margin: int) -> float:
+    """The share of the smallest failing shift's compared region that a margin keeps."""
+    shift = min(failing, key=lambda s: sum(abs(o) for o in s))
+    moved = [round(o / s) for o, s in zip(shift, plan.strides)]
+    sides = [max(0, n - abs(o) - 2 * m) for n, o, m in zip(spatial_out, moved, plan.margins)]
+    total = math.prod(sides)
+    return math.prod(max(0, side - 2 * margin) for side in sides) / total if total else 0.0
+
+
+def _attention_hint(plan: Plan, structure: Structure) -> str | None:
+    """Self-attention under the zeros boundary: what enters and leaves at the edges reaches every token."""
+    if not structure.attention or plan.request.boundary != "zeros":
+        return None
+    first = structure.attention[0]
+    more = f" and {len(structure.attention) - 1} more" if len(structure.attention) > 1 else ""
+    return (
+        f"self-attention ({first!r}{more}) mixes every token with every other, and under "
+        "boundary='zeros' a shift drops content at one edge and fills zeros in at the other: the "
+        "tokens there change, and through attention every token. A model without a position "
+        "embedding follows shifts by whole patches on a torus: check with boundary='circular', or with "
+        "content on a zero canvas that the shifts keep inside"
+    )
+
+
+def _pooled_borders_hint(plan: Plan, structure: Structure, failing: Sequence[Shift]) -> str | None:
+    """A pooled output that changes at the borders: content leaving under the zeros boundary, or a
+    padding that is not circular under the circular one."""
+    pooled = _pooling(structure)
+    if plan.request.boundary == "circular":
+        layers = _anatomy.reaching(structure.padded, "circular")
+        if not layers:
+            return None
+        first = layers[0]
+        return (
+            f"the model pools the whole map (at {pooled}), but boundary='circular' moves content across the "
+            f"edges and {first.describe()} does not pad circularly: the maps before the pooling change "
+            f"at the edges, and the pooled value with them; {_anatomy.pad_circularly(first)}"
+        )
+    if plan.request.crop is not None or not _content_at_edges(plan.request.x, failing):
+        return None
+    padded = sum(layer.pads for layer in structure.padded)
+    padding = (
+        f", and the padding of {padded} layer{'s' if padded > 1 else ''} sees the new edges" if padded else ""
+    )
+    return (
+        f"the model pools the whole map (at {pooled}), but under boundary='zeros' a shift drops the content "
+        f"at one edge and fills zeros in at the other{padding}: the pooled value changes with what "
+        "leaves and enters. Put the content on a zero canvas larger than the shifts, or use circular "
+        "padding with boundary='circular'"
+    )
+
+
+def _pooling(structure: Structure) -> str:
+    """Where a model pools the whole map: its first global pooling, else its first attention layer."""
+    return structure.pooled[0].name if structure.pooled else repr(structure.attention[0])
+
+
+def _content_at_edges(x: torch.Tensor, failing: Sequence[Shift]) -> bool:
+    """Whether ``x`` is nonzero within the largest failing shift of an edge it moves across."""
+    for i in range(x.dim() - 2):
+        reach = max((abs(s.offsets[i]) for s in failing), default=0)
+        if reach == 0:
+            continue
+        along = x.movedim(2 + i, -1)
+        if bool(along[..., :reach].ne(0).any()) or bool(along[..., -reach:].ne(0).any()):
+            return True
+    return False
 
 
 def _decay(verdicts: Verdicts) -> tuple[float, float] | None:
@@ -284,7 +553,9 @@ def _alignment_hints(plan: Plan) -> list[str]:
     return hints
 
 
-def _divisibility_hint(shifts: Sequence[Shift], passed: Sequence[bool], *, subsampled: bool) -> str | None:
+def _divisibility_hint(
+    shifts: Sequence[Shift], passed: Sequence[bool], *, subsampled: bool, invariance: bool = False
+) -> str | None:
     """Errors only at shifts that some k > 1 does not divide."""
     failing = [s for s, p in zip(shifts, passed) if not p]
     if not failing or any(s.is_identity for s in failing):
@@ -300,6 +571,13 @@ def _divisibility_hint(shifts: Sequence[Shift], passed: Sequence[bool], *, subsa
         pattern = (
             f"errors only at shifts that {k} does not divide ({failing[0]} fails, {example_pass} passes)"
         )
+        if invariance:
+            return (
+                f"{pattern}: looks like a stride-{k} layer before the pooling: a map subsampled by {k} "
+                f"cannot follow a shift that {k} does not divide, so the pooled value changes "
+                f"(aliasing); invariance holds for multiples of {k} (multiples_of({k}, max_shift=...)), "
+                "and anti-aliased downsampling (blur before subsampling) reduces the rest"
+            )
         if subsampled:
             return (
                 f"{pattern}: looks like a stride-{k} layer; pass stride={k} if the output is "

@@ -66,25 +66,29 @@ def margin_that_passes(
     border_count: torch.Tensor,
     tolerance: Tolerance,
     scale: torch.Tensor | None = None,
+    keep: float = KEEP_FRACTION,
 ) -> int | None:
     """The smallest ``r >= 1`` such that dropping ``r`` more samples at every edge passes every sample.
 
     ``border_*[k, n, r]`` are sums over the positions at distance ``r`` from
     the edge of row ``k``'s compared region (``border_count[k, r]``
-    positions). None when no margin that keeps at least
-    ``KEEP_FRACTION`` of every row's region makes every sample pass.
+    positions). None when no margin that keeps at least ``keep`` (default
+    ``KEEP_FRACTION``) of every row's region, and some of it, makes every
+    sample pass.
     """
     diff = border_diff.flip(-1).cumsum(-1).flip(-1)  # sums over distance >= r
     ref = border_ref.flip(-1).cumsum(-1).flip(-1)
     count = border_count.flip(-1).cumsum(-1).flip(-1)
     # every distance at once: the rows' counts (K, R) broadcast over the samples of diff (K, N, R)
-    keeps = ((count >= KEEP_FRACTION * count[:, :1]) & (count > 0)).all(dim=0).tolist()
+    keeps = ((count >= keep * count[:, :1]) & (count > 0)).all(dim=0).tolist()
     errors, absolute = sample_errors(diff, ref, count.unsqueeze(1), scale)
     passes = within(errors, absolute, tolerance).flatten(0, -2).all(dim=0).tolist()
     return first_margin(keeps, passes)
 
 
-def margins_that_pass(sums: Sequence[Sums], tolerance: Tolerance) -> list[int | None]:
+def margins_that_pass(
+    sums: Sequence[Sums], tolerance: Tolerance, keep: float = KEEP_FRACTION
+) -> list[int | None]:
     """``margin_that_passes`` for each of several one-row sums (the profile's layers), computed together.
 
     Each layer's sums by distance are padded with zeros to the deepest
@@ -102,7 +106,7 @@ def margins_that_pass(sums: Sequence[Sums], tolerance: Tolerance) -> list[int | 
         scale = torch.cat(
             [torch.ones_like(s.diff_sq) if s.scale is None else s.scale for s in sums]
         ).unsqueeze(1)
-    return margins_beyond(diff, ref, count, [False] * len(sums), tolerance, scale)
+    return margins_beyond(diff, ref, count, [False] * len(sums), tolerance, scale, keep)
 
 
 def margins_beyond(
@@ -112,10 +116,11 @@ def margins_beyond(
     passed: Sequence[bool],
     tolerance: Tolerance,
     scale: torch.Tensor | None = None,
+    keep: float = KEEP_FRACTION,
 ) -> list[int | None]:
     """The margin rule for several layers at once, from their sums over distance ``r`` or more:
     ``diff`` and ``ref`` ``(L, R, N)``, ``count`` ``(L, R)`` elements. None for a layer that passed."""
-    keeps = ((count >= KEEP_FRACTION * count[:, :1]) & (count > 0)).tolist()
+    keeps = ((count >= keep * count[:, :1]) & (count > 0)).tolist()
     errors, absolute = sample_errors(diff, ref, count.unsqueeze(-1), scale)
     passes = within(errors, absolute, tolerance).all(dim=-1).tolist()
     return [None if ok else first_margin(k, p) for ok, k, p in zip(passed, keeps, passes)]

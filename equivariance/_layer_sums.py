@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from equivariance._isolation import snapshot
-from equivariance._judge import margins_beyond, sample_errors, within
+from equivariance._judge import KEEP_FRACTION, margins_beyond, sample_errors, within
 from equivariance._sinks import (
     _FLOAT32_MIN_REFERENCE,
     _tiles,
@@ -210,10 +210,13 @@ class LayerSums:
             layer.exact = layer.checked = True
         return redo
 
-    def judge(self, tolerance: Tolerance) -> dict[PooledLayer, tuple[float, bool, int | None]]:
+    def judge(
+        self, tolerance: Tolerance, keep: float = KEEP_FRACTION
+    ) -> dict[PooledLayer, tuple[float, bool, int | None]]:
         """Each layer's worst error, whether every sample passes, and for a failing layer the margin
-        that passes (``equivariance._judge.margin_that_passes``): a few operations for all layers."""
-        return {layer: verdict for group in self.groups for layer, verdict in group.judge(tolerance)}
+        that passes, keeping at least ``keep`` of the region (``equivariance._judge.margin_that_passes``):
+        a few operations for all layers."""
+        return {layer: verdict for group in self.groups for layer, verdict in group.judge(tolerance, keep)}
 
 
 class _Group:
@@ -274,13 +277,15 @@ class _Group:
             redo |= (~torch.isfinite(totals) | (totals < _FLOAT32_MIN_REFERENCE)).any(1)
         return [layer for layer, again in zip(self.layers, redo.tolist()) if again and not layer.checked]
 
-    def judge(self, tolerance: Tolerance) -> list[tuple[PooledLayer, tuple[float, bool, int | None]]]:
+    def judge(
+        self, tolerance: Tolerance, keep: float
+    ) -> list[tuple[PooledLayer, tuple[float, bool, int | None]]]:
         diff, ref = self.beyond()
         errors, absolute = sample_errors(diff[:, 0], ref[:, 0], self.count)
         worst, passed = errors.amax(1).tolist(), within(errors, absolute, tolerance).all(1).tolist()
         margins: list[int | None] = [None] * len(self.layers)
         if not all(passed):  # every layer's every margin at once
-            margins = margins_beyond(diff, ref, self.beyond_count, passed, tolerance)
+            margins = margins_beyond(diff, ref, self.beyond_count, passed, tolerance, keep=keep)
         return list(zip(self.layers, zip(worst, passed, margins)))
 
 

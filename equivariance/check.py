@@ -12,12 +12,14 @@ the pytest fixtures share).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 
 from equivariance import _plan
+from equivariance._anatomy import Structure, read_structure
 from equivariance._forward import OutputSelector
 from equivariance._hints import Verdicts, hints_for
 from equivariance._judge import sample_errors, within
@@ -25,7 +27,7 @@ from equivariance._plan import BatchSize, Mode, Plan
 from equivariance._runner import Runner
 from equivariance._sinks import OutputAction, Sums
 from equivariance._vacuous import why_vacuous
-from equivariance.actions import Action, Boundary
+from equivariance.actions import Action, Boundary, Grid
 from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import LayoutLike
@@ -350,11 +352,29 @@ def _report(
         output_action=_describe_action(plan, inferred=inferred_stride),
         margin=plan.margins if mode == "equivariance" else (0,) * d,
         batch_size=batch_size,
-        hints=hints_for(plan, verdicts),
+        hints=hints_for(plan, verdicts, functools.partial(_structure, plan, results)),
         inferred=plan.inferred,
         layout=plan.grid.layout.name if plan.grid is not None else "channels_first",
         layer=layer,
     )
+
+
+def _structure(plan: Plan, results: Sequence[ShiftResult]) -> Structure | None:
+    """The checked model's layers, read by one more pass of ``x`` and, for the change of a global
+    pooling, one of ``x`` moved by the first failing shift (for a hint; see ``equivariance._anatomy``)."""
+    request = plan.request
+    failing = next(
+        (
+            r.element
+            for r in results
+            if not r.passed and isinstance(r.element, Shift) and not r.element.is_identity
+        ),
+        None,
+    )
+    moved = None
+    if failing is not None and request.crop is None:
+        moved = failing.act(request.x, Grid.of_input(request.spatial_dims, request.boundary))
+    return read_structure(request.forward, request.forward.model, request.x, moved)
 
 
 def _shown_boundary(plan: Plan) -> str:

@@ -21,10 +21,16 @@ above the tolerance is named, with the likely cause and a fix:
     the map is upsampled back (the fix names the layer that subsampled);
 ``borders``
     the error sits within a few samples of the edges of the compared region
-    (zero padding, or content leaving the canvas);
+    (zero padding, or content leaving the canvas); or it is everywhere, but
+    on a map that the padding of the layers before it reaches across (the
+    borders' reach, `equivariance._anatomy`), or after self-attention under
+    the zeros boundary, which carries what enters and leaves at the edges to
+    every token;
 ``global pooling``
     the map is pooled to one value per channel, a statistic that changes when
-    content enters or leaves the canvas (a squeeze-excite block);
+    content enters or leaves the canvas (a squeeze-excite block); also the
+    layers after such a pooling whose error is everywhere (the statistic
+    gates them);
 ``absolute positions``
     a parameter with a value for every position (a learned position
     embedding) is added to the map;
@@ -32,8 +38,9 @@ above the tolerance is named, with the likely cause and a fix:
     the output has no spatial dims left (flatten, a dense head) and changes
     with the shift;
 ``no symmetry``
-    the error is everywhere: a layer that does not commute with translations
-    (absolute coordinates, a dense layer on a map).
+    the error is everywhere, and none of the above explains it: a layer that
+    does not commute with translations (absolute coordinates, a dense layer
+    on a map).
 
 Where the tensor a layer is given was computed in ``forward`` (not returned
 by a profiled layer) and is the first to fail, it gets a row of its own,
@@ -68,9 +75,21 @@ import torch
 from torch import nn
 
 from equivariance import _profile_fixes
+from equivariance._anatomy import (
+    KEEP_ANY,
+    Cover,
+    Padded,
+    attends,
+    covering,
+    module_stride,
+    pad_circularly,
+    positional_parameter,
+    reaching,
+    sampling,
+)
 from equivariance._forward import call_until, find_layer
 from equivariance._isolation import snapshot, submodules
-from equivariance._judge import margins_that_pass, sample_errors, within
+from equivariance._judge import KEEP_FRACTION, margins_that_pass, sample_errors, within
 from equivariance._layer_sums import LayerSums, PooledLayer
 from equivariance._layers import (
     CHANNELS_FIRST_OPS,
@@ -483,14 +502,16 @@ def _judged_rows(
     rows_of = [row for row in run.rows.values() if row.kind != "unblurred"]
     specs = [row.spec for row in rows_of]
     sinks = {row.spec.name: row.sink for row in rows_of}
-    pooled = pool.judge(tolerance)
+    pooled = pool.judge(tolerance, keep=KEEP_ANY)
     rows = _profile_layers(specs, sinks, pooled, element, tolerance)
     without_blur = {
         name.removesuffix(" (unblurred)"): pooled[row.sink][0]
         for name, row in run.rows.items()
         if row.kind == "unblurred" and isinstance(row.sink, PooledLayer)
     }
-    return _explained(rows, model, element, tuple(run.inference.spatial_in), without_blur, targets)
+    spatial = {spec.name: spec.spatial for spec in specs if spec.spatial is not None}
+    spatial_in = tuple(run.inference.spatial_in)
+    return _explained(rows, model, element, run.boundary, spatial_in, without_blur, targets, spatial)
 
 
 def _first_failure(rows: Sequence[LayerProfile]) -> LayerProfile | None:
@@ -1125,7 +1146,7 @@ def _profile_layers(
     errors, passes = _judged(list(sums.values()), tolerance)
     # where a failing layer's error lies within a few samples of its borders
     bordered = [name for name, ok in zip(sums, passes) if not ok and sums[name].border_diff is not None]
-    borders = dict(zip(bordered, margins_that_pass([sums[name] for name in bordered], tolerance)))
+    borders = dict(zip(bordered, margins_that_pass([sums[name] for name in bordered], tolerance, KEEP_ANY)))
     for name, error, passed in zip(sums, errors, passes):
         verdicts[name] = (error, passed, borders.get(name))
     rows = []
@@ -1177,61 +1198,201 @@ def _judged(sums: list[Sums], tolerance: Tolerance) -> tuple[list[float], list[b
     return errors.amax(1).tolist(), within(errors, absolute, tolerance).all(1).tolist()
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What the causes are read with, besides the rows: the model and the element, by ``_explained``."""
+
+    model: nn.Module
+    element: Action
+    boundary: str
+    spatial_in: tuple[int, ...]
+    without_blur: Mapping[str, float]
+    modules: Mapping[str, nn.Module]
+    spatial: Mapping[str, tuple[int, ...]]
+
+    @functools.cached_property
+    def order(self) -> dict[str, int]:
+        """Each submodule's place in ``model.named_modules()``."""
+        return {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+
+    @functools.cached_property
+    def attention(self) -> list[str]:
+        """The self-attention layers of the model, in ``named_modules()`` order."""
+        return [name for name, module in self.model.named_modules() if name and attends(module)]
+
+
 def _explained(
     rows: tuple[LayerProfile, ...],
     model: nn.Module,
     element: Action,
+    boundary: str,
     spatial_in: tuple[int, ...],
     without_blur: Mapping[str, float],
     modules: Mapping[str, nn.Module],
+    spatial: Mapping[str, tuple[int, ...]],
 ) -> tuple[LayerProfile, ...]:
     """Causes read with the layers around each failure; rows of computed inputs kept where they fail first.
 
     A row for a tensor computed in ``forward`` (``JUNCTION``) is shown only
     where it is the first failure: the break happened between two submodules.
+    The padded layers met so far give the borders' reach (``equivariance._anatomy``).
     """
+    context = _Context(model, element, boundary, spatial_in, without_blur, modules, spatial)
     kept: list[LayerProfile] = []
+    padded: list[Padded] = []
     subsampled: LayerProfile | None = None  # the first layer whose stride the shift did not divide
+    pooled: LayerProfile | None = None  # the first global pooling that failed
+    positioned: LayerProfile | None = None  # the first row a position embedding broke
     failed = False
     for row in rows:
         if row.type == JUNCTION and (row.passed or failed):
             continue
+        padded.extend(_padded(row, context))
         if not row.passed:
-            row = _recaused(row, kept, subsampled, model, element, spatial_in, without_blur, modules)
+            row = _recaused(row, kept, subsampled, pooled, positioned, padded, context)
             failed = True
+            if positioned is None and row.cause == "absolute positions":
+                positioned = row
         global_pool = row.stride is not None and _is_global(row.output_shape, row.stride, spatial_in)
         if subsampled is None and not row.exact and row.stride is not None and not global_pool:
             subsampled = row
+        if pooled is None and global_pool and not row.passed:
+            pooled = row
         kept.append(row)
     return tuple(kept)
+
+
+def _padded(row: LayerProfile, context: _Context) -> list[Padded]:
+    """The row's layer where it pads or subsamples its input, with its input's stride."""
+    if row.type == JUNCTION or row.stride is None:
+        return []
+    module = _module(context.model, row.name, context.modules)
+    if module is None:
+        return []
+    d = len(row.stride)
+    stride = tuple(max(1, s // k) for s, k in zip(row.stride, module_stride(module, d)))
+    layer = sampling(row.name, module, d, stride)
+    return [] if layer is None else [layer]
 
 
 def _recaused(
     row: LayerProfile,
     before: list[LayerProfile],
     subsampled: LayerProfile | None,
-    model: nn.Module,
-    element: Action,
-    spatial_in: tuple[int, ...],
-    without_blur: Mapping[str, float],
-    modules: Mapping[str, nn.Module],
+    pooled: LayerProfile | None,
+    positioned: LayerProfile | None,
+    padded: list[Padded],
+    context: _Context,
 ) -> LayerProfile:
-    """A failing row's cause, with what the rows before it and the model's parameters say."""
-    replace = dataclasses.replace
-    if row.stride is not None and _is_global(row.output_shape, row.stride, spatial_in):
+    """A failing row's cause, with what the rows before it and the model's layers and parameters say."""
+    replace, element = dataclasses.replace, context.element
+    if row.stride is not None and _is_global(row.output_shape, row.stride, context.spatial_in):
         return replace(row, cause="global pooling", fix=_global_fix(row))
-    if row.cause == "aliasing" and isinstance(element, Shift) and _blurs(model, row.name, modules):
-        return replace(row, fix=_blur_fix(row, without_blur.get(row.name)))
+    if (
+        row.cause == "aliasing"
+        and isinstance(element, Shift)
+        and _blurs(context.model, row.name, context.modules)
+    ):
+        return replace(row, fix=_blur_fix(row, context.without_blur.get(row.name)))
     if row.cause in ("no symmetry", "borders") and subsampled is not None and isinstance(element, Shift):
         return replace(row, cause="aliasing", fix=_upsampled_fix(subsampled, row))
+    if row.cause == "borders":
+        return replace(row, fix=_borders_fix(row, padded, context))
     if row.cause != "no symmetry":
         return row
-    positional = _positional_parameter(model, row, modules)
+    positional = _positional_parameter(context.model, row, context.modules)
     if positional is not None:
         return replace(row, cause="absolute positions", fix=_positions_fix(row, positional, before))
+    if positioned is not None:
+        return replace(row, cause="absolute positions", fix=_carried_positions_fix(positioned))
+    if isinstance(element, Shift):
+        if pooled is not None:
+            return replace(row, cause="global pooling", fix=_gated_fix(pooled))
+        cover = _cover(row, padded, context)
+        if cover is not None:
+            return replace(row, cause="borders", fix=f"{cover.because()}; {cover.fix()}")
+        attention = _attention_before(row, context)
+        if attention is not None:
+            return replace(row, cause="borders", fix=_attention_fix(attention))
     if row.type == JUNCTION:
         return replace(row, fix=_junction_fix(row, before))
     return row
+
+
+def _cover(row: LayerProfile, padded: list[Padded], context: _Context) -> Cover | None:
+    """The borders' reach, where it covers the row's compared region in a dim the shift moves."""
+    spatial, moved, element = context.spatial.get(row.name), row.output_element, context.element
+    if (
+        spatial is None
+        or row.stride is None
+        or not isinstance(moved, Shift)
+        or not isinstance(element, Shift)
+    ):
+        return None
+    sides = [n - abs(o) for n, o in zip(spatial, moved)]
+    dims = [i for i, o in enumerate(element) if o]
+    return covering(padded, context.boundary, row.stride, sides, dims)
+
+
+def _attention_before(row: LayerProfile, context: _Context) -> str | None:
+    """Under the zeros boundary, a self-attention layer that comes before the row's layer (or holds it)
+    in the model's module order."""
+    if context.boundary != "zeros" or not context.attention:
+        return None
+    place = context.order.get(row.name.removesuffix(" (input)"))
+    if place is None:
+        return None
+    return next((name for name in context.attention if context.order[name] <= place), None)
+
+
+def _attention_fix(attention: str) -> str:
+    return (
+        f"self-attention ({attention!r}) mixes every token with every other, and under boundary='zeros' "
+        "a shift drops content at one edge and fills zeros in at the other: the tokens there change, "
+        "and through attention every token. A model without a position embedding follows shifts by "
+        "whole patches on a torus: profile with boundary='circular', or with content on a zero canvas "
+        "that the shift keeps inside"
+    )
+
+
+def _borders_fix(row: LayerProfile, padded: list[Padded], context: _Context) -> str:
+    """The fix of an error within ``row.border`` samples of the borders: the margin, what it keeps
+    where that is little, and the layer to pad circularly under the circular boundary."""
+    border, fix = row.border, row.fix or ""
+    assert border is not None
+    spatial, moved = context.spatial.get(row.name), row.output_element
+    if spatial is not None and isinstance(moved, Shift):
+        sides = [n - abs(o) for n, o in zip(spatial, moved)]
+        kept = math.prod(max(0, n - 2 * border) for n in sides) / max(1, math.prod(sides))
+        if kept < KEEP_FRACTION:
+            fix += f" (a margin of {border} keeps only {kept:.0%} of this map: a larger input keeps more)"
+    carrying = reaching(padded, context.boundary)
+    if context.boundary == "circular" and carrying:
+        first = carrying[0]
+        fix = (
+            f"boundary='circular' moves content across the edges, but {first.describe()} does not pad "
+            f"circularly, and the error lies within {border} sample{'s' if border > 1 else ''} of the "
+            f"borders from it on: {pad_circularly(first)}"
+        )
+    return fix
+
+
+def _carried_positions_fix(positioned: LayerProfile) -> str:
+    return (
+        f"the error is everywhere, after the position embedding at {positioned.name} (see its row): "
+        "a value for every position that stays where it is when the content moves, which every later "
+        "layer carries; fix it there"
+    )
+
+
+def _gated_fix(pooled: LayerProfile) -> str:
+    return (
+        f"the error is everywhere, after {pooled.name} pooled the whole map into one value per channel "
+        "and that value changed with the shift (its row fails): a global statistic that gates or is "
+        f"added to the map changes every sample of it. Put the content on a zero canvas larger than "
+        "the shift, use circular padding with boundary='circular', or check the pooled part for "
+        "invariance (check_invariance)"
+    )
 
 
 def _is_global(shape: tuple[int, ...], stride: tuple[int, ...], spatial_in: tuple[int, ...]) -> bool:
@@ -1312,32 +1473,20 @@ def _upsampled_fix(subsampled: LayerProfile, row: LayerProfile) -> str:
 def _positional_parameter(
     model: nn.Module, row: LayerProfile, modules: Mapping[str, nn.Module]
 ) -> tuple[str, tuple[int, ...]] | None:
-    """A parameter or buffer shaped like one sample of the row's output: a value for each position."""
-    per_sample = tuple(row.output_shape[1:])
-    if len(per_sample) < 2:
-        return None
+    """A parameter or buffer shaped like one sample of the row's output whose values vary over positions
+    (``equivariance._anatomy.positional_parameter``): of the row's layer, or of the model for a row
+    computed in ``forward``."""
     owner: nn.Module = model
     if row.type != JUNCTION:
         found = _module(model, row.name, modules)
         if found is None:
             return None
         owner = found
-    within = submodules(owner)
-    # parameters first, then buffers, each in named_parameters' order; a name made only for a match
-    for kind, named in (("_parameters", owner.named_parameters), ("_buffers", owner.named_buffers)):
-        for module in within:
-            for tensor in getattr(module, kind).values():
-                if tensor is None:
-                    continue
-                shape = tuple(tensor.shape)
-                if shape == per_sample or (
-                    len(shape) == len(per_sample) + 1 and shape[0] == 1 and shape[1:] == per_sample
-                ):
-                    name = next((n for n, t in named() if t is tensor), None)
-                    if name is None:
-                        continue
-                    return (name if row.type == JUNCTION else f"{row.name}.{name}"), shape
-    return None
+    positional = positional_parameter(owner, submodules(owner), [tuple(row.output_shape[1:])])
+    if positional is None:
+        return None
+    name, shape = positional
+    return (name if row.type == JUNCTION else f"{row.name}.{name}"), shape
 
 
 def _between(row: LayerProfile, before: list[LayerProfile]) -> str:

@@ -6,9 +6,13 @@ profile on a CPU in well under a second: a ResNet stage, a ConvNeXt stage
 (channels-last blocks), a ViT (tokens, a class token, a learned position
 embedding), a squeeze-excite block, MobileNet-like depthwise blocks, an
 FCN-like head that upsamples back to full resolution, a U-Net with skips, and
-blur pooling. ``tests/test_gallery.py`` pins what the library says about
-each, and the docs page "What the profile says about common architectures"
-draws their profiles.
+blur pooling; then the cases whose diagnosis is subtle (issue 21): a 7x7
+depthwise convolution whose zero padding reaches across a small map, a
+global-pool branch as in LRASPP, a circularly padded ResNet stem whose
+MaxPool still pads, a ResNet classifier checked for invariance, and a ViT
+without a position embedding. ``tests/test_gallery.py`` pins what the
+library says about each, and the docs page "What the profile says about
+common architectures" draws their profiles.
 
 Run it to print every profile::
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +33,11 @@ from equivariance import (
     EquivarianceProfile,
     EquivarianceReport,
     check_equivariance,
+    check_invariance,
     multiples_of,
     profile_equivariance,
 )
+from equivariance.layouts import Tokens
 
 __all__ = [
     "CASES",
@@ -40,13 +47,18 @@ __all__ = [
     "blurpool_net",
     "canvas",
     "image",
+    "circular_resnet_stem",
     "convnext_stage",
     "depthwise_net",
     "fcn_head",
+    "lraspp_head",
+    "patchify_depthwise",
+    "resnet_classifier",
     "resnet_stage",
     "squeeze_excite_net",
     "unet",
     "vit",
+    "vit_without_positions",
 ]
 
 
@@ -193,31 +205,46 @@ class EncoderBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """Patches of 16x16 as tokens, a class token, a learned position embedding added in ``forward``."""
+    """Patches of 16x16 as tokens, a class token, a learned position embedding added in ``forward``
+    (none with ``positions=False``)."""
 
     def __init__(
-        self, image: int = 64, patch: int = 16, dim: int = 16, depth: int = 2, classes: int = 10
+        self,
+        image: int = 64,
+        patch: int = 16,
+        dim: int = 16,
+        depth: int = 2,
+        classes: int = 10,
+        positions: bool = True,
     ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
         tokens = (image // patch) ** 2
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim)) if positions else None
         self.blocks = nn.Sequential(*(EncoderBlock(dim) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed
         logits: torch.Tensor = self.head(self.norm(self.blocks(tokens))[:, 0])
         return logits
 
 
-def vit(seed: int = 0) -> nn.Module:
-    """A ViT for 64x64 images: 4x4 patches of 16 and a class token, two encoder blocks."""
+def vit(seed: int = 0, positions: bool = True) -> nn.Module:
+    """A ViT for 64x64 images: 4x4 patches of 16 and a class token, two encoder blocks; with
+    ``positions=False``, no position embedding."""
     torch.manual_seed(seed)
-    return _ready(ViT(), seed)
+    return _ready(ViT(positions=positions), seed)
+
+
+def vit_without_positions(seed: int = 0) -> nn.Module:
+    """The ViT without a position embedding: self-attention treats the tokens as a set."""
+    return vit(seed, positions=False)
 
 
 # -- a squeeze-excite block -------------------------------------------------------------------------
@@ -288,14 +315,20 @@ def depthwise_net(seed: int = 0) -> nn.Module:
 # -- an FCN-like head -------------------------------------------------------------------------------
 
 
-def fcn_head(seed: int = 0) -> nn.Module:
-    """Two stride-2 convolutions, a 1x1 classifier and a bilinear upsampling back to full resolution."""
+def _subsampled_by_4(seed: int) -> nn.Sequential:
+    """Two stride-2 3x3 convolutions (3 -> 8 -> 16 channels), each followed by a ReLU."""
     torch.manual_seed(seed)
     model = nn.Sequential()
     model.add_module("conv1", nn.Conv2d(3, 8, 3, stride=2, padding=1))
     model.add_module("relu1", nn.ReLU())
     model.add_module("conv2", nn.Conv2d(8, 16, 3, stride=2, padding=1))
     model.add_module("relu2", nn.ReLU())
+    return model
+
+
+def fcn_head(seed: int = 0) -> nn.Module:
+    """Two stride-2 convolutions, a 1x1 classifier and a bilinear upsampling back to full resolution."""
+    model = _subsampled_by_4(seed)
     model.add_module("classifier", nn.Conv2d(16, 4, 1))
     model.add_module("upsample", nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False))
     return _ready(model, seed)
@@ -365,6 +398,71 @@ def blurpool_net(seed: int = 0) -> nn.Module:
     return _ready(model, seed)
 
 
+# -- the cases whose diagnosis is subtle (issue 21) ------------------------------------------------
+
+
+def patchify_depthwise(padding_mode: Literal["zeros", "circular"] = "zeros", seed: int = 0) -> nn.Module:
+    """A 4x4 stride-4 patchify stem and a 7x7 depthwise convolution with padding 3, as in ConvNeXt.
+
+    On a 24x24 input the depthwise convolution sees a 6x6 map, and its
+    padding reaches 3 samples in from each edge: every sample of the map.
+    With ``padding_mode="circular"`` it is equivariant under circular shifts.
+    """
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 8, 4, stride=4))
+    model.add_module("dwconv", nn.Conv2d(8, 8, 7, padding=3, groups=8, padding_mode=padding_mode))
+    return _ready(model, seed)
+
+
+class ScaledBranch(nn.Module):
+    """LRASPP's head: a 1x1 convolution, gated by a branch that pools the whole map (global average
+    pooling, a 1x1 convolution, a sigmoid)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.cbr = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+        self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.cbr(x) * self.scale(x)
+        return result
+
+
+def lraspp_head(seed: int = 0) -> nn.Module:
+    """Two stride-2 convolutions, LRASPP's gated head, a classifier and upsampling back by 4."""
+    model = _subsampled_by_4(seed)
+    model.add_module("head", ScaledBranch(16, 8))
+    model.add_module("classifier", nn.Conv2d(8, 4, 1))
+    model.add_module("upsample", nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False))
+    return _ready(model, seed)
+
+
+def circular_resnet_stem(seed: int = 0) -> nn.Module:
+    """ResNet's stem and a block with every convolution padded circularly; the stem's
+    ``MaxPool2d(3, 2, padding=1)`` still pads (with -inf), as in torchvision's ResNet."""
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 8, 3, 1, 1, bias=False, padding_mode="circular"))
+    model.add_module("bn", nn.BatchNorm2d(8))
+    model.add_module("relu", nn.ReLU())
+    model.add_module("maxpool", nn.MaxPool2d(3, 2, padding=1))
+    block = BasicBlock(8, 8)
+    for conv in (block.conv1, block.conv2):
+        conv.padding_mode = "circular"
+    model.add_module("layer1", block)
+    return _ready(model, seed)
+
+
+def resnet_classifier(seed: int = 0) -> nn.Module:
+    """The ResNet stage with global average pooling and a linear classifier, as ResNet-18 ends."""
+    model = resnet_stage(seed=seed)
+    model.add_module("avgpool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flatten", nn.Flatten(1))
+    model.add_module("fc", nn.Linear(16, 10))
+    return _ready(model, seed)
+
+
 GALLERY: dict[str, Callable[..., nn.Module]] = {
     "ResNet stage": resnet_stage,
     "ConvNeXt stage": convnext_stage,
@@ -374,6 +472,11 @@ GALLERY: dict[str, Callable[..., nn.Module]] = {
     "FCN head": fcn_head,
     "U-Net": unet,
     "blur pooling": blurpool_net,
+    "patchify and a 7x7 depthwise convolution": patchify_depthwise,
+    "a global-pool branch (LRASPP)": lraspp_head,
+    "circular ResNet stem": circular_resnet_stem,
+    "ResNet classifier": resnet_classifier,
+    "ViT without a position embedding": vit_without_positions,
 }
 """The gallery's models by name, each a builder taking a ``seed``."""
 
@@ -384,19 +487,22 @@ class Case:
 
     The inputs and the check are Python expressions, shown on the page as
     they are and evaluated (by ``run``) with ``model``, ``canvas``, ``image``,
-    ``check_equivariance`` and ``multiples_of`` in scope.
+    ``check_equivariance``, ``check_invariance``, ``multiples_of`` and
+    ``Tokens`` in scope.
 
     Attributes:
         inputs: the batch the model is profiled on, e.g. ``"canvas()"``.
         shift: the input shift of the profile.
         check: the check, e.g. ``'check_equivariance(model, canvas(), stride="auto")'``.
         about: what the profile shows, and why (the page's prose).
+        boundary: the boundary of the profile.
     """
 
     inputs: str
     shift: tuple[int, ...]
     check: str
     about: str
+    boundary: str = "zeros"
 
     def run(self, model: nn.Module) -> tuple[EquivarianceProfile, EquivarianceReport]:
         """The profile and the check of ``model``."""
@@ -405,16 +511,18 @@ class Case:
             "canvas": canvas,
             "image": image,
             "check_equivariance": check_equivariance,
+            "check_invariance": check_invariance,
             "multiples_of": multiples_of,
+            "Tokens": Tokens,
         }
         x = eval(self.inputs, scope)  # the gallery's own expressions
         report = eval(self.check, scope)
-        return profile_equivariance(model, x, self.shift), report
+        return profile_equivariance(model, x, self.shift, boundary=self.boundary), report  # type: ignore[arg-type]
 
 
-def image(seed: int = 0) -> torch.Tensor:
-    """Two random 32x32 images (no canvas: their content reaches the edges)."""
-    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+def image(seed: int = 0, size: int = 32) -> torch.Tensor:
+    """Two random ``size`` x ``size`` images (no canvas: their content reaches the edges)."""
+    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 CASES: dict[str, Case] = {
@@ -488,6 +596,59 @@ CASES: dict[str, Case] = {
         "suggesting the anti-aliasing that is already there. It also says by how much: the profile "
         "compares the BlurPool's input subsampled without the blur too, whose error is about twice "
         "as large.",
+    ),
+    "patchify and a 7x7 depthwise convolution": Case(
+        "image(size=24)",
+        (4, 0),
+        "check_equivariance(model, image(size=24), stride=4)",
+        "On a 24x24 image the patchify stem leaves a 6x6 map, and the depthwise convolution's zero "
+        "padding reaches 3 samples in from each edge: every compared sample is within the borders' "
+        "reach. The error is everywhere, yet it is the borders', not a layer without symmetry, and both "
+        "the profile and the check say so: the same model with padding_mode='circular' passes under "
+        "boundary='circular'. On maps more than twice the reach the error keeps to the borders.",
+    ),
+    "a global-pool branch (LRASPP)": Case(
+        "image()",
+        (4, 0),
+        "check_equivariance(model, image())",
+        "LRASPP's head multiplies its map by a branch that pools the whole map. A shift of whole images "
+        "changes that pooled value (content leaves and enters): the branch's rows are global pooling, "
+        "not aliasing. The default check's one- and two-sample shifts also meet the stride-4 backbone "
+        "that was upsampled back, which the hint names first, then the pooled value the shift changed "
+        "(not a dense layer). Here the gate moves the map it multiplies by less than the tolerance away "
+        "from the borders, and the profile measures the borders as the cause of the rows after it; "
+        "where a gate moves more (the squeeze-excite block under a shift of 4), those rows are global "
+        "pooling too.",
+    ),
+    "circular ResNet stem": Case(
+        "image()",
+        (2, 0),
+        'check_equivariance(model, image(), stride=2, boundary="circular")',
+        "Every convolution pads circularly, but the stem's MaxPool2d(3, 2, padding=1) pads with -inf, as "
+        "in torchvision's ResNet: under boundary='circular' it is where the shift stops being followed, "
+        "and the profile and the check both name it, with the fix (pad circularly before it, padding=0) "
+        "rather than circular padding the convolutions already have.",
+        boundary="circular",
+    ),
+    "ResNet classifier": Case(
+        "canvas()",
+        (1, 0),
+        "check_invariance(model, canvas())",
+        "The ResNet stage with global average pooling and a linear classifier. Checked for invariance, "
+        "it fails at the odd shifts only: the stride-2 block subsamples before the pooling, so the "
+        "hint names the stride, not a missing global pooling (the model has one). The profile shows the "
+        "same stride at the block that subsamples.",
+    ),
+    "ViT without a position embedding": Case(
+        "image(size=64)",
+        (16, 0),
+        'check_equivariance(model, image(size=64), multiples_of(16, 16), layer="blocks", stride=16, '
+        "layout=Tokens((4, 4), prefix=1))",
+        "Without a position embedding self-attention treats the tokens as a set, so circular shifts by "
+        "whole patches permute them. Under boundary='zeros', on images whose content reaches the edges, "
+        "a shift replaces the tokens at one edge, and attention carries the change to every token: the "
+        "profile and the check name attention under the zeros boundary, not a position embedding (it "
+        "has none). With boundary='circular' the check passes.",
     ),
 }
 """The docs page's profiles and checks of the gallery models."""

@@ -232,6 +232,36 @@ def test_hint_for_a_subsampled_output() -> None:
     assert "pass stride='auto' to measure the stride" in hint
 
 
+def test_a_strided_output_that_also_reads_as_channels_last_is_told_the_stride_first() -> None:
+    """Issue 21 item 15: a (2, 8, 8, 8) output of a 17x17 input reads as channels last on the same 8x8
+    grid, which says nothing the channels-first reading does not: the sizes name the stride first,
+    and the layout comes after, as the weaker reading."""
+    torch.manual_seed(0)
+    report = check_equivariance(nn.Conv2d(3, 8, 3, stride=2), torch.rand(2, 3, 17, 17))
+    assert not report.passed
+    stride, layout = report.hints
+    assert stride.startswith("the output (8, 8) is 2.1 times smaller than the input (17, 17), so the model")
+    assert "pass layout='channels_last'" in layout
+
+
+def test_an_output_that_reads_on_no_grid_channels_first_is_told_its_layout_alone() -> None:
+    """The negative control: channels last, 6 channels on a 12x12 grid; read channels first it is a
+    12x6 grid no one stride makes from 12x12, so the layout is the whole story and no stride is hinted."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, padding=1, padding_mode="circular")
+
+    def model(t: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = conv(t).permute(0, 2, 3, 1)
+        return out
+
+    x = torch.rand(2, 3, 12, 12)
+    report = check_equivariance(model, x, boundary="circular")
+    assert not report.passed
+    (hint,) = report.hints
+    assert "pass layout='channels_last'" in hint
+    assert check_equivariance(model, x, boundary="circular", layout="channels_last").passed
+
+
 def test_a_wrong_explicit_stride_is_named() -> None:
     net = nn.Sequential(*(nn.Conv2d(1, 1, 3, stride=2, padding=1) for _ in range(3)))
     x = torch.zeros(2, 1, 64, 64)

@@ -112,6 +112,30 @@ def test_a_failed_fixture_check_points_to_the_profile_and_takes_actions_of_ones_
     )
 
 
+def test_a_strided_convolution_checked_through_the_fixture_is_told_its_stride_first(
+    project: pytest.Pytester,
+) -> None:
+    """Issue 21 item 15: the fixture's failure shows the hints in the library's order, the stride
+    the sizes say before the layout the shape also reads as."""
+    project.makepyfile(
+        test_strided="""
+        import torch
+
+        def test_strided(assert_equivariant):
+            torch.manual_seed(0)
+            assert_equivariant(torch.nn.Conv2d(3, 8, 3, stride=2), torch.rand(2, 3, 17, 17))
+        """
+    )
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*hint: the output (8, 8) is 2.1 times smaller than the input (17, 17), so the model subsamples*",
+            "*hint: the output of shape (2, 8, 8, 8) was read as channels first, but it reads as channels last*",
+        ]
+    )
+
+
 def test_dtype_option_checks_copies_in_that_dtype(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_dtype="""

@@ -189,9 +189,26 @@ def _deep_local_net() -> nn.Module:
 
 
 def test_errors_everywhere_on_a_map_the_padding_reaches_are_borders_not_dense_layers() -> None:
-    report = check_equivariance(_deep_local_net(), torch.rand(2, 3, 40, 40), stride=4)
+    net, x = _deep_local_net(), torch.rand(2, 3, 40, 40)
+    report = check_equivariance(net, x, stride=4)
     assert not report.passed
     (hint,) = report.hints
+    # padding 1 and a step of 2 at stride 1 and 2, padding 1 six times at stride 4: 2 + 4 + 24 = 30
+    # input samples, 8 samples of the 10 x 10 map at stride 4
+    assert (
+        "the padding of 8 layers, from '0' (Conv2d, padding 1, zero padding) on, reaches 8 samples in "
+        "from each edge of this map at stride 4, whose compared region has 9 along dim 0" in hint
+    )
+    assert "Dense layers" not in hint
+    # a callable whose layers cannot be read (no module of its own): the error's fall toward the
+    # centre says it
+
+    class Opaque:
+        def __call__(self, t: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = net(t)
+            return out
+
+    (hint,) = check_equivariance(Opaque(), x, stride=4).hints
     assert "but the error falls from the edges of the compared region toward its centre" in hint
     assert "a boundary effect" in hint
     assert "Dense layers" not in hint
