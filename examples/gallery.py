@@ -642,8 +642,8 @@ CASES: dict[str, Case] = {
     "ViT without a position embedding": Case(
         "image(size=64)",
         (16, 0),
-        'check_equivariance(model, image(size=64), multiples_of(16, 16), layer="blocks", stride=16, '
-        "layout=Tokens((4, 4), prefix=1))",
+        'check_equivariance(model, image(size=64), multiples_of(16, 16), layer="blocks", stride=16,\n'
+        "                   layout=Tokens((4, 4), prefix=1))",
         "Without a position embedding self-attention treats the tokens as a set, so circular shifts by "
         "whole patches permute them. Under boundary='zeros', on images whose content reaches the edges, "
         "a shift replaces the tokens at one edge, and attention carries the change to every token: the "
