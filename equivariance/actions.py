@@ -50,8 +50,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from equivariance._isolation import private_copy
-from equivariance._validation import describe
+from equivariance._engine.isolation import private_copy
+from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout
 

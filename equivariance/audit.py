@@ -32,7 +32,7 @@ caught where it changes the numbers of the first batch: a resumed run
 measures batch 0 again and refuses to go on if its errors are not the ones
 recorded (to the tolerance, plus a relative 1e-3 for the last bits). A
 change that shows only on later batches is not seen. Saves append the new batches only (see
-``equivariance._checkpoint`` for the format), a lock refuses a second writer,
+``equivariance._engine.checkpoint`` for the format), a lock refuses a second writer,
 and an interruption (Ctrl-C, an exception) saves the batches done before it
 propagates. Under ``torch.distributed`` every process keeps its own
 checkpoint file (its shard's results, ``.rank<r>`` appended) and resumes from
@@ -56,15 +56,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from equivariance import _plan
-from equivariance._checkpoint import Checkpoint, Record, fingerprint, identity, selector
-from equivariance._forward import Forward, OutputSelector
-from equivariance._judge import sample_errors, within
-from equivariance._plan import BatchSize
-from equivariance._progress import Progress
-from equivariance._runner import ModelConsumer, Runner
-from equivariance._sinks import Top1
-from equivariance._validation import as_float, as_int, describe, per_dim
+from equivariance._engine import plan as _plan
+from equivariance._engine.checkpoint import Checkpoint, Record, fingerprint, identity, selector
+from equivariance._engine.forward import Forward, OutputSelector
+from equivariance._engine.judge import sample_errors, within
+from equivariance._engine.plan import BatchSize
+from equivariance._engine.progress import Progress
+from equivariance._engine.runner import ModelConsumer, Runner
+from equivariance._engine.sinks import Top1
+from equivariance._engine.validation import as_float, as_int, describe, per_dim
 from equivariance.actions import Boundary, check_boundary
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift, ShiftLike, as_shift_list

@@ -1,7 +1,7 @@
 """Checks over many shifts: ``check_*`` return a report, ``assert_*`` raise with it.
 
 The three layers are kept apart: the plan and runner
-(`equivariance._plan`) compute, the
+(`equivariance._engine.plan`) compute, the
 [`EquivarianceReport`][equivariance.EquivarianceReport] renders, and the
 ``assert_*`` functions raise [`EquivarianceError`][equivariance.EquivarianceError]
 with the report's text (through
@@ -18,15 +18,15 @@ from typing import Any, Literal
 
 import torch
 
-from equivariance import _plan
-from equivariance._anatomy import Structure, read_structure
-from equivariance._forward import OutputSelector
-from equivariance._hints import Verdicts, hints_for
-from equivariance._judge import sample_errors, within
-from equivariance._plan import BatchSize, Mode, Plan
-from equivariance._runner import Runner
-from equivariance._sinks import OutputAction, Sums
-from equivariance._vacuous import why_vacuous
+from equivariance._engine import plan as _plan
+from equivariance._engine.anatomy import Structure, read_structure
+from equivariance._engine.forward import OutputSelector
+from equivariance._engine.hints import Verdicts, hints_for
+from equivariance._engine.judge import sample_errors, within
+from equivariance._engine.plan import BatchSize, Mode, Plan
+from equivariance._engine.runner import Runner
+from equivariance._engine.sinks import OutputAction, Sums
+from equivariance._engine.vacuous import why_vacuous
 from equivariance.actions import Action, Boundary, Grid
 from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
@@ -361,7 +361,7 @@ def _report(
 
 def _structure(plan: Plan, results: Sequence[ShiftResult]) -> Structure | None:
     """The checked model's layers, read by one more pass of ``x`` and, for the change of a global
-    pooling, one of ``x`` moved by the first failing shift (for a hint; see ``equivariance._anatomy``)."""
+    pooling, one of ``x`` moved by the first failing shift (for a hint; see ``_engine.anatomy``)."""
     request = plan.request
     failing = next(
         (

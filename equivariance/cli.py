@@ -47,7 +47,7 @@ from typing import Any, Literal, TextIO, cast
 import torch
 
 from equivariance import __version__
-from equivariance._runner import progress_off
+from equivariance._engine.runner import progress_off
 from equivariance.check import check_equivariance, check_invariance
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, ChannelsLast, Layout, Tokens, as_layout

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from equivariance._validation import describe, per_dim
+from equivariance._engine.validation import describe, per_dim
 from equivariance.actions import Batched, Boundary, check_boundary
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift

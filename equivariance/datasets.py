@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from equivariance._validation import as_int, describe
+from equivariance._engine.validation import as_int, describe
 from equivariance.errors import InvalidArgument
 
 __all__ = [

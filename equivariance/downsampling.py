@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivariance._validation import as_int, describe
+from equivariance._engine.validation import as_int, describe
 from equivariance.errors import InvalidArgument
 
 __all__ = [

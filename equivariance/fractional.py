@@ -28,8 +28,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from equivariance._forward import OutputSelector
-from equivariance._validation import describe, per_dim
+from equivariance._engine.forward import OutputSelector
+from equivariance._engine.validation import describe, per_dim
 from equivariance.actions import Action, Grid
 from equivariance.errors import InvalidArgument
 from equivariance.metric import equivariance_error

@@ -41,8 +41,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from equivariance._isolation import private_copy
-from equivariance._validation import describe
+from equivariance._engine.isolation import private_copy
+from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
 
 __all__ = ["Generator", "Rotation", "Translation", "spectral_derivative"]

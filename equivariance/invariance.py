@@ -50,13 +50,13 @@ from typing import Any, Literal
 
 import torch
 
-from equivariance._copies import Copies
-from equivariance._forward import Forward, OutputSelector
-from equivariance._memory import chunk_size, default_batch_size
-from equivariance._plan import check_batch_size, check_input
-from equivariance._runner import ModelConsumer, Runner, Sink
-from equivariance._sinks import RelativeChange, Top1
-from equivariance._validation import as_int, per_dim
+from equivariance._engine.copies import Copies
+from equivariance._engine.forward import Forward, OutputSelector
+from equivariance._engine.memory import chunk_size, default_batch_size
+from equivariance._engine.plan import check_batch_size, check_input
+from equivariance._engine.runner import ModelConsumer, Runner, Sink
+from equivariance._engine.sinks import RelativeChange, Top1
+from equivariance._engine.validation import as_int, per_dim
 from equivariance.actions import Boundary, Grid
 from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import EquivarianceWarning, InvalidArgument

@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import torch
 
-from equivariance._validation import as_int, describe
+from equivariance._engine.validation import as_int, describe
 from equivariance.errors import InvalidArgument
 
 __all__ = ["ChannelsFirst", "ChannelsLast", "Layout", "LayoutLike", "Tokens", "as_layout"]

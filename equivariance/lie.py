@@ -34,11 +34,11 @@ as ``(other operations)``.
 
 The measurement runs like the checks: in eval mode, autograd off, exact
 float32, the model's state and the RNG restored; the same at every finite
-scale of the output (the checks' rule for sums, `equivariance._judge`), and
+scale of the output (the checks' rule for sums, `equivariance._engine.judge`), and
 refused where it would not be the derivative: a non-finite output, a model
 that drops the derivative on the way to its output (``.detach()``), an op
 without a forward-mode formula. Attention runs on its math kernel, the one
-that has one (`equivariance._jvp`).
+that has one (`equivariance._engine.jvp`).
 """
 
 from __future__ import annotations
@@ -53,21 +53,21 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from equivariance._forward import Forward, OutputSelector, find_layer
-from equivariance._grids import Grids, Stride
-from equivariance._judge import sample_errors
-from equivariance._jvp import TangentWatch, forward_mode, not_implemented, pushforward
-from equivariance._layers import (
+from equivariance._engine.forward import Forward, OutputSelector, find_layer
+from equivariance._engine.grids import Grids, Stride
+from equivariance._engine.judge import sample_errors
+from equivariance._engine.jvp import TangentWatch, forward_mode, not_implemented, pushforward
+from equivariance._engine.layers import (
     CHANNELS_FIRST_OPS,
     LAYOUT_KEEPING_OPS,
     LayerInference,
     Recorded,
     view_permutation,
 )
-from equivariance._plan import check_input
-from equivariance._runner import Runner
-from equivariance._sinks import all_finite, check_finite, sample_scale, squared_norms
-from equivariance._validation import describe, per_dim
+from equivariance._engine.plan import check_input
+from equivariance._engine.runner import Runner
+from equivariance._engine.sinks import all_finite, check_finite, sample_scale, squared_norms
+from equivariance._engine.validation import describe, per_dim
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.generators import Generator, Rotation, Translation
 from equivariance.layouts import ChannelsFirst, Layout, LayoutLike
@@ -520,7 +520,7 @@ def profile_lie_derivative(
     profiled layer's input and output (kept: about twice the activations of
     one pass). Each layer's input and output are read in the layout the
     equivariance profile infers for them (channels first, channels last
-    after a ``Permute``, tokens on a grid; `equivariance._layers`), their
+    after a ``Permute``, tokens on a grid; `equivariance._engine.layers`), their
     strides followed through the modules that made them (a module's
     ``stride`` attribute, else the ratio of the sizes); a layer whose layout
     is ambiguous is left out with an ``EquivarianceWarning`` (its part
@@ -618,7 +618,7 @@ _Place = tuple[Layout, tuple[int, ...]] | None  # a tensor's layout and grid; No
 
 class _Plain:
     """The hooks of the plain pass: each profiled layer's input and output read in the layout the
-    equivariance profile infers for them (`equivariance._layers.LayerInference`: channels first, a
+    equivariance profile infers for them (`equivariance._engine.layers.LayerInference`: channels first, a
     permuted view of it such as channels last, tokens), the generator applied on that grid.
 
     A tensor is known by ``id`` while a weak reference says it lives, as in the equivariance profile;

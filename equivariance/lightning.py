@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed where th
         "equivariance.lightning needs PyTorch Lightning: pip install 'equivariance[lightning]'"
     ) from exc
 
-from equivariance._validation import as_int
+from equivariance._engine.validation import as_int
 from equivariance.errors import InvalidArgument
 from equivariance.monitor import EquivarianceMonitor, Measure, MonitorRecord
 

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivariance._isolation import exact_float32
-from equivariance._validation import as_int, describe
+from equivariance._engine.isolation import exact_float32
+from equivariance._engine.validation import as_int, describe
 from equivariance.errors import InvalidArgument
 
 __all__ = [

@@ -46,10 +46,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._forward import Forward, OutputSelector
-from equivariance._isolation import owning_module
-from equivariance._plan import as_element, check_fits, check_input
-from equivariance._validation import as_int, describe, per_dim
+from equivariance._engine.forward import Forward, OutputSelector
+from equivariance._engine.isolation import owning_module
+from equivariance._engine.plan import as_element, check_fits, check_input
+from equivariance._engine.validation import as_int, describe, per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift, ShiftLike, multiples_of

@@ -19,7 +19,7 @@ instead, the measurement says so, and the check compares it to ``atol``.
 Every measurement runs on one engine: the plan (arguments validated once,
 ``f(x)`` computed once, ``"auto"`` resolved once), the runner (the copies of
 the input in batched forward passes, chunked to fit memory) and a sink that
-sums the errors (see `equivariance._plan`).
+sums the errors (see `equivariance._engine.plan`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from typing import Any, Literal
 
 import torch
 
-from equivariance import _plan
-from equivariance._forward import OutputSelector
-from equivariance._judge import sample_errors, within
-from equivariance._plan import BatchSize
-from equivariance._runner import Runner
-from equivariance._sinks import accumulation_dtype
-from equivariance._vacuous import why_vacuous
-from equivariance._validation import describe
+from equivariance._engine import plan as _plan
+from equivariance._engine.forward import OutputSelector
+from equivariance._engine.judge import sample_errors, within
+from equivariance._engine.plan import BatchSize
+from equivariance._engine.runner import Runner
+from equivariance._engine.sinks import accumulation_dtype
+from equivariance._engine.vacuous import why_vacuous
+from equivariance._engine.validation import describe
 from equivariance.actions import Action, Boundary
 from equivariance.crops import Crop
 from equivariance.errors import EquivarianceWarning, InvalidArgument

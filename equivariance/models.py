@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivariance._validation import describe, per_dim
+from equivariance._engine.validation import describe, per_dim
 from equivariance.errors import InvalidArgument
 
 __all__ = ["MLP", "LeNet"]

@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._isolation import isolated
-from equivariance._validation import as_int, describe
+from equivariance._engine.isolation import isolated
+from equivariance._engine.validation import as_int, describe
 from equivariance.check import check_equivariance, check_invariance
 from equivariance.errors import InvalidArgument
 from equivariance.invariance import InvarianceMetric, consistency, logit_change, prediction_change

@@ -7,10 +7,10 @@ outputs as the layer returns them: the output for the shifted copy with the
 output for the input moved by the layer's own expected output action (the
 input element on the layer's grid). No layer's output is kept for a second
 pass; small ones are compared together at the end of the pass, from
-copy-on-write snapshots (``equivariance._layer_sums``). A layer's *layout* (channels first, channels
+copy-on-write snapshots (``equivariance._engine.layer_sums``). A layer's *layout* (channels first, channels
 last as inside ConvNeXt blocks, tokens as in a ViT) and *cumulative stride*
 are inferred from the shapes the hooks see (see
-`equivariance._layers`); the profile says what it
+`equivariance._engine.layers`); the profile says what it
 inferred, and does not compare a layer whose layout the shapes leave
 ambiguous (name it with ``layouts=``). The first layer whose error rises
 above the tolerance is named, with the likely cause and a fix:
@@ -23,7 +23,7 @@ above the tolerance is named, with the likely cause and a fix:
     the error sits within a few samples of the edges of the compared region
     (zero padding, or content leaving the canvas); or it is everywhere, but
     on a map that the padding of the layers before it reaches across (the
-    borders' reach, `equivariance._anatomy`), or after self-attention under
+    borders' reach, `equivariance._engine.anatomy`), or after self-attention under
     the zeros boundary, which carries what enters and leaves at the edges to
     every token;
 ``global pooling``
@@ -74,8 +74,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from equivariance import _profile_fixes
-from equivariance._anatomy import (
+from equivariance._engine import fixes as _profile_fixes
+from equivariance._engine.anatomy import (
     KEEP_ANY,
     Cover,
     Padded,
@@ -87,11 +87,11 @@ from equivariance._anatomy import (
     reaching,
     sampling,
 )
-from equivariance._forward import call_until, find_layer
-from equivariance._isolation import snapshot, submodules
-from equivariance._judge import KEEP_FRACTION, margins_that_pass, sample_errors, within
-from equivariance._layer_sums import LayerSums, PooledLayer
-from equivariance._layers import (
+from equivariance._engine.forward import call_until, find_layer
+from equivariance._engine.isolation import snapshot, submodules
+from equivariance._engine.judge import KEEP_FRACTION, margins_that_pass, sample_errors, within
+from equivariance._engine.layer_sums import LayerSums, PooledLayer
+from equivariance._engine.layers import (
     CHANNELS_FIRST_OPS,
     LAYOUT_KEEPING_OPS,
     LayerInference,
@@ -99,15 +99,15 @@ from equivariance._layers import (
     Recorded,
     view_permutation,
 )
-from equivariance._plan import as_element, check_fits, check_input
-from equivariance._runner import Runner
-from equivariance._sinks import (
+from equivariance._engine.plan import as_element, check_fits, check_input
+from equivariance._engine.runner import Runner
+from equivariance._engine.sinks import (
     FlatSums,
     GridSums,
     Sums,
     sample_scale,
 )
-from equivariance._validation import describe, shown_per_dim, warn_deprecated
+from equivariance._engine.validation import describe, shown_per_dim, warn_deprecated
 from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout, LayoutLike, as_layout
@@ -1235,7 +1235,7 @@ def _explained(
 
     A row for a tensor computed in ``forward`` (``JUNCTION``) is shown only
     where it is the first failure: the break happened between two submodules.
-    The padded layers met so far give the borders' reach (``equivariance._anatomy``).
+    The padded layers met so far give the borders' reach (``equivariance._engine.anatomy``).
     """
     context = _Context(model, element, boundary, spatial_in, without_blur, modules, spatial)
     kept: list[LayerProfile] = []
@@ -1474,7 +1474,7 @@ def _positional_parameter(
     model: nn.Module, row: LayerProfile, modules: Mapping[str, nn.Module]
 ) -> tuple[str, tuple[int, ...]] | None:
     """A parameter or buffer shaped like one sample of the row's output whose values vary over positions
-    (``equivariance._anatomy.positional_parameter``): of the row's layer, or of the model for a row
+    (``equivariance._engine.anatomy.positional_parameter``): of the row's layer, or of the model for a row
     computed in ``forward``."""
     owner: nn.Module = model
     if row.type != JUNCTION:

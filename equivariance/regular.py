@@ -58,7 +58,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from equivariance._validation import as_int, describe
+from equivariance._engine.validation import as_int, describe
 from equivariance.actions import Action, Grid, Identity, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift

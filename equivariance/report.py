@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from equivariance._validation import warn_deprecated
+from equivariance._engine.validation import warn_deprecated
 from equivariance.actions import Action
 from equivariance.errors import EquivarianceError, VacuousCheckError
 

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from equivariance._validation import as_int, describe, per_dim
+from equivariance._engine.validation import as_int, describe, per_dim
 from equivariance.actions import Action, Batched, Boundary, Grid, check_boundary
 from equivariance.errors import InvalidArgument
 

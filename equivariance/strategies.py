@@ -39,7 +39,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 from torch import nn
 
-from equivariance._validation import describe
+from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Boundary, Shift
 

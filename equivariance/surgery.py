@@ -48,8 +48,8 @@ from typing import TypeVar
 
 from torch import nn
 
-from equivariance._forward import find_layer
-from equivariance._validation import as_int, describe
+from equivariance._engine.forward import find_layer
+from equivariance._engine.validation import as_int, describe
 from equivariance.downsampling import BlurPool, PadType, PolyphaseSampling, converted_class
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from equivariance._validation import as_float
+from equivariance._engine.validation import as_float
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "default_tolerance", "resolve_tolerance"]
 

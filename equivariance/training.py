@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivariance._progress import Progress
-from equivariance._validation import as_float, as_int, describe
+from equivariance._engine.progress import Progress
+from equivariance._engine.validation import as_float, as_int, describe
 from equivariance.datasets import Digits
 from equivariance.errors import InvalidArgument
 

@@ -39,7 +39,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from equivariance._validation import as_int, describe
+from equivariance._engine.validation import as_int, describe
 from equivariance.actions import Action, Grid, Identity
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance import _checkpoint
+from equivariance._engine import checkpoint as _checkpoint
 from equivariance.audit import audit
 from equivariance.shifts import shifts_in_box
 

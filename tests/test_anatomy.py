@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from equivariance._anatomy import (
+from equivariance._engine.anatomy import (
     Padded,
     covering,
     padding_of,

@@ -1,4 +1,4 @@
-"""Audit checkpoints (equivariance._checkpoint): what they record, refuse, lock and save."""
+"""Audit checkpoints (equivariance._engine.checkpoint): what they record, refuse, lock and save."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from equivariance import InvalidArgument, _checkpoint
+from equivariance import InvalidArgument
+from equivariance._engine import checkpoint as _checkpoint
 from equivariance.audit import AuditResult, audit
 from equivariance.shifts import shifts_in_box
 

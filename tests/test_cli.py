@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 import equivariance
-from equivariance import _runner, check_equivariance, cli
-from equivariance._progress import Progress
+from equivariance import check_equivariance, cli
+from equivariance._engine import runner as _runner
+from equivariance._engine.progress import Progress
 from equivariance.cli import main
 
 LENET = ["equivariance.models:LeNet", "--input-shape", "2,1,24,24", "--max-shift", "1"]

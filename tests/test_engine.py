@@ -241,9 +241,9 @@ def test_slices_of_the_reference_sum_what_moved_copies_of_it_sum(
 ) -> None:
     # translations compare boxes of the output with slices of the reference (tiles that wrap around
     # under the circular boundary); every other element, moved copies of whole grids: the same sums
-    from equivariance import _plan
-    from equivariance._runner import Runner
-    from equivariance._sinks import GridSums
+    from equivariance._engine import plan as _plan
+    from equivariance._engine.runner import Runner
+    from equivariance._engine.sinks import GridSums
     from equivariance.shifts import shifts_in_box
 
     torch.manual_seed(0)
@@ -258,7 +258,7 @@ def test_slices_of_the_reference_sum_what_moved_copies_of_it_sum(
         with Runner(model) as runner:
             return _plan.measure(runner, _plan.make_plan(runner, request))[0]
 
-    import equivariance._sinks as sinks
+    import equivariance._engine.sinks as sinks
 
     monkeypatch.setattr(sinks, "_RUN_ELEMENTS", 0)  # every chunk by tiles, however short its runs
     calls: list[int] = []

@@ -296,7 +296,7 @@ def _judged_every_way(
     monkeypatch: pytest.MonkeyPatch,
     boundary: str = "zeros",
 ) -> None:
-    import equivariance._layer_sums as layer_sums
+    import equivariance._engine.layer_sums as layer_sums
     import equivariance.profile as profile_module
 
     def profiled() -> EquivarianceProfile:
@@ -340,7 +340,7 @@ def test_a_pass_run_again_in_float64_measures_every_kind_of_row_as_the_first(
     the batch: made here to be every layer, the rows of the second run (layer outputs, tensors
     computed in forward, a blurring layer's input without the blur, permuted views) must give the
     errors and fixes of the first."""
-    import equivariance._layer_sums as layer_sums
+    import equivariance._engine.layer_sums as layer_sums
     import equivariance.profile as profile_module
 
     case = gallery.CASES[name]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivariance._grids import Grids, ratio_stride
+from equivariance._engine.grids import Grids, ratio_stride
 from equivariance.models import LeNet
 
 

@@ -17,7 +17,7 @@ from equivariance import (
     invariance_error,
     profile_equivariance,
 )
-from equivariance._isolation import exact_float32
+from equivariance._engine.isolation import exact_float32
 from equivariance.actions import Action, Grid
 from equivariance.generators import Generator, Translation
 from equivariance.lie import lie_derivative_error

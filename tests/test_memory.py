@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import canvas
 
-from equivariance import Flip, Rot90, _plan, check_equivariance, check_invariance, equivariance_error
-from equivariance._forward import Forward
-from equivariance._memory import (
+from equivariance import Flip, Rot90, check_equivariance, check_invariance, equivariance_error
+from equivariance._engine import plan as _plan
+from equivariance._engine.forward import Forward
+from equivariance._engine.memory import (
     CPU_BUDGET_BYTES,
     CPU_CHUNK_BYTES,
     CPU_MIN_CHUNK,
@@ -16,8 +17,8 @@ from equivariance._memory import (
     default_cpu_batch_size,
     metered,
 )
-from equivariance._runner import Runner
-from equivariance._sinks import Sums
+from equivariance._engine.runner import Runner
+from equivariance._engine.sinks import Sums
 from equivariance.actions import Action
 from equivariance.models import LeNet
 from equivariance.shifts import shifts_in_box

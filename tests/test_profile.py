@@ -410,7 +410,7 @@ def test_a_layer_that_writes_its_input_in_place_is_compared_on_its_own(
     convolution's comparison (as a view of it, unchanged, would); the Identity after it takes the
     ramp's. Compared as they return or later (from copy-on-write snapshots, which move the memory
     a write goes to)."""
-    import equivariance._layer_sums as layer_sums
+    import equivariance._engine.layer_sums as layer_sums
 
     monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", deferred)
     torch.manual_seed(0)
@@ -433,7 +433,7 @@ def test_layer_outputs_are_recorded_before_the_model_writes_to_them(
     copy-on-write snapshots where torch has them, copies otherwise): the in-place ReLU does not leak
     into conv1's row, nor the zeroed row into the ReLU's (which would then fail); the break shows
     where the written map is used."""
-    import equivariance._isolation as isolation
+    import equivariance._engine.isolation as isolation
 
     if not lazy:
         monkeypatch.setattr(isolation, "_LAZY_CLONE", None)
@@ -467,7 +467,7 @@ def _zero_padded_stages() -> nn.Sequential:
 def test_pooled_sums_judge_every_layer_as_one_sink_per_layer_would(
     x: torch.Tensor, shift: tuple[int, int], boundary: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The profile sums every translated layer together (equivariance._layer_sums); a sink of its own
+    """The profile sums every translated layer together (equivariance._engine.layer_sums); a sink of its own
     per layer (the engine's GridSums and FlatSums, taken when a float64 output needs scaling) must
     give each layer the same error, verdict, border and cause."""
     import equivariance.profile as profile_module

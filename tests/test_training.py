@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from equivariance import InvalidArgument, _progress, check_equivariance
-from equivariance._progress import Progress, format_seconds
+from equivariance import InvalidArgument, check_equivariance
+from equivariance._engine import progress as _progress
+from equivariance._engine.progress import Progress, format_seconds
 from equivariance.datasets import Digits, digits, embed_in_canvas
 from equivariance.models import LeNet
 from equivariance.training import evaluate, load, save, train

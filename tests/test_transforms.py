@@ -14,7 +14,6 @@ from equivariance import (
     EquivarianceError,
     InvalidArgument,
     Shift,
-    _plan,
     assert_equivariant,
     assert_invariant,
     check_equivariance,
@@ -22,8 +21,9 @@ from equivariance import (
     equivariance_error,
     invariance_error,
 )
-from equivariance._runner import Runner
-from equivariance._sinks import Sums
+from equivariance._engine import plan as _plan
+from equivariance._engine.runner import Runner
+from equivariance._engine.sinks import Sums
 from equivariance.actions import Action, Grid, Identity
 from equivariance.transforms import Flip, Rot90, Transpose
 

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from equivariance._copies import Copies
-from equivariance._forward import Forward
-from equivariance._isolation import owning_module
-from equivariance._judge import sample_errors
-from equivariance._runner import ModelConsumer, Runner
-from equivariance._sinks import GridSums
-from equivariance._validation import shown_per_dim
+from equivariance._engine.copies import Copies
+from equivariance._engine.forward import Forward
+from equivariance._engine.isolation import owning_module
+from equivariance._engine.judge import sample_errors
+from equivariance._engine.runner import ModelConsumer, Runner
+from equivariance._engine.sinks import GridSums
+from equivariance._engine.validation import shown_per_dim
 from equivariance.actions import Action, Boundary, Grid
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import Layout

@@ -2,10 +2,10 @@
 
 A measurement goes through named stages, each in its own module:
 **elements** ([`equivariance.actions`][equivariance.actions]) →
-**plan** (here) → **copies** (`equivariance._copies`) →
-**runner** (`equivariance._runner`) →
-**sinks** (`equivariance._sinks`) →
-**judge** (`equivariance._judge`) → **report**.
+**plan** (here) → **copies** (`equivariance._engine.copies`) →
+**runner** (`equivariance._engine.runner`) →
+**sinks** (`equivariance._engine.sinks`) →
+**judge** (`equivariance._engine.judge`) → **report**.
 
 ``validate`` checks every argument before any forward pass and returns a
 ``Request``. ``make_plan`` then runs the
@@ -27,15 +27,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from equivariance import _auto
-from equivariance._alignment import Strided, strided_layers
-from equivariance._copies import Copies
-from equivariance._forward import Forward
-from equivariance._isolation import submodules
-from equivariance._memory import CPU_MIN_CHUNK, chunk_size
-from equivariance._runner import Base, Consumer, ModelConsumer, Runner
-from equivariance._sinks import FlatSums, GridSums, OutputAction, Sums, all_finite, check_finite
-from equivariance._validation import as_int, describe, per_dim
+from equivariance._engine import auto as _auto
+from equivariance._engine.alignment import Strided, strided_layers
+from equivariance._engine.copies import Copies
+from equivariance._engine.forward import Forward
+from equivariance._engine.isolation import submodules
+from equivariance._engine.memory import CPU_MIN_CHUNK, chunk_size
+from equivariance._engine.runner import Base, Consumer, ModelConsumer, Runner
+from equivariance._engine.sinks import FlatSums, GridSums, OutputAction, Sums, all_finite, check_finite
+from equivariance._engine.validation import as_int, describe, per_dim
 from equivariance.actions import Action, Boundary, Grid, Identity
 from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import InvalidArgument
@@ -96,7 +96,7 @@ class Plan:
         stride_clean: False where ``stride="auto"`` found no candidate that
             moves the output cleanly and took the size ratio instead.
         strided: the strided layers the unshifted pass met and their input sizes (recorded for
-            rotations and flips, whose exactness depends on them; see `equivariance._alignment`).
+            rotations and flips, whose exactness depends on them; see `equivariance._engine.alignment`).
     """
 
     request: Request

@@ -12,18 +12,18 @@ that slice. A large layer is compared as it returns; small ones (at most
 end of the pass, a stack of the layers of each shape and plan at once, since
 on small maps each operation costs its fixed overhead. The sums by distance
 to each box's edge (a matrix product with masks of the box,
-``equivariance._sinks.beyond_sums``), the totals and the errors, verdicts and
+``equivariance._engine.sinks.beyond_sums``), the totals and the errors, verdicts and
 margins are then computed once for all layers together, in one *block* for
 the layers whose boxes have the same sides.
 
 Sums are float32 where that is exact enough for relative errors and float64
-otherwise, by the rules of `equivariance._sinks`: after the pass
+otherwise, by the rules of `equivariance._engine.sinks`: after the pass
 (``LayerSums.settle``), a float32 layer whose output for ``x`` has a sample
 with a squared norm below ``1e-10`` (or not finite), and any layer whose sums
 came out not finite, is measured again in float64, its outputs tested for
 nan and inf (the profile then runs its batch through the model once more).
 Float64 outputs whose squares would leave float64's exact range are not for
-this sink (see ``equivariance._sinks.sample_scale``).
+this sink (see ``equivariance._engine.sinks.sample_scale``).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from equivariance._isolation import snapshot
-from equivariance._judge import KEEP_FRACTION, margins_beyond, sample_errors, within
-from equivariance._sinks import (
+from equivariance._engine.isolation import snapshot
+from equivariance._engine.judge import KEEP_FRACTION, margins_beyond, sample_errors, within
+from equivariance._engine.sinks import (
     _FLOAT32_MIN_REFERENCE,
     _tiles,
     beyond_sums,
@@ -51,7 +51,7 @@ __all__ = ["LayerSums", "PooledLayer"]
 
 
 class PooledLayer:
-    """One layer's part of a [`LayerSums`][equivariance._layer_sums.LayerSums] (made, it joins the
+    """One layer's part of a [`LayerSums`][equivariance._engine.layer_sums.LayerSums] (made, it joins the
     pool): the sink the profile
     hands the layer's two outputs to, for ``x`` and its moved copy, as the layer returns them.
 
@@ -141,11 +141,11 @@ def _compared(layers: list[PooledLayer], both: torch.Tensor) -> tuple[torch.Tens
 class LayerSums:
     """The pooled sink of every layer a profile compares by a translation (or whole).
 
-    Make its layers ([`PooledLayer`][equivariance._layer_sums.PooledLayer]s of
-    the pool) and have each [`measure`][equivariance._layer_sums.PooledLayer.measure]
-    its outputs; then [`settle`][equivariance._layer_sums.LayerSums.settle]
+    Make its layers ([`PooledLayer`][equivariance._engine.layer_sums.PooledLayer]s of
+    the pool) and have each [`measure`][equivariance._engine.layer_sums.PooledLayer.measure]
+    its outputs; then [`settle`][equivariance._engine.layer_sums.LayerSums.settle]
     says which to measure again in float64, and
-    [`judge`][equivariance._layer_sums.LayerSums.judge] judges them all.
+    [`judge`][equivariance._engine.layer_sums.LayerSums.judge] judges them all.
 
     Args:
         n: the number of samples.
@@ -195,7 +195,7 @@ class LayerSums:
         """After a pass: the layers to measure again, in float64 with their outputs tested for nan
         and inf as they return. Those are the float32 layers whose sums float32 cannot keep exact
         enough (a sample's reference norm not finite, or too small for squares of differences that
-        underflow not to matter; see ``equivariance._sinks``), and any layer whose sums came out
+        underflow not to matter; see ``equivariance._engine.sinks``), and any layer whose sums came out
         not finite before its outputs were tested."""
         self.flush()
         measured = [layer for layer in self.layers if layer.sums is not None]
@@ -214,7 +214,7 @@ class LayerSums:
         self, tolerance: Tolerance, keep: float = KEEP_FRACTION
     ) -> dict[PooledLayer, tuple[float, bool, int | None]]:
         """Each layer's worst error, whether every sample passes, and for a failing layer the margin
-        that passes, keeping at least ``keep`` of the region (``equivariance._judge.margin_that_passes``):
+        that passes, keeping at least ``keep`` of the region (``judge.margin_that_passes``):
         a few operations for all layers."""
         return {layer: verdict for group in self.groups for layer, verdict in group.judge(tolerance, keep)}
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from equivariance._sinks import Sums
+from equivariance._engine.sinks import Sums
 from equivariance.tolerances import Tolerance
 
 KEEP_FRACTION = 0.25

@@ -4,7 +4,7 @@ Every measurement of the library runs here: the checks and
 ``equivariance_error``, the invariance metrics, the per-layer profile, the
 audit and the sub-pixel error. A ``Runner`` is a context: inside it the
 models are isolated (eval mode, no autograd, exact float32, their buffers and
-the global RNG restored on exit; see `equivariance._isolation`).
+the global RNG restored on exit; see `equivariance._engine.isolation`).
 It runs the unshifted pass once (``Runner.base``) and then the copies
 (``Runner.run``): chunk by chunk, each chunk's copies made by one
 `Copies` call and handed to every *consumer*,
@@ -25,18 +25,18 @@ from typing import Any, Protocol
 
 import torch
 
-from equivariance._copies import Copies
-from equivariance._forward import Forward
-from equivariance._isolation import isolated, snapshot
-from equivariance._memory import ActivationMeter, metered, release_cached_memory
-from equivariance._progress import Progress
-from equivariance._sinks import Describe, check_floating
+from equivariance._engine.copies import Copies
+from equivariance._engine.forward import Forward
+from equivariance._engine.isolation import isolated, snapshot
+from equivariance._engine.memory import ActivationMeter, metered, release_cached_memory
+from equivariance._engine.progress import Progress
+from equivariance._engine.sinks import Describe, check_floating
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import Layout
 
 
 class Sink(Protocol):
-    """What a consumer feeds each chunk's outputs to (see `equivariance._sinks`)."""
+    """What a consumer feeds each chunk's outputs to (see `equivariance._engine.sinks`)."""
 
     def add(
         self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe

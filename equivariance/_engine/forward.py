@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._validation import describe
+from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
 
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None

@@ -1,6 +1,6 @@
 """What a measurement accumulates, chunk by chunk: the sinks the runner feeds.
 
-The runner (`equivariance._runner`) sends copies of the
+The runner (`equivariance._engine.runner`) sends copies of the
 input through the model chunk by chunk; a sink takes each chunk's outputs and
 keeps what its measurement needs, written per item so that a chunk retried
 after running out of memory overwrites rather than adds:
@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from equivariance._copies import Copies
-from equivariance._validation import describe
+from equivariance._engine.copies import Copies
+from equivariance._engine.validation import describe
 from equivariance.actions import Action, Grid
 from equivariance.errors import InvalidArgument
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._isolation import owning_module, submodules
+from equivariance._engine.isolation import owning_module, submodules
 
 Stride = tuple[float, ...]
 

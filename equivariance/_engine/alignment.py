@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from equivariance._isolation import owning_module
+from equivariance._engine.isolation import owning_module
 
 _SAMPLING = (
     *(nn.Conv1d, nn.Conv2d, nn.Conv3d),

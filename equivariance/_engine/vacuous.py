@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from equivariance._judge import sample_errors, within
-from equivariance._plan import Plan
-from equivariance._runner import Runner
-from equivariance._sinks import GridSums, _tiles, sample_scale
+from equivariance._engine.judge import sample_errors, within
+from equivariance._engine.plan import Plan
+from equivariance._engine.runner import Runner
+from equivariance._engine.sinks import GridSums, _tiles, sample_scale
 from equivariance.actions import Action
 from equivariance.tolerances import Tolerance
 

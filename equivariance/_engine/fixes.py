@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from torch import nn
 
-from equivariance._validation import describe
+from equivariance._engine.validation import describe
 from equivariance.downsampling import PolyphaseSampling
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.surgery import antialias, circular_padding, padded_layers, polyphase, subsampling_layers

@@ -4,10 +4,10 @@ Each hint names a likely cause and a concrete fix. Most are read off the
 measurement without running the model again: which shifts failed (a stride
 pattern), where in the output the error sits (a boundary effect, from the
 error split by distance to the edge: the margin rule of
-`equivariance._judge`), and the noise floor. Where every shift fails and
+`equivariance._engine.judge`), and the noise floor. Where every shift fails and
 the numbers alone cannot say why, one more pass of ``x`` (and of a moved
 copy, where the model pools globally) reads the model's layers
-(`equivariance._anatomy`, the rules the profile's causes use too): a
+(`equivariance._engine.anatomy`, the rules the profile's causes use too): a
 padding whose reach covers the map, subsampling that the output was brought
 back from, a global pooling whose value the shift changed, self-attention
 under the zeros boundary, a position embedding. Hints are ranked by that
@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from equivariance import _anatomy
-from equivariance._anatomy import Structure
-from equivariance._judge import margin_that_passes
-from equivariance._plan import Plan
-from equivariance._sinks import Sums
-from equivariance._validation import shown_per_dim
+from equivariance._engine import anatomy as _anatomy
+from equivariance._engine.anatomy import Structure
+from equivariance._engine.judge import margin_that_passes
+from equivariance._engine.plan import Plan
+from equivariance._engine.sinks import Sums
+from equivariance._engine.validation import shown_per_dim
 from equivariance.layouts import Tokens, other_readings, plausible
 from equivariance.shifts import Shift
 from equivariance.tolerances import Tolerance

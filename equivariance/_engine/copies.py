@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from equivariance._isolation import private_copy
+from equivariance._engine.isolation import private_copy
 from equivariance.actions import Action, Batched, Grid, _writes_nothing, guarded_act
 
 __all__ = ["Copies"]

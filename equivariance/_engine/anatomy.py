@@ -1,7 +1,7 @@
 """A model's anatomy as the diagnoses read it: one rule for the check's hints and the profile's causes.
 
 A check or a profile measures errors; these rules read the layers that make
-them. The check's hints (`equivariance._hints`) and the profile's causes
+them. The check's hints (`equivariance._engine.hints`) and the profile's causes
 (`equivariance.profile`) both decide with them, so a model gets the same
 diagnosis from either.
 
@@ -43,8 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._isolation import owning_module
-from equivariance._validation import shown_per_dim
+from equivariance._engine.isolation import owning_module
+from equivariance._engine.validation import shown_per_dim
 from equivariance.layouts import stride_of
 
 _MODES = {
