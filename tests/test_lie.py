@@ -4,6 +4,7 @@ error, the layers' contributions summing to it, and the model left as it was fou
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -437,6 +438,33 @@ def test_a_detached_tensor_that_does_not_reach_the_output_is_no_cut() -> None:
         float(lie_derivative_error(plain, x)), rel=1e-12
     )
     assert aside.kept is not None
+
+
+def test_a_detached_tensor_that_only_chooses_is_no_cut() -> None:
+    """A detached copy used to pick an index (the phase a polyphase sampling keeps, a mask) has no
+    derivative to miss: the choice is piecewise constant, and the values picked carry the tangent."""
+
+    class Chooses(nn.Module):
+        def __init__(self, mask: bool) -> None:
+            super().__init__()
+            self.mask = mask
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            energy = x.detach().square().sum(dim=(1, 2))
+            if self.mask:
+                return torch.where(energy[:, None, None] > 0, x, -x) * 2
+            picked = energy.argmax(dim=-1)  # a column index per sample, from the detached copy
+            return x * (1 + picked.to(x.dtype)[:, None, None, None])
+
+    class Plain(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    x = noise()
+    assert float(lie_derivative_error(Chooses(mask=True), x)) == pytest.approx(
+        float(lie_derivative_error(Plain(), x)), rel=1e-12
+    )
+    assert math.isfinite(float(lie_derivative_error(Chooses(mask=False), x)))
 
 
 def test_an_output_no_tangent_reaches_is_refused_with_the_reasons() -> None:

@@ -200,8 +200,10 @@ class TangentWatch(TorchFunctionMode):
         return Cut(how, None if layer is None else layer[0], place)
 
     def _mark(self, result: Any, cut: Cut) -> None:
+        # an integer or bool result (argmax, a comparison) has no derivative to miss: a cut that only
+        # chooses (the phase of a polyphase sampling, a mask) is piecewise constant, so it is not followed
         for tensor in tree_leaves(result):
-            if isinstance(tensor, torch.Tensor):
+            if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
                 self._marked[id(tensor)] = (weakref.ref(tensor), cut)
 
     def _cut_of(self, tensor: object) -> Cut | None:
