@@ -46,9 +46,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from equivariance._engine import arguments as _arguments
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.isolation import owning_module
-from equivariance._engine.plan import as_element, check_fits, check_input
 from equivariance._engine.validation import as_int, describe, per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
@@ -164,12 +164,12 @@ class _Setup:
         batch_size: object,
     ) -> _Setup:  # fmt: skip
         forward = Forward(model, layer, output)
-        tensor = check_input(x, model)
-        d = tensor.dim() - 2
+        tensor = _arguments.check_input(x, model)
         the_boundary = check_boundary(boundary)
-        strides = per_dim(stride, d, "stride", minimum=1)
-        bound = per_dim(max_shift, d, "max_shift", minimum=0)
-        size = None if batch_size is None else per_dim(batch_size, 1, "batch_size", minimum=1)[0]
+        strides = per_dim(stride, tensor.dim() - 2, "stride", minimum=1)
+        bound = _arguments.as_max_shift(max_shift, tensor)
+        size = _arguments.check_batch_size(batch_size, auto=False)
+        assert not isinstance(size, str)
         if shifts is not None and samples is not None:
             raise InvalidArgument(
                 "pass either shifts= (the elements to penalize) or samples= (how many random shifts to "
@@ -195,9 +195,9 @@ class _Setup:
         return tuple(box[k] for k in picks)
 
     def copies(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
-        """Items ``start:stop`` of the copies, row by row: ``elements[row]`` acting on ``x[sample]``."""
+        """Items ``start:stop`` of the copies, element by element: ``elements[i]`` acting on ``x[sample]``."""
         grid = Grid.of_input(self.x.dim() - 2, self.boundary)
-        pieces = [guarded_act(e, self.x[a:b], grid) for e, a, b in _runs(len(self.x), elements, start, stop)]
+        pieces = [guarded_act(e, self.x[a:b], grid) for e, a, b in _spans(len(self.x), elements, start, stop)]
         return torch.cat(pieces)
 
     def penalty(
@@ -210,7 +210,7 @@ class _Setup:
         grid = Grid(d, self.stride, self.boundary)
         total = outputs.new_zeros((), dtype=torch.promote_types(outputs.dtype, torch.float32))
         done = 0
-        for element, a, b in _runs(len(self.x), elements, start, stop):
+        for element, a, b in _spans(len(self.x), elements, start, stop):
             got, expected = outputs[done : done + b - a], reference[a:b]
             done += b - a
             if spatial:
@@ -231,9 +231,8 @@ def _elements(shifts: object, x: torch.Tensor, strides: tuple[int, ...]) -> tupl
         raise InvalidArgument(
             f"shifts {tuple(shifts)!r} is one shift, not a list of them; pass shifts=[{tuple(shifts)!r}]"
         )
-    elements = tuple(as_element(value) for value in shifts)
+    elements = _arguments.as_elements(shifts, x, "penalize", "a penalty that is always zero")
     for element in elements:
-        check_fits(element, x)
         if isinstance(element, Shift) and not element.divisible_by(strides):
             raise InvalidArgument(
                 f"shift {element} is not a multiple of the stride {strides}, so the subsampled output "
@@ -242,16 +241,17 @@ def _elements(shifts: object, x: torch.Tensor, strides: tuple[int, ...]) -> tupl
     return elements
 
 
-def _runs(n: int, elements: Sequence[Action], start: int, stop: int) -> list[tuple[Action, int, int]]:
-    """Items ``start:stop`` (row-major over elements x samples) as runs ``(element, first, last)``."""
-    runs = []
+def _spans(n: int, elements: Sequence[Action], start: int, stop: int) -> list[tuple[Action, int, int]]:
+    """Items ``start:stop`` (element-major over elements x samples) as spans of consecutive items that
+    share an element: ``(element, first sample, last sample + 1)``."""
+    spans = []
     item = start
     while item < stop:
-        row, sample = divmod(item, n)
-        end = min(stop, (row + 1) * n)
-        runs.append((elements[row], sample, sample + end - item))
+        index, sample = divmod(item, n)
+        end = min(stop, (index + 1) * n)
+        spans.append((elements[index], sample, sample + end - item))
         item = end
-    return runs
+    return spans
 
 
 def _squared_errors(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:

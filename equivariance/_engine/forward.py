@@ -122,17 +122,21 @@ def call_until(model: Callable[..., Any], x: torch.Tensor, module: nn.Module | N
         handle.remove()
 
 
-def find_layer(model: Callable[..., Any], name: str) -> nn.Module:
-    """The submodule called ``name``, or InvalidArgument listing the close names."""
+def find_layer(model: Callable[..., Any], name: str, argument: str = "layer") -> nn.Module:
+    """The submodule called ``name``, or InvalidArgument listing the close names; ``argument``: the
+    keyword that named it (``layer``, ``up_to``; ``layers`` and ``layouts`` name several)."""
     if not isinstance(model, nn.Module):
         raise InvalidArgument(
-            f"layer={name!r} needs an nn.Module to look the layer up in, found {describe(model)}; "
-            "pass the module itself or drop layer="
+            f"{argument}={name!r} needs an nn.Module to look the layer up in, found {describe(model)}; "
+            f"pass the module itself or drop {argument}="
         )
     if not isinstance(name, str):
+        several = argument in ("layers", "layouts")
+        example = {"layers": "layers=['conv4']", "layouts": "layouts={'conv4': 'channels_last'}"}
         raise InvalidArgument(
-            f"layer must be a submodule name (str), found {describe(name)}; pass a name from "
-            "model.named_modules(), e.g. layer='conv4'"
+            f"{argument} {'must name submodules' if several else 'must be a submodule name'} (str), found "
+            f"{describe(name)}; pass {'names' if several else 'a name'} from model.named_modules(), e.g. "
+            f"{example.get(argument, f'{argument}=' + repr('conv4'))}"
         )
     # torch.compile wraps the model in an OptimizedModule whose submodules are
     # named "_orig_mod.<name>"; the caller knows them by their own names

@@ -7,7 +7,6 @@ argument, what was expected, what was found and how to fix it.
 from __future__ import annotations
 
 import operator
-import warnings
 from collections.abc import Sequence
 
 from equivariance.errors import InvalidArgument
@@ -82,12 +81,3 @@ def as_float(value: object, what: str, *, allow_none: bool = False) -> float | N
             f"{what} must be a finite non-negative number, found {number}; pass e.g. {what}=1e-4"
         )
     return number
-
-
-def warn_deprecated(old: str, new: str) -> None:
-    """A DeprecationWarning for a name kept one release for compatibility, pointing at the caller's line."""
-    warnings.warn(
-        f"{old} is deprecated and will be removed in the next release; use {new}",
-        DeprecationWarning,
-        stacklevel=3,
-    )
