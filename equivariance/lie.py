@@ -1,44 +1,12 @@
 """The Lie derivative: a model's local equivariance error under a continuous transformation.
 
-For a one-parameter group ``T_t`` acting on the input (a sub-pixel
-translation, a rotation; see [`equivariance.generators`][equivariance.generators])
-and its action ``T'_t`` on the output (the same transformation on the
-output's grid, divided by its stride; none for an output that should be
-invariant, such as logits), the *Lie derivative* of a model ``f`` at ``x``
-is
-
-    L f(x) = d/dt T'_{-t} f(T_t x) at t = 0 = J_f(x) L_in x - L_out f(x)
-
-(Gruver, Finzi, Goldblum and Wilson, "The Lie derivative for measuring
-learned equivariance", ICLR 2023). It is zero for a model equivariant to the
-whole group, and measures how fast the equivariance error grows for small
-transformations: for a translation,
-``fractional_equivariance_error(f, x, t) / t`` tends to
-$||L f(x)|| / ||f(x)||$ as ``t`` goes to 0 (the tests check it). It takes
-one forward pass with one Jacobian-vector product (``torch.func.jvp``)
-instead of a sweep over many shifts, and it sees what integer shifts
-cannot: a pointwise nonlinearity aliases under sub-pixel shifts, so a
-circularly padded convolution stack with a ReLU between has a small nonzero
-Lie derivative, the same stack without one a zero one.
-
-[`profile_lie_derivative`][equivariance.lie.profile_lie_derivative] splits
-``L f(x)`` into the contributions of the layers, as the paper does: by the
-chain rule, ``L f(x) = sum_i J_{>i} L f_i``, where ``L f_i`` is layer
-``i``'s own Lie derivative at the input it was given and ``J_{>i}`` carries
-it through the layers after it. The contribution of layer ``i`` is the
-derivative of the model's output when only layer ``i`` is conjugated by the
-transformation (``T'_{-s} f_i T_s``); all of them come from one vectorized
-forward-mode pass. What no layer module accounts for (a functional op in a
-``forward``, a positional channel added by hand) is the remainder, reported
-as ``(other operations)``.
-
-The measurement runs like the checks: in eval mode, autograd off, exact
-float32, the model's state and the RNG restored; the same at every finite
-scale of the output (the checks' rule for sums, `equivariance._engine.judge`), and
-refused where it would not be the derivative: a non-finite output, a model
-that drops the derivative on the way to its output (``.detach()``), an op
-without a forward-mode formula. Attention runs on its math kernel, the one
-that has one (`equivariance._engine.jvp`).
+[`lie_derivative`][equivariance.lie.lie_derivative] computes
+$L f(x) = J_f(x) L_{in} x - L_{out} f(x)$ for a one-parameter group (a sub-pixel translation, a
+rotation; [`equivariance.generators`][equivariance.generators]) with one Jacobian-vector product,
+[`lie_derivative_error`][equivariance.lie.lie_derivative_error] its size per sample, and
+[`profile_lie_derivative`][equivariance.lie.profile_lie_derivative] its split over the layers (Gruver,
+Finzi, Goldblum and Wilson, ICLR 2023). The documentation's "The Lie derivative" page explains how it
+runs and what it refuses.
 """
 
 from __future__ import annotations
@@ -189,8 +157,7 @@ def lie_derivative(
 
     One forward pass with a Jacobian-vector product (``torch.func.jvp``)
     whose tangent is the generator applied to ``x``; the output's generator
-    is then subtracted (nothing for an invariant output). See the module
-    docstring.
+    is then subtracted (nothing for an invariant output).
 
     Examples:
         >>> import torch
@@ -509,7 +476,7 @@ def profile_lie_derivative(
     up_to: str | None = None,
     layouts: Mapping[str, LayoutLike] | None = None,
 ) -> LieProfile:
-    """The model's Lie derivative split into the contributions of its layers (see the module docstring).
+    """The model's Lie derivative split into the contributions of its layers.
 
     Every profiled layer ``i`` is conjugated by the transformation with its
     own parameter ``s_i`` (its first tensor input moved by ``T_{s_i}``, its

@@ -1,40 +1,11 @@
 """A differentiable equivariance penalty, to train a model towards the symmetry the checks measure.
 
-[`equivariance_loss`][equivariance.loss.equivariance_loss] is the mean, over
-the batch and a few group elements ``g`` (shifts given, or drawn at random
-each step), of the *squared* relative error of the library's metric,
-
-    ||f(g.x) - g'.f(x)||^2 / ||g'.f(x)||^2
-
-(the mean squared error where ``g'.f(x)`` is all zero), with autograd on, so
-``task_loss + weight * equivariance_loss(model, x, samples=2)`` trains the
-model to be more equivariant (or, for logits, invariant). Squaring makes the
-penalty smooth at zero; dividing by the reference keeps a model from
-lowering it by shrinking its outputs.
-
-Unlike the checks, it is meant to run *inside a training step*: the model
-runs in the mode it is in (train mode: dropout draws, BatchNorm normalizes
-with the statistics of the batch of copies and updates its running
-statistics, as any training forward pass does) and nothing is restored; only
-the input is left untouched. Random shifts are drawn from torch's global RNG,
-as dropout's are, unless ``rng=`` is given. A step that has computed
-``logits = model(x)`` for its task loss passes ``reference=logits``, and
-``x`` does not run through the model again.
-
-When the copies do not fit in one pass (``batch_size=`` smaller than the
-copies), they run in chunks, each chunk's gradient taken at once and
-accumulated, so the memory is that of one chunk; the loss returned then
-carries the accumulated gradient to the model's parameters (its value is
-the same, its ``backward`` gives the same gradients to the parameters, but
-no gradient reaches anything else, such as ``x``). That holds only for a
-model that treats the samples of a batch alone: a BatchNorm in train mode
-(or one without running statistics) would normalize each chunk with the
-chunk's own statistics, a different number, and update its running
-statistics once per chunk, so chunks are refused for such a model, with the
-reason, before any pass (eval mode, or GroupNorm / LayerNorm, chunk exactly).
-Making chunks exact would need the statistics of the whole batch of copies
-before the first chunk, a pass over all of them: the memory chunks exist to
-avoid.
+[`equivariance_loss`][equivariance.loss.equivariance_loss] is the mean, over the batch and a few group
+elements ``g``, of the *squared* relative error of the library's metric,
+$||f(g.x) - g'.f(x)||^2 / ||g'.f(x)||^2$ (the mean square where $g'.f(x)$ is all zero), with
+autograd on. Unlike the checks it runs inside a training step: in the model's own mode, nothing
+restored but the input. The documentation's "Training with an equivariance penalty" page explains the
+chunks, the reference and the random shifts.
 """
 
 from __future__ import annotations
@@ -80,8 +51,8 @@ def equivariance_loss(
     are defined; any other output (logits) with the reference unmoved. For
     a model in eval mode its value is the mean of
     ``equivariance_error(model, x, g, reduction="none") ** 2`` over the
-    elements. See the module docstring for how it runs: in the model's own
-    mode, inside a training step.
+    elements. It runs in the model's own mode, inside a training step (the
+    documentation's penalty page says how).
 
     Examples:
         >>> import torch
@@ -281,7 +252,7 @@ def _check_reference(reference: object, x: torch.Tensor) -> torch.Tensor | None:
 def _accumulated(
     setup: _Setup, elements: tuple[Action, ...], size: int, given: torch.Tensor | None
 ) -> torch.Tensor:
-    """The loss in chunks of ``size`` copies, each chunk's gradient taken at once (see the module)."""
+    """The loss in chunks of ``size`` copies, each chunk's gradient taken at once (docs/penalty.md)."""
     module = owning_module(setup.forward.model)
     params = [] if module is None else [p for p in module.parameters() if p.requires_grad]
     if module is None:

@@ -221,7 +221,7 @@ class EquivarianceProfile:
         return f"{head}: first failure at {first.name} ({first.type}), {first.cause}"
 
     def __str__(self) -> str:
-        rows = [("layer", "type", "output", "layout", "stride", "out shift", "error", "verdict")]
+        table = [("layer", "type", "output", "layout", "stride", "out shift", "error", "verdict")]
         for layer in self.layers:
             stride = "-" if layer.stride is None else _tuple(layer.stride)
             if layer.stride is not None and is_global(layer.output_shape, layer.stride, self.input_shape[2:]):
@@ -235,8 +235,8 @@ class EquivarianceProfile:
                 verdict, error, moved = "not compared (layout?)", "-", "-"
             shape = _tuple(layer.output_shape[1:])
             layout = _LAYOUT_LABELS.get(layer.layout or "", "-")
-            rows.append((layer.name, layer.type, shape, layout, stride, moved, error, verdict))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            table.append((layer.name, layer.type, shape, layout, stride, moved, error, verdict))
+        widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
         lines = [self.summary()]
         lines.append(
             f"  input {self.input_shape} {self.dtype}; tolerance rtol={self.rtol:.0e}, "
@@ -244,8 +244,8 @@ class EquivarianceProfile:
         )
         if self.separate_passes is not None:
             lines.append(f"  two passes: {self.separate_passes}")
-        for row in rows:
-            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        for line in table:
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
         if any(not layer.divisible for layer in self.layers):
             lines.append("  ~: the stride does not divide the shift; compared with the rounded shift")
         for layer in self.layers:
@@ -286,7 +286,7 @@ def profile_equivariance(
     layer, and if that sample's output there is not what it was in the batch,
     the profile runs ``x`` and its moved copy in two separate passes instead
     and says so (``separate_passes``). An output without spatial dims is compared unmoved. Each
-    layer's layout is inferred from the shapes (see the module docstring) or
+    layer's layout is inferred from the shapes (docs/actions.md) or
     named in ``layouts``. Failing layers get a likely cause and a fix. With
     ``up_to``, the pass stops once that layer has returned, as a check's
     ``layer=`` does, so a model whose head refuses the input size can still

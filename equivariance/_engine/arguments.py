@@ -267,7 +267,7 @@ def _check_model_matches(model: nn.Module, x: torch.Tensor) -> None:
         )
 
 
-def check_fits(element: Action, x: torch.Tensor, grid: Grid | None = None, what: str = "x") -> None:
+def check_fits(element: Action, x: torch.Tensor, grid: Grid | None = None, subject: str = "x") -> None:
     """An element must act on ``x`` (on ``grid``; by default an input's) and map its grid onto itself."""
     if isinstance(element, Shift) and grid is None:
         check_shift_fits(element, x)
@@ -276,7 +276,7 @@ def check_fits(element: Action, x: torch.Tensor, grid: Grid | None = None, what:
     ndim = getattr(element, "ndim", None)
     if isinstance(ndim, int) and ndim != grid.spatial_dims:
         raise InvalidArgument(
-            f"{element!r} has {ndim} dims but {what} of shape {tuple(x.shape)} has {grid.spatial_dims} "
+            f"{element!r} has {ndim} dims but {subject} of shape {tuple(x.shape)} has {grid.spatial_dims} "
             f"spatial dims; pass one offset per spatial dim"
         )
     try:
@@ -284,10 +284,10 @@ def check_fits(element: Action, x: torch.Tensor, grid: Grid | None = None, what:
     except InvalidArgument:
         raise
     except Exception as exc:
-        raise InvalidArgument(f"{element!r}.act raised {type(exc).__name__} on {what}: {exc}") from exc
+        raise InvalidArgument(f"{element!r}.act raised {type(exc).__name__} on {subject}: {exc}") from exc
     if not isinstance(moved, torch.Tensor) or moved.shape != x[:1].shape:
         raise InvalidArgument(
-            f"{element!r} must map the grid of {what} onto itself, returning a tensor of shape "
+            f"{element!r} must map the grid of {subject} onto itself, returning a tensor of shape "
             f"{tuple(x[:1].shape)} for one sample, found {describe(moved)}; a transform may only move "
             "the samples of the spatial dims"
         )

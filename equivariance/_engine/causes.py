@@ -103,7 +103,7 @@ def misaligned_grid(lead: str, fix: str) -> str:
 
 def adaptive_sampling(layer: str, boundary: str) -> str:
     """A row after adaptive polyphase sampling, compared with a rounded shift it need not follow."""
-    exact = (
+    exactly = (
         "under circular shifts, with circular padding and sizes the strides divide, the map is then "
         "exactly a shift of itself by that amount, and a globally pooled output exactly invariant"
         if boundary == "circular"
@@ -112,7 +112,7 @@ def adaptive_sampling(layer: str, boundary: str) -> str:
     return (
         f"adaptive polyphase sampling at {layer} keeps, for each sample, the subsampling grid of "
         "largest norm, so the map moves by a whole number of samples that depends on the sample (which "
-        f"grid wins), not by the rounded shift this row is compared with; {exact}. Test the pooled output "
+        f"grid wins), not by the rounded shift this row is compared with; {exactly}. Test the pooled output "
         "with check_invariance(model, x, boundary='circular')"
     )
 

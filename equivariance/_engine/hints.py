@@ -32,7 +32,7 @@ ReadStructure = Callable[[], Structure | None]
 
 @dataclass(frozen=True)
 class Verdicts:
-    """A check's outcome per element (the rows after the noise floor's), and its noise floor."""
+    """A check's outcome per element checked (the noise floor's identity aside), and its noise floor."""
 
     passed: Sequence[bool]
     errors: Sequence[float]
