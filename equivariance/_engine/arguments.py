@@ -18,7 +18,7 @@ from torch import nn
 from equivariance._engine.forward import Forward, find_layer
 from equivariance._engine.isolation import submodules
 from equivariance._engine.sinks import OutputAction, all_finite
-from equivariance._engine.validation import as_int, describe, per_dim
+from equivariance._engine.validation import as_int, describe, per_dim, shown_per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary
 from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import InvalidArgument
@@ -108,12 +108,7 @@ def validate(
                 f"stride='auto' infers how shifts move the output, but {elements[0]} is a "
                 f"{elements[0].noun}, which acts alike on the input and the output; drop stride="
             )
-    bound = None if max_shift is None else per_dim(max_shift, d, "max_shift", minimum=0)
-    if bound is not None and any(b >= n for b, n in zip(bound, tensor.shape[2:])):
-        raise InvalidArgument(
-            f"max_shift {max_shift} is as large as the signal or larger (spatial size "
-            f"{tuple(tensor.shape[2:])}); pass max_shift below {min(tensor.shape[2:])}"
-        )
+    bound = None if max_shift is None else as_max_shift(max_shift, tensor)
     return Request(
         forward, tensor, mode, None if elements is None else tuple(elements), bound, strides, margins,
         the_boundary, None if layout is None else as_layout(layout),
@@ -346,7 +341,7 @@ def as_max_shift(max_shift: object, x: torch.Tensor) -> tuple[int, ...]:
     bound = per_dim(max_shift, len(spatial), "max_shift", minimum=0)
     if any(b >= n for b, n in zip(bound, spatial)):
         raise InvalidArgument(
-            f"max_shift {bound} is as large as the signal or larger (spatial size {spatial}); pass "
+            f"max_shift {shown_per_dim(bound)} is as large as the signal or larger (spatial size {spatial}); pass "
             f"max_shift below {min(spatial)}"
         )
     return bound
