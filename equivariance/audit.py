@@ -56,11 +56,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from equivariance._engine import arguments as _arguments
 from equivariance._engine import plan as _plan
+from equivariance._engine.arguments import BatchSize
 from equivariance._engine.checkpoint import Checkpoint, Record, fingerprint, identity, selector
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.judge import sample_errors, within
-from equivariance._engine.plan import BatchSize
 from equivariance._engine.progress import Progress
 from equivariance._engine.runner import ModelConsumer, Runner
 from equivariance._engine.sinks import Top1
@@ -448,7 +449,7 @@ def _measure_batch(
     """One batch on the checks' engine: each sample's worst error and verdict over the shifts, the
     tolerance applied, and (with a classifier, run on the same copies) whether every shift keeps
     each sample's top-1 class."""
-    request = _plan.validate(
+    request = _arguments.validate(
         forward.model, x, "equivariance", options.shifts, stride=options.stride, margin=options.margin,
         boundary=options.boundary, batch_size=options.batch_size, layer=forward.layer, output=forward.output,
         noise_floor=False,

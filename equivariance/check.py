@@ -18,12 +18,14 @@ from typing import Any, Literal
 
 import torch
 
+from equivariance._engine import arguments as _arguments
 from equivariance._engine import plan as _plan
 from equivariance._engine.anatomy import Structure, read_structure
+from equivariance._engine.arguments import BatchSize, Mode
 from equivariance._engine.forward import OutputSelector
 from equivariance._engine.hints import Verdicts, hints_for
 from equivariance._engine.judge import sample_errors, within
-from equivariance._engine.plan import BatchSize, Mode, Plan
+from equivariance._engine.plan import Plan
 from equivariance._engine.runner import Runner
 from equivariance._engine.sinks import OutputAction, Sums
 from equivariance._engine.vacuous import why_vacuous
@@ -40,7 +42,7 @@ from equivariance.transforms import as_transform_list
 __all__ = ["assert_equivariant", "assert_invariant", "check_equivariance", "check_invariance"]
 
 IntOrTuple = int | Sequence[int]
-DEFAULT_MAX_SHIFT = _plan.DEFAULT_MAX_SHIFT
+DEFAULT_MAX_SHIFT = _arguments.DEFAULT_MAX_SHIFT
 """Default box of shifts, in units of the stride $s$: every multiple of $s$ in $[-2s, 2s]^d$."""
 
 
@@ -143,7 +145,7 @@ def check_equivariance(
             shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
             output_action=output_action is not None and not isinstance(output_action, Regular),
         )  # fmt: skip
-    request = _plan.validate(
+    request = _arguments.validate(
         model, x, "equivariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
         stride=stride, margin=margin, boundary=boundary, layout=layout, output_action=output_action,
         batch_size=batch_size, layer=layer, output=output,
@@ -193,7 +195,7 @@ def check_invariance(
     """
     if transforms is not None:
         _no_shift_options(shifts=shifts is not None, max_shift=max_shift is not None)
-    request = _plan.validate(
+    request = _arguments.validate(
         model, x, "invariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
         boundary=boundary, batch_size=batch_size, layer=layer, output=output,
     )  # fmt: skip
@@ -278,16 +280,17 @@ def _elements(shifts: object, transforms: object, max_shift: object) -> list[Act
             "pass either shifts= (an explicit list) or max_shift= (a box of shifts), not both"
         )
     shift_list: list[Action] = list(as_shift_list(shifts))
-    if all(s.is_identity for s in shift_list):
-        raise InvalidArgument(
-            f"the shifts to check are only the identity {shift_list[0]}, a check that cannot fail; "
-            "pass at least one nonzero shift (with stride=k, max_shift must be at least k)"
-        )
+    _arguments.check_not_identity(shift_list, "check", "a check that cannot fail", _arguments.IDENTITY_BOX)
     return shift_list
 
 
 def _check(
-    request: _plan.Request, atol: object, rtol: object, layer: str | None, *, inferred_stride: bool = False
+    request: _arguments.Request,
+    atol: object,
+    rtol: object,
+    layer: str | None,
+    *,
+    inferred_stride: bool = False,
 ) -> EquivarianceReport:
     resolve_tolerance(request.x.dtype, rtol=rtol, atol=atol)  # bad tolerances are refused before any pass
     with Runner(request.forward.model) as runner:

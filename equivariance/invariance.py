@@ -50,10 +50,10 @@ from typing import Any, Literal
 
 import torch
 
+from equivariance._engine.arguments import check_batch_size, check_input
 from equivariance._engine.copies import Copies
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.memory import chunk_size, default_batch_size
-from equivariance._engine.plan import check_batch_size, check_input
 from equivariance._engine.runner import ModelConsumer, Runner, Sink
 from equivariance._engine.sinks import RelativeChange, Top1
 from equivariance._engine.validation import as_int, per_dim

@@ -1,44 +1,12 @@
 """The Lie derivative: a model's local equivariance error under a continuous transformation.
 
-For a one-parameter group ``T_t`` acting on the input (a sub-pixel
-translation, a rotation; see [`equivariance.generators`][equivariance.generators])
-and its action ``T'_t`` on the output (the same transformation on the
-output's grid, divided by its stride; none for an output that should be
-invariant, such as logits), the *Lie derivative* of a model ``f`` at ``x``
-is
-
-    L f(x) = d/dt T'_{-t} f(T_t x) at t = 0 = J_f(x) L_in x - L_out f(x)
-
-(Gruver, Finzi, Goldblum and Wilson, "The Lie derivative for measuring
-learned equivariance", ICLR 2023). It is zero for a model equivariant to the
-whole group, and measures how fast the equivariance error grows for small
-transformations: for a translation,
-``fractional_equivariance_error(f, x, t) / t`` tends to
-$||L f(x)|| / ||f(x)||$ as ``t`` goes to 0 (the tests check it). It takes
-one forward pass with one Jacobian-vector product (``torch.func.jvp``)
-instead of a sweep over many shifts, and it sees what integer shifts
-cannot: a pointwise nonlinearity aliases under sub-pixel shifts, so a
-circularly padded convolution stack with a ReLU between has a small nonzero
-Lie derivative, the same stack without one a zero one.
-
-[`profile_lie_derivative`][equivariance.lie.profile_lie_derivative] splits
-``L f(x)`` into the contributions of the layers, as the paper does: by the
-chain rule, ``L f(x) = sum_i J_{>i} L f_i``, where ``L f_i`` is layer
-``i``'s own Lie derivative at the input it was given and ``J_{>i}`` carries
-it through the layers after it. The contribution of layer ``i`` is the
-derivative of the model's output when only layer ``i`` is conjugated by the
-transformation (``T'_{-s} f_i T_s``); all of them come from one vectorized
-forward-mode pass. What no layer module accounts for (a functional op in a
-``forward``, a positional channel added by hand) is the remainder, reported
-as ``(other operations)``.
-
-The measurement runs like the checks: in eval mode, autograd off, exact
-float32, the model's state and the RNG restored; the same at every finite
-scale of the output (the checks' rule for sums, `equivariance._engine.judge`), and
-refused where it would not be the derivative: a non-finite output, a model
-that drops the derivative on the way to its output (``.detach()``), an op
-without a forward-mode formula. Attention runs on its math kernel, the one
-that has one (`equivariance._engine.jvp`).
+[`lie_derivative`][equivariance.lie.lie_derivative] computes
+$L f(x) = J_f(x) L_{in} x - L_{out} f(x)$ for a one-parameter group (a sub-pixel translation, a
+rotation; [`equivariance.generators`][equivariance.generators]) with one Jacobian-vector product,
+[`lie_derivative_error`][equivariance.lie.lie_derivative_error] its size per sample, and
+[`profile_lie_derivative`][equivariance.lie.profile_lie_derivative] its split over the layers (Gruver,
+Finzi, Goldblum and Wilson, ICLR 2023). The documentation's "The Lie derivative" page explains how it
+runs and what it refuses.
 """
 
 from __future__ import annotations
@@ -53,7 +21,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from equivariance._engine.forward import Forward, OutputSelector, find_layer
+from equivariance._engine import arguments as _arguments
+from equivariance._engine.diagnosis import JUNCTION, junction_name
+from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.grids import Grids, Stride
 from equivariance._engine.judge import sample_errors
 from equivariance._engine.jvp import TangentWatch, forward_mode, not_implemented, pushforward
@@ -64,14 +34,12 @@ from equivariance._engine.layers import (
     Recorded,
     view_permutation,
 )
-from equivariance._engine.plan import check_input
 from equivariance._engine.runner import Runner
 from equivariance._engine.sinks import all_finite, check_finite, sample_scale, squared_norms
-from equivariance._engine.validation import describe, per_dim
+from equivariance._engine.validation import describe
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.generators import Generator, Rotation, Translation
 from equivariance.layouts import ChannelsFirst, Layout, LayoutLike
-from equivariance.profile import JUNCTION, _given_layouts, junction_name
 
 __all__ = [
     "LayerContribution",
@@ -189,8 +157,7 @@ def lie_derivative(
 
     One forward pass with a Jacobian-vector product (``torch.func.jvp``)
     whose tangent is the generator applied to ``x``; the output's generator
-    is then subtracted (nothing for an invariant output). See the module
-    docstring.
+    is then subtracted (nothing for an invariant output).
 
     Examples:
         >>> import torch
@@ -346,17 +313,18 @@ class _Setup:
         batch_size: object,
     ) -> _Setup:
         forward = Forward(model, layer, output)
-        tensor = check_input(x, model)
+        tensor = _arguments.check_input(x, model)
         the_generator = as_generator(generator, tensor)
-        d = tensor.dim() - 2
-        strides = None if stride == "auto" else per_dim(stride, d, "stride", minimum=1)
+        strides = _arguments.as_stride(stride, tensor.dim() - 2)
         if invariant not in (None, True, False):
             raise InvalidArgument(
                 f"invariant must be True, False or None (decide by the output's shape), found "
                 f"{describe(invariant)}; pass invariant=True for logits"
             )
-        size = len(tensor) if batch_size is None else per_dim(batch_size, 1, "batch_size", minimum=1)[0]
-        return cls(forward, tensor, the_generator, strides, invariant, size)
+        size = _arguments.check_batch_size(batch_size, auto=False)
+        assert not isinstance(size, str)
+        fixed = None if strides == "auto" else strides
+        return cls(forward, tensor, the_generator, fixed, invariant, size or len(tensor))
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(f(x), L f(x))``, chunk by chunk, isolated like a check."""
@@ -505,9 +473,10 @@ def profile_lie_derivative(
     generator: GeneratorLike = "translation",
     *,
     layers: Sequence[str] | None = None,
+    up_to: str | None = None,
     layouts: Mapping[str, LayoutLike] | None = None,
 ) -> LieProfile:
-    """The model's Lie derivative split into the contributions of its layers (see the module docstring).
+    """The model's Lie derivative split into the contributions of its layers.
 
     Every profiled layer ``i`` is conjugated by the transformation with its
     own parameter ``s_i`` (its first tensor input moved by ``T_{s_i}``, its
@@ -543,7 +512,11 @@ def profile_lie_derivative(
         x: a batch ``(N, C, *spatial)``.
         generator: as in [`lie_derivative`][equivariance.lie.lie_derivative].
         layers: names of the submodules to profile; default every leaf
-            submodule that runs.
+            submodule that runs (the model itself where it has none).
+        up_to: the name of a submodule after whose output the forward pass
+            stops: the Lie derivative of that output, split over the layers
+            that ran up to it, as ``up_to`` does in
+            [`profile_equivariance`][equivariance.profile_equivariance].
         layouts: layouts of layers whose shapes leave them ambiguous, by name:
             ``{"blocks.0.norm": "channels_last"}``, as in
             [`profile_equivariance`][equivariance.profile_equivariance].
@@ -551,41 +524,23 @@ def profile_lie_derivative(
     Returns:
         A [`LieProfile`][equivariance.lie.LieProfile].
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidArgument(
-            f"profile_lie_derivative needs an nn.Module to hook its layers, found {describe(model)}; "
-            "use lie_derivative_error for a plain callable"
-        )
-    tensor = check_input(x, model)
+    module = _arguments.hooked(model, "profile_lie_derivative", "lie_derivative_error")
+    tensor = _arguments.check_input(x, module)
     the_generator = as_generator(generator, tensor)
-    targets, given = _targets(model, layers), _given_layouts(model, layouts)
+    chosen = _arguments.choose_layers(module, layers, up_to, layouts)
+    forward = Forward(module, chosen.up_to)
     grids = Grids(tuple(tensor.shape[2:]))
-    with Runner(model), forward_mode():
-        with grids.following(model):
-            plain = _layers_that_run(model, tensor, targets, the_generator, grids, given)
-        found = _contributions(model, tensor, plain)
+    with Runner(module), forward_mode():
+        with grids.following(module):
+            plain = _layers_that_run(forward, tensor, chosen, the_generator, grids)
+        found = _contributions(forward, tensor, plain)
     for name, why in plain.ambiguous.items():
         warnings.warn(
             f"layer {name!r} is left out of the Lie profile (its part is in {OTHER!r}): {why}",
             EquivarianceWarning,
             stacklevel=2,
         )
-    return _profile(model, the_generator, grids, plain.layers, found)
-
-
-def _targets(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
-    if layers is None:
-        leaves = {name: m for name, m in model.named_modules() if name and not any(m.children())}
-        if not leaves:
-            raise InvalidArgument(
-                f"{type(model).__name__} has no submodules to profile; use lie_derivative_error for it whole"
-            )
-        return leaves
-    if isinstance(layers, str) or not layers:
-        raise InvalidArgument(
-            f"layers must be a non-empty list of layer names, found {describe(layers)}; pass e.g. ['conv1']"
-        )
-    return {name: find_layer(model, name) for name in layers}
+    return _profile(module, the_generator, grids, plain.layers, found)
 
 
 @dataclass(frozen=True)
@@ -712,10 +667,7 @@ class _Plain:
 
     def result(self, x: torch.Tensor, base: torch.Tensor) -> _Pass:
         if not self.order:
-            raise InvalidArgument(
-                "no profiled layer returned a tensor during the forward pass; pass layers= naming "
-                "submodules that the forward pass calls"
-            )
+            raise InvalidArgument(_arguments.NONE_RAN)
         layers = [ran for name, ran in self.order.items() if name not in self.ambiguous]
         moved_input = self.generator.apply(x, (1,) * (x.dim() - 2))
         moved_output = _moved(self.generator, base, self.grids.stride(tuple(base.shape)))
@@ -723,18 +675,13 @@ class _Plain:
 
 
 def _layers_that_run(
-    model: nn.Module,
-    x: torch.Tensor,
-    targets: dict[str, nn.Module],
-    generator: Generator,
-    grids: Grids,
-    given: dict[str, Layout],
+    forward: Forward, x: torch.Tensor, chosen: _arguments.Layers, generator: Generator, grids: Grids
 ) -> _Pass:
     """The profiled layers in the order they first run, from one plain pass, with the generator applied
     to what each call took and returned (as the pass computes them: a later in-place op cannot change
     them). The conjugated passes add these, scaled, instead of applying the generator again."""
     given_x = x.clone()
-    plain = _Plain(given_x, generator, grids, given)
+    plain = _Plain(given_x, generator, grids, chosen.layouts)
 
     def before(name: str) -> Callable[[nn.Module, Any], None]:
         return lambda module, args: plain.before(name, module, args)
@@ -742,10 +689,10 @@ def _layers_that_run(
     def after(name: str) -> Callable[[nn.Module, Any, Any], None]:
         return lambda module, inputs, out: plain.after(name, module, inputs, out)
 
-    handles = [m.register_forward_pre_hook(before(name)) for name, m in targets.items()]
-    handles += [m.register_forward_hook(after(name)) for name, m in targets.items()]
+    handles = [m.register_forward_pre_hook(before(name)) for name, m in chosen.modules.items()]
+    handles += [m.register_forward_hook(after(name)) for name, m in chosen.modules.items()]
     try:
-        base = Forward(model)(given_x)
+        base = forward(given_x)
     finally:
         for handle in handles:
             handle.remove()
@@ -753,7 +700,7 @@ def _layers_that_run(
 
 
 def _conjugated(
-    model: nn.Module, x: torch.Tensor, plain: _Pass, s: torch.Tensor, watch: TangentWatch
+    forward: Forward, x: torch.Tensor, plain: _Pass, s: torch.Tensor, watch: TangentWatch
 ) -> torch.Tensor:
     """The model's output with every profiled layer ``i`` conjugated by the transformation ``s[i]``, and
     the whole model by ``s[-1]``.
@@ -788,7 +735,7 @@ def _conjugated(
         handles.append(layer.module.register_forward_pre_hook(before))
         handles.append(layer.module.register_forward_hook(after))
     try:
-        out = floating(Forward(model)(conjugate(x, s[-1], plain.moved_input)))
+        out = floating(forward(conjugate(x, s[-1], plain.moved_input)))
         watch.check(out, flows=True)
         return conjugate(out, -s[-1], plain.moved_output)
     finally:
@@ -797,7 +744,7 @@ def _conjugated(
 
 
 def _contributions(
-    model: nn.Module, x: torch.Tensor, plain: _Pass
+    forward: Forward, x: torch.Tensor, plain: _Pass
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``f(x)``, the layers' contributions ``(layers, *f(x).shape)`` and ``L f(x)``: one jvp vmapped
     over the layers and the whole model."""
@@ -805,11 +752,11 @@ def _contributions(
     s = torch.zeros(count, dtype=x.dtype, device=x.device)
     basis = torch.eye(count, dtype=x.dtype, device=x.device)
 
-    watch = TangentWatch(model, normalizations=False)  # under vmap: no branching on values
+    watch = TangentWatch(forward.model, normalizations=False)  # under vmap: no branching on values
 
     def along(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         result: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-            lambda t: _conjugated(model, x.clone(), plain, t, watch), (s,), (direction,)
+            lambda t: _conjugated(forward, x.clone(), plain, t, watch), (s,), (direction,)
         )
         return result
 

@@ -1,40 +1,11 @@
 """A differentiable equivariance penalty, to train a model towards the symmetry the checks measure.
 
-[`equivariance_loss`][equivariance.loss.equivariance_loss] is the mean, over
-the batch and a few group elements ``g`` (shifts given, or drawn at random
-each step), of the *squared* relative error of the library's metric,
-
-    ||f(g.x) - g'.f(x)||^2 / ||g'.f(x)||^2
-
-(the mean squared error where ``g'.f(x)`` is all zero), with autograd on, so
-``task_loss + weight * equivariance_loss(model, x, samples=2)`` trains the
-model to be more equivariant (or, for logits, invariant). Squaring makes the
-penalty smooth at zero; dividing by the reference keeps a model from
-lowering it by shrinking its outputs.
-
-Unlike the checks, it is meant to run *inside a training step*: the model
-runs in the mode it is in (train mode: dropout draws, BatchNorm normalizes
-with the statistics of the batch of copies and updates its running
-statistics, as any training forward pass does) and nothing is restored; only
-the input is left untouched. Random shifts are drawn from torch's global RNG,
-as dropout's are, unless ``rng=`` is given. A step that has computed
-``logits = model(x)`` for its task loss passes ``reference=logits``, and
-``x`` does not run through the model again.
-
-When the copies do not fit in one pass (``batch_size=`` smaller than the
-copies), they run in chunks, each chunk's gradient taken at once and
-accumulated, so the memory is that of one chunk; the loss returned then
-carries the accumulated gradient to the model's parameters (its value is
-the same, its ``backward`` gives the same gradients to the parameters, but
-no gradient reaches anything else, such as ``x``). That holds only for a
-model that treats the samples of a batch alone: a BatchNorm in train mode
-(or one without running statistics) would normalize each chunk with the
-chunk's own statistics, a different number, and update its running
-statistics once per chunk, so chunks are refused for such a model, with the
-reason, before any pass (eval mode, or GroupNorm / LayerNorm, chunk exactly).
-Making chunks exact would need the statistics of the whole batch of copies
-before the first chunk, a pass over all of them: the memory chunks exist to
-avoid.
+[`equivariance_loss`][equivariance.loss.equivariance_loss] is the mean, over the batch and a few group
+elements ``g``, of the *squared* relative error of the library's metric,
+$||f(g.x) - g'.f(x)||^2 / ||g'.f(x)||^2$ (the mean square where $g'.f(x)$ is all zero), with
+autograd on. Unlike the checks it runs inside a training step: in the model's own mode, nothing
+restored but the input. The documentation's "Training with an equivariance penalty" page explains the
+chunks, the reference and the random shifts.
 """
 
 from __future__ import annotations
@@ -46,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from equivariance._engine import arguments as _arguments
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.isolation import owning_module
-from equivariance._engine.plan import as_element, check_fits, check_input
 from equivariance._engine.validation import as_int, describe, per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
@@ -80,8 +51,8 @@ def equivariance_loss(
     are defined; any other output (logits) with the reference unmoved. For
     a model in eval mode its value is the mean of
     ``equivariance_error(model, x, g, reduction="none") ** 2`` over the
-    elements. See the module docstring for how it runs: in the model's own
-    mode, inside a training step.
+    elements. It runs in the model's own mode, inside a training step (the
+    documentation's penalty page says how).
 
     Examples:
         >>> import torch
@@ -164,12 +135,12 @@ class _Setup:
         batch_size: object,
     ) -> _Setup:  # fmt: skip
         forward = Forward(model, layer, output)
-        tensor = check_input(x, model)
-        d = tensor.dim() - 2
+        tensor = _arguments.check_input(x, model)
         the_boundary = check_boundary(boundary)
-        strides = per_dim(stride, d, "stride", minimum=1)
-        bound = per_dim(max_shift, d, "max_shift", minimum=0)
-        size = None if batch_size is None else per_dim(batch_size, 1, "batch_size", minimum=1)[0]
+        strides = per_dim(stride, tensor.dim() - 2, "stride", minimum=1)
+        bound = _arguments.as_max_shift(max_shift, tensor)
+        size = _arguments.check_batch_size(batch_size, auto=False)
+        assert not isinstance(size, str)
         if shifts is not None and samples is not None:
             raise InvalidArgument(
                 "pass either shifts= (the elements to penalize) or samples= (how many random shifts to "
@@ -195,9 +166,9 @@ class _Setup:
         return tuple(box[k] for k in picks)
 
     def copies(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
-        """Items ``start:stop`` of the copies, row by row: ``elements[row]`` acting on ``x[sample]``."""
+        """Items ``start:stop`` of the copies, element by element: ``elements[i]`` acting on ``x[sample]``."""
         grid = Grid.of_input(self.x.dim() - 2, self.boundary)
-        pieces = [guarded_act(e, self.x[a:b], grid) for e, a, b in _runs(len(self.x), elements, start, stop)]
+        pieces = [guarded_act(e, self.x[a:b], grid) for e, a, b in _spans(len(self.x), elements, start, stop)]
         return torch.cat(pieces)
 
     def penalty(
@@ -210,7 +181,7 @@ class _Setup:
         grid = Grid(d, self.stride, self.boundary)
         total = outputs.new_zeros((), dtype=torch.promote_types(outputs.dtype, torch.float32))
         done = 0
-        for element, a, b in _runs(len(self.x), elements, start, stop):
+        for element, a, b in _spans(len(self.x), elements, start, stop):
             got, expected = outputs[done : done + b - a], reference[a:b]
             done += b - a
             if spatial:
@@ -231,9 +202,8 @@ def _elements(shifts: object, x: torch.Tensor, strides: tuple[int, ...]) -> tupl
         raise InvalidArgument(
             f"shifts {tuple(shifts)!r} is one shift, not a list of them; pass shifts=[{tuple(shifts)!r}]"
         )
-    elements = tuple(as_element(value) for value in shifts)
+    elements = _arguments.as_elements(shifts, x, "penalize", "a penalty that is always zero")
     for element in elements:
-        check_fits(element, x)
         if isinstance(element, Shift) and not element.divisible_by(strides):
             raise InvalidArgument(
                 f"shift {element} is not a multiple of the stride {strides}, so the subsampled output "
@@ -242,16 +212,17 @@ def _elements(shifts: object, x: torch.Tensor, strides: tuple[int, ...]) -> tupl
     return elements
 
 
-def _runs(n: int, elements: Sequence[Action], start: int, stop: int) -> list[tuple[Action, int, int]]:
-    """Items ``start:stop`` (row-major over elements x samples) as runs ``(element, first, last)``."""
-    runs = []
+def _spans(n: int, elements: Sequence[Action], start: int, stop: int) -> list[tuple[Action, int, int]]:
+    """Items ``start:stop`` (element-major over elements x samples) as spans of consecutive items that
+    share an element: ``(element, first sample, last sample + 1)``."""
+    spans = []
     item = start
     while item < stop:
-        row, sample = divmod(item, n)
-        end = min(stop, (row + 1) * n)
-        runs.append((elements[row], sample, sample + end - item))
+        index, sample = divmod(item, n)
+        end = min(stop, (index + 1) * n)
+        spans.append((elements[index], sample, sample + end - item))
         item = end
-    return runs
+    return spans
 
 
 def _squared_errors(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
@@ -281,7 +252,7 @@ def _check_reference(reference: object, x: torch.Tensor) -> torch.Tensor | None:
 def _accumulated(
     setup: _Setup, elements: tuple[Action, ...], size: int, given: torch.Tensor | None
 ) -> torch.Tensor:
-    """The loss in chunks of ``size`` copies, each chunk's gradient taken at once (see the module)."""
+    """The loss in chunks of ``size`` copies, each chunk's gradient taken at once (docs/penalty.md)."""
     module = owning_module(setup.forward.model)
     params = [] if module is None else [p for p in module.parameters() if p.requires_grad]
     if module is None:

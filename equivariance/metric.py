@@ -30,10 +30,11 @@ from typing import Any, Literal
 
 import torch
 
+from equivariance._engine import arguments as _arguments
 from equivariance._engine import plan as _plan
+from equivariance._engine.arguments import BatchSize
 from equivariance._engine.forward import OutputSelector
 from equivariance._engine.judge import sample_errors, within
-from equivariance._engine.plan import BatchSize
 from equivariance._engine.runner import Runner
 from equivariance._engine.sinks import accumulation_dtype
 from equivariance._engine.vacuous import why_vacuous
@@ -149,8 +150,8 @@ def equivariance_error(
         (``"none"``), on ``x``'s device.
     """
     _check_reduction(reduction)
-    request = _plan.validate(
-        model, x, "equivariance", [_plan.as_element(shift)], stride=stride, margin=margin,
+    request = _arguments.validate(
+        model, x, "equivariance", [_arguments.as_element(shift)], stride=stride, margin=margin,
         boundary=boundary, layout=layout, output_action=output_action, batch_size=batch_size,
         layer=layer, output=output, noise_floor=False,
     )  # fmt: skip
@@ -183,8 +184,8 @@ def invariance_error(
         True
     """
     _check_reduction(reduction)
-    request = _plan.validate(
-        model, x, "invariance", [_plan.as_element(shift)], boundary=boundary, batch_size=batch_size,
+    request = _arguments.validate(
+        model, x, "invariance", [_arguments.as_element(shift)], boundary=boundary, batch_size=batch_size,
         layer=layer, output=output, noise_floor=False,
     )  # fmt: skip
     return _error(request, reduction)
@@ -198,7 +199,7 @@ def _check_reduction(reduction: object) -> None:
         )
 
 
-def _error(request: _plan.Request, reduction: Reduction) -> torch.Tensor:
+def _error(request: _arguments.Request, reduction: Reduction) -> torch.Tensor:
     """The per-sample errors of the request's one element, reduced."""
     with Runner(request.forward.model) as runner:
         plan = _plan.make_plan(runner, request)

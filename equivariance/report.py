@@ -16,7 +16,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from equivariance._engine.validation import warn_deprecated
 from equivariance.actions import Action
 from equivariance.errors import EquivarianceError, VacuousCheckError
 
@@ -43,12 +42,6 @@ class ShiftResult:
     error: float
     passed: bool
     absolute: bool = False
-
-    @property
-    def shift(self) -> Action:
-        """Deprecated name of ``element`` (it may hold a transform)."""
-        warn_deprecated("ShiftResult.shift", "ShiftResult.element")
-        return self.element
 
 
 @dataclass(frozen=True, repr=False)
@@ -145,12 +138,6 @@ class EquivarianceReport:
         return tuple(r.element for r in self.results)
 
     @property
-    def shifts(self) -> tuple[Action, ...]:
-        """Deprecated name of ``elements`` (they may be transforms)."""
-        warn_deprecated("EquivarianceReport.shifts", "EquivarianceReport.elements")
-        return self.elements
-
-    @property
     def errors(self) -> tuple[float, ...]:
         """The worst error over the batch, for each shift (or transform) in order."""
         return tuple(r.error for r in self.results)
@@ -171,12 +158,6 @@ class EquivarianceReport:
         return max(self.results, key=lambda r: r.error).element
 
     @property
-    def worst_shift(self) -> Action:
-        """Deprecated name of ``worst_element`` (it may be a transform)."""
-        warn_deprecated("EquivarianceReport.worst_shift", "EquivarianceReport.worst_element")
-        return self.worst_element
-
-    @property
     def failures(self) -> tuple[ShiftResult, ...]:
         """The shifts (or transforms) that failed, worst first."""
         return tuple(sorted((r for r in self.results if not r.passed), key=lambda r: -r.error))
@@ -185,14 +166,11 @@ class EquivarianceReport:
         """A JSON-serializable dict of every field, plus the verdict and summary numbers.
 
         Each element is in its JSON form (a shift as a list of offsets, a
-        transform as its repr). The keys ``shift`` (in each result) and
-        ``worst_shift`` repeat ``element`` and ``worst_element`` for one
-        release, for readers of the earlier format.
+        transform as its repr).
         """
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["results"] = [
-            {"element": r.element.to_json(), "shift": r.element.to_json(), "error": r.error,
-             "passed": r.passed, "absolute": r.absolute}
+            {"element": r.element.to_json(), "error": r.error, "passed": r.passed, "absolute": r.absolute}
             for r in self.results
         ]  # fmt: skip
         for key in ("input_shape", "output_shape", "margin", "hints", "inferred"):
@@ -204,7 +182,6 @@ class EquivarianceReport:
             max_error=self.max_error,
             mean_error=self.mean_error,
             worst_element=worst,
-            worst_shift=worst,
             failed=len(self.failures),
         )
         return data

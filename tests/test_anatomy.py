@@ -75,6 +75,7 @@ def test_a_reach_covers_a_map_only_where_twice_it_is_a_moved_side() -> None:
     assert cover is not None
     assert (cover.reach, cover.side, cover.dim) == ((3, 3), 5, 0)
     assert covering(layers, "zeros", (4, 4), (7, 6), [0]) is None  # a sample 3 from each edge is out
+    assert covering(layers, "zeros", (4, 4), (6, 6), [0]) is not None  # the edge: twice the reach is the side
     assert covering(layers, "zeros", (4, 4), (7, 6), [1]) is not None
     assert covering(layers, "circular", (4, 4), (5, 6), [0]) is not None
     assert covering([_layer("dw", 3, "circular", 4)], "circular", (4, 4), (5, 6), [0]) is None
@@ -85,6 +86,9 @@ def test_a_parameter_constant_over_positions_is_no_position_embedding() -> None:
     assert not varies_over_positions(torch.zeros(1, 17, 16))
     assert not varies_over_positions(torch.randn(1, 1, 16).expand(1, 17, 16))  # a bias per channel
     assert not varies_over_positions(torch.randn(8, 1, 1).expand(8, 6, 6))  # channels first, too
+    one = torch.zeros(8, 6, 6)
+    one[3, 2, 4] = 1.0  # the edge: a single position of a single channel differs
+    assert varies_over_positions(one)
 
 
 def test_the_structure_of_a_function_is_read_where_it_calls_one_module() -> None:

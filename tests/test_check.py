@@ -91,7 +91,7 @@ def test_to_dict_is_json_serializable(mlp_report: EquivarianceReport) -> None:
     assert data["passed"] is False
     assert data["failed"] == 120
     assert len(data["results"]) == 121
-    assert data["results"][0]["shift"] == [-5, -5]
+    assert data["results"][0]["element"] == [-5, -5]
     assert data["worst_element"] == list(mlp_report.worst_element)
     assert data["rtol"] == mlp_report.rtol
     assert data["kind"] == "equivariance"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from conftest import canvas
@@ -190,25 +188,27 @@ def test_fractional_shifts_run_on_the_engine() -> None:
     assert float(fractional_equivariance_error(lambda t: t[..., ::2], x, 0.5, stride=2)) > 0.1
 
 
-def test_old_names_are_deprecated_aliases() -> None:
+def test_the_old_names_are_gone() -> None:
+    """The aliases of 0.x that named elements as shifts were removed (CHANGELOG, Unreleased: Removed);
+    the names they pointed at hold the same values."""
     conv, x = nn.Conv2d(1, 2, 3), canvas(2, size=12, content=6)
     report = check_equivariance(conv, x, max_shift=1)
     profile = profile_equivariance(conv, x, (1, 0))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert report.shifts == report.elements
-        assert report.worst_shift == report.worst_element
-        assert report.results[0].shift == report.results[0].element
-        assert profile.shift == profile.element == Shift(1, 0)
-        assert profile.layers[0].output_shift == profile.layers[0].output_element
-    assert [w.category for w in caught] == [DeprecationWarning] * 5
-    assert all(w.filename == __file__ for w in caught)  # pointing at the caller's line
-    assert "is deprecated and will be removed in the next release; use EquivarianceReport.elements" in str(
-        caught[0].message
-    )
-    data = report.to_dict()
-    assert data["worst_shift"] == data["worst_element"]
-    assert data["results"][0]["shift"] == data["results"][0]["element"]
+    old = [
+        (report, "shifts"), (report, "worst_shift"), (report.results[0], "shift"), (profile, "shift"),
+        (profile.layers[0], "output_shift"), (profile.layers[0], "exact"),
+    ]  # fmt: skip
+    assert [name for owner, name in old if hasattr(owner, name)] == []
+    assert profile.element == Shift(1, 0)
+    assert profile.layers[0].divisible
+    data, profiled = report.to_dict(), profile.to_dict()
+    assert "worst_shift" not in data
+    assert "shift" not in data["results"][0]
+    assert data["worst_element"] == list(report.worst_element)
+    assert "shift" not in profiled
+    assert "output_shift" not in profiled["layers"][0]
+    assert profiled["element"] == [1, 0]
+    assert profiled["layers"][0]["output_element"] == [1, 0]
 
 
 def test_audit_measures_on_the_engine_and_leaves_the_callers_batches_alone() -> None:
@@ -241,6 +241,7 @@ def test_slices_of_the_reference_sum_what_moved_copies_of_it_sum(
 ) -> None:
     # translations compare boxes of the output with slices of the reference (tiles that wrap around
     # under the circular boundary); every other element, moved copies of whole grids: the same sums
+    from equivariance._engine import arguments as _arguments
     from equivariance._engine import plan as _plan
     from equivariance._engine.runner import Runner
     from equivariance._engine.sinks import GridSums
@@ -252,7 +253,7 @@ def test_slices_of_the_reference_sum_what_moved_copies_of_it_sum(
     model = model.double()
 
     def sums() -> object:
-        request = _plan.validate(
+        request = _arguments.validate(
             model, x, "equivariance", list(shifts_in_box(3)), boundary=boundary, margin=margin
         )
         with Runner(model) as runner:

@@ -95,7 +95,7 @@ def test_vit() -> None:
     )  # fmt: skip
     assert first.fix is not None
     assert first.fix.startswith(
-        "the parameter pos_embed of shape (1, 17, 16) holds a value for every position"
+        "the parameter pos_embed of shape (1, 17, 16) holds a different value at every position"
     )
     assert "The break happens between patch_embed and blocks.0.norm1, in forward." in first.fix
     assert (
@@ -252,14 +252,14 @@ def test_two_passes_joined_layer_by_layer_give_the_profile_of_the_one_batch(
     each layer's outputs (views, in-place writes, tensors computed in forward) into one batch's: on
     models whose samples do not interact, forced to take that path, every row must come out as the
     one batch's, bit for bit."""
-    import equivariance.profile as profile_module
+    import equivariance._engine.passes as passes
 
     case = gallery.CASES[name]
     model = gallery.GALLERY[name]()
     x = eval(case.inputs, {"canvas": gallery.canvas, "image": gallery.image})
     one = profile_equivariance(model, x, case.shift)
     assert one.separate_passes is None
-    monkeypatch.setattr(profile_module, "_interaction", lambda *_: "forced")
+    monkeypatch.setattr(passes, "_interaction", lambda *_: "forced")
     two = profile_equivariance(model, x, case.shift)
     assert two.separate_passes == "forced"
     assert [dataclasses.replace(row, error=0.0) for row in two.layers] == [
@@ -275,11 +275,11 @@ def test_zero_layers_are_measured_again_in_float64_and_judged_as_alone(
 ) -> None:
     """Residual branches whose last BatchNorm starts at zero return all-zero maps, which float32 sums
     cannot judge: the pass runs again for them, in float64."""
-    import equivariance.profile as profile_module
+    import equivariance._engine.passes as passes
 
     calls = []
-    call_until = profile_module.call_until
-    monkeypatch.setattr(profile_module, "call_until", lambda *a: calls.append(1) or call_until(*a))
+    call_until = passes.call_until
+    monkeypatch.setattr(passes, "call_until", lambda *a: calls.append(1) or call_until(*a))
     model, x = gallery.resnet_stage(zero_init_residual=True), gallery.canvas()
     profile = profile_equivariance(model, x, (1, 0))
     assert len(calls) == 2  # a stride fails first (no x[:1] alone), then the pass again in float64
@@ -297,7 +297,7 @@ def _judged_every_way(
     boundary: str = "zeros",
 ) -> None:
     import equivariance._engine.layer_sums as layer_sums
-    import equivariance.profile as profile_module
+    import equivariance._engine.passes as passes
 
     def profiled() -> EquivarianceProfile:
         return profile_equivariance(model, x, shift, boundary=boundary)  # type: ignore[arg-type]
@@ -306,9 +306,9 @@ def _judged_every_way(
     monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", 1 << 40)  # every layer at the end
     profiles.append(profiled())
     monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", 0)  # every layer as it returns, none shared
-    monkeypatch.setattr(profile_module, "_signature", lambda view: None)
+    monkeypatch.setattr(passes, "_signature", lambda view: None)
     profiles.append(profiled())
-    monkeypatch.setattr(profile_module, "sample_scale", lambda base: torch.ones(len(base)))
+    monkeypatch.setattr(passes, "sample_scale", lambda base: torch.ones(len(base)))
     profiles.append(profiled())  # a sink of its own per layer
     reference = profiles[-1]
     assert any(not row.passed for row in reference.layers)
@@ -341,21 +341,22 @@ def test_a_pass_run_again_in_float64_measures_every_kind_of_row_as_the_first(
     computed in forward, a blurring layer's input without the blur, permuted views) must give the
     errors and fixes of the first."""
     import equivariance._engine.layer_sums as layer_sums
-    import equivariance.profile as profile_module
+    import equivariance._engine.passes as passes
+    from equivariance._engine.causes import GEOMETRIC
 
     case = gallery.CASES[name]
     model = gallery.GALLERY[name]()
     x = eval(case.inputs, {"canvas": gallery.canvas, "image": gallery.image})
     once = profile_equivariance(model, x, case.shift)
     calls = []
-    call_until = profile_module.call_until
-    monkeypatch.setattr(profile_module, "call_until", lambda *a: calls.append(1) or call_until(*a))
+    call_until = passes.call_until
+    monkeypatch.setattr(passes, "call_until", lambda *a: calls.append(1) or call_until(*a))
     monkeypatch.setattr(layer_sums, "_FLOAT32_MIN_REFERENCE", math.inf)
     twice = profile_equivariance(model, x, case.shift)
     # the pass and the pass again; and x[:1] alone where a failure the geometry does not explain may
     # come from the batch (the ViT's position embedding)
     assert once.first_failure is not None
-    probed = once.first_failure.cause not in profile_module.GEOMETRIC_CAUSES
+    probed = once.first_failure.cause not in GEOMETRIC
     assert len(calls) == 2 + probed
     assert [row.name for row in twice.layers] == [row.name for row in once.layers]
     for a, b in zip(twice.layers, once.layers):
@@ -448,7 +449,7 @@ def test_a_position_embedding_on_a_map_the_padding_does_not_cover_is_named_not_t
     assert positions.fix is not None
     assert positions.fix.startswith("the parameter positions.embedding of shape (8, 12, 12)")
     hints = check_equivariance(model, x, stride=4).hints
-    assert hints[0].startswith("the parameter positions.embedding of shape (8, 12, 12) is shaped like")
+    assert hints[0].startswith("the parameter positions.embedding of shape (8, 12, 12) holds a different")
     assert not any("reaches" in hint for hint in hints)
 
 
@@ -525,9 +526,9 @@ def test_the_fcn_head_at_full_resolution_is_its_stride_not_a_dense_layer() -> No
     model, x = gallery.fcn_head(), gallery.canvas()
     (hint,) = check_equivariance(model, x).hints
     assert hint.startswith(
-        "the model subsamples by 4 inside (down to 'conv2') and brings the map back to stride 1: it "
-        "can follow only shifts that 4 divides"
+        "the model subsamples by 4 inside (down to 'conv2') and brings the map back to stride 1"
     )
+    assert "a map subsampled by 4 follows only shifts that 4 divides" in hint
     # negative control: shifts by multiples of 4 are followed, away from the borders
     assert check_equivariance(model, x, multiples_of(4, 8), margin=8).passed
 
@@ -566,7 +567,7 @@ def test_a_resnet_with_global_pooling_is_told_its_stride_not_to_pool() -> None:
     assert "looks like a stride-2 layer before the pooling" in hint
     # on whole images the content leaving under the zeros boundary changes the pooled value too
     hints = check_invariance(model, gallery.image()).hints
-    assert hints[0].startswith("the model subsamples by 2 before it pools (down to 'layer2.downsample.0')")
+    assert hints[0].startswith("the model subsamples by 2 before it pools (down to 'layer2.downsample.0';")
     assert hints[1].startswith("the model pools the whole map (at avgpool), but under boundary='zeros'")
     assert not any("invariance needs pooling over the whole map" in hint for hint in hints)
 
@@ -605,7 +606,7 @@ def test_a_vit_with_a_position_embedding_is_told_about_it_first() -> None:
     model, x = gallery.vit(), gallery.image(size=64)
     tokens = {"layer": "blocks", "stride": 16, "layout": Tokens((4, 4), prefix=1)}
     hints = check_equivariance(model, x, multiples_of(16, 16), **tokens).hints  # type: ignore[arg-type]
-    assert hints[0].startswith("the parameter pos_embed of shape (1, 17, 16) is shaped like a map")
+    assert hints[0].startswith("the parameter pos_embed of shape (1, 17, 16) holds a different value")
     profile = profile_equivariance(model, x, (16, 0))
     assert {row.cause for row in profile.layers if not row.passed} == {
         "absolute positions",

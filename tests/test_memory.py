@@ -7,6 +7,7 @@ import torch
 from conftest import canvas
 
 from equivariance import Flip, Rot90, check_equivariance, check_invariance, equivariance_error
+from equivariance._engine import arguments as _arguments
 from equivariance._engine import plan as _plan
 from equivariance._engine.forward import Forward
 from equivariance._engine.memory import (
@@ -34,7 +35,7 @@ def measure(
     progress: bool | None = None,
 ) -> tuple[Sums, int]:
     """The engine's sums for ``elements`` (the plan, then the runner), and the chunk size that fitted."""
-    request = _plan.validate(
+    request = _arguments.validate(
         model, x, "equivariance", elements, batch_size=batch_size, noise_floor=noise_floor
     )
     with Runner(model, progress=progress) as runner:

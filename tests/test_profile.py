@@ -66,7 +66,7 @@ def test_a_stride_2_convolution_is_named_for_an_odd_shift() -> None:
     assert first is not None
     assert (first.name, first.type, first.cause) == ("2", "Conv2d", "aliasing")
     assert first.stride == (2, 2)
-    assert not first.exact
+    assert not first.divisible
     assert "blur before subsampling" in (first.fix or "")
     assert [layer.passed for layer in profile.layers] == [True, True, False, False, False]
     assert profile["0"].error == 0.0
@@ -187,7 +187,7 @@ def test_the_table_and_the_dict() -> None:
     data = json.loads(json.dumps(profile.to_dict()))
     assert data["first_failure"] == "2"
     assert data["layers"][2]["stride"] == [2, 2]
-    assert data["layers"][2]["output_shift"] == [0, 0]
+    assert data["layers"][2]["output_element"] == [0, 0]
 
 
 def test_assert_equivariant_points_to_the_profile() -> None:
@@ -200,7 +200,10 @@ def test_assert_equivariant_points_to_the_profile() -> None:
     [
         ({"shift": (0, 0)}, r"shift \(0, 0\) is the identity, a profile that cannot fail"),
         ({"shift": (1,)}, r"has 1 dims but x of shape \(4, 1, 32, 32\) has 2 spatial dims"),
-        ({"shift": (1, 0), "layers": "0"}, r"layers must be a list of layer names, found '0'; pass \['0'\]"),
+        (
+            {"shift": (1, 0), "layers": "0"},
+            r"layers must be a non-empty list of layer names, found '0' \(str\); pass e\.g\. \['0'\]",
+        ),
         ({"shift": (1, 0), "layers": ["conv"]}, r"no layer named 'conv'"),
         (
             {"shift": (1, 0), "up_to": "conv"},
@@ -209,7 +212,8 @@ def test_assert_equivariant_points_to_the_profile() -> None:
         ),
         (
             {"shift": (1, 0), "up_to": 2},
-            r"^up_to must be a submodule name \(str\), found 2 \(int\); pass e\.g\. up_to='conv4'$",
+            r"^up_to must be a submodule name \(str\), found 2 \(int\); pass a name from model\.named_modules\(\), "
+            r"e\.g\. up_to='conv4'$",
         ),
     ],
     ids=["identity", "ndim", "layers-str", "layers-typo", "up-to-unknown", "up-to-int"],
@@ -232,7 +236,7 @@ def test_a_rotation_profile_names_the_plain_convolution() -> None:
     assert (first.name, first.cause) == ("2", "no symmetry")
     assert "average its kernels over the group" in (first.fix or "")
     assert profile.summary().startswith("equivariance profile of Sequential under transform Rot90(1)")
-    assert json.loads(json.dumps(profile.to_dict()))["shift"] == "Rot90(1)"
+    assert json.loads(json.dumps(profile.to_dict()))["element"] == "Rot90(1)"
 
 
 def test_a_shift_object_is_a_shift_not_a_transform() -> None:
@@ -470,11 +474,11 @@ def test_pooled_sums_judge_every_layer_as_one_sink_per_layer_would(
     """The profile sums every translated layer together (equivariance._engine.layer_sums); a sink of its own
     per layer (the engine's GridSums and FlatSums, taken when a float64 output needs scaling) must
     give each layer the same error, verdict, border and cause."""
-    import equivariance.profile as profile_module
+    import equivariance._engine.passes as passes
 
     model = _zero_padded_stages().to(x.dtype)
     pooled = profile_equivariance(model, x, shift, boundary=boundary)
-    monkeypatch.setattr(profile_module, "sample_scale", lambda base: torch.ones(len(base)))
+    monkeypatch.setattr(passes, "sample_scale", lambda base: torch.ones(len(base)))
     alone = profile_equivariance(model, x, shift, boundary=boundary)
     assert [row.name for row in pooled.layers] == [row.name for row in alone.layers]
     assert any(not row.passed for row in pooled.layers)
@@ -513,12 +517,12 @@ def test_the_pass_keeps_no_large_layer_output_alive() -> None:
 def test_a_batch_that_does_not_fit_asks_for_fewer_samples(monkeypatch: pytest.MonkeyPatch) -> None:
     """The profile runs x and its moved copy as one batch: out of GPU memory, it says so and what to
     pass (faked here: CI has no GPU)."""
-    import equivariance.profile as profile_module
+    import equivariance._engine.passes as passes
 
     def out_of_memory(model: nn.Module, batch: torch.Tensor, stop: object) -> object:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(profile_module, "call_until", out_of_memory)
+    monkeypatch.setattr(passes, "call_until", out_of_memory)
     with pytest.raises(
         InvalidArgument,
         match=r"out of memory running x and its moved copy as one batch of shape \(16, 1, 12, 12\) on "
@@ -574,14 +578,14 @@ def test_samples_that_interact_are_profiled_in_two_passes(
     """Issue 21, item 3: x and its moved copy in one batch of 2N influence each other in such a model;
     run separately, it is exact. The output of x[:1] alone shows it, and the profile runs two passes,
     joined layer by layer, instead of marking the layer "no symmetry" at 0.38."""
-    import equivariance.profile as profile_module
+    import equivariance._engine.passes as passes
 
     torch.manual_seed(0)
     model = nn.Sequential(_circular(1, 4), mixer(), _circular(4, 2)).eval()
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     calls = []
-    call_until = profile_module.call_until
-    monkeypatch.setattr(profile_module, "call_until", lambda *a: calls.append(len(a[1])) or call_until(*a))
+    call_until = passes.call_until
+    monkeypatch.setattr(passes, "call_until", lambda *a: calls.append(len(a[1])) or call_until(*a))
     profile = profile_equivariance(model, x, (0, 1), boundary="circular")
     # the one batch, x[:1] alone up to the first failing layer, then x and its moved copy apart
     assert calls == [8, 1, 4, 4]
@@ -603,7 +607,7 @@ def test_two_passes_measure_what_runs_apart_gives_and_one_batch_is_kept_otherwis
     positional ramp after the batch mean: a real failure, measured by hand); a model whose samples do
     not interact keeps the one batch: passing, without running anything more; failing, for the price
     of x[:1] alone up to the first failure, unless the layer's geometry explains it (a stride)."""
-    import equivariance.profile as profile_module
+    import equivariance._engine.passes as passes
 
     class Ramp(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -622,8 +626,8 @@ def test_two_passes_measure_what_runs_apart_gives_and_one_batch_is_kept_otherwis
     assert by_hand > 0.01
     assert [row.passed for row in profile.layers] == [True, True, False, False]
     calls = []
-    call_until = profile_module.call_until
-    monkeypatch.setattr(profile_module, "call_until", lambda *a: calls.append(len(a[1])) or call_until(*a))
+    call_until = passes.call_until
+    monkeypatch.setattr(passes, "call_until", lambda *a: calls.append(len(a[1])) or call_until(*a))
     alone = nn.Sequential(_circular(1, 4), nn.GroupNorm(2, 4, dtype=torch.float64), _circular(4, 2)).eval()
     kept = profile_equivariance(alone, x, (0, 2), boundary="circular")
     assert kept.separate_passes is None
@@ -649,7 +653,7 @@ def test_two_passes_measure_what_runs_apart_gives_and_one_batch_is_kept_otherwis
         shared = profile_equivariance(statistics, x, (0, 2), boundary="circular")
     assert shared.separate_passes is None
     assert shared.passed
-    monkeypatch.setattr(profile_module, "_interaction", lambda *_: "forced")
+    monkeypatch.setattr(passes, "_interaction", lambda *_: "forced")
     apart = profile_equivariance(statistics, x, (0, 2), boundary="circular")
     assert apart.passed
     assert [row.error for row in apart.layers] == pytest.approx(

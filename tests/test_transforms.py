@@ -21,6 +21,7 @@ from equivariance import (
     equivariance_error,
     invariance_error,
 )
+from equivariance._engine import arguments as _arguments
 from equivariance._engine import plan as _plan
 from equivariance._engine.runner import Runner
 from equivariance._engine.sinks import Sums
@@ -55,7 +56,7 @@ def test_a_p4_layer_passes_rot90_and_a_plain_convolution_fails() -> None:
     plain = check_equivariance(nn.Conv2d(2, 3, 3, padding=1), x, transforms=[Rot90(1)])
     assert not plain.passed
     assert plain.max_error > 0.5
-    assert "average them over the group" in plain.hints[0]
+    assert "average its kernels over the group" in plain.hints[0]
 
 
 def test_a_flip_symmetric_kernel_passes_flip_and_rot90_and_flip_work_together() -> None:
@@ -97,7 +98,7 @@ def test_the_report_lists_transforms_like_shifts() -> None:
     assert text.startswith("equivariance check FAILED: Conv2d, 2 transforms, 2 failed; max error ")
     assert "  transform      error  verdict" in text
     data = json.loads(json.dumps(report.to_dict()))
-    assert [r["shift"] for r in data["results"]] == ["Rot90(1)", "Flip(-1)"]
+    assert [r["element"] for r in data["results"]] == ["Rot90(1)", "Flip(-1)"]
     with pytest.raises(EquivarianceError, match=r"2 transforms, 2 failed") as caught:
         assert_equivariant(nn.Conv2d(1, 2, 3), x, transforms=[Rot90(1), Flip(-1)])
     # profile_equivariance takes a transform in place of the shift: the failure says how to find the layer
@@ -133,7 +134,7 @@ def measure(
     model: nn.Module, x: torch.Tensor, elements: list[Action], batch_size: int | None = None
 ) -> tuple[Sums, int]:
     """The engine's sums (the noise floor's row first) and the chunk size."""
-    request = _plan.validate(model, x, "equivariance", elements, batch_size=batch_size)
+    request = _arguments.validate(model, x, "equivariance", elements, batch_size=batch_size)
     with Runner(model) as runner:
         return _plan.measure(runner, _plan.make_plan(runner, request))
 

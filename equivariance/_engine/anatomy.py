@@ -1,34 +1,9 @@
-"""A model's anatomy as the diagnoses read it: one rule for the check's hints and the profile's causes.
+"""A model's anatomy as the diagnoses read it: the layers that explain a failure, read once for both.
 
-A check or a profile measures errors; these rules read the layers that make
-them. The check's hints (`equivariance._engine.hints`) and the profile's causes
-(`equivariance.profile`) both decide with them, so a model gets the same
-diagnosis from either.
-
-**The reach of the borders.** A shift under ``boundary="zeros"`` drops
-content at one edge and fills zeros in at the other. A layer that pads its
-input sees that edge differently for the input and for its moved copy, and
-every padded layer after it carries the difference ``padding`` samples of its
-input further in (a valid convolution carries it as far, but shrinks the map
-by as much, so it does not count); a layer of step ``s`` rounds it out to
-whole samples of its output, up to ``s - 1`` samples of its input more. So
-the *reach* of the borders at a map, in input samples, is the sum of
-``(padding + s - 1) x stride`` (the stride of the layer's input) over the
-padded and strided layers that ran up to it, from the first one whose
-padding the boundary does not match: under ``boundary="zeros"`` any padding;
-under ``boundary="circular"`` any but circular padding (a padded ``MaxPool``
-pads with -inf). Where twice the reach is at least a moved dim of the compared
-map, no compared sample is out of the borders' reach: errors all over the map
-are what the borders do there, and no evidence of a layer without symmetry.
-Parallel branches each count, so the reach is an upper bound for models with
-them (an Inception block, an ASPP head).
-
-The other rules: a layer that pools the whole map to one value per channel
-(global pooling) turns any change at the borders into a change of every
-sample it gates; a self-attention layer mixes every token with every other;
-a parameter shaped like one sample of a map, whose values differ from one
-position to the next, is a position embedding (one constant over positions
-is a per-channel bias, and moves with nothing).
+The reach of the borders (how far in the padded and strided layers carry what the padding sees), the
+global poolings and how much a shift changes them, self-attention, and parameters that hold a value
+for every position (a position embedding). The check's hints and the profile's causes both decide with
+these rules; docs/diagnosing.md explains them.
 """
 
 from __future__ import annotations
@@ -204,44 +179,6 @@ class Cover:
     side: int
     dim: int
     boundary: str
-
-    def because(self) -> str:
-        """Why the error is everywhere: the sentence the check's hint and the profile's fix share."""
-        first, count = self.layers[0], sum(layer.pads for layer in self.layers)
-        samples = self.reach[self.dim]
-        if count == 1:
-            start = f"the padding of {first.describe()}"
-        else:
-            start = f"the padding of {count} layers, from {first.describe()} on,"
-        if self.boundary == "circular":
-            start = (
-                f"boundary='circular' moves content across the edges, but {first.describe()} does not "
-                f"pad circularly, and {start}"
-            )
-        stride = f" at stride {shown_per_dim(self.stride)}" if any(s > 1 for s in self.stride) else ""
-        return (
-            f"{start} reaches {samples} sample{'s' if samples != 1 else ''} in from each edge of "
-            f"this map{stride}, whose compared region has {self.side} along dim {self.dim}: every "
-            "compared sample is within the borders' reach, so errors all over it are what the borders "
-            "do there, not evidence of a layer without symmetry"
-        )
-
-    def fix(self) -> str:
-        """What to do about it."""
-        if self.boundary == "circular":
-            larger = "check on a larger input, with maps more than twice the reach"
-            return f"{pad_circularly(self.layers[0])}, or {larger}"
-        return (
-            "check on a larger input (maps more than twice the reach, or content on a zero canvas), or "
-            "use circular padding with boundary='circular'"
-        )
-
-
-def pad_circularly(layer: Padded) -> str:
-    """How to make a layer's padding circular."""
-    if "Pool" in layer.type:
-        return f"pad circularly before {layer.name!r} (F.pad(x, ..., mode='circular')) and give it padding=0"
-    return f"give {layer.name!r} padding_mode='circular'"
 
 
 def covering(

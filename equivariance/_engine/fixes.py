@@ -1,11 +1,8 @@
 """What a profile offers to fix: the surgery call its fix line names, and the converted copy.
 
-The profile names failing layers and their causes; two causes are what
-[`equivariance.surgery`][equivariance.surgery] changes. ``aliasing`` at a
-strided layer: blur before subsampling (``antialias``) under the zeros
-boundary, adaptive polyphase sampling (``polyphase``, with circular padding)
-under the circular one. ``borders``: circular padding. The layers named are the
-strided layers among the profile's rows, as the surgery knows them.
+Two causes are what [`equivariance.surgery`][equivariance.surgery] changes: ``aliasing`` at a strided
+layer (blur before subsampling under the zeros boundary, adaptive polyphase sampling under the circular
+one) and ``borders`` (circular padding); docs/fixing.md shows both.
 """
 
 from __future__ import annotations
@@ -17,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from torch import nn
 
+from equivariance._engine import causes
 from equivariance._engine.validation import describe
 from equivariance.downsampling import PolyphaseSampling
 from equivariance.errors import EquivarianceWarning, InvalidArgument
@@ -65,7 +63,7 @@ def revised(rows: Sequence[R], model: nn.Module, boundary: str) -> tuple[R, ...]
     revised = []
     for row in rows:
         if not row.passed and row.name in adaptive:
-            row = dataclasses.replace(row, fix=_polyphase_fix(adaptive[row.name], boundary))  # type: ignore[type-var]
+            row = dataclasses.replace(row, fix=causes.adaptive_sampling(adaptive[row.name], boundary))  # type: ignore[type-var]
         elif not row.passed and row.cause in calls:
             row = dataclasses.replace(row, fix=f"{row.fix}; {calls[row.cause]}")  # type: ignore[type-var]
         revised.append(row)
@@ -74,25 +72,25 @@ def revised(rows: Sequence[R], model: nn.Module, boundary: str) -> tuple[R, ...]
 
 def offers(rows: Sequence[Row], model: nn.Module, boundary: str) -> dict[str, str]:
     """The surgery call for each cause it acts on among the failing rows, by cause."""
-    causes = {row.cause for row in rows if not row.passed}
+    found_causes = {row.cause for row in rows if not row.passed}
     found: dict[str, str] = {}
-    if "aliasing" in causes:
+    if causes.ALIASING in found_causes:
         strided, _ = _strided(rows, model)
         which = "that layer subsamples" if len(strided) == 1 else "each of those layers subsamples"
         if strided and boundary == "circular":
             inner = "circular_padding(model)" if _to_pad(model) else "model"
-            found["aliasing"] = (
+            found[causes.ALIASING] = (
                 f"polyphase({inner}, layers={strided!r}) (equivariance.surgery) makes a copy that keeps the "
                 f"grid of largest norm where {which}, so that a globally pooled output is exactly invariant "
                 "to circular shifts, as does profile.fixed_copy(model)"
             )
         elif strided:
-            found["aliasing"] = (
+            found[causes.ALIASING] = (
                 f"antialias(model, layers={strided!r}) (equivariance.surgery) makes a copy that blurs "
                 f"before {which}, as does profile.fixed_copy(model)"
             )
-    if "borders" in causes and _to_pad(model):
-        found["borders"] = (
+    if causes.BORDERS in found_causes and _to_pad(model):
+        found[causes.BORDERS] = (
             "circular_padding(model) (equivariance.surgery) makes a copy whose padded layers pad "
             "circularly, as does profile.fixed_copy(model); check it with boundary='circular'"
         )
@@ -111,24 +109,9 @@ def _after_polyphase(rows: Sequence[Row], model: nn.Module) -> dict[str, str]:
             module = None
         if isinstance(module, PolyphaseSampling):
             sampling = row.name
-        if sampling is not None and not row.passed and row.cause == "aliasing":
+        if sampling is not None and not row.passed and row.cause == causes.ALIASING:
             found[row.name] = sampling
     return found
-
-
-def _polyphase_fix(sampling: str, boundary: str) -> str:
-    exact = (
-        "under circular shifts, with circular padding and sizes the strides divide, the map is then "
-        "exactly a shift of itself by that amount, and a globally pooled output exactly invariant"
-        if boundary == "circular"
-        else "under circular shifts (boundary='circular') and with circular padding it is exact"
-    )
-    return (
-        f"adaptive polyphase sampling at {sampling} keeps, for each sample, the subsampling grid of "
-        "largest norm, so the map moves by a whole number of samples that depends on the sample (which "
-        f"grid wins), not by the rounded shift this row is compared with; {exact}. Test the pooled output "
-        "with check_invariance(model, x, boundary='circular')"
-    )
 
 
 def fixed_copy(profile: Profiled, model: nn.Module, method: str, options: Mapping[str, Any]) -> nn.Module:
@@ -146,11 +129,11 @@ def fixed_copy(profile: Profiled, model: nn.Module, method: str, options: Mappin
             "method='auto' for the conversions the profile's causes call for"
         )
     strided, left = _strided(profile.layers, model)
-    causes = {row.cause for row in profile.layers if not row.passed}
-    subsample = method in ("antialias", "polyphase") or (method == "auto" and "aliasing" in causes)
+    failing = {row.cause for row in profile.layers if not row.passed}
+    subsample = method in ("antialias", "polyphase") or (method == "auto" and causes.ALIASING in failing)
     circular = profile.boundary == "circular"
     pad = method == "circular_padding" or (
-        method == "auto" and ("borders" in causes or (circular and "aliasing" in causes))
+        method == "auto" and (causes.BORDERS in failing or (circular and causes.ALIASING in failing))
     )
     if subsample and not strided:
         if method != "auto" or not pad:

@@ -1,11 +1,8 @@
 """Calling the model under test: a named layer's output, an output selector, clear failures.
 
-``layer="conv4"`` is measured through a forward hook that records the layer's
-output and then stops the forward pass by raising a private exception, so
-the rest of the model never runs (the seed's LeNet head only accepts 28x28
-inputs, but its convolutional part must be checkable on a 38x38 canvas).
-``call_until`` is that mechanism; ``profile_equivariance(..., up_to=...)``
-stops its pass the same way.
+``call_until`` stops a forward pass once a named layer has returned (a forward hook that raises a
+private exception), so a check's ``layer=`` and a profile's ``up_to=`` never run the rest of the model:
+a head that takes one input size does not stop its convolutions from being checked on a larger canvas.
 """
 
 from __future__ import annotations
@@ -64,18 +61,18 @@ class Forward:
         selected = select_output(result, self.output, self.layer)
         if selected.dim() == 0 or selected.shape[0] != x.shape[0]:
             raise InvalidArgument(
-                f"{self._what()} returned a tensor of shape {tuple(selected.shape)} for an input "
+                f"{self._subject()} returned a tensor of shape {tuple(selected.shape)} for an input "
                 f"batch of {x.shape[0]}; the first dim of the output must be the batch dim: pass output= "
                 "to pick or reshape the tensor to check"
             )
         if selected.device.type == "meta":
             raise InvalidArgument(
-                f"{self._what()} returned a tensor on the meta device, which holds shapes but no values; "
+                f"{self._subject()} returned a tensor on the meta device, which holds shapes but no values; "
                 "load the model's weights (e.g. model.to_empty(device='cpu') and load_state_dict) first"
             )
         return selected
 
-    def _what(self) -> str:
+    def _subject(self) -> str:
         return f"layer {self.layer!r}" if self.layer else "the model"
 
     def _call_model(self, x: torch.Tensor, batch_note: str) -> Any:
@@ -122,17 +119,21 @@ def call_until(model: Callable[..., Any], x: torch.Tensor, module: nn.Module | N
         handle.remove()
 
 
-def find_layer(model: Callable[..., Any], name: str) -> nn.Module:
-    """The submodule called ``name``, or InvalidArgument listing the close names."""
+def find_layer(model: Callable[..., Any], name: str, argument: str = "layer") -> nn.Module:
+    """The submodule called ``name``, or InvalidArgument listing the close names; ``argument``: the
+    keyword that named it (``layer``, ``up_to``; ``layers`` and ``layouts`` name several)."""
     if not isinstance(model, nn.Module):
         raise InvalidArgument(
-            f"layer={name!r} needs an nn.Module to look the layer up in, found {describe(model)}; "
-            "pass the module itself or drop layer="
+            f"{argument}={name!r} needs an nn.Module to look the layer up in, found {describe(model)}; "
+            f"pass the module itself or drop {argument}="
         )
     if not isinstance(name, str):
+        several = argument in ("layers", "layouts")
+        example = {"layers": "layers=['conv4']", "layouts": "layouts={'conv4': 'channels_last'}"}
         raise InvalidArgument(
-            f"layer must be a submodule name (str), found {describe(name)}; pass a name from "
-            "model.named_modules(), e.g. layer='conv4'"
+            f"{argument} {'must name submodules' if several else 'must be a submodule name'} (str), found "
+            f"{describe(name)}; pass {'names' if several else 'a name'} from model.named_modules(), e.g. "
+            f"{example.get(argument, f'{argument}=' + repr('conv4'))}"
         )
     # torch.compile wraps the model in an OptimizedModule whose submodules are
     # named "_orig_mod.<name>"; the caller knows them by their own names
@@ -156,7 +157,7 @@ def find_layer(model: Callable[..., Any], name: str) -> nn.Module:
 
 def select_output(result: Any, output: OutputSelector, layer: str | None) -> torch.Tensor:
     """The tensor under test from whatever the model (or layer) returned."""
-    what = f"layer {layer!r}" if layer else "the model"
+    subject = f"layer {layer!r}" if layer else "the model"
     if output is None:
         selected = result
     elif callable(output):
@@ -164,19 +165,19 @@ def select_output(result: Any, output: OutputSelector, layer: str | None) -> tor
             selected = output(result)
         except Exception as exc:
             raise InvalidArgument(
-                f"output= raised {type(exc).__name__} on what {what} returned ({_kind(result)}): {exc}"
+                f"output= raised {type(exc).__name__} on subject {subject} returned ({_kind(result)}): {exc}"
             ) from exc
     elif isinstance(output, (int, str)) and not isinstance(output, bool):
         if isinstance(result, torch.Tensor):
             raise InvalidArgument(
-                f"output={output!r} picks from a tuple or dict, but {what} returned "
+                f"output={output!r} picks from a tuple or dict, but {subject} returned "
                 f"{_kind(result)}; drop output=, or pass a callable to transform the tensor"
             )
         try:
             selected = result[output]
         except (KeyError, IndexError, TypeError):
             raise InvalidArgument(
-                f"output={output!r} does not select anything from what {what} returned "
+                f"output={output!r} does not select anything from subject {subject} returned "
                 f"({_kind(result)}); {_how_to_select(result)}"
             ) from None
     else:
@@ -187,7 +188,7 @@ def select_output(result: Any, output: OutputSelector, layer: str | None) -> tor
     if isinstance(selected, torch.Tensor):
         return selected
     if output is None and isinstance(result, (tuple, list, Mapping)):
-        raise InvalidArgument(f"{what} returned {_kind(result)}, not a tensor; {_how_to_select(result)}")
+        raise InvalidArgument(f"{subject} returned {_kind(result)}, not a tensor; {_how_to_select(result)}")
     raise InvalidArgument(
         f"the selected output must be a torch.Tensor, found {describe(selected)}; "
         "pass output= to pick a tensor out of what the model returns"

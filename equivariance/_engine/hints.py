@@ -1,19 +1,9 @@
-"""Recognise the usual reasons a check fails, from the numbers it already has.
+"""The check's hints: which causes a failed check's numbers point to, ranked by their evidence.
 
-Each hint names a likely cause and a concrete fix. Most are read off the
-measurement without running the model again: which shifts failed (a stride
-pattern), where in the output the error sits (a boundary effect, from the
-error split by distance to the edge: the margin rule of
-`equivariance._engine.judge`), and the noise floor. Where every shift fails and
-the numbers alone cannot say why, one more pass of ``x`` (and of a moved
-copy, where the model pools globally) reads the model's layers
-(`equivariance._engine.anatomy`, the rules the profile's causes use too): a
-padding whose reach covers the map, subsampling that the output was brought
-back from, a global pooling whose value the shift changed, self-attention
-under the zeros boundary, a position embedding. Hints are ranked by that
-evidence: what the failing shifts and the sizes say first, then what the
-layers say, and a guess (a dense layer) only where nothing else explains
-the failure.
+What the failing shifts and the error's place say comes first; where every shift fails and they say
+nothing, one more pass reads the model's layers (`equivariance._engine.anatomy`); a guess (a dense
+layer) only where nothing else explains the failure. Each cause is worded by
+`equivariance._engine.causes`, as the profile's are.
 """
 
 from __future__ import annotations
@@ -26,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from equivariance._engine import anatomy as _anatomy
+from equivariance._engine import causes
 from equivariance._engine.anatomy import Structure
 from equivariance._engine.judge import margin_that_passes
 from equivariance._engine.plan import Plan
@@ -41,7 +32,7 @@ ReadStructure = Callable[[], Structure | None]
 
 @dataclass(frozen=True)
 class Verdicts:
-    """A check's outcome per element (the rows after the noise floor's), and its noise floor."""
+    """A check's outcome per element checked (the noise floor's identity aside), and its noise floor."""
 
     passed: Sequence[bool]
     errors: Sequence[float]
@@ -65,32 +56,19 @@ def hints_for(plan: Plan, verdicts: Verdicts, structure: ReadStructure | None = 
         hints.append(
             f"the identity shift alone measures an error of {verdicts.noise_floor:.1e} through the batched "
             f"path, above rtol={verdicts.tolerance.rtol:.0e}: the output depends on the batch it is computed "
-            "in, not only on the sample. Batch statistics (BatchNorm with "
-            "track_running_stats=False), randomness in forward, or batch-size-dependent kernels "
-            "and reduced precision do this; for the numerics, pass a looser rtol or use float64"
+            f"in, not only on the sample: {causes.BATCH_INTERACTION}, or kernels whose rounding depends on "
+            "the batch size and reduced precision; for the numerics, pass a looser rtol or use float64"
         )
     transformed = not all(isinstance(e, Shift) for e in plan.elements)
     if transformed:
         hints.extend(_alignment_hints(plan))
     if plan.grid is None:
         if transformed:
-            return (*hints, _ORIENTATION_INVARIANCE)
+            return (*hints, causes.NOT_POOLED_OVER_THE_GROUP)
         return (*hints, *_invariance_hints(plan, verdicts, noisy, read))
     if transformed:
         return (*hints, *_transform_hints(verdicts, plan.margins, noisy, plan))
     return (*hints, *_shift_hints(plan, verdicts, noisy, read))
-
-
-_ORIENTATION_INVARIANCE = (
-    "the output changes when the input is rotated or flipped; invariance needs features that "
-    "rotate or flip with the input (kernels averaged over the group, as in a p4 / p4m group "
-    "convolution) pooled over the whole map and over the group (global average pooling)"
-)
-_NO_POOLING = (
-    "the output changes when the input moves; invariance needs pooling over the whole map "
-    "(global average pooling) and, for an exact result, circular shifts or content on a "
-    "zero canvas that stays inside it"
-)
 
 
 def _invariance_hints(plan: Plan, verdicts: Verdicts, noisy: bool, read: ReadStructure) -> list[str]:
@@ -105,7 +83,7 @@ def _invariance_hints(plan: Plan, verdicts: Verdicts, noisy: bool, read: ReadStr
         return []
     structure = read()
     if structure is None or not (structure.pooled or structure.attention):
-        return [_NO_POOLING]  # attention gathers every token too (a class token's read-out)
+        return [causes.NOT_POOLED]  # attention gathers every token too (a class token's read-out)
     ones = (1,) * plan.request.spatial_dims
     found = [
         _positional_hint(structure),
@@ -154,7 +132,7 @@ def _shift_hints(plan: Plan, verdicts: Verdicts, noisy: bool, read: ReadStructur
                 "are equivariant on the torus; use boundary='zeros' for valid or zero-padded "
                 "convolutions"
             )
-    border = _border_hint(verdicts, plan.margins)
+    border = _border_hint(verdicts, plan.margins, _boundary(plan))
     if border:
         hints.append(border)
     # stride='auto' found no clean stride: a symptom, after the causes the numbers or the layers name
@@ -208,30 +186,22 @@ errors everywhere to be put down to the borders."""
 
 
 def _everywhere_hint(plan: Plan, verdicts: Verdicts, smallest: float, spatial_out: tuple[int, ...]) -> str:
-    """Every nonzero shift fails all over the map: no symmetry, unless the error dies away from the edges.
-
-    Read off the error split by distance to the edge (no extra pass): a boundary effect
-    whose reach covers most of a small map (zero padding seen through a large receptive
-    field) fails everywhere too, but its error falls toward the centre, where a dense
-    layer's or a position embedding's does not.
-    """
+    """Every nonzero shift fails all over the map: no symmetry, unless the error dies away from the edges
+    (a boundary effect whose reach covers most of a small map fails everywhere too, but its error falls
+    toward the centre, where a dense layer's or a position embedding's does not)."""
     decay = _decay(verdicts)
     if decay is not None:
         edge, centre = decay
         return (
             f"every nonzero shift fails, with errors of {smallest:.1e} or more, all over the output "
             f"{spatial_out}; but the error falls from the edges of the compared region toward its "
-            f"centre ({edge:.1e} at the edge, {centre:.1e} at the centre, relative): a boundary effect "
-            "(zero padding seen through a receptive field that reaches most of the map, or content "
-            "leaving the canvas), not a layer without symmetry. Check on a larger input (content on a "
-            "zero canvas, or larger maps) with margin='auto', or use circular padding with "
-            "boundary='circular'"
+            f"centre ({edge:.1e} at the edge, {centre:.1e} at the centre, relative): "
+            f"{causes.BOUNDARY_EFFECT} whose reach covers most of the map, not a layer without symmetry; "
+            f"{causes.LARGER_INPUT} with margin='auto', or use circular padding with boundary='circular'"
         )
-    return (
-        f"every nonzero shift fails, with errors of {smallest:.1e} or more, and the error is "
-        "not confined to the borders: the output does not move with the input. Dense "
-        "layers (flatten, fully connected), positional embeddings or absolute coordinates "
-        "break translation equivariance; check an earlier layer with layer="
+    return causes.no_symmetry(
+        f"every nonzero shift fails, with errors of {smallest:.1e} or more, and the error is not confined "
+        "to the borders"
     )
 
 
@@ -260,13 +230,7 @@ def _everywhere_hints(
 def _positional_hint(structure: Structure) -> str | None:
     if structure.positional is None:
         return None
-    name, shape = structure.positional
-    return (
-        f"the parameter {name} of shape {shape} is shaped like a map the model computes and holds a "
-        "different value at every position: a position embedding, which stays where it is when the "
-        "content moves. Use relative positions (a relative position bias, or a convolutional position "
-        "encoding) for equivariance, or check the layers before it"
-    )
+    return causes.positions(*structure.positional)
 
 
 def _subsampling_hint(
@@ -283,18 +247,12 @@ def _subsampling_hint(
         return None
     shown = shown_per_dim(coarsest)
     if invariance:
-        return (
-            f"the model subsamples by {shown} before it pools (down to {name!r}): a map subsampled by "
-            f"{shown} cannot follow a shift that {shown} does not divide ({odd[0]} fails), so the pooled "
-            f"value changes (aliasing); invariance holds at most for multiples of {shown} "
-            f"(multiples_of({shown}, max_shift=...)), and anti-aliased downsampling (blur before "
-            "subsampling) reduces the rest"
-        )
-    return (
-        f"the model subsamples by {shown} inside (down to {name!r}) and brings the map back to "
-        f"stride {shown_per_dim(strides)}: it can follow only shifts that {shown} divides ({odd[0]} "
-        f"fails: aliasing); test multiples_of({shown}, max_shift=...), or make the down- and "
-        "upsampling anti-aliased (blur before subsampling)"
+        lead = f"the model subsamples by {shown} before it pools (down to {name!r}; {odd[0]} fails)"
+        return causes.pooled_after_subsampling(lead, coarsest)
+    return causes.brought_back(
+        f"the model subsamples by {shown} inside (down to {name!r}) and brings the map back to stride "
+        f"{shown_per_dim(strides)} ({odd[0]} fails)",
+        coarsest,
     )
 
 
@@ -305,13 +263,9 @@ def _global_pool_hint(structure: Structure, tolerance: Tolerance) -> str | None:
         return None
     first = changed[0]
     more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-    return (
+    return causes.global_pooling(
         f"{first.name}{more} pools the whole map into one value per channel, and the shift changes it "
-        f"by a relative {first.change:.1e} (content entering or leaving the canvas, or a pooled map that "
-        "cannot follow the shift): a global statistic, which changes every sample it gates or is added "
-        "to (a squeeze-excite block, a global-pool branch). Put the content on a zero canvas larger "
-        "than the shifts, use circular padding with boundary='circular', or check the layers before "
-        "the pooling with layer="
+        f"by a relative {first.change:.1e}"
     )
 
 
@@ -337,28 +291,14 @@ def _reach_hint(
     )
     if confined is not None:
         kept = _kept(plan, failing, spatial_out, confined)
-        beyond = (
-            f"{head}; but beyond {confined} sample{'s' if confined > 1 else ''} of the borders of the "
-            f"compared region every sample passes: a boundary effect whose reach leaves only {kept:.0%} "
-            "of the region beyond it"
-        )
         boundary = plan.request.boundary
         carrying = [] if structure is None else _anatomy.reaching(structure.padded, boundary)
         if boundary == "circular" and carrying:
-            first = carrying[0]
-            return (
-                f"{beyond}. boundary='circular' moves content across the edges, but {first.describe()} "
-                f"does not pad circularly: {_anatomy.pad_circularly(first)}"
-            )
-        why = (
-            f"; {cover.because()}" if cover is not None else " (zero padding, or content leaving the canvas)"
-        )
-        return (
-            f"{beyond}{why}. Check on a larger input (content on a zero canvas, or larger maps) with "
-            "margin='auto', or use circular padding with boundary='circular'"
-        )
+            why = f"{causes.not_circular(carrying[0])}: {causes.pad_circularly(carrying[0])}"
+            return causes.beyond_the_borders(head, confined, kept, why)
+        return causes.beyond_the_borders(head, confined, kept, "" if cover is None else causes.covered(cover))
     if cover is not None:
-        return f"{head}; {cover.because()}. {cover.fix()[0].upper()}{cover.fix()[1:]}"
+        return f"{head}; {causes.covered(cover)}"
     return None
 
 
@@ -382,23 +322,14 @@ def _kept(plan: Plan, failing: Sequence[Shift], spatial_out: tuple[int, ...], ma
     shift = min(failing, key=lambda s: sum(abs(o) for o in s))
     moved = [round(o / s) for o, s in zip(shift, plan.strides)]
     sides = [max(0, n - abs(o) - 2 * m) for n, o, m in zip(spatial_out, moved, plan.margins)]
-    total = math.prod(sides)
-    return math.prod(max(0, side - 2 * margin) for side in sides) / total if total else 0.0
+    return causes.kept_share(sides, margin)
 
 
 def _attention_hint(plan: Plan, structure: Structure) -> str | None:
     """Self-attention under the zeros boundary: what enters and leaves at the edges reaches every token."""
     if not structure.attention or plan.request.boundary != "zeros":
         return None
-    first = structure.attention[0]
-    more = f" and {len(structure.attention) - 1} more" if len(structure.attention) > 1 else ""
-    return (
-        f"self-attention ({first!r}{more}) mixes every token with every other, and under "
-        "boundary='zeros' a shift drops content at one edge and fills zeros in at the other: the "
-        "tokens there change, and through attention every token. A model without a position "
-        "embedding follows shifts by whole patches on a torus: check with boundary='circular', or with "
-        "content on a zero canvas that the shifts keep inside"
-    )
+    return causes.attention(structure.attention)
 
 
 def _pooled_borders_hint(plan: Plan, structure: Structure, failing: Sequence[Shift]) -> str | None:
@@ -409,11 +340,10 @@ def _pooled_borders_hint(plan: Plan, structure: Structure, failing: Sequence[Shi
         layers = _anatomy.reaching(structure.padded, "circular")
         if not layers:
             return None
-        first = layers[0]
-        return (
-            f"the model pools the whole map (at {pooled}), but boundary='circular' moves content across the "
-            f"edges and {first.describe()} does not pad circularly: the maps before the pooling change "
-            f"at the edges, and the pooled value with them; {_anatomy.pad_circularly(first)}"
+        return causes.global_pooling(
+            f"the model pools the whole map (at {pooled}), but {causes.not_circular(layers[0])}: the maps "
+            f"before the pooling change at the edges, and the pooled value with them ("
+            f"{causes.pad_circularly(layers[0])})"
         )
     if plan.request.crop is not None or not _content_at_edges(plan.request.x, failing):
         return None
@@ -421,11 +351,10 @@ def _pooled_borders_hint(plan: Plan, structure: Structure, failing: Sequence[Shi
     padding = (
         f", and the padding of {padded} layer{'s' if padded > 1 else ''} sees the new edges" if padded else ""
     )
-    return (
+    return causes.global_pooling(
         f"the model pools the whole map (at {pooled}), but under boundary='zeros' a shift drops the content "
-        f"at one edge and fills zeros in at the other{padding}: the pooled value changes with what "
-        "leaves and enters. Put the content on a zero canvas larger than the shifts, or use circular "
-        "padding with boundary='circular'"
+        f"at one edge and fills zeros in at the other{padding}, and the pooled value changes with what "
+        "leaves and enters"
     )
 
 
@@ -494,7 +423,7 @@ def _layout_hint(plan: Plan) -> str | None:
 
 def _transform_hints(verdicts: Verdicts, margin: tuple[int, ...], noisy: bool, plan: Plan) -> list[str]:
     """Rotations and flips: a boundary effect, or no symmetry at all."""
-    border = _border_hint(verdicts, margin)
+    border = _border_hint(verdicts, margin, _boundary(plan))
     if border:
         return [border]
     if noisy:
@@ -516,18 +445,14 @@ def _orientation_hint(plan: Plan) -> str:
         )
     assert plan.grid_base is not None
     channels = plan.grid_base.shape[1] if plan.grid_base.dim() == plan.request.spatial_dims + 2 else 0
-    plain = (
-        "a plain convolution has no such symmetry; make kernels symmetric (average them over the "
-        "group) or check an earlier layer with layer="
-    )
     if channels and channels % 4 == 0:
-        return (
+        return causes.no_group_symmetry(
             f"the output does not rotate or flip with the input as a map of scalars. If it is a p4 / p4m "
             f"group-convolution layer (escnn, e2cnn), its {channels} channels are orientation fields that "
             "also permute: pass output_action=regular('p4') (4 channels a field) or regular('p4m') "
-            f"(8, with reflections), from equivariance import regular. Otherwise {plain}"
+            f"(8, with reflections), from equivariance import regular. Otherwise"
         )
-    return f"the output does not rotate or flip with the input: {plain}"
+    return causes.no_group_symmetry("the output does not rotate or flip with the input")
 
 
 def _alignment_hints(plan: Plan) -> list[str]:
@@ -543,12 +468,11 @@ def _alignment_hints(plan: Plan) -> list[str]:
                 fix = f"use an input of size {size} in that dim (the layer then sees {wanted})"
             else:
                 fix = f"change the input size so that this layer sees {wanted}"
-            hints.append(
+            lead = (
                 f"layer {layer.name!r} (kernel {k}, stride {s}, padding {p}) gets a map of size {n}, and "
-                f"{n} + 2*{p} - {k} = {n + 2 * p - k} is not a multiple of {s}: its samples are not placed "
-                "symmetrically, and a strided layer is exactly rotation- and flip-equivariant only when "
-                f"(n + 2p - k) = 0 (mod s) at its input; {fix}"
+                f"{n} + 2*{p} - {k} = {n + 2 * p - k} is not a multiple of {s}"
             )
+            hints.append(causes.misaligned_grid(lead, fix))
             break  # one hint a layer
     return hints
 
@@ -567,31 +491,24 @@ def _divisibility_hint(
             continue
         if any(s.divisible_by(k) for s in failing):
             continue
-        example_pass = multiples[0][0]
         pattern = (
-            f"errors only at shifts that {k} does not divide ({failing[0]} fails, {example_pass} passes)"
+            f"errors only at shifts that {k} does not divide ({failing[0]} fails, {multiples[0][0]} passes), "
+            f"which looks like a stride-{k} layer"
         )
         if invariance:
-            return (
-                f"{pattern}: looks like a stride-{k} layer before the pooling: a map subsampled by {k} "
-                f"cannot follow a shift that {k} does not divide, so the pooled value changes "
-                f"(aliasing); invariance holds for multiples of {k} (multiples_of({k}, max_shift=...)), "
-                "and anti-aliased downsampling (blur before subsampling) reduces the rest"
-            )
+            return causes.pooled_after_subsampling(f"{pattern} before the pooling", k)
         if subsampled:
-            return (
-                f"{pattern}: looks like a stride-{k} layer; pass stride={k} if the output is "
-                f"subsampled by {k}, or test multiples of {k} (multiples_of({k}, max_shift=...))"
-            )
-        return (
-            f"{pattern}: looks like a stride-{k} layer followed by upsampling back to full "
-            f"resolution, which can only follow multiples of {k}; test multiples_of({k}, "
-            "max_shift=...), or make the down- and upsampling anti-aliased (blur before subsampling)"
-        )
+            return causes.aliasing(pattern, k, also=f"pass stride={k} if the output is subsampled by {k}")
+        return causes.brought_back(f"{pattern} followed by upsampling back to full resolution", k)
     return None
 
 
-def _border_hint(verdicts: Verdicts, margin: tuple[int, ...]) -> str | None:
+def _boundary(plan: Plan) -> str:
+    """The boundary a fix may change: none for crops of a larger image."""
+    return "crop" if plan.request.crop is not None else plan.request.boundary
+
+
+def _border_hint(verdicts: Verdicts, margin: tuple[int, ...], boundary: str) -> str | None:
     """Errors that vanish once ``r`` more samples are dropped at each edge."""
     sums = verdicts.sums
     if sums.border_diff is None or sums.border_ref is None or sums.border_count is None:
@@ -601,10 +518,4 @@ def _border_hint(verdicts: Verdicts, margin: tuple[int, ...]) -> str | None:
     )
     if r is None:
         return None
-    suggested = tuple(m + r for m in margin)
-    shown = shown_per_dim(suggested)
-    return (
-        f"errors only within {r} sample{'s' if r > 1 else ''} of the borders of the compared "
-        f"region: a boundary effect (zero padding, or content leaving the canvas); pass "
-        f"margin={shown} or put the content on a larger zero canvas"
-    )
+    return causes.borders(r, tuple(m + r for m in margin), boundary)

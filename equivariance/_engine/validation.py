@@ -1,13 +1,11 @@
-"""Argument coercion shared by the public functions.
-
-Every helper raises ``InvalidArgument`` with a message that names the
-argument, what was expected, what was found and how to fix it.
+"""The coercions every public function shares: an int, one int per spatial dim, a float, and a value
+described for a message. Each raises ``InvalidArgument`` naming the argument (``argument``), what was
+expected, what was found and how to fix it.
 """
 
 from __future__ import annotations
 
 import operator
-import warnings
 from collections.abc import Sequence
 
 from equivariance.errors import InvalidArgument
@@ -23,15 +21,17 @@ def describe(value: object) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-def as_int(value: object, what: str) -> int:
+def as_int(value: object, argument: str) -> int:
     """``value`` as a Python int; bools and floats are refused, not truncated."""
     fix = "round it yourself if that is what you mean" if isinstance(value, float) else "pass an int"
     if isinstance(value, (bool, float)):
-        raise InvalidArgument(f"{what} must be an integer, found {describe(value)}; {fix}")
+        raise InvalidArgument(f"{argument} must be an integer, found {describe(value)}; {fix}")
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise InvalidArgument(f"{what} must be an integer, found {describe(value)}; pass an int") from None
+        raise InvalidArgument(
+            f"{argument} must be an integer, found {describe(value)}; pass an int"
+        ) from None
 
 
 def shown_per_dim(values: Sequence[int]) -> str:
@@ -45,49 +45,41 @@ def shown_per_dim(values: Sequence[int]) -> str:
     return str(values[0]) if len(set(values)) == 1 else str(values)
 
 
-def per_dim(value: object, ndim: int, what: str, *, minimum: int) -> tuple[int, ...]:
+def per_dim(value: object, ndim: int, argument: str, *, minimum: int) -> tuple[int, ...]:
     """An int, or one int per spatial dim, as a tuple of ``ndim`` ints >= ``minimum``."""
     if isinstance(value, (tuple, list)):
         if len(value) != ndim:
             raise InvalidArgument(
-                f"{what} {tuple(value)!r} has {len(value)} entries but there are {ndim} spatial "
+                f"{argument} {tuple(value)!r} has {len(value)} entries but there are {ndim} spatial "
                 f"dims; pass one int for all dims or a tuple of {ndim}"
             )
-        values = tuple(as_int(v, what) for v in value)
+        values = tuple(as_int(v, argument) for v in value)
     else:
-        values = (as_int(value, what),) * ndim
+        values = (as_int(value, argument),) * ndim
     for v in values:
         if v < minimum:
             bound = "positive" if minimum == 1 else f">= {minimum}"
-            raise InvalidArgument(f"{what} must be {bound}, found {v}; pass {minimum} or more")
+            raise InvalidArgument(f"{argument} must be {bound}, found {v}; pass {minimum} or more")
     return values
 
 
-def as_float(value: object, what: str, *, allow_none: bool = False) -> float | None:
+def as_float(value: object, argument: str, *, allow_none: bool = False) -> float | None:
     """A finite, non-negative float (or None when allowed)."""
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, str, bytes)) or not hasattr(type(value), "__float__"):
         raise InvalidArgument(
-            f"{what} must be a non-negative number, found {describe(value)}; pass a float, e.g. {what}=1e-4"
+            f"{argument} must be a non-negative number, found {describe(value)}; pass a float, e.g. "
+            f"{argument}=1e-4"
         )
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, RuntimeError):
         raise InvalidArgument(
-            f"{what} must be a single number, found {describe(value)}; pass a float, e.g. {what}=1e-4"
+            f"{argument} must be a single number, found {describe(value)}; pass a float, e.g. {argument}=1e-4"
         ) from None
     if not (number >= 0.0 and number != float("inf")):
         raise InvalidArgument(
-            f"{what} must be a finite non-negative number, found {number}; pass e.g. {what}=1e-4"
+            f"{argument} must be a finite non-negative number, found {number}; pass e.g. {argument}=1e-4"
         )
     return number
-
-
-def warn_deprecated(old: str, new: str) -> None:
-    """A DeprecationWarning for a name kept one release for compatibility, pointing at the caller's line."""
-    warnings.warn(
-        f"{old} is deprecated and will be removed in the next release; use {new}",
-        DeprecationWarning,
-        stacklevel=3,
-    )

@@ -1,0 +1,449 @@
+"""The arguments of every measurement, checked once, before any forward pass.
+
+The checks, ``equivariance_error``, the invariance metrics and the audit (``validate``, a ``Request``),
+the profiles (``validate_layers`` and ``choose_layers``, one rule for the layers measured), the Lie
+derivative and the penalty each validate here, with the same rules and the same messages: what was
+expected, what was found and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from equivariance._engine.forward import Forward, find_layer
+from equivariance._engine.isolation import submodules
+from equivariance._engine.sinks import OutputAction, all_finite
+from equivariance._engine.validation import as_int, describe, per_dim, shown_per_dim
+from equivariance.actions import Action, Boundary, Grid, check_boundary
+from equivariance.crops import Crop, CropOf, as_boundary
+from equivariance.errors import InvalidArgument
+from equivariance.layouts import Layout, as_layout
+from equivariance.regular import Regular
+from equivariance.shifts import Shift, as_shift
+
+Mode = Literal["equivariance", "invariance"]
+Auto = Literal["auto"]
+BatchSize = int | Literal["auto"] | None
+AUTO: Auto = "auto"
+
+DEFAULT_MAX_SHIFT = 2
+"""Default box of shifts, in units of the stride: every multiple of the stride in [-2s, 2s]^d."""
+IDENTITY_BOX = " (with stride=k, max_shift must be at least k)"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the caller asked for, validated; no forward pass has run yet.
+
+    ``elements`` None means the default box of shifts, which needs the stride.
+    """
+
+    forward: Forward
+    x: torch.Tensor
+    mode: Mode
+    elements: tuple[Action, ...] | None
+    max_shift: tuple[int, ...] | None
+    stride: tuple[int, ...] | Auto
+    margin: tuple[int, ...] | Auto
+    boundary: Boundary
+    layout: Layout | None
+    output_action: OutputAction | None
+    batch_size: BatchSize
+    noise_floor: bool
+    crop: CropOf | None = None
+    fields: Regular | None = None
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.x.dim() - 2
+
+
+def validate(
+    model: Callable[..., Any],
+    x: object,
+    mode: Mode,
+    elements: Sequence[Action] | None,
+    *,
+    max_shift: object = None,
+    stride: object = 1,
+    margin: object = 0,
+    boundary: object = "zeros",
+    layout: object = None,
+    output_action: object = None,
+    batch_size: object = None,
+    layer: str | None = None,
+    output: Any = None,
+    noise_floor: bool = True,
+) -> Request:
+    """Every argument checked, with a message that says how to fix it, before the model runs."""
+    forward = Forward(model, layer, output)
+    tensor = check_input(x, model)
+    d = tensor.dim() - 2
+    the_boundary = as_boundary(boundary)
+    strides = _auto_or_per_dim(stride, d, "stride", minimum=1)
+    margins = _auto_or_per_dim(margin, d, "margin", minimum=0)
+    fields = output_action if isinstance(output_action, Regular) else None
+    if fields is not None:
+        output_action = None  # not a callable replacing the stride: the rows' elements on regular fields
+    elif output_action is not None:
+        _check_output_action(output_action, strides, elements)
+    crop = None
+    if isinstance(the_boundary, Crop):
+        crop = the_boundary.of(tensor)
+        max_shift = _crop_shifts(crop, elements, max_shift, strides)
+        tensor, the_boundary = crop.reference(), "zeros"  # the model sees crops; overlaps compare as zeros
+    if elements is not None:
+        if not elements:
+            raise InvalidArgument("no shifts to check; pass at least one shift")
+        for element in elements:
+            if crop is None or not isinstance(element, Shift):
+                check_fits(element, tensor)
+        if strides == AUTO and not all(isinstance(e, Shift) for e in elements):
+            raise InvalidArgument(
+                f"stride='auto' infers how shifts move the output, but {elements[0]} is a "
+                f"{elements[0].noun}, which acts alike on the input and the output; drop stride="
+            )
+    bound = None if max_shift is None else as_max_shift(max_shift, tensor)
+    return Request(
+        forward, tensor, mode, None if elements is None else tuple(elements), bound, strides, margins,
+        the_boundary, None if layout is None else as_layout(layout),
+        output_action,  # type: ignore[arg-type]
+        check_batch_size(batch_size), noise_floor, crop, fields,
+    )  # fmt: skip
+
+
+def _crop_shifts(
+    crop: CropOf, elements: Sequence[Action] | None, max_shift: object, strides: tuple[int, ...] | Auto
+) -> object:
+    """Shifts that move the crop window inside the image; the default box (``max_shift`` None and no
+    elements) cut to the room the image leaves, returned as the ``max_shift`` to use."""
+    if isinstance(strides, str):
+        raise InvalidArgument(
+            "stride='auto' is not available with boundary=Crop(...); pass the output's stride, e.g. stride=2"
+        )
+    if elements is not None:
+        for element in elements:
+            if not isinstance(element, Shift):
+                raise InvalidArgument(
+                    f"boundary=Crop(...) moves the crop window, which only shifts do, but {element} is a "
+                    f"{element.noun} that maps the grid onto itself; check it on the crop itself "
+                    "(x[..., i:i+h, j:j+w]) without boundary="
+                )
+            crop.check_shift(element)
+        return max_shift
+    if max_shift is not None:
+        bound = per_dim(max_shift, len(crop.size), "max_shift", minimum=0)
+        crop.check_shift(Shift(bound))
+        crop.check_shift(Shift(tuple(-b for b in bound)))
+        return bound
+    wanted = tuple(min(DEFAULT_MAX_SHIFT * s, (n - 1) // s * s) for s, n in zip(strides, crop.size))
+    bound = tuple(b // s * s for b, s in zip(crop.fitting_bound(wanted), strides))
+    if not any(bound):
+        raise InvalidArgument(
+            f"the image {tuple(crop.x.shape[2:])} leaves no room to move a crop of {crop.size} at "
+            f"{crop.at} by a multiple of the stride {strides}: pass a larger x, a smaller crop or shifts="
+        )
+    return bound
+
+
+def _auto_or_per_dim(value: object, d: int, name: str, *, minimum: int) -> tuple[int, ...] | Auto:
+    if isinstance(value, str):
+        if value == AUTO:
+            return "auto"
+        raise InvalidArgument(
+            f"{name} must be an int, one int per spatial dim or 'auto', found {value!r}; "
+            f"pass e.g. {name}=2 or {name}='auto'"
+        )
+    return per_dim(value, d, name, minimum=minimum)
+
+
+def _check_output_action(
+    output_action: object, strides: tuple[int, ...] | Auto, elements: Sequence[Action] | None
+) -> None:
+    if not callable(output_action):
+        raise InvalidArgument(
+            f"output_action must be a callable (f(x), shift) -> tensor, found {describe(output_action)}; "
+            "pass a function, or subclass equivariance.actions.Action for an element of your own"
+        )
+    if strides == AUTO:
+        raise InvalidArgument(
+            "pass either stride='auto' or output_action=, not both; an output action replaces the stride"
+        )
+    if any(s != 1 for s in strides):
+        raise InvalidArgument(
+            "pass either stride= or output_action=, not both; fold the stride into the output action"
+        )
+    if elements is not None and not all(isinstance(e, Shift) for e in elements):
+        raise InvalidArgument(
+            f"output_action= says how shifts move the output, but {elements[0]} is a transform, which "
+            "acts alike on the input and the output; pass neither with transforms"
+        )
+
+
+def check_batch_size(batch_size: object, *, auto: bool = True) -> BatchSize:
+    """``None``, ``"auto"`` (where ``auto``) or a positive int, else InvalidArgument."""
+    if batch_size is None:
+        return None
+    if batch_size == "auto" and auto:
+        return "auto"
+    size = as_int(batch_size, "batch_size")
+    if size < 1:
+        also = ", or 'auto'" if auto else ""
+        raise InvalidArgument(f"batch_size must be positive, found {size}; pass e.g. batch_size=8{also}")
+    return size
+
+
+def check_input(x: object, model: object) -> torch.Tensor:
+    """``x`` if it is a usable batch for ``model``, else InvalidArgument saying why."""
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgument(
+            f"x must be a torch.Tensor, found {describe(x)}; convert it, e.g. torch.as_tensor(x)"
+        )
+    shape = tuple(x.shape)
+    if not 3 <= x.dim() <= 5:
+        fix = (
+            "add the missing batch and channel dims, e.g. x[None, None]"
+            if x.dim() <= 2
+            else "fold the extra dims into the batch or channel dim"
+        )
+        raise InvalidArgument(
+            f"x must be a batch (N, C, L), (N, C, H, W) or (N, C, D, H, W), found a tensor of "
+            f"shape {shape} ({x.dim()} dims); {fix}"
+        )
+    if not x.dtype.is_floating_point:
+        raise InvalidArgument(
+            f"x must have a floating-point dtype, found {x.dtype}; convert it, e.g. x.float()"
+        )
+    if x.device.type == "meta":
+        raise InvalidArgument(
+            "x is on the meta device, which holds shapes but no values; pass a tensor with data"
+        )
+    if x.shape[0] == 0:
+        raise InvalidArgument(f"x is an empty batch (shape {shape}); pass at least one sample")
+    if x.numel() == 0:
+        raise InvalidArgument(
+            f"x of shape {shape} has no elements; every dim must be nonzero: pass a batch with data"
+        )
+    if not all_finite(x):
+        raise InvalidArgument(
+            f"x contains {int((~torch.isfinite(x)).sum())} non-finite values (nan or inf); "
+            "equivariance is only measurable on finite inputs: replace them, e.g. torch.nan_to_num(x)"
+        )
+    if isinstance(model, nn.Module):
+        _check_model_matches(model, x)
+    return x
+
+
+def _check_model_matches(model: nn.Module, x: torch.Tensor) -> None:
+    tensors = [
+        t
+        for module in submodules(model)
+        for t in (*module._parameters.values(), *module._buffers.values())
+        if t is not None
+    ]
+    devices = {t.device for t in tensors}
+    if len(devices) == 1 and next(iter(devices)) != x.device:
+        (device,) = devices
+        raise InvalidArgument(
+            f"the model is on {device} but x is on {x.device}; move x with x.to({str(device)!r}) "
+            f"or the model with model.to({str(x.device)!r})"
+        )
+    dtypes = {t.dtype for t in tensors if t.dtype.is_floating_point}
+    if len(dtypes) == 1 and next(iter(dtypes)) != x.dtype:
+        (dtype,) = dtypes
+        raise InvalidArgument(
+            f"the model's parameters are {dtype} but x is {x.dtype}; convert one to the "
+            f"other, e.g. x.to({dtype}) or model.to({x.dtype})"
+        )
+
+
+def check_fits(element: Action, x: torch.Tensor, grid: Grid | None = None, subject: str = "x") -> None:
+    """An element must act on ``x`` (on ``grid``; by default an input's) and map its grid onto itself."""
+    if isinstance(element, Shift) and grid is None:
+        check_shift_fits(element, x)
+        return
+    grid = grid or Grid.of_input(x.dim() - 2)
+    ndim = getattr(element, "ndim", None)
+    if isinstance(ndim, int) and ndim != grid.spatial_dims:
+        raise InvalidArgument(
+            f"{element!r} has {ndim} dims but {subject} of shape {tuple(x.shape)} has {grid.spatial_dims} "
+            f"spatial dims; pass one offset per spatial dim"
+        )
+    try:
+        moved: object = element.act(x[:1].clone(), grid)
+    except InvalidArgument:
+        raise
+    except Exception as exc:
+        raise InvalidArgument(f"{element!r}.act raised {type(exc).__name__} on {subject}: {exc}") from exc
+    if not isinstance(moved, torch.Tensor) or moved.shape != x[:1].shape:
+        raise InvalidArgument(
+            f"{element!r} must map the grid of {subject} onto itself, returning a tensor of shape "
+            f"{tuple(x[:1].shape)} for one sample, found {describe(moved)}; a transform may only move "
+            "the samples of the spatial dims"
+        )
+
+
+def check_shift_fits(shift: Shift, x: torch.Tensor) -> None:
+    """A shift must have one offset per spatial dim and be smaller than the signal."""
+    spatial = tuple(x.shape[2:])
+    if shift.ndim != len(spatial):
+        raise InvalidArgument(
+            f"shift {shift} has {shift.ndim} dims but x of shape {tuple(x.shape)} has "
+            f"{len(spatial)} spatial dims; pass a shift of length {len(spatial)}"
+        )
+    for offset, size in zip(shift, spatial):
+        if abs(offset) >= size:
+            raise InvalidArgument(
+                f"shift {shift} is as large as the signal or larger (spatial size "
+                f"{spatial}); a shift must be smaller than the size in every dim, so pass "
+                f"offsets in ({-size}, {size})"
+            )
+
+
+def as_element(value: object) -> Action:
+    """An element from an Action (a Shift, Rot90, Flip, ...) or an int / tuple of ints (a Shift)."""
+    if isinstance(value, Action):
+        return value
+    return as_shift(value)
+
+
+def as_elements(values: Sequence[object], x: torch.Tensor, verb: str, purpose: str) -> tuple[Action, ...]:
+    """Elements from Actions or tuples of ints, each acting on ``x``, not all the identity
+    (``verb``, ``purpose``: as in ``check_not_identity``)."""
+    elements = tuple(as_element(value) for value in values)
+    for element in elements:
+        check_fits(element, x)
+    check_not_identity(elements, verb, purpose)
+    return elements
+
+
+def check_not_identity(elements: Sequence[Action], verb: str, purpose: str, fix: str = "") -> None:
+    """Elements that are all the identity measure nothing: refused. ``verb``: what is done with them
+    (``"check"``); ``purpose``: what would result (``"a check that cannot fail"``); ``fix``: more to say."""
+    if not elements or not all(e.is_identity for e in elements):
+        return
+    first, noun = elements[0], elements[0].noun
+    if len(elements) == 1 and not fix:
+        found = f"{noun} {first} is the identity"
+    else:
+        found = f"the {noun}s to {verb} are only the identity {first}"
+    raise InvalidArgument(f"{found}, {purpose}; pass at least one nonzero {noun}{fix}")
+
+
+def as_max_shift(max_shift: object, x: torch.Tensor) -> tuple[int, ...]:
+    """A box of shifts, one bound per spatial dim, smaller than the signal."""
+    spatial = tuple(x.shape[2:])
+    bound = per_dim(max_shift, len(spatial), "max_shift", minimum=0)
+    if any(b >= n for b, n in zip(bound, spatial)):
+        raise InvalidArgument(
+            f"max_shift {shown_per_dim(bound)} is as large as the signal or larger (spatial size {spatial}); pass "
+            f"max_shift below {min(spatial)}"
+        )
+    return bound
+
+
+def as_stride(stride: object, d: int) -> tuple[int, ...] | Auto:
+    """``"auto"``, or one positive int per spatial dim."""
+    return _auto_or_per_dim(stride, d, "stride", minimum=1)
+
+
+# -- the layers a per-layer measurement taps: one rule for the profile and the Lie profile -----------
+
+OUTPUT = "(output)"
+"""The name of the model's own output where no profiled layer returns it."""
+NONE_RAN = (
+    "no profiled layer returned a tensor with the input's batch dim during the forward pass; pass layers= "
+    "naming submodules that the forward pass calls"
+)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The layers a per-layer measurement taps, chosen once.
+
+    Attributes:
+        modules: the submodules tapped, by name: those ``layers=`` named, else every leaf (the model
+            itself, as ``"(output)"``, where it has none).
+        named: whether ``layers=`` named them; leaves by default get rows for the tensors computed
+            in ``forward`` between them too.
+        stop: the ``up_to`` submodule, after whose output the pass stops; None for the whole model.
+        up_to: its name.
+        layouts: the layouts named for layers whose shapes leave them ambiguous.
+    """
+
+    modules: dict[str, nn.Module]
+    named: bool
+    stop: nn.Module | None
+    up_to: str | None
+    layouts: dict[str, Layout]
+
+
+def hooked(model: object, caller: str, instead: str) -> nn.Module:
+    """``model``, if it is an ``nn.Module`` whose layers can be hooked; ``instead`` names the function
+    for a plain callable."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgument(
+            f"{caller} needs an nn.Module to hook its layers, found {describe(model)}; use {instead} for "
+            "a plain callable"
+        )
+    return model
+
+
+def choose_layers(model: nn.Module, layers: object, up_to: object, layouts: object) -> Layers:
+    """The layers measured: ``layers`` by name, else every leaf submodule; the pass stopped after
+    ``up_to``; ``layouts`` by layer name. Every name is looked up before the model runs."""
+    stop = None if up_to is None else find_layer(model, up_to, "up_to")  # type: ignore[arg-type]
+    given = _given_layouts(model, layouts)
+    if layers is None:
+        leaves = {name: m for name, m in model.named_modules() if name and not any(m.children())}
+        return Layers(leaves or {OUTPUT: model}, False, stop, up_to, given)  # type: ignore[arg-type]
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+        example = repr([layers]) if isinstance(layers, str) else "['conv1']"
+        raise InvalidArgument(
+            f"layers must be a non-empty list of layer names, found {describe(layers)}; pass e.g. {example}"
+        )
+    chosen = {name: find_layer(model, name, "layers") for name in layers}
+    return Layers(chosen, True, stop, up_to, given)  # type: ignore[arg-type]
+
+
+def _given_layouts(model: nn.Module, layouts: object) -> dict[str, Layout]:
+    if layouts is None:
+        return {}
+    if not isinstance(layouts, Mapping):
+        raise InvalidArgument(
+            f"layouts must be a dict from layer names to layouts, found {describe(layouts)}; pass e.g. "
+            "layouts={'blocks.0.norm': 'channels_last'}"
+        )
+    for name in layouts:
+        find_layer(model, name, "layouts")  # an unknown name is refused with the close ones
+    return {name: as_layout(layout) for name, layout in layouts.items()}
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    """What a per-layer profile was asked for, validated; no forward pass has run yet."""
+
+    model: nn.Module
+    x: torch.Tensor
+    element: Action
+    boundary: Boundary
+    layers: Layers
+
+
+def validate_layers(
+    model: object, x: object, shift: object, *, layers: object, up_to: object, boundary: object,
+    layouts: object,
+) -> LayerRequest:  # fmt: skip
+    """The arguments of ``profile_equivariance``, checked before the model runs."""
+    module = hooked(model, "profile_equivariance", "check_equivariance")
+    tensor = check_input(x, module)
+    (element,) = as_elements([shift], tensor, "profile", "a profile that cannot fail")
+    # a rotation or flip maps the grid onto itself: nothing is filled in
+    checked = check_boundary(boundary)
+    the_boundary = checked if type(element).uses_boundary else "circular"
+    return LayerRequest(module, tensor, element, the_boundary, choose_layers(module, layers, up_to, layouts))
