@@ -5,9 +5,9 @@ Measures, in one run and on the same machine:
 (a) ``check_equivariance`` over K shifts of a batch of N images;
 (b) a plain per-shift loop doing the same comparison, one forward pass per
     shift (the way hand-written checkers work);
-(c) the floor: bare forward passes over the same (K + 2) * N images (the
-    shifted copies, the unshifted batch and the identity shift the check adds
-    for its noise floor), in the fastest of several chunkings: the check's
+(c) the floor: bare forward passes over the same (K + 1) * N + 1 images (the
+    shifted copies, the unshifted batch and the one sample the check sends
+    again for its noise floor), in the fastest of several chunkings: the check's
     own, chunks of 4, 8, 16, 32, 64 and 128 images, and the whole sweep at
     once where it is at most 128 images, each timed in every round.
 
@@ -153,7 +153,7 @@ def floor(
     model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shifts: list[Shift], batch: int
 ) -> None:
     """Bare forward passes over the images a check runs, in chunks of ``batch``."""
-    images = x.repeat(len(shifts) + 1, *([1] * (x.dim() - 1)))
+    images = torch.cat([x[-1:], x.repeat(len(shifts), *([1] * (x.dim() - 1)))])
     with torch.no_grad():
         model(x)
         for start in range(0, len(images), batch):
@@ -294,7 +294,7 @@ def row(
 ) -> tuple[str, ...]:
     # the check's own chunks (the report says which it chose), also warming up kernels and allocators
     batch = check_equivariance(model, x, shifts, stride=stride).batch_size
-    sizes = chunkings(batch, (len(shifts) + 1) * len(x))
+    sizes = chunkings(batch, len(shifts) * len(x) + 1)
 
     def run_floor(size: int) -> Callable[[], None]:
         return lambda: floor(model, x, shifts, size)

@@ -49,15 +49,15 @@ def test_auto_stride_and_margin_cost_one_unshifted_pass_and_one_backward() -> No
     assert first == (2, True)  # the unshifted pass, differentiated once for the receptive field
     assert model.backward == 1
     candidates = sum(len(range(1, min(max(2, -(-3 * 24 // (2 * 12))), 23) + 1)) for _ in range(2))
-    rows = 1 + len(report.results)  # the noise floor's identity and the shifts
+    copies = 1 + 2 * len(report.results)  # the noise floor's identity (of the last sample) and the shifts
     assert all(not grad for _, grad in rest)
-    assert [size for size, _ in rest] == [candidates * 2, rows * 2]  # one chunk of each
+    assert [size for size, _ in rest] == [candidates * 2, copies]  # one chunk of each
 
 
 def test_a_plain_check_runs_the_unshifted_input_once() -> None:
     model, x = Counted(), canvas(2, size=24, content=12)
     check_equivariance(model, x, stride=2, max_shift=2, batch_size=1000)
-    assert [size for size, _ in model.calls] == [2, 10 * 2]  # f(x), then the identity and 9 shifts
+    assert [size for size, _ in model.calls] == [2, 1 + 9 * 2]  # f(x), then the identity of x[-1:], 9 shifts
 
 
 def test_bad_strings_for_auto_are_refused_clearly_everywhere() -> None:

@@ -2,8 +2,8 @@
 
 ``make_plan`` runs the unshifted input through the model once (with one backward pass where
 ``margin="auto"`` needs the receptive field), views the output in its layout, infers the stride where
-``stride="auto"``, and fixes the rows the runner sends: the identity first (the noise floor), then the
-elements checked; ``measure`` runs them and returns the sums. Its ``Request`` comes from
+``stride="auto"``, and fixes the rows the runner sends: the identity first (the noise floor, for the
+last ``FLOOR_SAMPLES`` samples of ``x`` only), then the elements checked; ``measure`` runs them and returns the sums. Its ``Request`` comes from
 `equivariance._engine.arguments`.
 """
 
@@ -33,6 +33,11 @@ from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout, Tokens
 from equivariance.regular import Regular
 from equivariance.shifts import Shift, multiples_of
+
+FLOOR_SAMPLES = 1
+"""How many samples (the last of ``x``) the noise floor's identity sends: one recomputed sample, in a
+chunk of another size and content than ``f(x)``'s pass, shows batch statistics, randomness,
+batch-size-dependent kernels and reduced precision, for a fraction of a pass of the batch."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,17 @@ class Plan:
     def noise_rows(self) -> int:
         """How many rows come before the elements checked (1 with a noise floor)."""
         return len(self.rows) - len(self.elements)
+
+    @property
+    def skipped(self) -> int:
+        """How many items of the noise floor's identity row are not sent: all but its last
+        ``FLOOR_SAMPLES`` samples."""
+        return self.noise_rows * max(0, len(self.request.x) - FLOOR_SAMPLES)
+
+    @property
+    def items(self) -> int:
+        """How many moved copies the runner sends."""
+        return len(self.rows) * len(self.request.x) - self.skipped
 
 
 # -- the plan: one unshifted pass, "auto" resolved ---------------------------------------------------
@@ -136,7 +152,8 @@ def _needs_meter(request: Request) -> bool:
         return True
     strides = (1,) * request.spatial_dims if request.stride == "auto" else request.stride
     rows = len(request.elements) if request.elements is not None else len(_shift_box(request, strides))
-    return (rows + request.noise_floor) * len(request.x) > CPU_MIN_CHUNK
+    floor = min(FLOOR_SAMPLES, len(request.x)) if request.noise_floor else 0
+    return rows * len(request.x) + floor > CPU_MIN_CHUNK
 
 
 def _resolve_layout(request: Request, base: torch.Tensor) -> tuple[Layout, tuple[str, ...]]:
@@ -217,7 +234,8 @@ def _finish(
             Shift.identity(request.spatial_dims) if isinstance(elements[0], Shift) else Identity()
         )
         rows = (identity, *elements)
-    total = len(rows) * len(request.x)
+    floor = min(FLOOR_SAMPLES, len(request.x)) if request.noise_floor else 0
+    total = len(elements) * len(request.x) + floor
     size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, total)
     grid_base = None
     if grid is not None:
@@ -303,7 +321,8 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
     consumer = ModelConsumer(request.forward, [sink], tuple(plan.base.shape[1:]), layout, d, note)
     copies = _input_copies(request, plan.rows)
     size = runner.run(
-        copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
+        copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row),
+        skip=plan.skipped,
     )
     return sink.sums(), size
 

@@ -162,6 +162,7 @@ class Runner:
         describe: Callable[[torch.Tensor], str],
         resize: Callable[[int], int] | None = None,
         elements: torch.Tensor | None = None,
+        skip: int = 0,
     ) -> int:
         """Every (row, sample) copy through every consumer, in chunks; returns the chunk size that fitted.
 
@@ -171,15 +172,16 @@ class Runner:
         or, with ``elements`` (a ``(rows, n)`` table), sample ``s`` by element
         ``elements[k, s]`` (random shifts drawn per sample). With ``resize``,
         the first chunk is metered and the rest are sized by
-        ``resize(bytes_per_sample)``.
+        ``resize(bytes_per_sample)``. The first ``skip`` items are not sent
+        (the noise floor's identity row, measured on its last samples only).
         """
         n = len(copies.x)
         total = rows * n
         table = None if elements is None else elements.reshape(-1).cpu()
         shown = self._show()
         delay = 0.0 if self.progress else PROGRESS_DELAY_S
-        bar = Progress(-(-total // batch_size), "equivariance sweep", enabled=shown, delay=delay)
-        start = 0
+        bar = Progress(-(-(total - skip) // batch_size), "equivariance sweep", enabled=shown, delay=delay)
+        start = skip
         while start < total:
             stop = min(start + batch_size, total)
             items = torch.arange(start, stop)
@@ -187,7 +189,7 @@ class Runner:
             inputs = copies.take(sample, row if table is None else table[start:stop])
             what = lambda row=row: describe(row)  # noqa: E731  (for messages only)
             try:
-                with metered(_owner(consumers), enabled=resize is not None and start == 0) as seen:
+                with metered(_owner(consumers), enabled=resize is not None and start == skip) as seen:
                     for consumer in consumers:
                         consumer.consume(inputs, slice(start, stop), sample, row, what)
             except torch.cuda.OutOfMemoryError:
@@ -199,7 +201,7 @@ class Runner:
                 release_cached_memory(copies.x.device)
                 bar.total = bar.count + -(-(total - start) // batch_size)
                 continue
-            if resize is not None and start == 0:
+            if resize is not None and start == skip:
                 batch_size = resize(
                     max(1, (seen.bytes + inputs.numel() * inputs.element_size()) // len(items))
                 )
