@@ -152,10 +152,14 @@ def workloads(only: str | None = None) -> list[Workload]:
     return [w for w in found if only is None or w.name == only or w.name.split()[0] == only.split()[0]]
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def forward(model: nn.Module, x: torch.Tensor, copies: int, together: bool) -> Callable[[], None]:
@@ -233,8 +237,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--only", default=None, help="one workload (e.g. 'resnet18 stride 8') or model")
     parser.add_argument("--cprofile", default=None, help="where one call of each measurement spends time")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall",
+        help="wall time, or the process's CPU time (with --threads 1, steadier on a machine others load)",
+    )  # fmt: skip
     parser.add_argument("--markdown", default=None, help="also write the table into this Markdown page")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.rand(BATCH, 3, SIZE, SIZE)
@@ -245,7 +255,7 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     title = (
         f"torch {torch.__version__} on {machine}; batch {BATCH} of {SIZE}x{SIZE}; "
-        f"medians of {args.repeats} rounds"
+        f"medians of {args.repeats} rounds" + ("; CPU time" if args.clock == "cpu" else "")
     )
     print(title + "\n")
     print(" | ".join(HEADER))

@@ -155,7 +155,7 @@ def lie_derivative(
 ) -> torch.Tensor:
     """The Lie derivative ``L f(x) = J_f(x) L_in x - L_out f(x)`` itself, a tensor shaped like ``f(x)``.
 
-    One forward pass with a Jacobian-vector product (``torch.func.jvp``)
+    One forward pass with a Jacobian-vector product (forward-mode AD)
     whose tangent is the generator applied to ``x``; the output's generator
     is then subtracted (nothing for an invariant output).
 

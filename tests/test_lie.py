@@ -781,3 +781,46 @@ def test_a_normalization_whose_constant_groups_get_no_derivative_is_not_reported
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lie_derivative_error(model, x)
+
+
+class _Affine(nn.Module):
+    """Broadcast products and sums with parameters: the ops whose plain operands the Lie derivative
+    gives dense zero tangents."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, 4, dtype=F64).reshape(1, 4, 1, 1))
+        self.bias = nn.Parameter(torch.linspace(-1.0, 1.0, 4, dtype=F64).reshape(1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x) * self.gain + self.bias
+        return torch.addcmul(self.bias, y, self.gain) / (self.gain + 2.0) - self.bias
+
+
+@pytest.mark.parametrize("training", [False, True])  # a check runs it in eval mode, and restores the flag
+@pytest.mark.parametrize("stats", [True, False])  # without running statistics: the batch norm itself
+def test_batch_norms_and_broadcast_ops_push_the_derivative_as_torch_func_jvp_does(
+    training: bool, stats: bool
+) -> None:
+    """The fast paths of the pushforward (an eval batch norm as its affine map, plain operands given
+    dense zero tangents) give the derivative ``torch.func.jvp`` gives the model itself."""
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(4, track_running_stats=stats, dtype=F64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+        if stats:
+            norm.running_mean.uniform_(-1.0, 1.0)
+            norm.running_var.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, **CIRCULAR), norm, nn.ReLU(), _Affine(), nn.Conv2d(4, 3, 1, dtype=F64))
+    model.eval()  # as the Lie derivative runs it; without running statistics, on the batch's own
+    x = smooth()
+    generator = Translation(1, 1)
+    tangent = generator.apply(x, (1, 1))
+    with torch.no_grad():  # the reference: torch.func.jvp of the model itself
+        _, expected = torch.func.jvp(model, (x,), (tangent,))
+        plain = model(x)
+    expected = expected - generator.apply(plain, (1, 1))
+    measured = lie_derivative(model.train(training), x, generator)
+    torch.testing.assert_close(measured, expected, rtol=1e-9, atol=1e-12)
+    assert model.training is training
