@@ -619,8 +619,7 @@ def _paired(x: torch.Tensor, element: Action, boundary: Boundary) -> torch.Tenso
 def _measured(
     passes: _Passes, given: dict[str, Layout], junctions: bool, blurs: frozenset[str]
 ) -> tuple[_Pass, LayerSums]:
-    """Every profiled layer's two outputs compared, in a pool of sums: the pass, and where float32
-    cannot keep some sums, those rows again in float64."""
+    """Every profiled layer's two outputs compared, in a pool of sums: the pass and the pool."""
     pool = LayerSums(len(passes.x))
     batch = passes.batch()
     run = _Pass(
@@ -633,12 +632,6 @@ def _measured(
             "no profiled layer returned a tensor with the input's batch dim; pass layers= naming "
             "submodules that the forward pass calls"
         )
-    redo = pool.settle()
-    if redo:  # sums float32 cannot keep, or not finite: again in float64, the outputs tested for nan
-        run.redo = {name for name, row in run.rows.items() if row.sink in redo and row.same_as is None}
-        again = passes.run(passes.batch(), run.again)  # a new batch: the model may have written to the first
-        run.output(again, passes.up_to, passes.stop, again=True)
-        pool.settle()
     return run, pool
 
 
@@ -814,7 +807,6 @@ class _Row:
     spec: LayerSpec
     sink: Sink
     kind: str  # "output", "input" (a junction) or "unblurred" (the input, subsampled)
-    key: tuple[slice, ...] = ()  # the subsampling of an unblurred row
     same_as: str | None = None  # the row whose comparison it shares (the same elements on its grid)
 
 
@@ -857,7 +849,6 @@ class _Pass:
         self.last: torch.Tensor | None = None  # the last layer output recorded
         # each row's tensor for x[:1], as it was read (a small copy): is its sample alone the same?
         self.firsts: dict[str, torch.Tensor] = {}
-        self.redo: set[str] = set()  # the rows to measure again
         self.output_row: str | None = None  # the row of the model's output, where no layer returned it
         self.samples = torch.arange(self.n)
         self.zero = torch.zeros(self.n, dtype=torch.long)
@@ -901,25 +892,11 @@ class _Pass:
         if name in self.blurs and source is not None:
             self._unblurred(spec, source)
 
-    def again(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
-        """The hook of a pass run again: the rows to measure again, measured."""
-        source = _first_tensor(inputs)
-        reads = ((junction_name(name), source), (name, tensor), (_unblurred_name(name), source))
-        for row_name, read in reads:
-            row = self.rows.get(row_name)
-            if row_name in self.redo and row is not None and read is not None:
-                self._measure(row, read)
-
-    def output(self, result: Any, up_to: str | None, stop: nn.Module | None, *, again: bool = False) -> None:
-        """The model's output (or the ``up_to`` layer's) as a last row, unless a row has it; in a pass
-        run again, that row measured again."""
+    def output(self, result: Any, up_to: str | None, stop: nn.Module | None) -> None:
+        """The model's output (or the ``up_to`` layer's) as a last row, unless a row has it."""
         last = "(output)" if up_to is None else up_to
         output = _first_tensor(result)
         if output is None or output.dim() < 1 or len(output) != 2 * self.n:
-            return
-        if again:
-            if self.output_row is not None and self.output_row in self.redo:
-                self._measure(self.rows[self.output_row], output)
             return
         if last in self.rows:
             return
@@ -993,13 +970,6 @@ class _Pass:
             return PooledLayer(self.pool, per_sample, both.dtype, on_grid, offsets, region)
         return GridSums(base, [element], on_grid, (0,) * d, expected=[expected])
 
-    def _measure(self, row: _Row, tensor: torch.Tensor) -> None:
-        """A row measured again: its tensor read and viewed as its grid."""
-        spec = row.spec
-        if row.kind == "unblurred":
-            tensor = tensor[row.key]
-        self._compare(row, _grid_view(spec, tensor))
-
     def _compare(self, row: _Row, tensor: torch.Tensor) -> None:
         """Both halves of a row's tensor (viewed as its grid) handed to its sink."""
         sink, name, n, element = row.sink, row.spec.name, self.n, self.element
@@ -1042,7 +1012,7 @@ class _Pass:
         grid = Grid(d, (1,) * d, self.boundary)
         sink = PooledLayer(self.pool, tuple(base.shape[1:]), base.dtype, grid, offsets, region)
         name = _unblurred_name(spec.name)
-        row = self.rows[name] = _Row(dataclasses.replace(spec, name=name), sink, "unblurred", key)
+        row = self.rows[name] = _Row(dataclasses.replace(spec, name=name), sink, "unblurred")
         self._compare(row, source[key])
 
 
