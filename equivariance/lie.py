@@ -25,7 +25,7 @@ from equivariance._engine import arguments as _arguments
 from equivariance._engine.diagnosis import JUNCTION, junction_name
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.grids import Grids, Stride
-from equivariance._engine.judge import sample_errors
+from equivariance._engine.judge import relative_sizes, sample_scale, scaled, squared_norms
 from equivariance._engine.jvp import TangentWatch, forward_mode, not_implemented, pushforward
 from equivariance._engine.layers import (
     CHANNELS_FIRST_OPS,
@@ -35,7 +35,7 @@ from equivariance._engine.layers import (
     view_permutation,
 )
 from equivariance._engine.runner import Runner
-from equivariance._engine.sinks import all_finite, check_finite, sample_scale, squared_norms
+from equivariance._engine.sinks import all_finite, check_finite
 from equivariance._engine.validation import describe
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.generators import Generator, Rotation, Translation
@@ -253,27 +253,16 @@ def lie_derivative_error(
 def sizes(derivative: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
     """Per-sample $||d|| / ||b||$ of the derivative $d$ and the base $b$ (float64); $||d||$ without a base.
 
-    The checks' rule (``_judge.sample_errors``): relative where ``base`` is
-    nonzero, else the RMS of the derivative, with a warning. Squares are
-    summed as the checks sum them (``_sinks.squared_norms``), float64 tensors
-    beyond the range where squares are exact scaled by a power of two per
-    sample first (``_sinks.sample_scale``), so that every finite scale gives
-    the same answer.
+    The checks' rule and precision (``_engine.judge.relative_sizes``):
+    relative where ``base`` is nonzero, else the RMS of the derivative, with a
+    warning.
     """
-    flat = derivative.detach().flatten(1)
     if base is None:
+        flat = derivative.detach().flatten(1)
         own = sample_scale(flat)
-        norms = squared_norms(_times(flat, own), (1,)).sqrt()
+        norms = squared_norms(scaled(flat, own), 1).sqrt()
         return norms if own is None else norms / own
-    reference = base.detach().flatten(1)
-    scale = sample_scale(reference)
-    ref_sq = squared_norms(_times(reference, scale), (1,))
-    dead = ref_sq == 0
-    own = sample_scale(flat) if bool(dead.any()) else None
-    if own is not None:  # an all-zero output is measured absolutely, on the derivative's own scale
-        scale = torch.where(dead, own, torch.ones_like(own) if scale is None else scale)
-    diff_sq = squared_norms(_times(flat, scale), (1,))
-    errors, absolute = sample_errors(diff_sq, ref_sq, torch.tensor(flat.shape[1]), scale)
+    errors, absolute = relative_sizes(derivative, base)
     if bool(absolute.any()):
         warnings.warn(
             f"{int(absolute.sum())} of {len(absolute)} samples have an all-zero output (dead features?); "
@@ -282,11 +271,6 @@ def sizes(derivative: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
             stacklevel=3,
         )
     return errors
-
-
-def _times(tensor: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """Each sample (row) of ``tensor`` times its power of two."""
-    return tensor if scale is None else tensor * scale.to(tensor.device, tensor.dtype).unsqueeze(1)
 
 
 @dataclass(frozen=True)
