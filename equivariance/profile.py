@@ -88,6 +88,7 @@ from equivariance._engine.anatomy import (
     sampling,
 )
 from equivariance._engine.forward import call_until, find_layer
+from equivariance._engine.grids import Stride, divides, shown, stated_stride, whole_samples
 from equivariance._engine.isolation import snapshot, submodules
 from equivariance._engine.judge import KEEP_FRACTION, margins_that_pass, sample_errors, within
 from equivariance._engine.layer_sums import LayerSums, PooledLayer
@@ -138,8 +139,10 @@ class LayerProfile:
             for the model's output where no leaf returns it.
         type: the layer's class name, e.g. ``"Conv2d"``.
         output_shape: the shape of the layer's output for ``x``.
-        stride: the cumulative stride inferred from the spatial sizes, per
-            dim; ``None`` where the output has no spatial dims.
+        stride: the cumulative stride per dim (the stride each module
+            states, else the sizes'; docs/diagnosing.md), a fraction where
+            the map is finer than the input's (0.5 after upsampling by 2);
+            ``None`` where the output has no spatial dims.
         output_element: the element the output is expected to undergo: the
             input shift divided by the stride (rounded where the stride does
             not divide it), or the transform; ``None`` without spatial dims
@@ -166,7 +169,7 @@ class LayerProfile:
     name: str
     type: str
     output_shape: tuple[int, ...]
-    stride: tuple[int, ...] | None
+    stride: Stride | None
     output_element: Action | None
     exact: bool
     error: float
@@ -848,6 +851,7 @@ class _Pass:
         self.types = {name: type(module).__name__ for name, module in targets.items()}
         self.first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
         self.keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
+        self.stated = {name: stated_stride(module, x.dim() - 2) for name, module in targets.items()}
         self.inference = LayerInference((self.n, *x.shape[1:]), id(batch), given)
         self.seen: dict[int, weakref.ref[torch.Tensor]] = {}
         self._see(batch)
@@ -889,13 +893,14 @@ class _Pass:
         if source is None:
             record = Recorded(
                 name, kind, self.per_sample(tensor.shape), id(tensor), None, None, None, name in self.first,
-                name in self.keeps,
+                name in self.keeps, self.stated.get(name),
             )  # fmt: skip
         else:
             record = Recorded(
                 name, kind, self.per_sample(tensor.shape), id(tensor),
                 id(source) if self._known(source) else None, self.per_sample(source.shape),
                 view_permutation(source, tensor), name in self.first, name in self.keeps,
+                self.stated.get(name),
             )  # fmt: skip
         spec = self._add(record, tensor, "output")
         if name in self.blurs and source is not None:
@@ -981,7 +986,7 @@ class _Pass:
         d, element = len(spec.stride), self.element
         expected = _expected(element, spec.stride)
         # a shift is rounded to whole output samples: it acts on a grid of stride 1
-        step = (1,) * d if isinstance(expected, Shift) else spec.stride
+        step = (1,) * d if isinstance(expected, Shift) else whole_samples(spec.stride)
         on_grid = Grid(d, step, self.boundary, spec.layout)
         spatial = tuple(both.shape[-d:])
         offsets: tuple[int, ...] | None
@@ -1109,7 +1114,7 @@ def _translated(
     return shift.translation(grid), shift.region(spatial, grid)
 
 
-def _expected(element: Action, stride: tuple[int, ...]) -> Action:
+def _expected(element: Action, stride: Stride) -> Action:
     """The element a layer's output should undergo: a shift divided (or rounded) by the stride."""
     if not isinstance(element, Shift):
         return element
@@ -1117,7 +1122,7 @@ def _expected(element: Action, stride: tuple[int, ...]) -> Action:
 
 
 @functools.lru_cache(maxsize=1024)
-def _divided(offsets: tuple[int, ...], stride: tuple[int, ...]) -> Shift:
+def _divided(offsets: tuple[int, ...], stride: Stride) -> Shift:
     return Shift(tuple(round(o / s) for o, s in zip(offsets, stride)))
 
 
@@ -1170,7 +1175,7 @@ def _profile_layers(
             )
             continue
         moved = _expected(element, spec.stride)
-        exact = not isinstance(element, Shift) or all(o % s == 0 for o, s in zip(element, spec.stride))
+        exact = not isinstance(element, Shift) or divides(spec.stride, tuple(element))
         cause, fix = (None, None) if passed else _cause(element, spec.stride, exact, border)
         rows.append(
             LayerProfile(
@@ -1270,7 +1275,7 @@ def _padded(row: LayerProfile, context: _Context) -> list[Padded]:
     if module is None:
         return []
     d = len(row.stride)
-    stride = tuple(max(1, s // k) for s, k in zip(row.stride, module_stride(module, d)))
+    stride = tuple(max(1, int(s // k)) for s, k in zip(row.stride, module_stride(module, d)))
     layer = sampling(row.name, module, d, stride)
     return [] if layer is None else [layer]
 
@@ -1331,7 +1336,7 @@ def _cover(row: LayerProfile, padded: list[Padded], context: _Context) -> Cover 
         return None
     sides = [n - abs(o) for n, o in zip(spatial, moved)]
     dims = [i for i, o in enumerate(element) if o]
-    return covering(padded, context.boundary, row.stride, sides, dims)
+    return covering(padded, context.boundary, whole_samples(row.stride), sides, dims)
 
 
 def _attention_before(row: LayerProfile, context: _Context) -> str | None:
@@ -1395,7 +1400,7 @@ def _gated_fix(pooled: LayerProfile) -> str:
     )
 
 
-def _is_global(shape: tuple[int, ...], stride: tuple[int, ...], spatial_in: tuple[int, ...]) -> bool:
+def _is_global(shape: tuple[int, ...], stride: Stride, spatial_in: tuple[int, ...]) -> bool:
     """A map pooled to one sample per dim from an input with more."""
     return all(s >= n for s, n in zip(stride, spatial_in)) and any(n > 1 for n in spatial_in)
 
@@ -1527,7 +1532,7 @@ _GONE = (
 )
 
 
-def _cause(element: Action, stride: tuple[int, ...], exact: bool, border: int | None) -> tuple[str, str]:
+def _cause(element: Action, stride: Stride, exact: bool, border: int | None) -> tuple[str, str]:
     shown = shown_per_dim(stride)
     if not isinstance(element, Shift):
         if any(s > 1 for s in stride):
@@ -1559,5 +1564,5 @@ def _cause(element: Action, stride: tuple[int, ...], exact: bool, border: int | 
     )
 
 
-def _tuple(values: tuple[int, ...]) -> str:
-    return f"({values[0]},)" if len(values) == 1 else "(" + ", ".join(map(str, values)) + ")"
+def _tuple(values: tuple[float, ...]) -> str:
+    return f"({shown(values[0])},)" if len(values) == 1 else "(" + ", ".join(map(shown, values)) + ")"
