@@ -363,8 +363,8 @@ def _read(spatial_in: tuple[int, ...], grid: tuple[int, ...]) -> Stride:
 
 
 class Follower:
-    """A [`LayerInference`][equivariance._engine.layers.LayerInference] fed by forward hooks: each layer's
-    output recorded as it returns it, a tensor known by ``id`` while a weak reference says it lives.
+    """A ``LayerInference`` fed by forward hooks: each layer's output recorded as it returns it, a
+    tensor known by ``id`` while a weak reference says it lives (the Lie derivative's, and its profile's).
 
     Examples:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 5), nn.Conv2d(2, 2, 5), nn.Conv2d(2, 2, 3, stride=2))
