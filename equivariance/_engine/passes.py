@@ -25,6 +25,7 @@ from equivariance._engine.anatomy import KEEP_ANY
 from equivariance._engine.arguments import NONE_RAN, OUTPUT, LayerRequest
 from equivariance._engine.diagnosis import JUNCTION, Context, blurring, explained, first_cause, junction_name
 from equivariance._engine.forward import call_until
+from equivariance._engine.grids import Stride, divides, stated_stride, whole_samples
 from equivariance._engine.isolation import snapshot
 from equivariance._engine.judge import margins_that_pass, sample_errors, sample_scale, within
 from equivariance._engine.layer_sums import LayerSums, PooledLayer
@@ -323,6 +324,7 @@ class LayerPass:
         self.types = {name: type(module).__name__ for name, module in targets.items()}
         self.first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
         self.keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
+        self.stated = {name: stated_stride(module, passes.x.dim() - 2) for name, module in targets.items()}
         self.inference = LayerInference((self.n, *passes.x.shape[1:]), id(batch), passes.layouts)
         self.seen: dict[int, weakref.ref[torch.Tensor]] = {}
         self._see(batch)
@@ -363,13 +365,14 @@ class LayerPass:
         if source is None:
             record = Recorded(
                 name, kind, self.per_sample(tensor.shape), id(tensor), None, None, None, name in self.first,
-                name in self.keeps,
+                name in self.keeps, self.stated.get(name),
             )  # fmt: skip
         else:
             record = Recorded(
                 name, kind, self.per_sample(tensor.shape), id(tensor),
                 id(source) if self._known(source) else None, self.per_sample(source.shape),
                 view_permutation(source, tensor), name in self.first, name in self.keeps,
+                self.stated.get(name),
             )  # fmt: skip
         spec = self._add(record, tensor, "output")
         if name in self.blurs and source is not None:
@@ -441,7 +444,7 @@ class LayerPass:
         d, element = len(spec.stride), self.element
         expected = _expected(element, spec.stride)
         # a shift is rounded to whole output samples: it acts on a grid of stride 1
-        step = (1,) * d if isinstance(expected, Shift) else spec.stride
+        step = (1,) * d if isinstance(expected, Shift) else whole_samples(spec.stride)
         on_grid = Grid(d, step, self.boundary, spec.layout)
         spatial = tuple(both.shape[-d:])
         offsets: tuple[int, ...] | None
@@ -563,7 +566,7 @@ def _translated(
     return shift.translation(grid), shift.region(spatial, grid)
 
 
-def _expected(element: Action, stride: tuple[int, ...]) -> Action:
+def _expected(element: Action, stride: Stride) -> Action:
     """The element a layer's output should undergo: a shift divided (or rounded) by the stride."""
     if not isinstance(element, Shift):
         return element
@@ -571,7 +574,7 @@ def _expected(element: Action, stride: tuple[int, ...]) -> Action:
 
 
 @functools.lru_cache(maxsize=1024)
-def _divided(offsets: tuple[int, ...], stride: tuple[int, ...]) -> Shift:
+def _divided(offsets: tuple[int, ...], stride: Stride) -> Shift:
     return Shift(tuple(round(o / s) for o, s in zip(offsets, stride)))
 
 
@@ -640,7 +643,7 @@ def _rows(
             rows.append(make(**common, stride=None, output_element=None, divisible=True, error=error,
                              passed=passed, cause=cause, fix=fix))  # fmt: skip
             continue
-        divisible = not isinstance(element, Shift) or all(o % s == 0 for o, s in zip(element, spec.stride))
+        divisible = not isinstance(element, Shift) or divides(spec.stride, tuple(element))
         found = (None, None) if passed else first_cause(element, spec.stride, divisible, border)
         rows.append(make(
             **common, stride=spec.stride, output_element=_expected(element, spec.stride), divisible=divisible,
