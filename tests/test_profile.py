@@ -292,7 +292,9 @@ def test_a_map_upsampled_past_the_input_is_at_a_fraction_of_its_stride_and_follo
     profile = profile_equivariance(aliased, torch.randn(2, 1, 12, 12), (1, 0), boundary="circular")
     assert (profile["1"].stride, profile["1"].divisible) == ((1.5, 1.5), False)
     assert not profile.passed
-    assert [row.divisible for row in profile_equivariance(aliased, x, (3, 0), boundary="circular").layers] == [
+    assert [
+        row.divisible for row in profile_equivariance(aliased, x, (3, 0), boundary="circular").layers
+    ] == [
         True,
         True,
     ]

@@ -94,8 +94,8 @@ def sample_scale(tensor: torch.Tensor) -> torch.Tensor | None:
     power of two float64 holds, which brings it above ``2**-52``.
 
     Examples:
-        >>> sample_scale(torch.tensor([[1e300], [1.0]], dtype=torch.float64)).tolist()[1]
-        1.0
+        >>> sample_scale(torch.tensor([[1e300], [3.0], [0.0]], dtype=torch.float64)).log2().tolist()
+        [-997.0, -2.0, 0.0]
         >>> sample_scale(torch.tensor([[3.0]])) is None   # float32 squares exactly in float64
         True
     """
