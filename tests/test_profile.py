@@ -21,6 +21,7 @@ from equivariance import (
     equivariance_error,
     profile_equivariance,
 )
+from equivariance.lie import profile_lie_derivative
 from equivariance.models import LeNet
 
 
@@ -246,6 +247,57 @@ def test_a_shift_object_is_a_shift_not_a_transform() -> None:
     assert str(profile_equivariance(net, x, Shift(1, 0))) == str(profile_equivariance(net, x, (1, 0)))
     with pytest.raises(InvalidArgument, match="transforms must hold Rot90, Flip"):
         check_equivariance(net, x, transforms=[Shift(1, 0)])
+
+
+# strides: one rule, the same in the Lie profile (equivariance._engine.grids)
+
+
+def test_a_valid_convolution_on_a_small_map_keeps_stride_1_and_is_not_called_aliasing() -> None:
+    """6 -> 4 and 12 -> 8 are ratios of exactly 1.5, which the old rule rounded to stride 2."""
+    for size, kernel in ((6, 3), (12, 5)):
+        net = nn.Sequential(nn.Conv2d(1, 2, kernel), nn.Tanh(), _Shrink(kernel))
+        profile = profile_equivariance(net, torch.randn(2, 1, size, size), (1, 0))
+        assert [row.stride for row in profile.layers] == [(1, 1)] * 3, str(profile)
+        assert profile.passed
+        assert all(row.output_element == Shift(1, 0) for row in profile.layers)
+
+
+class _Shrink(nn.Module):
+    """A valid convolution in ``forward``, with no ``stride`` attribute: its stride is read off the sizes."""
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(x, self.kernel // 2 + 1, stride=1)
+
+
+def test_a_map_upsampled_past_the_input_is_at_a_fraction_of_its_stride_and_follows_the_shift() -> None:
+    circular = {"padding": 1, "padding_mode": "circular"}
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, **circular), nn.Upsample(scale_factor=2), nn.Conv2d(2, 2, 3, **circular),
+        nn.Upsample(scale_factor=3),
+    )  # fmt: skip
+    x = torch.randn(2, 1, 8, 8)
+    profile = profile_equivariance(net, x, (1, 0), boundary="circular")
+    strides = [(1, 1), (0.5, 0.5), (0.5, 0.5), (1 / 6, 1 / 6)]
+    assert [row.stride for row in profile.layers] == strides
+    assert profile.passed  # before: stride 1 after the upsampling, and "no symmetry"
+    assert (profile["3"].output_element, profile["3"].divisible) == (Shift(6, 0), True)
+    assert "(1/6, 1/6)" in str(profile)
+    assert [row.stride for row in profile_lie_derivative(net, x).layers[:-1]] == strides
+    # the negative control: subsampled by 3 and upsampled by 2, a map at stride 3/2 cannot follow 1
+    aliased = nn.Sequential(nn.Conv2d(1, 2, 3, stride=3, **circular), nn.Upsample(scale_factor=2))
+    profile = profile_equivariance(aliased, torch.randn(2, 1, 12, 12), (1, 0), boundary="circular")
+    assert (profile["1"].stride, profile["1"].divisible) == ((1.5, 1.5), False)
+    assert not profile.passed
+    assert [
+        row.divisible for row in profile_equivariance(aliased, x, (3, 0), boundary="circular").layers
+    ] == [
+        True,
+        True,
+    ]
 
 
 # up_to: the pass stops after the named layer, as a check's layer= does

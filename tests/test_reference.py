@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from _reference import (
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from equivariance import (
     Flip,
@@ -39,6 +41,7 @@ from equivariance import (
     profile_equivariance,
 )
 from equivariance.layouts import ChannelsLast, Layout, Tokens
+from equivariance.lie import profile_lie_derivative
 from equivariance.tolerances import default_tolerance
 
 SETTINGS = settings(
@@ -309,10 +312,10 @@ def test_profile_rows_match_the_reference_layer_by_layer(
     profile = profile_equivariance(model, x, shift, boundary=boundary)
     compared = 0
     for row in profile.layers:
+        # every layer at its true cumulative stride (none where its layout is ambiguous: not compared)
+        assert row.stride == (case.strides[row.name] if row.compared else None), (row, case.strides)
         if not row.compared or row.stride is None or not row.divisible or row.layout != "channels_first":
             continue
-        if row.stride != case.strides[row.name]:
-            continue  # a stride read wrong off the sizes: pinned in test_profile.py
         truth = []
         for n in range(len(x)):
             xn = case.x[n : n + 1]
@@ -350,3 +353,85 @@ def test_the_reference_is_right_at_extreme_scales(scale: float) -> None:
     plain = equivariance_errors(ramp, x, [Shift(2)], boundary="circular")[0][0][0]
     scaled = equivariance_errors(lambda t: ramp(t) * scale, x, [Shift(2)], boundary="circular")[0][0][0]
     assert math.isclose(plain, scaled, rel_tol=1e-12)
+
+
+# -- the stride of every layer ------------------------------------------------------------------
+
+
+class Halve(nn.Module):
+    """Average pooling by 2 in ``forward``: a module with no ``stride`` attribute, read off the sizes."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(y, 2)
+
+
+POOL = {1: (nn.MaxPool1d, nn.AvgPool1d), 2: (nn.MaxPool2d, nn.AvgPool2d)}
+TRANSPOSED = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}
+ADAPTIVE = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
+
+
+def grid_step(draw: st.DrawFn, d: int, sizes: tuple[int, ...]) -> tuple[nn.Module, Fraction]:
+    """A layer that keeps, subsamples or upsamples the grid, and what it does to the stride."""
+    kind = draw(st.sampled_from(["conv", "pool", "upsample", "transposed", "adaptive", "halve", "tanh"]))
+    small = min(sizes)
+    if kind == "conv":
+        kernel, s = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+        return CONV[d](1, 1, kernel, stride=s, padding=draw(st.integers(0, (kernel - 1) // 2))), Fraction(s)
+    if kind == "pool":
+        kernel, s = draw(st.integers(2, 3)), draw(st.integers(1, 3))
+        pool = draw(st.sampled_from(POOL[d]))(
+            kernel, s, padding=draw(st.integers(0, kernel // 2)), ceil_mode=draw(st.booleans())
+        )
+        return pool, Fraction(s)
+    if kind in ("upsample", "transposed") and small <= 16:
+        f = draw(st.integers(2, 3))
+        if kind == "upsample":
+            return nn.Upsample(scale_factor=f), Fraction(1, f)
+        if draw(st.booleans()):
+            return TRANSPOSED[d](1, 1, f, stride=f), Fraction(1, f)
+        return TRANSPOSED[d](1, 1, 3, stride=2, padding=1), Fraction(1, 2)  # 2n - 1 samples
+    q = draw(st.integers(2, 3))
+    if kind == "adaptive" and all(n % q == 0 and n // q >= 2 for n in sizes):
+        return ADAPTIVE[d](tuple(n // q for n in sizes)), Fraction(q)
+    if kind == "halve" and d == 2 and small >= 4:
+        return Halve(), Fraction(2)
+    return nn.Tanh(), Fraction(1)
+
+
+@st.composite
+def stacks(draw: st.DrawFn) -> tuple[nn.Sequential, torch.Tensor, dict[str, Fraction]]:
+    """Layers that keep, subsample or upsample the grid, with each one's true cumulative stride."""
+    d = draw(st.sampled_from([1, 2]))
+    x = torch.randn(draw(st.integers(1, 2)), 1, *(draw(st.integers(6, 30)) for _ in range(d)))
+    model, strides, total = nn.Sequential(), {}, Fraction(1)
+    y = x
+    for _ in range(draw(st.integers(1, 5))):
+        layer, step = grid_step(draw, d, tuple(y.shape[2:]))
+        try:
+            with torch.no_grad():
+                out = layer(y)
+        except RuntimeError:  # a kernel larger than the map it meets
+            continue
+        if min(out.shape[2:]) < 2:
+            continue
+        model.append(layer)
+        y, total = out, total * step
+        strides[str(len(model) - 1)] = total
+    assume(len(model) > 0)
+    return model.double().eval(), x.double(), strides
+
+
+@SETTINGS
+@given(stacks())
+def test_both_profiles_read_every_layer_at_its_true_stride(
+    stack: tuple[nn.Sequential, torch.Tensor, dict[str, Fraction]],
+) -> None:
+    """The true cumulative stride, known from the layers drawn (a stated stride, an upsampling factor, an
+    adaptive pooling's exact ratio, a pooling in ``forward``), in the profile and the Lie profile alike."""
+    model, x, strides = stack
+    d = x.dim() - 2
+    shift = Shift((0,) * (d - 1) + (1,))
+    rows = {row.name: row.stride for row in profile_equivariance(model, x, shift).layers}
+    lie = {row.name: row.stride for row in profile_lie_derivative(model, x).layers}
+    for name, stride in strides.items():
+        assert rows[name] == lie[name] == (float(stride),) * d, (name, rows, lie, strides, model)
