@@ -145,6 +145,7 @@ def workloads(only: str | None = None) -> list[Workload]:
         vit = models.vit_b_16(weights=None, image_size=SIZE).eval()
         with torch.no_grad():  # no position embedding: tokens moved by whole patches are permuted
             vit.encoder.pos_embedding.zero_()
+            nn.init.normal_(vit.heads.head.weight, std=0.02)  # torchvision starts it at zero: logits of 0
         grid = SIZE // 16
         tokens = VitTokens(vit).eval()
         found.append(Workload("vit_b_16 tokens", tokens, tokens, 16, 16, Tokens((grid, grid), prefix=1)))

@@ -4,12 +4,12 @@ error of a sample, pass or fail, and the margin that passes.
 Every measurement reads them from here: the checks, the metric, the profile,
 the invariance metrics, the Lie derivative, the loss (which squares the
 error), the hints and the audit. The precision rule: *every squared norm is
-a float64 sum of exact squares*; a float32 (or narrower) value squares
-exactly in float64, and a float64 sample is first multiplied by the power of
-two that brings its reference's largest magnitude near 1 (its own where the
-reference is all zero), so that every finite scale gives the same error, in
-one pass. The reasoning, and the limits of each rule, are in
-docs/tolerances.md.
+returned in float64, right at every finite scale, from the one pass*: a
+float32 tensor is summed in float32 where its sum is a normal number and
+again in float64 (where its squares are exact) where it is not, and a float64
+sample is first multiplied by the power of two that brings its reference's
+largest magnitude near 1 (its own where the reference is all zero). The
+reasoning, and the limits of each rule, are in docs/tolerances.md.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ KEEP_FRACTION = 0.25
 
 # float64 samples whose largest magnitude lies in this range square exactly; others are scaled first
 _FLOAT64_SAFE = (2.0**-450, 2.0**450)
+# float32 sums of squares from here up lose nothing to squares that underflow (each under 2**-149, so
+# at most a relative n * 2**-49 of the sum); below it, or infinite, they are summed again in float64
+_FLOAT32_SAFE = 2.0**-100
 
 
 @dataclass(frozen=True)
@@ -71,19 +74,36 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
 
 
 def squared_norms(tensor: torch.Tensor, dims: int | tuple[int, ...]) -> torch.Tensor:
-    """``sum(tensor ** 2)`` over ``dims`` in float64, each square exact for float32 and narrower values.
+    """``sum(tensor ** 2)`` over ``dims``, returned in float64, right at every finite scale.
 
-    One fused pass, with no float64 copy of the tensor. A float64 tensor
-    must already be in the range where its squares are exact (see
+    A float32 tensor is summed in float32 (one fast pass: float64 sums of a
+    float32 tensor convert it element by element, several times slower on the
+    CPU), which is right to float32's rounding wherever the sum lies in
+    ``[2**-100, inf)``; a sum outside it (an overflow, or squares that may
+    have underflowed) is summed again from the same tensor in float64, where
+    float32 values square exactly, unless the tensor is all zeros there.
+    Other dtypes are summed in float64; a float64 tensor must already be in
+    the range where its squares are exact (see
     [`sample_scale`][equivariance._engine.judge.sample_scale]).
 
     Examples:
         >>> tiny = torch.tensor([[1e-30, 0.0]])   # its square underflows in float32
         >>> squared_norms(tiny, 1).item() > 0
         True
+        >>> huge = torch.tensor([[3.0, 4.0]]) * 2.0**100   # its squares overflow in float32
+        >>> squared_norms(huge, 1).item() == 25 * 2.0**200
+        True
     """
-    norms: torch.Tensor = torch.linalg.vector_norm(tensor, 2, dims, dtype=accumulation_dtype(tensor.device))
-    return norms.square_()
+    accumulate = accumulation_dtype(tensor.device)
+    if tensor.dtype != torch.float32 or accumulate == torch.float32:
+        return tensor.to(accumulate).square().sum(dims)
+    sums = tensor.square().sum(dims).to(accumulate)
+    doubtful = ~(sums >= _FLOAT32_SAFE) | sums.isinf()  # nan is doubtful too, and stays nan
+    if bool(doubtful.any()):
+        again = doubtful & ((tensor.amax(dims) != 0) | (tensor.amin(dims) != 0))  # two fast reductions
+        if bool(again.any()):
+            sums = torch.where(again, tensor.to(accumulate).square().sum(dims), sums)
+    return sums
 
 
 def sample_scale(tensor: torch.Tensor) -> torch.Tensor | None:
