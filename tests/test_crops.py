@@ -69,9 +69,9 @@ def test_each_shift_sends_the_crop_at_the_reference_corner_minus_the_shift() -> 
     shifts = [Shift(2, -1), Shift(-3, 0), Shift(0, -3)]
     check_equivariance(model, x, shifts, boundary=Crop((12, 13)), batch_size=64)
     at = (2, 2)  # centred: (17 - 12) // 2, (18 - 13) // 2
-    sent = torch.cat(model.seen[1:])  # after the unshifted pass: the identity (last sample), the shifts
+    sent = torch.cat(model.seen[1:])  # after the unshifted pass: the identity row, then the shifts
     expected = torch.cat(
-        [window(x, at, (12, 13))[-1:]] + [window(x, (at[0] - s[0], at[1] - s[1]), (12, 13)) for s in shifts]
+        [window(x, at, (12, 13))] + [window(x, (at[0] - s[0], at[1] - s[1]), (12, 13)) for s in shifts]
     )
     assert torch.equal(model.seen[0], window(x, at, (12, 13)))
     assert torch.equal(sent, expected)

@@ -49,15 +49,34 @@ def test_auto_stride_and_margin_cost_one_unshifted_pass_and_one_backward() -> No
     assert first == (2, True)  # the unshifted pass, differentiated once for the receptive field
     assert model.backward == 1
     candidates = sum(len(range(1, min(max(2, -(-3 * 24 // (2 * 12))), 23) + 1)) for _ in range(2))
-    copies = 1 + 2 * len(report.results)  # the noise floor's identity (of the last sample) and the shifts
+    rows = 1 + len(report.results)  # the noise floor's identity and the shifts
     assert all(not grad for _, grad in rest)
-    assert [size for size, _ in rest] == [candidates * 2, copies]  # one chunk of each
+    assert [size for size, _ in rest] == [candidates * 2, rows * 2]  # one chunk of each
 
 
 def test_a_plain_check_runs_the_unshifted_input_once() -> None:
     model, x = Counted(), canvas(2, size=24, content=12)
     check_equivariance(model, x, stride=2, max_shift=2, batch_size=1000)
-    assert [size for size, _ in model.calls] == [2, 1 + 9 * 2]  # f(x), then the identity of x[-1:], 9 shifts
+    assert [size for size, _ in model.calls] == [2, 10 * 2]  # f(x), then the identity and 9 shifts
+
+
+def test_the_noise_floor_sends_one_sample_unless_the_batch_size_is_chosen() -> None:
+    """The identity goes through the batched path for the last sample of x only, in a chunk with the
+    moved copies; a batch size the caller chose (a model that needs batches of len(x)) gets whole
+    rows, the identity of every sample included."""
+    model, x = Counted(), canvas(3, size=24, content=12)
+    report = check_equivariance(model, x, stride=2, max_shift=2)
+    assert [size for size, _ in model.calls] == [3, 1 + 9 * 3]
+    model.calls.clear()
+    chosen = check_equivariance(model, x, stride=2, max_shift=2, batch_size=3)
+    assert [size for size, _ in model.calls] == [3] * 11  # f(x), the identity and 9 shifts, a row a pass
+    assert chosen.noise_floor == report.noise_floor == 0.0
+
+    sent: list[torch.Tensor] = []
+    last = nn.Conv2d(1, 1, 3, padding=1)
+    check_equivariance(lambda t: sent.append(t.clone()) or last(t), x, [Shift(2, 0)], boundary="circular")
+    assert torch.equal(sent[1][0], x[-1])  # after f(x): the last sample, unmoved, then the moved copies
+    assert len(sent[1]) == 1 + len(x)
 
 
 def test_bad_strings_for_auto_are_refused_clearly_everywhere() -> None:

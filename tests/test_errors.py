@@ -206,7 +206,7 @@ def test_a_model_that_raises_is_reported_with_the_input_shape() -> None:
 
     with pytest.raises(
         InvalidArgument,
-        match=r"the model raised RuntimeError on an input of shape \(20, 1, 16, 16\).*expected a batch of 2.*pass batch_size=2",
+        match=r"the model raised RuntimeError on an input of shape \(19, 1, 16, 16\).*expected a batch of 2.*pass batch_size=2",
     ):
         check_equivariance(picky, x2d, max_shift=1)
     assert check_equivariance(picky, x2d, max_shift=1, batch_size=2).passed

@@ -3,7 +3,7 @@
 ``make_plan`` runs the unshifted input through the model once (with one backward pass where
 ``margin="auto"`` needs the receptive field), views the output in its layout, infers the stride where
 ``stride="auto"``, and fixes the rows the runner sends: the identity first (the noise floor, for the
-last ``FLOOR_SAMPLES`` samples of ``x`` only), then the elements checked; ``measure`` runs them and returns the sums. Its ``Request`` comes from
+last ``FLOOR_SAMPLES`` samples of ``x`` only, unless the caller chose the batch size), then the elements checked; ``measure`` runs them and returns the sums. Its ``Request`` comes from
 `equivariance._engine.arguments`.
 """
 
@@ -38,6 +38,16 @@ FLOOR_SAMPLES = 1
 """How many samples (the last of ``x``) the noise floor's identity sends: one recomputed sample, in a
 chunk of another size and content than ``f(x)``'s pass, shows batch statistics, randomness,
 batch-size-dependent kernels and reduced precision, for a fraction of a pass of the batch."""
+
+
+def floor_samples(request: Request) -> int:
+    """How many samples the noise floor sends: the last ``FLOOR_SAMPLES`` of ``x``, or all of them
+    where the caller chose the batch size (a model that needs batches of ``len(x)`` then gets whole
+    rows in every chunk); none without a noise floor."""
+    if not request.noise_floor:
+        return 0
+    n = len(request.x)
+    return n if isinstance(request.batch_size, int) else min(FLOOR_SAMPLES, n)
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,8 @@ class Plan:
     @property
     def skipped(self) -> int:
         """How many items of the noise floor's identity row are not sent: all but its last
-        ``FLOOR_SAMPLES`` samples."""
-        return self.noise_rows * max(0, len(self.request.x) - FLOOR_SAMPLES)
+        ``FLOOR_SAMPLES`` samples (none with a batch size the caller chose)."""
+        return self.noise_rows * (len(self.request.x) - floor_samples(self.request))
 
     @property
     def items(self) -> int:
@@ -152,8 +162,7 @@ def _needs_meter(request: Request) -> bool:
         return True
     strides = (1,) * request.spatial_dims if request.stride == "auto" else request.stride
     rows = len(request.elements) if request.elements is not None else len(_shift_box(request, strides))
-    floor = min(FLOOR_SAMPLES, len(request.x)) if request.noise_floor else 0
-    return rows * len(request.x) + floor > CPU_MIN_CHUNK
+    return rows * len(request.x) + floor_samples(request) > CPU_MIN_CHUNK
 
 
 def _resolve_layout(request: Request, base: torch.Tensor) -> tuple[Layout, tuple[str, ...]]:
@@ -234,8 +243,7 @@ def _finish(
             Shift.identity(request.spatial_dims) if isinstance(elements[0], Shift) else Identity()
         )
         rows = (identity, *elements)
-    floor = min(FLOOR_SAMPLES, len(request.x)) if request.noise_floor else 0
-    total = len(elements) * len(request.x) + floor
+    total = len(elements) * len(request.x) + floor_samples(request)
     size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, total)
     grid_base = None
     if grid is not None:
