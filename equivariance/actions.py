@@ -251,10 +251,6 @@ class Batched(abc.ABC):
     def take(self, rows: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         """``out[b] = elements[which[b]].act(x[rows[b]])``: a new tensor, never a view of ``x``."""
 
-    def runs(self, rows: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        """The items of ``take`` as runs ``(items, view)`` of views where that is cheaper; None if not."""
-        return None
-
 
 class Identity(Action):
     """The identity element of every group: it leaves the tensor as it is.
