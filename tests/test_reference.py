@@ -435,3 +435,47 @@ def test_both_profiles_read_every_layer_at_its_true_stride(
     lie = {row.name: row.stride for row in profile_lie_derivative(model, x).layers}
     for name, stride in strides.items():
         assert rows[name] == lie[name] == (float(stride),) * d, (name, rows, lie, strides, model)
+
+
+# -- the one fast path kept, reached through the sizes that pick it ------------------------------
+
+
+@pytest.mark.parametrize("boundary", ["zeros", "circular"])
+@pytest.mark.parametrize(("channels", "size", "by_runs"), [(1, 8, False), (16, 32, True)])
+def test_shifted_copies_by_runs_and_by_gather_match_the_reference(
+    boundary: str, channels: int, size: int, by_runs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU, shifted copies of the input are copied run by run from slices of x where the runs
+    of samples that share a shift are long (16 channels of 32x32: 16,384 elements a sample), and
+    gathered from one padded view where they are short (one channel of 8x8): each way matches the
+    reference loop, in the check and in ``apply_shifts``. A spy (which changes nothing) says which
+    way each size took."""
+    from _reference import shifted
+
+    from equivariance.shifts import ShiftedWindows, apply_shifts
+
+    taken: list[bool] = []
+    copy_by_runs = ShiftedWindows._by_runs
+
+    def spy(self: ShiftedWindows, *args: object) -> torch.Tensor | None:
+        out = copy_by_runs(self, *args)  # type: ignore[arg-type]
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ShiftedWindows, "_by_runs", spy)
+    torch.manual_seed(0)
+    mode = "circular" if boundary == "circular" else "zeros"
+    model = nn.Sequential(nn.Conv2d(channels, 2, 3, padding=1, padding_mode=mode), nn.Tanh(), Ramp())
+    model = model.double().eval()
+    x = torch.randn(3, channels, size, size, dtype=torch.float64)
+    shifts = [Shift(1, 1), Shift(-2, 3), Shift(size - 1, -(size // 2))]  # the last wraps or empties
+    truth = equivariance_errors(in_float64(model), x, shifts, boundary=boundary)
+    report = check_equivariance(model, x, shifts, boundary=boundary)
+    for row, samples in zip(report.results, truth):
+        assert min(e for e, _ in samples) > 1e-3  # the ramp: errors that differ by shift
+        agrees(row, samples, torch.float64)
+    assert taken
+    assert any(taken) == by_runs, taken  # the last chunk may be short: gathered
+    copies = apply_shifts(x, shifts, boundary)  # type: ignore[arg-type]
+    for copy, shift in zip(copies, shifts):
+        assert torch.equal(copy, shifted(x, shift.offsets, boundary))

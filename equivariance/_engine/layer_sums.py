@@ -7,11 +7,9 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from equivariance._engine.isolation import snapshot
 from equivariance._engine.judge import KEEP_FRACTION, margins_beyond, sample_errors, squared_norms, within
 from equivariance._engine.sinks import _tiles, beyond_sums, check_finite, reach_masks
 from equivariance.actions import Grid
@@ -55,7 +53,7 @@ class PooledLayer:
         lo, hi = tuple(r.start for r in region), tuple(r.stop for r in region)
         plan = _plan(len(shape) + 1, shape[len(shape) - d :], tuple(offsets), lo, hi, boundary)
         channel_dims, self.tiles, self.box, self.depth = plan
-        self.summed = tuple(dim + 2 for dim in channel_dims)  # in (2, layers, N, ...): see _compared
+        self.summed = tuple(dim + 1 for dim in channel_dims)  # in (2, N, ...): see _squares
         self.shape = (*shape[: len(shape) - d], *self.box)  # a sample's reference over the box
         self.channels = math.prod(shape[: len(shape) - d])
         # differences in the output's dtype (float32 for narrower ones, where they are exact)
@@ -67,49 +65,31 @@ class PooledLayer:
     def measure(self, both: torch.Tensor, what: Callable[[str], str]) -> None:
         """Compare the layer's output for the moved input with its output for ``x`` translated: both
         outputs as one ``(2N, ...)`` tensor (``x``'s first), viewed as the pool's grid; ``what`` names
-        them for an error message.
-
-        A small layer is compared later, together with the others of its shape and plan (a copy-on-write
-        snapshot keeps its outputs as they are now); a large one at once.
+        them for an error message; compared as the layer returns them, before the model can write to them.
+        A difference beyond the output dtype's range is taken again in float64.
         """
         if self.grid is None:
             both = both.reshape(len(both), -1, 1)
-        if both.numel() * both.element_size() <= _DEFERRED_BYTES:
-            self.pool.defer(self, snapshot(both), what)
-        else:
-            self.sums = _compared([self], both[None], [what])[0]
+        sums = self._squares(both, self.work)
+        if not bool(torch.isfinite(sums.sum())):
+            n = self.pool.n
+            check_finite(both[:n], what("x"))
+            check_finite(both[n:], what("the moved input"))
+            if both.device.type != "mps":
+                sums = self._squares(both, torch.float64)
+        self.sums = sums
 
-
-def _compared(
-    layers: list[PooledLayer], both: torch.Tensor, whats: list[Callable[[str], str]]
-) -> tuple[torch.Tensor, ...]:
-    """The sums ``(2, N, *box)`` of layers of one shape and plan, their outputs stacked ``(k, 2N, ...)``;
-    InvalidArgument for a non-finite output, which ``whats`` name. A difference beyond the output
-    dtype's range is taken again in float64."""
-    sums = _squares(layers, both, layers[0].work)
-    if not bool(torch.isfinite(sums.sum())):
-        n = layers[0].pool.n
-        for one, what in zip(both, whats):
-            check_finite(one[:n], what("x"))
-            check_finite(one[n:], what("the moved input"))
-        if both.device.type != "mps":
-            sums = _squares(layers, both, torch.float64)
-    return sums.unbind(1)
-
-
-def _squares(layers: list[PooledLayer], both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
-    first = layers[0]
-    k, n = len(layers), first.pool.n
-    base, moved = both[:, :n], both[:, n:]
-    # the differences and the reference side by side, squared and summed over channels at once
-    squares = first.pool.scratch((2, k, n, *first.shape), work, both.device)
-    differences, reference = squares[0], squares[1]
-    every = (slice(None),)
-    for in_box, in_moved, in_base in first.tiles:
-        box_key, moved_key, base_key = every + in_box, every + in_moved, every + in_base
-        reference[box_key].copy_(base[base_key])
-        torch.sub(moved[moved_key], reference[box_key], out=differences[box_key])
-    return squared_norms(squares, first.summed)
+    def _squares(self, both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+        """``(2, N, *box)``: the squared differences and the reference's squares, summed over channels."""
+        n = self.pool.n
+        base, moved = both[:n], both[n:]
+        # the differences and the reference side by side, squared and summed over channels at once
+        squares = self.pool.scratch((2, n, *self.shape), work, both.device)
+        differences, reference = squares[0], squares[1]
+        for in_box, in_moved, in_base in self.tiles:
+            reference[in_box].copy_(base[in_base])
+            torch.sub(moved[in_moved], reference[in_box], out=differences[in_box])
+        return squared_norms(squares, self.summed)
 
 
 class LayerSums:
@@ -128,10 +108,6 @@ class LayerSums:
         self.layers: list[PooledLayer] = []
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
         self._views: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
-        self._pending: dict[
-            tuple[Any, ...], list[tuple[PooledLayer, torch.Tensor, Callable[[str], str]]]
-        ] = {}
-        self._pending_bytes = 0
 
     def scratch(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Memory for one layer's differences, kept across layers: a fresh tensor each time would
@@ -147,30 +123,12 @@ class LayerSums:
         view = self._views[(shape, dtype)] = flat[:numel].view(shape)
         return view
 
-    def defer(self, layer: PooledLayer, both: torch.Tensor, what: Callable[[str], str]) -> None:
-        """Keep a small layer's outputs, to compare with the others of its shape and plan at once."""
-        key = (id(layer.tiles), tuple(both.shape), both.dtype, both.device)
-        self._pending.setdefault(key, []).append((layer, both, what))
-        self._pending_bytes += both.numel() * both.element_size()
-        if self._pending_bytes > _PENDING_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        """Compare the layers kept for later, a stack of each shape and plan at once."""
-        for members in self._pending.values():
-            layers = [layer for layer, _, _ in members]
-            both = members[0][1][None] if len(members) == 1 else torch.stack([t for _, t, _ in members])
-            for layer, sums in zip(layers, _compared(layers, both, [what for _, _, what in members])):
-                layer.sums = sums
-        self._pending, self._pending_bytes = {}, 0
-
     def judge(
         self, tolerance: Tolerance, keep: float = KEEP_FRACTION
     ) -> dict[PooledLayer, tuple[float, bool, int | None]]:
         """Each layer's worst error, whether every sample passes, and for a failing layer the margin
         that passes, keeping at least ``keep`` of the region (``judge.margin_that_passes``):
-        a few operations for all layers, once the layers kept for later are compared."""
-        self.flush()
+        a few operations for all layers."""
         measured = [layer for layer in self.layers if layer.sums is not None]
         return dict(_Group(self, measured).judge(tolerance, keep)) if measured else {}
 
@@ -227,11 +185,6 @@ class _Group:
 
 
 Tile = tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]
-
-# a layer whose two outputs take at most this many bytes is compared with the others of its shape at
-# the end of the pass; all kept take at most _PENDING_BYTES
-_DEFERRED_BYTES = 1 << 16
-_PENDING_BYTES = 32 << 20
 
 
 @functools.lru_cache(maxsize=1024)

@@ -201,20 +201,12 @@ class GridSums:
         self.channels = math.prod(base.shape[1 : base.dim() - d])
         self.acting = list(expected) if expected is not None else self.rows
         self.lo, self.hi = _boxes(self.acting, self.spatial, grid, margins, output_action is not None)
-        bounds = list(zip(self.lo.tolist(), self.hi.tolist()))
         self.scales = _Scales(base, len(self.rows) * len(base))
         self.scaled = self.scales.base
-        # per-position norms of the reference, once (a chunk moves or slices them like the reference)
+        # per-position norms of the reference, once (a chunk moves them like the reference)
         self.norm_map: torch.Tensor | None = None
         if output_action is None and all(type(e).moves_positions_only for e in self.acting):
             self.norm_map = squared_norms(self.scaled, self.channel_dims)
-        self.offsets = _translations(self.acting, grid) if output_action is None else None
-        # each translated row's box as tiles (target, source): one, or up to 2**d where a circular shift wraps
-        self._tiles = (
-            []
-            if self.offsets is None
-            else [_tiles(lo, hi, o, self.spatial, grid.boundary) for (lo, hi), o in zip(bounds, self.offsets)]
-        )
         self._copies: tuple[Copies, Copies | None] | None = None  # made when first needed
         self._masks: list[torch.Tensor] | None = None  # each row's reach_masks, made when first needed
         self.differences = _Differences(base)
@@ -241,68 +233,22 @@ class GridSums:
     def add(
         self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
     ) -> None:
-        """Sum the chunk's squared differences over the compared region, in total and by edge distance.
-
-        Rows that translate a zero-boundary grid compare their box with a
-        slice of the reference, run by run (no moved copy of the reference);
-        other rows, and chunks of runs too short for that to pay, compare
-        whole grids with moved copies of it.
-        """
-        runs = self._box_runs(sample, row)
-        if runs is None:
-            self._add_grids(outputs, items, sample, row, what)
-            return
-        assert self.norm_map is not None
+        """Sum the chunk's squared differences over the compared region, in total and by edge distance:
+        whole grids against moved copies of the reference, masked to each row's box."""
+        reference, ref_map, mask = self._reference(sample, row)
+        # in the box: reaching distance 0 in every dim
+        inside: torch.Tensor | None = mask
+        for i, reach in enumerate(self._reach(row, outputs.device)):
+            shape = [len(reach)] + [1] * len(self.spatial)
+            shape[1 + i] = reach.shape[-1]
+            along = reach[:, 0].view(shape) > 0
+            inside = along if inside is None else inside & along
+        assert inside is not None
+        ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
         outputs = scaled(outputs, self.scales.of(outputs, items, sample))
-        device = outputs.device
-        ref_map = torch.zeros((len(outputs), *self.spatial), dtype=accumulation_dtype(device), device=device)
-        for run, k, first in runs:
-            samples = slice(first, first + run.stop - run.start)
-            for box, origin in self._tiles[k]:
-                target: tuple[Any, ...] = (run, *box)
-                source: tuple[Any, ...] = (samples, *origin)
-                ref_map[target] = self.norm_map[source]
-        diff_map = self.differences.checked(functools.partial(self._boxes, outputs, runs), outputs, what)
-        self._write(items, diff_map.flatten(1), ref_map.flatten(1), row)
-
-    def _boxes(
-        self, outputs: torch.Tensor, runs: list[tuple[slice, int, int]], dtype: torch.dtype
-    ) -> torch.Tensor:
-        """The squared differences of a chunk's runs over their boxes, zero elsewhere."""
-        device = outputs.device
-        diff = torch.zeros((len(outputs), *self.spatial), dtype=accumulation_dtype(device), device=device)
-        for run, k, first in runs:
-            for key, out, reference in self._pieces(outputs, run, k, first):
-                diff[key] = squared_norms(self.differences.between(out, reference, dtype), self.channel_dims)
-        return diff
-
-    def _pieces(
-        self, outputs: torch.Tensor, run: slice, k: int, first: int
-    ) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
-        """One run's tiles: a key into the chunk's grid, the outputs there, the reference slice they match."""
-        lead = (slice(None),) * (outputs.dim() - len(self.spatial) - 1)
-        samples = slice(first, first + run.stop - run.start)
-        pieces = []
-        for box, origin in self._tiles[k]:
-            key: tuple[Any, ...] = (run, *box)
-            ref_key: tuple[Any, ...] = (samples, *lead, *origin)
-            out_key: tuple[Any, ...] = (run, *lead, *box)
-            pieces.append((key, outputs[out_key], self.scaled[ref_key]))
-        return pieces
-
-    def _box_runs(self, sample: torch.Tensor, row: torch.Tensor) -> list[tuple[slice, int, int]] | None:
-        """The chunk as runs ``(items, row, first sample)`` of one translated row and consecutive samples."""
-        if self.offsets is None or self.norm_map is None:
-            return None
-        rows, samples = row.tolist(), sample.tolist()
-        bounds = [
-            0,
-            *(b for b in range(1, len(rows)) if rows[b] != rows[b - 1] or samples[b] != samples[b - 1] + 1),
-        ]
-        bounds.append(len(rows))
-        if len(rows) * self.channels * math.prod(self.spatial) < _RUN_ELEMENTS * (len(bounds) - 1):
-            return None  # many short runs: one vectorized pass over whole grids is faster
-        return [(slice(a, b), rows[a], samples[a]) for a, b in itertools.pairwise(bounds)]
+        diff_map = self.differences.squared(outputs, reference, self.channel_dims, what)
+        diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
+        self._write(items, diff_map, ref_map, row)
 
     def _write(self, items: slice, diff_map: torch.Tensor, ref_map: torch.Tensor, row: torch.Tensor) -> None:
         """The sums of one stretch of items (flattened maps, zero outside each row's box): in total, and
@@ -323,25 +269,6 @@ class GridSums:
             self._masks = _row_masks(*boxes, self.spatial, self.depth, accumulation_dtype(device), device)
         rows = row.to(device)
         return [mask[rows] for mask in self._masks]
-
-    def _add_grids(
-        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
-    ) -> None:
-        """The whole grids of a chunk against moved copies of the reference, masked to each row's box."""
-        reference, ref_map, mask = self._reference(sample, row)
-        # in the box: reaching distance 0 in every dim
-        inside: torch.Tensor | None = mask
-        for i, reach in enumerate(self._reach(row, outputs.device)):
-            shape = [len(reach)] + [1] * len(self.spatial)
-            shape[1 + i] = reach.shape[-1]
-            along = reach[:, 0].view(shape) > 0
-            inside = along if inside is None else inside & along
-        assert inside is not None
-        ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
-        outputs = scaled(outputs, self.scales.of(outputs, items, sample))
-        diff_map = self.differences.squared(outputs, reference, self.channel_dims, what)
-        diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
-        self._write(items, diff_map, ref_map, row)
 
     def _reference(
         self, sample: torch.Tensor, row: torch.Tensor
@@ -384,11 +311,6 @@ class GridSums:
         return self.items.sums(self.count, self.border_count, self.scales.items)
 
 
-# Elements per run above which a chunk is compared run by run (a Python step each, ~10 us)
-# rather than in one vectorized pass over whole grids.
-_RUN_ELEMENTS = 4096
-
-
 def _tiles(
     lo: Sequence[int], hi: Sequence[int], offsets: Sequence[int], spatial: Sequence[int], boundary: str
 ) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
@@ -407,12 +329,6 @@ def _tiles(
         (tuple(part for part, _ in combo), tuple(source for _, source in combo))
         for combo in itertools.product(*per_dim)
     ]
-
-
-def _translations(acting: Sequence[Action], grid: Grid) -> list[tuple[int, ...]] | None:
-    """Each row's offsets on the grid if every row is a translation there, else None."""
-    offsets = [element.translation(grid) for element in acting]
-    return None if any(o is None for o in offsets) else offsets  # type: ignore[return-value]
 
 
 def _boxes(
