@@ -812,7 +812,9 @@ def test_batch_norms_and_broadcast_ops_push_the_derivative_as_torch_func_jvp_doe
         if stats:
             norm.running_mean.uniform_(-1.0, 1.0)
             norm.running_var.uniform_(0.5, 2.0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, **CIRCULAR), norm, nn.ReLU(), _Affine(), nn.Conv2d(4, 3, 1, dtype=F64))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, **CIRCULAR), norm, nn.ReLU(), _Affine(), nn.Conv2d(4, 3, 1, dtype=F64)
+    )
     model.eval()  # as the Lie derivative runs it; without running statistics, on the batch's own
     x = smooth()
     generator = Translation(1, 1)

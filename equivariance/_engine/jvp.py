@@ -377,6 +377,7 @@ def _batch_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     scale, shift = _densified(torch.mul, (x, scale.reshape(shape), shift.reshape(shape)))[1:]
     return x * scale + shift
 
+
 _LIBRARIES = (
     os.path.dirname(torch.__file__) + os.sep,
     os.path.dirname(os.path.abspath(__file__)) + os.sep,

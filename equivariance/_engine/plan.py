@@ -3,7 +3,8 @@
 ``make_plan`` runs the unshifted input through the model once (with one backward pass where
 ``margin="auto"`` needs the receptive field), views the output in its layout, infers the stride where
 ``stride="auto"``, and fixes the rows the runner sends: the identity first (the noise floor, for the
-last ``FLOOR_SAMPLES`` samples of ``x`` only, unless the caller chose the batch size), then the elements checked; ``measure`` runs them and returns the sums. Its ``Request`` comes from
+last ``FLOOR_SAMPLES`` samples of ``x`` only, unless the caller chose the batch size), then the
+elements checked; ``measure`` runs them and returns the sums. Its ``Request`` comes from
 `equivariance._engine.arguments`.
 """
 
@@ -329,7 +330,11 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
     consumer = ModelConsumer(request.forward, [sink], tuple(plan.base.shape[1:]), layout, d, note)
     copies = _input_copies(request, plan.rows)
     size = runner.run(
-        copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row),
+        copies,
+        len(plan.rows),
+        [consumer, *also],
+        plan.batch_size,
+        lambda row: moved_inputs(plan.rows, row),
         skip=plan.skipped,
     )
     return sink.sums(), size
