@@ -153,3 +153,19 @@ def test_the_borders_fix_offers_circular_padding_only_where_the_boundary_is_zero
     text = causes.borders(2, (2, 2), boundary)
     assert text.startswith("errors only within 2 samples of the borders of the compared region")
     assert ("boundary='circular'" in text) == (boundary == "zeros")
+
+
+def test_errors_within_the_borders_reach_name_the_fix_once() -> None:
+    """A stride-8 trunk whose zero padding reaches every compared sample, and whose error passes beyond
+    a few samples of the borders: the hint explains both and gives the fix once, not twice."""
+    from _resnet import ResNet18
+
+    torch.manual_seed(0)
+    m = ResNet18().eval()
+    trunk = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2)
+    x = torch.zeros(2, 3, 96, 96)
+    x[..., 24:72, 24:72] = torch.rand(2, 3, 48, 48)
+    report = check_equivariance(trunk, x, max_shift=8, stride=8)
+    (hint,) = [h for h in report.hints if "every sample passes" in h]
+    assert "reaches 8 samples in from each edge of this map at stride 8" in hint
+    assert hint.count("use circular padding with boundary='circular'") == 1

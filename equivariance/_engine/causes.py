@@ -146,12 +146,16 @@ def keeps_little(margin: int, kept: float) -> str:
 
 def beyond_the_borders(lead: str, margin: int, kept: float, why: str = "") -> str:
     """Errors everywhere, but none beyond ``margin`` samples of the borders: the borders, however
-    little the margin keeps; ``why``: the reach that explains it, where the layers say."""
+    little the margin keeps; ``why``: the reach that explains it and its fix, where the layers say."""
+    fix = (
+        f"; {why}"
+        if why
+        else f" (zero padding, or content leaving the canvas); {LARGER_INPUT} with margin='auto', or use "
+        "circular padding with boundary='circular'"
+    )
     return (
         f"{lead}; but beyond {_samples(margin)} of the borders of the compared region every sample "
-        f"passes: a boundary effect whose reach leaves only {kept:.0%} of the region beyond it"
-        f"{'; ' + why if why else ' (zero padding, or content leaving the canvas)'}; {LARGER_INPUT} "
-        "with margin='auto', or use circular padding with boundary='circular'"
+        f"passes: a boundary effect whose reach leaves only {kept:.0%} of the region beyond it{fix}"
     )
 
 
