@@ -10,7 +10,7 @@ act on the tensors of point clouds and molecules by their field type
 [`Positions`][equivariance.fields.Positions] (``R v``), turns
 [`Pseudovectors`][equivariance.fields.Pseudovectors] without flipping them
 (``det(R) R v``), maps e3nn [`Irreps`][equivariance.fields.Irreps] by
-e3nn's ``D_from_matrix(R)`` and leaves
+e3nn's Wigner matrices ``D(R)``, parity included, and leaves
 [`Scalars`][equivariance.fields.Scalars] alone; a translation moves
 positions only. The transformation is computed in float64 and cast back to
 the tensor's dtype, so a float32 model's error is the model's, not the

@@ -209,3 +209,19 @@ def test_the_optional_cases_name_an_extra_that_installs_their_package() -> None:
     for module in needs:
         package = {"egnn_pytorch": "egnn-pytorch"}.get(module, module)
         assert f'{_extra(module)} = ["{package}>=' in pyproject, module
+
+
+def test_the_docs_page_shows_each_cases_verdicts() -> None:
+    page = (Path(__file__).parents[1] / "docs" / "point_clouds.md").read_text()
+    rows = {
+        cells[0]: cells[1:5]
+        for line in page.splitlines()
+        if line.startswith("| ") and len(cells := [c.strip() for c in line.strip("|").split("|")]) == 6
+    }
+    order = ["permutations", "rotations", "reflections", "translations"]
+    for name, case in gallery.CASES.items():
+        shown = rows[name if name != "graph convolution" else "graph convolution (torch_geometric)"]
+        for symmetry, cell in zip(order, shown):
+            verdict = case.verdicts.get(symmetry)
+            expected = {None: {""}, True: {"equivariant", "invariant"}, False: {"broken"}}
+            assert cell in expected[None if verdict is None else verdict.holds], (name, symmetry, cell)
