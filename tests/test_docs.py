@@ -41,7 +41,8 @@ def blocks(page: Path, language: str) -> list[tuple[int, str]]:
 
 
 PYTHON_PAGES = [page for page in PAGES if blocks(page, "python")]
-NEEDS = re.compile(r"\A# needs (\w+)")  # a block's first line, e.g. "# needs e3nn: pip install equivariance[e3nn]"
+# a block's first line may name an optional package it needs: "# needs e3nn: pip install equivariance[e3nn]"
+NEEDS = re.compile(r"\A# needs (\w+)")
 
 
 def missing(code: str) -> str | None:
