@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from equivariance._validation import describe
-from equivariance.actions import Action, Batched, Identity
+from equivariance.actions import Action, Batched, Identity, guarded_act
 from equivariance.errors import InvalidArgument
 
 __all__ = ["Product", "product"]
@@ -93,9 +93,10 @@ class Product(Action):
         return kept[0] if len(kept) == 1 else cls(*kept)
 
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
-        """``x`` moved by each factor in turn, the last first."""
+        """``x`` moved by each factor in turn, the last first (a factor of your own that writes to its
+        tensor is given a private copy, as the engine gives it one)."""
         for factor in reversed(self.factors):
-            x = factor.act(x, where)
+            x = guarded_act(factor, x, where)
         return x
 
     @property
@@ -175,7 +176,10 @@ class _ProductRows(Batched):
                 y = batched.take(taken, which)
             else:  # the factor's own act, row by row
                 y = torch.stack(
-                    [factors[int(w)].act(y[int(r)][None], self.where)[0] for r, w in zip(taken, which)]
+                    [
+                        guarded_act(factors[int(w)], y[int(r)][None], self.where)[0]
+                        for r, w in zip(taken, which)
+                    ]
                 )
             taken = torch.arange(len(rows), device=rows.device)
         return y

@@ -7,7 +7,7 @@ import pytest
 import torch
 from _reference_points import moved
 
-from equivariance.actions import Identity
+from equivariance.actions import Action, Identity
 from equivariance.errors import InvalidArgument
 from equivariance.euclidean import E3, Rotation, Translation
 from equivariance.fields import EdgeIndex, Positions, Scalars, Vectors
@@ -72,6 +72,20 @@ def test_the_batched_path_of_products_of_one_structure() -> None:
     torch.testing.assert_close(batched.take(rows, which), expected, rtol=0, atol=1e-14)
     mixed = [*E3(2, seed=0), R * P]
     assert Product.batched(x, mixed, Positions()) is None  # different structures: one element at a time
+
+
+class Negate(Action):
+    """An element of one's own that writes to the tensor it is given."""
+
+    def act(self, x: torch.Tensor, where: object) -> torch.Tensor:
+        return x.mul_(-1)
+
+
+def test_a_factor_that_writes_to_its_tensor_leaves_the_callers_alone() -> None:
+    x = torch.ones(1, 3, 3)
+    moved = (R * Negate()).act(x, Vectors())  # the factor of one's own acts first, on x itself
+    assert torch.equal(x, torch.ones(1, 3, 3))
+    torch.testing.assert_close(moved, -R.act(x, Vectors()))
 
 
 def test_messages() -> None:
