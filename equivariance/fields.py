@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from equivariance._validation import describe
+from equivariance.actions import Grid
 from equivariance.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -605,6 +606,13 @@ def field_of(where: object, element: Action) -> Field:
         return where
     if isinstance(where, type) and issubclass(where, Field):
         raise InvalidArgument(f"{element!r} was given the class {where.__name__}; pass {where.__name__}()")
+    if isinstance(where, Grid):
+        raise InvalidArgument(
+            f"{element!r} acts on tensors of points by their field type, not on a grid; the checks do not "
+            "take it yet (they will with inputs= and outputs=): move each tensor with "
+            "element.act(pos, Positions()), or a model's arguments with equivariance.fields.transform, "
+            "as the page 'Point clouds, sets and graphs' shows"
+        )
     raise InvalidArgument(
         f"{element!r} acts on tensors of points by their field type, found {describe(where)}; pass one, "
         "e.g. element.act(pos, Positions()) or element.act(forces, Vectors()) (equivariance.fields)"
