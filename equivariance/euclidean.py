@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from equivariance._validation import describe
+from equivariance._engine.validation import describe
 from equivariance.actions import Action, Batched
 from equivariance.errors import InvalidArgument
 from equivariance.fields import (

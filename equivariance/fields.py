@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from equivariance._validation import describe
+from equivariance._engine.validation import describe
 from equivariance.actions import Grid
 from equivariance.errors import InvalidArgument
 

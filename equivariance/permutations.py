@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from equivariance._validation import as_int, describe
+from equivariance._engine.validation import as_int, describe
 from equivariance.actions import Action, Batched
 from equivariance.errors import InvalidArgument
 from equivariance.fields import Adjacency, EdgeIndex, Field, field_of

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from equivariance._validation import describe
+from equivariance._engine.validation import describe
 from equivariance.actions import Action, Batched, Identity, guarded_act
 from equivariance.errors import InvalidArgument
 

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Generic, TypeVar, overload
 
 import torch
 
-from equivariance._validation import as_int, describe
+from equivariance._engine.validation import as_int, describe
 from equivariance.actions import Action
 from equivariance.errors import InvalidArgument
 
