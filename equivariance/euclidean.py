@@ -201,6 +201,12 @@ class Rotation(Action):
     def is_identity(self) -> bool:
         return bool(torch.equal(self._matrix, torch.eye(self.dim, dtype=torch.float64)))
 
+    @property
+    def exact(self) -> bool:
+        """Whether the matrix only permutes and negates components (quarter turns, mirrors across the
+        axes, the inversion): then vectors move without rounding. Any other rotation rounds."""
+        return bool(torch.isin(self._matrix, torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)).all())
+
     # -- acting --------------------------------------------------------------------------------
 
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
@@ -325,6 +331,11 @@ class Translation(Action):
     @property
     def is_identity(self) -> bool:
         return not bool(self._vector.any())
+
+    @property
+    def exact(self) -> bool:
+        """False (unless it is the identity): an addition rounds the positions it moves."""
+        return self.is_identity
 
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
         """``x + t`` for [`Positions`][equivariance.fields.Positions]; any other field type as it is."""

@@ -557,7 +557,7 @@ def _part(element: Action, value: object, field: Field, name: str) -> torch.Tens
     if not isinstance(value, torch.Tensor):
         raise InvalidArgument(f"{name} has the field type {field!r} but is {describe(value)}; pass a tensor")
     try:
-        return element.act(value, field)  # type: ignore[arg-type]
+        return element.act(value, field)
     except InvalidArgument as exc:
         raise InvalidArgument(f"{name}: {exc}") from None
 
@@ -608,10 +608,10 @@ def field_of(where: object, element: Action) -> Field:
         raise InvalidArgument(f"{element!r} was given the class {where.__name__}; pass {where.__name__}()")
     if isinstance(where, Grid):
         raise InvalidArgument(
-            f"{element!r} acts on tensors of points by their field type, not on a grid; the checks do not "
-            "take it yet (they will with inputs= and outputs=): move each tensor with "
-            "element.act(pos, Positions()), or a model's arguments with equivariance.fields.transform, "
-            "as the page 'Point clouds, sets and graphs' shows"
+            f"{element!r} acts on tensors of points by their field type, not on a grid; pass inputs= the "
+            "field type of x (or of each argument, x a tuple) and outputs= that of each output, e.g. "
+            "check_equivariance(model, (pos, h), transforms=SO3(64), inputs=(Positions(), Scalars()), "
+            "outputs=Vectors())"
         )
     raise InvalidArgument(
         f"{element!r} acts on tensors of points by their field type, found {describe(where)}; pass one, "

@@ -103,6 +103,11 @@ class Product(Action):
     def is_identity(self) -> bool:
         return all(f.is_identity for f in self.factors)
 
+    @property
+    def exact(self) -> bool:
+        """Whether every factor is exact."""
+        return all(f.exact for f in self.factors)
+
     def inverse(self) -> Action:
         """The factors' inverses in the reverse order."""
         return Product.of(*(f.inverse() for f in reversed(self.factors)))

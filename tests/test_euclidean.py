@@ -309,7 +309,7 @@ def test_messages() -> None:
         r.act(torch.zeros(2, 3, dtype=torch.long), Positions())
     with pytest.raises(
         InvalidArgument,
-        match=r"acts on tensors of points by their field type, not on a grid; the checks do not take it yet \(they will with inputs= and outputs=\): move each tensor with element.act\(pos, Positions\(\)\), or a model's arguments with equivariance.fields.transform",
+        match=r"acts on tensors of points by their field type, not on a grid; pass inputs= the field type of x \(or of each argument, x a tuple\) and outputs= that of each output",
     ):
         r.act(torch.randn(2, 3), Grid.of_input(1))
     with pytest.raises(InvalidArgument, match=r"was given the class Vectors; pass Vectors\(\)"):

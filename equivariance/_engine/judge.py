@@ -24,6 +24,9 @@ from equivariance.tolerances import Tolerance
 
 KEEP_FRACTION = 0.25
 """The share of the compared positions a suggested margin must keep."""
+FLOOR_FACTOR = 10.0
+"""An output part whose relative error is within this many times its noise floor passes (see
+``within_floor``)."""
 
 
 def sample_errors(
@@ -58,6 +61,16 @@ def sample_errors(
 def within(errors: torch.Tensor, absolute: torch.Tensor, tolerance: Tolerance) -> torch.Tensor:
     """Which errors pass: relative ones against ``rtol``, absolute ones against ``atol``."""
     return torch.where(absolute, errors <= tolerance.atol, errors <= tolerance.rtol)
+
+
+def within_floor(
+    errors: torch.Tensor, absolute: torch.Tensor, tolerance: Tolerance, floor: float
+) -> torch.Tensor:
+    """``within``, or a relative error at most ``FLOOR_FACTOR`` times ``floor``: what the check's own
+    rounding measures (the identity through the batched path, and an input moved there and back by an
+    element that rounds, ``g⁻¹(g x)``). An error that rounding alone reaches tells nothing of the
+    model's symmetry, so a float32 model is not failed for the rounding of a rotated input."""
+    return within(errors, absolute, tolerance) | (~absolute & (errors <= FLOOR_FACTOR * floor))
 
 
 def margin_that_passes(
