@@ -240,6 +240,12 @@ class Action(abc.ABC):
         return None
 
 
+def which_output(part: str) -> str:
+    """How a hint names an output part after a noun: ``""`` for a model's one output,
+    ``" (output[1])"`` for one of several (``failure_hint``'s helper)."""
+    return "" if part == "the output" else f" ({part})"
+
+
 def guarded_act(element: Action, tensor: torch.Tensor, grid: Where) -> torch.Tensor:
     """``element.act(tensor, grid)``, leaving ``tensor`` as it was even where ``act`` writes to it.
 

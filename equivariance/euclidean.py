@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import torch
 
 from equivariance._engine.validation import describe
-from equivariance.actions import Action, Batched
+from equivariance.actions import Action, Batched, which_output
 from equivariance.errors import InvalidArgument
 from equivariance.fields import (
     Adjacency,
@@ -253,6 +253,30 @@ class Rotation(Action):
 
     # -- the group -----------------------------------------------------------------------------
 
+    def failure_hint(self, part: str, field: Any) -> str | None:
+        """What an output that does not follow a rotation (or reflection) means, by its field type."""
+        turning = isinstance(field, (Vectors, Pseudovectors, Irreps))
+        if field is None or isinstance(field, (Scalars, Pseudoscalars)):
+            kind = "pseudoscalar" if isinstance(field, Pseudoscalars) else "scalar"
+            return (
+                f"the {kind} output{which_output(part)} moves under rotation: an input coordinate is used as "
+                "a feature (a layer that makes invariants must see distances, angles or other invariants of "
+                "the positions, not the coordinates)"
+            )
+        if turning and self.det < 0 and not isinstance(field, Pseudovectors):
+            return (
+                f"the {field!r} output{which_output(part)} does not follow the reflections: if it is axial "
+                "(a cross product, an angular momentum, e3nn's '1e') declare it Pseudovectors() or its "
+                "irreps with their parity; otherwise coordinates are used as features"
+            )
+        if turning or isinstance(field, Positions):
+            return (
+                f"the {field!r} output{which_output(part)} does not turn with the rotation: it is computed "
+                "from coordinates used as features, or an input it depends on was not rotated (give every "
+                "input its field type: edge vectors, directions)"
+            )
+        return None
+
     def inverse(self) -> Rotation:
         """The transpose."""
         return Rotation._exact(self._matrix.T.contiguous())
@@ -362,6 +386,19 @@ class Translation(Action):
             return None
         translations[0].act(x[:1], grid)
         return _TranslatedRows(x, torch.stack([t._vector for t in translations]), grid)
+
+    def failure_hint(self, part: str, field: Any) -> str | None:
+        """What an output that does not follow a translation means."""
+        if isinstance(field, Positions):
+            return (
+                f"the positions output{which_output(part)} does not move with the translation: an update "
+                "that is not a combination of differences of positions (x_i - x_j) with weights summing to "
+                "one"
+            )
+        return (
+            f"the output{which_output(part)} changes under translation: absolute coordinates are used as "
+            "features, where differences of positions (or distances) would not change"
+        )
 
     def inverse(self) -> Translation:
         """The translation by ``-t``."""

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 
 from equivariance._engine.validation import as_int, describe
-from equivariance.actions import Action, Batched
+from equivariance.actions import Action, Batched, which_output
 from equivariance.errors import InvalidArgument
 from equivariance.fields import Adjacency, EdgeIndex, Field, field_of
 from equivariance.products import product
@@ -165,6 +165,19 @@ class Permutation(Action):
             return None
         perms[0].act(x[:1], grid)  # the shape checks, once
         return _PermutedRows(x, torch.stack([p._indices for p in perms]), [a for a in axes if a is not None])
+
+    def failure_hint(self, part: str, field: Any) -> str | None:
+        """What an output that does not follow a reordering of the points means."""
+        if field is None or getattr(field, "nodes", None) is None:
+            return (
+                f"the pooled output{which_output(part)} changes when the points are reordered: it reads "
+                "their order (a flatten, an embedding by index, a readout of a fixed point) where a sum, "
+                "mean or max over the points would not"
+            )
+        return (
+            f"the per-node output{which_output(part)} does not permute with the points: an operation "
+            "mixes nodes by position (a positional encoding, a flatten, an embedding by index)"
+        )
 
     def inverse(self) -> Permutation:
         """The permutation that puts every point back."""

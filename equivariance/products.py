@@ -108,6 +108,15 @@ class Product(Action):
         """Whether every factor is exact."""
         return all(f.exact for f in self.factors)
 
+    def failure_hint(self, part: str, field: Any) -> str | None:
+        """The factors' hints, each once: any of them may be the one the output does not follow."""
+        hints: list[str] = []
+        for factor in self.factors:
+            hint = factor.failure_hint(part, field)
+            if hint is not None and hint not in hints:
+                hints.append(hint)
+        return "; or ".join(hints) if hints else None
+
     def inverse(self) -> Action:
         """The factors' inverses in the reverse order."""
         return Product.of(*(f.inverse() for f in reversed(self.factors)))

@@ -7,6 +7,11 @@ control, the same model with that symmetry broken on purpose, which the same
 check must reject. On e3nn's network the reference's error for a rotation is
 the error computed by hand with e3nn's own Wigner matrices, and its verdict
 agrees with e3nn's ``equivariance_error``.
+
+The same verdicts through the library's checks (``inputs=``, ``outputs=``):
+each case and control gives the pinned verdict, float32 models that are
+equivariant pass at the default tolerance while the broken ones fail, and
+Hypothesis holds the batched check's per-output errors against the reference.
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 from _reference_points import equivariance_errors, split, worst
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from equivariance.euclidean import SO3, Rotation
+from equivariance import EquivarianceReport, check_equivariance, equivariance_error
+from equivariance.euclidean import O3, SE3, SO3, Rotation
 from equivariance.fields import Irreps, Scalars
+from equivariance.permutations import Permutations
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 import point_gallery as gallery
@@ -162,12 +171,17 @@ def test_e3nn_reference_error_equals_the_error_by_hand_with_e3nns_wigner_matrice
         out = network(pos @ r[0].T, x @ d_in.T)
         ref = network(pos, x) @ d_out.T
     by_hand = float((out - ref).norm() / ref.norm())
+    ours = float(
+        equivariance_error(network, (pos, x), rotation, inputs=case.fields, outputs=Irreps(out_irreps))
+    )
     if declared == "right":
         assert reference < HOLDS
         assert by_hand < HOLDS
-    else:  # the pseudovector output declared a vector: under a reflection both see it flip, alike
+        assert ours < HOLDS
+    else:  # the pseudovector output declared a vector: under a reflection all three see it flip, alike
         assert reference > BROKEN
         assert reference == pytest.approx(by_hand, rel=1e-9)
+        assert ours == pytest.approx(by_hand, rel=1e-9)
 
 
 @pytest.mark.parametrize("declared", ["right", "wrong parity"])
@@ -195,6 +209,12 @@ def test_e3nn_verdict_agrees_with_e3nns_equivariance_error(declared: str) -> Non
         scale = float(network(pos, x).abs().max())  # e3nn's errors are absolute, ours relative
     assert (their_worst < HOLDS * scale) == (ours < HOLDS)
     assert (ours < HOLDS) == (declared == "right"), ours
+    # the library's check, on a rotation and the reflections, gives the same verdict
+    elements = [SO3(1, seed=2)[0], *gallery.SYMMETRIES["reflections"](5)]
+    report = check_equivariance(
+        network, (pos, x), transforms=elements, inputs=case.fields, outputs=Irreps(out_irreps)
+    )
+    assert report.passed == (their_worst < HOLDS * scale), report
 
 
 def reference_error_with(case: gallery.Case, network: torch.nn.Module, out_irreps: str) -> float:
@@ -225,3 +245,101 @@ def test_the_docs_page_shows_each_cases_verdicts() -> None:
             verdict = case.verdicts.get(symmetry)
             expected = {None: {""}, True: {"equivariant", "invariant"}, False: {"broken"}}
             assert cell in expected[None if verdict is None else verdict.holds], (name, symmetry, cell)
+
+
+# -- through the library's checks ------------------------------------------------------------------------
+
+TENSOR_VERDICTS = [(n, s) for n, s in VERDICTS if n != "graph convolution"]
+
+
+def check(
+    case: gallery.Case, network: torch.nn.Module, symmetry: str, **options: object
+) -> EquivarianceReport:
+    """The library's check of one symmetry of a case, on the case's own arguments and field types."""
+    elements = gallery.SYMMETRIES[symmetry](points(case))
+    args = case.inputs(0)
+    return check_equivariance(
+        network, args, transforms=elements, inputs=case.fields, outputs=case.outputs, **options
+    )
+
+
+@pytest.mark.parametrize(("name", "symmetry"), TENSOR_VERDICTS, ids=[f"{n}-{s}" for n, s in TENSOR_VERDICTS])
+def test_each_verdict_of_the_gallery_through_the_check(name: str, symmetry: str) -> None:
+    case = available(name)
+    report = check(case, model(name), symmetry)
+    verdict = case.verdicts[symmetry]
+    assert report.passed == verdict.holds, f"{name}, {symmetry} ({verdict.why}):\n{report}"
+    if not verdict.holds:
+        assert report.hints, report  # a failure says which output breaks it, and how
+
+
+TENSOR_CONTROLS = [(n, c, s) for n, c, s in CONTROLS if n != "graph convolution"]
+
+
+@pytest.mark.parametrize(
+    ("name", "control", "symmetry"), TENSOR_CONTROLS, ids=[f"{n}-{c}-{s}" for n, c, s in TENSOR_CONTROLS]
+)
+def test_the_negative_controls_fail_the_check(name: str, control: int, symmetry: str) -> None:
+    case = available(name)
+    assert not check(case, model(name, control), symmetry).passed
+
+
+FLOAT32 = ["EGNN", "EGNN energy and forces", "egnn-pytorch", "e3nn network"]
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+def test_float32_equivariant_models_pass_at_the_default_tolerance(name: str) -> None:
+    """A float32 rotation rounds the moved input: the check applies it in float64 and measures the
+    floor, so a correct float32 model passes at the default rtol (1e-4), and where its error is below
+    ten times that floor, even at a tolerance tighter than float32's rounding."""
+    case = available(name)
+    network = case.build(seed=0).float()
+    args = tuple(a.float() for a in case.inputs(0))
+    options = dict(transforms=SO3(16, seed=0), inputs=case.fields, outputs=case.outputs)
+    report = check_equivariance(network, args, **options)  # type: ignore[arg-type]
+    assert report.passed, report
+    assert report.rtol == 1e-4
+    assert report.noise_floor > 0
+
+
+@pytest.mark.parametrize("name", ["coordinates into an MLP", "transformer encoder with positions"])
+def test_float32_broken_models_fail_at_the_default_tolerance(name: str) -> None:
+    case = gallery.CASES[name]
+    network = case.build(seed=0).float()
+    args = tuple(a.float() for a in case.inputs(0))
+    symmetry = "rotations" if "rotations" in case.verdicts else "permutations"
+    elements = gallery.SYMMETRIES[symmetry](points(case)) if symmetry == "permutations" else SO3(16)
+    report = check_equivariance(network, args, transforms=elements, inputs=case.fields, outputs=case.outputs)
+    assert not report.passed
+    assert report.max_error > 1e-2
+
+
+@settings(max_examples=8)
+@given(
+    name=st.sampled_from([n for n in gallery.CASES if n != "graph convolution"]),
+    symmetry=st.sampled_from(list(gallery.SYMMETRIES)),
+    seed=st.integers(0, 2**16),
+)
+def test_the_checks_errors_equal_the_references(name: str, symmetry: str, seed: int) -> None:
+    """Every element's worst error over the samples, each output by its own size: the library's batched
+    check against the slow reference, one element and one sample at a time."""
+    case = gallery.CASES[name]
+    assume(case.available and symmetry in case.verdicts)
+    n = points(case)
+    elements = {
+        "permutations": Permutations(3, n=n, seed=seed),
+        "rotations": O3(3, seed=seed),
+        "reflections": [Rotation.reflection(SO3(1, seed=seed)[0].matrix[0].tolist())],
+        "translations": SE3(2, seed=seed, scale=2.0),
+    }[symmetry]
+    network = model(name)
+    report = check_equivariance(
+        network, case.inputs(seed % 7), transforms=elements, inputs=case.fields, outputs=case.outputs
+    )
+    table = equivariance_errors(network, samples(case, seed % 7), elements, case.fields, case.outputs,
+                                per_output=True)  # fmt: skip
+    for result, row in zip(report.results, table):
+        by_output = [max(cell[p][0] for cell in row) for p in range(len(row[0]))]  # type: ignore[index]
+        assert result.parts == pytest.approx(by_output, rel=1e-6, abs=1e-13)
+    largest = max(error for row in table for cell in row for error, _ in cell)  # type: ignore[union-attr]
+    assert report.passed == (largest < HOLDS)

@@ -118,4 +118,13 @@ def _hints(plan: Plan, parts: Sequence[PartResult]) -> tuple[str, ...]:
         hint = result.element.failure_hint(part.name, field)
         if hint is not None and hint not in hints:
             hints.append(hint)
+    arguments = plan.request.arguments
+    alone = [] if arguments is None else [p.name for p in arguments.parts if p.field is None]
+    if alone and any(not r.passed for r in parts):
+        names = ", ".join(alone)
+        hints.append(
+            f"input{'s' if len(alone) > 1 else ''} {names} {'are' if len(alone) > 1 else 'is'} left alone "
+            "(field type None): an input the elements should move (edge attributes, relative vectors, "
+            "node indices) left as it was breaks the check by itself; give it its field type"
+        )
     return tuple(hints)
