@@ -20,7 +20,7 @@ from equivariance import (
 )
 from equivariance.errors import EquivarianceError
 from equivariance.euclidean import E3, SO3, Rotation, Translation
-from equivariance.fields import Positions, Pseudovectors, Scalars, Vectors
+from equivariance.fields import EdgeIndex, Positions, Pseudovectors, Scalars, Vectors
 from equivariance.permutations import Permutation, Permutations
 
 
@@ -374,3 +374,72 @@ def test_one_permutation_of_a_transformer_through_the_error() -> None:
     h = torch.randn(2, 6, 4, dtype=torch.float64)
     g = Permutation.cycle(6)
     assert float(equivariance_error(layer, h, g, inputs=Scalars(), outputs=Scalars())) < 1e-12
+
+
+# -- torch_geometric graphs ----------------------------------------------------------------------------
+
+
+def ring(nodes: int = 6, seed: int = 0) -> object:
+    data = pytest.importorskip("torch_geometric.data")
+    generator = torch.Generator().manual_seed(seed)
+    edges = [(i, (i + 1) % nodes) for i in range(nodes)]
+    edge_index = torch.tensor(edges + [(j, i) for i, j in edges]).T.contiguous()
+    pos = torch.randn(nodes, 3, generator=generator, dtype=torch.float64)
+    x = torch.randn(nodes, 2, generator=generator, dtype=torch.float64)
+    return data.Data(x=x, pos=pos, edge_index=edge_index)
+
+
+GRAPH = {"x": Scalars(nodes=0), "pos": Positions(nodes=0), "edge_index": EdgeIndex()}
+
+
+def messages(data: object) -> torch.Tensor:
+    """Per node: the sum over its neighbours of the edge vectors times the neighbour's features."""
+    src, dst = data.edge_index  # type: ignore[attr-defined]
+    vectors = (data.pos[src] - data.pos[dst]) * data.x[src, :1]  # type: ignore[attr-defined]
+    return torch.zeros_like(data.pos).index_add(0, dst, vectors)  # type: ignore[attr-defined]
+
+
+def test_a_graph_is_checked_with_a_field_type_per_attribute() -> None:
+    graph = ring()
+    report = check_equivariance(
+        messages, graph, transforms=[*Permutations(4, n=6), *E3(4)], inputs=GRAPH, outputs=Vectors(nodes=0)
+    )
+    assert report.passed, report
+    assert "'edge_index' (2, 12) EdgeIndex() of 1 graph" in report.inputs
+    # the edges left alone: a permutation then joins other nodes
+    broken = check_equivariance(
+        messages, graph, transforms=Permutations(4, n=6), inputs={**GRAPH, "edge_index": None},
+        outputs=Vectors(nodes=0),
+    )  # fmt: skip
+    assert not broken.passed
+    assert "input 'edge_index' is left alone (field type None)" in " ".join(broken.hints)
+
+
+def test_a_batch_of_graphs_is_one_sample_a_graph() -> None:
+    data = pytest.importorskip("torch_geometric.data")
+    batch = data.Batch.from_data_list([ring(seed=0), ring(seed=1), ring(seed=2)])
+    report = check_equivariance(
+        messages, batch, transforms=SO3(8), inputs=GRAPH, outputs=Vectors(nodes=0), batch_size=5
+    )
+    assert report.passed
+    assert report.parts[0].shape == (3, 6, 3)  # three graphs of six nodes
+    pooled = lambda d: torch.zeros(d.num_graphs, 2, dtype=d.x.dtype).index_add(0, d.batch, d.x)  # noqa: E731
+    assert check_invariance(pooled, batch, transforms=Permutations(4, n=6), inputs=GRAPH).passed
+    mixed = data.Batch.from_data_list([ring(6), ring(5)])
+    with pytest.raises(InvalidArgument, match=r"the model returned per-node outputs for graphs of \[5, 6\] "
+                       r"nodes; a check compares the graphs of one size at a time"):  # fmt: skip
+        check_equivariance(messages, mixed, transforms=SO3(2), inputs=GRAPH, outputs=Vectors(nodes=0))
+
+
+def test_graph_mismatches_are_named() -> None:
+    graph = ring()
+    with pytest.raises(InvalidArgument, match=r"x's tensors 'pos' have no field type; give each one \(None "
+                       r"to leave it alone\)"):  # fmt: skip
+        check_equivariance(messages, graph, transforms=SO3(2), inputs={"x": Scalars(nodes=0),
+                           "edge_index": EdgeIndex()}, outputs=Vectors(nodes=0))  # fmt: skip
+    with pytest.raises(InvalidArgument, match=r"x is a torch_geometric Data, so inputs must be a dict of "
+                       r"field types by attribute"):  # fmt: skip
+        check_equivariance(messages, graph, transforms=SO3(2), inputs=Scalars(), outputs=Vectors(nodes=0))
+    with pytest.raises(InvalidArgument, match=r"x.x: Vectors\(nodes=0\) expects a tensor"):
+        check_equivariance(messages, graph, transforms=SO3(2), inputs={**GRAPH, "x": Vectors(nodes=0)},
+                           outputs=Vectors(nodes=0))  # fmt: skip

@@ -249,7 +249,7 @@ def test_the_docs_page_shows_each_cases_verdicts() -> None:
 
 # -- through the library's checks ------------------------------------------------------------------------
 
-TENSOR_VERDICTS = [(n, s) for n, s in VERDICTS if n != "graph convolution"]
+TENSOR_VERDICTS = VERDICTS
 
 
 def check(
@@ -273,7 +273,7 @@ def test_each_verdict_of_the_gallery_through_the_check(name: str, symmetry: str)
         assert report.hints, report  # a failure says which output breaks it, and how
 
 
-TENSOR_CONTROLS = [(n, c, s) for n, c, s in CONTROLS if n != "graph convolution"]
+TENSOR_CONTROLS = CONTROLS
 
 
 @pytest.mark.parametrize(
@@ -316,7 +316,7 @@ def test_float32_broken_models_fail_at_the_default_tolerance(name: str) -> None:
 
 @settings(max_examples=8)
 @given(
-    name=st.sampled_from([n for n in gallery.CASES if n != "graph convolution"]),
+    name=st.sampled_from(list(gallery.CASES)),
     symmetry=st.sampled_from(list(gallery.SYMMETRIES)),
     seed=st.integers(0, 2**16),
 )

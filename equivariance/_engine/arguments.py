@@ -17,7 +17,7 @@ from torch import nn
 
 from equivariance._engine.forward import Forward, find_layer
 from equivariance._engine.isolation import submodules
-from equivariance._engine.parts import Arguments, OutputParts, as_arguments
+from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts, as_arguments
 from equivariance._engine.sinks import OutputAction, all_finite
 from equivariance._engine.validation import as_int, describe, per_dim, shown_per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary
@@ -62,14 +62,14 @@ class Request:
     noise_floor: bool
     crop: CropOf | None = None
     fields: Regular | None = None
-    arguments: Arguments | None = None
+    arguments: Call | None = None
 
     @property
     def spatial_dims(self) -> int:
         return self.x.dim() - 2
 
     @property
-    def inputs(self) -> torch.Tensor | Arguments:
+    def inputs(self) -> torch.Tensor | Call:
         """What the model is called with: the one tensor, or the several arguments."""
         return self.x if self.arguments is None else self.arguments
 
@@ -164,7 +164,10 @@ def validate_parts(
     if isinstance(model, nn.Module):
         _check_model_matches(model, arguments.first)
     for element in elements:
-        _check_acts(element, arguments)
+        if isinstance(arguments, Graphs):
+            arguments.moved(element, 0)  # every attribute by its field type, with the fields' messages
+        else:
+            _check_acts(element, arguments)
     check_not_identity(elements, "check", "a check that cannot fail")
     first = arguments.first
     return Request(

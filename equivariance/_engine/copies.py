@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import torch
 
 from equivariance._engine.isolation import private_copy
-from equivariance._engine.parts import Arguments
+from equivariance._engine.parts import Arguments, Graphs
 from equivariance.actions import Action, Batched, Grid, Where, _writes_nothing, guarded_act
 
-__all__ = ["ArgumentCopies", "Copies"]
+__all__ = ["ArgumentCopies", "Copies", "GraphCopies"]
 
 
 class Copies:
@@ -146,3 +146,27 @@ class ArgumentCopies:
             else:
                 tensors.append(copies.take(sample, element))
         return self.arguments.with_tensors(tensors)
+
+
+class GraphCopies:
+    """Copies of torch_geometric graphs, each moved by its element attribute by attribute: ``take``
+    gives the graphs of a chunk, which the model receives as one ``Batch``.
+
+    Graphs differ in size, so each copy is moved on its own (a few small tensor operations a graph,
+    by `equivariance.fields.transform`); the model still runs once a chunk.
+    """
+
+    def __init__(self, graphs: Graphs, elements: Sequence[Action]) -> None:
+        self.graphs, self.elements = graphs, list(elements)
+
+    @property
+    def n(self) -> int:
+        return self.graphs.n
+
+    @property
+    def device(self) -> torch.device:
+        return self.graphs.first.device
+
+    def take(self, sample: torch.Tensor, element: torch.Tensor) -> Graphs:
+        moved = [self.graphs.moved(self.elements[e], s) for s, e in zip(sample.tolist(), element.tolist())]
+        return Graphs(moved, self.graphs.fields, self.graphs.batch)

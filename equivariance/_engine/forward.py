@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._engine.parts import Arguments, OutputParts
+from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts
 from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
 
@@ -65,14 +65,15 @@ class Forward:
             base = getattr(model, "__name__", type(model).__name__)
         return f"{base}.{self.layer}" if self.layer else base
 
-    def __call__(self, x: torch.Tensor | Arguments, batch_note: str = "") -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | Call, batch_note: str = "") -> torch.Tensor:
         result = self._call_model(x, batch_note)
         if self.parts is not None:
             if self.output is not None:
                 result = pick_output(result, self.output, self.layer)
+            nodes = x.nodes() if isinstance(x, Graphs) else None
             if not self.parts.parts:  # the first call, f(x): its outputs fix the parts
-                self.parts = self.parts.measured(result, self._subject())
-            return self.parts.flatten(result, len(x), self._subject())
+                self.parts = self.parts.measured(result, self._subject(), nodes)
+            return self.parts.flatten(result, len(x), self._subject(), nodes)
         selected = select_output(result, self.output, self.layer)
         if selected.dim() == 0 or selected.shape[0] != len(x):
             raise InvalidArgument(
@@ -90,14 +91,16 @@ class Forward:
     def _subject(self) -> str:
         return f"layer {self.layer!r}" if self.layer else "the model"
 
-    def _call_model(self, x: torch.Tensor | Arguments, batch_note: str) -> Any:
+    def _call_model(self, x: torch.Tensor | Call, batch_note: str) -> Any:
         try:
             result, reached = call_until(self.model, x, self.module)
         except (InvalidArgument, torch.cuda.OutOfMemoryError):
             raise  # out of memory: the engine retries with a smaller chunk
         except Exception as exc:
-            first = x.first if isinstance(x, Arguments) else x
-            shown = x.describe() if isinstance(x, Arguments) else f"an input of shape {tuple(x.shape)}"
+            first = x.first if isinstance(x, (Arguments, Graphs)) else x
+            shown = (
+                x.describe() if isinstance(x, (Arguments, Graphs)) else f"an input of shape {tuple(x.shape)}"
+            )
             raise InvalidArgument(
                 f"the model raised {type(exc).__name__} on {shown} "
                 f"({first.dtype}, {first.device}): {exc}{batch_note}"
@@ -111,7 +114,7 @@ class Forward:
 
 
 def call_until(
-    model: Callable[..., Any], x: torch.Tensor | Arguments, module: nn.Module | None
+    model: Callable[..., Any], x: torch.Tensor | Call, module: nn.Module | None
 ) -> tuple[Any, bool]:
     """``model(x)`` (``model(*args, **kwargs)`` for ``Arguments``), stopped as soon as ``module``
     returns; and whether ``module`` ran.
@@ -139,8 +142,8 @@ def call_until(
         handle.remove()
 
 
-def _invoke(model: Callable[..., Any], x: torch.Tensor | Arguments) -> Any:
-    return x.call(model) if isinstance(x, Arguments) else model(x)
+def _invoke(model: Callable[..., Any], x: torch.Tensor | Call) -> Any:
+    return x.call(model) if isinstance(x, (Arguments, Graphs)) else model(x)
 
 
 def find_layer(model: Callable[..., Any], name: str, argument: str = "layer") -> nn.Module:

@@ -40,8 +40,8 @@ class PartSums:
         self.base = [p.reshape(self.n, -1) for p in pieces]
         moving = [not e.is_identity for e in self.acting]
         self.references = [
-            Copies(piece, self.acting, part.field) if part.field is not None and any(moving) else None
-            for piece, part in zip(pieces, outputs.parts)
+            Copies(piece, self.acting, field) if field is not None and any(moving) else None
+            for piece, field in zip(pieces, outputs.acting)
         ]
         rows, count = len(self.acting), len(outputs.parts)
         self.diff_sq = torch.zeros(rows * self.n, count, dtype=torch.float64)

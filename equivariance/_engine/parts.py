@@ -20,6 +20,7 @@ rounding of the moved input alone changes the output.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -30,9 +31,9 @@ import torch
 
 from equivariance._engine.isolation import snapshot
 from equivariance._engine.validation import describe
-from equivariance.actions import Action, guarded_act
+from equivariance.actions import Action, Identity, guarded_act
 from equivariance.errors import InvalidArgument
-from equivariance.fields import Field
+from equivariance.fields import Field, transform
 
 Path = tuple[str, int | str]
 """Where a part is: ``("args", 0)`` or ``("kwargs", "pos")``."""
@@ -127,9 +128,112 @@ class Arguments:
         return ", ".join(f"{p.name} of shape {tuple(self.tensor(p).shape)}" for p in self.parts)
 
 
-def nbytes(inputs: torch.Tensor | Arguments) -> int:
+class Graphs:
+    """torch_geometric graphs with the field type of each attribute: the samples are the graphs.
+
+    A ``Data`` is one sample, a ``Batch`` its graphs; the model is called with
+    one ``Batch`` of the (moved) graphs of a chunk. Per-node tensors keep their
+    nodes on axis 0 (``Scalars(nodes=0)``, ``Positions(nodes=0)``), edges are an
+    ``EdgeIndex()``, and a ``Batch``'s ``batch`` and ``ptr`` are understood.
+
+    Args:
+        graphs: the graphs (``Data``).
+        fields: the field type of each attribute (None: left alone).
+        batch: the class that joins graphs, torch_geometric's ``Batch``.
+    """
+
+    def __init__(self, graphs: Sequence[Any], fields: Mapping[str, Any], batch: Any) -> None:
+        self.graphs, self.fields, self.batch = list(graphs), dict(fields), batch
+        self.n = len(self.graphs)
+        self.parts = tuple(
+            Part(repr(key), ("graph", key), field)
+            for key, field in self.fields.items()
+            if isinstance(getattr(self.graphs[0], key, None), torch.Tensor)
+        )
+
+    def joined(self) -> Any:
+        """One ``Batch`` of the graphs."""
+        return self.batch.from_data_list(self.graphs)
+
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        """The parts' tensors, of all graphs joined."""
+        joined = self.joined()
+        return [getattr(joined, str(p.path[1])) for p in self.parts]
+
+    @property
+    def first(self) -> torch.Tensor:
+        tensors: list[torch.Tensor] = [getattr(self.graphs[0], str(p.path[1])) for p in self.parts]
+        return next((t for t in tensors if t.is_floating_point()), tensors[0])
+
+    def nodes(self) -> list[int]:
+        """The number of nodes of each graph."""
+        return [int(g.num_nodes) for g in self.graphs]
+
+    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> Graphs:
+        """One graph with the parts' tensors replaced (a perturbed input)."""
+        assert self.n == 1
+        graph = copy.copy(self.graphs[0])
+        for part, tensor in zip(self.parts, tensors):
+            setattr(graph, str(part.path[1]), tensor)
+        return Graphs([graph], self.fields, self.batch)
+
+    def select(self, rows: torch.Tensor | slice) -> Graphs:
+        indices = range(self.n)[rows] if isinstance(rows, slice) else rows.tolist()
+        return Graphs([self.graphs[i] for i in indices], self.fields, self.batch)
+
+    def snapshot(self) -> Graphs:
+        graphs = []
+        for graph in self.graphs:
+            graph = copy.copy(graph)
+            for key in graph.keys():  # noqa: SIM118 (a Data iterates over pairs)
+                value = getattr(graph, key)
+                if isinstance(value, torch.Tensor):
+                    setattr(graph, key, snapshot(value))
+            graphs.append(graph)
+        return Graphs(graphs, self.fields, self.batch)
+
+    def moved(self, element: Action, sample: int) -> Any:
+        """Graph ``sample`` moved by ``element``, each attribute by its field type."""
+        return transform(element, self.graphs[sample], self.fields, name="x")
+
+    def call(self, model: Callable[..., Any]) -> Any:
+        return model(self.joined())
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            v.numel() * v.element_size()
+            for g in self.graphs
+            for v in (getattr(g, k) for k in g.keys())  # noqa: SIM118
+            if isinstance(v, torch.Tensor)
+        )
+
+    def shapes(self) -> str:
+        graph = self.graphs[0]
+        shown = ", ".join(
+            f"{p.name} {tuple(getattr(graph, str(p.path[1])).shape)} {p.field!r}".replace(
+                " None", " (left alone)"
+            )
+            for p in self.parts
+        )
+        count = "1 graph" if self.n == 1 else f"{self.n} graphs (the first shown)"
+        return f"{shown} of {count}"
+
+    def describe(self) -> str:
+        return f"a Batch of {self.n} graph{'s' if self.n != 1 else ''} ({self.shapes()})"
+
+
+Call = Arguments | Graphs
+"""A model's inputs where they are not one tensor on a grid."""
+
+
+def nbytes(inputs: torch.Tensor | Call) -> int:
     """The bytes of a batch of inputs, of one tensor or of a call."""
-    if isinstance(inputs, Arguments):
+    if isinstance(inputs, (Arguments, Graphs)):
         return inputs.nbytes
     return inputs.numel() * inputs.element_size()
 
@@ -137,9 +241,14 @@ def nbytes(inputs: torch.Tensor | Arguments) -> int:
 # -- validation ----------------------------------------------------------------------------------------
 
 
-def as_arguments(x: object, inputs: object, model: object) -> Arguments:
+def as_arguments(x: object, inputs: object, model: object) -> Call:
     """The call ``x`` (a tensor, a tuple or list of positional arguments, a dict of keyword ones) with
     the field types ``inputs`` (a field type, or one per argument in the same structure), checked."""
+    if _is_graph(x):
+        return as_graphs(x, inputs)
+    one = isinstance(x, (tuple, list)) and len(x) == 1 and isinstance(inputs, (tuple, list))
+    if one and len(inputs) == 1 and _is_graph(x[0]):  # type: ignore[arg-type, index]
+        return as_graphs(x[0], inputs[0])  # type: ignore[index]
     names = _parameter_names(model)
     if isinstance(x, torch.Tensor):
         args: tuple[Any, ...] = (x,)
@@ -174,6 +283,44 @@ def as_arguments(x: object, inputs: object, model: object) -> Arguments:
         raise InvalidArgument(f"x holds no tensor to check, found {describe(x)}; pass the model's tensors")
     _same_batch(parts, args, kwargs)
     return Arguments(args, kwargs, parts)
+
+
+def _is_graph(x: object) -> bool:
+    """Whether ``x`` is a torch_geometric ``Data`` or ``Batch`` (read by its attributes)."""
+    return (
+        not isinstance(x, (torch.Tensor, Mapping))
+        and all(callable(getattr(x, name, None)) for name in ("keys", "to_dict"))
+        and hasattr(x, "num_nodes")
+    )
+
+
+def as_graphs(x: Any, inputs: object) -> Graphs:
+    """A torch_geometric ``Data`` or ``Batch`` with a field type per attribute, checked."""
+    if not isinstance(inputs, Mapping):
+        raise InvalidArgument(
+            f"x is a torch_geometric {type(x).__name__}, so inputs must be a dict of field types by "
+            f"attribute, found {describe(inputs)}; pass e.g. inputs={{'x': Scalars(nodes=0), "
+            "'edge_index': EdgeIndex()}"
+        )
+    from torch_geometric.data import Batch
+
+    graphs = x.to_data_list() if callable(getattr(x, "to_data_list", None)) else [x]
+    if not graphs:
+        raise InvalidArgument("x is a Batch of no graphs; pass at least one graph")
+    transform(Identity(), graphs[0], inputs, name="x")  # every tensor named, each a tensor its field takes
+    declared = dict(inputs)
+    for key, field in declared.items():
+        if field is None:
+            continue
+        if not isinstance(field, Field):
+            raise InvalidArgument(
+                f"the field type of x.{key} must be a Field or None, found {describe(field)}"
+            )
+        try:
+            field.check(getattr(graphs[0], key))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"x.{key}: {exc}") from None
+    return Graphs(graphs, declared, Batch)
 
 
 def _single(inputs: object, x: torch.Tensor, names: list[str]) -> Any:
@@ -325,10 +472,14 @@ class OutputParts:
     parts: tuple[Part, ...] = ()
     sizes: tuple[int, ...] = ()
     shapes: tuple[tuple[int, ...], ...] = ()
+    per_node: tuple[bool, ...] = ()
 
-    def flatten(self, result: Any, batch: int, subject: str) -> torch.Tensor:
-        """The output's parts, each ``(batch, size)``, side by side in one tensor."""
-        tensors = self.split(result, subject)
+    def flatten(
+        self, result: Any, batch: int, subject: str, nodes: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """The output's parts, each ``(batch, size)``, side by side in one tensor; ``nodes``: the nodes of
+        each graph of a Batch, whose per-node outputs (nodes on axis 0) are split into one row a graph."""
+        tensors = self._by_graph(self.split(result, subject), nodes, subject)
         flat = []
         for part, tensor in zip(self.parts, tensors):
             if tensor.dim() == 0 or tensor.shape[0] != batch:
@@ -370,8 +521,9 @@ class OutputParts:
             out.append(value.detach())
         return out
 
-    def measured(self, result: Any, subject: str) -> OutputParts:
-        """The parts of ``result`` (``f(x)``): their names, field types and sizes, checked."""
+    def measured(self, result: Any, subject: str, nodes: Sequence[int] | None = None) -> OutputParts:
+        """The parts of ``result`` (``f(x)``): their names, field types and sizes, checked; ``nodes`` as
+        in ``flatten``."""
         parts = _output_parts(result, self.fields, subject)
         resolved = dataclasses.replace(self, parts=tuple(parts))
         tensors = resolved.split(result, subject)
@@ -383,10 +535,44 @@ class OutputParts:
                     raise InvalidArgument(
                         f"output {part.name} of shape {tuple(tensor.shape)}: {exc}"
                     ) from None
+        total = None if nodes is None else sum(nodes)
+        per_node = tuple(
+            total is not None and t.dim() > 0 and len(t) == total and (p.field is None or p.field.nodes == 0)
+            for p, t in zip(parts, tensors)
+        )
+        resolved = dataclasses.replace(resolved, per_node=per_node)
+        tensors = resolved._by_graph(tensors, nodes, subject)
         return dataclasses.replace(
             resolved,
             sizes=tuple(t[0].numel() if t.dim() else 1 for t in tensors),
             shapes=tuple(tuple(t.shape) for t in tensors),
+        )
+
+    def _by_graph(
+        self, tensors: list[torch.Tensor], nodes: Sequence[int] | None, subject: str
+    ) -> list[torch.Tensor]:
+        """Per-node outputs of a Batch of graphs ``(nodes, ...)`` as ``(graphs, nodes a graph, ...)``."""
+        if nodes is None or not any(self.per_node):
+            return tensors
+        if len(set(nodes)) > 1:
+            raise InvalidArgument(
+                f"{subject} returned per-node outputs for graphs of {sorted(set(nodes))} nodes; a check "
+                "compares the graphs of one size at a time: pass the graphs of each size in a Batch of their "
+                "own (or one Data at a time)"
+            )
+        n = nodes[0] if nodes else 0
+        return [
+            t.reshape(len(nodes), n, *t.shape[1:]) if per_node else t
+            for t, per_node in zip(tensors, self.per_node)
+        ]
+
+    @property
+    def acting(self) -> tuple[Field | None, ...]:
+        """The field types elements act with on the parts as ``flatten`` lays them out: a per-node
+        output of graphs has its nodes on axis 1 there (its graphs on axis 0)."""
+        return tuple(
+            _nodes_on(p.field, 1) if per_node and p.field is not None else p.field
+            for p, per_node in zip(self.parts, self.per_node or (False,) * len(self.parts))
         )
 
     def unflatten(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -401,6 +587,13 @@ class OutputParts:
         return ", ".join(f"{p.name} {s} {p.field!r}" for p, s in zip(self.parts, self.shapes)).replace(
             " None", " (unchanged)"
         )
+
+
+def _nodes_on(field: Field, axis: int) -> Field:
+    """``field`` with its points on ``axis``."""
+    moved = copy.copy(field)
+    moved.nodes = axis
+    return moved
 
 
 def _output_parts(result: Any, fields: Any, subject: str) -> list[Part]:

@@ -24,10 +24,10 @@ from equivariance._engine.arguments import (
     check_fits,
     check_not_identity,
 )
-from equivariance._engine.copies import ArgumentCopies, Copies
+from equivariance._engine.copies import ArgumentCopies, Copies, GraphCopies
 from equivariance._engine.memory import CPU_MIN_CHUNK, chunk_size
 from equivariance._engine.part_sums import PartSums
-from equivariance._engine.parts import OutputParts, RoundTrip
+from equivariance._engine.parts import Arguments, OutputParts, RoundTrip
 from equivariance._engine.runner import Base, Consumer, ModelConsumer, Runner
 from equivariance._engine.sinks import FlatSums, GridSums, Sums, check_finite
 from equivariance.actions import Action, Grid, Identity
@@ -358,7 +358,12 @@ def measure_parts(runner: Runner, plan: Plan) -> tuple[list[Sums], int]:
         else ""
     )
     consumer = ModelConsumer(request.forward, [sink], tuple(plan.base.shape[1:]), None, 0, note)
-    copies = ArgumentCopies(request.arguments, plan.rows)
+    arguments = request.arguments
+    copies = (
+        ArgumentCopies(arguments, plan.rows)
+        if isinstance(arguments, Arguments)
+        else GraphCopies(arguments, plan.rows)
+    )
     size = runner.run(
         copies, len(plan.rows), [consumer], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
     )

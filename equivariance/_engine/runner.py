@@ -25,11 +25,11 @@ from typing import Any, Protocol
 
 import torch
 
-from equivariance._engine.copies import ArgumentCopies, Copies
+from equivariance._engine.copies import ArgumentCopies, Copies, GraphCopies
 from equivariance._engine.forward import Forward
 from equivariance._engine.isolation import isolated, snapshot
 from equivariance._engine.memory import ActivationMeter, metered, release_cached_memory
-from equivariance._engine.parts import Arguments, nbytes
+from equivariance._engine.parts import Call, nbytes
 from equivariance._engine.progress import Progress
 from equivariance._engine.sinks import Describe, check_floating
 from equivariance.errors import InvalidArgument
@@ -46,7 +46,7 @@ class Sink(Protocol):
     def retry(self) -> None: ...
 
 
-Inputs = torch.Tensor | Arguments
+Inputs = torch.Tensor | Call
 """A chunk of copies: one tensor, or a model's several arguments (``Arguments``)."""
 
 
@@ -140,7 +140,7 @@ class Runner:
     def base(self, forward: Forward, x: Inputs, *, meter: bool = False) -> Base:
         """``f(x)`` for the unshifted input, once: a copy of the output, the caller's ``x`` untouched."""
         with metered(forward.model, enabled=meter) as bytes_seen:
-            output = forward(x.snapshot() if isinstance(x, Arguments) else snapshot(x))
+            output = forward(snapshot(x) if isinstance(x, torch.Tensor) else x.snapshot())
         # a snapshot: a model may hand out the same output buffer on every call
         return Base(snapshot(output), _per_sample(bytes_seen, x, output))
 
@@ -160,7 +160,7 @@ class Runner:
 
     def run(
         self,
-        copies: Copies | ArgumentCopies,
+        copies: Copies | ArgumentCopies | GraphCopies,
         rows: int,
         consumers: Sequence[Consumer],
         batch_size: int,
