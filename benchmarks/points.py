@@ -9,7 +9,16 @@ For 64 rotations (or permutations) of 8 clouds of 64 points, in float32:
   on the 512 moved clouds, as one batch, against 64 passes of 8, one per
   element: what the engine's batching can save on a CPU;
 - moving the inputs against those forward passes: how much a check adds to
-  the passes it needs.
+  the passes it needs;
+- ``check_equivariance`` of the EGNN under 64 rotations (every copy through
+  the one runner, with its noise floor and its per-output sums) against the
+  forward passes of the same 512 moved clouds, and against a per-element
+  loop: the same comparison written by hand, one rotation at a time, and
+  ``equivariance_error`` called once per rotation;
+- with e3nn installed: the check of the gallery's e3nn network under 64
+  elements of O(3) against 64 calls of e3nn's own
+  ``e3nn.util.test.equivariance_error`` (one random rotation a call, parity
+  included, no translation).
 
 Each time is the median of ``--repeats`` runs after one to warm up. Nothing
 is asserted: this is a benchmark, not a timed test.
@@ -28,25 +37,30 @@ from pathlib import Path
 
 import torch
 
-from equivariance.euclidean import SO3, Rotation
+from equivariance import check_equivariance, equivariance_error
+from equivariance.euclidean import O3, SO3, Rotation
 from equivariance.fields import Positions, Scalars
 from equivariance.permutations import Permutation, Permutations
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from point_gallery import egnn  # the gallery's EGNN
+import point_gallery  # the gallery's models
+from point_gallery import egnn
 
 CLOUDS, POINTS, ELEMENTS = 8, 64, 64
 
 
-def timed(call: Callable[[], object], repeats: int) -> float:
-    """The median time of ``call`` over ``repeats`` runs, after one to warm up."""
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The median time of each call over ``repeats`` rounds, after one to warm up; the calls take
+    turns within a round, so that a machine whose load drifts slows them alike."""
+    for call in calls.values():
         call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -92,23 +106,86 @@ def main() -> None:
         with torch.no_grad():
             return [model(r.act(pos, Positions()), h) for r in rotations]
 
-    t = {name: timed(call, args.repeats) for name, call in {
+    fields = dict(inputs=(Positions(), Scalars()), outputs=(Positions(), Scalars()))
+
+    def check() -> object:
+        report = check_equivariance(model, (pos, h), transforms=rotations, **fields)  # type: ignore[arg-type]
+        assert report.passed, report
+        return report
+
+    def by_hand() -> object:
+        with torch.no_grad():
+            base_pos, base_h = model(pos, h)
+            worst = 0.0
+            for r in rotations:
+                out_pos, out_h = model(r.act(pos, Positions()), h)
+                ref = r.act(base_pos, Positions())
+                worst = max(worst, float((out_pos - ref).norm() / ref.norm()))
+                worst = max(worst, float((out_h - base_h).norm() / base_h.norm()))
+        return worst
+
+    def errors_loop() -> object:
+        return [equivariance_error(model, (pos, h), r, **fields) for r in rotations]  # type: ignore[arg-type]
+
+    calls = {
         "rotate, batched": rotate_batched, "rotate, loop": rotate_loop,
         "permute, batched": permute_batched, "permute, loop": permute_loop,
         "EGNN on 512 clouds, one batch": forward_batched, "EGNN, 64 passes of 8": forward_loop,
-    }.items()}  # fmt: skip
+        "check, 64 rotations": check, "by hand, loop of 64": by_hand,
+        "equivariance_error x 64": errors_loop,
+    }  # fmt: skip
+    e3nn = point_gallery.CASES["e3nn network"]
+    if e3nn.available:
+        calls.update(_e3nn_calls(e3nn))
+    t = timed(calls, args.repeats)
     shape = f"{ELEMENTS} elements x {CLOUDS} clouds of {POINTS} points"
     print(f"torch {torch.__version__}, {args.threads} threads; {shape}")
     for name, seconds in t.items():
-        print(f"  {name:32s} {seconds * 1e3:9.2f} ms")
+        print(f"  {name:34s} {seconds * 1e3:9.2f} ms")
     ratios = {
         "loop / batched, rotations": t["rotate, loop"] / t["rotate, batched"],
         "loop / batched, permutations": t["permute, loop"] / t["permute, batched"],
         "64 passes / one batch, EGNN": t["EGNN, 64 passes of 8"] / t["EGNN on 512 clouds, one batch"],
         "moving / forward, rotations": t["rotate, batched"] / t["EGNN on 512 clouds, one batch"],
+        "check / forward of 512 (<= 1.2)": t["check, 64 rotations"] / t["EGNN on 512 clouds, one batch"],
+        "check / 64 passes of 8": t["check, 64 rotations"] / t["EGNN, 64 passes of 8"],
+        "loop by hand / check (>= 3)": t["by hand, loop of 64"] / t["check, 64 rotations"],
+        "64 errors / check": t["equivariance_error x 64"] / t["check, 64 rotations"],
     }
+    if "e3nn: check, 64 elements" in t:
+        ratios["e3nn's 64 calls / check"] = t["e3nn: equivariance_error x 64"] / t["e3nn: check, 64 elements"]
     for name, ratio in ratios.items():
-        print(f"  {name:32s} {ratio:9.3f}")
+        print(f"  {name:34s} {ratio:9.3f}")
+
+
+def _e3nn_calls(case: point_gallery.Case) -> dict[str, Callable[[], object]]:
+    """The gallery's e3nn network (float32, 8 clouds of its 5 points): our check of 64 elements of O(3),
+    and 64 calls of e3nn's own ``equivariance_error``."""
+    from e3nn import o3
+    from e3nn.util.test import equivariance_error as e3nn_error
+
+    network = case.build(seed=0).eval()
+    pos = torch.randn(CLOUDS, point_gallery.POINTS, 3, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(CLOUDS, point_gallery.POINTS, 5, generator=torch.Generator().manual_seed(2))
+    elements = O3(ELEMENTS, seed=0)
+
+    def ours() -> object:
+        report = check_equivariance(
+            network, (pos, x), transforms=elements, inputs=case.fields, outputs=case.outputs
+        )
+        assert report.passed, report
+        return report
+
+    def theirs() -> object:
+        irreps_in = ["cartesian_points", o3.Irreps(point_gallery.E3NN_IN)]
+        irreps_out = [o3.Irreps(point_gallery.E3NN_OUT)]
+        with torch.no_grad():
+            return [
+                e3nn_error(network, [pos, x], irreps_in, irreps_out, ntrials=1, do_translation=False)
+                for _ in range(ELEMENTS)
+            ]
+
+    return {"e3nn: check, 64 elements": ours, "e3nn: equivariance_error x 64": theirs}
 
 
 if __name__ == "__main__":

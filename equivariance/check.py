@@ -33,7 +33,7 @@ from equivariance._engine.vacuous import why_vacuous
 from equivariance.actions import Action, Boundary, Grid
 from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
-from equivariance.fields import FieldSpec
+from equivariance.fields import FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
 from equivariance.regular import Regular
 from equivariance.report import EquivarianceReport, ShiftResult
@@ -49,8 +49,8 @@ DEFAULT_MAX_SHIFT = _arguments.DEFAULT_MAX_SHIFT
 
 
 def check_equivariance(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike] | None = None,
     *,
     max_shift: IntOrTuple | None = None,
@@ -183,8 +183,8 @@ def check_equivariance(
 
 
 def check_invariance(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike] | None = None,
     *,
     max_shift: IntOrTuple | None = None,
@@ -253,8 +253,8 @@ def check_invariance(
 
 
 def assert_equivariant(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike] | None = None,
     *,
     allow_vacuous: bool = False,
@@ -285,8 +285,8 @@ def assert_equivariant(
 
 
 def assert_invariant(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike] | None = None,
     *,
     allow_vacuous: bool = False,

@@ -72,6 +72,7 @@ __all__ = [
     "EdgeIndex",
     "Field",
     "FieldSpec",
+    "ModelInput",
     "Irreps",
     "Positions",
     "Pseudoscalars",
@@ -83,6 +84,9 @@ __all__ = [
 
 FieldSpec = Any
 """A field type for each part of a value: a ``Field``, None (left alone), or a tuple, list or dict of them."""
+ModelInput = Any
+"""What a check of several inputs takes as ``x``: a tensor, a tuple of a model's positional arguments,
+a dict of its keyword arguments, or a torch_geometric ``Data``/``Batch``."""
 
 
 class Field:

@@ -42,7 +42,7 @@ from equivariance._engine.validation import describe
 from equivariance.actions import Action, Boundary
 from equivariance.crops import Crop
 from equivariance.errors import EquivarianceWarning, InvalidArgument
-from equivariance.fields import FieldSpec
+from equivariance.fields import FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
 from equivariance.regular import Regular
 from equivariance.shifts import Shift, ShiftLike
@@ -74,8 +74,8 @@ IntOrTuple = int | Sequence[int]
 
 
 def equivariance_error(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shift: ShiftLike | Action,
     *,
     stride: IntOrTuple | Literal["auto"] = 1,
@@ -178,8 +178,8 @@ def equivariance_error(
 
 
 def invariance_error(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shift: ShiftLike | Action,
     *,
     boundary: Boundary | Crop = "zeros",
