@@ -91,6 +91,16 @@ def check_equivariance(
         >>> report.passed, len(report.elements)
         (True, 49)
 
+        A point cloud, with the field type of its input and output (see the
+        page "Point clouds, sets and graphs"):
+
+        >>> from equivariance.euclidean import SO3
+        >>> from equivariance.fields import Positions, Vectors
+        >>> centred = lambda pos: pos - pos.mean(-2, keepdim=True)
+        >>> check_equivariance(centred, torch.randn(2, 5, 3), transforms=SO3(8, seed=0),
+        ...                    inputs=Positions(), outputs=Vectors()).passed
+        True
+
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
