@@ -168,7 +168,7 @@ def check_equivariance(
     Returns:
         An [`EquivarianceReport`][equivariance.EquivarianceReport].
     """
-    if inputs is not None or outputs is not None or not isinstance(x, torch.Tensor):
+    if _arguments.several_inputs(x, inputs, outputs):
         _arguments.no_grid_options(
             shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
             margin=margin != 0, boundary=boundary != "zeros", layout=layout is not None,
@@ -244,7 +244,7 @@ def check_invariance(
         not allowed
         with ``shifts`` or ``max_shift``.
     """
-    if inputs is not None or not isinstance(x, torch.Tensor):
+    if _arguments.several_inputs(x, inputs, None):
         _arguments.no_grid_options(
             shifts=shifts is not None, max_shift=max_shift is not None, boundary=boundary != "zeros"
         )

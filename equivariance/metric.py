@@ -161,7 +161,7 @@ def equivariance_error(
         (``"none"``), on ``x``'s device.
     """
     _check_reduction(reduction)
-    if inputs is not None or outputs is not None or not isinstance(x, torch.Tensor):
+    if _arguments.several_inputs(x, inputs, outputs):
         _arguments.no_grid_options(stride=stride != 1, margin=margin != 0, boundary=boundary != "zeros",
                          layout=layout is not None, output_action=output_action is not None)  # fmt: skip
         request = _arguments.validate_parts(
@@ -204,7 +204,7 @@ def invariance_error(
         True
     """
     _check_reduction(reduction)
-    if inputs is not None or not isinstance(x, torch.Tensor):
+    if _arguments.several_inputs(x, inputs, None):
         _arguments.no_grid_options(boundary=boundary != "zeros")
         request = _arguments.validate_parts(
             model, x, "invariance", [_arguments.as_element(shift)], inputs=inputs, outputs=None,

@@ -17,7 +17,7 @@ from torch import nn
 
 from equivariance._engine.forward import Forward, find_layer
 from equivariance._engine.isolation import submodules
-from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts, as_arguments
+from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts, as_arguments, is_graph
 from equivariance._engine.sinks import OutputAction, all_finite
 from equivariance._engine.validation import as_int, describe, per_dim, shown_per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary
@@ -174,6 +174,16 @@ def validate_parts(
         forward, first, mode, tuple(elements), None, (), (), "zeros", None, None,
         check_batch_size(batch_size), noise_floor, arguments=arguments,
     )  # fmt: skip
+
+
+def several_inputs(x: object, inputs: object, outputs: object) -> bool:
+    """Whether a measurement takes the model's several inputs (``validate_parts``) rather than one tensor on
+    a grid: field types given, or ``x`` a tuple, list or dict holding a tensor, or a torch_geometric
+    graph. Anything else goes the way of a grid, whose validation refuses what is not a tensor."""
+    if inputs is not None or outputs is not None or is_graph(x):
+        return True
+    values = x.values() if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else ()
+    return any(isinstance(v, torch.Tensor) or is_graph(v) for v in values)
 
 
 def no_grid_options(**given: bool) -> None:

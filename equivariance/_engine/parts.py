@@ -244,10 +244,10 @@ def nbytes(inputs: torch.Tensor | Call) -> int:
 def as_arguments(x: object, inputs: object, model: object) -> Call:
     """The call ``x`` (a tensor, a tuple or list of positional arguments, a dict of keyword ones) with
     the field types ``inputs`` (a field type, or one per argument in the same structure), checked."""
-    if _is_graph(x):
+    if is_graph(x):
         return as_graphs(x, inputs)
     one = isinstance(x, (tuple, list)) and len(x) == 1 and isinstance(inputs, (tuple, list))
-    if one and len(inputs) == 1 and _is_graph(x[0]):  # type: ignore[arg-type, index]
+    if one and len(inputs) == 1 and is_graph(x[0]):  # type: ignore[arg-type, index]
         return as_graphs(x[0], inputs[0])  # type: ignore[index]
     names = _parameter_names(model)
     if isinstance(x, torch.Tensor):
@@ -285,7 +285,7 @@ def as_arguments(x: object, inputs: object, model: object) -> Call:
     return Arguments(args, kwargs, parts)
 
 
-def _is_graph(x: object) -> bool:
+def is_graph(x: object) -> bool:
     """Whether ``x`` is a torch_geometric ``Data`` or ``Batch`` (read by its attributes)."""
     return (
         not isinstance(x, (torch.Tensor, Mapping))
