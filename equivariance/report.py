@@ -64,6 +64,9 @@ class PartResult:
         noise_floor: its error through the check's own path: the identity, and inputs moved there
             and back by elements that round.
         median: the median over the elements of its worst error over the samples.
+        failed_samples: how many samples fail under some element (errors tiny for most inputs and
+            large for a few show as a few failed samples).
+        samples: how many samples were checked.
     """
 
     name: str
@@ -75,6 +78,8 @@ class PartResult:
     passed: bool
     noise_floor: float
     median: float
+    failed_samples: int = 0
+    samples: int = 0
 
 
 @dataclass(frozen=True, repr=False)
@@ -338,13 +343,13 @@ class EquivarianceReport:
         w = [max(len(t) for t in [*col, head]) for col, head in columns]
         lines.append(
             f"  {'output':<{w[0]}}  {'shape':<{w[1]}}  {'field':<{w[2]}}  {'error':>7}  {'median':>7}  "
-            f"{'floor':>7}  verdict  worst at"
+            f"{'floor':>7}  verdict, worst at"
         )
         for p, shape in zip(self.parts, shapes):
-            verdict = "ok" if p.passed else "FAIL"
+            verdict = "ok" if p.passed else f"FAIL ({p.failed_samples} of {p.samples} samples)"
             lines.append(
                 f"  {p.name:<{w[0]}}  {shape:<{w[1]}}  {p.field:<{w[2]}}  {p.error:7.1e}  {p.median:7.1e}  "
-                f"{p.noise_floor:7.1e}  {verdict:<7}  sample {p.sample}, {p.element}"
+                f"{p.noise_floor:7.1e}  {verdict}, sample {p.sample}, {p.element}"
             )
         return lines
 

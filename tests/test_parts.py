@@ -443,3 +443,21 @@ def test_graph_mismatches_are_named() -> None:
     with pytest.raises(InvalidArgument, match=r"x.x: Vectors\(nodes=0\) expects a tensor"):
         check_equivariance(messages, graph, transforms=SO3(2), inputs={**GRAPH, "x": Vectors(nodes=0)},
                            outputs=Vectors(nodes=0))  # fmt: skip
+
+
+def test_a_few_bad_samples_among_many_are_counted() -> None:
+    """Errors tiny for most inputs and large for a few: the report counts the samples that fail."""
+
+    def sometimes(pos: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        offsets = pos - pos.mean(-2, keepdim=True)
+        odd = (h[:, :1, :1] > 1.0).to(pos.dtype)  # a few clouds add their first coordinate everywhere
+        return offsets + odd * pos[..., :1]
+
+    pos, h = cloud(batch=16)
+    bad = int((h[:, 0, 0] > 1.0).sum())
+    assert 0 < bad < 8
+    report = check_equivariance(sometimes, (pos, h), transforms=SO3(4), inputs=FIELDS, outputs=Vectors())
+    (part,) = report.parts
+    assert not part.passed
+    assert (part.failed_samples, part.samples) == (bad, 16)
+    assert f"FAIL ({bad} of 16 samples), sample " in str(report)

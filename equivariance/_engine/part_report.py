@@ -77,7 +77,7 @@ def part_report(
         parts.append(PartResult(
             part.name, "unchanged" if invariance or part.field is None else repr(part.field),
             outputs.shapes[p], float(errors[p][k, n]), plan.elements[k], n, bool(passes[p].all()), floors[p],
-            float(worst_by_part[p].median()),
+            float(worst_by_part[p].median()), int((~passes[p]).any(dim=0).sum()), errors[p].shape[1],
         ))  # fmt: skip
     return EquivarianceReport(
         kind=request.mode,
