@@ -197,8 +197,8 @@ class Action(abc.ABC):
         """The integer offsets by which the element moves every position of ``grid``, if it is a
         translation there (a shift); None otherwise (the default).
 
-        The engine then compares the part of an output it is defined on with a
-        slice of the reference instead of with a moved copy of it.
+        The profile then compares the part of a layer's output it is defined on
+        with a slice of the reference instead of with a moved copy of it.
         """
         return None
 
@@ -252,8 +252,7 @@ def guarded_act(element: Action, tensor: torch.Tensor, grid: Where) -> torch.Ten
     The engine moves the caller's input and the model's reference outputs
     with it. The library's own elements never write to what they are given;
     an ``act`` of the caller's own (a subclass that defines or redefines it)
-    is given a private copy (copy-on-write where torch has it, keeping the
-    autograd graph), so ``x.mul_(-1)`` in it changes that copy only.
+    is given a private copy (keeping the autograd graph), so ``x.mul_(-1)`` in it changes that copy only.
 
     Examples:
         >>> class Negate(Action):
@@ -283,10 +282,6 @@ class Batched(abc.ABC):
     @abc.abstractmethod
     def take(self, rows: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         """``out[b] = elements[which[b]].act(x[rows[b]])``: a new tensor, never a view of ``x``."""
-
-    def runs(self, rows: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        """The items of ``take`` as runs ``(items, view)`` of views where that is cheaper; None if not."""
-        return None
 
 
 class Identity(Action):

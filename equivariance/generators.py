@@ -87,10 +87,10 @@ class Generator(abc.ABC):
     unit: ClassVar[str] = "unit"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass's own ``apply`` is given a private copy of ``h`` (copy-on-write, keeping its
-        gradients): the Lie derivative applies it to the caller's input and to the model's outputs,
-        which an ``apply`` that writes in place must leave as they were. The library's generators
-        never write and are called as they are."""
+        """A subclass's own ``apply`` is given a private copy of ``h`` (keeping its gradients): the Lie
+        derivative applies it to the caller's input and to the model's outputs, which an ``apply`` that
+        writes in place must leave as they were. The library's generators never write and are called
+        as they are."""
         super().__init_subclass__(**kwargs)
         own = vars(cls).get("apply")
         if own is None or cls.__module__ == __name__ or getattr(own, "guarded", False):

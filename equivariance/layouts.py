@@ -39,6 +39,7 @@ from typing import ClassVar
 
 import torch
 
+from equivariance._engine.grids import stride_of
 from equivariance._engine.validation import as_int, describe
 from equivariance.errors import InvalidArgument
 
@@ -347,19 +348,13 @@ def other_readings(shape: Sequence[int], input_spatial: Sequence[int]) -> list[L
 
 
 def plausible(spatial: Sequence[int], input_spatial: Sequence[int]) -> bool:
-    """Whether a grid could come from the input's by one integer stride in every dim.
+    """Whether a grid could come from the input's by one integer stride in every dim, by the rule
+    ``stride_of`` reads sizes with (no larger than the input's, no stride that cannot make the size).
 
-    A valid convolution shrinks a map by a few samples without a stride, so a
-    ratio below 1.5 reads as stride 1; larger ratios are rounded. The grid
-    may not be larger than the input's.
+    Examples:
+        >>> plausible((6, 6), (12, 12)), plausible((12, 6), (12, 12)), plausible((4, 4), (6, 6))
+        (True, False, True)
     """
     if len(spatial) != len(input_spatial) or any(o > i or o < 1 for o, i in zip(spatial, input_spatial)):
         return False
-    strides = {stride_of(i, o) for i, o in zip(input_spatial, spatial)}
-    return len(strides) == 1
-
-
-def stride_of(size_in: int, size_out: int) -> int:
-    """The stride that turns a dim of ``size_in`` samples into ``size_out``: 1 below a ratio of 1.5."""
-    ratio = size_in / size_out
-    return 1 if ratio < 1.5 else round(ratio)
+    return len({stride_of(i, o) for i, o in zip(input_spatial, spatial)}) == 1

@@ -24,18 +24,12 @@ from torch import nn
 from equivariance._engine import arguments as _arguments
 from equivariance._engine.diagnosis import JUNCTION, junction_name
 from equivariance._engine.forward import Forward, OutputSelector
-from equivariance._engine.grids import Grids, Stride
-from equivariance._engine.judge import sample_errors
+from equivariance._engine.grids import Stride, shown
+from equivariance._engine.judge import relative_sizes, sample_scale, scaled, squared_norms
 from equivariance._engine.jvp import TangentWatch, forward_mode, not_implemented, pushforward
-from equivariance._engine.layers import (
-    CHANNELS_FIRST_OPS,
-    LAYOUT_KEEPING_OPS,
-    LayerInference,
-    Recorded,
-    view_permutation,
-)
+from equivariance._engine.layers import CHANNELS_FIRST_OPS, Follower, Recorded
 from equivariance._engine.runner import Runner
-from equivariance._engine.sinks import all_finite, check_finite, sample_scale, squared_norms
+from equivariance._engine.sinks import all_finite, check_finite
 from equivariance._engine.validation import describe
 from equivariance.errors import EquivarianceWarning, InvalidArgument
 from equivariance.generators import Generator, Rotation, Translation
@@ -174,10 +168,10 @@ def lie_derivative(
             [`Generator`][equivariance.generators.Generator] such as
             ``Translation(1, 0)``.
         stride: the output's stride relative to the input, per dim;
-            ``"auto"`` follows it through the model's modules as they run
-            (a convolution's or pooling's ``stride``, else the ratio of the
-            sizes; for a plain callable, the input's size over the output's,
-            rounded).
+            ``"auto"`` follows it through the model's modules as they run,
+            by the rule the profile reads strides with (a module's stated
+            ``stride``, else the sizes; for a plain callable, the sizes of
+            the input and the output).
         invariant: compare the output unmoved (True), moved (False), or
             decide by its shape (None: an output ``(N, C, *spatial)`` with
             the input's number of spatial dims moves, anything else does not).
@@ -253,27 +247,16 @@ def lie_derivative_error(
 def sizes(derivative: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
     """Per-sample $||d|| / ||b||$ of the derivative $d$ and the base $b$ (float64); $||d||$ without a base.
 
-    The checks' rule (``_judge.sample_errors``): relative where ``base`` is
-    nonzero, else the RMS of the derivative, with a warning. Squares are
-    summed as the checks sum them (``_sinks.squared_norms``), float64 tensors
-    beyond the range where squares are exact scaled by a power of two per
-    sample first (``_sinks.sample_scale``), so that every finite scale gives
-    the same answer.
+    The checks' rule and precision (``_engine.judge.relative_sizes``):
+    relative where ``base`` is nonzero, else the RMS of the derivative, with a
+    warning.
     """
-    flat = derivative.detach().flatten(1)
     if base is None:
+        flat = derivative.detach().flatten(1)
         own = sample_scale(flat)
-        norms = squared_norms(_times(flat, own), (1,)).sqrt()
+        norms = squared_norms(scaled(flat, own), 1).sqrt()
         return norms if own is None else norms / own
-    reference = base.detach().flatten(1)
-    scale = sample_scale(reference)
-    ref_sq = squared_norms(_times(reference, scale), (1,))
-    dead = ref_sq == 0
-    own = sample_scale(flat) if bool(dead.any()) else None
-    if own is not None:  # an all-zero output is measured absolutely, on the derivative's own scale
-        scale = torch.where(dead, own, torch.ones_like(own) if scale is None else scale)
-    diff_sq = squared_norms(_times(flat, scale), (1,))
-    errors, absolute = sample_errors(diff_sq, ref_sq, torch.tensor(flat.shape[1]), scale)
+    errors, absolute = relative_sizes(derivative, base)
     if bool(absolute.any()):
         warnings.warn(
             f"{int(absolute.sum())} of {len(absolute)} samples have an all-zero output (dead features?); "
@@ -282,11 +265,6 @@ def sizes(derivative: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
             stacklevel=3,
         )
     return errors
-
-
-def _times(tensor: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """Each sample (row) of ``tensor`` times its power of two."""
-    return tensor if scale is None else tensor * scale.to(tensor.device, tensor.dtype).unsqueeze(1)
 
 
 @dataclass(frozen=True)
@@ -341,24 +319,23 @@ class _Setup:
     def _chunk(self, x: torch.Tensor, watch: TangentWatch) -> tuple[torch.Tensor, torch.Tensor]:
         spatial = tuple(x.shape[2:])
         tangent = self.generator.apply(x, (1,) * len(spatial))
-        grids = Grids(spatial)
-        with grids.following(self.forward.model):
-            base, pushed = pushforward(lambda v: floating(self.forward(v)), x.clone(), tangent, watch)
-        stride = self._output_stride(tuple(base.shape), grids)
+        given_x = x.clone()
+        with Follower(given_x).following(self.forward.model) as follower:
+            base, pushed = pushforward(lambda v: floating(self.forward(v)), given_x, tangent, watch)
+        stride = self._output_stride(tuple(base.shape), follower.stride(base))
         derivative = (pushed - _moved(self.generator, base, stride)).detach()
         check_derivative(base.detach(), derivative)
         return base.detach(), derivative
 
-    def _output_stride(self, shape: tuple[int, ...], grids: Grids) -> Stride | None:
+    def _output_stride(self, shape: tuple[int, ...], inferred: Stride | None) -> Stride | None:
         """The output grid's stride, None for an output compared unmoved."""
-        inferred = grids.stride(shape)
         if self.invariant is True:
             return None
         if inferred is None:
             if self.invariant is False:
                 raise InvalidArgument(
                     f"invariant=False moves the output with the input, but the output of shape {shape} "
-                    f"has no {len(grids.input_spatial)} spatial dims (expected (N, C, *spatial)); pass "
+                    f"has no {self.x.dim() - 2} spatial dims (expected (N, C, *spatial)); pass "
                     "invariant=None or True, or layer= to measure a layer with spatial output"
                 )
             return None
@@ -459,7 +436,7 @@ class LieProfile:
         )
         rows = [("layer", "type", "stride", "contribution", "share")]
         for row in self.layers:
-            stride = "-" if row.stride is None else "x".join(f"{s:g}" for s in row.stride)
+            stride = "-" if row.stride is None else "x".join(map(shown, row.stride))
             share = "-" if row.share != row.share else f"{row.share:.1%}"
             rows.append((row.name, row.type, stride, f"{row.error:.3e}", share))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -490,8 +467,8 @@ def profile_lie_derivative(
     one pass). Each layer's input and output are read in the layout the
     equivariance profile infers for them (channels first, channels last
     after a ``Permute``, tokens on a grid; `equivariance._engine.layers`), their
-    strides followed through the modules that made them (a module's
-    ``stride`` attribute, else the ratio of the sizes); a layer whose layout
+    strides followed through the modules that made them by the same rule
+    (a module's ``stride`` attribute, else the sizes); a layer whose layout
     is ambiguous is left out with an ``EquivarianceWarning`` (its part
     counted in ``(other operations)``) until ``layouts`` names it. A module
     called twice is one layer with both calls.
@@ -529,10 +506,8 @@ def profile_lie_derivative(
     the_generator = as_generator(generator, tensor)
     chosen = _arguments.choose_layers(module, layers, up_to, layouts)
     forward = Forward(module, chosen.up_to)
-    grids = Grids(tuple(tensor.shape[2:]))
     with Runner(module), forward_mode():
-        with grids.following(module):
-            plain = _layers_that_run(forward, tensor, chosen, the_generator, grids)
+        plain = _layers_that_run(forward, tensor, chosen, the_generator)
         found = _contributions(forward, tensor, plain)
     for name, why in plain.ambiguous.items():
         warnings.warn(
@@ -540,7 +515,7 @@ def profile_lie_derivative(
             EquivarianceWarning,
             stacklevel=2,
         )
-    return _profile(module, the_generator, grids, plain.layers, found)
+    return _profile(module, the_generator, plain.invariant, plain.layers, found)
 
 
 @dataclass(frozen=True)
@@ -566,9 +541,10 @@ class _Pass:
     moved_input: torch.Tensor
     moved_output: torch.Tensor
     ambiguous: dict[str, str]
+    invariant: bool  # the output has no spatial dims: compared unmoved
 
 
-_Place = tuple[Layout, tuple[int, ...]] | None  # a tensor's layout and grid; None without spatial dims
+_Place = tuple[Layout, tuple[int, ...], Stride] | None  # a tensor's layout, grid, stride; None without any
 
 
 class _Plain:
@@ -580,10 +556,10 @@ class _Plain:
     an input no profiled layer returned (a residual sum) is read as that profile reads it.
     """
 
-    def __init__(self, x: torch.Tensor, generator: Generator, grids: Grids, given: dict[str, Layout]) -> None:
-        self.generator, self.grids, self.d = generator, grids, x.dim() - 2
-        self.inference = LayerInference(tuple(x.shape), id(x), given)
-        self.seen: dict[int, weakref.ref[torch.Tensor]] = {id(x): weakref.ref(x)}
+    def __init__(self, x: torch.Tensor, generator: Generator, given: dict[str, Layout]) -> None:
+        self.generator, self.d = generator, x.dim() - 2
+        self.follower = Follower(x, given)
+        self.inference, self.seen = self.follower.inference, self.follower.seen
         self.order: dict[str, _Ran] = {}
         self.pending: dict[str, torch.Tensor | None] = {}
         self.ambiguous: dict[str, str] = {}
@@ -596,35 +572,25 @@ class _Plain:
     def after(self, name: str, module: nn.Module, inputs: Any, out: Any) -> None:
         if not isinstance(out, torch.Tensor):
             return
-        source = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
-        spec = self.inference.add(
-            Recorded(
-                name, type(module).__name__, tuple(out.shape), id(out),
-                id(source) if source is not None and self._known(source) else None,
-                None if source is None else tuple(source.shape),
-                None if source is None else view_permutation(source, out),
-                isinstance(module, CHANNELS_FIRST_OPS), isinstance(module, LAYOUT_KEEPING_OPS),
-            )
-        )  # fmt: skip
-        self.seen[id(out)] = weakref.ref(out)
+        spec = self.follower.add(name, module, inputs, out)
         if spec.ambiguous is not None:
             self.ambiguous.setdefault(name, spec.ambiguous)
-        place = None if spec.layout is None or spec.spatial is None else (spec.layout, spec.spatial)
+        place = None
+        if spec.layout is not None and spec.spatial is not None and spec.stride is not None:
+            place = (spec.layout, spec.spatial, spec.stride)
         if name not in self.order:
-            stride = None if place is None else self._stride(place[1])
+            stride = None if place is None else place[2]
             self.order[name] = _Ran(name, module, type(module).__name__, tuple(out.shape), stride)
         self.order[name].moves.append([self.pending.pop(name, None), self._move(out, place)])
-
-    def _known(self, tensor: torch.Tensor) -> bool:
-        ref = self.seen.get(id(tensor))
-        return ref is not None and ref() is tensor
 
     def _input_place(self, name: str, module: nn.Module, h: torch.Tensor) -> _Place:
         """Where a layer's input keeps its spatial dims: channels first for a module that takes them so,
         else as inferred for the tensor (a junction record where no profiled layer returned it)."""
         if isinstance(module, CHANNELS_FIRST_OPS) and h.dim() == self.d + 2:
-            return ChannelsFirst(), tuple(h.shape[2:])
-        if not self._known(h):
+            stride = self.follower.stride(h)
+            assert stride is not None
+            return ChannelsFirst(), tuple(h.shape[2:]), stride
+        if not self.follower.known(h):
             shape = tuple(h.shape)
             record = Recorded(
                 junction_name(name), JUNCTION, shape, id(h), None, shape, None, keeps_layout=True
@@ -632,21 +598,19 @@ class _Plain:
             spec = self.inference.add(record)
             self.seen[id(h)] = weakref.ref(h)
             if spec.ambiguous is None:
-                return None if spec.layout is None or spec.spatial is None else (spec.layout, spec.spatial)
+                if spec.layout is None or spec.spatial is None or spec.stride is None:
+                    return None
+                return spec.layout, spec.spatial, spec.stride
         elif id(h) not in self.inference.known:
             return None  # an output whose spatial dims are gone
         else:
             known = self.inference.known[id(h)]
             if known is not None:
-                return known[0], known[1]
+                return known
         self.ambiguous.setdefault(
             name, "its input's layout is ambiguous; name the layout of the layer before it"
         )
         return None
-
-    def _stride(self, spatial: tuple[int, ...]) -> Stride | None:
-        """A grid's stride, as the Lie derivative follows it through the modules (``_grids.Grids``)."""
-        return self.grids.stride((1, 1, *spatial))
 
     def _move(self, h: torch.Tensor, place: _Place) -> torch.Tensor | None:
         """The generator applied to ``h`` on its grid; zero without one."""
@@ -654,9 +618,7 @@ class _Plain:
             return None
         if place is None:
             return torch.zeros_like(h)
-        layout, spatial = place
-        stride = self._stride(spatial)
-        assert stride is not None
+        layout, _, stride = place
         grid = layout.to_grid(h, self.d)
         moved = self.generator.apply(grid, stride)
         if grid is h:
@@ -670,18 +632,19 @@ class _Plain:
             raise InvalidArgument(_arguments.NONE_RAN)
         layers = [ran for name, ran in self.order.items() if name not in self.ambiguous]
         moved_input = self.generator.apply(x, (1,) * (x.dim() - 2))
-        moved_output = _moved(self.generator, base, self.grids.stride(tuple(base.shape)))
-        return _Pass(layers, moved_input, moved_output, dict(self.ambiguous))
+        stride = self.follower.stride(base)
+        moved_output = _moved(self.generator, base, stride)
+        return _Pass(layers, moved_input, moved_output, dict(self.ambiguous), stride is None)
 
 
 def _layers_that_run(
-    forward: Forward, x: torch.Tensor, chosen: _arguments.Layers, generator: Generator, grids: Grids
+    forward: Forward, x: torch.Tensor, chosen: _arguments.Layers, generator: Generator
 ) -> _Pass:
     """The profiled layers in the order they first run, from one plain pass, with the generator applied
     to what each call took and returned (as the pass computes them: a later in-place op cannot change
     them). The conjugated passes add these, scaled, instead of applying the generator again."""
     given_x = x.clone()
-    plain = _Plain(given_x, generator, grids, chosen.layouts)
+    plain = _Plain(given_x, generator, chosen.layouts)
 
     def before(name: str) -> Callable[[nn.Module, Any], None]:
         return lambda module, args: plain.before(name, module, args)
@@ -780,7 +743,7 @@ def _contributions(
 
 
 def _profile(
-    model: nn.Module, generator: Generator, grids: Grids, ran: list[_Ran],
+    model: nn.Module, generator: Generator, invariant: bool, ran: list[_Ran],
     found: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> LieProfile:  # fmt: skip
     base, parts, total = found
@@ -795,7 +758,6 @@ def _profile(
             rows.append(
                 LayerContribution(layer.name, layer.type, layer.output_shape, layer.stride, error, share)
             )
-    invariant = grids.stride(tuple(base.shape)) is None
     overall = float(sizes(total, base).mean())
     return LieProfile(type(model).__name__, generator, invariant, overall, tuple(rows))
 

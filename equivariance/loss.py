@@ -20,6 +20,7 @@ from torch import nn
 from equivariance._engine import arguments as _arguments
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.isolation import owning_module
+from equivariance._engine.judge import squared_errors
 from equivariance._engine.validation import as_int, describe, per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
@@ -226,11 +227,9 @@ def _spans(n: int, elements: Sequence[Action], start: int, stop: int) -> list[tu
 
 
 def _squared_errors(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """Per sample ``||got - expected||^2 / ||expected||^2``, or the mean square where ``expected`` is 0."""
+    """Per sample, the checks' error squared (``_engine.judge.squared_errors``): a smooth penalty."""
     diff = (got - expected).flatten(1).pow(2).sum(1)
-    ref = expected.flatten(1).pow(2).sum(1)
-    count = max(1, got[0].numel()) if len(got) else 1
-    return diff / torch.where(ref > 0, ref, torch.full_like(ref, float(count)))
+    return squared_errors(diff, expected.flatten(1).pow(2).sum(1), got[0].numel() if len(got) else 1)
 
 
 def _check_reference(reference: object, x: torch.Tensor) -> torch.Tensor | None:

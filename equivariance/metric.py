@@ -34,9 +34,8 @@ from equivariance._engine import arguments as _arguments
 from equivariance._engine import plan as _plan
 from equivariance._engine.arguments import BatchSize
 from equivariance._engine.forward import OutputSelector
-from equivariance._engine.judge import sample_errors, within
+from equivariance._engine.judge import accumulation_dtype, sample_errors, within
 from equivariance._engine.runner import Runner
-from equivariance._engine.sinks import accumulation_dtype
 from equivariance._engine.vacuous import why_vacuous
 from equivariance._engine.validation import describe
 from equivariance.actions import Action, Boundary

@@ -22,6 +22,7 @@ from equivariance._engine import arguments as _arguments
 from equivariance._engine import causes as _causes
 from equivariance._engine import fixes as _fixes
 from equivariance._engine.diagnosis import JUNCTION, between, is_global
+from equivariance._engine.grids import Stride, shown
 from equivariance._engine.passes import profile_layers
 from equivariance._engine.runner import Runner
 from equivariance.actions import Action, Boundary
@@ -46,8 +47,10 @@ class LayerProfile:
             for the model's output where no leaf returns it.
         type: the layer's class name, e.g. ``"Conv2d"``.
         output_shape: the shape of the layer's output for ``x``.
-        stride: the cumulative stride inferred from the spatial sizes, per
-            dim; ``None`` where the output has no spatial dims.
+        stride: the cumulative stride per dim (the stride each module
+            states, else the sizes'; docs/diagnosing.md), a fraction where
+            the map is finer than the input's (0.5 after upsampling by 2);
+            ``None`` where the output has no spatial dims.
         output_element: the element the output is expected to undergo: the
             input shift divided by the stride (rounded where the stride does
             not divide it), or the transform; ``None`` without spatial dims
@@ -74,7 +77,7 @@ class LayerProfile:
     name: str
     type: str
     output_shape: tuple[int, ...]
-    stride: tuple[int, ...] | None
+    stride: Stride | None
     output_element: Action | None
     divisible: bool
     error: float
@@ -367,5 +370,5 @@ def profile_equivariance(
     )
 
 
-def _tuple(values: tuple[int, ...]) -> str:
-    return f"({values[0]},)" if len(values) == 1 else "(" + ", ".join(map(str, values)) + ")"
+def _tuple(values: tuple[float, ...]) -> str:
+    return f"({shown(values[0])},)" if len(values) == 1 else "(" + ", ".join(map(shown, values)) + ")"

@@ -668,7 +668,7 @@ class ShiftedWindows:
     def take(self, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``out[b] = Shift(offsets[b]).apply(x[index[b]])``; ``offsets`` must be within those given.
 
-        A copy, read by one element-wise gather, or, where ``runs`` finds
+        A copy, read by one element-wise gather, or, where ``_runs`` finds
         long runs of items, by concatenating them: a plain copy several times
         faster on a CPU.
         """
@@ -686,10 +686,6 @@ class ShiftedWindows:
         runs = self._runs(index.tolist(), [self._starts[w] for w in picked])
         return self._take(index, self.starts[which.cpu()], runs)
 
-    def runs_given(self, index: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        """``runs`` with ``offsets[which]`` of the offsets this was made with."""
-        return self._runs(index.tolist(), [self._starts[w] for w in which.tolist()])
-
     def _take(
         self, index: torch.Tensor, starts: torch.Tensor, runs: list[tuple[slice, torch.Tensor]] | None
     ) -> torch.Tensor:
@@ -698,17 +694,6 @@ class ShiftedWindows:
         device = self.windows.device
         key = (index.to(device), *self.lead, *starts.to(device).unbind(1))
         return self.windows[key]  # type: ignore[index]
-
-    def runs(self, index: torch.Tensor, offsets: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        """The items of ``take`` as runs ``(items, view)``: ``view`` is
-        ``take(...)[items]``.
-
-        Consecutive items that read consecutive samples at one offset are one
-        slice of the padded view, no copy. None where the runs are too short
-        to beat one gather (under ``_RUN_ELEMENTS`` elements on average), and
-        off the CPU, where a gather is one kernel rather than many.
-        """
-        return self._runs(index.tolist(), (self.pads - self._canonical(offsets.cpu())).tolist())
 
     def _bounds(self, samples: list[int], keys: list[list[int]]) -> list[int] | None:
         """Where runs of consecutive samples at one offset start (and the end); None off the CPU or
@@ -808,9 +793,6 @@ class _ShiftedRows(Batched):
 
     def take(self, rows: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         return self.windows.take_given(rows.cpu(), which.cpu())
-
-    def runs(self, rows: torch.Tensor, which: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        return self.windows.runs_given(rows.cpu(), which.cpu())
 
 
 def _pad(x: torch.Tensor, pads: list[int], dims: Iterable[int], boundary: Boundary) -> torch.Tensor:

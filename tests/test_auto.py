@@ -107,3 +107,19 @@ def test_equivariance_error_takes_auto_too() -> None:
     x = canvas(batch=2, size=66, content=32)
     assert float(equivariance_error(strided(2), x, (4, -2), stride="auto")) == 0.0
     assert float(equivariance_error(strided(2), x, (4, -2))) > 0.1  # negative control: stride 1 assumed
+
+
+class _Ramp(nn.Module):
+    """Adds the column index: an output that no input shift moves cleanly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.arange(x.shape[-1], dtype=x.dtype)
+
+
+def test_where_no_shift_moves_the_output_cleanly_the_stride_is_read_off_the_sizes_by_the_one_rule() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2, padding=1, padding_mode="circular"), _Ramp())
+    report = check_equivariance(model, torch.randn(2, 1, 15, 15), stride="auto", boundary="circular")
+    # 15 -> 8 is a padded stride 2 at its limit (ceil(15 / 2) = 8), not the 1 that 15 // 8 says
+    assert report.inferred[0].startswith("stride 2, the input's size over the output's: no input shift")
+    assert report.output_action == "shift / 2 (inferred)"

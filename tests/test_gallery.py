@@ -8,7 +8,6 @@ inferred stride and margin.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import sys
 from pathlib import Path
@@ -270,11 +269,9 @@ def test_two_passes_joined_layer_by_layer_give_the_profile_of_the_one_batch(
     )
 
 
-def test_zero_layers_are_measured_again_in_float64_and_judged_as_alone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Residual branches whose last BatchNorm starts at zero return all-zero maps, which float32 sums
-    cannot judge: the pass runs again for them, in float64."""
+def test_zero_layers_are_judged_in_the_one_pass_as_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Residual branches whose last BatchNorm starts at zero return all-zero maps: their squares are
+    exact in float64, so the one pass judges them (an all-zero reference, measured absolutely)."""
     import equivariance._engine.passes as passes
 
     calls = []
@@ -282,7 +279,7 @@ def test_zero_layers_are_measured_again_in_float64_and_judged_as_alone(
     monkeypatch.setattr(passes, "call_until", lambda *a: calls.append(1) or call_until(*a))
     model, x = gallery.resnet_stage(zero_init_residual=True), gallery.canvas()
     profile = profile_equivariance(model, x, (1, 0))
-    assert len(calls) == 2  # a stride fails first (no x[:1] alone), then the pass again in float64
+    assert len(calls) == 1  # a stride fails first (no x[:1] alone), and no pass runs again
     assert profile["layer1.bn2"].error == 0.0
     assert profile["layer1.bn2"].passed
     monkeypatch.undo()
@@ -296,17 +293,13 @@ def _judged_every_way(
     monkeypatch: pytest.MonkeyPatch,
     boundary: str = "zeros",
 ) -> None:
-    import equivariance._engine.layer_sums as layer_sums
     import equivariance._engine.passes as passes
 
     def profiled() -> EquivarianceProfile:
         return profile_equivariance(model, x, shift, boundary=boundary)  # type: ignore[arg-type]
 
     profiles = [profiled()]
-    monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", 1 << 40)  # every layer at the end
-    profiles.append(profiled())
-    monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", 0)  # every layer as it returns, none shared
-    monkeypatch.setattr(passes, "_signature", lambda view: None)
+    monkeypatch.setattr(passes, "_signature", lambda view: None)  # no comparison shared
     profiles.append(profiled())
     monkeypatch.setattr(passes, "sample_scale", lambda base: torch.ones(len(base)))
     profiles.append(profiled())  # a sink of its own per layer
@@ -319,7 +312,6 @@ def _judged_every_way(
             assert (a.passed, a.border, a.cause) == (b.passed, b.border, b.cause), a.name
     # the pooled ways also measure a blurring layer's input without the blur, for its fix
     assert [row.fix for row in profiles[0].layers] == [row.fix for row in profiles[1].layers]
-    assert [row.fix for row in profiles[0].layers] == [row.fix for row in profiles[2].layers]
 
 
 def test_a_permuted_view_shares_the_comparison_of_the_map_it_views() -> None:
@@ -333,36 +325,24 @@ def test_a_permuted_view_shares_the_comparison_of_the_map_it_views() -> None:
 
 
 @pytest.mark.parametrize("name", ["blur pooling", "ViT", "ConvNeXt stage", "U-Net"])
-def test_a_pass_run_again_in_float64_measures_every_kind_of_row_as_the_first(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Layers float32 cannot sum exactly enough are measured again in float64, by a second run of
-    the batch: made here to be every layer, the rows of the second run (layer outputs, tensors
-    computed in forward, a blurring layer's input without the blur, permuted views) must give the
-    errors and fixes of the first."""
-    import equivariance._engine.layer_sums as layer_sums
-    import equivariance._engine.passes as passes
-    from equivariance._engine.causes import GEOMETRIC
-
+def test_a_float64_profile_measures_every_kind_of_row_as_float32_does(name: str) -> None:
+    """Every kind of row (layer outputs, tensors computed in forward, a blurring layer's input
+    without the blur, permuted views) gives the same error, verdict, cause and fix in float64 as in
+    float32, where its error is above float32's rounding."""
     case = gallery.CASES[name]
     model = gallery.GALLERY[name]()
     x = eval(case.inputs, {"canvas": gallery.canvas, "image": gallery.image})
-    once = profile_equivariance(model, x, case.shift)
-    calls = []
-    call_until = passes.call_until
-    monkeypatch.setattr(passes, "call_until", lambda *a: calls.append(1) or call_until(*a))
-    monkeypatch.setattr(layer_sums, "_FLOAT32_MIN_REFERENCE", math.inf)
-    twice = profile_equivariance(model, x, case.shift)
-    # the pass and the pass again; and x[:1] alone where a failure the geometry does not explain may
-    # come from the batch (the ViT's position embedding)
-    assert once.first_failure is not None
-    probed = once.first_failure.cause not in GEOMETRIC
-    assert len(calls) == 2 + probed
-    assert [row.name for row in twice.layers] == [row.name for row in once.layers]
-    for a, b in zip(twice.layers, once.layers):
-        assert a.error == pytest.approx(b.error, rel=1e-4, abs=1e-9), a.name
-        assert (a.passed, a.cause) == (b.passed, b.cause), a.name
-    blurred = [row.fix for row in twice.layers if row.fix and "without the blur" in row.fix]
+    single = profile_equivariance(model, x, case.shift)
+    double = profile_equivariance(model.double(), x.double(), case.shift)
+    assert single.first_failure is not None
+    assert [row.name for row in double.layers] == [row.name for row in single.layers]
+    for a, b in zip(double.layers, single.layers):
+        if b.error > 1e-3:
+            assert a.error == pytest.approx(b.error, rel=1e-3), a.name
+            assert (a.passed, a.cause, a.fix) == (b.passed, b.cause, b.fix), a.name
+        else:
+            assert a.error < 1e-3, a.name
+    blurred = [row.fix for row in double.layers if row.fix and "without the blur" in row.fix]
     assert bool(blurred) == (name == "blur pooling")
 
 

@@ -50,8 +50,8 @@ def test_matches_a_naive_per_shift_reference() -> None:
 
 
 def test_wide_outputs_compared_run_by_run_match_the_naive_reference() -> None:
-    # 70 channels of 16x16 per sample: the engine subtracts runs of samples that share a shift
-    # straight from the padded reference (ShiftedWindows.runs) instead of gathering it first
+    # 70 channels of 16x16 per sample: the engine compares runs of samples that share a shift with
+    # slices of the reference (GridSums' box runs) instead of moved copies of it
     conv = nn.Conv2d(2, 70, 3, padding=1)
     where = torch.randn(70, 16, 16) * 0.1  # a position-dependent term: errors that differ by shift
     x = torch.randn(3, 2, 16, 16)

@@ -21,6 +21,7 @@ from equivariance import (
     equivariance_error,
     profile_equivariance,
 )
+from equivariance.lie import profile_lie_derivative
 from equivariance.models import LeNet
 
 
@@ -248,6 +249,57 @@ def test_a_shift_object_is_a_shift_not_a_transform() -> None:
         check_equivariance(net, x, transforms=[Shift(1, 0)])
 
 
+# strides: one rule, the same in the Lie profile (equivariance._engine.grids)
+
+
+def test_a_valid_convolution_on_a_small_map_keeps_stride_1_and_is_not_called_aliasing() -> None:
+    """6 -> 4 and 12 -> 8 are ratios of exactly 1.5, which the old rule rounded to stride 2."""
+    for size, kernel in ((6, 3), (12, 5)):
+        net = nn.Sequential(nn.Conv2d(1, 2, kernel), nn.Tanh(), _Shrink(kernel))
+        profile = profile_equivariance(net, torch.randn(2, 1, size, size), (1, 0))
+        assert [row.stride for row in profile.layers] == [(1, 1)] * 3, str(profile)
+        assert profile.passed
+        assert all(row.output_element == Shift(1, 0) for row in profile.layers)
+
+
+class _Shrink(nn.Module):
+    """A valid convolution in ``forward``, with no ``stride`` attribute: its stride is read off the sizes."""
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(x, self.kernel // 2 + 1, stride=1)
+
+
+def test_a_map_upsampled_past_the_input_is_at_a_fraction_of_its_stride_and_follows_the_shift() -> None:
+    circular = {"padding": 1, "padding_mode": "circular"}
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, **circular), nn.Upsample(scale_factor=2), nn.Conv2d(2, 2, 3, **circular),
+        nn.Upsample(scale_factor=3),
+    )  # fmt: skip
+    x = torch.randn(2, 1, 8, 8)
+    profile = profile_equivariance(net, x, (1, 0), boundary="circular")
+    strides = [(1, 1), (0.5, 0.5), (0.5, 0.5), (1 / 6, 1 / 6)]
+    assert [row.stride for row in profile.layers] == strides
+    assert profile.passed  # before: stride 1 after the upsampling, and "no symmetry"
+    assert (profile["3"].output_element, profile["3"].divisible) == (Shift(6, 0), True)
+    assert "(1/6, 1/6)" in str(profile)
+    assert [row.stride for row in profile_lie_derivative(net, x).layers[:-1]] == strides
+    # the negative control: subsampled by 3 and upsampled by 2, a map at stride 3/2 cannot follow 1
+    aliased = nn.Sequential(nn.Conv2d(1, 2, 3, stride=3, **circular), nn.Upsample(scale_factor=2))
+    profile = profile_equivariance(aliased, torch.randn(2, 1, 12, 12), (1, 0), boundary="circular")
+    assert (profile["1"].stride, profile["1"].divisible) == ((1.5, 1.5), False)
+    assert not profile.passed
+    assert [
+        row.divisible for row in profile_equivariance(aliased, x, (3, 0), boundary="circular").layers
+    ] == [
+        True,
+        True,
+    ]
+
+
 # up_to: the pass stops after the named layer, as a check's layer= does
 
 
@@ -406,17 +458,10 @@ class RampInPlace(nn.Module):
         return x.add_(torch.linspace(0.0, 1.0, x.shape[-1]))
 
 
-@pytest.mark.parametrize("deferred", [0, 1 << 20])
-def test_a_layer_that_writes_its_input_in_place_is_compared_on_its_own(
-    deferred: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_layer_that_writes_its_input_in_place_is_compared_on_its_own() -> None:
     """The ramp returns the very tensor the convolution did, written to: its row must not take the
     convolution's comparison (as a view of it, unchanged, would); the Identity after it takes the
-    ramp's. Compared as they return or later (from copy-on-write snapshots, which move the memory
-    a write goes to)."""
-    import equivariance._engine.layer_sums as layer_sums
-
-    monkeypatch.setattr(layer_sums, "_DEFERRED_BYTES", deferred)
+    ramp's."""
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular")
     profile = profile_equivariance(
@@ -429,18 +474,10 @@ def test_a_layer_that_writes_its_input_in_place_is_compared_on_its_own(
     assert profile["2"].error == profile["1"].error
 
 
-@pytest.mark.parametrize("lazy", [True, False])
-def test_layer_outputs_are_recorded_before_the_model_writes_to_them(
-    lazy: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The pass compares each layer's outputs as they were returned (small ones later, from
-    copy-on-write snapshots where torch has them, copies otherwise): the in-place ReLU does not leak
+def test_layer_outputs_are_recorded_before_the_model_writes_to_them() -> None:
+    """The pass compares each layer's outputs as they were returned: the in-place ReLU does not leak
     into conv1's row, nor the zeroed row into the ReLU's (which would then fail); the break shows
     where the written map is used."""
-    import equivariance._engine.isolation as isolation
-
-    if not lazy:
-        monkeypatch.setattr(isolation, "_LAZY_CLONE", None)
     torch.manual_seed(0)
     profile = profile_equivariance(WritesInPlace(), torch.randn(2, 1, 12, 12), (3, 1), boundary="circular")
     assert profile["conv1"].passed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from _reference import (
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from equivariance import (
     Flip,
@@ -39,6 +41,7 @@ from equivariance import (
     profile_equivariance,
 )
 from equivariance.layouts import ChannelsLast, Layout, Tokens
+from equivariance.lie import profile_lie_derivative
 from equivariance.tolerances import default_tolerance
 
 SETTINGS = settings(
@@ -309,10 +312,10 @@ def test_profile_rows_match_the_reference_layer_by_layer(
     profile = profile_equivariance(model, x, shift, boundary=boundary)
     compared = 0
     for row in profile.layers:
+        # every layer at its true cumulative stride (none where its layout is ambiguous: not compared)
+        assert row.stride == (case.strides[row.name] if row.compared else None), (row, case.strides)
         if not row.compared or row.stride is None or not row.divisible or row.layout != "channels_first":
             continue
-        if row.stride != case.strides[row.name]:
-            continue  # a stride read wrong off the sizes: pinned in test_profile.py
         truth = []
         for n in range(len(x)):
             xn = case.x[n : n + 1]
@@ -350,3 +353,129 @@ def test_the_reference_is_right_at_extreme_scales(scale: float) -> None:
     plain = equivariance_errors(ramp, x, [Shift(2)], boundary="circular")[0][0][0]
     scaled = equivariance_errors(lambda t: ramp(t) * scale, x, [Shift(2)], boundary="circular")[0][0][0]
     assert math.isclose(plain, scaled, rel_tol=1e-12)
+
+
+# -- the stride of every layer ------------------------------------------------------------------
+
+
+class Halve(nn.Module):
+    """Average pooling by 2 in ``forward``: a module with no ``stride`` attribute, read off the sizes."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(y, 2)
+
+
+POOL = {1: (nn.MaxPool1d, nn.AvgPool1d), 2: (nn.MaxPool2d, nn.AvgPool2d)}
+TRANSPOSED = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}
+ADAPTIVE = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
+
+
+def grid_step(draw: st.DrawFn, d: int, sizes: tuple[int, ...]) -> tuple[nn.Module, Fraction]:
+    """A layer that keeps, subsamples or upsamples the grid, and what it does to the stride."""
+    kind = draw(st.sampled_from(["conv", "pool", "upsample", "transposed", "adaptive", "halve", "tanh"]))
+    small = min(sizes)
+    if kind == "conv":
+        kernel, s = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+        return CONV[d](1, 1, kernel, stride=s, padding=draw(st.integers(0, (kernel - 1) // 2))), Fraction(s)
+    if kind == "pool":
+        kernel, s = draw(st.integers(2, 3)), draw(st.integers(1, 3))
+        pool = draw(st.sampled_from(POOL[d]))(
+            kernel, s, padding=draw(st.integers(0, kernel // 2)), ceil_mode=draw(st.booleans())
+        )
+        return pool, Fraction(s)
+    if kind in ("upsample", "transposed") and small <= 16:
+        f = draw(st.integers(2, 3))
+        if kind == "upsample":
+            return nn.Upsample(scale_factor=f), Fraction(1, f)
+        if draw(st.booleans()):
+            return TRANSPOSED[d](1, 1, f, stride=f), Fraction(1, f)
+        return TRANSPOSED[d](1, 1, 3, stride=2, padding=1), Fraction(1, 2)  # 2n - 1 samples
+    q = draw(st.integers(2, 3))
+    if kind == "adaptive" and all(n % q == 0 and n // q >= 2 for n in sizes):
+        return ADAPTIVE[d](tuple(n // q for n in sizes)), Fraction(q)
+    if kind == "halve" and d == 2 and small >= 4:
+        return Halve(), Fraction(2)
+    return nn.Tanh(), Fraction(1)
+
+
+@st.composite
+def stacks(draw: st.DrawFn) -> tuple[nn.Sequential, torch.Tensor, dict[str, Fraction]]:
+    """Layers that keep, subsample or upsample the grid, with each one's true cumulative stride."""
+    d = draw(st.sampled_from([1, 2]))
+    x = torch.randn(draw(st.integers(1, 2)), 1, *(draw(st.integers(6, 30)) for _ in range(d)))
+    model, strides, total = nn.Sequential(), {}, Fraction(1)
+    y = x
+    for _ in range(draw(st.integers(1, 5))):
+        layer, step = grid_step(draw, d, tuple(y.shape[2:]))
+        try:
+            with torch.no_grad():
+                out = layer(y)
+        except RuntimeError:  # a kernel larger than the map it meets
+            continue
+        if min(out.shape[2:]) < 2:
+            continue
+        model.append(layer)
+        y, total = out, total * step
+        strides[str(len(model) - 1)] = total
+    assume(len(model) > 0)
+    return model.double().eval(), x.double(), strides
+
+
+@SETTINGS
+@given(stacks())
+def test_both_profiles_read_every_layer_at_its_true_stride(
+    stack: tuple[nn.Sequential, torch.Tensor, dict[str, Fraction]],
+) -> None:
+    """The true cumulative stride, known from the layers drawn (a stated stride, an upsampling factor, an
+    adaptive pooling's exact ratio, a pooling in ``forward``), in the profile and the Lie profile alike."""
+    model, x, strides = stack
+    d = x.dim() - 2
+    shift = Shift((0,) * (d - 1) + (1,))
+    rows = {row.name: row.stride for row in profile_equivariance(model, x, shift).layers}
+    lie = {row.name: row.stride for row in profile_lie_derivative(model, x).layers}
+    for name, stride in strides.items():
+        assert rows[name] == lie[name] == (float(stride),) * d, (name, rows, lie, strides, model)
+
+
+# -- the one fast path kept, reached through the sizes that pick it ------------------------------
+
+
+@pytest.mark.parametrize("boundary", ["zeros", "circular"])
+@pytest.mark.parametrize(("channels", "size", "by_runs"), [(1, 8, False), (16, 32, True)])
+def test_shifted_copies_by_runs_and_by_gather_match_the_reference(
+    boundary: str, channels: int, size: int, by_runs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU, shifted copies of the input are copied run by run from slices of x where the runs
+    of samples that share a shift are long (16 channels of 32x32: 16,384 elements a sample), and
+    gathered from one padded view where they are short (one channel of 8x8): each way matches the
+    reference loop, in the check and in ``apply_shifts``. A spy (which changes nothing) says which
+    way each size took."""
+    from _reference import shifted
+
+    from equivariance.shifts import ShiftedWindows, apply_shifts
+
+    taken: list[bool] = []
+    copy_by_runs = ShiftedWindows._by_runs
+
+    def spy(self: ShiftedWindows, *args: object) -> torch.Tensor | None:
+        out = copy_by_runs(self, *args)  # type: ignore[arg-type]
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ShiftedWindows, "_by_runs", spy)
+    torch.manual_seed(0)
+    mode = "circular" if boundary == "circular" else "zeros"
+    model = nn.Sequential(nn.Conv2d(channels, 2, 3, padding=1, padding_mode=mode), nn.Tanh(), Ramp())
+    model = model.double().eval()
+    x = torch.randn(3, channels, size, size, dtype=torch.float64)
+    shifts = [Shift(1, 1), Shift(-2, 3), Shift(size - 1, -(size // 2))]  # the last wraps or empties
+    truth = equivariance_errors(in_float64(model), x, shifts, boundary=boundary)
+    report = check_equivariance(model, x, shifts, boundary=boundary)
+    for row, samples in zip(report.results, truth):
+        assert min(e for e, _ in samples) > 1e-3  # the ramp: errors that differ by shift
+        agrees(row, samples, torch.float64)
+    assert taken
+    assert any(taken) == by_runs, taken  # the last chunk may be short: gathered
+    copies = apply_shifts(x, shifts, boundary)  # type: ignore[arg-type]
+    for copy, shift in zip(copies, shifts):
+        assert torch.equal(copy, shifted(x, shift.offsets, boundary))

@@ -2,7 +2,7 @@
 
 elements (equivariance.actions, shifts, transforms, ...)
   -> arguments   checked once, before any pass                 arguments.py (coercions: validation.py)
-  -> plan        f(x) once, "auto" resolved, the rows to send  plan.py, auto.py, layers.py
+  -> plan        f(x) once, "auto" resolved, the rows to send  plan.py, auto.py, layers.py, grids.py
   -> copies      each row's moved inputs                       copies.py
   -> runner      the one loop: chunks, memory, isolation       runner.py, forward.py; per layer: passes.py
   -> sinks       what each measurement accumulates             sinks.py, layer_sums.py

@@ -1,14 +1,7 @@
-"""Where strided layers sample: the sizes at which a rotation or flip maps their sampling grid onto itself.
-
-A layer of kernel ``k``, stride ``s`` and padding ``p`` on an input of size
-``n`` samples the padded input at ``0, s, 2s, ...``; the last window ends
-``(n + 2p - k) mod s`` samples short of the far edge. Rotated or flipped,
-that grid is only the same grid when the remainder is zero, so a strided
-layer is exactly rotation- and flip-equivariant only when
-``(n + 2p - k) = 0 (mod s)`` at its input (a 5x5 stride-2 layer with padding
-2 needs an odd size). The unshifted pass of a check with rotations or flips
-records every strided convolution and pooling layer's input size, so that a
-failed check can say which layer is misaligned and what size to use.
+"""Where strided layers sample: each strided convolution's and pooling's input size, kernel, stride and
+padding, as the unshifted pass of a rotation or flip check meets them, so that a failed check can name
+the layer whose sampling grid the rotation does not map onto itself and the size that would (the
+condition is in docs/group_convolutions.md; a stride is the one its module states, ``grids.stated_stride``).
 """
 
 from __future__ import annotations
@@ -20,13 +13,14 @@ from typing import Any
 
 from torch import nn
 
+from equivariance._engine.grids import stated_stride
 from equivariance._engine.isolation import owning_module
 
-_SAMPLING = (
-    *(nn.Conv1d, nn.Conv2d, nn.Conv3d),
-    *(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
-    *(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d),
-)
+_SAMPLING = {
+    1: (nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d),
+    2: (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d),
+    3: (nn.Conv3d, nn.MaxPool3d, nn.AvgPool3d),
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ def strided_layers(model: Callable[..., Any], *, enabled: bool) -> Iterator[list
     handles = []
     names: set[str] = set()
     for name, module in owner.named_modules():
-        if isinstance(module, _SAMPLING) and _sampling(module) is not None:
+        if _sampling(module) is not None:
             handles.append(module.register_forward_pre_hook(_recorder(name, seen, names)))
     try:
         yield seen
@@ -89,15 +83,14 @@ def _recorder(name: str, seen: list[Strided], names: set[str]) -> Callable[[nn.M
 
 def _sampling(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
     """The effective kernel, stride and padding per dim of a layer with a stride above 1, else None."""
-    d = int(type(module).__name__[-2])
-    stride = _per_dim(getattr(module, "stride", None) or getattr(module, "kernel_size", 1), d)
-    padding_given = getattr(module, "padding", 0)
-    if all(s == 1 for s in stride) or isinstance(padding_given, str):
+    d = next((d for d, kinds in _SAMPLING.items() if isinstance(module, kinds)), None)
+    stride = None if d is None else stated_stride(module, d)
+    padding = getattr(module, "padding", 0)
+    if d is None or stride is None or all(s == 1 for s in stride) or isinstance(padding, str):
         return None  # a string padding ("same", "valid") only goes with stride 1 in torch
-    kernel = _per_dim(module.kernel_size, d)
-    dilation = _per_dim(getattr(module, "dilation", 1), d)
+    kernel, dilation = _per_dim(module.kernel_size, d), _per_dim(getattr(module, "dilation", 1), d)
     effective = tuple(q * (k - 1) + 1 for k, q in zip(kernel, dilation))
-    return effective, stride, _per_dim(padding_given, d)
+    return effective, stride, _per_dim(padding, d)
 
 
 def _per_dim(value: Any, d: int) -> tuple[int, ...]:

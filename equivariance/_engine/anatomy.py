@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from equivariance._engine.grids import stride_of
 from equivariance._engine.isolation import owning_module
 from equivariance._engine.validation import shown_per_dim
-from equivariance.layouts import stride_of
 
 _MODES = {
     "zeros": "zero padding",

@@ -458,8 +458,8 @@ def as_max_shift(max_shift: object, x: torch.Tensor) -> tuple[int, ...]:
     bound = per_dim(max_shift, len(spatial), "max_shift", minimum=0)
     if any(b >= n for b, n in zip(bound, spatial)):
         raise InvalidArgument(
-            f"max_shift {shown_per_dim(bound)} is as large as the signal or larger (spatial size {spatial}); "
-            f"pass max_shift below {min(spatial)}"
+            f"max_shift {shown_per_dim(bound)} is as large as the signal or larger (spatial size "
+            f"{spatial}); pass max_shift below {min(spatial)}"
         )
     return bound
 

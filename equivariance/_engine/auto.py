@@ -1,17 +1,10 @@
-"""``stride="auto"`` and ``margin="auto"``: reading the stride and the receptive field off the model.
+"""``stride="auto"`` and ``margin="auto"``: the output's stride and receptive field, measured on the model.
 
-The stride is inferred in two steps: the spatial sizes bound it (input size
-over output size), then every candidate ``c`` up to one and a half times that
-ratio is tested, in one batched run of the shifted copies, by shifting the
-input ``c`` samples along each dim and expecting the output to move by one
-sample. The candidate with the smallest error is the stride.
-
-The margin is the receptive-field radius in output samples: the gradient of
-the output at the centre of the map with respect to the input (one backward
-pass, through the unshifted pass the plan runs anyway) is nonzero exactly on
-that output's receptive field; its half-width, divided by the stride and
-rounded up, is how far a boundary effect (zero padding, content shifted in)
-can reach into the compared region.
+The stride is the input shift that moves the output by one sample, measured in
+one batched run of the shifted copies (where none does cleanly, the sizes'
+stride, ``grids.stride_of``); the margin is the receptive-field radius in output
+samples, from one backward pass. How and why: docs/diagnosing.md ("Letting the
+check find the stride and the margin").
 """
 
 from __future__ import annotations
@@ -25,6 +18,7 @@ import torch
 
 from equivariance._engine.copies import Copies
 from equivariance._engine.forward import Forward
+from equivariance._engine.grids import stride_of
 from equivariance._engine.isolation import owning_module
 from equivariance._engine.judge import sample_errors
 from equivariance._engine.runner import ModelConsumer, Runner
@@ -121,7 +115,7 @@ def _choose(
         parts.append(f"{tried_at[best]} (error {tried[best]:.1e}; next best {shown_next})")
         if not _clean(tried[best], next_best, rtol):
             unclear.append(i)
-            stride[i] = max(1, math.floor(spatial_in[i] / spatial_out[i]))
+            stride[i] = stride_of(spatial_in[i], spatial_out[i])
     shown = parts[0] if len(set(picked)) == 1 else ", ".join(parts)
     tried_range = f"1 to {max(len(c) for c in candidates)}"
     if unclear and max(mean) <= rtol:

@@ -36,7 +36,7 @@ def _samples(count: int) -> str:
 # -- aliasing ---------------------------------------------------------------------------------------
 
 
-def multiples(stride: Sequence[int] | int) -> str:
+def multiples(stride: Sequence[float] | int) -> str:
     """How to test only the shifts a stride divides."""
     shown = stride if isinstance(stride, int) else shown_per_dim(stride)
     return f"test multiples of {shown} (multiples_of({shown}, max_shift=...))"
@@ -45,7 +45,7 @@ def multiples(stride: Sequence[int] | int) -> str:
 ANTIALIASED = "make the downsampling anti-aliased (blur before subsampling)"
 
 
-def aliasing(lead: str, stride: Sequence[int] | int, *, also: str = "") -> str:
+def aliasing(lead: str, stride: Sequence[float] | int, *, also: str = "") -> str:
     """A map subsampled by ``stride`` met a shift the stride does not divide; ``also``: a fix first."""
     shown = stride if isinstance(stride, int) else shown_per_dim(stride)
     fix = f"{also}, or {multiples(stride)}" if also else multiples(stride)
@@ -55,7 +55,7 @@ def aliasing(lead: str, stride: Sequence[int] | int, *, also: str = "") -> str:
     )
 
 
-def brought_back(lead: str, stride: Sequence[int] | int) -> str:
+def brought_back(lead: str, stride: Sequence[float] | int) -> str:
     """A map subsampled by ``stride`` and upsampled back to a finer grid: it follows only multiples."""
     shown = stride if isinstance(stride, int) else shown_per_dim(stride)
     return (
@@ -64,7 +64,7 @@ def brought_back(lead: str, stride: Sequence[int] | int) -> str:
     )
 
 
-def pooled_after_subsampling(lead: str, stride: Sequence[int] | int) -> str:
+def pooled_after_subsampling(lead: str, stride: Sequence[float] | int) -> str:
     """A pooled output whose value changes because the map before the pooling was subsampled."""
     shown = stride if isinstance(stride, int) else shown_per_dim(stride)
     return (
@@ -75,7 +75,7 @@ def pooled_after_subsampling(lead: str, stride: Sequence[int] | int) -> str:
     )
 
 
-def blurred(layer: str, stride: Sequence[int], error: float, without: float | None) -> str:
+def blurred(layer: str, stride: Sequence[float], error: float, without: float | None) -> str:
     """A layer that blurs before it subsamples and still fails: blurring lowers aliasing, never removes
     it; ``without``: the error of its input subsampled without the blur, where measured."""
     shown = shown_per_dim(stride)

@@ -82,15 +82,6 @@ class Copies:
         # contiguous like a gather's copies (a rotation is a strided view of a flipped copy)
         return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces)
 
-    def runs(self, sample: torch.Tensor, element: torch.Tensor) -> list[tuple[slice, torch.Tensor]] | None:
-        """The items of ``take`` as runs ``(items, view)`` of views, where one vectorized group holds
-        them all and offers views (shifts on the CPU); None otherwise."""
-        keys = {self.keys[k] for k in element.tolist()}
-        if len(keys) != 1 or min(keys) < 0:
-            return None
-        group: Batched = self.groups[keys.pop()]
-        return group.runs(sample, self._local[element.cpu()])
-
     def _runs(self, element: torch.Tensor) -> list[slice]:
         """Consecutive items that share a vectorized group, or an element applied alone."""
         keys = [self.keys[k] for k in element.tolist()]  # a chunk's items: lists beat small tensor ops

@@ -28,6 +28,7 @@ from equivariance._engine.anatomy import (
     reaching,
     sampling,
 )
+from equivariance._engine.grids import Stride, whole_samples
 from equivariance._engine.isolation import submodules
 from equivariance._engine.judge import KEEP_FRACTION
 from equivariance._engine.validation import shown_per_dim
@@ -53,7 +54,7 @@ class Layer(Protocol):
     @property
     def output_shape(self) -> tuple[int, ...]: ...
     @property
-    def stride(self) -> tuple[int, ...] | None: ...
+    def stride(self) -> Stride | None: ...
     @property
     def output_element(self) -> Action | None: ...
     @property
@@ -73,9 +74,7 @@ class Layer(Protocol):
 L = TypeVar("L", bound=Layer)
 
 
-def first_cause(
-    element: Action, stride: tuple[int, ...], divisible: bool, border: int | None
-) -> tuple[str, str]:
+def first_cause(element: Action, stride: Stride, divisible: bool, border: int | None) -> tuple[str, str]:
     """A failing map's cause and fix from its own numbers: its stride, and where its error lies."""
     if not isinstance(element, Shift):
         if any(s > 1 for s in stride):
@@ -98,7 +97,7 @@ def first_cause(
     )
 
 
-def is_global(shape: tuple[int, ...], stride: tuple[int, ...], spatial_in: tuple[int, ...]) -> bool:
+def is_global(shape: tuple[int, ...], stride: Stride, spatial_in: tuple[int, ...]) -> bool:
     """A map pooled to one sample per dim from an input with more."""
     return all(s >= n for s, n in zip(stride, spatial_in)) and any(n > 1 for n in spatial_in)
 
@@ -207,7 +206,7 @@ def _padded(row: Layer, context: Context) -> list[Padded]:
     if module is None:
         return []
     d = len(row.stride)
-    stride = tuple(max(1, s // k) for s, k in zip(row.stride, module_stride(module, d)))
+    stride = tuple(max(1, int(s // k)) for s, k in zip(row.stride, module_stride(module, d)))
     layer = sampling(row.name, module, d, stride)
     return [] if layer is None else [layer]
 
@@ -285,7 +284,7 @@ def _cover(row: Layer, padded: list[Padded], context: Context) -> Cover | None:
         return None
     sides = [n - abs(o) for n, o in zip(spatial, moved)]
     dims = [i for i, o in enumerate(element) if o]
-    return covering(padded, context.boundary, row.stride, sides, dims)
+    return covering(padded, context.boundary, whole_samples(row.stride), sides, dims)
 
 
 def _attention_before(row: Layer, context: Context) -> str | None:

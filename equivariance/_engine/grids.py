@@ -1,103 +1,134 @@
-"""The stride of every map a model computes, relative to its input: followed module by module.
+"""The stride of a map relative to the model's input: the one rule every part of the package reads it by.
 
-The Lie derivative applies a generator to maps on their own grids: a map
-subsampled by 2 moves half as many of its samples. The stride is followed
-through the leaf modules as they run, each map's spatial shape remembered
-with its stride:
-
-- a module with a ``stride`` attribute (convolutions, pooling) multiplies
-  its input's stride by it;
-- a module that keeps its input's spatial shape keeps its stride;
-- any other module that changes the spatial shape (an upsampling, an
-  adaptive pooling) scales it by the ratio of the sizes (rounded when it
-  shrinks, exact when it grows).
-
-A map whose spatial shape no module produced (the input of a functional op)
-is read against the model's input the same way. Maps are read channels
-first, ``(N, C, *spatial)`` with the input's number of spatial dims; any
-other shape has no spatial dims (logits, a flattened map) and no stride.
+A map's stride is how many input samples one of its samples spans, per spatial
+dim. A layer's stride is its input's times the integer stride its module states
+(divided by it where the map grows), and for a module that states none, times
+the ratio of the sizes rounded to the nearest integer, halves down, that can
+make the output's size (``ceil(n_in / s) >= n_out``), or divided by it read the
+other way where the map grows: ``step`` and ``stride_of`` here, followed layer
+by layer in ``equivariance._engine.layers``; why, in docs/diagnosing.md ("How
+strides are read").
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+import math
+from collections.abc import Sequence
+from fractions import Fraction
 
-import torch
 from torch import nn
 
-from equivariance._engine.isolation import owning_module, submodules
-
 Stride = tuple[float, ...]
+"""A stride per spatial dim: an int where whole, a fraction where a map is finer than the input's."""
+
+_LARGEST_DENOMINATOR = 1 << 16  # far above any upsampling factor: a float stride reads back exactly
 
 
-def ratio_stride(spatial: Sequence[int], reference: Sequence[int]) -> Stride:
-    """The stride of a grid of size ``spatial`` read against one of size ``reference``.
+def stride_of(size_in: int, size_out: int) -> int:
+    """The stride that makes ``size_out`` samples of ``size_in``, read off the sizes alone.
 
-    Examples:
-        >>> ratio_stride((16, 16), (32, 32)), ratio_stride((30, 15), (32, 32)), ratio_stride((8,), (4,))
-        ((2, 2), (1, 2), (0.5,))
-    """
-    strides: list[float] = []
-    for n, n_ref in zip(spatial, reference):
-        ratio = n_ref / n
-        strides.append(max(1, round(ratio)) if ratio >= 1 else ratio)
-    return tuple(strides)
-
-
-class Grids:
-    """The strides of the maps seen so far in passes of one model on inputs of one shape.
+    The ratio ``size_in / size_out`` rounded to the nearest integer (halves
+    down), lowered to the largest stride ``s`` that can make the size:
+    ``ceil(size_in / s) >= size_out``. One sample left is global pooling, a
+    stride of ``size_in``; a map that grows has stride 1 (read it the other
+    way round for the upsampling factor).
 
     Examples:
-        >>> net = nn.Sequential(nn.Conv2d(1, 2, 5), nn.Conv2d(2, 2, 5), nn.Conv2d(2, 2, 3, stride=2))
-        >>> grids = Grids((12, 12))
-        >>> with grids.following(net):
-        ...     _ = net(torch.zeros(1, 1, 12, 12))
-        >>> grids.stride((1, 2, 4, 4)), grids.stride((1, 2, 1, 1)), grids.stride((1, 10))
-        ((1, 1), (2, 2), None)
+        >>> stride_of(6, 4), stride_of(12, 8), stride_of(7, 4), stride_of(16, 8), stride_of(10, 4)
+        (1, 1, 2, 2, 2)
+        >>> stride_of(28, 12), stride_of(9, 1), stride_of(4, 8)
+        (2, 9, 1)
     """
+    if size_out <= 1:
+        return max(size_in, 1)
+    nearest = -((size_out - 2 * size_in) // (2 * size_out))  # ceil(size_in / size_out - 1/2)
+    largest = (size_in - 1) // (size_out - 1)  # the largest s with ceil(size_in / s) >= size_out
+    return max(1, min(nearest, largest))
 
-    def __init__(self, input_spatial: Sequence[int]) -> None:
-        self.input_spatial = tuple(input_spatial)
-        self.known: dict[tuple[int, ...], Stride] = {self.input_spatial: (1,) * len(self.input_spatial)}
 
-    def stride(self, shape: Sequence[int]) -> Stride | None:
-        """The stride of a tensor of ``shape``; None where it has no spatial dims."""
-        d = len(self.input_spatial)
-        if len(shape) != d + 2:
-            return None
-        spatial = tuple(shape[2:])
-        return self.known.get(spatial) or ratio_stride(spatial, self.input_spatial)
+def step(size_in: int, size_out: int, stated: int | None = None) -> Fraction:
+    """What a layer does to its input's stride along one dim: the factor it multiplies it by.
 
-    def record(self, module: nn.Module, before: Sequence[int], after: Sequence[int]) -> None:
-        """What a module did to the grid: from a tensor of shape ``before`` to one of ``after``."""
-        given, made = self.stride(before), self.stride(after)
-        if given is None or made is None or tuple(after[2:]) in self.known:
-            return
-        own = getattr(module, "stride", None)
-        d = len(self.input_spatial)
-        if isinstance(own, int) and not isinstance(own, bool):
-            own = (own,) * d
-        if isinstance(own, tuple) and len(own) == d and all(isinstance(s, int) for s in own):
-            self.known[tuple(after[2:])] = tuple(g * s for g, s in zip(given, own))
-            return
-        scaled = ratio_stride(after[2:], before[2:])
-        self.known[tuple(after[2:])] = tuple(g * r for g, r in zip(given, scaled))
+    ``stated``, the stride the module states, multiplies it where the map does
+    not grow and divides it where it grows (a transposed convolution, an
+    unpooling); without one, ``stride_of`` reads the sizes, the other way
+    round where the map grows (upsampling divides).
 
-    @contextlib.contextmanager
-    def following(self, model: Callable[..., Any]) -> Iterator[None]:
-        """Within the block, every leaf module of ``model`` that runs records what it did to the grid."""
-        owner = owning_module(model)
-        leaves = [] if owner is None else [m for m in submodules(owner) if not m._modules]
+    Examples:
+        >>> step(6, 4), step(6, 3, stated=2), step(8, 16), step(8, 16, stated=2), step(8, 24)
+        (Fraction(1, 1), Fraction(2, 1), Fraction(1, 2), Fraction(1, 2), Fraction(1, 3))
+    """
+    if size_out > size_in:
+        return Fraction(1, stated or stride_of(size_out, size_in))
+    return Fraction(stated or stride_of(size_in, size_out))
 
-        def record(module: nn.Module, args: Any, out: Any) -> None:
-            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                self.record(module, tuple(args[0].shape), tuple(out.shape))
 
-        handles = [leaf.register_forward_hook(record) for leaf in leaves]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+def times(stride: Stride, steps: Sequence[Fraction]) -> Stride:
+    """``stride`` multiplied by a step per dim, exactly (an int where whole).
+
+    Examples:
+        >>> times((2, 2), (Fraction(1, 4), Fraction(3)))
+        (0.5, 6)
+    """
+    return tuple(_number(as_fraction(s) * k) for s, k in zip(stride, steps))
+
+
+def divides(stride: Stride, offsets: Sequence[int]) -> bool:
+    """Whether every offset (in input samples) is a whole number of samples at ``stride``.
+
+    Examples:
+        >>> divides((2, 2), (4, -2)), divides((2, 2), (1, 0)), divides((1 / 3,), (1,)), divides((1.5,), (1,))
+        (True, False, True, False)
+    """
+    return all((o / as_fraction(s)).denominator == 1 for o, s in zip(offsets, stride))
+
+
+def whole_samples(stride: Stride) -> tuple[int, ...]:
+    """``stride`` in whole input samples, at least one (the grid of an action, the reach of a border).
+
+    Examples:
+        >>> whole_samples((4, 0.5)), whole_samples((1.5,))
+        ((4, 1), (2,))
+    """
+    return tuple(max(1, math.ceil(as_fraction(s))) for s in stride)
+
+
+def shown(value: float) -> str:
+    """One dim's stride as a report shows it: ``2``, or ``1/3`` for a map three times finer.
+
+    Examples:
+        >>> shown(2), shown(0.5), shown(1 / 3)
+        ('2', '1/2', '1/3')
+    """
+    return str(as_fraction(value))
+
+
+def as_fraction(value: float) -> Fraction:
+    """A stride as the exact fraction it stands for (``1 / 3`` for ``0.333...``)."""
+    return Fraction(value).limit_denominator(_LARGEST_DENOMINATOR)
+
+
+def stated_stride(module: nn.Module, d: int) -> tuple[int, ...] | None:
+    """The stride ``module`` states per dim: its integer ``stride`` attribute (a convolution, a pooling,
+    a blur pool; an ``LPPool`` without one: its kernel size), else None.
+
+    Examples:
+        >>> stated_stride(nn.Conv2d(1, 1, 3, stride=(2, 1)), 2), stated_stride(nn.MaxPool2d(3), 2)
+        ((2, 1), (3, 3))
+        >>> stated_stride(nn.ReLU(), 2), stated_stride(nn.AdaptiveAvgPool2d(1), 2)
+        (None, None)
+    """
+    stride = getattr(module, "stride", None)
+    if stride is None and isinstance(module, nn.modules.pooling._LPPoolNd):
+        stride = module.kernel_size
+    if isinstance(stride, int) and not isinstance(stride, bool):
+        stride = (stride,) * d
+    if not isinstance(stride, (tuple, list)) or len(stride) != d:
+        return None
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in stride):
+        return None
+    return tuple(stride)
+
+
+def _number(value: Fraction) -> float:
+    return int(value) if value.denominator == 1 else float(value)

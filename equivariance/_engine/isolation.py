@@ -183,27 +183,13 @@ def isolated(model: Callable[..., Any]) -> Iterator[None]:
 
 
 def snapshot(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy of ``tensor`` as it is now, which later in-place writes to either leave alone.
-
-    Copy-on-write where torch offers it (``torch._lazy_clone``): no memory is
-    copied unless one side is written to later (a model that writes to its
-    input, an in-place ReLU, a residual ``out += identity``, an output buffer
-    reused on the next call), and then only that tensor's. Otherwise, a
-    plain copy.
-    """
-    return private_copy(tensor.detach())
+    """A copy of ``tensor`` as it is now, which later in-place writes to either leave alone (a model
+    that writes to its input, an in-place ReLU, a residual ``out += identity``, an output buffer
+    reused on the next call)."""
+    return tensor.detach().clone()
 
 
 def private_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """``snapshot`` that keeps ``tensor``'s autograd graph: a copy (on write) the caller may write to."""
-    # an expanded tensor (stride 0) is copied out densely, as clone does: a model may write to it
-    overlapping = any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
-    if _LAZY_CLONE is not None and not overlapping and tensor.layout == torch.strided:
-        try:
-            return _LAZY_CLONE(tensor)
-        except (RuntimeError, NotImplementedError):  # a device or tensor kind without copy-on-write
-            pass
+    """``snapshot`` that keeps ``tensor``'s autograd graph: a copy the caller may write to (dense,
+    even of an expanded tensor)."""
     return tensor.clone()
-
-
-_LAZY_CLONE: Callable[[torch.Tensor], torch.Tensor] | None = getattr(torch, "_lazy_clone", None)

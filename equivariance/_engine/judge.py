@@ -1,25 +1,25 @@
-"""The rules that turn sums into verdicts: the error of a sample, the pass/fail rule, the margin rule.
+"""The rules that turn outputs into verdicts, each written once: how a squared norm is summed, the
+error of a sample, pass or fail, and the margin that passes.
 
-One home for each, shared by the checks, the metric, the profile, the hints
-and the audit:
-
-- ``sample_errors``: the relative L2 error of a sample, or its RMS
-  absolute error where the reference is exactly zero;
-- ``within``: relative errors pass at ``rtol``, absolute ones at ``atol``;
-- ``margin_that_passes``: the smallest extra margin with which every
-  sample passes, read off the error split by distance to the compared
-  region's edge, as long as the margin keeps a quarter of the region (a
-  margin that leaves almost nothing to compare proves nothing).
+Every measurement reads them from here: the checks, the metric, the profile,
+the invariance metrics, the Lie derivative, the loss (which squares the
+error), the hints and the audit. The precision rule: *every squared norm is
+a float64 sum of exact squares*; a float32 (or narrower) value squares
+exactly in float64, and a float64 sample is first multiplied by the power of
+two that brings its reference's largest magnitude near 1 (its own where the
+reference is all zero), so that every finite scale gives the same error, in
+one pass. The reasoning, and the limits of each rule, are in
+docs/tolerances.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from equivariance._engine.sinks import Sums
 from equivariance.tolerances import Tolerance
 
 KEEP_FRACTION = 0.25
@@ -28,18 +28,134 @@ FLOOR_FACTOR = 10.0
 """An output part whose relative error is within this many times its noise floor passes (see
 ``within_floor``)."""
 
+# float64 samples whose largest magnitude lies in this range square exactly; others are scaled first
+_FLOAT64_SAFE = (2.0**-450, 2.0**450)
+
+
+@dataclass(frozen=True)
+class Sums:
+    """What an error sink measured, on the CPU in float64.
+
+    ``diff_sq[k, n]`` and ``ref_sq[k, n]`` are the squared norms of
+    ``f(g_k.x_n) - g'_k.f(x_n)`` and of ``g'_k.f(x_n)`` over the compared
+    region of row ``k``, which holds ``count[k]`` elements. ``border_*``
+    split the same sums by the distance of a position to the region's edge
+    (equivariance only), so a larger margin can be judged without running
+    the model again. ``scale[k, n]`` is the power of two the operands were
+    multiplied by (None: 1).
+    """
+
+    diff_sq: torch.Tensor
+    ref_sq: torch.Tensor
+    count: torch.Tensor
+    border_diff: torch.Tensor | None = None
+    border_ref: torch.Tensor | None = None
+    border_count: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+
+    def rows(self, keep: slice) -> Sums:
+        """The sums of some rows only (e.g. without the noise floor's)."""
+        return Sums(
+            self.diff_sq[keep], self.ref_sq[keep], self.count[keep], _pick(self.border_diff, keep),
+            _pick(self.border_ref, keep), _pick(self.border_count, keep), _pick(self.scale, keep),
+        )  # fmt: skip
+
+
+def _pick(tensor: torch.Tensor | None, keep: slice) -> torch.Tensor | None:
+    return None if tensor is None else tensor[keep]
+
+
+# -- the precision rule ---------------------------------------------------------------------------
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype squares are summed and errors returned in: float64 (float32 on MPS, which lacks it)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def squared_norms(tensor: torch.Tensor, dims: int | tuple[int, ...]) -> torch.Tensor:
+    """``sum(tensor ** 2)`` over ``dims`` in float64, each square exact for float32 and narrower values.
+
+    One fused pass, with no float64 copy of the tensor. A float64 tensor
+    must already be in the range where its squares are exact (see
+    [`sample_scale`][equivariance._engine.judge.sample_scale]).
+
+    Examples:
+        >>> tiny = torch.tensor([[1e-30, 0.0]])   # its square underflows in float32
+        >>> squared_norms(tiny, 1).item() > 0
+        True
+    """
+    norms: torch.Tensor = torch.linalg.vector_norm(tensor, 2, dims, dtype=accumulation_dtype(tensor.device))
+    return norms.square_()
+
+
+def sample_scale(tensor: torch.Tensor) -> torch.Tensor | None:
+    """A power of two per sample (dim 0) that brings a float64 tensor's largest magnitude into
+    ``[0.5, 1)``; None where no sample needs one (every sample in the exact range, or not float64).
+
+    An all-zero sample gets 1. A subnormal peak gets ``2**1022``, the largest
+    power of two float64 holds, which brings it above ``2**-52``.
+
+    Examples:
+        >>> sample_scale(torch.tensor([[1e300], [3.0], [0.0]], dtype=torch.float64)).log2().tolist()
+        [-997.0, -2.0, 0.0]
+        >>> sample_scale(torch.tensor([[3.0]])) is None   # float32 squares exactly in float64
+        True
+    """
+    if tensor.dtype != torch.float64 or tensor.numel() == 0:
+        return None
+    peak = tensor.detach().abs().reshape(len(tensor), -1).amax(dim=1)
+    low, high = _FLOAT64_SAFE
+    if not bool(((peak > 0) & ((peak < low) | (peak > high))).any()):
+        return None
+    _, exponent = torch.frexp(peak)
+    one = torch.ones_like(peak)
+    return torch.where(peak > 0, torch.ldexp(one, -exponent.clamp_min(-1022)), one)
+
+
+def scaled(tensor: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Each sample (dim 0) of ``tensor`` times its power of two (``scale`` None: the tensor itself)."""
+    if scale is None:
+        return tensor
+    factor = scale.to(device=tensor.device, dtype=tensor.dtype)
+    return tensor * factor.reshape(-1, *([1] * (tensor.dim() - 1)))
+
+
+# -- the error of a sample --------------------------------------------------------------------------
+
+
+def squared_errors(diff_sq: torch.Tensor, ref_sq: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:
+    """The rule, squared: ``diff_sq / ref_sq`` (relative) where the reference is nonzero, else
+    ``diff_sq / count`` (the mean square of the difference, ``count`` elements).
+
+    Differentiable (the loss penalises it); ``count`` broadcasts against the
+    leading dims of ``diff_sq``.
+
+    Examples:
+        >>> squared_errors(torch.tensor([1.0, 4.0]), torch.tensor([4.0, 0.0]), 4.0).tolist()
+        [0.25, 1.0]
+    """
+    count = torch.as_tensor(count, dtype=diff_sq.dtype, device=diff_sq.device).clamp_min(1)
+    while count.dim() < diff_sq.dim():
+        count = count.unsqueeze(-1)
+    absolute = ref_sq == 0
+    return diff_sq / torch.where(absolute, count, ref_sq)
+
 
 def sample_errors(
-    diff_sq: torch.Tensor, ref_sq: torch.Tensor, count: torch.Tensor, scale: torch.Tensor | None = None
+    diff_sq: torch.Tensor,
+    ref_sq: torch.Tensor,
+    count: torch.Tensor | float,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample errors and a mask of the samples measured as absolute errors.
 
     The error is ``sqrt(diff_sq / ref_sq)`` (relative L2) where the reference
-    is nonzero, else ``sqrt(diff_sq / count)`` (RMS absolute error).
-    ``count`` broadcasts against the leading dims of ``diff_sq``. ``scale``
-    is the factor the sums' operands were multiplied by before squaring (for
-    float64 outputs beyond the range where squares are exact), which a
-    relative error does not see and an absolute one divides out.
+    is nonzero, else ``sqrt(diff_sq / count)`` (RMS absolute error): the
+    square root of [`squared_errors`][equivariance._engine.judge.squared_errors].
+    ``scale`` is the power of two the operands were multiplied by before
+    squaring, which a relative error does not see and an absolute one
+    divides out.
 
     Examples:
         >>> errors, absolute = sample_errors(torch.tensor([1.0, 4.0]), torch.tensor([4.0, 0.0]),
@@ -48,18 +164,39 @@ def sample_errors(
         ([0.5, 1.0], [False, True])
     """
     absolute = ref_sq == 0
-    count = count.to(diff_sq.dtype).clamp_min(1)
-    while count.dim() < diff_sq.dim():
-        count = count.unsqueeze(-1)
-    relative = diff_sq / torch.where(absolute, torch.ones_like(ref_sq), ref_sq)
-    rms = (diff_sq / count).sqrt()
+    errors = squared_errors(diff_sq, ref_sq, count).sqrt()
     if scale is not None:
-        rms = rms / scale.reshape(scale.shape + (1,) * (rms.dim() - scale.dim()))
-    return torch.where(absolute, rms, relative.sqrt()), absolute
+        factor = scale.reshape(scale.shape + (1,) * (errors.dim() - scale.dim())).to(errors.dtype)
+        errors = torch.where(absolute, errors / factor, errors)
+    return errors, absolute
+
+
+def relative_sizes(difference: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[`sample_errors`][equivariance._engine.judge.sample_errors] of whole samples (dim 0):
+    ``||difference|| / ||reference||``, or the RMS of ``difference`` where the reference is all zero.
+
+    Float64 samples are scaled by the reference's power of two (the
+    difference's own where the reference is all zero) before squaring.
+
+    Examples:
+        >>> errors, absolute = relative_sizes(torch.tensor([[3.0, 4.0], [1.0, 1.0]]),
+        ...                                   torch.tensor([[0.0, 10.0], [0.0, 0.0]]))
+        >>> errors.tolist(), absolute.tolist()
+        ([0.5, 1.0], [False, True])
+    """
+    difference = difference.detach().reshape(len(difference), -1)
+    reference = reference.detach().reshape(len(reference), -1)
+    scale = sample_scale(reference)
+    ref_sq = squared_norms(scaled(reference, scale), 1)
+    own = sample_scale(difference) if bool((ref_sq == 0).any()) else None
+    if own is not None:  # an all-zero reference: the difference is measured on its own scale
+        scale = torch.where(ref_sq == 0, own, torch.ones_like(own) if scale is None else scale)
+    diff_sq = squared_norms(scaled(difference, scale), 1)
+    return sample_errors(diff_sq, ref_sq, float(difference.shape[1]), scale)
 
 
 def within(errors: torch.Tensor, absolute: torch.Tensor, tolerance: Tolerance) -> torch.Tensor:
-    """Which errors pass: relative ones against ``rtol``, absolute ones against ``atol``."""
+    """Which errors pass: relative ones at most ``rtol``, absolute ones at most ``atol``."""
     return torch.where(absolute, errors <= tolerance.atol, errors <= tolerance.rtol)
 
 
@@ -71,6 +208,9 @@ def within_floor(
     element that rounds, ``g⁻¹(g x)``). An error that rounding alone reaches tells nothing of the
     model's symmetry, so a float32 model is not failed for the rounding of a rotated input."""
     return within(errors, absolute, tolerance) | (~absolute & (errors <= FLOOR_FACTOR * floor))
+
+
+# -- the margin rule --------------------------------------------------------------------------------
 
 
 def margin_that_passes(

@@ -1,44 +1,35 @@
-"""Where each layer of a model keeps its spatial dims, and at which stride: read off the shapes.
+"""Each layer's layout, grid and stride, inferred from the shapes its forward hook sees, layer by layer.
 
-The per-layer profile reads every layer's output as the layer returns it.
-To compare a layer's output with the input's shift, it must know the output's
-layout (channels first, channels last, tokens; see
-[`equivariance.layouts`][equivariance.layouts]) and its grid's stride
-relative to the input. Both are inferred here, layer by layer in the order
-they ran, from what the layer was given and what it returned:
-
-1. a layout the caller names (``layouts={"blocks.0.norm": "channels_last"}``) wins;
-2. PyTorch's convolutions, pooling, batch, instance and group norms and
-   upsampling work on ``(N, C, *spatial)`` tensors: their outputs are
-   channels first;
-3. a layer whose output is a permuted view of its input (a ``Permute``)
-   moves the input's layout with the permutation;
-4. a layer that keeps its input's shape, or changes only the channel dim of
-   its input's layout (a ``LayerNorm``, a ``Linear`` on the channels), keeps
-   its input's layout and grid, unless another layout reads its output on
-   the same grid (6 channels on a 6x6 map) and it is not one of the modules
-   known to keep a layout (``LAYOUT_KEEPING_OPS``);
-5. otherwise each reading of the shape (channels first, channels last,
-   tokens after a few prefix tokens) gives a grid. A reading on a grid seen
-   before (the input's, an earlier layer's) wins; then a reading on a grid
-   that one integer stride makes from the layer's input. Where several
-   readings remain, the layout is *ambiguous*: the layer is not compared,
-   and the profile says so and how to name the layout (as are the layers
-   computed from it, until one settles it). No reading at all: the spatial
-   dims are gone (a flatten, a dense head) and the output is compared whole.
+The per-layer profile and the Lie derivative read every layer's output as the
+layer returns it, and this module says how: in which layout (channels first,
+channels last, tokens; see [`equivariance.layouts`][equivariance.layouts]), on
+which grid, at which stride relative to the input. The stride follows one rule
+(`equivariance._engine.grids`): a layer's stride is its input's times the
+integer stride its module states (divided by it where the map grows), and for a
+module that states none, times the ratio of the sizes rounded to the nearest
+integer (halves down) that can make the output's size, ``ceil(n_in / s) >=
+n_out``, or divided by it read the other way where the map grows. How layouts
+are told apart is in docs/actions.md ("Layouts in the profile"); why strides
+read as they do, in docs/diagnosing.md ("How strides are read").
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from equivariance._engine.grids import Stride, stated_stride, step, times
+from equivariance._engine.isolation import owning_module
 from equivariance.downsampling import BlurPool, PolyphaseSampling
-from equivariance.layouts import MAX_PREFIX, ChannelsFirst, ChannelsLast, Layout, Tokens, stride_of
+from equivariance.layouts import MAX_PREFIX, ChannelsFirst, ChannelsLast, Layout, Tokens
 
 CHANNELS_FIRST_OPS: tuple[type[nn.Module], ...] = (
     nn.modules.conv._ConvNd,
@@ -85,6 +76,7 @@ class Recorded:
             ``CHANNELS_FIRST_OPS``.
         keeps_layout: whether the layer is one of
             ``LAYOUT_KEEPING_OPS``.
+        stated: the stride its module states per dim (``grids.stated_stride``), None without one.
     """
 
     name: str
@@ -96,6 +88,7 @@ class Recorded:
     permutation: tuple[int, ...] | None
     channels_first: bool = False
     keeps_layout: bool = False
+    stated: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,20 +109,25 @@ class LayerSpec:
     shape: tuple[int, ...]
     layout: Layout | None
     spatial: tuple[int, ...] | None
-    stride: tuple[int, ...] | None
+    stride: Stride | None
     ambiguous: str | None = None
     inferred: str | None = None
 
 
-_Known = tuple[Layout, tuple[int, ...], tuple[int, ...]]  # layout, grid, stride
+_Known = tuple[Layout, tuple[int, ...], Stride]  # layout, grid, stride
 _Producers = dict[int, _Known | None]  # None: computed from an ambiguous layout
+_Grids = dict[tuple[int, ...], Stride]  # each grid met, at the stride it was first met at
 
 
 def view_permutation(source: torch.Tensor, result: torch.Tensor) -> tuple[int, ...] | None:
-    """The input dim of each dim of ``result`` where it is a permuted view of ``source`` (None if not)."""
+    """The input dim of each dim of ``result`` where it is a permuted view of ``source`` (None if not,
+    or where the storage cannot be read: a tensor of ``torch.func``)."""
     if result.dim() != source.dim() or result.numel() != source.numel() or result.numel() == 0:
         return None
-    if result.untyped_storage().data_ptr() != source.untyped_storage().data_ptr():
+    try:
+        if result.untyped_storage().data_ptr() != source.untyped_storage().data_ptr():
+            return None
+    except NotImplementedError:
         return None
     dims = {(size, stride): i for i, (size, stride) in enumerate(zip(source.shape, source.stride()))}
     if len(dims) != source.dim():
@@ -157,7 +155,7 @@ class LayerInference:
         # an input computed outside the profiled layers (F.relu, a residual sum) takes after the last
         # recorded output of its shape
         self.by_shape: dict[tuple[int, ...], _Known | None] = {tuple(x_shape): self.known[x_id]}
-        self.grids: dict[tuple[int, ...], tuple[int, ...]] = {spatial_in: ones}
+        self.grids: dict[tuple[int, ...], Stride] = {spatial_in: ones}
 
     def add(self, record: Recorded) -> LayerSpec:
         """The next layer's spec, from what it was given and what it returned."""
@@ -181,21 +179,22 @@ class LayerInference:
 def _infer(
     record: Recorded,
     producer: _Known | None,
-    grids: dict[tuple[int, ...], tuple[int, ...]],
+    grids: _Grids,
     spatial_in: tuple[int, ...],
     given: Layout | None,
 ) -> LayerSpec:
     shape, d = record.shape, len(spatial_in)
     base = LayerSpec(record.name, record.type, shape, None, None, None)
+    own = _input_grid(record, producer, grids, spatial_in)
     if given is not None:
         layout = given.resolved(shape, spatial_in) if isinstance(given, Tokens) else given
         if isinstance(layout, Tokens):
             layout.check_grid(spatial_in, None, f"layouts[{record.name!r}]=")
         spatial = layout.check(shape, d, f"the output of layer {record.name!r}")
-        return _spec(base, layout, spatial, _stride_to(spatial, producer, grids, spatial_in))
+        return _spec(base, layout, spatial, _stride(record, own, spatial, grids, spatial_in))
     first = ChannelsFirst().spatial_shape(shape, d)
     if record.channels_first and first is not None:
-        return _spec(base, ChannelsFirst(), first, _stride_to(first, producer, grids, spatial_in))
+        return _spec(base, ChannelsFirst(), first, _stride(record, own, first, grids, spatial_in))
     if producer is not None:
         kept = _kept(record, producer, shape, d, grids)
         if kept is not None:
@@ -204,11 +203,12 @@ def _infer(
     readings = _readings(shape, d, grids)
     seen = [r for r in readings if r[1] in grids]
     if seen:
-        return _choose(base, seen, producer, lambda grid: grids[grid], "on a grid seen before")
-    reference = producer[1:] if producer is not None else (spatial_in, (1,) * d)
-    new = [r for r in readings if not isinstance(r[0], Tokens) and _follows(reference[0], r[1])]
+        return _choose(base, seen, lambda grid: grids[grid], "on a grid seen before")
+    reference = own[0] if own is not None else spatial_in
+    new = [r for r in readings if not isinstance(r[0], Tokens) and _follows(reference, r[1])]
     if new:
-        return _choose(base, new, producer, lambda grid: _stride_from(reference, grid), "at one stride")
+        stride = functools.partial(_stride, record, own, grids=grids, spatial_in=spatial_in)
+        return _choose(base, new, stride, "at one stride")
     return base  # no spatial reading: the spatial dims are gone
 
 
@@ -217,7 +217,7 @@ def _kept(
     producer: _Known,
     shape: tuple[int, ...],
     d: int,
-    grids: dict[tuple[int, ...], tuple[int, ...]],
+    grids: _Grids,
 ) -> tuple[Layout, str | None] | None:
     """The layout a layer carries over from its input, if the shapes (or the module) say it does."""
     layout, grid, _ = producer
@@ -262,9 +262,7 @@ def _only_channels_differ(layout: Layout, before: tuple[int, ...], after: tuple[
     return differ == [len(before) - 1]  # channels last and tokens: the last dim
 
 
-def _readings(
-    shape: tuple[int, ...], d: int, grids: dict[tuple[int, ...], tuple[int, ...]]
-) -> tuple[tuple[Layout, tuple[int, ...]], ...]:
+def _readings(shape: tuple[int, ...], d: int, grids: _Grids) -> tuple[tuple[Layout, tuple[int, ...]], ...]:
     """Every layout that can read ``shape``, with its grid (tokens only on grids seen before)."""
     return _readings_on(shape, d, tuple(grids))
 
@@ -289,8 +287,7 @@ def _readings_on(
 def _choose(
     base: LayerSpec,
     readings: list[tuple[Layout, tuple[int, ...]]],
-    producer: _Known | None,
-    stride: object,
+    stride: Callable[[tuple[int, ...]], Stride],
     why: str,
 ) -> LayerSpec:
     """The one reading left; else an ambiguous spec."""
@@ -310,47 +307,134 @@ def _choose(
         if isinstance(layout, ChannelsFirst)
         else f"{layout.describe()}, the only reading of its shape {why}"
     )
-    return _spec(base, layout, spatial, stride(spatial), how)  # type: ignore[operator]
+    return _spec(base, layout, spatial, stride(spatial), how)
 
 
 def _spec(
     base: LayerSpec,
     layout: Layout,
     spatial: tuple[int, ...],
-    stride: tuple[int, ...],
+    stride: Stride,
     how: str | None = None,
 ) -> LayerSpec:
     return LayerSpec(base.name, base.type, base.shape, layout, spatial, stride, None, how)
 
 
 def _follows(reference: tuple[int, ...], grid: tuple[int, ...]) -> bool:
-    """Whether ``grid`` comes from ``reference`` by one integer stride, or one upsampling factor."""
+    """Whether ``grid`` comes from ``reference`` by one step in every dim (a stride, an upsampling)."""
     if len(grid) != len(reference) or min(grid) < 1:
         return False
-    if all(g <= r for g, r in zip(grid, reference)):
-        return len({stride_of(r, g) for r, g in zip(reference, grid)}) == 1
-    factors = {g / r for g, r in zip(grid, reference)}
-    return len(factors) == 1 and float(next(iter(factors))).is_integer()
+    return len({step(r, g) for r, g in zip(reference, grid)}) == 1
 
 
-def _stride_from(
-    reference: tuple[tuple[int, ...], tuple[int, ...]], grid: tuple[int, ...]
-) -> tuple[int, ...]:
-    """The stride of ``grid``, made from a grid of known stride (an upsampled grid divides it)."""
-    ref_grid, ref_stride = reference
-    strides = []
-    for r, g, s in zip(ref_grid, grid, ref_stride):
-        strides.append(s * stride_of(r, g) if g <= r else max(1, s // round(g / r)))
-    return tuple(strides)
+def _input_grid(
+    record: Recorded, producer: _Known | None, grids: _Grids, spatial_in: tuple[int, ...]
+) -> tuple[tuple[int, ...], Stride] | None:
+    """The grid of a layer's input and its stride: its producer's; for a channels-first layer, the grid
+    its input's shape reads, at the stride it was met at or read against the model's input; else None."""
+    if producer is not None:
+        return producer[1], producer[2]
+    d, shape = len(spatial_in), record.input_shape
+    if not record.channels_first or shape is None or len(shape) < d + 2:
+        return None
+    grid = tuple(shape[len(shape) - d :])
+    return grid, grids.get(grid) or _read(spatial_in, grid)
 
 
-def _stride_to(
-    spatial: tuple[int, ...],
-    producer: _Known | None,
-    grids: dict[tuple[int, ...], tuple[int, ...]],
+def _stride(
+    record: Recorded,
+    own: tuple[tuple[int, ...], Stride] | None,
+    grid: tuple[int, ...],
+    grids: _Grids,
     spatial_in: tuple[int, ...],
-) -> tuple[int, ...]:
-    if spatial in grids:
-        return grids[spatial]
-    reference = producer[1:] if producer is not None else (spatial_in, (1,) * len(spatial_in))
-    return _stride_from(reference, spatial)
+) -> Stride:
+    """The stride of a layer's output ``grid``: its input's times the layer's step (the stride its
+    module states, else the sizes'; ``grids.step``); where its input is not known, the stride ``grid``
+    was met at, else ``grid`` read against the model's input."""
+    if own is None:
+        return grids.get(grid) or _read(spatial_in, grid)
+    (reference, stride), stated = own, record.stated or (None,) * len(grid)
+    return times(stride, [step(n, m, s) for n, m, s in zip(reference, grid, stated)])
+
+
+def _read(spatial_in: tuple[int, ...], grid: tuple[int, ...]) -> Stride:
+    """The stride of a grid no known layer made, read off its sizes against the model's input."""
+    return times((1,) * len(grid), [step(n, m) for n, m in zip(spatial_in, grid)])
+
+
+class Follower:
+    """A ``LayerInference`` fed by forward hooks: each layer's output recorded as it returns it, a
+    tensor known by ``id`` while a weak reference says it lives (the Lie derivative's, and its profile's).
+
+    Examples:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 5), nn.Conv2d(2, 2, 5), nn.Conv2d(2, 2, 3, stride=2))
+        >>> x = torch.zeros(1, 1, 12, 12)
+        >>> follower = Follower(x)
+        >>> with follower.following(net):
+        ...     y = net(x)
+        >>> follower.stride(y), follower.stride(torch.zeros(1, 2, 4, 4)), follower.stride(torch.zeros(1, 10))
+        ((2, 2), (1, 1), None)
+
+    Args:
+        x: the model's input.
+        given: the layouts the caller named, by layer name.
+    """
+
+    def __init__(self, x: torch.Tensor, given: dict[str, Layout] | None = None) -> None:
+        self.d = x.dim() - 2
+        self.inference = LayerInference(tuple(x.shape), id(x), given or {})
+        self.seen: dict[int, weakref.ref[torch.Tensor]] = {id(x): weakref.ref(x)}
+
+    def known(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is one the inference has seen (not another that reuses its id)."""
+        ref = self.seen.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def add(self, name: str, module: nn.Module, inputs: Any, out: torch.Tensor) -> LayerSpec:
+        """A layer's output as it returned it, from ``inputs`` (its first tensor is read as its input)."""
+        source = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+        spec = self.inference.add(
+            Recorded(
+                name, type(module).__name__, tuple(out.shape), id(out),
+                id(source) if source is not None and self.known(source) else None,
+                None if source is None else tuple(source.shape),
+                None if source is None else view_permutation(source, out),
+                isinstance(module, CHANNELS_FIRST_OPS), isinstance(module, LAYOUT_KEEPING_OPS),
+                stated_stride(module, self.d),
+            )
+        )  # fmt: skip
+        self.seen[id(out)] = weakref.ref(out)
+        return spec
+
+    def stride(self, tensor: torch.Tensor) -> Stride | None:
+        """The stride of ``tensor`` read channels first, ``(N, C, *spatial)``; None without the input's
+        number of spatial dims: as inferred where a layer returned it (or the last of its shape), else
+        the stride its grid was met at, else its grid read against the model's input."""
+        if tensor.dim() != self.d + 2:
+            return None
+        inference, grid = self.inference, tuple(tensor.shape[2:])
+        found = inference.known.get(id(tensor)) if self.known(tensor) else None
+        found = found or inference.by_shape.get(tuple(tensor.shape))
+        if found is not None and isinstance(found[0], ChannelsFirst):
+            return found[2]
+        return inference.grids.get(grid) or _read(inference.spatial_in, grid)
+
+    @contextlib.contextmanager
+    def following(self, model: Callable[..., Any]) -> Iterator[Follower]:
+        """Within the block, every leaf module of ``model`` that runs adds its output."""
+        owner = owning_module(model)
+        leaves = {} if owner is None else {name: m for name, m in owner.named_modules() if not m._modules}
+
+        def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
+            def add(module: nn.Module, inputs: Any, out: Any) -> None:
+                if isinstance(out, torch.Tensor):
+                    self.add(name, module, inputs, out)
+
+            return add
+
+        handles = [leaf.register_forward_hook(hook(name)) for name, leaf in leaves.items()]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from equivariance._engine.judge import sample_errors, within_floor
+from equivariance._engine.judge import Sums, sample_errors, within_floor
 from equivariance._engine.plan import Plan
-from equivariance._engine.sinks import Sums
 from equivariance.report import EquivarianceReport, PartResult, ShiftResult
 from equivariance.sampling import GroupSample
 from equivariance.tolerances import Tolerance

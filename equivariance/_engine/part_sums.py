@@ -17,8 +17,9 @@ from collections.abc import Sequence
 import torch
 
 from equivariance._engine.copies import Copies
+from equivariance._engine.judge import Sums, accumulation_dtype
 from equivariance._engine.parts import OutputParts
-from equivariance._engine.sinks import Describe, Sums, accumulation_dtype, check_finite
+from equivariance._engine.sinks import Describe, check_finite
 from equivariance.actions import Action
 
 

@@ -25,8 +25,9 @@ from equivariance._engine.anatomy import KEEP_ANY
 from equivariance._engine.arguments import NONE_RAN, OUTPUT, LayerRequest
 from equivariance._engine.diagnosis import JUNCTION, Context, blurring, explained, first_cause, junction_name
 from equivariance._engine.forward import call_until
+from equivariance._engine.grids import Stride, divides, stated_stride, whole_samples
 from equivariance._engine.isolation import snapshot
-from equivariance._engine.judge import margins_that_pass, sample_errors, within
+from equivariance._engine.judge import margins_that_pass, sample_errors, sample_scale, within
 from equivariance._engine.layer_sums import LayerSums, PooledLayer
 from equivariance._engine.layers import (
     CHANNELS_FIRST_OPS,
@@ -36,7 +37,7 @@ from equivariance._engine.layers import (
     Recorded,
     view_permutation,
 )
-from equivariance._engine.sinks import FlatSums, GridSums, sample_scale
+from equivariance._engine.sinks import FlatSums, GridSums
 from equivariance.actions import Action, Boundary, Grid, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst
@@ -223,26 +224,13 @@ class Joiner:
 
 
 def _measured(passes: Passes, blurs: frozenset[str], junctions: bool) -> tuple[LayerPass, LayerSums]:
-    """Every profiled layer's two outputs compared, in a pool of sums: the pass, and where float32
-    cannot keep some sums, those layers again in float64."""
+    """Every profiled layer's two outputs compared, in a pool of sums: the pass and the pool."""
     pool = LayerSums(len(passes.x))
     batch = passes.batch()
     layer_pass = LayerPass(passes, batch, pool, junctions=junctions, blurs=blurs)
     layer_pass.output(passes.run(batch, layer_pass.on_output))
     if not layer_pass.compared:
         raise InvalidArgument(NONE_RAN)
-    redo = pool.settle()
-    if redo:  # sums float32 cannot keep, or not finite: again in float64, the outputs tested for nan
-        layer_pass.redo = {
-            name
-            for name, compared in layer_pass.compared.items()
-            if compared.sink in redo and compared.same_as is None
-        }
-        again = passes.run(
-            passes.batch(), layer_pass.again
-        )  # a new batch: the model may have written to the first
-        layer_pass.output(again, again=True)
-        pool.settle()
     return layer_pass, pool
 
 
@@ -308,7 +296,6 @@ class Compared:
     spec: LayerSpec
     sink: Sink
     kind: str  # "output", "input" (a junction) or "unblurred" (the input, subsampled)
-    key: tuple[slice, ...] = ()  # the subsampling of an unblurred tensor
     same_as: str | None = None  # the tensor whose comparison it shares (the same elements on its grid)
 
 
@@ -337,6 +324,7 @@ class LayerPass:
         self.types = {name: type(module).__name__ for name, module in targets.items()}
         self.first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
         self.keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
+        self.stated = {name: stated_stride(module, passes.x.dim() - 2) for name, module in targets.items()}
         self.inference = LayerInference((self.n, *passes.x.shape[1:]), id(batch), passes.layouts)
         self.seen: dict[int, weakref.ref[torch.Tensor]] = {}
         self._see(batch)
@@ -346,7 +334,6 @@ class LayerPass:
         self.last: torch.Tensor | None = None  # the last layer output recorded
         # each tensor's x[:1], as it was read (a small copy): is its sample alone the same?
         self.firsts: dict[str, torch.Tensor] = {}
-        self.redo: set[str] = set()  # the rows to measure again
         self.output_name: str | None = None  # the model's output, where no layer returned it
         self.samples = torch.arange(self.n)
         self.zero = torch.zeros(self.n, dtype=torch.long)
@@ -378,37 +365,24 @@ class LayerPass:
         if source is None:
             record = Recorded(
                 name, kind, self.per_sample(tensor.shape), id(tensor), None, None, None, name in self.first,
-                name in self.keeps,
+                name in self.keeps, self.stated.get(name),
             )  # fmt: skip
         else:
             record = Recorded(
                 name, kind, self.per_sample(tensor.shape), id(tensor),
                 id(source) if self._known(source) else None, self.per_sample(source.shape),
                 view_permutation(source, tensor), name in self.first, name in self.keeps,
+                self.stated.get(name),
             )  # fmt: skip
         spec = self._add(record, tensor, "output")
         if name in self.blurs and source is not None:
             self._unblurred(spec, source)
 
-    def again(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
-        """The hook of a pass run again: the rows to measure again, measured."""
-        source = first_tensor(inputs)
-        reads = ((junction_name(name), source), (name, tensor), (_unblurred_name(name), source))
-        for name_read, read in reads:
-            compared = self.compared.get(name_read)
-            if name_read in self.redo and compared is not None and read is not None:
-                self._measure(compared, read)
-
-    def output(self, result: Any, *, again: bool = False) -> None:
-        """The model's output (or the ``up_to`` layer's) compared last, unless a layer returned it; in a
-        pass run again, measured again."""
+    def output(self, result: Any) -> None:
+        """The model's output (or the ``up_to`` layer's) compared last, unless a layer returned it."""
         last = OUTPUT if self.up_to is None else self.up_to
         output = first_tensor(result)
         if output is None or output.dim() < 1 or len(output) != 2 * self.n:
-            return
-        if again:
-            if self.output_name is not None and self.output_name in self.redo:
-                self._measure(self.compared[self.output_name], output)
             return
         if last in self.compared:
             return
@@ -470,7 +444,7 @@ class LayerPass:
         d, element = len(spec.stride), self.element
         expected = _expected(element, spec.stride)
         # a shift is rounded to whole output samples: it acts on a grid of stride 1
-        step = (1,) * d if isinstance(expected, Shift) else spec.stride
+        step = (1,) * d if isinstance(expected, Shift) else whole_samples(spec.stride)
         on_grid = Grid(d, step, self.boundary, spec.layout)
         spatial = tuple(both.shape[-d:])
         offsets: tuple[int, ...] | None
@@ -481,13 +455,6 @@ class LayerPass:
         if offsets is not None and not scaled:
             return PooledLayer(self.pool, per_sample, both.dtype, on_grid, offsets, region)
         return GridSums(base, [element], on_grid, (0,) * d, expected=[expected])
-
-    def _measure(self, compared: Compared, tensor: torch.Tensor) -> None:
-        """A tensor measured again: read and viewed as its grid."""
-        spec = compared.spec
-        if compared.kind == "unblurred":
-            tensor = tensor[compared.key]
-        self._compare(compared, _grid_view(spec, tensor))
 
     def _compare(self, compared: Compared, tensor: torch.Tensor) -> None:
         """Both halves of a compared tensor (viewed as its grid) handed to its sink."""
@@ -531,7 +498,7 @@ class LayerPass:
         grid = Grid(d, (1,) * d, self.boundary)
         sink = PooledLayer(self.pool, tuple(base.shape[1:]), base.dtype, grid, offsets, region)
         name = _unblurred_name(spec.name)
-        compared = Compared(dataclasses.replace(spec, name=name), sink, "unblurred", key)
+        compared = Compared(dataclasses.replace(spec, name=name), sink, "unblurred")
         self.compared[name] = compared
         self._compare(compared, source[key])
 
@@ -599,7 +566,7 @@ def _translated(
     return shift.translation(grid), shift.region(spatial, grid)
 
 
-def _expected(element: Action, stride: tuple[int, ...]) -> Action:
+def _expected(element: Action, stride: Stride) -> Action:
     """The element a layer's output should undergo: a shift divided (or rounded) by the stride."""
     if not isinstance(element, Shift):
         return element
@@ -607,7 +574,7 @@ def _expected(element: Action, stride: tuple[int, ...]) -> Action:
 
 
 @functools.lru_cache(maxsize=1024)
-def _divided(offsets: tuple[int, ...], stride: tuple[int, ...]) -> Shift:
+def _divided(offsets: tuple[int, ...], stride: Stride) -> Shift:
     return Shift(tuple(round(o / s) for o, s in zip(offsets, stride)))
 
 
@@ -676,7 +643,7 @@ def _rows(
             rows.append(make(**common, stride=None, output_element=None, divisible=True, error=error,
                              passed=passed, cause=cause, fix=fix))  # fmt: skip
             continue
-        divisible = not isinstance(element, Shift) or all(o % s == 0 for o, s in zip(element, spec.stride))
+        divisible = not isinstance(element, Shift) or divides(spec.stride, tuple(element))
         found = (None, None) if passed else first_cause(element, spec.stride, divisible, border)
         rows.append(make(
             **common, stride=spec.stride, output_element=_expected(element, spec.stride), divisible=divisible,

@@ -1,20 +1,8 @@
-"""What a measurement accumulates, chunk by chunk: the sinks the runner feeds.
-
-The runner (`equivariance._engine.runner`) sends copies of the
-input through the model chunk by chunk; a sink takes each chunk's outputs and
-keeps what its measurement needs, written per item so that a chunk retried
-after running out of memory overwrites rather than adds:
-
-- `GridSums`: equivariance. Squared norms of
-  ``f(g.x) - g'.f(x)`` and of ``g'.f(x)`` over the compared region of the
-  output grid, in total and split by distance to the region's edge;
-- `FlatSums`: invariance. The same for the
-  whole output against ``f(x)``;
-- `Top1`: the predicted class of every copy.
-
-Differences are squared and summed in float32 where that is exact enough and
-in float64 otherwise (``_Squares``); float64 outputs beyond the range
-where squares are exact are scaled by a power of two per sample first.
+"""What a measurement accumulates, chunk by chunk: the sinks the runner feeds. `GridSums` (equivariance)
+and `FlatSums` (invariance) keep the squared norms of ``f(g.x) - g'.f(x)`` and of ``g'.f(x)`` per
+item, by the judge's precision rule (`equivariance._engine.judge`), written so that a chunk retried
+after running out of memory overwrites rather than adds; `RelativeChange` and `Top1` keep the logits'
+relative change and the predicted class; the checks of an output's dtype and finiteness live here too.
 """
 
 from __future__ import annotations
@@ -23,206 +11,99 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from equivariance._engine.copies import Copies
+from equivariance._engine.judge import (
+    Sums,
+    accumulation_dtype,
+    relative_sizes,
+    sample_scale,
+    scaled,
+    squared_norms,
+)
 from equivariance._engine.validation import describe
 from equivariance.actions import Action, Grid
 from equivariance.errors import InvalidArgument
+
+__all__ = ["FlatSums", "GridSums", "RelativeChange", "Sums", "Top1"]
 
 Dims = tuple[int, ...]
 Describe = Callable[[], str]
 OutputAction = Callable[[torch.Tensor, Any], Any]
 
 
-def accumulation_dtype(device: torch.device) -> torch.dtype:
-    """The dtype errors are returned in: float64 (float32 on devices without it, MPS)."""
-    return torch.float32 if device.type == "mps" else torch.float64
+class _Differences:
+    """Squared norms of differences, in one scratch tensor kept across chunks (a fresh one each chunk
+    costs the page faults of new memory).
 
-
-def squared_norms(tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
-    """``sum(tensor^2)`` over ``dims``, in float64 (float32 on MPS).
-
-    A tensor of float32 or less is squared and summed in float32 first, and
-    kept (converted) where that is exact enough: every sum finite, and none
-    below 2**-100 except sums of exact zeros. Otherwise (values whose squares
-    underflow or overflow in float32) it is summed again in float64. Both
-    give the same verdicts; the first spares a float64 copy of the tensor.
-    """
-    exact = accumulation_dtype(tensor.device)
-    if exact == torch.float64 and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        fast = tensor.float().square().sum(dims)
-        if bool(torch.isfinite(fast).all()):
-            low = fast < _FLOAT32_SMALLEST_SUM
-            if not bool(low.any()):
-                return fast.double()
-            if not bool((low & (fast != 0)).any()) and not bool(
-                ((fast == 0) & (torch.linalg.vector_norm(tensor, math.inf, dims) != 0)).any()
-            ):  # no sum of zero from squares that underflowed: the largest magnitude, in one read
-                return fast.double()
-    return tensor.to(exact).square().sum(dims)
-
-
-_FLOAT32_SMALLEST_SUM = 2.0**-100  # a float32 sum of squares below this may have lost its small terms
-
-
-@dataclass(frozen=True)
-class Sums:
-    """What an error sink measured, on the CPU in float64.
-
-    ``diff_sq[k, n]`` and ``ref_sq[k, n]`` are the squared norms of
-    ``f(g_k.x_n) - g'_k.f(x_n)`` and of ``g'_k.f(x_n)`` over the compared
-    region of row ``k``, which holds ``count[k]`` elements. ``border_*``
-    split the same sums by the distance of a position to the region's edge
-    (equivariance only), so a larger margin can be judged without running
-    the model again. ``scale[k, n]`` is the power of two the operands were
-    multiplied by (None: 1).
-    """
-
-    diff_sq: torch.Tensor
-    ref_sq: torch.Tensor
-    count: torch.Tensor
-    border_diff: torch.Tensor | None = None
-    border_ref: torch.Tensor | None = None
-    border_count: torch.Tensor | None = None
-    scale: torch.Tensor | None = None
-
-    def rows(self, keep: slice) -> Sums:
-        """The sums of some rows only (e.g. without the noise floor's)."""
-        return Sums(
-            self.diff_sq[keep], self.ref_sq[keep], self.count[keep], _pick(self.border_diff, keep),
-            _pick(self.border_ref, keep), _pick(self.border_count, keep), _pick(self.scale, keep),
-        )  # fmt: skip
-
-
-def _pick(tensor: torch.Tensor | None, keep: slice) -> torch.Tensor | None:
-    return None if tensor is None else tensor[keep]
-
-
-# A float32 sum of squared differences is trusted for a row whose reference has
-# a squared norm of at least this: difference elements too small to square in
-# float32 (below ~1e-19) then change the relative error by less than 1e-9.
-_FLOAT32_MIN_REFERENCE = 1e-10
-# float64 values whose squares stay exact: beyond, each sample is scaled by a power of two first
-_FLOAT64_SAFE = (2.0**-450, 2.0**450)
-
-
-class _Squares:
-    """Sums of squared differences: in float32 where that is exact enough, else float64.
-
-    Squaring and summing in float32 is several times faster on a CPU, but the
-    verdict must not depend on the scale of the outputs. A chunk's float32
-    sums are kept only if they are finite and every row's reference norm is
-    large enough for an underflowing difference element not to matter;
-    otherwise the chunk is summed again in float64, and so is every later
-    chunk. The sums also find non-finite outputs, which they propagate to.
+    A difference is taken in the outputs' dtype (float32 for narrower ones,
+    where it is exact). A sum that comes out non-finite is a nan or inf
+    output, refused, or a difference beyond that dtype's range, taken again
+    in float64.
     """
 
     def __init__(self, output: torch.Tensor) -> None:
-        self.exact = accumulation_dtype(output.device)
-        self.work = self.exact if output.dtype == torch.float64 else torch.float32
+        self.work = output.dtype if output.dtype in (torch.float32, torch.float64) else torch.float32
         self.scratch: torch.Tensor | None = None
 
-    def diff(
-        self,
-        outputs: torch.Tensor,
-        reference: torch.Tensor | list[tuple[slice, torch.Tensor]],
-        dims: Dims,
-        ref_rows: torch.Tensor,
-        what: Describe,
+    def checked(
+        self, measure: Callable[[torch.dtype], torch.Tensor], outputs: torch.Tensor, what: Describe
     ) -> torch.Tensor:
-        """``sum((outputs - reference)^2)`` over ``dims``, redone in float64 where float32 fails.
+        """``measure(dtype)``'s sums, taken again in float64 where they overflowed ``self.work``."""
+        sums = measure(self.work)
+        if not bool(torch.isfinite(sums.sum())):
+            check_finite(outputs, what())
+            wide = accumulation_dtype(outputs.device)
+            if wide != self.work:
+                sums = measure(wide)
+        return sums
 
-        ``reference`` is a tensor, or runs ``(items, view)`` subtracted without
-        gathering them first; ``ref_rows`` are the reference's squared norms a
-        sample. Raises InvalidArgument for non-finite outputs.
-        """
-        diff = self._diff(outputs, reference, dims)
-        if not bool(torch.isfinite(diff.sum())):
-            check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
-        if self.work == self.exact or _float32_sums_hold(diff, ref_rows):
-            return diff
-        self.work = self.exact
-        return self._diff(outputs, reference, dims)
-
-    def boxes(
-        self,
-        outputs: torch.Tensor,
-        runs: Sequence[tuple[slice, int, int]],
-        pieces: Callable[[torch.Tensor, slice, int, int], list[tuple[Any, torch.Tensor, torch.Tensor]]],
-        grid: tuple[Dims, tuple[int, ...]],
-        ref_rows: torch.Tensor,
-        what: Describe,
+    def squared(
+        self, outputs: torch.Tensor, reference: torch.Tensor, dims: Dims, what: Describe
     ) -> torch.Tensor:
-        """Like :meth:`diff`, over boxes of the grid, zero elsewhere: ``pieces`` gives each run's
-        pieces, a key into the chunk's grid, the outputs there and the reference slice they match;
-        ``grid`` is the channel dims and the spatial shape."""
-        dims, spatial = grid
-        while True:
-            diff = torch.zeros((len(outputs), *spatial), dtype=self.work, device=outputs.device)
-            for run, k, first in runs:
-                for key, out, reference in pieces(outputs, run, k, first):
-                    out = out.to(self.work)
-                    difference = self._scratch(out)  # kept across runs and chunks: no fresh pages each time
-                    torch.sub(out, reference.to(self.work), out=difference)
-                    diff[key] = difference.square_().sum(dims)
-            if not bool(torch.isfinite(diff.sum())):
-                check_finite(outputs, what())  # raises for a nan or inf output; else the squares overflowed
-            if self.work == self.exact or _float32_sums_hold(diff, ref_rows):
-                return diff
-            self.work = self.exact
+        """``squared_norms(outputs - reference, dims)``; InvalidArgument for non-finite outputs."""
+        return self.checked(
+            lambda dtype: squared_norms(self.between(outputs, reference, dtype), dims), outputs, what
+        )
 
-    def _diff(
-        self, outputs: torch.Tensor, reference: torch.Tensor | list[tuple[slice, torch.Tensor]], dims: Dims
-    ) -> torch.Tensor:
-        # one scratch tensor kept across chunks: a fresh one each chunk costs the page faults of new memory
-        outputs = outputs.to(self.work)
-        difference = self._scratch(outputs)
-        if isinstance(reference, torch.Tensor):
-            torch.sub(outputs, reference.to(self.work), out=difference)
-        else:
-            for items, view in reference:
-                torch.sub(outputs[items], view.to(self.work), out=difference[items])
-        return difference.square_().sum(dims)
-
-    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+    def between(self, outputs: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``outputs - reference`` in ``dtype``, in the scratch tensor."""
+        outputs = outputs.to(dtype)
         scratch = self.scratch
-        if scratch is None or scratch.numel() < like.numel() or scratch.dtype != like.dtype:
-            scratch = self.scratch = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-        return scratch[: like.numel()].view(like.shape)
+        if scratch is None or scratch.numel() < outputs.numel() or scratch.dtype != dtype:
+            scratch = self.scratch = torch.empty(outputs.numel(), dtype=dtype, device=outputs.device)
+        difference = scratch[: outputs.numel()].view(outputs.shape)
+        return torch.sub(outputs, reference.to(dtype), out=difference)
 
 
-def _float32_sums_hold(diff: torch.Tensor, ref_rows: torch.Tensor) -> bool:
-    """Whether float32 sums of squared differences can stand: finite, with large enough references."""
-    return bool(torch.isfinite(diff.sum())) and bool((ref_rows >= _FLOAT32_MIN_REFERENCE).all())
+class _Scales:
+    """Each item's power of two (``judge.sample_scale``): its sample's, from ``f(x)``, or for a sample
+    whose ``f(x)`` is all zero, that of the item's own output. None for all while no item needs one."""
 
+    def __init__(self, base: torch.Tensor, items: int) -> None:
+        self.sample = sample_scale(base)
+        dead = (base.reshape(len(base), -1) == 0).all(1) if base.dtype == torch.float64 else None
+        self.dead = dead if dead is not None and bool(dead.any()) else None
+        self.base = scaled(base, self.sample)
+        self.items: torch.Tensor | None = None
+        self.count = items
 
-def sample_scale(base: torch.Tensor) -> torch.Tensor | None:
-    """A power of two per sample that brings float64 outputs into the range where squares are exact.
-
-    None where every sample is already in that range (or the output is not
-    float64): then nothing is scaled.
-    """
-    if base.dtype != torch.float64 or base.numel() == 0:
-        return None
-    peak = base.detach().abs().reshape(len(base), -1).amax(dim=1)
-    low, high = _FLOAT64_SAFE
-    if not bool(((peak > 0) & ((peak < low) | (peak > high))).any()):
-        return None
-    _, exponent = torch.frexp(peak)
-    # a subnormal peak (below 2**-1022) needs a factor beyond float64's range: 2**1022 brings it near 1e-3
-    exponent = exponent.clamp_min(-1022)
-    return torch.where(peak > 0, torch.ldexp(torch.ones_like(peak), -exponent), torch.ones_like(peak))
-
-
-def _scaled(tensor: torch.Tensor, scale: torch.Tensor | None, sample: torch.Tensor) -> torch.Tensor:
-    if scale is None:
-        return tensor
-    factor = scale[sample.to(scale.device)]
-    return tensor * factor.reshape(-1, *([1] * (tensor.dim() - 1)))
+    def of(self, outputs: torch.Tensor, items: slice, sample: torch.Tensor) -> torch.Tensor | None:
+        """The powers of two of a chunk's items (recorded for ``Sums.scale``)."""
+        factor = None if self.sample is None else self.sample[sample.to(self.sample.device)]
+        if self.dead is not None:
+            dead = self.dead[sample.to(self.dead.device)]
+            own = sample_scale(outputs) if bool(dead.any()) else None
+            if own is not None:
+                factor = torch.where(dead, own, torch.ones_like(own) if factor is None else factor)
+        if factor is not None:
+            if self.items is None:
+                self.items = torch.ones(self.count, dtype=torch.float64)
+            self.items[items] = factor.cpu().double()
+        return factor
 
 
 class _ItemSums:
@@ -244,12 +125,11 @@ class _ItemSums:
         self, count: torch.Tensor, border_count: torch.Tensor | None, scale: torch.Tensor | None
     ) -> Sums:
         k, n = self.rows, self.n
-        item_scale = None if scale is None else scale.cpu().double().repeat(k).view(k, n)
         return Sums(
             self.diff_sq.view(k, n), self.ref_sq.view(k, n), count,
             None if self.border_diff is None else self.border_diff.view(k, n, -1),
             None if self.border_ref is None else self.border_ref.view(k, n, -1),
-            border_count, item_scale,
+            border_count, None if scale is None else scale.view(k, n),
         )  # fmt: skip
 
 
@@ -263,26 +143,26 @@ class FlatSums:
 
     def __init__(self, base: torch.Tensor, rows: int) -> None:
         self.base = base.reshape(len(base), -1)
-        self.scale = sample_scale(self.base)
-        self.squares = _Squares(base)
-        self.base_sq = squared_norms(_scaled(self.base, self.scale, torch.arange(len(base))), (1,))
+        self.scales = _Scales(self.base, rows * len(base))
+        self.differences = _Differences(base)
+        self.base_sq = squared_norms(self.scales.base, 1)
         self.items = _ItemSums(rows, len(base))
 
     def add(
         self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
     ) -> None:
         rows = sample.to(self.base.device)
-        flat = _scaled(outputs.reshape(len(outputs), -1), self.scale, sample)
-        reference = _scaled(self.base[rows], self.scale, sample)
-        diff = self.squares.diff(flat, reference, (1,), self.base_sq[rows], what)
+        flat = outputs.reshape(len(outputs), -1)
+        flat = scaled(flat, self.scales.of(flat, items, sample))
+        diff = self.differences.squared(flat, self.scales.base[rows], (1,), what)
         self.items.write(items, diff, self.base_sq[rows])
 
     def retry(self) -> None:
-        self.squares.scratch = None
+        self.differences.scratch = None
 
     def sums(self) -> Sums:
         count = torch.full((self.items.rows,), float(self.base[0].numel()), dtype=torch.float64)
-        return self.items.sums(count, None, self.scale)
+        return self.items.sums(count, None, self.scales.items)
 
 
 class GridSums:
@@ -321,23 +201,15 @@ class GridSums:
         self.channels = math.prod(base.shape[1 : base.dim() - d])
         self.acting = list(expected) if expected is not None else self.rows
         self.lo, self.hi = _boxes(self.acting, self.spatial, grid, margins, output_action is not None)
-        bounds = list(zip(self.lo.tolist(), self.hi.tolist()))
-        self.scale = sample_scale(base)
-        self.scaled = _scaled(base, self.scale, torch.arange(len(base)))
-        # per-position norms of the reference, once (a chunk moves or slices them like the reference)
+        self.scales = _Scales(base, len(self.rows) * len(base))
+        self.scaled = self.scales.base
+        # per-position norms of the reference, once (a chunk moves them like the reference)
         self.norm_map: torch.Tensor | None = None
         if output_action is None and all(type(e).moves_positions_only for e in self.acting):
             self.norm_map = squared_norms(self.scaled, self.channel_dims)
-        self.offsets = _translations(self.acting, grid) if output_action is None else None
-        # each translated row's box as tiles (target, source): one, or up to 2**d where a circular shift wraps
-        self._tiles = (
-            []
-            if self.offsets is None
-            else [_tiles(lo, hi, o, self.spatial, grid.boundary) for (lo, hi), o in zip(bounds, self.offsets)]
-        )
         self._copies: tuple[Copies, Copies | None] | None = None  # made when first needed
         self._masks: list[torch.Tensor] | None = None  # each row's reach_masks, made when first needed
-        self.squares = _Squares(base)
+        self.differences = _Differences(base)
         self.depth = max(1, int(((self.hi - self.lo + 1) // 2).max()))
         self.items = _ItemSums(len(self.rows), len(base), self.depth)
 
@@ -361,85 +233,8 @@ class GridSums:
     def add(
         self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
     ) -> None:
-        """Sum the chunk's squared differences over the compared region, in total and by edge distance.
-
-        Rows that translate a zero-boundary grid compare their box with a
-        slice of the reference, run by run (no moved copy of the reference);
-        other rows, and chunks of runs too short for that to pay, compare
-        whole grids with moved copies of it.
-        """
-        runs = self._box_runs(sample, row)
-        if runs is None:
-            self._add_grids(outputs, items, sample, row, what)
-            return
-        assert self.norm_map is not None
-        outputs = _scaled(outputs, self.scale, sample)
-        device = outputs.device
-        ref_map = torch.zeros((len(outputs), *self.spatial), dtype=self.squares.exact, device=device)
-        for run, k, first in runs:
-            samples = slice(first, first + run.stop - run.start)
-            for box, origin in self._tiles[k]:
-                target: tuple[Any, ...] = (run, *box)
-                source: tuple[Any, ...] = (samples, *origin)
-                ref_map[target] = self.norm_map[source]
-        ref_map = ref_map.flatten(1)
-        grid = (self.channel_dims, self.spatial)
-        diff_map = self.squares.boxes(outputs, runs, self._pieces, grid, ref_map.sum(1), what).flatten(1)
-        self._write(items, diff_map, ref_map, row)
-
-    def _pieces(
-        self, outputs: torch.Tensor, run: slice, k: int, first: int
-    ) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
-        """One run's tiles: a key into the chunk's grid, the outputs there, the reference slice they match."""
-        lead = (slice(None),) * (outputs.dim() - len(self.spatial) - 1)
-        samples = slice(first, first + run.stop - run.start)
-        pieces = []
-        for box, origin in self._tiles[k]:
-            key: tuple[Any, ...] = (run, *box)
-            ref_key: tuple[Any, ...] = (samples, *lead, *origin)
-            out_key: tuple[Any, ...] = (run, *lead, *box)
-            pieces.append((key, outputs[out_key], self.scaled[ref_key]))
-        return pieces
-
-    def _box_runs(self, sample: torch.Tensor, row: torch.Tensor) -> list[tuple[slice, int, int]] | None:
-        """The chunk as runs ``(items, row, first sample)`` of one translated row and consecutive samples."""
-        if self.offsets is None or self.norm_map is None:
-            return None
-        rows, samples = row.tolist(), sample.tolist()
-        bounds = [
-            0,
-            *(b for b in range(1, len(rows)) if rows[b] != rows[b - 1] or samples[b] != samples[b - 1] + 1),
-        ]
-        bounds.append(len(rows))
-        if len(rows) * self.channels * math.prod(self.spatial) < _RUN_ELEMENTS * (len(bounds) - 1):
-            return None  # many short runs: one vectorized pass over whole grids is faster
-        return [(slice(a, b), rows[a], samples[a]) for a, b in itertools.pairwise(bounds)]
-
-    def _write(self, items: slice, diff_map: torch.Tensor, ref_map: torch.Tensor, row: torch.Tensor) -> None:
-        """The sums of one stretch of items (flattened maps, zero outside each row's box): in total, and
-        by distance to the edge of the box."""
-        exact = self.squares.exact
-        masks = self._reach(row, diff_map.device)
-        shape = (len(diff_map), *self.spatial)
-        beyond = [beyond_sums(m.view(shape).to(exact), masks).cpu().double() for m in (diff_map, ref_map)]
-        self.items.write(items, beyond[0][:, 0], beyond[1][:, 0])
-        assert self.items.border_diff is not None
-        assert self.items.border_ref is not None
-        self.items.border_diff[items] = by_distance(beyond[0])
-        self.items.border_ref[items] = by_distance(beyond[1])
-
-    def _reach(self, row: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
-        """The ``reach_masks`` of each item's row, ``(items, depth, n)`` per dim (every row's made once)."""
-        if self._masks is None:
-            boxes = (tuple(map(tuple, self.lo.tolist())), tuple(map(tuple, self.hi.tolist())))
-            self._masks = _row_masks(*boxes, self.spatial, self.depth, self.squares.exact, device)
-        rows = row.to(device)
-        return [mask[rows] for mask in self._masks]
-
-    def _add_grids(
-        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
-    ) -> None:
-        """The whole grids of a chunk against moved copies of the reference, masked to each row's box."""
+        """Sum the chunk's squared differences over the compared region, in total and by edge distance:
+        whole grids against moved copies of the reference, masked to each row's box."""
         reference, ref_map, mask = self._reference(sample, row)
         # in the box: reaching distance 0 in every dim
         inside: torch.Tensor | None = mask
@@ -450,23 +245,39 @@ class GridSums:
             inside = along if inside is None else inside & along
         assert inside is not None
         ref_map = torch.where(inside, ref_map, ref_map.new_zeros(())).flatten(1)
-        ref_rows = ref_map.sum(1)
-        outputs = _scaled(outputs, self.scale, sample)
-        diff_map = self.squares.diff(outputs, reference, self.channel_dims, ref_rows, what)
+        outputs = scaled(outputs, self.scales.of(outputs, items, sample))
+        diff_map = self.differences.squared(outputs, reference, self.channel_dims, what)
         diff_map = torch.where(inside, diff_map, diff_map.new_zeros(())).flatten(1)
         self._write(items, diff_map, ref_map, row)
 
+    def _write(self, items: slice, diff_map: torch.Tensor, ref_map: torch.Tensor, row: torch.Tensor) -> None:
+        """The sums of one stretch of items (flattened maps, zero outside each row's box): in total, and
+        by distance to the edge of the box."""
+        masks = self._reach(row, diff_map.device)
+        shape = (len(diff_map), *self.spatial)
+        beyond = [beyond_sums(m.view(shape), masks).cpu().double() for m in (diff_map, ref_map)]
+        self.items.write(items, beyond[0][:, 0], beyond[1][:, 0])
+        assert self.items.border_diff is not None
+        assert self.items.border_ref is not None
+        self.items.border_diff[items] = by_distance(beyond[0])
+        self.items.border_ref[items] = by_distance(beyond[1])
+
+    def _reach(self, row: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+        """The ``reach_masks`` of each item's row, ``(items, depth, n)`` per dim (every row's made once)."""
+        if self._masks is None:
+            boxes = (tuple(map(tuple, self.lo.tolist())), tuple(map(tuple, self.hi.tolist())))
+            self._masks = _row_masks(*boxes, self.spatial, self.depth, accumulation_dtype(device), device)
+        rows = row.to(device)
+        return [mask[rows] for mask in self._masks]
+
     def _reference(
         self, sample: torch.Tensor, row: torch.Tensor
-    ) -> tuple[torch.Tensor | list[tuple[slice, torch.Tensor]], torch.Tensor, torch.Tensor | None]:
-        """The chunk's references (a tensor or runs of views), their norms a position, and a mask."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The chunk's references, their norms a position, and a mask."""
         if self.output_action is not None:
             reference, mask = self._custom(sample, row)
             return reference, squared_norms(reference, self.channel_dims), mask
         references, norms = self._moved()
-        runs = references.runs(sample, row)
-        if runs is not None and norms is not None:
-            return runs, norms.take(sample, row).squeeze(1), None
         reference = references.take(sample, row)
         if norms is not None:
             return reference, norms.take(sample, row).squeeze(1), None
@@ -488,20 +299,16 @@ class GridSums:
         for k in torch.unique_consecutive(row).tolist():
             rows = sample[row == k].to(self.base.device)
             moved, mask = _call_output_action(self.output_action, self.base[rows], self.rows[k], self.spatial)
-            pieces.append(_scaled(moved, self.scale, sample[row == k]))
+            scale = self.scales.sample
+            pieces.append(scaled(moved, None if scale is None else scale[sample[row == k].to(scale.device)]))
             masks.append(mask.expand(len(rows), *self.spatial))
         return torch.cat(pieces), torch.cat(masks)
 
     def retry(self) -> None:
-        self.squares.scratch = None
+        self.differences.scratch = None
 
     def sums(self) -> Sums:
-        return self.items.sums(self.count, self.border_count, self.scale)
-
-
-# Elements per run above which a chunk is compared run by run (a Python step each, ~10 us)
-# rather than in one vectorized pass over whole grids.
-_RUN_ELEMENTS = 4096
+        return self.items.sums(self.count, self.border_count, self.scales.items)
 
 
 def _tiles(
@@ -522,12 +329,6 @@ def _tiles(
         (tuple(part for part, _ in combo), tuple(source for _, source in combo))
         for combo in itertools.product(*per_dim)
     ]
-
-
-def _translations(acting: Sequence[Action], grid: Grid) -> list[tuple[int, ...]] | None:
-    """Each row's offsets on the grid if every row is a translation there, else None."""
-    offsets = [element.translation(grid) for element in acting]
-    return None if any(o is None for o in offsets) else offsets  # type: ignore[return-value]
 
 
 def _boxes(
@@ -658,13 +459,14 @@ class RelativeChange:
                 self.reference = torch.zeros(self.n, flat.shape[1], dtype=torch.float64)
             self.reference[sample[first]] = flat[first]
         assert self.reference is not None
-        norm = self.reference[sample].norm(dim=1)
-        if bool((norm == 0).any()):
+        reference = self.reference[sample]
+        change, zero = relative_sizes(flat - reference, reference)
+        if bool(zero.any()):
             raise InvalidArgument(
-                f"{int((norm == 0).sum())} samples have all-zero logits, where a relative change does "
+                f"{int(zero.sum())} samples have all-zero logits, where a relative change does "
                 "not exist; check the model (dead features?) or leave those samples out"
             )
-        self.change[items] = (flat - self.reference[sample]).norm(dim=1) / norm
+        self.change[items] = change
 
     def retry(self) -> None:
         pass

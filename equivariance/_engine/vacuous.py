@@ -30,10 +30,18 @@ from typing import Any
 
 import torch
 
-from equivariance._engine.judge import sample_errors, within
+from equivariance._engine.judge import (
+    accumulation_dtype,
+    relative_sizes,
+    sample_errors,
+    sample_scale,
+    scaled,
+    squared_norms,
+    within,
+)
 from equivariance._engine.plan import Plan
 from equivariance._engine.runner import Runner
-from equivariance._engine.sinks import GridSums, _tiles, sample_scale
+from equivariance._engine.sinks import GridSums, _tiles
 from equivariance.actions import Action
 from equivariance.tolerances import Tolerance
 
@@ -83,7 +91,7 @@ def _moved_errors(plan: Plan, element: Action) -> tuple[torch.Tensor, torch.Tens
     assert grid is not None
     assert base is not None
     offsets = element.translation(grid)
-    if offsets is None or plan.request.output_action is not None or sample_scale(base) is not None:
+    if offsets is None or plan.request.output_action is not None:
         sink = GridSums(base, [element], grid, plan.margins, plan.request.output_action)
         n = len(base)
         sink.add(base, slice(0, n), torch.arange(n), torch.zeros(n, dtype=torch.long), lambda: "f(x)")
@@ -96,22 +104,16 @@ def _moved_errors(plan: Plan, element: Action) -> tuple[torch.Tensor, torch.Tens
     lo = [r.start + m for r, m in zip(region, plan.margins)]
     hi = [r.stop - m for r, m in zip(region, plan.margins)]
     lead = (slice(None),) * (base.dim() - d)
-    # float32 tells a moving output from a still one, unless its squares overflow or underflow
-    for work in (torch.float32, torch.float64) if base.dtype != torch.float64 else (torch.float64,):
-        diff = torch.zeros(len(base), dtype=torch.float64)
-        ref = torch.zeros(len(base), dtype=torch.float64)
-        for target, source in _tiles(lo, hi, offsets, spatial, grid.boundary):
-            at: tuple[Any, ...] = (*lead, *target)
-            origin: tuple[Any, ...] = (*lead, *source)
-            moved = base[origin].to(work)
-            diff += (base[at].to(work) - moved).square().flatten(1).sum(1).cpu().double()
-            ref += moved.square().flatten(1).sum(1).cpu().double()
-        if bool(torch.isfinite(diff).all()) and bool((ref >= 2.0**-100).all()):
-            break
-    count = torch.tensor(
-        math.prod(max(b - a, 0) for a, b in zip(lo, hi)) * math.prod(base.shape[1 : base.dim() - d])
-    )
-    return sample_errors(diff, ref, count.double())
+    scale = sample_scale(base)
+    base = scaled(base, scale)
+    dims = tuple(range(1, base.dim()))
+    diff = ref = torch.zeros(len(base), dtype=accumulation_dtype(base.device), device=base.device)
+    for target, source in _tiles(lo, hi, offsets, spatial, grid.boundary):
+        moved = base[lead + tuple(source)]
+        diff = diff + squared_norms(base[lead + tuple(target)] - moved, dims)
+        ref = ref + squared_norms(moved, dims)
+    count = math.prod(max(b - a, 0) for a, b in zip(lo, hi)) * math.prod(base.shape[1 : base.dim() - d])
+    return sample_errors(diff.cpu(), ref.cpu(), float(count), None if scale is None else scale.cpu())
 
 
 def _unresponsive(runner: Runner, plan: Plan, tolerance: Tolerance) -> str | None:
@@ -149,9 +151,5 @@ def _perturbed(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def _differs(outputs: torch.Tensor, reference: torch.Tensor, tolerance: Tolerance) -> bool:
     """Whether any output differs from its reference by more than the tolerance (relative, or RMS)."""
-    dims = tuple(range(1, outputs.dim()))
-    diff = (outputs.double() - reference.double()).pow(2).sum(dims)
-    ref = reference.double().pow(2).sum(dims)
-    count = torch.full_like(ref, max(1, reference[0].numel()))
-    errors, absolute = sample_errors(diff, ref, count)
+    errors, absolute = relative_sizes(outputs.double() - reference.double(), reference)
     return not bool(within(errors, absolute, tolerance).all())

@@ -34,7 +34,7 @@ def as_int(value: object, argument: str) -> int:
         ) from None
 
 
-def shown_per_dim(values: Sequence[int]) -> str:
+def shown_per_dim(values: Sequence[float]) -> str:
     """One value where every dim has it, else all of them: ``2`` or ``(2, 4)``.
 
     Examples:
