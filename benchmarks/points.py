@@ -20,8 +20,11 @@ For 64 rotations (or permutations) of 8 clouds of 64 points, in float32:
   ``e3nn.util.test.equivariance_error`` (one random rotation a call, parity
   included, no translation).
 
-Each time is the median of ``--repeats`` runs after one to warm up. Nothing
-is asserted: this is a benchmark, not a timed test.
+The calls take turns, round after round (``--repeats`` rounds after one to
+warm up); each time is the median over the rounds, and each ratio the median
+of the ratios within a round, so load that comes and goes on a shared
+machine weighs on both sides of a ratio alike (as in benchmarks/speed.py).
+Nothing is asserted: this is a benchmark, not a timed test.
 
     python benchmarks/points.py [--repeats 7] [--threads 2]
 """
@@ -49,9 +52,9 @@ from point_gallery import egnn
 CLOUDS, POINTS, ELEMENTS = 8, 64, 64
 
 
-def timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """The median time of each call over ``repeats`` rounds, after one to warm up; the calls take
-    turns within a round, so that a machine whose load drifts slows them alike."""
+def timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """The times of each call in ``repeats`` rounds, after one to warm up; the calls take turns within
+    a round, so that a machine whose load drifts slows them alike."""
     for call in calls.values():
         call()
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -60,7 +63,7 @@ def timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, flo
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def main() -> None:
@@ -137,23 +140,28 @@ def main() -> None:
     e3nn = point_gallery.CASES["e3nn network"]
     if e3nn.available:
         calls.update(_e3nn_calls(e3nn))
-    t = timed(calls, args.repeats)
+    rounds = timed(calls, args.repeats)
+    t = {name: statistics.median(values) for name, values in rounds.items()}
     shape = f"{ELEMENTS} elements x {CLOUDS} clouds of {POINTS} points"
     print(f"torch {torch.__version__}, {args.threads} threads; {shape}")
     for name, seconds in t.items():
         print(f"  {name:34s} {seconds * 1e3:9.2f} ms")
-    ratios = {
-        "loop / batched, rotations": t["rotate, loop"] / t["rotate, batched"],
-        "loop / batched, permutations": t["permute, loop"] / t["permute, batched"],
-        "64 passes / one batch, EGNN": t["EGNN, 64 passes of 8"] / t["EGNN on 512 clouds, one batch"],
-        "moving / forward, rotations": t["rotate, batched"] / t["EGNN on 512 clouds, one batch"],
-        "check / forward of 512 (<= 1.2)": t["check, 64 rotations"] / t["EGNN on 512 clouds, one batch"],
-        "check / 64 passes of 8": t["check, 64 rotations"] / t["EGNN, 64 passes of 8"],
-        "loop by hand / check (>= 3)": t["by hand, loop of 64"] / t["check, 64 rotations"],
-        "64 errors / check": t["equivariance_error x 64"] / t["check, 64 rotations"],
+    pairs = {
+        "loop / batched, rotations": ("rotate, loop", "rotate, batched"),
+        "loop / batched, permutations": ("permute, loop", "permute, batched"),
+        "64 passes / one batch, EGNN": ("EGNN, 64 passes of 8", "EGNN on 512 clouds, one batch"),
+        "moving / forward, rotations": ("rotate, batched", "EGNN on 512 clouds, one batch"),
+        "check / forward of 512 (<= 1.2)": ("check, 64 rotations", "EGNN on 512 clouds, one batch"),
+        "check / 64 passes of 8": ("check, 64 rotations", "EGNN, 64 passes of 8"),
+        "loop by hand / check (>= 3)": ("by hand, loop of 64", "check, 64 rotations"),
+        "64 errors / check": ("equivariance_error x 64", "check, 64 rotations"),
+        "e3nn's 64 calls / check": ("e3nn: equivariance_error x 64", "e3nn: check, 64 elements"),
     }
-    if "e3nn: check, 64 elements" in t:
-        ratios["e3nn's 64 calls / check"] = t["e3nn: equivariance_error x 64"] / t["e3nn: check, 64 elements"]
+    ratios = {
+        name: statistics.median(a / b for a, b in zip(rounds[top], rounds[bottom]))
+        for name, (top, bottom) in pairs.items()
+        if top in rounds
+    }
     for name, ratio in ratios.items():
         print(f"  {name:34s} {ratio:9.3f}")
 
