@@ -280,9 +280,20 @@ def _converted(model: Any, x: Any, settings: _Settings) -> tuple[Any, Any]:
                 f"copy.deepcopy({type(model).__name__}) raised {type(exc).__name__}: {exc}"
             ) from None
         model = model.to(**target)
-    if isinstance(x, torch.Tensor) and x.dtype.is_floating_point:
-        x = x.to(**target)  # a new tensor whenever anything changes; the caller's is untouched
-    return model, x
+    return model, _moved(x, target, torch)
+
+
+def _moved(x: Any, target: dict[str, Any], torch: Any) -> Any:
+    """``x`` on the session's device and dtype: a floating tensor, and each of a tuple, list or dict of
+    a model's arguments (other values, and graphs, as they are)."""
+    if isinstance(x, torch.Tensor):
+        # a new tensor whenever anything changes; the caller's is untouched
+        return x.to(**target) if x.dtype.is_floating_point else x.to(device=target.get("device"))
+    if isinstance(x, (tuple, list)):
+        return type(x)(_moved(v, target, torch) for v in x)
+    if isinstance(x, dict):
+        return {k: _moved(v, target, torch) for k, v in x.items()}
+    return x
 
 
 def _record(test: str, when: str, report: EquivarianceReport, allow_vacuous: bool) -> dict[str, Any]:

@@ -4,13 +4,20 @@ An [`Action`][equivariance.actions.Action] is one element ``g`` of a symmetry
 group together with the way it moves a tensor. Every measurement of the
 library asks an element four things, and nothing else:
 
-- how it acts on a tensor laid out on a grid (``act``): the input, and the
-  output, whose grid may be subsampled (its ``stride``) and whose channels
-  may have come from another layout (channels last, tokens);
+- how it acts on a tensor (``act``): one laid out on a grid (the input, and
+  the output, whose grid may be subsampled (its ``stride``) and whose
+  channels may have come from another layout), or one of a point cloud, a
+  set or a graph, given its field type ([`equivariance.fields`][equivariance.fields])
+  in place of the grid (``where``);
 - where the result is defined (``region``): a zero-boundary shift fills in
   part of the grid, and only the rest can be compared;
 - whether it is the identity (``is_identity``), and its inverse (``inverse``);
   the identity of every group is [`Identity`][equivariance.actions.Identity];
+- whether acting is exact in floating point (``exact``): a rotation by any
+  angle rounds the moved input, so the noise floor of a check moves the
+  input there and back (``g⁻¹(g x)``) to measure what that rounding does;
+- what a failure of an output means (``failure_hint``), so a check's hint
+  is worded by the element, not by a list of the library's classes;
 - its printed name (``str``) and JSON form (``to_json``), for reports.
 
 [`Shift`][equivariance.Shift], [`Rot90`][equivariance.Rot90],
@@ -55,10 +62,14 @@ from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout
 
-__all__ = ["Action", "Batched", "Boundary", "Grid", "Identity", "guarded_act"]
+__all__ = ["Action", "Batched", "Boundary", "Grid", "Identity", "Where", "guarded_act"]
 
 Boundary = Literal["zeros", "circular"]
 BOUNDARIES: tuple[str, ...] = ("zeros", "circular")
+Where = Any
+"""Where an element acts: a [`Grid`][equivariance.actions.Grid] (images, sequences, volumes) or a
+field type of [`equivariance.fields`][equivariance.fields] (a tensor of points: positions, vectors,
+features, a graph's edges)."""
 
 
 def check_boundary(boundary: object) -> Boundary:
@@ -137,15 +148,17 @@ class Action(abc.ABC):
     _act_writes_nothing: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    def act(self, x: torch.Tensor, grid: Where) -> torch.Tensor:
         """The tensor moved by this element.
 
         Args:
             x: a tensor ``(N, *channels, *spatial)`` with ``grid.spatial_dims``
-                trailing spatial dims.
+                trailing spatial dims; or a tensor of points of a field type.
             grid: where ``x`` lives: its stride relative to the input (an
                 output subsampled by 2 moves half as far), its boundary and
-                its original layout.
+                its original layout; or, for elements of points (rotations,
+                permutations), the field type of ``x`` (``Positions()``,
+                ``Vectors()``, ...).
 
         Returns:
             A tensor of the same shape. It may share memory with ``x``, and
@@ -165,6 +178,20 @@ class Action(abc.ABC):
     def is_identity(self) -> bool:
         """Whether the element leaves every tensor as it is."""
         return False
+
+    @property
+    def exact(self) -> bool:
+        """Whether ``act`` is exact in floating point (it only moves, drops or negates values): True by
+        default, as for shifts, flips, quarter turns and permutations. An element that rounds (a
+        rotation by any angle, a translation) says False, and a check's noise floor then includes the
+        rounding of the moved input."""
+        return True
+
+    def failure_hint(self, part: str, field: Any) -> str | None:
+        """What it means that the output ``part`` (of field type ``field``, None for an output that
+        should not change) does not follow this element: one sentence for a check's hint, or None
+        (the default) for nothing to say."""
+        return None
 
     def translation(self, grid: Grid) -> tuple[int, ...] | None:
         """The integer offsets by which the element moves every position of ``grid``, if it is a
@@ -201,7 +228,7 @@ class Action(abc.ABC):
         return hash(type(self))
 
     @classmethod
-    def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Grid) -> Batched | None:
+    def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Where) -> Batched | None:
         """A vectorized way to move rows of ``x`` by many elements of this class at once.
 
         The engine calls it once per measurement with every element of the
@@ -213,7 +240,13 @@ class Action(abc.ABC):
         return None
 
 
-def guarded_act(element: Action, tensor: torch.Tensor, grid: Grid) -> torch.Tensor:
+def which_output(part: str) -> str:
+    """How a hint names an output part after a noun: ``""`` for a model's one output,
+    ``" (output[1])"`` for one of several (``failure_hint``'s helper)."""
+    return "" if part == "the output" else f" ({part})"
+
+
+def guarded_act(element: Action, tensor: torch.Tensor, grid: Where) -> torch.Tensor:
     """``element.act(tensor, grid)``, leaving ``tensor`` as it was even where ``act`` writes to it.
 
     The engine moves the caller's input and the model's reference outputs

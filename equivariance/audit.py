@@ -62,6 +62,7 @@ from equivariance._engine.arguments import BatchSize
 from equivariance._engine.checkpoint import Checkpoint, Record, fingerprint, identity, selector
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.judge import sample_errors, within
+from equivariance._engine.parts import Call
 from equivariance._engine.progress import Progress
 from equivariance._engine.runner import ModelConsumer, Runner
 from equivariance._engine.sinks import Top1
@@ -474,7 +475,7 @@ def _measure_batch(
 class _Classifier(Forward):
     """The ``classifier``: a ``Forward`` whose output must be logits ``(N, classes)``."""
 
-    def __call__(self, x: torch.Tensor, batch_note: str = "") -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | Call, batch_note: str = "") -> torch.Tensor:
         logits = super().__call__(x, batch_note)
         if logits.dim() != 2:
             raise InvalidArgument(

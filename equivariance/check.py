@@ -25,6 +25,7 @@ from equivariance._engine.arguments import BatchSize, Mode
 from equivariance._engine.forward import OutputSelector
 from equivariance._engine.hints import Verdicts, hints_for
 from equivariance._engine.judge import sample_errors, within
+from equivariance._engine.part_report import part_report
 from equivariance._engine.plan import Plan
 from equivariance._engine.runner import Runner
 from equivariance._engine.sinks import OutputAction, Sums
@@ -32,6 +33,7 @@ from equivariance._engine.vacuous import why_vacuous
 from equivariance.actions import Action, Boundary, Grid
 from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
+from equivariance.fields import FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
 from equivariance.regular import Regular
 from equivariance.report import EquivarianceReport, ShiftResult
@@ -47,8 +49,8 @@ DEFAULT_MAX_SHIFT = _arguments.DEFAULT_MAX_SHIFT
 
 
 def check_equivariance(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike] | None = None,
     *,
     max_shift: IntOrTuple | None = None,
@@ -63,6 +65,8 @@ def check_equivariance(
     batch_size: BatchSize = None,
     transforms: Sequence[Action] | None = None,
     layout: LayoutLike | None = None,
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
 ) -> EquivarianceReport:
     """Measure the equivariance error of ``model`` on ``x`` for many shifts at once.
 
@@ -86,6 +90,16 @@ def check_equivariance(
         >>> report = check_equivariance(LeNet(), x, max_shift=3, layer="conv4")
         >>> report.passed, len(report.elements)
         (True, 49)
+
+        A point cloud, with the field type of its input and output (see the
+        page "Point clouds, sets and graphs"):
+
+        >>> from equivariance.euclidean import SO3
+        >>> from equivariance.fields import Positions, Vectors
+        >>> centred = lambda pos: pos - pos.mean(-2, keepdim=True)
+        >>> check_equivariance(centred, torch.randn(2, 5, 3), transforms=SO3(8, seed=0),
+        ...                    inputs=Positions(), outputs=Vectors()).passed
+        True
 
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
@@ -136,10 +150,35 @@ def check_equivariance(
             [`equivariance.layouts`][equivariance.layouts]). Default: channels
             first; a check never guesses, but when it fails on an output whose
             shape reads as another layout, its hint says so.
+        inputs: for a model of point clouds, sets or graphs: the field type
+            ([`equivariance.fields`][equivariance.fields]) of ``x``, or of each
+            of the model's arguments when ``x`` is a tuple (positional) or a
+            dict (keyword), None for an argument no element moves, e.g.
+            ``check_equivariance(model, (pos, h), transforms=E3(64, seed=0),
+            inputs=(Positions(), Scalars()), outputs=(Scalars(nodes=None),
+            Vectors()))``. Every tensor shares the batch axis first. The
+            grid's options (``shifts``, ``max_shift``, ``stride``,
+            ``margin``, ``boundary``, ``layout``, ``output_action``) do not
+            apply; ``transforms=`` is needed (a group sample such as
+            ``SO3(64, seed=0)``, or elements by name).
+        outputs: with ``inputs=``: the field type of the output, or of each
+            output (a tuple, or a dict for a dict output). Each output is
+            judged by its own size and has a row of the report.
 
     Returns:
         An [`EquivarianceReport`][equivariance.EquivarianceReport].
     """
+    if _arguments.several_inputs(x, inputs, outputs):
+        _arguments.no_grid_options(
+            shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
+            margin=margin != 0, boundary=boundary != "zeros", layout=layout is not None,
+            output_action=output_action is not None,
+        )  # fmt: skip
+        request = _arguments.validate_parts(
+            model, x, "equivariance", _elements(None, transforms, None), inputs=inputs, outputs=outputs,
+            batch_size=batch_size, layer=layer, output=output,
+        )  # fmt: skip
+        return _check(request, atol, rtol, layer, drawn=transforms)
     if transforms is not None:
         _no_shift_options(
             shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
@@ -154,8 +193,8 @@ def check_equivariance(
 
 
 def check_invariance(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike] | None = None,
     *,
     max_shift: IntOrTuple | None = None,
@@ -166,6 +205,7 @@ def check_invariance(
     rtol: float | None = None,
     batch_size: BatchSize = None,
     transforms: Sequence[Action] | None = None,
+    inputs: FieldSpec = None,
 ) -> EquivarianceReport:
     """Measure how much an output that should not move changes under many shifts.
 
@@ -189,10 +229,30 @@ def check_invariance(
         >>> check_invariance(pool, torch.randn(3, 1, 16, 16), transforms=[Rot90(1), Rot90(2)]).passed
         True
 
+        A set model is checked with its field types (``inputs=``, as in
+        [`check_equivariance`][equivariance.check.check_equivariance]); every
+        output must stay as it is:
+
+        >>> from equivariance.fields import Scalars
+        >>> from equivariance.permutations import Permutations
+        >>> pooled = lambda h: h.sum(-2)
+        >>> check_invariance(pooled, torch.randn(3, 5, 2), transforms=Permutations(8, n=5),
+        ...                  inputs=Scalars()).passed
+        True
+
         Arguments as in [`check_equivariance`][equivariance.check.check_equivariance]; ``transforms`` is
         not allowed
         with ``shifts`` or ``max_shift``.
     """
+    if _arguments.several_inputs(x, inputs, None):
+        _arguments.no_grid_options(
+            shifts=shifts is not None, max_shift=max_shift is not None, boundary=boundary != "zeros"
+        )
+        request = _arguments.validate_parts(
+            model, x, "invariance", _elements(None, transforms, None), inputs=inputs, outputs=None,
+            batch_size=batch_size, layer=layer, output=output,
+        )  # fmt: skip
+        return _check(request, atol, rtol, layer, drawn=transforms)
     if transforms is not None:
         _no_shift_options(shifts=shifts is not None, max_shift=max_shift is not None)
     request = _arguments.validate(
@@ -203,8 +263,8 @@ def check_invariance(
 
 
 def assert_equivariant(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike] | None = None,
     *,
     allow_vacuous: bool = False,
@@ -235,8 +295,8 @@ def assert_equivariant(
 
 
 def assert_invariant(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike] | None = None,
     *,
     allow_vacuous: bool = False,
@@ -291,10 +351,20 @@ def _check(
     layer: str | None,
     *,
     inferred_stride: bool = False,
+    drawn: object = None,
 ) -> EquivarianceReport:
     resolve_tolerance(request.x.dtype, rtol=rtol, atol=atol)  # bad tolerances are refused before any pass
     with Runner(request.forward.model) as runner:
         plan = _plan.make_plan(runner, request)
+        if plan.outputs is not None:
+            part_sums, batch_size = _plan.measure_parts(runner, plan)
+            dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
+            tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
+            report = part_report(plan, part_sums, batch_size, tolerance, layer, drawn)
+            why = why_vacuous(runner, plan, tolerance) if report.within_tolerance else None
+            if why is None:
+                return report
+            return dataclasses.replace(report, vacuous=why, hints=(why, *report.hints))
         sums, batch_size = _plan.measure(runner, plan)
         # an output less precise than x (autocast, a half-precision head) sets the tolerance
         dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)

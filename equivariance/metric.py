@@ -41,6 +41,7 @@ from equivariance._engine.validation import describe
 from equivariance.actions import Action, Boundary
 from equivariance.crops import Crop
 from equivariance.errors import EquivarianceWarning, InvalidArgument
+from equivariance.fields import FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
 from equivariance.regular import Regular
 from equivariance.shifts import Shift, ShiftLike
@@ -72,8 +73,8 @@ IntOrTuple = int | Sequence[int]
 
 
 def equivariance_error(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shift: ShiftLike | Action,
     *,
     stride: IntOrTuple | Literal["auto"] = 1,
@@ -85,6 +86,8 @@ def equivariance_error(
     reduction: Reduction = "mean",
     batch_size: BatchSize = None,
     layout: LayoutLike | None = None,
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
 ) -> torch.Tensor:
     """The relative error $||f(gx) - g'f(x)|| / ||g'f(x)||$ of a model under one shift.
 
@@ -143,12 +146,28 @@ def equivariance_error(
             device), or ``"auto"`` to fit the chunks to the device's memory.
         layout: where the output keeps its spatial dims, as in
             [`check_equivariance`][equivariance.check_equivariance].
+        inputs: for a model of point clouds, sets or graphs, the field type of
+            ``x`` or of each of its arguments (``x`` a tuple or dict), as in
+            [`check_equivariance`][equivariance.check_equivariance]; ``shift``
+            is then an element that acts on them (a ``Rotation``, a
+            ``Permutation``, their product).
+        outputs: with ``inputs=``, the field type of each output. The error of
+            a sample is the largest of its outputs' relative errors (each
+            output relative to its own size).
 
     Returns:
         A 0-dim tensor (``"mean"``, ``"max"``) or one error per sample
         (``"none"``), on ``x``'s device.
     """
     _check_reduction(reduction)
+    if _arguments.several_inputs(x, inputs, outputs):
+        _arguments.no_grid_options(stride=stride != 1, margin=margin != 0, boundary=boundary != "zeros",
+                         layout=layout is not None, output_action=output_action is not None)  # fmt: skip
+        request = _arguments.validate_parts(
+            model, x, "equivariance", [_arguments.as_element(shift)], inputs=inputs, outputs=outputs,
+            batch_size=batch_size, layer=layer, output=output, noise_floor=False,
+        )  # fmt: skip
+        return _error(request, reduction)
     request = _arguments.validate(
         model, x, "equivariance", [_arguments.as_element(shift)], stride=stride, margin=margin,
         boundary=boundary, layout=layout, output_action=output_action, batch_size=batch_size,
@@ -158,8 +177,8 @@ def equivariance_error(
 
 
 def invariance_error(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shift: ShiftLike | Action,
     *,
     boundary: Boundary | Crop = "zeros",
@@ -167,6 +186,7 @@ def invariance_error(
     output: OutputSelector = None,
     reduction: Reduction = "mean",
     batch_size: BatchSize = None,
+    inputs: FieldSpec = None,
 ) -> torch.Tensor:
     """The relative change $||f(gx) - f(x)|| / ||f(x)||$ of an output that should not move.
 
@@ -183,6 +203,13 @@ def invariance_error(
         True
     """
     _check_reduction(reduction)
+    if _arguments.several_inputs(x, inputs, None):
+        _arguments.no_grid_options(boundary=boundary != "zeros")
+        request = _arguments.validate_parts(
+            model, x, "invariance", [_arguments.as_element(shift)], inputs=inputs, outputs=None,
+            batch_size=batch_size, layer=layer, output=output, noise_floor=False,
+        )  # fmt: skip
+        return _error(request, reduction)
     request = _arguments.validate(
         model, x, "invariance", [_arguments.as_element(shift)], boundary=boundary, batch_size=batch_size,
         layer=layer, output=output, noise_floor=False,
@@ -202,8 +229,18 @@ def _error(request: _arguments.Request, reduction: Reduction) -> torch.Tensor:
     """The per-sample errors of the request's one element, reduced."""
     with Runner(request.forward.model) as runner:
         plan = _plan.make_plan(runner, request)
-        sums, _ = _plan.measure(runner, plan)
-        errors, absolute = sample_errors(sums.diff_sq[0], sums.ref_sq[0], sums.count[0], _first(sums.scale))
+        if plan.outputs is not None:  # several outputs: each relative to its own size, the largest
+            part_sums, _ = _plan.measure_parts(runner, plan)
+            by_part = [sample_errors(s.diff_sq[0], s.ref_sq[0], s.count[0]) for s in part_sums]
+            stacked = torch.stack([e for e, _ in by_part])
+            worst = stacked.argmax(dim=0)
+            errors = stacked.gather(0, worst[None])[0]
+            absolute = torch.stack([a for _, a in by_part]).gather(0, worst[None])[0]
+        else:
+            sums, _ = _plan.measure(runner, plan)
+            errors, absolute = sample_errors(
+                sums.diff_sq[0], sums.ref_sq[0], sums.count[0], _first(sums.scale)
+            )
         tolerance = resolve_tolerance(request.x.dtype)
         small = bool(within(errors, absolute, tolerance).all())
         why = why_vacuous(runner, plan, tolerance) if small else None

@@ -215,7 +215,9 @@ class EquivarianceProfile:
         """One line: the verdict and the first layer that fails, with its cause."""
         first = self.first_failure
         subject = self.subject if self.up_to is None else f"{self.subject} up to {self.up_to}"
-        head = f"equivariance profile of {subject} under {self.element.noun} {self.element} ({self.boundary})"
+        # the boundary of an element that reads one (a shift); one that maps the grid onto itself has none
+        boundary = f" ({self.boundary})" if type(self.element).uses_boundary else ""
+        head = f"equivariance profile of {subject} under {self.element.noun} {self.element}{boundary}"
         if first is None:
             return f"{head}: every layer within rtol {self.rtol:.0e}"
         if first.type == JUNCTION:

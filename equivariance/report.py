@@ -19,7 +19,7 @@ from typing import Any
 from equivariance.actions import Action
 from equivariance.errors import EquivarianceError, VacuousCheckError
 
-__all__ = ["EquivarianceReport", "ShiftResult"]
+__all__ = ["EquivarianceReport", "PartResult", "ShiftResult"]
 
 _ROWS = 8  # shifts listed in str(report); the rest are summarised in one line
 
@@ -36,12 +36,50 @@ class ShiftResult:
         passed: whether every sample was within tolerance.
         absolute: whether the worst sample's reference output was all zero,
             making its error an absolute one.
+        parts: for a model of several outputs (``outputs=``), the worst error of each output part
+            under this element, in the order of ``EquivarianceReport.parts``; empty otherwise.
     """
 
     element: Action
     error: float
     passed: bool
     absolute: bool = False
+    parts: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """The outcome for one output of a model of several outputs (``outputs=``), over every element.
+
+    Attributes:
+        name: the output, e.g. ``"output[1]"`` or ``"output['forces']"``.
+        field: its field type, e.g. ``"Vectors()"``; ``"unchanged"`` for invariance.
+        shape: its shape for the inputs as given.
+        error: its worst error over the elements and samples, relative to its own size (or RMS
+            absolute where its reference is zero).
+        element: the element with that error.
+        sample: the sample with that error.
+        passed: whether it was within tolerance (or within ``FLOOR_FACTOR`` times its noise floor)
+            for every element and sample.
+        noise_floor: its error through the check's own path: the identity, and inputs moved there
+            and back by elements that round.
+        median: the median over the elements of its worst error over the samples.
+        failed_samples: how many samples fail under some element (errors tiny for most inputs and
+            large for a few show as a few failed samples).
+        samples: how many samples were checked.
+    """
+
+    name: str
+    field: str
+    shape: tuple[int, ...]
+    error: float
+    element: Action
+    sample: int
+    passed: bool
+    noise_floor: float
+    median: float
+    failed_samples: int = 0
+    samples: int = 0
 
 
 @dataclass(frozen=True, repr=False)
@@ -83,6 +121,10 @@ class EquivarianceReport:
             that is not channels first) were resolved, one sentence each.
         layout: the output's layout, e.g. ``"channels_last"`` (equivariance).
         layer: the layer measured (``layer=``), None for the model's output.
+        parts: for a model of several inputs and outputs (``inputs=``, ``outputs=``), one
+            [`PartResult`][equivariance.report.PartResult] per output: each judged by its own size.
+        inputs: for several inputs, each with its shape and field type.
+        drawn: how the elements were drawn, e.g. ``"E3(64, seed=0)"`` (a group sample), or "".
         vacuous: why a check whose every element is within tolerance could
             not have failed (an output that does not move, or does not
             respond to the input), None when it could. Such a check is not a
@@ -113,6 +155,9 @@ class EquivarianceReport:
     layout: str = "channels_first"
     layer: str | None = None
     vacuous: str | None = None
+    parts: tuple[PartResult, ...] = ()
+    inputs: str = ""
+    drawn: str = ""
 
     @property
     def passed(self) -> bool:
@@ -171,7 +216,13 @@ class EquivarianceReport:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["results"] = [
             {"element": r.element.to_json(), "error": r.error, "passed": r.passed, "absolute": r.absolute}
+            | ({"parts": list(r.parts)} if r.parts else {})
             for r in self.results
+        ]  # fmt: skip
+        data["parts"] = [
+            {**{f.name: getattr(p, f.name) for f in dataclasses.fields(p)}, "element": p.element.to_json(),
+             "shape": list(p.shape)}
+            for p in self.parts
         ]  # fmt: skip
         for key in ("input_shape", "output_shape", "margin", "hints", "inferred"):
             data[key] = list(data[key])
@@ -241,21 +292,14 @@ class EquivarianceReport:
 
     def __str__(self) -> str:
         lines = [self.summary()]
-        margin = f", margin {self.margin}" if any(self.margin) else ""
-        layout = "" if self.layout == "channels_first" else f", layout {self.layout}"
-        lines.append(
-            f"  input {self.input_shape} {self.dtype} on {self.device} -> output "
-            f"{self.output_shape}{layout}; boundary {self.boundary}, "
-            f"output action {self.output_action}{margin}"
-        )
-        lines.append(
-            f"  tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} ({self.tolerance_source}); "
-            f"noise floor {self.noise_floor:.1e}; mean error {self.mean_error:.2e}"
-        )
+        if self.parts:
+            lines.extend(self._part_lines())
+        else:
+            lines.extend(self._grid_lines())
         lines.extend(f"  inferred: {note}" for note in self.inferred)
         if self.zero_reference:
             lines.append(
-                f"  {self.zero_reference} shifted samples had an all-zero reference output (dead "
+                f"  {self.zero_reference} moved samples had an all-zero reference output (dead "
                 "features); their error is the RMS absolute error, compared to atol"
             )
         ordered = sorted(self.results, key=lambda r: -r.error)
@@ -278,6 +322,59 @@ class EquivarianceReport:
         if self.vacuous is not None and self.vacuous not in self.hints:
             lines.append(f"  vacuous: {self.vacuous}")
         return "\n".join(lines)
+
+    def _part_lines(self) -> list[str]:
+        """The inputs, how the elements were drawn and the spread of their errors, and a row per output."""
+        lines = [f"  inputs {self.inputs}; {self.dtype} on {self.device}"]
+        errors = sorted(self.errors)
+        drawn = f"{self.drawn}; " if self.drawn else ""
+        lines.append(
+            f"  {drawn}errors over the {_count(len(errors), self._noun())}: min {errors[0]:.1e}, median "
+            f"{_quantile(errors, 0.5):.1e}, 90% {_quantile(errors, 0.9):.1e}, max {errors[-1]:.1e}"
+        )
+        lines.append(
+            f"  tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} ({self.tolerance_source}), or an "
+            f"output's error within {_FLOOR_FACTOR:g}x its noise floor (the check's own rounding)"
+        )
+        names = [p.name for p in self.parts]
+        fields = [p.field for p in self.parts]
+        shapes = [str(p.shape) for p in self.parts]
+        columns = ((names, "output"), (shapes, "shape"), (fields, "field"))
+        w = [max(len(t) for t in [*col, head]) for col, head in columns]
+        lines.append(
+            f"  {'output':<{w[0]}}  {'shape':<{w[1]}}  {'field':<{w[2]}}  {'error':>7}  {'median':>7}  "
+            f"{'floor':>7}  verdict, worst at"
+        )
+        for p, shape in zip(self.parts, shapes):
+            verdict = "ok" if p.passed else f"FAIL ({p.failed_samples} of {p.samples} samples)"
+            lines.append(
+                f"  {p.name:<{w[0]}}  {shape:<{w[1]}}  {p.field:<{w[2]}}  {p.error:7.1e}  {p.median:7.1e}  "
+                f"{p.noise_floor:7.1e}  {verdict}, sample {p.sample}, {p.element}"
+            )
+        return lines
+
+    def _grid_lines(self) -> list[str]:
+        lines = []
+        margin = f", margin {self.margin}" if any(self.margin) else ""
+        layout = "" if self.layout == "channels_first" else f", layout {self.layout}"
+        lines.append(
+            f"  input {self.input_shape} {self.dtype} on {self.device} -> output "
+            f"{self.output_shape}{layout}; boundary {self.boundary}, "
+            f"output action {self.output_action}{margin}"
+        )
+        lines.append(
+            f"  tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} ({self.tolerance_source}); "
+            f"noise floor {self.noise_floor:.1e}; mean error {self.mean_error:.2e}"
+        )
+        return lines
+
+
+_FLOOR_FACTOR = 10.0  # equivariance._engine.judge.FLOOR_FACTOR (the report imports no engine module)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted values (the nearest rank)."""
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _count(n: int, noun: str) -> str:

@@ -41,9 +41,26 @@ from torch import nn
 
 from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
+from equivariance.euclidean import Rotation, Translation, quaternion_matrices
+from equivariance.fields import Adjacency, EdgeIndex, Field, Irreps, Positions
+from equivariance.permutations import Permutation
 from equivariance.shifts import Boundary, Shift
 
-__all__ = ["ConvStack", "DenseNet", "conv_stacks", "images", "mlps", "shifts", "signals"]
+__all__ = [
+    "ConvStack",
+    "DenseNet",
+    "Graph",
+    "conv_stacks",
+    "graphs",
+    "images",
+    "mlps",
+    "permutations",
+    "point_clouds",
+    "rotations",
+    "shifts",
+    "signals",
+    "translations",
+]
 
 T = TypeVar("T")
 Count = int | tuple[int, int] | st.SearchStrategy[int]
@@ -546,6 +563,277 @@ def _min_size(specs: Sequence[tuple[int, int, int, bool]], padding: str) -> int:
         n += total
 
 
+# -- point clouds, sets and graphs ------------------------------------------------------------------
+
+
+ROTATION_GROUPS = ("SO2", "O2", "SO3", "O3")
+POSITIONS = Positions()  # the default field of a point cloud
+
+
+def rotations(*, group: str | st.SearchStrategy[str] = "SO3") -> st.SearchStrategy[Rotation]:
+    """Rotations of ``group`` (``"SO2"``, ``"O2"``, ``"SO3"`` or ``"O3"``), shrinking toward the identity.
+
+    A 3-D rotation is drawn as a quaternion of four numbers in [-1, 1],
+    normalised (the identity where all four are near zero), a planar one as
+    an angle; the groups with reflections add a mirror (a reflection in
+    2-D, the inversion in 3-D) on a drawn coin. Every rotation can be drawn,
+    though not uniformly: for uniform (Haar) draws use the samples of
+    [`equivariance.euclidean`][equivariance.euclidean], e.g. ``SO3(64, seed=0)``.
+
+    Args:
+        group: the group to draw from.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> @given(rotations(group="O3"))
+        ... def test_orthogonal(r):
+        ...     m = r.matrix
+        ...     assert (m @ m.T - torch.eye(3, dtype=m.dtype)).abs().max() < 1e-12 and r.det in (1, -1)
+        >>> test_orthogonal()
+    """
+    groups = _option(group, "group", _as_rotation_group)
+
+    @st.composite
+    def draw_rotation(draw: st.DrawFn) -> Rotation:
+        name = draw(groups)
+        if name.endswith("2"):
+            rotation = Rotation.planar(draw(st.floats(-math.pi, math.pi)))
+        else:
+            q = torch.tensor([draw(st.floats(-1.0, 1.0, allow_subnormal=False)) for _ in range(4)])
+            norm = float(q.to(torch.float64).norm())
+            q = q.to(torch.float64) / norm if norm > 1e-6 else torch.tensor([1.0, 0.0, 0.0, 0.0]).double()
+            rotation = Rotation(quaternion_matrices(q))
+        if name.startswith("O") and draw(st.booleans()):
+            mirror = Rotation.reflection([0.0, 1.0]) if rotation.dim == 2 else Rotation.inversion()
+            product = mirror * rotation
+            assert isinstance(product, Rotation)
+            rotation = product
+        return rotation
+
+    return draw_rotation()
+
+
+def translations(
+    *, dim: int | st.SearchStrategy[int] = 3, scale: float | st.SearchStrategy[float] = 1.0
+) -> st.SearchStrategy[Translation]:
+    """Translations of ``dim``-D space (2 or 3) with components in ``[-scale, scale]``, shrinking toward 0.
+
+    Args:
+        dim: 2 or 3.
+        scale: the largest component.
+    """
+    dims = _count(dim, "dim", minimum=2, maximum=3)
+    scales = _option(scale, "scale", _as_positive)
+
+    @st.composite
+    def draw_translation(draw: st.DrawFn) -> Translation:
+        d, bound = draw(dims), draw(scales)
+        return Translation([draw(st.floats(-bound, bound)) for _ in range(d)])
+
+    return draw_translation()
+
+
+def permutations(*, n: Count = (1, 8)) -> st.SearchStrategy[Permutation]:
+    """Permutations of ``n`` points, shrinking toward the identity and few points.
+
+    Args:
+        n: the number of points.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> @given(permutations(n=5))
+        ... def test_inverse(p):
+        ...     assert (p * p.inverse()).is_identity
+        >>> test_inverse()
+    """
+    sizes = _count(n, "n", minimum=1)
+
+    @st.composite
+    def draw_permutation(draw: st.DrawFn) -> Permutation:
+        return Permutation(draw(st.permutations(range(draw(sizes)))))
+
+    return draw_permutation()
+
+
+def point_clouds(
+    *,
+    fields: Field | Sequence[Field] = POSITIONS,
+    batch: Count | None = (1, 3),
+    points: Count = (1, 8),
+    channels: Count = (1, 4),
+    dim: int | st.SearchStrategy[int] = 3,
+    scale: float | st.SearchStrategy[float] = 1.0,
+    dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
+    device: str | torch.device | st.SearchStrategy[str | torch.device] = "cpu",
+) -> st.SearchStrategy[Any]:
+    """Point clouds: one tensor per field type, all with the same batch and number of points.
+
+    For ``fields=(Positions(), Scalars())`` a draw is ``(pos, h)``, ``pos``
+    of shape ``(B, N, 3)`` and ``h`` of shape ``(B, N, C)``, ready for
+    ``model(*cloud)``; for one field type, the tensor alone. The shape of
+    each part follows its field type: ``(B, N, dim)`` for vectors and
+    positions (``(B, N, C, dim)`` with ``nodes=-3``), ``(B, N, irreps.dim)``
+    for [`Irreps`][equivariance.fields.Irreps], ``(B, N, N)`` for an
+    [`Adjacency`][equivariance.fields.Adjacency] (0 or 1), ``(B, C)`` for
+    ``nodes=None``. Values are uniform in ``[-scale, scale]``, made by torch
+    from a drawn seed; counts shrink toward one cloud of one point.
+
+    Args:
+        fields: a field type or a sequence of them (``nodes`` of -2, -3 or None).
+        batch: the number of clouds ``B``; None for one cloud without a batch axis.
+        points: the number of points ``N``.
+        channels: the channels ``C`` of scalar features (drawn per part).
+        dim: the components of vectors and positions, 2 or 3.
+        scale: the largest absolute value.
+        dtype: a floating-point dtype.
+        device: where the tensors are made.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> from equivariance.fields import Scalars, Vectors
+        >>> @given(point_clouds(fields=(Positions(), Scalars(), Vectors(nodes=None)), batch=2, points=(3, 5)))
+        ... def test_shapes(cloud):
+        ...     pos, h, v = cloud
+        ...     assert pos.shape[::2] == (2, 3) and 3 <= pos.shape[1] <= 5 and h.shape[:2] == pos.shape[:2]
+        ...     assert v.shape == (2, 3)
+        >>> test_shapes()
+    """
+    parts = _as_cloud_fields(fields)
+    batches = None if batch is None else _count(batch, "batch", minimum=1)
+    counts = _count(points, "points", minimum=1)
+    widths = _count(channels, "channels", minimum=1)
+    dims = _count(dim, "dim", minimum=2, maximum=3)
+    scales = _option(scale, "scale", _as_positive)
+    dtypes = _option(dtype, "dtype", _as_float_dtype)
+    devices = _option(device, "device", _as_device)
+
+    @st.composite
+    def draw_cloud(draw: st.DrawFn) -> Any:
+        lead = () if batches is None else (draw(batches),)
+        n, d, bound = draw(counts), draw(dims), draw(scales)
+        generator = torch.Generator().manual_seed(draw(SEEDS))
+        made = []
+        for field in parts:
+            shape = (*lead, *_cloud_shape(field, n, d, lambda: draw(widths)))
+            x = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            if isinstance(field, Adjacency):
+                x = (x > 0).to(torch.float64)
+            made.append(x.to(device=draw(devices), dtype=draw(dtypes)))
+        return made[0] if isinstance(fields, Field) else tuple(made)
+
+    return draw_cloud()
+
+
+def _cloud_shape(field: Field, n: int, d: int, width: Callable[[], int]) -> tuple[int, ...]:
+    if isinstance(field, Adjacency):
+        return (n, n)
+    last = field.dim if isinstance(field, Irreps) else d if field.components else width()
+    if field.nodes is None:
+        return (last,)
+    return (n, last) if field.nodes == -2 else (n, width(), last)
+
+
+def _as_cloud_fields(fields: object) -> list[Field]:
+    parts = [fields] if isinstance(fields, Field) else fields
+    if isinstance(parts, (str, bytes)) or not isinstance(parts, Sequence) or not parts:
+        raise InvalidArgument(
+            f"fields must be a field type or a non-empty sequence of them, found {describe(fields)}; pass "
+            "e.g. fields=(Positions(), Scalars())"
+        )
+    for field in parts:
+        if isinstance(field, EdgeIndex) or not isinstance(field, Field):
+            raise InvalidArgument(
+                f"point_clouds draws tensors of Scalars, Vectors, Positions, Irreps and the like, found "
+                f"{describe(field)}; draw edges with graphs()"
+            )
+        if isinstance(field, Adjacency):
+            if field.axes != (-2, -1):
+                raise InvalidArgument(f"point_clouds draws adjacencies (..., N, N), found {field!r}")
+        elif field.nodes not in (-2, None) and not (field.nodes == -3 and field.components):
+            raise InvalidArgument(
+                f"point_clouds draws points on axis -2 (or -3 for several vectors a point), found {field!r}; "
+                "move the axis of the drawn tensor yourself"
+            )
+    return list(parts)
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A random graph drawn by ``graphs``: ``num_nodes`` nodes and the edges ``edge_index``.
+
+    Attributes:
+        num_nodes: the number of nodes.
+        edge_index: ``(2, E)`` long tensor, sources in row 0, targets in row 1
+            (an undirected graph holds each edge both ways).
+    """
+
+    num_nodes: int
+    edge_index: torch.Tensor
+
+    def adjacency(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The ``(N, N)`` adjacency matrix: 1 at ``[source, target]`` of every edge."""
+        a = torch.zeros(self.num_nodes, self.num_nodes, dtype=dtype)
+        a[self.edge_index[0], self.edge_index[1]] = 1
+        return a
+
+
+def graphs(
+    *,
+    nodes: Count = (1, 8),
+    edges: Count | None = None,
+    undirected: bool | st.SearchStrategy[bool] = False,
+    self_loops: bool | st.SearchStrategy[bool] = False,
+) -> st.SearchStrategy[Graph]:
+    """Random graphs as ``edge_index`` (a [`Graph`][equivariance.strategies.Graph]), shrinking toward few
+    nodes and few edges.
+
+    Args:
+        nodes: the number of nodes.
+        edges: the number of edges (pairs, for an undirected graph); default any number.
+        undirected: hold every edge both ways.
+        self_loops: allow edges from a node to itself.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> @given(graphs(nodes=4, undirected=True))
+        ... def test_symmetric(g):
+        ...     a = g.adjacency()
+        ...     assert torch.equal(a, a.T) and a.diagonal().sum() == 0
+        >>> test_symmetric()
+    """
+    sizes = _count(nodes, "nodes", minimum=1)
+    counts = None if edges is None else _count(edges, "edges", minimum=0)
+    both_ways, loops = _flag(undirected, "undirected"), _flag(self_loops, "self_loops")
+
+    @st.composite
+    def draw_graph(draw: st.DrawFn) -> Graph:
+        n, symmetric, looped = draw(sizes), draw(both_ways), draw(loops)
+        pairs = [
+            (i, j)
+            for i in range(n)
+            for j in range(n)
+            if (i < j if symmetric else i != j) or (looped and i == j)
+        ]
+        wanted = None if counts is None else draw(counts)
+        if wanted is not None and wanted > len(pairs):
+            raise InvalidArgument(
+                f"a graph of {n} node{'s' if n != 1 else ''} has at most {len(pairs)} such edges, asked for "
+                f"{wanted}; draw more nodes or fewer edges"
+            )
+        chosen = (
+            draw(st.lists(st.sampled_from(pairs), unique=True, min_size=wanted or 0, max_size=wanted))
+            if pairs
+            else []
+        )
+        chosen = sorted(chosen)
+        if symmetric:
+            chosen = sorted(chosen + [(j, i) for i, j in chosen if i != j])
+        edge_index = torch.tensor(chosen, dtype=torch.long).reshape(-1, 2).T.contiguous()
+        return Graph(n, edge_index)
+
+    return draw_graph()
+
+
 # -- option checking -----------------------------------------------------------------------------
 
 
@@ -645,6 +933,21 @@ def _padding(value: object) -> st.SearchStrategy[str]:
 
 def _flag(value: object, name: str) -> st.SearchStrategy[bool]:
     return _option(value, name, _as_bool)
+
+
+def _as_rotation_group(value: object, what: str) -> str:
+    if not isinstance(value, str) or value not in ROTATION_GROUPS:
+        raise InvalidArgument(
+            f"{what} must be one of {', '.join(map(repr, ROTATION_GROUPS))}, found {describe(value)}"
+        )
+    return value
+
+
+def _as_positive(value: object, what: str) -> float:
+    number = _as_finite(value, what)
+    if number <= 0:
+        raise InvalidArgument(f"{what} must be positive, found {number}")
+    return number
 
 
 def _as_int(

@@ -155,3 +155,30 @@ def test_an_action_that_does_not_map_the_grid_onto_itself_is_refused() -> None:
 
     with pytest.raises(InvalidArgument, match=r"Crop\(\) must map the grid of x onto itself"):
         check_equivariance(nn.Conv2d(1, 1, 3), torch.randn(1, 1, 8, 8), transforms=[Crop()])
+
+
+def test_an_element_of_ones_own_that_is_not_a_grid_move_gets_no_advice_of_grids() -> None:
+    """A node permutation written as a 10-line Action on a (N, C, nodes) tensor: a failure is not advised
+    regular('p4') nor averaged kernels, and its profile is not labelled with a boundary."""
+    from equivariance import profile_equivariance
+
+    class Reverse(Action):
+        def act(self, x, grid):  # type: ignore[no-untyped-def]
+            return x.flip(-1)
+
+        def inverse(self) -> Action:
+            return self
+
+    torch.manual_seed(0)
+    mixing = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24, 48), torch.nn.Unflatten(1, (8, 6)))
+    report = check_equivariance(mixing, torch.randn(2, 4, 6), transforms=[Reverse()])
+    assert not report.passed
+    text = " ".join(report.hints)
+    assert "p4" not in text, text
+    assert "regular(" not in text, text
+    assert report.hints[-1].startswith(
+        "the output does not follow the transforms of the input: the model does not commute with these "
+        "elements; check an earlier layer with layer= to find where it breaks"
+    )
+    profile = profile_equivariance(mixing, torch.randn(2, 4, 6), shift=Reverse())
+    assert profile.summary().startswith("equivariance profile of Sequential under transform Reverse(): ")

@@ -41,6 +41,20 @@ def blocks(page: Path, language: str) -> list[tuple[int, str]]:
 
 
 PYTHON_PAGES = [page for page in PAGES if blocks(page, "python")]
+# a block's first line may name an optional package it needs: "# needs e3nn: pip install equivariance[e3nn]"
+NEEDS = re.compile(r"\A# needs (\w+)")
+
+
+def missing(code: str) -> str | None:
+    """The optional package a block needs (its first line says ``# needs e3nn``), where it is not installed."""
+    found = NEEDS.match(code)
+    return found.group(1) if found and importlib.util.find_spec(found.group(1)) is None else None
+
+
+def test_a_block_may_need_an_optional_package() -> None:
+    assert missing("# needs a_package_nobody_has: pip install it\nimport it\n") == "a_package_nobody_has"
+    assert missing("# needs torch\nimport torch\n") is None
+    assert missing("import torch  # needs nothing\n") is None
 
 
 def test_the_pages_have_code_to_run() -> None:
@@ -54,11 +68,14 @@ def test_every_python_block_of_a_page_runs_in_order(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
-    ran = 0
+    ran = skipped = 0
     for line, code in blocks(page, "python"):
+        if missing(code):  # a block that needs an optional package (and blocks after it do not use it)
+            skipped += 1
+            continue
         exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
         ran += 1
-    assert ran == len(blocks(page, "python"))
+    assert ran + skipped == len(blocks(page, "python"))
     # the tests a page defines run too, with the library's functions for the plugin's fixtures
     fixtures = {
         "assert_equivariant": equivariance.assert_equivariant,

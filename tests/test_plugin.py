@@ -636,3 +636,38 @@ def test_a_wide_terminal_gets_every_column(project: pytest.Pytester, monkeypatch
             "3 checks, 1 failed",
         ]
     )
+
+
+def test_the_fixtures_take_point_clouds_with_inputs_and_outputs(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_points="""
+        import pytest
+        import torch
+        from equivariance.euclidean import SO3
+        from equivariance.fields import Positions, Scalars, Vectors
+        from equivariance.permutations import Permutations
+
+        def centred(pos, h):
+            return (pos - pos.mean(-2, keepdim=True)) * h.mean(-1, keepdim=True)
+
+        pos, h = torch.randn(2, 5, 3), torch.randn(2, 5, 4)
+
+        def test_rotations(assert_equivariant):
+            report = assert_equivariant(centred, (pos, h), transforms=SO3(8, seed=0),
+                                        inputs=(Positions(), Scalars()), outputs=Vectors())
+            assert report.dtype == "float64" and len(report.parts) == 1
+
+        def test_pooled(assert_invariant):
+            assert_invariant(lambda pos, h: h.sum(-2), (pos, h), transforms=Permutations(4, n=5),
+                             inputs=(Positions(), Scalars()))
+
+        def test_coordinates_as_features(assert_invariant):
+            assert_invariant(lambda pos, h: pos.sum(-2), (pos, h), transforms=SO3(4),
+                             inputs=(Positions(), Scalars()))
+        """
+    )
+    result = project.runpytest("--equivariance-dtype", "float64")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*the scalar output moves under rotation: an input coordinate is used as a*"]
+    )

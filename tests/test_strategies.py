@@ -17,7 +17,24 @@ from hypothesis.errors import NoSuchExample
 from torch import nn
 
 from equivariance import InvalidArgument, Shift, check_equivariance
-from equivariance.strategies import ConvStack, DenseNet, conv_stacks, images, mlps, shifts, signals
+from equivariance.euclidean import Rotation
+from equivariance.fields import Adjacency, EdgeIndex, Irreps, Positions, Pseudoscalars, Scalars, Vectors
+from equivariance.permutations import Permutation
+from equivariance.strategies import (
+    ConvStack,
+    DenseNet,
+    Graph,
+    conv_stacks,
+    graphs,
+    images,
+    mlps,
+    permutations,
+    point_clouds,
+    rotations,
+    shifts,
+    signals,
+    translations,
+)
 
 REPLAY = settings(database=None, derandomize=True, max_examples=200)
 
@@ -264,3 +281,128 @@ def test_stack_inputs_refuse_a_size_of_their_own() -> None:
     stack = find(conv_stacks(), lambda s: True, settings=REPLAY)
     with pytest.raises(InvalidArgument, match=r"the stack sets size, ndim and channels of its inputs"):
         stack.inputs(size=8)
+
+
+# -- point clouds, sets and graphs ---------------------------------------------------------------
+
+
+@given(rotations(group=st.sampled_from(["SO2", "O2", "SO3", "O3"])))
+def test_rotations_are_orthogonal_of_their_group(r: Rotation) -> None:
+    m = r.matrix
+    assert (m @ m.T - torch.eye(r.dim, dtype=torch.float64)).abs().max() < 1e-12
+    assert r.det in (1, -1)
+
+
+def test_rotations_shrink_to_the_identity_and_draw_reflections_only_in_o_groups() -> None:
+    assert find(rotations(), lambda r: True, settings=REPLAY).is_identity
+    assert find(rotations(group="SO2"), lambda r: True, settings=REPLAY).is_identity
+    assert find(rotations(group="O3"), lambda r: r.det < 0, settings=REPLAY) == Rotation.inversion()
+    with pytest.raises(NoSuchExample):
+        find(rotations(group="SO3"), lambda r: r.det < 0, settings=settings(REPLAY, max_examples=100))
+    turned = find(rotations(), lambda r: float(r.matrix.trace()) < 0, settings=REPLAY)  # a large angle
+    assert turned.det == 1
+
+
+def test_permutations_and_translations_shrink_toward_the_simplest() -> None:
+    assert find(permutations(n=(3, 6)), lambda p: True, settings=REPLAY) == Permutation.identity(3)
+    assert find(permutations(n=4), lambda p: not p.is_identity, settings=REPLAY).indices in {
+        (0, 1, 3, 2), (1, 0, 2, 3), (0, 2, 1, 3)
+    }  # fmt: skip
+    assert find(translations(dim=2), lambda t: True, settings=REPLAY).is_identity
+    assert (
+        find(translations(scale=0.5), lambda t: not t.is_identity, settings=REPLAY).vector.abs().max() <= 0.5
+    )
+
+
+@given(
+    point_clouds(fields=(Positions(), Scalars(), Vectors(nodes=-3), Pseudoscalars(nodes=None), Adjacency()))
+)
+def test_point_clouds_have_one_batch_and_one_number_of_points(cloud: tuple[torch.Tensor, ...]) -> None:
+    pos, h, v, s, a = cloud
+    b, n = pos.shape[:2]
+    assert pos.shape == (b, n, 3)
+    assert h.shape[:2] == (b, n)
+    assert v.shape[:2] == (b, n)
+    assert v.shape[-1] == 3
+    assert s.shape[0] == b
+    assert a.shape == (b, n, n)
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+    assert pos.abs().max() <= 1
+    assert all(t.dtype == torch.float32 for t in cloud)
+
+
+def test_point_clouds_shrink_to_one_point_and_take_their_options() -> None:
+    smallest = find(point_clouds(fields=Positions()), lambda x: True, settings=REPLAY)
+    assert smallest.shape == (1, 1, 3)
+    planar = find(
+        point_clouds(batch=None, points=4, dim=2, dtype=torch.float64, scale=5.0),
+        lambda x: True,
+        settings=REPLAY,
+    )
+    assert planar.shape == (4, 2)
+    assert planar.dtype == torch.float64
+
+
+def test_point_clouds_of_e3nn_irreps() -> None:
+    pytest.importorskip("e3nn", reason="e3nn is not installed (pip install equivariance[e3nn])")
+    x = find(point_clouds(fields=Irreps("2x0e + 1x2e"), points=3), lambda x: True, settings=REPLAY)
+    assert x.shape == (1, 3, 7)
+
+
+@given(graphs(nodes=(1, 6)))
+def test_graphs_index_their_nodes(g: Graph) -> None:
+    assert g.edge_index.shape[0] == 2
+    assert g.edge_index.dtype == torch.long
+    if g.edge_index.numel():
+        assert int(g.edge_index.min()) >= 0
+        assert int(g.edge_index.max()) < g.num_nodes
+    assert not bool((g.edge_index[0] == g.edge_index[1]).any())  # no self loops unless asked
+    assert len({tuple(e) for e in g.edge_index.T.tolist()}) == g.edge_index.shape[1]  # no edge twice
+
+
+@given(graphs(nodes=5, edges=3, undirected=True, self_loops=True))
+def test_undirected_graphs_hold_each_edge_both_ways(g: Graph) -> None:
+    a = g.adjacency()
+    assert torch.equal(a, a.T)
+    pairs = {tuple(sorted(e)) for e in g.edge_index.T.tolist()}
+    assert len(pairs) == 3
+
+
+def test_graphs_shrink_to_one_node_without_edges() -> None:
+    g = find(graphs(), lambda g: True, settings=REPLAY)
+    assert g.num_nodes == 1
+    assert g.edge_index.shape == (2, 0)
+    assert find(
+        graphs(nodes=3), lambda g: g.edge_index.shape[1] > 0, settings=REPLAY
+    ).edge_index.tolist() == [[0], [1]]
+
+
+def test_point_strategy_messages() -> None:
+    with pytest.raises(
+        InvalidArgument, match=r"group must be one of 'SO2', 'O2', 'SO3', 'O3', found 'SE3' \(str\)"
+    ):
+        rotations(group="SE3")
+    with pytest.raises(
+        InvalidArgument,
+        match=r"point_clouds draws tensors of Scalars, Vectors, Positions, Irreps and the like, found EdgeIndex\(\) \(EdgeIndex\); draw edges with graphs\(\)",
+    ):
+        point_clouds(fields=EdgeIndex())
+    with pytest.raises(
+        InvalidArgument,
+        match=r"point_clouds draws points on axis -2 \(or -3 for several vectors a point\), found Scalars\(nodes=0\); move the axis of the drawn tensor yourself",
+    ):
+        point_clouds(fields=Scalars(nodes=0))
+    with pytest.raises(
+        InvalidArgument,
+        match=r"fields must be a field type or a non-empty sequence of them, found \[\] \(list\); pass e.g. fields=\(Positions\(\), Scalars\(\)\)",
+    ):
+        point_clouds(fields=[])
+    with pytest.raises(InvalidArgument, match=r"dim must be at most 3, found 4"):
+        point_clouds(dim=4)
+    with pytest.raises(InvalidArgument, match=r"scale must be positive, found -1.0"):
+        translations(scale=-1.0)
+    with pytest.raises(
+        InvalidArgument,
+        match=r"a graph of 2 nodes has at most 1 such edges, asked for 2; draw more nodes or fewer edges",
+    ):
+        find(graphs(nodes=2, edges=2, undirected=True), lambda g: True, settings=REPLAY)

@@ -17,6 +17,7 @@ from torch import nn
 
 from equivariance._engine.forward import Forward, find_layer
 from equivariance._engine.isolation import submodules
+from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts, as_arguments, is_graph
 from equivariance._engine.sinks import OutputAction, all_finite
 from equivariance._engine.validation import as_int, describe, per_dim, shown_per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary
@@ -41,6 +42,10 @@ class Request:
     """What the caller asked for, validated; no forward pass has run yet.
 
     ``elements`` None means the default box of shifts, which needs the stride.
+    ``arguments`` is the model's several inputs, each with its field type
+    (``inputs=``), None for one tensor on a grid; ``x`` is then the first of
+    its floating-point tensors, whose batch size, dtype and device stand for
+    the call's.
     """
 
     forward: Forward
@@ -57,10 +62,16 @@ class Request:
     noise_floor: bool
     crop: CropOf | None = None
     fields: Regular | None = None
+    arguments: Call | None = None
 
     @property
     def spatial_dims(self) -> int:
         return self.x.dim() - 2
+
+    @property
+    def inputs(self) -> torch.Tensor | Call:
+        """What the model is called with: the one tensor, or the several arguments."""
+        return self.x if self.arguments is None else self.arguments
 
 
 def validate(
@@ -115,6 +126,112 @@ def validate(
         output_action,  # type: ignore[arg-type]
         check_batch_size(batch_size), noise_floor, crop, fields,
     )  # fmt: skip
+
+
+def validate_parts(
+    model: Callable[..., Any],
+    x: object,
+    mode: Mode,
+    elements: Sequence[Action] | None,
+    *,
+    inputs: object,
+    outputs: object,
+    batch_size: object = None,
+    layer: str | None = None,
+    output: Any = None,
+    noise_floor: bool = True,
+) -> Request:
+    """The arguments of a measurement of several inputs and outputs, each with its field type
+    (``inputs=``, ``outputs=``): checked, and every element tried on every input, before the model runs."""
+    if mode == "equivariance" and outputs is None:
+        raise InvalidArgument(
+            "inputs= says how the elements move the model's arguments; pass outputs= too, the field type "
+            "of each output (e.g. outputs=(Scalars(nodes=None), Vectors())), or use check_invariance for "
+            "outputs that must not change"
+        )
+    if elements is None:
+        raise InvalidArgument(
+            "inputs= needs the elements to check: pass transforms=, e.g. transforms=SO3(64, seed=0) or "
+            "transforms=Permutations(16, n=points)"
+        )
+    if not elements:
+        raise InvalidArgument("no elements to check; pass at least one in transforms=")
+    forward = Forward(model, layer, output, OutputParts(outputs if mode == "equivariance" else None))
+    arguments = as_arguments(x, inputs, model)
+    for part, tensor in zip(arguments.parts, arguments.tensors):
+        if tensor.is_floating_point():
+            _check_tensor(tensor, part.name)
+    if isinstance(model, nn.Module):
+        _check_model_matches(model, arguments.first)
+    for element in elements:
+        if isinstance(arguments, Graphs):
+            arguments.moved(element, 0)  # every attribute by its field type, with the fields' messages
+        else:
+            _check_acts(element, arguments)
+    check_not_identity(elements, "check", "a check that cannot fail")
+    first = arguments.first
+    return Request(
+        forward, first, mode, tuple(elements), None, (), (), "zeros", None, None,
+        check_batch_size(batch_size), noise_floor, arguments=arguments,
+    )  # fmt: skip
+
+
+def several_inputs(x: object, inputs: object, outputs: object) -> bool:
+    """Whether a measurement takes the model's several inputs (``validate_parts``) rather than one tensor on
+    a grid: field types given, or ``x`` a tuple, list or dict holding a tensor, or a torch_geometric
+    graph. Anything else goes the way of a grid, whose validation refuses what is not a tensor."""
+    if inputs is not None or outputs is not None or is_graph(x):
+        return True
+    values = x.values() if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else ()
+    return any(isinstance(v, torch.Tensor) or is_graph(v) for v in values)
+
+
+def no_grid_options(**given: bool) -> None:
+    """inputs= measures tensors of points: the options of a grid (those ``given`` True) are refused."""
+    clash = [name for name, present in given.items() if present]
+    if clash:
+        one = len(clash) == 1
+        raise InvalidArgument(
+            f"{', '.join(clash)} {'is an option' if one else 'are options'} of tensors on a grid, which a "
+            "measurement of several inputs and outputs (inputs=, outputs=) does not take; drop "
+            f"{'it' if one else 'them'}, and pass the elements as transforms="
+        )
+
+
+def _check_tensor(tensor: torch.Tensor, name: str) -> None:
+    if tensor.device.type == "meta":
+        raise InvalidArgument(f"input {name} is on the meta device, which holds no values; pass data")
+    if not all_finite(tensor):
+        raise InvalidArgument(
+            f"input {name} contains {int((~torch.isfinite(tensor)).sum())} non-finite values (nan or inf); "
+            "equivariance is only measurable on finite inputs: replace them, e.g. torch.nan_to_num(x)"
+        )
+
+
+def _check_acts(element: Action, arguments: Arguments) -> None:
+    """``element`` must act on every input with a field type, keeping its shape (tried on one sample)."""
+    for part, tensor in zip(arguments.parts, arguments.tensors):
+        if part.field is None:
+            continue
+        try:
+            moved: object = element.act(tensor[:1], part.field)
+        except InvalidArgument:
+            try:  # again on the whole tensor, so that the message shows its shape
+                element.act(tensor, part.field)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"input {part.name}: {exc}") from None
+            raise
+        except Exception as exc:
+            raise InvalidArgument(
+                f"{element!r} cannot act on input {part.name} of field type {part.field!r} "
+                f"({type(exc).__name__}: {exc}); check points with the elements of equivariance.euclidean "
+                "and equivariance.permutations, or define act for field types in your own Action"
+            ) from None
+        if not isinstance(moved, torch.Tensor) or moved.shape != tensor[:1].shape:
+            raise InvalidArgument(
+                f"{element!r} must keep the shape of input {part.name}, {tuple(tensor[:1].shape)} for one "
+                f"sample, found {describe(moved)}"
+            )
 
 
 def _crop_shifts(

@@ -293,6 +293,12 @@ def no_group_symmetry(lead: str, earlier: str = "check an earlier layer with lay
     )
 
 
+def not_followed(lead: str, earlier: str = "check an earlier layer with layer=") -> str:
+    """An output that does not follow elements of the caller's own, which say nothing of their failures
+    (``Action.failure_hint``): no advice of grids, only where to look."""
+    return f"{lead}: the model does not commute with these elements; {earlier} to find where it breaks"
+
+
 def in_forward(between: str) -> str:
     """The first failure is a tensor computed in ``forward`` between two submodules."""
     return (

@@ -17,21 +17,23 @@ from collections.abc import Sequence
 import torch
 
 from equivariance._engine.isolation import private_copy
-from equivariance.actions import Action, Batched, Grid, _writes_nothing, guarded_act
+from equivariance._engine.parts import Arguments, Graphs
+from equivariance.actions import Action, Batched, Grid, Where, _writes_nothing, guarded_act
 
-__all__ = ["Copies"]
+__all__ = ["ArgumentCopies", "Copies", "GraphCopies"]
 
 
 class Copies:
     """Copies of the rows of ``x`` moved by the elements of a plan.
 
     Args:
-        x: the tensor, ``(N, *channels, *spatial)`` on ``grid``.
+        x: the tensor, ``(N, *channels, *spatial)`` on ``grid``, or ``(N, ...)`` of a field type.
         elements: the plan's elements, indexed by ``take``'s ``element``.
-        grid: where ``x`` lives (its stride and boundary).
+        grid: where ``x`` lives (its stride and boundary), or its field type
+            (`equivariance.fields`) for a tensor of points.
     """
 
-    def __init__(self, x: torch.Tensor, elements: Sequence[Action], grid: Grid) -> None:
+    def __init__(self, x: torch.Tensor, elements: Sequence[Action], grid: Where) -> None:
         self.x, self.elements, self.grid = x, list(elements), grid
         # each element's key: the index of its vectorized group, or -1 - k to be applied alone
         self.groups: list[Batched] = []
@@ -60,6 +62,15 @@ class Copies:
         copies.keys, copies.local = [0] * count, list(range(count))
         copies._local = torch.arange(count)
         return copies
+
+    @property
+    def n(self) -> int:
+        """The number of samples."""
+        return len(self.x)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
 
     def take(self, sample: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
         """The copies ``elements[element[b]]`` of ``x[sample[b]]``, for every ``b``: a new tensor."""
@@ -90,3 +101,63 @@ class Copies:
         if moved.untyped_storage().data_ptr() == self.x.untyped_storage().data_ptr():
             moved = moved.clone()  # an action that returns (a view of) its input: a model may write to it
         return moved
+
+
+class ArgumentCopies:
+    """Copies of a model's several arguments, each moved by its field type: ``take`` gives the call
+    for a chunk, every tensor moved by the same elements as the others (see ``Copies``; a tensor no
+    element moves is only gathered by sample).
+
+    Args:
+        arguments: the call, with the field type of each tensor.
+        elements: the plan's elements, indexed by ``take``'s ``element``.
+    """
+
+    def __init__(self, arguments: Arguments, elements: Sequence[Action]) -> None:
+        self.arguments = arguments
+        self.copies = [
+            None if part.field is None else Copies(tensor, elements, part.field)
+            for part, tensor in zip(arguments.parts, arguments.tensors)
+        ]
+
+    @property
+    def n(self) -> int:
+        return self.arguments.n
+
+    @property
+    def device(self) -> torch.device:
+        return self.arguments.first.device
+
+    def take(self, sample: torch.Tensor, element: torch.Tensor) -> Arguments:
+        """The call for ``elements[element[b]]`` acting on sample ``sample[b]``, for every ``b``."""
+        tensors = []
+        for copies, tensor in zip(self.copies, self.arguments.tensors):
+            if copies is None:
+                tensors.append(tensor.index_select(0, sample.to(tensor.device)))
+            else:
+                tensors.append(copies.take(sample, element))
+        return self.arguments.with_tensors(tensors)
+
+
+class GraphCopies:
+    """Copies of torch_geometric graphs, each moved by its element attribute by attribute: ``take``
+    gives the graphs of a chunk, which the model receives as one ``Batch``.
+
+    Graphs differ in size, so each copy is moved on its own (a few small tensor operations a graph,
+    by `equivariance.fields.transform`); the model still runs once a chunk.
+    """
+
+    def __init__(self, graphs: Graphs, elements: Sequence[Action]) -> None:
+        self.graphs, self.elements = graphs, list(elements)
+
+    @property
+    def n(self) -> int:
+        return self.graphs.n
+
+    @property
+    def device(self) -> torch.device:
+        return self.graphs.first.device
+
+    def take(self, sample: torch.Tensor, element: torch.Tensor) -> Graphs:
+        moved = [self.graphs.moved(self.elements[e], s) for s, e in zip(sample.tolist(), element.tolist())]
+        return Graphs(moved, self.graphs.fields, self.graphs.batch)

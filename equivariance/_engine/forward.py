@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts
 from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
 
@@ -31,11 +32,18 @@ class Forward:
     """How to get the tensor under test from the model: which layer, which output.
 
     The layer name is looked up once, when the Forward is made, so a typo is
-    reported before any forward pass runs.
+    reported before any forward pass runs. With ``parts`` (a model of several
+    outputs, each with its field type), the outputs are laid side by side in
+    one ``(N, total)`` tensor (see `equivariance._engine.parts`); the parts
+    are read off the first call's result, ``f(x)``.
     """
 
     def __init__(
-        self, model: Callable[..., Any], layer: str | None = None, output: OutputSelector = None
+        self,
+        model: Callable[..., Any],
+        layer: str | None = None,
+        output: OutputSelector = None,
+        parts: OutputParts | None = None,
     ) -> None:
         if not callable(model):
             raise InvalidArgument(
@@ -45,6 +53,7 @@ class Forward:
         self.model = model
         self.layer = layer
         self.output = output
+        self.parts = parts
         self.module = None if layer is None else find_layer(model, layer)
 
     def name(self) -> str:
@@ -56,13 +65,20 @@ class Forward:
             base = getattr(model, "__name__", type(model).__name__)
         return f"{base}.{self.layer}" if self.layer else base
 
-    def __call__(self, x: torch.Tensor, batch_note: str = "") -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | Call, batch_note: str = "") -> torch.Tensor:
         result = self._call_model(x, batch_note)
+        if self.parts is not None:
+            if self.output is not None:
+                result = pick_output(result, self.output, self.layer)
+            nodes = x.nodes() if isinstance(x, Graphs) else None
+            if not self.parts.parts:  # the first call, f(x): its outputs fix the parts
+                self.parts = self.parts.measured(result, self._subject(), nodes)
+            return self.parts.flatten(result, len(x), self._subject(), nodes)
         selected = select_output(result, self.output, self.layer)
-        if selected.dim() == 0 or selected.shape[0] != x.shape[0]:
+        if selected.dim() == 0 or selected.shape[0] != len(x):
             raise InvalidArgument(
                 f"{self._subject()} returned a tensor of shape {tuple(selected.shape)} for an input "
-                f"batch of {x.shape[0]}; the first dim of the output must be the batch dim: pass output= "
+                f"batch of {len(x)}; the first dim of the output must be the batch dim: pass output= "
                 "to pick or reshape the tensor to check"
             )
         if selected.device.type == "meta":
@@ -75,15 +91,19 @@ class Forward:
     def _subject(self) -> str:
         return f"layer {self.layer!r}" if self.layer else "the model"
 
-    def _call_model(self, x: torch.Tensor, batch_note: str) -> Any:
+    def _call_model(self, x: torch.Tensor | Call, batch_note: str) -> Any:
         try:
             result, reached = call_until(self.model, x, self.module)
         except (InvalidArgument, torch.cuda.OutOfMemoryError):
             raise  # out of memory: the engine retries with a smaller chunk
         except Exception as exc:
+            first = x.first if isinstance(x, (Arguments, Graphs)) else x
+            shown = (
+                x.describe() if isinstance(x, (Arguments, Graphs)) else f"an input of shape {tuple(x.shape)}"
+            )
             raise InvalidArgument(
-                f"the model raised {type(exc).__name__} on an input of shape {tuple(x.shape)} "
-                f"({x.dtype}, {x.device}): {exc}{batch_note}"
+                f"the model raised {type(exc).__name__} on {shown} "
+                f"({first.dtype}, {first.device}): {exc}{batch_note}"
             ) from exc
         if not reached:
             raise InvalidArgument(
@@ -93,8 +113,11 @@ class Forward:
         return result
 
 
-def call_until(model: Callable[..., Any], x: torch.Tensor, module: nn.Module | None) -> tuple[Any, bool]:
-    """``model(x)``, stopped as soon as ``module`` returns; and whether ``module`` ran.
+def call_until(
+    model: Callable[..., Any], x: torch.Tensor | Call, module: nn.Module | None
+) -> tuple[Any, bool]:
+    """``model(x)`` (``model(*args, **kwargs)`` for ``Arguments``), stopped as soon as ``module``
+    returns; and whether ``module`` ran.
 
     With ``module``, a forward hook records its first output and raises
     ``_StopForward``, so the rest of the model never runs, and that
@@ -103,7 +126,7 @@ def call_until(model: Callable[..., Any], x: torch.Tensor, module: nn.Module | N
     run before the one that stops the pass. What the model raises propagates.
     """
     if module is None:
-        return model(x), True
+        return _invoke(model, x), True
     captured: list[Any] = []
 
     def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
@@ -112,11 +135,15 @@ def call_until(model: Callable[..., Any], x: torch.Tensor, module: nn.Module | N
 
     handle = module.register_forward_hook(hook)
     try:
-        return model(x), False
+        return _invoke(model, x), False
     except _StopForward:
         return captured[0], True
     finally:
         handle.remove()
+
+
+def _invoke(model: Callable[..., Any], x: torch.Tensor | Call) -> Any:
+    return x.call(model) if isinstance(x, (Arguments, Graphs)) else model(x)
 
 
 def find_layer(model: Callable[..., Any], name: str, argument: str = "layer") -> nn.Module:
@@ -158,6 +185,20 @@ def find_layer(model: Callable[..., Any], name: str, argument: str = "layer") ->
 def select_output(result: Any, output: OutputSelector, layer: str | None) -> torch.Tensor:
     """The tensor under test from whatever the model (or layer) returned."""
     subject = f"layer {layer!r}" if layer else "the model"
+    selected = pick_output(result, output, layer)
+    if isinstance(selected, torch.Tensor):
+        return selected
+    if output is None and isinstance(result, (tuple, list, Mapping)):
+        raise InvalidArgument(f"{subject} returned {_kind(result)}, not a tensor; {_how_to_select(result)}")
+    raise InvalidArgument(
+        f"the selected output must be a torch.Tensor, found {describe(selected)}; "
+        "pass output= to pick a tensor out of what the model returns"
+    )
+
+
+def pick_output(result: Any, output: OutputSelector, layer: str | None) -> Any:
+    """What ``output=`` picks from whatever the model (or layer) returned (all of it for None)."""
+    subject = f"layer {layer!r}" if layer else "the model"
     if output is None:
         selected = result
     elif callable(output):
@@ -185,14 +226,7 @@ def select_output(result: Any, output: OutputSelector, layer: str | None) -> tor
             f"output must be an int index, a str key or a callable, found {describe(output)}; pass e.g. "
             "output=0, output='logits' or output=lambda y: y.logits"
         )
-    if isinstance(selected, torch.Tensor):
-        return selected
-    if output is None and isinstance(result, (tuple, list, Mapping)):
-        raise InvalidArgument(f"{subject} returned {_kind(result)}, not a tensor; {_how_to_select(result)}")
-    raise InvalidArgument(
-        f"the selected output must be a torch.Tensor, found {describe(selected)}; "
-        "pass output= to pick a tensor out of what the model returns"
-    )
+    return selected
 
 
 def _kind(result: Any) -> str:

@@ -22,6 +22,7 @@ from equivariance._engine.judge import margin_that_passes
 from equivariance._engine.plan import Plan
 from equivariance._engine.sinks import Sums
 from equivariance._engine.validation import shown_per_dim
+from equivariance.actions import Action
 from equivariance.layouts import Tokens, other_readings, plausible
 from equivariance.shifts import Shift
 from equivariance.tolerances import Tolerance
@@ -428,11 +429,19 @@ def _transform_hints(verdicts: Verdicts, margin: tuple[int, ...], noisy: bool, p
         return [border]
     if noisy:
         return []
-    return [_orientation_hint(plan)]
+    failing = [e for e, ok in zip(plan.elements, verdicts.passed) if not ok]
+    own = list(dict.fromkeys(h for e in failing if (h := e.failure_hint("the output", None)) is not None))
+    if own:  # the elements say what their failure means
+        return own
+    return [_orientation_hint(plan, failing)]
 
 
-def _orientation_hint(plan: Plan) -> str:
-    """A map that does not rotate with the input: a group convolution's fields, or no symmetry."""
+def _orientation_hint(plan: Plan, failing: Sequence[Action] = ()) -> str:
+    """A map that does not rotate with the input: a group convolution's fields, or no symmetry.
+
+    The advice of a group convolution's orientation fields is for elements that only move positions of
+    the grid (rotations, flips); an element of the caller's own that moves anything else (a node
+    permutation, a channel shuffle) gets no advice about p4."""
     fields = plan.request.fields
     if fields is not None:
         other = "p4m" if fields.group == "p4" else "p4"
@@ -445,14 +454,18 @@ def _orientation_hint(plan: Plan) -> str:
         )
     assert plan.grid_base is not None
     channels = plan.grid_base.shape[1] if plan.grid_base.dim() == plan.request.spatial_dims + 2 else 0
-    if channels and channels % 4 == 0:
+    grid_moves = all(type(e).moves_positions_only for e in failing)
+    if channels and channels % 4 == 0 and grid_moves:
         return causes.no_group_symmetry(
             f"the output does not rotate or flip with the input as a map of scalars. If it is a p4 / p4m "
             f"group-convolution layer (escnn, e2cnn), its {channels} channels are orientation fields that "
             "also permute: pass output_action=regular('p4') (4 channels a field) or regular('p4m') "
             f"(8, with reflections), from equivariance import regular. Otherwise"
         )
-    return causes.no_group_symmetry("the output does not rotate or flip with the input")
+    if grid_moves:
+        return causes.no_group_symmetry("the output does not rotate or flip with the input")
+    nouns = sorted({e.noun for e in failing}) or ["transform"]
+    return causes.not_followed(f"the output does not follow the {' or '.join(nouns)}s of the input")
 
 
 def _alignment_hints(plan: Plan) -> list[str]:

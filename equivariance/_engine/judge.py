@@ -24,6 +24,9 @@ from equivariance.tolerances import Tolerance
 
 KEEP_FRACTION = 0.25
 """The share of the compared positions a suggested margin must keep."""
+FLOOR_FACTOR = 10.0
+"""An output part whose relative error is within this many times its noise floor passes (see
+``within_floor``)."""
 
 # float64 samples whose largest magnitude lies in this range square exactly; others are scaled first
 _FLOAT64_SAFE = (2.0**-450, 2.0**450)
@@ -215,6 +218,16 @@ def relative_sizes(difference: torch.Tensor, reference: torch.Tensor) -> tuple[t
 def within(errors: torch.Tensor, absolute: torch.Tensor, tolerance: Tolerance) -> torch.Tensor:
     """Which errors pass: relative ones at most ``rtol``, absolute ones at most ``atol``."""
     return torch.where(absolute, errors <= tolerance.atol, errors <= tolerance.rtol)
+
+
+def within_floor(
+    errors: torch.Tensor, absolute: torch.Tensor, tolerance: Tolerance, floor: float
+) -> torch.Tensor:
+    """``within``, or a relative error at most ``FLOOR_FACTOR`` times ``floor``: what the check's own
+    rounding measures (the identity through the batched path, and an input moved there and back by an
+    element that rounds, ``g⁻¹(g x)``). An error that rounding alone reaches tells nothing of the
+    model's symmetry, so a float32 model is not failed for the rounding of a rotated input."""
+    return within(errors, absolute, tolerance) | (~absolute & (errors <= FLOOR_FACTOR * floor))
 
 
 # -- the margin rule --------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ from equivariance._engine.arguments import (
     check_fits,
     check_not_identity,
 )
-from equivariance._engine.copies import Copies
+from equivariance._engine.copies import ArgumentCopies, Copies, GraphCopies
 from equivariance._engine.memory import CPU_MIN_CHUNK, chunk_size
+from equivariance._engine.part_sums import PartSums
+from equivariance._engine.parts import Arguments, OutputParts, RoundTrip
 from equivariance._engine.runner import Base, Consumer, ModelConsumer, Runner
 from equivariance._engine.sinks import FlatSums, GridSums, Sums, check_finite
 from equivariance.actions import Action, Grid, Identity
@@ -70,6 +72,10 @@ class Plan:
             moves the output cleanly and took the size ratio instead.
         strided: the strided layers the unshifted pass met and their input sizes (recorded for
             rotations and flips, whose exactness depends on them; see `equivariance._engine.alignment`).
+        outputs: for several inputs and outputs (``inputs=``), the output's parts and their field
+            types; ``base`` then holds them side by side.
+        acting: for several inputs and outputs, the element each row expects of the outputs (the
+            identity for the noise floor's rows and for invariance).
     """
 
     request: Request
@@ -84,6 +90,8 @@ class Plan:
     inferred: tuple[str, ...] = field(default=())
     stride_clean: bool = True
     strided: tuple[Strided, ...] = field(default=())
+    outputs: OutputParts | None = None
+    acting: tuple[Action, ...] = field(default=())
 
     @property
     def noise_rows(self) -> int:
@@ -107,6 +115,8 @@ class Plan:
 
 def make_plan(runner: Runner, request: Request) -> Plan:
     """The unshifted pass, the layout, the stride and margin, the elements and the rows (see module)."""
+    if request.arguments is not None:
+        return _parts_plan(runner, request)
     elements = request.elements or ()
     transformed = any(not isinstance(e, Shift) for e in elements)
     with strided_layers(request.forward.model, enabled=transformed) as seen:
@@ -146,6 +156,31 @@ def _make_plan(runner: Runner, request: Request) -> Plan:
         _auto.check_room(tuple(layout.to_grid(base.output, d).shape[-d:]), elements, grid, margins)
     plan = _finish(request, base, grid, strides, margins, elements, notes)
     return plan if clean else dataclasses.replace(plan, stride_clean=False)
+
+
+FLOOR_ROUND_TRIPS = 2
+"""How many elements that round (``Action.exact`` False) the noise floor moves there and back."""
+
+
+def _parts_plan(runner: Runner, request: Request) -> Plan:
+    """The plan of several inputs and outputs: ``f(x)`` once, its parts read, and the rows: the
+    identity and the round trips of a few inexact elements (the noise floor), then the elements."""
+    forward = request.forward
+    base = runner.base(forward, request.inputs, meter=_needs_meter(request))
+    check_finite(base.output, "the inputs x as given")
+    assert forward.parts is not None
+    elements = request.elements or ()
+    floor: tuple[Action, ...] = ()
+    if request.noise_floor:
+        trips = [RoundTrip(e) for e in elements if not e.exact][:FLOOR_ROUND_TRIPS]
+        floor = (Identity(), *trips)
+    rows = (*floor, *elements)
+    moving = request.mode == "equivariance"
+    acting = tuple(Identity() for _ in floor) + (elements if moving else tuple(Identity() for _ in elements))
+    size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, len(rows) * len(request.x))
+    return Plan(
+        request, base.output, None, None, (), (), elements, rows, size, outputs=forward.parts, acting=acting
+    )
 
 
 def _needs_meter(request: Request) -> bool:
@@ -336,6 +371,33 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
         plan.batch_size,
         lambda row: moved_inputs(plan.rows, row),
         skip=plan.skipped,
+    )
+    return sink.sums(), size
+
+
+def measure_parts(runner: Runner, plan: Plan) -> tuple[list[Sums], int]:
+    """The rows of a plan of several inputs and outputs through the model: the sums of each output
+    part, and the chunk size."""
+    request = plan.request
+    assert plan.outputs is not None
+    assert request.arguments is not None
+    sink = PartSums(plan.base, plan.outputs, plan.acting)
+    n = len(request.arguments)
+    note = (
+        f" (the check sends moved copies of x through the model in batches of up to {plan.batch_size} "
+        f"samples; if the model needs a fixed batch size, pass batch_size={n})"
+        if plan.batch_size > n
+        else ""
+    )
+    consumer = ModelConsumer(request.forward, [sink], tuple(plan.base.shape[1:]), None, 0, note)
+    arguments = request.arguments
+    copies = (
+        ArgumentCopies(arguments, plan.rows)
+        if isinstance(arguments, Arguments)
+        else GraphCopies(arguments, plan.rows)
+    )
+    size = runner.run(
+        copies, len(plan.rows), [consumer], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
     )
     return sink.sums(), size
 

@@ -25,10 +25,11 @@ from typing import Any, Protocol
 
 import torch
 
-from equivariance._engine.copies import Copies
+from equivariance._engine.copies import ArgumentCopies, Copies, GraphCopies
 from equivariance._engine.forward import Forward
 from equivariance._engine.isolation import isolated, snapshot
 from equivariance._engine.memory import ActivationMeter, metered, release_cached_memory
+from equivariance._engine.parts import Call, nbytes
 from equivariance._engine.progress import Progress
 from equivariance._engine.sinks import Describe, check_floating
 from equivariance.errors import InvalidArgument
@@ -45,11 +46,15 @@ class Sink(Protocol):
     def retry(self) -> None: ...
 
 
+Inputs = torch.Tensor | Call
+"""A chunk of copies: one tensor, or a model's several arguments (``Arguments``)."""
+
+
 class Consumer(Protocol):
     """Takes a chunk of copies: runs a model on them and feeds what it measures to its sinks."""
 
     def consume(
-        self, inputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+        self, inputs: Inputs, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
     ) -> None: ...
 
     def retry(self) -> None: ...
@@ -81,7 +86,7 @@ class ModelConsumer:
         self.layout, self.spatial_dims, self.note = layout, spatial_dims, note
 
     def consume(
-        self, inputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+        self, inputs: Inputs, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
     ) -> None:
         outputs = self.forward(inputs, self.note)
         check_floating(outputs, what)
@@ -132,10 +137,10 @@ class Runner:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def base(self, forward: Forward, x: torch.Tensor, *, meter: bool = False) -> Base:
+    def base(self, forward: Forward, x: Inputs, *, meter: bool = False) -> Base:
         """``f(x)`` for the unshifted input, once: a copy of the output, the caller's ``x`` untouched."""
         with metered(forward.model, enabled=meter) as bytes_seen:
-            output = forward(snapshot(x))
+            output = forward(snapshot(x) if isinstance(x, torch.Tensor) else x.snapshot())
         # a snapshot: a model may hand out the same output buffer on every call
         return Base(snapshot(output), _per_sample(bytes_seen, x, output))
 
@@ -155,7 +160,7 @@ class Runner:
 
     def run(
         self,
-        copies: Copies,
+        copies: Copies | ArgumentCopies | GraphCopies,
         rows: int,
         consumers: Sequence[Consumer],
         batch_size: int,
@@ -175,7 +180,7 @@ class Runner:
         ``resize(bytes_per_sample)``. The first ``skip`` items are not sent
         (the noise floor's identity row, measured on its last samples only).
         """
-        n = len(copies.x)
+        n = copies.n
         total = rows * n
         table = None if elements is None else elements.reshape(-1).cpu()
         shown = self._show()
@@ -198,13 +203,11 @@ class Runner:
                 batch_size = (stop - start) // 2
                 for consumer in consumers:
                     consumer.retry()
-                release_cached_memory(copies.x.device)
+                release_cached_memory(copies.device)
                 bar.total = bar.count + -(-(total - start) // batch_size)
                 continue
             if resize is not None and start == skip:
-                batch_size = resize(
-                    max(1, (seen.bytes + inputs.numel() * inputs.element_size()) // len(items))
-                )
+                batch_size = resize(max(1, (seen.bytes + nbytes(inputs)) // len(items)))
                 bar.total = 1 + -(-(total - stop) // batch_size)
             start = stop
             bar.update()
@@ -235,12 +238,12 @@ def progress_off() -> Iterator[None]:
         _PROGRESS_OFF.reset(token)
 
 
-def _per_sample(meter: ActivationMeter, x: torch.Tensor, output: torch.Tensor) -> int:
+def _per_sample(meter: ActivationMeter, x: Inputs, output: torch.Tensor) -> int:
     """Activations (or 4 outputs' worth where no leaf module reported any), input and output, a sample."""
     if not meter.enabled:
         return 0
     measured = meter.bytes if meter.bytes else 4 * output.numel() * output.element_size()
-    total = measured + x.numel() * x.element_size() + output.numel() * output.element_size()
+    total = measured + nbytes(x) + output.numel() * output.element_size()
     return max(1, total // len(x))
 
 

@@ -26,6 +26,7 @@ case it is, and ``assert_*`` and the pytest fixtures raise
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -120,11 +121,15 @@ def _unresponsive(runner: Runner, plan: Plan, tolerance: Tolerance) -> str | Non
     base = plan.base
     if len(base) > 1 and _differs(base[1:], base[:1].expand_as(base[1:]), tolerance):
         return None
-    x = plan.request.x[:1]
     generator = torch.Generator().manual_seed(PERTURBATION_SEED)
-    noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
-    rms = float(x.double().pow(2).mean().sqrt())
-    perturbed = x + noise * (rms if rms > 0 else 1.0)
+    arguments = plan.request.arguments
+    if arguments is None:
+        perturbed: Any = _perturbed(plan.request.x[:1], generator)
+    else:  # every floating-point input of the first sample
+        first = arguments.select(slice(0, 1))
+        perturbed = first.with_tensors(
+            [_perturbed(t, generator) if t.is_floating_point() else t for t in first.tensors]
+        )
     moved = runner.base(plan.request.forward, perturbed).output
     if _differs(moved, base[:1], tolerance):
         return None
@@ -135,6 +140,13 @@ def _unresponsive(runner: Runner, plan: Plan, tolerance: Tolerance) -> str | Non
         "varies below the tolerance: a layer with zero weights leaves only its bias, and dead units "
         "(a ReLU that is never positive) cut the input off; check a model whose output depends on its input"
     )
+
+
+def _perturbed(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``x`` plus noise of its own RMS."""
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+    rms = float(x.double().pow(2).mean().sqrt())
+    return x + noise * (rms if rms > 0 else 1.0)
 
 
 def _differs(outputs: torch.Tensor, reference: torch.Tensor, tolerance: Tolerance) -> bool:

@@ -1,0 +1,202 @@
+"""What moving point clouds costs, next to the forward passes a check of them needs: ratios, in one run.
+
+For 64 rotations (or permutations) of 8 clouds of 64 points, in float32:
+
+- moving the copies through each element class's batched path (one einsum of
+  stacked matrices, one gather) against a Python loop of ``act``, one
+  element at a time;
+- the forward passes of an EGNN of two layers (examples/point_gallery.py)
+  on the 512 moved clouds, as one batch, against 64 passes of 8, one per
+  element: what the engine's batching can save on a CPU;
+- moving the inputs against those forward passes: how much a check adds to
+  the passes it needs;
+- ``check_equivariance`` of the EGNN under 64 rotations (every copy through
+  the one runner, with its noise floor and its per-output sums) against the
+  forward passes of the same 512 moved clouds, and against a per-element
+  loop: the same comparison written by hand, one rotation at a time, and
+  ``equivariance_error`` called once per rotation;
+- with e3nn installed: the check of the gallery's e3nn network under 64
+  elements of O(3) against 64 calls of e3nn's own
+  ``e3nn.util.test.equivariance_error`` (one random rotation a call, parity
+  included, no translation).
+
+The calls take turns, round after round (``--repeats`` rounds after one to
+warm up); each time is the median over the rounds, and each ratio the median
+of the ratios within a round, so load that comes and goes on a shared
+machine weighs on both sides of a ratio alike (as in benchmarks/speed.py).
+Nothing is asserted: this is a benchmark, not a timed test.
+
+    python benchmarks/points.py [--repeats 7] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from equivariance import check_equivariance, equivariance_error
+from equivariance.euclidean import O3, SO3, Rotation
+from equivariance.fields import Positions, Scalars
+from equivariance.permutations import Permutation, Permutations
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import point_gallery  # the gallery's models
+from point_gallery import egnn
+
+CLOUDS, POINTS, ELEMENTS = 8, 64, 64
+
+
+def timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """The times of each call in ``repeats`` rounds, after one to warm up; the calls take turns within
+    a round, so that a machine whose load drifts slows them alike."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    pos = torch.randn(CLOUDS, POINTS, 3, generator=generator)
+    h = torch.randn(CLOUDS, POINTS, 4, generator=generator)
+    rotations: list[Rotation] = list(SO3(ELEMENTS, seed=0))
+    perms: list[Permutation] = list(Permutations(ELEMENTS, n=POINTS, seed=0))
+    rows = torch.arange(CLOUDS).repeat(ELEMENTS)  # copy k * CLOUDS + i: cloud i moved by element k
+    which = torch.arange(ELEMENTS).repeat_interleave(CLOUDS)
+
+    def rotate_batched() -> torch.Tensor:
+        batched = Rotation.batched(pos, rotations, Positions())
+        assert batched is not None
+        return batched.take(rows, which)
+
+    def rotate_loop() -> torch.Tensor:
+        return torch.cat([r.act(pos, Positions()) for r in rotations])
+
+    def permute_batched() -> torch.Tensor:
+        batched = Permutation.batched(h, perms, Scalars())
+        assert batched is not None
+        return batched.take(rows, which)
+
+    def permute_loop() -> torch.Tensor:
+        return torch.cat([p.act(h, Scalars()) for p in perms])
+
+    assert torch.allclose(rotate_batched(), rotate_loop())
+    assert torch.equal(permute_batched(), permute_loop())
+    model = egnn().eval()
+    moved_pos, moved_h = rotate_batched(), h.repeat(ELEMENTS, 1, 1)
+
+    def forward_batched() -> object:
+        with torch.no_grad():
+            return model(moved_pos, moved_h)
+
+    def forward_loop() -> object:
+        with torch.no_grad():
+            for r in rotations:  # each output dropped at once, as a check's chunks are
+                out = model(r.act(pos, Positions()), h)
+        return out
+
+    fields = dict(inputs=(Positions(), Scalars()), outputs=(Positions(), Scalars()))
+
+    def check() -> object:
+        report = check_equivariance(model, (pos, h), transforms=rotations, **fields)  # type: ignore[arg-type]
+        assert report.passed, report
+        return report
+
+    def by_hand() -> object:
+        with torch.no_grad():
+            base_pos, base_h = model(pos, h)
+            worst = 0.0
+            for r in rotations:
+                out_pos, out_h = model(r.act(pos, Positions()), h)
+                ref = r.act(base_pos, Positions())
+                worst = max(worst, float((out_pos - ref).norm() / ref.norm()))
+                worst = max(worst, float((out_h - base_h).norm() / base_h.norm()))
+        return worst
+
+    def errors_loop() -> object:
+        return [equivariance_error(model, (pos, h), r, **fields) for r in rotations]  # type: ignore[arg-type]
+
+    calls = {
+        "rotate, batched": rotate_batched, "rotate, loop": rotate_loop,
+        "permute, batched": permute_batched, "permute, loop": permute_loop,
+        "EGNN on 512 clouds, one batch": forward_batched, "EGNN, 64 passes of 8": forward_loop,
+        "check, 64 rotations": check, "by hand, loop of 64": by_hand,
+        "equivariance_error x 64": errors_loop,
+    }  # fmt: skip
+    e3nn = point_gallery.CASES["e3nn network"]
+    if e3nn.available:
+        calls.update(_e3nn_calls(e3nn))
+    rounds = timed(calls, args.repeats)
+    t = {name: statistics.median(values) for name, values in rounds.items()}
+    shape = f"{ELEMENTS} elements x {CLOUDS} clouds of {POINTS} points"
+    print(f"torch {torch.__version__}, {args.threads} threads; {shape}")
+    for name, seconds in t.items():
+        print(f"  {name:34s} {seconds * 1e3:9.2f} ms")
+    pairs = {
+        "loop / batched, rotations": ("rotate, loop", "rotate, batched"),
+        "loop / batched, permutations": ("permute, loop", "permute, batched"),
+        "64 passes / one batch, EGNN": ("EGNN, 64 passes of 8", "EGNN on 512 clouds, one batch"),
+        "moving / forward, rotations": ("rotate, batched", "EGNN on 512 clouds, one batch"),
+        "check / forward of 512 (<= 1.2)": ("check, 64 rotations", "EGNN on 512 clouds, one batch"),
+        "check / 64 passes of 8": ("check, 64 rotations", "EGNN, 64 passes of 8"),
+        "loop by hand / check (>= 3)": ("by hand, loop of 64", "check, 64 rotations"),
+        "64 errors / check": ("equivariance_error x 64", "check, 64 rotations"),
+        "e3nn's 64 calls / check": ("e3nn: equivariance_error x 64", "e3nn: check, 64 elements"),
+    }
+    ratios = {
+        name: statistics.median(a / b for a, b in zip(rounds[top], rounds[bottom]))
+        for name, (top, bottom) in pairs.items()
+        if top in rounds
+    }
+    for name, ratio in ratios.items():
+        print(f"  {name:34s} {ratio:9.3f}")
+
+
+def _e3nn_calls(case: point_gallery.Case) -> dict[str, Callable[[], object]]:
+    """The gallery's e3nn network (float32, 8 clouds of its 5 points): our check of 64 elements of O(3),
+    and 64 calls of e3nn's own ``equivariance_error``."""
+    from e3nn import o3
+    from e3nn.util.test import equivariance_error as e3nn_error
+
+    network = case.build(seed=0).eval()
+    pos = torch.randn(CLOUDS, point_gallery.POINTS, 3, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(CLOUDS, point_gallery.POINTS, 5, generator=torch.Generator().manual_seed(2))
+    elements = O3(ELEMENTS, seed=0)
+
+    def ours() -> object:
+        report = check_equivariance(
+            network, (pos, x), transforms=elements, inputs=case.fields, outputs=case.outputs
+        )
+        assert report.passed, report
+        return report
+
+    def theirs() -> object:
+        irreps_in = ["cartesian_points", o3.Irreps(point_gallery.E3NN_IN)]
+        irreps_out = [o3.Irreps(point_gallery.E3NN_OUT)]
+        with torch.no_grad():
+            return [
+                e3nn_error(network, [pos, x], irreps_in, irreps_out, ntrials=1, do_translation=False)
+                for _ in range(ELEMENTS)
+            ]
+
+    return {"e3nn: check, 64 elements": ours, "e3nn: equivariance_error x 64": theirs}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The judge and report of several outputs: each output part judged by its own size and noise floor.
+
+A part's error for an element and a sample is the relative L2 error of that
+part alone (`equivariance._engine.judge.sample_errors`); its noise floor is
+the largest error the plan's floor rows measure for it (the identity, and
+inputs moved there and back by elements that round); it passes within
+tolerance or within ``FLOOR_FACTOR`` times its floor
+(`equivariance._engine.judge.within_floor`). An element passes when every
+part passes for every sample. Where a part fails, the worst failing element
+says what that means (``Action.failure_hint``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from equivariance._engine.judge import Sums, sample_errors, within_floor
+from equivariance._engine.plan import Plan
+from equivariance.report import EquivarianceReport, PartResult, ShiftResult
+from equivariance.sampling import GroupSample
+from equivariance.tolerances import Tolerance
+
+
+def part_errors(
+    plan: Plan, sums: Sequence[Sums], tolerance: Tolerance
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[float]]:
+    """Per part: the errors ``[element, sample]`` of the elements checked, which are absolute, which
+    pass, and the part's noise floor."""
+    errors, absolutes, passes, floors = [], [], [], []
+    k = plan.noise_rows
+    for part in sums:
+        noise, checked = part.rows(slice(0, k)), part.rows(slice(k, None))
+        error, absolute = sample_errors(checked.diff_sq, checked.ref_sq, checked.count.unsqueeze(-1))
+        floor = 0.0
+        if k:
+            noise_error, _ = sample_errors(noise.diff_sq, noise.ref_sq, noise.count.unsqueeze(-1))
+            floor = float(noise_error.max())
+        errors.append(error)
+        absolutes.append(absolute)
+        passes.append(within_floor(error, absolute, tolerance, floor))
+        floors.append(floor)
+    return errors, absolutes, passes, floors
+
+
+def part_report(
+    plan: Plan,
+    sums: Sequence[Sums],
+    batch_size: int,
+    tolerance: Tolerance,
+    layer: str | None,
+    drawn: object = None,
+) -> EquivarianceReport:
+    """The report of a plan of several inputs and outputs (see the module docstring)."""
+    request, outputs = plan.request, plan.outputs
+    assert outputs is not None
+    assert request.arguments is not None
+    errors, absolutes, passes, floors = part_errors(plan, sums, tolerance)
+    stacked = torch.stack(errors)  # (part, element, sample)
+    ok = torch.stack(passes).all(dim=0).all(dim=1)  # (element,)
+    worst_by_part = stacked.amax(dim=2)  # (part, element)
+    results = []
+    for k, element in enumerate(plan.elements):
+        p = int(worst_by_part[:, k].argmax())
+        n = int(stacked[p, k].argmax())
+        results.append(ShiftResult(
+            element, float(stacked[p, k, n]), bool(ok[k]), bool(absolutes[p][k, n]),
+            tuple(worst_by_part[:, k].tolist()),
+        ))  # fmt: skip
+    invariance = request.mode == "invariance"
+    parts = []
+    for p, part in enumerate(outputs.parts):
+        flat = int(errors[p].argmax())
+        k, n = divmod(flat, errors[p].shape[1])
+        parts.append(PartResult(
+            part.name, "unchanged" if invariance or part.field is None else repr(part.field),
+            outputs.shapes[p], float(errors[p][k, n]), plan.elements[k], n, bool(passes[p].all()), floors[p],
+            float(worst_by_part[p].median()), int((~passes[p]).any(dim=0).sum()), errors[p].shape[1],
+        ))  # fmt: skip
+    return EquivarianceReport(
+        kind=request.mode,
+        subject=request.forward.name(),
+        results=tuple(results),
+        rtol=tolerance.rtol,
+        atol=tolerance.atol,
+        tolerance_source=tolerance.source,
+        noise_floor=max(floors, default=0.0),
+        zero_reference=int(sum(int(a.sum()) for a in absolutes)),
+        input_shape=tuple(request.x.shape),
+        output_shape=outputs.shapes[0],
+        dtype=str(request.x.dtype).removeprefix("torch."),
+        device=str(request.x.device),
+        boundary="none (tensors of points)",
+        output_action="none (invariance)" if invariance else "by field type",
+        margin=(),
+        batch_size=batch_size,
+        hints=_hints(plan, parts),
+        layout="fields",
+        layer=layer,
+        parts=tuple(parts),
+        inputs=request.arguments.shapes(),
+        drawn=repr(drawn) if isinstance(drawn, GroupSample) else "",
+    )
+
+
+def _hints(plan: Plan, parts: Sequence[PartResult]) -> tuple[str, ...]:
+    """For each failing output, what its worst element says the failure means (once each)."""
+    outputs = plan.outputs
+    assert outputs is not None
+    invariance = plan.request.mode == "invariance"
+    hints: list[str] = []
+    for part, result in zip(outputs.parts, parts):
+        if result.passed:
+            continue
+        field = None if invariance else part.field
+        hint = result.element.failure_hint(part.name, field)
+        if hint is not None and hint not in hints:
+            hints.append(hint)
+    arguments = plan.request.arguments
+    alone = [] if arguments is None else [p.name for p in arguments.parts if p.field is None]
+    if alone and any(not r.passed for r in parts):
+        names = ", ".join(alone)
+        hints.append(
+            f"input{'s' if len(alone) > 1 else ''} {names} {'are' if len(alone) > 1 else 'is'} left alone "
+            "(field type None): an input the elements should move (edge attributes, relative vectors, "
+            "node indices) left as it was breaks the check by itself; give it its field type"
+        )
+    return tuple(hints)

@@ -1,0 +1,79 @@
+"""The sink of several outputs, each with its field type: one error a part (``PartSums``).
+
+The runner hands it the outputs of a chunk laid side by side (``(B, total)``,
+see `equivariance._engine.parts.OutputParts`); for each part it compares
+``f(g.x)`` with ``g.f(x)``, ``f(x)`` moved by the row's element by the part's
+field type, in float64 (float32 on devices without it): the reference is
+moved in float64 and never rounded to the model's dtype, so the test's own
+arithmetic adds nothing to the error it reports. Each part keeps its own
+sums, so a small energy is judged against its own size, not against large
+forces beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from equivariance._engine.copies import Copies
+from equivariance._engine.judge import Sums, accumulation_dtype
+from equivariance._engine.parts import OutputParts
+from equivariance._engine.sinks import Describe, all_finite, check_finite
+from equivariance.actions import Action
+
+
+class PartSums:
+    """Per part, the squared norms of ``f(g.x) - g.f(x)`` and of ``g.f(x)``, item by item.
+
+    Args:
+        base: ``f(x)``, the parts side by side, ``(N, total)``.
+        outputs: the parts (their field types and shapes).
+        acting: the element acting on the outputs, one per row (the identity for the noise floor's rows
+            and for invariance).
+    """
+
+    def __init__(self, base: torch.Tensor, outputs: OutputParts, acting: Sequence[Action]) -> None:
+        self.outputs, self.acting = outputs, list(acting)
+        self.work = accumulation_dtype(base.device)
+        self.n = len(base)
+        pieces = outputs.unflatten(base.to(self.work))
+        self.base = [p.reshape(self.n, -1) for p in pieces]
+        moving = [not e.is_identity for e in self.acting]
+        self.references = [
+            Copies(piece, self.acting, field) if field is not None and any(moving) else None
+            for piece, field in zip(pieces, outputs.acting)
+        ]
+        rows, count = len(self.acting), len(outputs.parts)
+        self.diff_sq = torch.zeros(rows * self.n, count, dtype=torch.float64)
+        self.ref_sq = torch.zeros(rows * self.n, count, dtype=torch.float64)
+
+    def add(
+        self, outputs: torch.Tensor, items: slice, sample: torch.Tensor, row: torch.Tensor, what: Describe
+    ) -> None:
+        if not all_finite(outputs):  # the description of the chunk is made only for a message
+            check_finite(outputs, what())
+        pieces = self.outputs.unflatten(outputs)
+        for p, (piece, references) in enumerate(zip(pieces, self.references)):
+            if references is None:
+                reference = self.base[p][sample.to(self.base[p].device)]
+            else:
+                reference = references.take(sample, row).reshape(len(sample), -1)
+            got = piece.reshape(len(sample), -1).to(self.work)
+            self.diff_sq[items, p] = (got - reference).square().sum(1).cpu().double()
+            self.ref_sq[items, p] = reference.square().sum(1).cpu().double()
+
+    def retry(self) -> None:
+        pass
+
+    def sums(self) -> list[Sums]:
+        """One ``Sums`` a part, ``[row, sample]``."""
+        rows = len(self.acting)
+        return [
+            Sums(
+                self.diff_sq[:, p].reshape(rows, self.n).clone(),
+                self.ref_sq[:, p].reshape(rows, self.n).clone(),
+                torch.full((rows,), float(max(1, size)), dtype=torch.float64),
+            )
+            for p, size in enumerate(self.outputs.sizes)
+        ]
