@@ -14,6 +14,8 @@ Every HTML page is read with the standard library's parser and checked for
   in the site, or a ``#fragment`` that names no element of its page;
 - anything loaded from the network (a script, stylesheet, image or frame with an
   ``http(s)://`` address, or an address inside an inline script);
+- a reStructuredText table in the text (a run of ``=====  =====`` rules, which
+  Markdown shows as one paragraph of its cells): write a Markdown table;
 - maths written as code: a code span with a norm (``||x||``), a power (``^2``,
   ``²``), which the site's MathJax would typeset if written ``$...$``;
 - a private name where the API reference should show a value
@@ -59,6 +61,7 @@ WRAP_RULE = re.compile(r"([^{}]+)\{[^}]*white-space:\s*pre-wrap[^}]*\}")
 
 SPHINX_ROLE = re.compile(r":(?:py:)?(class|func|meth|mod|attr|data|exc|obj|const|ref):(?=\s*[`~\w])")
 RAW_TEX = re.compile(r"\\\(|\\\[|\$\$")
+RST_TABLE = re.compile(r"={4,}\s+={4,}")
 NETWORK = re.compile(r"^(?:https?:)?//", re.IGNORECASE)
 LOADING = {"script": "src", "img": "src", "iframe": "src", "source": "src", "audio": "src", "video": "src"}
 CODE = {"pre", "code", "script", "style", "textarea"}
@@ -71,6 +74,8 @@ def problems_in_text(text: str) -> list[str]:
     if ">>>" in text:
         found.append('flattened example ">>>" outside a code block')
     found.extend(f'raw TeX delimiter "{match.group(0)}"' for match in RAW_TEX.finditer(text))
+    if RST_TABLE.search(text):
+        found.append("a reStructuredText table shown as text (write a Markdown table)")
     return found
 
 

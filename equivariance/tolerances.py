@@ -18,14 +18,12 @@ tolerance has to absorb what other kernels may do: a GPU, another batch
 size or another algorithm sums in another order, and two such orders differ
 by up to about twice a model's rounding error against float64:
 
-==========  ==================  ===================  ============
-dtype       error seen on CPU   rounding vs float64  default rtol
-==========  ==================  ===================  ============
-float64     1e-16               (reference)          1e-10
-float32     0                   1e-6                 1e-4
-bfloat16    0                   9e-3                 1e-1
-float16     0                   5e-3                 3e-2
-==========  ==================  ===================  ============
+| dtype    | error seen on CPU | rounding vs float64 | default rtol |
+| -------- | ----------------- | ------------------- | ------------ |
+| float64  | 1e-16             | (reference)         | 1e-10        |
+| float32  | 0                 | 1e-6                | 1e-4         |
+| bfloat16 | 0                 | 9e-3                | 1e-1         |
+| float16  | 0                 | 5e-3                | 3e-2         |
 
 float32 and float64 get about a hundred times their rounding error; the half
 types, whose rounding error is within two orders of magnitude of real

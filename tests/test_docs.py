@@ -166,6 +166,9 @@ BROKEN = {
     ),
     'flattened example ">>>"': CLEAN.replace("<p>Math", "<p>&gt;&gt;&gt; x = 1</p><p>Math"),
     "raw TeX delimiter": CLEAN.replace("<p>Math", "<p>\\(x\\) raw</p><p>Math"),
+    "a reStructuredText table": CLEAN.replace(
+        "<p>Math", "<p>======  ====== dtype rtol ======  ====== float32 1e-4 ======  ======</p><p>Math"
+    ),
     "has math but does not load": CLEAN.replace('<script src="../assets/mathjax/MathJax.js"></script>', ""),
     "broken link: ../missing/": CLEAN.replace("../other/#part", "../missing/"),
     "broken link: ../other/#nowhere": CLEAN.replace("../other/#part", "../other/#nowhere"),
