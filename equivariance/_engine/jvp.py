@@ -345,7 +345,7 @@ def _densified(func: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
     if not any(duals) or all(d for d, t in zip(duals, tensors) if t):
         return args
     return tuple(
-        fwAD.make_dual(a, torch.zeros_like(a)) if t and not d and not a.requires_grad else a  # type: ignore[no-untyped-call]
+        fwAD.make_dual(a, torch.zeros_like(a)) if t and not d else a  # type: ignore[no-untyped-call]
         for a, t, d in zip(args, tensors, duals)
     )
 
