@@ -34,6 +34,7 @@ element of one plane's group and is refused with ``InvalidArgument``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -62,7 +63,28 @@ class Transform(Protocol):
         ...
 
 
-class Rot90(Action):
+class _GridMap(Action):
+    """A transform of the grid onto itself (a rotation, a flip, a reflection), which acts on every
+    tensor by its ``apply`` (the stride does not matter) and composes with any other element."""
+
+    @abc.abstractmethod
+    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """Transform ``x`` whose last ``spatial_dims`` dims are spatial."""
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Transform a tensor on ``grid``: the grid maps onto itself, whatever its stride."""
+        return self.apply(x, grid.spatial_dims)
+
+    def __mul__(self, other: Action) -> Action:
+        """The element that acts as ``other``, then this one (see the module docstring)."""
+        return compose(self, other)
+
+    def __rmul__(self, other: Action) -> Action:
+        """``other * self``, where ``other`` leaves the product to this element (the identity)."""
+        return compose(other, self)
+
+
+class Rot90(_GridMap):
     """Rotation by ``k`` quarter turns in the plane of two spatial dims (``torch.rot90``).
 
     ``dims`` are negative indices among the spatial dims, default the last
@@ -114,10 +136,6 @@ class Rot90(Action):
             )
         return torch.rot90(x, self.k, self.dims)
 
-    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """Rotate a tensor on ``grid`` (the stride does not matter: a rotation maps the grid onto itself)."""
-        return self.apply(x, grid.spatial_dims)
-
     @property
     def is_identity(self) -> bool:
         return self.k == 0
@@ -130,14 +148,6 @@ class Rot90(Action):
             Rot90(3)
         """
         return Rot90(-self.k, self.dims)
-
-    def __mul__(self, other: Action) -> Action:
-        """The element that acts as ``other``, then this rotation (see the module docstring)."""
-        return compose(self, other)
-
-    def __rmul__(self, other: Action) -> Action:
-        """``other * self``, where ``other`` leaves the product to this element (the identity)."""
-        return compose(other, self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Rot90):
@@ -154,7 +164,7 @@ class Rot90(Action):
     __str__ = __repr__
 
 
-class Flip(Action):
+class Flip(_GridMap):
     """Reversal of one spatial dim (``torch.flip``), default the last.
 
     Examples:
@@ -187,21 +197,9 @@ class Flip(Action):
             )
         return torch.flip(x, (self.dim,))
 
-    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """Flip a tensor on ``grid``."""
-        return self.apply(x, grid.spatial_dims)
-
     def inverse(self) -> Flip:
         """A flip is its own inverse."""
         return self
-
-    def __mul__(self, other: Action) -> Action:
-        """The element that acts as ``other``, then this flip (see the module docstring)."""
-        return compose(self, other)
-
-    def __rmul__(self, other: Action) -> Action:
-        """``other * self``, where ``other`` leaves the product to this element (the identity)."""
-        return compose(other, self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Flip):
@@ -217,7 +215,7 @@ class Flip(Action):
     __str__ = __repr__
 
 
-class Transpose(Action):
+class Transpose(_GridMap):
     """Reflection of a plane of two spatial dims across its main diagonal (``anti=True``: across the
     other diagonal): the two diagonal reflections of p4m.
 
@@ -254,21 +252,9 @@ class Transpose(Action):
         a, b = self.dims
         return (torch.flip(x, self.dims) if self.anti else x).transpose(a, b)
 
-    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """Reflect a tensor on ``grid`` (a reflection maps the grid onto itself)."""
-        return self.apply(x, grid.spatial_dims)
-
     def inverse(self) -> Transpose:
         """A reflection is its own inverse."""
         return self
-
-    def __mul__(self, other: Action) -> Action:
-        """The element that acts as ``other``, then this reflection (see the module docstring)."""
-        return compose(self, other)
-
-    def __rmul__(self, other: Action) -> Action:
-        """``other * self``, where ``other`` leaves the product to this element (the identity)."""
-        return compose(other, self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Transpose):
