@@ -104,11 +104,6 @@ class Plan:
         ``FLOOR_SAMPLES`` samples (none with a batch size the caller chose)."""
         return self.noise_rows * (len(self.request.x) - floor_samples(self.request))
 
-    @property
-    def items(self) -> int:
-        """How many moved copies the runner sends."""
-        return len(self.rows) * len(self.request.x) - self.skipped
-
 
 # -- the plan: one unshifted pass, "auto" resolved ---------------------------------------------------
 
