@@ -200,11 +200,14 @@ def test_every_dense_network_fails_a_check_of_a_nonzero_shift(data: st.DataObjec
     assert isinstance(net, DenseNet)
     x = data.draw(net.inputs(), label="x")
     assert net.model(x).shape == (x.shape[0], net.out_channels, *x.shape[2:])
-    bound = tuple(n - 1 for n in net.input_size)
+    # At most half of each dim, so that at least half the output is compared, and failing by 100x the
+    # tolerance: a shift that leaves one or two elements to compare met a dense network's output there
+    # within 1e3 * rtol in about 1 of 1,000 draws; over 2,000 draws with this bound the least was 681x.
+    bound = tuple(n // 2 for n in net.input_size)
     shift = data.draw(shifts(ndim=net.ndim, max_shift=bound).filter(lambda s: not s.is_identity))
     report = check_equivariance(net.model, x, [shift])
     assert not report.passed
-    assert report.max_error > 1e3 * report.rtol
+    assert report.max_error > 100 * report.rtol
 
 
 def test_mlps_shrink_toward_one_small_hidden_layer() -> None:
