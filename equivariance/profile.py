@@ -22,10 +22,12 @@ from equivariance._engine import arguments as _arguments
 from equivariance._engine import causes as _causes
 from equivariance._engine import fixes as _fixes
 from equivariance._engine.diagnosis import JUNCTION, between, is_global
+from equivariance._engine.field_layers import FieldPass
 from equivariance._engine.grids import Stride, shown
 from equivariance._engine.passes import profile_layers
 from equivariance._engine.runner import Runner
 from equivariance.actions import Action, Boundary
+from equivariance.fields import Field, FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
 from equivariance.shifts import ShiftLike
 from equivariance.tolerances import resolve_tolerance
@@ -71,7 +73,12 @@ class LayerProfile:
         note: why a layer was not compared (an ambiguous layout), or how a
             layout other than channels first was inferred.
         compared: whether the layer was compared at all (not when its layout
-            is ambiguous: its ``error`` is then nan and it counts as passed).
+            is ambiguous, or, for several inputs, its field type is not named
+            under a rotation: its ``error`` is then nan and it counts as passed).
+        field: for several inputs, how the output moves: the field type
+            named in ``fields=`` or ``outputs=``, or as read from its shape
+            under a permutation (``"points on axis 1"``, ``"pooled"``); None on
+            grids.
     """
 
     name: str
@@ -88,6 +95,7 @@ class LayerProfile:
     layout: str | None = None
     note: str | None = None
     compared: bool = True
+    field: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the fields."""
@@ -121,6 +129,8 @@ class EquivarianceProfile:
         separate_passes: why ``x`` and its moved copy ran in two separate
             passes instead of one batch (the samples of a batch influence
             each other in this model); ``None`` for the one batch.
+        inputs: for several inputs, each argument's shape and field type
+            (``input_shape`` is then the first's); None for one tensor.
     """
 
     subject: str
@@ -134,6 +144,7 @@ class EquivarianceProfile:
     layers: tuple[LayerProfile, ...]
     up_to: str | None = None
     separate_passes: str | None = None
+    inputs: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -208,6 +219,7 @@ class EquivarianceProfile:
             "passed": self.passed,
             "first_failure": None if first is None else first.name,
             "separate_passes": self.separate_passes,
+            "inputs": self.inputs,
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -226,6 +238,8 @@ class EquivarianceProfile:
         return f"{head}: first failure at {first.name} ({first.type}), {first.cause}"
 
     def __str__(self) -> str:
+        if self.inputs is not None:
+            return self._points()
         table = [("layer", "type", "output", "layout", "stride", "out shift", "error", "verdict")]
         for layer in self.layers:
             stride = "-" if layer.stride is None else _tuple(layer.stride)
@@ -263,10 +277,41 @@ class EquivarianceProfile:
             lines.append(f"  likely cause at {first.name}: {first.cause}; fix: {first.fix}")
         return "\n".join(lines)
 
+    def _points(self) -> str:
+        """The table of a profile of several inputs: each row's field type instead of a grid's."""
+        table = [("layer", "type", "output", "moves as", "error", "verdict")]
+        for layer in self.layers:
+            verdict = "ok" if layer.passed else f"FAIL ({layer.cause})"
+            error, field = f"{layer.error:.2e}", layer.field or "-"
+            if not layer.compared:
+                verdict, error = "not compared", "-"
+            table.append((layer.name, layer.type, _tuple(layer.output_shape[1:]), field, error, verdict))
+        widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
+        lines = [
+            self.summary(),
+            f"  inputs {self.inputs}; {self.dtype}; tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} "
+            f"({self.tolerance_source})",
+        ]
+        if self.separate_passes is not None:
+            lines.append(f"  two passes: {self.separate_passes}")
+        for line in table:
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+        by_note: dict[str, list[str]] = {}
+        for layer in self.layers:
+            if not layer.compared:
+                by_note.setdefault(layer.note or "", []).append(layer.name)
+        for note, names in by_note.items():
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(f"  not compared: {shown}: {note}")
+        first = self.first_failure
+        if first is not None:
+            lines.append(f"  at {first.name}: {first.fix}")
+        return "\n".join(lines)
+
 
 def profile_equivariance(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | ModelInput,
     shift: ShiftLike | Action,
     *,
     layers: Sequence[str] | None = None,
@@ -275,6 +320,9 @@ def profile_equivariance(
     atol: float | None = None,
     rtol: float | None = None,
     layouts: Mapping[str, LayoutLike] | None = None,
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
+    fields: Mapping[str, Field] | None = None,
 ) -> EquivarianceProfile:
     """The equivariance error of every layer of ``model`` under one input shift.
 
@@ -349,6 +397,22 @@ def profile_equivariance(
             (the message names it and its shape), or a batch of ``2N`` that does
             not fit in the GPU's memory (profile fewer samples).
     """
+    if _arguments.several_inputs(x, inputs, outputs) or fields is not None:
+        _arguments.no_grid_options(boundary=boundary != "zeros", layouts=layouts is not None)
+        request = _arguments.validate_layer_parts(
+            model, x, shift, inputs=inputs, outputs=outputs, layers=layers, up_to=up_to, fields=fields
+        )
+        tolerance = resolve_tolerance(request.x.dtype, rtol=rtol, atol=atol)
+        with Runner(request.model):
+            rows, separate = profile_layers(request, tolerance, LayerProfile, FieldPass)
+        assert request.arguments is not None
+        return EquivarianceProfile(
+            subject=type(request.model).__name__, element=request.element,
+            boundary="none (tensors of points)",
+            input_shape=tuple(request.x.shape), dtype=str(request.x.dtype).removeprefix("torch."),
+            rtol=tolerance.rtol, atol=tolerance.atol, tolerance_source=tolerance.source, layers=rows,
+            up_to=up_to, separate_passes=separate, inputs=request.arguments.shapes(),
+        )  # fmt: skip
     request = _arguments.validate_layers(
         model, x, shift, layers=layers, up_to=up_to, boundary=boundary, layouts=layouts
     )
