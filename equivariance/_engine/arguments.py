@@ -613,6 +613,8 @@ def validate_layer_parts(
             f"outputs= gives the field types of the model's outputs, but up_to={up_to!r} stops the pass "
             "before them; name the field type of that layer's output in fields= instead"
         )
+    chosen = choose_layers(module, layers, up_to, None)
+    given = _given_fields(module, fields)
     arguments = as_arguments(x, inputs, module)
     for part, tensor in zip(arguments.parts, arguments.tensors):
         if tensor.is_floating_point():
@@ -620,8 +622,6 @@ def validate_layer_parts(
     _check_model_matches(module, arguments.first)
     _check_acts(element, arguments)
     check_not_identity([element], "profile", "a profile that cannot fail")
-    chosen = choose_layers(module, layers, up_to, None)
-    given = _given_fields(module, fields)
     return LayerRequest(
         module, arguments.first, element, "zeros", chosen, arguments, given, outputs, _points(arguments)
     )
