@@ -1,4 +1,4 @@
-"""Where a model loses equivariance: the error of every layer under one input shift.
+"""Where a model loses equivariance: the error of every layer under one input shift (or one element).
 
 [`profile_equivariance`][equivariance.profile.profile_equivariance] returns an
 [`EquivarianceProfile`][equivariance.profile.EquivarianceProfile]: one
@@ -368,13 +368,37 @@ def profile_equivariance(
         >>> [layer.name for layer in profile.layers], profile.passed
         (['conv1', 'conv2', 'conv3', 'conv4'], True)
 
+        A model of sets, with the field type of its input (``inputs=``, as a
+        check takes it) and a permutation: each layer that keeps the axis of
+        points must reorder it, and a pooled one must not change:
+
+        >>> from equivariance.fields import Scalars
+        >>> from equivariance.permutations import Permutation
+        >>> class Indexed(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.point, self.head = torch.nn.Linear(2, 4), torch.nn.Linear(4, 1)
+        ...         self.index = torch.nn.Parameter(torch.randn(5, 4))
+        ...     def forward(self, h):  # each point weighted by its index: the order matters
+        ...         return self.head((self.point(h) * self.index).sum(-2))
+        >>> profile = profile_equivariance(Indexed(), torch.randn(3, 5, 2), Permutation.cycle(5),
+        ...                                inputs=Scalars())
+        >>> [(row.name, row.field, row.passed) for row in profile.layers]
+        [('point', 'points on axis 1', True), ('head (input)', 'pooled', False), ('head', 'pooled', False)]
+
     Args:
         model: an ``nn.Module``.
-        x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
+        x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims; or, with
+            ``inputs=``, a model's several arguments (a tensor, a tuple, a dict
+            or a torch_geometric ``Data``/``Batch``), as
+            [`check_equivariance`][equivariance.check.check_equivariance] takes them.
         shift: the input shift, a [`Shift`][equivariance.Shift] or a tuple of
             ints; or a transform ([`Rot90`][equivariance.Rot90],
             [`Flip`][equivariance.Flip], an [`Action`][equivariance.actions.Action]
             of your own), which every spatial output is expected to undergo too.
+            For several inputs: one element of
+            [`equivariance.permutations`][equivariance.permutations] or
+            [`equivariance.euclidean`][equivariance.euclidean], or a product of them.
         layers: names of the submodules to profile (``model.named_modules()``);
             default every leaf submodule that runs.
         up_to: the name of a submodule after whose output the forward pass
@@ -388,6 +412,22 @@ def profile_equivariance(
         layouts: layouts of layers whose shapes leave them ambiguous, by name:
             ``{"blocks.0.norm": "channels_last"}`` (see
             [`equivariance.layouts`][equivariance.layouts]).
+        inputs: the field type of each of the model's arguments
+            ([`equivariance.fields`][equivariance.fields]), as a check takes it:
+            the profile of several inputs. Under an element that only reorders
+            points (a permutation), a layer's field type is read from its shape:
+            the axis after the batch axis as long as the inputs' points holds
+            them (reordered), none means pooled (unchanged), several are
+            ambiguous (refused: name it in ``fields``). Under any other
+            element, only the layers ``fields`` names (and the outputs) are
+            compared; the others' rows say why not.
+        outputs: with ``inputs``, the field type of each of the model's
+            outputs; a layer that returns one is compared by it.
+        fields: with ``inputs``, the field type of layers' outputs by name, as
+            ``layouts`` names layouts: ``{"encoder": Scalars(), "head":
+            Vectors()}``; a container's name covers the layers in it (the
+            longest name wins). A layer returning several tensors is
+            compared by its first.
 
     Returns:
         An [`EquivarianceProfile`][equivariance.EquivarianceProfile].
