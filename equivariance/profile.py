@@ -230,6 +230,12 @@ class EquivarianceProfile:
         # the boundary of an element that reads one (a shift); one that maps the grid onto itself has none
         boundary = f" ({self.boundary})" if type(self.element).uses_boundary else ""
         head = f"equivariance profile of {subject} under {self.element.noun} {self.element}{boundary}"
+        skipped = sum(not layer.compared for layer in self.layers)
+        if first is None and self.inputs is not None and skipped:
+            return (
+                f"{head}: every compared layer within rtol {self.rtol:.0e} ({skipped} of {len(self.layers)} "
+                "not compared)"
+            )
         if first is None:
             return f"{head}: every layer within rtol {self.rtol:.0e}"
         if first.type == JUNCTION:

@@ -221,6 +221,9 @@ def test_a_layer_whose_field_type_is_not_named_is_not_compared() -> None:
     assert skipped
     assert all(row.note and "field type not named" in row.note for row in skipped)
     assert "not compared: layers.0.edge.0.0, layers.0.edge.0.1, layers.0.edge.0.2 and" in str(profile)
+    assert profile.summary().endswith(
+        f"every compared layer within rtol 1e-10 ({len(skipped)} of 21 not compared)"
+    )
 
 
 def test_a_layer_that_returns_vectors_is_compared_as_vectors() -> None:

@@ -33,7 +33,7 @@ from equivariance._engine.layer_sums import LayerSums
 from equivariance._engine.layers import LayerSpec, Recorded
 from equivariance._engine.part_sums import PartSums
 from equivariance._engine.parts import Graphs, OutputParts, Part, output_parts
-from equivariance._engine.passes import Compared, Inputs, LayerPass, Passes, _verdicts, first_tensor
+from equivariance._engine.passes import Compared, Inputs, LayerPass, Measured, Passes, _verdicts, first_tensor
 from equivariance.actions import guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.fields import Adjacency, Field, Scalars
@@ -45,8 +45,9 @@ _LISTED = 4  # the most ambiguous layers an error lists
 
 class FieldPass(LayerPass):
     """The profile's pass over a model of points: every layer's output compared by its field type
-    (see the module docstring); ``done`` refuses, after the pass, a named field type that does not
-    fit its layer and outputs whose axis of points is ambiguous."""
+    as the layer returns it (see the module docstring). A named field type that does not fit its
+    layer is refused there; outputs whose axis of points is ambiguous, all at once after the pass
+    (``done``)."""
 
     def _start(self, passes: Passes, batch: Inputs) -> None:
         request = passes.request
@@ -111,9 +112,10 @@ class FieldPass(LayerPass):
         element = self.element
         if not element.only_reorders:
             return None, (
-                f"field type not named: {element.noun} {element} moves a tensor by what it holds (scalars "
-                "stay, vectors turn), which its shape does not say; name it in fields=, e.g. "
-                "fields={'encoder': Scalars(), 'head': Vectors()} (a container's name covers its layers)"
+                f"field type not named: {element.noun} {element} moves a tensor by what it holds "
+                "(positions, vectors and scalars move differently), which its shape does not say; name it "
+                "in fields=, e.g. fields={'encoder': Scalars(), 'head': Vectors()} (a container's name "
+                "covers its layers)"
             )
         if node_row:
             return Scalars(nodes=1), "per node"
@@ -162,7 +164,8 @@ class FieldPass(LayerPass):
             return f"layer {name!r} for the input moved by {self.element}"
 
         sink.add(both[n:].reshape(n, -1), slice(0, n), self.samples, self.zero, describe)
-        self.compared[name] = Compared(spec, sink, kind)
+        (sums,) = sink.sums()  # the sums only: no layer's output is kept
+        self.compared[name] = Compared(spec, Measured(sums), kind)
 
     def output(self, result: Any) -> None:
         """The model's outputs, by ``outputs=`` (a layer that returned one is compared by it instead,

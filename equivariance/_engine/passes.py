@@ -28,7 +28,7 @@ from equivariance._engine.diagnosis import JUNCTION, Context, blurring, explaine
 from equivariance._engine.forward import call_until
 from equivariance._engine.grids import Stride, divides, stated_stride, whole_samples
 from equivariance._engine.isolation import snapshot
-from equivariance._engine.judge import margins_that_pass, sample_errors, sample_scale, within
+from equivariance._engine.judge import Sums, margins_that_pass, sample_errors, sample_scale, within
 from equivariance._engine.layer_sums import LayerSums, PooledLayer
 from equivariance._engine.layers import (
     CHANNELS_FIRST_OPS,
@@ -38,7 +38,6 @@ from equivariance._engine.layers import (
     Recorded,
     view_permutation,
 )
-from equivariance._engine.part_sums import PartSums
 from equivariance._engine.parts import Arguments, Call, Graphs
 from equivariance._engine.sinks import FlatSums, GridSums
 from equivariance.actions import Action, Boundary, Grid, guarded_act
@@ -316,7 +315,17 @@ def _interaction(passes: Passes, layer_pass: LayerPass, first: Any, tolerance: T
     )
 
 
-Sink = GridSums | FlatSums | PartSums | PooledLayer | None
+@dataclass(frozen=True)
+class Measured:
+    """A row's sums, taken as the layer returned (by a sink that is then let go)."""
+
+    taken: Sums
+
+    def sums(self) -> Sums:
+        return self.taken
+
+
+Sink = GridSums | FlatSums | Measured | PooledLayer | None
 
 
 @dataclass
@@ -507,7 +516,7 @@ class LayerPass:
     def _compare(self, compared: Compared, tensor: torch.Tensor) -> None:
         """Both halves of a compared tensor (viewed as its grid) handed to its sink."""
         sink, name, n, element = compared.sink, compared.spec.name, self.n, self.element
-        if sink is None:
+        if sink is None or isinstance(sink, Measured):
             return
 
         def describe(which: str = "the moved input") -> str:
@@ -731,9 +740,7 @@ def _verdicts(sinks: dict[str, Sink], tolerance: Tolerance) -> dict[str, tuple[f
     """The worst error of each layer with a sink of its own, whether every sample passes, and where a
     failing layer's error lies within a few samples of its borders: one computation for all."""
     own = {
-        name: sink.sums()[0] if isinstance(sink, PartSums) else sink.sums()
-        for name, sink in sinks.items()
-        if isinstance(sink, (GridSums, FlatSums, PartSums))
+        name: sink.sums() for name, sink in sinks.items() if isinstance(sink, (GridSums, FlatSums, Measured))
     }
     if not own:
         return {}
