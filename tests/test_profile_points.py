@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from equivariance import EquivarianceProfile, equivariance_error, profile_equivariance
+from equivariance.actions import Action
 from equivariance.errors import InvalidArgument
 from equivariance.euclidean import SO3, Rotation, Translation
 from equivariance.fields import Adjacency, Positions, Scalars, Vectors
@@ -441,3 +442,31 @@ def test_the_profile_serialises() -> None:
     assert data["first_failure"] == "phi.0 (input)"
     assert data["inputs"].startswith("'h' (argument 0) (2, 5, 4) Scalars()")
     assert data["layers"][0]["field"] == "points on axis 1"
+
+
+# -- an element of the caller's own on one tensor ------------------------------------------------------
+
+
+class Swap(Action):
+    """Nodes 0 and 1 swapped on the last axis of one tensor: a permutation written in ten lines."""
+
+    def act(self, x: torch.Tensor, grid: object) -> torch.Tensor:
+        order = torch.arange(x.shape[-1])
+        order[[0, 1]] = order[[1, 0]]
+        return x[..., order]
+
+    def inverse(self) -> Action:
+        return self
+
+
+def test_an_element_of_ones_own_that_permutes_nodes_gets_no_advice_of_grids() -> None:
+    """Issue 25's wrong message: a failed node permutation was advised a p4 / p4m group convolution."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(2, 4, 1), nn.Conv1d(4, 4, 3, padding=1))  # the second mixes neighbours
+    profile = profile_equivariance(net, torch.randn(2, 2, 6), Swap())
+    first = profile.first_failure
+    assert first is not None
+    assert first.name == "1"
+    assert rows(profile)["0"] == "ok"
+    assert "does not commute with Swap()" in (first.fix or "")
+    assert not re.search(r"p4|kernels|circular", str(profile)), str(profile)
