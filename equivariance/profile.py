@@ -27,6 +27,7 @@ from equivariance._engine.grids import Stride, shown
 from equivariance._engine.passes import profile_layers
 from equivariance._engine.runner import Runner
 from equivariance.actions import Action, Boundary
+from equivariance.errors import InvalidArgument
 from equivariance.fields import Field, FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
 from equivariance.shifts import ShiftLike
@@ -195,6 +196,11 @@ class EquivarianceProfile:
         Returns:
             The converted copy.
         """
+        if self.inputs is not None:
+            raise InvalidArgument(
+                "fixed_copy converts the strided and padded layers of a model on a grid; a profile of "
+                "several inputs names layers that no surgery fixes (its fix lines say what to change)"
+            )
         return _fixes.fixed_copy(self, model, method, options)
 
     def __getitem__(self, name: str) -> LayerProfile:

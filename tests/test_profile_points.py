@@ -470,3 +470,30 @@ def test_an_element_of_ones_own_that_permutes_nodes_gets_no_advice_of_grids() ->
     assert rows(profile)["0"] == "ok"
     assert "does not commute with Swap()" in (first.fix or "")
     assert not re.search(r"p4|kernels|circular", str(profile)), str(profile)
+
+
+class PositionsInForward(LatePositions):
+    """The same position table added in forward code between the two layers, not by a submodule."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.second(self.first(h) + self.positions.table[: h.shape[-2]])
+        return out
+
+
+def test_a_position_table_added_in_forward_is_placed_between_the_layers() -> None:
+    profile = profile_equivariance(PositionsInForward().double().eval(), h(), CYCLE, inputs=Scalars())
+    first = profile.first_failure
+    assert first is not None
+    assert first.type == "(forward)"
+    assert "first failure between first.norm2 and second.dropout1 (in forward" in profile.summary()
+    assert all(row.passed for row in profile.layers if row.name.startswith("first."))
+    assert "mixes nodes by position" in (first.fix or "")
+
+
+def test_fixed_copy_is_refused_for_a_profile_of_several_inputs() -> None:
+    net = gallery.deep_sets(indexed=True).double()
+    profile = profile_equivariance(net, h(), CYCLE, inputs=Scalars())
+    with pytest.raises(
+        InvalidArgument, match=r"a profile of several inputs names layers that no surgery fixes"
+    ):
+        profile.fixed_copy(net)
