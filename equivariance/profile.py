@@ -22,7 +22,7 @@ from equivariance._engine import arguments as _arguments
 from equivariance._engine import causes as _causes
 from equivariance._engine import fixes as _fixes
 from equivariance._engine.diagnosis import JUNCTION, between, is_global
-from equivariance._engine.field_layers import FieldPass
+from equivariance._engine.field_layers import UNBATCHED, FieldPass
 from equivariance._engine.grids import Stride, shown
 from equivariance._engine.passes import profile_layers
 from equivariance._engine.runner import Runner
@@ -297,7 +297,9 @@ class EquivarianceProfile:
             error, field = f"{layer.error:.2e}", layer.field or "-"
             if not layer.compared:
                 verdict, error = "not compared", "-"
-            table.append((layer.name, layer.type, _tuple(layer.output_shape[1:]), field, error, verdict))
+            whole = layer.note is not None and layer.note.startswith(UNBATCHED)  # no batch axis first
+            shape = _tuple(layer.output_shape if whole else layer.output_shape[1:])
+            table.append((layer.name, layer.type, shape, field, error, verdict))
         widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
         lines = [
             self.summary(),

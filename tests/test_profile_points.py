@@ -497,3 +497,25 @@ def test_fixed_copy_is_refused_for_a_profile_of_several_inputs() -> None:
         InvalidArgument, match=r"a profile of several inputs names layers that no surgery fixes"
     ):
         profile.fixed_copy(net)
+
+
+class Flattened(nn.Module):
+    """A per-point layer run on the points of all samples flattened, ``(B * N, C)``, as e3nn's are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.point = nn.Linear(4, 8)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, n, c = h.shape
+        return self.point(h.reshape(b * n, c)).reshape(b, n, -1)
+
+
+def test_a_layer_without_the_batch_axis_first_is_listed_not_compared() -> None:
+    profile = profile_equivariance(Flattened().double(), h(), CYCLE, inputs=Scalars())
+    point, output = profile.layers
+    assert (point.name, point.compared, point.output_shape) == ("point", False, (20, 8))
+    assert point.note is not None
+    assert point.note.startswith("no batch axis first")
+    assert (output.name, output.compared, output.passed) == ("(output)", True, True)
+    assert "point     Linear     (20, 8)" in str(profile)

@@ -33,13 +33,24 @@ from equivariance._engine.layer_sums import LayerSums
 from equivariance._engine.layers import LayerSpec, Recorded
 from equivariance._engine.part_sums import PartSums
 from equivariance._engine.parts import Graphs, OutputParts, Part, output_parts
-from equivariance._engine.passes import Compared, Inputs, LayerPass, Measured, Passes, _verdicts, first_tensor
+from equivariance._engine.passes import (
+    Compared,
+    Hook,
+    Inputs,
+    LayerPass,
+    Measured,
+    Passes,
+    _verdicts,
+    first_tensor,
+)
 from equivariance.actions import guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.fields import Adjacency, Field, Scalars
 from equivariance.tolerances import Tolerance
 
 L = TypeVar("L")
+UNBATCHED = "no batch axis first"
+"""How the note of a row without the batch axis first begins (its shape is the whole tensor's)."""
 _LISTED = 4  # the most ambiguous layers an error lists
 
 
@@ -81,6 +92,22 @@ class FieldPass(LayerPass):
                 "sizes; a profile compares the graphs of one size at a time: pass graphs of one size"
             )
         return tensor.reshape(2 * self.n, self.points, *tensor.shape[1:])
+
+    def other_sizes(self) -> Hook | None:
+        return self._unbatched
+
+    def _unbatched(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
+        """A layer's output without the batch axis first (nodes of all samples flattened, ``(B * N,
+        C)``, or a layout of its own): a row not compared, which says so (never a guess of its axes)."""
+        shape = tuple(tensor.shape)
+        note = (
+            f"{UNBATCHED} (its shape is shown whole; the batch of x and its moved copy has {2 * self.n} "
+            "samples): a layer whose tensors put the samples elsewhere (the nodes of all samples "
+            "flattened, as in e3nn's and torch_geometric's layers) is not read"
+        )
+        spec = LayerSpec(name, self.types.get(name, type(self.model).__name__), shape, None, None, None)
+        self.read[name] = (None, note)
+        self.compared[name] = Compared(dataclasses.replace(spec, ambiguous=note), None, "output")
 
     # -- each row's field type ----------------------------------------------------------------------
 

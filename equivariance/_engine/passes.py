@@ -96,12 +96,14 @@ class Taps:
         self.on_output: Hook = lambda *_: None
         self.batch, self.seen = 0, set[str]()
         self.sizes: frozenset[int] = frozenset()
+        self.other: Hook | None = None
         self.handles: list[Any] = []
 
-    def start(self, batch: int, on_output: Hook, nodes: int | None = None) -> None:
+    def start(self, batch: int, on_output: Hook, nodes: int | None = None, other: Hook | None = None) -> None:
         """A new pass of ``batch`` samples; ``nodes``: the nodes of a Batch of graphs, whose per-node
-        outputs have them first."""
-        self.batch, self.seen, self.on_output = batch, set(), on_output
+        outputs have them first; ``other``: where a layer's output of another first size goes."""
+        self.batch, self.seen, self.on_output, self.other = batch, set(), on_output, other
+        self.elsewhere: set[str] = set()
         self.sizes = frozenset({batch} if nodes is None else {batch, nodes})
 
     def hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
@@ -115,6 +117,9 @@ class Taps:
             ):
                 self.seen.add(name)
                 self.on_output(name, inputs, tensor)
+            elif self.other is not None and name not in self.seen | self.elsewhere and tensor is not None:
+                self.elsewhere.add(name)  # once; an output with the batch axis first is still read after it
+                self.other(name, inputs, tensor)
 
         return record
 
@@ -169,10 +174,11 @@ class Passes:
     def samples(self) -> torch.Tensor:
         return torch.arange(len(self.x))
 
-    def run(self, batch: Inputs, on_output: Hook) -> Any:
-        """The model's output for ``batch`` (its layers' outputs handed to ``on_output``)."""
+    def run(self, batch: Inputs, on_output: Hook, other: Hook | None = None) -> Any:
+        """The model's output for ``batch`` (its layers' outputs handed to ``on_output``, those without
+        the batch axis first to ``other``, in one batch)."""
         if not self.separate:
-            self.taps.start(len(batch), on_output, _nodes(batch))
+            self.taps.start(len(batch), on_output, _nodes(batch), other)
             return _call(self.model, batch, self.stop, self.up_to)
         n = len(self.x)
         first: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
@@ -256,7 +262,7 @@ def _measured(
     pool = LayerSums(len(passes.x))
     batch = passes.batch()
     layer_pass = reading(passes, batch, pool, junctions=junctions, blurs=blurs)
-    layer_pass.output(passes.run(batch, layer_pass.on_output))
+    layer_pass.output(passes.run(batch, layer_pass.on_output, layer_pass.other_sizes()))
     if not layer_pass.compared:
         raise InvalidArgument(NONE_RAN)
     layer_pass.done()
@@ -388,6 +394,10 @@ class LayerPass:
 
     def done(self) -> None:
         """After the pass: nothing more to do on grids (a reading by field type checks what it met)."""
+
+    def other_sizes(self) -> Hook | None:
+        """Where outputs without the batch axis first go: nowhere on grids (they are not layers' maps)."""
+        return None
 
     def judged(
         self, pool: LayerSums, request: LayerRequest, tolerance: Tolerance, make: Callable[..., L]
