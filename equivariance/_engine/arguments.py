@@ -159,6 +159,20 @@ def validate_parts(
     if not elements:
         raise InvalidArgument("no elements to check; pass at least one in transforms=")
     forward = Forward(model, layer, output, OutputParts(outputs if mode == "equivariance" else None))
+    arguments = checked_call(model, x, inputs, elements, "check", "a check that cannot fail")
+    first = arguments.first
+    return Request(
+        forward, first, mode, tuple(elements), None, (), (), "zeros", None, None,
+        check_batch_size(batch_size), noise_floor, arguments=arguments,
+    )  # fmt: skip
+
+
+def checked_call(
+    model: object, x: object, inputs: object, elements: Sequence[Action], verb: str, purpose: str
+) -> Call:
+    """The call ``x`` with its field types ``inputs``, checked: finite tensors on the model's device and
+    dtype, every element acting on every input it moves, not all the identity (``verb``, ``purpose``:
+    as in ``check_not_identity``)."""
     arguments = as_arguments(x, inputs, model)
     for part, tensor in zip(arguments.parts, arguments.tensors):
         if tensor.is_floating_point():
@@ -167,12 +181,8 @@ def validate_parts(
         _check_model_matches(model, arguments.first)
     for element in elements:
         _check_acts(element, arguments)
-    check_not_identity(elements, "check", "a check that cannot fail")
-    first = arguments.first
-    return Request(
-        forward, first, mode, tuple(elements), None, (), (), "zeros", None, None,
-        check_batch_size(batch_size), noise_floor, arguments=arguments,
-    )  # fmt: skip
+    check_not_identity(elements, verb, purpose)
+    return arguments
 
 
 def several_inputs(x: object, inputs: object, outputs: object) -> bool:
@@ -615,13 +625,7 @@ def validate_layer_parts(
         )
     chosen = choose_layers(module, layers, up_to, None)
     given = _given_fields(module, fields)
-    arguments = as_arguments(x, inputs, module)
-    for part, tensor in zip(arguments.parts, arguments.tensors):
-        if tensor.is_floating_point():
-            _check_tensor(tensor, part.name)
-    _check_model_matches(module, arguments.first)
-    _check_acts(element, arguments)
-    check_not_identity([element], "profile", "a profile that cannot fail")
+    arguments = checked_call(module, x, inputs, [element], "profile", "a profile that cannot fail")
     return LayerRequest(
         module, arguments.first, element, "zeros", chosen, arguments, given, outputs, _points(arguments)
     )
