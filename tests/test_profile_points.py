@@ -371,7 +371,9 @@ def test_fields_that_are_not_field_types_are_refused() -> None:
 
 def test_a_profile_that_compares_nothing_is_refused() -> None:
     with pytest.raises(
-        InvalidArgument, match=r"no layer's output was compared: rotation .* name the field types"
+        InvalidArgument,
+        match=r"no layer's output was compared, so the profile could not fail; the first says: field type "
+        r"not named: rotation .* name it in fields=",
     ):
         profile_equivariance(
             gallery.pointnet().double(), gallery.cloud(), SO3(1, seed=0)[0], inputs=Positions()

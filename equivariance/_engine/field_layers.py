@@ -256,10 +256,9 @@ class FieldPass(LayerPass):
         """Refuse outputs whose axis of points is ambiguous, all at once, with the field types to name;
         and a profile that compared nothing (it could not fail)."""
         if not self.ambiguous and not any(c.sink is not None for c in self.compared.values()):
+            why = next((how for _, how in self.read.values()), "no layer ran")
             raise InvalidArgument(
-                f"no layer's output was compared: {self.element.noun} {self.element} moves a tensor by what "
-                "it holds, and fields= names no layer that ran (nor outputs= the model's outputs); name the "
-                "field types of the layers to compare, e.g. fields={'encoder': Scalars(), 'head': Vectors()}"
+                f"no layer's output was compared, so the profile could not fail; the first says: {why}"
             )
         if not self.ambiguous:
             return
