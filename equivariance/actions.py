@@ -187,6 +187,14 @@ class Action(abc.ABC):
         rounding of the moved input."""
         return True
 
+    @property
+    def only_reorders(self) -> bool:
+        """Whether the element only reorders points (a permutation), moving every field type alike by
+        its axis of points: a profile then reads how a layer's output moves from its shape alone
+        (the axis as long as the inputs' points). False by default: a rotation turns vectors and
+        leaves scalars, so a layer's field type must be named."""
+        return False
+
     def failure_hint(self, part: str, field: Any) -> str | None:
         """What it means that the output ``part`` (of field type ``field``, None for an output that
         should not change) does not follow this element: one sentence for a check's hint, or None
@@ -302,6 +310,10 @@ class Identity(Action):
 
     @property
     def is_identity(self) -> bool:
+        return True
+
+    @property
+    def only_reorders(self) -> bool:
         return True
 
     def inverse(self) -> Identity:

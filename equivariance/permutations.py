@@ -118,6 +118,10 @@ class Permutation(Action):
     def is_identity(self) -> bool:
         return bool(torch.equal(self._indices, torch.arange(self.n)))
 
+    @property
+    def only_reorders(self) -> bool:
+        return True
+
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
         """``x`` with its points reordered (see the module docstring for each field type).
 

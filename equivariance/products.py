@@ -108,6 +108,11 @@ class Product(Action):
         """Whether every factor is exact."""
         return all(f.exact for f in self.factors)
 
+    @property
+    def only_reorders(self) -> bool:
+        """Whether every factor only reorders points."""
+        return all(f.only_reorders for f in self.factors)
+
     def failure_hint(self, part: str, field: Any) -> str | None:
         """The factors' hints, each once: any of them may be the one the output does not follow."""
         hints: list[str] = []

@@ -1,4 +1,4 @@
-"""Where a model loses equivariance: the error of every layer under one input shift.
+"""Where a model loses equivariance: the error of every layer under one input shift (or one element).
 
 [`profile_equivariance`][equivariance.profile.profile_equivariance] returns an
 [`EquivarianceProfile`][equivariance.profile.EquivarianceProfile]: one
@@ -22,10 +22,13 @@ from equivariance._engine import arguments as _arguments
 from equivariance._engine import causes as _causes
 from equivariance._engine import fixes as _fixes
 from equivariance._engine.diagnosis import JUNCTION, between, is_global
+from equivariance._engine.field_layers import UNBATCHED, FieldPass
 from equivariance._engine.grids import Stride, shown
 from equivariance._engine.passes import profile_layers
 from equivariance._engine.runner import Runner
 from equivariance.actions import Action, Boundary
+from equivariance.errors import InvalidArgument
+from equivariance.fields import Field, FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
 from equivariance.shifts import ShiftLike
 from equivariance.tolerances import resolve_tolerance
@@ -71,7 +74,12 @@ class LayerProfile:
         note: why a layer was not compared (an ambiguous layout), or how a
             layout other than channels first was inferred.
         compared: whether the layer was compared at all (not when its layout
-            is ambiguous: its ``error`` is then nan and it counts as passed).
+            is ambiguous, or, for several inputs, its field type is not named
+            under a rotation: its ``error`` is then nan and it counts as passed).
+        field: for several inputs, how the output moves: the field type
+            named in ``fields=`` or ``outputs=``, or as read from its shape
+            under a permutation (``"points on axis 1"``, ``"pooled"``); None on
+            grids.
     """
 
     name: str
@@ -88,6 +96,7 @@ class LayerProfile:
     layout: str | None = None
     note: str | None = None
     compared: bool = True
+    field: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the fields."""
@@ -121,6 +130,8 @@ class EquivarianceProfile:
         separate_passes: why ``x`` and its moved copy ran in two separate
             passes instead of one batch (the samples of a batch influence
             each other in this model); ``None`` for the one batch.
+        inputs: for several inputs, each argument's shape and field type
+            (``input_shape`` is then the first's); None for one tensor.
     """
 
     subject: str
@@ -134,6 +145,7 @@ class EquivarianceProfile:
     layers: tuple[LayerProfile, ...]
     up_to: str | None = None
     separate_passes: str | None = None
+    inputs: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -184,6 +196,11 @@ class EquivarianceProfile:
         Returns:
             The converted copy.
         """
+        if self.inputs is not None:
+            raise InvalidArgument(
+                "fixed_copy converts the strided and padded layers of a model on a grid; a profile of "
+                "several inputs names layers that no surgery fixes (its fix lines say what to change)"
+            )
         return _fixes.fixed_copy(self, model, method, options)
 
     def __getitem__(self, name: str) -> LayerProfile:
@@ -208,6 +225,7 @@ class EquivarianceProfile:
             "passed": self.passed,
             "first_failure": None if first is None else first.name,
             "separate_passes": self.separate_passes,
+            "inputs": self.inputs,
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -218,6 +236,12 @@ class EquivarianceProfile:
         # the boundary of an element that reads one (a shift); one that maps the grid onto itself has none
         boundary = f" ({self.boundary})" if type(self.element).uses_boundary else ""
         head = f"equivariance profile of {subject} under {self.element.noun} {self.element}{boundary}"
+        skipped = sum(not layer.compared for layer in self.layers)
+        if first is None and self.inputs is not None and skipped:
+            return (
+                f"{head}: every compared layer within rtol {self.rtol:.0e} ({skipped} of {len(self.layers)} "
+                "not compared)"
+            )
         if first is None:
             return f"{head}: every layer within rtol {self.rtol:.0e}"
         if first.type == JUNCTION:
@@ -226,6 +250,8 @@ class EquivarianceProfile:
         return f"{head}: first failure at {first.name} ({first.type}), {first.cause}"
 
     def __str__(self) -> str:
+        if self.inputs is not None:
+            return self._points()
         table = [("layer", "type", "output", "layout", "stride", "out shift", "error", "verdict")]
         for layer in self.layers:
             stride = "-" if layer.stride is None else _tuple(layer.stride)
@@ -263,10 +289,43 @@ class EquivarianceProfile:
             lines.append(f"  likely cause at {first.name}: {first.cause}; fix: {first.fix}")
         return "\n".join(lines)
 
+    def _points(self) -> str:
+        """The table of a profile of several inputs: each row's field type instead of a grid's."""
+        table = [("layer", "type", "output", "moves as", "error", "verdict")]
+        for layer in self.layers:
+            verdict = "ok" if layer.passed else f"FAIL ({layer.cause})"
+            error, field = f"{layer.error:.2e}", layer.field or "-"
+            if not layer.compared:
+                verdict, error = "not compared", "-"
+            whole = layer.note is not None and layer.note.startswith(UNBATCHED)  # no batch axis first
+            shape = _tuple(layer.output_shape if whole else layer.output_shape[1:])
+            table.append((layer.name, layer.type, shape, field, error, verdict))
+        widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
+        lines = [
+            self.summary(),
+            f"  inputs {self.inputs}; {self.dtype}; tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} "
+            f"({self.tolerance_source})",
+        ]
+        if self.separate_passes is not None:
+            lines.append(f"  two passes: {self.separate_passes}")
+        for line in table:
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+        by_note: dict[str, list[str]] = {}
+        for layer in self.layers:
+            if not layer.compared:
+                by_note.setdefault(layer.note or "", []).append(layer.name)
+        for note, names in by_note.items():
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(f"  not compared: {shown}: {note}")
+        first = self.first_failure
+        if first is not None:
+            lines.append(f"  at {first.name}: {first.fix}")
+        return "\n".join(lines)
+
 
 def profile_equivariance(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | ModelInput,
     shift: ShiftLike | Action,
     *,
     layers: Sequence[str] | None = None,
@@ -275,6 +334,9 @@ def profile_equivariance(
     atol: float | None = None,
     rtol: float | None = None,
     layouts: Mapping[str, LayoutLike] | None = None,
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
+    fields: Mapping[str, Field] | None = None,
 ) -> EquivarianceProfile:
     """The equivariance error of every layer of ``model`` under one input shift.
 
@@ -320,13 +382,37 @@ def profile_equivariance(
         >>> [layer.name for layer in profile.layers], profile.passed
         (['conv1', 'conv2', 'conv3', 'conv4'], True)
 
+        A model of sets, with the field type of its input (``inputs=``, as a
+        check takes it) and a permutation: each layer that keeps the axis of
+        points must reorder it, and a pooled one must not change:
+
+        >>> from equivariance.fields import Scalars
+        >>> from equivariance.permutations import Permutation
+        >>> class Indexed(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.point, self.head = torch.nn.Linear(2, 4), torch.nn.Linear(4, 1)
+        ...         self.index = torch.nn.Parameter(torch.randn(5, 4))
+        ...     def forward(self, h):  # each point weighted by its index: the order matters
+        ...         return self.head((self.point(h) * self.index).sum(-2))
+        >>> profile = profile_equivariance(Indexed(), torch.randn(3, 5, 2), Permutation.cycle(5),
+        ...                                inputs=Scalars())
+        >>> [(row.name, row.field, row.passed) for row in profile.layers]
+        [('point', 'points on axis 1', True), ('head (input)', 'pooled', False), ('head', 'pooled', False)]
+
     Args:
         model: an ``nn.Module``.
-        x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
+        x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims; or, with
+            ``inputs=``, a model's several arguments (a tensor, a tuple, a dict
+            or a torch_geometric ``Data``/``Batch``), as
+            [`check_equivariance`][equivariance.check.check_equivariance] takes them.
         shift: the input shift, a [`Shift`][equivariance.Shift] or a tuple of
             ints; or a transform ([`Rot90`][equivariance.Rot90],
             [`Flip`][equivariance.Flip], an [`Action`][equivariance.actions.Action]
             of your own), which every spatial output is expected to undergo too.
+            For several inputs: one element of
+            [`equivariance.permutations`][equivariance.permutations] or
+            [`equivariance.euclidean`][equivariance.euclidean], or a product of them.
         layers: names of the submodules to profile (``model.named_modules()``);
             default every leaf submodule that runs.
         up_to: the name of a submodule after whose output the forward pass
@@ -340,6 +426,22 @@ def profile_equivariance(
         layouts: layouts of layers whose shapes leave them ambiguous, by name:
             ``{"blocks.0.norm": "channels_last"}`` (see
             [`equivariance.layouts`][equivariance.layouts]).
+        inputs: the field type of each of the model's arguments
+            ([`equivariance.fields`][equivariance.fields]), as a check takes it:
+            the profile of several inputs. Under an element that only reorders
+            points (a permutation), a layer's field type is read from its shape:
+            the axis after the batch axis as long as the inputs' points holds
+            them (reordered), none means pooled (unchanged), several are
+            ambiguous (refused: name it in ``fields``). Under any other
+            element, only the layers ``fields`` names (and the outputs) are
+            compared; the others' rows say why not.
+        outputs: with ``inputs``, the field type of each of the model's
+            outputs; a layer that returns one is compared by it.
+        fields: with ``inputs``, the field type of layers' outputs by name, as
+            ``layouts`` names layouts: ``{"encoder": Scalars(), "head":
+            Vectors()}``; a container's name covers the layers in it (the
+            longest name wins). A layer returning several tensors is
+            compared by its first.
 
     Returns:
         An [`EquivarianceProfile`][equivariance.EquivarianceProfile].
@@ -349,6 +451,22 @@ def profile_equivariance(
             (the message names it and its shape), or a batch of ``2N`` that does
             not fit in the GPU's memory (profile fewer samples).
     """
+    if _arguments.several_inputs(x, inputs, outputs) or fields is not None:
+        _arguments.no_grid_options(boundary=boundary != "zeros", layouts=layouts is not None)
+        request = _arguments.validate_layer_parts(
+            model, x, shift, inputs=inputs, outputs=outputs, layers=layers, up_to=up_to, fields=fields
+        )
+        tolerance = resolve_tolerance(request.x.dtype, rtol=rtol, atol=atol)
+        with Runner(request.model):
+            rows, separate = profile_layers(request, tolerance, LayerProfile, FieldPass)
+        assert request.arguments is not None
+        return EquivarianceProfile(
+            subject=type(request.model).__name__, element=request.element,
+            boundary="none (tensors of points)",
+            input_shape=tuple(request.x.shape), dtype=str(request.x.dtype).removeprefix("torch."),
+            rtol=tolerance.rtol, atol=tolerance.atol, tolerance_source=tolerance.source, layers=rows,
+            up_to=up_to, separate_passes=separate, inputs=request.arguments.shapes(),
+        )  # fmt: skip
     request = _arguments.validate_layers(
         model, x, shift, layers=layers, up_to=up_to, boundary=boundary, layouts=layouts
     )

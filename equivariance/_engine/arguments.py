@@ -8,6 +8,7 @@ expected, what was found and how to fix it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,12 +18,13 @@ from torch import nn
 
 from equivariance._engine.forward import Forward, find_layer
 from equivariance._engine.isolation import submodules
-from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts, as_arguments, is_graph
+from equivariance._engine.parts import Call, Graphs, OutputParts, as_arguments, is_graph
 from equivariance._engine.sinks import OutputAction, all_finite
 from equivariance._engine.validation import as_int, describe, per_dim, shown_per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary
 from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import InvalidArgument
+from equivariance.fields import Adjacency, EdgeIndex, Field
 from equivariance.layouts import Layout, as_layout
 from equivariance.regular import Regular
 from equivariance.shifts import Shift, as_shift
@@ -157,6 +159,20 @@ def validate_parts(
     if not elements:
         raise InvalidArgument("no elements to check; pass at least one in transforms=")
     forward = Forward(model, layer, output, OutputParts(outputs if mode == "equivariance" else None))
+    arguments = checked_call(model, x, inputs, elements, "check", "a check that cannot fail")
+    first = arguments.first
+    return Request(
+        forward, first, mode, tuple(elements), None, (), (), "zeros", None, None,
+        check_batch_size(batch_size), noise_floor, arguments=arguments,
+    )  # fmt: skip
+
+
+def checked_call(
+    model: object, x: object, inputs: object, elements: Sequence[Action], verb: str, purpose: str
+) -> Call:
+    """The call ``x`` with its field types ``inputs``, checked: finite tensors on the model's device and
+    dtype, every element acting on every input it moves, not all the identity (``verb``, ``purpose``:
+    as in ``check_not_identity``)."""
     arguments = as_arguments(x, inputs, model)
     for part, tensor in zip(arguments.parts, arguments.tensors):
         if tensor.is_floating_point():
@@ -164,16 +180,9 @@ def validate_parts(
     if isinstance(model, nn.Module):
         _check_model_matches(model, arguments.first)
     for element in elements:
-        if isinstance(arguments, Graphs):
-            arguments.moved(element, 0)  # every attribute by its field type, with the fields' messages
-        else:
-            _check_acts(element, arguments)
-    check_not_identity(elements, "check", "a check that cannot fail")
-    first = arguments.first
-    return Request(
-        forward, first, mode, tuple(elements), None, (), (), "zeros", None, None,
-        check_batch_size(batch_size), noise_floor, arguments=arguments,
-    )  # fmt: skip
+        _check_acts(element, arguments)
+    check_not_identity(elements, verb, purpose)
+    return arguments
 
 
 def several_inputs(x: object, inputs: object, outputs: object) -> bool:
@@ -208,8 +217,11 @@ def _check_tensor(tensor: torch.Tensor, name: str) -> None:
         )
 
 
-def _check_acts(element: Action, arguments: Arguments) -> None:
+def _check_acts(element: Action, arguments: Call) -> None:
     """``element`` must act on every input with a field type, keeping its shape (tried on one sample)."""
+    if isinstance(arguments, Graphs):
+        arguments.moved(element, 0)  # every attribute by its field type, with the fields' messages
+        return
     for part, tensor in zip(arguments.parts, arguments.tensors):
         if part.field is None:
             continue
@@ -543,13 +555,29 @@ def _given_layouts(model: nn.Module, layouts: object) -> dict[str, Layout]:
 
 @dataclass(frozen=True)
 class LayerRequest:
-    """What a per-layer profile was asked for, validated; no forward pass has run yet."""
+    """What a per-layer profile was asked for, validated; no forward pass has run yet.
+
+    For several inputs (``validate_layer_parts``): ``arguments`` is the call, with the field type of
+    each tensor (``x`` its first floating-point tensor, standing for its dtype and device);
+    ``fields`` the field types named for layers' outputs (a container's name covers the layers in
+    it), ``outputs`` the field types of the model's outputs as given, and ``points`` the number of
+    points the inputs' field types show (None where they show none, or several).
+    """
 
     model: nn.Module
     x: torch.Tensor
     element: Action
     boundary: Boundary
     layers: Layers
+    arguments: Call | None = None
+    fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
+    outputs: Any = None
+    points: int | None = None
+
+    @property
+    def inputs(self) -> torch.Tensor | Call:
+        """What the model is called with: the one tensor, or the several arguments."""
+        return self.x if self.arguments is None else self.arguments
 
 
 def validate_layers(
@@ -564,3 +592,81 @@ def validate_layers(
     checked = check_boundary(boundary)
     the_boundary = checked if type(element).uses_boundary else "circular"
     return LayerRequest(module, tensor, element, the_boundary, choose_layers(module, layers, up_to, layouts))
+
+
+def validate_layer_parts(
+    model: object, x: object, element: object, *, inputs: object, outputs: object, layers: object,
+    up_to: object, fields: object,
+) -> LayerRequest:  # fmt: skip
+    """The arguments of ``profile_equivariance`` for several inputs (``inputs=``, ``outputs=``,
+    ``fields=``), checked as a check's are (``validate_parts``) before the model runs."""
+    module = hooked(model, "profile_equivariance", "check_equivariance")
+    if inputs is None:
+        raise InvalidArgument(
+            "a profile of several inputs needs inputs=, the field type of each of the model's arguments, "
+            "e.g. profile_equivariance(model, (pos, h), Permutation.cycle(5), "
+            "inputs=(Positions(), Scalars()))"
+        )
+    if not isinstance(element, Action):
+        several = isinstance(element, Sequence) and all(isinstance(e, Action) for e in element)
+        fix = (
+            "one of them, e.g. SO3(1, seed=0)[0], or the worst element of a failed check "
+            "(report.worst_element)"
+            if several
+            else "an element of equivariance.permutations or equivariance.euclidean"
+        )
+        raise InvalidArgument(
+            f"a profile follows one group element through the layers, found {describe(element)}; pass {fix}"
+        )
+    if up_to is not None and outputs is not None:
+        raise InvalidArgument(
+            f"outputs= gives the field types of the model's outputs, but up_to={up_to!r} stops the pass "
+            "before them; name the field type of that layer's output in fields= instead"
+        )
+    chosen = choose_layers(module, layers, up_to, None)
+    given = _given_fields(module, fields)
+    arguments = checked_call(module, x, inputs, [element], "profile", "a profile that cannot fail")
+    return LayerRequest(
+        module, arguments.first, element, "zeros", chosen, arguments, given, outputs, _points(arguments)
+    )
+
+
+def _given_fields(model: nn.Module, fields: object) -> dict[str, Field]:
+    """``fields=``: a field type by layer name, each name looked up (as ``layouts=``'s are)."""
+    if fields is None:
+        return {}
+    if not isinstance(fields, Mapping):
+        raise InvalidArgument(
+            f"fields must be a dict from layer names to field types, found {describe(fields)}; pass e.g. "
+            "fields={'encoder.2': Vectors(), 'head': Scalars(nodes=None)}"
+        )
+    given = {}
+    for name, field in fields.items():
+        find_layer(model, name, "fields")  # an unknown name is refused with the close ones
+        if isinstance(field, type) and issubclass(field, Field):
+            raise InvalidArgument(
+                f"fields gives {name!r} the class {field.__name__}; pass {field.__name__}()"
+            )
+        if not isinstance(field, Field):
+            raise InvalidArgument(
+                f"fields[{name!r}] must be a field type (equivariance.fields: Scalars(), Vectors(), "
+                f"Adjacency(), ...), found {describe(field)}"
+            )
+        given[name] = field
+    return given
+
+
+def _points(arguments: Call) -> int | None:
+    """The number of points on the axes of points of the inputs, where they show one number."""
+    if isinstance(arguments, Graphs):
+        sizes = set(arguments.nodes())
+    else:
+        sizes = set()
+        for part, tensor in zip(arguments.parts, arguments.tensors):
+            if isinstance(part.field, Adjacency):
+                sizes.update(tensor.shape[a] for a in part.field.node_axes(tensor))
+            elif part.field is not None and not isinstance(part.field, EdgeIndex):
+                axis = part.field.node_axis(tensor)
+                if axis is not None:
+                    sizes.add(tensor.shape[axis])
+    return next(iter(sizes)) if len(sizes) == 1 else None

@@ -309,6 +309,15 @@ def in_forward(between: str) -> str:
     )
 
 
+def in_forward_code(between: str) -> str:
+    """Where a break in ``forward`` lies, for an element that words its own failure."""
+    return (
+        f"The break happens {between}, in forward code rather than in a submodule: an operation there (a "
+        "parameter or constant added, indexing or concatenation by position) does it; wrap it in a "
+        "submodule to profile it"
+    )
+
+
 # -- the batch --------------------------------------------------------------------------------------
 
 BATCH_INTERACTION = (

@@ -77,15 +77,17 @@ L = TypeVar("L", bound=Layer)
 def first_cause(element: Action, stride: Stride, divisible: bool, border: int | None) -> tuple[str, str]:
     """A failing map's cause and fix from its own numbers: its stride, and where its error lies."""
     if not isinstance(element, Shift):
+        lead = f"this layer does not commute with {element!r}"
+        if not type(element).moves_positions_only:  # not a rotation or flip of the grid: no advice of grids
+            own = element.failure_hint("the output", None)
+            return causes.NO_SYMMETRY, own or causes.not_followed(lead, "compare with the layers before it")
         if any(s > 1 for s in stride):
             return causes.ALIASING, causes.misaligned_grid(
                 f"the map is subsampled by {shown_per_dim(stride)}, and the subsampling grid is not mapped "
                 f"onto itself by {element!r} (it keeps samples 0, 2, 4, ... of an even size)",
                 "use sizes for which the grid maps onto itself (odd sizes with centred sampling)",
             )
-        return causes.NO_SYMMETRY, causes.no_group_symmetry(
-            f"this layer does not commute with {element!r}", "test the layers before it"
-        )
+        return causes.NO_SYMMETRY, causes.no_group_symmetry(lead, "test the layers before it")
     if not divisible:
         lead = f"shift {element} is not a multiple of this map's stride {shown_per_dim(stride)}"
         return causes.ALIASING, causes.aliasing(lead, stride)

@@ -524,7 +524,7 @@ class OutputParts:
     def measured(self, result: Any, subject: str, nodes: Sequence[int] | None = None) -> OutputParts:
         """The parts of ``result`` (``f(x)``): their names, field types and sizes, checked; ``nodes`` as
         in ``flatten``."""
-        parts = _output_parts(result, self.fields, subject)
+        parts = output_parts(result, self.fields, subject)
         resolved = dataclasses.replace(self, parts=tuple(parts))
         tensors = resolved.split(result, subject)
         for part, tensor in zip(parts, tensors):
@@ -596,7 +596,8 @@ def _nodes_on(field: Field, axis: int) -> Field:
     return moved
 
 
-def _output_parts(result: Any, fields: Any, subject: str) -> list[Part]:
+def output_parts(result: Any, fields: Any, subject: str) -> list[Part]:
+    """The parts of a model's ``result`` that ``fields`` (``outputs=``) gives field types to, checked."""
     if isinstance(fields, Field) or (fields is None and isinstance(result, torch.Tensor)):
         return [Part("the output", ("whole", 0), fields)]
     if fields is None:  # invariance: every tensor of a tuple or dict, unchanged

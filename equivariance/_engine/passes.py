@@ -23,11 +23,12 @@ from torch import nn
 from equivariance._engine import causes
 from equivariance._engine.anatomy import KEEP_ANY
 from equivariance._engine.arguments import NONE_RAN, OUTPUT, LayerRequest
+from equivariance._engine.copies import ArgumentCopies, GraphCopies
 from equivariance._engine.diagnosis import JUNCTION, Context, blurring, explained, first_cause, junction_name
 from equivariance._engine.forward import call_until
 from equivariance._engine.grids import Stride, divides, stated_stride, whole_samples
 from equivariance._engine.isolation import snapshot
-from equivariance._engine.judge import margins_that_pass, sample_errors, sample_scale, within
+from equivariance._engine.judge import Sums, margins_that_pass, sample_errors, sample_scale, within
 from equivariance._engine.layer_sums import LayerSums, PooledLayer
 from equivariance._engine.layers import (
     CHANNELS_FIRST_OPS,
@@ -37,6 +38,7 @@ from equivariance._engine.layers import (
     Recorded,
     view_permutation,
 )
+from equivariance._engine.parts import Arguments, Call, Graphs
 from equivariance._engine.sinks import FlatSums, GridSums
 from equivariance.actions import Action, Boundary, Grid, guarded_act
 from equivariance.errors import InvalidArgument
@@ -44,16 +46,24 @@ from equivariance.layouts import ChannelsFirst
 from equivariance.shifts import Shift
 from equivariance.tolerances import Tolerance
 
+Inputs = torch.Tensor | Call
+"""What the model is given: one tensor on a grid, or several inputs (a call)."""
 Hook = Callable[[str, Any, torch.Tensor], None]
 """What a tapped layer's output is handed to: its name, its inputs and its output."""
 L = TypeVar("L")
 
 
 def profile_layers(
-    request: LayerRequest, tolerance: Tolerance, make: Callable[..., L]
+    request: LayerRequest,
+    tolerance: Tolerance,
+    make: Callable[..., L],
+    reading: type[LayerPass] | None = None,
 ) -> tuple[tuple[L, ...], str | None]:
     """Every profiled layer's row (made by ``make`` from its fields), judged and given its cause; and
-    why ``x`` and its moved copy ran in two passes, or None for the one batch."""
+    why ``x`` and its moved copy ran in two passes, or None for the one batch. ``reading``: how each
+    layer's output is read and judged, on its grid (``LayerPass``, the default) or by its field type
+    (for several inputs, ``points.FieldPass``)."""
+    reading = reading or LayerPass
     element = request.element
     blurs = frozenset(
         name
@@ -62,13 +72,13 @@ def profile_layers(
     )
     with Taps(request.layers.modules) as taps:
         passes = Passes(request, taps)
-        layer_pass, pool = _measured(passes, blurs, not request.layers.named)
-        rows = _judged(layer_pass, pool, request, tolerance, make)
+        layer_pass, pool = _measured(passes, blurs, not request.layers.named, reading)
+        rows = layer_pass.judged(pool, request, tolerance, make)
         reason = _interaction(passes, layer_pass, _first_failure(rows), tolerance)
         if reason is not None:  # the halves of the one batch influence each other: two passes
             passes.separate = True
-            layer_pass, pool = _measured(passes, blurs, not request.layers.named)
-            rows = _judged(layer_pass, pool, request, tolerance, make)
+            layer_pass, pool = _measured(passes, blurs, not request.layers.named, reading)
+            rows = layer_pass.judged(pool, request, tolerance, make)
     return rows, reason
 
 
@@ -85,11 +95,16 @@ class Taps:
         self.targets = targets
         self.on_output: Hook = lambda *_: None
         self.batch, self.seen = 0, set[str]()
+        self.sizes: frozenset[int] = frozenset()
+        self.other: Hook | None = None
         self.handles: list[Any] = []
 
-    def start(self, batch: int, on_output: Hook) -> None:
-        """A new pass of ``batch`` samples."""
-        self.batch, self.seen, self.on_output = batch, set(), on_output
+    def start(self, batch: int, on_output: Hook, nodes: int | None = None, other: Hook | None = None) -> None:
+        """A new pass of ``batch`` samples; ``nodes``: the nodes of a Batch of graphs, whose per-node
+        outputs have them first; ``other``: where a layer's output of another first size goes."""
+        self.batch, self.seen, self.on_output, self.other = batch, set(), on_output, other
+        self.elsewhere: set[str] = set()
+        self.sizes = frozenset({batch} if nodes is None else {batch, nodes})
 
     def hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def record(_module: nn.Module, inputs: Any, out: Any) -> None:
@@ -98,10 +113,13 @@ class Taps:
                 name not in self.seen
                 and tensor is not None
                 and tensor.dim() >= 1
-                and tensor.shape[0] == self.batch
+                and tensor.shape[0] in self.sizes
             ):
                 self.seen.add(name)
                 self.on_output(name, inputs, tensor)
+            elif self.other is not None and name not in self.seen | self.elsewhere and tensor is not None:
+                self.elsewhere.add(name)  # once; an output with the batch axis first is still read after it
+                self.other(name, inputs, tensor)
 
         return record
 
@@ -128,9 +146,10 @@ class Passes:
     """
 
     def __init__(self, request: LayerRequest, taps: Taps) -> None:
+        self.request = request
         self.model, self.x, self.element, self.boundary = (
             request.model,
-            request.x,
+            request.inputs,
             request.element,
             request.boundary,
         )
@@ -138,16 +157,28 @@ class Passes:
         self.layouts = request.layers.layouts
         self.separate = False
 
-    def batch(self) -> torch.Tensor:
-        """``x`` and its moved copy, ``(2N, ...)``: what the one pass gives the model."""
+    def batch(self) -> Inputs:
+        """``x`` and its moved copy, ``(2N, ...)``: what the one pass gives the model (for several
+        inputs, the call of ``2N`` samples, each tensor moved by its field type)."""
+        if isinstance(self.x, Arguments):
+            moved = ArgumentCopies(self.x, [self.element]).take(self.samples, self.samples * 0)
+            return self.x.with_tensors([torch.cat(pair) for pair in zip(self.x.tensors, moved.tensors)])
+        if isinstance(self.x, Graphs):
+            moved_graphs = GraphCopies(self.x, [self.element]).take(self.samples, self.samples * 0)
+            return Graphs(self.x.graphs + moved_graphs.graphs, self.x.fields, self.x.batch)
         return torch.cat(
             [self.x, guarded_act(self.element, self.x, Grid.of_input(self.x.dim() - 2, self.boundary))]
         )
 
-    def run(self, batch: torch.Tensor, on_output: Hook) -> Any:
-        """The model's output for ``batch`` (its layers' outputs handed to ``on_output``)."""
+    @property
+    def samples(self) -> torch.Tensor:
+        return torch.arange(len(self.x))
+
+    def run(self, batch: Inputs, on_output: Hook, other: Hook | None = None) -> Any:
+        """The model's output for ``batch`` (its layers' outputs handed to ``on_output``, those without
+        the batch axis first to ``other``, in one batch)."""
         if not self.separate:
-            self.taps.start(len(batch), on_output)
+            self.taps.start(len(batch), on_output, _nodes(batch), other)
             return _call(self.model, batch, self.stop, self.up_to)
         n = len(self.x)
         first: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
@@ -156,11 +187,12 @@ class Passes:
             source = first_tensor(inputs)
             first[name] = (None if source is None else snapshot(source), snapshot(tensor))
 
-        self.taps.start(n, keep)
-        for_x = first_tensor(_call(self.model, batch[:n].clone(), self.stop, self.up_to, "x alone"))
-        moved = batch[n:].clone()
-        joiner = Joiner(first, moved, batch, on_output)
-        self.taps.start(n, joiner.on_output)
+        alone = rows_of(batch, slice(0, n))
+        self.taps.start(n, keep, _nodes(alone))
+        for_x = first_tensor(_call(self.model, alone, self.stop, self.up_to, "x alone"))
+        moved = rows_of(batch, slice(n, None))
+        joiner = Joiner(first, list(zip(tensors_of(moved), tensors_of(batch))), on_output)
+        self.taps.start(n, joiner.on_output, _nodes(moved))
         for_moved = _call(self.model, moved, self.stop, self.up_to, "the moved copy of x alone")
         tensor = first_tensor(for_moved)
         if for_x is None or tensor is None or for_x.shape != tensor.shape:
@@ -175,14 +207,14 @@ class Joiner:
     def __init__(
         self,
         first: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
-        moved: torch.Tensor,
-        batch: torch.Tensor,
+        inputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
         on_output: Hook,
     ) -> None:
         self.first, self.on = first, on_output
         # by id of a tensor of the second pass: the tensor itself (weakly), its version, its join
         self.joined: dict[int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
-        self._remember(moved, batch)
+        for moved, batch in inputs:  # the model's inputs of the second pass: the one batch's
+            self._remember(moved, batch)
 
     def _remember(self, tensor: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
         self.joined[id(tensor)] = (weakref.ref(tensor), tensor._version, joined)
@@ -223,14 +255,17 @@ class Joiner:
             self.on(name, () if joined_source is None else (joined_source,), joined)
 
 
-def _measured(passes: Passes, blurs: frozenset[str], junctions: bool) -> tuple[LayerPass, LayerSums]:
+def _measured(
+    passes: Passes, blurs: frozenset[str], junctions: bool, reading: type[LayerPass]
+) -> tuple[LayerPass, LayerSums]:
     """Every profiled layer's two outputs compared, in a pool of sums: the pass and the pool."""
     pool = LayerSums(len(passes.x))
     batch = passes.batch()
-    layer_pass = LayerPass(passes, batch, pool, junctions=junctions, blurs=blurs)
-    layer_pass.output(passes.run(batch, layer_pass.on_output))
+    layer_pass = reading(passes, batch, pool, junctions=junctions, blurs=blurs)
+    layer_pass.output(passes.run(batch, layer_pass.on_output, layer_pass.other_sizes()))
     if not layer_pass.compared:
         raise InvalidArgument(NONE_RAN)
+    layer_pass.done()
     return layer_pass, pool
 
 
@@ -261,7 +296,7 @@ def _interaction(passes: Passes, layer_pass: LayerPass, first: Any, tolerance: T
 
     passes.taps.start(1, capture)
     try:
-        result, _ = call_until(passes.model, passes.x[:1].clone(), module or passes.stop)
+        result, _ = call_until(passes.model, rows_of(passes.x, slice(0, 1)), module or passes.stop)
     except Exception as exc:  # a model that needs more than one sample: two passes of N
         return (
             f"the model raised {type(exc).__name__} on x[:1] alone ({exc}), so its outputs may depend on "
@@ -286,7 +321,17 @@ def _interaction(passes: Passes, layer_pass: LayerPass, first: Any, tolerance: T
     )
 
 
-Sink = GridSums | FlatSums | PooledLayer | None
+@dataclass(frozen=True)
+class Measured:
+    """A row's sums, taken as the layer returned (by a sink that is then let go)."""
+
+    taken: Sums
+
+    def sums(self) -> Sums:
+        return self.taken
+
+
+Sink = GridSums | FlatSums | Measured | PooledLayer | None
 
 
 @dataclass
@@ -309,7 +354,7 @@ class LayerPass:
     """
 
     def __init__(
-        self, passes: Passes, batch: torch.Tensor, pool: LayerSums, *, junctions: bool, blurs: frozenset[str]
+        self, passes: Passes, batch: Inputs, pool: LayerSums, *, junctions: bool, blurs: frozenset[str]
     ) -> None:
         self.model, self.taps, self.element, self.boundary = (
             passes.model,
@@ -322,12 +367,10 @@ class LayerPass:
         self.junctions, self.blurs = junctions, blurs
         targets = passes.taps.targets
         self.types = {name: type(module).__name__ for name, module in targets.items()}
-        self.first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
-        self.keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
-        self.stated = {name: stated_stride(module, passes.x.dim() - 2) for name, module in targets.items()}
-        self.inference = LayerInference((self.n, *passes.x.shape[1:]), id(batch), passes.layouts)
         self.seen: dict[int, weakref.ref[torch.Tensor]] = {}
-        self._see(batch)
+        for tensor in tensors_of(batch):
+            self._see(tensor)
+        self._start(passes, batch)
         self.compared: dict[str, Compared] = {}
         # by id of a tensor the pass has seen: its grid view's signature (``_signature``) and what it is
         self.views: dict[int, tuple[tuple[Any, ...] | None, Compared]] = {}
@@ -337,6 +380,30 @@ class LayerPass:
         self.output_name: str | None = None  # the model's output, where no layer returned it
         self.samples = torch.arange(self.n)
         self.zero = torch.zeros(self.n, dtype=torch.long)
+
+    def _start(self, passes: Passes, batch: Inputs) -> None:
+        """What reading the layers on their grids needs: the layers that keep or set a layout, their
+        strides, the inference of each output's layout."""
+        assert isinstance(passes.x, torch.Tensor)
+        assert isinstance(batch, torch.Tensor)
+        targets = passes.taps.targets
+        self.first = {name for name, module in targets.items() if isinstance(module, CHANNELS_FIRST_OPS)}
+        self.keeps = {name for name, module in targets.items() if isinstance(module, LAYOUT_KEEPING_OPS)}
+        self.stated = {name: stated_stride(module, passes.x.dim() - 2) for name, module in targets.items()}
+        self.inference = LayerInference((self.n, *passes.x.shape[1:]), id(batch), passes.layouts)
+
+    def done(self) -> None:
+        """After the pass: nothing more to do on grids (a reading by field type checks what it met)."""
+
+    def other_sizes(self) -> Hook | None:
+        """Where outputs without the batch axis first go: nowhere on grids (they are not layers' maps)."""
+        return None
+
+    def judged(
+        self, pool: LayerSums, request: LayerRequest, tolerance: Tolerance, make: Callable[..., L]
+    ) -> tuple[L, ...]:
+        """The rows of the pass: every layer judged, and each failure given its cause."""
+        return _judged(self, pool, request, tolerance, make)
 
     def _see(self, tensor: torch.Tensor) -> None:
         self.seen[id(tensor)] = weakref.ref(tensor)
@@ -459,7 +526,7 @@ class LayerPass:
     def _compare(self, compared: Compared, tensor: torch.Tensor) -> None:
         """Both halves of a compared tensor (viewed as its grid) handed to its sink."""
         sink, name, n, element = compared.sink, compared.spec.name, self.n, self.element
-        if sink is None:
+        if sink is None or isinstance(sink, Measured):
             return
 
         def describe(which: str = "the moved input") -> str:
@@ -528,7 +595,7 @@ def _grid_view(spec: LayerSpec, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _call(
-    model: nn.Module, batch: torch.Tensor, stop: nn.Module | None, up_to: str | None,
+    model: nn.Module, batch: Inputs, stop: nn.Module | None, up_to: str | None,
     what: str = "x and its moved copy, one batch",
 ) -> Any:  # fmt: skip
     try:
@@ -539,14 +606,15 @@ def _call(
         raise
     except torch.cuda.OutOfMemoryError as exc:
         raise InvalidArgument(
-            f"out of memory running {what.replace(', one batch', ' as one batch')} of shape "
-            f"{tuple(batch.shape)} on {batch.device}: the profile compares each layer's two outputs as the "
-            f"layer returns them; profile fewer samples (x[:{max(1, len(batch) // 4)}])"
+            f"out of memory running {what.replace(', one batch', ' as one batch')} of {_shown(batch)} "
+            f"on {_first(batch).device}: the profile compares each layer's two outputs as the layer returns "
+            f"them; profile fewer samples (x[:{max(1, len(batch) // 4)}])"
         ) from exc
     except Exception as exc:
+        first = _first(batch)
         raise InvalidArgument(
-            f"the model raised {type(exc).__name__} on {what} of shape "
-            f"{tuple(batch.shape)} ({batch.dtype}, {batch.device}): {exc}"
+            f"the model raised {type(exc).__name__} on {what} of {_shown(batch)} "
+            f"({first.dtype}, {first.device}): {exc}"
         ) from exc
     if not reached:
         raise InvalidArgument(
@@ -554,6 +622,31 @@ def _call(
             "profile cannot stop after it; pass the name of a layer that the model's forward uses"
         )
     return result
+
+
+def rows_of(inputs: Inputs, rows: slice) -> Inputs:
+    """Some samples of the inputs (one tensor, or a call), copied: a model may write to them."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[rows].clone()
+    return inputs.select(rows).snapshot()
+
+
+def tensors_of(inputs: Inputs) -> list[torch.Tensor]:
+    """The tensors the model is given: the one tensor, or those of the call."""
+    return [inputs] if isinstance(inputs, torch.Tensor) else inputs.tensors
+
+
+def _nodes(inputs: Inputs) -> int | None:
+    """The nodes of a Batch of graphs (its per-node tensors' first axis); None for other inputs."""
+    return sum(inputs.nodes()) if isinstance(inputs, Graphs) else None
+
+
+def _first(inputs: Inputs) -> torch.Tensor:
+    return inputs if isinstance(inputs, torch.Tensor) else inputs.first
+
+
+def _shown(inputs: Inputs) -> str:
+    return f"shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else inputs.describe()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -656,7 +749,9 @@ def _rows(
 def _verdicts(sinks: dict[str, Sink], tolerance: Tolerance) -> dict[str, tuple[float, bool, int | None]]:
     """The worst error of each layer with a sink of its own, whether every sample passes, and where a
     failing layer's error lies within a few samples of its borders: one computation for all."""
-    own = {name: sink.sums() for name, sink in sinks.items() if isinstance(sink, (GridSums, FlatSums))}
+    own = {
+        name: sink.sums() for name, sink in sinks.items() if isinstance(sink, (GridSums, FlatSums, Measured))
+    }
     if not own:
         return {}
     sums = list(own.values())
