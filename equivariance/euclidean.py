@@ -1,31 +1,9 @@
 """Rotations, reflections and translations of space: the groups SO(2), O(2), SO(3), O(3), SE(3) and E(3).
 
-A [`Rotation`][equivariance.euclidean.Rotation] is an orthogonal matrix ``R``
-of O(2) or O(3), kept in float64: ``det R = +1`` for a rotation, ``-1`` for
-a rotation composed with a reflection (a mirror, the inversion ``-I``). A
-[`Translation`][equivariance.euclidean.Translation] is a vector ``t``. They
-act on the tensors of point clouds and molecules by their field type
-([`equivariance.fields`][equivariance.fields]): a rotation turns
-[`Vectors`][equivariance.fields.Vectors] and
-[`Positions`][equivariance.fields.Positions] (``R v``), turns
-[`Pseudovectors`][equivariance.fields.Pseudovectors] without flipping them
-(``det(R) R v``), maps e3nn [`Irreps`][equivariance.fields.Irreps] by
-e3nn's Wigner matrices ``D(R)``, parity included, and leaves
-[`Scalars`][equivariance.fields.Scalars] alone; a translation moves
-positions only. The transformation is computed in float64 and cast back to
-the tensor's dtype, so a float32 model's error is the model's, not the
-test's: the test itself rounds only once, at the end.
-
-``g * h`` acts as ``h``, then ``g``: two rotations make a rotation (the
-matrix product), two translations a translation, and a rotation and a
-translation a [`Product`][equivariance.products.Product] (``Translation(t) *
-Rotation(R)`` maps ``p`` to ``R p + t``).
-
-Continuous groups are sampled (see [`equivariance.sampling`][equivariance.sampling]):
-``SO3(64, seed=0)`` is 64 rotations drawn uniformly (by the Haar measure),
-``O3`` adds the inversion to half of them, ``SO2``/``O2`` draw planar ones,
-``SE3``/``E3`` compose each with a translation drawn from a Gaussian of
-``scale``.
+A [`Rotation`][equivariance.euclidean.Rotation] (an orthogonal matrix, kept in float64) and a
+[`Translation`][equivariance.euclidean.Translation] act on the tensors of point clouds and molecules
+by their field type ([`equivariance.fields`][equivariance.fields]); ``SO3(64, seed=0)`` and its
+siblings sample the continuous groups. How each field moves is in docs/point_clouds.md.
 
 Examples:
     >>> import torch

@@ -1,23 +1,8 @@
 """Sub-pixel translations by a Fourier phase shift, for sub-pixel equivariance tests.
 
-A [`FractionalShift`][equivariance.fractional.FractionalShift] by ``t`` multiplies the discrete Fourier
-transform
-of the last ``d`` dims by ``exp(-2 pi i k t / n)``: a circular translation by
-a real offset. For integer offsets it is ``torch.roll`` (up to rounding);
-for fractional ones it is trigonometric interpolation, which is *the*
-translation only of a band-limited, periodic signal. On anything else (white
-noise, sharp edges, a signal that is not periodic) it moves the signal and
-also rings, so a model that is exactly equivariant to integer shifts may
-still fail a sub-pixel test, and that failure says something about the
-model's band limit, not a bug: an ideal low-pass filter commutes with every
-Fourier shift; subsampling by 2 commutes with them only on signals below
-half the Nyquist frequency.
-
-For an even size, the Nyquist frequency's coefficient of a real signal is
-real, and its phase-shifted version is not: taking the real part keeps
-``cos(pi t)`` of it. Fractional shifts therefore compose exactly
-(``FractionalShift(a)`` then ``FractionalShift(b)`` is ``FractionalShift(a + b)``)
-only on signals without a Nyquist component.
+A [`FractionalShift`][equivariance.fractional.FractionalShift] is the translation of a band-limited
+periodic signal; on anything else it also rings, so a sub-pixel failure may speak of a model's band
+limit rather than a bug (docs/diagnosing.md, "Sub-pixel shifts").
 """
 
 from __future__ import annotations

@@ -1,24 +1,7 @@
 """Where a tensor keeps its spatial dims: channels first, channels last, or tokens on a grid.
 
-The engine compares outputs on a *grid*, ``(N, *channels, *spatial)`` with the
-spatial dims last, the layout of PyTorch's convolutions. Real models also
-carry other layouts, and a layout says how to view each as a grid:
-
-[`ChannelsFirst`][equivariance.layouts.ChannelsFirst]
-    ``(N, C, *spatial)``: convolutions, pooling, most CNNs (the default).
-[`ChannelsLast`][equivariance.layouts.ChannelsLast]
-    ``(N, *spatial, C)``: inside ConvNeXt and Swin blocks, where a
-    ``Permute`` puts the channels last for a ``LayerNorm`` and ``Linear``
-    layers and another puts them back.
-[`Tokens`][equivariance.layouts.Tokens]
-    ``(N, L, C)``: a sequence of ``L`` tokens, row-major on a known grid,
-    optionally after ``prefix`` tokens that have no place on it (a class
-    token), as in a Vision Transformer. Prefix tokens are not compared.
-
-Checks take ``layout=`` for the measured output (channels first unless told
-otherwise; a failed check whose output reads as another layout says so);
-the per-layer profile infers each layer's layout from the shapes it sees and
-says what it inferred.
+A layout views an output as the grid ``(N, *channels, *spatial)`` the engine compares: checks take
+``layout=``, and the per-layer profile infers each layer's (docs/actions.md, "Layouts").
 
 Examples:
     >>> import torch

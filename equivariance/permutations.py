@@ -1,21 +1,8 @@
 """Permutations of the points of a set, a point cloud or the nodes of a graph.
 
-A [`Permutation`][equivariance.permutations.Permutation] reorders the axis
-of points of every tensor that has one (its field type's ``nodes``, see
-[`equivariance.fields`][equivariance.fields]) in the same way, as indexing
-does: ``x[perm]``, so that point ``perm[i]`` comes to index ``i``. What has
-no axis of points (a pooled output, ``nodes=None``) is left alone; an
-[`EdgeIndex`][equivariance.fields.EdgeIndex] is relabelled so that every
-edge joins the same two points where they now are (``inverse[edge_index]``);
-an [`Adjacency`][equivariance.fields.Adjacency] is reordered along both
-node axes. A model of sets is then checked as any other: per-point outputs
-must be reordered alike (equivariance), pooled ones must not change
-(invariance).
-
-``g * h`` acts as ``h``, then ``g`` (``x[h][g]``); a permutation and a
-rotation make a [`Product`][equivariance.products.Product], which acts with
-both. [`Permutations`][equivariance.permutations.Permutations] draws them
-uniformly from a seed.
+A [`Permutation`][equivariance.permutations.Permutation] reorders the axis of points of every tensor
+that has one, as ``x[perm]`` does, relabels an [`EdgeIndex`][equivariance.fields.EdgeIndex] and leaves
+pooled outputs alone; [`Permutations`][equivariance.permutations.Permutations] draws them from a seed.
 
 Examples:
     >>> import torch

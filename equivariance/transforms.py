@@ -1,35 +1,13 @@
 """90-degree rotations and flips of spatial dims: the p4 and p4m symmetries, on the same machinery.
 
-Group-equivariant CNNs (Cohen and Welling 2016) are built for the group p4
-(translations and rotations by multiples of 90 degrees) or p4m (with flips).
-A [`Rot90`][equivariance.transforms.Rot90] rotates a plane of two spatial dims, a
-[`Flip`][equivariance.transforms.Flip]
-reverses one spatial dim. Both act the same way on the input and on a
-spatial output (a field of scalars: each channel is rotated or flipped),
-are exact on the whole grid (no boundary), and can be passed to
-[`check_equivariance`][equivariance.check_equivariance] and
-[`check_invariance`][equivariance.check_invariance]
-as ``transforms=[Rot90(1), Flip(-1)]``, or to
-[`equivariance_error`][equivariance.equivariance_error] in place of a shift. They run on the
-shifts' engine (the plan and runner every check uses): the same chunked batches,
-noise floor, margin and tolerances; the report lists them like shifts.
-
-Flips act on 1-D signals, images and volumes; rotations need two spatial
-dims of equal size (an image, or a plane of a volume).
-
-Elements of one plane compose: ``g * h`` is the element that acts as ``h``
-then ``g``, so ``Rot90(1) * Flip(-1)`` (a flip, then a quarter turn) is the
-reflection across the main diagonal, [`Transpose`][equivariance.transforms.Transpose].
-The eight elements of the plane's p4m group (four rotations, the two flips
-and the two diagonal reflections) are closed under ``*``, and every product
-comes out in one canonical form, so equal elements compare equal:
+[`Rot90`][equivariance.transforms.Rot90] rotates a plane of two spatial dims and
+[`Flip`][equivariance.transforms.Flip] reverses one; they are exact on the whole grid and go to the
+checks as ``transforms=[Rot90(1), Flip(-1)]`` (docs/diagnosing.md, "Rotations and flips"). The eight
+elements of a plane's p4m group are closed under ``*``, in one canonical form; a product across planes
+or with a shift is refused:
 
     >>> Rot90(1) * Flip(-1), Rot90(2) * Flip(-1), Flip(-1) * Flip(-2), Rot90(1) * Rot90(3)
     (Transpose(), Flip(-2), Rot90(2), Identity())
-
-A product of elements of different planes (a rotation of dims ``(-3, -2)``
-and a flip of dim ``-1``), or with a shift (a roto-translation), is not an
-element of one plane's group and is refused with ``InvalidArgument``.
 """
 
 from __future__ import annotations
