@@ -202,8 +202,10 @@ class Tokens(Layout):
         return Tokens(found.pop(), self.prefix)
 
     def check_grid(self, input_spatial: Sequence[int], stride: Sequence[int] | None, what: str) -> None:
-        """Refuse a grid the input's cannot make: more than ``ceil(n / s)`` positions in a dim at the
-        stride ``s`` given, or, with the stride to infer (None), no one integer stride from the input.
+        """Refuse a grid the input's cannot make: more than ``n // s + 1`` positions in a dim at the
+        stride ``s`` given (what a kernel padded by at most half its width makes: an even one padded
+        by half makes one more than ``ceil(n / s)``), or, with the stride to infer (None), no one
+        integer stride from the input.
 
         A token sequence fits more than one grid of its length (16 tokens: 4x4, 2x8, 8x2); the
         wrong one reads the tokens in the wrong places, and the check would fail for that alone.
@@ -218,12 +220,13 @@ class Tokens(Layout):
         if grid is None or len(grid) != len(input_spatial):
             return
         if stride is not None:
-            most = tuple(-(-n // s) for n, s in zip(input_spatial, stride))
+            most = tuple(n // s + 1 for n, s in zip(input_spatial, stride))
             if all(g <= m for g, m in zip(grid, most)):
                 return
+            usual = tuple(-(-n // s) for n, s in zip(input_spatial, stride))
             why = (
                 f"the input's {_sizes(input_spatial)} grid subsampled by the stride {tuple(stride)} has "
-                f"at most {_sizes(most)} positions"
+                f"{_sizes(usual)} positions (at most {_sizes(most)} with a kernel padded by half its width)"
             )
         elif plausible(grid, input_spatial):
             return
