@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
 
 import torch
 
@@ -23,22 +23,7 @@ from equivariance.actions import Action, Grid, Identity
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift
 
-__all__ = ["Flip", "Rot90", "Transform", "Transpose", "planar"]
-
-
-@runtime_checkable
-class Transform(Protocol):
-    """The earlier protocol of a transform: ``apply(x, spatial_dims)``, acting alike on input and output.
-
-    Deprecated: implement [`Action`][equivariance.actions.Action] instead,
-    whose ``act(x, grid)`` is only ever given tensors ``(N, *channels,
-    *spatial)``. An object with only ``apply`` is still accepted by
-    ``transforms=``; it is called as ``apply(x, grid.spatial_dims)``.
-    """
-
-    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
-        """Transform ``x`` whose last ``spatial_dims`` dims are spatial."""
-        ...
+__all__ = ["Flip", "Rot90", "Transpose", "planar"]
 
 
 class _GridMap(Action):
@@ -362,9 +347,7 @@ def _dims_of(element: Action) -> tuple[int, ...]:
 def as_transform_list(transforms: object) -> list[Action]:
     """A non-empty list of actions to check in place of shifts, else InvalidArgument saying why.
 
-    Shifts are refused by name (they go in ``shifts=``); an object of the
-    earlier [`Transform`][equivariance.transforms.Transform] protocol (only
-    ``apply(x, spatial_dims)``) is wrapped as an action.
+    Shifts are refused by name (they go in ``shifts=``).
 
     Examples:
         >>> as_transform_list((Rot90(1), Flip(-1)))
@@ -379,7 +362,7 @@ def as_transform_list(transforms: object) -> list[Action]:
 
 
 def as_transform(transform: object) -> Action:
-    """An action that is not a shift, from an Action or an object of the earlier Transform protocol."""
+    """``transform`` as an action that is not a shift, else InvalidArgument saying why."""
     if isinstance(transform, Shift):
         raise InvalidArgument(
             f"transforms must hold Rot90, Flip or other actions, found the shift {transform!r}; shifts "
@@ -387,28 +370,13 @@ def as_transform(transform: object) -> Action:
         )
     if isinstance(transform, Action):
         return transform
-    if isinstance(transform, Transform):
-        return _Applied(transform)
+    earlier = (
+        " (the earlier protocol, apply(x, spatial_dims) alone, was removed in 0.2: define act(x, grid) "
+        "in a subclass of Action)"
+        if callable(getattr(transform, "apply", None))
+        else "; shifts go in shifts="
+    )
     raise InvalidArgument(
         f"transforms must hold Rot90, Flip or other actions (subclasses of equivariance.actions.Action), "
-        f"found {describe(transform)}; shifts go in shifts="
+        f"found {describe(transform)}{earlier}"
     )
-
-
-class _Applied(Action):
-    """An object of the earlier Transform protocol, as an action."""
-
-    def __init__(self, transform: Transform) -> None:
-        self.transform = transform
-
-    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        return self.transform.apply(x, grid.spatial_dims)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Applied) and self.transform == other.transform
-
-    def __hash__(self) -> int:
-        return hash(self.transform)
-
-    def __repr__(self) -> str:
-        return repr(self.transform)

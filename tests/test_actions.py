@@ -124,10 +124,10 @@ class ChannelReversal(Action):
         return torch.flip(x, (1, -1))
 
 
-class UnpacksFourDims:
-    """The earlier Transform protocol, written for images: it unpacks (N, C, H, W)."""
+class UnpacksFourDims(Action):
+    """An action written for images: it unpacks (N, C, H, W)."""
 
-    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         _n, _c, _h, _w = x.shape  # would fail on an (N, H, W) map of norms
         return torch.flip(x, (-1,))
 
@@ -143,7 +143,7 @@ def test_actions_get_grids_of_channels_never_maps_of_norms() -> None:
         flipped.bias[1].copy_(flipped.bias[0])
     assert check_equivariance(flipped, x, transforms=[ChannelReversal()]).passed
     assert not check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[ChannelReversal()]).passed
-    report = check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[UnpacksFourDims()])  # type: ignore[list-item]
+    report = check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[UnpacksFourDims()])
     assert [str(e) for e in report.elements] == ["UnpacksFourDims()"]
     assert not report.passed
 
