@@ -85,18 +85,7 @@ class Rot90(_GridMap):
 
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         """Rotate ``x``; the two dims must be spatial and of equal size."""
-        if min(self.dims) < -spatial_dims:
-            raise InvalidArgument(
-                f"{self!r} rotates dims {self.dims} but the tensor of shape {tuple(x.shape)} has "
-                f"{spatial_dims} spatial dim{'s' if spatial_dims != 1 else ''}; a rotation needs two "
-                "spatial dims (use Flip for 1-D signals)"
-            )
-        a, b = (x.shape[d] for d in self.dims)
-        if a != b:
-            raise InvalidArgument(
-                f"{self!r} needs dims {self.dims} of equal size to map the grid onto itself, found "
-                f"sizes {a} and {b} in shape {tuple(x.shape)}; crop or pad to a square"
-            )
+        _check_square(self, x, spatial_dims)
         return torch.rot90(x, self.k, self.dims)
 
     @property
@@ -250,8 +239,8 @@ def _plane(dims: object) -> tuple[int, int]:
     return a, b
 
 
-def _check_square(element: Action, x: torch.Tensor, spatial_dims: int) -> None:
-    dims: tuple[int, int] = element.dims  # type: ignore[attr-defined]
+def _check_square(element: Rot90 | Transpose, x: torch.Tensor, spatial_dims: int) -> None:
+    dims = element.dims
     if min(dims) < -spatial_dims:
         raise InvalidArgument(
             f"{element!r} acts on dims {dims} but the tensor of shape {tuple(x.shape)} has "
