@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -177,14 +177,20 @@ class Action(abc.ABC):
     def __str__(self) -> str:
         return repr(self)
 
+    def _key(self) -> Hashable:
+        """What tells two elements of one class apart; a class with state returns it, hashable."""
+        return None
+
     def __eq__(self, other: object) -> bool:
-        """Elements of one class with equal attributes are equal (classes with state may refine this)."""
+        """Elements of one class are equal where their keys are (by default, their attributes)."""
         if type(other) is not type(self):
             return NotImplemented
-        return getattr(self, "__dict__", None) == getattr(other, "__dict__", None)
+        if self._key() is None:
+            return getattr(self, "__dict__", None) == getattr(other, "__dict__", None)
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash(type(self))
+        return hash((type(self), self._key()))
 
     @classmethod
     def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Where) -> Batched | None:

@@ -22,7 +22,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -274,13 +274,8 @@ class Rotation(Action):
     def __rmul__(self, other: object) -> Action:
         return product(other, self)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Rotation):
-            return NotImplemented
-        return bool(self._matrix.shape == other._matrix.shape and torch.equal(self._matrix, other._matrix))
-
-    def __hash__(self) -> int:
-        return hash(("Rotation", tuple(self._matrix.flatten().tolist())))
+    def _key(self) -> Hashable:
+        return (tuple(self._matrix.shape), tuple(self._matrix.flatten().tolist()))
 
     def __repr__(self) -> str:
         return f"Rotation({_described(self._matrix)})"
@@ -395,13 +390,8 @@ class Translation(Action):
     def __rmul__(self, other: object) -> Action:
         return product(other, self)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Translation):
-            return NotImplemented
-        return bool(self._vector.shape == other._vector.shape and torch.equal(self._vector, other._vector))
-
-    def __hash__(self) -> int:
-        return hash(("Translation", tuple(self._vector.tolist())))
+    def _key(self) -> Hashable:
+        return tuple(self._vector.tolist())
 
     def __repr__(self) -> str:
         return f"Translation([{', '.join(f'{v:.3g}' for v in self._vector.tolist())}])"

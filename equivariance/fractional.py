@@ -8,7 +8,7 @@ limit rather than a bug (docs/diagnosing.md, "Sub-pixel shifts").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -99,13 +99,8 @@ class FractionalShift(Action):
         """The shift by the negated offsets."""
         return FractionalShift(tuple(-o for o in self._offsets))
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FractionalShift):
-            return NotImplemented
-        return self._offsets == other._offsets
-
-    def __hash__(self) -> int:
-        return hash(("FractionalShift", self._offsets))
+    def _key(self) -> Hashable:
+        return self._offsets
 
     def __repr__(self) -> str:
         return f"FractionalShift({', '.join(map(repr, self._offsets))})"

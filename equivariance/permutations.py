@@ -20,7 +20,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -183,13 +183,8 @@ class Permutation(Action):
     def __rmul__(self, other: object) -> Action:
         return product(other, self)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Permutation):
-            return NotImplemented
-        return self.n == other.n and bool(torch.equal(self._indices, other._indices))
-
-    def __hash__(self) -> int:
-        return hash(("Permutation", self.indices))
+    def _key(self) -> Hashable:
+        return self.indices
 
     def __repr__(self) -> str:
         shown = self.indices

@@ -20,7 +20,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -117,13 +117,8 @@ class Product(Action):
     def __rmul__(self, other: object) -> Action:
         return product(other, self)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Product):
-            return NotImplemented
-        return self.factors == other.factors
-
-    def __hash__(self) -> int:
-        return hash(("Product", self.factors))
+    def _key(self) -> Hashable:
+        return self.factors
 
     def __repr__(self) -> str:
         return " * ".join(map(repr, self.factors))

@@ -22,6 +22,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import ClassVar, Literal
 
 import torch
@@ -253,13 +254,8 @@ class OnFields(Action):
     def to_json(self) -> object:
         return self.element.to_json()
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, OnFields):
-            return NotImplemented
-        return (self.element, self.representation) == (other.element, other.representation)
-
-    def __hash__(self) -> int:
-        return hash((self.element, self.representation))
+    def _key(self) -> Hashable:
+        return (self.element, self.representation)
 
     def __repr__(self) -> str:
         return f"OnFields({self.element!r}, {self.representation.group})"

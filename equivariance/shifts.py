@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -335,13 +335,8 @@ class Shift(Action):
     def __getitem__(self, index: int) -> int:
         return self._offsets[index]
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Shift):
-            return NotImplemented
-        return self._offsets == other._offsets
-
-    def __hash__(self) -> int:
-        return hash(("Shift", self._offsets))
+    def _key(self) -> Hashable:
+        return self._offsets
 
     def __repr__(self) -> str:
         return f"Shift({', '.join(map(str, self._offsets))})"

@@ -13,7 +13,7 @@ or with a shift is refused:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import ClassVar
 
 import torch
@@ -101,13 +101,8 @@ class Rot90(_GridMap):
         """
         return Rot90(-self.k, self.dims)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Rot90):
-            return NotImplemented
-        return (self.k, self.dims) == (other.k, other.dims)
-
-    def __hash__(self) -> int:
-        return hash(("Rot90", self.k, self.dims))
+    def _key(self) -> Hashable:
+        return (self.k, self.dims)
 
     def __repr__(self) -> str:
         suffix = "" if self.dims == (-2, -1) else f", dims={self.dims}"
@@ -153,13 +148,8 @@ class Flip(_GridMap):
         """A flip is its own inverse."""
         return self
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Flip):
-            return NotImplemented
-        return self.dim == other.dim
-
-    def __hash__(self) -> int:
-        return hash(("Flip", self.dim))
+    def _key(self) -> Hashable:
+        return self.dim
 
     def __repr__(self) -> str:
         return f"Flip({self.dim})"
@@ -208,13 +198,8 @@ class Transpose(_GridMap):
         """A reflection is its own inverse."""
         return self
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Transpose):
-            return NotImplemented
-        return (self.dims, self.anti) == (other.dims, other.anti)
-
-    def __hash__(self) -> int:
-        return hash(("Transpose", self.dims, self.anti))
+    def _key(self) -> Hashable:
+        return (self.dims, self.anti)
 
     def __repr__(self) -> str:
         options = [] if self.dims == (-2, -1) else [f"dims={self.dims}"]

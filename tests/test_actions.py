@@ -182,3 +182,46 @@ def test_an_element_of_ones_own_that_is_not_a_grid_move_gets_no_advice_of_grids(
     )
     profile = profile_equivariance(mixing, torch.randn(2, 4, 6), shift=Reverse())
     assert profile.summary().startswith("equivariance profile of Sequential under transform Reverse(): ")
+
+
+def test_elements_are_equal_by_class_and_key_and_hash_alike() -> None:
+    """One rule (``Action._key``): equal keys of one class are equal and hash alike; equal keys of
+    two classes are not equal; a class without a key compares its attributes."""
+    from equivariance.euclidean import Rotation, Translation
+    from equivariance.permutations import Permutation
+
+    pairs = [
+        (Shift(1, 2), Shift((1, 2))),
+        (FractionalShift(0.5), FractionalShift((0.5,))),
+        (Rot90(1), Rot90(5)),
+        (Flip(-1), Flip(-1)),
+        (Rot90(1) * Flip(-1), Flip(-2) * Rot90(1)),
+        (Rotation.about("z", 90, degrees=True), Rotation.about("z", 90, degrees=True)),
+        (Translation([1.0, 0.0, 0.0]), Translation([1.0, -0.0, 0.0])),
+        (Permutation([1, 0, 2]), Permutation([1, 0, 2])),
+        (
+            Translation([1.0, 0.0, 0.0]) * Permutation([1, 0]),
+            Translation([1.0, 0.0, 0.0]) * Permutation([1, 0]),
+        ),
+    ]
+    for a, b in pairs:
+        assert a == b, (a, b)
+        assert hash(a) == hash(b), (a, b)
+    assert Shift(1) != FractionalShift(1.0)
+    assert FractionalShift(1.0) != Shift(1)
+    assert Rot90(1) != Rot90(2)
+    assert Flip(-1) != Flip(-2)
+    assert Permutation([1, 0, 2]) != Permutation([0, 1, 2])
+    assert Rotation.about("z", 90, degrees=True) != Rotation.about("z", -90, degrees=True)
+    assert len({Shift(1, 2), Shift(1, 2), Rot90(1), Rot90(5), Flip(-1)}) == 3
+
+    class Scale(Action):
+        def __init__(self, factor: float) -> None:
+            self.factor = factor
+
+        def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+            return x * self.factor
+
+    assert Scale(2.0) == Scale(2.0)
+    assert Scale(2.0) != Scale(3.0)
+    assert hash(Scale(2.0)) == hash(Scale(3.0))  # attributes need not be hashable: the class is hashed
