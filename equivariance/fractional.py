@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from equivariance._engine.forward import OutputSelector
-from equivariance._engine.validation import describe, per_dim
+from equivariance._engine.validation import describe, per_dim, real_numbers
 from equivariance.actions import Action, Grid
 from equivariance.errors import InvalidArgument
 from equivariance.metric import equivariance_error
@@ -48,24 +48,7 @@ class FractionalShift(Action):
     _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, *offsets: float | Sequence[float]) -> None:
-        values: Sequence[object]
-        if len(offsets) == 1 and isinstance(offsets[0], (tuple, list)):
-            values = offsets[0]
-        else:
-            values = offsets
-        if not values:
-            raise InvalidArgument(
-                "a fractional shift needs at least one offset; pass one number per spatial dim"
-            )
-        checked = []
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InvalidArgument(
-                    f"fractional shift offsets must be finite real numbers, found {describe(value)}; "
-                    "pass e.g. FractionalShift(0.5, -0.25)"
-                )
-            checked.append(float(value))
-        self._offsets: tuple[float, ...] = tuple(checked)
+        self._offsets = real_numbers(offsets, "a fractional shift's offsets", "FractionalShift(0.5, -0.25)")
 
     @property
     def offsets(self) -> tuple[float, ...]:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from equivariance._engine.isolation import private_copy
-from equivariance._engine.validation import describe
+from equivariance._engine.validation import real_numbers
 from equivariance.errors import InvalidArgument
 
 __all__ = ["Generator", "Rotation", "Translation", "spectral_derivative"]
@@ -124,23 +124,7 @@ class Translation(Generator):
     unit: ClassVar[str] = "input sample"
 
     def __init__(self, *direction: float | Sequence[float]) -> None:
-        values: Sequence[object]
-        if len(direction) == 1 and isinstance(direction[0], (tuple, list)):
-            values = direction[0]
-        else:
-            values = direction
-        if not values:
-            raise InvalidArgument(
-                "a translation needs a direction, one number per spatial dim; pass e.g. Translation(0, 1)"
-            )
-        checked = []
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InvalidArgument(
-                    f"a translation's direction must hold finite real numbers, found {describe(value)}; "
-                    "pass e.g. Translation(0, 1)"
-                )
-            checked.append(float(value))
+        checked = real_numbers(direction, "a translation's direction", "Translation(0, 1)")
         if not any(checked):
             raise InvalidArgument(
                 f"Translation{tuple(checked)} has a zero direction, a generator that cannot fail; "

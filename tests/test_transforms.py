@@ -376,7 +376,11 @@ def test_a_rotation_acts_on_a_subsampled_output_as_on_any_other() -> None:
     ("kwargs", "x_shape", "match"),
     [
         ({"transforms": [Rot90(1)]}, (1, 1, 6, 8), r"Rot90\(1\) needs dims \(-2, -1\) of equal size"),
-        ({"transforms": [Rot90(1)]}, (1, 1, 8), r"Rot90\(1\) acts on dims \(-2, -1\) .* it needs two spatial dims \(use Flip for 1-D"),
+        (
+            {"transforms": [Rot90(1)]},
+            (1, 1, 8),
+            r"Rot90\(1\) acts on dims \(-2, -1\) .* it needs two spatial dims \(use Flip for 1-D",
+        ),
         ({"transforms": [Flip(-2)]}, (1, 1, 8), r"Flip\(-2\) flips dim -2 but .* has only 1 spatial dim"),
         ({"transforms": [Rot90(1)], "max_shift": 2}, (1, 1, 8, 8), r"max_shift cannot be passed with it"),
         ({"transforms": [(1, 0)]}, (1, 1, 8, 8), r"transforms must hold Rot90, Flip .* shifts go in shifts="),
