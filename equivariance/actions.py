@@ -83,8 +83,8 @@ class Action(abc.ABC):
 
     Subclass it and define [`act`][equivariance.actions.Action.act]; the
     other methods have defaults that fit an element which maps the whole grid
-    onto itself (a rotation, a flip, a transpose). See the module docstring
-    for a worked example.
+    onto itself (a rotation, a flip, a transpose). docs/actions.md has a
+    worked example.
 
     Attributes:
         noun: what reports call the element (``"transform"``; ``"shift"``

@@ -155,7 +155,7 @@ class Digits:
 
 
 def data_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """The directory holding the MNIST files: ``root``, else from the environment (see the module).
+    """The directory holding the MNIST files: ``root``, else ``$EQUIVARIANCE_DATA/mnist``, else the cache.
 
     Examples:
         >>> str(data_dir("/data/mnist"))

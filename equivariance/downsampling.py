@@ -131,7 +131,7 @@ class PolyphaseSampling(nn.Module):
     ``forward(x, source=None)``: a layer made by
     [`equivariance.surgery.polyphase`][equivariance.surgery.polyphase] passes
     the tensor it was given as ``source``, so that two layers that subsample
-    the same tensor keep the same grid (see the module docstring).
+    the same tensor keep the same grid (docs/fixing.md, "Two branches, one grid").
 
     Examples:
         >>> import torch

@@ -62,8 +62,8 @@ class Rotation(Action):
     ``Rotation.about("z", 30, degrees=True)``, ``Rotation.planar(angle)``,
     ``Rotation.reflection(normal)``, ``Rotation.inversion()``. The matrix is
     kept in float64; one within ``ORTHOGONAL_TOLERANCE`` of orthogonal (a
-    float32 matrix) is made orthogonal to float64's precision. See the
-    module docstring for how it acts.
+    float32 matrix) is made orthogonal to float64's precision. How it acts
+    on each field type is in docs/point_clouds.md.
 
     Examples:
         >>> import torch
@@ -188,7 +188,7 @@ class Rotation(Action):
     # -- acting --------------------------------------------------------------------------------
 
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
-        """``x`` moved by the rotation, by its field type (see the module docstring).
+        """``x`` moved by the rotation, by its field type (docs/point_clouds.md).
 
         Args:
             x: the tensor.

@@ -174,7 +174,8 @@ class Rotation(Generator):
     """The generator of a rotation of the last two dims about the grid's centre (radians).
 
     Positive angles turn the way ``torch.rot90(x, 1, dims=(-2, -1))`` does.
-    See the module docstring for what it assumes of the content.
+    It is the rotation of content that stays clear of the edges (a digit on a zero canvas): the
+    coordinates break the periodicity its spectral derivatives assume.
 
     Examples:
         >>> import torch

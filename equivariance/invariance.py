@@ -53,7 +53,7 @@ class InvarianceMetric:
         high: upper end of the 95% confidence interval.
         interval: how the interval was computed: ``"wilson, clustered by sample"``
             (the proportions) or ``"normal, clustered by sample"`` (the mean); see
-            the module's notes.
+            docs/diagnosing.md.
         boundary: ``"circular"``, ``"zeros"``, or the crop protocol's
             ``"crop 224x224 of 256x256 at (16, 16)"``.
         shifts: which shifts were drawn, in words.

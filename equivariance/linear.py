@@ -194,7 +194,7 @@ def impulse_response(
     ``op(0)`` is zero. If ``op`` is linear and shift equivariant, ``h`` is
     its convolution kernel (the seed's derivation, after Jähne 1997); see
     [`as_convolution`][equivariance.linear.as_convolution] for the check that it is.
-    A nonlinear ``op`` is refused (see the module's notes on linearity).
+    A nonlinear ``op`` is refused (docs/theorem.md says how it is found).
 
     Args:
         op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an

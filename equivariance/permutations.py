@@ -106,7 +106,7 @@ class Permutation(Action):
         return bool(torch.equal(self._indices, torch.arange(self.n)))
 
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
-        """``x`` with its points reordered (see the module docstring for each field type).
+        """``x`` with its points reordered, by its field type (docs/point_clouds.md).
 
         Args:
             x: the tensor.

@@ -41,7 +41,7 @@ _IMAGE_PLANE = (-2, -1)
 
 
 class Regular:
-    """The regular representation of p4 or p4m on the channels of an output (see the module docstring).
+    """The regular representation of p4 or p4m on the channels of an output (docs/group_convolutions.md).
 
     Args:
         group: ``"p4"`` (rotations by quarter turns) or ``"p4m"`` (with reflections).

@@ -39,7 +39,7 @@ class _GridMap(Action):
         return self.apply(x, grid.spatial_dims)
 
     def __mul__(self, other: Action) -> Action:
-        """The element that acts as ``other``, then this one (see the module docstring)."""
+        """The element that acts as ``other``, then this one."""
         return compose(self, other)
 
     def __rmul__(self, other: Action) -> Action:
