@@ -246,8 +246,9 @@ class Tokens(Layout):
         fix = f"pass the grid the patches make{fit} or {infer!r} to infer it from the input's size"
         if stride is None:
             fix += f", or stride={needed} if the patches have that shape"
+        after = " after the prefix" if self.prefix else ""
         raise InvalidArgument(
-            f"{what}{self!r} puts the {math.prod(grid)} tokens after the prefix on a {_sizes(grid)} grid, "
+            f"{what}{self!r} puts the {math.prod(grid)} tokens{after} on a {_sizes(grid)} grid, "
             f"but {why}; {fix}"
         )
 

@@ -195,7 +195,8 @@ def test_a_token_grid_may_have_one_more_position_than_the_stride_leaves(
     for dim in range(2):
         over = tuple(m + (i == dim) for i, m in enumerate(most))
         with pytest.raises(
-            InvalidArgument, match=rf"on a {over[0]}x{over[1]} grid, but .*at most {most[0]}x{most[1]}"
+            InvalidArgument,
+            match=rf"puts the {over[0] * over[1]} tokens on a {over[0]}x{over[1]} grid, but .*at most {most[0]}x{most[1]}",
         ):
             Tokens(over).check_grid(spatial, stride, "layout=")
 
