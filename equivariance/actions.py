@@ -1,57 +1,16 @@
 """Group elements and how they act: the one protocol every symmetry of the library implements.
 
-An [`Action`][equivariance.actions.Action] is one element ``g`` of a symmetry
-group together with the way it moves a tensor. Every measurement of the
-library asks an element four things, and nothing else:
-
-- how it acts on a tensor (``act``): one laid out on a grid (the input, and
-  the output, whose grid may be subsampled (its ``stride``) and whose
-  channels may have come from another layout), or one of a point cloud, a
-  set or a graph, given its field type ([`equivariance.fields`][equivariance.fields])
-  in place of the grid (``where``);
-- where the result is defined (``region``): a zero-boundary shift fills in
-  part of the grid, and only the rest can be compared;
-- whether it is the identity (``is_identity``), and its inverse (``inverse``);
-  the identity of every group is [`Identity`][equivariance.actions.Identity];
-- whether acting is exact in floating point (``exact``): a rotation by any
-  angle rounds the moved input, so the noise floor of a check moves the
-  input there and back (``g⁻¹(g x)``) to measure what that rounding does;
-- what a failure of an output means (``failure_hint``), so a check's hint
-  is worded by the element, not by a list of the library's classes;
-- its printed name (``str``) and JSON form (``to_json``), for reports.
-
-[`Shift`][equivariance.Shift], [`Rot90`][equivariance.Rot90],
-[`Flip`][equivariance.Flip] and
-[`FractionalShift`][equivariance.fractional.FractionalShift] implement it; so
-can a user: a subclass that defines ``act`` plugs into
-[`check_equivariance`][equivariance.check_equivariance] (``transforms=``),
-[`equivariance_error`][equivariance.equivariance_error],
-[`profile_equivariance`][equivariance.profile_equivariance] and the pytest
-fixtures with no change to the library.
-
-Examples:
-    A transpose of the two spatial axes of an image, which a convolution with
-    a symmetric kernel commutes with:
-
-    >>> import torch
-    >>> from equivariance import check_equivariance
-    >>> class Transpose(Action):
-    ...     def act(self, x, grid):
-    ...         return x.transpose(-1, -2)
-    ...     def inverse(self):
-    ...         return self
-    >>> conv = torch.nn.Conv2d(1, 1, 3, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = conv.weight.copy_(conv.weight + conv.weight.transpose(-1, -2))
-    >>> check_equivariance(conv, torch.randn(2, 1, 9, 9), transforms=[Transpose()]).passed
-    True
+An [`Action`][equivariance.actions.Action] is one element ``g`` of a symmetry group together with the
+way it moves a tensor: on a grid, or, given its field type, a tensor of a point cloud, a set or a
+graph. A subclass that defines ``act`` plugs into every check with no change to the library; what
+each member means, and a worked example, are in docs/actions.md ("The action protocol").
 """
 
 from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -124,8 +83,8 @@ class Action(abc.ABC):
 
     Subclass it and define [`act`][equivariance.actions.Action.act]; the
     other methods have defaults that fit an element which maps the whole grid
-    onto itself (a rotation, a flip, a transpose). See the module docstring
-    for a worked example.
+    onto itself (a rotation, a flip, a transpose). docs/actions.md has a
+    worked example.
 
     Attributes:
         noun: what reports call the element (``"transform"``; ``"shift"``
@@ -226,14 +185,20 @@ class Action(abc.ABC):
     def __str__(self) -> str:
         return repr(self)
 
+    def _key(self) -> Hashable:
+        """What tells two elements of one class apart; a class with state returns it, hashable."""
+        return None
+
     def __eq__(self, other: object) -> bool:
-        """Elements of one class with equal attributes are equal (classes with state may refine this)."""
+        """Elements of one class are equal where their keys are (by default, their attributes)."""
         if type(other) is not type(self):
             return NotImplemented
-        return getattr(self, "__dict__", None) == getattr(other, "__dict__", None)
+        if self._key() is None:
+            return getattr(self, "__dict__", None) == getattr(other, "__dict__", None)
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash(type(self))
+        return hash((type(self), self._key()))
 
     @classmethod
     def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Where) -> Batched | None:

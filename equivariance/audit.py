@@ -1,45 +1,9 @@
 """Dataset-scale audits: the equivariance error of a model over a whole dataset.
 
-[`audit`][equivariance.audit.audit] streams a dataset batch by batch through
-the same batched engine as [`check_equivariance`][equivariance.check.check_equivariance],
-keeps the worst-over-shifts error of every sample, and summarises them as
-quantiles, a mean and the fraction of samples within the tolerance; given a
-``classifier`` it also measures top-1 consistency, the fraction of samples
-whose predicted class is the same under every shift.
-
-The aggregates are exact: every per-sample error is kept (about 10 bytes a
-sample: a float64 error and two flags, so 10 MB for a million samples) rather
-than a streaming quantile sketch. A run sharded over processes therefore
-reports the same numbers as a single process on the same data.
-
-Under ``torchrun`` (``torch.distributed`` initialised), a map-style
-``Dataset`` is sharded with a ``DistributedSampler`` (no shuffling), each
-process audits its shard, and the per-sample results are gathered with
-``all_gather`` and put back in dataset order, duplicates from the sampler's
-padding removed:
-
-    torchrun --nproc_per_node 2 my_audit.py
-
-A checkpoint records everything its numbers depend on: the settings (stride
-and margin normalised per dim, so ``stride=1`` and ``stride=(1, 1)`` are the
-same), ``output=``, the model's and the classifier's type with a CRC-32 of
-their weights, and a CRC-32 of every batch it covers. A resumed run compares
-them and the batches it skips with this run's, so other settings, weights,
-data, another order or another ``loader_batch_size`` are refused, saying what
-differs, rather than mixed in. What weights and settings cannot show (a plain
-Python attribute that changes the output, a global setting, a hook) is
-caught where it changes the numbers of the first batch: a resumed run
-measures batch 0 again and refuses to go on if its errors are not the ones
-recorded (to the tolerance, plus a relative 1e-3 for the last bits). A
-change that shows only on later batches is not seen. Saves append the new batches only (see
-``equivariance._engine.checkpoint`` for the format), a lock refuses a second writer,
-and an interruption (Ctrl-C, an exception) saves the batches done before it
-propagates. Under ``torch.distributed`` every process keeps its own
-checkpoint file (its shard's results, ``.rank<r>`` appended) and resumes from
-it, and the processes agree before going on: if any one refuses its
-checkpoint, all of them raise the same
-[`InvalidArgument`][equivariance.errors.InvalidArgument], so none is left
-waiting for the others in a collective.
+[`audit`][equivariance.audit.audit] streams a dataset batch by batch through the checks' engine,
+keeps every sample's worst-over-shifts error (so quantiles are exact, and a run sharded under
+``torchrun`` gives a single process's numbers), and can resume from a checkpoint that refuses other
+settings, weights or data. The guarantees and their limits are in docs/audit.md.
 """
 
 from __future__ import annotations

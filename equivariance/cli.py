@@ -1,25 +1,4 @@
-"""The ``equivariance`` command line: check a model from the shell.
-
-Three subcommands, each with ``--help`` (examples first, options grouped):
-
-- ``equivariance check PKG.MODULE:FACTORY --input-shape 8,1,38,38`` imports
-  ``FACTORY`` from ``PKG.MODULE`` (a class or function returning the model,
-  or a model instance), builds a random input of that shape (or reads one
-  with ``--input FILE``) and prints the report of
-  [`check_equivariance`][equivariance.check_equivariance];
-- ``equivariance profile PKG.MODULE:FACTORY --input-shape ... --shift 1,0``
-  prints the error of every layer
-  ([`profile_equivariance`][equivariance.profile_equivariance]);
-- ``equivariance demo [--out DIR]`` runs the seed article's demonstration
-  ([`run_demo`][equivariance.demo.run_demo]).
-
-The exit code is 0 when the check passes, 1 when it fails and 2 for a usage
-error, so the command fits shell scripts and CI jobs. ``-o FILE`` writes the
-report to a file (JSON for a ``.json`` name) and prints the verdict line,
-``-q`` prints only that line, and a check that runs for more than a second
-shows a progress bar on a terminal. The current directory is on the import
-path, as with ``python -m``, so a model defined in ``./mymodels.py`` is found
-as ``mymodels:build``.
+"""The ``equivariance`` command line: ``check``, ``profile`` and ``demo`` (docs/cli.md).
 
 Examples:
     >>> main(["check", "equivariance.models:LeNet", "--input-shape", "2,1,24,24",

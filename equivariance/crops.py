@@ -1,32 +1,8 @@
 """The crop protocol: shifts as crops of a larger image, as in Zhang (ICML 2019).
 
-Zhang ("Making convolutional networks shift-invariant again", ICML 2019)
-measures shift consistency on *crops*: the input is a larger image, and a
-shift is a change of the crop window, so that every shifted input is real
-content, with no zero fill and no wrap-around. Passing
-``boundary=Crop(size)`` to a check, to
-[`equivariance_error`][equivariance.equivariance_error] or to an invariance
-metric ([`consistency`][equivariance.invariance.consistency] and the others)
-selects it:
-
-- ``x`` is the larger image, ``(N, C, *spatial)``; the model sees crops of
-  ``size``;
-- the **reference** is the crop at ``at`` (its first corner), by default the
-  centred one, ``(spatial - size) // 2``: what the model's output for ``x``
-  means under this protocol;
-- a [`Shift`][equivariance.Shift] ``s`` is the crop at ``at - s``. The content
-  then moves by ``+s`` inside the window, the direction of every other
-  boundary, and a crop-boundary shift that fits the image gives the same
-  input as a zero-boundary shift of the reference crop, wherever the latter
-  is not fill;
-- equivariance compares two crops' outputs on their **overlap**: the output
-  of the crop at ``at - s`` against the reference output moved by ``s`` (or
-  ``s / stride``), over the positions both crops see. That is exactly the
-  valid region of a zero-boundary shift of the output, and the rest of the
-  engine (margins, strides, hints) applies unchanged.
-
-Every crop of a chunk is read from one strided view of ``x`` (all windows of
-``size``) by a single gather: no loop over crop offsets.
+Passing ``boundary=Crop(size)`` makes ``x`` the larger image, the reference the crop at ``at`` (centred
+by default) and a shift ``s`` the crop at ``at - s``; equivariance compares two crops' outputs on their
+overlap. Why, and what it does not do, in docs/crops.md.
 
 Examples:
     >>> import torch

@@ -1,28 +1,9 @@
 """Handwritten digits for the seed's experiments: MNIST, an offline fallback, and canvases.
 
-[`mnist`][equivariance.datasets.mnist] reads the official MNIST files (LeCun, Cortes and Burges), the
-IDX files ``train-images-idx3-ubyte.gz`` and friends. They are downloaded
-once, with the standard library's ``urllib``, from the mirrors in
-[`MNIST_MIRRORS`][equivariance.datasets.MNIST_MIRRORS] into a cache directory, and every file's SHA-256 is
-checked against the official one before it is parsed (with numpy only).
-Nothing is downloaded by [`digits`][equivariance.datasets.digits], the offline fallback: the 1,797
-handwritten digits that ship with scikit-learn (8x8, from the UCI optical
-recognition data set) resized to MNIST's layout, a 20x20 digit centred in a
-28x28 square.
-
-[`embed_in_canvas`][equivariance.datasets.embed_in_canvas] puts 28x28 digits on a larger zero canvas (the seed
-uses 38x38) and [`position_sweep`][equivariance.datasets.position_sweep] makes the frames of a digit moving
-across it, for checks and animations.
-
-**Where the files go.** ``root`` if given (the directory holding the four
-files); else ``$EQUIVARIANCE_DATA/mnist`` if the environment variable is
-set; else ``$XDG_CACHE_HOME/equivariance/mnist``, by default
-``~/.cache/equivariance/mnist``. On a machine without internet access, copy
-the four ``.gz`` files there, or use [`digits`][equivariance.datasets.digits].
-
-**Failures.** A file that cannot be found or downloaded, or whose checksum is
-wrong, raises [`DatasetUnavailable`][equivariance.datasets.DatasetUnavailable], a subclass of
-[`InvalidArgument`][equivariance.InvalidArgument] whose message says what to do.
+[`mnist`][equivariance.datasets.mnist] downloads and checks the official MNIST files once;
+[`digits`][equivariance.datasets.digits] is the offline fallback (scikit-learn's 8x8 digits in
+MNIST's layout); [`embed_in_canvas`][equivariance.datasets.embed_in_canvas] and
+[`position_sweep`][equivariance.datasets.position_sweep] put digits on a larger canvas and move them.
 """
 
 from __future__ import annotations
@@ -174,7 +155,7 @@ class Digits:
 
 
 def data_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """The directory holding the MNIST files: ``root``, else from the environment (see the module).
+    """The directory holding the MNIST files: ``root``, else ``$EQUIVARIANCE_DATA/mnist``, else the cache.
 
     Examples:
         >>> str(data_dir("/data/mnist"))

@@ -1,44 +1,10 @@
 """Downsampling that keeps (more of) a shift: blur pooling and adaptive polyphase sampling.
 
-A layer that keeps one sample in ``s`` (a strided convolution, a strided
-pooling) cannot follow a shift that ``s`` does not divide: the input moves
-against its sampling grid and the output changes by more than a shift
-(aliasing). Two remedies from the literature are layers here, and
-[`equivariance.surgery`][equivariance.surgery] puts them into an existing
-model:
-
-[`BlurPool`][equivariance.downsampling.BlurPool]
-    low-pass filter, then subsample (Zhang, "Making convolutional networks
-    shift-invariant again", ICML 2019): a normalized binomial filter of
-    ``filter_size`` taps per dim (``[1, 3, 3, 1] / 8`` for Zhang's default
-    of 4), applied to each channel after padding by ``(filter_size - 1) // 2``
-    samples before and the rest after, then every ``stride``-th sample. It
-    lowers the error a shift causes; it does not remove it.
-[`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling]
-    adaptive polyphase sampling (Chaman and Dokmanic, "Truly shift-invariant
-    convolutional neural networks", CVPR 2021): of the ``stride**d``
-    subsampling grids (polyphase components), keep, per sample, the one of
-    largest L2 norm. A circular shift of the input permutes the components
-    and shifts each by whole samples, so the same component wins and the
-    output is a circular shift of the unshifted one: with circular padding
-    and sizes that the strides divide, a classifier that pools globally is
-    exactly invariant to circular shifts.
-
-The surgery turns a strided layer into the same layer at stride 1 followed by
-one of these, as an instance of a subclass of its own class
-([`converted_class`][equivariance.downsampling.converted_class]):
-``AntialiasedConv2d`` is an ``nn.Conv2d`` with a ``blur`` child,
-``PolyphaseMaxPool2d`` an ``nn.MaxPool2d`` with a ``sampling`` child, so the
-layer's parameters keep their names (a ``state_dict`` of the original loads
-into the converted model) and ``isinstance`` checks still hold.
-
-Two layers that subsample the same tensor (a ResNet block's strided
-convolution and its strided shortcut) must keep the same grid, or the sum of
-their outputs mixes two grids and is not a shift of anything. The paper's
-ResNet passes the chosen indices from one branch to the other; here a layer
-made by the surgery remembers the grid it chose for the tensor it was given,
-and another converted layer given the same tensor (the same object, not
-written to since) with the same stride takes that grid.
+[`BlurPool`][equivariance.downsampling.BlurPool] (Zhang, ICML 2019) low-pass filters before it
+subsamples; [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] (Chaman and Dokmanic,
+CVPR 2021) keeps, per sample, the subsampling grid of largest norm.
+[`equivariance.surgery`][equivariance.surgery] puts them into a model as subclasses of its own
+layers' classes; the details that matter in practice are in docs/fixing.md ("The three conversions").
 """
 
 from __future__ import annotations
@@ -165,7 +131,7 @@ class PolyphaseSampling(nn.Module):
     ``forward(x, source=None)``: a layer made by
     [`equivariance.surgery.polyphase`][equivariance.surgery.polyphase] passes
     the tensor it was given as ``source``, so that two layers that subsample
-    the same tensor keep the same grid (see the module docstring).
+    the same tensor keep the same grid (docs/fixing.md, "Two branches, one grid").
 
     Examples:
         >>> import torch

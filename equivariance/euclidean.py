@@ -1,31 +1,9 @@
 """Rotations, reflections and translations of space: the groups SO(2), O(2), SO(3), O(3), SE(3) and E(3).
 
-A [`Rotation`][equivariance.euclidean.Rotation] is an orthogonal matrix ``R``
-of O(2) or O(3), kept in float64: ``det R = +1`` for a rotation, ``-1`` for
-a rotation composed with a reflection (a mirror, the inversion ``-I``). A
-[`Translation`][equivariance.euclidean.Translation] is a vector ``t``. They
-act on the tensors of point clouds and molecules by their field type
-([`equivariance.fields`][equivariance.fields]): a rotation turns
-[`Vectors`][equivariance.fields.Vectors] and
-[`Positions`][equivariance.fields.Positions] (``R v``), turns
-[`Pseudovectors`][equivariance.fields.Pseudovectors] without flipping them
-(``det(R) R v``), maps e3nn [`Irreps`][equivariance.fields.Irreps] by
-e3nn's Wigner matrices ``D(R)``, parity included, and leaves
-[`Scalars`][equivariance.fields.Scalars] alone; a translation moves
-positions only. The transformation is computed in float64 and cast back to
-the tensor's dtype, so a float32 model's error is the model's, not the
-test's: the test itself rounds only once, at the end.
-
-``g * h`` acts as ``h``, then ``g``: two rotations make a rotation (the
-matrix product), two translations a translation, and a rotation and a
-translation a [`Product`][equivariance.products.Product] (``Translation(t) *
-Rotation(R)`` maps ``p`` to ``R p + t``).
-
-Continuous groups are sampled (see [`equivariance.sampling`][equivariance.sampling]):
-``SO3(64, seed=0)`` is 64 rotations drawn uniformly (by the Haar measure),
-``O3`` adds the inversion to half of them, ``SO2``/``O2`` draw planar ones,
-``SE3``/``E3`` compose each with a translation drawn from a Gaussian of
-``scale``.
+A [`Rotation`][equivariance.euclidean.Rotation] (an orthogonal matrix, kept in float64) and a
+[`Translation`][equivariance.euclidean.Translation] act on the tensors of point clouds and molecules
+by their field type ([`equivariance.fields`][equivariance.fields]); ``SO3(64, seed=0)`` and its
+siblings sample the continuous groups. How each field moves is in docs/point_clouds.md.
 
 Examples:
     >>> import torch
@@ -44,7 +22,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -84,8 +62,8 @@ class Rotation(Action):
     ``Rotation.about("z", 30, degrees=True)``, ``Rotation.planar(angle)``,
     ``Rotation.reflection(normal)``, ``Rotation.inversion()``. The matrix is
     kept in float64; one within ``ORTHOGONAL_TOLERANCE`` of orthogonal (a
-    float32 matrix) is made orthogonal to float64's precision. See the
-    module docstring for how it acts.
+    float32 matrix) is made orthogonal to float64's precision. How it acts
+    on each field type is in docs/point_clouds.md.
 
     Examples:
         >>> import torch
@@ -210,7 +188,7 @@ class Rotation(Action):
     # -- acting --------------------------------------------------------------------------------
 
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
-        """``x`` moved by the rotation, by its field type (see the module docstring).
+        """``x`` moved by the rotation, by its field type (docs/point_clouds.md).
 
         Args:
             x: the tensor.
@@ -296,13 +274,8 @@ class Rotation(Action):
     def __rmul__(self, other: object) -> Action:
         return product(other, self)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Rotation):
-            return NotImplemented
-        return bool(self._matrix.shape == other._matrix.shape and torch.equal(self._matrix, other._matrix))
-
-    def __hash__(self) -> int:
-        return hash(("Rotation", tuple(self._matrix.flatten().tolist())))
+    def _key(self) -> Hashable:
+        return (tuple(self._matrix.shape), tuple(self._matrix.flatten().tolist()))
 
     def __repr__(self) -> str:
         return f"Rotation({_described(self._matrix)})"
@@ -417,13 +390,8 @@ class Translation(Action):
     def __rmul__(self, other: object) -> Action:
         return product(other, self)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Translation):
-            return NotImplemented
-        return bool(self._vector.shape == other._vector.shape and torch.equal(self._vector, other._vector))
-
-    def __hash__(self) -> int:
-        return hash(("Translation", tuple(self._vector.tolist())))
+    def _key(self) -> Hashable:
+        return tuple(self._vector.tolist())
 
     def __repr__(self) -> str:
         return f"Translation([{', '.join(f'{v:.3g}' for v in self._vector.tolist())}])"

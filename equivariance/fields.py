@@ -1,41 +1,12 @@
 """Field types: what a tensor of a point cloud, a set or a graph holds, and so how an element moves it.
 
-A model of points takes and returns several tensors, and a group element
-acts on each by what it holds: positions turn and move, forces turn but do
-not move, energies and atom types stay put, and a permutation of the points
-reorders every tensor that has an axis of points. A *field type* says which
-of these a tensor is, and which of its axes indexes the points (``nodes``):
-
-| field type | holds, e.g. | under a rotation ``R`` | a translation ``t`` | a permutation |
-| --- | --- | --- | --- | --- |
-| ``Scalars()`` | features, energies, atom types | unchanged | unchanged | reordered |
-| ``Pseudoscalars()`` | chirality, signed volumes | times ``det R`` | unchanged | reordered |
-| ``Vectors()`` | forces, velocities | ``R v`` | unchanged | reordered |
-| ``Pseudovectors()`` | angular momenta, magnetic moments | ``det(R) R v`` | unchanged | reordered |
-| ``Positions()`` | coordinates | ``R p`` | ``p + t`` | reordered |
-| ``Irreps("1x0e + 1x2e")`` | e3nn features | e3nn's ``D(R) f`` | unchanged | reordered |
-| ``EdgeIndex()`` | ``(2, E)`` node indices | unchanged | unchanged | relabelled |
-| ``Adjacency()`` | ``(..., N, N)`` | unchanged | unchanged | both axes reordered |
-
-``nodes`` is the axis of points (default ``-2``: ``(..., N, C)``, the
-layout of a batch ``(B, N, C)`` and of one cloud ``(N, C)`` alike); pass
-``nodes=0`` for torch_geometric's ``(N, C)`` node tensors, ``nodes=-3`` for
-several vectors per point ``(B, N, C, 3)``, and ``nodes=None`` for a tensor
-with no axis of points (a pooled energy ``(B,)``, the attributes ``(E, C)``
-of edges, which a permutation relabels but does not reorder). Vector-like
-fields keep their components on the last axis.
-
-The elements that act on these fields are
-[`Rotation`][equivariance.euclidean.Rotation] and
-[`Translation`][equivariance.euclidean.Translation]
-(``equivariance.euclidean``), [`Permutation`][equivariance.permutations.Permutation]
-(``equivariance.permutations``) and their products: ``element.act(x, field)``.
-[`transform`][equivariance.fields.transform] moves a whole argument list,
-dict or torch_geometric ``Data`` at once, given the field type of each part.
+Positions turn and move, forces turn, energies stay put, and a permutation reorders every tensor
+with an axis of points (``nodes``). The table of field types and how each moves is in
+docs/point_clouds.md ("Elements and how they act"); a field type of your own subclasses
+[`Field`][equivariance.fields.Field] and says how it moves in
+[`moved_by`][equivariance.fields.Field.moved_by].
 
 Examples:
-    Forces turn with the molecule; energies do not; positions also move:
-
     >>> import torch
     >>> from equivariance.euclidean import Rotation, Translation
     >>> quarter = Rotation.about("z", 90, degrees=True)
@@ -44,11 +15,6 @@ Examples:
     ([[0.0, 1.0, 0.0]], [[-1.5]])
     >>> Translation([0.0, 0.0, 2.0]).act(force, Positions()).tolist()
     [[1.0, 0.0, 2.0]]
-
-A field type of your own subclasses [`Field`][equivariance.fields.Field] and
-says how it moves under the elements it knows in
-[`moved_by`][equivariance.fields.Field.moved_by] (a permutation reorders its
-``nodes`` axis without being told).
 """
 
 from __future__ import annotations

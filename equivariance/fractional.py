@@ -1,35 +1,20 @@
 """Sub-pixel translations by a Fourier phase shift, for sub-pixel equivariance tests.
 
-A [`FractionalShift`][equivariance.fractional.FractionalShift] by ``t`` multiplies the discrete Fourier
-transform
-of the last ``d`` dims by ``exp(-2 pi i k t / n)``: a circular translation by
-a real offset. For integer offsets it is ``torch.roll`` (up to rounding);
-for fractional ones it is trigonometric interpolation, which is *the*
-translation only of a band-limited, periodic signal. On anything else (white
-noise, sharp edges, a signal that is not periodic) it moves the signal and
-also rings, so a model that is exactly equivariant to integer shifts may
-still fail a sub-pixel test, and that failure says something about the
-model's band limit, not a bug: an ideal low-pass filter commutes with every
-Fourier shift; subsampling by 2 commutes with them only on signals below
-half the Nyquist frequency.
-
-For an even size, the Nyquist frequency's coefficient of a real signal is
-real, and its phase-shifted version is not: taking the real part keeps
-``cos(pi t)`` of it. Fractional shifts therefore compose exactly
-(``FractionalShift(a)`` then ``FractionalShift(b)`` is ``FractionalShift(a + b)``)
-only on signals without a Nyquist component.
+A [`FractionalShift`][equivariance.fractional.FractionalShift] is the translation of a band-limited
+periodic signal; on anything else it also rings, so a sub-pixel failure may speak of a model's band
+limit rather than a bug (docs/diagnosing.md, "Sub-pixel shifts").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from equivariance._engine.forward import OutputSelector
-from equivariance._engine.validation import describe, per_dim
+from equivariance._engine.validation import describe, per_dim, real_numbers
 from equivariance.actions import Action, Grid
 from equivariance.errors import InvalidArgument
 from equivariance.metric import equivariance_error
@@ -63,24 +48,7 @@ class FractionalShift(Action):
     _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, *offsets: float | Sequence[float]) -> None:
-        values: Sequence[object]
-        if len(offsets) == 1 and isinstance(offsets[0], (tuple, list)):
-            values = offsets[0]
-        else:
-            values = offsets
-        if not values:
-            raise InvalidArgument(
-                "a fractional shift needs at least one offset; pass one number per spatial dim"
-            )
-        checked = []
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InvalidArgument(
-                    f"fractional shift offsets must be finite real numbers, found {describe(value)}; "
-                    "pass e.g. FractionalShift(0.5, -0.25)"
-                )
-            checked.append(float(value))
-        self._offsets: tuple[float, ...] = tuple(checked)
+        self._offsets = real_numbers(offsets, "a fractional shift's offsets", "FractionalShift(0.5, -0.25)")
 
     @property
     def offsets(self) -> tuple[float, ...]:
@@ -114,13 +82,8 @@ class FractionalShift(Action):
         """The shift by the negated offsets."""
         return FractionalShift(tuple(-o for o in self._offsets))
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FractionalShift):
-            return NotImplemented
-        return self._offsets == other._offsets
-
-    def __hash__(self) -> int:
-        return hash(("FractionalShift", self._offsets))
+    def _key(self) -> Hashable:
+        return self._offsets
 
     def __repr__(self) -> str:
         return f"FractionalShift({', '.join(map(repr, self._offsets))})"

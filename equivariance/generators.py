@@ -1,34 +1,9 @@
 """Infinitesimal generators: the derivative, at the identity, of a continuous group acting on a grid.
 
-A one-parameter group of transformations ``T_t`` (a translation by ``t``
-along a direction, a rotation by the angle ``t``) has a *generator*
-``L h = d/dt T_t h`` at ``t = 0``: a linear map of tensors. The Lie
-derivative of a model (see [`equivariance.lie`][equivariance.lie]) applies
-it to the input and to the output.
-
-The translation here is the band-limited (Fourier) translation of
-[`FractionalShift`][equivariance.fractional.FractionalShift]: it multiplies
-the spectrum by ``exp(-2 pi i k t / n)``, so its derivative at ``t = 0``
-multiplies the spectrum by ``-2 pi i k / n``: a *spectral derivative*, minus
-the derivative of the trigonometric interpolant of the samples. Taking the
-real part, as ``FractionalShift`` does, drops the Nyquist term of an even
-size, whose phase-shifted version keeps only ``cos(pi t)`` of it, whose
-derivative at 0 is zero. So [`Translation`][equivariance.generators.Translation]
-is exactly the derivative of ``FractionalShift(t * direction)`` at ``t = 0``
-(the tests compare it with central differences).
-
-[`Rotation`][equivariance.generators.Rotation] is the derivative of a rotation
-of the last two dims about the centre of the grid, in the sense of
-``torch.rot90(x, 1, dims=(-2, -1))`` (a quarter turn of it is ``Rot90(1)``):
-``(L h)(r, c) = c dh/dr - r dh/dc`` in centred coordinates, the spatial
-derivatives spectral as above. The coordinates break the periodicity the
-spectral derivative assumes, so it is the rotation of content that stays
-clear of the edges (a digit on a zero canvas), not of a texture that fills
-the grid.
-
-On a subsampled grid (``stride`` > 1) a sample spans ``stride`` input
-samples, and the generator is expressed in input units: a translation moves a
-map subsampled by 2 half as many of its samples.
+[`Translation`][equivariance.generators.Translation] is exactly the derivative of
+[`FractionalShift`][equivariance.fractional.FractionalShift] at 0 (a spectral derivative), and
+[`Rotation`][equivariance.generators.Rotation] that of a rotation about the grid's centre; the Lie
+derivative ([`equivariance.lie`][equivariance.lie], docs/lie.md) applies them to the input and output.
 """
 
 from __future__ import annotations
@@ -42,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from equivariance._engine.isolation import private_copy
-from equivariance._engine.validation import describe
+from equivariance._engine.validation import real_numbers
 from equivariance.errors import InvalidArgument
 
 __all__ = ["Generator", "Rotation", "Translation", "spectral_derivative"]
@@ -149,23 +124,7 @@ class Translation(Generator):
     unit: ClassVar[str] = "input sample"
 
     def __init__(self, *direction: float | Sequence[float]) -> None:
-        values: Sequence[object]
-        if len(direction) == 1 and isinstance(direction[0], (tuple, list)):
-            values = direction[0]
-        else:
-            values = direction
-        if not values:
-            raise InvalidArgument(
-                "a translation needs a direction, one number per spatial dim; pass e.g. Translation(0, 1)"
-            )
-        checked = []
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InvalidArgument(
-                    f"a translation's direction must hold finite real numbers, found {describe(value)}; "
-                    "pass e.g. Translation(0, 1)"
-                )
-            checked.append(float(value))
+        checked = real_numbers(direction, "a translation's direction", "Translation(0, 1)")
         if not any(checked):
             raise InvalidArgument(
                 f"Translation{tuple(checked)} has a zero direction, a generator that cannot fail; "
@@ -215,7 +174,8 @@ class Rotation(Generator):
     """The generator of a rotation of the last two dims about the grid's centre (radians).
 
     Positive angles turn the way ``torch.rot90(x, 1, dims=(-2, -1))`` does.
-    See the module docstring for what it assumes of the content.
+    It is the rotation of content that stays clear of the edges (a digit on a zero canvas): the
+    coordinates break the periodicity its spectral derivatives assume.
 
     Examples:
         >>> import torch

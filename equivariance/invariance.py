@@ -1,42 +1,11 @@
 """Shift-invariance metrics of classifiers, defined as in the literature so numbers compare.
 
-An exact check asks whether the logits are unchanged; a classifier is used
-through its top-1 prediction, and papers report how often that prediction
-survives a shift:
-
-[`consistency`][equivariance.invariance.consistency]
-    how often the top-1 prediction is the same for two random shifts of the
-    same input (Zhang 2019, "Making Convolutional Networks Shift-Invariant
-    Again"; with circular shifts over the whole image as in Chaman and
-    Dokmanic 2021, "Truly shift-invariant convolutional neural networks").
-[`prediction_change`][equivariance.invariance.prediction_change]
-    the probability that the top-1 prediction changes under a one-pixel shift
-    (Azulay and Weiss 2019, "Why do deep convolutional networks generalize so
-    poorly to small image transformations?").
-[`logit_change`][equivariance.invariance.logit_change]
-    the mean relative change $||f(gx) - f(x)|| / ||f(x)||$ of the logits
-    under a random shift.
-
-Each returns an [`InvarianceMetric`][equivariance.invariance.InvarianceMetric]:
-the value, the number of comparisons ``n`` it is averaged over, the number of
-samples they come from, and a 95% confidence interval. The samples, not the
-comparisons, are the independent units: the comparisons of one sample (its
-``pairs``, ``repeats`` or one-pixel shifts) are correlated, and an interval
-that counted them as independent would be too narrow. So the intervals are
-*clustered by sample*: for the two proportions, Wilson's score interval at the
-effective sample size of the per-sample proportions ($N p (1 - p) / s^2$,
-$s^2$ the variance of the per-sample proportions, kept between the number
-of samples and the number of comparisons; the number of samples where ``p`` is
-0 or 1); for the mean, a normal interval on the per-sample means,
-``mean +- 1.96 * sd / sqrt(N)``. With one comparison per sample they are the
-plain Wilson and normal intervals.
-The shifted inputs go through the model on the checks' engine (its runner):
-made by one vectorized gather a chunk, in batches that halve and retry when
-they run out of CUDA memory, each chunk's predictions taken before the next (so
-a model that hands back the same output buffer on every call is measured
-right), non-finite logits refused. Random shifts come from a local
-``torch.Generator`` seeded with
-``seed``, so the caller's RNG is untouched and a result is reproducible.
+[`consistency`][equivariance.invariance.consistency] (Zhang 2019),
+[`prediction_change`][equivariance.invariance.prediction_change] (Azulay and Weiss 2019) and
+[`logit_change`][equivariance.invariance.logit_change] each return an
+[`InvarianceMetric`][equivariance.invariance.InvarianceMetric] with a 95% interval clustered by
+sample; the definitions and the intervals are in docs/diagnosing.md ("Classifiers: invariance
+metrics from the literature").
 """
 
 from __future__ import annotations
@@ -84,7 +53,7 @@ class InvarianceMetric:
         high: upper end of the 95% confidence interval.
         interval: how the interval was computed: ``"wilson, clustered by sample"``
             (the proportions) or ``"normal, clustered by sample"`` (the mean); see
-            the module's notes.
+            docs/diagnosing.md.
         boundary: ``"circular"``, ``"zeros"``, or the crop protocol's
             ``"crop 224x224 of 256x256 at (16, 16)"``.
         shifts: which shifts were drawn, in words.

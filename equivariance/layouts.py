@@ -1,24 +1,7 @@
 """Where a tensor keeps its spatial dims: channels first, channels last, or tokens on a grid.
 
-The engine compares outputs on a *grid*, ``(N, *channels, *spatial)`` with the
-spatial dims last, the layout of PyTorch's convolutions. Real models also
-carry other layouts, and a layout says how to view each as a grid:
-
-[`ChannelsFirst`][equivariance.layouts.ChannelsFirst]
-    ``(N, C, *spatial)``: convolutions, pooling, most CNNs (the default).
-[`ChannelsLast`][equivariance.layouts.ChannelsLast]
-    ``(N, *spatial, C)``: inside ConvNeXt and Swin blocks, where a
-    ``Permute`` puts the channels last for a ``LayerNorm`` and ``Linear``
-    layers and another puts them back.
-[`Tokens`][equivariance.layouts.Tokens]
-    ``(N, L, C)``: a sequence of ``L`` tokens, row-major on a known grid,
-    optionally after ``prefix`` tokens that have no place on it (a class
-    token), as in a Vision Transformer. Prefix tokens are not compared.
-
-Checks take ``layout=`` for the measured output (channels first unless told
-otherwise; a failed check whose output reads as another layout says so);
-the per-layer profile infers each layer's layout from the shapes it sees and
-says what it inferred.
+A layout views an output as the grid ``(N, *channels, *spatial)`` the engine compares: checks take
+``layout=``, and the per-layer profile infers each layer's (docs/actions.md, "Layouts").
 
 Examples:
     >>> import torch
@@ -219,8 +202,10 @@ class Tokens(Layout):
         return Tokens(found.pop(), self.prefix)
 
     def check_grid(self, input_spatial: Sequence[int], stride: Sequence[int] | None, what: str) -> None:
-        """Refuse a grid the input's cannot make: more than ``ceil(n / s)`` positions in a dim at the
-        stride ``s`` given, or, with the stride to infer (None), no one integer stride from the input.
+        """Refuse a grid the input's cannot make: more than ``n // s + 1`` positions in a dim at the
+        stride ``s`` given (what a kernel padded by at most half its width makes: an even one padded
+        by half makes one more than ``ceil(n / s)``), or, with the stride to infer (None), no one
+        integer stride from the input.
 
         A token sequence fits more than one grid of its length (16 tokens: 4x4, 2x8, 8x2); the
         wrong one reads the tokens in the wrong places, and the check would fail for that alone.
@@ -235,12 +220,13 @@ class Tokens(Layout):
         if grid is None or len(grid) != len(input_spatial):
             return
         if stride is not None:
-            most = tuple(-(-n // s) for n, s in zip(input_spatial, stride))
+            most = tuple(n // s + 1 for n, s in zip(input_spatial, stride))
             if all(g <= m for g, m in zip(grid, most)):
                 return
+            usual = tuple(-(-n // s) for n, s in zip(input_spatial, stride))
             why = (
                 f"the input's {_sizes(input_spatial)} grid subsampled by the stride {tuple(stride)} has "
-                f"at most {_sizes(most)} positions"
+                f"{_sizes(usual)} positions (at most {_sizes(most)} with a kernel padded by half its width)"
             )
         elif plausible(grid, input_spatial):
             return
@@ -260,8 +246,9 @@ class Tokens(Layout):
         fix = f"pass the grid the patches make{fit} or {infer!r} to infer it from the input's size"
         if stride is None:
             fix += f", or stride={needed} if the patches have that shape"
+        after = " after the prefix" if self.prefix else ""
         raise InvalidArgument(
-            f"{what}{self!r} puts the {math.prod(grid)} tokens after the prefix on a {_sizes(grid)} grid, "
+            f"{what}{self!r} puts the {math.prod(grid)} tokens{after} on a {_sizes(grid)} grid, "
             f"but {why}; {fix}"
         )
 

@@ -1,13 +1,8 @@
 """Watching equivariance in a PyTorch Lightning ``Trainer``: a callback (the ``lightning`` extra).
 
-[`EquivarianceCallback`][equivariance.lightning.EquivarianceCallback] takes
-the measurements of [`EquivarianceMonitor`][equivariance.monitor.EquivarianceMonitor]
-on a fixed batch every ``every_n_steps`` optimizer steps and at the end of
-every ``every_n_epochs`` epochs, and logs each value through the trainer's
-loggers (TensorBoard, CSV, W&B, ...) at the trainer's global step. The
-``LightningModule`` is measured as it is, never copied, and left as training
-left it (training flags, buffers, gradients, RNG). Install the extra with
-``pip install "equivariance[lightning]"``.
+[`EquivarianceCallback`][equivariance.lightning.EquivarianceCallback] takes the measurements of
+[`EquivarianceMonitor`][equivariance.monitor.EquivarianceMonitor] every few steps and logs them
+through the trainer's loggers; install it with ``pip install "equivariance[lightning]"``.
 """
 
 from __future__ import annotations

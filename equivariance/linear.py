@@ -1,49 +1,10 @@
 """The convolution theorem, executable: linear shift-equivariant maps are convolutions.
 
-The seed article (after B. Jähne, *Digital Image Processing*, Springer 1997)
-derives it in four steps. Write an image as a sum of Dirac impulses,
-``f = sum_p f[p] S_p delta``, where ``delta`` is the impulse at the origin and
-``S_p`` the shift by ``p``. A linear operator ``A`` moves into the sum,
-``A f = sum_p f[p] A S_p delta``; a shift-equivariant one moves past the
-shift, ``A S_p delta = S_p A delta``; and ``A delta = h`` is the operator's
-*impulse response*. So ``(A f)[q] = sum_p f[p] h[q - p]``: a convolution of
-``f`` with the kernel ``h``.
-
-This module runs that argument on any linear operator ``op`` on a finite grid,
-with circular shifts (the only ones that form a group on a finite grid):
-
-- [`impulse_response`][equivariance.linear.impulse_response] computes ``h = op(delta)``;
-- [`as_convolution`][equivariance.linear.as_convolution] rebuilds ``op`` as the circular convolution with
-  ``h`` and says how far the rebuild is from ``op``: zero, up to rounding,
-  exactly when ``op`` is shift equivariant;
-- [`nearest_equivariant`][equivariance.linear.nearest_equivariant] projects any linear map (a dense layer on a
-  flattened image, say) onto the circular convolutions, by averaging it over
-  the group: ``P(A) = mean_g g^-1 A g``. It reports how far ``A`` was from
-  its projection. ``P`` is an orthogonal projection (in the Frobenius inner
-  product), so projecting twice changes nothing.
-
-**Linearity is checked.** The theorem is about linear operators, and a
-nonlinear one (a ReLU, say) has an impulse response all the same, whose
-rebuild would look exact on impulses alone. So a callable ``op`` is first
-tried on random inputs: superposition, ``L(a u + b v) = a L(u) + b L(v)``, and
-scaling, ``L(c u) = c L(u)`` with ``c < 0``, for its linear part
-``L(x) = op(x) - op(0)``; an operator that breaks either beyond its dtype's
-rounding is refused with an ``InvalidArgument``. (A matrix or an ``nn.Linear``
-is linear by construction.)
-
-**Operators.** ``op`` is a callable from a batch ``(N, C_in, *spatial)`` to a
-batch ``(N, C_out, *spatial)`` with the same 1 to 3 spatial dims, e.g. an
-``nn.Conv2d`` with circular padding; ``shape`` is the shape of *one* input,
-``(C_in, *spatial)``. A dense map is accepted as an ``nn.Linear`` or a 2-D
-matrix acting on the flattened input (``C_in * n`` columns, ``C_out * n``
-rows for ``n`` grid points). An affine operator (a layer with a bias) is
-split into its linear part ``x -> op(x) - op(0)``, which the theorem is
-about, and its *offset* ``op(0)``, reported separately.
-
-**Cost.** ``as_convolution`` and ``nearest_equivariant`` look at every column
-of the operator: ``C_in * n`` impulses, sent through ``op`` in batches of
-``batch_size``. The group average is one gather per batch, not one tensor
-operation per shift. Errors are accumulated in float64.
+[`impulse_response`][equivariance.linear.impulse_response],
+[`as_convolution`][equivariance.linear.as_convolution] and
+[`nearest_equivariant`][equivariance.linear.nearest_equivariant] run the seed article's argument on
+any linear (or affine) operator on a finite grid, with circular shifts; an operator that is not
+linear is refused. The argument, the linearity test and the cost are in docs/theorem.md.
 """
 
 from __future__ import annotations
@@ -233,7 +194,7 @@ def impulse_response(
     ``op(0)`` is zero. If ``op`` is linear and shift equivariant, ``h`` is
     its convolution kernel (the seed's derivation, after Jähne 1997); see
     [`as_convolution`][equivariance.linear.as_convolution] for the check that it is.
-    A nonlinear ``op`` is refused (see the module's notes on linearity).
+    A nonlinear ``op`` is refused (docs/theorem.md says how it is found).
 
     Args:
         op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an

@@ -1,25 +1,8 @@
 """The equivariance metric: how far ``f(g.x)`` is from ``g'.f(x)``.
 
-For an input element ``g`` (a shift, a rotation, any
-[`Action`][equivariance.actions.Action]) and its output action ``g'`` (the
-same element on the output's grid: a shift divided by the stride for a
-subsampled output, the identity for invariance), the error of one sample is
-the relative L2 distance
-
-    ||f(g.x) - g'.f(x)|| / ||g'.f(x)||
-
-over the output region where both sides are defined: under the zeros
-boundary, the valid region of ``g'`` (samples not filled in by the shift),
-less ``margin`` samples at each of its edges.
-
-Where the reference ``g'.f(x)`` is exactly zero (every feature dead), a
-relative error does not exist; the root-mean-square absolute error is used
-instead, the measurement says so, and the check compares it to ``atol``.
-
-Every measurement runs on one engine: the plan (arguments validated once,
-``f(x)`` computed once, ``"auto"`` resolved once), the runner (the copies of
-the input in batched forward passes, chunked to fit memory) and a sink that
-sums the errors (see `equivariance._engine.plan`).
+The relative L2 error of each sample over the region where both sides are defined, less the margin
+(an RMS absolute error where the reference is all zero); the definition is in docs/concepts.md
+("The number the library computes").
 """
 
 from __future__ import annotations

@@ -1,33 +1,9 @@
 """Watching equivariance while a model trains: one measurement on a fixed batch every few steps.
 
-Equivariance that a model learns from data (augmentations, a penalty, an
-architecture that allows it but does not force it) moves during training.
-[`EquivarianceMonitor`][equivariance.monitor.EquivarianceMonitor] measures
-it on the same batch every ``every`` steps of a plain PyTorch loop (one call
-to ``monitor.step()`` per training step), keeps the history and hands each
-value to a logger of your choice; ``equivariance.lightning.EquivarianceCallback``
-does the same in a PyTorch Lightning ``Trainer``, through the trainer's
-loggers; [`monitor_curve`][equivariance.viz.monitor_curve] draws the history.
-
-The measurement is one of the library's, by name, or any callable
-``(model, x) -> number``:
-
-``"lie_derivative"`` (the default)
-    [`lie_derivative_error`][equivariance.lie.lie_derivative_error]: one
-    forward pass with a Jacobian-vector product, the cheapest;
-``"equivariance_error"``, ``"invariance_error"``
-    the error under one shift (pass ``shift=``), one batched pass;
-``"check_equivariance"``, ``"check_invariance"``
-    every shift of a box in batched passes; the value is the worst error;
-``"consistency"``, ``"prediction_change"``, ``"logit_change"``
-    the invariance metrics of classifiers
-    ([`equivariance.invariance`][equivariance.invariance]).
-
-Each call runs the model as a check does, and the model is left as training
-left it: every module's training flag, every buffer (BatchNorm running
-statistics), the parameters and their gradients, and the global RNG state
-(CPU and CUDA) are what they were before the call; the model is measured in
-eval mode without autograd, and never copied.
+[`EquivarianceMonitor`][equivariance.monitor.EquivarianceMonitor] measures a model on the same batch
+every ``every`` steps of a plain loop, by one of the library's measurements (the Lie derivative by
+default) or a callable, and leaves the model as training left it (docs/fixing.md, "Watching
+equivariance during training").
 """
 
 from __future__ import annotations

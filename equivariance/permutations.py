@@ -1,21 +1,8 @@
 """Permutations of the points of a set, a point cloud or the nodes of a graph.
 
-A [`Permutation`][equivariance.permutations.Permutation] reorders the axis
-of points of every tensor that has one (its field type's ``nodes``, see
-[`equivariance.fields`][equivariance.fields]) in the same way, as indexing
-does: ``x[perm]``, so that point ``perm[i]`` comes to index ``i``. What has
-no axis of points (a pooled output, ``nodes=None``) is left alone; an
-[`EdgeIndex`][equivariance.fields.EdgeIndex] is relabelled so that every
-edge joins the same two points where they now are (``inverse[edge_index]``);
-an [`Adjacency`][equivariance.fields.Adjacency] is reordered along both
-node axes. A model of sets is then checked as any other: per-point outputs
-must be reordered alike (equivariance), pooled ones must not change
-(invariance).
-
-``g * h`` acts as ``h``, then ``g`` (``x[h][g]``); a permutation and a
-rotation make a [`Product`][equivariance.products.Product], which acts with
-both. [`Permutations`][equivariance.permutations.Permutations] draws them
-uniformly from a seed.
+A [`Permutation`][equivariance.permutations.Permutation] reorders the axis of points of every tensor
+that has one, as ``x[perm]`` does, relabels an [`EdgeIndex`][equivariance.fields.EdgeIndex] and leaves
+pooled outputs alone; [`Permutations`][equivariance.permutations.Permutations] draws them from a seed.
 
 Examples:
     >>> import torch
@@ -33,7 +20,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -123,7 +110,7 @@ class Permutation(Action):
         return True
 
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
-        """``x`` with its points reordered (see the module docstring for each field type).
+        """``x`` with its points reordered, by its field type (docs/point_clouds.md).
 
         Args:
             x: the tensor.
@@ -200,13 +187,8 @@ class Permutation(Action):
     def __rmul__(self, other: object) -> Action:
         return product(other, self)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Permutation):
-            return NotImplemented
-        return self.n == other.n and bool(torch.equal(self._indices, other._indices))
-
-    def __hash__(self) -> int:
-        return hash(("Permutation", self.indices))
+    def _key(self) -> Hashable:
+        return self.indices
 
     def __repr__(self) -> str:
         shown = self.indices

@@ -1,13 +1,8 @@
 """Products of group elements of different kinds: a rotation and a permutation at once, a rigid motion.
 
-``g * h`` is the element that acts as ``h``, then ``g`` (the library's
-convention for every element). Elements of one kind compose into one of
-that kind (two rotations make a rotation, two permutations a permutation);
-elements of different kinds make a [`Product`][equivariance.products.Product],
-which keeps its factors, outermost first, merges neighbours of one kind and
-drops identities. A product acts on a tensor by acting with each factor in
-turn, the last first, so it moves a tensor of any field type that each of
-its factors can move.
+``g * h`` acts as ``h``, then ``g``. Elements of one kind compose into one of that kind; elements of
+different kinds make a [`Product`][equivariance.products.Product], which keeps its factors (outermost
+first) and equals another product with equal factors in the same order.
 
 Examples:
     >>> import torch
@@ -21,16 +16,11 @@ Examples:
     [[1.0, 1.0, 0.0]]
     >>> (g * Permutation([1, 0])).factors[-1], g * g.inverse()
     (Permutation([1, 0]), Identity())
-
-Equality is that of the factors: a product equals another with equal
-factors in the same order. Two products that act alike but were written in
-another order (a rotation then a translation, and the translation turned
-then the rotation) are not recognised as equal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -132,13 +122,8 @@ class Product(Action):
     def __rmul__(self, other: object) -> Action:
         return product(other, self)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Product):
-            return NotImplemented
-        return self.factors == other.factors
-
-    def __hash__(self) -> int:
-        return hash(("Product", self.factors))
+    def _key(self) -> Hashable:
+        return self.factors
 
     def __repr__(self) -> str:
         return " * ".join(map(repr, self.factors))

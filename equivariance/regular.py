@@ -1,40 +1,8 @@
 """Group-convolution outputs: the regular representation of p4 and p4m on orientation channels.
 
-A hidden layer of a p4 or p4m group CNN (Cohen and Welling 2016, "Group
-equivariant convolutional networks"; as built with escnn or e2cnn) is a stack
-of *fields*, each a block of orientation channels: 4 for p4, 8 for p4m. When
-the input is rotated, such a map rotates *and* each field's orientation
-channels are cyclically permuted (the regular representation of the group);
-a flip also reverses their order. A check with the plain spatial action
-rotates only the map, so it fails on every such layer, correctly so for that
-action; [`regular`][equivariance.regular.regular] gives the action the layer
-is equivariant under:
-
-    check_equivariance(gcnn, x, transforms=[Rot90(1), Rot90(2), Rot90(3)],
-                       layer="block2", output_action=regular("p4"))
-
-The layout, for an output ``(N, C, *spatial)`` with ``C = K * |G|``: channel
-``|G| * j + o`` is orientation ``o`` of field ``j`` (each field's channels
-contiguous, escnn's order). For p4, ``o = i`` in ``0..3``; for p4m,
-``o = 4 f + i`` with ``f`` the reflection bit. The group element "reflect
-``s`` times, then rotate by ``k`` quarter turns" moves orientation
-``(f, i)`` to $(f + s, dk + (-1)^s i)$, $f + s$ modulo 2 and the orientation modulo 4, with $d$ =
-``direction``:
-
-- ``direction=1`` (default) when rotating the input by one quarter turn
-  (``torch.rot90``, counter-clockwise in the displayed image) moves
-  orientation ``i`` to ``i + 1``: the filter bank of orientation ``i`` is the
-  base filter turned by ``i`` quarter turns the same way. Libraries that number
-  orientations the other way need ``direction=-1``.
-- ``reflection`` is the spatial dim the group's reflection reverses (default
-  ``-1``, a left-right mirror); a [`Flip`][equivariance.Flip] of the other dim
-  of the plane is that reflection followed by a half turn.
-
-Shifts move such a map like any other (translations do not touch the
-orientation channels), so the same output action serves shifts, rotations
-and flips. An element built by [`Regular.acting`][equivariance.regular.Regular.acting]
-can also be the *input* transform of a layer whose input is itself a
-regular field (a group convolution on its own).
+A hidden layer of a p4 or p4m group CNN is a stack of fields of 4 or 8 orientation channels, which a
+rotation of the input permutes as it rotates the map; [`regular`][equivariance.regular.regular] gives
+that action (its channel layout and conventions are in docs/group_convolutions.md).
 
 Examples:
     A p4 lifting convolution: four rotated copies of one filter bank.
@@ -54,6 +22,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import ClassVar, Literal
 
 import torch
@@ -72,7 +41,7 @@ _IMAGE_PLANE = (-2, -1)
 
 
 class Regular:
-    """The regular representation of p4 or p4m on the channels of an output (see the module docstring).
+    """The regular representation of p4 or p4m on the channels of an output (docs/group_convolutions.md).
 
     Args:
         group: ``"p4"`` (rotations by quarter turns) or ``"p4m"`` (with reflections).
@@ -285,13 +254,8 @@ class OnFields(Action):
     def to_json(self) -> object:
         return self.element.to_json()
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, OnFields):
-            return NotImplemented
-        return (self.element, self.representation) == (other.element, other.representation)
-
-    def __hash__(self) -> int:
-        return hash((self.element, self.representation))
+    def _key(self) -> Hashable:
+        return (self.element, self.representation)
 
     def __repr__(self) -> str:
         return f"OnFields({self.element!r}, {self.representation.group})"

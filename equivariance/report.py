@@ -1,13 +1,8 @@
 """The result of a check: per-element errors, the verdict, and how it was reached.
 
-A report has one row per group element checked: per shift, or, for a check
-of ``transforms=`` (rotations, flips, actions of your own), per transform,
-and says which: it counts *transforms*, names the worst one, and lists them
-under a ``transform`` column. A failed report is raised, with its text and a
-pointer to the per-layer profile, by
-[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which
-[`assert_equivariant`][equivariance.assert_equivariant] and the pytest
-fixtures share.
+One row per group element checked; a failed report is raised by
+[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which the asserts and
+the pytest fixtures share.
 """
 
 from __future__ import annotations

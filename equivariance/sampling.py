@@ -1,19 +1,9 @@
 """Seeded samples of a group: continuous groups are sampled, not enumerated.
 
-A rotation group has infinitely many elements, and even the permutations of
-64 points are too many to check one by one. A sample draws ``samples``
-elements uniformly (for a compact group, by its Haar measure: every rotation
-as likely as any other), from a seed, after the elements you ``include`` by
-name. It is a sequence of elements, usable wherever a list of elements is
-(``transforms=``, a loop); the same seed gives the same elements, on every
-machine, and a check that fails says which seed and which draw.
-
-The samples are [`SO2`][equivariance.euclidean.SO2],
-[`O2`][equivariance.euclidean.O2], [`SO3`][equivariance.euclidean.SO3],
-[`O3`][equivariance.euclidean.O3], [`SE3`][equivariance.euclidean.SE3] and
-[`E3`][equivariance.euclidean.E3] in ``equivariance.euclidean``, and
-[`Permutations`][equivariance.permutations.Permutations] in
-``equivariance.permutations``; this module holds what they share.
+A sample draws ``samples`` elements uniformly (by the Haar measure, for a compact group) from a seed,
+after the elements you ``include``; it is a sequence usable wherever a list of elements is. The
+samples themselves live in ``equivariance.euclidean`` and ``equivariance.permutations``
+(docs/point_clouds.md, "Samples of a group").
 
 Examples:
     >>> from equivariance.euclidean import SO3, Rotation

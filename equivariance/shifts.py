@@ -1,37 +1,16 @@
 """Integer translations of the trailing spatial dims of a tensor.
 
-A [`Shift`][equivariance.shifts.Shift] is an element of the translation group $Z^d$: a tuple of
-integer offsets, one per spatial dim, positive offsets moving content towards
-higher indices (``torch.roll``'s convention). It acts on 1-D signals
-``(N, C, L)``, images ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)``; in fact
-on the last ``d`` dims of any tensor.
-
-How the edges are treated is a separate, explicit choice, the *boundary*:
-
-``"circular"``
-    Content leaving one edge re-enters at the other (``torch.roll``). This is
-    an exact group action of $Z^d$ on the torus: identity, inverse, composition
-    and periodicity (a shift by the size is the identity) hold exactly. It is
-    the right model for circularly padded networks.
-
-``"zeros"``
-    Content moves, vacated samples become zero and content pushed past an
-    edge is lost. This is what happens when an object moves on a finite
-    canvas. It is not a group action (a shift and its inverse lose the
-    border), so every zero-boundary shift knows its *valid region*: the
-    samples whose value is determined by the input rather than by the fill.
-
-Many shifts of a batch are produced by [`apply_shifts`][equivariance.shifts.apply_shifts] from one padded,
-strided view, padded once: every shifted copy is a window of it, read by one
-vectorized gather, or, where whole runs of samples share a shift and are
-large, by copying those runs of windows out in one concatenation.
+A [`Shift`][equivariance.shifts.Shift] is an element of $Z^d$ (positive offsets move content towards
+higher indices, as ``torch.roll``); the boundary (``"circular"``, ``"zeros"``) is a separate, explicit
+choice (docs/concepts.md, "Boundaries"). [`apply_shifts`][equivariance.shifts.apply_shifts] makes many
+shifted copies of a batch from one padded view.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -356,13 +335,8 @@ class Shift(Action):
     def __getitem__(self, index: int) -> int:
         return self._offsets[index]
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Shift):
-            return NotImplemented
-        return self._offsets == other._offsets
-
-    def __hash__(self) -> int:
-        return hash(("Shift", self._offsets))
+    def _key(self) -> Hashable:
+        return self._offsets
 
     def __repr__(self) -> str:
         return f"Shift({', '.join(map(str, self._offsets))})"

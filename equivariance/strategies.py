@@ -1,29 +1,7 @@
-"""Hypothesis strategies for property tests of shift equivariance.
+"""Hypothesis strategies for property tests of shift equivariance (docs/strategies.md).
 
-Shifts, inputs and two families of random models: stacks of convolutions
-with pointwise nonlinearities, which are equivariant and must pass a check,
-and dense networks, which are not and must fail one. They let you test your
-own layers the way this project tests its own:
-
-```python
-@given(conv_stacks(), shifts(max_shift=3))
-def test_my_checker(stack, shift): ...
-```
-
-This is the only module that imports Hypothesis; ``import equivariance``
-does not.
-
-Every option is keyword-only and takes a value or a strategy of values.
-Counts (batch, channels, sizes, depth, kernel sizes, strides, widths) are an
-int, an inclusive ``(min, max)`` pair, or a strategy of ints; per-dim options
-of a shift (``max_shift``, ``multiple_of``) are an int or one int per dim.
-Values are checked when the strategy is built, drawn values when they are
-drawn, and a bad one raises [`InvalidArgument`][equivariance.InvalidArgument].
-
-Shrinking goes toward small shifts, small tensors and shallow, narrow stacks,
-so a failing property reports a minimal example. Models and tensor values are
-made by torch from a drawn seed: they replay exactly, and Hypothesis shrinks
-the seed and the shapes rather than every weight.
+Shifts, inputs, equivariant convolution stacks and non-equivariant dense networks, with keyword-only
+options that take a value or a strategy. This is the only module that imports Hypothesis.
 """
 
 from __future__ import annotations

@@ -1,41 +1,9 @@
 """Model surgery: a copy of a model whose layers follow shifts better, its weights kept.
 
-Three conversions, each a function that takes any ``nn.Module`` and returns a
-converted deep copy (the model given is not touched):
-
-[`antialias`][equivariance.surgery.antialias]
-    blur before every subsampling (Zhang, "Making convolutional networks
-    shift-invariant again", ICML 2019): a strided convolution becomes the
-    convolution at stride 1, its activation, then a
-    [`BlurPool`][equivariance.downsampling.BlurPool] that subsamples; a
-    strided max pooling (or power-average pooling) becomes the pooling at stride 1, then the blur;
-    an average pooling becomes the blur.
-[`polyphase`][equivariance.surgery.polyphase]
-    adaptive polyphase sampling (Chaman and Dokmanic, "Truly shift-invariant
-    convolutional neural networks", CVPR 2021): every strided layer runs at
-    stride 1 and keeps, per sample, the subsampling grid of largest norm
-    ([`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling]).
-    With circular padding, a classifier that pools globally is then exactly
-    invariant to circular shifts of inputs whose sizes the strides divide.
-[`circular_padding`][equivariance.surgery.circular_padding]
-    every padded convolution, pooling, padding layer and blur pads
-    circularly: the exact model of ``boundary="circular"``.
-
-``layers=[...]`` converts the layers named (names of
-``model.named_modules()``, e.g. the culprits a profile named; a container's
-name converts the layers in it) and refuses, with the reason, a layer named
-that cannot be converted. Without ``layers``, every layer the conversion is
-about is converted, and those that cannot be are named in an
-[`EquivarianceWarning`][equivariance.EquivarianceWarning] (never left out
-silently). A converted layer is an instance of a subclass of its own class
-(``AntialiasedConv2d`` is an ``nn.Conv2d``), so its parameters keep their
-names: a ``state_dict`` of the original loads into the copy.
-
-Surgery sees modules, not code: a subsampling written in ``forward``
-(``F.max_pool2d(x, 2)``, ``x[..., ::2]``) or a padding done there
-(``F.pad``) is left as it is. The profile of the converted copy shows what
-is left ([`EquivarianceProfile.fixed_copy`][equivariance.profile.EquivarianceProfile.fixed_copy]
-makes the copy a profile calls for).
+[`antialias`][equivariance.surgery.antialias], [`polyphase`][equivariance.surgery.polyphase] and
+[`circular_padding`][equivariance.surgery.circular_padding] each return a converted deep copy whose
+``state_dict`` is the original's; what each does and what cannot be converted are in docs/fixing.md
+("The three conversions").
 """
 
 from __future__ import annotations

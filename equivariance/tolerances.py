@@ -1,38 +1,4 @@
-"""Default tolerances of the checks, keyed by dtype.
-
-A check passes a sample when its relative error is at most ``rtol`` or,
-where the reference output is exactly zero, when its RMS absolute error is at
-most ``atol``. An exactly equivariant model still shows rounding error,
-because a shifted input changes the order of summation inside convolution
-kernels and batched passes pick other kernels than a single pass. The
-defaults sit well above that noise and far below the error of anything that
-is not equivariant (order 1 for a dense layer, order 1e-2 for a one-pixel
-aliasing error).
-
-They were set from measurements (``python benchmarks/tolerances.py``, 30
-random convolution stacks: 1-D to 3-D, depth 1 to 6, up to 64 channels,
-kernel sizes 1 to 7, valid or circular padding). On the CPU the equivariance
-error of these exactly equivariant models is zero or at the level of one
-rounding (its kernels sum every output position in the same order), so the
-tolerance has to absorb what other kernels may do: a GPU, another batch
-size or another algorithm sums in another order, and two such orders differ
-by up to about twice a model's rounding error against float64:
-
-| dtype    | error seen on CPU | rounding vs float64 | default rtol |
-| -------- | ----------------- | ------------------- | ------------ |
-| float64  | 1e-16             | (reference)         | 1e-10        |
-| float32  | 0                 | 1e-6                | 1e-4         |
-| bfloat16 | 0                 | 9e-3                | 1e-1         |
-| float16  | 0                 | 5e-3                | 3e-2         |
-
-float32 and float64 get about a hundred times their rounding error; the half
-types, whose rounding error is within two orders of magnitude of real
-equivariance failures, get three to ten times theirs. Even the loosest
-default (bfloat16) is ten times below the error of a dense layer (order 1).
-
-Every default can be overridden per call (``rtol=``, ``atol=``), and the
-report says which tolerance was used and where it came from.
-"""
+"""Default tolerances of the checks, keyed by dtype."""
 
 from __future__ import annotations
 

@@ -1,20 +1,6 @@
 """Train the seed's LeNet (or any classifier) on digits, in plain PyTorch.
 
-[`train`][equivariance.training.train] is a short, ordinary training loop: cross-entropy, Adam (or
-SGD with momentum) with a one-cycle learning-rate schedule, shuffled
-mini-batches drawn from a seeded generator, a validation pass after every
-epoch and a progress bar on stderr. Given the same seed, the same model
-initialization and the same data it gives the same weights (on the CPU,
-whose kernels are deterministic).
-
-The seed article trains its LeNet on MNIST "until convergence" to a
-validation error of about 1%; ``train(LeNet(), mnist("train"), mnist("test"))``
-reports the same number. Offline, on [`digits`][equivariance.datasets.digits]
-(``python benchmarks/train_digits.py``), a few epochs reach about 98%.
-
-Training does not make a network less equivariant: its convolutions stay
-convolutions, whatever their weights (the tests check a briefly trained
-LeNet's conv4 map on a 38x38 canvas).
+[`train`][equivariance.training.train] is a short, seeded training loop (docs/reference/training.md).
 """
 
 from __future__ import annotations

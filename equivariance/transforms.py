@@ -1,42 +1,20 @@
 """90-degree rotations and flips of spatial dims: the p4 and p4m symmetries, on the same machinery.
 
-Group-equivariant CNNs (Cohen and Welling 2016) are built for the group p4
-(translations and rotations by multiples of 90 degrees) or p4m (with flips).
-A [`Rot90`][equivariance.transforms.Rot90] rotates a plane of two spatial dims, a
-[`Flip`][equivariance.transforms.Flip]
-reverses one spatial dim. Both act the same way on the input and on a
-spatial output (a field of scalars: each channel is rotated or flipped),
-are exact on the whole grid (no boundary), and can be passed to
-[`check_equivariance`][equivariance.check_equivariance] and
-[`check_invariance`][equivariance.check_invariance]
-as ``transforms=[Rot90(1), Flip(-1)]``, or to
-[`equivariance_error`][equivariance.equivariance_error] in place of a shift. They run on the
-shifts' engine (the plan and runner every check uses): the same chunked batches,
-noise floor, margin and tolerances; the report lists them like shifts.
-
-Flips act on 1-D signals, images and volumes; rotations need two spatial
-dims of equal size (an image, or a plane of a volume).
-
-Elements of one plane compose: ``g * h`` is the element that acts as ``h``
-then ``g``, so ``Rot90(1) * Flip(-1)`` (a flip, then a quarter turn) is the
-reflection across the main diagonal, [`Transpose`][equivariance.transforms.Transpose].
-The eight elements of the plane's p4m group (four rotations, the two flips
-and the two diagonal reflections) are closed under ``*``, and every product
-comes out in one canonical form, so equal elements compare equal:
+[`Rot90`][equivariance.transforms.Rot90] rotates a plane of two spatial dims and
+[`Flip`][equivariance.transforms.Flip] reverses one; they are exact on the whole grid and go to the
+checks as ``transforms=[Rot90(1), Flip(-1)]`` (docs/diagnosing.md, "Rotations and flips"). The eight
+elements of a plane's p4m group are closed under ``*``, in one canonical form; a product across planes
+or with a shift is refused:
 
     >>> Rot90(1) * Flip(-1), Rot90(2) * Flip(-1), Flip(-1) * Flip(-2), Rot90(1) * Rot90(3)
     (Transpose(), Flip(-2), Rot90(2), Identity())
-
-A product of elements of different planes (a rotation of dims ``(-3, -2)``
-and a flip of dim ``-1``), or with a shift (a roto-translation), is not an
-element of one plane's group and is refused with ``InvalidArgument``.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from collections.abc import Hashable, Sequence
+from typing import ClassVar
 
 import torch
 
@@ -45,22 +23,7 @@ from equivariance.actions import Action, Grid, Identity
 from equivariance.errors import InvalidArgument
 from equivariance.shifts import Shift
 
-__all__ = ["Flip", "Rot90", "Transform", "Transpose", "planar"]
-
-
-@runtime_checkable
-class Transform(Protocol):
-    """The earlier protocol of a transform: ``apply(x, spatial_dims)``, acting alike on input and output.
-
-    Deprecated: implement [`Action`][equivariance.actions.Action] instead,
-    whose ``act(x, grid)`` is only ever given tensors ``(N, *channels,
-    *spatial)``. An object with only ``apply`` is still accepted by
-    ``transforms=``; it is called as ``apply(x, grid.spatial_dims)``.
-    """
-
-    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
-        """Transform ``x`` whose last ``spatial_dims`` dims are spatial."""
-        ...
+__all__ = ["Flip", "Rot90", "Transpose", "planar"]
 
 
 class _GridMap(Action):
@@ -76,7 +39,7 @@ class _GridMap(Action):
         return self.apply(x, grid.spatial_dims)
 
     def __mul__(self, other: Action) -> Action:
-        """The element that acts as ``other``, then this one (see the module docstring)."""
+        """The element that acts as ``other``, then this one."""
         return compose(self, other)
 
     def __rmul__(self, other: Action) -> Action:
@@ -122,18 +85,7 @@ class Rot90(_GridMap):
 
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         """Rotate ``x``; the two dims must be spatial and of equal size."""
-        if min(self.dims) < -spatial_dims:
-            raise InvalidArgument(
-                f"{self!r} rotates dims {self.dims} but the tensor of shape {tuple(x.shape)} has "
-                f"{spatial_dims} spatial dim{'s' if spatial_dims != 1 else ''}; a rotation needs two "
-                "spatial dims (use Flip for 1-D signals)"
-            )
-        a, b = (x.shape[d] for d in self.dims)
-        if a != b:
-            raise InvalidArgument(
-                f"{self!r} needs dims {self.dims} of equal size to map the grid onto itself, found "
-                f"sizes {a} and {b} in shape {tuple(x.shape)}; crop or pad to a square"
-            )
+        _check_square(self, x, spatial_dims)
         return torch.rot90(x, self.k, self.dims)
 
     @property
@@ -149,13 +101,8 @@ class Rot90(_GridMap):
         """
         return Rot90(-self.k, self.dims)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Rot90):
-            return NotImplemented
-        return (self.k, self.dims) == (other.k, other.dims)
-
-    def __hash__(self) -> int:
-        return hash(("Rot90", self.k, self.dims))
+    def _key(self) -> Hashable:
+        return (self.k, self.dims)
 
     def __repr__(self) -> str:
         suffix = "" if self.dims == (-2, -1) else f", dims={self.dims}"
@@ -201,13 +148,8 @@ class Flip(_GridMap):
         """A flip is its own inverse."""
         return self
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Flip):
-            return NotImplemented
-        return self.dim == other.dim
-
-    def __hash__(self) -> int:
-        return hash(("Flip", self.dim))
+    def _key(self) -> Hashable:
+        return self.dim
 
     def __repr__(self) -> str:
         return f"Flip({self.dim})"
@@ -256,13 +198,8 @@ class Transpose(_GridMap):
         """A reflection is its own inverse."""
         return self
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Transpose):
-            return NotImplemented
-        return (self.dims, self.anti) == (other.dims, other.anti)
-
-    def __hash__(self) -> int:
-        return hash(("Transpose", self.dims, self.anti))
+    def _key(self) -> Hashable:
+        return (self.dims, self.anti)
 
     def __repr__(self) -> str:
         options = [] if self.dims == (-2, -1) else [f"dims={self.dims}"]
@@ -287,8 +224,8 @@ def _plane(dims: object) -> tuple[int, int]:
     return a, b
 
 
-def _check_square(element: Action, x: torch.Tensor, spatial_dims: int) -> None:
-    dims: tuple[int, int] = element.dims  # type: ignore[attr-defined]
+def _check_square(element: Rot90 | Transpose, x: torch.Tensor, spatial_dims: int) -> None:
+    dims = element.dims
     if min(dims) < -spatial_dims:
         raise InvalidArgument(
             f"{element!r} acts on dims {dims} but the tensor of shape {tuple(x.shape)} has "
@@ -384,9 +321,7 @@ def _dims_of(element: Action) -> tuple[int, ...]:
 def as_transform_list(transforms: object) -> list[Action]:
     """A non-empty list of actions to check in place of shifts, else InvalidArgument saying why.
 
-    Shifts are refused by name (they go in ``shifts=``); an object of the
-    earlier [`Transform`][equivariance.transforms.Transform] protocol (only
-    ``apply(x, spatial_dims)``) is wrapped as an action.
+    Shifts are refused by name (they go in ``shifts=``).
 
     Examples:
         >>> as_transform_list((Rot90(1), Flip(-1)))
@@ -401,7 +336,7 @@ def as_transform_list(transforms: object) -> list[Action]:
 
 
 def as_transform(transform: object) -> Action:
-    """An action that is not a shift, from an Action or an object of the earlier Transform protocol."""
+    """``transform`` as an action that is not a shift, else InvalidArgument saying why."""
     if isinstance(transform, Shift):
         raise InvalidArgument(
             f"transforms must hold Rot90, Flip or other actions, found the shift {transform!r}; shifts "
@@ -409,28 +344,13 @@ def as_transform(transform: object) -> Action:
         )
     if isinstance(transform, Action):
         return transform
-    if isinstance(transform, Transform):
-        return _Applied(transform)
+    earlier = (
+        " (the earlier protocol, apply(x, spatial_dims) alone, was removed in 0.2: define act(x, grid) "
+        "in a subclass of Action)"
+        if callable(getattr(transform, "apply", None))
+        else "; shifts go in shifts="
+    )
     raise InvalidArgument(
         f"transforms must hold Rot90, Flip or other actions (subclasses of equivariance.actions.Action), "
-        f"found {describe(transform)}; shifts go in shifts="
+        f"found {describe(transform)}{earlier}"
     )
-
-
-class _Applied(Action):
-    """An object of the earlier Transform protocol, as an action."""
-
-    def __init__(self, transform: Transform) -> None:
-        self.transform = transform
-
-    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        return self.transform.apply(x, grid.spatial_dims)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Applied) and self.transform == other.transform
-
-    def __hash__(self) -> int:
-        return hash(self.transform)
-
-    def __repr__(self) -> str:
-        return repr(self.transform)

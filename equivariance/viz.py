@@ -1,19 +1,7 @@
 """Pictures of equivariance: error heatmaps and the seed's moving feature maps.
 
-Needs the ``viz`` extra (``pip install "equivariance[viz]"``: matplotlib and
-Pillow). Nothing here is imported by ``import equivariance``.
-
-- [`shift_heatmap`][equivariance.viz.shift_heatmap] draws a report's errors over the (dy, dx) grid of
-  2-D shifts, failures marked;
-- [`cluster_colors`][equivariance.viz.cluster_colors] and
-  [`feature_animation`][equivariance.viz.feature_animation] retell the seed
-  article's animation: the activations of a feature map on a batch of images
-  are clustered with k-means, each pixel of the map is coloured by its
-  cluster, and one frame is drawn per position of a moving digit, with one
-  column per model (LeNet's map moves with the digit, the MLP's does not);
-- [`monitor_curve`][equivariance.viz.monitor_curve] draws what an
-  [`EquivarianceMonitor`][equivariance.monitor.EquivarianceMonitor] measured
-  during training, against the training step.
+Needs the ``viz`` extra (``pip install "equivariance[viz]"``: matplotlib and Pillow). Nothing here is
+imported by ``import equivariance``.
 """
 
 from __future__ import annotations

@@ -124,10 +124,10 @@ class ChannelReversal(Action):
         return torch.flip(x, (1, -1))
 
 
-class UnpacksFourDims:
-    """The earlier Transform protocol, written for images: it unpacks (N, C, H, W)."""
+class UnpacksFourDims(Action):
+    """An action written for images: it unpacks (N, C, H, W)."""
 
-    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         _n, _c, _h, _w = x.shape  # would fail on an (N, H, W) map of norms
         return torch.flip(x, (-1,))
 
@@ -143,7 +143,7 @@ def test_actions_get_grids_of_channels_never_maps_of_norms() -> None:
         flipped.bias[1].copy_(flipped.bias[0])
     assert check_equivariance(flipped, x, transforms=[ChannelReversal()]).passed
     assert not check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[ChannelReversal()]).passed
-    report = check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[UnpacksFourDims()])  # type: ignore[list-item]
+    report = check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[UnpacksFourDims()])
     assert [str(e) for e in report.elements] == ["UnpacksFourDims()"]
     assert not report.passed
 
@@ -182,3 +182,46 @@ def test_an_element_of_ones_own_that_is_not_a_grid_move_gets_no_advice_of_grids(
     )
     profile = profile_equivariance(mixing, torch.randn(2, 4, 6), shift=Reverse())
     assert profile.summary().startswith("equivariance profile of Sequential under transform Reverse(): ")
+
+
+def test_elements_are_equal_by_class_and_key_and_hash_alike() -> None:
+    """One rule (``Action._key``): equal keys of one class are equal and hash alike; equal keys of
+    two classes are not equal; a class without a key compares its attributes."""
+    from equivariance.euclidean import Rotation, Translation
+    from equivariance.permutations import Permutation
+
+    pairs = [
+        (Shift(1, 2), Shift((1, 2))),
+        (FractionalShift(0.5), FractionalShift((0.5,))),
+        (Rot90(1), Rot90(5)),
+        (Flip(-1), Flip(-1)),
+        (Rot90(1) * Flip(-1), Flip(-2) * Rot90(1)),
+        (Rotation.about("z", 90, degrees=True), Rotation.about("z", 90, degrees=True)),
+        (Translation([1.0, 0.0, 0.0]), Translation([1.0, -0.0, 0.0])),
+        (Permutation([1, 0, 2]), Permutation([1, 0, 2])),
+        (
+            Translation([1.0, 0.0, 0.0]) * Permutation([1, 0]),
+            Translation([1.0, 0.0, 0.0]) * Permutation([1, 0]),
+        ),
+    ]
+    for a, b in pairs:
+        assert a == b, (a, b)
+        assert hash(a) == hash(b), (a, b)
+    assert Shift(1) != FractionalShift(1.0)
+    assert FractionalShift(1.0) != Shift(1)
+    assert Rot90(1) != Rot90(2)
+    assert Flip(-1) != Flip(-2)
+    assert Permutation([1, 0, 2]) != Permutation([0, 1, 2])
+    assert Rotation.about("z", 90, degrees=True) != Rotation.about("z", -90, degrees=True)
+    assert len({Shift(1, 2), Shift(1, 2), Rot90(1), Rot90(5), Flip(-1)}) == 3
+
+    class Scale(Action):
+        def __init__(self, factor: float) -> None:
+            self.factor = factor
+
+        def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+            return x * self.factor
+
+    assert Scale(2.0) == Scale(2.0)
+    assert Scale(2.0) != Scale(3.0)
+    assert hash(Scale(2.0)) == hash(Scale(3.0))  # attributes need not be hashable: the class is hashed

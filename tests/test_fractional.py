@@ -92,7 +92,10 @@ def test_two_dims(noise: torch.Tensor) -> None:
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: FractionalShift(), r"a fractional shift needs at least one offset"),
+        (
+            lambda: FractionalShift(),
+            r"a fractional shift.s offsets needs one number per spatial dim, found none",
+        ),
         (lambda: FractionalShift(float("nan")), r"offsets must be finite real numbers, found nan"),
         (lambda: FractionalShift("1"), r"offsets must be finite real numbers, found '1'"),
         (

@@ -74,7 +74,7 @@ def test_a_rotation_on_a_grid_with_equal_strides_is_the_same_generator() -> None
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: Translation(), "needs a direction"),
+        (lambda: Translation(), r"a translation.s direction needs one number per spatial dim, found none"),
         (lambda: Translation(0, 0), "zero direction, a generator that cannot fail"),
         (lambda: Translation(1, float("nan")), r"finite real numbers, found nan \(float\)"),
         (lambda: Translation("1"), r"finite real numbers, found '1' \(str\)"),

@@ -183,17 +183,38 @@ def test_a_token_layout_without_a_prefix_takes_the_fewest_prefix_tokens_that_lea
 
 
 @pytest.mark.parametrize(
+    ("spatial", "stride", "most"),
+    [((6, 6), (1, 1), (7, 7)), ((8, 7), (2, 2), (5, 4)), ((9, 8), (3, 1), (4, 9))],
+)
+def test_a_token_grid_may_have_one_more_position_than_the_stride_leaves(
+    spatial: tuple[int, int], stride: tuple[int, int], most: tuple[int, int]
+) -> None:
+    """``n // s + 1`` positions per dim, what a kernel padded by half its width makes (a 2x2
+    convolution padded by 1 takes 6 samples to 7), are accepted; one more in either dim is not."""
+    Tokens(most).check_grid(spatial, stride, "layout=")
+    for dim in range(2):
+        over = tuple(m + (i == dim) for i, m in enumerate(most))
+        with pytest.raises(
+            InvalidArgument,
+            match=rf"puts the {over[0] * over[1]} tokens on a {over[0]}x{over[1]} grid, but .*at most {most[0]}x{most[1]}",
+        ):
+            Tokens(over).check_grid(spatial, stride, "layout=")
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         (
             {"stride": 2, "boundary": "circular"},
             r"layout=Tokens\(\(2, 8\), prefix=1\) puts the 16 tokens after the prefix on a 2x8 grid, but the "
-            r"input's 8x8 grid subsampled by the stride \(2, 2\) has at most 4x4 positions; pass the grid "
+            r"input's 8x8 grid subsampled by the stride \(2, 2\) has 4x4 positions \(at most 5x5 with a kernel padded "
+            r"by half its width\); pass the grid "
             r"the patches make, Tokens\(\(4, 4\), prefix=1\), or Tokens\(prefix=1\) to infer it",
         ),
         (
             {"stride": 2},
-            r"at most 4x4 positions; pass the grid the patches make, Tokens\(\(4, 4\), prefix=1\)",
+            r"at most 5x5 with a kernel padded by half its width\); pass the grid the patches make, "
+            r"Tokens\(\(4, 4\), prefix=1\)",
         ),
         (
             {"stride": "auto"},

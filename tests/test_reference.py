@@ -232,6 +232,21 @@ def test_check_equivariance_under_shifts_matches_the_reference(
         agrees(row, samples, dtype)
 
 
+@pytest.mark.parametrize("boundary", ["zeros", "circular"])
+def test_tokens_of_a_kernel_padded_by_half_its_width_match_the_reference(boundary: str) -> None:
+    """A 2x2 convolution padded by 1 takes 6 samples to 7 at stride 1: one more than ``ceil(n / s)``,
+    the most the token check allows (drawn by Hypothesis with ``REFERENCE_EXAMPLES=200``)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 2, padding=1), nn.Tanh(), TokensOut(1)).double().eval()
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    shifts, layout = [Shift(0, 1), Shift(-1, 2)], Tokens((7, 7), prefix=1)
+    truth = equivariance_errors(model, x, shifts, stride=(1, 1), boundary=boundary, layout=layout)
+    report = check_equivariance(model, x, shifts, stride=1, boundary=boundary, layout=layout)
+    assert report.output_shape == (2, 50, 2)
+    for row, samples in zip(report.results, truth, strict=True):
+        agrees(row, samples, torch.float64)
+
+
 @SETTINGS
 @given(st.data(), DTYPES)
 def test_check_equivariance_under_transforms_matches_the_reference(

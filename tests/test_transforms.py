@@ -105,10 +105,10 @@ def test_the_report_lists_transforms_like_shifts() -> None:
     assert "equivariance.profile_equivariance(model, x, shift=Rot90(1)) gives the error" in str(caught.value)
 
 
-class OwnTranspose:
+class OwnTranspose(Action):
     """A transform of one's own: the transpose of the image plane (a reflection across the diagonal)."""
 
-    def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         return x.transpose(-2, -1)
 
     def __repr__(self) -> str:
@@ -265,10 +265,26 @@ def test_a_transform_of_ones_own_runs_on_the_engine() -> None:
     assert not check_equivariance(nn.Conv2d(1, 2, 3, padding=1), x, transforms=[OwnTranspose()]).passed
 
 
-class Cropped:
-    """Not a transform of the grid: it drops a column."""
+class ApplyOnly:
+    """The protocol removed in 0.2: ``apply(x, spatial_dims)`` without being an Action."""
 
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        return x.transpose(-2, -1)
+
+
+def test_an_object_of_the_removed_apply_protocol_is_refused_with_the_fix() -> None:
+    with pytest.raises(
+        InvalidArgument,
+        match=r"found .*\(ApplyOnly\) \(the earlier protocol, apply\(x, spatial_dims\) alone, was removed in 0\.2: "
+        r"define act\(x, grid\) in a subclass of Action\)$",
+    ):
+        check_equivariance(nn.Conv2d(1, 1, 3), torch.randn(1, 1, 8, 8), transforms=[ApplyOnly()])  # type: ignore[list-item]
+
+
+class Cropped(Action):
+    """Not a transform of the grid: it drops a column."""
+
+    def act(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         return x[..., :-1]
 
     def __repr__(self) -> str:
@@ -293,7 +309,7 @@ def test_output_and_transform_errors() -> None:
         InvalidArgument,
         match=r"Cropped\(\) must map the grid of x onto itself, returning a tensor of shape \(1, 1, 8, 8\)",
     ):
-        check_equivariance(nn.Conv2d(1, 1, 3), x, transforms=[Cropped()])  # type: ignore[list-item]
+        check_equivariance(nn.Conv2d(1, 1, 3), x, transforms=[Cropped()])
     with pytest.raises(InvalidArgument, match=r"has no channel dim and 2 spatial dims to carry a transform"):
         check_equivariance(nn.Flatten(), x, transforms=[Rot90(1)])
     x[:, :, 0, -1] = 0  # Rot90(1) brings the top-right corner to the top left
@@ -360,7 +376,11 @@ def test_a_rotation_acts_on_a_subsampled_output_as_on_any_other() -> None:
     ("kwargs", "x_shape", "match"),
     [
         ({"transforms": [Rot90(1)]}, (1, 1, 6, 8), r"Rot90\(1\) needs dims \(-2, -1\) of equal size"),
-        ({"transforms": [Rot90(1)]}, (1, 1, 8), r"a rotation needs two spatial dims \(use Flip for 1-D"),
+        (
+            {"transforms": [Rot90(1)]},
+            (1, 1, 8),
+            r"Rot90\(1\) acts on dims \(-2, -1\) .* it needs two spatial dims \(use Flip for 1-D",
+        ),
         ({"transforms": [Flip(-2)]}, (1, 1, 8), r"Flip\(-2\) flips dim -2 but .* has only 1 spatial dim"),
         ({"transforms": [Rot90(1)], "max_shift": 2}, (1, 1, 8, 8), r"max_shift cannot be passed with it"),
         ({"transforms": [(1, 0)]}, (1, 1, 8, 8), r"transforms must hold Rot90, Flip .* shifts go in shifts="),

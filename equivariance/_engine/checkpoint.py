@@ -1,29 +1,9 @@
 """The checkpoint of an audit: what was measured so far, and everything the numbers depend on.
 
-A checkpoint ``audit.json`` is two files:
-
-- ``audit.json``, the *manifest*: a small JSON object with the format's
-  version, the settings that determine the results (shifts, layer, output,
-  boundary, stride and margin per dim, tolerances, the model's and the
-  classifier's type and a CRC-32 of their weights, the process's rank and the
-  number of processes), the number of batches done, the tolerance applied,
-  and the length and CRC-32 of the committed part of the results file. It is
-  replaced atomically (written to a temporary file of this process, then
-  renamed), so it always describes a complete state.
-- ``audit.json.results``, append-only JSON Lines: one line per batch with the
-  batch's number, a CRC-32 of its input (dtype, shape and bytes), and its
-  per-sample errors, verdicts and, with a classifier, top-1 consistency.
-
-A save appends the new batches' lines, flushes them to disk, then replaces
-the manifest: it costs the new results, not the whole history. A process
-killed between the two steps leaves lines past the committed length; they
-are dropped on the next run and measured again. A results file shorter than
-the manifest says, or whose CRC differs, was truncated or edited, and is
-refused, as is any field of the wrong type or length.
-
-While an audit runs it holds an exclusive lock on the results file (``flock``,
-released by the system however the process ends), so a second process on the
-same checkpoint is refused instead of mixing its writes in.
+A manifest (``audit.json``, replaced atomically) describes a committed prefix of append-only JSON
+Lines of per-batch results (``audit.json.results``, locked while an audit runs); a save costs the
+new batches only, and a file that was torn, truncated or edited is refused. The format and the
+reasons are in docs/audit.md ("Checkpoints").
 """
 
 from __future__ import annotations

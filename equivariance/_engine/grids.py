@@ -1,13 +1,7 @@
 """The stride of a map relative to the model's input: the one rule every part of the package reads it by.
 
-A map's stride is how many input samples one of its samples spans, per spatial
-dim. A layer's stride is its input's times the integer stride its module states
-(divided by it where the map grows), and for a module that states none, times
-the ratio of the sizes rounded to the nearest integer, halves down, that can
-make the output's size (``ceil(n_in / s) >= n_out``), or divided by it read the
-other way where the map grows: ``step`` and ``stride_of`` here, followed layer
-by layer in ``equivariance._engine.layers``; why, in docs/diagnosing.md ("How
-strides are read").
+``step`` and ``stride_of`` here, followed layer by layer in ``equivariance._engine.layers``; the rule
+and why, in docs/diagnosing.md ("How strides are read").
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """The rules that turn outputs into verdicts, each written once: how a squared norm is summed, the
 error of a sample, pass or fail, and the margin that passes.
 
-Every measurement reads them from here: the checks, the metric, the profile,
-the invariance metrics, the Lie derivative, the loss (which squares the
-error), the hints and the audit. The precision rule: *every squared norm is
-returned in float64, right at every finite scale, from the one pass*: a
-float32 tensor is summed in float32 where its sum is a normal number and
-again in float64 (where its squares are exact) where it is not, and a float64
-sample is first multiplied by the power of two that brings its reference's
-largest magnitude near 1 (its own where the reference is all zero). The
-reasoning, and the limits of each rule, are in docs/tolerances.md.
+Every measurement reads them from here (the loss squares the error). The precision rule and its
+limits are in docs/tolerances.md ("How errors are summed").
 """
 
 from __future__ import annotations

@@ -1,43 +1,12 @@
 """The forward-mode pass of the Lie derivative: a Jacobian-vector product that must really flow.
 
-The Lie derivative pushes a tangent (the generator applied to ``x``)
-through the model with forward-mode AD (dual tensors). Three things stand between that
-and a right number, and this module handles them:
-
-- **Kernels without forward-mode formulas.** PyTorch's fused attention
-  kernels (flash and memory-efficient ``scaled_dot_product_attention``, the
-  fast path of ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer``)
-  have none. Inside `forward_mode` attention runs on the math kernel and the
-  fast path is off (both restored after); any other such op is refused with
-  its name and a way around it.
-- **A tangent the model cuts.** ``.detach()`` or ``.data`` of a tensor that
-  carries the tangent drops it, and so does anything outside autograd
-  (``torch.inference_mode``, a round trip through NumPy): the jvp then
-  misses that path and returns a wrong number. `TangentWatch` sees every
-  cut of the tangent, follows what is computed from the cut tensor, and
-  refuses an output that depends on it, naming where the cut was (layer
-  and line of code); an output that no tangent reaches at all is refused
-  too (its dual carries no tangent), and so is ``.numpy()`` of a
-  tensor that carries it. A tensor that carries it turned into a Python
-  number (``.item()``, ``float()``) is recorded for a warning: the number
-  may be a threshold that does not matter, or a scale that does.
-- **Normalizations of constant groups.** A LayerNorm (or RMS or group norm)
-  whose input is constant over a group (the zero border of a canvas after a
-  bias-free stem) divides by ``sqrt(eps)`` there, so the band-limited
-  translation's small ringing into the border is amplified about a
-  thousandfold and the Lie derivative measures the canvas. `TangentWatch`
-  measures the share of each such layer's output derivative that comes from
-  constant groups, and the Lie derivative warns where it is large.
-
-The watch is a ``TorchFunctionMode``: a Python call and one dict lookup per
-torch function the model calls (about 3 us), two reductions per
-normalization, nothing more until a cut or a constant group is seen. It also
-keeps forward mode fast: where a dual tensor meets a plain one (a parameter,
-a running statistic), PyTorch gives the plain one an efficient-zero tangent
-whose shape it works out in Python, about half a millisecond an op; the
-watch gives such operands dense zero tangents instead (not in convolutions
-and matrix products, where a zero tangent costs a product), and computes an
-eval-mode batch norm as its per-channel affine map.
+`forward_mode` runs attention on the math kernel (the fused kernels have no forward-mode formula);
+`TangentWatch`, a ``TorchFunctionMode``, refuses an output that a cut of the tangent (``.detach()``,
+``.data``, ``inference_mode``, NumPy) reaches or that no tangent reaches, measures how much of a
+normalization's derivative comes from constant groups, gives plain operands dense zero tangents
+(PyTorch's efficient-zero tangents cost about 0.5 ms an op) and computes an eval batch norm as its
+affine map. What users see is in docs/lie.md ("Inputs", "What it runs like"); the timings in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

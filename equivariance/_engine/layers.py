@@ -1,16 +1,8 @@
 """Each layer's layout, grid and stride, inferred from the shapes its forward hook sees, layer by layer.
 
-The per-layer profile and the Lie derivative read every layer's output as the
-layer returns it, and this module says how: in which layout (channels first,
-channels last, tokens; see [`equivariance.layouts`][equivariance.layouts]), on
-which grid, at which stride relative to the input. The stride follows one rule
-(`equivariance._engine.grids`): a layer's stride is its input's times the
-integer stride its module states (divided by it where the map grows), and for a
-module that states none, times the ratio of the sizes rounded to the nearest
-integer (halves down) that can make the output's size, ``ceil(n_in / s) >=
-n_out``, or divided by it read the other way where the map grows. How layouts
-are told apart is in docs/actions.md ("Layouts in the profile"); why strides
-read as they do, in docs/diagnosing.md ("How strides are read").
+The per-layer profile and the Lie derivative read every layer's output through it; the stride follows
+`equivariance._engine.grids`. How layouts are told apart is in docs/actions.md ("Layouts in the
+profile"); how strides are read, in docs/diagnosing.md ("How strides are read").
 """
 
 from __future__ import annotations

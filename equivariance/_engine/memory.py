@@ -1,19 +1,9 @@
 """Chunk sizes from memory: ``batch_size="auto"`` and the retry after a CUDA out-of-memory error.
 
-The memory a forward pass needs per sample is estimated from the unshifted
-pass the engine runs anyway (or, where there is none, from the first chunk):
-the bytes of every leaf module's output (an upper bound on the activations
-alive at once without autograd) plus the input and output, divided by the
-batch. ``"auto"`` then fits as many samples into a chunk as a
-budget allows:
-
-- on CUDA, half of the free memory reported by ``torch.cuda.mem_get_info``
-  (the other half covers convolution workspaces and the allocator's slack);
-- on the CPU, ``CPU_BUDGET_BYTES`` (256 MiB), since a CPU has no free
-  memory figure worth trusting and gains little from larger batches.
-
-If a chunk still runs out of CUDA memory, the engine halves the chunk and
-tries again, down to one sample.
+The bytes a sample needs are read from the unshifted pass (or the first chunk): every leaf module's
+output plus the input and output. ``"auto"`` fits a chunk into half the free CUDA memory, or
+``CPU_BUDGET_BYTES`` on the CPU; a chunk that still runs out is halved, down to one sample
+(docs/benchmarks.md, "Memory and long sweeps").
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """The one loop that sends copies of an input through models: chunks, memory, isolation, progress.
 
-Every measurement of the library runs here: the checks and
-``equivariance_error``, the invariance metrics, the per-layer profile, the
-audit and the sub-pixel error. A ``Runner`` is a context: inside it the
-models are isolated (eval mode, no autograd, exact float32, their buffers and
-the global RNG restored on exit; see `equivariance._engine.isolation`).
-It runs the unshifted pass once (``Runner.base``) and then the copies
-(``Runner.run``): chunk by chunk, each chunk's copies made by one
-`Copies` call and handed to every *consumer*,
-which runs its model and feeds its sinks. A chunk that runs out of CUDA
-memory is halved and retried, down to one sample; a sweep that runs for more
-than a second shows a progress bar on a terminal.
+A ``Runner`` is a context in which the models are isolated (`equivariance._engine.isolation`); it
+runs the unshifted pass once (``Runner.base``), then the copies chunk by chunk (``Runner.run``),
+each chunk made by one `Copies` call and handed to every consumer, which runs its model and feeds
+its sinks.
 """
 
 from __future__ import annotations

@@ -1,26 +1,8 @@
 """Checks that cannot fail: an output that does not move, or does not respond to its input.
 
-A passing check means ``f(g x) ≈ g f(x)`` for every element ``g`` checked.
-That is evidence of equivariance only if a model whose output did *not*
-follow the input would have failed, and two cases make the check vacuous:
-
-- **equivariance**, with an output on a grid: if ``g f(x) ≈ f(x)`` for every
-  element (the output is constant over its grid: a layer with zero weights
-  leaves only its bias; an input without structure), then a model whose
-  output stays still passes as well. Read off the reference alone, with no
-  forward pass: ``f(x)`` itself is fed to the check's comparison, as if it
-  were every shifted output.
-- **invariance** (or an output without spatial dims): if the output does not
-  respond to its input at all, every shift leaves it unchanged. Samples of
-  the batch whose outputs differ show that it responds, for free; otherwise
-  one forward pass of the first sample under a strong perturbation (noise of
-  its own RMS) tells.
-
-A check with such a result is not a pass: its report's ``passed`` is False
-(``within_tolerance`` stays True), ``vacuous`` and the first hint say which
-case it is, and ``assert_*`` and the pytest fixtures raise
-[`VacuousCheckError`][equivariance.errors.VacuousCheckError] unless allowed;
-``equivariance_error`` warns.
+The first is read off ``f(x)`` alone; the second from samples whose outputs differ, or else one
+pass of a strongly perturbed sample. Such a check is not a pass (docs/diagnosing.md, "A check that
+cannot fail").
 """
 
 from __future__ import annotations

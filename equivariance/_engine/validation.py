@@ -5,6 +5,7 @@ expected, what was found and how to fix it.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 
@@ -61,6 +62,28 @@ def per_dim(value: object, ndim: int, argument: str, *, minimum: int) -> tuple[i
             bound = "positive" if minimum == 1 else f">= {minimum}"
             raise InvalidArgument(f"{argument} must be {bound}, found {v}; pass {minimum} or more")
     return values
+
+
+def real_numbers(values: Sequence[object], noun: str, example: str) -> tuple[float, ...]:
+    """Numbers given one per spatial dim, as separate arguments or one sequence (``f(0.5, -1)`` or
+    ``f((0.5, -1))``), as a non-empty tuple of finite floats; ``noun`` names them in a message.
+
+    Examples:
+        >>> real_numbers((0.5, 1), "offsets", "f(0.5)"), real_numbers(([2, -1.5],), "offsets", "f(0.5)")
+        ((0.5, 1.0), (2.0, -1.5))
+    """
+    if len(values) == 1 and isinstance(values[0], (tuple, list)):
+        values = values[0]
+    if not values:
+        raise InvalidArgument(f"{noun} needs one number per spatial dim, found none; pass e.g. {example}")
+    numbers = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidArgument(
+                f"{noun} must be finite real numbers, found {describe(value)}; pass e.g. {example}"
+            )
+        numbers.append(float(value))
+    return tuple(numbers)
 
 
 def as_float(value: object, argument: str, *, allow_none: bool = False) -> float | None:
