@@ -475,8 +475,8 @@ def _measure_batch(
 class _Classifier(Forward):
     """The ``classifier``: a ``Forward`` whose output must be logits ``(N, classes)``."""
 
-    def __call__(self, x: torch.Tensor | Call, batch_note: str = "") -> torch.Tensor:
-        logits = super().__call__(x, batch_note)
+    def __call__(self, x: torch.Tensor | Call, batch_note: str = "", *, detach: bool = True) -> torch.Tensor:
+        logits = super().__call__(x, batch_note, detach=detach)
         if logits.dim() != 2:
             raise InvalidArgument(
                 f"the classifier returned an output of shape {tuple(logits.shape)}; top-1 consistency needs "
