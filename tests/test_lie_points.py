@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from equivariance import check_equivariance, equivariance_error
 from equivariance.errors import InvalidArgument
@@ -463,3 +465,33 @@ def test_a_named_layer_measured_with_the_field_types_of_its_outputs() -> None:
     assert all(torch.equal(a, b) for a, b in zip(whole, first))
     assert float(lie_derivative_error(egnn(), (pos, h), Rotation3D("x"), inputs=EGNN_FIELDS,
                                       outputs=EGNN_FIELDS, layer="layers.0")) < 1e-12  # fmt: skip
+
+
+# -- laws ----------------------------------------------------------------------------------------------
+
+unit_axes = st.lists(st.floats(-1.0, 1.0), min_size=3, max_size=3).filter(
+    lambda v: sum(c * c for c in v) > 0.01
+)
+
+
+@settings(max_examples=10, deadline=None)
+@given(unit_axes)
+def test_the_derivative_is_linear_in_the_axis(axis: list[float]) -> None:
+    broken, (pos, h) = egnn(coordinates_as_features=True), cloud(2)
+    n = torch.tensor(axis, dtype=F64) / torch.tensor(axis, dtype=F64).norm()
+    along = lie_derivative(broken, (pos, h), Rotation3D(axis), inputs=EGNN_FIELDS, outputs=EGNN_FIELDS)
+    parts = [lie_derivative(broken, (pos, h), Rotation3D(e), inputs=EGNN_FIELDS, outputs=EGNN_FIELDS)
+             for e in "xyz"]  # fmt: skip
+    for i, got in enumerate(along):
+        expected = sum(float(c) * p[i] for c, p in zip(n, parts))
+        assert torch.allclose(got, expected, rtol=0, atol=1e-12 * max(1.0, float(got.abs().max())))
+
+
+@settings(max_examples=20, deadline=None)
+@given(unit_axes, unit_axes)
+def test_the_irreps_algebra_keeps_the_commutator(a: list[float], b: list[float]) -> None:
+    pytest.importorskip("e3nn")
+    irreps = Irreps("1x0e + 1x1o + 2x2e + 1x3o")
+    x, y = Rotation3D(a).matrix, Rotation3D(b).matrix
+    dx, dy = irreps.algebra(x), irreps.algebra(y)
+    assert torch.allclose(dx @ dy - dy @ dx, irreps.algebra(x @ y - y @ x), atol=1e-12)

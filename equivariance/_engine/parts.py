@@ -533,7 +533,7 @@ class OutputParts:
         in ``flatten``."""
         parts = _output_parts(result, self.fields, subject)
         resolved = dataclasses.replace(self, parts=tuple(parts))
-        tensors = resolved.split(result, subject)
+        tensors = resolved.split(result, subject, detach=False)  # only read: checked and sized
         for part, tensor in zip(parts, tensors):
             if part.field is not None:
                 try:
