@@ -255,6 +255,11 @@ def audit(
             shifts, transforms, inputs, outputs, boundary, stride, margin, rtol, atol, batch_size, checkpoint,
             checkpoint_every,
         )  # fmt: skip
+    elif shifts is None:
+        raise InvalidArgument(
+            "audit needs the shifts to audit, e.g. audit(model, data, shifts_in_box(2)), or for a model of "
+            "point clouds, sets or graphs transforms=, inputs= and outputs="
+        )
     else:
         options = _options(
             shifts, boundary, stride, margin, rtol, atol, batch_size, checkpoint, checkpoint_every

@@ -172,3 +172,8 @@ def test_shifts_and_points_are_not_mixed() -> None:
         InvalidArgument, match=r"(?s)batch 0 of the data is .*dict.*pass transforms=, inputs= and"
     ):
         audit(gallery.egnn().double(), clouds, [(1, 0)], progress=False)  # a grid audit of keyword arguments
+
+
+def test_an_audit_without_elements_says_what_to_pass() -> None:
+    with pytest.raises(InvalidArgument, match=r"audit needs the shifts to audit, .* or for a model of point"):
+        audit(torch.nn.Identity(), [torch.randn(2, 1, 8, 8)], progress=False)
