@@ -148,11 +148,11 @@ class Generator(abc.ABC):
 
 
 def _guarded(
-    apply: Callable[[Any, torch.Tensor, Sequence[float]], torch.Tensor],
-) -> Callable[[Any, torch.Tensor, Sequence[float]], torch.Tensor]:
+    apply: Callable[[Any, torch.Tensor, Any], torch.Tensor],
+) -> Callable[[Any, torch.Tensor, Any], torch.Tensor]:
     @functools.wraps(apply)
-    def guarded(self: Any, h: torch.Tensor, stride: Sequence[float]) -> torch.Tensor:
-        return apply(self, private_copy(h), stride)
+    def guarded(self: Any, h: torch.Tensor, where: Any) -> torch.Tensor:
+        return apply(self, private_copy(h), where)
 
     guarded.guarded = True  # type: ignore[attr-defined]
     return guarded
@@ -301,6 +301,15 @@ class PointGenerator(abc.ABC):
     """
 
     unit: ClassVar[str] = "unit"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``apply`` is given a private copy of ``h``, as a grid ``Generator``'s is: the
+        Lie derivative applies it to the tensors it then passes to the model."""
+        super().__init_subclass__(**kwargs)
+        own = vars(cls).get("apply")
+        if own is None or cls.__module__ == __name__ or getattr(own, "guarded", False):
+            return
+        cls.apply = _guarded(own)  # type: ignore[method-assign, assignment]
 
     @abc.abstractmethod
     def moves(self, field: Field) -> bool:

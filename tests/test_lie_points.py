@@ -495,3 +495,23 @@ def test_the_irreps_algebra_keeps_the_commutator(a: list[float], b: list[float])
     x, y = Rotation3D(a).matrix, Rotation3D(b).matrix
     dx, dy = irreps.algebra(x), irreps.algebra(y)
     assert torch.allclose(dx @ dy - dy @ dx, irreps.algebra(x @ y - y @ x), atol=1e-12)
+
+
+class Dilation(PointGenerator):
+    """A generator of the user's own: positions scale by ``e^t``. Its ``apply`` writes in place, which the
+    library's private copy makes harmless."""
+
+    def moves(self, field: Field) -> bool:
+        return isinstance(field, Positions)
+
+    def apply(self, h: torch.Tensor, field: Field) -> torch.Tensor:
+        return h.mul_(1.0) if self.moves(field) else torch.zeros_like(h)
+
+
+def test_a_generator_of_ones_own_that_writes_in_place() -> None:
+    pos = torch.randn(3, 5, 3, dtype=F64)
+    given = pos.clone()
+    norms = lambda p: p.norm(dim=-1, keepdim=True)  # noqa: E731
+    derivative = lie_derivative(norms, pos, Dilation(), inputs=Positions(), outputs=Scalars())
+    assert torch.allclose(derivative, norms(given), rtol=1e-14)  # d/dt |e^t p| = |p| at t = 0
+    assert torch.equal(pos, given)
