@@ -515,3 +515,18 @@ def test_a_generator_of_ones_own_that_writes_in_place() -> None:
     derivative = lie_derivative(norms, pos, Dilation(), inputs=Positions(), outputs=Scalars())
     assert torch.allclose(derivative, norms(given), rtol=1e-14)  # d/dt |e^t p| = |p| at t = 0
     assert torch.equal(pos, given)
+
+
+def test_the_absolute_form_is_the_norm_of_the_largest_output() -> None:
+    broken, (pos, h) = egnn(coordinates_as_features=True), cloud()
+    derivative = lie_derivative(broken, (pos, h), Rotation3D("y"), inputs=EGNN_FIELDS, outputs=EGNN_FIELDS)
+    absolute = lie_derivative_error(broken, (pos, h), Rotation3D("y"), inputs=EGNN_FIELDS, outputs=EGNN_FIELDS,
+                                    relative=False, reduction="none")  # fmt: skip
+    norms = torch.stack([d.flatten(1).norm(dim=1) for d in derivative]).amax(0)
+    assert torch.allclose(absolute, norms, rtol=1e-12)
+    relative = lie_derivative_error(broken, (pos, h), Rotation3D("y"), inputs=EGNN_FIELDS, outputs=EGNN_FIELDS,
+                                    reduction="max")  # fmt: skip
+    with torch.no_grad():
+        bases = broken(pos, h)
+    sizes = [d.flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1) for d, b in zip(derivative, bases)]
+    assert float(relative) == pytest.approx(float(torch.stack(sizes).amax()), rel=1e-12)
