@@ -26,15 +26,18 @@ from equivariance._engine.arguments import BatchSize
 from equivariance._engine.checkpoint import Checkpoint, Record, fingerprint, identity, selector
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.judge import sample_errors, within
-from equivariance._engine.parts import Call
+from equivariance._engine.part_report import part_errors
+from equivariance._engine.parts import Call, is_graph
 from equivariance._engine.progress import Progress
 from equivariance._engine.runner import ModelConsumer, Runner
 from equivariance._engine.sinks import Top1
 from equivariance._engine.validation import as_float, as_int, describe, per_dim
-from equivariance.actions import Boundary, check_boundary
+from equivariance.actions import Action, Boundary, check_boundary
 from equivariance.errors import InvalidArgument
+from equivariance.fields import FieldSpec
 from equivariance.shifts import Shift, ShiftLike, as_shift_list
 from equivariance.tolerances import resolve_tolerance
+from equivariance.transforms import as_transform_list
 
 IntOrTuple = int | Sequence[int]
 
@@ -52,9 +55,11 @@ class AuditResult:
         passed: whether each sample is within the tolerance for every shift.
         consistent: whether each sample's top-1 class is the same for every
             shift, or None without a ``classifier``.
-        shifts: the number of shifts audited.
+        shifts: the number of shifts (or elements, with ``transforms=``) audited.
         rtol: the relative tolerance applied.
         atol: the absolute tolerance applied where the reference output is zero.
+        noun: what the elements are called in ``str()``: ``"shifts"``, or
+            ``"transforms"`` for an audit of several inputs.
     """
 
     errors: torch.Tensor
@@ -63,6 +68,7 @@ class AuditResult:
     shifts: int
     rtol: float
     atol: float
+    noun: str = "shifts"
 
     @property
     def samples(self) -> int:
@@ -98,20 +104,20 @@ class AuditResult:
     def __str__(self) -> str:
         q = self.quantiles
         lines = [
-            f"audit: {self.samples} samples x {self.shifts} shifts, "
+            f"audit: {self.samples} samples x {self.shifts} {self.noun}, "
             f"{self.passed_fraction:.2%} within rtol={self.rtol:g} (atol={self.atol:g})",
             f"  error: p50={q[0.5]:.3g} p90={q[0.9]:.3g} p99={q[0.99]:.3g} max={q[1.0]:.3g} "
             f"mean={self.mean:.3g}",
         ]
         if self.consistency is not None:
-            lines.append(f"  top-1 consistency under the shifts: {self.consistency:.2%}")
+            lines.append(f"  top-1 consistency under the {self.noun}: {self.consistency:.2%}")
         return "\n".join(lines)
 
 
 def audit(
-    model: Callable[[torch.Tensor], Any],
+    model: Callable[..., Any],
     data: Iterable[Any] | Dataset[Any],
-    shifts: Sequence[ShiftLike],
+    shifts: Sequence[ShiftLike] | None = None,
     *,
     layer: str | None = None,
     output: OutputSelector = None,
@@ -126,6 +132,9 @@ def audit(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 10,
     progress: bool = True,
+    transforms: Sequence[Action] | None = None,
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
 ) -> AuditResult:
     """Audit the equivariance of ``model`` over a dataset, batch by batch.
 
@@ -163,6 +172,23 @@ def audit(
             processes as wrote them).
         checkpoint_every: batches between checkpoint writes.
         progress: show a progress bar on stderr.
+        transforms: with ``inputs=``, the elements to audit in place of
+            shifts: rotations, permutations, their products, or a group
+            sample such as ``SO3(16, seed=0)`` (the same elements for every
+            batch).
+        inputs: for a model of point clouds, sets or graphs, the field type
+            of each of its arguments, as in
+            [`check_equivariance`][equivariance.check_equivariance]. A batch
+            is then the model's arguments: a tuple or list (its first
+            ``len(inputs)`` items, so ``(pos, h, y)`` with two field types
+            passes ``(pos, h)``; the first item alone for one field type), a
+            dict of keyword arguments, or a torch_geometric ``Data``/``Batch``
+            (its graphs are the samples). Each batch runs as
+            ``check_equivariance`` runs it: every output judged by its own
+            size, within ``rtol`` or ten times its noise floor; a sample's
+            error is the largest over the elements and the outputs. The grid's
+            ``shifts``, ``stride``, ``margin`` and ``boundary`` do not apply.
+        outputs: with ``inputs=``, the field type of each output.
 
     Returns:
         An [`AuditResult`][equivariance.audit.AuditResult].
@@ -174,8 +200,34 @@ def audit(
         >>> result = audit(LeNet(), data, [(1, 0), (0, -2)], layer="conv4", progress=False)
         >>> result.samples, result.passed_fraction
         (12, 1.0)
+
+        Point clouds, batches of ``(positions, features)``:
+
+        >>> from equivariance.euclidean import SO3
+        >>> from equivariance.fields import Positions, Scalars, Vectors
+        >>> def offsets(pos, h):  # each point's offset from the centroid, weighted by its first feature
+        ...     return (pos - pos.mean(-2, keepdim=True)) * h[..., :1]
+        >>> clouds = [(torch.randn(4, 6, 3), torch.randn(4, 6, 2)) for _ in range(3)]
+        >>> result = audit(offsets, clouds, transforms=SO3(8, seed=0), inputs=(Positions(), Scalars()),
+        ...                outputs=Vectors(), progress=False)
+        >>> result.samples, result.passed_fraction
+        (12, 1.0)
     """
-    options = _options(shifts, boundary, stride, margin, rtol, atol, batch_size, checkpoint, checkpoint_every)
+    points = transforms is not None or inputs is not None or outputs is not None
+    if points:
+        options = _point_options(
+            shifts, transforms, inputs, outputs, boundary, stride, margin, rtol, atol, batch_size, checkpoint,
+            checkpoint_every,
+        )  # fmt: skip
+    elif shifts is None:
+        raise InvalidArgument(
+            "audit needs the shifts to audit, e.g. audit(model, data, shifts_in_box(2)), or for a model of "
+            "point clouds, sets or graphs transforms=, inputs= and outputs="
+        )
+    else:
+        options = _options(
+            shifts, boundary, stride, margin, rtol, atol, batch_size, checkpoint, checkpoint_every
+        )
     forward = Forward(model, layer, output)
     judge = _Classifier(classifier) if classifier is not None else None
     world = _World.now()
@@ -220,6 +272,39 @@ class _Options:
     batch_size: BatchSize
     checkpoint: str | None
     every: int
+    elements: list[Action] | None = None  # with inputs=: the elements audited, in place of shifts
+    inputs: FieldSpec = None
+    outputs: FieldSpec = None
+
+    @property
+    def count(self) -> int:
+        """The number of elements audited."""
+        return len(self.shifts) if self.elements is None else len(self.elements)
+
+
+def _point_options(
+    shifts: object, transforms: object, inputs: object, outputs: object, boundary: object, stride: object,
+    margin: object, rtol: object, atol: object, batch_size: object, checkpoint: object, every: object,
+) -> _Options:  # fmt: skip
+    """The options of an audit of several inputs (``inputs=``): the grid's refused, the elements listed."""
+    _arguments.no_grid_options(
+        shifts=shifts is not None, stride=stride != 1, margin=margin != 0, boundary=boundary != "zeros"
+    )
+    if inputs is None or outputs is None:
+        raise InvalidArgument(
+            "an audit of several inputs needs transforms=, inputs= and outputs=: the elements, the field "
+            "type of each of the model's arguments and of each output, e.g. audit(model, loader, "
+            "transforms=SO3(16, seed=0), inputs=(Positions(), Scalars()), outputs=(Scalars(nodes=None), "
+            "Vectors()))"
+        )
+    if transforms is None:
+        raise InvalidArgument(
+            "inputs= needs the elements to audit: pass transforms=, e.g. transforms=SO3(16, seed=0)"
+        )
+    elements = as_transform_list(transforms)
+    grid = _options([Shift(0)], "zeros", 1, 0, rtol, atol, batch_size, checkpoint, every)
+    return _Options([], "zeros", (), (), grid.rtol, grid.atol, grid.batch_size, grid.checkpoint, grid.every,
+                    elements, inputs, outputs)  # fmt: skip
 
 
 def _options(
@@ -297,6 +382,7 @@ def _recorded(
         classifier_identity = identity(classifier)
     settings = {
         "shifts": [list(s.offsets) for s in options.shifts],
+        **_point_settings(options),
         "layer": layer,
         "output": selector(output),
         "boundary": options.boundary,
@@ -338,12 +424,12 @@ def _run(
         try:
             for number, batch in enumerate(loader):
                 seen = number + 1
-                x = _inputs(batch, number)
+                x = _inputs(batch, number, options)
                 if number < done:
                     assert store is not None
-                    problem = store.compare(number, x)
+                    problem = store.compare(number, _tensors(x), _samples(x))
                     if problem is None and number == 0:
-                        moved = x if device is None else x.to(device)
+                        moved = _to(x, device)
                         again = Record(
                             records[0].fingerprint,
                             *_measure_batch(runner, forward, judge, moved, options)[:3],
@@ -355,8 +441,8 @@ def _run(
                 if unchecked:
                     _agree(None, world)
                     unchecked = False
-                crc = fingerprint(x) if store is not None else 0
-                moved = x if device is None else x.to(device)
+                crc = fingerprint(_tensors(x)) if store is not None else 0
+                moved = _to(x, device)
                 errors, passed, consistent, tolerance = _measure_batch(runner, forward, judge, moved, options)
                 records.append(Record(crc, errors, passed, consistent))
                 worst = max(worst, *records[-1].errors)
@@ -378,6 +464,18 @@ def _run(
     if store is not None:
         store.save(records, tolerance)
     return records, tolerance
+
+
+def _point_settings(options: _Options) -> dict[str, Any]:
+    """What an audit of several inputs adds to its checkpoint's settings: the elements and the field
+    types (by their printed form); nothing for an audit of shifts, whose checkpoints stay as they were."""
+    if options.elements is None:
+        return {}
+    return {
+        "transforms": [e.to_json() for e in options.elements],
+        "inputs": repr(options.inputs),
+        "outputs": repr(options.outputs),
+    }
 
 
 RESUME_SLACK = 1e-3
@@ -409,11 +507,13 @@ def _changed(recorded: Record, again: Record, tolerance: list[float], afresh: st
 
 
 def _measure_batch(
-    runner: Runner, forward: Forward, judge: Forward | None, x: torch.Tensor, options: _Options
+    runner: Runner, forward: Forward, judge: Forward | None, x: Any, options: _Options
 ) -> tuple[list[float], list[bool], list[bool] | None, list[float]]:
     """One batch on the checks' engine: each sample's worst error and verdict over the shifts, the
     tolerance applied, and (with a classifier, run on the same copies) whether every shift keeps
     each sample's top-1 class."""
+    if options.elements is not None:
+        return _measure_points(runner, forward, judge, x, options)
     request = _arguments.validate(
         forward.model, x, "equivariance", options.shifts, stride=options.stride, margin=options.margin,
         boundary=options.boundary, batch_size=options.batch_size, layer=forward.layer, output=forward.output,
@@ -436,11 +536,41 @@ def _measure_batch(
     return err.max(dim=0).values.tolist(), ok.tolist(), consistent, [tolerance.rtol, tolerance.atol]
 
 
+def _measure_points(
+    runner: Runner, forward: Forward, judge: Forward | None, x: Any, options: _Options
+) -> tuple[list[float], list[bool], list[bool] | None, list[float]]:
+    """One batch of several inputs, as ``check_equivariance`` measures it: each output part judged by its
+    own size and noise floor; a sample's error is its largest over the elements and the parts."""
+    assert options.elements is not None
+    request = _arguments.validate_parts(
+        forward.model, x, "equivariance", options.elements, inputs=options.inputs, outputs=options.outputs,
+        batch_size=options.batch_size, layer=forward.layer, output=forward.output,
+    )  # fmt: skip
+    assert request.arguments is not None
+    plan = _plan.make_plan(runner, request)
+    also, predictions, unmoved = [], None, None
+    if judge is not None:
+        unmoved = runner.base(judge, request.arguments).output.argmax(dim=1).cpu()
+        predictions = Top1(len(plan.rows), len(request.arguments))
+        also.append(ModelConsumer(judge, [predictions], None))
+    sums, _ = _plan.measure_parts(runner, plan, also)
+    assert plan.outputs is not None
+    dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
+    tolerance = resolve_tolerance(dtype, rtol=options.rtol, atol=options.atol)
+    errors, _, passes, _ = part_errors(plan, sums, tolerance)
+    worst = torch.stack(errors).amax(dim=(0, 1))  # over the parts and the elements
+    ok = torch.stack(passes).all(dim=0).all(dim=0)
+    consistent = None
+    if predictions is not None and unmoved is not None:  # the elements' rows, not the noise floor's
+        consistent = (predictions.table()[plan.noise_rows :] == unmoved).all(dim=0).tolist()
+    return worst.tolist(), ok.tolist(), consistent, [tolerance.rtol, tolerance.atol]
+
+
 class _Classifier(Forward):
     """The ``classifier``: a ``Forward`` whose output must be logits ``(N, classes)``."""
 
-    def __call__(self, x: torch.Tensor | Call, batch_note: str = "") -> torch.Tensor:
-        logits = super().__call__(x, batch_note)
+    def __call__(self, x: torch.Tensor | Call, batch_note: str = "", *, detach: bool = True) -> torch.Tensor:
+        logits = super().__call__(x, batch_note, detach=detach)
         if logits.dim() != 2:
             raise InvalidArgument(
                 f"the classifier returned an output of shape {tuple(logits.shape)}; top-1 consistency needs "
@@ -471,7 +601,8 @@ def _result(
     if not tolerance:
         default = resolve_tolerance(torch.float32, rtol=options.rtol, atol=options.atol)
         tolerance = [default.rtol, default.atol]
-    return AuditResult(errors, passed, consistent, len(options.shifts), tolerance[0], tolerance[1])
+    noun = "shifts" if options.elements is None else "transforms"
+    return AuditResult(errors, passed, consistent, options.count, tolerance[0], tolerance[1], noun)
 
 
 def _loader(
@@ -517,15 +648,72 @@ def _loader(
     return data, None
 
 
-def _inputs(batch: Any, number: int) -> torch.Tensor:
+def _inputs(batch: Any, number: int, options: _Options) -> Any:
+    """What batch ``number`` gives the model: a tensor (the first item of a tuple), or with ``inputs=``
+    the model's arguments (see ``audit``)."""
+    if options.elements is not None:
+        return _arguments_of(batch, number, options.inputs)
     if isinstance(batch, (tuple, list)) and batch:
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
         raise InvalidArgument(
             f"batch {number} of the data is {describe(batch)}; each batch must be a tensor "
-            "(N, C, *spatial) or a tuple or list whose first item is one, e.g. (x, y)"
+            "(N, C, *spatial) or a tuple or list whose first item is one, e.g. (x, y); for a model of "
+            "several inputs (points, graphs) pass transforms=, inputs= and outputs="
         )
     return batch
+
+
+def _arguments_of(batch: Any, number: int, inputs: FieldSpec) -> Any:
+    """A batch as the model's arguments: the first ``len(inputs)`` items of a tuple or list (the first
+    item for one field type), a dict or a graph as it is."""
+    if isinstance(batch, (tuple, list)) and batch and not is_graph(batch):
+        if isinstance(inputs, (tuple, list)):
+            if len(batch) < len(inputs):
+                raise InvalidArgument(
+                    f"batch {number} of the data has {len(batch)} items but inputs= gives {len(inputs)} "
+                    "field types, one per argument of the model; pass batches that hold every argument"
+                )
+            return tuple(batch[: len(inputs)])
+        return batch[0]
+    if isinstance(batch, (torch.Tensor, dict)) or is_graph(batch):
+        return batch
+    raise InvalidArgument(
+        f"batch {number} of the data is {describe(batch)}; with inputs= each batch must be the model's "
+        "arguments: a tuple or list (e.g. (pos, h) or (pos, h, y)), a dict or a torch_geometric Batch"
+    )
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    """The tensors of a batch, in order, for its fingerprint."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for t in x if isinstance(t, torch.Tensor)]
+    if isinstance(x, dict):
+        return [x[k] for k in sorted(x, key=str) if isinstance(x[k], torch.Tensor)]
+    keys = sorted(x.keys(), key=str)  # a torch_geometric Data or Batch
+    return [getattr(x, k) for k in keys if isinstance(getattr(x, k), torch.Tensor)]
+
+
+def _samples(x: Any) -> int:
+    """The number of samples of a batch: the first tensor's batch axis, a Batch's graphs."""
+    if is_graph(x):
+        return int(getattr(x, "num_graphs", 1))
+    return len(_tensors(x)[0])
+
+
+def _to(x: Any, device: torch.device | None) -> Any:
+    """A batch on ``device`` (None: as it is)."""
+    if device is None:
+        return x
+    if isinstance(x, torch.Tensor) or is_graph(x):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(t.to(device) if isinstance(t, torch.Tensor) else t for t in x)
+    if isinstance(x, dict):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return x
 
 
 def _device(model: object) -> torch.device | None:

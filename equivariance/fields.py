@@ -347,6 +347,38 @@ class Irreps(Field):
             torch.set_default_dtype(previous)
         return d[0] if single else d
 
+    def algebra(self, generator: torch.Tensor) -> torch.Tensor:
+        """The derivative at the identity of ``representation`` along an antisymmetric ``generator`` 3x3:
+        ``(dim, dim)``, float64.
+
+        ``A = a_x L_x + a_y L_y + a_z L_z`` (``L_k`` the rotation about axis
+        ``k``) maps to ``a_x X_x + a_y X_y + a_z X_z``, with e3nn's own
+        ``o3.so3_generators(l)`` for each irrep (made under a float64 default
+        dtype, as ``representation`` does); parity plays no part near the
+        identity.
+
+        Examples:
+            >>> import torch
+            >>> about_z = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+            >>> torch.equal(Irreps("1o").algebra(about_z), about_z.double())
+            True
+        """
+        o3 = _e3nn_o3()
+        a = generator.to(torch.float64)
+        coefficients = (a[2, 1], a[0, 2], a[1, 0])
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            blocks = []
+            for mul, irrep in self._parsed:
+                x = o3.so3_generators(irrep.l).to(torch.float64)
+                block = sum((c * x[k] for k, c in enumerate(coefficients)), torch.zeros_like(x[0]))
+                blocks += [block] * mul
+        finally:
+            torch.set_default_dtype(previous)
+        result: torch.Tensor = torch.block_diag(*blocks)  # type: ignore[no-untyped-call]
+        return result
+
     def expects(self, size: int | None = None) -> str:
         return super().expects(self.dim)
 

@@ -4,6 +4,10 @@
 [`FractionalShift`][equivariance.fractional.FractionalShift] at 0 (a spectral derivative), and
 [`Rotation`][equivariance.generators.Rotation] that of a rotation about the grid's centre; the Lie
 derivative ([`equivariance.lie`][equivariance.lie], docs/lie.md) applies them to the input and output.
+Point clouds, sets and graphs have generators of their own
+([`PointGenerator`][equivariance.generators.PointGenerator]: `Rotation3D`, `Rotation2D`,
+`Translation3D`, `Translation2D`), each the derivative at 0 of the elements of
+[`equivariance.euclidean`][equivariance.euclidean], acting on tensors by their field type.
 """
 
 from __future__ import annotations
@@ -17,10 +21,31 @@ from typing import Any, ClassVar
 import torch
 
 from equivariance._engine.isolation import private_copy
-from equivariance._engine.validation import real_numbers
+from equivariance._engine.validation import describe, real_numbers
 from equivariance.errors import InvalidArgument
+from equivariance.fields import (
+    Adjacency,
+    EdgeIndex,
+    Field,
+    Irreps,
+    Positions,
+    Pseudoscalars,
+    Pseudovectors,
+    Scalars,
+    Vectors,
+)
 
-__all__ = ["Generator", "Rotation", "Translation", "spectral_derivative"]
+__all__ = [
+    "Generator",
+    "PointGenerator",
+    "Rotation",
+    "Rotation2D",
+    "Rotation3D",
+    "Translation",
+    "Translation2D",
+    "Translation3D",
+    "spectral_derivative",
+]
 
 
 def spectral_derivative(h: torch.Tensor, dim: int) -> torch.Tensor:
@@ -91,11 +116,11 @@ class Generator(abc.ABC):
 
 
 def _guarded(
-    apply: Callable[[Any, torch.Tensor, Sequence[float]], torch.Tensor],
-) -> Callable[[Any, torch.Tensor, Sequence[float]], torch.Tensor]:
+    apply: Callable[[Any, torch.Tensor, Any], torch.Tensor],
+) -> Callable[[Any, torch.Tensor, Any], torch.Tensor]:
     @functools.wraps(apply)
-    def guarded(self: Any, h: torch.Tensor, stride: Sequence[float]) -> torch.Tensor:
-        return apply(self, private_copy(h), stride)
+    def guarded(self: Any, h: torch.Tensor, where: Any) -> torch.Tensor:
+        return apply(self, private_copy(h), where)
 
     guarded.guarded = True  # type: ignore[attr-defined]
     return guarded
@@ -209,3 +234,228 @@ class Rotation(Generator):
 
     def __hash__(self) -> int:
         return hash("Rotation")
+
+
+# -- point clouds, sets and graphs -----------------------------------------------------------------
+
+
+class PointGenerator(abc.ABC):
+    """The generator of a one-parameter group of motions of space, acting on tensors by their field type.
+
+    ``apply(h, field)`` is ``d/dt g_t.act(h, field)`` at ``t = 0``. The
+    library's are [`Rotation3D`][equivariance.generators.Rotation3D],
+    [`Rotation2D`][equivariance.generators.Rotation2D],
+    [`Translation3D`][equivariance.generators.Translation3D] and
+    [`Translation2D`][equivariance.generators.Translation2D]; subclass it
+    (``apply``, ``moves``) for a group of your own.
+
+    Attributes:
+        unit: what one unit of the group parameter is (``"radian"``, ``"unit of length"``).
+    """
+
+    unit: ClassVar[str] = "unit"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``apply`` is given a private copy of ``h``, as a grid ``Generator``'s is: the
+        Lie derivative applies it to the tensors it then passes to the model."""
+        super().__init_subclass__(**kwargs)
+        own = vars(cls).get("apply")
+        if own is None or cls.__module__ == __name__ or getattr(own, "guarded", False):
+            return
+        cls.apply = _guarded(own)  # type: ignore[method-assign, assignment]
+
+    @abc.abstractmethod
+    def moves(self, field: Field) -> bool:
+        """Whether it moves tensors of ``field`` at all (False: their derivative is zero, and an input of
+        that type carries no tangent)."""
+
+    @abc.abstractmethod
+    def apply(self, h: torch.Tensor, field: Field) -> torch.Tensor:
+        """``d/dt g_t h`` at ``t = 0`` for ``h`` of field type ``field``, in ``h``'s dtype; InvalidArgument
+        for a field type or a shape it does not act on."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class _Motion(PointGenerator):
+    """A rotation generator ``A`` (antisymmetric, d x d) and a velocity ``v``: positions move by
+    ``p Aᵀ + v``, vectors and pseudovectors by ``v Aᵀ``, e3nn irreps by e3nn's ``so(3)`` generators."""
+
+    _matrix: torch.Tensor
+    _velocity: torch.Tensor
+
+    @property
+    def dim(self) -> int:
+        """2 or 3: the dimension of the space it acts on."""
+        return int(self._matrix.shape[0])
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The antisymmetric generator of the rotation, float64 (zero for a translation; a copy)."""
+        return self._matrix.clone()
+
+    @property
+    def velocity(self) -> torch.Tensor:
+        """The velocity of the translation, float64 (zero for a rotation; a copy)."""
+        return self._velocity.clone()
+
+    def moves(self, field: Field) -> bool:
+        if isinstance(field, Positions):
+            return True
+        turns = bool(self._matrix.any())
+        if isinstance(field, (Vectors, Pseudovectors, Irreps)):
+            return turns
+        if isinstance(field, (Scalars, Pseudoscalars, EdgeIndex, Adjacency)):
+            return False
+        raise InvalidArgument(
+            f"{self!r} does not act on {field!r}: it knows Scalars, Pseudoscalars, Vectors, Pseudovectors, "
+            f"Positions, Irreps, EdgeIndex and Adjacency; subclass PointGenerator to say how {field!r} moves"
+        )
+
+    def apply(self, h: torch.Tensor, field: Field) -> torch.Tensor:
+        if not self.moves(field):
+            field.check(h)
+            return torch.zeros_like(h)
+        if isinstance(field, Irreps):
+            if self.dim != 3:
+                raise InvalidArgument(
+                    f"{field!r} are representations of O(3), and {self!r} acts in {self.dim}-D; measure e3nn "
+                    "features with a 3-D generator (Rotation3D)"
+                )
+            return _linear(field.check(h, field.dim), field.algebra(self._matrix))
+        field.check(h, self.dim)
+        moved = _linear(h, self._matrix)
+        if isinstance(field, Positions):
+            moved = moved + self._velocity.to(device=h.device, dtype=h.dtype)
+        return moved
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Motion):
+            return NotImplemented
+        return type(self) is type(other) and bool(
+            torch.equal(self._matrix, other._matrix) and torch.equal(self._velocity, other._velocity)
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *self._matrix.flatten().tolist(), *self._velocity.tolist()))
+
+
+def _linear(h: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` applied to the last axis of ``h``, in float64 (float32 on MPS), cast back."""
+    work = torch.float32 if h.device.type == "mps" else torch.float64
+    return (h.to(work) @ matrix.to(device=h.device, dtype=work).T).to(h.dtype)
+
+
+def _direction(value: object, what: str, dim: int, example: str) -> torch.Tensor:
+    """A nonzero vector of ``dim`` finite numbers (or ``"x"``, ``"y"``, ``"z"`` in 3-D), float64."""
+    names = {"x": 0, "y": 1, "z": 2} if dim == 3 else {"x": 0, "y": 1}
+    if isinstance(value, str) and value in names:
+        unit = torch.zeros(dim, dtype=torch.float64)
+        unit[names[value]] = 1.0
+        return unit
+    try:
+        v = torch.as_tensor(value, dtype=torch.float64).detach().cpu().clone()
+    except (TypeError, ValueError, RuntimeError):
+        v = torch.empty(0)
+    if isinstance(value, str) or v.shape != (dim,) or not bool(torch.isfinite(v).all()) or not bool(v.any()):
+        raise InvalidArgument(
+            f"{what} must be {' '.join(map(repr, names))} or a nonzero vector of {dim} finite numbers, found "
+            f"{describe(value)}; pass e.g. {example}"
+        )
+    return v
+
+
+class Rotation3D(_Motion):
+    """The generator of the rotations of 3-D space about ``axis``: ``d/dt Rotation.about(axis, t)`` at 0.
+
+    Positions, vectors and pseudovectors move by ``p Aᵀ`` (``A p`` the cross
+    product of the unit axis ``n`` with ``p``), e3nn irreps by
+    e3nn's generators of ``so(3)``, scalars not at all. One unit is a radian.
+
+    Examples:
+        >>> import torch
+        >>> from equivariance.fields import Positions, Scalars
+        >>> p = torch.tensor([[1.0, 0.0, 0.0]])
+        >>> Rotation3D("z").apply(p, Positions()).tolist(), Rotation3D("z").apply(p, Scalars()).tolist()
+        ([[0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]])
+
+    Args:
+        axis: ``"x"``, ``"y"``, ``"z"`` or a nonzero vector (normalised).
+    """
+
+    unit: ClassVar[str] = "radian"
+
+    def __init__(self, axis: str | Sequence[float] = "z") -> None:
+        n = _direction(axis, "Rotation3D's axis", 3, "Rotation3D('z')")
+        n = n / n.norm()
+        self._axis = n
+        self._matrix = torch.tensor(
+            [[0.0, -n[2], n[1]], [n[2], 0.0, -n[0]], [-n[1], n[0], 0.0]], dtype=torch.float64
+        )
+        self._velocity = torch.zeros(3, dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        named = {(1.0, 0.0, 0.0): "x", (0.0, 1.0, 0.0): "y", (0.0, 0.0, 1.0): "z"}
+        key = tuple(self._axis.tolist())
+        return f"Rotation3D({named[key]!r})" if key in named else f"Rotation3D({[round(v, 4) for v in key]})"
+
+
+class Rotation2D(_Motion):
+    """The generator of the rotations of the plane: ``d/dt Rotation.planar(t)`` at 0 (x towards y).
+
+    Examples:
+        >>> import torch
+        >>> from equivariance.fields import Vectors
+        >>> Rotation2D().apply(torch.tensor([[1.0, 0.0]]), Vectors()).tolist()
+        [[0.0, 1.0]]
+    """
+
+    unit: ClassVar[str] = "radian"
+
+    def __init__(self) -> None:
+        self._matrix = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+        self._velocity = torch.zeros(2, dtype=torch.float64)
+
+
+class _Translation(_Motion):
+    _dim: ClassVar[int]
+    unit: ClassVar[str] = "unit of length"
+
+    def __init__(self, direction: str | Sequence[float] = "x") -> None:
+        example = f"{type(self).__name__}('x')"
+        self._velocity = _direction(direction, f"{type(self).__name__}'s direction", self._dim, example)
+        self._matrix = torch.zeros(self._dim, self._dim, dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._velocity.tolist()})"
+
+
+class Translation3D(_Translation):
+    """The generator of the translations of 3-D space along ``direction``: positions move, nothing else.
+
+    ``d/dt Translation(t * direction)`` at 0, the direction as given (not
+    normalised): one unit is one unit of length along it.
+
+    Examples:
+        >>> import torch
+        >>> from equivariance.fields import Positions, Vectors
+        >>> p = torch.zeros(1, 3)
+        >>> Translation3D("x").apply(p, Positions()).tolist(), Translation3D("x").apply(p, Vectors()).tolist()
+        ([[1.0, 0.0, 0.0]], [[0.0, 0.0, 0.0]])
+
+    Args:
+        direction: ``"x"``, ``"y"``, ``"z"`` or a nonzero vector of 3 numbers.
+    """
+
+    _dim: ClassVar[int] = 3
+
+
+class Translation2D(_Translation):
+    """The generator of the translations of the plane along ``direction``: positions move, nothing else.
+
+    Args:
+        direction: ``"x"``, ``"y"`` or a nonzero vector of 2 numbers.
+    """
+
+    _dim: ClassVar[int] = 2

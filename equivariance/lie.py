@@ -11,6 +11,7 @@ runs and what it refuses.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 import weakref
@@ -26,13 +27,15 @@ from equivariance._engine.diagnosis import JUNCTION, junction_name
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.grids import Stride, shown
 from equivariance._engine.judge import relative_sizes, sample_scale, scaled, squared_norms
-from equivariance._engine.jvp import TangentWatch, forward_mode, not_implemented, pushforward
+from equivariance._engine.jvp import GRID_LIMIT, TangentWatch, forward_mode, not_implemented, pushforward
 from equivariance._engine.layers import CHANNELS_FIRST_OPS, Follower, Recorded
+from equivariance._engine.parts import Arguments, Call, Graphs
 from equivariance._engine.runner import Runner
 from equivariance._engine.sinks import all_finite, check_finite
 from equivariance._engine.validation import describe
 from equivariance.errors import EquivarianceWarning, InvalidArgument
-from equivariance.generators import Generator, Rotation, Translation
+from equivariance.fields import FieldSpec, ModelInput
+from equivariance.generators import Generator, PointGenerator, Rotation, Translation
 from equivariance.layouts import ChannelsFirst, Layout, LayoutLike
 
 __all__ = [
@@ -43,7 +46,10 @@ __all__ = [
     "profile_lie_derivative",
 ]
 
-GeneratorLike = Generator | Literal["translation", "rotation"]
+GeneratorLike = Generator | PointGenerator | Literal["translation", "rotation"]
+LieDerivative = Any
+"""What ``lie_derivative`` returns: a tensor shaped like ``f(x)``; with ``outputs=`` a tuple (or dict) of
+tensors, one per output as ``outputs=`` lists them."""
 Reduction = Literal["mean", "max", "none"]
 OTHER = "(other operations)"
 
@@ -87,16 +93,19 @@ def floating(output: torch.Tensor) -> torch.Tensor:
     return output
 
 
-def check_derivative(base: torch.Tensor, derivative: torch.Tensor, what: str = "x") -> None:
-    """InvalidArgument for a non-finite output (as the checks refuse one) or derivative."""
+def check_derivative(
+    base: torch.Tensor, derivative: torch.Tensor, what: str = "x", limit: str = GRID_LIMIT
+) -> None:
+    """InvalidArgument for a non-finite output (as the checks refuse one) or derivative; ``limit``: the
+    finite difference to measure instead."""
     check_finite(base, what)
     if not all_finite(derivative):
         bad = int((~torch.isfinite(derivative)).reshape(len(derivative), -1).any(1).sum())
         raise InvalidArgument(
             f"the Lie derivative is not finite (nan or inf) for {bad} of {len(derivative)} samples of {what} "
             "although the output is: the model is not differentiable there (a sqrt or a norm at exactly "
-            "0, a division by an exact zero) or the derivative overflows; measure "
-            "fractional_equivariance_error(model, x, (0, t)) / t for a small t instead"
+            f"0, a division by an exact zero) or the derivative overflows; measure {limit} for a small t "
+            "instead"
         )
 
 
@@ -137,8 +146,8 @@ def _warn_amplified(watch: TangentWatch, stacklevel: int) -> None:
 
 
 def lie_derivative(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     generator: GeneratorLike = "translation",
     *,
     stride: int | Sequence[int] | Literal["auto"] = "auto",
@@ -146,7 +155,9 @@ def lie_derivative(
     layer: str | None = None,
     output: OutputSelector = None,
     batch_size: int | None = None,
-) -> torch.Tensor:
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
+) -> LieDerivative:
     """The Lie derivative ``L f(x) = J_f(x) L_in x - L_out f(x)`` itself, a tensor shaped like ``f(x)``.
 
     One forward pass with a Jacobian-vector product (forward-mode AD)
@@ -160,13 +171,29 @@ def lie_derivative(
         >>> float(lie_derivative(conv, x).abs().max()) < 1e-12
         True
 
+        A point cloud, with the field types of its inputs and outputs:
+
+        >>> from equivariance.fields import Positions, Scalars
+        >>> from equivariance.generators import Rotation3D
+        >>> def spread(pos, h):  # an invariant: the features weighted by the distances to the centroid
+        ...     return (h * (pos - pos.mean(-2, keepdim=True)).norm(dim=-1, keepdim=True)).sum(-2)
+        >>> pos, h = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
+        >>> d = lie_derivative(spread, (pos, h), Rotation3D("z"), inputs=(Positions(), Scalars()),
+        ...                    outputs=Scalars(nodes=None))
+        >>> d.shape, float(d.abs().max()) < 1e-12
+        (torch.Size([2, 4]), True)
+
     Args:
         model: the function under test (an ``nn.Module`` or a callable).
-        x: a batch ``(N, C, *spatial)``.
+        x: a batch ``(N, C, *spatial)``; with ``inputs=``, the model's
+            arguments (a tuple, a dict, a torch_geometric ``Data``/``Batch``),
+            as in [`check_equivariance`][equivariance.check_equivariance].
         generator: ``"translation"`` (along the last spatial dim),
             ``"rotation"`` (of the last two), or a
             [`Generator`][equivariance.generators.Generator] such as
-            ``Translation(1, 0)``.
+            ``Translation(1, 0)``; for tensors of points, a
+            [`PointGenerator`][equivariance.generators.PointGenerator]:
+            ``Rotation3D("z")``, ``Rotation2D()``, ``Translation3D("x")``.
         stride: the output's stride relative to the input, per dim;
             ``"auto"`` follows it through the model's modules as they run,
             by the rule the profile reads strides with (a module's stated
@@ -178,18 +205,37 @@ def lie_derivative(
         layer: measure this named submodule's output instead.
         output: picks the tensor from a tuple or dict output.
         batch_size: samples per pass (default: the whole batch at once).
+        inputs: for tensors of points, the field type of ``x`` or of each
+            of its parts ([`equivariance.fields`][equivariance.fields]), as in
+            [`check_equivariance`][equivariance.check_equivariance]; the
+            generator moves each by its type (scalars not at all). The grid's
+            ``stride`` does not apply.
+        outputs: with ``inputs=``, the field type of the output or of each
+            output (a tuple, or a dict for a dict output), whose generator is
+            subtracted; or pass ``invariant=True`` for outputs that must not
+            change.
 
     Returns:
-        ``L f(x)``, with the output's shape and dtype.
+        ``L f(x)``, with the output's shape and dtype. With ``inputs=``, one
+        ``L f(x)`` per output, structured as ``outputs=`` (a tensor for one
+        field type, a tuple for a tuple, a dict for a dict), in the outputs'
+        common dtype; per-node outputs of a torch_geometric ``Batch`` keep
+        their nodes on axis 0.
     """
+    if _points(x, generator, inputs, outputs):
+        points = _Points.of(
+            model, x, generator, inputs, outputs, stride, invariant, layer, output, batch_size
+        )
+        _, derivatives = points.run()
+        return points.structured(derivatives)
     setup = _Setup.of(model, x, generator, stride, invariant, layer, output, batch_size)
     _, derivative = setup.run()
     return derivative
 
 
 def lie_derivative_error(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     generator: GeneratorLike = "translation",
     *,
     relative: bool = True,
@@ -199,6 +245,8 @@ def lie_derivative_error(
     layer: str | None = None,
     output: OutputSelector = None,
     batch_size: int | None = None,
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
 ) -> torch.Tensor:
     """The size of the Lie derivative per sample: $||L f(x)|| / ||f(x)||$ (or $||L f(x)||$).
 
@@ -224,6 +272,11 @@ def lie_derivative_error(
             the paper's absolute form.
         reduction: ``"mean"`` (default) or ``"max"`` over the batch, or
             ``"none"`` for one value per sample (float64).
+        inputs: for tensors of points, as in [`lie_derivative`][equivariance.lie.lie_derivative].
+        outputs: with ``inputs=``, the field types of the outputs. A sample's
+            value is the largest of its outputs' (each relative to its own
+            size), as ``equivariance_error`` takes the largest of its outputs'
+            errors; a torch_geometric ``Batch``'s samples are its graphs.
 
     Raises:
         InvalidArgument: for bad arguments, a non-finite output or derivative,
@@ -236,9 +289,17 @@ def lie_derivative_error(
             f"reduction must be 'mean', 'max' or 'none', found {describe(reduction)}; pass "
             "reduction='none' for the value of every sample"
         )
-    setup = _Setup.of(model, x, generator, stride, invariant, layer, output, batch_size)
-    base, derivative = setup.run()
-    errors = sizes(derivative, base if relative else None)
+    if _points(x, generator, inputs, outputs):
+        points = _Points.of(
+            model, x, generator, inputs, outputs, stride, invariant, layer, output, batch_size
+        )
+        bases, derivatives = points.run()
+        by_output = [sizes(d, b if relative else None) for b, d in zip(bases, derivatives)]
+        errors = torch.stack(by_output).amax(0)
+    else:
+        setup = _Setup.of(model, x, generator, stride, invariant, layer, output, batch_size)
+        base, derivative = setup.run()
+        errors = sizes(derivative, base if relative else None)
     if reduction == "none":
         return errors
     return errors.max() if reduction == "max" else errors.mean()
@@ -340,6 +401,162 @@ class _Setup:
                 )
             return None
         return self.stride if self.stride is not None else inferred
+
+
+# -- tensors of points ---------------------------------------------------------------------------
+
+POINT_LIMIT = "equivariance_error(model, x, Rotation.about(axis, t), inputs=..., outputs=...) / t"
+"""The finite-difference limit of a Lie derivative of tensors of points (a rotation's; a translation's
+likewise), which its errors suggest where it cannot run."""
+
+
+def _points(x: object, generator: object, inputs: object, outputs: object) -> bool:
+    """Whether a Lie derivative takes the model's several inputs with field types rather than a grid."""
+    return isinstance(generator, PointGenerator) or _arguments.several_inputs(x, inputs, outputs)
+
+
+@dataclass(frozen=True)
+class _Points:
+    """Validated arguments of a Lie derivative of tensors of points, before any forward pass: the call,
+    the generator, which of the call's parts it moves, the chunk size, and how ``outputs=`` is laid out."""
+
+    forward: Forward
+    arguments: Call
+    generator: PointGenerator
+    moving: tuple[bool, ...]
+    batch_size: int
+    layout: Literal["tensor", "tuple", "dict", "auto"]
+
+    @classmethod
+    def of(
+        cls, model: Callable[..., Any], x: object, generator: object, inputs: object, outputs: object,
+        stride: object, invariant: object, layer: str | None, output: OutputSelector, batch_size: object,
+    ) -> _Points:  # fmt: skip
+        _arguments.no_grid_options(stride=stride != "auto")
+        if isinstance(generator, PointGenerator) and inputs is None:
+            raise InvalidArgument(
+                f"{generator!r} moves tensors of points by their field type; pass inputs= the field type of "
+                "x (or of each of the model's arguments, x a tuple), e.g. inputs=(Positions(), Scalars()), "
+                "and outputs= that of each output"
+            )
+        if invariant not in (None, True, False):
+            raise InvalidArgument(
+                f"invariant must be True, False or None, found {describe(invariant)}; pass invariant=True "
+                "for outputs that must not change"
+            )
+        if invariant is True and outputs is not None:
+            raise InvalidArgument(
+                "pass either outputs= (the field type of each output) or invariant=True (every output "
+                "unchanged), not both; an invariant output is Scalars(nodes=None) in outputs="
+            )
+        if invariant is not True and outputs is None:
+            raise InvalidArgument(
+                "inputs= says how the generator moves the model's arguments; pass outputs= too, the field "
+                "type of each output (e.g. outputs=(Scalars(nodes=None), Vectors())), or invariant=True for "
+                "outputs that must not change"
+            )
+        mode: _arguments.Mode = "invariance" if invariant is True else "equivariance"
+        forward, arguments = _arguments.validate_call(
+            model, x, mode, inputs=inputs, outputs=outputs, layer=layer, output=output
+        )
+        the_generator, moving = _arguments.point_generator(generator, arguments)
+        size = _arguments.check_batch_size(batch_size, auto=False)
+        assert not isinstance(size, str)
+        layout: Literal["tensor", "tuple", "dict", "auto"] = "auto"
+        if outputs is not None:
+            layout = (
+                "dict"
+                if isinstance(outputs, Mapping)
+                else "tuple"
+                if isinstance(outputs, (tuple, list))
+                else "tensor"
+            )
+        return cls(forward, arguments, the_generator, moving, size or len(arguments), layout)
+
+    def run(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``f(x)`` and ``L f(x)`` of each output, a sample a row (a graph's per-node outputs in one
+        row), chunk by chunk, isolated like a check."""
+        bases: list[list[torch.Tensor]] = []
+        derivatives: list[list[torch.Tensor]] = []
+        watch = TangentWatch(self.forward.model)
+        with Runner(self.forward.model), forward_mode():
+            for start in range(0, len(self.arguments), self.batch_size):
+                chunk = self.arguments.select(slice(start, start + self.batch_size)).snapshot()
+                base, derivative = self._chunk(chunk, watch)
+                bases.append(base)
+                derivatives.append(derivative)
+        warn_cuts(watch, stacklevel=4)
+        return [torch.cat(p) for p in zip(*bases)], [torch.cat(p) for p in zip(*derivatives)]
+
+    def _chunk(self, call: Call, watch: TangentWatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        tensors, tangents, rebuild = _duals(call, self.moving, self.generator)
+        base, pushed = pushforward(
+            lambda duals: floating(self.forward(rebuild(duals), detach=False)), tensors, tangents, watch,
+            POINT_LIMIT,
+        )  # fmt: skip
+        parts = self.forward.parts
+        assert parts is not None
+        bases, derivatives = [], []
+        for part, kind, b, p in zip(
+            parts.parts, parts.acting, parts.unflatten(base), parts.unflatten(pushed)
+        ):
+            try:
+                moves = kind is not None and self.generator.moves(kind)
+                derivative = p - self.generator.apply(b, kind) if moves else p  # type: ignore[arg-type]
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"output {part.name}: {exc}") from None
+            check_derivative(b, derivative, call.describe(), POINT_LIMIT)
+            bases.append(b)
+            derivatives.append(derivative)
+        return bases, derivatives
+
+    def structured(self, derivatives: list[torch.Tensor]) -> LieDerivative:
+        """The derivatives as the model returns its outputs (a graph's per-node outputs: nodes on axis 0)."""
+        parts = self.forward.parts
+        assert parts is not None
+        per_node = parts.per_node or (False,) * len(parts.parts)
+        shaped = [d.flatten(0, 1) if node else d for d, node in zip(derivatives, per_node)]
+        layout = self.layout
+        if layout == "auto":  # invariant=True: as the model returned them
+            keys = [part.path for part in parts.parts]
+            layout = "tensor" if keys[0][0] == "whole" else "dict" if isinstance(keys[0][1], str) else "tuple"
+        if layout == "tensor":
+            return shaped[0]
+        if layout == "tuple":
+            return tuple(shaped)
+        return {part.path[1]: d for part, d in zip(parts.parts, shaped)}
+
+
+def _duals(
+    call: Call, moving: Sequence[bool], generator: PointGenerator
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], Callable[[list[torch.Tensor]], Call]]:
+    """The call's tensors, the tangent of each (None for those the generator does not move), and how to
+    make the call of the dual tensors (a graph's attributes each on its own, joined by the model's call)."""
+    if isinstance(call, Arguments):
+        tensors = call.tensors
+        tangents = [
+            generator.apply(t, part.field) if moves else None  # type: ignore[arg-type]
+            for t, part, moves in zip(tensors, call.parts, moving)
+        ]
+        return tensors, tangents, call.with_tensors
+    keys = [str(part.path[1]) for part in call.parts]
+    tensors, tangents = [], []
+    for graph in call.graphs:
+        for key, part, moves in zip(keys, call.parts, moving):
+            tensor = getattr(graph, key)
+            tensors.append(tensor)
+            tangents.append(generator.apply(tensor, part.field) if moves else None)  # type: ignore[arg-type]
+
+    def rebuild(duals: list[torch.Tensor]) -> Call:
+        graphs = []
+        for i, graph in enumerate(call.graphs):
+            graph = copy.copy(graph)
+            for j, key in enumerate(keys):
+                setattr(graph, key, duals[i * len(keys) + j])
+            graphs.append(graph)
+        return Graphs(graphs, call.fields, call.batch)
+
+    return tensors, tangents, rebuild
 
 
 # -- the per-layer profile ----------------------------------------------------------------------
@@ -501,6 +718,14 @@ def profile_lie_derivative(
     Returns:
         A [`LieProfile`][equivariance.lie.LieProfile].
     """
+    if _points(x, generator, None, None):
+        raise InvalidArgument(
+            "profile_lie_derivative splits the Lie derivative over the layers of a model on a grid, reading "
+            "each layer's grid from its shapes, and cannot tell the field types of the tensors of points "
+            "inside a model; measure a layer's own Lie derivative with lie_derivative_error(model, x, "
+            "generator, inputs=..., outputs=..., layer=name), outputs= the field types of that layer's "
+            "outputs"
+        )
     module = _arguments.hooked(model, "profile_lie_derivative", "lie_derivative_error")
     tensor = _arguments.check_input(x, module)
     the_generator = as_generator(generator, tensor)

@@ -25,6 +25,7 @@ from equivariance.actions import Action, Boundary, Grid, check_boundary
 from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import InvalidArgument
 from equivariance.fields import Adjacency, EdgeIndex, Field
+from equivariance.generators import Generator, PointGenerator
 from equivariance.layouts import Layout, as_layout
 from equivariance.regular import Regular
 from equivariance.shifts import Shift, as_shift
@@ -170,18 +171,33 @@ def validate_parts(
 def checked_call(
     model: object, x: object, inputs: object, elements: Sequence[Action], verb: str, purpose: str
 ) -> Call:
-    """The call ``x`` with its field types ``inputs``, checked: finite tensors on the model's device and
-    dtype, every element acting on every input it moves, not all the identity (``verb``, ``purpose``:
-    as in ``check_not_identity``)."""
+    """The call ``x`` with its field types ``inputs``, checked (``_call``), every element acting on every
+    input it moves, not all the identity (``verb``, ``purpose``: as in ``check_not_identity``)."""
+    arguments = _call(model, x, inputs)
+    for element in elements:
+        _check_acts(element, arguments)
+    check_not_identity(elements, verb, purpose)
+    return arguments
+
+
+def validate_call(
+    model: Callable[..., Any], x: object, mode: Mode, *, inputs: object, outputs: object,
+    layer: str | None = None, output: Any = None,
+) -> tuple[Forward, Call]:  # fmt: skip
+    """The model's call and its outputs' field types (``outputs`` unused for invariance), checked: the
+    part of ``validate_parts`` that does not depend on the elements (the Lie derivative shares it)."""
+    forward = Forward(model, layer, output, OutputParts(outputs if mode == "equivariance" else None))
+    return forward, _call(model, x, inputs)
+
+
+def _call(model: object, x: object, inputs: object) -> Call:
+    """The call ``x`` with its field types ``inputs``: finite floating tensors, on the model's device."""
     arguments = as_arguments(x, inputs, model)
     for part, tensor in zip(arguments.parts, arguments.tensors):
         if tensor.is_floating_point():
             _check_tensor(tensor, part.name)
     if isinstance(model, nn.Module):
         _check_model_matches(model, arguments.first)
-    for element in elements:
-        _check_acts(element, arguments)
-    check_not_identity(elements, verb, purpose)
     return arguments
 
 
@@ -244,6 +260,52 @@ def _check_acts(element: Action, arguments: Call) -> None:
                 f"{element!r} must keep the shape of input {part.name}, {tuple(tensor[:1].shape)} for one "
                 f"sample, found {describe(moved)}"
             )
+
+
+def point_generator(generator: object, arguments: Call) -> tuple[PointGenerator, tuple[bool, ...]]:
+    """``generator``, if it is a generator of motions of space that acts on every input with a field type
+    (tried on one sample), and which inputs it moves; InvalidArgument naming the input and the fix."""
+    if isinstance(generator, Generator) or generator in ("translation", "rotation"):
+        raise InvalidArgument(
+            f"generator {generator!r} moves the samples of a grid, but x holds tensors of points with field "
+            "types (inputs=); pass a generator of motions of space from equivariance.generators: "
+            "Rotation3D('z'), Rotation2D(), Translation3D('x') or Translation2D('x')"
+        )
+    if not isinstance(generator, PointGenerator):
+        raise InvalidArgument(
+            f"generator must be an equivariance.generators.PointGenerator for tensors of points, found "
+            f"{describe(generator)}; pass e.g. Rotation3D('z')"
+        )
+    if isinstance(arguments, Graphs):  # the first graph's tensors
+        ones = [getattr(arguments.graphs[0], str(part.path[1])) for part in arguments.parts]
+    else:
+        ones = [tensor[:1] for tensor in arguments.tensors]
+    moving = []
+    for part, one in zip(arguments.parts, ones):
+        try:
+            moves = part.field is not None and generator.moves(part.field)
+            moved: object = generator.apply(one, part.field) if moves else one  # type: ignore[arg-type]
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"input {part.name}: {exc}") from None
+        except Exception as exc:
+            raise InvalidArgument(
+                f"{generator!r} cannot act on input {part.name} of field type {part.field!r} "
+                f"({type(exc).__name__}: {exc}); define apply for that field type in your PointGenerator"
+            ) from None
+        if not isinstance(moved, torch.Tensor) or moved.shape != one.shape:
+            raise InvalidArgument(
+                f"{generator!r} must keep the shape of input {part.name}, {tuple(one.shape)}, found "
+                f"{describe(moved)}"
+            )
+        moving.append(moves)
+    if not any(moving):
+        raise InvalidArgument(
+            f"{generator!r} moves none of the inputs ({arguments.shapes()}), so their derivative is zero and "
+            "the Lie derivative would measure nothing of the model; give the coordinates the field type "
+            "Positions() (a translation moves positions only), vectors Vectors(), or pass a generator "
+            "that acts on them"
+        )
+    return generator, tuple(moving)
 
 
 def _crop_shifts(

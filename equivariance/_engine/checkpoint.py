@@ -16,7 +16,7 @@ import os
 import secrets
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,9 @@ class Damaged(Exception):
 # -- identities: what the results depend on ---------------------------------------------------------
 
 
-def fingerprint(x: torch.Tensor) -> int:
-    """A CRC-32 of a tensor's dtype, shape and bytes, to tell one batch of data from another.
+def fingerprint(x: torch.Tensor | Sequence[torch.Tensor]) -> int:
+    """A CRC-32 of a tensor's dtype, shape and bytes (of several tensors', in order), to tell one batch of
+    data from another.
 
     Examples:
         >>> import torch
@@ -79,7 +80,12 @@ def fingerprint(x: torch.Tensor) -> int:
         >>> fingerprint(torch.zeros(2, 3)) == fingerprint(torch.zeros(3, 2))
         False
     """
-    return _tensor_crc(x, 0)
+    if isinstance(x, torch.Tensor):
+        return _tensor_crc(x, 0)
+    crc = 0
+    for tensor in x:
+        crc = _tensor_crc(tensor, crc)
+    return crc
 
 
 def identity(target: object) -> dict[str, Any]:
@@ -214,8 +220,11 @@ class Checkpoint:
             return f"the audit checkpoint {self.path} is damaged ({damage}); {self.afresh()}"
         return None
 
-    def compare(self, number: int, x: torch.Tensor) -> str | None:
-        """Why batch ``number`` of the data is not the one the checkpoint records, or None."""
+    def compare(
+        self, number: int, x: torch.Tensor | Sequence[torch.Tensor], samples: int | None = None
+    ) -> str | None:
+        """Why batch ``number`` of the data (a tensor, or the tensors of a batch of ``samples`` samples) is
+        not the one the checkpoint records, or None."""
         record = self.records[number]
         if fingerprint(x) != record.fingerprint:
             return (
@@ -223,10 +232,11 @@ class Checkpoint:
                 "recorded (other values, shape or order); pass the same data in the same order and with "
                 f"the same loader_batch_size, or {self.afresh()}"
             )
-        if len(x) != len(record.errors):
+        n = len(x) if samples is None else samples
+        if n != len(record.errors):
             return (
                 f"the audit checkpoint {self.path} is damaged (it holds {len(record.errors)} results for "
-                f"batch {number}, which has {len(x)} samples); {self.afresh()}"
+                f"batch {number}, which has {n} samples); {self.afresh()}"
             )
         return None
 

@@ -65,7 +65,8 @@ class Forward:
             base = getattr(model, "__name__", type(model).__name__)
         return f"{base}.{self.layer}" if self.layer else base
 
-    def __call__(self, x: torch.Tensor | Call, batch_note: str = "") -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | Call, batch_note: str = "", *, detach: bool = True) -> torch.Tensor:
+        """The tensor under test (the parts side by side, detached unless ``detach=False``)."""
         result = self._call_model(x, batch_note)
         if self.parts is not None:
             if self.output is not None:
@@ -73,7 +74,7 @@ class Forward:
             nodes = x.nodes() if isinstance(x, Graphs) else None
             if not self.parts.parts:  # the first call, f(x): its outputs fix the parts
                 self.parts = self.parts.measured(result, self._subject(), nodes)
-            return self.parts.flatten(result, len(x), self._subject(), nodes)
+            return self.parts.flatten(result, len(x), self._subject(), nodes, detach=detach)
         selected = select_output(result, self.output, self.layer)
         if selected.dim() == 0 or selected.shape[0] != len(x):
             raise InvalidArgument(

@@ -18,7 +18,7 @@ import re
 import sys
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -357,14 +357,21 @@ _LIBRARIES = (
 _NOT_IMPLEMENTED = re.compile(r"Trying to use forward AD with (\S+) that does not support it")
 
 
+GRID_LIMIT = "fractional_equivariance_error(model, x, (0, t)) / t"
+"""The finite-difference limit of a grid's Lie derivative, which the errors suggest where it cannot run."""
+
+
 def pushforward(
-    function: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    tangent: torch.Tensor,
+    function: Callable[[Any], torch.Tensor],
+    x: torch.Tensor | Sequence[torch.Tensor],
+    tangent: torch.Tensor | Sequence[torch.Tensor | None],
     watch: TangentWatch,
+    limit: str = GRID_LIMIT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(function(x), J tangent)`` by forward-mode AD's dual tensors, watched; InvalidArgument where the
-    tangent cannot flow (cut, or an op without a forward-mode formula).
+    tangent cannot flow (cut, or an op without a forward-mode formula). ``x`` may be a sequence of
+    tensors, each with its tangent (None: it carries none); ``function`` then takes the list. ``limit``:
+    the finite difference an error suggests instead.
 
     Dual tensors rather than ``torch.func.jvp``: the same derivative, through
     PyTorch's own forward-mode formulas, where functorch reaches some ops (a
@@ -372,17 +379,21 @@ def pushforward(
     """
     try:
         with watch, fwAD.dual_level():
-            out = function(fwAD.make_dual(x, tangent))  # type: ignore[no-untyped-call]
+            dual: Callable[[torch.Tensor, Any], torch.Tensor] = fwAD.make_dual
+            if isinstance(x, torch.Tensor):
+                out = function(dual(x, tangent))
+            else:
+                out = function([a if t is None else dual(a, t) for a, t in zip(x, tangent)])
             watch.check(out)
             primal, pushed = fwAD.unpack_dual(out)  # type: ignore[no-untyped-call]
             if pushed is None:
                 raise watch.independent()
             return primal.detach().clone(), pushed.detach().clone()
     except InvalidArgument as exc:
-        raise not_implemented(exc) from exc.__cause__
+        raise not_implemented(exc, limit) from exc.__cause__
 
 
-def not_implemented(exc: InvalidArgument) -> InvalidArgument:
+def not_implemented(exc: InvalidArgument, limit: str = GRID_LIMIT) -> InvalidArgument:
     """``exc``, or where its cause is an op without a forward-mode formula, an error that names it."""
     found = _NOT_IMPLEMENTED.search(str(exc.__cause__ or ""))
     if found is None:
@@ -390,7 +401,6 @@ def not_implemented(exc: InvalidArgument) -> InvalidArgument:
     return InvalidArgument(
         f"the model calls {found.group(1)}, which has no forward-mode derivative in PyTorch "
         f"{torch.__version__}, and the Lie derivative runs the model under forward-mode AD (attention "
-        "already runs on the math kernel, which has one); replace that op with differentiable ones, or "
-        "measure fractional_equivariance_error(model, x, (0, t)) / t for a small t, its "
-        "finite-difference limit"
+        f"already runs on the math kernel, which has one); replace that op with differentiable ones, or "
+        f"measure {limit} for a small t, its finite-difference limit"
     )

@@ -475,11 +475,18 @@ class OutputParts:
     per_node: tuple[bool, ...] = ()
 
     def flatten(
-        self, result: Any, batch: int, subject: str, nodes: Sequence[int] | None = None
+        self,
+        result: Any,
+        batch: int,
+        subject: str,
+        nodes: Sequence[int] | None = None,
+        *,
+        detach: bool = True,
     ) -> torch.Tensor:
         """The output's parts, each ``(batch, size)``, side by side in one tensor; ``nodes``: the nodes of
-        each graph of a Batch, whose per-node outputs (nodes on axis 0) are split into one row a graph."""
-        tensors = self._by_graph(self.split(result, subject), nodes, subject)
+        each graph of a Batch, whose per-node outputs (nodes on axis 0) are split into one row a graph;
+        ``detach=False`` keeps what autograd carries (the Lie derivative's tangents)."""
+        tensors = self._by_graph(self.split(result, subject, detach=detach), nodes, subject)
         flat = []
         for part, tensor in zip(self.parts, tensors):
             if tensor.dim() == 0 or tensor.shape[0] != batch:
@@ -499,8 +506,8 @@ class OutputParts:
             dtype = torch.promote_types(dtype, t.dtype)
         return flat[0] if len(flat) == 1 else torch.cat([t.to(dtype) for t in flat], 1)
 
-    def split(self, result: Any, subject: str) -> list[torch.Tensor]:
-        """The output's tensors, one per part, in order."""
+    def split(self, result: Any, subject: str, *, detach: bool = True) -> list[torch.Tensor]:
+        """The output's tensors, one per part, in order (detached, unless ``detach=False``)."""
         out = []
         for part in self.parts:
             kind, key = part.path
@@ -518,7 +525,7 @@ class OutputParts:
                     f"{subject} returned {describe(value)} as {part.name}; outputs= gives field types to "
                     "tensors, so pass output= to pick the tensors or leave that output out"
                 )
-            out.append(value.detach())
+            out.append(value.detach() if detach else value)
         return out
 
     def measured(self, result: Any, subject: str, nodes: Sequence[int] | None = None) -> OutputParts:
@@ -526,7 +533,7 @@ class OutputParts:
         in ``flatten``."""
         parts = output_parts(result, self.fields, subject)
         resolved = dataclasses.replace(self, parts=tuple(parts))
-        tensors = resolved.split(result, subject)
+        tensors = resolved.split(result, subject, detach=False)  # only read: checked and sized
         for part, tensor in zip(parts, tensors):
             if part.field is not None:
                 try:

@@ -370,9 +370,9 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
     return sink.sums(), size
 
 
-def measure_parts(runner: Runner, plan: Plan) -> tuple[list[Sums], int]:
+def measure_parts(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[list[Sums], int]:
     """The rows of a plan of several inputs and outputs through the model: the sums of each output
-    part, and the chunk size."""
+    part, and the chunk size. ``also``: consumers of the same copies (an audit's classifier)."""
     request = plan.request
     assert plan.outputs is not None
     assert request.arguments is not None
@@ -392,7 +392,7 @@ def measure_parts(runner: Runner, plan: Plan) -> tuple[list[Sums], int]:
         else GraphCopies(arguments, plan.rows)
     )
     size = runner.run(
-        copies, len(plan.rows), [consumer], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
+        copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
     )
     return sink.sums(), size
 
