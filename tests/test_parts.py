@@ -157,6 +157,40 @@ def test_every_element_runs_through_the_one_runner_in_batched_passes() -> None:
     assert len(acted) < 2 * len(rotations) + 64
 
 
+def test_the_noise_floor_sends_one_item_a_row_as_on_a_grid() -> None:
+    """The floor's rows (the identity, two round trips) send one item each, not a row of every sample
+    (as the grid path sends the identity for one sample): counted by the model itself."""
+    model = Centred()
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    pos, h = cloud(batch=6, dtype=torch.float32)
+    report = check_equivariance(model, (pos, h), transforms=E3(32, seed=0), inputs=FIELDS, outputs=OUTPUTS)
+    assert report.passed, report
+    assert seen[0] == 6  # f(x)
+    assert sum(seen[1:]) == 32 * 6 + 3  # the elements' copies, and 3 floor items (not 3 * 6)
+    assert all(p.noise_floor > 0 for p in report.parts)  # one sample a round trip still shows rounding
+    seen.clear()
+    check_equivariance(model, (pos, h), transforms=Permutations(8, n=5), inputs=FIELDS, outputs=OUTPUTS)
+    assert sum(seen[1:]) == 8 * 6 + 1  # exact elements: the identity's one item only
+
+
+def test_a_batch_dependent_model_fails_with_the_one_item_floor() -> None:
+    """A model that normalises over the batch is not rescued by its floor: the floor's items run in a
+    chunk of other content than f(x)'s, so its error shows, and so do the elements'."""
+
+    def across_batch(pos: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        offset = pos - pos.mean(-2, keepdim=True)
+        return offset * h.mean((-1, -2))[:, None, None] / h.mean((-1, -2)).abs().sum()
+
+    report = check_equivariance(
+        across_batch, cloud(batch=6, dtype=torch.float32), transforms=SO3(16, seed=0), inputs=FIELDS,
+        outputs=Vectors(),
+    )  # fmt: skip
+    assert not report.passed, report
+    assert report.parts[0].noise_floor > 0.1  # measured and shown, but not credited: it is no rounding
+    assert "the output depends on the batch it is computed in" in report.hints[0]
+
+
 def test_a_float32_model_passes_at_the_default_tolerance_and_its_floor_is_measured() -> None:
     model = Centred()
     report = check_equivariance(

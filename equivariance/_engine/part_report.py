@@ -5,7 +5,8 @@ part alone (`equivariance._engine.judge.sample_errors`); its noise floor is
 the largest error the plan's floor rows measure for it (the identity, and
 inputs moved there and back by elements that round); it passes within
 tolerance or within ``FLOOR_FACTOR`` times its floor
-(`equivariance._engine.judge.within_floor`). An element passes when every
+(`equivariance._engine.judge.within_floor`), where rounding can explain the floor
+(`equivariance._engine.judge.credited_floor`). An element passes when every
 part passes for every sample. Where a part fails, the worst failing element
 says what that means (``Action.failure_hint``).
 """
@@ -16,7 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-from equivariance._engine.judge import Sums, sample_errors, within_floor
+from equivariance._engine import causes
+from equivariance._engine.judge import Sums, credited_floor, sample_errors, within_floor
 from equivariance._engine.plan import Plan
 from equivariance.report import EquivarianceReport, PartResult, ShiftResult
 from equivariance.sampling import GroupSample
@@ -30,6 +32,7 @@ def part_errors(
     pass, and the part's noise floor."""
     errors, absolutes, passes, floors = [], [], [], []
     k = plan.noise_rows
+    dtype = _dtype(plan)
     for part in sums:
         noise, checked = part.rows(slice(0, k)), part.rows(slice(k, None))
         error, absolute = sample_errors(checked.diff_sq, checked.ref_sq, checked.count.unsqueeze(-1))
@@ -39,9 +42,14 @@ def part_errors(
             floor = float(noise_error.max())
         errors.append(error)
         absolutes.append(absolute)
-        passes.append(within_floor(error, absolute, tolerance, floor))
+        passes.append(within_floor(error, absolute, tolerance, credited_floor(floor, dtype)))
         floors.append(floor)
     return errors, absolutes, passes, floors
+
+
+def _dtype(plan: Plan) -> torch.dtype:
+    """The least precise of the inputs' and the outputs' dtypes."""
+    return min((plan.request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
 
 
 def part_report(
@@ -110,9 +118,17 @@ def _hints(plan: Plan, parts: Sequence[PartResult]) -> tuple[str, ...]:
     assert outputs is not None
     invariance = plan.request.mode == "invariance"
     hints: list[str] = []
+    dtype = _dtype(plan)
     for part, result in zip(outputs.parts, parts):
         if result.passed:
             continue
+        if result.noise_floor > 0 and credited_floor(result.noise_floor, dtype) == 0:
+            hints.append(
+                f"the noise floor of {part.name} alone (f(x) computed again, in a chunk of other samples) "
+                f"measures {result.noise_floor:.1e}, more than rounding reaches in "
+                f"{str(dtype).removeprefix('torch.')}: the output depends on the batch it is computed in, "
+                f"not only on the sample: {causes.BATCH_INTERACTION}"
+            )
         field = None if invariance else part.field
         hint = result.element.failure_hint(part.name, field)
         if hint is not None and hint not in hints:
