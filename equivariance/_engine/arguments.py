@@ -24,6 +24,7 @@ from equivariance.actions import Action, Boundary, Grid, check_boundary
 from equivariance.crops import Crop, CropOf, as_boundary
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import Layout, as_layout
+from equivariance.permutations import Permutation
 from equivariance.regular import Regular
 from equivariance.shifts import Shift, as_shift
 
@@ -165,7 +166,7 @@ def validate_parts(
         _check_model_matches(model, arguments.first)
     for element in elements:
         if isinstance(arguments, Graphs):
-            arguments.moved(element, 0)  # every attribute by its field type, with the fields' messages
+            _check_acts_on_graphs(element, arguments)
         else:
             _check_acts(element, arguments)
     check_not_identity(elements, "check", "a check that cannot fail")
@@ -206,6 +207,31 @@ def _check_tensor(tensor: torch.Tensor, name: str) -> None:
             f"input {name} contains {int((~torch.isfinite(tensor)).sum())} non-finite values (nan or inf); "
             "equivariance is only measurable on finite inputs: replace them, e.g. torch.nan_to_num(x)"
         )
+
+
+def _check_acts_on_graphs(element: Action, graphs: Graphs) -> None:
+    """``element`` must move a graph of each size, every attribute by its field type (with the fields'
+    messages); a permutation of a fixed number of nodes meeting graphs of several sizes is told the fix."""
+    sizes = sorted(set(graphs.nodes()))
+    for index in graphs.of_each_size():
+        try:
+            graphs.moved(element, index)
+        except InvalidArgument as exc:
+            if len(sizes) == 1 or not _has_fixed_size(element):
+                raise
+            shown = ", ".join(map(str, sizes[:-1])) + f" and {sizes[-1]}"
+            n = graphs.nodes()[index]
+            raise InvalidArgument(
+                f"{exc} (graph {index} of x has {n} nodes; the graphs of x have {shown}): "
+                "to permute the nodes of graphs of different sizes, pass NodePermutations(16, seed=0) "
+                "(equivariance.permutations), which permutes each graph's own nodes"
+            ) from None
+
+
+def _has_fixed_size(element: Action) -> bool:
+    """Whether ``element`` is, or has a factor that is, a permutation of a fixed number of points."""
+    factors = getattr(element, "factors", (element,))
+    return any(isinstance(f, Permutation) for f in factors)
 
 
 def _check_acts(element: Action, arguments: Arguments) -> None:
