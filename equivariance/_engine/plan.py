@@ -11,6 +11,7 @@ Its ``Request`` comes from `equivariance._engine.arguments`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -189,7 +190,9 @@ def _parts_plan(runner: Runner, request: Request) -> Plan:
     elements = request.elements or ()
     floor: tuple[Action, ...] = ()
     if request.noise_floor:
-        trips = [RoundTrip(e) for e in elements if not e.exact][:FLOOR_ROUND_TRIPS]
+        trips = [
+            RoundTrip(e) for e in itertools.islice((e for e in elements if not e.exact), FLOOR_ROUND_TRIPS)
+        ]
         floor = (Identity(), *trips)
     rows = (*floor, *elements)
     moving = request.mode == "equivariance"
