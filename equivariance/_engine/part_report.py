@@ -68,14 +68,18 @@ def part_report(
     stacked = torch.stack(errors)  # (part, element, sample)
     ok = torch.stack(passes).all(dim=0).all(dim=1)  # (element,)
     worst_by_part = stacked.amax(dim=2)  # (part, element)
-    results = []
-    for k, element in enumerate(plan.elements):
-        p = int(worst_by_part[:, k].argmax())
-        n = int(stacked[p, k].argmax())
-        results.append(ShiftResult(
-            element, float(stacked[p, k, n]), bool(ok[k]), bool(absolutes[p][k, n]),
-            tuple(worst_by_part[:, k].tolist()),
-        ))  # fmt: skip
+    # each element's worst part and, in it, its worst sample: read once for all elements
+    elements = torch.arange(len(plan.elements))
+    worst_part = worst_by_part.argmax(dim=0)
+    worst_sample = stacked[worst_part, elements].argmax(dim=1)
+    worst = stacked[worst_part, elements, worst_sample].tolist()
+    absolute = torch.stack(absolutes)[worst_part, elements, worst_sample].tolist()
+    results = [
+        ShiftResult(element, error, passed, zero, tuple(by_part))
+        for element, error, passed, zero, by_part in zip(
+            plan.elements, worst, ok.tolist(), absolute, worst_by_part.T.tolist()
+        )
+    ]
     invariance = request.mode == "invariance"
     parts = []
     for p, part in enumerate(outputs.parts):
