@@ -19,6 +19,7 @@ import torch
 
 from equivariance._engine import causes
 from equivariance._engine.judge import Sums, credited_floor, sample_errors, within_floor
+from equivariance._engine.parts import Graphs
 from equivariance._engine.plan import Plan
 from equivariance.report import EquivarianceReport, PartResult, ShiftResult
 from equivariance.sampling import GroupSample
@@ -123,6 +124,10 @@ def _hints(plan: Plan, parts: Sequence[PartResult]) -> tuple[str, ...]:
     invariance = plan.request.mode == "invariance"
     hints: list[str] = []
     dtype = _dtype(plan)
+    arguments = plan.request.arguments
+    graphs = ""
+    if isinstance(arguments, Graphs):
+        graphs = "; between graphs, an operation that reaches across the graphs of a Batch"
     for part, result in zip(outputs.parts, parts):
         if result.passed:
             continue
@@ -131,13 +136,12 @@ def _hints(plan: Plan, parts: Sequence[PartResult]) -> tuple[str, ...]:
                 f"the noise floor of {part.name} alone (f(x) computed again, in a chunk of other samples) "
                 f"measures {result.noise_floor:.1e}, more than rounding reaches in "
                 f"{str(dtype).removeprefix('torch.')}: the output depends on the batch it is computed in, "
-                f"not only on the sample: {causes.BATCH_INTERACTION}"
+                f"not only on the sample: {causes.BATCH_INTERACTION}{graphs}"
             )
         field = None if invariance else part.field
         hint = result.element.failure_hint(part.name, field)
         if hint is not None and hint not in hints:
             hints.append(hint)
-    arguments = plan.request.arguments
     alone = [] if arguments is None else [p.name for p in arguments.parts if p.field is None]
     if alone and any(not r.passed for r in parts):
         names = ", ".join(alone)
