@@ -537,6 +537,12 @@ def test_molecules_of_different_sizes_in_one_batch_turn_and_permute_graph_by_gra
     )  # fmt: skip
     assert single.passed, single
     assert single.parts[1].noise_floor > 0
+    # invariance: a per-node output compared graph by graph, a pooled one as it is
+    atoms = lambda data: data.z.to(torch.float64)[:, None] * 1.0  # noqa: E731
+    energy = lambda data: model(data)[0]  # noqa: E731
+    assert check_invariance(energy, batch, transforms=NodePermutations(8), inputs=MOLECULE).passed
+    assert check_invariance(atoms, batch, transforms=E3(8), inputs=MOLECULE).passed
+    assert not check_invariance(atoms, batch, transforms=NodePermutations(8), inputs=MOLECULE).passed
 
 
 def test_a_permutation_of_a_batch_never_mixes_its_graphs() -> None:
