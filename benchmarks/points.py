@@ -27,9 +27,10 @@ machine weighs on both sides of a ratio alike (as in benchmarks/speed.py).
 ``--clock cpu`` times the process's CPU time instead of the wall clock
 (steadier with ``--threads 1`` on a machine others load); ``--points 8``
 checks small clouds, where a pass's fixed cost, not its arithmetic, is what
-batching saves; ``--cprofile`` prints where one call of the check spends
-its time instead (the model's passes, the copies, the comparisons, the
-rest). Nothing is asserted: this is a benchmark, not a timed test.
+batching saves; ``--chunks 1,4,8,16`` also times the passes of the 512
+moved clouds in chunks of those sizes; ``--cprofile`` prints where one call
+of the check spends its time instead (the model's passes, the copies, the
+comparisons, the rest). Nothing is asserted: this is a benchmark, not a timed test.
 
     python benchmarks/points.py [--repeats 7] [--threads 2] [--clock cpu] [--points 64] [--cprofile]
 """
@@ -118,6 +119,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--points", type=int, default=POINTS, help="points a cloud (default 64)")
     parser.add_argument("--cprofile", action="store_true", help="where one call of the check spends time")
+    parser.add_argument(
+        "--chunks", default="", help="also time the forward passes of the 512 moved clouds in passes of "
+        "these sizes, e.g. 1,4,8,16 (what the check's chunk size could save)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
@@ -191,6 +196,8 @@ def main() -> None:
         "check, 64 rotations": check, "by hand, loop of 64": by_hand,
         "equivariance_error x 64": errors_loop,
     }  # fmt: skip
+    for size in (int(k) for k in args.chunks.split(",") if k):
+        calls[f"EGNN on 512 clouds, passes of {size}"] = _passes(model, moved_pos, moved_h, size)
     e3nn = point_gallery.CASES["e3nn network"]
     if e3nn.available:
         calls.update(_e3nn_calls(e3nn))
@@ -220,6 +227,18 @@ def main() -> None:
     }
     for name, ratio in ratios.items():
         print(f"  {name:34s} {ratio:9.3f}")
+
+
+def _passes(model: torch.nn.Module, pos: torch.Tensor, h: torch.Tensor, size: int) -> Callable[[], object]:
+    """The forward passes of the moved clouds in chunks of ``size``."""
+
+    def run() -> object:
+        with torch.no_grad():
+            for start in range(0, len(pos), size):
+                out = model(pos[start : start + size], h[start : start + size])
+        return out
+
+    return run
 
 
 def _e3nn_calls(case: point_gallery.Case) -> dict[str, Callable[[], object]]:
