@@ -24,19 +24,28 @@ The calls take turns, round after round (``--repeats`` rounds after one to
 warm up); each time is the median over the rounds, and each ratio the median
 of the ratios within a round, so load that comes and goes on a shared
 machine weighs on both sides of a ratio alike (as in benchmarks/speed.py).
-Nothing is asserted: this is a benchmark, not a timed test.
+``--clock cpu`` times the process's CPU time instead of the wall clock
+(steadier with ``--threads 1`` on a machine others load); ``--points 8``
+checks small clouds, where a pass's fixed cost, not its arithmetic, is what
+batching saves; ``--chunks 1,4,8,16`` also times the passes of the 512
+moved clouds in chunks of those sizes; ``--cprofile`` prints where one call
+of the check spends its time instead (the model's passes, the copies, the
+comparisons, the rest). Nothing is asserted: this is a benchmark, not a timed test.
 
-    python benchmarks/points.py [--repeats 7] [--threads 2]
+    python benchmarks/points.py [--repeats 7] [--threads 2] [--clock cpu] [--points 64] [--cprofile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,9 +59,12 @@ import point_gallery  # the gallery's models
 from point_gallery import egnn
 
 CLOUDS, POINTS, ELEMENTS = 8, 64, 64
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def timed(
+    calls: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     """The times of each call in ``repeats`` rounds, after one to warm up; the calls take turns within
     a round, so that a machine whose load drifts slows them alike."""
     for call in calls.values():
@@ -60,23 +72,64 @@ def timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, lis
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start = clock()
             call()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
+
+
+# where one check spends its time: the cumulative time of the engine's function each stage runs in
+STAGES = {
+    "validation (every element tried on one sample)": ("arguments.py", "validate_parts"),
+    "f(x), the unmoved pass": ("runner.py", "base"),
+    "the runner's loop": ("runner.py", "run"),
+    "  the model's passes of the copies, and comparing": ("runner.py", "consume"),
+    "    comparing (references moved, squared norms)": ("part_sums.py", "add"),
+    "the report": ("part_report.py", "part_report"),
+}
+
+
+def where_the_time_goes(check: Callable[[], object]) -> None:
+    """One call of ``check`` under cProfile: the time of each stage (the runner's loop less its
+    consumers is what moving the copies costs), and the top functions by their own time."""
+    check()
+    profile = cProfile.Profile()
+    profile.enable()
+    check()
+    profile.disable()
+    stats = pstats.Stats(profile)
+    table: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    total = max(entry[3] for entry in table.values())
+    print(f"one check: {total * 1e3:.1f} ms under cProfile")
+    for stage, (module, function) in STAGES.items():
+        seconds = sum(
+            e[3] for (path, _, name), e in table.items() if path.endswith(module) and name == function
+        )
+        print(f"  {stage:52s} {seconds * 1e3:8.1f} ms  {seconds / total:6.1%}")
+    stats.sort_stats("tottime").print_stats(12)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall",
+        help="wall time, or the process's CPU time (with --threads 1, steadier on a machine others load)",
+    )  # fmt: skip
+    parser.add_argument("--points", type=int, default=POINTS, help="points a cloud (default 64)")
+    parser.add_argument("--cprofile", action="store_true", help="where one call of the check spends time")
+    parser.add_argument(
+        "--chunks", default="", help="also time the forward passes of the 512 moved clouds in passes of "
+        "these sizes, e.g. 1,4,8,16 (what the check's chunk size could save)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
-    pos = torch.randn(CLOUDS, POINTS, 3, generator=generator)
-    h = torch.randn(CLOUDS, POINTS, 4, generator=generator)
+    pos = torch.randn(CLOUDS, args.points, 3, generator=generator)
+    h = torch.randn(CLOUDS, args.points, 4, generator=generator)
     rotations: list[Rotation] = list(SO3(ELEMENTS, seed=0))
-    perms: list[Permutation] = list(Permutations(ELEMENTS, n=POINTS, seed=0))
+    perms: list[Permutation] = list(Permutations(ELEMENTS, n=args.points, seed=0))
     rows = torch.arange(CLOUDS).repeat(ELEMENTS)  # copy k * CLOUDS + i: cloud i moved by element k
     which = torch.arange(ELEMENTS).repeat_interleave(CLOUDS)
 
@@ -129,6 +182,10 @@ def main() -> None:
                 worst = max(worst, float((out_h - base_h).norm() / base_h.norm()))
         return worst
 
+    if args.cprofile:
+        where_the_time_goes(check)
+        return
+
     def errors_loop() -> object:
         return [equivariance_error(model, (pos, h), r, **fields) for r in rotations]  # type: ignore[arg-type]
 
@@ -139,13 +196,17 @@ def main() -> None:
         "check, 64 rotations": check, "by hand, loop of 64": by_hand,
         "equivariance_error x 64": errors_loop,
     }  # fmt: skip
+    for size in (int(k) for k in args.chunks.split(",") if k):
+        calls[f"EGNN on 512 clouds, passes of {size}"] = _passes(model, moved_pos, moved_h, size)
     e3nn = point_gallery.CASES["e3nn network"]
     if e3nn.available:
         calls.update(_e3nn_calls(e3nn))
-    rounds = timed(calls, args.repeats)
+    rounds = timed(calls, args.repeats, CLOCKS[args.clock])
     t = {name: statistics.median(values) for name, values in rounds.items()}
-    shape = f"{ELEMENTS} elements x {CLOUDS} clouds of {POINTS} points"
-    print(f"torch {torch.__version__}, {args.threads} threads; {shape}")
+    shape = f"{ELEMENTS} elements x {CLOUDS} clouds of {args.points} points"
+    clock = "CPU time" if args.clock == "cpu" else "wall time"
+    rounds_of = f"medians of {args.repeats} rounds"
+    print(f"torch {torch.__version__}, {args.threads} threads; {shape}; {clock}, {rounds_of}")
     for name, seconds in t.items():
         print(f"  {name:34s} {seconds * 1e3:9.2f} ms")
     pairs = {
@@ -166,6 +227,18 @@ def main() -> None:
     }
     for name, ratio in ratios.items():
         print(f"  {name:34s} {ratio:9.3f}")
+
+
+def _passes(model: torch.nn.Module, pos: torch.Tensor, h: torch.Tensor, size: int) -> Callable[[], object]:
+    """The forward passes of the moved clouds in chunks of ``size``."""
+
+    def run() -> object:
+        with torch.no_grad():
+            for start in range(0, len(pos), size):
+                out = model(pos[start : start + size], h[start : start + size])
+        return out
+
+    return run
 
 
 def _e3nn_calls(case: point_gallery.Case) -> dict[str, Callable[[], object]]:

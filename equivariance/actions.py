@@ -160,6 +160,13 @@ class Action(abc.ABC):
         (the default) for nothing to say."""
         return None
 
+    def sized(self, nodes: int) -> Action:
+        """This element on one graph of ``nodes`` nodes: itself (the default), or, for an element whose
+        action depends on the graph's size (a [`NodePermutation`][equivariance.permutations.NodePermutation]),
+        the element it is there. A graph's tensors are moved by ``element.sized(graph.num_nodes)``, so
+        the graphs of a ``Batch`` are each moved on their own nodes."""
+        return self
+
     def translation(self, grid: Grid) -> tuple[int, ...] | None:
         """The integer offsets by which the element moves every position of ``grid``, if it is a
         translation there (a shift); None otherwise (the default).

@@ -513,7 +513,9 @@ def transform(element: Action, value: Any, fields: FieldSpec, *, name: str = "va
     ``value`` is a tensor, a tuple or list of values (a model's arguments or
     outputs), a dict, or a torch_geometric ``Data``/``Batch`` (anything with
     ``keys()`` and attributes); ``fields`` has the same structure, with a
-    field type for each tensor, None for a part left alone. Every tensor of a
+    field type for each tensor, None for a part left alone. A graph is moved
+    by ``element.sized(num_nodes)``, and the graphs of a ``Batch`` each on
+    their own (a permutation never mixes the nodes of two graphs). Every tensor of a
     dict or graph needs an entry (None to leave it alone), so a per-node tensor
     left out by mistake is an error rather than a silently unmoved input; a
     ``Batch``'s ``batch`` and ``ptr`` are understood. The value itself is
@@ -571,6 +573,13 @@ def _mapping(element: Action, value: Any, fields: Mapping[str, Any], name: str) 
             f"{name} has field types by name ({', '.join(map(repr, fields))}) but is {describe(value)}; "
             "pass a dict or a torch_geometric Data, or field types as a tuple"
         )
+    if graph and int(getattr(value, "num_graphs", 1)) > 1 and callable(getattr(value, "to_data_list", None)):
+        graphs = value.to_data_list()  # a Batch: each graph moved on its own nodes, then joined again
+        own = {key: field for key, field in fields.items() if key not in _BATCH_KEYS}  # a graph has no batch
+        moved_graphs = [_mapping(element, g, own, f"{name} (graph {k})") for k, g in enumerate(graphs)]
+        return type(value).from_data_list(moved_graphs)
+    if graph:
+        element = element.sized(int(value.num_nodes))
     keys = list(value.keys())
     get = (lambda key: getattr(value, key)) if graph else value.__getitem__
     declared = {**(_BATCH_KEYS if graph else {}), **fields}

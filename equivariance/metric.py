@@ -143,18 +143,10 @@ def equivariance_error(
         (``"none"``), on ``x``'s device.
     """
     _check_reduction(reduction)
-    if _arguments.several_inputs(x, inputs, outputs):
-        _arguments.no_grid_options(stride=stride != 1, margin=margin != 0, boundary=boundary != "zeros",
-                         layout=layout is not None, output_action=output_action is not None)  # fmt: skip
-        request = _arguments.validate_parts(
-            model, x, "equivariance", [_arguments.as_element(shift)], inputs=inputs, outputs=outputs,
-            batch_size=batch_size, layer=layer, output=output, noise_floor=False,
-        )  # fmt: skip
-        return _error(request, reduction)
-    request = _arguments.validate(
-        model, x, "equivariance", [_arguments.as_element(shift)], stride=stride, margin=margin,
-        boundary=boundary, layout=layout, output_action=output_action, batch_size=batch_size,
-        layer=layer, output=output, noise_floor=False,
+    request = _request(
+        model, x, "equivariance", shift, inputs=inputs, outputs=outputs, batch_size=batch_size, layer=layer,
+        output=output, stride=stride, margin=margin, boundary=boundary, layout=layout,
+        output_action=output_action,
     )  # fmt: skip
     return _error(request, reduction)
 
@@ -186,18 +178,42 @@ def invariance_error(
         True
     """
     _check_reduction(reduction)
-    if _arguments.several_inputs(x, inputs, None):
-        _arguments.no_grid_options(boundary=boundary != "zeros")
-        request = _arguments.validate_parts(
-            model, x, "invariance", [_arguments.as_element(shift)], inputs=inputs, outputs=None,
-            batch_size=batch_size, layer=layer, output=output, noise_floor=False,
-        )  # fmt: skip
-        return _error(request, reduction)
-    request = _arguments.validate(
-        model, x, "invariance", [_arguments.as_element(shift)], boundary=boundary, batch_size=batch_size,
-        layer=layer, output=output, noise_floor=False,
+    request = _request(
+        model, x, "invariance", shift, inputs=inputs, outputs=None, batch_size=batch_size, layer=layer,
+        output=output, boundary=boundary,
     )  # fmt: skip
     return _error(request, reduction)
+
+
+_GRID_DEFAULTS: dict[str, Any] = {
+    "stride": 1, "margin": 0, "boundary": "zeros", "layout": None, "output_action": None,
+}  # fmt: skip
+"""The options of a grid, at their defaults: any other value is refused beside ``inputs=``."""
+
+
+def _request(
+    model: Callable[..., Any],
+    x: object,
+    mode: _arguments.Mode,
+    shift: object,
+    *,
+    inputs: FieldSpec,
+    outputs: FieldSpec,
+    batch_size: object,
+    layer: str | None,
+    output: OutputSelector,
+    **grid: Any,
+) -> _arguments.Request:
+    """The one element's request, without a noise floor: of several inputs (``validate_parts``) where
+    ``x`` or the field types say so, the options of a grid (``grid``) then refused; else of a grid."""
+    elements = [_arguments.as_element(shift)]
+    common: dict[str, Any] = {"batch_size": batch_size, "layer": layer, "output": output}
+    if _arguments.several_inputs(x, inputs, outputs):
+        _arguments.no_grid_options(**{name: value != _GRID_DEFAULTS[name] for name, value in grid.items()})
+        return _arguments.validate_parts(
+            model, x, mode, elements, inputs=inputs, outputs=outputs, noise_floor=False, **common
+        )
+    return _arguments.validate(model, x, mode, elements, noise_floor=False, **grid, **common)
 
 
 def _check_reduction(reduction: object) -> None:

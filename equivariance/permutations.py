@@ -4,6 +4,15 @@ A [`Permutation`][equivariance.permutations.Permutation] reorders the axis of po
 that has one, as ``x[perm]`` does, relabels an [`EdgeIndex`][equivariance.fields.EdgeIndex] and leaves
 pooled outputs alone; [`Permutations`][equivariance.permutations.Permutations] draws them from a seed.
 
+Graphs of different sizes (a ``Batch`` of molecules of 5, 9 and 12 atoms)
+need a permutation of each graph's own nodes: a
+[`NodePermutation`][equivariance.permutations.NodePermutation] is one of
+every size, drawn from its seed, and
+[`NodePermutations(16, seed=0)`][equivariance.permutations.NodePermutations]
+draws them. On a graph of ``n`` nodes it acts as the permutation of
+``n`` points its seed draws (``g.sized(n)``), so it never mixes the nodes of
+two graphs.
+
 Examples:
     >>> import torch
     >>> from equivariance.fields import Adjacency, EdgeIndex, Scalars
@@ -20,6 +29,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
@@ -32,7 +42,7 @@ from equivariance.fields import Adjacency, EdgeIndex, Field, field_of
 from equivariance.products import product
 from equivariance.sampling import GroupSample
 
-__all__ = ["Permutation", "Permutations"]
+__all__ = ["NodePermutation", "NodePermutations", "Permutation", "Permutations"]
 
 _SHOWN = 12  # the most indices a permutation prints in full
 
@@ -159,16 +169,7 @@ class Permutation(Action):
 
     def failure_hint(self, part: str, field: Any) -> str | None:
         """What an output that does not follow a reordering of the points means."""
-        if field is None or getattr(field, "nodes", None) is None:
-            return (
-                f"the pooled output{which_output(part)} changes when the points are reordered: it reads "
-                "their order (a flatten, an embedding by index, a readout of a fixed point) where a sum, "
-                "mean or max over the points would not"
-            )
-        return (
-            f"the per-node output{which_output(part)} does not permute with the points: an operation "
-            "mixes nodes by position (a positional encoding, a flatten, an embedding by index)"
-        )
+        return _failure_hint(part, field)
 
     def inverse(self) -> Permutation:
         """The permutation that puts every point back."""
@@ -202,6 +203,163 @@ class Permutation(Action):
     def to_json(self) -> Any:
         """``{"permutation": indices}``."""
         return {"permutation": list(self.indices)}
+
+
+def _failure_hint(part: str, field: Any) -> str:
+    """What an output that does not follow a reordering of the points means (of either class)."""
+    if field is None or getattr(field, "nodes", None) is None:
+        return (
+            f"the pooled output{which_output(part)} changes when the points are reordered: it reads "
+            "their order (a flatten, an embedding by index, a readout of a fixed point) where a sum, "
+            "mean or max over the points would not"
+        )
+    return (
+        f"the per-node output{which_output(part)} does not permute with the points: an operation "
+        "mixes nodes by position (a positional encoding, a flatten, an embedding by index, the node's "
+        "index in the batch)"
+    )
+
+
+Step = tuple[int, bool]
+"""One drawn permutation of a ``NodePermutation``: its seed, and whether it is inverted."""
+
+
+class NodePermutation(Action):
+    """A permutation of the nodes of a graph of any size, drawn from a seed: for graphs of different sizes.
+
+    On a graph (or a tensor) of ``n`` nodes it acts as ``sized(n)``, the
+    permutation of ``n`` points that ``torch.randperm(n)`` draws from its
+    seed; so the graphs of a ``Batch`` of molecules of 5, 9 and 12 atoms are
+    each permuted on their own nodes, never mixed, and the same seed always
+    gives the same permutation of a size. A graph's ``edge_index`` is
+    relabelled with it when the whole graph is moved
+    ([`transform`][equivariance.fields.transform], or a check of a graph);
+    alone, it does not say how many nodes the graph has.
+
+    Examples:
+        >>> import torch
+        >>> from equivariance.fields import Scalars
+        >>> g = NodePermutation(seed=3)
+        >>> g.sized(4), g.sized(4) == g.sized(4), g.sized(5).n
+        (Permutation([2, 3, 1, 0]), True, 5)
+        >>> h = torch.arange(6.0)[:, None]
+        >>> torch.equal(g.act(h, Scalars()), g.sized(6).act(h, Scalars()))
+        True
+        >>> (g * g.inverse()).is_identity, g * g
+        (True, NodePermutation(seed=3) * NodePermutation(seed=3))
+
+    Args:
+        seed: the seed of its permutations, one for each number of nodes.
+    """
+
+    __slots__ = ("steps",)
+    noun: ClassVar[str] = "permutation"
+    _act_writes_nothing: ClassVar[bool] = True
+
+    def __init__(self, seed: int) -> None:
+        value = as_int(seed, "seed")
+        if not 0 <= value < 2**63:
+            raise InvalidArgument(f"seed must be in 0..2**63 - 1, found {value}")
+        self.steps: tuple[Step, ...] = ((value, False),)
+
+    @classmethod
+    def _of(cls, steps: Sequence[Step]) -> NodePermutation:
+        """The composition of ``steps``, outermost first, with neighbours that undo each other dropped."""
+        kept: list[Step] = []
+        for step in steps:
+            if kept and kept[-1] == (step[0], not step[1]):
+                kept.pop()
+            else:
+                kept.append(step)
+        element = object.__new__(cls)
+        element.steps = tuple(kept)
+        return element
+
+    def sized(self, nodes: int) -> Permutation:
+        """The permutation of ``nodes`` points this element is on a graph of that size."""
+        n = _as_size(nodes)
+        result = Permutation.identity(n)
+        for seed, inverted in reversed(self.steps):  # the innermost first
+            drawn = Permutation._exact(_drawn(seed, n))
+            result = (drawn.inverse() if inverted else drawn) * result  # type: ignore[assignment]
+        return result
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.steps
+
+    def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
+        """``x`` reordered by ``sized(n)``, ``n`` the length of its axis of points (see the class)."""
+        field = field_of(where, self)
+        if isinstance(field, EdgeIndex):
+            field.check(x)
+            raise InvalidArgument(
+                f"{self!r} permutes the nodes of a graph by its number of nodes, which an edge_index alone "
+                "does not give; move the whole graph (transform(g, data, fields)), or act with "
+                "g.sized(num_nodes)"
+            )
+        field.check(x)
+        axis = field.node_axes(x)[0] if isinstance(field, Adjacency) else field.node_axis(x)
+        return x if axis is None else self.sized(x.shape[axis]).act(x, field)
+
+    @classmethod
+    def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Any) -> Batched | None:
+        """Rows of ``x`` reordered by many at once, as ``Permutation.batched`` does with their
+        permutations of the length of its axis of points."""
+        if not isinstance(grid, Field) or isinstance(grid, EdgeIndex) or x.dim() < 2:
+            return None
+        if not all(isinstance(e, NodePermutation) for e in elements):
+            return None
+        axis = grid.node_axes(x)[0] if isinstance(grid, Adjacency) else grid.node_axis(x)
+        if axis is None:
+            return None
+        n = x.shape[axis]
+        return Permutation.batched(x, [e.sized(n) for e in elements if isinstance(e, NodePermutation)], grid)
+
+    def failure_hint(self, part: str, field: Any) -> str | None:
+        """What an output that does not follow a reordering of the points means."""
+        return _failure_hint(part, field)
+
+    def inverse(self) -> NodePermutation:
+        """The element that puts every node of every graph back."""
+        return NodePermutation._of([(seed, not inverted) for seed, inverted in reversed(self.steps)])
+
+    def __mul__(self, other: object) -> Action:
+        """Acting as ``other``, then this one: with another ``NodePermutation``, one of them."""
+        if isinstance(other, NodePermutation):
+            return NodePermutation._of([*self.steps, *other.steps])
+        return product(self, other)
+
+    def __rmul__(self, other: object) -> Action:
+        return product(other, self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NodePermutation):
+            return NotImplemented
+        return self.steps == other.steps
+
+    def __hash__(self) -> int:
+        return hash(("NodePermutation", self.steps))
+
+    def __repr__(self) -> str:
+        if not self.steps:
+            return "NodePermutation(identity)"
+        shown = [
+            f"NodePermutation(seed={s})" + (".inverse()" if inverted else "") for s, inverted in self.steps
+        ]
+        return " * ".join(shown)
+
+    __str__ = __repr__
+
+    def to_json(self) -> Any:
+        """``{"node_permutation": [{"seed": s, "inverse": False}, ...]}``, outermost first."""
+        return {"node_permutation": [{"seed": s, "inverse": inverted} for s, inverted in self.steps]}
+
+
+@functools.lru_cache(maxsize=4096)
+def _drawn(seed: int, n: int) -> torch.Tensor:
+    """The permutation of ``n`` points that ``seed`` draws (cached: a check moves each graph many times)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 class _PermutedRows(Batched):
@@ -251,6 +409,38 @@ class Permutations(GroupSample[Permutation]):
 
     def _options(self) -> list[str]:
         return [f"n={self.n}"]
+
+
+class NodePermutations(GroupSample[NodePermutation]):
+    """[`NodePermutation`][equivariance.permutations.NodePermutation]s drawn from a seed: a uniform
+    permutation of every graph's own nodes, for a ``Batch`` of graphs of different sizes.
+
+    Examples:
+        >>> sample = NodePermutations(4, seed=1)
+        >>> len(sample), sample[0].sized(4).n, sample == NodePermutations(4, seed=1)
+        (4, 4, True)
+
+    Args:
+        samples: how many to draw.
+        seed: the seed: the same seed, the same elements (and so the same permutation of each size).
+        include: ``NodePermutation``s checked first.
+    """
+
+    group: ClassVar[str] = "S(n) of each graph"
+
+    def _draw(self, samples: int, generator: torch.Generator) -> list[NodePermutation]:
+        return [
+            NodePermutation(seed)
+            for seed in torch.randint(0, 2**62, (samples,), generator=generator).tolist()
+        ]
+
+    def _admit(self, element: object, what: str) -> NodePermutation:
+        if not isinstance(element, NodePermutation):
+            raise InvalidArgument(
+                f"NodePermutations holds NodePermutations (of graphs of any size); {what} is "
+                f"{describe(element)}: use Permutations(n=...) for permutations of n points"
+            )
+        return element
 
 
 def _as_size(n: object) -> int:

@@ -112,6 +112,10 @@ class Product(Action):
                 hints.append(hint)
         return "; or ".join(hints) if hints else None
 
+    def sized(self, nodes: int) -> Action:
+        """Each factor on a graph of ``nodes`` nodes."""
+        return Product.of(*(f.sized(nodes) for f in self.factors))
+
     def inverse(self) -> Action:
         """The factors' inverses in the reverse order."""
         return Product.of(*(f.inverse() for f in reversed(self.factors)))

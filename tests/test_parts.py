@@ -21,7 +21,7 @@ from equivariance import (
 from equivariance.errors import EquivarianceError
 from equivariance.euclidean import E3, SO3, Rotation, Translation
 from equivariance.fields import EdgeIndex, Positions, Pseudovectors, Scalars, Vectors
-from equivariance.permutations import Permutation, Permutations
+from equivariance.permutations import NodePermutations, Permutation, Permutations
 
 
 class Centred(nn.Module):
@@ -155,6 +155,40 @@ def test_every_element_runs_through_the_one_runner_in_batched_passes() -> None:
     assert len(batches) == 1 + -(-rows * 3 // 48)
     # the rotations act on the copies by one einsum a chunk: never once per rotation and sample
     assert len(acted) < 2 * len(rotations) + 64
+
+
+def test_the_noise_floor_sends_one_item_a_row_as_on_a_grid() -> None:
+    """The floor's rows (the identity, two round trips) send one item each, not a row of every sample
+    (as the grid path sends the identity for one sample): counted by the model itself."""
+    model = Centred()
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    pos, h = cloud(batch=6, dtype=torch.float32)
+    report = check_equivariance(model, (pos, h), transforms=E3(32, seed=0), inputs=FIELDS, outputs=OUTPUTS)
+    assert report.passed, report
+    assert seen[0] == 6  # f(x)
+    assert sum(seen[1:]) == 32 * 6 + 3  # the elements' copies, and 3 floor items (not 3 * 6)
+    assert all(p.noise_floor > 0 for p in report.parts)  # one sample a round trip still shows rounding
+    seen.clear()
+    check_equivariance(model, (pos, h), transforms=Permutations(8, n=5), inputs=FIELDS, outputs=OUTPUTS)
+    assert sum(seen[1:]) == 8 * 6 + 1  # exact elements: the identity's one item only
+
+
+def test_a_batch_dependent_model_fails_with_the_one_item_floor() -> None:
+    """A model that normalises over the batch is not rescued by its floor: the floor's items run in a
+    chunk of other content than f(x)'s, so its error shows, and so do the elements'."""
+
+    def across_batch(pos: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        offset = pos - pos.mean(-2, keepdim=True)
+        return offset * h.mean((-1, -2))[:, None, None] / h.mean((-1, -2)).abs().sum()
+
+    report = check_equivariance(
+        across_batch, cloud(batch=6, dtype=torch.float32), transforms=SO3(16, seed=0), inputs=FIELDS,
+        outputs=Vectors(),
+    )  # fmt: skip
+    assert not report.passed, report
+    assert report.parts[0].noise_floor > 0.1  # measured and shown, but not credited: it is no rounding
+    assert "the output depends on the batch it is computed in" in report.hints[0]
 
 
 def test_a_float32_model_passes_at_the_default_tolerance_and_its_floor_is_measured() -> None:
@@ -425,10 +459,156 @@ def test_a_batch_of_graphs_is_one_sample_a_graph() -> None:
     assert report.parts[0].shape == (3, 6, 3)  # three graphs of six nodes
     pooled = lambda d: torch.zeros(d.num_graphs, 2, dtype=d.x.dtype).index_add(0, d.batch, d.x)  # noqa: E731
     assert check_invariance(pooled, batch, transforms=Permutations(4, n=6), inputs=GRAPH).passed
-    mixed = data.Batch.from_data_list([ring(6), ring(5)])
-    with pytest.raises(InvalidArgument, match=r"the model returned per-node outputs for graphs of \[5, 6\] "
-                       r"nodes; a check compares the graphs of one size at a time"):  # fmt: skip
-        check_equivariance(messages, mixed, transforms=SO3(2), inputs=GRAPH, outputs=Vectors(nodes=0))
+
+
+# -- a Batch of graphs of different sizes: molecules of 5, 9 and 12 atoms ---------------------------------
+
+
+def molecule(atoms: int, seed: int) -> object:
+    """A molecule: positions, atom types and every pair of atoms as an edge."""
+    data = pytest.importorskip("torch_geometric.data")
+    generator = torch.Generator().manual_seed(seed)
+    src, dst = torch.meshgrid(torch.arange(atoms), torch.arange(atoms), indexing="ij")
+    keep = src != dst
+    return data.Data(
+        pos=torch.randn(atoms, 3, generator=generator, dtype=torch.float64),
+        z=torch.randint(0, 4, (atoms,), generator=generator),
+        edge_index=torch.stack([src[keep], dst[keep]]),
+    )
+
+
+def molecules(dtype: torch.dtype = torch.float64) -> object:
+    data = pytest.importorskip("torch_geometric.data")
+    batch = data.Batch.from_data_list([molecule(5, 0), molecule(9, 1), molecule(12, 2)])
+    batch.pos = batch.pos.to(dtype)
+    return batch
+
+
+MOLECULE = {"pos": Positions(nodes=0), "z": Scalars(nodes=0), "edge_index": EdgeIndex()}
+ENERGY_FORCES = (Scalars(nodes=None), Vectors(nodes=0))
+
+
+class PairPotential(nn.Module):
+    """Energy per molecule (a sum over its edges of a pair term of the atom types and the distance) and
+    forces per atom (minus its gradient). ``index_feature`` adds each atom's index in the whole Batch to
+    its pair weight (a global node index used as a feature: breaks permutations); ``neighbour`` adds the
+    position of the next atom in the Batch to each atom's force, across graph boundaries at the ends."""
+
+    def __init__(self, index_feature: bool = False, neighbour: bool = False) -> None:
+        super().__init__()
+        self.index_feature, self.neighbour = index_feature, neighbour
+        self.embed = nn.Embedding(4, 6)
+
+    def forward(self, data: object) -> tuple[torch.Tensor, torch.Tensor]:
+        z, batch = data.z, data.batch  # type: ignore[attr-defined]
+        with torch.enable_grad():
+            pos = data.pos.detach().requires_grad_()  # type: ignore[attr-defined]
+            src, dst = data.edge_index  # type: ignore[attr-defined]
+            weight = (self.embed(z[src]) * self.embed(z[dst])).sum(-1).to(pos.dtype)
+            if self.index_feature:
+                weight = weight + 0.1 * src.to(pos.dtype)
+            pair = weight * torch.exp(-(pos[src] - pos[dst]).norm(dim=-1))
+            energy = torch.zeros(int(batch.max()) + 1, dtype=pos.dtype).index_add(0, batch[src], pair)
+            (grad,) = torch.autograd.grad(energy.sum(), pos)
+        forces = -grad
+        if self.neighbour:
+            forces = forces + 0.1 * torch.roll(pos.detach(), 1, 0)
+        return energy.detach(), forces
+
+
+def test_molecules_of_different_sizes_in_one_batch_turn_and_permute_graph_by_graph() -> None:
+    batch = molecules()
+    model = PairPotential().double()
+    elements = [*E3(16, seed=0), *NodePermutations(16, seed=0)]
+    report = check_equivariance(model, batch, transforms=elements, inputs=MOLECULE, outputs=ENERGY_FORCES)
+    assert report.passed, report
+    assert [p.shape for p in report.parts] == [(3,), (3, 12, 3)]  # forces one row a molecule, padded
+    assert report.max_error < 1e-12  # float64: the padding adds nothing, the references are exact
+    assert "3 graphs of 5 to 12 nodes" in report.inputs
+    # each molecule's own error: per graph
+    errors = equivariance_error(
+        model, batch, SO3(1, seed=3)[0], inputs=MOLECULE, outputs=ENERGY_FORCES, reduction="none"
+    )
+    assert errors.shape == (3,)
+    assert float(errors.max()) < 1e-12
+    # float32 at the default tolerance: the floor shows the rounding, the check passes
+    single = check_equivariance(
+        PairPotential(), molecules(torch.float32), transforms=elements, inputs=MOLECULE, outputs=ENERGY_FORCES
+    )  # fmt: skip
+    assert single.passed, single
+    assert single.parts[1].noise_floor > 0
+    # invariance: a per-node output compared graph by graph, a pooled one as it is
+    atoms = lambda data: data.z.to(torch.float64)[:, None] * 1.0  # noqa: E731
+    energy = lambda data: model(data)[0]  # noqa: E731
+    assert check_invariance(energy, batch, transforms=NodePermutations(8), inputs=MOLECULE).passed
+    assert check_invariance(atoms, batch, transforms=E3(8), inputs=MOLECULE).passed
+    assert not check_invariance(atoms, batch, transforms=NodePermutations(8), inputs=MOLECULE).passed
+
+
+def test_a_permutation_of_a_batch_never_mixes_its_graphs() -> None:
+    """Each atom drawn halfway to its own molecule's centroid: equivariant under a permutation within
+    each graph, not under one across graphs (the centroids would change); a position output, whose
+    padding a translation must not move."""
+    batch = molecules()
+
+    def centred(data: object) -> torch.Tensor:
+        pos, index = data.pos, data.batch  # type: ignore[attr-defined]
+        sums = torch.zeros(int(index.max()) + 1, 3, dtype=pos.dtype).index_add(0, index, pos)
+        counts = torch.bincount(index).to(pos.dtype)[:, None]
+        centroid = (sums / counts)[index]
+        return centroid + 0.5 * (pos - centroid)  # a position: moves with a translation
+
+    report = check_equivariance(
+        centred, batch, transforms=[*NodePermutations(8, seed=1), *E3(8, seed=1)], inputs=MOLECULE,
+        outputs=Positions(nodes=0),
+    )  # fmt: skip
+    assert report.passed, report
+
+
+@pytest.mark.parametrize(
+    ("broken", "hint"),
+    [
+        ({"index_feature": True}, "the pooled output (output[0]) changes when the points are reordered"),
+        ({"neighbour": True}, "the per-node output (output[1]) does not permute with the points"),
+    ],
+)
+def test_a_model_that_reads_node_order_across_a_batch_fails_under_permutation(
+    broken: dict[str, bool], hint: str
+) -> None:
+    """Negative controls: a global node index used as a feature, or a force that reads the next atom in
+    the Batch (across graph boundaries)."""
+    model = PairPotential(**broken).double()
+    report = check_equivariance(
+        model, molecules(), transforms=NodePermutations(16, seed=0), inputs=MOLECULE, outputs=ENERGY_FORCES
+    )  # fmt: skip
+    assert not report.passed
+    assert any(hint in h for h in report.hints), report.hints
+
+
+def test_a_few_bad_graphs_among_a_batch_are_named() -> None:
+    """Errors tiny for most molecules and large for one: the worst graph and the count are reported."""
+
+    def nine_atoms_break(data: object) -> torch.Tensor:
+        pos, index = data.pos, data.batch  # type: ignore[attr-defined]
+        counts = torch.bincount(index)
+        centroid = torch.zeros(len(counts), 3, dtype=pos.dtype).index_add(0, index, pos) / counts[:, None]
+        bad = (counts[index] == 9).to(pos.dtype)[:, None]  # the molecule of 9 atoms reads a raw coordinate
+        return pos - centroid[index] + bad * pos[:, :1]
+
+    report = check_equivariance(
+        nine_atoms_break, molecules(), transforms=SO3(8), inputs=MOLECULE, outputs=Vectors(nodes=0)
+    )
+    (part,) = report.parts
+    assert not part.passed
+    assert (part.failed_samples, part.samples, part.sample) == (1, 3, 1)
+
+
+def test_a_permutation_of_a_fixed_size_on_graphs_of_several_sizes_is_told_the_fix() -> None:
+    with pytest.raises(InvalidArgument, match=r"Permutation\(\[4, 0, 1, 3, 2\]\) permutes .* "
+                       r"\(graph 1 of x has 9 nodes; the graphs of x have 5, 9 and 12\): to permute the nodes of "
+                       r"graphs of different sizes, pass NodePermutations\(16, seed=0\)"):  # fmt: skip
+        check_equivariance(PairPotential().double(), molecules(), transforms=Permutations(4, n=5),
+                           inputs=MOLECULE, outputs=ENERGY_FORCES)  # fmt: skip
 
 
 def test_graph_mismatches_are_named() -> None:

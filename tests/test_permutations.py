@@ -8,8 +8,8 @@ import torch
 from _reference_points import moved
 
 from equivariance.errors import InvalidArgument
-from equivariance.fields import Adjacency, EdgeIndex, Positions, Scalars, Vectors
-from equivariance.permutations import Permutation, Permutations
+from equivariance.fields import Adjacency, EdgeIndex, Positions, Scalars, Vectors, transform
+from equivariance.permutations import NodePermutation, NodePermutations, Permutation, Permutations
 
 P = Permutation([3, 0, 4, 1, 2])
 
@@ -146,3 +146,67 @@ def test_messages() -> None:
         Permutations(2, n=4, include=[P])
     with pytest.raises(InvalidArgument, match=r"n must be at least 1 \(the number of points\), found 0"):
         Permutations(2, n=0)
+
+
+# -- permutations of graphs of any size ----------------------------------------------------------------
+
+
+def test_a_node_permutation_is_one_permutation_of_each_size() -> None:
+    g, h = NodePermutation(seed=3), NodePermutation(seed=4)
+    for n in (1, 5, 9, 12):
+        assert g.sized(n).n == n
+        assert g.sized(n) == Permutation(torch.randperm(n, generator=torch.Generator().manual_seed(3)))
+        assert (g * h).sized(n) == g.sized(n) * h.sized(n)  # h first, then g, as for Permutation
+        assert g.inverse().sized(n) == g.sized(n).inverse()
+        x = torch.randn(2, n, 3, dtype=torch.float64)
+        assert torch.equal(g.act(x, Vectors()), g.sized(n).act(x, Vectors()))
+    assert (g * g.inverse()).is_identity
+    assert not g.is_identity
+    assert g == NodePermutation(3)
+    assert g != h
+    assert hash(g) == hash(NodePermutation(3))
+    assert repr(g.inverse() * h) == "NodePermutation(seed=3).inverse() * NodePermutation(seed=4)"
+    assert g.to_json() == {"node_permutation": [{"seed": 3, "inverse": False}]}
+    rows = torch.randn(6, 7, 2)
+    batched = NodePermutation.batched(rows, [g, h], Scalars())
+    assert batched is not None
+    taken = batched.take(torch.tensor([0, 5]), torch.tensor([1, 0]))
+    assert torch.equal(taken, torch.stack([h.act(rows[0], Scalars()), g.act(rows[5], Scalars())]))
+    with pytest.raises(
+        InvalidArgument, match=r"which an edge_index alone does not give; move the whole graph"
+    ):
+        g.act(torch.tensor([[0, 1], [1, 0]]), EdgeIndex())
+
+
+def test_a_batch_of_graphs_is_permuted_graph_by_graph() -> None:
+    """transform() moves each graph of a Batch on its own nodes: no node leaves its graph, and every
+    edge joins the same two atoms; a Permutation of one size is refused by a graph of another."""
+    data = pytest.importorskip("torch_geometric.data")
+    graphs = []
+    for n in (5, 9, 12):
+        src = torch.arange(n)
+        graphs.append(data.Data(x=torch.arange(n, dtype=torch.float64)[:, None] + 100 * n,
+                                edge_index=torch.stack([src, (src + 1) % n])))  # fmt: skip
+    batch = data.Batch.from_data_list(graphs)
+    fields = {"x": Scalars(nodes=0), "edge_index": EdgeIndex()}
+    g = NodePermutation(seed=0)
+    moved_batch = transform(g, batch, fields)
+    assert torch.equal(moved_batch.batch, batch.batch)  # every node stays in its graph
+    for k, n in enumerate((5, 9, 12)):
+        graph, moved_graph = batch.get_example(k), moved_batch.get_example(k)
+        assert torch.equal(moved_graph.x, graph.x[list(g.sized(n).indices)])
+        assert torch.equal(moved_graph.x[moved_graph.edge_index], graph.x[graph.edge_index])
+    with pytest.raises(
+        InvalidArgument, match=r"x \(graph 1\)\.(x|edge_index): .*Permutation\(\[4, 0, 1, 2, 3\]\) permutes"
+    ):
+        transform(Permutation.cycle(5), batch, fields, name="x")
+
+
+def test_node_permutations_are_seeded() -> None:
+    sample = NodePermutations(8, seed=2)
+    assert sample == NodePermutations(8, seed=2)
+    assert sample != NodePermutations(8, seed=3)
+    assert len({g.sized(6) for g in sample}) > 4
+    assert repr(NodePermutations(2, seed=1)) == "NodePermutations(2, seed=1)"
+    with pytest.raises(InvalidArgument, match=r"NodePermutations holds NodePermutations"):
+        NodePermutations(2, include=[Permutation.cycle(3)])

@@ -16,9 +16,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from equivariance._engine.copies import Copies
 from equivariance._engine.forward import Forward, find_layer
 from equivariance._engine.isolation import submodules
-from equivariance._engine.parts import Call, Graphs, OutputParts, as_arguments, is_graph
+from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts, as_arguments, is_graph
 from equivariance._engine.sinks import OutputAction, all_finite
 from equivariance._engine.validation import as_int, describe, per_dim, shown_per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary
@@ -27,6 +28,7 @@ from equivariance.errors import InvalidArgument
 from equivariance.fields import Adjacency, EdgeIndex, Field
 from equivariance.generators import Generator, PointGenerator
 from equivariance.layouts import Layout, as_layout
+from equivariance.permutations import Permutation
 from equivariance.regular import Regular
 from equivariance.shifts import Shift, as_shift
 
@@ -174,8 +176,12 @@ def checked_call(
     """The call ``x`` with its field types ``inputs``, checked (``_call``), every element acting on every
     input it moves, not all the identity (``verb``, ``purpose``: as in ``check_not_identity``)."""
     arguments = _call(model, x, inputs)
-    for element in elements:
-        _check_acts(element, arguments)
+    if isinstance(arguments, Graphs):
+        for element in elements:
+            _check_acts_on_graphs(element, arguments)
+    elif not _all_act(elements, arguments):
+        for element in elements:
+            _check_acts(element, arguments)  # one at a time: the one that fails is named
     check_not_identity(elements, verb, purpose)
     return arguments
 
@@ -233,11 +239,52 @@ def _check_tensor(tensor: torch.Tensor, name: str) -> None:
         )
 
 
-def _check_acts(element: Action, arguments: Call) -> None:
+def _check_acts_on_graphs(element: Action, graphs: Graphs) -> None:
+    """``element`` must move a graph of each size, every attribute by its field type (with the fields'
+    messages); a permutation of a fixed number of nodes meeting graphs of several sizes is told the fix."""
+    sizes = sorted(set(graphs.nodes()))
+    for index in graphs.of_each_size():
+        try:
+            graphs.moved(element, index)
+        except InvalidArgument as exc:
+            if len(sizes) == 1 or not _has_fixed_size(element):
+                raise
+            shown = ", ".join(map(str, sizes[:-1])) + f" and {sizes[-1]}"
+            n = graphs.nodes()[index]
+            raise InvalidArgument(
+                f"{exc} (graph {index} of x has {n} nodes; the graphs of x have {shown}): "
+                "to permute the nodes of graphs of different sizes, pass NodePermutations(16, seed=0) "
+                "(equivariance.permutations), which permutes each graph's own nodes"
+            ) from None
+
+
+def _has_fixed_size(element: Action) -> bool:
+    """Whether ``element`` is, or has a factor that is, a permutation of a fixed number of points."""
+    factors = getattr(element, "factors", (element,))
+    return any(isinstance(f, Permutation) for f in factors)
+
+
+def _all_act(elements: Sequence[Action], arguments: Arguments) -> bool:
+    """Whether every element moves one sample of every input with a field type, keeping its shape, tried
+    the way the copies move them (each class's batched path at once: one einsum for 64 rotations); False
+    where anything fails, for ``_check_acts`` to name it."""
+    count = len(elements)
+    for part, tensor in zip(arguments.parts, arguments.tensors):
+        if part.field is None:
+            continue
+        try:
+            moved = Copies(tensor[:1], elements, part.field).take(
+                torch.zeros(count, dtype=torch.long), torch.arange(count)
+            )
+        except Exception:
+            return False
+        if tuple(moved.shape) != (count, *tensor.shape[1:]):
+            return False
+    return True
+
+
+def _check_acts(element: Action, arguments: Arguments) -> None:
     """``element`` must act on every input with a field type, keeping its shape (tried on one sample)."""
-    if isinstance(arguments, Graphs):
-        arguments.moved(element, 0)  # every attribute by its field type, with the fields' messages
-        return
     for part, tensor in zip(arguments.parts, arguments.tensors):
         if part.field is None:
             continue

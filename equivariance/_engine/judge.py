@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from equivariance.tolerances import Tolerance
+from equivariance.tolerances import Tolerance, default_tolerance
 
 KEEP_FRACTION = 0.25
 """The share of the compared positions a suggested margin must keep."""
@@ -211,6 +211,19 @@ def relative_sizes(difference: torch.Tensor, reference: torch.Tensor) -> tuple[t
 def within(errors: torch.Tensor, absolute: torch.Tensor, tolerance: Tolerance) -> torch.Tensor:
     """Which errors pass: relative ones at most ``rtol``, absolute ones at most ``atol``."""
     return torch.where(absolute, errors <= tolerance.atol, errors <= tolerance.rtol)
+
+
+def credited_floor(floor: float, dtype: torch.dtype) -> float:
+    """The noise floor an output's errors may be judged against: ``floor`` where rounding can explain it
+    (at most the default ``rtol`` of ``dtype``, the least precise of the call's), else 0. A floor above
+    that is no rounding: the output depends on the batch it is computed in, and an error it reaches
+    fails as any other.
+
+    Examples:
+        >>> credited_floor(3e-7, torch.float32), credited_floor(0.9, torch.float32)
+        (3e-07, 0.0)
+    """
+    return floor if floor <= default_tolerance(dtype).rtol else 0.0
 
 
 def within_floor(

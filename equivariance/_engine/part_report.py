@@ -5,7 +5,8 @@ part alone (`equivariance._engine.judge.sample_errors`); its noise floor is
 the largest error the plan's floor rows measure for it (the identity, and
 inputs moved there and back by elements that round); it passes within
 tolerance or within ``FLOOR_FACTOR`` times its floor
-(`equivariance._engine.judge.within_floor`). An element passes when every
+(`equivariance._engine.judge.within_floor`), where rounding can explain the floor
+(`equivariance._engine.judge.credited_floor`). An element passes when every
 part passes for every sample. Where a part fails, the worst failing element
 says what that means (``Action.failure_hint``).
 """
@@ -16,7 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-from equivariance._engine.judge import Sums, sample_errors, within_floor
+from equivariance._engine import causes
+from equivariance._engine.judge import Sums, credited_floor, sample_errors, within_floor
+from equivariance._engine.parts import Graphs
 from equivariance._engine.plan import Plan
 from equivariance.report import EquivarianceReport, PartResult, ShiftResult
 from equivariance.sampling import GroupSample
@@ -30,6 +33,7 @@ def part_errors(
     pass, and the part's noise floor."""
     errors, absolutes, passes, floors = [], [], [], []
     k = plan.noise_rows
+    dtype = _dtype(plan)
     for part in sums:
         noise, checked = part.rows(slice(0, k)), part.rows(slice(k, None))
         error, absolute = sample_errors(checked.diff_sq, checked.ref_sq, checked.count.unsqueeze(-1))
@@ -39,9 +43,14 @@ def part_errors(
             floor = float(noise_error.max())
         errors.append(error)
         absolutes.append(absolute)
-        passes.append(within_floor(error, absolute, tolerance, floor))
+        passes.append(within_floor(error, absolute, tolerance, credited_floor(floor, dtype)))
         floors.append(floor)
     return errors, absolutes, passes, floors
+
+
+def _dtype(plan: Plan) -> torch.dtype:
+    """The least precise of the inputs' and the outputs' dtypes."""
+    return min((plan.request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
 
 
 def part_report(
@@ -60,14 +69,18 @@ def part_report(
     stacked = torch.stack(errors)  # (part, element, sample)
     ok = torch.stack(passes).all(dim=0).all(dim=1)  # (element,)
     worst_by_part = stacked.amax(dim=2)  # (part, element)
-    results = []
-    for k, element in enumerate(plan.elements):
-        p = int(worst_by_part[:, k].argmax())
-        n = int(stacked[p, k].argmax())
-        results.append(ShiftResult(
-            element, float(stacked[p, k, n]), bool(ok[k]), bool(absolutes[p][k, n]),
-            tuple(worst_by_part[:, k].tolist()),
-        ))  # fmt: skip
+    # each element's worst part and, in it, its worst sample: read once for all elements
+    elements = torch.arange(len(plan.elements))
+    worst_part = worst_by_part.argmax(dim=0)
+    worst_sample = stacked[worst_part, elements].argmax(dim=1)
+    worst = stacked[worst_part, elements, worst_sample].tolist()
+    absolute = torch.stack(absolutes)[worst_part, elements, worst_sample].tolist()
+    results = [
+        ShiftResult(element, error, passed, zero, tuple(by_part))
+        for element, error, passed, zero, by_part in zip(
+            plan.elements, worst, ok.tolist(), absolute, worst_by_part.T.tolist()
+        )
+    ]
     invariance = request.mode == "invariance"
     parts = []
     for p, part in enumerate(outputs.parts):
@@ -110,14 +123,25 @@ def _hints(plan: Plan, parts: Sequence[PartResult]) -> tuple[str, ...]:
     assert outputs is not None
     invariance = plan.request.mode == "invariance"
     hints: list[str] = []
+    dtype = _dtype(plan)
+    arguments = plan.request.arguments
+    graphs = ""
+    if isinstance(arguments, Graphs):
+        graphs = "; between graphs, an operation that reaches across the graphs of a Batch"
     for part, result in zip(outputs.parts, parts):
         if result.passed:
             continue
+        if result.noise_floor > 0 and credited_floor(result.noise_floor, dtype) == 0:
+            hints.append(
+                f"the noise floor of {part.name} alone (f(x) computed again, in a chunk of other samples) "
+                f"measures {result.noise_floor:.1e}, more than rounding reaches in "
+                f"{str(dtype).removeprefix('torch.')}: the output depends on the batch it is computed in, "
+                f"not only on the sample: {causes.BATCH_INTERACTION}{graphs}"
+            )
         field = None if invariance else part.field
         hint = result.element.failure_hint(part.name, field)
         if hint is not None and hint not in hints:
             hints.append(hint)
-    arguments = plan.request.arguments
     alone = [] if arguments is None else [p.name for p in arguments.parts if p.field is None]
     if alone and any(not r.passed for r in parts):
         names = ", ".join(alone)

@@ -8,6 +8,12 @@ moved in float64 and never rounded to the model's dtype, so the test's own
 arithmetic adds nothing to the error it reports. Each part keeps its own
 sums, so a small energy is judged against its own size, not against large
 forces beside it.
+
+A per-node output of graphs of different sizes (``OutputParts.mixed``) is
+laid out padded to the largest graph; its references are moved graph by
+graph, each by ``element.sized(nodes)`` on the graph's own rows (a
+permutation of one graph's nodes, a translation that leaves the padding
+alone), and padded again.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from equivariance._engine.copies import Copies
 from equivariance._engine.judge import Sums, accumulation_dtype
 from equivariance._engine.parts import OutputParts
 from equivariance._engine.sinks import Describe, all_finite, check_finite
-from equivariance.actions import Action
+from equivariance.actions import Action, guarded_act
+from equivariance.fields import Field
 
 
 class PartSums:
@@ -39,11 +46,18 @@ class PartSums:
         self.n = len(base)
         pieces = outputs.unflatten(base.to(self.work))
         self.base = [p.reshape(self.n, -1) for p in pieces]
-        moving = [not e.is_identity for e in self.acting]
-        self.references = [
-            Copies(piece, self.acting, field) if field is not None and any(moving) else None
-            for piece, field in zip(pieces, outputs.acting)
-        ]
+        moving = any(not e.is_identity for e in self.acting)
+        self.references: list[Copies | GraphReferences | None] = []
+        for piece, part, field, per_node in zip(
+            pieces, outputs.parts, outputs.acting, outputs.per_node or (False,) * len(pieces)
+        ):
+            if field is None or not moving:
+                self.references.append(None)
+            elif per_node and outputs.mixed:
+                assert part.field is not None
+                self.references.append(GraphReferences(piece, self.acting, part.field, outputs.nodes))
+            else:
+                self.references.append(Copies(piece, self.acting, field))
         rows, count = len(self.acting), len(outputs.parts)
         self.diff_sq = torch.zeros(rows * self.n, count, dtype=torch.float64)
         self.ref_sq = torch.zeros(rows * self.n, count, dtype=torch.float64)
@@ -77,3 +91,28 @@ class PartSums:
             )
             for p, size in enumerate(self.outputs.sizes)
         ]
+
+
+class GraphReferences:
+    """Per-node outputs ``f(x)`` of graphs of different sizes, padded ``(graphs, width, ...)``, moved graph
+    by graph: ``take(sample, row)[b]`` is ``acting[row[b]].sized(n)`` acting on the ``n`` rows of graph
+    ``sample[b]`` (its field type's nodes on axis 0), padded with zeros again.
+
+    Args:
+        base: the padded outputs.
+        acting: the element of each row.
+        field: the part's field type, on one graph's tensor ``(nodes, ...)``.
+        nodes: each graph's number of nodes.
+    """
+
+    def __init__(
+        self, base: torch.Tensor, acting: Sequence[Action], field: Field, nodes: Sequence[int]
+    ) -> None:
+        self.base, self.acting, self.field, self.nodes = base, list(acting), field, list(nodes)
+
+    def take(self, sample: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(sample), *self.base.shape[1:], dtype=self.base.dtype, device=self.base.device)
+        for b, (s, k) in enumerate(zip(sample.tolist(), row.tolist())):
+            n = self.nodes[s]
+            out[b, :n] = guarded_act(self.acting[k].sized(n), self.base[s, :n], self.field)
+        return out

@@ -170,6 +170,13 @@ class Graphs:
         """The number of nodes of each graph."""
         return [int(g.num_nodes) for g in self.graphs]
 
+    def of_each_size(self) -> list[int]:
+        """One graph of each number of nodes (the first), by index: where an element is tried."""
+        first: dict[int, int] = {}
+        for index, n in enumerate(self.nodes()):
+            first.setdefault(n, index)
+        return sorted(first.values())
+
     def with_tensors(self, tensors: Sequence[torch.Tensor]) -> Graphs:
         """One graph with the parts' tensors replaced (a perturbed input)."""
         assert self.n == 1
@@ -220,7 +227,9 @@ class Graphs:
             )
             for p in self.parts
         )
-        count = "1 graph" if self.n == 1 else f"{self.n} graphs (the first shown)"
+        sizes = sorted(set(self.nodes()))
+        of = "" if len(sizes) == 1 else f" of {sizes[0]} to {sizes[-1]} nodes"
+        count = "1 graph" if self.n == 1 else f"{self.n} graphs{of} (the first shown)"
         return f"{shown} of {count}"
 
     def describe(self) -> str:
@@ -465,7 +474,10 @@ class OutputParts:
 
     ``fields`` is a field type (one tensor), a tuple or list of them (one per
     output), a dict (by key), or None for invariance (every part compared as
-    it is). ``sizes`` are fixed by ``f(x)`` (``measured``).
+    it is). ``sizes`` are fixed by ``f(x)`` (``measured``). For a ``Batch`` of
+    graphs, ``per_node`` says which parts have one row a node, and ``nodes``
+    holds each graph's number of nodes: such a part is laid out one row a
+    graph, padded with zeros to the largest graph where the sizes differ.
     """
 
     fields: Any
@@ -473,6 +485,7 @@ class OutputParts:
     sizes: tuple[int, ...] = ()
     shapes: tuple[tuple[int, ...], ...] = ()
     per_node: tuple[bool, ...] = ()
+    nodes: tuple[int, ...] = ()
 
     def flatten(
         self,
@@ -547,7 +560,7 @@ class OutputParts:
             total is not None and t.dim() > 0 and len(t) == total and (p.field is None or p.field.nodes == 0)
             for p, t in zip(parts, tensors)
         )
-        resolved = dataclasses.replace(resolved, per_node=per_node)
+        resolved = dataclasses.replace(resolved, per_node=per_node, nodes=tuple(nodes or ()))
         tensors = resolved._by_graph(tensors, nodes, subject)
         return dataclasses.replace(
             resolved,
@@ -555,23 +568,37 @@ class OutputParts:
             shapes=tuple(tuple(t.shape) for t in tensors),
         )
 
+    @property
+    def mixed(self) -> bool:
+        """Whether the graphs differ in size (their per-node parts are padded)."""
+        return len(set(self.nodes)) > 1
+
     def _by_graph(
         self, tensors: list[torch.Tensor], nodes: Sequence[int] | None, subject: str
     ) -> list[torch.Tensor]:
-        """Per-node outputs of a Batch of graphs ``(nodes, ...)`` as ``(graphs, nodes a graph, ...)``."""
+        """Per-node outputs of a Batch of graphs ``(nodes, ...)`` as ``(graphs, nodes a graph, ...)``, each
+        graph's rows first and zeros after them up to the largest graph of ``f(x)``."""
         if nodes is None or not any(self.per_node):
             return tensors
-        if len(set(nodes)) > 1:
-            raise InvalidArgument(
-                f"{subject} returned per-node outputs for graphs of {sorted(set(nodes))} nodes; a check "
-                "compares the graphs of one size at a time: pass the graphs of each size in a Batch of their "
-                "own (or one Data at a time)"
-            )
-        n = nodes[0] if nodes else 0
-        return [
-            t.reshape(len(nodes), n, *t.shape[1:]) if per_node else t
-            for t, per_node in zip(tensors, self.per_node)
-        ]
+        width = max(self.nodes)
+        counts = torch.tensor(list(nodes))
+        graph = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        position = torch.arange(int(counts.sum())) - (torch.cumsum(counts, 0) - counts)[graph]
+        out = []
+        for part, t, per_node in zip(self.parts, tensors, self.per_node):
+            if per_node and len(t) != len(graph):
+                raise InvalidArgument(
+                    f"{subject} returned {part.name} of shape {tuple(t.shape)} for graphs of {len(graph)} "
+                    "nodes in all, but one row a node for f(x); a per-node output must keep one row a node"
+                )
+            if per_node and len(set(nodes)) == 1 and nodes[0] == width:
+                t = t.reshape(len(nodes), width, *t.shape[1:])  # graphs of one size: a view
+            elif per_node:
+                padded = t.new_zeros(len(nodes), width, *t.shape[1:])
+                padded[graph.to(t.device), position.to(t.device)] = t
+                t = padded
+            out.append(t)
+        return out
 
     @property
     def acting(self) -> tuple[Field | None, ...]:
@@ -672,6 +699,9 @@ class RoundTrip(Action):
 
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
         return guarded_act(self.element.inverse(), guarded_act(self.element, x, where), where)
+
+    def sized(self, nodes: int) -> Action:
+        return RoundTrip(self.element.sized(nodes))
 
     def __repr__(self) -> str:
         return f"RoundTrip({self.element!r})"

@@ -2,15 +2,16 @@
 
 ``make_plan`` runs the unshifted input through the model once (with one backward pass where
 ``margin="auto"`` needs the receptive field), views the output in its layout, infers the stride where
-``stride="auto"``, and fixes the rows the runner sends: the identity first (the noise floor, for the
-last ``FLOOR_SAMPLES`` samples of ``x`` only, unless the caller chose the batch size), then the
-elements checked; ``measure`` runs them and returns the sums. Its ``Request`` comes from
-`equivariance._engine.arguments`.
+``stride="auto"``, and fixes the rows the runner sends: the noise floor's first (the identity, and
+for several inputs the round trips of elements that round; ``FLOOR_SAMPLES`` items a row, unless the
+caller chose the batch size), then the elements checked; ``measure`` runs them and returns the sums.
+Its ``Request`` comes from `equivariance._engine.arguments`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -49,7 +50,7 @@ def floor_samples(request: Request) -> int:
     rows in every chunk); none without a noise floor."""
     if not request.noise_floor:
         return 0
-    n = len(request.x)
+    n = len(request.inputs)
     return n if isinstance(request.batch_size, int) else min(FLOOR_SAMPLES, n)
 
 
@@ -100,9 +101,31 @@ class Plan:
 
     @property
     def skipped(self) -> int:
-        """How many items of the noise floor's identity row are not sent: all but its last
-        ``FLOOR_SAMPLES`` samples (none with a batch size the caller chose)."""
-        return self.noise_rows * (len(self.request.x) - floor_samples(self.request))
+        """How many items of the noise floor's rows are not sent: the runner skips them, the first
+        items of all; each floor row sends ``floor_samples`` items (all with a batch size the caller
+        chose), the last ones before the elements checked (see ``table``)."""
+        return self.noise_rows * (len(self.request.inputs) - floor_samples(self.request))
+
+    @property
+    def sent(self) -> int:
+        """How many items the runner sends: those of the elements checked and the floor's."""
+        return len(self.rows) * len(self.request.inputs) - self.skipped
+
+    def table(self) -> torch.Tensor | None:
+        """Which row's element each item sends, ``(rows, samples)``; None where each sends its own.
+
+        The floor's items sent are the last of its rows (see ``skipped``), so
+        with several floor rows (the identity, round trips) they lie in the
+        last rows: they are given the floor's elements in turn, ``floor_samples``
+        items each, on the last samples of ``x`` (one each by default).
+        """
+        n, k = len(self.request.inputs), self.noise_rows
+        table = torch.arange(len(self.rows)).repeat_interleave(n)
+        floor = torch.arange(k).repeat_interleave(floor_samples(self.request))
+        if torch.equal(table[self.skipped : k * n], floor):
+            return None
+        table[self.skipped : k * n] = floor
+        return table.reshape(len(self.rows), n)
 
 
 # -- the plan: one unshifted pass, "auto" resolved ---------------------------------------------------
@@ -167,15 +190,18 @@ def _parts_plan(runner: Runner, request: Request) -> Plan:
     elements = request.elements or ()
     floor: tuple[Action, ...] = ()
     if request.noise_floor:
-        trips = [RoundTrip(e) for e in elements if not e.exact][:FLOOR_ROUND_TRIPS]
+        trips = [
+            RoundTrip(e) for e in itertools.islice((e for e in elements if not e.exact), FLOOR_ROUND_TRIPS)
+        ]
         floor = (Identity(), *trips)
     rows = (*floor, *elements)
     moving = request.mode == "equivariance"
     acting = tuple(Identity() for _ in floor) + (elements if moving else tuple(Identity() for _ in elements))
-    size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, len(rows) * len(request.x))
-    return Plan(
-        request, base.output, None, None, (), (), elements, rows, size, outputs=forward.parts, acting=acting
+    plan = Plan(
+        request, base.output, None, None, (), (), elements, rows, 0, outputs=forward.parts, acting=acting
     )
+    size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, plan.sent)
+    return dataclasses.replace(plan, batch_size=size)
 
 
 def _needs_meter(request: Request) -> bool:
@@ -193,7 +219,7 @@ def _needs_meter(request: Request) -> bool:
         return True
     strides = (1,) * request.spatial_dims if request.stride == "auto" else request.stride
     rows = len(request.elements) if request.elements is not None else len(_shift_box(request, strides))
-    return rows * len(request.x) + floor_samples(request) > CPU_MIN_CHUNK
+    return rows * len(request.inputs) + floor_samples(request) > CPU_MIN_CHUNK
 
 
 def _resolve_layout(request: Request, base: torch.Tensor) -> tuple[Layout, tuple[str, ...]]:
@@ -274,8 +300,6 @@ def _finish(
             Shift.identity(request.spatial_dims) if isinstance(elements[0], Shift) else Identity()
         )
         rows = (identity, *elements)
-    total = len(elements) * len(request.x) + floor_samples(request)
-    size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, total)
     grid_base = None
     if grid is not None:
         grid_base = grid.layout.to_grid(base.output, grid.spatial_dims)
@@ -283,7 +307,9 @@ def _finish(
             if request.fields is not None and grid_base.dim() >= 2:
                 request.fields.fields_of(grid_base.shape[1], f"the output of shape {tuple(grid_base.shape)}")
             _check_output_fits(_acting(request, elements), grid, grid_base, margins, request.fields)
-    return Plan(request, base.output, grid, grid_base, strides, margins, elements, rows, size, notes)
+    plan = Plan(request, base.output, grid, grid_base, strides, margins, elements, rows, 0, notes)
+    size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, plan.sent)
+    return dataclasses.replace(plan, batch_size=size)
 
 
 def _check_output_fits(
@@ -365,6 +391,7 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
         [consumer, *also],
         plan.batch_size,
         lambda row: moved_inputs(plan.rows, row),
+        elements=plan.table(),
         skip=plan.skipped,
     )
     return sink.sums(), size
@@ -392,8 +419,9 @@ def measure_parts(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> 
         else GraphCopies(arguments, plan.rows)
     )
     size = runner.run(
-        copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row)
-    )
+        copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row),
+        elements=plan.table(), skip=plan.skipped,
+    )  # fmt: skip
     return sink.sums(), size
 
 
