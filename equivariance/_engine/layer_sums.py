@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 import torch
 
-from equivariance._engine.judge import KEEP_FRACTION, margins_beyond, sample_errors, squared_norms, within
+from equivariance._engine.judge import (
+    KEEP_FRACTION,
+    accumulation_dtype,
+    float32_sums,
+    margins_beyond,
+    sample_errors,
+    squared_norms,
+    within,
+)
 from equivariance._engine.sinks import _tiles, beyond_sums, check_finite, reach_masks
 from equivariance.actions import Grid
 from equivariance.tolerances import Tolerance
@@ -53,7 +61,8 @@ class PooledLayer:
         lo, hi = tuple(r.start for r in region), tuple(r.stop for r in region)
         plan = _plan(len(shape) + 1, shape[len(shape) - d :], tuple(offsets), lo, hi, boundary)
         channel_dims, self.tiles, self.box, self.depth = plan
-        self.summed = tuple(dim + 1 for dim in channel_dims)  # in (2, N, ...): see _squares
+        self.channel_dims = channel_dims  # in (N, ...)
+        self.summed = tuple(dim + 1 for dim in channel_dims)  # in (2, N, ...): see _squares_copied
         self.shape = (*shape[: len(shape) - d], *self.box)  # a sample's reference over the box
         self.channels = math.prod(shape[: len(shape) - d])
         # differences in the output's dtype (float32 for narrower ones, where they are exact)
@@ -81,6 +90,34 @@ class PooledLayer:
 
     def _squares(self, both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
         """``(2, N, *box)``: the squared differences and the reference's squares, summed over channels."""
+        if work != both.dtype or accumulation_dtype(both.device) != torch.float64:
+            return self._squares_copied(both, work)
+        n, d, dims = self.pool.n, len(self.box), self.channel_dims
+        base, moved = both[:n], both[n:]
+        # kept memory (fresh memory would cost page faults), laid out in the output's memory order (a
+        # channels-last output read across would cost several times more): the differences over the
+        # box, then their squares and the reference's squares over the whole output, in turn
+        order = _memory_order(base)
+        size, whole = n * self.channels * math.prod(self.box), base.numel()
+        flat = self.pool.scratch((size + max(size, whole),), work, both.device)
+        differences = _laid_out(flat[:size], (n, *self.shape), order)
+        for in_box, in_moved, in_base in self.tiles:
+            torch.sub(moved[in_moved], base[in_base], out=differences[in_box])
+        sums = torch.empty((2, n, *self.box), dtype=torch.float64, device=both.device)
+        squared = torch.mul(
+            differences, differences, out=_laid_out(flat[size : 2 * size], differences.shape, order)
+        )
+        sums[0] = float32_sums(squared.sum(dims), lambda: differences, dims)
+        # the reference's squares summed over channels where it lies whole, then its tiles: a small copy
+        squared = torch.mul(base, base, out=_laid_out(flat[size : size + whole], base.shape, order))
+        full = float32_sums(squared.sum(dims), lambda: base, dims)
+        reference, samples = sums[1], (slice(None),)
+        for in_box, _, in_base in self.tiles:
+            reference[samples + in_box[-d:]] = full[samples + in_base[-d:]]
+        return sums
+
+    def _squares_copied(self, both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+        """``_squares`` for an output converted to ``work`` (a narrower dtype, or float64 again)."""
         n = self.pool.n
         base, moved = both[:n], both[n:]
         # the differences and the reference side by side, squared and summed over channels at once
@@ -185,6 +222,20 @@ class _Group:
 
 
 Tile = tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]
+
+
+def _memory_order(tensor: torch.Tensor) -> tuple[int, ...]:
+    """A tensor's dims from the outermost in memory to the innermost (by stride, ties in order)."""
+    strides = tensor.stride()
+    return tuple(sorted(range(tensor.dim()), key=lambda k: -strides[k]))
+
+
+def _laid_out(
+    flat: torch.Tensor, shape: tuple[int, ...] | torch.Size, order: tuple[int, ...]
+) -> torch.Tensor:
+    """``flat`` as a tensor of ``shape`` whose dims lie in memory in ``order`` (outermost first)."""
+    inverse = sorted(range(len(order)), key=lambda k: order[k])
+    return flat.view([shape[k] for k in order]).permute(inverse)
 
 
 @functools.lru_cache(maxsize=1024)
