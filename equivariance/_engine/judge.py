@@ -112,27 +112,30 @@ def float32_sums(
     ``tensor()`` (called only then) where a sum is doubtful and the tensor is not all zeros there.
     Sums of another dtype are returned in float64 as they are.
     """
-    if sums.dtype != torch.float32:
+    if sums.dtype != torch.float32 or sums.numel() == 0:
         return sums.to(torch.float64)
-    if sums.numel() > 0:
-        low, high = torch.aminmax(sums)  # the common case in one reduction: every sum safe
-        if float(low) >= _FLOAT32_SAFE and float(high) < math.inf:
-            return sums.to(torch.float64)
+    low, high = (float(bound) for bound in torch.aminmax(sums))  # the common case in one reduction
+    if low >= _FLOAT32_SAFE and high < math.inf:
+        return sums.to(torch.float64)
+    values = tensor()
+    if high == 0 and _all_zeros(values):  # every sum zero: exact (an exact layer), unless squares underflowed
+        return sums.to(torch.float64)
     sums = sums.to(torch.float64)
     doubtful = ~(sums >= _FLOAT32_SAFE) | sums.isinf()  # nan is doubtful too, and stays nan
-    if not bool(doubtful.any()):
-        return sums
-    values = tensor()
-    if values.numel() > 0:
-        strides = values.stride()  # read in memory order: a permuted view would be copied first
-        inward = values.permute(sorted(range(values.dim()), key=lambda k: -strides[k]))
-        low, high = torch.aminmax(inward)  # one fast reduction: all zeros (an exact layer) are exact
-        if not (bool(low != 0) or bool(high != 0)):
-            return sums
     again = doubtful & ((values.amax(dims) != 0) | (values.amin(dims) != 0))  # two fast reductions
     if bool(again.any()):
         sums = torch.where(again, values.to(torch.float64).square().sum(dims), sums)
     return sums
+
+
+def _all_zeros(tensor: torch.Tensor) -> bool:
+    """Whether every element is zero: one reduction, read in memory order (a permuted view would be
+    copied first)."""
+    if tensor.numel() == 0:
+        return True
+    strides = tensor.stride()
+    low, high = torch.aminmax(tensor.permute(sorted(range(tensor.dim()), key=lambda k: -strides[k])))
+    return float(low) == 0 and float(high) == 0
 
 
 def sample_scale(tensor: torch.Tensor) -> torch.Tensor | None:
