@@ -606,10 +606,13 @@ class NanCorner(nn.Module):
         return x
 
 
-def test_a_layer_with_nan_outputs_is_refused_with_its_name() -> None:
+@pytest.mark.parametrize(
+    "after", [2, 128]
+)  # small layers are compared together at the end; a large one at once
+def test_a_layer_with_nan_outputs_is_refused_with_its_name(after: int) -> None:
     """Sums that come out not finite are measured again in float64, the outputs tested for nan: the
-    message names the layer, and the batch it came from."""
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), NanCorner(), nn.Conv2d(2, 2, 3, padding=1))
+    message names the first such layer, and the batch it came from."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), NanCorner(), nn.Conv2d(2, after, 3, padding=1))
     with pytest.raises(
         InvalidArgument,
         match=r"the model's output is not finite \(nan or inf\) for 2 of 2 samples of layer '1' for x; ",
