@@ -794,7 +794,18 @@ class _Affine(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.sigmoid(x) * self.gain + self.bias
-        return torch.addcmul(self.bias, y, self.gain) / (self.gain + 2.0) - self.bias
+        return self.gain * torch.addcmul(self.bias, y, self.gain) / (self.gain + 2.0) - self.bias
+
+
+class _ChannelsLast(nn.Module):
+    """A linear layer over the channels, kept last (as in a ConvNeXt block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(channels, channels, dtype=F64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 @pytest.mark.parametrize("training", [False, True])  # a check runs it in eval mode, and restores the flag
@@ -802,8 +813,10 @@ class _Affine(nn.Module):
 def test_batch_norms_and_broadcast_ops_push_the_derivative_as_torch_func_jvp_does(
     training: bool, stats: bool
 ) -> None:
-    """The fast paths of the pushforward (an eval batch norm as its affine map, plain operands given
-    dense zero tangents) give the derivative ``torch.func.jvp`` gives the model itself."""
+    """The fast paths of the pushforward (an eval batch norm's tangent as its affine map's scale,
+    convolutions and linear layers as two plain ops, products and quotients by plain tensors by hand,
+    other plain operands given dense zero tangents) give the derivative ``torch.func.jvp`` gives the
+    model itself."""
     torch.manual_seed(0)
     norm = nn.BatchNorm2d(4, track_running_stats=stats, dtype=F64)
     with torch.no_grad():
@@ -813,8 +826,9 @@ def test_batch_norms_and_broadcast_ops_push_the_derivative_as_torch_func_jvp_doe
             norm.running_mean.uniform_(-1.0, 1.0)
             norm.running_var.uniform_(0.5, 2.0)
     model = nn.Sequential(
-        nn.Conv2d(2, 4, 3, **CIRCULAR), norm, nn.ReLU(), _Affine(), nn.Conv2d(4, 3, 1, dtype=F64)
-    )
+        nn.Conv2d(2, 4, 3, **CIRCULAR), norm, nn.ReLU(), _Affine(),
+        nn.Conv2d(4, 4, 3, groups=4, bias=False, **CIRCULAR), _ChannelsLast(4), nn.Conv2d(4, 3, 1, dtype=F64),
+    )  # fmt: skip
     model.eval()  # as the Lie derivative runs it; without running statistics, on the batch's own
     x = smooth()
     generator = Translation(1, 1)

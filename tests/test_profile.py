@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Callable
 
@@ -160,6 +161,34 @@ def test_the_profile_does_not_depend_on_the_output_scale(scale: float) -> None:
     assert failing.first_failure is not None
     assert failing.first_failure.name == "0"  # Flatten: the spatial dims are gone
     assert 0.1 < failing.layers[-1].error < 10
+
+
+class Permuted(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+@pytest.mark.parametrize("scale", [1e-40, 1e-20, 1e30])
+def test_channels_last_layers_are_measured_alike_at_every_scale(scale: float) -> None:
+    # layers that keep their channels last in memory (a ConvNeXt block's) are compared in that order;
+    # their errors, exactly zero inside and not at the borders, must not depend on the output's scale
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 16, 16)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), Permuted(0, 2, 3, 1), nn.Linear(4, 4), Scaled(scale),
+        nn.Linear(4, 4, bias=False), Permuted(0, 3, 1, 2),
+    )  # fmt: skip
+    plain = nn.Sequential(*list(model)[:3], Scaled(1.0), *list(model)[4:])
+    scaled_rows = profile_equivariance(model, x, (1, 2)).layers
+    plain_rows = profile_equivariance(plain, x, (1, 2)).layers
+    assert [row.name for row in scaled_rows] == [row.name for row in plain_rows]
+    assert any(row.error > 1e-3 for row in plain_rows)
+    for ours, reference in zip(scaled_rows, plain_rows):
+        assert math.isclose(ours.error, reference.error, rel_tol=1e-4, abs_tol=1e-12), ours.name
 
 
 def test_lenet_profile_ends_in_the_dense_head() -> None:
@@ -577,10 +606,13 @@ class NanCorner(nn.Module):
         return x
 
 
-def test_a_layer_with_nan_outputs_is_refused_with_its_name() -> None:
+@pytest.mark.parametrize(
+    "after", [2, 128]
+)  # small layers are compared together at the end; a large one at once
+def test_a_layer_with_nan_outputs_is_refused_with_its_name(after: int) -> None:
     """Sums that come out not finite are measured again in float64, the outputs tested for nan: the
-    message names the layer, and the batch it came from."""
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), NanCorner(), nn.Conv2d(2, 2, 3, padding=1))
+    message names the first such layer, and the batch it came from."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), NanCorner(), nn.Conv2d(2, after, 3, padding=1))
     with pytest.raises(
         InvalidArgument,
         match=r"the model's output is not finite \(nan or inf\) for 2 of 2 samples of layer '1' for x; ",

@@ -7,7 +7,8 @@ limits are in docs/tolerances.md ("How errors are summed").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,13 +94,41 @@ def squared_norms(tensor: torch.Tensor, dims: int | tuple[int, ...]) -> torch.Te
     accumulate = accumulation_dtype(tensor.device)
     if tensor.dtype != torch.float32 or accumulate == torch.float32:
         return tensor.to(accumulate).square().sum(dims)
-    sums = tensor.square().sum(dims).to(accumulate)
+    return float32_sums(torch.mul(tensor, tensor).sum(dims), lambda: tensor, dims)
+
+
+def float32_sums(
+    sums: torch.Tensor, tensor: Callable[[], torch.Tensor], dims: int | tuple[int, ...]
+) -> torch.Tensor:
+    """Float32 sums of a float32 tensor's squares over ``dims``, in float64, by
+    [`squared_norms`][equivariance._engine.judge.squared_norms]' rule: summed again in float64 from
+    ``tensor()`` (called only then) where a sum is doubtful and the tensor is not all zeros there.
+    Sums of another dtype are returned in float64 as they are.
+    """
+    if sums.dtype != torch.float32 or sums.numel() == 0:
+        return sums.to(torch.float64)
+    low, high = (float(bound) for bound in torch.aminmax(sums))  # the common case in one reduction
+    if low >= _FLOAT32_SAFE and high < math.inf:
+        return sums.to(torch.float64)
+    values = tensor()
+    if high == 0 and _all_zeros(values):  # every sum zero: exact (an exact layer), unless squares underflowed
+        return sums.to(torch.float64)
+    sums = sums.to(torch.float64)
     doubtful = ~(sums >= _FLOAT32_SAFE) | sums.isinf()  # nan is doubtful too, and stays nan
-    if bool(doubtful.any()):
-        again = doubtful & ((tensor.amax(dims) != 0) | (tensor.amin(dims) != 0))  # two fast reductions
-        if bool(again.any()):
-            sums = torch.where(again, tensor.to(accumulate).square().sum(dims), sums)
+    again = doubtful & ((values.amax(dims) != 0) | (values.amin(dims) != 0))  # two fast reductions
+    if bool(again.any()):
+        sums = torch.where(again, values.to(torch.float64).square().sum(dims), sums)
     return sums
+
+
+def _all_zeros(tensor: torch.Tensor) -> bool:
+    """Whether every element is zero: one reduction, read in memory order (a permuted view would be
+    copied first)."""
+    if tensor.numel() == 0:
+        return True
+    strides = tensor.stride()
+    low, high = torch.aminmax(tensor.permute(sorted(range(tensor.dim()), key=lambda k: -strides[k])))
+    return float(low) == 0 and float(high) == 0
 
 
 def sample_scale(tensor: torch.Tensor) -> torch.Tensor | None:

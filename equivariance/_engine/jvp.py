@@ -4,9 +4,10 @@
 `TangentWatch`, a ``TorchFunctionMode``, refuses an output that a cut of the tangent (``.detach()``,
 ``.data``, ``inference_mode``, NumPy) reaches or that no tangent reaches, measures how much of a
 normalization's derivative comes from constant groups, gives plain operands dense zero tangents
-(PyTorch's efficient-zero tangents cost about 0.5 ms an op) and computes an eval batch norm as its
-affine map. What users see is in docs/lie.md ("Inputs", "What it runs like"); the timings in
-docs/benchmarks.md.
+(PyTorch's efficient-zero tangents cost about 0.5 ms an op), and pushes an eval batch norm,
+convolutions and linear layers by plain weights and products by plain tensors by hand (primal and
+tangent as plain ops). What users see is in docs/lie.md ("Inputs", "What it runs like"); the timings
+in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ class TangentWatch(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         if func not in _WATCHED and not self._marked:  # the common case: one lookup
+            if func in _SCALINGS and not kwargs:
+                scaled = _scaled(func, args)
+                if scaled is not None:
+                    return scaled
             return func(*_densified(func, args), **kwargs)
         carries = bool(args) and _carries_tangent(args[0])
         if func is torch.Tensor.numpy and carries:
@@ -129,10 +134,8 @@ class TangentWatch(TorchFunctionMode):
                 f"({self._cut('.numpy()')}), which forward-mode AD cannot follow; compute the output "
                 "with torch operations"
             )
-        if func is F.batch_norm and carries:
-            result = _batch_norm(func, args, kwargs)
-        else:
-            result = func(*args, **kwargs)
+        by_hand = _BY_HAND.get(func) if carries else None
+        result = func(*args, **kwargs) if by_hand is None else by_hand(func, args, kwargs)
         if func in _CUTS and carries:
             cut = self._cut(_CUTS[func])
             self.cuts.append(cut)
@@ -296,7 +299,8 @@ _NORMS: dict[Any, Callable[[torch.Tensor, tuple[Any, ...], dict[str, Any]], Grou
 }
 if hasattr(F, "rms_norm"):
     _NORMS[F.rms_norm] = _rms_norm
-_WATCHED = {*_CUTS, *_NUMBERS, *_NORMS, torch.Tensor.numpy, F.batch_norm}
+_CONVOLUTIONS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
+_WATCHED = {*_CUTS, *_NUMBERS, *_NORMS, torch.Tensor.numpy, F.batch_norm, *_CONVOLUTIONS}
 
 
 def _densified(func: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -326,25 +330,69 @@ _PRODUCTS = {
 
 
 def _batch_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A batch norm with running statistics, in eval mode, as the per-channel affine map it is: its
-    forward-mode derivative is then two native elementwise ops, where PyTorch's own formula for
-    ``batch_norm`` runs through Python reference decompositions (ten times a forward pass on
-    mobilenet_v3_small). In training mode, or without running statistics, the op itself."""
+    """A batch norm with running statistics, in eval mode, is a per-channel affine map: its primal is
+    the op itself on the primal, its tangent the tangent times the map's scale (PyTorch's own formula
+    for ``batch_norm`` runs through Python reference decompositions, ten times a forward pass on
+    mobilenet_v3_small). In training mode, without running statistics, or with statistics or
+    parameters that carry a tangent themselves, the op itself."""
     names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
     given = dict(zip(names, args)) | kwargs
-    mean, var = given.get("running_mean"), given.get("running_var")
+    mean, var, weight = given.get("running_mean"), given.get("running_var"), given.get("weight")
     if given.get("training", False) or mean is None or var is None:
         return func(*args, **kwargs)
-    x, weight, bias = given["input"], given.get("weight"), given.get("bias")
+    if any(_carries_tangent(given.get(name)) for name in names[1:5]):
+        return func(*args, **kwargs)
+    primal, tangent = fwAD.unpack_dual(given["input"])  # type: ignore[no-untyped-call]
     scale = torch.rsqrt(var + given.get("eps", 1e-5))
     if weight is not None:
         scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    scale, shift = _densified(torch.mul, (x, scale.reshape(shape), shift.reshape(shape)))[1:]
-    return x * scale + shift
+    shape = (1, -1) + (1,) * (primal.dim() - 2)
+    out = func(**(given | {"input": primal}))
+    return fwAD.make_dual(out, tangent * scale.reshape(shape))  # type: ignore[no-untyped-call]
+
+
+def _convolution(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A convolution (or a linear layer) of an input that carries the tangent by weights that do not:
+    the primal and the tangent (without the bias) as two plain ops, exactly its forward-mode
+    derivative (PyTorch's own formula ran 1.5 to 3 times slower on this CPU, depthwise convolutions
+    the most; a linear layer's ran two matrix products for the tangent). Where the weights or the bias
+    carry a tangent, the op itself."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    given = dict(zip(names, args)) | kwargs
+    if _carries_tangent(given.get("weight")) or _carries_tangent(given.get("bias")):
+        return func(*args, **kwargs)
+    primal, tangent = fwAD.unpack_dual(given.pop("input"))  # type: ignore[no-untyped-call]
+    out = func(primal, **given)
+    return fwAD.make_dual(out, func(tangent, **(given | {"bias": None})))  # type: ignore[no-untyped-call]
+
+
+_BY_HAND: dict[Any, Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = {
+    F.batch_norm: _batch_norm,
+    **{conv: _convolution for conv in _CONVOLUTIONS},
+}
+
+
+def _scaled(func: Any, args: tuple[Any, ...]) -> Any:
+    """A product of a tensor that carries the tangent and a plain floating tensor (a layer scale, a
+    gain), or the quotient of one by a plain tensor: the primal and the tangent as two plain ops,
+    exactly its forward-mode derivative, where a dense zero tangent for the plain operand would cost
+    a product and a sum more. None where it is not such an op (the caller runs it)."""
+    if len(args) != 2 or not all(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args):
+        return None
+    duals = [_carries_tangent(a) for a in args]
+    if duals[0] == duals[1] or (func in _QUOTIENTS and not duals[0]):
+        return None
+    k = duals.index(True)
+    primal, tangent = fwAD.unpack_dual(args[k])  # type: ignore[no-untyped-call]
+    out = func(*(primal if j == k else a for j, a in enumerate(args)))
+    pushed = func(*(tangent if j == k else a for j, a in enumerate(args)))
+    if pushed.shape != out.shape or pushed.dtype != out.dtype:
+        return None
+    return fwAD.make_dual(out, pushed)  # type: ignore[no-untyped-call]
+
+
+_QUOTIENTS = {torch.div, torch.Tensor.div, torch.Tensor.__truediv__}
+_SCALINGS = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, *_QUOTIENTS}
 
 
 _LIBRARIES = (

@@ -7,10 +7,19 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from equivariance._engine.judge import KEEP_FRACTION, margins_beyond, sample_errors, squared_norms, within
+from equivariance._engine.judge import (
+    KEEP_FRACTION,
+    accumulation_dtype,
+    float32_sums,
+    margins_beyond,
+    sample_errors,
+    squared_norms,
+    within,
+)
 from equivariance._engine.sinks import _tiles, beyond_sums, check_finite, reach_masks
 from equivariance.actions import Grid
 from equivariance.tolerances import Tolerance
@@ -53,7 +62,11 @@ class PooledLayer:
         lo, hi = tuple(r.start for r in region), tuple(r.stop for r in region)
         plan = _plan(len(shape) + 1, shape[len(shape) - d :], tuple(offsets), lo, hi, boundary)
         channel_dims, self.tiles, self.box, self.depth = plan
-        self.summed = tuple(dim + 1 for dim in channel_dims)  # in (2, N, ...): see _squares
+        # a circular translation of the whole grid: its tiles are a roll (fewer ops for a small layer)
+        whole = boundary == "circular" and lo == (0,) * d and hi == tuple(shape[len(shape) - d :])
+        self.roll = tuple(offsets) if whole else None
+        self.channel_dims = channel_dims  # in (N, ...)
+        self.summed = tuple(dim + 1 for dim in channel_dims)  # in (2, N, ...): see _squares_copied
         self.shape = (*shape[: len(shape) - d], *self.box)  # a sample's reference over the box
         self.channels = math.prod(shape[: len(shape) - d])
         # differences in the output's dtype (float32 for narrower ones, where they are exact)
@@ -70,17 +83,68 @@ class PooledLayer:
         """
         if self.grid is None:
             both = both.reshape(len(both), -1, 1)
-        sums = self._squares(both, self.work)
-        if not bool(torch.isfinite(sums.sum())):
-            n = self.pool.n
-            check_finite(both[:n], what("x"))
-            check_finite(both[n:], what("the moved input"))
-            if both.device.type != "mps":
-                sums = self._squares(both, torch.float64)
-        self.sums = sums
+        if both.numel() <= _TINY and self._fast(both):
+            # a small layer: kept as it is now, compared later with the others of its shape at once
+            self.pool.defer(self, both.clone(), what)
+            return
+        self.sums = self._finished(both, self._squares(both, self.work), what)
+
+    def _finished(self, both: torch.Tensor, sums: torch.Tensor, what: Callable[[str], str]) -> torch.Tensor:
+        """``sums``, or where they are not finite, an error for outputs that are not (after any earlier
+        layer's), or the sums taken again in float64."""
+        if bool(torch.isfinite(sums.sum())):
+            return sums
+        self.pool.flush()  # an earlier layer's outputs that are not finite are named first
+        n = self.pool.n
+        check_finite(both[:n], what("x"))
+        check_finite(both[n:], what("the moved input"))
+        return self._squares(both, torch.float64) if both.device.type != "mps" else sums
+
+    def _fast(self, both: torch.Tensor) -> bool:
+        """Whether ``_squares`` compares these outputs in their own dtype (not converted first)."""
+        return self.work == both.dtype and accumulation_dtype(both.device) == torch.float64
 
     def _squares(self, both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
         """``(2, N, *box)``: the squared differences and the reference's squares, summed over channels."""
+        if work != both.dtype or not self._fast(both):
+            return self._squares_copied(both, work)
+        n = self.pool.n
+        return self._compared(both[:n], both[n:], work)
+
+    def _compared(self, base: torch.Tensor, moved: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+        """``_squares`` of the outputs for ``x`` and the moved input, of any number of samples."""
+        n, d, dims = len(base), len(self.box), self.channel_dims
+        # kept memory (fresh memory would cost page faults), laid out in the output's memory order (a
+        # channels-last output read across would cost several times more): the differences over the
+        # box, then their squares and the reference's squares over the whole output, in turn
+        order = _memory_order(base)
+        size, whole = n * self.channels * math.prod(self.box), base.numel()
+        flat = self.pool.scratch((size + max(size, whole),), work, base.device)
+        differences = _laid_out(flat[:size], (n, *self.shape), order)
+        spatial = tuple(range(base.dim() - d, base.dim()))
+        if self.roll is not None and whole <= _SMALL:  # one copy of a small layer, not a few slices
+            torch.sub(moved, torch.roll(base, self.roll, spatial), out=differences)
+        else:
+            for in_box, in_moved, in_base in self.tiles:
+                torch.sub(moved[in_moved], base[in_base], out=differences[in_box])
+        squared = torch.mul(
+            differences, differences, out=_laid_out(flat[size : 2 * size], differences.shape, order)
+        )
+        summed = float32_sums(squared.sum(dims), lambda: differences, dims)
+        # the reference's squares summed over channels where it lies whole, then its tiles: a small copy
+        squared = torch.mul(base, base, out=_laid_out(flat[size : size + whole], base.shape, order))
+        full = float32_sums(squared.sum(dims), lambda: base, dims)
+        if self.roll is not None:
+            return torch.stack([summed, torch.roll(full, self.roll, tuple(range(1, d + 1)))])
+        sums = torch.empty((2, n, *self.box), dtype=torch.float64, device=base.device)
+        sums[0] = summed
+        reference, samples = sums[1], (slice(None),)
+        for in_box, _, in_base in self.tiles:
+            reference[samples + in_box[-d:]] = full[samples + in_base[-d:]]
+        return sums
+
+    def _squares_copied(self, both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+        """``_squares`` for an output converted to ``work`` (a narrower dtype, or float64 again)."""
         n = self.pool.n
         base, moved = both[:n], both[n:]
         # the differences and the reference side by side, squared and summed over channels at once
@@ -90,6 +154,10 @@ class PooledLayer:
             reference[in_box].copy_(base[in_base])
             torch.sub(moved[in_moved], reference[in_box], out=differences[in_box])
         return squared_norms(squares, self.summed)
+
+
+Kept = tuple[PooledLayer, torch.Tensor, Callable[[str], str]]
+"""A small layer's outputs kept to compare later, and how to name them."""
 
 
 class LayerSums:
@@ -108,6 +176,41 @@ class LayerSums:
         self.layers: list[PooledLayer] = []
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
         self._views: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
+        # small layers' outputs not compared yet, in groups that share a shape, a dtype, a comparison
+        self._deferred: list[list[Kept]] = []
+        self._open: dict[tuple[Any, ...], list[Kept]] = {}  # the group each kind of layer joins now
+
+    def defer(self, layer: PooledLayer, both: torch.Tensor, what: Callable[[str], str]) -> None:
+        """Keep a small layer's two outputs (a copy) to compare with the others like it in ``flush``:
+        one comparison of a group costs about what one of them does."""
+        key: tuple[Any, ...] = (tuple(both.shape), both.dtype, both.device, layer.box, layer.roll)
+        key += (layer.channel_dims, *map(repr, layer.tiles))
+        group = self._open.get(key)
+        if group is None or (len(group) + 1) * both.numel() > 2 * _SMALL:  # more would grow the memory
+            group = self._open[key] = []
+            self._deferred.append(group)
+        group.append((layer, both, what))
+
+    def flush(self) -> None:
+        """Compare the layers ``defer`` kept, a few ops for each group; an error for outputs that are
+        not finite names the first such layer."""
+        deferred, n = self._deferred, self.n
+        self._deferred, self._open = [], {}
+        failing: list[Kept] = []
+        for group in deferred:
+            first = group[0][0]
+            base = torch.stack([both[:n] for _, both, _ in group]).flatten(0, 1)
+            moved = torch.stack([both[n:] for _, both, _ in group]).flatten(0, 1)
+            sums = first._compared(base, moved, first.work)
+            sums = sums.view(2, len(group), n, *sums.shape[2:])
+            finite = bool(torch.isfinite(sums.sum()))
+            for k, (layer, both, what) in enumerate(group):
+                layer.sums = sums[:, k]
+                if not finite:
+                    failing.append((layer, both, what))
+        order = {layer: k for k, layer in enumerate(self.layers)}
+        for layer, both, what in sorted(failing, key=lambda item: order[item[0]]):
+            layer.sums = layer._finished(both, layer.sums, what)  # type: ignore[arg-type]
 
     def scratch(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Memory for one layer's differences, kept across layers: a fresh tensor each time would
@@ -129,6 +232,7 @@ class LayerSums:
         """Each layer's worst error, whether every sample passes, and for a failing layer the margin
         that passes, keeping at least ``keep`` of the region (``judge.margin_that_passes``):
         a few operations for all layers."""
+        self.flush()
         measured = [layer for layer in self.layers if layer.sums is not None]
         return dict(_Group(self, measured).judge(tolerance, keep)) if measured else {}
 
@@ -185,6 +289,25 @@ class _Group:
 
 
 Tile = tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]
+_SMALL = 2**16
+"""A layer's output of at most this many elements a sample set (``N`` samples) is rolled whole, and
+tiny layers are compared together in groups of at most this many elements."""
+_TINY = 2**14
+"""A layer's two outputs of at most this many elements are compared later, with others like them."""
+
+
+def _memory_order(tensor: torch.Tensor) -> tuple[int, ...]:
+    """A tensor's dims from the outermost in memory to the innermost (by stride, ties in order)."""
+    strides = tensor.stride()
+    return tuple(sorted(range(tensor.dim()), key=lambda k: -strides[k]))
+
+
+def _laid_out(
+    flat: torch.Tensor, shape: tuple[int, ...] | torch.Size, order: tuple[int, ...]
+) -> torch.Tensor:
+    """``flat`` as a tensor of ``shape`` whose dims lie in memory in ``order`` (outermost first)."""
+    inverse = sorted(range(len(order)), key=lambda k: order[k])
+    return flat.view([shape[k] for k in order]).permute(inverse)
 
 
 @functools.lru_cache(maxsize=1024)
