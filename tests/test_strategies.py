@@ -8,6 +8,7 @@ a check with its own stride and boundary, every dense network fails one
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -549,3 +550,13 @@ def test_a_layer_that_reads_node_indices_fails_under_drawn_node_permutations() -
         outputs=Scalars(nodes=0),
     )  # fmt: skip
     assert report.passed, report
+
+
+def test_graph_data_says_what_to_install_without_torch_geometric(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch_geometric.data", None)  # an import of it fails, as when absent
+    g = find(graphs(nodes=2), lambda g: True, settings=REPLAY)
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"Graph.data\(\) builds a torch_geometric Data, and torch_geometric is not installed; pip install equivariance\[geometric\]",
+    ):
+        g.data()
