@@ -6,9 +6,11 @@ options that take a value or a strategy. This is the only module that imports Hy
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,7 +23,7 @@ from equivariance._engine.validation import describe
 from equivariance.errors import InvalidArgument
 from equivariance.euclidean import Rotation, Translation, quaternion_matrices
 from equivariance.fields import Adjacency, EdgeIndex, Field, Irreps, Positions
-from equivariance.permutations import Permutation
+from equivariance.permutations import NodePermutation, Permutation
 from equivariance.shifts import Boundary, Shift
 
 __all__ = [
@@ -29,9 +31,11 @@ __all__ = [
     "DenseNet",
     "Graph",
     "conv_stacks",
+    "graph_batches",
     "graphs",
     "images",
     "mlps",
+    "node_permutations",
     "permutations",
     "point_clouds",
     "rotations",
@@ -737,22 +741,47 @@ def _as_cloud_fields(fields: object) -> list[Field]:
 
 @dataclass(frozen=True, eq=False)
 class Graph:
-    """A random graph drawn by ``graphs``: ``num_nodes`` nodes and the edges ``edge_index``.
+    """A random graph drawn by ``graphs`` or ``graph_batches``: ``num_nodes`` nodes, the edges
+    ``edge_index`` and, where asked for, node features.
 
     Attributes:
         num_nodes: the number of nodes.
         edge_index: ``(2, E)`` long tensor, sources in row 0, targets in row 1
             (an undirected graph holds each edge both ways).
+        features: one tensor per name given in ``features=``, nodes on axis 0.
     """
 
     num_nodes: int
     edge_index: torch.Tensor
+    features: Mapping[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def adjacency(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The ``(N, N)`` adjacency matrix: 1 at ``[source, target]`` of every edge."""
         a = torch.zeros(self.num_nodes, self.num_nodes, dtype=dtype)
         a[self.edge_index[0], self.edge_index[1]] = 1
         return a
+
+    def data(self, **node_fields: torch.Tensor) -> Any:
+        """This graph as a torch_geometric ``Data``: ``edge_index``, ``num_nodes``, its features and
+        ``node_fields`` (tensors with the nodes on axis 0). Needs torch_geometric
+        (``pip install equivariance[geometric]``); ``Batch.from_data_list`` batches them.
+        """
+        for name, value in node_fields.items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0 or len(value) != self.num_nodes:
+                raise InvalidArgument(
+                    f"node field {name!r} must be a tensor with the {self.num_nodes} nodes on axis 0, "
+                    f"found {describe(value)}"
+                )
+        try:
+            module = importlib.import_module("torch_geometric.data")
+        except ImportError:
+            raise ModuleNotFoundError(
+                "Graph.data() builds a torch_geometric Data, and torch_geometric is not installed; "
+                "pip install equivariance[geometric], or use g.edge_index and g.features as tensors"
+            ) from None
+        return module.Data(
+            edge_index=self.edge_index, num_nodes=self.num_nodes, **{**self.features, **node_fields}
+        )
 
 
 def graphs(
@@ -761,15 +790,33 @@ def graphs(
     edges: Count | None = None,
     undirected: bool | st.SearchStrategy[bool] = False,
     self_loops: bool | st.SearchStrategy[bool] = False,
+    features: Mapping[str, Field] | None = None,
+    channels: Count = (1, 4),
+    dim: int | st.SearchStrategy[int] = 3,
+    scale: float | st.SearchStrategy[float] = 1.0,
+    dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
 ) -> st.SearchStrategy[Graph]:
     """Random graphs as ``edge_index`` (a [`Graph`][equivariance.strategies.Graph]), shrinking toward few
     nodes and few edges.
+
+    With ``features={"x": Scalars(), "pos": Positions()}`` each graph also
+    holds one tensor per name, nodes on axis 0, shaped by its field type as
+    in [`point_clouds`][equivariance.strategies.point_clouds] (``(N, C)``,
+    ``(N, 3)``, ``(N, C, 3)`` with ``nodes=-3``), uniform in ``[-scale,
+    scale]`` from a drawn seed. For a batch of graphs of different sizes
+    that share their channels, use
+    [`graph_batches`][equivariance.strategies.graph_batches].
 
     Args:
         nodes: the number of nodes.
         edges: the number of edges (pairs, for an undirected graph); default any number.
         undirected: hold every edge both ways.
         self_loops: allow edges from a node to itself.
+        features: node features to draw, a field type per name (``nodes`` of -2, or -3 for vectors).
+        channels: the channels ``C`` of each feature without components.
+        dim: the components of vectors and positions, 2 or 3.
+        scale: the largest absolute feature value.
+        dtype: a floating-point dtype of the features.
 
     Examples:
         >>> from hypothesis import given
@@ -779,20 +826,114 @@ def graphs(
         ...     assert torch.equal(a, a.T) and a.diagonal().sum() == 0
         >>> test_symmetric()
     """
-    sizes = _count(nodes, "nodes", minimum=1)
-    counts = None if edges is None else _count(edges, "edges", minimum=0)
-    both_ways, loops = _flag(undirected, "undirected"), _flag(self_loops, "self_loops")
+    draw_one = _GraphDrawer(nodes, edges, undirected, self_loops, features, channels, dim, scale, dtype)
 
     @st.composite
     def draw_graph(draw: st.DrawFn) -> Graph:
-        n, symmetric, looped = draw(sizes), draw(both_ways), draw(loops)
+        return draw_one(draw, draw_one.shared(draw))
+
+    return draw_graph()
+
+
+def graph_batches(
+    *,
+    batch: Count = (1, 4),
+    nodes: Count = (1, 8),
+    edges: Count | None = None,
+    undirected: bool | st.SearchStrategy[bool] = False,
+    self_loops: bool | st.SearchStrategy[bool] = False,
+    features: Mapping[str, Field] | None = None,
+    channels: Count = (1, 4),
+    dim: int | st.SearchStrategy[int] = 3,
+    scale: float | st.SearchStrategy[float] = 1.0,
+    dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
+) -> st.SearchStrategy[list[Graph]]:
+    """Lists of graphs of different sizes, ready for one torch_geometric ``Batch``.
+
+    Each graph draws its own number of nodes and edges; the options that a
+    batch must share (``undirected``, ``self_loops``, each feature's
+    ``channels``, ``dim``, ``scale``, ``dtype``) are drawn once per list, so
+    ``Batch.from_data_list([g.data() for g in graphs])`` concatenates them.
+    Lists shrink toward one graph of one node without edges. Check such a
+    batch under [`node_permutations`][equivariance.strategies.node_permutations]
+    (docs/point_clouds.md, "Graphs of different sizes in one Batch").
+
+    Args:
+        batch: the number of graphs.
+        nodes: the number of nodes of each graph.
+        edges: the number of edges of each graph; default any number.
+        undirected: hold every edge both ways.
+        self_loops: allow edges from a node to itself.
+        features: node features to draw, a field type per name (as in ``graphs``).
+        channels: the channels ``C`` of each feature without components, one draw per list.
+        dim: the components of vectors and positions, 2 or 3.
+        scale: the largest absolute feature value.
+        dtype: a floating-point dtype of the features.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> from equivariance.fields import Positions, Scalars
+        >>> @given(graph_batches(batch=3, nodes=(2, 6), features={"x": Scalars(), "pos": Positions()}))
+        ... def test_shared_channels(graphs):
+        ...     assert len(graphs) == 3 and len({g.features["x"].shape[1] for g in graphs}) == 1
+        ...     assert all(g.features["pos"].shape == (g.num_nodes, 3) for g in graphs)
+        >>> test_shared_channels()
+    """
+    sizes = _count(batch, "batch", minimum=1)
+    draw_one = _GraphDrawer(nodes, edges, undirected, self_loops, features, channels, dim, scale, dtype)
+
+    @st.composite
+    def draw_batch(draw: st.DrawFn) -> list[Graph]:
+        shared = draw_one.shared(draw)
+        return [draw_one(draw, shared) for _ in range(draw(sizes))]
+
+    return draw_batch()
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What the graphs of one batch share."""
+
+    symmetric: bool
+    looped: bool
+    widths: dict[str, int]
+    dim: int
+    scale: float
+    dtype: torch.dtype
+
+
+class _GraphDrawer:
+    """Draws one graph; options checked when the strategy is built."""
+
+    def __init__(
+        self, nodes: Count, edges: Count | None, undirected: object, self_loops: object,
+        features: Mapping[str, Field] | None, channels: Count, dim: object, scale: object, dtype: object,
+    ) -> None:  # fmt: skip
+        self.sizes = _count(nodes, "nodes", minimum=1)
+        self.counts = None if edges is None else _count(edges, "edges", minimum=0)
+        self.both_ways, self.loops = _flag(undirected, "undirected"), _flag(self_loops, "self_loops")
+        self.features = _as_node_fields(features)
+        self.widths = _count(channels, "channels", minimum=1)
+        self.dims = _count(dim, "dim", minimum=2, maximum=3)
+        self.scales = _option(scale, "scale", _as_positive)
+        self.dtypes = _option(dtype, "dtype", _as_float_dtype)
+
+    def shared(self, draw: st.DrawFn) -> _Shared:
+        symmetric, looped = draw(self.both_ways), draw(self.loops)
+        if not self.features:
+            return _Shared(symmetric, looped, {}, 3, 1.0, torch.float32)
+        widths = {name: draw(self.widths) for name in self.features}
+        return _Shared(symmetric, looped, widths, draw(self.dims), draw(self.scales), draw(self.dtypes))
+
+    def __call__(self, draw: st.DrawFn, shared: _Shared) -> Graph:
+        n = draw(self.sizes)
         pairs = [
             (i, j)
             for i in range(n)
             for j in range(n)
-            if (i < j if symmetric else i != j) or (looped and i == j)
+            if (i < j if shared.symmetric else i != j) or (shared.looped and i == j)
         ]
-        wanted = None if counts is None else draw(counts)
+        wanted = None if self.counts is None else draw(self.counts)
         if wanted is not None and wanted > len(pairs):
             raise InvalidArgument(
                 f"a graph of {n} node{'s' if n != 1 else ''} has at most {len(pairs)} such edges, asked for "
@@ -804,12 +945,69 @@ def graphs(
             else []
         )
         chosen = sorted(chosen)
-        if symmetric:
+        if shared.symmetric:
             chosen = sorted(chosen + [(j, i) for i, j in chosen if i != j])
         edge_index = torch.tensor(chosen, dtype=torch.long).reshape(-1, 2).T.contiguous()
-        return Graph(n, edge_index)
+        made: dict[str, torch.Tensor] = {}
+        if self.features:
+            generator = torch.Generator().manual_seed(draw(SEEDS))
+            for name, field in self.features.items():
+                width = shared.widths[name]
+                shape = _cloud_shape(field, n, shared.dim, lambda: width)  # noqa: B023 (called at once)
+                x = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * shared.scale
+                made[name] = x.to(shared.dtype)
+        return Graph(n, edge_index, made)
 
-    return draw_graph()
+
+def _as_node_fields(features: object) -> dict[str, Field]:
+    if features is None:
+        return {}
+    if not isinstance(features, Mapping) or not all(isinstance(k, str) for k in features):
+        raise InvalidArgument(
+            f"features must map names to field types, found {describe(features)}; pass e.g. "
+            "features={'x': Scalars(), 'pos': Positions()}"
+        )
+    for name, field in features.items():
+        if isinstance(field, (EdgeIndex, Adjacency)) or not isinstance(field, Field):
+            raise InvalidArgument(
+                f"features[{name!r}] must be a field type of node features (Scalars, Vectors, Positions, "
+                f"Irreps and the like), found {describe(field)}; the edges are the graph's edge_index"
+            )
+        if field.nodes != -2 and not (field.nodes == -3 and field.components):
+            raise InvalidArgument(
+                f"features[{name!r}] is {field!r}, but a graph's features hold one row a node: pass "
+                f"nodes=-2 (the default; or -3 for several vectors a node), and a per-graph value yourself"
+            )
+    return dict(features)
+
+
+def node_permutations(*, seed: Count = (0, 2**63 - 1)) -> st.SearchStrategy[NodePermutation]:
+    """[`NodePermutation`][equivariance.permutations.NodePermutation]s: a permutation of every graph's own
+    nodes, for a batch of graphs of different sizes.
+
+    An element is its seed (on ``n`` nodes it acts as ``g.sized(n)``, the
+    permutation ``torch.randperm(n)`` draws from it), so draws shrink
+    toward seed 0 as integers do, not toward the identity (which a check
+    refuses): a failing example reports the smallest seed that still
+    fails, and replays exactly. A batch of one-node
+    graphs is left as it is by every element; draw graphs with ``nodes=(2,
+    ...)`` for a test that must move something.
+
+    Args:
+        seed: the seeds to draw from: an int, an inclusive ``(min, max)`` pair or a strategy of ints,
+            in ``0..2**63 - 1``.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> from equivariance.fields import Scalars
+        >>> @given(node_permutations())
+        ... def test_inverse_puts_every_node_back(g):
+        ...     x = torch.arange(5.0)[:, None]
+        ...     assert torch.equal(g.inverse().act(g.act(x, Scalars()), Scalars()), x)
+        >>> test_inverse_puts_every_node_back()
+    """
+    seeds = _count(seed, "seed", minimum=0, maximum=2**63 - 1)
+    return seeds.map(NodePermutation)
 
 
 # -- option checking -----------------------------------------------------------------------------

@@ -8,10 +8,11 @@ a check with its own stride and boundary, every dense network fails one
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
-from hypothesis import HealthCheck, find, given, settings
+from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from torch import nn
@@ -19,15 +20,17 @@ from torch import nn
 from equivariance import InvalidArgument, Shift, check_equivariance
 from equivariance.euclidean import Rotation
 from equivariance.fields import Adjacency, EdgeIndex, Irreps, Positions, Pseudoscalars, Scalars, Vectors
-from equivariance.permutations import Permutation
+from equivariance.permutations import NodePermutation, Permutation
 from equivariance.strategies import (
     ConvStack,
     DenseNet,
     Graph,
     conv_stacks,
+    graph_batches,
     graphs,
     images,
     mlps,
+    node_permutations,
     permutations,
     point_clouds,
     rotations,
@@ -409,3 +412,151 @@ def test_point_strategy_messages() -> None:
         match=r"a graph of 2 nodes has at most 1 such edges, asked for 2; draw more nodes or fewer edges",
     ):
         find(graphs(nodes=2, edges=2, undirected=True), lambda g: True, settings=REPLAY)
+
+
+# -- graphs of different sizes in one batch ------------------------------------------------------
+
+
+@given(graph_batches(nodes=(1, 5), undirected=True, features={"x": Scalars(), "v": Vectors(nodes=-3)}))
+def test_graph_batches_share_what_a_batch_must(batch: list[Graph]) -> None:
+    assert 1 <= len(batch) <= 4
+    widths = {(g.features["x"].shape[1], g.features["v"].shape[1]) for g in batch}
+    assert len(widths) == 1  # one draw of channels for the whole list
+    for g in batch:
+        assert g.features["x"].shape[0] == g.num_nodes
+        assert g.features["v"].shape == (g.num_nodes, g.features["v"].shape[1], 3)
+        assert g.features["x"].dtype == torch.float32
+        assert g.features["x"].abs().max() <= 1
+        assert torch.equal(g.adjacency(), g.adjacency().T)
+
+
+def test_graph_batches_and_node_permutations_shrink_toward_the_simplest() -> None:
+    smallest = find(graph_batches(features={"x": Scalars()}), lambda b: True, settings=REPLAY)
+    assert len(smallest) == 1
+    assert smallest[0].num_nodes == 1
+    assert smallest[0].edge_index.shape == (2, 0)
+    assert smallest[0].features["x"].shape == (1, 1)
+    mixed = find(graph_batches(), lambda b: len({g.num_nodes for g in b}) > 1, settings=REPLAY)
+    assert sorted(g.num_nodes for g in mixed) == [1, 2]
+    assert find(node_permutations(), lambda g: True, settings=REPLAY) == NodePermutation(0)
+    moving = find(node_permutations(), lambda g: not g.sized(3).is_identity, settings=REPLAY)
+    assert moving == NodePermutation(
+        next(s for s in range(10) if not NodePermutation(s).sized(3).is_identity)
+    )
+    assert find(node_permutations(seed=(5, 9)), lambda g: True, settings=REPLAY) == NodePermutation(5)
+
+
+def test_graph_data_builds_a_torch_geometric_graph() -> None:
+    pytest.importorskip(
+        "torch_geometric", reason="torch_geometric is not installed (pip install equivariance[geometric])"
+    )
+    g = find(graphs(nodes=3, edges=2, features={"pos": Positions()}), lambda g: True, settings=REPLAY)
+    data = g.data(z=torch.arange(3))
+    assert data.num_nodes == 3
+    assert torch.equal(data.edge_index, g.edge_index)
+    assert torch.equal(data.pos, g.features["pos"])
+    assert data.z.tolist() == [0, 1, 2]
+    with pytest.raises(
+        InvalidArgument, match=r"node field 'z' must be a tensor with the 3 nodes on axis 0, found"
+    ):
+        g.data(z=torch.arange(4))
+
+
+def test_graph_strategy_messages() -> None:
+    with pytest.raises(
+        InvalidArgument,
+        match=r"features must map names to field types, found \[Scalars\(\)\] \(list\); pass e.g. features=\{'x': Scalars\(\), 'pos': Positions\(\)\}",
+    ):
+        graph_batches(features=[Scalars()])  # type: ignore[arg-type]
+    with pytest.raises(
+        InvalidArgument,
+        match=r"features\['e'\] must be a field type of node features .*, found EdgeIndex\(\) \(EdgeIndex\); the edges are the graph's edge_index",
+    ):
+        graphs(features={"e": EdgeIndex()})
+    with pytest.raises(
+        InvalidArgument,
+        match=r"features\['u'\] is Scalars\(nodes=None\), but a graph's features hold one row a node: pass nodes=-2",
+    ):
+        graph_batches(features={"u": Scalars(nodes=None)})
+    with pytest.raises(InvalidArgument, match=r"batch must be at least 1, found 0"):
+        graph_batches(batch=0)
+    with pytest.raises(InvalidArgument, match=r"channels's min must be at least 1, found 0"):
+        graph_batches(channels=(0, 2))
+    with pytest.raises(InvalidArgument, match=r"seed must be at least 0, found -1"):
+        node_permutations(seed=-1)
+    with pytest.raises(InvalidArgument, match=r"seed range \(9, 5\) is empty: min > max; pass \(5, 9\)"):
+        node_permutations(seed=(9, 5))
+
+
+def _neighbour_sums() -> tuple[nn.Module, nn.Module]:
+    """A message-passing layer (sums of neighbours' features) and the same with each node's index in its
+    graph added: both per-graph models; equivariant under permutations of each graph's nodes, and not."""
+    geometric = pytest.importorskip(
+        "torch_geometric.nn", reason="torch_geometric is not installed (pip install equivariance[geometric])"
+    )
+
+    class NeighbourSum(geometric.MessagePassing):  # type: ignore[misc]
+        def __init__(self, *, indexed: bool = False) -> None:
+            super().__init__(aggr="add")
+            self.lin, self.indexed = nn.Linear(3, 4), indexed
+
+        def forward(self, data: object) -> torch.Tensor:
+            x = data.x  # type: ignore[attr-defined]
+            if self.indexed:  # the negative control: a node's place in its graph as a feature
+                place = torch.arange(len(x)) - data.ptr[data.batch]  # type: ignore[attr-defined]
+                x = x + place.to(x.dtype)[:, None]
+            h = self.lin(x)
+            return h + self.propagate(data.edge_index, x=h)  # type: ignore[attr-defined]
+
+    return NeighbourSum(), NeighbourSum(indexed=True)
+
+
+NODE_FIELDS = {"x": Scalars(nodes=0), "edge_index": EdgeIndex()}
+SMALL = settings(max_examples=15, deadline=None)
+
+
+def _permutes_with_the_nodes(layer: nn.Module) -> None:
+    from torch_geometric.data import Batch
+
+    @SMALL
+    @given(graph_batches(nodes=(1, 6), features={"x": Scalars()}, channels=3), node_permutations())
+    def test(graphs: list[Graph], g: NodePermutation) -> None:
+        batch = Batch.from_data_list([graph.data() for graph in graphs])
+        report = check_equivariance(
+            layer, batch, transforms=[g], inputs=NODE_FIELDS, outputs=Scalars(nodes=0)
+        )
+        assert report.passed, report
+
+    test()
+
+
+def test_a_message_passing_layer_permutes_with_the_nodes_of_mixed_size_batches() -> None:
+    layer, _ = _neighbour_sums()
+    _permutes_with_the_nodes(layer)
+
+
+def test_a_layer_that_reads_node_indices_fails_under_drawn_node_permutations() -> None:
+    from torch_geometric.data import Batch
+
+    _, indexed = _neighbour_sums()
+    with pytest.raises(
+        AssertionError, match=r"equivariance check FAILED: NeighbourSum, 1 permutation, 1 failed"
+    ):
+        settings(SMALL, phases=[Phase.generate], database=None)(_permutes_with_the_nodes)(indexed)
+    # it fails for the permutation, not for the batching: on graphs of one node every element is the identity
+    lone = [Graph(1, torch.empty(2, 0, dtype=torch.long), {"x": torch.randn(1, 3)}).data() for _ in range(3)]
+    report = check_equivariance(
+        indexed, Batch.from_data_list(lone), transforms=[NodePermutation(1)], inputs=NODE_FIELDS,
+        outputs=Scalars(nodes=0),
+    )  # fmt: skip
+    assert report.passed, report
+
+
+def test_graph_data_says_what_to_install_without_torch_geometric(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch_geometric.data", None)  # an import of it fails, as when absent
+    g = find(graphs(nodes=2), lambda g: True, settings=REPLAY)
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"Graph.data\(\) builds a torch_geometric Data, and torch_geometric is not installed; pip install equivariance\[geometric\]",
+    ):
+        g.data()
