@@ -397,7 +397,7 @@ def conv_stacks(
         ... def test_conv_stacks_are_equivariant(stack, shift):
         ...     x = torch.randn(2, stack.in_channels, stack.min_size + 4)
         ...     report = check_equivariance(stack.model, x, [shift], boundary=stack.boundary)
-        ...     assert report.passed
+        ...     assert report.within_tolerance  # passed, or vacuous: a drawn stack of dead ReLUs
         >>> test_conv_stacks_are_equivariant()
     """
     ndims = _count(ndim, "ndim", minimum=1, maximum=3)
