@@ -18,24 +18,31 @@ import torch
 from torch import nn
 
 from equivariance._engine import arguments as _arguments
+from equivariance._engine.arguments import DEFAULT_MAX_SHIFT
+from equivariance._engine.copies import ArgumentCopies, Copies, GraphCopies
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.isolation import owning_module
 from equivariance._engine.judge import squared_errors
+from equivariance._engine.part_sums import GraphReferences
+from equivariance._engine.parts import Arguments, OutputParts
 from equivariance._engine.validation import as_int, describe, per_dim
-from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
+from equivariance.actions import Action, Boundary, Grid, Identity, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
+from equivariance.fields import FieldSpec, ModelInput
+from equivariance.sampling import GroupSample
 from equivariance.shifts import Shift, ShiftLike, multiples_of
+from equivariance.transforms import as_transform_list
 
 __all__ = ["equivariance_loss"]
 
 
 def equivariance_loss(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike | Action] | None = None,
     *,
     samples: int | None = None,
-    max_shift: int | Sequence[int] = 2,
+    max_shift: int | Sequence[int] | None = None,
     boundary: Boundary = "circular",
     stride: int | Sequence[int] = 1,
     layer: str | None = None,
@@ -43,6 +50,9 @@ def equivariance_loss(
     batch_size: int | None = None,
     rng: torch.Generator | None = None,
     reference: torch.Tensor | None = None,
+    transforms: Sequence[Action] | None = None,
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
 ) -> torch.Tensor:
     """The mean squared relative equivariance error over a few elements: a penalty to train with.
 
@@ -53,7 +63,11 @@ def equivariance_loss(
     a model in eval mode its value is the mean of
     ``equivariance_error(model, x, g, reduction="none") ** 2`` over the
     elements. It runs in the model's own mode, inside a training step (the
-    documentation's penalty page says how).
+    documentation's penalty page says how). A model of several inputs and
+    outputs (``inputs=``, ``outputs=``: point clouds, molecules, graphs) is
+    penalized the same way, every output part compared with ``f(x)``'s moved
+    by its field type, and its value in eval mode is the mean of
+    ``equivariance_error(model, x, g, inputs=..., outputs=..., reduction="none") ** 2``.
 
     Examples:
         >>> import torch
@@ -70,6 +84,20 @@ def equivariance_loss(
         >>> loss.item() > 0.1, positional[1].weight.grad is not None
         (True, True)
 
+        Point clouds, with the field types of the inputs and outputs, and
+        four fresh rotations each call:
+
+        >>> from equivariance.euclidean import SO3
+        >>> from equivariance.fields import Positions, Scalars, Vectors
+        >>> def centred(pos, h):  # an invariant (B, N, C) and an equivariant (B, N, 3)
+        ...     offset = pos - pos.mean(1, keepdim=True)
+        ...     return h * offset.norm(dim=-1, keepdim=True), offset
+        >>> pos, h = torch.randn(2, 5, 3), torch.randn(2, 5, 4)
+        >>> loss = equivariance_loss(centred, (pos, h), transforms=SO3(1), samples=4,
+        ...                          inputs=(Positions(), Scalars()), outputs=(Scalars(), Vectors()))
+        >>> loss.item() < 1e-10
+        True
+
     Args:
         model: the model being trained (an ``nn.Module`` for ``batch_size=``), or a callable.
         x: a batch ``(N, C, *spatial)``; it is not changed.
@@ -82,7 +110,7 @@ def equivariance_loss(
         samples: draw this many shifts per call, uniformly among the nonzero
             multiples of ``stride`` in $[-m, m]^d$ ($m$ = ``max_shift``) (default:
             1 when ``shifts`` is not given).
-        max_shift: the box the random shifts are drawn from (an int or one per dim).
+        max_shift: the box the random shifts are drawn from (an int or one per dim; default 2).
         boundary: ``"circular"`` (default: on a torus, nothing is cut off) or ``"zeros"``.
         stride: the output's subsampling factor; random shifts are multiples of it.
         layer: penalize this named submodule's output instead.
@@ -98,11 +126,43 @@ def equivariance_loss(
             it is used instead of a pass of its own, and its graph is kept
             for the task loss's backward. Default: ``x`` runs through the
             model in the same pass as its copies.
+        transforms: the elements, as in
+            [`check_equivariance`][equivariance.check_equivariance]: a list of
+            transforms, or a sample of a group (``SO3(4, seed=0)``, ``E3``,
+            ``Permutations``, ``NodePermutations``). With ``samples=k``,
+            ``k`` fresh elements of the sample's group are drawn with ``rng``
+            each call (``k`` of the list's elements, for a list): a new
+            draw each training step. Needed with ``inputs=``.
+        inputs: for a model of point clouds, sets or graphs, the field type of
+            ``x`` or of each of its arguments (``x`` a tuple, a dict or a
+            torch_geometric ``Data``/``Batch``), as in
+            [`check_equivariance`][equivariance.check_equivariance]. The
+            options of a grid (``shifts``, ``max_shift``, ``stride``,
+            ``boundary``) and, for now, ``batch_size`` and ``reference`` are
+            refused beside it.
+        outputs: with ``inputs=``, the field type of each output. A sample's
+            squared error is the largest of its outputs' (each relative to
+            its own size), as ``equivariance_error``'s is.
 
     Returns:
         A 0-dim tensor that gradients flow through.
     """
-    setup = _Setup.of(model, x, shifts, samples, max_shift, boundary, stride, layer, output, batch_size)
+    if _arguments.several_inputs(x, inputs, outputs):
+        _arguments.no_grid_options(
+            shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
+            boundary=boundary != "circular",
+        )  # fmt: skip
+        _not_yet(batch_size=batch_size is not None, reference=reference is not None)
+        return _points_loss(model, x, transforms, samples, rng, layer, output, inputs, outputs)
+    if transforms is not None:
+        if shifts is not None:
+            raise InvalidArgument(
+                "pass either shifts= or transforms= (the elements to penalize), not both; transforms "
+                "such as Rot90(1) may go in either"
+            )
+        shifts = as_transform_list(transforms)
+    bound = DEFAULT_MAX_SHIFT if max_shift is None else max_shift
+    setup = _Setup.of(model, x, shifts, samples, bound, boundary, stride, layer, output, batch_size)
     given = _check_reference(reference, setup.x)
     elements = setup.elements if setup.elements is not None else setup.draw(rng)
     total = len(elements) * len(setup.x)
@@ -191,6 +251,92 @@ class _Setup:
                 got, expected = got[region], expected[region]
             total = total + _squared_errors(got, expected).sum()
         return total
+
+
+def _points_loss(
+    model: Callable[..., Any], x: object, transforms: object, samples: object, rng: object,
+    layer: str | None, output: OutputSelector, inputs: object, outputs: object,
+) -> torch.Tensor:  # fmt: skip
+    """The penalty of a model of several inputs and outputs, each with its field type: ``x`` and its
+    copies moved by the elements in one pass, each output part compared with ``f(x)``'s part moved by its
+    field type, a sample's error the largest of its parts' (as ``equivariance_error``'s)."""
+    if outputs is None:
+        raise InvalidArgument(
+            "inputs= says how the elements move the model's arguments; pass outputs= too, the field type "
+            "of each output (e.g. outputs=(Scalars(nodes=None), Vectors())), which the penalty compares "
+            "with the outputs for the moved inputs"
+        )
+    elements = _point_elements(transforms, samples, rng)
+    arguments = _arguments.checked_call(
+        model, x, inputs, elements, "penalize", "a penalty that is always zero"
+    )
+    forward = Forward(model, layer, output, OutputParts(outputs))
+    n, k = len(arguments), len(elements)
+    rows = (Identity(), *elements)  # x itself first: f(x) in the same pass as its copies
+    copies = (
+        ArgumentCopies(arguments, rows) if isinstance(arguments, Arguments) else GraphCopies(arguments, rows)
+    )
+    both = forward(copies.take(torch.arange(n).repeat(k + 1), torch.arange(k + 1).repeat_interleave(n)),
+                   detach=False)  # fmt: skip
+    parts = forward.parts
+    assert parts is not None
+    sample, element = torch.arange(n).repeat(k), torch.arange(k).repeat_interleave(n)
+    errors = []
+    for piece, part, field, per_node, size in zip(
+        parts.unflatten(both), parts.parts, parts.acting, parts.per_node or (False,) * len(parts.parts),
+        parts.sizes,
+    ):  # fmt: skip
+        piece = piece.to(torch.promote_types(piece.dtype, torch.float32))
+        reference, got = piece[:n], piece[n:]
+        if field is None:
+            expected = reference.index_select(0, sample.to(piece.device))
+        elif per_node and parts.mixed:
+            assert part.field is not None
+            expected = GraphReferences(reference, elements, part.field, parts.nodes[:n]).take(sample, element)
+        else:
+            expected = Copies(reference, elements, field).take(sample, element)
+        diff = (got - expected).reshape(n * k, -1).pow(2).sum(1)
+        errors.append(squared_errors(diff, expected.reshape(n * k, -1).pow(2).sum(1), max(1, size)))
+    worst = errors[0] if len(errors) == 1 else torch.stack(errors).amax(0)
+    return worst.mean()
+
+
+def _point_elements(transforms: object, samples: object, rng: object) -> list[Action]:
+    """The elements of a penalty of points: all of ``transforms``, or ``samples`` of them drawn with
+    ``rng``: fresh elements of a group sample's group (``SO3(4, seed=0)``), else picked from the list."""
+    if transforms is None:
+        raise InvalidArgument(
+            "inputs= needs the elements to penalize: pass transforms=, e.g. transforms=SO3(4, seed=0) (the "
+            "same rotations each step) or transforms=SO3(1), samples=4 (four fresh rotations each step)"
+        )
+    given = as_transform_list(transforms)
+    if samples is None:
+        return given
+    count = as_int(samples, "samples")
+    if count < 1:
+        raise InvalidArgument(f"samples must be positive, found {count}; pass e.g. samples=2")
+    if rng is not None and not isinstance(rng, torch.Generator):
+        raise InvalidArgument(f"rng must be a torch.Generator, found {describe(rng)}; pass None or one")
+    if isinstance(transforms, GroupSample):
+        generator = rng
+        if generator is None:  # torch's global RNG seeds the draw, as it draws the shifts of a grid
+            seed = int(torch.randint(2**62, ()).item())
+            generator = torch.Generator().manual_seed(seed)
+        return list(transforms.draw(count, generator))
+    moving = [e for e in given if not e.is_identity] or given
+    picks = torch.randint(len(moving), (count,), generator=rng).tolist()
+    return [moving[p] for p in picks]
+
+
+def _not_yet(**given: bool) -> None:
+    """Options of the penalty of a grid that the penalty of several inputs does not take."""
+    clash = [name for name, present in given.items() if present]
+    if clash:
+        raise InvalidArgument(
+            f"{' and '.join(f'{c}=' for c in clash)} {'is' if len(clash) == 1 else 'are'} not taken with "
+            "inputs= (several inputs and outputs): x runs with all its moved copies in one pass; drop "
+            f"{'it' if len(clash) == 1 else 'them'}, or pass fewer transforms"
+        )
 
 
 def _elements(shifts: object, x: torch.Tensor, strides: tuple[int, ...]) -> tuple[Action, ...]:
