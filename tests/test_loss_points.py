@@ -188,3 +188,23 @@ def test_mismatched_options_are_refused_clearly() -> None:
         equivariance_loss(model, x, transforms=SO3(2), inputs=INPUTS, outputs=(Vectors(),))
     with pytest.raises(InvalidArgument, match=r"input 'h'.*"):
         equivariance_loss(model, x, transforms=SO3(2), inputs=(Positions(), Vectors()), outputs=OUTPUTS)
+
+
+def test_transforms_names_the_elements_of_a_grid_too() -> None:
+    from equivariance import Flip, Rot90
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, dtype=F64), nn.Flatten(), nn.Linear(108, 4, dtype=F64))
+    x = torch.randn(2, 1, 6, 6, dtype=F64)
+    given = equivariance_loss(net, x, transforms=[Rot90(1), Flip(-1)])
+    assert given.item() == pytest.approx(equivariance_loss(net, x, [Rot90(1), Flip(-1)]).item(), rel=1e-12)
+    assert given.item() > 1e-2
+    with pytest.raises(
+        InvalidArgument, match=r"pass either shifts= or transforms= \(the elements to penalize\)"
+    ):
+        equivariance_loss(net, x, [(1, 0)], transforms=[Rot90(1)])
+    with pytest.raises(
+        InvalidArgument,
+        match=r"transforms must hold Rot90, Flip or other actions .*found \(1, 0\) \(tuple\); shifts go in shifts=",
+    ):
+        equivariance_loss(net, x, transforms=[(1, 0)])
