@@ -24,7 +24,7 @@ from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.isolation import owning_module
 from equivariance._engine.judge import squared_errors
 from equivariance._engine.part_sums import GraphReferences
-from equivariance._engine.parts import Arguments, OutputParts
+from equivariance._engine.parts import Arguments, Graphs, OutputParts
 from equivariance._engine.validation import as_int, describe, per_dim
 from equivariance.actions import Action, Boundary, Grid, Identity, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
@@ -138,8 +138,9 @@ def equivariance_loss(
             torch_geometric ``Data``/``Batch``), as in
             [`check_equivariance`][equivariance.check_equivariance]. The
             options of a grid (``shifts``, ``max_shift``, ``stride``,
-            ``boundary``) and, for now, ``batch_size`` and ``reference`` are
-            refused beside it.
+            ``boundary``) and, for now, ``batch_size`` are refused beside
+            it; ``reference`` is then what the model returned for ``x``
+            (after ``output=``), e.g. ``reference=(energy, forces)``.
         outputs: with ``inputs=``, the field type of each output. A sample's
             squared error is the largest of its outputs' (each relative to
             its own size), as ``equivariance_error``'s is.
@@ -152,8 +153,8 @@ def equivariance_loss(
             shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
             boundary=boundary != "circular",
         )  # fmt: skip
-        _not_yet(batch_size=batch_size is not None, reference=reference is not None)
-        return _points_loss(model, x, transforms, samples, rng, layer, output, inputs, outputs)
+        _not_yet(batch_size=batch_size is not None)
+        return _points_loss(model, x, transforms, samples, rng, layer, output, inputs, outputs, reference)
     if transforms is not None:
         if shifts is not None:
             raise InvalidArgument(
@@ -255,7 +256,7 @@ class _Setup:
 
 def _points_loss(
     model: Callable[..., Any], x: object, transforms: object, samples: object, rng: object,
-    layer: str | None, output: OutputSelector, inputs: object, outputs: object,
+    layer: str | None, output: OutputSelector, inputs: object, outputs: object, reference: object = None,
 ) -> torch.Tensor:  # fmt: skip
     """The penalty of a model of several inputs and outputs, each with its field type: ``x`` and its
     copies moved by the elements in one pass, each output part compared with ``f(x)``'s part moved by its
@@ -272,14 +273,21 @@ def _points_loss(
     )
     forward = Forward(model, layer, output, OutputParts(outputs))
     n, k = len(arguments), len(elements)
-    rows = (Identity(), *elements)  # x itself first: f(x) in the same pass as its copies
+    given = reference is not None
+    rows = tuple(elements) if given else (Identity(), *elements)  # x first: f(x) in the pass of its copies
     copies = (
         ArgumentCopies(arguments, rows) if isinstance(arguments, Arguments) else GraphCopies(arguments, rows)
     )
-    both = forward(copies.take(torch.arange(n).repeat(k + 1), torch.arange(k + 1).repeat_interleave(n)),
-                   detach=False)  # fmt: skip
+    items = len(rows) * n
+    moved = forward(copies.take(torch.arange(items) % n, torch.arange(items) // n), detach=False)
     parts = forward.parts
     assert parts is not None
+    if given:  # the training step's own f(x), laid out as the copies' outputs are (its graph kept)
+        nodes = arguments.nodes() if isinstance(arguments, Graphs) else None
+        base = parts.flatten(reference, n, "reference=", nodes, detach=False)
+        both = torch.cat([base.to(moved.dtype), moved])
+    else:
+        both = moved
     sample, element = torch.arange(n).repeat(k), torch.arange(k).repeat_interleave(n)
     errors = []
     for piece, part, field, per_node, size in zip(

@@ -157,6 +157,10 @@ def test_graphs_of_different_sizes() -> None:
         ]
         assert loss.item() == pytest.approx(float((torch.stack(errors) ** 2).mean()), rel=1e-6, abs=1e-20)
         assert (loss.item() > 1e-3) == index
+        given = equivariance_loss(
+            model, batch, transforms=elements, reference=model(batch), inputs=fields, outputs=Vectors(nodes=0)
+        )
+        assert given.item() == pytest.approx(loss.item(), rel=1e-12, abs=1e-30)
         loss.backward()
         assert model.weight.weight.grad is not None
 
@@ -208,3 +212,29 @@ def test_transforms_names_the_elements_of_a_grid_too() -> None:
         match=r"transforms must hold Rot90, Flip or other actions .*found \(1, 0\) \(tuple\); shifts go in shifts=",
     ):
         equivariance_loss(net, x, transforms=[(1, 0)])
+
+
+def test_a_reference_the_training_step_computed_is_used_with_its_graph() -> None:
+    model = PairModel(broken=True).eval()
+    x = clouds()
+    rotations = SO3(3, seed=0)
+    energy, forces = model(*x)
+    given = equivariance_loss(
+        model, x, transforms=rotations, reference=(energy, forces), inputs=INPUTS, outputs=OUTPUTS
+    )
+    one_pass = equivariance_loss(model, x, transforms=rotations, inputs=INPUTS, outputs=OUTPUTS)
+    assert given.item() == pytest.approx(one_pass.item(), rel=1e-12)
+    task = energy.square().mean()  # the task loss shares f(x): one backward through both
+    (task + given).backward()
+    assert model.leak is not None
+    assert model.leak.grad is not None
+    with pytest.raises(
+        InvalidArgument, match=r"reference= returned a tuple of 1 items, which has no output\[1\]"
+    ):
+        equivariance_loss(model, x, transforms=rotations, reference=(energy,), inputs=INPUTS, outputs=OUTPUTS)
+    with pytest.raises(
+        InvalidArgument, match=r"reference= returned output\[0\] of shape \(2,\) for a batch of 4"
+    ):
+        equivariance_loss(
+            model, x, transforms=rotations, reference=(energy[:2], forces), inputs=INPUTS, outputs=OUTPUTS
+        )
