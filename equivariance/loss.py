@@ -24,7 +24,7 @@ from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.isolation import owning_module
 from equivariance._engine.judge import squared_errors
 from equivariance._engine.part_sums import GraphReferences
-from equivariance._engine.parts import Arguments, Graphs, OutputParts
+from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts
 from equivariance._engine.validation import as_int, describe, per_dim
 from equivariance.actions import Action, Boundary, Grid, Identity, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
@@ -138,9 +138,10 @@ def equivariance_loss(
             torch_geometric ``Data``/``Batch``), as in
             [`check_equivariance`][equivariance.check_equivariance]. The
             options of a grid (``shifts``, ``max_shift``, ``stride``,
-            ``boundary``) and, for now, ``batch_size`` are refused beside
-            it; ``reference`` is then what the model returned for ``x``
-            (after ``output=``), e.g. ``reference=(energy, forces)``.
+            ``boundary``) are refused beside it; ``reference`` is then what
+            the model returned for ``x`` (after ``output=``), e.g.
+            ``reference=(energy, forces)``, and ``batch_size`` counts
+            copies (a torch_geometric graph is one).
         outputs: with ``inputs=``, the field type of each output. A sample's
             squared error is the largest of its outputs' (each relative to
             its own size), as ``equivariance_error``'s is.
@@ -153,8 +154,9 @@ def equivariance_loss(
             shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
             boundary=boundary != "circular",
         )  # fmt: skip
-        _not_yet(batch_size=batch_size is not None)
-        return _points_loss(model, x, transforms, samples, rng, layer, output, inputs, outputs, reference)
+        return _points_loss(
+            model, x, transforms, samples, rng, layer, output, inputs, outputs, reference, batch_size
+        )
     if transforms is not None:
         if shifts is not None:
             raise InvalidArgument(
@@ -219,6 +221,17 @@ class _Setup:
             )
         return cls(forward, tensor, elements, count, bound, the_boundary, strides, size)
 
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def outputs(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
+        """The outputs for items ``start:stop`` of the copies."""
+        return self.forward(self.copies(elements, start, stop))
+
+    def reference(self) -> torch.Tensor:
+        return self.forward(self.x.clone())
+
     def draw(self, rng: torch.Generator | None) -> tuple[Action, ...]:
         """``samples`` random nonzero shifts from the box, multiples of the stride."""
         if rng is not None and not isinstance(rng, torch.Generator):
@@ -257,6 +270,7 @@ class _Setup:
 def _points_loss(
     model: Callable[..., Any], x: object, transforms: object, samples: object, rng: object,
     layer: str | None, output: OutputSelector, inputs: object, outputs: object, reference: object = None,
+    batch_size: object = None,
 ) -> torch.Tensor:  # fmt: skip
     """The penalty of a model of several inputs and outputs, each with its field type: ``x`` and its
     copies moved by the elements in one pass, each output part compared with ``f(x)``'s part moved by its
@@ -267,46 +281,94 @@ def _points_loss(
             "of each output (e.g. outputs=(Scalars(nodes=None), Vectors())), which the penalty compares "
             "with the outputs for the moved inputs"
         )
+    size = _arguments.check_batch_size(batch_size, auto=False)
+    assert not isinstance(size, str)
     elements = _point_elements(transforms, samples, rng)
     arguments = _arguments.checked_call(
         model, x, inputs, elements, "penalize", "a penalty that is always zero"
     )
-    forward = Forward(model, layer, output, OutputParts(outputs))
-    n, k = len(arguments), len(elements)
-    given = reference is not None
-    rows = tuple(elements) if given else (Identity(), *elements)  # x first: f(x) in the pass of its copies
-    copies = (
-        ArgumentCopies(arguments, rows) if isinstance(arguments, Arguments) else GraphCopies(arguments, rows)
-    )
-    items = len(rows) * n
-    moved = forward(copies.take(torch.arange(items) % n, torch.arange(items) // n), detach=False)
-    parts = forward.parts
-    assert parts is not None
-    if given:  # the training step's own f(x), laid out as the copies' outputs are (its graph kept)
-        nodes = arguments.nodes() if isinstance(arguments, Graphs) else None
-        base = parts.flatten(reference, n, "reference=", nodes, detach=False)
-        both = torch.cat([base.to(moved.dtype), moved])
-    else:
-        both = moved
-    sample, element = torch.arange(n).repeat(k), torch.arange(k).repeat_interleave(n)
-    errors = []
-    for piece, part, field, per_node, size in zip(
-        parts.unflatten(both), parts.parts, parts.acting, parts.per_node or (False,) * len(parts.parts),
-        parts.sizes,
-    ):  # fmt: skip
-        piece = piece.to(torch.promote_types(piece.dtype, torch.float32))
-        reference, got = piece[:n], piece[n:]
-        if field is None:
-            expected = reference.index_select(0, sample.to(piece.device))
-        elif per_node and parts.mixed:
-            assert part.field is not None
-            expected = GraphReferences(reference, elements, part.field, parts.nodes[:n]).take(sample, element)
-        else:
-            expected = Copies(reference, elements, field).take(sample, element)
-        diff = (got - expected).reshape(n * k, -1).pow(2).sum(1)
-        errors.append(squared_errors(diff, expected.reshape(n * k, -1).pow(2).sum(1), max(1, size)))
-    worst = errors[0] if len(errors) == 1 else torch.stack(errors).amax(0)
-    return worst.mean()
+    setup = _PointSetup(Forward(model, layer, output, OutputParts(outputs)), arguments)
+    n, total = len(arguments), len(elements) * len(arguments)
+    given = None if reference is None else setup.laid_out(reference)
+    if size is not None and size < total:
+        return _accumulated(setup, tuple(elements), size, given)
+    if given is not None:
+        return setup.penalty(setup.outputs(elements, 0, total), given, elements, 0, total) / total
+    both = setup.run(setup.copies((Identity(), *elements), 0, total + n))  # x first, then its copies
+    return setup.penalty(both[n:], both[:n], elements, 0, total) / total
+
+
+class _PointSetup:
+    """The penalty's call of several inputs: copies of items (element-major over elements x samples),
+    the model's outputs laid side by side (``OutputParts``), and the penalty of each item."""
+
+    def __init__(self, forward: Forward, arguments: Call) -> None:
+        self.forward, self.arguments = forward, arguments
+        self.n = len(arguments)
+        self.x = arguments.first  # its device and dtype stand for the call's
+
+    def copies(self, elements: Sequence[Action], start: int, stop: int) -> Call:
+        """Items ``start:stop`` of ``elements`` x samples: the call, each tensor moved by its field type."""
+        arguments, rows = self.arguments, list(elements)
+        copies = (
+            ArgumentCopies(arguments, rows)
+            if isinstance(arguments, Arguments)
+            else GraphCopies(arguments, rows)
+        )
+        items = torch.arange(start, stop)
+        return copies.take(items % self.n, items // self.n)
+
+    def run(self, call: Call) -> torch.Tensor:
+        """The outputs for ``call``, side by side, with autograd's graph."""
+        return self.forward(call, detach=False)
+
+    def outputs(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
+        """The outputs for items ``start:stop`` of the copies."""
+        return self.run(self.copies(elements, start, stop))
+
+    def reference(self) -> torch.Tensor:
+        """``f(x)``, in a pass of its own."""
+        return self.run(
+            self.arguments.snapshot() if isinstance(self.arguments, Arguments) else self.arguments
+        )
+
+    def laid_out(self, reference: object) -> torch.Tensor:
+        """What the model returned for ``x`` (``reference=``), laid out as the outputs are (its graph
+        kept); before any pass, its own outputs fix the parts."""
+        parts = self.forward.parts
+        assert parts is not None
+        nodes = self.arguments.nodes() if isinstance(self.arguments, Graphs) else None
+        if not parts.parts:
+            self.forward.parts = parts = parts.measured(reference, "reference=", nodes)
+        return parts.flatten(reference, self.n, "reference=", nodes, detach=False)
+
+    def penalty(
+        self, outputs: torch.Tensor, reference: torch.Tensor, elements: Sequence[Action], start: int,
+        stop: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """The sum of the squared errors of items ``start:stop`` (``reference``: ``f(x)`` by sample)."""
+        parts = self.forward.parts
+        assert parts is not None
+        items = torch.arange(start, stop)
+        sample, element = items % self.n, items // self.n
+        errors = []
+        dtype = torch.promote_types(outputs.dtype, torch.float32)
+        for got, base, part, field, per_node, size in zip(
+            parts.unflatten(outputs.to(dtype)), parts.unflatten(reference.to(dtype)), parts.parts,
+            parts.acting, parts.per_node or (False,) * len(parts.parts), parts.sizes,
+        ):  # fmt: skip
+            if field is None:
+                expected = base.index_select(0, sample.to(base.device))
+            elif per_node and parts.mixed:
+                assert part.field is not None
+                nodes = parts.nodes[: self.n]
+                expected = GraphReferences(base, elements, part.field, nodes).take(sample, element)
+            else:
+                expected = Copies(base, elements, field).take(sample, element)
+            diff = (got - expected).reshape(len(items), -1).pow(2).sum(1)
+            errors.append(squared_errors(diff, expected.reshape(len(items), -1).pow(2).sum(1), max(1, size)))
+        worst = errors[0] if len(errors) == 1 else torch.stack(errors).amax(0)
+        return worst.sum()
 
 
 def _point_elements(transforms: object, samples: object, rng: object) -> list[Action]:
@@ -334,17 +396,6 @@ def _point_elements(transforms: object, samples: object, rng: object) -> list[Ac
     moving = [e for e in given if not e.is_identity] or given
     picks = torch.randint(len(moving), (count,), generator=rng).tolist()
     return [moving[p] for p in picks]
-
-
-def _not_yet(**given: bool) -> None:
-    """Options of the penalty of a grid that the penalty of several inputs does not take."""
-    clash = [name for name, present in given.items() if present]
-    if clash:
-        raise InvalidArgument(
-            f"{' and '.join(f'{c}=' for c in clash)} {'is' if len(clash) == 1 else 'are'} not taken with "
-            "inputs= (several inputs and outputs): x runs with all its moved copies in one pass; drop "
-            f"{'it' if len(clash) == 1 else 'them'}, or pass fewer transforms"
-        )
 
 
 def _elements(shifts: object, x: torch.Tensor, strides: tuple[int, ...]) -> tuple[Action, ...]:
@@ -403,7 +454,7 @@ def _check_reference(reference: object, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _accumulated(
-    setup: _Setup, elements: tuple[Action, ...], size: int, given: torch.Tensor | None
+    setup: _Setup | _PointSetup, elements: tuple[Action, ...], size: int, given: torch.Tensor | None
 ) -> torch.Tensor:
     """The loss in chunks of ``size`` copies, each chunk's gradient taken at once (docs/penalty.md)."""
     module = owning_module(setup.forward.model)
@@ -414,16 +465,16 @@ def _accumulated(
             f"parameters, but {describe(setup.forward.model)} is not an nn.Module; pass the module, or "
             "drop batch_size= to run every copy in one pass"
         )
-    total = len(elements) * len(setup.x)
+    total = len(elements) * setup.n
     _check_chunkable(module, total, size)
-    reference = setup.forward(setup.x.clone()) if given is None else given
+    reference = setup.reference() if given is None else given
     tracked = torch.is_grad_enabled() and reference.requires_grad
     held = reference.detach().requires_grad_(tracked)
     value = torch.zeros((), dtype=torch.float64, device=setup.x.device)
     grads: list[torch.Tensor | None] = [None] * (len(params) + 1)
     for start in range(0, total, size):
         stop = min(total, start + size)
-        outputs = setup.forward(setup.copies(elements, start, stop))
+        outputs = setup.outputs(elements, start, stop)
         part = setup.penalty(outputs, held, elements, start, stop) / total
         value += part.detach().double()
         if tracked:

@@ -161,6 +161,10 @@ def test_graphs_of_different_sizes() -> None:
             model, batch, transforms=elements, reference=model(batch), inputs=fields, outputs=Vectors(nodes=0)
         )
         assert given.item() == pytest.approx(loss.item(), rel=1e-12, abs=1e-30)
+        chunked = equivariance_loss(
+            model, batch, transforms=elements, batch_size=3, inputs=fields, outputs=Vectors(nodes=0)
+        )
+        assert chunked.item() == pytest.approx(loss.item(), rel=1e-10, abs=1e-30)
         loss.backward()
         assert model.weight.weight.grad is not None
 
@@ -177,8 +181,12 @@ def test_mismatched_options_are_refused_clearly() -> None:
         equivariance_loss(
             model, x, [(1, 0)], boundary="zeros", transforms=SO3(2), inputs=INPUTS, outputs=OUTPUTS
         )
-    with pytest.raises(InvalidArgument, match=r"batch_size= is not taken with inputs="):
-        equivariance_loss(model, x, transforms=SO3(2), batch_size=2, inputs=INPUTS, outputs=OUTPUTS)
+    with pytest.raises(
+        InvalidArgument, match=r"batch_size= runs the copies in chunks .* is not an nn.Module"
+    ):
+        equivariance_loss(
+            lambda pos, h: model(pos, h), x, transforms=SO3(2), batch_size=2, inputs=INPUTS, outputs=OUTPUTS
+        )
     with pytest.raises(InvalidArgument, match=r"samples must be positive, found 0"):
         equivariance_loss(model, x, transforms=SO3(2), samples=0, inputs=INPUTS, outputs=OUTPUTS)
     with pytest.raises(InvalidArgument, match=r"rng must be a torch.Generator, found"):
@@ -229,7 +237,7 @@ def test_a_reference_the_training_step_computed_is_used_with_its_graph() -> None
     assert model.leak is not None
     assert model.leak.grad is not None
     with pytest.raises(
-        InvalidArgument, match=r"reference= returned a tuple of 1 items, which has no output\[1\]"
+        InvalidArgument, match=r"outputs= gives 2 field types but reference= returned a tuple of 1 items"
     ):
         equivariance_loss(model, x, transforms=rotations, reference=(energy,), inputs=INPUTS, outputs=OUTPUTS)
     with pytest.raises(
@@ -238,3 +246,24 @@ def test_a_reference_the_training_step_computed_is_used_with_its_graph() -> None
         equivariance_loss(
             model, x, transforms=rotations, reference=(energy[:2], forces), inputs=INPUTS, outputs=OUTPUTS
         )
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_chunks_give_the_one_pass_value_and_gradient(given: bool) -> None:
+    x = clouds()
+    rotations = E3(3, seed=2)
+    found = []
+    for batch_size in (None, 5):
+        model = PairModel(broken=True).eval()
+        reference = model(*x) if given else None
+        loss = equivariance_loss(
+            model, x, transforms=rotations, batch_size=batch_size, reference=reference, inputs=INPUTS,
+            outputs=OUTPUTS,
+        )  # fmt: skip
+        loss.backward()
+        found.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (one, grads), (chunked, chunked_grads) = found
+    assert chunked == pytest.approx(one, rel=1e-10)
+    assert len(grads) == len(chunked_grads) == len(list(PairModel(broken=True).parameters()))
+    for a, b in zip(grads, chunked_grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
