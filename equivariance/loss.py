@@ -18,24 +18,31 @@ import torch
 from torch import nn
 
 from equivariance._engine import arguments as _arguments
+from equivariance._engine.arguments import DEFAULT_MAX_SHIFT
+from equivariance._engine.copies import ArgumentCopies, Copies, GraphCopies
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.isolation import owning_module
 from equivariance._engine.judge import squared_errors
+from equivariance._engine.part_sums import GraphReferences
+from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts
 from equivariance._engine.validation import as_int, describe, per_dim
-from equivariance.actions import Action, Boundary, Grid, check_boundary, guarded_act
+from equivariance.actions import Action, Boundary, Grid, Identity, check_boundary, guarded_act
 from equivariance.errors import InvalidArgument
+from equivariance.fields import FieldSpec, ModelInput
+from equivariance.sampling import GroupSample
 from equivariance.shifts import Shift, ShiftLike, multiples_of
+from equivariance.transforms import as_transform_list
 
 __all__ = ["equivariance_loss"]
 
 
 def equivariance_loss(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
+    model: Callable[..., Any],
+    x: torch.Tensor | ModelInput,
     shifts: Sequence[ShiftLike | Action] | None = None,
     *,
     samples: int | None = None,
-    max_shift: int | Sequence[int] = 2,
+    max_shift: int | Sequence[int] | None = None,
     boundary: Boundary = "circular",
     stride: int | Sequence[int] = 1,
     layer: str | None = None,
@@ -43,6 +50,9 @@ def equivariance_loss(
     batch_size: int | None = None,
     rng: torch.Generator | None = None,
     reference: torch.Tensor | None = None,
+    transforms: Sequence[Action] | None = None,
+    inputs: FieldSpec = None,
+    outputs: FieldSpec = None,
 ) -> torch.Tensor:
     """The mean squared relative equivariance error over a few elements: a penalty to train with.
 
@@ -53,7 +63,11 @@ def equivariance_loss(
     a model in eval mode its value is the mean of
     ``equivariance_error(model, x, g, reduction="none") ** 2`` over the
     elements. It runs in the model's own mode, inside a training step (the
-    documentation's penalty page says how).
+    documentation's penalty page says how). A model of several inputs and
+    outputs (``inputs=``, ``outputs=``: point clouds, molecules, graphs) is
+    penalized the same way, every output part compared with ``f(x)``'s moved
+    by its field type, and its value in eval mode is the mean of
+    ``equivariance_error(model, x, g, inputs=..., outputs=..., reduction="none") ** 2``.
 
     Examples:
         >>> import torch
@@ -70,6 +84,20 @@ def equivariance_loss(
         >>> loss.item() > 0.1, positional[1].weight.grad is not None
         (True, True)
 
+        Point clouds, with the field types of the inputs and outputs, and
+        four fresh rotations each call:
+
+        >>> from equivariance.euclidean import SO3
+        >>> from equivariance.fields import Positions, Scalars, Vectors
+        >>> def centred(pos, h):  # an invariant (B, N, C) and an equivariant (B, N, 3)
+        ...     offset = pos - pos.mean(1, keepdim=True)
+        ...     return h * offset.norm(dim=-1, keepdim=True), offset
+        >>> pos, h = torch.randn(2, 5, 3), torch.randn(2, 5, 4)
+        >>> loss = equivariance_loss(centred, (pos, h), transforms=SO3(1), samples=4,
+        ...                          inputs=(Positions(), Scalars()), outputs=(Scalars(), Vectors()))
+        >>> loss.item() < 1e-10
+        True
+
     Args:
         model: the model being trained (an ``nn.Module`` for ``batch_size=``), or a callable.
         x: a batch ``(N, C, *spatial)``; it is not changed.
@@ -82,7 +110,7 @@ def equivariance_loss(
         samples: draw this many shifts per call, uniformly among the nonzero
             multiples of ``stride`` in $[-m, m]^d$ ($m$ = ``max_shift``) (default:
             1 when ``shifts`` is not given).
-        max_shift: the box the random shifts are drawn from (an int or one per dim).
+        max_shift: the box the random shifts are drawn from (an int or one per dim; default 2).
         boundary: ``"circular"`` (default: on a torus, nothing is cut off) or ``"zeros"``.
         stride: the output's subsampling factor; random shifts are multiples of it.
         layer: penalize this named submodule's output instead.
@@ -98,11 +126,46 @@ def equivariance_loss(
             it is used instead of a pass of its own, and its graph is kept
             for the task loss's backward. Default: ``x`` runs through the
             model in the same pass as its copies.
+        transforms: the elements, as in
+            [`check_equivariance`][equivariance.check_equivariance]: a list of
+            transforms, or a sample of a group (``SO3(4, seed=0)``, ``E3``,
+            ``Permutations``, ``NodePermutations``). With ``samples=k``,
+            ``k`` fresh elements of the sample's group are drawn with ``rng``
+            each call (``k`` of the list's elements, for a list): a new
+            draw each training step. Needed with ``inputs=``.
+        inputs: for a model of point clouds, sets or graphs, the field type of
+            ``x`` or of each of its arguments (``x`` a tuple, a dict or a
+            torch_geometric ``Data``/``Batch``), as in
+            [`check_equivariance`][equivariance.check_equivariance]. The
+            options of a grid (``shifts``, ``max_shift``, ``stride``,
+            ``boundary``) are refused beside it; ``reference`` is then what
+            the model returned for ``x`` (after ``output=``), e.g.
+            ``reference=(energy, forces)``, and ``batch_size`` counts
+            copies (a torch_geometric graph is one).
+        outputs: with ``inputs=``, the field type of each output. A sample's
+            squared error is the largest of its outputs' (each relative to
+            its own size), as ``equivariance_error``'s is.
 
     Returns:
         A 0-dim tensor that gradients flow through.
     """
-    setup = _Setup.of(model, x, shifts, samples, max_shift, boundary, stride, layer, output, batch_size)
+    if _arguments.several_inputs(x, inputs, outputs):
+        _arguments.no_grid_options(
+            shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
+            boundary=boundary != "circular",
+        )  # fmt: skip
+        return _points_loss(
+            model, x, transforms, samples, rng, layer, output, inputs, outputs, reference, batch_size
+        )
+    if transforms is not None:
+        if shifts is not None:
+            raise InvalidArgument(
+                "pass either shifts= or transforms= (the elements to penalize), not both; transforms "
+                "such as Rot90(1) may go in either"
+            )
+        shifts = as_transform_list(transforms)
+    bound = DEFAULT_MAX_SHIFT if max_shift is None else max_shift
+    setup = _Setup.of(model, x, shifts, samples, bound, boundary, stride, layer, output, batch_size)
     given = _check_reference(reference, setup.x)
     elements = setup.elements if setup.elements is not None else setup.draw(rng)
     total = len(elements) * len(setup.x)
@@ -158,6 +221,17 @@ class _Setup:
             )
         return cls(forward, tensor, elements, count, bound, the_boundary, strides, size)
 
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def outputs(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
+        """The outputs for items ``start:stop`` of the copies."""
+        return self.forward(self.copies(elements, start, stop))
+
+    def reference(self) -> torch.Tensor:
+        return self.forward(self.x.clone())
+
     def draw(self, rng: torch.Generator | None) -> tuple[Action, ...]:
         """``samples`` random nonzero shifts from the box, multiples of the stride."""
         if rng is not None and not isinstance(rng, torch.Generator):
@@ -191,6 +265,137 @@ class _Setup:
                 got, expected = got[region], expected[region]
             total = total + _squared_errors(got, expected).sum()
         return total
+
+
+def _points_loss(
+    model: Callable[..., Any], x: object, transforms: object, samples: object, rng: object,
+    layer: str | None, output: OutputSelector, inputs: object, outputs: object, reference: object = None,
+    batch_size: object = None,
+) -> torch.Tensor:  # fmt: skip
+    """The penalty of a model of several inputs and outputs, each with its field type: ``x`` and its
+    copies moved by the elements in one pass, each output part compared with ``f(x)``'s part moved by its
+    field type, a sample's error the largest of its parts' (as ``equivariance_error``'s)."""
+    if outputs is None:
+        raise InvalidArgument(
+            "inputs= says how the elements move the model's arguments; pass outputs= too, the field type "
+            "of each output (e.g. outputs=(Scalars(nodes=None), Vectors())), which the penalty compares "
+            "with the outputs for the moved inputs"
+        )
+    size = _arguments.check_batch_size(batch_size, auto=False)
+    assert not isinstance(size, str)
+    elements = _point_elements(transforms, samples, rng)
+    arguments = _arguments.checked_call(
+        model, x, inputs, elements, "penalize", "a penalty that is always zero"
+    )
+    setup = _PointSetup(Forward(model, layer, output, OutputParts(outputs)), arguments)
+    n, total = len(arguments), len(elements) * len(arguments)
+    given = None if reference is None else setup.laid_out(reference)
+    if size is not None and size < total:
+        return _accumulated(setup, tuple(elements), size, given)
+    if given is not None:
+        return setup.penalty(setup.outputs(elements, 0, total), given, elements, 0, total) / total
+    both = setup.run(setup.copies((Identity(), *elements), 0, total + n))  # x first, then its copies
+    return setup.penalty(both[n:], both[:n], elements, 0, total) / total
+
+
+class _PointSetup:
+    """The penalty's call of several inputs: copies of items (element-major over elements x samples),
+    the model's outputs laid side by side (``OutputParts``), and the penalty of each item."""
+
+    def __init__(self, forward: Forward, arguments: Call) -> None:
+        self.forward, self.arguments = forward, arguments
+        self.n = len(arguments)
+        self.x = arguments.first  # its device and dtype stand for the call's
+
+    def copies(self, elements: Sequence[Action], start: int, stop: int) -> Call:
+        """Items ``start:stop`` of ``elements`` x samples: the call, each tensor moved by its field type."""
+        arguments, rows = self.arguments, list(elements)
+        copies = (
+            ArgumentCopies(arguments, rows)
+            if isinstance(arguments, Arguments)
+            else GraphCopies(arguments, rows)
+        )
+        items = torch.arange(start, stop)
+        return copies.take(items % self.n, items // self.n)
+
+    def run(self, call: Call) -> torch.Tensor:
+        """The outputs for ``call``, side by side, with autograd's graph."""
+        return self.forward(call, detach=False)
+
+    def outputs(self, elements: Sequence[Action], start: int, stop: int) -> torch.Tensor:
+        """The outputs for items ``start:stop`` of the copies."""
+        return self.run(self.copies(elements, start, stop))
+
+    def reference(self) -> torch.Tensor:
+        """``f(x)``, in a pass of its own."""
+        return self.run(
+            self.arguments.snapshot() if isinstance(self.arguments, Arguments) else self.arguments
+        )
+
+    def laid_out(self, reference: object) -> torch.Tensor:
+        """What the model returned for ``x`` (``reference=``), laid out as the outputs are (its graph
+        kept); before any pass, its own outputs fix the parts."""
+        parts = self.forward.parts
+        assert parts is not None
+        nodes = self.arguments.nodes() if isinstance(self.arguments, Graphs) else None
+        if not parts.parts:
+            self.forward.parts = parts = parts.measured(reference, "reference=", nodes)
+        return parts.flatten(reference, self.n, "reference=", nodes, detach=False)
+
+    def penalty(
+        self, outputs: torch.Tensor, reference: torch.Tensor, elements: Sequence[Action], start: int,
+        stop: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """The sum of the squared errors of items ``start:stop`` (``reference``: ``f(x)`` by sample)."""
+        parts = self.forward.parts
+        assert parts is not None
+        items = torch.arange(start, stop)
+        sample, element = items % self.n, items // self.n
+        errors = []
+        dtype = torch.promote_types(outputs.dtype, torch.float32)
+        for got, base, part, field, per_node, size in zip(
+            parts.unflatten(outputs.to(dtype)), parts.unflatten(reference.to(dtype)), parts.parts,
+            parts.acting, parts.per_node or (False,) * len(parts.parts), parts.sizes,
+        ):  # fmt: skip
+            if field is None:
+                expected = base.index_select(0, sample.to(base.device))
+            elif per_node and parts.mixed:
+                assert part.field is not None
+                nodes = parts.nodes[: self.n]
+                expected = GraphReferences(base, elements, part.field, nodes).take(sample, element)
+            else:
+                expected = Copies(base, elements, field).take(sample, element)
+            diff = (got - expected).reshape(len(items), -1).pow(2).sum(1)
+            errors.append(squared_errors(diff, expected.reshape(len(items), -1).pow(2).sum(1), max(1, size)))
+        worst = errors[0] if len(errors) == 1 else torch.stack(errors).amax(0)
+        return worst.sum()
+
+
+def _point_elements(transforms: object, samples: object, rng: object) -> list[Action]:
+    """The elements of a penalty of points: all of ``transforms``, or ``samples`` of them drawn with
+    ``rng``: fresh elements of a group sample's group (``SO3(4, seed=0)``), else picked from the list."""
+    if transforms is None:
+        raise InvalidArgument(
+            "inputs= needs the elements to penalize: pass transforms=, e.g. transforms=SO3(4, seed=0) (the "
+            "same rotations each step) or transforms=SO3(1), samples=4 (four fresh rotations each step)"
+        )
+    given = as_transform_list(transforms)
+    if samples is None:
+        return given
+    count = as_int(samples, "samples")
+    if count < 1:
+        raise InvalidArgument(f"samples must be positive, found {count}; pass e.g. samples=2")
+    if rng is not None and not isinstance(rng, torch.Generator):
+        raise InvalidArgument(f"rng must be a torch.Generator, found {describe(rng)}; pass None or one")
+    if isinstance(transforms, GroupSample):
+        generator = rng
+        if generator is None:  # torch's global RNG seeds the draw, as it draws the shifts of a grid
+            seed = int(torch.randint(2**62, ()).item())
+            generator = torch.Generator().manual_seed(seed)
+        return list(transforms.draw(count, generator))
+    moving = [e for e in given if not e.is_identity] or given
+    picks = torch.randint(len(moving), (count,), generator=rng).tolist()
+    return [moving[p] for p in picks]
 
 
 def _elements(shifts: object, x: torch.Tensor, strides: tuple[int, ...]) -> tuple[Action, ...]:
@@ -249,7 +454,7 @@ def _check_reference(reference: object, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _accumulated(
-    setup: _Setup, elements: tuple[Action, ...], size: int, given: torch.Tensor | None
+    setup: _Setup | _PointSetup, elements: tuple[Action, ...], size: int, given: torch.Tensor | None
 ) -> torch.Tensor:
     """The loss in chunks of ``size`` copies, each chunk's gradient taken at once (docs/penalty.md)."""
     module = owning_module(setup.forward.model)
@@ -260,16 +465,16 @@ def _accumulated(
             f"parameters, but {describe(setup.forward.model)} is not an nn.Module; pass the module, or "
             "drop batch_size= to run every copy in one pass"
         )
-    total = len(elements) * len(setup.x)
+    total = len(elements) * setup.n
     _check_chunkable(module, total, size)
-    reference = setup.forward(setup.x.clone()) if given is None else given
+    reference = setup.reference() if given is None else given
     tracked = torch.is_grad_enabled() and reference.requires_grad
     held = reference.detach().requires_grad_(tracked)
     value = torch.zeros((), dtype=torch.float64, device=setup.x.device)
     grads: list[torch.Tensor | None] = [None] * (len(params) + 1)
     for start in range(0, total, size):
         stop = min(total, start + size)
-        outputs = setup.forward(setup.copies(elements, start, stop))
+        outputs = setup.outputs(elements, start, stop)
         part = setup.penalty(outputs, held, elements, start, stop) / total
         value += part.detach().double()
         if tracked:

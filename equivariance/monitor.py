@@ -8,18 +8,22 @@ equivariance during training").
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from equivariance._engine import arguments as _arguments
 from equivariance._engine.isolation import isolated
+from equivariance._engine.parts import is_graph
 from equivariance._engine.validation import as_int, describe
 from equivariance.check import check_equivariance, check_invariance
 from equivariance.errors import InvalidArgument
+from equivariance.fields import ModelInput
 from equivariance.invariance import InvarianceMetric, consistency, logit_change, prediction_change
 from equivariance.lie import lie_derivative_error
 from equivariance.metric import equivariance_error, invariance_error
@@ -100,7 +104,11 @@ class EquivarianceMonitor:
     Args:
         model: the model being trained.
         x: the fixed batch ``(N, C, *spatial)`` every measurement uses (kept
-            as a copy; moved to the model's device when measured).
+            as a copy; moved to the model's device when measured); or, for a
+            model of point clouds, sets or graphs, its several inputs (a tuple,
+            a dict or a torch_geometric ``Data``/``Batch``) with their field
+            types in ``inputs=`` (and ``outputs=``), passed to the measurement
+            as the checks take them (docs/point_clouds.md).
         measure: a name in [`MEASURES`][equivariance.monitor.MEASURES], or a
             callable ``(model, x) -> number`` (a float, a 0-dim tensor, a
             report or a metric).
@@ -109,13 +117,14 @@ class EquivarianceMonitor:
             ``"equivariance/<measure>"``.
         log: called as ``log(name, value, step)`` after each measurement,
             e.g. ``lambda n, v, s: writer.add_scalar(n, v, s)``.
-        **options: passed to the measurement, e.g. ``shift=(1, 0)``.
+        **options: passed to the measurement, e.g. ``shift=(1, 0)``, or
+            ``generator=Rotation3D("z"), inputs=..., outputs=...`` for points.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        x: torch.Tensor,
+        x: torch.Tensor | ModelInput,
         measure: str | Measure = "lie_derivative",
         *,
         every: int = 1,
@@ -127,13 +136,17 @@ class EquivarianceMonitor:
             raise InvalidArgument(
                 f"the monitor watches an nn.Module, found {describe(model)}; pass the model"
             )
-        if not isinstance(x, torch.Tensor) or x.dim() < 3:
+        self.function, label = _measure(measure)
+        several = _arguments.several_inputs(x, options.get("inputs"), options.get("outputs"))
+        if several:
+            _check_several(x, measure, label, options)
+        elif not isinstance(x, torch.Tensor) or x.dim() < 3:
             shown = tuple(x.shape) if isinstance(x, torch.Tensor) else describe(x)
             raise InvalidArgument(
-                f"x must be a batch (N, C, *spatial), found {shown}; pass a fixed batch, e.g. x[:16]"
+                f"x must be a batch (N, C, *spatial), found {shown}; pass a fixed batch, e.g. x[:16], or "
+                "a model's several inputs with their field types (inputs=)"
             )
-        self.model, self.x = model, x.detach().clone()
-        self.function, label = _measure(measure)
+        self.model, self.x = model, _kept(x)
         self.every = as_int(every, "every")
         if self.every < 1:
             raise InvalidArgument(f"every must be positive, found {self.every}; pass every=1 or more")
@@ -175,14 +188,14 @@ class EquivarianceMonitor:
         return [record.value for record in self.history]
 
     def __str__(self) -> str:
-        lines = [f"{self.name} on a batch of {tuple(self.x.shape)}, every {self.every} steps"]
+        lines = [f"{self.name} on a batch of {_shapes(self.x)}, every {self.every} steps"]
         lines += [f"  step {r.step:6d}  {r.value:.4e}  ({r.seconds * 1e3:.1f} ms)" for r in self.history]
         return "\n".join(lines)
 
-    def _on_device(self) -> torch.Tensor:
+    def _on_device(self) -> Any:
         parameter = next(iter(self.model.parameters()), None)
-        if parameter is not None and parameter.device != self.x.device:
-            self.x = self.x.to(parameter.device)
+        if parameter is not None and _first(self.x).device != parameter.device:
+            self.x = _moved(self.x, parameter.device)
         return self.x
 
 
@@ -204,6 +217,78 @@ class _grads_kept:
                     "the monitor's measurement wrote to a parameter's gradient in place; a measurement "
                     "must not run backward on the model"
                 )
+
+
+def _check_several(x: object, measure: object, label: str, options: dict[str, Any]) -> None:
+    """A model's several inputs (``x`` a tuple, dict or graph): the measurement must take their field
+    types (``inputs=``), and they must be given."""
+    if isinstance(measure, str) and "inputs" not in inspect.signature(MEASURES[measure]).parameters:
+        takes = ", ".join(repr(n) for n, f in MEASURES.items() if "inputs" in inspect.signature(f).parameters)
+        raise InvalidArgument(
+            f"measure {label!r} takes one tensor on a grid, but x holds a model's several inputs "
+            f"{_shapes(x)}; pass one of {takes} with inputs= and outputs="
+        )
+    if isinstance(measure, str) and options.get("inputs") is None:  # a callable of one's own reads x itself
+        raise InvalidArgument(
+            f"x holds a model's several inputs {_shapes(x)}, so the measurement needs their field types: "
+            "pass inputs= (and outputs=), e.g. EquivarianceMonitor(model, (pos, h), "
+            "generator=Rotation3D('z'), inputs=(Positions(), Scalars()), outputs=(Scalars(nodes=None), "
+            "Vectors()))"
+        )
+
+
+def _kept(x: Any) -> Any:
+    """A detached copy of the fixed batch: a tensor, a tuple, list or dict of arguments, or a graph."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_kept(v) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _kept(v) for k, v in x.items()}
+    if is_graph(x):
+        return x.clone()
+    return x
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, Mapping):
+        return [t for v in x.values() for t in _tensors(v)]
+    if is_graph(x):
+        return [v for v in x.to_dict().values() if isinstance(v, torch.Tensor)]
+    return []
+
+
+def _first(x: Any) -> torch.Tensor:
+    return _tensors(x)[0]
+
+
+def _moved(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_moved(v, device) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _moved(v, device) for k, v in x.items()}
+    if is_graph(x):
+        return x.to(device)
+    return x
+
+
+def _shapes(x: Any) -> str:
+    """The fixed batch in words: ``(8, 1, 12, 12)``, or its tensors' shapes."""
+    if isinstance(x, torch.Tensor):
+        return str(tuple(x.shape))
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(_shapes(v) for v in x) + ")"
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_shapes(v)}" for k, v in x.items()) + "}"
+    if is_graph(x):
+        return f"{type(x).__name__} of {int(x.num_nodes)} nodes"
+    return describe(x)
 
 
 def _measure(measure: object) -> tuple[Measure, str]:

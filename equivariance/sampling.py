@@ -80,6 +80,22 @@ class GroupSample(Sequence[E], Generic[E], abc.ABC):
     def _options(self) -> list[str]:
         return []
 
+    def draw(self, samples: int, generator: torch.Generator) -> list[E]:
+        """``samples`` fresh elements of the same group, drawn with ``generator`` as the sample's own
+        are (not the included ones): a new draw each training step for
+        [`equivariance_loss`][equivariance.loss.equivariance_loss].
+
+        Examples:
+            >>> from equivariance.euclidean import SO3
+            >>> g = torch.Generator().manual_seed(1)
+            >>> len(SO3(4, seed=0).draw(2, g)), SO3(4, seed=0).draw(1, g) == SO3(4, seed=0).draw(1, g)
+            (2, False)
+        """
+        count = as_int(samples, "samples")
+        if count < 1:
+            raise InvalidArgument(f"samples must be positive, found {count}; pass e.g. samples=2")
+        return list(self._draw(count, generator))
+
     @overload
     def __getitem__(self, index: int) -> E: ...
 

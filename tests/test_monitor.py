@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from equivariance import InvalidArgument, invariance_error
+from equivariance.euclidean import SO3
 from equivariance.monitor import MEASURES, EquivarianceMonitor, MonitorRecord
 
 
@@ -199,3 +200,68 @@ def test_viz_draws_the_curves() -> None:
     assert ax.get_yscale() == "log"
     with pytest.raises(InvalidArgument, match=r"monitor_curve draws a monitor's records; the curve has none"):
         monitor_curve(EquivarianceMonitor(classifier(), data()[0][:4]))
+
+
+# -- a model of several inputs (issue 25) ---------------------------------------------------------------
+
+
+def test_a_point_model_is_watched_with_its_field_types() -> None:
+    from equivariance.fields import Positions, Scalars, Vectors
+    from equivariance.generators import Rotation3D
+
+    class Leaky(nn.Module):
+        """Energy and forces of pairs, with each atom's x coordinate leaking into its pair weights."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.pair = nn.Linear(1, 1)
+            self.leak = nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, pos: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            distance = (pos.unsqueeze(2) - pos.unsqueeze(1)).square().sum(-1, keepdim=True)  # forward-mode AD
+            weight = self.pair(distance).squeeze(-1) + self.leak * pos[..., :1]
+            forces = (weight.unsqueeze(-1) * (pos.unsqueeze(2) - pos.unsqueeze(1))).sum(2)
+            return (weight * (h * h.transpose(1, 2))).sum((-1, -2)), forces
+
+    torch.manual_seed(0)
+    model = Leaky().train()
+    pos, h = torch.randn(4, 5, 3), torch.randn(4, 5, 1)
+    logged: list[tuple[str, float, int]] = []
+    monitor = EquivarianceMonitor(
+        model, (pos, h), generator=Rotation3D("z"), inputs=(Positions(), Scalars()),
+        outputs=(Scalars(nodes=None), Vectors()), log=lambda n, v, s: logged.append((n, v, s)),
+    )  # fmt: skip
+    pos.add_(1.0)  # the monitor kept its own copy
+    first = monitor.step()
+    assert first is not None
+    assert first.value > 1e-3  # the leaked coordinate turns with z-rotations
+    assert logged == [("equivariance/lie_derivative", first.value, 1)]
+    assert model.training
+    with torch.no_grad():
+        model.leak.zero_()
+    second = monitor.step()
+    assert second is not None
+    assert second.value < 1e-5  # an equivariant model now
+    assert "((4, 5, 3), (4, 5, 1))" in str(monitor)
+    check = EquivarianceMonitor(
+        model, (pos, h), "check_equivariance", transforms=SO3(4, seed=0), inputs=(Positions(), Scalars()),
+        outputs=(Scalars(nodes=None), Vectors()),
+    )  # fmt: skip
+    assert check.measure().value < 1e-5
+
+
+def test_several_inputs_with_mismatched_options_are_refused_clearly() -> None:
+    from equivariance.fields import Positions, Scalars
+
+    model = nn.Linear(3, 3)
+    pos, h = torch.randn(4, 5, 3), torch.randn(4, 5, 1)
+    with pytest.raises(
+        InvalidArgument, match=r"x holds a model's several inputs .* pass inputs= \(and outputs=\)"
+    ):
+        EquivarianceMonitor(model, (pos, h))
+    with pytest.raises(
+        InvalidArgument,
+        match=r"measure 'consistency' takes one tensor on a grid, but x holds a model's several inputs .*; "
+        r"pass one of 'lie_derivative', 'equivariance_error'",
+    ):
+        EquivarianceMonitor(model, (pos, h), "consistency", inputs=(Positions(), Scalars()))
