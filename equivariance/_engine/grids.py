@@ -6,6 +6,7 @@ and why, in docs/diagnosing.md ("How strides are read").
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -74,6 +75,12 @@ def divides(stride: Stride, offsets: Sequence[int]) -> bool:
         >>> divides((2, 2), (4, -2)), divides((2, 2), (1, 0)), divides((1 / 3,), (1,)), divides((1.5,), (1,))
         (True, False, True, False)
     """
+    return _divides(tuple(stride), tuple(offsets))
+
+
+@functools.lru_cache(maxsize=1024)
+def _divides(stride: Stride, offsets: tuple[int, ...]) -> bool:
+    """``divides``, worked out once for each stride and shift (a profile asks it of every layer)."""
     return all((o / as_fraction(s)).denominator == 1 for o, s in zip(offsets, stride))
 
 
@@ -97,8 +104,10 @@ def shown(value: float) -> str:
     return str(as_fraction(value))
 
 
+@functools.lru_cache(maxsize=1024)
 def as_fraction(value: float) -> Fraction:
-    """A stride as the exact fraction it stands for (``1 / 3`` for ``0.333...``)."""
+    """A stride as the exact fraction it stands for (``1 / 3`` for ``0.333...``); worked out once for
+    each value (``Fraction`` is slow, and every layer of a profile asks for a few)."""
     return Fraction(value).limit_denominator(_LARGEST_DENOMINATOR)
 
 
