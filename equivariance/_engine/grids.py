@@ -41,6 +41,7 @@ def stride_of(size_in: int, size_out: int) -> int:
     return max(1, min(nearest, largest))
 
 
+@functools.lru_cache(maxsize=1024)
 def step(size_in: int, size_out: int, stated: int | None = None) -> Fraction:
     """What a layer does to its input's stride along one dim: the factor it multiplies it by.
 
@@ -65,6 +66,12 @@ def times(stride: Stride, steps: Sequence[Fraction]) -> Stride:
         >>> times((2, 2), (Fraction(1, 4), Fraction(3)))
         (0.5, 6)
     """
+    return _times(tuple(stride), tuple(steps))
+
+
+@functools.lru_cache(maxsize=1024)
+def _times(stride: Stride, steps: tuple[Fraction, ...]) -> Stride:
+    """``times``, worked out once for each stride and steps (each layer of a profile asks it)."""
     return tuple(_number(as_fraction(s) * k) for s, k in zip(stride, steps))
 
 
