@@ -6,6 +6,7 @@ and why, in docs/diagnosing.md ("How strides are read").
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -40,6 +41,7 @@ def stride_of(size_in: int, size_out: int) -> int:
     return max(1, min(nearest, largest))
 
 
+@functools.lru_cache(maxsize=1024)
 def step(size_in: int, size_out: int, stated: int | None = None) -> Fraction:
     """What a layer does to its input's stride along one dim: the factor it multiplies it by.
 
@@ -64,6 +66,12 @@ def times(stride: Stride, steps: Sequence[Fraction]) -> Stride:
         >>> times((2, 2), (Fraction(1, 4), Fraction(3)))
         (0.5, 6)
     """
+    return _times(tuple(stride), tuple(steps))
+
+
+@functools.lru_cache(maxsize=1024)
+def _times(stride: Stride, steps: tuple[Fraction, ...]) -> Stride:
+    """``times``, worked out once for each stride and steps (each layer of a profile asks it)."""
     return tuple(_number(as_fraction(s) * k) for s, k in zip(stride, steps))
 
 
@@ -74,6 +82,12 @@ def divides(stride: Stride, offsets: Sequence[int]) -> bool:
         >>> divides((2, 2), (4, -2)), divides((2, 2), (1, 0)), divides((1 / 3,), (1,)), divides((1.5,), (1,))
         (True, False, True, False)
     """
+    return _divides(tuple(stride), tuple(offsets))
+
+
+@functools.lru_cache(maxsize=1024)
+def _divides(stride: Stride, offsets: tuple[int, ...]) -> bool:
+    """``divides``, worked out once for each stride and shift (a profile asks it of every layer)."""
     return all((o / as_fraction(s)).denominator == 1 for o, s in zip(offsets, stride))
 
 
@@ -97,8 +111,10 @@ def shown(value: float) -> str:
     return str(as_fraction(value))
 
 
+@functools.lru_cache(maxsize=1024)
 def as_fraction(value: float) -> Fraction:
-    """A stride as the exact fraction it stands for (``1 / 3`` for ``0.333...``)."""
+    """A stride as the exact fraction it stands for (``1 / 3`` for ``0.333...``); worked out once for
+    each value (``Fraction`` is slow, and every layer of a profile asks for a few)."""
     return Fraction(value).limit_denominator(_LARGEST_DENOMINATOR)
 
 

@@ -65,6 +65,9 @@ class PooledLayer:
         # a circular translation of the whole grid: its tiles are a roll (fewer ops for a small layer)
         whole = boundary == "circular" and lo == (0,) * d and hi == tuple(shape[len(shape) - d :])
         self.roll = tuple(offsets) if whole else None
+        # the dims it moves (``torch.roll`` copies the tensor once for each dim it is given, moved or not)
+        sides = shape[len(shape) - d :]
+        self.rolled = tuple(k for k in range(d) if offsets[k] % sides[k] != 0)
         self.channel_dims = channel_dims  # in (N, ...)
         self.summed = tuple(dim + 1 for dim in channel_dims)  # in (2, N, ...): see _squares_copied
         self.shape = (*shape[: len(shape) - d], *self.box)  # a sample's reference over the box
@@ -121,9 +124,8 @@ class PooledLayer:
         size, whole = n * self.channels * math.prod(self.box), base.numel()
         flat = self.pool.scratch((size + max(size, whole),), work, base.device)
         differences = _laid_out(flat[:size], (n, *self.shape), order)
-        spatial = tuple(range(base.dim() - d, base.dim()))
         if self.roll is not None and whole <= _SMALL:  # one copy of a small layer, not a few slices
-            torch.sub(moved, torch.roll(base, self.roll, spatial), out=differences)
+            torch.sub(moved, self._rolled(base, base.dim() - d), out=differences)
         else:
             for in_box, in_moved, in_base in self.tiles:
                 torch.sub(moved[in_moved], base[in_base], out=differences[in_box])
@@ -135,13 +137,22 @@ class PooledLayer:
         squared = torch.mul(base, base, out=_laid_out(flat[size : size + whole], base.shape, order))
         full = float32_sums(squared.sum(dims), lambda: base, dims)
         if self.roll is not None:
-            return torch.stack([summed, torch.roll(full, self.roll, tuple(range(1, d + 1)))])
+            return torch.stack([summed, self._rolled(full, 1)])
         sums = torch.empty((2, n, *self.box), dtype=torch.float64, device=base.device)
         sums[0] = summed
         reference, samples = sums[1], (slice(None),)
         for in_box, _, in_base in self.tiles:
             reference[samples + in_box[-d:]] = full[samples + in_base[-d:]]
         return sums
+
+    def _rolled(self, tensor: torch.Tensor, first: int) -> torch.Tensor:
+        """``tensor`` rolled by the layer's translation, its spatial dims from ``first`` on: only along
+        the dims it moves (``tensor`` itself where it moves none)."""
+        assert self.roll is not None
+        if not self.rolled:
+            return tensor
+        offsets = tuple(self.roll[k] for k in self.rolled)
+        return torch.roll(tensor, offsets, tuple(first + k for k in self.rolled))
 
     def _squares_copied(self, both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
         """``_squares`` for an output converted to ``work`` (a narrower dtype, or float64 again)."""

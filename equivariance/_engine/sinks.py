@@ -201,6 +201,11 @@ class GridSums:
         self.channels = math.prod(base.shape[1 : base.dim() - d])
         self.acting = list(expected) if expected is not None else self.rows
         self.lo, self.hi = _boxes(self.acting, self.spatial, grid, margins, output_action is not None)
+        # every row's box the whole grid, no mask (a circular shift): nothing to mask out, once for all
+        whole = [0] * d, list(self.spatial)
+        self.everywhere = output_action is None and all(
+            lo == whole[0] and hi == whole[1] for lo, hi in zip(self.lo.tolist(), self.hi.tolist())
+        )
         self.scales = _Scales(base, len(self.rows) * len(base))
         self.scaled = self.scales.base
         # per-position norms of the reference, once (a chunk moves them like the reference)
@@ -236,6 +241,11 @@ class GridSums:
         """Sum the chunk's squared differences over the compared region, in total and by edge distance:
         whole grids against moved copies of the reference, masked to each row's box."""
         reference, ref_map, mask = self._reference(sample, row)
+        if self.everywhere:  # every position is in the box: nothing to mask
+            outputs = scaled(outputs, self.scales.of(outputs, items, sample))
+            diff_map = self.differences.squared(outputs, reference, self.channel_dims, what)
+            self._write(items, diff_map.flatten(1), ref_map.flatten(1), row)
+            return
         # in the box: reaching distance 0 in every dim
         inside: torch.Tensor | None = mask
         for i, reach in enumerate(self._reach(row, outputs.device)):
