@@ -438,6 +438,16 @@ def test_a_model_that_cuts_the_derivative_is_refused() -> None:
         )
 
 
+def test_an_output_that_no_derivative_reaches_suggests_the_finite_difference_of_points() -> None:
+    def counts(pos: torch.Tensor) -> torch.Tensor:  # an integer op: the derivative stops at argmax
+        return pos.argmax(-1).double().sum(-1)
+
+    with pytest.raises(
+        InvalidArgument, match=r"no derivative reaches it.*equivariance_error\(model, x, Rotation\.about"
+    ):
+        lie_derivative(counts, POS, Rotation3D("x"), inputs=Positions(), outputs=Scalars(nodes=None))
+
+
 def test_an_op_without_a_forward_derivative_suggests_the_finite_difference_of_points() -> None:
     def nearest(pos: torch.Tensor) -> torch.Tensor:
         return torch.cdist(pos, pos).sum((-1, -2))

@@ -99,6 +99,10 @@ class FlatGroups:
     share: float = 0.0  # the largest share of the output's derivative they carried in one call
 
 
+GRID_LIMIT = "fractional_equivariance_error(model, x, (0, t)) / t"
+"""The finite-difference limit of a grid's Lie derivative, which the errors suggest where it cannot run."""
+
+
 class TangentWatch(TorchFunctionMode):
     """Sees where the tangent of a forward-mode pass is cut and where a normalization amplifies it.
 
@@ -162,8 +166,9 @@ class TangentWatch(TorchFunctionMode):
                 "such a model by its outputs alone)"
             )
 
-    def independent(self) -> InvalidArgument:
-        """The error for an output that no tangent reaches, with the cut seen, if any."""
+    def independent(self, limit: str = GRID_LIMIT) -> InvalidArgument:
+        """The error for an output that no tangent reaches, with the cut seen, if any, and ``limit``, the
+        finite difference to measure instead."""
         cuts = self.cuts + self.numbers
         seen = f"; the tangent was cut {cuts[0]}" if cuts else ""
         return InvalidArgument(
@@ -171,7 +176,7 @@ class TangentWatch(TorchFunctionMode):
             "A Lie derivative pushes the derivative of x through the model's operations: a .detach(), "
             ".data, torch.inference_mode, a round trip through NumPy or Python numbers, or an integer "
             "op (argmax) cuts it. Compute the output from x with differentiable torch operations, or "
-            "measure it by its outputs alone (check_equivariance, fractional_equivariance_error)"
+            f"measure it by its outputs alone (check_equivariance, or {limit} for a small t)"
         )
 
     # -- cuts ------------------------------------------------------------------------------------
@@ -405,10 +410,6 @@ _LIBRARIES = (
 _NOT_IMPLEMENTED = re.compile(r"Trying to use forward AD with (\S+) that does not support it")
 
 
-GRID_LIMIT = "fractional_equivariance_error(model, x, (0, t)) / t"
-"""The finite-difference limit of a grid's Lie derivative, which the errors suggest where it cannot run."""
-
-
 def pushforward(
     function: Callable[[Any], torch.Tensor],
     x: torch.Tensor | Sequence[torch.Tensor],
@@ -435,7 +436,7 @@ def pushforward(
             watch.check(out)
             primal, pushed = fwAD.unpack_dual(out)  # type: ignore[no-untyped-call]
             if pushed is None:
-                raise watch.independent()
+                raise watch.independent(limit)
             return primal.detach().clone(), pushed.detach().clone()
     except InvalidArgument as exc:
         raise not_implemented(exc, limit) from exc.__cause__
