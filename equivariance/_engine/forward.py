@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts
-from equivariance._engine.validation import describe
+from equivariance._engine.validation import describe, kind_of
 from equivariance.errors import InvalidArgument
 
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
@@ -190,7 +190,7 @@ def select_output(result: Any, output: OutputSelector, layer: str | None) -> tor
     if isinstance(selected, torch.Tensor):
         return selected
     if output is None and isinstance(result, (tuple, list, Mapping)):
-        raise InvalidArgument(f"{subject} returned {_kind(result)}, not a tensor; {_how_to_select(result)}")
+        raise InvalidArgument(f"{subject} returned {kind_of(result)}, not a tensor; {_how_to_select(result)}")
     raise InvalidArgument(
         f"the selected output must be a torch.Tensor, found {describe(selected)}; "
         "pass output= to pick a tensor out of what the model returns"
@@ -207,20 +207,21 @@ def pick_output(result: Any, output: OutputSelector, layer: str | None) -> Any:
             selected = output(result)
         except Exception as exc:
             raise InvalidArgument(
-                f"output= raised {type(exc).__name__} on subject {subject} returned ({_kind(result)}): {exc}"
+                f"output= raised {type(exc).__name__} on subject {subject} returned "
+                f"({kind_of(result)}): {exc}"
             ) from exc
     elif isinstance(output, (int, str)) and not isinstance(output, bool):
         if isinstance(result, torch.Tensor):
             raise InvalidArgument(
                 f"output={output!r} picks from a tuple or dict, but {subject} returned "
-                f"{_kind(result)}; drop output=, or pass a callable to transform the tensor"
+                f"{kind_of(result)}; drop output=, or pass a callable to transform the tensor"
             )
         try:
             selected = result[output]
         except (KeyError, IndexError, TypeError):
             raise InvalidArgument(
                 f"output={output!r} does not select anything from subject {subject} returned "
-                f"({_kind(result)}); {_how_to_select(result)}"
+                f"({kind_of(result)}); {_how_to_select(result)}"
             ) from None
     else:
         raise InvalidArgument(
@@ -228,16 +229,6 @@ def pick_output(result: Any, output: OutputSelector, layer: str | None) -> Any:
             "output=0, output='logits' or output=lambda y: y.logits"
         )
     return selected
-
-
-def _kind(result: Any) -> str:
-    if isinstance(result, torch.Tensor):
-        return f"a tensor of shape {tuple(result.shape)}"
-    if isinstance(result, Mapping):
-        return f"a dict with keys {list(result)[:8]}"
-    if isinstance(result, (tuple, list)):
-        return f"a {type(result).__name__} of {len(result)} items"
-    return describe(result)
 
 
 def _how_to_select(result: Any) -> str:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from equivariance._engine.isolation import snapshot
-from equivariance._engine.validation import describe
+from equivariance._engine.validation import describe, kind_of
 from equivariance.actions import Action, Identity, guarded_act
 from equivariance.errors import InvalidArgument
 from equivariance.fields import Field, transform
@@ -530,7 +530,7 @@ class OutputParts:
                     value = result[key]
                 except (KeyError, IndexError, TypeError):
                     raise InvalidArgument(
-                        f"{subject} returned {_kind(result)}, which has no {part.name}; pass outputs= one "
+                        f"{subject} returned {kind_of(result)}, which has no {part.name}; pass outputs= one "
                         "field type per output the model returns"
                     ) from None
             if not isinstance(value, torch.Tensor):
@@ -639,18 +639,20 @@ def output_parts(result: Any, fields: Any, subject: str) -> list[Part]:
             return [Part(f"output[{i}]", ("item", i), None) for i, v in enumerate(result)]
         if isinstance(result, Mapping):
             return [Part(f"output[{k!r}]", ("item", k), None) for k in result]
-        raise InvalidArgument(f"{subject} returned {_kind(result)}; pass output= to pick the tensor to check")
+        raise InvalidArgument(
+            f"{subject} returned {kind_of(result)}; pass output= to pick the tensor to check"
+        )
     if isinstance(fields, (tuple, list)):
         if not isinstance(result, (tuple, list)) or len(result) != len(fields):
             raise InvalidArgument(
-                f"outputs= gives {_count(fields)} but {subject} returned {_kind(result)}; pass one field "
+                f"outputs= gives {_count(fields)} but {subject} returned {kind_of(result)}; pass one field "
                 "type per output"
             )
         return [Part(f"output[{i}]", ("item", i), _output_field(f, i)) for i, f in enumerate(fields)]
     if isinstance(fields, Mapping):
         if not isinstance(result, Mapping):
             raise InvalidArgument(
-                f"outputs= gives field types by name but {subject} returned {_kind(result)}; pass a tuple"
+                f"outputs= gives field types by name but {subject} returned {kind_of(result)}; pass a tuple"
             )
         missing = [k for k in fields if k not in result]
         if missing:
@@ -671,16 +673,6 @@ def _output_field(field: object, key: object) -> Field | None:
     raise InvalidArgument(
         f"the field type of output {key!r} must be a Field or None (unchanged), found {describe(field)}"
     )
-
-
-def _kind(result: Any) -> str:
-    if isinstance(result, torch.Tensor):
-        return f"a tensor of shape {tuple(result.shape)}"
-    if isinstance(result, Mapping):
-        return f"a dict with keys {list(result)[:8]}"
-    if isinstance(result, (tuple, list)):
-        return f"a {type(result).__name__} of {len(result)} items"
-    return describe(result)
 
 
 # -- the noise floor of an element that rounds ---------------------------------------------------------

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
 
 from equivariance.errors import InvalidArgument
 
@@ -20,6 +23,17 @@ def describe(value: object) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
+
+
+def kind_of(result: Any) -> str:
+    """What a model returned, for an error message: a tensor's shape, a dict's keys, a sequence's length."""
+    if isinstance(result, torch.Tensor):
+        return f"a tensor of shape {tuple(result.shape)}"
+    if isinstance(result, Mapping):
+        return f"a dict with keys {list(result)[:8]}"
+    if isinstance(result, (tuple, list)):
+        return f"a {type(result).__name__} of {len(result)} items"
+    return describe(result)
 
 
 def as_int(value: object, argument: str) -> int:
