@@ -169,3 +169,16 @@ def test_errors_within_the_borders_reach_name_the_fix_once() -> None:
     (hint,) = [h for h in report.hints if "every sample passes" in h]
     assert "reaches 8 samples in from each edge of this map at stride 8" in hint
     assert hint.count("use circular padding with boundary='circular'") == 1
+
+
+def test_a_fractional_stride_reads_as_a_fraction_and_the_fix_tests_multiples_of_its_numerator() -> None:
+    """Subsampled by 3 and upsampled by 2, a map at stride 3/2 follows the multiples of 3 only."""
+    circular = {"padding": 1, "padding_mode": "circular"}
+    aliased = nn.Sequential(nn.Conv2d(1, 2, 3, stride=3, **circular), nn.Upsample(scale_factor=2))
+    x = torch.randn(2, 1, 12, 12)
+    fix = profile_equivariance(aliased, x, (1, 0), boundary="circular")["1"].fix
+    assert fix is not None and "stride 3/2: a map subsampled by 3/2" in fix and "1.5" not in fix
+    assert "test multiples of 3 (multiples_of(3, max_shift=...))" in fix
+    assert profile_equivariance(aliased, x, (3, 0), boundary="circular").passed  # the fix is right
+    assert causes.multiples((2 / 3, 1.5)) == "test multiples of (2, 3) (multiples_of((2, 3), max_shift=...))"
+    assert causes.multiples(2) == "test multiples of 2 (multiples_of(2, max_shift=...))"

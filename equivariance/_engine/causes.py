@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 from equivariance._engine.anatomy import Cover, Padded
+from equivariance._engine.grids import as_fraction
 from equivariance._engine.validation import shown_per_dim
 
 ALIASING = "aliasing"
@@ -36,10 +37,14 @@ def _samples(count: int) -> str:
 # -- aliasing ---------------------------------------------------------------------------------------
 
 
+def _shown(stride: Sequence[float] | int) -> str:
+    return str(stride) if isinstance(stride, int) else shown_per_dim(stride)
+
+
 def multiples(stride: Sequence[float] | int) -> str:
-    """How to test only the shifts a stride divides."""
-    shown = stride if isinstance(stride, int) else shown_per_dim(stride)
-    return f"test multiples of {shown} (multiples_of({shown}, max_shift=...))"
+    """How to test only the shifts a stride divides: multiples of its numerator (3 for a stride of 3/2)."""
+    whole = _shown(stride if isinstance(stride, int) else [as_fraction(s).numerator for s in stride])
+    return f"test multiples of {whole} (multiples_of({whole}, max_shift=...))"
 
 
 ANTIALIASED = "make the downsampling anti-aliased (blur before subsampling)"
@@ -47,7 +52,7 @@ ANTIALIASED = "make the downsampling anti-aliased (blur before subsampling)"
 
 def aliasing(lead: str, stride: Sequence[float] | int, *, also: str = "") -> str:
     """A map subsampled by ``stride`` met a shift the stride does not divide; ``also``: a fix first."""
-    shown = stride if isinstance(stride, int) else shown_per_dim(stride)
+    shown = _shown(stride)
     fix = f"{also}, or {multiples(stride)}" if also else multiples(stride)
     return (
         f"{lead}: a map subsampled by {shown} cannot follow a shift that {shown} does not divide "
@@ -57,7 +62,7 @@ def aliasing(lead: str, stride: Sequence[float] | int, *, also: str = "") -> str
 
 def brought_back(lead: str, stride: Sequence[float] | int) -> str:
     """A map subsampled by ``stride`` and upsampled back to a finer grid: it follows only multiples."""
-    shown = stride if isinstance(stride, int) else shown_per_dim(stride)
+    shown = _shown(stride)
     return (
         f"{lead}: a map subsampled by {shown} follows only shifts that {shown} divides, and upsampling "
         f"cannot restore what the subsampling aliased; {multiples(stride)}, or {ANTIALIASED}"
@@ -66,12 +71,11 @@ def brought_back(lead: str, stride: Sequence[float] | int) -> str:
 
 def pooled_after_subsampling(lead: str, stride: Sequence[float] | int) -> str:
     """A pooled output whose value changes because the map before the pooling was subsampled."""
-    shown = stride if isinstance(stride, int) else shown_per_dim(stride)
+    shown = _shown(stride)
     return (
         f"{lead}: a map subsampled by {shown} cannot follow a shift that {shown} does not divide, so the "
-        f"pooled value changes (aliasing); invariance holds at most for multiples of {shown} "
-        f"(multiples_of({shown}, max_shift=...)), and anti-aliased downsampling (blur before "
-        "subsampling) reduces the rest"
+        f"pooled value changes (aliasing); invariance holds at most for shifts it divides: "
+        f"{multiples(stride)}, and anti-aliased downsampling (blur before subsampling) reduces the rest"
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from equivariance._engine.grids import shown
 from equivariance.errors import InvalidArgument
 
 IntOrInts = int | Sequence[int]
@@ -50,14 +51,14 @@ def as_int(value: object, argument: str) -> int:
 
 
 def shown_per_dim(values: Sequence[float]) -> str:
-    """One value where every dim has it, else all of them: ``2`` or ``(2, 4)``.
+    """One value where every dim has it, else all of them, a fraction as one: ``2``, ``(2, 4)``, ``3/2``.
 
     Examples:
-        >>> shown_per_dim((2, 2)), shown_per_dim((2, 4))
-        ('2', '(2, 4)')
+        >>> shown_per_dim((2, 2)), shown_per_dim((2, 4)), shown_per_dim((1.5, 1 / 3))
+        ('2', '(2, 4)', '(3/2, 1/3)')
     """
     values = tuple(values)
-    return str(values[0]) if len(set(values)) == 1 else str(values)
+    return shown(values[0]) if len(set(values)) == 1 else "(" + ", ".join(map(shown, values)) + ")"
 
 
 def per_dim(value: object, ndim: int, argument: str, *, minimum: int) -> tuple[int, ...]:
