@@ -1,10 +1,6 @@
-"""A model's anatomy as the diagnoses read it: the layers that explain a failure, read once for both.
-
-The reach of the borders (how far in the padded and strided layers carry what the padding sees), the
-global poolings and how much a shift changes them, self-attention, and parameters that hold a value
-for every position (a position embedding). The check's hints and the profile's causes both decide with
-these rules; docs/diagnosing.md explains them.
-"""
+"""A model's anatomy as the check's hints and the profile's causes both read it: the borders' reach
+through padded and strided layers, global poolings, self-attention and position embeddings
+(docs/diagnosing.md)."""
 
 from __future__ import annotations
 
@@ -31,26 +27,14 @@ _MODES = {
     "-inf": "padding with -inf",
 }
 KEEP_ANY = 0.0
-"""The share of a compared region a margin must keep for the error beyond it to name the borders as
-the cause: any (at least one sample). An error that vanishes beyond some distance from the edges is a
-boundary effect however little it leaves; how much a margin keeps decides only whether to suggest it."""
+"""An error that vanishes beyond a margin names the borders however little the margin keeps."""
 _SAMPLING = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
 
 
 @dataclass(frozen=True)
 class Padded:
-    """A layer that pads or subsamples its input, as a pass met it.
-
-    Attributes:
-        name: its name in ``model.named_modules()``.
-        type: its class name.
-        padding: the samples of its input it pads at each edge, per spatial dim (the larger side; 0
-            for a strided layer that does not pad).
-        mode: ``"zeros"``, ``"constant"``, ``"reflect"``, ``"replicate"``, ``"circular"``, or
-            ``"-inf"`` (max pooling).
-        stride: the stride of its input relative to the model's input, per dim.
-        step: its own stride, per dim.
-    """
+    """A layer that pads (the larger side per dim; ``mode`` a key of ``_MODES``) or subsamples (its own
+    ``step``) its input, which is at ``stride`` relative to the model's input."""
 
     name: str
     type: str
@@ -153,25 +137,13 @@ def reaching(layers: Sequence[Padded], boundary: str) -> list[Padded]:
 
 def reach(layers: Sequence[Padded], d: int) -> tuple[int, ...]:
     """The reach of the borders, in input samples per dim: ``padding x stride`` summed over the layers."""
-    total = [0] * d
-    for layer in layers:
-        for i, r in enumerate(layer.reach()):
-            total[i] += r
-    return tuple(total)
+    return tuple(map(sum, zip((0,) * d, *(layer.reach() for layer in layers))))
 
 
 @dataclass(frozen=True)
 class Cover:
-    """A map of which every compared sample lies within the borders' reach.
-
-    Attributes:
-        layers: the padded layers that carry the borders in, in the order they ran.
-        reach: their reach, in samples of the map, per dim.
-        stride: the map's stride.
-        side: the compared region's side along ``dim``, in samples of the map.
-        dim: a moved dim whose compared extent the reach covers.
-        boundary: the boundary of the shift.
-    """
+    """A map whose compared region's ``side`` along the moved ``dim`` lies within the ``reach`` (in
+    samples of the map, per dim) of the padded ``layers`` that carry the borders in."""
 
     layers: tuple[Padded, ...]
     reach: tuple[int, ...]
@@ -256,16 +228,9 @@ class Pooled:
 
 @dataclass(frozen=True)
 class Structure:
-    """What a pass of a checked model met: the layers that explain a failure.
-
-    Attributes:
-        padded: the padded and the strided layers, in the order they ran.
-        coarsest: the first convolution or pooling layer whose output is at the coarsest stride met,
-            and that stride; None where none ran.
-        pooled: the global poolings, with the relative change of their value under the shift.
-        attention: the self-attention layers that ran.
-        positional: a position embedding (its name and shape), if a parameter is one.
-    """
+    """What a pass of a checked model met: the padded and strided layers in the order they ran, the
+    first convolution or pooling at the coarsest stride (and that stride), the global poolings, the
+    self-attention layers, and a position embedding (name and shape) if a parameter is one."""
 
     padded: tuple[Padded, ...]
     coarsest: tuple[str, tuple[int, ...]] | None

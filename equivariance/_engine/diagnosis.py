@@ -1,11 +1,6 @@
-"""The profile's causes: which cause each failing layer gets, from its numbers, the layers before it and
-the model's anatomy.
-
-A failing layer's own numbers give a first cause (``first_cause``: a stride that does not divide the
-shift, an error within a margin of the borders, or none of these); ``explained`` then reads it with
-the rows before it and the model's layers (`equivariance._engine.anatomy`), as the check's hints do,
-and words it with `equivariance._engine.causes`. docs/diagnosing.md describes each cause.
-"""
+"""The profile's causes: a failing layer's own numbers give a first cause (``first_cause``), which
+``explained`` reads again with the rows before it and the model's anatomy, as the check's hints do, worded
+by `equivariance._engine.causes` (docs/diagnosing.md)."""
 
 from __future__ import annotations
 
@@ -122,17 +117,9 @@ def between(layer: Layer, before: Sequence[Layer]) -> str:
 
 @dataclass(frozen=True)
 class Context:
-    """What the causes are read with, besides the rows: the model, the element and the maps' sizes.
-
-    Attributes:
-        model: the model profiled.
-        element: the input's element.
-        boundary: the shift's boundary.
-        spatial_in: the input's spatial sizes.
-        without_blur: by blurring layer, the error of its input subsampled without the blur.
-        modules: the profiled layers, by name.
-        spatial: each row's spatial sizes, on its grid.
-    """
+    """What the causes are read with besides the rows: the model, the input's element and boundary, the
+    input's and each row's spatial sizes, the profiled layers by name, and by blurring layer the error
+    of its input subsampled without the blur."""
 
     model: nn.Module
     element: Action

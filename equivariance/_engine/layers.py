@@ -51,25 +51,10 @@ LAYOUT_KEEPING_OPS: tuple[type[nn.Module], ...] = (
 
 @dataclass(frozen=True)
 class Recorded:
-    """One layer's output in the profile's pass, and what it was computed from.
-
-    Attributes:
-        name: the layer's name in ``model.named_modules()``.
-        type: the layer's class name.
-        shape: the shape of the layer's first output with the batch dim, for
-            the batch of ``x``.
-        output_id: ``id`` of the output as the layer returned it.
-        input_id: ``id`` of the layer's first tensor input where it is a tensor
-            the pass has seen (an earlier layer's output, or the input), else None.
-        input_shape: its shape, for the batch of ``x``.
-        permutation: where the output is a permuted view of the input, the
-            input dim of each output dim.
-        channels_first: whether the layer is one of
-            ``CHANNELS_FIRST_OPS``.
-        keeps_layout: whether the layer is one of
-            ``LAYOUT_KEEPING_OPS``.
-        stated: the stride its module states per dim (``grids.stated_stride``), None without one.
-    """
+    """One layer's first output in a pass (shapes for the batch of ``x``) and what it was computed from:
+    its first tensor input by ``id`` where the pass has seen it, the input dim of each output dim where
+    the output is a permuted view of it, whether the module is one of ``CHANNELS_FIRST_OPS`` or
+    ``LAYOUT_KEEPING_OPS``, and the stride it states (``grids.stated_stride``)."""
 
     name: str
     type: str
@@ -85,16 +70,9 @@ class Recorded:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """A layer's output as the profile compares it.
-
-    Attributes:
-        layout: its layout, None when its spatial dims are gone (compared
-            whole) or its layout is ambiguous (not compared).
-        spatial: the grid's size, None without one.
-        stride: the grid's stride relative to the input, None without a grid.
-        ambiguous: why the layout could not be inferred, with the fix.
-        inferred: how a layout other than channels first was inferred.
-    """
+    """A layer's output as the profile compares it: its layout (None where its spatial dims are gone,
+    compared whole, or where it is ``ambiguous``: why, with the fix), its grid and stride relative to
+    the input, and how a layout other than channels first was ``inferred``."""
 
     name: str
     type: str
@@ -131,13 +109,8 @@ def view_permutation(source: torch.Tensor, result: torch.Tensor) -> tuple[int, .
 
 
 class LayerInference:
-    """Each recorded layer's layout, grid and stride, inferred as the layers run (see the module).
-
-    Args:
-        x_shape: the shape of the model's input ``x``.
-        x_id: ``id`` of the input tensor the model was given.
-        given: the layouts the caller named, by layer name.
-    """
+    """Each recorded layer's layout, grid and stride, inferred as the layers run from the model's input
+    (its shape and ``id``) and the layouts the caller named (``given``, by layer name)."""
 
     def __init__(self, x_shape: tuple[int, ...], x_id: int, given: dict[str, Layout]) -> None:
         self.spatial_in = spatial_in = tuple(x_shape[2:])
@@ -192,7 +165,7 @@ def _infer(
         if kept is not None:
             layout, how = kept
             return _spec(base, layout, producer[1], producer[2], how)
-    readings = _readings(shape, d, grids)
+    readings = _readings(shape, d, tuple(grids))
     seen = [r for r in readings if r[1] in grids]
     if seen:
         return _choose(base, seen, lambda grid: grids[grid], "on a grid seen before")
@@ -223,7 +196,7 @@ def _kept(
         return None
     if not (shape == before or _only_channels_differ(layout, before, shape, d)):
         return None
-    others = [r for r in _readings(shape, d, grids) if r[1] == grid and type(r[0]) is not type(layout)]
+    others = [r for r in _readings(shape, d, tuple(grids)) if r[1] == grid and type(r[0]) is not type(layout)]
     return (layout, None) if record.keeps_layout or not others else None
 
 
@@ -254,15 +227,11 @@ def _only_channels_differ(layout: Layout, before: tuple[int, ...], after: tuple[
     return differ == [len(before) - 1]  # channels last and tokens: the last dim
 
 
-def _readings(shape: tuple[int, ...], d: int, grids: _Grids) -> tuple[tuple[Layout, tuple[int, ...]], ...]:
-    """Every layout that can read ``shape``, with its grid (tokens only on grids seen before)."""
-    return _readings_on(shape, d, tuple(grids))
-
-
 @functools.lru_cache(maxsize=1024)
-def _readings_on(
+def _readings(
     shape: tuple[int, ...], d: int, grids: tuple[tuple[int, ...], ...]
 ) -> tuple[tuple[Layout, tuple[int, ...]], ...]:
+    """Every layout that can read ``shape``, with its grid (tokens only on ``grids``, those seen before)."""
     readings: list[tuple[Layout, tuple[int, ...]]] = []
     for layout in (ChannelsFirst(), ChannelsLast()):
         spatial = layout.spatial_shape(shape, d)
@@ -366,10 +335,6 @@ class Follower:
         ...     y = net(x)
         >>> follower.stride(y), follower.stride(torch.zeros(1, 2, 4, 4)), follower.stride(torch.zeros(1, 10))
         ((2, 2), (1, 1), None)
-
-    Args:
-        x: the model's input.
-        given: the layouts the caller named, by layer name.
     """
 
     def __init__(self, x: torch.Tensor, given: dict[str, Layout] | None = None) -> None:

@@ -1,12 +1,6 @@
-"""The plan of a measurement: ``f(x)`` computed once, ``"auto"`` resolved once, the rows to send fixed.
-
-``make_plan`` runs the unshifted input through the model once (with one backward pass where
-``margin="auto"`` needs the receptive field), views the output in its layout, infers the stride where
-``stride="auto"``, and fixes the rows the runner sends: the noise floor's first (the identity, and
-for several inputs the round trips of elements that round; ``FLOOR_SAMPLES`` items a row, unless the
-caller chose the batch size), then the elements checked; ``measure`` runs them and returns the sums.
-Its ``Request`` comes from `equivariance._engine.arguments`.
-"""
+"""The plan of a measurement (``make_plan``): ``f(x)`` computed once, its layout read, ``"auto"`` resolved
+once, and the rows the runner sends fixed: the noise floor's first, then the elements checked; ``measure``
+runs them and returns the sums."""
 
 from __future__ import annotations
 
@@ -14,6 +8,7 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -39,9 +34,7 @@ from equivariance.regular import Regular
 from equivariance.shifts import Shift, multiples_of
 
 FLOOR_SAMPLES = 1
-"""How many samples (the last of ``x``) the noise floor's identity sends: one recomputed sample, in a
-chunk of another size and content than ``f(x)``'s pass, shows batch statistics, randomness,
-batch-size-dependent kernels and reduced precision, for a fraction of a pass of the batch."""
+"""How many samples (the last of ``x``) the noise floor's identity sends (docs/concepts.md)."""
 
 
 def floor_samples(request: Request) -> int:
@@ -56,28 +49,12 @@ def floor_samples(request: Request) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    """A request resolved against the model: what the runner sends and what it compares with.
-
-    Attributes:
-        request: the validated arguments.
-        base: ``f(x)`` as the model returned it (a copy).
-        grid: the output's grid (equivariance), None for invariance.
-        grid_base: ``base`` viewed as a grid (equivariance).
-        strides: the output's stride per dim.
-        margins: the margin per dim.
-        elements: the elements checked.
-        rows: what the runner sends: the identity first with a noise floor.
-        batch_size: samples per forward pass.
-        inferred: how ``"auto"`` (and an inferred layout) were resolved, a sentence each.
-        stride_clean: False where ``stride="auto"`` found no candidate that
-            moves the output cleanly and took the size ratio instead.
-        strided: the strided layers the unshifted pass met and their input sizes (recorded for
-            rotations and flips, whose exactness depends on them; see `equivariance._engine.alignment`).
-        outputs: for several inputs and outputs (``inputs=``), the output's parts and their field
-            types; ``base`` then holds them side by side.
-        acting: for several inputs and outputs, the element each row expects of the outputs (the
-            identity for the noise floor's rows and for invariance).
-    """
+    """A request resolved against the model: ``base`` is ``f(x)`` (a copy; for several outputs their parts
+    side by side, ``outputs``), ``grid`` and ``grid_base`` the output's grid and ``base`` on it (None for
+    invariance), ``rows`` what the runner sends (the noise floor's first), ``inferred`` a sentence for
+    each ``"auto"`` resolved, ``stride_clean`` False where ``stride="auto"`` fell back on the size ratio,
+    ``strided`` the strided layers met (for rotations and flips), and ``acting`` the element each row
+    expects of several outputs (the identity for the floor's rows and for invariance)."""
 
     request: Request
     base: torch.Tensor
@@ -362,11 +339,8 @@ def _noun(request: Request) -> str:
 
 def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[Sums, int]:
     """The plan's rows through the model, compared by the mode's sink; the sums and the chunk size.
-
-    ``also`` are consumers that take the same copies (an audit's classifier).
-    """
+    ``also`` are consumers that take the same copies (an audit's classifier)."""
     request = plan.request
-    d, x = request.spatial_dims, request.x
     sink: GridSums | FlatSums
     if plan.grid is not None:
         assert plan.grid_base is not None
@@ -374,55 +348,45 @@ def measure(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[
             plan.grid_base, plan.rows, plan.grid, plan.margins, request.output_action,
             None if request.fields is None else _acting(request, plan.rows),
         )  # fmt: skip
-        layout: Layout | None = plan.grid.layout
     else:
-        sink, layout = FlatSums(plan.base, len(plan.rows)), None
-    note = (
-        f" (the check sends shifted copies of x through the model in batches of up to "
-        f"{plan.batch_size} samples; if the model needs a fixed batch size, pass batch_size={len(x)})"
-        if plan.batch_size > len(x)
-        else ""
-    )
-    consumer = ModelConsumer(request.forward, [sink], tuple(plan.base.shape[1:]), layout, d, note)
-    copies = _input_copies(request, plan.rows)
-    size = runner.run(
-        copies,
-        len(plan.rows),
-        [consumer, *also],
-        plan.batch_size,
-        lambda row: moved_inputs(plan.rows, row),
-        elements=plan.table(),
-        skip=plan.skipped,
-    )
-    return sink.sums(), size
+        sink = FlatSums(plan.base, len(plan.rows))
+    return sink.sums(), _run(runner, plan, sink, _input_copies(request, plan.rows), also)
 
 
 def measure_parts(runner: Runner, plan: Plan, also: Sequence[Consumer] = ()) -> tuple[list[Sums], int]:
     """The rows of a plan of several inputs and outputs through the model: the sums of each output
     part, and the chunk size. ``also``: consumers of the same copies (an audit's classifier)."""
-    request = plan.request
+    arguments = plan.request.arguments
     assert plan.outputs is not None
-    assert request.arguments is not None
+    assert arguments is not None
     sink = PartSums(plan.base, plan.outputs, plan.acting)
-    n = len(request.arguments)
-    note = (
-        f" (the check sends moved copies of x through the model in batches of up to {plan.batch_size} "
-        f"samples; if the model needs a fixed batch size, pass batch_size={n})"
-        if plan.batch_size > n
-        else ""
-    )
-    consumer = ModelConsumer(request.forward, [sink], tuple(plan.base.shape[1:]), None, 0, note)
-    arguments = request.arguments
     copies = (
         ArgumentCopies(arguments, plan.rows)
         if isinstance(arguments, Arguments)
         else GraphCopies(arguments, plan.rows)
     )
-    size = runner.run(
+    size = _run(runner, plan, sink, copies, also)
+    return sink.sums(), size
+
+
+def _run(runner: Runner, plan: Plan, sink: Any, copies: Any, also: Sequence[Consumer]) -> int:
+    """The rows' ``copies`` through the model into ``sink``, in chunks; the chunk size."""
+    request, n = plan.request, len(plan.request.inputs)
+    note = (
+        f" (the check sends {'shifted' if request.arguments is None else 'moved'} copies of x through the "
+        f"model in batches of up to {plan.batch_size} samples; if the model needs a fixed batch size, pass "
+        f"batch_size={n})"
+        if plan.batch_size > n
+        else ""
+    )
+    layout = plan.grid.layout if plan.grid is not None else None
+    consumer = ModelConsumer(
+        request.forward, [sink], tuple(plan.base.shape[1:]), layout, request.spatial_dims, note
+    )
+    return runner.run(
         copies, len(plan.rows), [consumer, *also], plan.batch_size, lambda row: moved_inputs(plan.rows, row),
         elements=plan.table(), skip=plan.skipped,
     )  # fmt: skip
-    return sink.sums(), size
 
 
 def _acting(request: Request, elements: Sequence[Action]) -> list[Action]:
