@@ -9,6 +9,7 @@ expected, what was found and how to fix it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +20,16 @@ from torch import nn
 from equivariance._engine.copies import Copies
 from equivariance._engine.forward import Forward, find_layer
 from equivariance._engine.isolation import submodules
-from equivariance._engine.parts import Arguments, Call, Graphs, OutputParts, as_arguments, is_graph
+from equivariance._engine.parts import (
+    Arguments,
+    Call,
+    Graphs,
+    OutputParts,
+    Part,
+    as_arguments,
+    as_field,
+    is_graph,
+)
 from equivariance._engine.sinks import OutputAction, all_finite
 from equivariance._engine.validation import as_int, describe, per_dim, shown_per_dim
 from equivariance.actions import Action, Boundary, Grid, check_boundary
@@ -201,7 +211,7 @@ def _call(model: object, x: object, inputs: object) -> Call:
     arguments = as_arguments(x, inputs, model)
     for part, tensor in zip(arguments.parts, arguments.tensors):
         if tensor.is_floating_point():
-            _check_tensor(tensor, part.name)
+            _check_values(tensor, f"input {part.name}")
     if isinstance(model, nn.Module):
         _check_model_matches(model, arguments.first)
     return arguments
@@ -229,12 +239,13 @@ def no_grid_options(**given: bool) -> None:
         )
 
 
-def _check_tensor(tensor: torch.Tensor, name: str) -> None:
+def _check_values(tensor: torch.Tensor, name: str) -> None:
+    """An input (``name``: how messages call it) must hold finite values, not only a shape."""
     if tensor.device.type == "meta":
-        raise InvalidArgument(f"input {name} is on the meta device, which holds no values; pass data")
+        raise InvalidArgument(f"{name} is on the meta device, which holds shapes but no values; pass data")
     if not all_finite(tensor):
         raise InvalidArgument(
-            f"input {name} contains {int((~torch.isfinite(tensor)).sum())} non-finite values (nan or inf); "
+            f"{name} contains {int((~torch.isfinite(tensor)).sum())} non-finite values (nan or inf); "
             "equivariance is only measurable on finite inputs: replace them, e.g. torch.nan_to_num(x)"
         )
 
@@ -286,27 +297,43 @@ def _all_act(elements: Sequence[Action], arguments: Arguments) -> bool:
 def _check_acts(element: Action, arguments: Arguments) -> None:
     """``element`` must act on every input with a field type, keeping its shape (tried on one sample)."""
     for part, tensor in zip(arguments.parts, arguments.tensors):
-        if part.field is None:
-            continue
-        try:
-            moved: object = element.act(tensor[:1], part.field)
-        except InvalidArgument:
-            try:  # again on the whole tensor, so that the message shows its shape
-                element.act(tensor, part.field)
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"input {part.name}: {exc}") from None
-            raise
-        except Exception as exc:
-            raise InvalidArgument(
-                f"{element!r} cannot act on input {part.name} of field type {part.field!r} "
-                f"({type(exc).__name__}: {exc}); check points with the elements of equivariance.euclidean "
-                "and equivariance.permutations, or define act for field types in your own Action"
-            ) from None
-        if not isinstance(moved, torch.Tensor) or moved.shape != tensor[:1].shape:
-            raise InvalidArgument(
-                f"{element!r} must keep the shape of input {part.name}, {tuple(tensor[:1].shape)} for one "
-                f"sample, found {describe(moved)}"
+        if part.field is not None:
+
+            def act(one: torch.Tensor, field: Field = part.field, whole: torch.Tensor = tensor) -> object:
+                try:
+                    return element.act(one, field)
+                except InvalidArgument:
+                    element.act(
+                        whole, field
+                    )  # again on the whole tensor, so that the message shows its shape
+                    raise
+
+            fix = (
+                "check points with the elements of equivariance.euclidean and equivariance.permutations, "
+                "or define act for field types in your own Action"
             )
+            _acting_on(element, part, tensor[:1], act, fix)
+
+
+def _acting_on(
+    what: object, part: Part, one: torch.Tensor, act: Callable[[torch.Tensor], object], fix: str
+) -> None:
+    """``act`` (of ``what``, an element or a generator) on one sample of input ``part``: it must keep
+    the shape; its refusals are prefixed with the input's name, anything else it raises is told ``fix``."""
+    try:
+        moved = act(one)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"input {part.name}: {exc}") from None
+    except Exception as exc:
+        raise InvalidArgument(
+            f"{what!r} cannot act on input {part.name} of field type {part.field!r} "
+            f"({type(exc).__name__}: {exc}); {fix}"
+        ) from None
+    if not isinstance(moved, torch.Tensor) or moved.shape != one.shape:
+        raise InvalidArgument(
+            f"{what!r} must keep the shape of input {part.name}, {tuple(one.shape)} for one sample, "
+            f"found {describe(moved)}"
+        )
 
 
 def point_generator(generator: object, arguments: Call) -> tuple[PointGenerator, tuple[bool, ...]]:
@@ -327,24 +354,15 @@ def point_generator(generator: object, arguments: Call) -> tuple[PointGenerator,
         ones = [getattr(arguments.graphs[0], str(part.path[1])) for part in arguments.parts]
     else:
         ones = [tensor[:1] for tensor in arguments.tensors]
-    moving = []
+    moving: list[bool] = []  # whether the generator moves each input, as it is tried on it
+
+    def apply(t: torch.Tensor, field: Field | None) -> torch.Tensor:
+        moving.append(field is not None and generator.moves(field))
+        return generator.apply(t, field) if field is not None and moving[-1] else t
+
+    fix = "define apply for that field type in your PointGenerator"
     for part, one in zip(arguments.parts, ones):
-        try:
-            moves = part.field is not None and generator.moves(part.field)
-            moved: object = generator.apply(one, part.field) if moves else one  # type: ignore[arg-type]
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"input {part.name}: {exc}") from None
-        except Exception as exc:
-            raise InvalidArgument(
-                f"{generator!r} cannot act on input {part.name} of field type {part.field!r} "
-                f"({type(exc).__name__}: {exc}); define apply for that field type in your PointGenerator"
-            ) from None
-        if not isinstance(moved, torch.Tensor) or moved.shape != one.shape:
-            raise InvalidArgument(
-                f"{generator!r} must keep the shape of input {part.name}, {tuple(one.shape)}, found "
-                f"{describe(moved)}"
-            )
-        moving.append(moves)
+        _acting_on(generator, part, one, functools.partial(apply, field=part.field), fix)
     if not any(moving):
         raise InvalidArgument(
             f"{generator!r} moves none of the inputs ({arguments.shapes()}), so their derivative is zero and "
@@ -457,21 +475,13 @@ def check_input(x: object, model: object) -> torch.Tensor:
         raise InvalidArgument(
             f"x must have a floating-point dtype, found {x.dtype}; convert it, e.g. x.float()"
         )
-    if x.device.type == "meta":
-        raise InvalidArgument(
-            "x is on the meta device, which holds shapes but no values; pass a tensor with data"
-        )
     if x.shape[0] == 0:
         raise InvalidArgument(f"x is an empty batch (shape {shape}); pass at least one sample")
     if x.numel() == 0:
         raise InvalidArgument(
             f"x of shape {shape} has no elements; every dim must be nonzero: pass a batch with data"
         )
-    if not all_finite(x):
-        raise InvalidArgument(
-            f"x contains {int((~torch.isfinite(x)).sum())} non-finite values (nan or inf); "
-            "equivariance is only measurable on finite inputs: replace them, e.g. torch.nan_to_num(x)"
-        )
+    _check_values(x, "x")
     if isinstance(model, nn.Module):
         _check_model_matches(model, x)
     return x
@@ -636,7 +646,8 @@ def choose_layers(model: nn.Module, layers: object, up_to: object, layouts: obje
     """The layers measured: ``layers`` by name, else every leaf submodule; the pass stopped after
     ``up_to``; ``layouts`` by layer name. Every name is looked up before the model runs."""
     stop = None if up_to is None else find_layer(model, up_to, "up_to")  # type: ignore[arg-type]
-    given = _given_layouts(model, layouts)
+    examples = _by_layer(model, layouts, "layouts", "{'blocks.0.norm': 'channels_last'}").items()
+    given = {name: as_layout(layout) for name, layout in examples}
     if layers is None:
         leaves = {name: m for name, m in model.named_modules() if name and not any(m.children())}
         return Layers(leaves or {OUTPUT: model}, False, stop, up_to, given)  # type: ignore[arg-type]
@@ -649,17 +660,18 @@ def choose_layers(model: nn.Module, layers: object, up_to: object, layouts: obje
     return Layers(chosen, True, stop, up_to, given)  # type: ignore[arg-type]
 
 
-def _given_layouts(model: nn.Module, layouts: object) -> dict[str, Layout]:
-    if layouts is None:
+def _by_layer(model: nn.Module, given: object, argument: str, example: str) -> Mapping[str, object]:
+    """``layouts=`` or ``fields=``: a dict by layer name, each name looked up (refused with close ones)."""
+    if given is None:
         return {}
-    if not isinstance(layouts, Mapping):
+    if not isinstance(given, Mapping):
         raise InvalidArgument(
-            f"layouts must be a dict from layer names to layouts, found {describe(layouts)}; pass e.g. "
-            "layouts={'blocks.0.norm': 'channels_last'}"
+            f"{argument} must be a dict from layer names to {argument.replace('fields', 'field types')}, "
+            f"found {describe(given)}; pass e.g. {argument}={example}"
         )
-    for name in layouts:
-        find_layer(model, name, "layouts")  # an unknown name is refused with the close ones
-    return {name: as_layout(layout) for name, layout in layouts.items()}
+    for name in given:
+        find_layer(model, name, argument)
+    return given
 
 
 @dataclass(frozen=True)
@@ -733,36 +745,13 @@ def validate_layer_parts(
             "before them; name the field type of that layer's output in fields= instead"
         )
     chosen = choose_layers(module, layers, up_to, None)
-    given = _given_fields(module, fields)
+    example = "{'encoder.2': Vectors(), 'head': Scalars(nodes=None)}"
+    by_layer = _by_layer(module, fields, "fields", example).items()
+    given = {name: as_field(field, "fields", repr(name), none=False) for name, field in by_layer}
     arguments = checked_call(module, x, inputs, [element], "profile", "a profile that cannot fail")
     return LayerRequest(
         module, arguments.first, element, "zeros", chosen, arguments, given, outputs, _points(arguments)
     )
-
-
-def _given_fields(model: nn.Module, fields: object) -> dict[str, Field]:
-    """``fields=``: a field type by layer name, each name looked up (as ``layouts=``'s are)."""
-    if fields is None:
-        return {}
-    if not isinstance(fields, Mapping):
-        raise InvalidArgument(
-            f"fields must be a dict from layer names to field types, found {describe(fields)}; pass e.g. "
-            "fields={'encoder.2': Vectors(), 'head': Scalars(nodes=None)}"
-        )
-    given = {}
-    for name, field in fields.items():
-        find_layer(model, name, "fields")  # an unknown name is refused with the close ones
-        if isinstance(field, type) and issubclass(field, Field):
-            raise InvalidArgument(
-                f"fields gives {name!r} the class {field.__name__}; pass {field.__name__}()"
-            )
-        if not isinstance(field, Field):
-            raise InvalidArgument(
-                f"fields[{name!r}] must be a field type (equivariance.fields: Scalars(), Vectors(), "
-                f"Adjacency(), ...), found {describe(field)}"
-            )
-        given[name] = field
-    return given
 
 
 def _points(arguments: Call) -> int | None:

@@ -318,13 +318,10 @@ def as_graphs(x: Any, inputs: object) -> Graphs:
         raise InvalidArgument("x is a Batch of no graphs; pass at least one graph")
     transform(Identity(), graphs[0], inputs, name="x")  # every tensor named, each a tensor its field takes
     declared = dict(inputs)
-    for key, field in declared.items():
-        if field is None:
+    for key, value in declared.items():
+        if value is None:
             continue
-        if not isinstance(field, Field):
-            raise InvalidArgument(
-                f"the field type of x.{key} must be a Field or None, found {describe(field)}"
-            )
+        field = as_field(value, "inputs", f"x.{key}")
         try:
             field.check(getattr(graphs[0], key))
         except InvalidArgument as exc:
@@ -391,16 +388,22 @@ def _keywords(kwargs: dict[str, Any], inputs: object) -> dict[Path, Any]:
     return {("kwargs", k): inputs.get(k) for k in kwargs}
 
 
-def _checked_field(field: object, tensor: torch.Tensor, name: str) -> Field | None:
-    if field is None:
+def as_field(value: object, argument: str, name: str, *, none: bool = True) -> Field:
+    """``value``, which ``argument`` gives ``name``, as a field type (the message offers None: ``none``)."""
+    if isinstance(value, Field):
+        return value
+    if isinstance(value, type) and issubclass(value, Field):
+        raise InvalidArgument(f"{argument} gives {name} the class {value.__name__}; pass {value.__name__}()")
+    raise InvalidArgument(
+        f"{argument} gives {name} {describe(value)}, which is not a field type; pass one of "
+        f"equivariance.fields (Positions(), Scalars(), Vectors(), ...){' or None' if none else ''}"
+    )
+
+
+def _checked_field(value: object, tensor: torch.Tensor, name: str) -> Field | None:
+    if value is None:
         return None
-    if isinstance(field, type) and issubclass(field, Field):
-        raise InvalidArgument(f"inputs gives {name} the class {field.__name__}; pass {field.__name__}()")
-    if not isinstance(field, Field):
-        raise InvalidArgument(
-            f"the field type of {name} must be a Field (equivariance.fields: Positions(), Scalars(), ...) "
-            f"or None, found {describe(field)}"
-        )
+    field = as_field(value, "inputs", name)
     try:
         field.check(tensor)
         axis = field.node_axis(tensor)
@@ -635,21 +638,19 @@ def output_parts(result: Any, fields: Any, subject: str) -> list[Part]:
     if isinstance(fields, Field) or (fields is None and isinstance(result, torch.Tensor)):
         return [Part("the output", ("whole", 0), fields)]
     if fields is None:  # invariance: every tensor of a tuple or dict, unchanged
-        if isinstance(result, (tuple, list)):
-            return [Part(f"output[{i}]", ("item", i), None) for i, v in enumerate(result)]
-        if isinstance(result, Mapping):
-            return [Part(f"output[{k!r}]", ("item", k), None) for k in result]
-        raise InvalidArgument(
-            f"{subject} returned {kind_of(result)}; pass output= to pick the tensor to check"
-        )
-    if isinstance(fields, (tuple, list)):
+        if not isinstance(result, (tuple, list, Mapping)):
+            raise InvalidArgument(
+                f"{subject} returned {kind_of(result)}; pass output= to pick the tensor to check"
+            )
+        given = dict.fromkeys(result if isinstance(result, Mapping) else range(len(result)))
+    elif isinstance(fields, (tuple, list)):
         if not isinstance(result, (tuple, list)) or len(result) != len(fields):
             raise InvalidArgument(
                 f"outputs= gives {_count(fields)} but {subject} returned {kind_of(result)}; pass one field "
                 "type per output"
             )
-        return [Part(f"output[{i}]", ("item", i), _output_field(f, i)) for i, f in enumerate(fields)]
-    if isinstance(fields, Mapping):
+        given = dict(enumerate(fields))
+    elif isinstance(fields, Mapping):
         if not isinstance(result, Mapping):
             raise InvalidArgument(
                 f"outputs= gives field types by name but {subject} returned {kind_of(result)}; pass a tuple"
@@ -660,19 +661,16 @@ def output_parts(result: Any, fields: Any, subject: str) -> list[Part]:
                 f"outputs= gives a field type to {', '.join(map(repr, missing))}, which {subject} does not "
                 f"return (it returns {', '.join(map(repr, result))})"
             )
-        return [Part(f"output[{k!r}]", ("item", k), _output_field(f, k)) for k, f in fields.items()]
-    raise InvalidArgument(
-        f"outputs must be a field type, or a tuple or dict of them (one per output), found "
-        f"{describe(fields)}; pass e.g. outputs=(Scalars(nodes=None), Vectors())"
-    )
-
-
-def _output_field(field: object, key: object) -> Field | None:
-    if field is None or isinstance(field, Field):
-        return field
-    raise InvalidArgument(
-        f"the field type of output {key!r} must be a Field or None (unchanged), found {describe(field)}"
-    )
+        given = dict(fields)
+    else:
+        raise InvalidArgument(
+            f"outputs must be a field type, or a tuple or dict of them (one per output), found "
+            f"{describe(fields)}; pass e.g. outputs=(Scalars(nodes=None), Vectors())"
+        )
+    return [
+        Part(f"output[{k!r}]", ("item", k), None if f is None else as_field(f, "outputs", f"output {k!r}"))
+        for k, f in given.items()
+    ]
 
 
 # -- the noise floor of an element that rounds ---------------------------------------------------------
