@@ -103,9 +103,9 @@ def blurring(module: nn.Module) -> bool:
     """Whether a layer low-pass filters before it subsamples: an average pool, or a fixed (buffer) kernel."""
     if isinstance(module, (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd)):
         return True
-    kernels = [b for b in module._buffers.values() if b is not None and b.dim() >= 3]
-    fixed = not any(p is not None for p in module._parameters.values())
-    return fixed and any(b.is_floating_point() for b in kernels)
+    buffers = module._buffers.values()
+    kernels = [b for b in buffers if b is not None and b.dim() >= 3 and b.is_floating_point()]
+    return bool(kernels) and all(p is None for p in module._parameters.values())
 
 
 def between(layer: Layer, before: Sequence[Layer]) -> str:
@@ -166,6 +166,8 @@ def explained(rows: Sequence[L], context: Context) -> tuple[L, ...]:
     A row for a tensor computed in ``forward`` (``JUNCTION``) is shown only
     where it is the first failure: the break happened between two submodules.
     """
+    if all([row.passed for row in rows]):  # nothing to explain
+        return tuple([row for row in rows if row.type != JUNCTION])
     kept: list[L] = []
     seen = _Seen()
     failed = False

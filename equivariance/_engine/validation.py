@@ -69,13 +69,13 @@ def per_dim(value: object, ndim: int, argument: str, *, minimum: int) -> tuple[i
                 f"{argument} {tuple(value)!r} has {len(value)} entries but there are {ndim} spatial "
                 f"dims; pass one int for all dims or a tuple of {ndim}"
             )
-        values = tuple(as_int(v, argument) for v in value)
+        values = tuple([as_int(v, argument) for v in value])
     else:
         values = (as_int(value, argument),) * ndim
-    for v in values:
-        if v < minimum:
-            bound = "positive" if minimum == 1 else f">= {minimum}"
-            raise InvalidArgument(f"{argument} must be {bound}, found {v}; pass {minimum} or more")
+    if values and min(values) < minimum:
+        bound = "positive" if minimum == 1 else f">= {minimum}"
+        found = next(v for v in values if v < minimum)
+        raise InvalidArgument(f"{argument} must be {bound}, found {found}; pass {minimum} or more")
     return values
 
 
