@@ -245,25 +245,3 @@ def architecture_support(
         with torch.no_grad():
             for _, p in zeros:
                 p.zero_()
-
-
-def check_room(
-    spatial_out: tuple[int, ...], elements: Sequence[Action], grid: Grid, margins: tuple[int, ...]
-) -> None:
-    """An auto margin that leaves nothing to compare is an error, not a vacuous pass."""
-    for element in elements:
-        region = element.region(spatial_out, grid)
-        sides = [r.stop - r.start - 2 * m for r, m in zip(region, margins)]
-        if min(sides) <= 0:
-            if isinstance(element, Shift):
-                what = f"shift {element}"
-                fix = "a larger input (a zero canvas), smaller shifts, boundary='circular' with "
-                fix += "circular padding"
-            else:
-                what, fix = f"{element.noun} {element}", "a larger input (a zero canvas)"
-            raise InvalidArgument(
-                f"margin='auto' measured a receptive-field radius of {shown_per_dim(margins)} output "
-                f"samples, which leaves nothing of the output {spatial_out} to compare for {what}; the "
-                "model sees the whole input from every output, so it cannot be checked on maps this "
-                f"small: use {fix}, or pass a smaller margin= explicitly"
-            )

@@ -27,6 +27,7 @@ from equivariance._engine.part_sums import PartSums
 from equivariance._engine.parts import Arguments, OutputParts, RoundTrip
 from equivariance._engine.runner import Base, Consumer, ModelConsumer, Runner
 from equivariance._engine.sinks import FlatSums, GridSums, Sums, check_finite
+from equivariance._engine.validation import shown_per_dim
 from equivariance.actions import Action, Grid, Identity
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, Layout, Tokens
@@ -147,8 +148,6 @@ def _make_plan(runner: Runner, request: Request) -> Plan:
     assert not isinstance(margins, str)
     grid = Grid(d, strides, request.boundary, layout)
     elements = request.elements or tuple(_shift_box(request, strides))
-    if support is not None and request.output_action is None:
-        _auto.check_room(tuple(layout.to_grid(base.output, d).shape[-d:]), elements, grid, margins)
     plan = _finish(request, base, grid, strides, margins, elements, notes)
     return plan if clean else dataclasses.replace(plan, stride_clean=False)
 
@@ -283,7 +282,8 @@ def _finish(
         if request.output_action is None:
             if request.fields is not None and grid_base.dim() >= 2:
                 request.fields.fields_of(grid_base.shape[1], f"the output of shape {tuple(grid_base.shape)}")
-            _check_output_fits(_acting(request, elements), grid, grid_base, margins, request.fields)
+            auto = request.margin == _auto.AUTO
+            _check_output_fits(_acting(request, elements), grid, grid_base, margins, request.fields, auto)
     plan = Plan(request, base.output, grid, grid_base, strides, margins, elements, rows, 0, notes)
     size = chunk_size(request.batch_size, request.x, base.bytes_per_sample, plan.sent)
     return dataclasses.replace(plan, batch_size=size)
@@ -295,9 +295,10 @@ def _check_output_fits(
     grid_base: torch.Tensor,
     margins: tuple[int, ...],
     fields: Regular | None = None,
+    auto: bool = False,
 ) -> None:
     """Every element acts on the output grid (a stride divides its shifts; a transform maps the
-    grid onto itself) and leaves something to compare."""
+    grid onto itself) and leaves something to compare (``auto``: the margins were measured)."""
     d = grid.spatial_dims
     spatial = tuple(grid_base.shape[-d:])
     shown = f"the output of shape {tuple(grid_base.shape)}"
@@ -314,6 +315,19 @@ def _check_output_fits(
         region = element.region(spatial, grid)  # raises for a shift the stride does not divide
         if all(r.stop - r.start - 2 * m > 0 for r, m in zip(region, margins)):
             continue
+        if auto:
+            fix = "a larger input (a zero canvas)"
+            fix += (
+                ", smaller shifts, boundary='circular' with circular padding"
+                if isinstance(element, Shift)
+                else ""
+            )
+            raise InvalidArgument(
+                f"margin='auto' measured a receptive-field radius of {shown_per_dim(margins)} output "
+                f"samples, which leaves nothing of the output {spatial} to compare for {element.noun} "
+                f"{element}; the model sees the whole input from every output, so it cannot be checked on "
+                f"maps this small: use {fix}, or pass a smaller margin= explicitly"
+            )
         margin_note = f" and margin {margins}" if any(margins) else ""
         if not isinstance(element, Shift):
             raise InvalidArgument(
