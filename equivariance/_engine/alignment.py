@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from equivariance._engine.grids import stated_stride
+from equivariance._engine.grids import each_dim, stated_stride
 from equivariance._engine.isolation import owning_module
 
 _SAMPLING = {
@@ -88,12 +88,6 @@ def _sampling(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...], tupl
     padding = getattr(module, "padding", 0)
     if d is None or stride is None or all(s == 1 for s in stride) or isinstance(padding, str):
         return None  # a string padding ("same", "valid") only goes with stride 1 in torch
-    kernel, dilation = _per_dim(module.kernel_size, d), _per_dim(getattr(module, "dilation", 1), d)
+    kernel, dilation = each_dim(module.kernel_size, d), each_dim(getattr(module, "dilation", 1), d)
     effective = tuple(q * (k - 1) + 1 for k, q in zip(kernel, dilation))
-    return effective, stride, _per_dim(padding, d)
-
-
-def _per_dim(value: Any, d: int) -> tuple[int, ...]:
-    if isinstance(value, (tuple, list)):
-        return tuple(int(v) for v in value)
-    return (int(value),) * d
+    return effective, stride, each_dim(padding, d)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from equivariance._engine.grids import stride_of
+from equivariance._engine.grids import each_dim, stated_stride, stride_of
 from equivariance._engine.isolation import owning_module
 from equivariance._engine.validation import shown_per_dim
 
@@ -80,12 +80,12 @@ def padding_of(module: nn.Module, d: int) -> tuple[tuple[int, ...], str] | None:
         if module.padding == "same":
             padding = tuple(q * (k - 1) // 2 for q, k in zip(module.dilation, module.kernel_size))
         else:
-            padding = _per_dim(module.padding, d)
+            padding = each_dim(module.padding, d)
         mode = module.padding_mode
     elif isinstance(module, nn.modules.pooling._MaxPoolNd):
-        padding, mode = _per_dim(module.padding, d), "-inf"
+        padding, mode = each_dim(module.padding, d), "-inf"
     elif isinstance(module, nn.modules.pooling._AvgPoolNd):
-        padding, mode = _per_dim(getattr(module, "padding", 0), d), "zeros"
+        padding, mode = each_dim(getattr(module, "padding", 0), d), "zeros"
     elif isinstance(module, nn.modules.padding._ConstantPadNd):
         padding, mode = _sides(module.padding, d), "zeros" if module.value == 0 else "constant"
     elif isinstance(module, nn.modules.padding._ReflectionPadNd):
@@ -102,17 +102,10 @@ def padding_of(module: nn.Module, d: int) -> tuple[tuple[int, ...], str] | None:
 
 
 def module_stride(module: nn.Module, d: int) -> tuple[int, ...]:
-    """The stride of a convolution or pooling layer per dim (1 for any other layer)."""
+    """The stride a convolution or pooling layer states per dim (1 for any other layer)."""
     if isinstance(module, _SAMPLING) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
-        stride = getattr(module, "stride", None)
-        return _per_dim(stride if stride else module.kernel_size, d)
+        return stated_stride(module, d) or (1,) * d
     return (1,) * d
-
-
-def _per_dim(value: Any, d: int) -> tuple[int, ...]:
-    if isinstance(value, (tuple, list)):
-        return tuple(int(v) for v in value)
-    return (int(value),) * d
 
 
 def _sides(padding: Sequence[int], d: int) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ import functools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import Any
 
 from torch import nn
 
@@ -138,6 +139,11 @@ def stated_stride(module: nn.Module, d: int) -> tuple[int, ...] | None:
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in stride):
         return None
     return tuple(stride)
+
+
+def each_dim(value: Any, d: int) -> tuple[int, ...]:
+    """A module's int or per-dim attribute (``kernel_size``, ``padding``) as one int per dim."""
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * d
 
 
 def _number(value: Fraction) -> float:
