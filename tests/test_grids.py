@@ -128,10 +128,10 @@ def test_reading_a_growing_map_is_reading_the_shrinking_one_the_other_way(a: int
 
 
 def test_strides_multiply_exactly_and_say_which_shifts_they_divide() -> None:
-    third = times((1,), [Fraction(1, 3)])
+    third = times((1,), (Fraction(1, 3),))
     assert third == (1 / 3,)
-    assert times(third, [Fraction(3)]) == (1,)
-    assert isinstance(times(third, [Fraction(3)])[0], int)
+    assert times(third, (Fraction(3),)) == (1,)
+    assert isinstance(times(third, (Fraction(3),))[0], int)
     assert [divides(s, o) for s, o in (((2, 2), (4, -2)), (third, (1,)), ((1 / 2,), (1,)))] == [True] * 3
     assert [divides(s, o) for s, o in (((2, 2), (1, 0)), ((1.5,), (1,)), ((4,), (2,)))] == [False] * 3
     assert 1 % third[0] != 0  # the reason divides reads fractions: a float remainder is not zero

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -60,35 +59,25 @@ def step(size_in: int, size_out: int, stated: int | None = None) -> Fraction:
     return Fraction(stated or stride_of(size_in, size_out))
 
 
-def times(stride: Stride, steps: Sequence[Fraction]) -> Stride:
+@functools.lru_cache(maxsize=1024)  # each layer of a profile asks it
+def times(stride: Stride, steps: tuple[Fraction, ...]) -> Stride:
     """``stride`` multiplied by a step per dim, exactly (an int where whole).
 
     Examples:
         >>> times((2, 2), (Fraction(1, 4), Fraction(3)))
         (0.5, 6)
     """
-    return _times(tuple(stride), tuple(steps))
-
-
-@functools.lru_cache(maxsize=1024)
-def _times(stride: Stride, steps: tuple[Fraction, ...]) -> Stride:
-    """``times``, worked out once for each stride and steps (each layer of a profile asks it)."""
     return tuple(_number(as_fraction(s) * k) for s, k in zip(stride, steps))
 
 
-def divides(stride: Stride, offsets: Sequence[int]) -> bool:
+@functools.lru_cache(maxsize=1024)  # a profile asks it of every layer
+def divides(stride: Stride, offsets: tuple[int, ...]) -> bool:
     """Whether every offset (in input samples) is a whole number of samples at ``stride``.
 
     Examples:
         >>> divides((2, 2), (4, -2)), divides((2, 2), (1, 0)), divides((1 / 3,), (1,)), divides((1.5,), (1,))
         (True, False, True, False)
     """
-    return _divides(tuple(stride), tuple(offsets))
-
-
-@functools.lru_cache(maxsize=1024)
-def _divides(stride: Stride, offsets: tuple[int, ...]) -> bool:
-    """``divides``, worked out once for each stride and shift (a profile asks it of every layer)."""
     return all((o / as_fraction(s)).denominator == 1 for o, s in zip(offsets, stride))
 
 

@@ -315,12 +315,12 @@ def _stride(
     if own is None:
         return grids.get(grid) or _read(spatial_in, grid)
     (reference, stride), stated = own, record.stated or (None,) * len(grid)
-    return times(stride, [step(n, m, s) for n, m, s in zip(reference, grid, stated)])
+    return times(stride, tuple([step(n, m, s) for n, m, s in zip(reference, grid, stated)]))
 
 
 def _read(spatial_in: tuple[int, ...], grid: tuple[int, ...]) -> Stride:
     """The stride of a grid no known layer made, read off its sizes against the model's input."""
-    return times((1,) * len(grid), [step(n, m) for n, m in zip(spatial_in, grid)])
+    return times((1,) * len(grid), tuple([step(n, m) for n, m in zip(spatial_in, grid)]))
 
 
 class Follower:
