@@ -1,11 +1,6 @@
-"""``stride="auto"`` and ``margin="auto"``: the output's stride and receptive field, measured on the model.
-
-The stride is the input shift that moves the output by one sample, measured in
-one batched run of the shifted copies (where none does cleanly, the sizes'
-stride, ``grids.stride_of``); the margin is the receptive-field radius in output
-samples, from one backward pass. How and why: docs/diagnosing.md ("Letting the
-check find the stride and the margin").
-"""
+"""``stride="auto"`` and ``margin="auto"``: the input shift that moves the output by one sample, measured in
+one batched run, and the receptive-field radius from one backward pass (docs/diagnosing.md, "Letting the
+check find the stride and the margin")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Why a measurement fails: each cause named once, with its explanation and its fix, in one vocabulary.
-
-The check's hints (`equivariance._engine.hints`) and the profile's causes
-(`equivariance._engine.diagnosis`) decide on different evidence, the failing
-shifts on one side and each layer's error on the other, and both say what they
-found with these sentences: a lead that names the evidence, then the cause's
-explanation and its fix. docs/diagnosing.md describes each cause.
-"""
+"""Why a measurement fails: each cause named once, with its explanation and its fix, in the one vocabulary the
+check's hints and the profile's causes share (docs/diagnosing.md)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
-"""The judge and report of several outputs: each output part judged by its own size and noise floor.
-
-A part's error for an element and a sample is the relative L2 error of that
-part alone (`equivariance._engine.judge.sample_errors`); its noise floor is
-the largest error the plan's floor rows measure for it (the identity, and
-inputs moved there and back by elements that round); it passes within
-tolerance or within ``FLOOR_FACTOR`` times its floor
-(`equivariance._engine.judge.within_floor`), where rounding can explain the floor
-(`equivariance._engine.judge.credited_floor`). An element passes when every
-part passes for every sample. Where a part fails, the worst failing element
-says what that means (``Action.failure_hint``).
-"""
+"""The judge and report of several outputs: each part judged by its own errors and noise floor (the rules of
+`equivariance._engine.judge`); an element passes when every part passes for every sample, and a failing
+part's worst element says what the failure means (``Action.failure_hint``)."""
 
 from __future__ import annotations
 

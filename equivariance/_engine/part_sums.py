@@ -1,20 +1,6 @@
-"""The sink of several outputs, each with its field type: one error a part (``PartSums``).
-
-The runner hands it the outputs of a chunk laid side by side (``(B, total)``,
-see `equivariance._engine.parts.OutputParts`); for each part it compares
-``f(g.x)`` with ``g.f(x)``, ``f(x)`` moved by the row's element by the part's
-field type, in float64 (float32 on devices without it): the reference is
-moved in float64 and never rounded to the model's dtype, so the test's own
-arithmetic adds nothing to the error it reports. Each part keeps its own
-sums, so a small energy is judged against its own size, not against large
-forces beside it.
-
-A per-node output of graphs of different sizes (``OutputParts.mixed``) is
-laid out padded to the largest graph; its references are moved graph by
-graph, each by ``element.sized(nodes)`` on the graph's own rows (a
-permutation of one graph's nodes, a translation that leaves the padding
-alone), and padded again.
-"""
+"""The sink of several outputs (``PartSums``): each part compares ``f(g.x)`` with ``g.f(x)`` by its own field
+type, in float64 where the device has it, and keeps its own sums, so a small energy is judged against its own
+size. A per-node output of graphs of different sizes is moved graph by graph (``GraphReferences``)."""
 
 from __future__ import annotations
 

@@ -1,22 +1,6 @@
-"""Several inputs and outputs, each with its field type: what a measurement moves where a grid has one x.
-
-A model of points is called as ``model(*args, **kwargs)`` with tensors that
-share a leading batch axis (positions ``(B, N, 3)``, features ``(B, N, C)``)
-and returns one or several tensors (an energy ``(B,)``, forces ``(B, N, 3)``).
-`Arguments` holds the call, with the field type (`equivariance.fields`) of
-each tensor; the copies (`equivariance._engine.copies`) move every part by
-its field type and batch the samples of a chunk along the batch axis, so the
-runner's one loop sends them as it sends the copies of a grid. `OutputParts`
-lays a model's outputs side by side in one ``(B, total)`` tensor, each part
-kept by its slice, so the runner, its consumers and the chunking see one
-tensor and a sink compares each part by its own field type and gives each
-its own error (a small energy is not drowned by large forces).
-
-`RoundTrip` is the noise floor of an element that is not exact in floating
-point (a rotation by any angle, a translation): ``g⁻¹(g x)`` with ``g x``
-rounded to the input's dtype, compared with ``f(x)``, measures how much the
-rounding of the moved input alone changes the output.
-"""
+"""Several inputs and outputs, each with its field type: the model's call (`Arguments`, or torch_geometric
+`Graphs`), its outputs laid side by side in one ``(B, total)`` tensor (`OutputParts`), and the noise floor's
+round trip of an element that rounds (`RoundTrip`). docs/point_clouds.md shows them at work."""
 
 from __future__ import annotations
 
@@ -41,31 +25,45 @@ Path = tuple[str, int | str]
 
 @dataclass(frozen=True)
 class Part:
-    """One tensor of a call or of a model's outputs.
-
-    Attributes:
-        name: how reports and messages call it: ``"pos"`` (a positional argument named by the model's
-            signature), ``"output[1]"``, ``"'energy'"``.
-        path: where it is in the call (inputs) or the output (outputs).
-        field: its field type, or None (left alone by every element).
-    """
+    """One tensor of a call or of a model's outputs: its name in messages (``"'pos' (argument 0)"``,
+    ``"output[1]"``), where it is, and its field type (None: left alone by every element)."""
 
     name: str
     path: Path
     field: Field | None
 
 
-class Arguments:
-    """A model's arguments with the field type of each tensor: ``model(*args, **kwargs)``.
+class _Call:
+    """What the two kinds of call share: ``n`` samples, ``parts`` with their field types, and the
+    tensors that stand for them in messages (``shown``)."""
 
-    Every tensor shares the leading batch axis of ``n`` samples; other
-    values (ints, flags) are passed to every call as they are.
+    n: int
+    parts: tuple[Part, ...]
 
-    Args:
-        args: the positional arguments.
-        kwargs: the keyword arguments.
-        parts: the tensors, in order, with their field types.
-    """
+    def shown(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def first(self) -> torch.Tensor:
+        """The first floating-point tensor (the first tensor where none is): its dtype and device
+        stand for the call's."""
+        return next((t for t in self.shown() if t.is_floating_point()), self.shown()[0])
+
+    def shapes(self) -> str:
+        """The parts in words: ``pos (8, 64, 3) Positions(), h (8, 64, 4) Scalars()``."""
+        return ", ".join(
+            f"{p.name} {tuple(t.shape)} {p.field!r}".replace(" None", " (left alone)")
+            for p, t in zip(self.parts, self.shown())
+        )
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Arguments(_Call):
+    """A model's arguments, ``model(*args, **kwargs)``, with the field type of each tensor (``parts``, in
+    order); every tensor shares the leading batch axis of ``n`` samples, and other values (ints, flags)
+    are passed to every call as they are."""
 
     def __init__(self, args: Sequence[Any], kwargs: Mapping[str, Any], parts: Sequence[Part]) -> None:
         self.args, self.kwargs, self.parts = tuple(args), dict(kwargs), tuple(parts)
@@ -81,11 +79,8 @@ class Arguments:
         """The parts' tensors, in order."""
         return [self.tensor(p) for p in self.parts]
 
-    @property
-    def first(self) -> torch.Tensor:
-        """The first floating-point tensor (the first tensor where none is): its dtype and device
-        stand for the call's."""
-        return next((t for t in self.tensors if t.is_floating_point()), self.tensors[0])
+    def shown(self) -> list[torch.Tensor]:
+        return self.tensors
 
     def with_tensors(self, tensors: Sequence[torch.Tensor]) -> Arguments:
         """The same call with the parts' tensors replaced, in order."""
@@ -109,38 +104,19 @@ class Arguments:
     def call(self, model: Callable[..., Any]) -> Any:
         return model(*self.args, **self.kwargs)
 
-    def __len__(self) -> int:
-        return self.n
-
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors)
-
-    def shapes(self) -> str:
-        """The parts in words: ``pos (8, 64, 3) Positions(), h (8, 64, 4) Scalars()``."""
-        return ", ".join(
-            f"{p.name} {tuple(self.tensor(p).shape)} {p.field!r}".replace(" None", " (left alone)")
-            for p in self.parts
-        )
 
     def describe(self) -> str:
         """The call's tensors for a message: ``pos of shape (8, 64, 3), h of shape (8, 64, 4)``."""
         return ", ".join(f"{p.name} of shape {tuple(self.tensor(p).shape)}" for p in self.parts)
 
 
-class Graphs:
-    """torch_geometric graphs with the field type of each attribute: the samples are the graphs.
-
-    A ``Data`` is one sample, a ``Batch`` its graphs; the model is called with
-    one ``Batch`` of the (moved) graphs of a chunk. Per-node tensors keep their
-    nodes on axis 0 (``Scalars(nodes=0)``, ``Positions(nodes=0)``), edges are an
-    ``EdgeIndex()``, and a ``Batch``'s ``batch`` and ``ptr`` are understood.
-
-    Args:
-        graphs: the graphs (``Data``).
-        fields: the field type of each attribute (None: left alone).
-        batch: the class that joins graphs, torch_geometric's ``Batch``.
-    """
+class Graphs(_Call):
+    """torch_geometric graphs (``Data``) with the field type of each attribute (None: left alone): the
+    samples are the graphs, and the model is called with one ``Batch`` (``batch``, the class that joins
+    them) of the moved graphs of a chunk. Per-node tensors keep their nodes on axis 0."""
 
     def __init__(self, graphs: Sequence[Any], fields: Mapping[str, Any], batch: Any) -> None:
         self.graphs, self.fields, self.batch = list(graphs), dict(fields), batch
@@ -161,10 +137,9 @@ class Graphs:
         joined = self.joined()
         return [getattr(joined, str(p.path[1])) for p in self.parts]
 
-    @property
-    def first(self) -> torch.Tensor:
-        tensors: list[torch.Tensor] = [getattr(self.graphs[0], str(p.path[1])) for p in self.parts]
-        return next((t for t in tensors if t.is_floating_point()), tensors[0])
+    def shown(self) -> list[torch.Tensor]:
+        """The first graph's tensors."""
+        return [getattr(self.graphs[0], str(p.path[1])) for p in self.parts]
 
     def nodes(self) -> list[int]:
         """The number of nodes of each graph."""
@@ -207,9 +182,6 @@ class Graphs:
     def call(self, model: Callable[..., Any]) -> Any:
         return model(self.joined())
 
-    def __len__(self) -> int:
-        return self.n
-
     @property
     def nbytes(self) -> int:
         return sum(
@@ -220,17 +192,10 @@ class Graphs:
         )
 
     def shapes(self) -> str:
-        graph = self.graphs[0]
-        shown = ", ".join(
-            f"{p.name} {tuple(getattr(graph, str(p.path[1])).shape)} {p.field!r}".replace(
-                " None", " (left alone)"
-            )
-            for p in self.parts
-        )
         sizes = sorted(set(self.nodes()))
         of = "" if len(sizes) == 1 else f" of {sizes[0]} to {sizes[-1]} nodes"
         count = "1 graph" if self.n == 1 else f"{self.n} graphs{of} (the first shown)"
-        return f"{shown} of {count}"
+        return f"{super().shapes()} of {count}"
 
     def describe(self) -> str:
         return f"a Batch of {self.n} graph{'s' if self.n != 1 else ''} ({self.shapes()})"

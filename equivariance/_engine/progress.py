@@ -1,12 +1,6 @@
-"""A small progress bar on stderr: counts, rate, elapsed time and ETA, and a few named numbers.
-
-The runtime dependencies are torch and numpy only, so the bar is written here
-rather than taken from tqdm. On a terminal it is redrawn in place at most ten
-times a second; on anything else (a log file, CI, pytest's capture) it writes
-one line, its final state, when it closes, so logs get a summary and no
-carriage returns. With a ``delay``, a bar on a terminal appears only once its
-work has run that long, so quick work stays silent (tqdm's ``delay``).
-"""
+"""A small progress bar on stderr (counts, rate, elapsed time, ETA, a few named numbers), written here to
+keep the dependencies to torch and numpy: redrawn in place on a terminal (after ``delay``), one final line
+elsewhere."""
 
 from __future__ import annotations
 
