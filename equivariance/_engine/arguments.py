@@ -54,14 +54,9 @@ IDENTITY_BOX = " (with stride=k, max_shift must be at least k)"
 
 @dataclass(frozen=True)
 class Request:
-    """What the caller asked for, validated; no forward pass has run yet.
-
-    ``elements`` None means the default box of shifts, which needs the stride.
-    ``arguments`` is the model's several inputs, each with its field type
-    (``inputs=``), None for one tensor on a grid; ``x`` is then the first of
-    its floating-point tensors, whose batch size, dtype and device stand for
-    the call's.
-    """
+    """What the caller asked for, validated, before any forward pass: ``elements`` None is the default box
+    of shifts; ``arguments`` the model's several inputs with their field types (``x`` then their first
+    floating-point tensor, standing for the call's dtype and device), None for one tensor on a grid."""
 
     forward: Forward
     x: torch.Tensor
@@ -612,17 +607,9 @@ NONE_RAN = (
 
 @dataclass(frozen=True)
 class Layers:
-    """The layers a per-layer measurement taps, chosen once.
-
-    Attributes:
-        modules: the submodules tapped, by name: those ``layers=`` named, else every leaf (the model
-            itself, as ``"(output)"``, where it has none).
-        named: whether ``layers=`` named them; leaves by default get rows for the tensors computed
-            in ``forward`` between them too.
-        stop: the ``up_to`` submodule, after whose output the pass stops; None for the whole model.
-        up_to: its name.
-        layouts: the layouts named for layers whose shapes leave them ambiguous.
-    """
+    """The layers a per-layer measurement taps, chosen once: those ``layers=`` named (``named``), else every
+    leaf (which also get rows for the tensors computed in ``forward`` between them); the ``up_to`` layer
+    after whose output the pass stops (``stop``), and the ``layouts=`` named by layer."""
 
     modules: dict[str, nn.Module]
     named: bool
@@ -676,14 +663,9 @@ def _by_layer(model: nn.Module, given: object, argument: str, example: str) -> M
 
 @dataclass(frozen=True)
 class LayerRequest:
-    """What a per-layer profile was asked for, validated; no forward pass has run yet.
-
-    For several inputs (``validate_layer_parts``): ``arguments`` is the call, with the field type of
-    each tensor (``x`` its first floating-point tensor, standing for its dtype and device);
-    ``fields`` the field types named for layers' outputs (a container's name covers the layers in
-    it), ``outputs`` the field types of the model's outputs as given, and ``points`` the number of
-    points the inputs' field types show (None where they show none, or several).
-    """
+    """What a per-layer profile was asked for, validated, before any forward pass. For several inputs:
+    the call (``arguments``, as in ``Request``), the field types named for layers (``fields``) and for
+    the model's outputs, and the number of ``points`` the inputs show (None for none, or several)."""
 
     model: nn.Module
     x: torch.Tensor

@@ -41,15 +41,8 @@ _RECORD_START = b'{"batch": 0, '  # how the first line of a results file begins
 
 @dataclass(frozen=True)
 class Record:
-    """One batch's results, as a checkpoint keeps them.
-
-    Attributes:
-        fingerprint: the CRC-32 of the batch's input, from
-            ``fingerprint``.
-        errors: each sample's largest error over the shifts.
-        passed: whether each sample is within the tolerance for every shift.
-        consistent: whether each sample's top-1 class is unchanged by every shift; None without a classifier.
-    """
+    """One batch's results: its input's ``fingerprint``, and per sample the largest error over the shifts,
+    whether every shift passed, and whether its top-1 class was unchanged (None without a classifier)."""
 
     fingerprint: int
     errors: list[float]
@@ -168,19 +161,10 @@ def _tensor_crc(tensor: torch.Tensor, crc: int) -> int:
 
 
 class Checkpoint:
-    """An audit's checkpoint files, locked for this process while open.
-
-    ``open`` locks them, checks
-    that they can be written, and loads and validates what an earlier run
-    committed; ``save`` appends new
-    records; ``close`` releases the
-    lock, leaving no file behind where nothing was committed.
-
-    Attributes:
-        path: the manifest's path (``.rank<r>`` appended under torch.distributed).
-        records: the committed records, in batch order.
-        tolerance: the ``[rtol, atol]`` applied, empty before the first batch.
-    """
+    """An audit's checkpoint files (the manifest at ``path``, ``.rank<r>`` appended under torch.distributed),
+    locked for this process while open: ``open`` locks them and loads what an earlier run committed
+    (``records``, ``tolerance``), ``save`` appends, ``close`` unlocks, leaving no file where nothing was
+    committed."""
 
     def __init__(self, base: str, path: str, settings: dict[str, Any], rank: int, world: int) -> None:
         self.base, self.path, self.settings = base, path, settings
@@ -199,10 +183,7 @@ class Checkpoint:
         return self.path != self.base
 
     def open(self) -> str | None:
-        """Lock and load the checkpoint; why it is refused, or None.
-
-        Call ``close`` afterwards in either case.
-        """
+        """Lock and load the checkpoint; why it is refused, or None (call ``close`` afterwards either way)."""
         problem = self._lock()
         if problem is not None:
             return problem
@@ -308,10 +289,7 @@ class Checkpoint:
         return None
 
     def _remove_stale_temporaries(self) -> None:
-        """Remove the temporary manifests of processes killed while writing one.
-
-        None can be running: this process holds the lock.
-        """
+        """Remove the temporary manifests of processes killed while writing one (we hold the lock)."""
         folder, name = os.path.split(os.path.abspath(self.path))
         for entry in os.listdir(folder):
             if entry.startswith(f"{name}.tmp-"):
