@@ -8,6 +8,7 @@ profile"); how strides are read, in docs/diagnosing.md ("How strides are read").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import weakref
@@ -114,13 +115,13 @@ class LayerInference:
 
     def __init__(self, x_shape: tuple[int, ...], x_id: int, given: dict[str, Layout]) -> None:
         self.spatial_in = spatial_in = tuple(x_shape[2:])
-        ones = (1,) * len(spatial_in)
+        self.d, ones = len(spatial_in), (1,) * len(spatial_in)
         self.given = given
         self.known: _Producers = {x_id: (ChannelsFirst(), spatial_in, ones)}
         # an input computed outside the profiled layers (F.relu, a residual sum) takes after the last
         # recorded output of its shape
         self.by_shape: dict[tuple[int, ...], _Known | None] = {tuple(x_shape): self.known[x_id]}
-        self.grids: dict[tuple[int, ...], Stride] = {spatial_in: ones}
+        self.grids: _Grids = {spatial_in: ones}
 
     def add(self, record: Recorded) -> LayerSpec:
         """The next layer's spec, from what it was given and what it returned."""
@@ -129,7 +130,7 @@ class LayerInference:
             producer = self.known[record.input_id]
         elif record.input_shape is not None:
             producer = self.by_shape.get(record.input_shape)
-        spec = _infer(record, producer, self.grids, self.spatial_in, self.given.get(record.name))
+        spec = self._infer(record, producer, self.given.get(record.name))
         if spec.ambiguous is not None:
             self.known[record.output_id] = self.by_shape[spec.shape] = None
         elif spec.layout is not None and spec.spatial is not None and spec.stride is not None:
@@ -140,64 +141,73 @@ class LayerInference:
             self.known.pop(record.output_id, None)
         return spec
 
+    def _infer(self, record: Recorded, producer: _Known | None, given: Layout | None) -> LayerSpec:
+        shape, d, grids, spatial_in = record.shape, self.d, self.grids, self.spatial_in
+        base = LayerSpec(record.name, record.type, shape, None, None, None)
+        own = self._input_grid(record, producer)
+        if given is not None:
+            layout = given.resolved(shape, spatial_in) if isinstance(given, Tokens) else given
+            if isinstance(layout, Tokens):
+                layout.check_grid(spatial_in, None, f"layouts[{record.name!r}]=")
+            spatial = layout.check(shape, d, f"the output of layer {record.name!r}")
+            return _spec(base, layout, spatial, self._stride(record, own, spatial))
+        first = ChannelsFirst().spatial_shape(shape, d)
+        if record.channels_first and first is not None:
+            return _spec(base, ChannelsFirst(), first, self._stride(record, own, first))
+        if producer is not None:
+            kept = self._kept(record, producer)
+            if kept is not None:
+                return _spec(base, kept[0], producer[1], producer[2], kept[1])
+        readings = _readings(shape, d, tuple(grids))
+        seen = [r for r in readings if r[1] in grids]
+        if seen:
+            return _choose(base, seen, lambda grid: grids[grid], "on a grid seen before")
+        reference = own[0] if own is not None else spatial_in
+        new = [r for r in readings if not isinstance(r[0], Tokens) and _follows(reference, r[1])]
+        if new:
+            return _choose(base, new, functools.partial(self._stride, record, own), "at one stride")
+        return base  # no spatial reading: the spatial dims are gone
 
-def _infer(
-    record: Recorded,
-    producer: _Known | None,
-    grids: _Grids,
-    spatial_in: tuple[int, ...],
-    given: Layout | None,
-) -> LayerSpec:
-    shape, d = record.shape, len(spatial_in)
-    base = LayerSpec(record.name, record.type, shape, None, None, None)
-    own = _input_grid(record, producer, grids, spatial_in)
-    if given is not None:
-        layout = given.resolved(shape, spatial_in) if isinstance(given, Tokens) else given
-        if isinstance(layout, Tokens):
-            layout.check_grid(spatial_in, None, f"layouts[{record.name!r}]=")
-        spatial = layout.check(shape, d, f"the output of layer {record.name!r}")
-        return _spec(base, layout, spatial, _stride(record, own, spatial, grids, spatial_in))
-    first = ChannelsFirst().spatial_shape(shape, d)
-    if record.channels_first and first is not None:
-        return _spec(base, ChannelsFirst(), first, _stride(record, own, first, grids, spatial_in))
-    if producer is not None:
-        kept = _kept(record, producer, shape, d, grids)
-        if kept is not None:
-            layout, how = kept
-            return _spec(base, layout, producer[1], producer[2], how)
-    readings = _readings(shape, d, tuple(grids))
-    seen = [r for r in readings if r[1] in grids]
-    if seen:
-        return _choose(base, seen, lambda grid: grids[grid], "on a grid seen before")
-    reference = own[0] if own is not None else spatial_in
-    new = [r for r in readings if not isinstance(r[0], Tokens) and _follows(reference, r[1])]
-    if new:
-        stride = functools.partial(_stride, record, own, grids=grids, spatial_in=spatial_in)
-        return _choose(base, new, stride, "at one stride")
-    return base  # no spatial reading: the spatial dims are gone
+    def _kept(self, record: Recorded, producer: _Known) -> tuple[Layout, str | None] | None:
+        """The layout a layer carries over from its input, if the shapes (or the module) say it does."""
+        (layout, grid, _), shape, d = producer, record.shape, self.d
+        if record.permutation is not None and record.permutation != tuple(range(len(record.permutation))):
+            moved = _permuted(layout, record.permutation, d)
+            if moved is not None and moved.spatial_shape(shape, d) == grid:
+                return moved, f"{moved.describe()}, a permuted view of its input ({layout.describe()})"
+            return None
+        before = record.input_shape
+        if before is None or not (shape == before or _only_channels_differ(layout, before, shape, d)):
+            return None
+        readings = _readings(shape, d, tuple(self.grids))
+        others = [r for r in readings if r[1] == grid and type(r[0]) is not type(layout)]
+        return (layout, None) if record.keeps_layout or not others else None
 
+    def _input_grid(self, record: Recorded, producer: _Known | None) -> tuple[tuple[int, ...], Stride] | None:
+        """The grid of a layer's input and its stride: its producer's; for a channels-first layer, the grid
+        its input's shape reads (``read``); else None."""
+        if producer is not None:
+            return producer[1], producer[2]
+        d, shape = self.d, record.input_shape
+        if not record.channels_first or shape is None or len(shape) < d + 2:
+            return None
+        grid = tuple(shape[len(shape) - d :])
+        return grid, self.read(grid)
 
-def _kept(
-    record: Recorded,
-    producer: _Known,
-    shape: tuple[int, ...],
-    d: int,
-    grids: _Grids,
-) -> tuple[Layout, str | None] | None:
-    """The layout a layer carries over from its input, if the shapes (or the module) say it does."""
-    layout, grid, _ = producer
-    if record.permutation is not None and record.permutation != tuple(range(len(record.permutation))):
-        moved = _permuted(layout, record.permutation, d)
-        if moved is not None and moved.spatial_shape(shape, d) == grid:
-            return moved, f"{moved.describe()}, a permuted view of its input ({layout.describe()})"
-        return None
-    before = record.input_shape
-    if before is None:
-        return None
-    if not (shape == before or _only_channels_differ(layout, before, shape, d)):
-        return None
-    others = [r for r in _readings(shape, d, tuple(grids)) if r[1] == grid and type(r[0]) is not type(layout)]
-    return (layout, None) if record.keeps_layout or not others else None
+    def _stride(
+        self, record: Recorded, own: tuple[tuple[int, ...], Stride] | None, grid: tuple[int, ...]
+    ) -> Stride:
+        """The stride of a layer's output ``grid``: its input's times the layer's step (the stride its
+        module states, else the sizes'; ``grids.step``); where its input is not known, ``read``."""
+        if own is None:
+            return self.read(grid)
+        (reference, stride), stated = own, record.stated or (None,) * len(grid)
+        return times(stride, tuple([step(n, m, s) for n, m, s in zip(reference, grid, stated)]))
+
+    def read(self, grid: tuple[int, ...]) -> Stride:
+        """The stride ``grid`` was met at, else read off its sizes against the model's input."""
+        found = self.grids.get(grid)
+        return found or times((1,) * len(grid), tuple([step(n, m) for n, m in zip(self.spatial_in, grid)]))
 
 
 def _permuted(layout: Layout, permutation: tuple[int, ...], d: int) -> Layout | None:
@@ -272,13 +282,9 @@ def _choose(
 
 
 def _spec(
-    base: LayerSpec,
-    layout: Layout,
-    spatial: tuple[int, ...],
-    stride: Stride,
-    how: str | None = None,
+    base: LayerSpec, layout: Layout, spatial: tuple[int, ...], stride: Stride, how: str | None = None
 ) -> LayerSpec:
-    return LayerSpec(base.name, base.type, base.shape, layout, spatial, stride, None, how)
+    return dataclasses.replace(base, layout=layout, spatial=spatial, stride=stride, inferred=how)
 
 
 def _follows(reference: tuple[int, ...], grid: tuple[int, ...]) -> bool:
@@ -286,41 +292,6 @@ def _follows(reference: tuple[int, ...], grid: tuple[int, ...]) -> bool:
     if len(grid) != len(reference) or min(grid) < 1:
         return False
     return len({step(r, g) for r, g in zip(reference, grid)}) == 1
-
-
-def _input_grid(
-    record: Recorded, producer: _Known | None, grids: _Grids, spatial_in: tuple[int, ...]
-) -> tuple[tuple[int, ...], Stride] | None:
-    """The grid of a layer's input and its stride: its producer's; for a channels-first layer, the grid
-    its input's shape reads, at the stride it was met at or read against the model's input; else None."""
-    if producer is not None:
-        return producer[1], producer[2]
-    d, shape = len(spatial_in), record.input_shape
-    if not record.channels_first or shape is None or len(shape) < d + 2:
-        return None
-    grid = tuple(shape[len(shape) - d :])
-    return grid, grids.get(grid) or _read(spatial_in, grid)
-
-
-def _stride(
-    record: Recorded,
-    own: tuple[tuple[int, ...], Stride] | None,
-    grid: tuple[int, ...],
-    grids: _Grids,
-    spatial_in: tuple[int, ...],
-) -> Stride:
-    """The stride of a layer's output ``grid``: its input's times the layer's step (the stride its
-    module states, else the sizes'; ``grids.step``); where its input is not known, the stride ``grid``
-    was met at, else ``grid`` read against the model's input."""
-    if own is None:
-        return grids.get(grid) or _read(spatial_in, grid)
-    (reference, stride), stated = own, record.stated or (None,) * len(grid)
-    return times(stride, tuple([step(n, m, s) for n, m, s in zip(reference, grid, stated)]))
-
-
-def _read(spatial_in: tuple[int, ...], grid: tuple[int, ...]) -> Stride:
-    """The stride of a grid no known layer made, read off its sizes against the model's input."""
-    return times((1,) * len(grid), tuple([step(n, m) for n, m in zip(spatial_in, grid)]))
 
 
 class Follower:
@@ -374,7 +345,7 @@ class Follower:
         found = found or inference.by_shape.get(tuple(tensor.shape))
         if found is not None and isinstance(found[0], ChannelsFirst):
             return found[2]
-        return inference.grids.get(grid) or _read(inference.spatial_in, grid)
+        return inference.read(grid)
 
     @contextlib.contextmanager
     def following(self, model: Callable[..., Any]) -> Iterator[Follower]:
