@@ -641,3 +641,80 @@ def test_a_few_bad_samples_among_many_are_counted() -> None:
     assert not part.passed
     assert (part.failed_samples, part.samples) == (bad, 16)
     assert f"FAIL ({bad} of 16 samples), sample " in str(report)
+
+
+# -- one refusal of a value that is not a field type, one rule for acting on each input ----------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            dict(inputs=(Positions(), "scalars")),
+            r"inputs gives 'h' \(argument 1\) 'scalars' \(str\), which is not a field type; pass one of "
+            r"equivariance\.fields \(Positions\(\), Scalars\(\), Vectors\(\), \.\.\.\) or None$",
+        ),
+        (
+            dict(outputs=(Scalars(nodes=None), Vectors)),
+            r"outputs gives output 1 the class Vectors; pass Vectors\(\)",
+        ),
+        (
+            dict(outputs=(Scalars(nodes=None), 3)),
+            r"outputs gives output 1 3 \(int\), which is not a field type",
+        ),
+    ],
+)
+def test_a_value_that_is_not_a_field_type_is_refused_wherever_it_is_given(
+    options: dict[str, object], message: str
+) -> None:
+    given = {"transforms": SO3(2), "inputs": FIELDS, "outputs": OUTPUTS, **options}
+    with pytest.raises(InvalidArgument, match=message):
+        check_equivariance(Centred().double(), cloud(), **given)  # type: ignore[arg-type]
+    # None is a field type's absence where one may be left alone: the same call with None runs
+    left_alone = (
+        {**given, "inputs": (Positions(), None)}
+        if "inputs" in options
+        else {**given, "outputs": (Scalars(nodes=None), None)}
+    )
+    check_equivariance(Centred().double(), cloud(), **left_alone)  # type: ignore[arg-type]
+
+
+class Breaking(Rotation):
+    """A rotation whose action raises a plain error on features, or returns the wrong shape."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(Rotation.about("z", 0.5)._matrix)
+        self.how = how
+
+    def act(self, x: torch.Tensor, where: object) -> torch.Tensor:
+        if isinstance(where, Scalars) and self.how == "raises":
+            raise ValueError("no features here")
+        if isinstance(where, Scalars) and self.how == "shape":
+            return x[..., :1]
+        return super().act(x, where)
+
+    @classmethod
+    def batched(cls, x: torch.Tensor, elements: object, grid: object) -> None:
+        return None  # its own act, one element at a time
+
+    def __repr__(self) -> str:
+        return f"Breaking({self.how!r})"
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("raises", r"Breaking\('raises'\) cannot act on input 'h' \(argument 1\) of field type Scalars\(\) "
+         r"\(ValueError: no features here\); check points with the elements"),
+        ("shape", r"Breaking\('shape'\) must keep the shape of input 'h' \(argument 1\), \(1, 5, 2\) for one "
+         r"sample, found tensor"),
+    ],
+)  # fmt: skip
+def test_an_element_that_fails_on_one_input_is_named_with_that_input(how: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        check_equivariance(
+            Centred().double(), cloud(), transforms=[Breaking(how)], inputs=FIELDS, outputs=OUTPUTS
+        )
+    check_equivariance(
+        Centred().double(), cloud(), transforms=[Breaking("nothing")], inputs=FIELDS, outputs=OUTPUTS
+    )
