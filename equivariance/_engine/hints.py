@@ -18,7 +18,7 @@ import torch
 from equivariance._engine import anatomy as _anatomy
 from equivariance._engine import causes
 from equivariance._engine.anatomy import Structure
-from equivariance._engine.judge import margin_that_passes
+from equivariance._engine.judge import KEEP_FRACTION, margin_that_passes
 from equivariance._engine.plan import Plan
 from equivariance._engine.sinks import Sums
 from equivariance._engine.validation import shown_per_dim
@@ -281,12 +281,7 @@ def _reach_hint(
     """Errors that vanish beyond some distance from the edges, however little that leaves; or a map
     the borders' reach covers."""
     cover = _cover(plan, structure, failing, spatial_out)
-    sums = verdicts.sums
-    confined = None
-    if sums.border_diff is not None and sums.border_ref is not None and sums.border_count is not None:
-        confined = margin_that_passes(
-            sums.border_diff, sums.border_ref, sums.border_count, verdicts.tolerance, sums.scale, keep=0.0
-        )
+    confined = _margin_that_passes(verdicts, keep=_anatomy.KEEP_ANY)
     head = (
         f"every nonzero shift fails, with errors of {smallest:.1e} or more, all over the output {spatial_out}"
     )
@@ -523,12 +518,15 @@ def _boundary(plan: Plan) -> str:
 
 def _border_hint(verdicts: Verdicts, margin: tuple[int, ...], boundary: str) -> str | None:
     """Errors that vanish once ``r`` more samples are dropped at each edge."""
+    r = _margin_that_passes(verdicts, KEEP_FRACTION)
+    return None if r is None else causes.borders(r, tuple(m + r for m in margin), boundary)
+
+
+def _margin_that_passes(verdicts: Verdicts, keep: float) -> int | None:
+    """``judge.margin_that_passes`` of the check's sums at the borders, where it kept them."""
     sums = verdicts.sums
     if sums.border_diff is None or sums.border_ref is None or sums.border_count is None:
         return None
-    r = margin_that_passes(
-        sums.border_diff, sums.border_ref, sums.border_count, verdicts.tolerance, sums.scale
+    return margin_that_passes(
+        sums.border_diff, sums.border_ref, sums.border_count, verdicts.tolerance, sums.scale, keep
     )
-    if r is None:
-        return None
-    return causes.borders(r, tuple(m + r for m in margin), boundary)
