@@ -35,6 +35,7 @@ from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
 from equivariance.fields import FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
+from equivariance.metric import _request
 from equivariance.regular import Regular
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, ShiftLike, as_shift_list
@@ -168,28 +169,13 @@ def check_equivariance(
     Returns:
         An [`EquivarianceReport`][equivariance.EquivarianceReport].
     """
-    if _arguments.several_inputs(x, inputs, outputs):
-        _arguments.no_grid_options(
-            shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
-            margin=margin != 0, boundary=boundary != "zeros", layout=layout is not None,
-            output_action=output_action is not None,
-        )  # fmt: skip
-        request = _arguments.validate_parts(
-            model, x, "equivariance", _elements(None, transforms, None), inputs=inputs, outputs=outputs,
-            batch_size=batch_size, layer=layer, output=output,
-        )  # fmt: skip
-        return _check(request, atol, rtol, layer, drawn=transforms)
-    if transforms is not None:
-        _no_shift_options(
-            shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
-            output_action=output_action is not None and not isinstance(output_action, Regular),
-        )  # fmt: skip
-    request = _arguments.validate(
-        model, x, "equivariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
-        stride=stride, margin=margin, boundary=boundary, layout=layout, output_action=output_action,
-        batch_size=batch_size, layer=layer, output=output,
+    request = _request(
+        model, x, "equivariance", lambda: _elements(shifts, transforms, max_shift, stride, output_action),
+        inputs=inputs, outputs=outputs, noise_floor=True, batch_size=batch_size, layer=layer, output=output,
+        shifts=shifts, max_shift=max_shift, stride=stride, margin=margin, boundary=boundary, layout=layout,
+        output_action=output_action,
     )  # fmt: skip
-    return _check(request, atol, rtol, layer, inferred_stride=stride == "auto")
+    return _check(request, atol, rtol, layer, inferred_stride=stride == "auto", drawn=transforms)
 
 
 def check_invariance(
@@ -244,22 +230,12 @@ def check_invariance(
         not allowed
         with ``shifts`` or ``max_shift``.
     """
-    if _arguments.several_inputs(x, inputs, None):
-        _arguments.no_grid_options(
-            shifts=shifts is not None, max_shift=max_shift is not None, boundary=boundary != "zeros"
-        )
-        request = _arguments.validate_parts(
-            model, x, "invariance", _elements(None, transforms, None), inputs=inputs, outputs=None,
-            batch_size=batch_size, layer=layer, output=output,
-        )  # fmt: skip
-        return _check(request, atol, rtol, layer, drawn=transforms)
-    if transforms is not None:
-        _no_shift_options(shifts=shifts is not None, max_shift=max_shift is not None)
-    request = _arguments.validate(
-        model, x, "invariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
-        boundary=boundary, batch_size=batch_size, layer=layer, output=output,
+    request = _request(
+        model, x, "invariance", functools.partial(_elements, shifts, transforms, max_shift), inputs=inputs,
+        outputs=None, noise_floor=True, batch_size=batch_size, layer=layer, output=output, shifts=shifts,
+        max_shift=max_shift, boundary=boundary,
     )  # fmt: skip
-    return _check(request, atol, rtol, layer)
+    return _check(request, atol, rtol, layer, drawn=transforms)
 
 
 def assert_equivariant(
@@ -319,19 +295,19 @@ def assert_invariant(
     return check_invariance(model, x, shifts, **options).raise_if_failed(allow_vacuous=allow_vacuous)
 
 
-def _no_shift_options(**given: bool) -> None:
-    """transforms= replaces the shifts: the options that describe shifts are refused beside it."""
-    clash = [name for name, present in given.items() if present]
-    if clash:
-        raise InvalidArgument(
-            f"transforms= replaces the shifts, so {', '.join(clash)} cannot be passed with it; "
-            "check shifts and transforms in two calls"
-        )
-
-
-def _elements(shifts: object, transforms: object, max_shift: object) -> list[Action] | None:
-    """The elements to check: the transforms, the shifts given, or None for the default box."""
+def _elements(
+    shifts: object, transforms: object, max_shift: object, stride: object = 1, output_action: object = None
+) -> list[Action] | None:
+    """The elements to check: the transforms, which replace the shifts (so the options that describe
+    shifts are refused beside them), the shifts given, or None for the default box."""
     if transforms is not None:
+        given = {"shifts": shifts is not None, "max_shift": max_shift is not None, "stride": stride != 1}
+        given["output_action"] = output_action is not None and not isinstance(output_action, Regular)
+        if clash := [name for name, present in given.items() if present]:
+            raise InvalidArgument(
+                f"transforms= replaces the shifts, so {', '.join(clash)} cannot be passed with it; "
+                "check shifts and transforms in two calls"
+            )
         return as_transform_list(transforms)
     if shifts is None:
         return None
@@ -356,20 +332,19 @@ def _check(
     resolve_tolerance(request.x.dtype, rtol=rtol, atol=atol)  # bad tolerances are refused before any pass
     with Runner(request.forward.model) as runner:
         plan = _plan.make_plan(runner, request)
-        if plan.outputs is not None:
+        report_of: Callable[[Tolerance], EquivarianceReport]
+        if plan.outputs is None:
+            sums, batch_size = _plan.measure(runner, plan)
+            report_of = functools.partial(
+                _report, plan, sums, batch_size, layer=layer, inferred=inferred_stride
+            )
+        else:
             part_sums, batch_size = _plan.measure_parts(runner, plan)
-            dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
-            tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
-            report = part_report(plan, part_sums, batch_size, tolerance, layer, drawn)
-            why = why_vacuous(runner, plan, tolerance) if report.within_tolerance else None
-            if why is None:
-                return report
-            return dataclasses.replace(report, vacuous=why, hints=(why, *report.hints))
-        sums, batch_size = _plan.measure(runner, plan)
+            report_of = functools.partial(part_report, plan, part_sums, batch_size, layer=layer, drawn=drawn)
         # an output less precise than x (autocast, a half-precision head) sets the tolerance
         dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
         tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
-        report = _report(plan, sums, batch_size, tolerance, layer, inferred_stride)
+        report = report_of(tolerance)
         why = why_vacuous(runner, plan, tolerance) if report.within_tolerance else None
     # not a pass (report.passed is False): the reason is also the first hint
     return report if why is None else dataclasses.replace(report, vacuous=why, hints=(why, *report.hints))
@@ -381,7 +356,7 @@ def _report(
     batch_size: int,
     tolerance: Tolerance,
     layer: str | None,
-    inferred_stride: bool,
+    inferred: bool,
 ) -> EquivarianceReport:
     noise = sums.rows(slice(0, plan.noise_rows))
     checked = sums.rows(slice(plan.noise_rows, None))
@@ -422,7 +397,7 @@ def _report(
         dtype=str(request.x.dtype).removeprefix("torch."),
         device=str(request.x.device),
         boundary=_shown_boundary(plan),
-        output_action=_describe_action(plan, inferred=inferred_stride),
+        output_action=_describe_action(plan, inferred=inferred),
         margin=plan.margins if mode == "equivariance" else (0,) * d,
         batch_size=batch_size,
         hints=hints_for(plan, verdicts, functools.partial(_structure, plan, results)),

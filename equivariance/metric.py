@@ -144,9 +144,9 @@ def equivariance_error(
     """
     _check_reduction(reduction)
     request = _request(
-        model, x, "equivariance", shift, inputs=inputs, outputs=outputs, batch_size=batch_size, layer=layer,
-        output=output, stride=stride, margin=margin, boundary=boundary, layout=layout,
-        output_action=output_action,
+        model, x, "equivariance", lambda: [_arguments.as_element(shift)], inputs=inputs, outputs=outputs,
+        noise_floor=False, batch_size=batch_size, layer=layer, output=output, stride=stride, margin=margin,
+        boundary=boundary, layout=layout, output_action=output_action,
     )  # fmt: skip
     return _error(request, reduction)
 
@@ -179,14 +179,15 @@ def invariance_error(
     """
     _check_reduction(reduction)
     request = _request(
-        model, x, "invariance", shift, inputs=inputs, outputs=None, batch_size=batch_size, layer=layer,
-        output=output, boundary=boundary,
+        model, x, "invariance", lambda: [_arguments.as_element(shift)], inputs=inputs, outputs=None,
+        noise_floor=False, batch_size=batch_size, layer=layer, output=output, boundary=boundary,
     )  # fmt: skip
     return _error(request, reduction)
 
 
 _GRID_DEFAULTS: dict[str, Any] = {
-    "stride": 1, "margin": 0, "boundary": "zeros", "layout": None, "output_action": None,
+    "shifts": None, "max_shift": None, "stride": 1, "margin": 0, "boundary": "zeros", "layout": None,
+    "output_action": None,
 }  # fmt: skip
 """The options of a grid, at their defaults: any other value is refused beside ``inputs=``."""
 
@@ -195,25 +196,33 @@ def _request(
     model: Callable[..., Any],
     x: object,
     mode: _arguments.Mode,
-    shift: object,
+    elements: Callable[[], Sequence[Action] | None],
     *,
     inputs: FieldSpec,
     outputs: FieldSpec,
+    noise_floor: bool,
     batch_size: object,
     layer: str | None,
     output: OutputSelector,
     **grid: Any,
 ) -> _arguments.Request:
-    """The one element's request, without a noise floor: of several inputs (``validate_parts``) where
-    ``x`` or the field types say so, the options of a grid (``grid``) then refused; else of a grid."""
-    elements = [_arguments.as_element(shift)]
+    """The request of every measurement of a model on ``x``, the checks' and the one element's: of
+    several inputs (``validate_parts``) where ``x`` or the field types say so, the options of a grid
+    (``grid``) then refused; else of a grid. ``elements`` builds the elements once the grid is known."""
     common: dict[str, Any] = {"batch_size": batch_size, "layer": layer, "output": output}
     if _arguments.several_inputs(x, inputs, outputs):
-        _arguments.no_grid_options(**{name: value != _GRID_DEFAULTS[name] for name, value in grid.items()})
-        return _arguments.validate_parts(
-            model, x, mode, elements, inputs=inputs, outputs=outputs, noise_floor=False, **common
+        _arguments.no_grid_options(
+            **{name: _given(value, _GRID_DEFAULTS[name]) for name, value in grid.items()}
         )
-    return _arguments.validate(model, x, mode, elements, noise_floor=False, **grid, **common)
+        return _arguments.validate_parts(
+            model, x, mode, elements(), inputs=inputs, outputs=outputs, noise_floor=noise_floor, **common
+        )
+    grid.pop("shifts", None)
+    return _arguments.validate(model, x, mode, elements(), noise_floor=noise_floor, **grid, **common)
+
+
+def _given(value: object, default: object) -> bool:
+    return value is not None if default is None else bool(value != default)
 
 
 def _check_reduction(reduction: object) -> None:
