@@ -67,9 +67,8 @@ def shifts(
 ) -> st.SearchStrategy[Shift]:
     """Shifts with offsets in ``[-max_shift, max_shift]`` that are multiples of ``multiple_of``.
 
-    Offsets shrink toward zero, so a failing property reports the smallest
-    shift that fails. ``multiple_of`` is the stride of a subsampled output:
-    pass a conv stack's ``stack.stride`` to draw the shifts it can follow.
+    Offsets shrink toward zero. Pass a conv stack's ``stack.stride`` as ``multiple_of`` to draw the
+    shifts it can follow.
 
     Args:
         ndim: number of spatial dims, at least 1.
@@ -138,12 +137,8 @@ def signals(
 ) -> st.SearchStrategy[torch.Tensor]:
     """Batches ``(N, C, *spatial)`` of finite values in ``[min_value, max_value]``.
 
-    Sizes shrink toward their minimum. The values are drawn uniformly by
-    torch from a drawn seed, fast at any size, and replay exactly. With
-    ``border=b`` the content sits on a zero canvas with ``b`` zero samples at
-    every edge, like a digit on a larger image: the input a zero-boundary
-    shift of up to ``b`` moves without losing anything. NaN and infinity
-    appear only when asked for, at a few drawn positions.
+    Sizes shrink toward their minimum; values are drawn by torch from a drawn seed. ``border=b``
+    puts the content on a zero canvas with ``b`` zero samples at every edge.
 
     Args:
         ndim: number of spatial dims (1 for signals, 2 for images, 3 for volumes).
@@ -223,19 +218,8 @@ def images(
     border: int | st.SearchStrategy[int | None] | None = None,
     device: str | torch.device | st.SearchStrategy[str | torch.device] = "cpu",
 ) -> st.SearchStrategy[torch.Tensor]:
-    """Batches of images ``(N, C, H, W)``: [`signals`][equivariance.strategies.signals] with two spatial dims.
-
-    Args:
-        batch: number of samples.
-        channels: number of channels.
-        size: height and width, drawn separately; a strategy of pairs gives both.
-        dtype: a floating-point dtype.
-        min_value: smallest value.
-        max_value: largest value.
-        allow_nan: put a few NaNs in some draws.
-        allow_infinity: put a few infinities in some draws.
-        border: zero samples at every edge (``None``: content everywhere).
-        device: where the tensor is made.
+    """Batches of images ``(N, C, H, W)``: [`signals`][equivariance.strategies.signals] with two spatial dims,
+    the same arguments (``size``: height and width, drawn separately).
 
     Examples:
         >>> from hypothesis import given
@@ -258,10 +242,8 @@ def images(
 class ConvStack:
     """A random stack of convolutions, drawn by ``conv_stacks``, and what a check needs to know.
 
-    The model maps ``(N, in_channels, *spatial)`` to ``(N, out_channels,
-    *spatial / stride)`` (less the kernels' reach for valid padding). It is
-    exactly equivariant for every shift that is a multiple of ``stride``,
-    under ``boundary``: pass both to a check.
+    Exactly equivariant for every shift that is a multiple of ``stride``, under ``boundary``: pass
+    both to a check.
 
     Attributes:
         model: the ``nn.Sequential`` of convolutions and pointwise nonlinearities.
@@ -333,9 +315,8 @@ class ConvStack:
 class DenseNet:
     """A random dense network, drawn by ``mlps``: the family that is not equivariant.
 
-    It flattens ``(N, in_channels, *input_size)``, applies fully connected
-    layers and reshapes to ``(N, out_channels, *input_size)``, so a check
-    compares maps of the same size, and fails for every nonzero shift.
+    It maps ``(N, in_channels, *input_size)`` to ``(N, out_channels, *input_size)`` through dense
+    layers, so a check of a nonzero shift fails.
 
     Attributes:
         model: the ``nn.Sequential``.
@@ -369,15 +350,9 @@ def conv_stacks(
 ) -> st.SearchStrategy[ConvStack]:
     """Random stacks of convolutions with pointwise nonlinearities, drawn as a ``ConvStack``.
 
-    The ground truth of shift equivariance: every stack is exactly
-    equivariant for every shift that is a multiple of ``stack.stride`` (the
-    product of the layers' strides), under ``stack.boundary``: ``"zeros"``
-    for valid padding, ``"circular"`` for circular padding, which keeps the
-    size ('same'). A stride above 1 means only multiples of it can be
-    followed: draw shifts with ``stack.shifts()`` or
-    ``shifts(multiple_of=stack.stride)`` through ``st.data()``. Stacks
-    shrink toward one layer, one channel and small kernels; weights are made
-    from a drawn seed.
+    The ground truth: every stack is exactly equivariant for every multiple of ``stack.stride``
+    under ``stack.boundary`` (draw its shifts with ``stack.shifts()``). Stacks shrink toward one
+    small layer.
 
     Args:
         ndim: number of spatial dims, 1 to 3.
@@ -445,10 +420,8 @@ def mlps(
 ) -> st.SearchStrategy[DenseNet]:
     """Random dense networks with as many outputs as inputs, drawn as a ``DenseNet``.
 
-    The negative control: every output unit has its own weights for every
-    input sample, so no shift of the input moves the output, and a check of
-    a nonzero shift fails. Networks shrink toward one hidden layer and small
-    sizes; weights are made from a drawn seed.
+    The negative control: every output has its own weights for every input sample, so a check of a
+    nonzero shift fails.
 
     Args:
         ndim: number of spatial dims, 1 to 3.
@@ -555,12 +528,8 @@ POSITIONS = Positions()  # the default field of a point cloud
 def rotations(*, group: str | st.SearchStrategy[str] = "SO3") -> st.SearchStrategy[Rotation]:
     """Rotations of ``group`` (``"SO2"``, ``"O2"``, ``"SO3"`` or ``"O3"``), shrinking toward the identity.
 
-    A 3-D rotation is drawn as a quaternion of four numbers in [-1, 1],
-    normalised (the identity where all four are near zero), a planar one as
-    an angle; the groups with reflections add a mirror (a reflection in
-    2-D, the inversion in 3-D) on a drawn coin. Every rotation can be drawn,
-    though not uniformly: for uniform (Haar) draws use the samples of
-    [`equivariance.euclidean`][equivariance.euclidean], e.g. ``SO3(64, seed=0)``.
+    Every rotation can be drawn, though not uniformly; for Haar draws use ``SO3(64, seed=0)`` and
+    the like ([`equivariance.euclidean`][equivariance.euclidean]).
 
     Args:
         group: the group to draw from.
@@ -650,15 +619,9 @@ def point_clouds(
 ) -> st.SearchStrategy[Any]:
     """Point clouds: one tensor per field type, all with the same batch and number of points.
 
-    For ``fields=(Positions(), Scalars())`` a draw is ``(pos, h)``, ``pos``
-    of shape ``(B, N, 3)`` and ``h`` of shape ``(B, N, C)``, ready for
-    ``model(*cloud)``; for one field type, the tensor alone. The shape of
-    each part follows its field type: ``(B, N, dim)`` for vectors and
-    positions (``(B, N, C, dim)`` with ``nodes=-3``), ``(B, N, irreps.dim)``
-    for [`Irreps`][equivariance.fields.Irreps], ``(B, N, N)`` for an
-    [`Adjacency`][equivariance.fields.Adjacency] (0 or 1), ``(B, C)`` for
-    ``nodes=None``. Values are uniform in ``[-scale, scale]``, made by torch
-    from a drawn seed; counts shrink toward one cloud of one point.
+    A draw is ``(pos, h)`` for ``fields=(Positions(), Scalars())`` (the tensor alone for one field
+    type), each part shaped by its field type, values uniform in ``[-scale, scale]``; counts shrink
+    toward one cloud of one point.
 
     Args:
         fields: a field type or a sequence of them (``nodes`` of -2, -3 or None).
@@ -797,15 +760,8 @@ def graphs(
     dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
 ) -> st.SearchStrategy[Graph]:
     """Random graphs as ``edge_index`` (a [`Graph`][equivariance.strategies.Graph]), shrinking toward few
-    nodes and few edges.
-
-    With ``features={"x": Scalars(), "pos": Positions()}`` each graph also
-    holds one tensor per name, nodes on axis 0, shaped by its field type as
-    in [`point_clouds`][equivariance.strategies.point_clouds] (``(N, C)``,
-    ``(N, 3)``, ``(N, C, 3)`` with ``nodes=-3``), uniform in ``[-scale,
-    scale]`` from a drawn seed. For a batch of graphs of different sizes
-    that share their channels, use
-    [`graph_batches`][equivariance.strategies.graph_batches].
+    nodes and few edges; with ``features=``, node features shaped by their field types as in
+    [`point_clouds`][equivariance.strategies.point_clouds].
 
     Args:
         nodes: the number of nodes.
@@ -826,13 +782,21 @@ def graphs(
         ...     assert torch.equal(a, a.T) and a.diagonal().sum() == 0
         >>> test_symmetric()
     """
-    draw_one = _GraphDrawer(nodes, edges, undirected, self_loops, features, channels, dim, scale, dtype)
+    options = (nodes, edges, undirected, self_loops, features, channels, dim, scale, dtype)
+    return graph_batches(batch=1, **dict(zip(_GRAPH_OPTIONS, options))).map(lambda batch: batch[0])
 
-    @st.composite
-    def draw_graph(draw: st.DrawFn) -> Graph:
-        return draw_one(draw, draw_one.shared(draw))
 
-    return draw_graph()
+_GRAPH_OPTIONS = (
+    "nodes",
+    "edges",
+    "undirected",
+    "self_loops",
+    "features",
+    "channels",
+    "dim",
+    "scale",
+    "dtype",
+)
 
 
 def graph_batches(
@@ -848,23 +812,20 @@ def graph_batches(
     scale: float | st.SearchStrategy[float] = 1.0,
     dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
 ) -> st.SearchStrategy[list[Graph]]:
-    """Lists of graphs of different sizes, ready for one torch_geometric ``Batch``.
+    """Lists of graphs of different sizes, ready for one torch_geometric ``Batch``
+    (``Batch.from_data_list([g.data() for g in graphs])``), shrinking toward one graph of one node.
 
-    Each graph draws its own number of nodes and edges; the options that a
-    batch must share (``undirected``, ``self_loops``, each feature's
-    ``channels``, ``dim``, ``scale``, ``dtype``) are drawn once per list, so
-    ``Batch.from_data_list([g.data() for g in graphs])`` concatenates them.
-    Lists shrink toward one graph of one node without edges. Check such a
-    batch under [`node_permutations`][equivariance.strategies.node_permutations]
-    (docs/point_clouds.md, "Graphs of different sizes in one Batch").
+    Each graph draws its own nodes and edges; what a batch must share (``undirected``,
+    ``self_loops``, each feature's ``channels``, ``dim``, ``scale``, ``dtype``) is drawn once per
+    list. See "Graphs of different sizes in one Batch" in "Point clouds, sets and graphs".
 
     Args:
         batch: the number of graphs.
         nodes: the number of nodes of each graph.
-        edges: the number of edges of each graph; default any number.
+        edges: the number of edges of each graph.
         undirected: hold every edge both ways.
         self_loops: allow edges from a node to itself.
-        features: node features to draw, a field type per name (as in ``graphs``).
+        features: node features to draw, a field type per name.
         channels: the channels ``C`` of each feature without components, one draw per list.
         dim: the components of vectors and positions, 2 or 3.
         scale: the largest absolute feature value.
@@ -985,13 +946,8 @@ def node_permutations(*, seed: Count = (0, 2**63 - 1)) -> st.SearchStrategy[Node
     """[`NodePermutation`][equivariance.permutations.NodePermutation]s: a permutation of every graph's own
     nodes, for a batch of graphs of different sizes.
 
-    An element is its seed (on ``n`` nodes it acts as ``g.sized(n)``, the
-    permutation ``torch.randperm(n)`` draws from it), so draws shrink
-    toward seed 0 as integers do, not toward the identity (which a check
-    refuses): a failing example reports the smallest seed that still
-    fails, and replays exactly. A batch of one-node
-    graphs is left as it is by every element; draw graphs with ``nodes=(2,
-    ...)`` for a test that must move something.
+    An element is its seed, so draws shrink toward seed 0, not toward the identity (which a check
+    refuses). One-node graphs are left as they are by every element.
 
     Args:
         seed: the seeds to draw from: an int, an inclusive ``(min, max)`` pair or a strategy of ints,
