@@ -138,20 +138,14 @@ def audit(
 ) -> AuditResult:
     """Audit the equivariance of ``model`` over a dataset, batch by batch.
 
-    Each batch is measured as by [`check_equivariance`][equivariance.check.check_equivariance]
-    (all its shifts in batched forward passes); every sample's largest error
-    over ``shifts`` is kept. With ``checkpoint``, the batches done are saved
-    every ``checkpoint_every`` batches and when the run stops (Ctrl-C and
-    exceptions included), and a run started again with the same file skips
-    them. A checkpoint of other settings, weights, data (or data order) or
-    number of processes is refused, saying what differs. The path is checked
-    and locked against a second writer before any work.
+    Each batch is measured as by [`check_equivariance`][equivariance.check.check_equivariance];
+    every sample's largest error over ``shifts`` is kept. A checkpoint resumes a stopped run and
+    refuses other settings, weights or data (see "Dataset audits").
 
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
-        data: a ``DataLoader``, a map-style ``Dataset``, or any iterable of
-            batches; a batch is a tensor ``(N, C, *spatial)`` or a tuple or
-            list whose first item is one (``(x, y)``).
+        data: a ``DataLoader``, a map-style ``Dataset``, or any iterable of batches: tensors
+            ``(N, C, *spatial)`` or tuples whose first item is one (``(x, y)``).
         shifts: the shifts to audit, [`Shift`][equivariance.shifts.Shift] objects or tuples of ints.
         layer: audit this named submodule's output.
         output: picks the tensor from a tuple or dict output.
@@ -160,34 +154,18 @@ def audit(
         margin: samples dropped at each edge of the compared region.
         rtol: tolerance on the relative error (default from the dtype).
         atol: tolerance on the RMS absolute error where the reference is zero.
-        classifier: a callable from inputs to logits ``(N, classes)``; when
-            given, top-1 consistency under the shifts is measured too (often
-            the model itself, with ``layer=`` naming its feature map).
+        classifier: a callable from inputs to logits ``(N, classes)``; top-1 consistency under the
+            shifts is measured too.
         loader_batch_size: samples per batch when ``data`` is a ``Dataset``.
-        batch_size: samples per forward pass inside a batch (default: from the input
-            size), or ``"auto"`` to fit them to the device's memory.
-        checkpoint: a file to write progress to and resume from, with its
-            results beside it (``.results`` appended); one per process under
-            torch.distributed (``.rank<r>`` appended; resume with as many
-            processes as wrote them).
+        batch_size: samples per forward pass inside a batch, or ``"auto"``.
+        checkpoint: a file to write progress to and resume from (one per process under
+            torch.distributed).
         checkpoint_every: batches between checkpoint writes.
         progress: show a progress bar on stderr.
-        transforms: with ``inputs=``, the elements to audit in place of
-            shifts: rotations, permutations, their products, or a group
-            sample such as ``SO3(16, seed=0)`` (the same elements for every
-            batch).
-        inputs: for a model of point clouds, sets or graphs, the field type
-            of each of its arguments, as in
-            [`check_equivariance`][equivariance.check_equivariance]. A batch
-            is then the model's arguments: a tuple or list (its first
-            ``len(inputs)`` items, so ``(pos, h, y)`` with two field types
-            passes ``(pos, h)``; the first item alone for one field type), a
-            dict of keyword arguments, or a torch_geometric ``Data``/``Batch``
-            (its graphs are the samples). Each batch runs as
-            ``check_equivariance`` runs it: every output judged by its own
-            size, within ``rtol`` or ten times its noise floor; a sample's
-            error is the largest over the elements and the outputs. The grid's
-            ``shifts``, ``stride``, ``margin`` and ``boundary`` do not apply.
+        transforms: with ``inputs=``, the elements to audit in place of shifts (e.g. ``SO3(16, seed=0)``).
+        inputs: for points, sets or graphs, the field type of each of the model's arguments, as in
+            [`check_equivariance`][equivariance.check_equivariance]; a batch is then the model's
+            arguments (a tuple, a dict or a torch_geometric ``Batch``).
         outputs: with ``inputs=``, the field type of each output.
 
     Returns:

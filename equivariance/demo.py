@@ -75,12 +75,8 @@ def run_demo(
 ) -> DemoResult:
     """Run the demonstration and write its pictures into ``out``.
 
-    Before any work it checks that the extras are installed and that ``out``
-    can be written. The weights are saved under a name that records the
-    training settings (data, number of digits, epochs, seed) and are reused
-    only by a run with the same settings; weights below
-    [`PROMISED_ACCURACY`][equivariance.demo.PROMISED_ACCURACY] (those of a
-    ``fast`` run) are announced with a warning.
+    The extras and ``out`` are checked before any work; weights are reused only by a run of the same
+    settings.
 
     Args:
         out: the output directory (created).

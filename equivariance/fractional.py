@@ -127,13 +127,9 @@ def fractional_equivariance_error(
 ) -> torch.Tensor:
     """The relative error $||f(gx) - g'f(x)|| / ||g'f(x)||$ for a sub-pixel (Fourier) shift ``g``.
 
-    ``g'`` is the same fractional shift divided by ``stride``, applied to the
-    output. Both sides are circular. It is
-    [`equivariance_error`][equivariance.equivariance_error] with a
-    [`FractionalShift`][equivariance.fractional.FractionalShift] (which that
-    function takes as well) and ``boundary="circular"``: where the output
-    for ``x`` is all zero, the error is the RMS absolute error, with a
-    warning.
+    It is [`equivariance_error`][equivariance.equivariance_error] with a
+    [`FractionalShift`][equivariance.fractional.FractionalShift] and ``boundary="circular"``; the
+    output moves by the shift divided by ``stride``.
 
     Examples:
         >>> import torch

@@ -102,13 +102,9 @@ def consistency(
 ) -> InvarianceMetric:
     """How often the top-1 prediction agrees for two random shifts of the same input.
 
-    For each sample, ``pairs`` pairs of shifts are drawn independently and
-    uniformly from the box ``[-max_shift, max_shift]`` (default: the whole
-    image, ``size - 1``, with the circular boundary of Chaman and Dokmanic
-    2021); the value is the fraction of pairs whose two predictions agree
-    (Zhang 2019). A circularly padded CNN with global average pooling scores
-    exactly 1. The interval is clustered by sample: a sample's ``pairs`` are
-    not independent of each other.
+    Shifts are drawn uniformly from the box ``[-max_shift, max_shift]`` (default the whole image,
+    circularly, as in Chaman and Dokmanic 2021); the interval is clustered by sample (see
+    "Diagnosing").
 
     Args:
         model: a classifier returning logits ``(N, classes)``.
@@ -162,11 +158,8 @@ def prediction_change(
 ) -> InvarianceMetric:
     """The probability that the top-1 prediction changes under a one-pixel shift.
 
-    Every one-pixel shift (one sample forwards or backwards along each
-    spatial dim) of every sample is compared with the unshifted prediction
-    (Azulay and Weiss 2019), so ``n`` is ``2 * d * N`` and no randomness is
-    involved. The interval is clustered by sample: a sample's ``2 * d``
-    shifts are not independent of each other.
+    Every one-pixel shift of every sample (Azulay and Weiss 2019): ``n = 2 * d * N``; the interval
+    is clustered by sample.
 
     Args:
         model: a classifier returning logits ``(N, classes)``.
@@ -211,10 +204,8 @@ def logit_change(
 ) -> InvarianceMetric:
     """The mean relative change $||f(gx) - f(x)|| / ||f(x)||$ of the logits under a random shift.
 
-    ``repeats`` shifts per sample are drawn as in
-    [`consistency`][equivariance.invariance.consistency]; the
-    interval is the normal one on the per-sample means,
-    ``mean +- 1.96 * sd / sqrt(N)`` (its low end kept at 0 or above).
+    Shifts drawn as in [`consistency`][equivariance.invariance.consistency]; the interval is the
+    normal one on the per-sample means.
 
     Args:
         model: a model returning logits ``(N, classes)`` (any output with a batch dim works).
@@ -272,12 +263,8 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
 def clustered_wilson_interval(successes: torch.Tensor, draws: int) -> tuple[float, float]:
     """Wilson's 95% interval for a proportion of ``draws`` comparisons per sample, samples as clusters.
 
-    ``successes[i]`` of sample ``i``'s ``draws`` comparisons succeeded. The
-    interval is Wilson's at the effective sample size $N p (1 - p) / s^2$
-    ($s^2$ the variance of the per-sample proportions), kept between ``N``
-    (every sample's comparisons alike) and ``N * draws`` (independent); it is
-    ``N`` where ``p`` is 0 or 1 or there is one sample, leaving no variance
-    to estimate.
+    Wilson's interval at the effective sample size $N p (1 - p) / s^2$, kept between ``N`` and ``N *
+    draws`` (see "Diagnosing").
 
     Args:
         successes: ``(N,)`` counts, each between 0 and ``draws``.

@@ -50,13 +50,8 @@ _LINEARITY_BOUND = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-
 class CircularConvolution(nn.Module):
     """The circular convolution of a batch with a full-size kernel, plus an optional offset.
 
-    ``y[o, q] = sum_c sum_d kernel[o, c, d] * x[c, (q - d) mod n] + offset[o, q]``
-    for every grid point ``q``: a convolution in the mathematical sense (the
-    kernel is not flipped as in ``nn.Conv2d``'s cross-correlation), so that
-    ``kernel`` is the impulse response of the layer. It is exactly shift
-    equivariant under ``boundary="circular"`` when the offset is constant
-    over the grid, which holds for the operators that
-    [`nearest_equivariant`][equivariance.linear.nearest_equivariant] returns.
+    ``y[o, q] = sum_c sum_d kernel[o, c, d] * x[c, (q - d) mod n] + offset[o, q]``: the kernel is
+    not flipped, so it is the layer's impulse response.
 
     Args:
         kernel: ``(C_out, C_in, *spatial)`` with 1 to 3 spatial dims, the grid's size.
@@ -127,13 +122,9 @@ class CircularConvolution(nn.Module):
 class ConvolutionFit:
     """How well an operator is rebuilt as the circular convolution with its impulse response.
 
-    ``error`` is the relative Frobenius distance $||A - C(h)|| / ||A||$
-    between the operator's linear part ``A`` (as a matrix) and the circulant
-    matrix ``C(h)`` of its impulse response ``h``: zero up to rounding when
-    ``op`` is shift equivariant, of order one for a generic dense map. It is
-    the root-mean-square relative error of the rebuild over Gaussian random
-    inputs. The offset is not part of it: ``operator`` adds ``op(0)`` back as
-    it is, and equivariance also needs that offset to be constant per channel.
+    ``error`` is the relative Frobenius distance $||A - C(h)|| / ||A||$ between the operator's
+    linear part and the circulant matrix of its impulse response; the offset ``op(0)`` is not part
+    of it.
 
     Attributes:
         kernel: the impulse response ``(C_out, C_in, *spatial)``.
@@ -156,12 +147,8 @@ class ConvolutionFit:
 class Projection:
     """The nearest circular convolution to a linear operator, by group averaging.
 
-    ``kernel`` holds, for every offset ``d`` and channel pair, the mean of the
-    operator's matrix along the circulant diagonal ``(p + d, p)``, which is
-    ``mean_g g^-1 A g`` written entrywise. ``distance`` is
-    $||A - P(A)|| / ||A||$ in the Frobenius norm: 0 for a convolution,
-    close to 1 for a generic dense map (whose circulant diagonals average
-    out).
+    ``distance`` is $||A - P(A)|| / ||A||$ in the Frobenius norm: 0 for a convolution, near 1 for a
+    generic dense map.
 
     Attributes:
         kernel: the projection's kernel ``(C_out, C_in, *spatial)``.
@@ -189,12 +176,8 @@ def impulse_response(
 ) -> torch.Tensor:
     """The operator's response to a Dirac impulse at the origin, one per input channel.
 
-    ``h[:, c] = op(delta_c) - op(0)``, where ``delta_c`` is 1 at grid point
-    ``(0, ..., 0)`` of channel ``c`` and 0 elsewhere; for a linear operator
-    ``op(0)`` is zero. If ``op`` is linear and shift equivariant, ``h`` is
-    its convolution kernel (the seed's derivation, after Jähne 1997); see
-    [`as_convolution`][equivariance.linear.as_convolution] for the check that it is.
-    A nonlinear ``op`` is refused (docs/theorem.md says how it is found).
+    ``h[:, c] = op(delta_c) - op(0)``: the convolution kernel of a linear, shift-equivariant ``op``.
+    A nonlinear ``op`` is refused (see "The theorem").
 
     Args:
         op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
@@ -235,11 +218,8 @@ def as_convolution(
 ) -> ConvolutionFit:
     """Rebuild a linear operator as the circular convolution with its impulse response.
 
-    The theorem says this rebuild is exact for every linear, circularly
-    shift-equivariant operator; the returned ``error`` measures how far it
-    is, over the whole operator (every impulse at every grid point and
-    channel), so it is a certificate rather than a sample. It certifies
-    linear operators only: a nonlinear ``op`` (a ReLU, say) is refused.
+    The ``error`` covers the whole operator (every impulse), so it is a certificate rather than a
+    sample; a nonlinear ``op`` is refused.
 
     Args:
         op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
@@ -296,14 +276,8 @@ def nearest_equivariant(
 ) -> Projection:
     """Project a linear operator onto the circular convolutions by averaging it over the shifts.
 
-    ``P(A) = mean_g g^-1 A g`` over the group of circular shifts of the grid
-    is the nearest shift-equivariant linear map to ``A`` in the Frobenius
-    norm. For a matrix it keeps, for each offset ``d``, the mean of ``A``
-    along the circulant diagonal ``(p + d, p)``: column ``p`` of the matrix
-    (the response to an impulse at ``p``), shifted back by ``p``, averaged
-    over ``p``. The shifts are one gather per batch of impulses. Projecting
-    a convolution returns it; projecting twice changes nothing. A nonlinear
-    ``op`` is refused: the projection is defined for linear maps.
+    ``P(A) = mean_g g^-1 A g`` over the circular shifts, the nearest shift-equivariant linear map in
+    the Frobenius norm (see "The theorem"); a nonlinear ``op`` is refused.
 
     Args:
         op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an

@@ -51,21 +51,10 @@ def antialias(
 ) -> M:
     """A copy of ``model`` that blurs before it subsamples (Zhang, ICML 2019), its weights kept.
 
-    Each strided convolution runs at stride 1 and is followed by a
-    [`BlurPool`][equivariance.downsampling.BlurPool] that subsamples. Where
-    the convolution sits in an ``nn.Sequential`` followed by its activation
-    (possibly after a BatchNorm), the blur comes after that activation, as in
-    Zhang's ``ConvBlurPool``; elsewhere (an activation called in ``forward``)
-    right after the convolution. A strided max pooling (or power-average
-    pooling) becomes the pooling at stride 1, then the blur (``MaxBlurPool``);
-    an average pooling becomes the blur. Output sizes stay those of the
-    original for convolutions and max poolings (``ceil_mode=False``); an
-    average pooling's becomes ``ceil(n / stride)``.
-
-    Blurring lowers the error a shift causes at each subsampling; it does not
-    remove it (see [`polyphase`][equivariance.surgery.polyphase] for exact
-    invariance). Running at stride 1 costs more: the benchmarks page measures
-    how much.
+    Each strided convolution runs at stride 1, then its activation, then a
+    [`BlurPool`][equivariance.downsampling.BlurPool] subsamples; a strided pooling runs at stride 1,
+    then the blur (see "Fixing what the profile finds" for the placement and the output sizes).
+    Blurring lowers the error a shift causes; it does not remove it.
 
     Examples:
         >>> import torch
@@ -124,17 +113,11 @@ def polyphase(
 ) -> M:
     """A copy of ``model`` whose every subsampling keeps the grid of largest norm (Chaman and Dokmanic, 2021).
 
-    Each strided convolution, pooling or [`BlurPool`][equivariance.downsampling.BlurPool] runs at stride 1
-    and is followed by a [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling], which
-    keeps, per sample, the polyphase component of largest L2 norm. An average
-    pooling becomes the average at stride 1, then the sampling. Two layers that
-    subsample the same tensor (a ResNet block's convolution and its shortcut)
-    keep the same grid. Output sizes stay those of the original.
-
-    With circular padding everywhere ([`circular_padding`][equivariance.surgery.circular_padding])
-    and input sizes that every stride divides, each layer's output follows a
-    circular shift of the input exactly (moved by whole samples), and a
-    classifier that pools globally is exactly invariant to circular shifts.
+    Each strided layer runs at stride 1, then a
+    [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] keeps, per sample, the
+    polyphase component of largest norm; two layers subsampling one tensor keep one grid. With
+    [`circular_padding`][equivariance.surgery.circular_padding] and sizes every stride divides, a
+    globally pooled classifier is exactly invariant to circular shifts.
 
     Examples:
         >>> import torch
@@ -176,13 +159,9 @@ def polyphase(
 def circular_padding(model: M, layers: Sequence[str] | None = None) -> M:
     """A copy of ``model`` in which every padded layer pads circularly (the model of ``boundary="circular"``).
 
-    Convolutions get ``padding_mode="circular"``; max and average poolings
-    with ``padding`` pad circularly first; zero, constant, reflection and
-    replication padding layers become ``nn.CircularPad1d/2d/3d``; blurs
-    ([`BlurPool`][equivariance.downsampling.BlurPool]) get
-    ``pad_type="circular"``. A transposed convolution cannot pad circularly in
-    torch, and a layer that pads in its own ``forward`` cannot be changed from
-    outside: both are named (a warning, or an error when named in ``layers``).
+    Convolutions, padded poolings, padding layers and blurs pad circularly; what cannot (a
+    transposed convolution, a layer that pads in its own ``forward``) is named in a warning, or an
+    error when named in ``layers``.
 
     Examples:
         >>> import torch

@@ -95,10 +95,8 @@ def train(
 ) -> TrainingResult:
     """Train a classifier with cross-entropy; validate after every epoch.
 
-    The model is trained in place, in train mode, and left in the mode it
-    was in. Batches are drawn by a ``torch.Generator`` seeded with ``seed``
-    (the global RNG is not touched, so seed the model's initialization
-    yourself, e.g. ``torch.manual_seed(0); LeNet()``).
+    The model is trained in place and left in the mode it was in; batches are drawn by a generator
+    seeded with ``seed`` (the global RNG is not touched).
 
     Args:
         model: maps ``(N, 1, 28, 28)`` to logits ``(N, classes)``, e.g. [`LeNet`][equivariance.models.LeNet].
