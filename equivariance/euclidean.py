@@ -42,7 +42,7 @@ from equivariance.fields import (
     Vectors,
     field_of,
 )
-from equivariance.products import Product, product
+from equivariance.products import Composing, Product
 from equivariance.sampling import GroupSample
 
 __all__ = ["E3", "O2", "O3", "SE3", "SO2", "SO3", "Rotation", "Translation"]
@@ -55,7 +55,7 @@ _AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
 _UNCHANGED = (Scalars, EdgeIndex, Adjacency)
 
 
-class Rotation(Action):
+class Rotation(Composing):
     """An orthogonal matrix of O(2) or O(3): a rotation (``det = +1``), or one and a reflection (``-1``).
 
     Built from any orthogonal 2x2 or 3x3 matrix, or by name:
@@ -80,7 +80,6 @@ class Rotation(Action):
 
     __slots__ = ("_matrix",)
     noun: ClassVar[str] = "rotation"
-    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, matrix: torch.Tensor | Sequence[Sequence[float]]) -> None:
         self._matrix = _orthogonal(matrix)
@@ -259,20 +258,14 @@ class Rotation(Action):
         """The transpose."""
         return Rotation._exact(self._matrix.T.contiguous())
 
-    def __mul__(self, other: object) -> Action:
-        """The rotation that acts as ``other``, then this one (the matrix product); with an element of
-        another kind, their [`Product`][equivariance.products.Product]."""
-        if isinstance(other, Rotation):
-            if other.dim != self.dim:
-                raise InvalidArgument(
-                    f"{self!r} * {other!r}: a {self.dim}-D and a {other.dim}-D rotation do not compose; "
-                    "use rotations of one dimension"
-                )
-            return Rotation._exact(self._matrix @ other._matrix)
-        return product(self, other)
-
-    def __rmul__(self, other: object) -> Action:
-        return product(other, self)
+    def _compose(self, other: Rotation) -> Action:
+        """The matrix product."""
+        if other.dim != self.dim:
+            raise InvalidArgument(
+                f"{self!r} * {other!r}: a {self.dim}-D and a {other.dim}-D rotation do not compose; "
+                "use rotations of one dimension"
+            )
+        return Rotation._exact(self._matrix @ other._matrix)
 
     def _key(self) -> Hashable:
         return (tuple(self._matrix.shape), tuple(self._matrix.flatten().tolist()))
@@ -280,14 +273,12 @@ class Rotation(Action):
     def __repr__(self) -> str:
         return f"Rotation({_described(self._matrix)})"
 
-    __str__ = __repr__
-
     def to_json(self) -> Any:
         """``{"rotation": matrix}``: the matrix as nested lists."""
         return {"rotation": self._matrix.tolist()}
 
 
-class Translation(Action):
+class Translation(Composing):
     """A translation of 2-D or 3-D space by a vector ``t``: positions move (``p + t``), nothing else does.
 
     Examples:
@@ -304,7 +295,6 @@ class Translation(Action):
 
     __slots__ = ("_vector",)
     noun: ClassVar[str] = "translation"
-    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, vector: torch.Tensor | Sequence[float]) -> None:
         self._vector = _as_vector(vector)
@@ -377,26 +367,19 @@ class Translation(Action):
         """The translation by ``-t``."""
         return Translation._exact(-self._vector)
 
-    def __mul__(self, other: object) -> Action:
-        """The translation by the sum; with an element of another kind, their product."""
-        if isinstance(other, Translation):
-            if other.dim != self.dim:
-                raise InvalidArgument(
-                    f"{self!r} * {other!r}: a {self.dim}-D and a {other.dim}-D translation do not compose"
-                )
-            return Translation._exact(self._vector + other._vector)
-        return product(self, other)
-
-    def __rmul__(self, other: object) -> Action:
-        return product(other, self)
+    def _compose(self, other: Translation) -> Action:
+        """The translation by the sum."""
+        if other.dim != self.dim:
+            raise InvalidArgument(
+                f"{self!r} * {other!r}: a {self.dim}-D and a {other.dim}-D translation do not compose"
+            )
+        return Translation._exact(self._vector + other._vector)
 
     def _key(self) -> Hashable:
         return tuple(self._vector.tolist())
 
     def __repr__(self) -> str:
         return f"Translation([{', '.join(f'{v:.3g}' for v in self._vector.tolist())}])"
-
-    __str__ = __repr__
 
     def to_json(self) -> Any:
         """``{"translation": vector}``."""

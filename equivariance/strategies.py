@@ -782,21 +782,10 @@ def graphs(
         ...     assert torch.equal(a, a.T) and a.diagonal().sum() == 0
         >>> test_symmetric()
     """
-    options = (nodes, edges, undirected, self_loops, features, channels, dim, scale, dtype)
-    return graph_batches(batch=1, **dict(zip(_GRAPH_OPTIONS, options))).map(lambda batch: batch[0])
-
-
-_GRAPH_OPTIONS = (
-    "nodes",
-    "edges",
-    "undirected",
-    "self_loops",
-    "features",
-    "channels",
-    "dim",
-    "scale",
-    "dtype",
-)
+    return graph_batches(
+        batch=1, nodes=nodes, edges=edges, undirected=undirected, self_loops=self_loops, features=features,
+        channels=channels, dim=dim, scale=scale, dtype=dtype,
+    ).map(lambda batch: batch[0])  # fmt: skip
 
 
 def graph_batches(

@@ -108,8 +108,6 @@ class Rot90(_GridMap):
         suffix = "" if self.dims == (-2, -1) else f", dims={self.dims}"
         return f"Rot90({self.k}{suffix})"
 
-    __str__ = __repr__
-
 
 class Flip(_GridMap):
     """Reversal of one spatial dim (``torch.flip``), default the last.
@@ -153,8 +151,6 @@ class Flip(_GridMap):
 
     def __repr__(self) -> str:
         return f"Flip({self.dim})"
-
-    __str__ = __repr__
 
 
 class Transpose(_GridMap):
@@ -205,8 +201,6 @@ class Transpose(_GridMap):
         options = [] if self.dims == (-2, -1) else [f"dims={self.dims}"]
         options += ["anti=True"] if self.anti else []
         return f"Transpose({', '.join(options)})"
-
-    __str__ = __repr__
 
 
 def _plane(dims: object) -> tuple[int, int]:
