@@ -487,57 +487,39 @@ def _changed(recorded: Record, again: Record, tolerance: list[float], afresh: st
 def _measure_batch(
     runner: Runner, forward: Forward, judge: Forward | None, x: Any, options: _Options
 ) -> tuple[list[float], list[bool], list[bool] | None, list[float]]:
-    """One batch on the checks' engine: each sample's worst error and verdict over the shifts, the
-    tolerance applied, and (with a classifier, run on the same copies) whether every shift keeps
-    each sample's top-1 class."""
-    if options.elements is not None:
-        return _measure_points(runner, forward, judge, x, options)
-    request = _arguments.validate(
-        forward.model, x, "equivariance", options.shifts, stride=options.stride, margin=options.margin,
-        boundary=options.boundary, batch_size=options.batch_size, layer=forward.layer, output=forward.output,
-        noise_floor=False,
-    )  # fmt: skip
+    """One batch on the checks' engine, as ``check_equivariance`` measures it: each sample's worst error
+    (over the elements, and over the output parts each judged by its own size) and verdict, the tolerance
+    applied, and (with a classifier, run on the same copies) whether every element keeps each sample's
+    top-1 class."""
+    common: dict[str, Any] = {"batch_size": options.batch_size, "layer": forward.layer}
+    common["output"] = forward.output
+    if options.elements is None:
+        request = _arguments.validate(
+            forward.model, x, "equivariance", options.shifts, stride=options.stride, margin=options.margin,
+            boundary=options.boundary, noise_floor=False, **common,
+        )  # fmt: skip
+    else:
+        request = _arguments.validate_parts(
+            forward.model, x, "equivariance", options.elements, inputs=options.inputs,
+            outputs=options.outputs, **common,
+        )  # fmt: skip
     plan = _plan.make_plan(runner, request)
-    also, predictions, unshifted = [], None, None
-    if judge is not None:
-        unshifted = runner.base(judge, x).output.argmax(dim=1).cpu()  # on a copy: it may write to it
-        predictions = Top1(len(plan.rows), len(x))
-        also.append(ModelConsumer(judge, [predictions], None))
-    sums, _ = _plan.measure(runner, plan, also)
-    dtype = min((x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
-    tolerance = resolve_tolerance(dtype, rtol=options.rtol, atol=options.atol)
-    err, absolute = sample_errors(sums.diff_sq, sums.ref_sq, sums.count.unsqueeze(-1), sums.scale)
-    ok = within(err, absolute, tolerance).all(dim=0)
-    consistent = None
-    if predictions is not None and unshifted is not None:
-        consistent = (predictions.table() == unshifted).all(dim=0).tolist()
-    return err.max(dim=0).values.tolist(), ok.tolist(), consistent, [tolerance.rtol, tolerance.atol]
-
-
-def _measure_points(
-    runner: Runner, forward: Forward, judge: Forward | None, x: Any, options: _Options
-) -> tuple[list[float], list[bool], list[bool] | None, list[float]]:
-    """One batch of several inputs, as ``check_equivariance`` measures it: each output part judged by its
-    own size and noise floor; a sample's error is its largest over the elements and the parts."""
-    assert options.elements is not None
-    request = _arguments.validate_parts(
-        forward.model, x, "equivariance", options.elements, inputs=options.inputs, outputs=options.outputs,
-        batch_size=options.batch_size, layer=forward.layer, output=forward.output,
-    )  # fmt: skip
-    assert request.arguments is not None
-    plan = _plan.make_plan(runner, request)
+    given = x if request.arguments is None else request.arguments
     also, predictions, unmoved = [], None, None
     if judge is not None:
-        unmoved = runner.base(judge, request.arguments).output.argmax(dim=1).cpu()
-        predictions = Top1(len(plan.rows), len(request.arguments))
+        unmoved = runner.base(judge, given).output.argmax(dim=1).cpu()  # on a copy: it may write to it
+        predictions = Top1(len(plan.rows), len(given))
         also.append(ModelConsumer(judge, [predictions], None))
-    sums, _ = _plan.measure_parts(runner, plan, also)
-    assert plan.outputs is not None
     dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
     tolerance = resolve_tolerance(dtype, rtol=options.rtol, atol=options.atol)
-    errors, _, passes, _ = part_errors(plan, sums, tolerance)
-    worst = torch.stack(errors).amax(dim=(0, 1))  # over the parts and the elements
-    ok = torch.stack(passes).all(dim=0).all(dim=0)
+    if plan.outputs is None:
+        sums, _ = _plan.measure(runner, plan, also)
+        err, absolute = sample_errors(sums.diff_sq, sums.ref_sq, sums.count.unsqueeze(-1), sums.scale)
+        worst, ok = err.max(dim=0).values, within(err, absolute, tolerance).all(dim=0)
+    else:
+        errors, _, passes, _ = part_errors(plan, _plan.measure_parts(runner, plan, also)[0], tolerance)
+        worst = torch.stack(errors).amax(dim=(0, 1))  # over the parts and the elements
+        ok = torch.stack(passes).all(dim=0).all(dim=0)
     consistent = None
     if predictions is not None and unmoved is not None:  # the elements' rows, not the noise floor's
         consistent = (predictions.table()[plan.noise_rows :] == unmoved).all(dim=0).tolist()
