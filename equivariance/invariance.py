@@ -164,12 +164,10 @@ def prediction_change(
     Args:
         model: a classifier returning logits ``(N, classes)``.
         x: a batch ``(N, C, *spatial)``.
-        boundary: ``"circular"`` (default), ``"zeros"`` (the sample shifted
-            in is a zero, the one shifted out is lost), or ``Crop(size)``:
-            the reference crop of a larger ``x`` against the crops one pixel
-            away ([`equivariance.crops`][equivariance.crops]).
+        boundary: ``"circular"`` (default), ``"zeros"``, or ``Crop(size)``: the reference crop of a
+            larger ``x`` against the crops one pixel away.
         output: picks the logits from a tuple or dict output.
-        batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
+        batch_size: samples per forward pass, or ``"auto"``.
 
     Returns:
         An [`InvarianceMetric`][equivariance.invariance.InvarianceMetric] named ``"prediction_change"``.
@@ -211,15 +209,8 @@ def logit_change(
         model: a model returning logits ``(N, classes)`` (any output with a batch dim works).
         x: a batch ``(N, C, *spatial)``.
         repeats: random shifts per sample.
-        max_shift: the largest offset drawn (an int or one per dim); default ``size - 1``.
-        boundary: ``"circular"`` (default), ``"zeros"``, or ``Crop(size)``:
-            ``x`` is a larger image and each draw is a crop of it, uniform over
-            every window of ``size`` (Zhang 2019; see
-            [`equivariance.crops`][equivariance.crops]); with ``max_shift``,
-            the windows within ``max_shift`` of the reference crop.
-        seed: seeds the local generator the shifts are drawn from (``-2**63`` to ``2**64 - 1``).
-        output: picks the logits from a tuple or dict output.
-        batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
+        max_shift: as in [`consistency`][equivariance.invariance.consistency], and so are the
+            ``boundary``, ``seed``, ``output`` and ``batch_size``.
 
     Returns:
         An [`InvarianceMetric`][equivariance.invariance.InvarianceMetric] named ``"logit_change"``.

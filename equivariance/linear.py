@@ -253,17 +253,19 @@ def as_convolution(
         ...
         equivariance.errors.InvalidArgument: op is not linear: ...
     """
+    _, stats = _statistics(op, shape, batch_size, dtype, device, "as_convolution")
+    rebuilt = CircularConvolution(stats.impulse, stats.offset)
+    return ConvolutionFit(stats.impulse, stats.offset, _ratio(stats.deviation_sq, stats.total_sq), rebuilt)
+
+
+def _statistics(
+    op: LinearOperator, shape: Sequence[int], batch_size: object, dtype: Any, device: Any, caller: str
+) -> tuple[_Operator, _Statistics]:
+    """The operator, checked, and its circulant statistics (``caller`` names it in the messages)."""
     operator = _Operator(op, shape, dtype, device)
-    batch_size = _check_batch_size(batch_size)
+    checked = _check_batch_size(batch_size)
     with torch.no_grad(), exact_float32():
-        stats = operator.circulant_statistics(batch_size, "as_convolution")
-    error = _ratio(stats.deviation_sq, stats.total_sq)
-    return ConvolutionFit(
-        kernel=stats.impulse,
-        offset=stats.offset,
-        error=error,
-        operator=CircularConvolution(stats.impulse, stats.offset),
-    )
+        return operator, operator.circulant_statistics(checked, caller)
 
 
 def nearest_equivariant(
@@ -279,21 +281,11 @@ def nearest_equivariant(
     ``P(A) = mean_g g^-1 A g`` over the circular shifts, the nearest shift-equivariant linear map in
     the Frobenius norm (see "The theorem"); a nonlinear ``op`` is refused.
 
-    Args:
-        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
-            ``nn.Linear`` or a matrix acting on the flattened input.
-        shape: one input's shape ``(C_in, *spatial)``, 1 to 3 spatial dims.
-        batch_size: impulses per call of ``op`` (default: chosen from the sizes).
-        dtype: the impulses' dtype (default: ``op``'s, as in
-            [`impulse_response`][equivariance.linear.impulse_response]).
-        device: the impulses' device (default: ``op``'s).
+    Arguments and errors as in [`as_convolution`][equivariance.linear.as_convolution].
 
     Returns:
         A [`Projection`][equivariance.linear.Projection]: ``kernel``,
         ``offset``, ``distance`` and the projected ``operator``.
-
-    Raises:
-        InvalidArgument: ``op`` is not linear (nor affine), or does not map the grid to itself.
 
     Examples:
         >>> import torch
@@ -305,10 +297,7 @@ def nearest_equivariant(
         >>> again.distance < 1e-3, bool(torch.allclose(again.kernel, projection.kernel, atol=1e-6))
         (True, True)
     """
-    operator = _Operator(op, shape, dtype, device)
-    batch_size = _check_batch_size(batch_size)
-    with torch.no_grad(), exact_float32():
-        stats = operator.circulant_statistics(batch_size, "nearest_equivariant")
+    operator, stats = _statistics(op, shape, batch_size, dtype, device, "nearest_equivariant")
     n = operator.points
     # Shifted sums: deviations from the impulse response keep the subtraction below
     # accurate when the operator is (nearly) a convolution already.
