@@ -415,20 +415,13 @@ def _unknown_stride(module: nn.Module) -> bool:
 
 def _subsamples(module: nn.Module) -> bool:
     """A layer antialias is about: it subsamples and does not blur first."""
-    if isinstance(module, BlurPool) or _blurs(module):
-        return False
-    stride = _stride_of(module)
-    if stride is not None:
-        return any(s > 1 for s in stride)
-    return _unknown_stride(module)
+    return not isinstance(module, BlurPool) and not _blurs(module) and _subsamples_or_blurs(module)
 
 
 def _subsamples_or_blurs(module: nn.Module) -> bool:
     """A layer polyphase is about: it subsamples, blurring first or not."""
     stride = _stride_of(module)
-    if stride is not None:
-        return any(s > 1 for s in stride)
-    return _unknown_stride(module)
+    return any(s > 1 for s in stride) if stride is not None else _unknown_stride(module)
 
 
 def _blurs(module: nn.Module) -> bool:
