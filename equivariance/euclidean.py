@@ -80,6 +80,7 @@ class Rotation(Composing):
 
     __slots__ = ("_matrix",)
     noun: ClassVar[str] = "rotation"
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, matrix: torch.Tensor | Sequence[Sequence[float]]) -> None:
         self._matrix = _orthogonal(matrix)
@@ -295,6 +296,7 @@ class Translation(Composing):
 
     __slots__ = ("_vector",)
     noun: ClassVar[str] = "translation"
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, vector: torch.Tensor | Sequence[float]) -> None:
         self._vector = _as_vector(vector)

@@ -60,6 +60,7 @@ class Permutation(Composing):
 
     __slots__ = ("_indices", "_inverse")
     noun: ClassVar[str] = "permutation"
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, indices: Sequence[int] | torch.Tensor) -> None:
         self._indices = _as_permutation(indices)
@@ -245,6 +246,7 @@ class NodePermutation(Composing):
 
     __slots__ = ("steps",)
     noun: ClassVar[str] = "permutation"
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, seed: int) -> None:
         value = as_int(seed, "seed")

@@ -33,11 +33,10 @@ __all__ = ["Product", "product"]
 
 
 class Composing(Action):
-    """An element of the library's own: ``act`` never writes to its tensor, and ``g * h`` composes
-    two elements of one kind (``_compose``) and makes a ``Product`` of two kinds."""
+    """An element of the library's own: ``g * h`` composes two elements of one kind (``_compose``)
+    and makes a ``Product`` of two kinds."""
 
     __slots__ = ()
-    _act_writes_nothing: ClassVar[bool] = True
 
     def _compose(self, other: Any) -> Action:
         """``self * other`` for ``other`` of this kind (by default, their product)."""
@@ -64,6 +63,7 @@ class Product(Composing):
     """
 
     __slots__ = ("factors",)
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, *factors: Action) -> None:
         for factor in factors:

@@ -30,6 +30,8 @@ class _GridMap(Action):
     """A transform of the grid onto itself (a rotation, a flip, a reflection), which acts on every
     tensor by its ``apply`` (the stride does not matter) and composes with any other element."""
 
+    moves_positions_only: ClassVar[bool] = True
+
     @abc.abstractmethod
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         """Transform ``x`` whose last ``spatial_dims`` dims are spatial."""
@@ -67,21 +69,10 @@ class Rot90(_GridMap):
     """
 
     __slots__ = ("dims", "k")
-    moves_positions_only: ClassVar[bool] = True
-    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, k: int = 1, dims: tuple[int, int] = (-2, -1)) -> None:
         self.k = as_int(k, "k") % 4
-        if not (isinstance(dims, tuple) and len(dims) == 2) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d < 0 for d in dims
-        ):
-            raise InvalidArgument(
-                f"dims must be two negative ints naming spatial dims, found {describe(dims)}; "
-                "pass e.g. dims=(-2, -1) for the image plane"
-            )
-        if dims[0] == dims[1]:
-            raise InvalidArgument(f"dims must be two different dims, found {dims}; pass e.g. dims=(-2, -1)")
-        self.dims = dims
+        self.dims = _plane(dims)
 
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         """Rotate ``x``; the two dims must be spatial and of equal size."""
@@ -122,8 +113,6 @@ class Flip(_GridMap):
     """
 
     __slots__ = ("dim",)
-    moves_positions_only: ClassVar[bool] = True
-    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, dim: int = -1) -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim >= 0:
@@ -175,11 +164,10 @@ class Transpose(_GridMap):
     """
 
     __slots__ = ("anti", "dims")
-    moves_positions_only: ClassVar[bool] = True
-    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, dims: tuple[int, int] = (-2, -1), *, anti: bool = False) -> None:
-        self.dims = _plane(dims)
+        a, b = sorted(_plane(dims))
+        self.dims = (a, b)
         if not isinstance(anti, bool):
             raise InvalidArgument(f"anti must be True or False, found {describe(anti)}")
         self.anti = anti
@@ -204,7 +192,7 @@ class Transpose(_GridMap):
 
 
 def _plane(dims: object) -> tuple[int, int]:
-    """Two different negative spatial dims, in increasing order."""
+    """Two different negative spatial dims."""
     if not (isinstance(dims, tuple) and len(dims) == 2) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d < 0 for d in dims
     ):
@@ -214,8 +202,7 @@ def _plane(dims: object) -> tuple[int, int]:
         )
     if dims[0] == dims[1]:
         raise InvalidArgument(f"dims must be two different dims, found {dims}; pass e.g. dims=(-2, -1)")
-    a, b = sorted(dims)
-    return a, b
+    return dims
 
 
 def _check_square(element: Rot90 | Transpose, x: torch.Tensor, spatial_dims: int) -> None:
@@ -257,7 +244,8 @@ def planar(element: Action, plane: tuple[int, int] | None = None) -> Planar | No
             return None
         return found, 1, 0 if dim == found[1] else 2
     if isinstance(element, Rot90):
-        own = _plane(element.dims)
+        low, high = sorted(element.dims)
+        own = (low, high)
         if plane is not None and own != plane:
             return None
         return own, 0, element.k if element.dims == own else -element.k % 4
