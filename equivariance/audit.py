@@ -1,9 +1,9 @@
 """Dataset-scale audits: the equivariance error of a model over a whole dataset.
 
-[`audit`][equivariance.audit.audit] streams a dataset batch by batch through the checks' engine,
-keeps every sample's worst-over-shifts error (so quantiles are exact, and a run sharded under
-``torchrun`` gives a single process's numbers), and can resume from a checkpoint that refuses other
-settings, weights or data. The guarantees and their limits are in docs/audit.md.
+[`audit`][equivariance.audit.audit] streams a dataset batch by batch through the checks' engine, keeps every
+sample's worst-over-shifts error (so quantiles are exact, and a run sharded under ``torchrun`` gives a single
+process's numbers), and can resume from a checkpoint that refuses other settings, weights or data. The
+guarantees and their limits are in docs/audit.md.
 """
 
 from __future__ import annotations
@@ -53,13 +53,13 @@ class AuditResult:
     Attributes:
         errors: each sample's largest error over the shifts (float64, dataset order).
         passed: whether each sample is within the tolerance for every shift.
-        consistent: whether each sample's top-1 class is the same for every
-            shift, or None without a ``classifier``.
+        consistent: whether each sample's top-1 class is the same for every shift, or None without a
+            ``classifier``.
         shifts: the number of shifts (or elements, with ``transforms=``) audited.
         rtol: the relative tolerance applied.
         atol: the absolute tolerance applied where the reference output is zero.
-        noun: what the elements are called in ``str()``: ``"shifts"``, or
-            ``"transforms"`` for an audit of several inputs.
+        noun: what the elements are called in ``str()``: ``"shifts"``, or ``"transforms"`` for an audit of
+            several inputs.
     """
 
     errors: torch.Tensor
@@ -138,14 +138,14 @@ def audit(
 ) -> AuditResult:
     """Audit the equivariance of ``model`` over a dataset, batch by batch.
 
-    Each batch is measured as by [`check_equivariance`][equivariance.check.check_equivariance];
-    every sample's largest error over ``shifts`` is kept. A checkpoint resumes a stopped run and
-    refuses other settings, weights or data (see "Dataset audits").
+    Each batch is measured as by [`check_equivariance`][equivariance.check.check_equivariance]; every sample's
+    largest error over ``shifts`` is kept. A checkpoint resumes a stopped run and refuses other settings,
+    weights or data (see "Dataset audits").
 
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
-        data: a ``DataLoader``, a map-style ``Dataset``, or any iterable of batches: tensors
-            ``(N, C, *spatial)`` or tuples whose first item is one (``(x, y)``).
+        data: a ``DataLoader``, a map-style ``Dataset``, or any iterable of batches: tensors ``(N, C,
+            *spatial)`` or tuples whose first item is one (``(x, y)``).
         shifts: the shifts to audit, [`Shift`][equivariance.shifts.Shift] objects or tuples of ints.
         layer: audit this named submodule's output.
         output: picks the tensor from a tuple or dict output.
@@ -154,18 +154,17 @@ def audit(
         margin: samples dropped at each edge of the compared region.
         rtol: tolerance on the relative error (default from the dtype).
         atol: tolerance on the RMS absolute error where the reference is zero.
-        classifier: a callable from inputs to logits ``(N, classes)``; top-1 consistency under the
-            shifts is measured too.
+        classifier: a callable from inputs to logits ``(N, classes)``; top-1 consistency under the shifts is
+            measured too.
         loader_batch_size: samples per batch when ``data`` is a ``Dataset``.
         batch_size: samples per forward pass inside a batch, or ``"auto"``.
-        checkpoint: a file to write progress to and resume from (one per process under
-            torch.distributed).
+        checkpoint: a file to write progress to and resume from (one per process under torch.distributed).
         checkpoint_every: batches between checkpoint writes.
         progress: show a progress bar on stderr.
         transforms: with ``inputs=``, the elements to audit in place of shifts (e.g. ``SO3(16, seed=0)``).
         inputs: for points, sets or graphs, the field type of each of the model's arguments, as in
-            [`check_equivariance`][equivariance.check_equivariance]; a batch is then the model's
-            arguments (a tuple, a dict or a torch_geometric ``Batch``).
+            [`check_equivariance`][equivariance.check_equivariance]; a batch is then the model's arguments (a
+            tuple, a dict or a torch_geometric ``Batch``).
         outputs: with ``inputs=``, the field type of each output.
 
     Returns:

@@ -1,12 +1,9 @@
 """Checks over many shifts: ``check_*`` return a report, ``assert_*`` raise with it.
 
-The three layers are kept apart: the plan and runner
-(`equivariance._engine.plan`) compute, the
-[`EquivarianceReport`][equivariance.EquivarianceReport] renders, and the
-``assert_*`` functions raise [`EquivarianceError`][equivariance.EquivarianceError]
-with the report's text (through
-[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which
-the pytest fixtures share).
+The three layers are kept apart: the plan and runner (`equivariance._engine.plan`) compute, the
+[`EquivarianceReport`][equivariance.EquivarianceReport] renders, and the ``assert_*`` functions raise
+[`EquivarianceError`][equivariance.EquivarianceError] with the report's text (through
+[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which the pytest fixtures share).
 """
 
 from __future__ import annotations
@@ -72,9 +69,9 @@ def check_equivariance(
     """Measure the equivariance error of ``model`` on ``x`` for many shifts at once, in batched passes.
 
     A shift passes when every sample's relative error (see
-    [`equivariance_error`][equivariance.equivariance_error]) is at most ``rtol``, or, where the
-    reference is all zero, its RMS absolute error is at most ``atol``. The report also carries the
-    noise floor (see "Concepts").
+    [`equivariance_error`][equivariance.equivariance_error]) is at most ``rtol``, or, where the reference is
+    all zero, its RMS absolute error is at most ``atol``. The report also carries the noise floor (see
+    "Concepts").
 
     Examples:
         >>> import torch
@@ -97,31 +94,31 @@ def check_equivariance(
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
-        shifts: the shifts to check (``Shift`` objects or tuples of ints); default every multiple
-            of ``stride`` in the box ``[-max_shift, max_shift]``.
+        shifts: the shifts to check (``Shift`` objects or tuples of ints); default every multiple of
+            ``stride`` in the box ``[-max_shift, max_shift]``.
         max_shift: half-width of the default box (an int or one per dim); default ``2 * stride``.
-        stride: the output's subsampling factor: the output moves by ``shift / stride``; ``"auto"``
-            infers it in one batched pass.
-        output_action: a callable ``(f(x), shift) -> tensor``, or ``regular("p4")`` / ``regular("p4m")``
-            for group-convolution channels ([`equivariance.regular`][equivariance.regular]).
+        stride: the output's subsampling factor: the output moves by ``shift / stride``; ``"auto"`` infers it
+            in one batched pass.
+        output_action: a callable ``(f(x), shift) -> tensor``, or ``regular("p4")`` / ``regular("p4m")`` for
+            group-convolution channels ([`equivariance.regular`][equivariance.regular]).
         boundary: ``"zeros"``, ``"circular"`` or ``Crop(size)`` ([`equivariance.crops`][equivariance.crops]).
-        margin: samples dropped at each edge of the compared region; ``"auto"`` measures the
-            receptive-field radius of the output by one backward pass.
+        margin: samples dropped at each edge of the compared region; ``"auto"`` measures the receptive-field
+            radius of the output by one backward pass.
         layer: measure this named submodule's output; the forward pass stops there.
         output: picks the tensor from a tuple or dict output.
         atol: tolerance on the RMS absolute error where the reference is zero.
         rtol: tolerance on the relative error.
-        batch_size: samples per forward pass (default from the activations' size), or ``"auto"``
-            to fill a memory budget (see "Benchmarks").
+        batch_size: samples per forward pass (default from the activations' size), or ``"auto"`` to fill a
+            memory budget (see "Benchmarks").
         transforms: check these elements instead of shifts, e.g. ``[Rot90(1), Flip(-1)]``
             ([`equivariance.transforms`][equivariance.transforms]) or an
-            [`Action`][equivariance.actions.Action] of your own; not with ``shifts``,
-            ``max_shift``, ``stride`` or a callable ``output_action``.
+            [`Action`][equivariance.actions.Action] of your own; not with ``shifts``, ``max_shift``,
+            ``stride`` or a callable ``output_action``.
         layout: where the output keeps its spatial dims: ``"channels_first"`` (default), ``"channels_last"``
             or ``Tokens(grid, prefix=k)`` ([`equivariance.layouts`][equivariance.layouts]).
-        inputs: for points, sets or graphs: the field type ([`equivariance.fields`][equivariance.fields])
-            of ``x``, or of each argument when ``x`` is a tuple or dict; needs ``transforms=`` and
-            refuses the grid's options.
+        inputs: for points, sets or graphs: the field type ([`equivariance.fields`][equivariance.fields]) of
+            ``x``, or of each argument when ``x`` is a tuple or dict; needs ``transforms=`` and refuses the
+            grid's options.
         outputs: with ``inputs=``: the field type of the output, or of each output, each a row.
 
     Returns:
@@ -153,9 +150,8 @@ def check_invariance(
 ) -> EquivarianceReport:
     """Measure how much an output that should not move changes under many shifts.
 
-    [`check_equivariance`][equivariance.check.check_equivariance] with the identity as output
-    action: the output (logits, an embedding) is compared whole to the unshifted input's.
-    Arguments as there.
+    [`check_equivariance`][equivariance.check.check_equivariance] with the identity as output action: the
+    output (logits, an embedding) is compared whole to the unshifted input's. Arguments as there.
 
     Examples:
         >>> import torch
@@ -192,8 +188,8 @@ def assert_equivariant(
 ) -> EquivarianceReport:
     """[`check_equivariance`][equivariance.check.check_equivariance], raising
     [`EquivarianceError`][equivariance.EquivarianceError] with the report if it fails, or
-    [`VacuousCheckError`][equivariance.errors.VacuousCheckError] if it could not have failed,
-    unless ``allow_vacuous=True``; else the report.
+    [`VacuousCheckError`][equivariance.errors.VacuousCheckError] if it could not have failed, unless
+    ``allow_vacuous=True``; else the report.
 
     Examples:
         >>> import torch

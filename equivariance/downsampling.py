@@ -1,10 +1,10 @@
 """Downsampling that keeps (more of) a shift: blur pooling and adaptive polyphase sampling.
 
-[`BlurPool`][equivariance.downsampling.BlurPool] (Zhang, ICML 2019) low-pass filters before it
-subsamples; [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] (Chaman and Dokmanic,
-CVPR 2021) keeps, per sample, the subsampling grid of largest norm.
-[`equivariance.surgery`][equivariance.surgery] puts them into a model as subclasses of its own
-layers' classes; the details that matter in practice are in docs/fixing.md ("The three conversions").
+[`BlurPool`][equivariance.downsampling.BlurPool] (Zhang, ICML 2019) low-pass filters before it subsamples;
+[`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] (Chaman and Dokmanic, CVPR 2021) keeps, per
+sample, the subsampling grid of largest norm. [`equivariance.surgery`][equivariance.surgery] puts them into a
+model as subclasses of its own layers' classes; the details that matter in practice are in docs/fixing.md
+("The three conversions").
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 def binomial_filter(size: int) -> torch.Tensor:
     """The normalized binomial filter of ``size`` taps: row ``size - 1`` of Pascal's triangle over its sum.
 
-    Zhang (2019) blurs with these (the outer product of the taps in 2-D):
-    ``[1]``, ``[1, 1] / 2``, ``[1, 2, 1] / 4``, ``[1, 3, 3, 1] / 8``, ...
+    Zhang (2019) blurs with these (the outer product of the taps in 2-D): ``[1]``, ``[1, 1] / 2``, ``[1, 2, 1]
+    / 4``, ``[1, 3, 3, 1] / 8``, ...
 
     Examples:
         >>> binomial_filter(4).tolist()
@@ -51,10 +51,9 @@ def binomial_filter(size: int) -> torch.Tensor:
 class BlurPool(nn.Module):
     """Blur each channel with a binomial filter, then keep every ``stride``-th sample (Zhang, ICML 2019).
 
-    The filter is the outer product of
-    [`binomial_filter`][equivariance.downsampling.binomial_filter]; ``n`` samples give ``ceil(n /
-    stride)``, as ``antialiased_cnns.BlurPool`` does. The filter is a buffer left out of the
-    ``state_dict``.
+    The filter is the outer product of [`binomial_filter`][equivariance.downsampling.binomial_filter]; ``n``
+    samples give ``ceil(n / stride)``, as ``antialiased_cnns.BlurPool`` does. The filter is a buffer left out
+    of the ``state_dict``.
 
     Examples:
         >>> import torch
@@ -68,11 +67,9 @@ class BlurPool(nn.Module):
 
     Args:
         stride: the subsampling step, an int or one per spatial dim.
-        filter_size: taps of the binomial filter per dim (Zhang's default 4;
-            1 subsamples without blurring).
-        pad_type: how the input is padded before blurring: ``"reflect"``
-            (Zhang's default), ``"replicate"``, ``"zeros"`` or ``"circular"``
-            (the exact model of circular shifts).
+        filter_size: taps of the binomial filter per dim (Zhang's default 4; 1 subsamples without blurring).
+        pad_type: how the input is padded before blurring: ``"reflect"`` (Zhang's default), ``"replicate"``,
+            ``"zeros"`` or ``"circular"`` (the exact model of circular shifts).
     """
 
     filter: torch.Tensor
@@ -111,10 +108,10 @@ class BlurPool(nn.Module):
 class PolyphaseSampling(nn.Module):
     """Adaptive polyphase sampling: per sample, keep the subsampling grid of largest norm.
 
-    Of the ``s**d`` grids each sample keeps the one of largest L2 norm (Chaman and Dokmanic, CVPR
-    2021), so the output follows a circular shift exactly where the stride divides the sizes.
-    ``filter_size > 1`` blurs first. ``forward(x, source=None)``: layers given the same ``source``
-    keep the same grid (see "Fixing what the profile finds").
+    Of the ``s**d`` grids each sample keeps the one of largest L2 norm (Chaman and Dokmanic, CVPR 2021), so
+    the output follows a circular shift exactly where the stride divides the sizes. ``filter_size > 1`` blurs
+    first. ``forward(x, source=None)``: layers given the same ``source`` keep the same grid (see "Fixing what
+    the profile finds").
 
     Examples:
         >>> import torch
@@ -253,12 +250,10 @@ class _Polyphase(nn.Module):
     """The layer at stride 1, then its ``sampling`` (a
     [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling]) told the layer's input.
 
-    Where the layer's window reaches past its padding (a 2x2 pooling of
-    stride 2, unpadded), its stride-1 map is shorter than its input, and the
-    grids of odd phase would lack their last window: the input is padded
-    after its end, circularly (or as the layer pads), by what is missing,
-    where that keeps the output's size (as the paper's ResNet pads before
-    its 2x2 max pooling).
+    Where the layer's window reaches past its padding (a 2x2 pooling of stride 2, unpadded), its stride-1 map
+    is shorter than its input, and the grids of odd phase would lack their last window: the input is padded
+    after its end, circularly (or as the layer pads), by what is missing, where that keeps the output's size
+    (as the paper's ResNet pads before its 2x2 max pooling).
     """
 
     sampling: PolyphaseSampling

@@ -1,9 +1,9 @@
 """Rotations, reflections and translations of space: the groups SO(2), O(2), SO(3), O(3), SE(3) and E(3).
 
 A [`Rotation`][equivariance.euclidean.Rotation] (an orthogonal matrix, kept in float64) and a
-[`Translation`][equivariance.euclidean.Translation] act on the tensors of point clouds and molecules
-by their field type ([`equivariance.fields`][equivariance.fields]); ``SO3(64, seed=0)`` and its
-siblings sample the continuous groups. How each field moves is in docs/point_clouds.md.
+[`Translation`][equivariance.euclidean.Translation] act on the tensors of point clouds and molecules by their
+field type ([`equivariance.fields`][equivariance.fields]); ``SO3(64, seed=0)`` and its siblings sample the
+continuous groups. How each field moves is in docs/point_clouds.md.
 
 Examples:
     >>> import torch
@@ -58,12 +58,10 @@ _UNCHANGED = (Scalars, EdgeIndex, Adjacency)
 class Rotation(Composing):
     """An orthogonal matrix of O(2) or O(3): a rotation (``det = +1``), or one and a reflection (``-1``).
 
-    Built from any orthogonal 2x2 or 3x3 matrix, or by name:
-    ``Rotation.about("z", 30, degrees=True)``, ``Rotation.planar(angle)``,
-    ``Rotation.reflection(normal)``, ``Rotation.inversion()``. The matrix is
-    kept in float64; one within ``ORTHOGONAL_TOLERANCE`` of orthogonal (a
-    float32 matrix) is made orthogonal to float64's precision. How it acts
-    on each field type is in docs/point_clouds.md.
+    Built from any orthogonal 2x2 or 3x3 matrix, or by name: ``Rotation.about("z", 30, degrees=True)``,
+    ``Rotation.planar(angle)``, ``Rotation.reflection(normal)``, ``Rotation.inversion()``. The matrix is kept
+    in float64; one within ``ORTHOGONAL_TOLERANCE`` of orthogonal (a float32 matrix) is made orthogonal to
+    float64's precision. How it acts on each field type is in docs/point_clouds.md.
 
     Examples:
         >>> import torch
@@ -487,9 +485,9 @@ class O2(_RotationSample):
 class SO3(_RotationSample):
     """Rotations of 3-D space drawn uniformly (Haar), from normalised Gaussian quaternions.
 
-    A quaternion of four independent standard normal numbers, normalised, is
-    uniform on the unit sphere of quaternions, and its rotation is uniform
-    on SO(3) (Shoemake, "Uniform random rotations", Graphics Gems III, 1992).
+    A quaternion of four independent standard normal numbers, normalised, is uniform on the unit sphere of
+    quaternions, and its rotation is uniform on SO(3) (Shoemake, "Uniform random rotations", Graphics Gems
+    III, 1992).
 
     Examples:
         >>> rotations = SO3(64, seed=0)
@@ -564,9 +562,9 @@ class SE3(_MotionSample):
     """Rigid motions of 3-D space: a uniform rotation, then a translation with independent Gaussian
     components of standard deviation ``scale``: ``Translation(t) * Rotation(R)``, ``p -> R p + t``.
 
-    SE(3) is not compact, so no draw is uniform over it: pick ``scale`` about
-    the size of your point clouds (translations much larger than the cloud
-    test the model far from where it was trained, and round more in float32).
+    SE(3) is not compact, so no draw is uniform over it: pick ``scale`` about the size of your point clouds
+    (translations much larger than the cloud test the model far from where it was trained, and round more in
+    float32).
 
     Args:
         samples: how many to draw.

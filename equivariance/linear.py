@@ -2,9 +2,9 @@
 
 [`impulse_response`][equivariance.linear.impulse_response],
 [`as_convolution`][equivariance.linear.as_convolution] and
-[`nearest_equivariant`][equivariance.linear.nearest_equivariant] run the seed article's argument on
-any linear (or affine) operator on a finite grid, with circular shifts; an operator that is not
-linear is refused. The argument, the linearity test and the cost are in docs/theorem.md.
+[`nearest_equivariant`][equivariance.linear.nearest_equivariant] run the seed article's argument on any linear
+(or affine) operator on a finite grid, with circular shifts; an operator that is not linear is refused. The
+argument, the linearity test and the cost are in docs/theorem.md.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ _LINEARITY_BOUND = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-
 class CircularConvolution(nn.Module):
     """The circular convolution of a batch with a full-size kernel, plus an optional offset.
 
-    ``y[o, q] = sum_c sum_d kernel[o, c, d] * x[c, (q - d) mod n] + offset[o, q]``: the kernel is
-    not flipped, so it is the layer's impulse response.
+    ``y[o, q] = sum_c sum_d kernel[o, c, d] * x[c, (q - d) mod n] + offset[o, q]``: the kernel is not flipped,
+    so it is the layer's impulse response.
 
     Args:
         kernel: ``(C_out, C_in, *spatial)`` with 1 to 3 spatial dims, the grid's size.
@@ -122,16 +122,15 @@ class CircularConvolution(nn.Module):
 class ConvolutionFit:
     """How well an operator is rebuilt as the circular convolution with its impulse response.
 
-    ``error`` is the relative Frobenius distance $||A - C(h)|| / ||A||$ between the operator's
-    linear part and the circulant matrix of its impulse response; the offset ``op(0)`` is not part
-    of it.
+    ``error`` is the relative Frobenius distance $||A - C(h)|| / ||A||$ between the operator's linear part and
+    the circulant matrix of its impulse response; the offset ``op(0)`` is not part of it.
 
     Attributes:
         kernel: the impulse response ``(C_out, C_in, *spatial)``.
         offset: ``op(0)``, ``(C_out, *spatial)``, or None when it is zero (a linear operator).
         error: the relative Frobenius distance of the rebuild, a float.
-        operator: the rebuild, a [`CircularConvolution`][equivariance.linear.CircularConvolution]
-            with ``kernel`` and ``offset``.
+        operator: the rebuild, a [`CircularConvolution`][equivariance.linear.CircularConvolution] with
+            ``kernel`` and ``offset``.
     """
 
     kernel: torch.Tensor
@@ -147,13 +146,13 @@ class ConvolutionFit:
 class Projection:
     """The nearest circular convolution to a linear operator, by group averaging.
 
-    ``distance`` is $||A - P(A)|| / ||A||$ in the Frobenius norm: 0 for a convolution, near 1 for a
-    generic dense map.
+    ``distance`` is $||A - P(A)|| / ||A||$ in the Frobenius norm: 0 for a convolution, near 1 for a generic
+    dense map.
 
     Attributes:
         kernel: the projection's kernel ``(C_out, C_in, *spatial)``.
-        offset: the projected offset, ``op(0)`` averaged over the grid per
-            channel, ``(C_out, *spatial)`` and constant; None for a linear operator.
+        offset: the projected offset, ``op(0)`` averaged over the grid per channel, ``(C_out, *spatial)`` and
+            constant; None for a linear operator.
         distance: the relative Frobenius distance of the operator from its projection.
         operator: the projection, a [`CircularConvolution`][equivariance.linear.CircularConvolution].
     """
@@ -176,15 +175,15 @@ def impulse_response(
 ) -> torch.Tensor:
     """The operator's response to a Dirac impulse at the origin, one per input channel.
 
-    ``h[:, c] = op(delta_c) - op(0)``: the convolution kernel of a linear, shift-equivariant ``op``.
-    A nonlinear ``op`` is refused (see "The theorem").
+    ``h[:, c] = op(delta_c) - op(0)``: the convolution kernel of a linear, shift-equivariant ``op``. A
+    nonlinear ``op`` is refused (see "The theorem").
 
     Args:
-        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
-            ``nn.Linear`` or a matrix acting on the flattened input.
+        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an ``nn.Linear`` or a matrix acting on
+            the flattened input.
         shape: one input's shape ``(C_in, *spatial)``, 1 to 3 spatial dims.
-        dtype: the impulses' dtype (default: the dtype of ``op``'s first
-            floating parameter, or of the matrix, else torch's default).
+        dtype: the impulses' dtype (default: the dtype of ``op``'s first floating parameter, or of the matrix,
+            else torch's default).
         device: the impulses' device (default: that of ``op``'s parameters, else the CPU).
 
     Returns:
@@ -218,12 +217,12 @@ def as_convolution(
 ) -> ConvolutionFit:
     """Rebuild a linear operator as the circular convolution with its impulse response.
 
-    The ``error`` covers the whole operator (every impulse), so it is a certificate rather than a
-    sample; a nonlinear ``op`` is refused.
+    The ``error`` covers the whole operator (every impulse), so it is a certificate rather than a sample; a
+    nonlinear ``op`` is refused.
 
     Args:
-        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
-            ``nn.Linear`` or a matrix acting on the flattened input.
+        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an ``nn.Linear`` or a matrix acting on
+            the flattened input.
         shape: one input's shape ``(C_in, *spatial)``, 1 to 3 spatial dims.
         batch_size: impulses per call of ``op`` (default: chosen from the sizes).
         dtype: the impulses' dtype (default: ``op``'s, as in
@@ -231,8 +230,8 @@ def as_convolution(
         device: the impulses' device (default: ``op``'s).
 
     Returns:
-        A [`ConvolutionFit`][equivariance.linear.ConvolutionFit]: ``kernel``,
-        ``offset``, ``error`` and the rebuilt ``operator``.
+        A [`ConvolutionFit`][equivariance.linear.ConvolutionFit]: ``kernel``, ``offset``, ``error`` and the
+        rebuilt ``operator``.
 
     Raises:
         InvalidArgument: ``op`` is not linear (nor affine), or does not map the grid to itself.
@@ -278,14 +277,14 @@ def nearest_equivariant(
 ) -> Projection:
     """Project a linear operator onto the circular convolutions by averaging it over the shifts.
 
-    ``P(A) = mean_g g^-1 A g`` over the circular shifts, the nearest shift-equivariant linear map in
-    the Frobenius norm (see "The theorem"); a nonlinear ``op`` is refused.
+    ``P(A) = mean_g g^-1 A g`` over the circular shifts, the nearest shift-equivariant linear map in the
+    Frobenius norm (see "The theorem"); a nonlinear ``op`` is refused.
 
     Arguments and errors as in [`as_convolution`][equivariance.linear.as_convolution].
 
     Returns:
-        A [`Projection`][equivariance.linear.Projection]: ``kernel``,
-        ``offset``, ``distance`` and the projected ``operator``.
+        A [`Projection`][equivariance.linear.Projection]: ``kernel``, ``offset``, ``distance`` and the
+        projected ``operator``.
 
     Examples:
         >>> import torch
@@ -436,9 +435,8 @@ class _Operator:
     def check_linear(self, offset: torch.Tensor, caller: str) -> None:
         """Refuse a callable whose linear part ``L(x) = op(x) - op(0)`` breaks superposition or scaling.
 
-        ``L(a u + b v)`` against ``a L(u) + b L(v)``, and ``L(c u)`` against
-        ``c L(u)`` with ``c < 0``, on Gaussian random inputs (a local
-        generator: the caller's RNG is untouched); each difference relative to
+        ``L(a u + b v)`` against ``a L(u) + b L(v)``, and ``L(c u)`` against ``c L(u)`` with ``c < 0``, on
+        Gaussian random inputs (a local generator: the caller's RNG is untouched); each difference relative to
         the size of the terms, against a bound well above the dtype's rounding.
         """
         if self.call is None:

@@ -1,8 +1,8 @@
 """The equivariance metric: how far ``f(g.x)`` is from ``g'.f(x)``.
 
-The relative L2 error of each sample over the region where both sides are defined, less the margin
-(an RMS absolute error where the reference is all zero); the definition is in docs/concepts.md
-("The number the library computes").
+The relative L2 error of each sample over the region where both sides are defined, less the margin (an RMS
+absolute error where the reference is all zero); the definition is in docs/concepts.md ("The number the
+library computes").
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ __all__ = ["OutputAction", "equivariance_error", "invariance_error"]
 OutputAction = Callable[[torch.Tensor, Shift], Any]
 """A callable ``(f(x), shift) -> g'.f(x)``: the outputs the shifted input should give.
 
-It may return ``(tensor, mask)``, ``mask`` True where the expected output is determined; only
-there is it compared. See "Actions and layouts" for an example and for writing an
-[`Action`][equivariance.actions.Action] instead.
+It may return ``(tensor, mask)``, ``mask`` True where the expected output is determined; only there is it
+compared. See "Actions and layouts" for an example and for writing an [`Action`][equivariance.actions.Action]
+instead.
 """
 
 Reduction = Literal["mean", "max", "none"]
@@ -64,8 +64,8 @@ def equivariance_error(
     """The relative error $||f(gx) - g'f(x)|| / ||g'f(x)||$ of a model under one shift.
 
     ``g'`` is the output action: the same shift, ``shift / stride`` for a subsampled output, or
-    ``output_action``. The distance is taken per sample where both sides are defined, less
-    ``margin``. The model runs in eval mode without autograd and is restored afterwards.
+    ``output_action``. The distance is taken per sample where both sides are defined, less ``margin``. The
+    model runs in eval mode without autograd and is restored afterwards.
 
     Examples:
         >>> import torch
@@ -82,8 +82,8 @@ def equivariance_error(
         model: the function under test.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
         shift: a [`Shift`][equivariance.Shift] or a tuple of ints; or a transform such as
-            [`Rot90`][equivariance.Rot90], acting alike on input and output (then no ``stride`` or
-            callable ``output_action``).
+            [`Rot90`][equivariance.Rot90], acting alike on input and output (then no ``stride`` or callable
+            ``output_action``).
         stride: the output's subsampling factor; ``"auto"`` infers it.
         output_action: a callable ``(f(x), shift) -> tensor``, or ``regular("p4")`` / ``regular("p4m")``.
         boundary: ``"zeros"``, ``"circular"`` or ``Crop(size)``.
@@ -93,10 +93,10 @@ def equivariance_error(
         reduction: ``"mean"`` (default) or ``"max"`` over the batch, or ``"none"``.
         batch_size: samples per forward pass, or ``"auto"``.
         layout: where the output keeps its spatial dims.
-        inputs: for points, sets or graphs, the field type of ``x`` or of each argument; ``shift``
-            is then an element that acts on them (a ``Rotation``, a ``Permutation``).
-        outputs: with ``inputs=``, the field type of each output; a sample's error is the largest
-            of its outputs' relative errors.
+        inputs: for points, sets or graphs, the field type of ``x`` or of each argument; ``shift`` is then an
+            element that acts on them (a ``Rotation``, a ``Permutation``).
+        outputs: with ``inputs=``, the field type of each output; a sample's error is the largest of its
+            outputs' relative errors.
 
     The options mean what they mean in [`check_equivariance`][equivariance.check_equivariance].
 
@@ -126,9 +126,9 @@ def invariance_error(
 ) -> torch.Tensor:
     """The relative change $||f(gx) - f(x)|| / ||f(x)||$ of an output that should not move.
 
-    The output may have any shape (logits, an embedding); it is compared
-    whole. Arguments as in [`equivariance_error`][equivariance.metric.equivariance_error]; ``shift`` may be a
-    transform ([`Rot90`][equivariance.Rot90], [`Flip`][equivariance.Flip]) too.
+    The output may have any shape (logits, an embedding); it is compared whole. Arguments as in
+    [`equivariance_error`][equivariance.metric.equivariance_error]; ``shift`` may be a transform
+    ([`Rot90`][equivariance.Rot90], [`Flip`][equivariance.Flip]) too.
 
     Examples:
         >>> import torch

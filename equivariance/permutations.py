@@ -1,17 +1,14 @@
 """Permutations of the points of a set, a point cloud or the nodes of a graph.
 
-A [`Permutation`][equivariance.permutations.Permutation] reorders the axis of points of every tensor
-that has one, as ``x[perm]`` does, relabels an [`EdgeIndex`][equivariance.fields.EdgeIndex] and leaves
-pooled outputs alone; [`Permutations`][equivariance.permutations.Permutations] draws them from a seed.
+A [`Permutation`][equivariance.permutations.Permutation] reorders the axis of points of every tensor that has
+one, as ``x[perm]`` does, relabels an [`EdgeIndex`][equivariance.fields.EdgeIndex] and leaves pooled outputs
+alone; [`Permutations`][equivariance.permutations.Permutations] draws them from a seed.
 
-Graphs of different sizes (a ``Batch`` of molecules of 5, 9 and 12 atoms)
-need a permutation of each graph's own nodes: a
-[`NodePermutation`][equivariance.permutations.NodePermutation] is one of
-every size, drawn from its seed, and
-[`NodePermutations(16, seed=0)`][equivariance.permutations.NodePermutations]
-draws them. On a graph of ``n`` nodes it acts as the permutation of
-``n`` points its seed draws (``g.sized(n)``), so it never mixes the nodes of
-two graphs.
+Graphs of different sizes (a ``Batch`` of molecules of 5, 9 and 12 atoms) need a permutation of each graph's
+own nodes: a [`NodePermutation`][equivariance.permutations.NodePermutation] is one of every size, drawn from
+its seed, and [`NodePermutations(16, seed=0)`][equivariance.permutations.NodePermutations] draws them. On a
+graph of ``n`` nodes it acts as the permutation of ``n`` points its seed draws (``g.sized(n)``), so it never
+mixes the nodes of two graphs.
 
 Examples:
     >>> import torch
@@ -219,14 +216,12 @@ Step = tuple[int, bool]
 class NodePermutation(Composing):
     """A permutation of the nodes of a graph of any size, drawn from a seed: for graphs of different sizes.
 
-    On a graph (or a tensor) of ``n`` nodes it acts as ``sized(n)``, the
-    permutation of ``n`` points that ``torch.randperm(n)`` draws from its
-    seed; so the graphs of a ``Batch`` of molecules of 5, 9 and 12 atoms are
-    each permuted on their own nodes, never mixed, and the same seed always
-    gives the same permutation of a size. A graph's ``edge_index`` is
-    relabelled with it when the whole graph is moved
-    ([`transform`][equivariance.fields.transform], or a check of a graph);
-    alone, it does not say how many nodes the graph has.
+    On a graph (or a tensor) of ``n`` nodes it acts as ``sized(n)``, the permutation of ``n`` points that
+    ``torch.randperm(n)`` draws from its seed; so the graphs of a ``Batch`` of molecules of 5, 9 and 12 atoms
+    are each permuted on their own nodes, never mixed, and the same seed always gives the same permutation of
+    a size. A graph's ``edge_index`` is relabelled with it when the whole graph is moved
+    ([`transform`][equivariance.fields.transform], or a check of a graph); alone, it does not say how many
+    nodes the graph has.
 
     Examples:
         >>> import torch

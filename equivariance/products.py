@@ -1,8 +1,8 @@
 """Products of group elements of different kinds: a rotation and a permutation at once, a rigid motion.
 
-``g * h`` acts as ``h``, then ``g``. Elements of one kind compose into one of that kind; elements of
-different kinds make a [`Product`][equivariance.products.Product], which keeps its factors (outermost
-first) and equals another product with equal factors in the same order.
+``g * h`` acts as ``h``, then ``g``. Elements of one kind compose into one of that kind; elements of different
+kinds make a [`Product`][equivariance.products.Product], which keeps its factors (outermost first) and equals
+another product with equal factors in the same order.
 
 Examples:
     >>> import torch
@@ -169,8 +169,7 @@ def _composes(element: Action) -> bool:
 def product(outer: object, inner: object) -> Action:
     """``outer * inner`` for elements of different kinds (or NotImplemented where one is not an element).
 
-    Each kind's ``__mul__`` composes elements of its own kind and hands the
-    others here.
+    Each kind's ``__mul__`` composes elements of its own kind and hands the others here.
     """
     if not isinstance(outer, Action) or not isinstance(inner, Action):
         return NotImplemented  # type: ignore[no-any-return]

@@ -1,7 +1,7 @@
 """Hypothesis strategies for property tests of shift equivariance (docs/strategies.md).
 
-Shifts, inputs, equivariant convolution stacks and non-equivariant dense networks, with keyword-only
-options that take a value or a strategy. This is the only module that imports Hypothesis.
+Shifts, inputs, equivariant convolution stacks and non-equivariant dense networks, with keyword-only options
+that take a value or a strategy. This is the only module that imports Hypothesis.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def shifts(
 ) -> st.SearchStrategy[Shift]:
     """Shifts with offsets in ``[-max_shift, max_shift]`` that are multiples of ``multiple_of``.
 
-    Offsets shrink toward zero. Pass a conv stack's ``stack.stride`` as ``multiple_of`` to draw the
-    shifts it can follow.
+    Offsets shrink toward zero. Pass a conv stack's ``stack.stride`` as ``multiple_of`` to draw the shifts it
+    can follow.
 
     Args:
         ndim: number of spatial dims, at least 1.
@@ -137,15 +137,14 @@ def signals(
 ) -> st.SearchStrategy[torch.Tensor]:
     """Batches ``(N, C, *spatial)`` of finite values in ``[min_value, max_value]``.
 
-    Sizes shrink toward their minimum; values are drawn by torch from a drawn seed. ``border=b``
-    puts the content on a zero canvas with ``b`` zero samples at every edge.
+    Sizes shrink toward their minimum; values are drawn by torch from a drawn seed. ``border=b`` puts the
+    content on a zero canvas with ``b`` zero samples at every edge.
 
     Args:
         ndim: number of spatial dims (1 for signals, 2 for images, 3 for volumes).
         batch: number of samples.
         channels: number of channels.
-        size: spatial size of each dim, drawn per dim; a strategy of tuples
-            gives the whole spatial shape.
+        size: spatial size of each dim, drawn per dim; a strategy of tuples gives the whole spatial shape.
         dtype: a floating-point dtype.
         min_value: smallest value.
         max_value: largest value.
@@ -242,8 +241,8 @@ def images(
 class ConvStack:
     """A random stack of convolutions, drawn by ``conv_stacks``, and what a check needs to know.
 
-    Exactly equivariant for every shift that is a multiple of ``stride``, under ``boundary``: pass
-    both to a check.
+    Exactly equivariant for every shift that is a multiple of ``stride``, under ``boundary``: pass both to a
+    check.
 
     Attributes:
         model: the ``nn.Sequential`` of convolutions and pointwise nonlinearities.
@@ -251,8 +250,8 @@ class ConvStack:
         in_channels: channels of the input.
         out_channels: channels of the output.
         stride: total stride per dim: the output is subsampled by it.
-        padding: ``"valid"`` (no padding; each layer shrinks the map) or
-            ``"circular"`` (each layer keeps the size, up to its stride).
+        padding: ``"valid"`` (no padding; each layer shrinks the map) or ``"circular"`` (each layer keeps the
+            size, up to its stride).
         min_size: smallest spatial size the stack accepts.
     """
 
@@ -283,14 +282,14 @@ class ConvStack:
     ) -> st.SearchStrategy[torch.Tensor]:
         """Inputs this stack accepts, from ``signals``, sized by the output they give.
 
-        Circular stacks get sizes that are multiples of the stride; valid
-        ones any size giving ``output_size`` samples per dim.
+        Circular stacks get sizes that are multiples of the stride; valid ones any size giving ``output_size``
+        samples per dim.
 
         Args:
             output_size: samples per dim of the output (an int, a ``(min, max)`` pair or a strategy).
             batch: number of samples.
-            **options: the other options of [`signals`][equivariance.strategies.signals] (dtype,
-                values, border, device).
+            **options: the other options of [`signals`][equivariance.strategies.signals] (dtype, values,
+                border, device).
         """
         if "size" in options or "ndim" in options or "channels" in options:
             raise InvalidArgument(
@@ -304,8 +303,8 @@ class ConvStack:
     def shifts(self, *, max_shift: PerDim | None = None, nonzero: bool = False) -> st.SearchStrategy[Shift]:
         """Shifts this stack follows: multiples of its stride, up to ``max_shift`` (default twice the stride).
 
-        Keep them smaller than the input (for valid stacks, smaller than the
-        output times the stride) for a check to have something to compare.
+        Keep them smaller than the input (for valid stacks, smaller than the output times the stride) for a
+        check to have something to compare.
         """
         bound = 2 * self.stride[0] if max_shift is None else max_shift
         return shifts(ndim=self.ndim, max_shift=bound, multiple_of=self.stride, nonzero=nonzero)
@@ -315,8 +314,8 @@ class ConvStack:
 class DenseNet:
     """A random dense network, drawn by ``mlps``: the family that is not equivariant.
 
-    It maps ``(N, in_channels, *input_size)`` to ``(N, out_channels, *input_size)`` through dense
-    layers, so a check of a nonzero shift fails.
+    It maps ``(N, in_channels, *input_size)`` to ``(N, out_channels, *input_size)`` through dense layers, so a
+    check of a nonzero shift fails.
 
     Attributes:
         model: the ``nn.Sequential``.
@@ -350,9 +349,8 @@ def conv_stacks(
 ) -> st.SearchStrategy[ConvStack]:
     """Random stacks of convolutions with pointwise nonlinearities, drawn as a ``ConvStack``.
 
-    The ground truth: every stack is exactly equivariant for every multiple of ``stack.stride``
-    under ``stack.boundary`` (draw its shifts with ``stack.shifts()``). Stacks shrink toward one
-    small layer.
+    The ground truth: every stack is exactly equivariant for every multiple of ``stack.stride`` under
+    ``stack.boundary`` (draw its shifts with ``stack.shifts()``). Stacks shrink toward one small layer.
 
     Args:
         ndim: number of spatial dims, 1 to 3.
@@ -420,8 +418,8 @@ def mlps(
 ) -> st.SearchStrategy[DenseNet]:
     """Random dense networks with as many outputs as inputs, drawn as a ``DenseNet``.
 
-    The negative control: every output has its own weights for every input sample, so a check of a
-    nonzero shift fails.
+    The negative control: every output has its own weights for every input sample, so a check of a nonzero
+    shift fails.
 
     Args:
         ndim: number of spatial dims, 1 to 3.
@@ -481,9 +479,8 @@ def _convolution(
 def _initialised(model: nn.Sequential, seed: int) -> nn.Sequential:
     """``model``, built on the meta device, with weights drawn from ``seed``.
 
-    PyTorch's default initialisation (uniform within 1/sqrt(fan_in)) from a
-    local generator: the same draw gives the same weights, and the global RNG
-    is never touched, nor reseeded (which is slow).
+    PyTorch's default initialisation (uniform within 1/sqrt(fan_in)) from a local generator: the same draw
+    gives the same weights, and the global RNG is never touched, nor reseeded (which is slow).
     """
     generator = torch.Generator().manual_seed(seed)
     model = model.to_empty(device="cpu")
@@ -528,8 +525,8 @@ POSITIONS = Positions()  # the default field of a point cloud
 def rotations(*, group: str | st.SearchStrategy[str] = "SO3") -> st.SearchStrategy[Rotation]:
     """Rotations of ``group`` (``"SO2"``, ``"O2"``, ``"SO3"`` or ``"O3"``), shrinking toward the identity.
 
-    Every rotation can be drawn, though not uniformly; for Haar draws use ``SO3(64, seed=0)`` and
-    the like ([`equivariance.euclidean`][equivariance.euclidean]).
+    Every rotation can be drawn, though not uniformly; for Haar draws use ``SO3(64, seed=0)`` and the like
+    ([`equivariance.euclidean`][equivariance.euclidean]).
 
     Args:
         group: the group to draw from.
@@ -619,9 +616,9 @@ def point_clouds(
 ) -> st.SearchStrategy[Any]:
     """Point clouds: one tensor per field type, all with the same batch and number of points.
 
-    A draw is ``(pos, h)`` for ``fields=(Positions(), Scalars())`` (the tensor alone for one field
-    type), each part shaped by its field type, values uniform in ``[-scale, scale]``; counts shrink
-    toward one cloud of one point.
+    A draw is ``(pos, h)`` for ``fields=(Positions(), Scalars())`` (the tensor alone for one field type), each
+    part shaped by its field type, values uniform in ``[-scale, scale]``; counts shrink toward one cloud of
+    one point.
 
     Args:
         fields: a field type or a sequence of them (``nodes`` of -2, -3 or None).
@@ -709,8 +706,8 @@ class Graph:
 
     Attributes:
         num_nodes: the number of nodes.
-        edge_index: ``(2, E)`` long tensor, sources in row 0, targets in row 1
-            (an undirected graph holds each edge both ways).
+        edge_index: ``(2, E)`` long tensor, sources in row 0, targets in row 1 (an undirected graph holds each
+            edge both ways).
         features: one tensor per name given in ``features=``, nodes on axis 0.
     """
 
@@ -726,8 +723,8 @@ class Graph:
 
     def data(self, **node_fields: torch.Tensor) -> Any:
         """This graph as a torch_geometric ``Data``: ``edge_index``, ``num_nodes``, its features and
-        ``node_fields`` (tensors with the nodes on axis 0). Needs torch_geometric
-        (``pip install equivariance[geometric]``); ``Batch.from_data_list`` batches them.
+        ``node_fields`` (tensors with the nodes on axis 0). Needs torch_geometric (``pip install
+        equivariance[geometric]``); ``Batch.from_data_list`` batches them.
         """
         for name, value in node_fields.items():
             if not isinstance(value, torch.Tensor) or value.dim() == 0 or len(value) != self.num_nodes:
@@ -804,9 +801,9 @@ def graph_batches(
     """Lists of graphs of different sizes, ready for one torch_geometric ``Batch``
     (``Batch.from_data_list([g.data() for g in graphs])``), shrinking toward one graph of one node.
 
-    Each graph draws its own nodes and edges; what a batch must share (``undirected``,
-    ``self_loops``, each feature's ``channels``, ``dim``, ``scale``, ``dtype``) is drawn once per
-    list. See "Graphs of different sizes in one Batch" in "Point clouds, sets and graphs".
+    Each graph draws its own nodes and edges; what a batch must share (``undirected``, ``self_loops``, each
+    feature's ``channels``, ``dim``, ``scale``, ``dtype``) is drawn once per list. See "Graphs of different
+    sizes in one Batch" in "Point clouds, sets and graphs".
 
     Args:
         batch: the number of graphs.
@@ -935,12 +932,12 @@ def node_permutations(*, seed: Count = (0, 2**63 - 1)) -> st.SearchStrategy[Node
     """[`NodePermutation`][equivariance.permutations.NodePermutation]s: a permutation of every graph's own
     nodes, for a batch of graphs of different sizes.
 
-    An element is its seed, so draws shrink toward seed 0, not toward the identity (which a check
-    refuses). One-node graphs are left as they are by every element.
+    An element is its seed, so draws shrink toward seed 0, not toward the identity (which a check refuses).
+    One-node graphs are left as they are by every element.
 
     Args:
-        seed: the seeds to draw from: an int, an inclusive ``(min, max)`` pair or a strategy of ints,
-            in ``0..2**63 - 1``.
+        seed: the seeds to draw from: an int, an inclusive ``(min, max)`` pair or a strategy of ints, in
+            ``0..2**63 - 1``.
 
     Examples:
         >>> from hypothesis import given

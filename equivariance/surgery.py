@@ -2,8 +2,8 @@
 
 [`antialias`][equivariance.surgery.antialias], [`polyphase`][equivariance.surgery.polyphase] and
 [`circular_padding`][equivariance.surgery.circular_padding] each return a converted deep copy whose
-``state_dict`` is the original's; what each does and what cannot be converted are in docs/fixing.md
-("The three conversions").
+``state_dict`` is the original's; what each does and what cannot be converted are in docs/fixing.md ("The
+three conversions").
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def antialias(
     """A copy of ``model`` that blurs before it subsamples (Zhang, ICML 2019), its weights kept.
 
     Each strided convolution runs at stride 1, then its activation, then a
-    [`BlurPool`][equivariance.downsampling.BlurPool] subsamples; a strided pooling runs at stride 1,
-    then the blur (see "Fixing what the profile finds" for the placement and the output sizes).
-    Blurring lowers the error a shift causes; it does not remove it.
+    [`BlurPool`][equivariance.downsampling.BlurPool] subsamples; a strided pooling runs at stride 1, then the
+    blur (see "Fixing what the profile finds" for the placement and the output sizes). Blurring lowers the
+    error a shift causes; it does not remove it.
 
     Examples:
         >>> import torch
@@ -87,21 +87,18 @@ def antialias(
 
     Args:
         model: any ``nn.Module``; it is deep-copied, never changed.
-        layers: names (``model.named_modules()``) of the layers to convert, or
-            of containers whose strided layers to convert; default every
-            strided convolution and pooling layer.
-        filter_size: taps of the binomial filter per dim (Zhang's default 4;
-            3 is ``[1, 2, 1]``).
-        pad_type: the blur's padding: ``"reflect"`` (Zhang's default),
-            ``"replicate"``, ``"zeros"`` or ``"circular"`` (for a circularly
-            padded model).
+        layers: names (``model.named_modules()``) of the layers to convert, or of containers whose strided
+            layers to convert; default every strided convolution and pooling layer.
+        filter_size: taps of the binomial filter per dim (Zhang's default 4; 3 is ``[1, 2, 1]``).
+        pad_type: the blur's padding: ``"reflect"`` (Zhang's default), ``"replicate"``, ``"zeros"`` or
+            ``"circular"`` (for a circularly padded model).
 
     Returns:
         The converted copy, of the model's own class.
 
     Raises:
-        InvalidArgument: a name that is no layer, or a layer named that does
-            not subsample or cannot be converted (the message says why).
+        InvalidArgument: a name that is no layer, or a layer named that does not subsample or cannot be
+            converted (the message says why).
     """
     blur = BlurPool(1, filter_size, pad_type)  # checks the options before the model is copied
     options = _Options(blur.filter_size, blur.pad_type)
@@ -114,10 +111,10 @@ def polyphase(
     """A copy of ``model`` whose every subsampling keeps the grid of largest norm (Chaman and Dokmanic, 2021).
 
     Each strided layer runs at stride 1, then a
-    [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] keeps, per sample, the
-    polyphase component of largest norm; two layers subsampling one tensor keep one grid. With
-    [`circular_padding`][equivariance.surgery.circular_padding] and sizes every stride divides, a
-    globally pooled classifier is exactly invariant to circular shifts.
+    [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] keeps, per sample, the polyphase
+    component of largest norm; two layers subsampling one tensor keep one grid. With
+    [`circular_padding`][equivariance.surgery.circular_padding] and sizes every stride divides, a globally
+    pooled classifier is exactly invariant to circular shifts.
 
     Examples:
         >>> import torch
@@ -137,18 +134,18 @@ def polyphase(
 
     Args:
         model: any ``nn.Module``; it is deep-copied, never changed.
-        layers: names of the layers (or containers) to convert; default every
-            strided convolution, pooling and blur pooling layer.
-        filter_size: taps of a binomial blur before the sampling (1, the
-            default: none; the paper's "APS with a low-pass filter" uses 2 to 5).
+        layers: names of the layers (or containers) to convert; default every strided convolution, pooling and
+            blur pooling layer.
+        filter_size: taps of a binomial blur before the sampling (1, the default: none; the paper's "APS with
+            a low-pass filter" uses 2 to 5).
         pad_type: that blur's padding, ``"circular"`` by default.
 
     Returns:
         The converted copy, of the model's own class.
 
     Raises:
-        InvalidArgument: a name that is no layer, or a layer named that does
-            not subsample or cannot be converted (the message says why).
+        InvalidArgument: a name that is no layer, or a layer named that does not subsample or cannot be
+            converted (the message says why).
     """
     sampling = PolyphaseSampling(1, filter_size, pad_type)
     options = _Options(sampling.filter_size, sampling.pad_type)
@@ -159,9 +156,9 @@ def polyphase(
 def circular_padding(model: M, layers: Sequence[str] | None = None) -> M:
     """A copy of ``model`` in which every padded layer pads circularly (the model of ``boundary="circular"``).
 
-    Convolutions, padded poolings, padding layers and blurs pad circularly; what cannot (a
-    transposed convolution, a layer that pads in its own ``forward``) is named in a warning, or an
-    error when named in ``layers``.
+    Convolutions, padded poolings, padding layers and blurs pad circularly; what cannot (a transposed
+    convolution, a layer that pads in its own ``forward``) is named in a warning, or an error when named in
+    ``layers``.
 
     Examples:
         >>> import torch
@@ -182,8 +179,8 @@ def circular_padding(model: M, layers: Sequence[str] | None = None) -> M:
         The converted copy, of the model's own class.
 
     Raises:
-        InvalidArgument: a name that is no layer, or a layer named that does
-            not pad or cannot be converted (the message says why).
+        InvalidArgument: a name that is no layer, or a layer named that does not pad or cannot be converted
+            (the message says why).
     """
     conversion = _Conversion(
         "circular_padding", _pads, _why_not_circular, _made_circular, _Options(1, "circular")

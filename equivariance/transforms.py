@@ -1,10 +1,10 @@
 """90-degree rotations and flips of spatial dims: the p4 and p4m symmetries, on the same machinery.
 
 [`Rot90`][equivariance.transforms.Rot90] rotates a plane of two spatial dims and
-[`Flip`][equivariance.transforms.Flip] reverses one; they are exact on the whole grid and go to the
-checks as ``transforms=[Rot90(1), Flip(-1)]`` (docs/diagnosing.md, "Rotations and flips"). The eight
-elements of a plane's p4m group are closed under ``*``, in one canonical form; a product across planes
-or with a shift is refused:
+[`Flip`][equivariance.transforms.Flip] reverses one; they are exact on the whole grid and go to the checks as
+``transforms=[Rot90(1), Flip(-1)]`` (docs/diagnosing.md, "Rotations and flips"). The eight elements of a
+plane's p4m group are closed under ``*``, in one canonical form; a product across planes or with a shift is
+refused:
 
     >>> Rot90(1) * Flip(-1), Rot90(2) * Flip(-1), Flip(-1) * Flip(-2), Rot90(1) * Rot90(3)
     (Transpose(), Flip(-2), Rot90(2), Identity())
@@ -52,8 +52,7 @@ class _GridMap(Action):
 class Rot90(_GridMap):
     """Rotation by ``k`` quarter turns in the plane of two spatial dims (``torch.rot90``).
 
-    ``dims`` are negative indices among the spatial dims, default the last
-    two (the image plane).
+    ``dims`` are negative indices among the spatial dims, default the last two (the image plane).
 
     Examples:
         >>> import torch
@@ -146,9 +145,9 @@ class Transpose(_GridMap):
     """Reflection of a plane of two spatial dims across its main diagonal (``anti=True``: across the
     other diagonal): the two diagonal reflections of p4m.
 
-    ``Transpose()`` is ``Rot90(1) * Flip(-1)`` (a flip of the last dim, then a
-    quarter turn) and ``Transpose(anti=True)`` is ``Rot90(3) * Flip(-1)``;
-    products of rotations and flips return them where they are these elements.
+    ``Transpose()`` is ``Rot90(1) * Flip(-1)`` (a flip of the last dim, then a quarter turn) and
+    ``Transpose(anti=True)`` is ``Rot90(3) * Flip(-1)``; products of rotations and flips return them where
+    they are these elements.
 
     Examples:
         >>> import torch
@@ -228,8 +227,8 @@ second dim), then rotate by ``k`` quarter turns from its first dim towards its s
 
 def planar(element: Action, plane: tuple[int, int] | None = None) -> Planar | None:
     """``element`` as ``(plane, s, k)`` (see ``Planar``): in ``plane`` where given (or the element's
-    own); None for an element that is not a rotation, flip or diagonal reflection of a plane, or
-    not of ``plane``.
+    own); None for an element that is not a rotation, flip or diagonal reflection of a plane, or not of
+    ``plane``.
 
     Examples:
         >>> planar(Flip(-2)), planar(Transpose(anti=True)), planar(Rot90(1, dims=(-1, -2)))
