@@ -16,7 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -108,19 +108,13 @@ class Digits:
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
-            found = (
-                tuple(self.images.shape) if isinstance(self.images, torch.Tensor) else describe(self.images)
-            )
             raise InvalidArgument(
-                f"images must be a tensor (N, C, H, W), found {found}; add a channel dim, e.g. "
+                f"images must be a tensor (N, C, H, W), found {_shape(self.images)}; add a channel dim, e.g. "
                 "images[:, None]"
             )
         if not isinstance(self.labels, torch.Tensor) or tuple(self.labels.shape) != (self.images.shape[0],):
-            found = (
-                tuple(self.labels.shape) if isinstance(self.labels, torch.Tensor) else describe(self.labels)
-            )
             raise InvalidArgument(
-                f"labels must be a tensor ({self.images.shape[0]},), one per image, found {found}"
+                f"labels must be a tensor ({len(self.images)},), one per image, found {_shape(self.labels)}"
             )
 
     def __len__(self) -> int:
@@ -140,14 +134,15 @@ class Digits:
             )
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(as_int(seed, "seed")))
         cut = round(fraction * len(self))
-        first, second = order[:cut], order[cut:]
-        return (
-            Digits(self.images[first], self.labels[first], f"{self.name}[:{cut}]"),
-            Digits(self.images[second], self.labels[second], f"{self.name}[{cut}:]"),
-        )
+        first, second = self[order[:cut]], self[order[cut:]]
+        return replace(first, name=f"{self.name}[:{cut}]"), replace(second, name=f"{self.name}[{cut}:]")
 
     def __repr__(self) -> str:
         return f"Digits({self.name!r}, {len(self)} images of {tuple(self.images.shape[1:])})"
+
+
+def _shape(value: object) -> object:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else describe(value)
 
 
 # -- MNIST ----------------------------------------------------------------------------------------
