@@ -1,9 +1,9 @@
 """Group elements and how they act: the one protocol every symmetry of the library implements.
 
-An [`Action`][equivariance.actions.Action] is one element ``g`` of a symmetry group together with the
-way it moves a tensor: on a grid, or, given its field type, a tensor of a point cloud, a set or a
-graph. A subclass that defines ``act`` plugs into every check with no change to the library; what
-each member means, and a worked example, are in docs/actions.md ("The action protocol").
+An [`Action`][equivariance.actions.Action] is one element ``g`` of a symmetry group together with the way it
+moves a tensor: on a grid, or, given its field type, a tensor of a point cloud, a set or a graph. A subclass
+that defines ``act`` plugs into every check with no change to the library; what each member means, and a
+worked example, are in docs/actions.md ("The action protocol").
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ def check_boundary(boundary: object) -> Boundary:
 class Grid:
     """The tensor an action acts on: ``(N, *channels, *spatial)``, spatial dims last.
 
-    An action always receives its tensor in this form. The engine views
-    every output in it first (see [`equivariance.layouts`][equivariance.layouts]),
-    so an action never has to know where a model keeps its channels.
+    An action always receives its tensor in this form. The engine views every output in it first (see
+    [`equivariance.layouts`][equivariance.layouts]), so an action never has to know where a model keeps its
+    channels.
 
     Attributes:
         spatial_dims: the number of trailing spatial dims, ``d``.
-        stride: how many input samples one sample of this grid spans, per
-            dim: 1 for the input, 2 for a map subsampled by 2.
+        stride: how many input samples one sample of this grid spans, per dim: 1 for the input, 2 for a map
+            subsampled by 2.
         boundary: how shifts treat the edges, ``"zeros"`` or ``"circular"``.
         layout: how the tensor was laid out before it was viewed as a grid.
     """
@@ -81,22 +81,18 @@ class Grid:
 class Action(abc.ABC):
     """A group element acting on the spatial grid of tensors.
 
-    Subclass it and define [`act`][equivariance.actions.Action.act]; the
-    other methods have defaults that fit an element which maps the whole grid
-    onto itself (a rotation, a flip, a transpose). docs/actions.md has a
+    Subclass it and define [`act`][equivariance.actions.Action.act]; the other methods have defaults that fit
+    an element which maps the whole grid onto itself (a rotation, a flip, a transpose). docs/actions.md has a
     worked example.
 
     Attributes:
-        noun: what reports call the element (``"transform"``; ``"shift"``
-            for shifts).
-        uses_boundary: whether ``act`` reads ``grid.boundary`` (shifts do;
-            elements that map the grid onto itself do not, and reports then
-            show no boundary).
-        moves_positions_only: whether the element only moves (or drops)
-            positions of the grid, every channel alike, as shifts, rotations
-            and flips do. The engine then moves a map of per-position norms
-            instead of whole tensors. Leave it False for anything that mixes
-            or permutes channels, or interpolates.
+        noun: what reports call the element (``"transform"``; ``"shift"`` for shifts).
+        uses_boundary: whether ``act`` reads ``grid.boundary`` (shifts do; elements that map the grid onto
+            itself do not, and reports then show no boundary).
+        moves_positions_only: whether the element only moves (or drops) positions of the grid, every channel
+            alike, as shifts, rotations and flips do. The engine then moves a map of per-position norms
+            instead of whole tensors. Leave it False for anything that mixes or permutes channels, or
+            interpolates.
     """
 
     __slots__ = ()
@@ -111,25 +107,22 @@ class Action(abc.ABC):
         """The tensor moved by this element.
 
         Args:
-            x: a tensor ``(N, *channels, *spatial)`` with ``grid.spatial_dims``
-                trailing spatial dims; or a tensor of points of a field type.
-            grid: where ``x`` lives: its stride relative to the input (an
-                output subsampled by 2 moves half as far), its boundary and
-                its original layout; or, for elements of points (rotations,
-                permutations), the field type of ``x`` (``Positions()``,
-                ``Vectors()``, ...).
+            x: a tensor ``(N, *channels, *spatial)`` with ``grid.spatial_dims`` trailing spatial dims; or a
+                tensor of points of a field type.
+            grid: where ``x`` lives: its stride relative to the input (an output subsampled by 2 moves half as
+                far), its boundary and its original layout; or, for elements of points (rotations,
+                permutations), the field type of ``x`` (``Positions()``, ``Vectors()``, ...).
 
         Returns:
-            A tensor of the same shape. It may share memory with ``x``, and
-            may even write to ``x``: the engine gives an ``act`` of your own
-            a private copy (see [`guarded_act`][equivariance.actions.guarded_act]).
+            A tensor of the same shape. It may share memory with ``x``, and may even write to ``x``: the
+            engine gives an ``act`` of your own a private copy (see
+            [`guarded_act`][equivariance.actions.guarded_act]).
         """
 
     def region(self, spatial: tuple[int, ...], grid: Grid) -> tuple[slice, ...]:
         """The box of the result that is determined by the tensor acted on.
 
-        Default: the whole grid. A zero-boundary shift returns the part its
-        fill did not reach.
+        Default: the whole grid. A zero-boundary shift returns the part its fill did not reach.
         """
         return tuple(slice(0, n) for n in spatial)
 
@@ -171,8 +164,8 @@ class Action(abc.ABC):
         """The integer offsets by which the element moves every position of ``grid``, if it is a
         translation there (a shift); None otherwise (the default).
 
-        The profile then compares the part of a layer's output it is defined on
-        with a slice of the reference instead of with a moved copy of it.
+        The profile then compares the part of a layer's output it is defined on with a slice of the reference
+        instead of with a moved copy of it.
         """
         return None
 
@@ -211,11 +204,10 @@ class Action(abc.ABC):
     def batched(cls, x: torch.Tensor, elements: Sequence[Action], grid: Where) -> Batched | None:
         """A vectorized way to move rows of ``x`` by many elements of this class at once.
 
-        The engine calls it once per measurement with every element of the
-        plan that is an instance of ``cls``. The default, None, makes the
-        engine call ``act`` once per run of items that share an element:
-        right for the few elements of a rotation group, too slow for the
-        hundreds of shifts of a sweep, which answer with one gather.
+        The engine calls it once per measurement with every element of the plan that is an instance of
+        ``cls``. The default, None, makes the engine call ``act`` once per run of items that share an element:
+        right for the few elements of a rotation group, too slow for the hundreds of shifts of a sweep, which
+        answer with one gather.
         """
         return None
 
@@ -229,10 +221,9 @@ def which_output(part: str) -> str:
 def guarded_act(element: Action, tensor: torch.Tensor, grid: Where) -> torch.Tensor:
     """``element.act(tensor, grid)``, leaving ``tensor`` as it was even where ``act`` writes to it.
 
-    The engine moves the caller's input and the model's reference outputs
-    with it. The library's own elements never write to what they are given;
-    an ``act`` of the caller's own (a subclass that defines or redefines it)
-    is given a private copy (keeping the autograd graph), so ``x.mul_(-1)`` in it changes that copy only.
+    The engine moves the caller's input and the model's reference outputs with it. The library's own elements
+    never write to what they are given; an ``act`` of the caller's own (a subclass that defines or redefines
+    it) is given a private copy (keeping the autograd graph), so ``x.mul_(-1)`` in it changes that copy only.
 
     Examples:
         >>> class Negate(Action):

@@ -1,9 +1,9 @@
 """Dataset-scale audits: the equivariance error of a model over a whole dataset.
 
-[`audit`][equivariance.audit.audit] streams a dataset batch by batch through the checks' engine,
-keeps every sample's worst-over-shifts error (so quantiles are exact, and a run sharded under
-``torchrun`` gives a single process's numbers), and can resume from a checkpoint that refuses other
-settings, weights or data. The guarantees and their limits are in docs/audit.md.
+[`audit`][equivariance.audit.audit] streams a dataset batch by batch through the checks' engine, keeps every
+sample's worst-over-shifts error (so quantiles are exact, and a run sharded under ``torchrun`` gives a single
+process's numbers), and can resume from a checkpoint that refuses other settings, weights or data. The
+guarantees and their limits are in docs/audit.md.
 """
 
 from __future__ import annotations
@@ -53,13 +53,13 @@ class AuditResult:
     Attributes:
         errors: each sample's largest error over the shifts (float64, dataset order).
         passed: whether each sample is within the tolerance for every shift.
-        consistent: whether each sample's top-1 class is the same for every
-            shift, or None without a ``classifier``.
+        consistent: whether each sample's top-1 class is the same for every shift, or None without a
+            ``classifier``.
         shifts: the number of shifts (or elements, with ``transforms=``) audited.
         rtol: the relative tolerance applied.
         atol: the absolute tolerance applied where the reference output is zero.
-        noun: what the elements are called in ``str()``: ``"shifts"``, or
-            ``"transforms"`` for an audit of several inputs.
+        noun: what the elements are called in ``str()``: ``"shifts"``, or ``"transforms"`` for an audit of
+            several inputs.
     """
 
     errors: torch.Tensor
@@ -138,20 +138,14 @@ def audit(
 ) -> AuditResult:
     """Audit the equivariance of ``model`` over a dataset, batch by batch.
 
-    Each batch is measured as by [`check_equivariance`][equivariance.check.check_equivariance]
-    (all its shifts in batched forward passes); every sample's largest error
-    over ``shifts`` is kept. With ``checkpoint``, the batches done are saved
-    every ``checkpoint_every`` batches and when the run stops (Ctrl-C and
-    exceptions included), and a run started again with the same file skips
-    them. A checkpoint of other settings, weights, data (or data order) or
-    number of processes is refused, saying what differs. The path is checked
-    and locked against a second writer before any work.
+    Each batch is measured as by [`check_equivariance`][equivariance.check.check_equivariance]; every sample's
+    largest error over ``shifts`` is kept. A checkpoint resumes a stopped run and refuses other settings,
+    weights or data (see "Dataset audits").
 
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
-        data: a ``DataLoader``, a map-style ``Dataset``, or any iterable of
-            batches; a batch is a tensor ``(N, C, *spatial)`` or a tuple or
-            list whose first item is one (``(x, y)``).
+        data: a ``DataLoader``, a map-style ``Dataset``, or any iterable of batches: tensors ``(N, C,
+            *spatial)`` or tuples whose first item is one (``(x, y)``).
         shifts: the shifts to audit, [`Shift`][equivariance.shifts.Shift] objects or tuples of ints.
         layer: audit this named submodule's output.
         output: picks the tensor from a tuple or dict output.
@@ -160,34 +154,17 @@ def audit(
         margin: samples dropped at each edge of the compared region.
         rtol: tolerance on the relative error (default from the dtype).
         atol: tolerance on the RMS absolute error where the reference is zero.
-        classifier: a callable from inputs to logits ``(N, classes)``; when
-            given, top-1 consistency under the shifts is measured too (often
-            the model itself, with ``layer=`` naming its feature map).
+        classifier: a callable from inputs to logits ``(N, classes)``; top-1 consistency under the shifts is
+            measured too.
         loader_batch_size: samples per batch when ``data`` is a ``Dataset``.
-        batch_size: samples per forward pass inside a batch (default: from the input
-            size), or ``"auto"`` to fit them to the device's memory.
-        checkpoint: a file to write progress to and resume from, with its
-            results beside it (``.results`` appended); one per process under
-            torch.distributed (``.rank<r>`` appended; resume with as many
-            processes as wrote them).
+        batch_size: samples per forward pass inside a batch, or ``"auto"``.
+        checkpoint: a file to write progress to and resume from (one per process under torch.distributed).
         checkpoint_every: batches between checkpoint writes.
         progress: show a progress bar on stderr.
-        transforms: with ``inputs=``, the elements to audit in place of
-            shifts: rotations, permutations, their products, or a group
-            sample such as ``SO3(16, seed=0)`` (the same elements for every
-            batch).
-        inputs: for a model of point clouds, sets or graphs, the field type
-            of each of its arguments, as in
-            [`check_equivariance`][equivariance.check_equivariance]. A batch
-            is then the model's arguments: a tuple or list (its first
-            ``len(inputs)`` items, so ``(pos, h, y)`` with two field types
-            passes ``(pos, h)``; the first item alone for one field type), a
-            dict of keyword arguments, or a torch_geometric ``Data``/``Batch``
-            (its graphs are the samples). Each batch runs as
-            ``check_equivariance`` runs it: every output judged by its own
-            size, within ``rtol`` or ten times its noise floor; a sample's
-            error is the largest over the elements and the outputs. The grid's
-            ``shifts``, ``stride``, ``margin`` and ``boundary`` do not apply.
+        transforms: with ``inputs=``, the elements to audit in place of shifts (e.g. ``SO3(16, seed=0)``).
+        inputs: for points, sets or graphs, the field type of each of the model's arguments, as in
+            [`check_equivariance`][equivariance.check_equivariance]; a batch is then the model's arguments (a
+            tuple, a dict or a torch_geometric ``Batch``).
         outputs: with ``inputs=``, the field type of each output.
 
     Returns:
@@ -509,57 +486,39 @@ def _changed(recorded: Record, again: Record, tolerance: list[float], afresh: st
 def _measure_batch(
     runner: Runner, forward: Forward, judge: Forward | None, x: Any, options: _Options
 ) -> tuple[list[float], list[bool], list[bool] | None, list[float]]:
-    """One batch on the checks' engine: each sample's worst error and verdict over the shifts, the
-    tolerance applied, and (with a classifier, run on the same copies) whether every shift keeps
-    each sample's top-1 class."""
-    if options.elements is not None:
-        return _measure_points(runner, forward, judge, x, options)
-    request = _arguments.validate(
-        forward.model, x, "equivariance", options.shifts, stride=options.stride, margin=options.margin,
-        boundary=options.boundary, batch_size=options.batch_size, layer=forward.layer, output=forward.output,
-        noise_floor=False,
-    )  # fmt: skip
+    """One batch on the checks' engine, as ``check_equivariance`` measures it: each sample's worst error
+    (over the elements, and over the output parts each judged by its own size) and verdict, the tolerance
+    applied, and (with a classifier, run on the same copies) whether every element keeps each sample's
+    top-1 class."""
+    common: dict[str, Any] = {"batch_size": options.batch_size, "layer": forward.layer}
+    common["output"] = forward.output
+    if options.elements is None:
+        request = _arguments.validate(
+            forward.model, x, "equivariance", options.shifts, stride=options.stride, margin=options.margin,
+            boundary=options.boundary, noise_floor=False, **common,
+        )  # fmt: skip
+    else:
+        request = _arguments.validate_parts(
+            forward.model, x, "equivariance", options.elements, inputs=options.inputs,
+            outputs=options.outputs, **common,
+        )  # fmt: skip
     plan = _plan.make_plan(runner, request)
-    also, predictions, unshifted = [], None, None
-    if judge is not None:
-        unshifted = runner.base(judge, x).output.argmax(dim=1).cpu()  # on a copy: it may write to it
-        predictions = Top1(len(plan.rows), len(x))
-        also.append(ModelConsumer(judge, [predictions], None))
-    sums, _ = _plan.measure(runner, plan, also)
-    dtype = min((x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
-    tolerance = resolve_tolerance(dtype, rtol=options.rtol, atol=options.atol)
-    err, absolute = sample_errors(sums.diff_sq, sums.ref_sq, sums.count.unsqueeze(-1), sums.scale)
-    ok = within(err, absolute, tolerance).all(dim=0)
-    consistent = None
-    if predictions is not None and unshifted is not None:
-        consistent = (predictions.table() == unshifted).all(dim=0).tolist()
-    return err.max(dim=0).values.tolist(), ok.tolist(), consistent, [tolerance.rtol, tolerance.atol]
-
-
-def _measure_points(
-    runner: Runner, forward: Forward, judge: Forward | None, x: Any, options: _Options
-) -> tuple[list[float], list[bool], list[bool] | None, list[float]]:
-    """One batch of several inputs, as ``check_equivariance`` measures it: each output part judged by its
-    own size and noise floor; a sample's error is its largest over the elements and the parts."""
-    assert options.elements is not None
-    request = _arguments.validate_parts(
-        forward.model, x, "equivariance", options.elements, inputs=options.inputs, outputs=options.outputs,
-        batch_size=options.batch_size, layer=forward.layer, output=forward.output,
-    )  # fmt: skip
-    assert request.arguments is not None
-    plan = _plan.make_plan(runner, request)
+    given = x if request.arguments is None else request.arguments
     also, predictions, unmoved = [], None, None
     if judge is not None:
-        unmoved = runner.base(judge, request.arguments).output.argmax(dim=1).cpu()
-        predictions = Top1(len(plan.rows), len(request.arguments))
+        unmoved = runner.base(judge, given).output.argmax(dim=1).cpu()  # on a copy: it may write to it
+        predictions = Top1(len(plan.rows), len(given))
         also.append(ModelConsumer(judge, [predictions], None))
-    sums, _ = _plan.measure_parts(runner, plan, also)
-    assert plan.outputs is not None
     dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
     tolerance = resolve_tolerance(dtype, rtol=options.rtol, atol=options.atol)
-    errors, _, passes, _ = part_errors(plan, sums, tolerance)
-    worst = torch.stack(errors).amax(dim=(0, 1))  # over the parts and the elements
-    ok = torch.stack(passes).all(dim=0).all(dim=0)
+    if plan.outputs is None:
+        sums, _ = _plan.measure(runner, plan, also)
+        err, absolute = sample_errors(sums.diff_sq, sums.ref_sq, sums.count.unsqueeze(-1), sums.scale)
+        worst, ok = err.max(dim=0).values, within(err, absolute, tolerance).all(dim=0)
+    else:
+        errors, _, passes, _ = part_errors(plan, _plan.measure_parts(runner, plan, also)[0], tolerance)
+        worst = torch.stack(errors).amax(dim=(0, 1))  # over the parts and the elements
+        ok = torch.stack(passes).all(dim=0).all(dim=0)
     consistent = None
     if predictions is not None and unmoved is not None:  # the elements' rows, not the noise floor's
         consistent = (predictions.table()[plan.noise_rows :] == unmoved).all(dim=0).tolist()

@@ -1,12 +1,9 @@
 """Checks over many shifts: ``check_*`` return a report, ``assert_*`` raise with it.
 
-The three layers are kept apart: the plan and runner
-(`equivariance._engine.plan`) compute, the
-[`EquivarianceReport`][equivariance.EquivarianceReport] renders, and the
-``assert_*`` functions raise [`EquivarianceError`][equivariance.EquivarianceError]
-with the report's text (through
-[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which
-the pytest fixtures share).
+The three layers are kept apart: the plan and runner (`equivariance._engine.plan`) compute, the
+[`EquivarianceReport`][equivariance.EquivarianceReport] renders, and the ``assert_*`` functions raise
+[`EquivarianceError`][equivariance.EquivarianceError] with the report's text (through
+[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which the pytest fixtures share).
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ from equivariance.crops import Crop
 from equivariance.errors import InvalidArgument
 from equivariance.fields import FieldSpec, ModelInput
 from equivariance.layouts import LayoutLike
+from equivariance.metric import _request
 from equivariance.regular import Regular
 from equivariance.report import EquivarianceReport, ShiftResult
 from equivariance.shifts import Shift, ShiftLike, as_shift_list
@@ -68,19 +66,12 @@ def check_equivariance(
     inputs: FieldSpec = None,
     outputs: FieldSpec = None,
 ) -> EquivarianceReport:
-    """Measure the equivariance error of ``model`` on ``x`` for many shifts at once.
+    """Measure the equivariance error of ``model`` on ``x`` for many shifts at once, in batched passes.
 
-    Every shift of every sample runs through the model in batched forward
-    passes (``batch_size`` samples each), never one pass per shift. A shift
-    passes when, for every sample, the relative error (see
-    [`equivariance_error`][equivariance.equivariance_error]) is at most ``rtol``, or, where
-    the reference output is all zero, the RMS absolute error is at most
-    ``atol``. The defaults depend on the dtype
-    ([`equivariance.tolerances`][equivariance.tolerances]).
-
-    The report also carries the noise floor, the error the identity shift
-    measures through the same batched path, which exposes batch-size-dependent
-    kernels and reduced-precision arithmetic.
+    A shift passes when every sample's relative error (see
+    [`equivariance_error`][equivariance.equivariance_error]) is at most ``rtol``, or, where the reference is
+    all zero, its RMS absolute error is at most ``atol``. The report also carries the noise floor (see
+    "Concepts").
 
     Examples:
         >>> import torch
@@ -91,8 +82,7 @@ def check_equivariance(
         >>> report.passed, len(report.elements)
         (True, 49)
 
-        A point cloud, with the field type of its input and output (see the
-        page "Point clouds, sets and graphs"):
+        A point cloud, with the field types of its input and output (see "Point clouds, sets and graphs"):
 
         >>> from equivariance.euclidean import SO3
         >>> from equivariance.fields import Positions, Vectors
@@ -104,92 +94,43 @@ def check_equivariance(
     Args:
         model: any ``nn.Module`` or callable from tensor to tensor.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
-        shifts: the shifts to check (``Shift`` objects or tuples of ints).
-            Default: every multiple of ``stride`` in the box ``[-max_shift, max_shift]``.
-        max_shift: half-width of the default box (an int or one per dim);
-            default ``2 * stride``. Not allowed together with ``shifts``.
-        stride: the output's subsampling factor; the output shift is
-            ``shift / stride``, and every shift must be a multiple of it.
-            ``"auto"`` infers it (the report says what it found): the
-            input shift that moves the output by one sample, of the
-            candidates the spatial sizes allow, tested in one batched pass.
-        output_action: a callable ``(f(x), shift) -> tensor`` for any other
-            output action; or ``regular("p4")`` / ``regular("p4m")`` for the
-            orientation channels of a group-convolution layer, which the
-            transforms (and shifts) move as the regular representation
-            ([`equivariance.regular`][equivariance.regular]).
-        boundary: ``"zeros"`` or ``"circular"``, see [`equivariance.shifts`][equivariance.shifts];
-            or ``Crop(size)``: ``x`` is a larger image, each shift a crop window
-            (the protocol of Zhang 2019, see [`equivariance.crops`][equivariance.crops]).
-        margin: samples dropped at each edge of the compared region.
-            ``"auto"`` measures the receptive-field radius of the output, in
-            output samples, from the gradient of a centre output with respect
-            to the input (one backward pass), so zero-padded 'same'
-            convolutions pass with ``boundary="zeros"``; if that margin leaves
-            nothing to compare, InvalidArgument says so.
+        shifts: the shifts to check (``Shift`` objects or tuples of ints); default every multiple of
+            ``stride`` in the box ``[-max_shift, max_shift]``.
+        max_shift: half-width of the default box (an int or one per dim); default ``2 * stride``.
+        stride: the output's subsampling factor: the output moves by ``shift / stride``; ``"auto"`` infers it
+            in one batched pass.
+        output_action: a callable ``(f(x), shift) -> tensor``, or ``regular("p4")`` / ``regular("p4m")`` for
+            group-convolution channels ([`equivariance.regular`][equivariance.regular]).
+        boundary: ``"zeros"``, ``"circular"`` or ``Crop(size)`` ([`equivariance.crops`][equivariance.crops]).
+        margin: samples dropped at each edge of the compared region; ``"auto"`` measures the receptive-field
+            radius of the output by one backward pass.
         layer: measure this named submodule's output; the forward pass stops there.
         output: picks the tensor from a tuple or dict output.
         atol: tolerance on the RMS absolute error where the reference is zero.
         rtol: tolerance on the relative error.
-        batch_size: samples per forward pass; by default about 32 MiB of
-            activations (at least 8 samples) on the CPU, measured in the
-            unshifted pass, and 2**22 input elements on a GPU; ``"auto"`` fills
-            a memory budget instead (see the benchmarks page).
-        transforms: check these symmetries instead of shifts, e.g.
-            ``[Rot90(1), Flip(-1)]`` ([`equivariance.transforms`][equivariance.transforms]): each acts
-            alike on the input and on the output, over the whole grid less
-            ``margin``, and is a row of the report. They run through the same
-            batched engine (``batch_size``, noise floor, hints). Not allowed
-            with ``shifts``, ``max_shift``, ``stride`` or an ``output_action``
-            other than ``regular(...)``;
-            ``boundary`` does not apply to them. An action of your own
-            (a subclass of [`Action`][equivariance.actions.Action]) works too.
-        layout: where the output keeps its spatial dims: ``"channels_first"``
-            ``(N, C, *spatial)``, ``"channels_last"`` ``(N, *spatial, C)`` or
-            ``Tokens(grid, prefix=k)`` ``(N, L, C)`` (see
-            [`equivariance.layouts`][equivariance.layouts]). Default: channels
-            first; a check never guesses, but when it fails on an output whose
-            shape reads as another layout, its hint says so.
-        inputs: for a model of point clouds, sets or graphs: the field type
-            ([`equivariance.fields`][equivariance.fields]) of ``x``, or of each
-            of the model's arguments when ``x`` is a tuple (positional) or a
-            dict (keyword), None for an argument no element moves, e.g.
-            ``check_equivariance(model, (pos, h), transforms=E3(64, seed=0),
-            inputs=(Positions(), Scalars()), outputs=(Scalars(nodes=None),
-            Vectors()))``. Every tensor shares the batch axis first. The
-            grid's options (``shifts``, ``max_shift``, ``stride``,
-            ``margin``, ``boundary``, ``layout``, ``output_action``) do not
-            apply; ``transforms=`` is needed (a group sample such as
-            ``SO3(64, seed=0)``, or elements by name).
-        outputs: with ``inputs=``: the field type of the output, or of each
-            output (a tuple, or a dict for a dict output). Each output is
-            judged by its own size and has a row of the report.
+        batch_size: samples per forward pass (default from the activations' size), or ``"auto"`` to fill a
+            memory budget (see "Benchmarks").
+        transforms: check these elements instead of shifts, e.g. ``[Rot90(1), Flip(-1)]``
+            ([`equivariance.transforms`][equivariance.transforms]) or an
+            [`Action`][equivariance.actions.Action] of your own; not with ``shifts``, ``max_shift``,
+            ``stride`` or a callable ``output_action``.
+        layout: where the output keeps its spatial dims: ``"channels_first"`` (default), ``"channels_last"``
+            or ``Tokens(grid, prefix=k)`` ([`equivariance.layouts`][equivariance.layouts]).
+        inputs: for points, sets or graphs: the field type ([`equivariance.fields`][equivariance.fields]) of
+            ``x``, or of each argument when ``x`` is a tuple or dict; needs ``transforms=`` and refuses the
+            grid's options.
+        outputs: with ``inputs=``: the field type of the output, or of each output, each a row.
 
     Returns:
         An [`EquivarianceReport`][equivariance.EquivarianceReport].
     """
-    if _arguments.several_inputs(x, inputs, outputs):
-        _arguments.no_grid_options(
-            shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
-            margin=margin != 0, boundary=boundary != "zeros", layout=layout is not None,
-            output_action=output_action is not None,
-        )  # fmt: skip
-        request = _arguments.validate_parts(
-            model, x, "equivariance", _elements(None, transforms, None), inputs=inputs, outputs=outputs,
-            batch_size=batch_size, layer=layer, output=output,
-        )  # fmt: skip
-        return _check(request, atol, rtol, layer, drawn=transforms)
-    if transforms is not None:
-        _no_shift_options(
-            shifts=shifts is not None, max_shift=max_shift is not None, stride=stride != 1,
-            output_action=output_action is not None and not isinstance(output_action, Regular),
-        )  # fmt: skip
-    request = _arguments.validate(
-        model, x, "equivariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
-        stride=stride, margin=margin, boundary=boundary, layout=layout, output_action=output_action,
-        batch_size=batch_size, layer=layer, output=output,
+    request = _request(
+        model, x, "equivariance", lambda: _elements(shifts, transforms, max_shift, stride, output_action),
+        inputs=inputs, outputs=outputs, noise_floor=True, batch_size=batch_size, layer=layer, output=output,
+        shifts=shifts, max_shift=max_shift, stride=stride, margin=margin, boundary=boundary, layout=layout,
+        output_action=output_action,
     )  # fmt: skip
-    return _check(request, atol, rtol, layer, inferred_stride=stride == "auto")
+    return _check(request, atol, rtol, layer, inferred_stride=stride == "auto", drawn=transforms)
 
 
 def check_invariance(
@@ -209,11 +150,8 @@ def check_invariance(
 ) -> EquivarianceReport:
     """Measure how much an output that should not move changes under many shifts.
 
-    Like [`check_equivariance`][equivariance.check.check_equivariance] with the identity as output action: the
-    output (logits, an embedding, anything with a batch dim) is compared whole
-    to the output for the unshifted input. With ``transforms=[Rot90(1), ...]``
-    the input is rotated or flipped instead of shifted, and the output must
-    not change under those transforms either.
+    [`check_equivariance`][equivariance.check.check_equivariance] with the identity as output action: the
+    output (logits, an embedding) is compared whole to the unshifted input's. Arguments as there.
 
     Examples:
         >>> import torch
@@ -225,41 +163,19 @@ def check_invariance(
         >>> from equivariance import Rot90
         >>> check_invariance(net, torch.randn(3, 1, 16, 16), transforms=[Rot90(1)]).passed
         False
-        >>> pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        >>> check_invariance(pool, torch.randn(3, 1, 16, 16), transforms=[Rot90(1), Rot90(2)]).passed
-        True
-
-        A set model is checked with its field types (``inputs=``, as in
-        [`check_equivariance`][equivariance.check.check_equivariance]); every
-        output must stay as it is:
-
         >>> from equivariance.fields import Scalars
         >>> from equivariance.permutations import Permutations
         >>> pooled = lambda h: h.sum(-2)
         >>> check_invariance(pooled, torch.randn(3, 5, 2), transforms=Permutations(8, n=5),
         ...                  inputs=Scalars()).passed
         True
-
-        Arguments as in [`check_equivariance`][equivariance.check.check_equivariance]; ``transforms`` is
-        not allowed
-        with ``shifts`` or ``max_shift``.
     """
-    if _arguments.several_inputs(x, inputs, None):
-        _arguments.no_grid_options(
-            shifts=shifts is not None, max_shift=max_shift is not None, boundary=boundary != "zeros"
-        )
-        request = _arguments.validate_parts(
-            model, x, "invariance", _elements(None, transforms, None), inputs=inputs, outputs=None,
-            batch_size=batch_size, layer=layer, output=output,
-        )  # fmt: skip
-        return _check(request, atol, rtol, layer, drawn=transforms)
-    if transforms is not None:
-        _no_shift_options(shifts=shifts is not None, max_shift=max_shift is not None)
-    request = _arguments.validate(
-        model, x, "invariance", _elements(shifts, transforms, max_shift), max_shift=max_shift,
-        boundary=boundary, batch_size=batch_size, layer=layer, output=output,
+    request = _request(
+        model, x, "invariance", functools.partial(_elements, shifts, transforms, max_shift), inputs=inputs,
+        outputs=None, noise_floor=True, batch_size=batch_size, layer=layer, output=output, shifts=shifts,
+        max_shift=max_shift, boundary=boundary,
     )  # fmt: skip
-    return _check(request, atol, rtol, layer)
+    return _check(request, atol, rtol, layer, drawn=transforms)
 
 
 def assert_equivariant(
@@ -271,14 +187,9 @@ def assert_equivariant(
     **options: Any,
 ) -> EquivarianceReport:
     """[`check_equivariance`][equivariance.check.check_equivariance], raising
-    [`EquivarianceError`][equivariance.EquivarianceError] if it fails.
-
-    The error message is the report: the worst shifts and their errors, the
-    tolerance and dtype, and a hint when the pattern is recognisable. Returns
-    the report when the check passes. A check that could not have failed
-    (``report.vacuous``: an output that does not move) raises
-    [`VacuousCheckError`][equivariance.errors.VacuousCheckError] too, unless
-    ``allow_vacuous=True`` (a property test that may draw dead networks).
+    [`EquivarianceError`][equivariance.EquivarianceError] with the report if it fails, or
+    [`VacuousCheckError`][equivariance.errors.VacuousCheckError] if it could not have failed, unless
+    ``allow_vacuous=True``; else the report.
 
     Examples:
         >>> import torch
@@ -302,11 +213,8 @@ def assert_invariant(
     allow_vacuous: bool = False,
     **options: Any,
 ) -> EquivarianceReport:
-    """[`check_invariance`][equivariance.check.check_invariance], raising
-    [`EquivarianceError`][equivariance.EquivarianceError] if it fails, or
-    [`VacuousCheckError`][equivariance.errors.VacuousCheckError] if it could not
-    have failed (an output that does not respond to its input), unless
-    ``allow_vacuous=True``.
+    """[`check_invariance`][equivariance.check.check_invariance], raising as
+    [`assert_equivariant`][equivariance.check.assert_equivariant] does.
 
     Examples:
         >>> import torch
@@ -319,19 +227,19 @@ def assert_invariant(
     return check_invariance(model, x, shifts, **options).raise_if_failed(allow_vacuous=allow_vacuous)
 
 
-def _no_shift_options(**given: bool) -> None:
-    """transforms= replaces the shifts: the options that describe shifts are refused beside it."""
-    clash = [name for name, present in given.items() if present]
-    if clash:
-        raise InvalidArgument(
-            f"transforms= replaces the shifts, so {', '.join(clash)} cannot be passed with it; "
-            "check shifts and transforms in two calls"
-        )
-
-
-def _elements(shifts: object, transforms: object, max_shift: object) -> list[Action] | None:
-    """The elements to check: the transforms, the shifts given, or None for the default box."""
+def _elements(
+    shifts: object, transforms: object, max_shift: object, stride: object = 1, output_action: object = None
+) -> list[Action] | None:
+    """The elements to check: the transforms, which replace the shifts (so the options that describe
+    shifts are refused beside them), the shifts given, or None for the default box."""
     if transforms is not None:
+        given = {"shifts": shifts is not None, "max_shift": max_shift is not None, "stride": stride != 1}
+        given["output_action"] = output_action is not None and not isinstance(output_action, Regular)
+        if clash := [name for name, present in given.items() if present]:
+            raise InvalidArgument(
+                f"transforms= replaces the shifts, so {', '.join(clash)} cannot be passed with it; "
+                "check shifts and transforms in two calls"
+            )
         return as_transform_list(transforms)
     if shifts is None:
         return None
@@ -356,20 +264,19 @@ def _check(
     resolve_tolerance(request.x.dtype, rtol=rtol, atol=atol)  # bad tolerances are refused before any pass
     with Runner(request.forward.model) as runner:
         plan = _plan.make_plan(runner, request)
-        if plan.outputs is not None:
+        report_of: Callable[[Tolerance], EquivarianceReport]
+        if plan.outputs is None:
+            sums, batch_size = _plan.measure(runner, plan)
+            report_of = functools.partial(
+                _report, plan, sums, batch_size, layer=layer, inferred=inferred_stride
+            )
+        else:
             part_sums, batch_size = _plan.measure_parts(runner, plan)
-            dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
-            tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
-            report = part_report(plan, part_sums, batch_size, tolerance, layer, drawn)
-            why = why_vacuous(runner, plan, tolerance) if report.within_tolerance else None
-            if why is None:
-                return report
-            return dataclasses.replace(report, vacuous=why, hints=(why, *report.hints))
-        sums, batch_size = _plan.measure(runner, plan)
+            report_of = functools.partial(part_report, plan, part_sums, batch_size, layer=layer, drawn=drawn)
         # an output less precise than x (autocast, a half-precision head) sets the tolerance
         dtype = min((request.x.dtype, plan.base.dtype), key=lambda t: -torch.finfo(t).eps)
         tolerance = resolve_tolerance(dtype, rtol=rtol, atol=atol)
-        report = _report(plan, sums, batch_size, tolerance, layer, inferred_stride)
+        report = report_of(tolerance)
         why = why_vacuous(runner, plan, tolerance) if report.within_tolerance else None
     # not a pass (report.passed is False): the reason is also the first hint
     return report if why is None else dataclasses.replace(report, vacuous=why, hints=(why, *report.hints))
@@ -381,7 +288,7 @@ def _report(
     batch_size: int,
     tolerance: Tolerance,
     layer: str | None,
-    inferred_stride: bool,
+    inferred: bool,
 ) -> EquivarianceReport:
     noise = sums.rows(slice(0, plan.noise_rows))
     checked = sums.rows(slice(plan.noise_rows, None))
@@ -422,7 +329,7 @@ def _report(
         dtype=str(request.x.dtype).removeprefix("torch."),
         device=str(request.x.device),
         boundary=_shown_boundary(plan),
-        output_action=_describe_action(plan, inferred=inferred_stride),
+        output_action=_describe_action(plan, inferred=inferred),
         margin=plan.margins if mode == "equivariance" else (0,) * d,
         batch_size=batch_size,
         hints=hints_for(plan, verdicts, functools.partial(_structure, plan, results)),

@@ -1,8 +1,8 @@
 """The crop protocol: shifts as crops of a larger image, as in Zhang (ICML 2019).
 
-Passing ``boundary=Crop(size)`` makes ``x`` the larger image, the reference the crop at ``at`` (centred
-by default) and a shift ``s`` the crop at ``at - s``; equivariance compares two crops' outputs on their
-overlap. Why, and what it does not do, in docs/crops.md.
+Passing ``boundary=Crop(size)`` makes ``x`` the larger image, the reference the crop at ``at`` (centred by
+default) and a shift ``s`` the crop at ``at - s``; equivariance compares two crops' outputs on their overlap.
+Why, and what it does not do, in docs/crops.md.
 
 Examples:
     >>> import torch
@@ -36,8 +36,8 @@ class Crop:
 
     Args:
         size: the crop's spatial size: an int for every spatial dim, or one per dim.
-        at: the first corner of the reference crop (an int or one per dim);
-            default centred, ``(spatial - size) // 2``.
+        at: the first corner of the reference crop (an int or one per dim); default centred, ``(spatial -
+            size) // 2``.
 
     Examples:
         >>> import torch

@@ -1,8 +1,8 @@
 """Handwritten digits for the seed's experiments: MNIST, an offline fallback, and canvases.
 
 [`mnist`][equivariance.datasets.mnist] downloads and checks the official MNIST files once;
-[`digits`][equivariance.datasets.digits] is the offline fallback (scikit-learn's 8x8 digits in
-MNIST's layout); [`embed_in_canvas`][equivariance.datasets.embed_in_canvas] and
+[`digits`][equivariance.datasets.digits] is the offline fallback (scikit-learn's 8x8 digits in MNIST's
+layout); [`embed_in_canvas`][equivariance.datasets.embed_in_canvas] and
 [`position_sweep`][equivariance.datasets.position_sweep] put digits on a larger canvas and move them.
 """
 
@@ -16,7 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -77,9 +77,8 @@ _DOWNLOAD_TIMEOUT_S = 60.0
 class DatasetUnavailable(InvalidArgument):
     """A data set could not be loaded: missing offline, a failed download, a wrong checksum.
 
-    The message names the file, where it was looked for, what went wrong and
-    what to do (place the official files in the cache directory, or use the
-    offline [`digits`][equivariance.datasets.digits]). It subclasses
+    The message names the file, where it was looked for, what went wrong and what to do (place the official
+    files in the cache directory, or use the offline [`digits`][equivariance.datasets.digits]). It subclasses
     [`InvalidArgument`][equivariance.InvalidArgument].
     """
 
@@ -109,19 +108,13 @@ class Digits:
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
-            found = (
-                tuple(self.images.shape) if isinstance(self.images, torch.Tensor) else describe(self.images)
-            )
             raise InvalidArgument(
-                f"images must be a tensor (N, C, H, W), found {found}; add a channel dim, e.g. "
+                f"images must be a tensor (N, C, H, W), found {_shape(self.images)}; add a channel dim, e.g. "
                 "images[:, None]"
             )
         if not isinstance(self.labels, torch.Tensor) or tuple(self.labels.shape) != (self.images.shape[0],):
-            found = (
-                tuple(self.labels.shape) if isinstance(self.labels, torch.Tensor) else describe(self.labels)
-            )
             raise InvalidArgument(
-                f"labels must be a tensor ({self.images.shape[0]},), one per image, found {found}"
+                f"labels must be a tensor ({len(self.images)},), one per image, found {_shape(self.labels)}"
             )
 
     def __len__(self) -> int:
@@ -141,14 +134,15 @@ class Digits:
             )
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(as_int(seed, "seed")))
         cut = round(fraction * len(self))
-        first, second = order[:cut], order[cut:]
-        return (
-            Digits(self.images[first], self.labels[first], f"{self.name}[:{cut}]"),
-            Digits(self.images[second], self.labels[second], f"{self.name}[{cut}:]"),
-        )
+        first, second = self[order[:cut]], self[order[cut:]]
+        return replace(first, name=f"{self.name}[:{cut}]"), replace(second, name=f"{self.name}[{cut}:]")
 
     def __repr__(self) -> str:
         return f"Digits({self.name!r}, {len(self)} images of {tuple(self.images.shape[1:])})"
+
+
+def _shape(value: object) -> object:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else describe(value)
 
 
 # -- MNIST ----------------------------------------------------------------------------------------
@@ -181,10 +175,10 @@ def mnist(
 ) -> Digits:
     """The MNIST digits of ``split``: 60,000 for ``"train"``, 10,000 for ``"test"``.
 
-    The files are read from [`data_dir`][equivariance.datasets.data_dir] and, if missing and
-    ``download`` is true, downloaded there first from [`MNIST_MIRRORS`][equivariance.datasets.MNIST_MIRRORS].
-    Every file's SHA-256 must match [`MNIST_FILES`][equivariance.datasets.MNIST_FILES]. Images come as
-    float32 in ``[0, 1]``, ``(N, 1, 28, 28)``.
+    The files are read from [`data_dir`][equivariance.datasets.data_dir] and, if missing and ``download`` is
+    true, downloaded there first from [`MNIST_MIRRORS`][equivariance.datasets.MNIST_MIRRORS]. Every file's
+    SHA-256 must match [`MNIST_FILES`][equivariance.datasets.MNIST_FILES]. Images come as float32 in ``[0,
+    1]``, ``(N, 1, 28, 28)``.
 
     Not run as a doctest, since it may download 11 MB:
 
@@ -196,8 +190,8 @@ def mnist(
         split: ``"train"`` or ``"test"``.
         root: the directory holding the four files (default: see
             [`data_dir`][equivariance.datasets.data_dir]).
-        download: whether to download missing files; with False a missing
-            file raises [`DatasetUnavailable`][equivariance.datasets.DatasetUnavailable].
+        download: whether to download missing files; with False a missing file raises
+            [`DatasetUnavailable`][equivariance.datasets.DatasetUnavailable].
 
     Raises:
         DatasetUnavailable: a file is missing and cannot be downloaded, or its checksum is wrong.
@@ -223,9 +217,8 @@ def mnist(
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Parse an IDX file (gzip-compressed or not) into a numpy array.
 
-    The format of the MNIST files: a magic number ``0x0000TTDD`` (``TT`` the
-    element type, ``DD`` the number of dims), one big-endian uint32 per dim,
-    then the elements, big-endian, in C order.
+    The format of the MNIST files: a magic number ``0x0000TTDD`` (``TT`` the element type, ``DD`` the number
+    of dims), one big-endian uint32 per dim, then the elements, big-endian, in C order.
 
     Args:
         path: the file; a name ending in ``.gz`` is decompressed.
@@ -340,11 +333,10 @@ def _sha256(path: Path) -> str:
 def digits() -> Digits:
     """Scikit-learn's 1,797 handwritten digits, in MNIST's layout: offline, no download.
 
-    The 8x8 images (values 0 to 16) are resized to 20x20 (bilinear), scaled
-    to ``[0, 1]`` and padded by 4 on each side to 28x28, the way MNIST's
-    digits sit in a 20x20 box centred in their square. They are coarser than
-    MNIST's but real handwriting, enough to train the seed's LeNet to 97.8%
-    validation accuracy in 10 epochs (``python benchmarks/train_digits.py``).
+    The 8x8 images (values 0 to 16) are resized to 20x20 (bilinear), scaled to ``[0, 1]`` and padded by 4 on
+    each side to 28x28, the way MNIST's digits sit in a 20x20 box centred in their square. They are coarser
+    than MNIST's but real handwriting, enough to train the seed's LeNet to 97.8% validation accuracy in 10
+    epochs (``python benchmarks/train_digits.py``).
 
     Raises:
         DatasetUnavailable: scikit-learn is not installed (``pip install 'equivariance[data]'``).
@@ -379,10 +371,9 @@ def embed_in_canvas(
 ) -> torch.Tensor:
     """Place images on a larger zero canvas, as the seed does with 28x28 digits on 38x38.
 
-    ``offset`` is the (row, column) of each image's top-left corner on the
-    canvas: one pair for all images, or one pair per image (a tensor or
-    sequence of shape ``(N, 2)``); by default the images are centred
-    (offset ``(size - 28) // 2``). Every image must fit entirely.
+    ``offset`` is the (row, column) of each image's top-left corner on the canvas: one pair for all images, or
+    one pair per image (a tensor or sequence of shape ``(N, 2)``); by default the images are centred (offset
+    ``(size - 28) // 2``). Every image must fit entirely.
 
     Args:
         images: ``(N, C, H, W)``.
@@ -431,12 +422,10 @@ def position_sweep(
 ) -> torch.Tensor:
     """The frames of one image moving across a canvas, a batch ``(T, C, size, size)``.
 
-    ``path`` is a list of (row, column) offsets of the image's top-left
-    corner, one per frame, or the name of a sweep through every position in
-    one direction: ``"horizontal"`` (left to right, centred vertically),
-    ``"vertical"`` (top to bottom, centred horizontally) or ``"diagonal"``.
-    Consecutive frames of a named sweep differ by a shift of one pixel,
-    which is what an equivariant feature map should follow.
+    ``path`` is a list of (row, column) offsets of the image's top-left corner, one per frame, or the name of
+    a sweep through every position in one direction: ``"horizontal"`` (left to right, centred vertically),
+    ``"vertical"`` (top to bottom, centred horizontally) or ``"diagonal"``. Consecutive frames of a named
+    sweep differ by a shift of one pixel, which is what an equivariant feature map should follow.
 
     Args:
         image: one image ``(C, H, W)`` (or ``(1, C, H, W)``).

@@ -1,11 +1,10 @@
 """The seed article's demonstration, end to end: ``equivariance demo``.
 
-Trains the seed's LeNet on handwritten digits (or loads the weights a
-previous run saved), checks its conv4 map and a dense MLP of the same shapes
-over every shift of a box on the seed's 38x38 canvas, and writes the error
-heatmaps and the animation of the clustered feature maps following a moving
-digit. Works offline: MNIST is used when its files are in the cache,
-scikit-learn's digits otherwise. Needs the ``viz`` and ``data`` extras.
+Trains the seed's LeNet on handwritten digits (or loads the weights a previous run saved), checks its conv4
+map and a dense MLP of the same shapes over every shift of a box on the seed's 38x38 canvas, and writes the
+error heatmaps and the animation of the clustered feature maps following a moving digit. Works offline: MNIST
+is used when its files are in the cache, scikit-learn's digits otherwise. Needs the ``viz`` and ``data``
+extras.
 """
 
 from __future__ import annotations
@@ -75,23 +74,18 @@ def run_demo(
 ) -> DemoResult:
     """Run the demonstration and write its pictures into ``out``.
 
-    Before any work it checks that the extras are installed and that ``out``
-    can be written. The weights are saved under a name that records the
-    training settings (data, number of digits, epochs, seed) and are reused
-    only by a run with the same settings; weights below
-    [`PROMISED_ACCURACY`][equivariance.demo.PROMISED_ACCURACY] (those of a
-    ``fast`` run) are announced with a warning.
+    The extras and ``out`` are checked before any work; weights are reused only by a run of the same settings.
 
     Args:
         out: the output directory (created).
-        data: ``"mnist"`` (the cached or downloaded MNIST files), ``"digits"``
-            (scikit-learn's, offline) or ``"auto"`` (MNIST if cached, else digits).
+        data: ``"mnist"`` (the cached or downloaded MNIST files), ``"digits"`` (scikit-learn's, offline) or
+            ``"auto"`` (MNIST if cached, else digits).
         epochs: training epochs.
         max_shift: the checks cover every shift in ``[-max_shift, max_shift]^2``.
         seed: seeds the training and the models.
         retrain: train even if ``out`` holds weights of an earlier run with the same settings.
-        fast: a quick run (400 training digits, 1 epoch, fewer frames), for smoke tests; its
-            pictures are ``heatmaps-fast.png`` and ``moving_digit-fast.gif``, so a full run's stay.
+        fast: a quick run (400 training digits, 1 epoch, fewer frames), for smoke tests; its pictures are
+            ``heatmaps-fast.png`` and ``moving_digit-fast.gif``, so a full run's stay.
         progress: show progress bars.
         stream: where to print (default: stdout).
 

@@ -1,10 +1,10 @@
 """Downsampling that keeps (more of) a shift: blur pooling and adaptive polyphase sampling.
 
-[`BlurPool`][equivariance.downsampling.BlurPool] (Zhang, ICML 2019) low-pass filters before it
-subsamples; [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] (Chaman and Dokmanic,
-CVPR 2021) keeps, per sample, the subsampling grid of largest norm.
-[`equivariance.surgery`][equivariance.surgery] puts them into a model as subclasses of its own
-layers' classes; the details that matter in practice are in docs/fixing.md ("The three conversions").
+[`BlurPool`][equivariance.downsampling.BlurPool] (Zhang, ICML 2019) low-pass filters before it subsamples;
+[`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] (Chaman and Dokmanic, CVPR 2021) keeps, per
+sample, the subsampling grid of largest norm. [`equivariance.surgery`][equivariance.surgery] puts them into a
+model as subclasses of its own layers' classes; the details that matter in practice are in docs/fixing.md
+("The three conversions").
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 def binomial_filter(size: int) -> torch.Tensor:
     """The normalized binomial filter of ``size`` taps: row ``size - 1`` of Pascal's triangle over its sum.
 
-    Zhang (2019) blurs with these (the outer product of the taps in 2-D):
-    ``[1]``, ``[1, 1] / 2``, ``[1, 2, 1] / 4``, ``[1, 3, 3, 1] / 8``, ...
+    Zhang (2019) blurs with these (the outer product of the taps in 2-D): ``[1]``, ``[1, 1] / 2``, ``[1, 2, 1]
+    / 4``, ``[1, 3, 3, 1] / 8``, ...
 
     Examples:
         >>> binomial_filter(4).tolist()
@@ -51,14 +51,9 @@ def binomial_filter(size: int) -> torch.Tensor:
 class BlurPool(nn.Module):
     """Blur each channel with a binomial filter, then keep every ``stride``-th sample (Zhang, ICML 2019).
 
-    Works on 1-D signals, images and volumes ``(N, C, *spatial)``; the
-    filter is the outer product of [`binomial_filter`][equivariance.downsampling.binomial_filter]
-    over the spatial dims. The input is padded by ``(filter_size - 1) // 2``
-    samples before and ``filter_size // 2`` after, so an input of ``n``
-    samples gives ``ceil(n / stride)``. With the same arguments it computes
-    what ``antialiased_cnns.BlurPool`` computes (the tests compare them).
-    The filter is a buffer that is not saved in a ``state_dict``: adding a
-    ``BlurPool`` to a model leaves its checkpoints loadable.
+    The filter is the outer product of [`binomial_filter`][equivariance.downsampling.binomial_filter]; ``n``
+    samples give ``ceil(n / stride)``, as ``antialiased_cnns.BlurPool`` does. The filter is a buffer left out
+    of the ``state_dict``.
 
     Examples:
         >>> import torch
@@ -72,11 +67,9 @@ class BlurPool(nn.Module):
 
     Args:
         stride: the subsampling step, an int or one per spatial dim.
-        filter_size: taps of the binomial filter per dim (Zhang's default 4;
-            1 subsamples without blurring).
-        pad_type: how the input is padded before blurring: ``"reflect"``
-            (Zhang's default), ``"replicate"``, ``"zeros"`` or ``"circular"``
-            (the exact model of circular shifts).
+        filter_size: taps of the binomial filter per dim (Zhang's default 4; 1 subsamples without blurring).
+        pad_type: how the input is padded before blurring: ``"reflect"`` (Zhang's default), ``"replicate"``,
+            ``"zeros"`` or ``"circular"`` (the exact model of circular shifts).
     """
 
     filter: torch.Tensor
@@ -115,23 +108,10 @@ class BlurPool(nn.Module):
 class PolyphaseSampling(nn.Module):
     """Adaptive polyphase sampling: per sample, keep the subsampling grid of largest norm.
 
-    For a stride ``s`` in ``d`` dims there are ``s**d`` grids (polyphase
-    components); each sample keeps the one whose values have the largest
-    L2 norm over channels and positions (Chaman and Dokmanic, CVPR 2021).
-    A circular shift of the input makes the same component win, shifted by
-    whole samples, so the output follows the shift exactly where the stride
-    divides the sizes. Where it does not, the map is continued circularly to
-    the next multiple (``ceil(n / stride)`` samples, as a strided layer gives)
-    and the invariance is no longer exact.
-
-    With ``filter_size > 1`` the map is first blurred (at stride 1) with a
-    binomial filter, padded by ``pad_type``: the paper's APS with a low-pass
-    filter.
-
-    ``forward(x, source=None)``: a layer made by
-    [`equivariance.surgery.polyphase`][equivariance.surgery.polyphase] passes
-    the tensor it was given as ``source``, so that two layers that subsample
-    the same tensor keep the same grid (docs/fixing.md, "Two branches, one grid").
+    Of the ``s**d`` grids each sample keeps the one of largest L2 norm (Chaman and Dokmanic, CVPR 2021), so
+    the output follows a circular shift exactly where the stride divides the sizes. ``filter_size > 1`` blurs
+    first. ``forward(x, source=None)``: layers given the same ``source`` keep the same grid (see "Fixing what
+    the profile finds").
 
     Examples:
         >>> import torch
@@ -270,12 +250,10 @@ class _Polyphase(nn.Module):
     """The layer at stride 1, then its ``sampling`` (a
     [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling]) told the layer's input.
 
-    Where the layer's window reaches past its padding (a 2x2 pooling of
-    stride 2, unpadded), its stride-1 map is shorter than its input, and the
-    grids of odd phase would lack their last window: the input is padded
-    after its end, circularly (or as the layer pads), by what is missing,
-    where that keeps the output's size (as the paper's ResNet pads before
-    its 2x2 max pooling).
+    Where the layer's window reaches past its padding (a 2x2 pooling of stride 2, unpadded), its stride-1 map
+    is shorter than its input, and the grids of odd phase would lack their last window: the input is padded
+    after its end, circularly (or as the layer pads), by what is missing, where that keeps the output's size
+    (as the paper's ResNet pads before its 2x2 max pooling).
     """
 
     sampling: PolyphaseSampling
@@ -347,12 +325,8 @@ def converted_class(kind: str, base: type[nn.Module]) -> type[nn.Module]:
     """The subclass of ``base`` that the surgery turns a layer into: ``kind`` is ``"Antialiased"``,
     ``"Polyphase"`` or ``"Circular"``.
 
-    ``converted_class("Antialiased", nn.Conv2d)`` is ``AntialiasedConv2d``: an
-    ``nn.Conv2d`` whose forward runs the convolution (set to stride 1 by the
-    surgery) and then its ``blur`` child. Made once per base class; those of
-    torch's own layers can be pickled with the model (``torch.save(model)``).
-    ``"Circular"`` always goes next to the layer's own class, whatever the
-    order of the conversions: the layer pads, then runs, then subsamples.
+    ``converted_class("Antialiased", nn.Conv2d)`` is ``AntialiasedConv2d``, made once per base class
+    (picklable for torch's own layers).
 
     Examples:
         >>> from torch import nn

@@ -1,8 +1,8 @@
 """The exceptions and warnings the library raises.
 
 Two failures are kept apart on purpose: [`InvalidArgument`][equivariance.errors.InvalidArgument] means the
-check could not be run as asked (a usage error, fixed by changing the call),
-while [`EquivarianceError`][equivariance.errors.EquivarianceError] means it ran and the model failed it.
+check could not be run as asked (a usage error, fixed by changing the call), while
+[`EquivarianceError`][equivariance.errors.EquivarianceError] means it ran and the model failed it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ class EquivarianceError(AssertionError):
     """A model failed an equivariance or invariance check.
 
     Raised by [`assert_equivariant`][equivariance.assert_equivariant] and
-    [`assert_invariant`][equivariance.assert_invariant]. It subclasses ``AssertionError``
-    so test runners report it as a failed assertion; the failing
-    [`EquivarianceReport`][equivariance.EquivarianceReport] is kept as ``.report``.
+    [`assert_invariant`][equivariance.assert_invariant]. It subclasses ``AssertionError`` so test runners
+    report it as a failed assertion; the failing [`EquivarianceReport`][equivariance.EquivarianceReport] is
+    kept as ``.report``.
     """
 
     def __init__(self, message: str, report: object = None) -> None:
@@ -42,11 +42,10 @@ class VacuousCheckError(EquivarianceError):
     """A check that could not have failed (``report.vacuous``): an output that does not move, or does
     not respond to its input.
 
-    Raised by ``assert_equivariant``, ``assert_invariant`` and the pytest
-    fixtures unless they are given ``allow_vacuous=True``: a check that
-    asserted nothing is not a passing test. A subclass of
-    [`EquivarianceError`][equivariance.EquivarianceError], so ``pytest.raises(EquivarianceError)``
-    catches it too.
+    Raised by ``assert_equivariant``, ``assert_invariant`` and the pytest fixtures unless they are given
+    ``allow_vacuous=True``: a check that asserted nothing is not a passing test. A subclass of
+    [`EquivarianceError`][equivariance.EquivarianceError], so ``pytest.raises(EquivarianceError)`` catches it
+    too.
     """
 
 

@@ -1,9 +1,9 @@
 """Rotations, reflections and translations of space: the groups SO(2), O(2), SO(3), O(3), SE(3) and E(3).
 
 A [`Rotation`][equivariance.euclidean.Rotation] (an orthogonal matrix, kept in float64) and a
-[`Translation`][equivariance.euclidean.Translation] act on the tensors of point clouds and molecules
-by their field type ([`equivariance.fields`][equivariance.fields]); ``SO3(64, seed=0)`` and its
-siblings sample the continuous groups. How each field moves is in docs/point_clouds.md.
+[`Translation`][equivariance.euclidean.Translation] act on the tensors of point clouds and molecules by their
+field type ([`equivariance.fields`][equivariance.fields]); ``SO3(64, seed=0)`` and its siblings sample the
+continuous groups. How each field moves is in docs/point_clouds.md.
 
 Examples:
     >>> import torch
@@ -42,7 +42,7 @@ from equivariance.fields import (
     Vectors,
     field_of,
 )
-from equivariance.products import Product, product
+from equivariance.products import Composing, Product
 from equivariance.sampling import GroupSample
 
 __all__ = ["E3", "O2", "O3", "SE3", "SO2", "SO3", "Rotation", "Translation"]
@@ -55,15 +55,13 @@ _AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
 _UNCHANGED = (Scalars, EdgeIndex, Adjacency)
 
 
-class Rotation(Action):
+class Rotation(Composing):
     """An orthogonal matrix of O(2) or O(3): a rotation (``det = +1``), or one and a reflection (``-1``).
 
-    Built from any orthogonal 2x2 or 3x3 matrix, or by name:
-    ``Rotation.about("z", 30, degrees=True)``, ``Rotation.planar(angle)``,
-    ``Rotation.reflection(normal)``, ``Rotation.inversion()``. The matrix is
-    kept in float64; one within ``ORTHOGONAL_TOLERANCE`` of orthogonal (a
-    float32 matrix) is made orthogonal to float64's precision. How it acts
-    on each field type is in docs/point_clouds.md.
+    Built from any orthogonal 2x2 or 3x3 matrix, or by name: ``Rotation.about("z", 30, degrees=True)``,
+    ``Rotation.planar(angle)``, ``Rotation.reflection(normal)``, ``Rotation.inversion()``. The matrix is kept
+    in float64; one within ``ORTHOGONAL_TOLERANCE`` of orthogonal (a float32 matrix) is made orthogonal to
+    float64's precision. How it acts on each field type is in docs/point_clouds.md.
 
     Examples:
         >>> import torch
@@ -259,20 +257,14 @@ class Rotation(Action):
         """The transpose."""
         return Rotation._exact(self._matrix.T.contiguous())
 
-    def __mul__(self, other: object) -> Action:
-        """The rotation that acts as ``other``, then this one (the matrix product); with an element of
-        another kind, their [`Product`][equivariance.products.Product]."""
-        if isinstance(other, Rotation):
-            if other.dim != self.dim:
-                raise InvalidArgument(
-                    f"{self!r} * {other!r}: a {self.dim}-D and a {other.dim}-D rotation do not compose; "
-                    "use rotations of one dimension"
-                )
-            return Rotation._exact(self._matrix @ other._matrix)
-        return product(self, other)
-
-    def __rmul__(self, other: object) -> Action:
-        return product(other, self)
+    def _compose(self, other: Rotation) -> Action:
+        """The matrix product."""
+        if other.dim != self.dim:
+            raise InvalidArgument(
+                f"{self!r} * {other!r}: a {self.dim}-D and a {other.dim}-D rotation do not compose; "
+                "use rotations of one dimension"
+            )
+        return Rotation._exact(self._matrix @ other._matrix)
 
     def _key(self) -> Hashable:
         return (tuple(self._matrix.shape), tuple(self._matrix.flatten().tolist()))
@@ -280,14 +272,12 @@ class Rotation(Action):
     def __repr__(self) -> str:
         return f"Rotation({_described(self._matrix)})"
 
-    __str__ = __repr__
-
     def to_json(self) -> Any:
         """``{"rotation": matrix}``: the matrix as nested lists."""
         return {"rotation": self._matrix.tolist()}
 
 
-class Translation(Action):
+class Translation(Composing):
     """A translation of 2-D or 3-D space by a vector ``t``: positions move (``p + t``), nothing else does.
 
     Examples:
@@ -377,26 +367,19 @@ class Translation(Action):
         """The translation by ``-t``."""
         return Translation._exact(-self._vector)
 
-    def __mul__(self, other: object) -> Action:
-        """The translation by the sum; with an element of another kind, their product."""
-        if isinstance(other, Translation):
-            if other.dim != self.dim:
-                raise InvalidArgument(
-                    f"{self!r} * {other!r}: a {self.dim}-D and a {other.dim}-D translation do not compose"
-                )
-            return Translation._exact(self._vector + other._vector)
-        return product(self, other)
-
-    def __rmul__(self, other: object) -> Action:
-        return product(other, self)
+    def _compose(self, other: Translation) -> Action:
+        """The translation by the sum."""
+        if other.dim != self.dim:
+            raise InvalidArgument(
+                f"{self!r} * {other!r}: a {self.dim}-D and a {other.dim}-D translation do not compose"
+            )
+        return Translation._exact(self._vector + other._vector)
 
     def _key(self) -> Hashable:
         return tuple(self._vector.tolist())
 
     def __repr__(self) -> str:
         return f"Translation([{', '.join(f'{v:.3g}' for v in self._vector.tolist())}])"
-
-    __str__ = __repr__
 
     def to_json(self) -> Any:
         """``{"translation": vector}``."""
@@ -502,9 +485,9 @@ class O2(_RotationSample):
 class SO3(_RotationSample):
     """Rotations of 3-D space drawn uniformly (Haar), from normalised Gaussian quaternions.
 
-    A quaternion of four independent standard normal numbers, normalised, is
-    uniform on the unit sphere of quaternions, and its rotation is uniform
-    on SO(3) (Shoemake, "Uniform random rotations", Graphics Gems III, 1992).
+    A quaternion of four independent standard normal numbers, normalised, is uniform on the unit sphere of
+    quaternions, and its rotation is uniform on SO(3) (Shoemake, "Uniform random rotations", Graphics Gems
+    III, 1992).
 
     Examples:
         >>> rotations = SO3(64, seed=0)
@@ -579,9 +562,9 @@ class SE3(_MotionSample):
     """Rigid motions of 3-D space: a uniform rotation, then a translation with independent Gaussian
     components of standard deviation ``scale``: ``Translation(t) * Rotation(R)``, ``p -> R p + t``.
 
-    SE(3) is not compact, so no draw is uniform over it: pick ``scale`` about
-    the size of your point clouds (translations much larger than the cloud
-    test the model far from where it was trained, and round more in float32).
+    SE(3) is not compact, so no draw is uniform over it: pick ``scale`` about the size of your point clouds
+    (translations much larger than the cloud test the model far from where it was trained, and round more in
+    float32).
 
     Args:
         samples: how many to draw.

@@ -1,8 +1,8 @@
 """Sub-pixel translations by a Fourier phase shift, for sub-pixel equivariance tests.
 
-A [`FractionalShift`][equivariance.fractional.FractionalShift] is the translation of a band-limited
-periodic signal; on anything else it also rings, so a sub-pixel failure may speak of a model's band
-limit rather than a bug (docs/diagnosing.md, "Sub-pixel shifts").
+A [`FractionalShift`][equivariance.fractional.FractionalShift] is the translation of a band-limited periodic
+signal; on anything else it also rings, so a sub-pixel failure may speak of a model's band limit rather than a
+bug (docs/diagnosing.md, "Sub-pixel shifts").
 """
 
 from __future__ import annotations
@@ -127,13 +127,9 @@ def fractional_equivariance_error(
 ) -> torch.Tensor:
     """The relative error $||f(gx) - g'f(x)|| / ||g'f(x)||$ for a sub-pixel (Fourier) shift ``g``.
 
-    ``g'`` is the same fractional shift divided by ``stride``, applied to the
-    output. Both sides are circular. It is
-    [`equivariance_error`][equivariance.equivariance_error] with a
-    [`FractionalShift`][equivariance.fractional.FractionalShift] (which that
-    function takes as well) and ``boundary="circular"``: where the output
-    for ``x`` is all zero, the error is the RMS absolute error, with a
-    warning.
+    It is [`equivariance_error`][equivariance.equivariance_error] with a
+    [`FractionalShift`][equivariance.fractional.FractionalShift] and ``boundary="circular"``; the output moves
+    by the shift divided by ``stride``.
 
     Examples:
         >>> import torch
@@ -150,8 +146,8 @@ def fractional_equivariance_error(
     Args:
         model: the function under test.
         x: a batch ``(N, C, *spatial)``.
-        shift: a [`FractionalShift`][equivariance.fractional.FractionalShift] or one real offset per
-            spatial dim.
+        shift: a [`FractionalShift`][equivariance.fractional.FractionalShift] or one real offset per spatial
+            dim.
         stride: the output's subsampling factor; the output moves by ``shift / stride``.
         layer: measure this named submodule's output instead.
         output: picks the tensor from a tuple or dict output.

@@ -3,9 +3,9 @@
 [`consistency`][equivariance.invariance.consistency] (Zhang 2019),
 [`prediction_change`][equivariance.invariance.prediction_change] (Azulay and Weiss 2019) and
 [`logit_change`][equivariance.invariance.logit_change] each return an
-[`InvarianceMetric`][equivariance.invariance.InvarianceMetric] with a 95% interval clustered by
-sample; the definitions and the intervals are in docs/diagnosing.md ("Classifiers: invariance
-metrics from the literature").
+[`InvarianceMetric`][equivariance.invariance.InvarianceMetric] with a 95% interval clustered by sample; the
+definitions and the intervals are in docs/diagnosing.md ("Classifiers: invariance metrics from the
+literature").
 """
 
 from __future__ import annotations
@@ -51,18 +51,16 @@ class InvarianceMetric:
         n: the number of comparisons (pairs of predictions or of logits).
         low: lower end of the 95% confidence interval.
         high: upper end of the 95% confidence interval.
-        interval: how the interval was computed: ``"wilson, clustered by sample"``
-            (the proportions) or ``"normal, clustered by sample"`` (the mean); see
-            docs/diagnosing.md.
-        boundary: ``"circular"``, ``"zeros"``, or the crop protocol's
-            ``"crop 224x224 of 256x256 at (16, 16)"``.
+        interval: how the interval was computed: ``"wilson, clustered by sample"`` (the proportions) or
+            ``"normal, clustered by sample"`` (the mean); see docs/diagnosing.md.
+        boundary: ``"circular"``, ``"zeros"``, or the crop protocol's ``"crop 224x224 of 256x256 at (16,
+            16)"``.
         shifts: which shifts were drawn, in words.
-        samples: the number of samples the comparisons come from, the interval's
-            independent units (None where a caller built the metric without it).
-        distinct: how many distinct top-1 predictions the compared inputs got
-            (the proportions; None for ``logit_change``). With 1, every input got
-            the same class and the proportion says nothing about invariance:
-            the metric warns.
+        samples: the number of samples the comparisons come from, the interval's independent units (None where
+            a caller built the metric without it).
+        distinct: how many distinct top-1 predictions the compared inputs got (the proportions; None for
+            ``logit_change``). With 1, every input got the same class and the proportion says nothing about
+            invariance: the metric warns.
     """
 
     name: str
@@ -102,24 +100,18 @@ def consistency(
 ) -> InvarianceMetric:
     """How often the top-1 prediction agrees for two random shifts of the same input.
 
-    For each sample, ``pairs`` pairs of shifts are drawn independently and
-    uniformly from the box ``[-max_shift, max_shift]`` (default: the whole
-    image, ``size - 1``, with the circular boundary of Chaman and Dokmanic
-    2021); the value is the fraction of pairs whose two predictions agree
-    (Zhang 2019). A circularly padded CNN with global average pooling scores
-    exactly 1. The interval is clustered by sample: a sample's ``pairs`` are
-    not independent of each other.
+    Shifts are drawn uniformly from the box ``[-max_shift, max_shift]`` (default the whole image, circularly,
+    as in Chaman and Dokmanic 2021); the interval is clustered by sample (see "Diagnosing").
 
     Args:
         model: a classifier returning logits ``(N, classes)``.
         x: a batch ``(N, C, *spatial)``.
         pairs: pairs of shifts per sample.
         max_shift: the largest offset drawn (an int or one per dim); default ``size - 1``.
-        boundary: ``"circular"`` (default), ``"zeros"``, or ``Crop(size)``:
-            ``x`` is a larger image and each draw is a crop of it, uniform over
-            every window of ``size`` (Zhang 2019; see
-            [`equivariance.crops`][equivariance.crops]); with ``max_shift``,
-            the windows within ``max_shift`` of the reference crop.
+        boundary: ``"circular"`` (default), ``"zeros"``, or ``Crop(size)``: ``x`` is a larger image and each
+            draw is a crop of it, uniform over every window of ``size`` (Zhang 2019; see
+            [`equivariance.crops`][equivariance.crops]); with ``max_shift``, the windows within ``max_shift``
+            of the reference crop.
         seed: seeds the local generator the shifts are drawn from (``-2**63`` to ``2**64 - 1``).
         output: picks the logits from a tuple or dict output.
         batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
@@ -162,21 +154,16 @@ def prediction_change(
 ) -> InvarianceMetric:
     """The probability that the top-1 prediction changes under a one-pixel shift.
 
-    Every one-pixel shift (one sample forwards or backwards along each
-    spatial dim) of every sample is compared with the unshifted prediction
-    (Azulay and Weiss 2019), so ``n`` is ``2 * d * N`` and no randomness is
-    involved. The interval is clustered by sample: a sample's ``2 * d``
-    shifts are not independent of each other.
+    Every one-pixel shift of every sample (Azulay and Weiss 2019): ``n = 2 * d * N``; the interval is
+    clustered by sample.
 
     Args:
         model: a classifier returning logits ``(N, classes)``.
         x: a batch ``(N, C, *spatial)``.
-        boundary: ``"circular"`` (default), ``"zeros"`` (the sample shifted
-            in is a zero, the one shifted out is lost), or ``Crop(size)``:
-            the reference crop of a larger ``x`` against the crops one pixel
-            away ([`equivariance.crops`][equivariance.crops]).
+        boundary: ``"circular"`` (default), ``"zeros"``, or ``Crop(size)``: the reference crop of a larger
+            ``x`` against the crops one pixel away.
         output: picks the logits from a tuple or dict output.
-        batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
+        batch_size: samples per forward pass, or ``"auto"``.
 
     Returns:
         An [`InvarianceMetric`][equivariance.invariance.InvarianceMetric] named ``"prediction_change"``.
@@ -211,24 +198,15 @@ def logit_change(
 ) -> InvarianceMetric:
     """The mean relative change $||f(gx) - f(x)|| / ||f(x)||$ of the logits under a random shift.
 
-    ``repeats`` shifts per sample are drawn as in
-    [`consistency`][equivariance.invariance.consistency]; the
-    interval is the normal one on the per-sample means,
-    ``mean +- 1.96 * sd / sqrt(N)`` (its low end kept at 0 or above).
+    Shifts drawn as in [`consistency`][equivariance.invariance.consistency]; the interval is the normal one on
+    the per-sample means.
 
     Args:
         model: a model returning logits ``(N, classes)`` (any output with a batch dim works).
         x: a batch ``(N, C, *spatial)``.
         repeats: random shifts per sample.
-        max_shift: the largest offset drawn (an int or one per dim); default ``size - 1``.
-        boundary: ``"circular"`` (default), ``"zeros"``, or ``Crop(size)``:
-            ``x`` is a larger image and each draw is a crop of it, uniform over
-            every window of ``size`` (Zhang 2019; see
-            [`equivariance.crops`][equivariance.crops]); with ``max_shift``,
-            the windows within ``max_shift`` of the reference crop.
-        seed: seeds the local generator the shifts are drawn from (``-2**63`` to ``2**64 - 1``).
-        output: picks the logits from a tuple or dict output.
-        batch_size: samples per forward pass, or ``"auto"`` to fit them to the device's memory.
+        max_shift: as in [`consistency`][equivariance.invariance.consistency], and so are the ``boundary``,
+            ``seed``, ``output`` and ``batch_size``.
 
     Returns:
         An [`InvarianceMetric`][equivariance.invariance.InvarianceMetric] named ``"logit_change"``.
@@ -272,12 +250,8 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
 def clustered_wilson_interval(successes: torch.Tensor, draws: int) -> tuple[float, float]:
     """Wilson's 95% interval for a proportion of ``draws`` comparisons per sample, samples as clusters.
 
-    ``successes[i]`` of sample ``i``'s ``draws`` comparisons succeeded. The
-    interval is Wilson's at the effective sample size $N p (1 - p) / s^2$
-    ($s^2$ the variance of the per-sample proportions), kept between ``N``
-    (every sample's comparisons alike) and ``N * draws`` (independent); it is
-    ``N`` where ``p`` is 0 or 1 or there is one sample, leaving no variance
-    to estimate.
+    Wilson's interval at the effective sample size $N p (1 - p) / s^2$, kept between ``N`` and ``N * draws``
+    (see "Diagnosing").
 
     Args:
         successes: ``(N,)`` counts, each between 0 and ``draws``.
@@ -308,9 +282,9 @@ def clustered_wilson_interval(successes: torch.Tensor, draws: int) -> tuple[floa
 def clustered_normal_interval(means: torch.Tensor) -> tuple[float, float]:
     """The normal 95% interval of a mean over samples, from each sample's own mean.
 
-    ``mean +- 1.96 * sd / sqrt(N)`` over the per-sample means, the low end
-    kept at 0 or above (a relative change is never negative); with one sample
-    there is no spread to estimate, and the interval is ``[0, inf)``.
+    ``mean +- 1.96 * sd / sqrt(N)`` over the per-sample means, the low end kept at 0 or above (a relative
+    change is never negative); with one sample there is no spread to estimate, and the interval is ``[0,
+    inf)``.
 
     Examples:
         >>> import torch
@@ -464,10 +438,9 @@ def _run(
 ) -> None:
     """Sample ``s`` of row ``k`` moved by ``offsets[k * n + s]``, through the model into ``sink``.
 
-    Where every row moves all its samples alike (``offsets`` has one row per
-    row), the rows are the elements; where the offsets are drawn per sample,
-    the elements are the distinct shifts among them and the runner gets a
-    table of which one each copy takes.
+    Where every row moves all its samples alike (``offsets`` has one row per row), the rows are the elements;
+    where the offsets are drawn per sample, the elements are the distinct shifts among them and the runner
+    gets a table of which one each copy takes.
     """
     size = check_batch_size(batch_size)
     d, n = x.dim() - 2, len(x)

@@ -125,10 +125,9 @@ class ChannelsLast(Layout):
 class Tokens(Layout):
     """``(N, L, C)``: ``prefix`` tokens, then one token per position of ``grid``, row-major.
 
-    This is how a Vision Transformer lays out its patches: a patch embedding
-    (a convolution of stride ``p``) gives ``(N, C, H/p, W/p)``, flattened to
-    ``(N, H/p * W/p, C)``, with a class token put in front. The prefix tokens
-    have no place on the grid and are not compared.
+    This is how a Vision Transformer lays out its patches: a patch embedding (a convolution of stride ``p``)
+    gives ``(N, C, H/p, W/p)``, flattened to ``(N, H/p * W/p, C)``, with a class token put in front. The
+    prefix tokens have no place on the grid and are not compared.
 
     Examples:
         >>> Tokens((14, 14), prefix=1).spatial_shape((2, 197, 192), 2)
@@ -137,12 +136,10 @@ class Tokens(Layout):
         Tokens((14, 14), prefix=1)
 
     Args:
-        grid: the grid's size per spatial dim; None infers it from the number
-            of tokens and the input's size (the input divided by one integer
-            patch size), when that is unambiguous.
-        prefix: the number of tokens before the grid's (a class token: 1).
-            With neither the grid nor a prefix, the fewest prefix tokens (up
-            to ``MAX_PREFIX``) that leave the tokens of a grid are taken.
+        grid: the grid's size per spatial dim; None infers it from the number of tokens and the input's size
+            (the input divided by one integer patch size), when that is unambiguous.
+        prefix: the number of tokens before the grid's (a class token: 1). With neither the grid nor a prefix,
+            the fewest prefix tokens (up to ``MAX_PREFIX``) that leave the tokens of a grid are taken.
     """
 
     name = "tokens"
@@ -203,12 +200,12 @@ class Tokens(Layout):
 
     def check_grid(self, input_spatial: Sequence[int], stride: Sequence[int] | None, what: str) -> None:
         """Refuse a grid the input's cannot make: more than ``n // s + 1`` positions in a dim at the
-        stride ``s`` given (what a kernel padded by at most half its width makes: an even one padded
-        by half makes one more than ``ceil(n / s)``), or, with the stride to infer (None), no one
-        integer stride from the input.
+        stride ``s`` given (what a kernel padded by at most half its width makes: an even one padded by half
+        makes one more than ``ceil(n / s)``), or, with the stride to infer (None), no one integer stride from
+        the input.
 
-        A token sequence fits more than one grid of its length (16 tokens: 4x4, 2x8, 8x2); the
-        wrong one reads the tokens in the wrong places, and the check would fail for that alone.
+        A token sequence fits more than one grid of its length (16 tokens: 4x4, 2x8, 8x2); the wrong one reads
+        the tokens in the wrong places, and the check would fail for that alone.
 
         Examples:
             >>> Tokens((2, 8), prefix=1).check_grid((8, 8), (2, 2), "layout=")
@@ -314,8 +311,8 @@ def as_layout(layout: object) -> Layout:
 def other_readings(shape: Sequence[int], input_spatial: Sequence[int]) -> list[Layout]:
     """The layouts other than channels first that read ``shape`` on a grid the input's could make.
 
-    A check never guesses a layout (channels first unless the caller says
-    otherwise); when it fails, these are what its hint suggests.
+    A check never guesses a layout (channels first unless the caller says otherwise); when it fails, these are
+    what its hint suggests.
 
     Examples:
         >>> other_readings((2, 12, 12, 6), (12, 12))

@@ -1,8 +1,8 @@
 """Watching equivariance in a PyTorch Lightning ``Trainer``: a callback (the ``lightning`` extra).
 
 [`EquivarianceCallback`][equivariance.lightning.EquivarianceCallback] takes the measurements of
-[`EquivarianceMonitor`][equivariance.monitor.EquivarianceMonitor] every few steps and logs them
-through the trainer's loggers; install it with ``pip install "equivariance[lightning]"``.
+[`EquivarianceMonitor`][equivariance.monitor.EquivarianceMonitor] every few steps and logs them through the
+trainer's loggers; install it with ``pip install "equivariance[lightning]"``.
 """
 
 from __future__ import annotations
@@ -55,14 +55,12 @@ class EquivarianceCallback(pl.Callback):
         [(2, 0), (4, 0), (6, 1), (8, 1)]
 
     Args:
-        x: the fixed batch ``(N, C, *spatial)`` each measurement uses (moved
-            to the module's device).
-        measure: a name in [`MEASURES`][equivariance.monitor.MEASURES]
-            (default ``"lie_derivative"``) or a callable ``(model, x) -> number``.
-        every_n_steps: measure after every ``every_n_steps``-th optimizer
-            step (``trainer.global_step``); None: not by steps.
-        every_n_epochs: measure at the end of every ``every_n_epochs``-th
-            training epoch; None: not by epochs.
+        x: the fixed batch ``(N, C, *spatial)`` each measurement uses (moved to the module's device).
+        measure: a name in [`MEASURES`][equivariance.monitor.MEASURES] (default ``"lie_derivative"``) or a
+            callable ``(model, x) -> number``.
+        every_n_steps: measure after every ``every_n_steps``-th optimizer step (``trainer.global_step``);
+            None: not by steps.
+        every_n_epochs: measure at the end of every ``every_n_epochs``-th training epoch; None: not by epochs.
         name: the name logged; default ``"equivariance/<measure>"``.
         **options: passed to the measurement, e.g. ``shift=(1, 0)``.
     """

@@ -2,9 +2,9 @@
 
 [`impulse_response`][equivariance.linear.impulse_response],
 [`as_convolution`][equivariance.linear.as_convolution] and
-[`nearest_equivariant`][equivariance.linear.nearest_equivariant] run the seed article's argument on
-any linear (or affine) operator on a finite grid, with circular shifts; an operator that is not
-linear is refused. The argument, the linearity test and the cost are in docs/theorem.md.
+[`nearest_equivariant`][equivariance.linear.nearest_equivariant] run the seed article's argument on any linear
+(or affine) operator on a finite grid, with circular shifts; an operator that is not linear is refused. The
+argument, the linearity test and the cost are in docs/theorem.md.
 """
 
 from __future__ import annotations
@@ -50,13 +50,8 @@ _LINEARITY_BOUND = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-
 class CircularConvolution(nn.Module):
     """The circular convolution of a batch with a full-size kernel, plus an optional offset.
 
-    ``y[o, q] = sum_c sum_d kernel[o, c, d] * x[c, (q - d) mod n] + offset[o, q]``
-    for every grid point ``q``: a convolution in the mathematical sense (the
-    kernel is not flipped as in ``nn.Conv2d``'s cross-correlation), so that
-    ``kernel`` is the impulse response of the layer. It is exactly shift
-    equivariant under ``boundary="circular"`` when the offset is constant
-    over the grid, which holds for the operators that
-    [`nearest_equivariant`][equivariance.linear.nearest_equivariant] returns.
+    ``y[o, q] = sum_c sum_d kernel[o, c, d] * x[c, (q - d) mod n] + offset[o, q]``: the kernel is not flipped,
+    so it is the layer's impulse response.
 
     Args:
         kernel: ``(C_out, C_in, *spatial)`` with 1 to 3 spatial dims, the grid's size.
@@ -127,20 +122,15 @@ class CircularConvolution(nn.Module):
 class ConvolutionFit:
     """How well an operator is rebuilt as the circular convolution with its impulse response.
 
-    ``error`` is the relative Frobenius distance $||A - C(h)|| / ||A||$
-    between the operator's linear part ``A`` (as a matrix) and the circulant
-    matrix ``C(h)`` of its impulse response ``h``: zero up to rounding when
-    ``op`` is shift equivariant, of order one for a generic dense map. It is
-    the root-mean-square relative error of the rebuild over Gaussian random
-    inputs. The offset is not part of it: ``operator`` adds ``op(0)`` back as
-    it is, and equivariance also needs that offset to be constant per channel.
+    ``error`` is the relative Frobenius distance $||A - C(h)|| / ||A||$ between the operator's linear part and
+    the circulant matrix of its impulse response; the offset ``op(0)`` is not part of it.
 
     Attributes:
         kernel: the impulse response ``(C_out, C_in, *spatial)``.
         offset: ``op(0)``, ``(C_out, *spatial)``, or None when it is zero (a linear operator).
         error: the relative Frobenius distance of the rebuild, a float.
-        operator: the rebuild, a [`CircularConvolution`][equivariance.linear.CircularConvolution]
-            with ``kernel`` and ``offset``.
+        operator: the rebuild, a [`CircularConvolution`][equivariance.linear.CircularConvolution] with
+            ``kernel`` and ``offset``.
     """
 
     kernel: torch.Tensor
@@ -156,17 +146,13 @@ class ConvolutionFit:
 class Projection:
     """The nearest circular convolution to a linear operator, by group averaging.
 
-    ``kernel`` holds, for every offset ``d`` and channel pair, the mean of the
-    operator's matrix along the circulant diagonal ``(p + d, p)``, which is
-    ``mean_g g^-1 A g`` written entrywise. ``distance`` is
-    $||A - P(A)|| / ||A||$ in the Frobenius norm: 0 for a convolution,
-    close to 1 for a generic dense map (whose circulant diagonals average
-    out).
+    ``distance`` is $||A - P(A)|| / ||A||$ in the Frobenius norm: 0 for a convolution, near 1 for a generic
+    dense map.
 
     Attributes:
         kernel: the projection's kernel ``(C_out, C_in, *spatial)``.
-        offset: the projected offset, ``op(0)`` averaged over the grid per
-            channel, ``(C_out, *spatial)`` and constant; None for a linear operator.
+        offset: the projected offset, ``op(0)`` averaged over the grid per channel, ``(C_out, *spatial)`` and
+            constant; None for a linear operator.
         distance: the relative Frobenius distance of the operator from its projection.
         operator: the projection, a [`CircularConvolution`][equivariance.linear.CircularConvolution].
     """
@@ -189,19 +175,15 @@ def impulse_response(
 ) -> torch.Tensor:
     """The operator's response to a Dirac impulse at the origin, one per input channel.
 
-    ``h[:, c] = op(delta_c) - op(0)``, where ``delta_c`` is 1 at grid point
-    ``(0, ..., 0)`` of channel ``c`` and 0 elsewhere; for a linear operator
-    ``op(0)`` is zero. If ``op`` is linear and shift equivariant, ``h`` is
-    its convolution kernel (the seed's derivation, after Jähne 1997); see
-    [`as_convolution`][equivariance.linear.as_convolution] for the check that it is.
-    A nonlinear ``op`` is refused (docs/theorem.md says how it is found).
+    ``h[:, c] = op(delta_c) - op(0)``: the convolution kernel of a linear, shift-equivariant ``op``. A
+    nonlinear ``op`` is refused (see "The theorem").
 
     Args:
-        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
-            ``nn.Linear`` or a matrix acting on the flattened input.
+        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an ``nn.Linear`` or a matrix acting on
+            the flattened input.
         shape: one input's shape ``(C_in, *spatial)``, 1 to 3 spatial dims.
-        dtype: the impulses' dtype (default: the dtype of ``op``'s first
-            floating parameter, or of the matrix, else torch's default).
+        dtype: the impulses' dtype (default: the dtype of ``op``'s first floating parameter, or of the matrix,
+            else torch's default).
         device: the impulses' device (default: that of ``op``'s parameters, else the CPU).
 
     Returns:
@@ -235,15 +217,12 @@ def as_convolution(
 ) -> ConvolutionFit:
     """Rebuild a linear operator as the circular convolution with its impulse response.
 
-    The theorem says this rebuild is exact for every linear, circularly
-    shift-equivariant operator; the returned ``error`` measures how far it
-    is, over the whole operator (every impulse at every grid point and
-    channel), so it is a certificate rather than a sample. It certifies
-    linear operators only: a nonlinear ``op`` (a ReLU, say) is refused.
+    The ``error`` covers the whole operator (every impulse), so it is a certificate rather than a sample; a
+    nonlinear ``op`` is refused.
 
     Args:
-        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
-            ``nn.Linear`` or a matrix acting on the flattened input.
+        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an ``nn.Linear`` or a matrix acting on
+            the flattened input.
         shape: one input's shape ``(C_in, *spatial)``, 1 to 3 spatial dims.
         batch_size: impulses per call of ``op`` (default: chosen from the sizes).
         dtype: the impulses' dtype (default: ``op``'s, as in
@@ -251,8 +230,8 @@ def as_convolution(
         device: the impulses' device (default: ``op``'s).
 
     Returns:
-        A [`ConvolutionFit`][equivariance.linear.ConvolutionFit]: ``kernel``,
-        ``offset``, ``error`` and the rebuilt ``operator``.
+        A [`ConvolutionFit`][equivariance.linear.ConvolutionFit]: ``kernel``, ``offset``, ``error`` and the
+        rebuilt ``operator``.
 
     Raises:
         InvalidArgument: ``op`` is not linear (nor affine), or does not map the grid to itself.
@@ -273,17 +252,19 @@ def as_convolution(
         ...
         equivariance.errors.InvalidArgument: op is not linear: ...
     """
+    _, stats = _statistics(op, shape, batch_size, dtype, device, "as_convolution")
+    rebuilt = CircularConvolution(stats.impulse, stats.offset)
+    return ConvolutionFit(stats.impulse, stats.offset, _ratio(stats.deviation_sq, stats.total_sq), rebuilt)
+
+
+def _statistics(
+    op: LinearOperator, shape: Sequence[int], batch_size: object, dtype: Any, device: Any, caller: str
+) -> tuple[_Operator, _Statistics]:
+    """The operator, checked, and its circulant statistics (``caller`` names it in the messages)."""
     operator = _Operator(op, shape, dtype, device)
-    batch_size = _check_batch_size(batch_size)
+    checked = _check_batch_size(batch_size)
     with torch.no_grad(), exact_float32():
-        stats = operator.circulant_statistics(batch_size, "as_convolution")
-    error = _ratio(stats.deviation_sq, stats.total_sq)
-    return ConvolutionFit(
-        kernel=stats.impulse,
-        offset=stats.offset,
-        error=error,
-        operator=CircularConvolution(stats.impulse, stats.offset),
-    )
+        return operator, operator.circulant_statistics(checked, caller)
 
 
 def nearest_equivariant(
@@ -296,30 +277,14 @@ def nearest_equivariant(
 ) -> Projection:
     """Project a linear operator onto the circular convolutions by averaging it over the shifts.
 
-    ``P(A) = mean_g g^-1 A g`` over the group of circular shifts of the grid
-    is the nearest shift-equivariant linear map to ``A`` in the Frobenius
-    norm. For a matrix it keeps, for each offset ``d``, the mean of ``A``
-    along the circulant diagonal ``(p + d, p)``: column ``p`` of the matrix
-    (the response to an impulse at ``p``), shifted back by ``p``, averaged
-    over ``p``. The shifts are one gather per batch of impulses. Projecting
-    a convolution returns it; projecting twice changes nothing. A nonlinear
-    ``op`` is refused: the projection is defined for linear maps.
+    ``P(A) = mean_g g^-1 A g`` over the circular shifts, the nearest shift-equivariant linear map in the
+    Frobenius norm (see "The theorem"); a nonlinear ``op`` is refused.
 
-    Args:
-        op: a callable ``(N, C_in, *spatial) -> (N, C_out, *spatial)``, an
-            ``nn.Linear`` or a matrix acting on the flattened input.
-        shape: one input's shape ``(C_in, *spatial)``, 1 to 3 spatial dims.
-        batch_size: impulses per call of ``op`` (default: chosen from the sizes).
-        dtype: the impulses' dtype (default: ``op``'s, as in
-            [`impulse_response`][equivariance.linear.impulse_response]).
-        device: the impulses' device (default: ``op``'s).
+    Arguments and errors as in [`as_convolution`][equivariance.linear.as_convolution].
 
     Returns:
-        A [`Projection`][equivariance.linear.Projection]: ``kernel``,
-        ``offset``, ``distance`` and the projected ``operator``.
-
-    Raises:
-        InvalidArgument: ``op`` is not linear (nor affine), or does not map the grid to itself.
+        A [`Projection`][equivariance.linear.Projection]: ``kernel``, ``offset``, ``distance`` and the
+        projected ``operator``.
 
     Examples:
         >>> import torch
@@ -331,10 +296,7 @@ def nearest_equivariant(
         >>> again.distance < 1e-3, bool(torch.allclose(again.kernel, projection.kernel, atol=1e-6))
         (True, True)
     """
-    operator = _Operator(op, shape, dtype, device)
-    batch_size = _check_batch_size(batch_size)
-    with torch.no_grad(), exact_float32():
-        stats = operator.circulant_statistics(batch_size, "nearest_equivariant")
+    operator, stats = _statistics(op, shape, batch_size, dtype, device, "nearest_equivariant")
     n = operator.points
     # Shifted sums: deviations from the impulse response keep the subtraction below
     # accurate when the operator is (nearly) a convolution already.
@@ -473,9 +435,8 @@ class _Operator:
     def check_linear(self, offset: torch.Tensor, caller: str) -> None:
         """Refuse a callable whose linear part ``L(x) = op(x) - op(0)`` breaks superposition or scaling.
 
-        ``L(a u + b v)`` against ``a L(u) + b L(v)``, and ``L(c u)`` against
-        ``c L(u)`` with ``c < 0``, on Gaussian random inputs (a local
-        generator: the caller's RNG is untouched); each difference relative to
+        ``L(a u + b v)`` against ``a L(u) + b L(v)``, and ``L(c u)`` against ``c L(u)`` with ``c < 0``, on
+        Gaussian random inputs (a local generator: the caller's RNG is untouched); each difference relative to
         the size of the terms, against a bound well above the dtype's rounding.
         """
         if self.call is None:

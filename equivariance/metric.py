@@ -1,8 +1,8 @@
 """The equivariance metric: how far ``f(g.x)`` is from ``g'.f(x)``.
 
-The relative L2 error of each sample over the region where both sides are defined, less the margin
-(an RMS absolute error where the reference is all zero); the definition is in docs/concepts.md
-("The number the library computes").
+The relative L2 error of each sample over the region where both sides are defined, less the margin (an RMS
+absolute error where the reference is all zero); the definition is in docs/concepts.md ("The number the
+library computes").
 """
 
 from __future__ import annotations
@@ -33,22 +33,11 @@ from equivariance.tolerances import resolve_tolerance
 __all__ = ["OutputAction", "equivariance_error", "invariance_error"]
 
 OutputAction = Callable[[torch.Tensor, Shift], Any]
-"""A callable ``(f(x), shift) -> g'.f(x)`` for output actions other than a (strided) shift.
+"""A callable ``(f(x), shift) -> g'.f(x)``: the outputs the shifted input should give.
 
-It receives a batch of outputs for the unshifted input and one input shift,
-and returns the outputs as they should look for the shifted input. It may
-return a pair ``(tensor, mask)`` instead, ``mask`` a bool tensor of the
-output's spatial shape (or with a leading batch dim), True where the expected
-output is determined; only there is it compared. Example, a stride-2
-upsampling layer, whose output moves twice as far as its input::
-
-    def twice(y, shift):
-        moved = Shift(tuple(2 * o for o in shift))
-        return moved.apply(y), moved.valid_mask(y.shape[2:]).to(y.device)
-
-For an output action that is a group element acting on a grid, an
-[`Action`][equivariance.actions.Action] with its own ``act`` is the more
-direct route.
+It may return ``(tensor, mask)``, ``mask`` True where the expected output is determined; only there is it
+compared. See "Actions and layouts" for an example and for writing an [`Action`][equivariance.actions.Action]
+instead.
 """
 
 Reduction = Literal["mean", "max", "none"]
@@ -74,16 +63,9 @@ def equivariance_error(
 ) -> torch.Tensor:
     """The relative error $||f(gx) - g'f(x)|| / ||g'f(x)||$ of a model under one shift.
 
-    ``f`` is ``model`` (any ``nn.Module`` or callable from tensor to tensor),
-    or the output of its submodule ``layer``; ``g`` is ``shift`` applied to
-    the input with ``boundary``; ``g'`` is the output action: the same shift,
-    the shift divided by ``stride`` for a subsampled output, or
-    ``output_action(f(x), shift)`` for anything else. The distance is taken
-    per sample over the output region where both sides are defined, less
-    ``margin`` samples at each edge.
-
-    The model is run in eval mode without autograd; its training flags, its
-    state, the RNG and the TF32 settings are restored afterwards.
+    ``g'`` is the output action: the same shift, ``shift / stride`` for a subsampled output, or
+    ``output_action``. The distance is taken per sample where both sides are defined, less ``margin``. The
+    model runs in eval mode without autograd and is restored afterwards.
 
     Examples:
         >>> import torch
@@ -99,54 +81,33 @@ def equivariance_error(
     Args:
         model: the function under test.
         x: a batch ``(N, C, *spatial)`` with 1 to 3 spatial dims.
-        shift: a [`Shift`][equivariance.Shift] or a tuple of ints, one per spatial dim;
-            or a transform ([`Rot90`][equivariance.Rot90], [`Flip`][equivariance.Flip]),
-            which acts alike on the input and the output, over the whole grid
-            less ``margin`` (``stride`` and a callable ``output_action`` are then not
-            allowed; ``regular(...)`` is).
-        stride: the output's subsampling factor (an int or one per dim); the
-            output shift is ``shift / stride``, which must be exact.
-            ``"auto"`` infers it, as in [`check_equivariance`][equivariance.check_equivariance].
-        output_action: a callable ``(f(x), shift) -> tensor`` replacing the
-            default output action, or ``regular("p4")`` / ``regular("p4m")``
-            for the orientation channels of a group-convolution layer
-            ([`equivariance.regular`][equivariance.regular]).
-        boundary: ``"zeros"`` (content moves on a finite canvas),
-            ``"circular"`` (on a torus) or ``Crop(size)`` (``x`` is a larger
-            image and the shift moves a crop window, see
-            [`equivariance.crops`][equivariance.crops]).
-        margin: samples dropped at each edge of the compared region (an int
-            or one per dim), for zero-padded convolutions whose border outputs
-            see the padding. ``"auto"`` measures the receptive-field radius,
-            as in [`check_equivariance`][equivariance.check_equivariance].
-        layer: measure the output of this named submodule instead; the
-            forward pass stops there.
-        output: picks the tensor from a model returning a tuple or dict: an
-            index, a key or a callable.
-        reduction: ``"mean"`` (default) or ``"max"`` over the batch, or
-            ``"none"`` for the per-sample errors.
-        batch_size: samples per forward pass (default: chosen from the input size and
-            device), or ``"auto"`` to fit the chunks to the device's memory.
-        layout: where the output keeps its spatial dims, as in
-            [`check_equivariance`][equivariance.check_equivariance].
-        inputs: for a model of point clouds, sets or graphs, the field type of
-            ``x`` or of each of its arguments (``x`` a tuple or dict), as in
-            [`check_equivariance`][equivariance.check_equivariance]; ``shift``
-            is then an element that acts on them (a ``Rotation``, a
-            ``Permutation``, their product).
-        outputs: with ``inputs=``, the field type of each output. The error of
-            a sample is the largest of its outputs' relative errors (each
-            output relative to its own size).
+        shift: a [`Shift`][equivariance.Shift] or a tuple of ints; or a transform such as
+            [`Rot90`][equivariance.Rot90], acting alike on input and output (then no ``stride`` or callable
+            ``output_action``).
+        stride: the output's subsampling factor; ``"auto"`` infers it.
+        output_action: a callable ``(f(x), shift) -> tensor``, or ``regular("p4")`` / ``regular("p4m")``.
+        boundary: ``"zeros"``, ``"circular"`` or ``Crop(size)``.
+        margin: samples dropped at each edge of the compared region; ``"auto"`` measures it.
+        layer: measure the output of this named submodule; the forward pass stops there.
+        output: picks the tensor from a tuple or dict output: an index, a key or a callable.
+        reduction: ``"mean"`` (default) or ``"max"`` over the batch, or ``"none"``.
+        batch_size: samples per forward pass, or ``"auto"``.
+        layout: where the output keeps its spatial dims.
+        inputs: for points, sets or graphs, the field type of ``x`` or of each argument; ``shift`` is then an
+            element that acts on them (a ``Rotation``, a ``Permutation``).
+        outputs: with ``inputs=``, the field type of each output; a sample's error is the largest of its
+            outputs' relative errors.
+
+    The options mean what they mean in [`check_equivariance`][equivariance.check_equivariance].
 
     Returns:
-        A 0-dim tensor (``"mean"``, ``"max"``) or one error per sample
-        (``"none"``), on ``x``'s device.
+        A 0-dim tensor (``"mean"``, ``"max"``) or one error per sample (``"none"``), on ``x``'s device.
     """
     _check_reduction(reduction)
     request = _request(
-        model, x, "equivariance", shift, inputs=inputs, outputs=outputs, batch_size=batch_size, layer=layer,
-        output=output, stride=stride, margin=margin, boundary=boundary, layout=layout,
-        output_action=output_action,
+        model, x, "equivariance", lambda: [_arguments.as_element(shift)], inputs=inputs, outputs=outputs,
+        noise_floor=False, batch_size=batch_size, layer=layer, output=output, stride=stride, margin=margin,
+        boundary=boundary, layout=layout, output_action=output_action,
     )  # fmt: skip
     return _error(request, reduction)
 
@@ -165,9 +126,9 @@ def invariance_error(
 ) -> torch.Tensor:
     """The relative change $||f(gx) - f(x)|| / ||f(x)||$ of an output that should not move.
 
-    The output may have any shape (logits, an embedding); it is compared
-    whole. Arguments as in [`equivariance_error`][equivariance.metric.equivariance_error]; ``shift`` may be a
-    transform ([`Rot90`][equivariance.Rot90], [`Flip`][equivariance.Flip]) too.
+    The output may have any shape (logits, an embedding); it is compared whole. Arguments as in
+    [`equivariance_error`][equivariance.metric.equivariance_error]; ``shift`` may be a transform
+    ([`Rot90`][equivariance.Rot90], [`Flip`][equivariance.Flip]) too.
 
     Examples:
         >>> import torch
@@ -179,14 +140,15 @@ def invariance_error(
     """
     _check_reduction(reduction)
     request = _request(
-        model, x, "invariance", shift, inputs=inputs, outputs=None, batch_size=batch_size, layer=layer,
-        output=output, boundary=boundary,
+        model, x, "invariance", lambda: [_arguments.as_element(shift)], inputs=inputs, outputs=None,
+        noise_floor=False, batch_size=batch_size, layer=layer, output=output, boundary=boundary,
     )  # fmt: skip
     return _error(request, reduction)
 
 
 _GRID_DEFAULTS: dict[str, Any] = {
-    "stride": 1, "margin": 0, "boundary": "zeros", "layout": None, "output_action": None,
+    "shifts": None, "max_shift": None, "stride": 1, "margin": 0, "boundary": "zeros", "layout": None,
+    "output_action": None,
 }  # fmt: skip
 """The options of a grid, at their defaults: any other value is refused beside ``inputs=``."""
 
@@ -195,25 +157,33 @@ def _request(
     model: Callable[..., Any],
     x: object,
     mode: _arguments.Mode,
-    shift: object,
+    elements: Callable[[], Sequence[Action] | None],
     *,
     inputs: FieldSpec,
     outputs: FieldSpec,
+    noise_floor: bool,
     batch_size: object,
     layer: str | None,
     output: OutputSelector,
     **grid: Any,
 ) -> _arguments.Request:
-    """The one element's request, without a noise floor: of several inputs (``validate_parts``) where
-    ``x`` or the field types say so, the options of a grid (``grid``) then refused; else of a grid."""
-    elements = [_arguments.as_element(shift)]
+    """The request of every measurement of a model on ``x``, the checks' and the one element's: of
+    several inputs (``validate_parts``) where ``x`` or the field types say so, the options of a grid
+    (``grid``) then refused; else of a grid. ``elements`` builds the elements once the grid is known."""
     common: dict[str, Any] = {"batch_size": batch_size, "layer": layer, "output": output}
     if _arguments.several_inputs(x, inputs, outputs):
-        _arguments.no_grid_options(**{name: value != _GRID_DEFAULTS[name] for name, value in grid.items()})
-        return _arguments.validate_parts(
-            model, x, mode, elements, inputs=inputs, outputs=outputs, noise_floor=False, **common
+        _arguments.no_grid_options(
+            **{name: _given(value, _GRID_DEFAULTS[name]) for name, value in grid.items()}
         )
-    return _arguments.validate(model, x, mode, elements, noise_floor=False, **grid, **common)
+        return _arguments.validate_parts(
+            model, x, mode, elements(), inputs=inputs, outputs=outputs, noise_floor=noise_floor, **common
+        )
+    grid.pop("shifts", None)
+    return _arguments.validate(model, x, mode, elements(), noise_floor=noise_floor, **grid, **common)
+
+
+def _given(value: object, default: object) -> bool:
+    return value is not None if default is None else bool(value != default)
 
 
 def _check_reduction(reduction: object) -> None:

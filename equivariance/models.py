@@ -1,12 +1,10 @@
 """Reference models: the seed article's convolutional LeNet and a dense counterpart.
 
-[`LeNet`][equivariance.models.LeNet] is the network of the article the project started from
-(C. Wolf, "What is translation equivariance, and why do we use convolutions
-to get it?", 2020): four 5x5 convolutions without padding or pooling between
-them, so its convolutional part is translation equivariant on any canvas of
-at least 17x17. [`MLP`][equivariance.models.MLP] maps an image to a tensor of exactly the same
-shape as LeNet's conv4 map, through dense layers; it runs through the same
-checks and fails them, which is the article's point.
+[`LeNet`][equivariance.models.LeNet] is the network of the article the project started from (C. Wolf, "What is
+translation equivariance, and why do we use convolutions to get it?", 2020): four 5x5 convolutions without
+padding or pooling between them, so its convolutional part is translation equivariant on any canvas of at
+least 17x17. [`MLP`][equivariance.models.MLP] maps an image to a tensor of exactly the same shape as LeNet's
+conv4 map, through dense layers; it runs through the same checks and fails them, which is the article's point.
 """
 
 from __future__ import annotations
@@ -29,16 +27,14 @@ LENET_SHRINK = 16
 class LeNet(nn.Module):
     """The seed's 4-layer convolutional LeNet, with the same layers and names.
 
-    ``conv1`` .. ``conv4`` are 5x5 convolutions (1 -> 20 -> 40 -> 40 -> 5
-    channels, stride 1, no padding), each followed by a ReLU; then a 2x2
-    max-pool and ``fc1``, a linear layer from 6*6*5 features to 10 logits.
+    ``conv1`` .. ``conv4`` are 5x5 convolutions (1 -> 20 -> 40 -> 40 -> 5 channels, stride 1, no padding),
+    each followed by a ReLU; then a 2x2 max-pool and ``fc1``, a linear layer from 6*6*5 features to 10 logits.
     Trained on 28x28 MNIST digits.
 
     It demonstrates that a stack of convolutions is translation equivariant:
     [`features`][equivariance.models.LeNet.features] (or ``layer="conv4"`` in a check) maps a digit moved on a
-    larger canvas to a feature map moved by the same amount. The head only
-    accepts 28x28 inputs, like the seed's, but says so instead of reshaping
-    silently.
+    larger canvas to a feature map moved by the same amount. The head only accepts 28x28 inputs, like the
+    seed's, but says so instead of reshaping silently.
 
     Examples:
         >>> import torch
@@ -84,12 +80,11 @@ class LeNet(nn.Module):
 class MLP(nn.Module):
     """A dense network with the input and output shapes of LeNet's convolutional part.
 
-    It flattens ``(N, 1, H, W)``, applies ``fc1`` (H*W -> ``hidden``), a
-    ReLU and ``fc2`` (``hidden`` -> 5*(H-16)*(W-16)), and reshapes to
-    ``(N, 5, H - 16, W - 16)``, exactly the shape of ``LeNet().features(x)``.
-    Every output unit has its own weights for every input pixel, so nothing
-    ties a moved input to a moved output: it demonstrates what convolutions
-    avoid, and is the negative control of every equivariance check.
+    It flattens ``(N, 1, H, W)``, applies ``fc1`` (H*W -> ``hidden``), a ReLU and ``fc2`` (``hidden`` ->
+    5*(H-16)*(W-16)), and reshapes to ``(N, 5, H - 16, W - 16)``, exactly the shape of
+    ``LeNet().features(x)``. Every output unit has its own weights for every input pixel, so nothing ties a
+    moved input to a moved output: it demonstrates what convolutions avoid, and is the negative control of
+    every equivariance check.
 
     Args:
         input_size: the input's spatial size, ``H`` for a square or ``(H, W)``.

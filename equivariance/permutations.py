@@ -1,17 +1,14 @@
 """Permutations of the points of a set, a point cloud or the nodes of a graph.
 
-A [`Permutation`][equivariance.permutations.Permutation] reorders the axis of points of every tensor
-that has one, as ``x[perm]`` does, relabels an [`EdgeIndex`][equivariance.fields.EdgeIndex] and leaves
-pooled outputs alone; [`Permutations`][equivariance.permutations.Permutations] draws them from a seed.
+A [`Permutation`][equivariance.permutations.Permutation] reorders the axis of points of every tensor that has
+one, as ``x[perm]`` does, relabels an [`EdgeIndex`][equivariance.fields.EdgeIndex] and leaves pooled outputs
+alone; [`Permutations`][equivariance.permutations.Permutations] draws them from a seed.
 
-Graphs of different sizes (a ``Batch`` of molecules of 5, 9 and 12 atoms)
-need a permutation of each graph's own nodes: a
-[`NodePermutation`][equivariance.permutations.NodePermutation] is one of
-every size, drawn from its seed, and
-[`NodePermutations(16, seed=0)`][equivariance.permutations.NodePermutations]
-draws them. On a graph of ``n`` nodes it acts as the permutation of
-``n`` points its seed draws (``g.sized(n)``), so it never mixes the nodes of
-two graphs.
+Graphs of different sizes (a ``Batch`` of molecules of 5, 9 and 12 atoms) need a permutation of each graph's
+own nodes: a [`NodePermutation`][equivariance.permutations.NodePermutation] is one of every size, drawn from
+its seed, and [`NodePermutations(16, seed=0)`][equivariance.permutations.NodePermutations] draws them. On a
+graph of ``n`` nodes it acts as the permutation of ``n`` points its seed draws (``g.sized(n)``), so it never
+mixes the nodes of two graphs.
 
 Examples:
     >>> import torch
@@ -39,7 +36,7 @@ from equivariance._engine.validation import as_int, describe
 from equivariance.actions import Action, Batched, which_output
 from equivariance.errors import InvalidArgument
 from equivariance.fields import Adjacency, EdgeIndex, Field, field_of
-from equivariance.products import product
+from equivariance.products import Composing
 from equivariance.sampling import GroupSample
 
 __all__ = ["NodePermutation", "NodePermutations", "Permutation", "Permutations"]
@@ -47,7 +44,7 @@ __all__ = ["NodePermutation", "NodePermutations", "Permutation", "Permutations"]
 _SHOWN = 12  # the most indices a permutation prints in full
 
 
-class Permutation(Action):
+class Permutation(Composing):
     """A permutation of ``n`` points: ``x[indices]`` along the axis of points of every tensor that has one.
 
     Examples:
@@ -175,18 +172,12 @@ class Permutation(Action):
         """The permutation that puts every point back."""
         return Permutation._exact(self._inverse)
 
-    def __mul__(self, other: object) -> Action:
-        """The permutation acting as ``other``, then this one; with another kind of element, their product."""
-        if isinstance(other, Permutation):
-            if other.n != self.n:
-                raise InvalidArgument(
-                    f"{self!r} * {other!r}: permutations of {self.n} and {other.n} points do not compose"
-                )
-            return Permutation._exact(other._indices[self._indices])
-        return product(self, other)
-
-    def __rmul__(self, other: object) -> Action:
-        return product(other, self)
+    def _compose(self, other: Permutation) -> Action:
+        if other.n != self.n:
+            raise InvalidArgument(
+                f"{self!r} * {other!r}: permutations of {self.n} and {other.n} points do not compose"
+            )
+        return Permutation._exact(other._indices[self._indices])
 
     def _key(self) -> Hashable:
         return self.indices
@@ -197,8 +188,6 @@ class Permutation(Action):
             return f"Permutation({list(shown)})"
         head = ", ".join(map(str, shown[: _SHOWN - 2]))
         return f"Permutation([{head}, ..., {shown[-1]}]; {self.n} points)"
-
-    __str__ = __repr__
 
     def to_json(self) -> Any:
         """``{"permutation": indices}``."""
@@ -224,17 +213,15 @@ Step = tuple[int, bool]
 """One drawn permutation of a ``NodePermutation``: its seed, and whether it is inverted."""
 
 
-class NodePermutation(Action):
+class NodePermutation(Composing):
     """A permutation of the nodes of a graph of any size, drawn from a seed: for graphs of different sizes.
 
-    On a graph (or a tensor) of ``n`` nodes it acts as ``sized(n)``, the
-    permutation of ``n`` points that ``torch.randperm(n)`` draws from its
-    seed; so the graphs of a ``Batch`` of molecules of 5, 9 and 12 atoms are
-    each permuted on their own nodes, never mixed, and the same seed always
-    gives the same permutation of a size. A graph's ``edge_index`` is
-    relabelled with it when the whole graph is moved
-    ([`transform`][equivariance.fields.transform], or a check of a graph);
-    alone, it does not say how many nodes the graph has.
+    On a graph (or a tensor) of ``n`` nodes it acts as ``sized(n)``, the permutation of ``n`` points that
+    ``torch.randperm(n)`` draws from its seed; so the graphs of a ``Batch`` of molecules of 5, 9 and 12 atoms
+    are each permuted on their own nodes, never mixed, and the same seed always gives the same permutation of
+    a size. A graph's ``edge_index`` is relabelled with it when the whole graph is moved
+    ([`transform`][equivariance.fields.transform], or a check of a graph); alone, it does not say how many
+    nodes the graph has.
 
     Examples:
         >>> import torch
@@ -324,14 +311,8 @@ class NodePermutation(Action):
         """The element that puts every node of every graph back."""
         return NodePermutation._of([(seed, not inverted) for seed, inverted in reversed(self.steps)])
 
-    def __mul__(self, other: object) -> Action:
-        """Acting as ``other``, then this one: with another ``NodePermutation``, one of them."""
-        if isinstance(other, NodePermutation):
-            return NodePermutation._of([*self.steps, *other.steps])
-        return product(self, other)
-
-    def __rmul__(self, other: object) -> Action:
-        return product(other, self)
+    def _compose(self, other: NodePermutation) -> Action:
+        return NodePermutation._of([*self.steps, *other.steps])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NodePermutation):
@@ -348,8 +329,6 @@ class NodePermutation(Action):
             f"NodePermutation(seed={s})" + (".inverse()" if inverted else "") for s, inverted in self.steps
         ]
         return " * ".join(shown)
-
-    __str__ = __repr__
 
     def to_json(self) -> Any:
         """``{"node_permutation": [{"seed": s, "inverse": False}, ...]}``, outermost first."""

@@ -1,8 +1,8 @@
 """Products of group elements of different kinds: a rotation and a permutation at once, a rigid motion.
 
-``g * h`` acts as ``h``, then ``g``. Elements of one kind compose into one of that kind; elements of
-different kinds make a [`Product`][equivariance.products.Product], which keeps its factors (outermost
-first) and equals another product with equal factors in the same order.
+``g * h`` acts as ``h``, then ``g``. Elements of one kind compose into one of that kind; elements of different
+kinds make a [`Product`][equivariance.products.Product], which keeps its factors (outermost first) and equals
+another product with equal factors in the same order.
 
 Examples:
     >>> import torch
@@ -21,7 +21,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,7 +32,25 @@ from equivariance.errors import InvalidArgument
 __all__ = ["Product", "product"]
 
 
-class Product(Action):
+class Composing(Action):
+    """An element of the library's own: ``g * h`` composes two elements of one kind (``_compose``)
+    and makes a ``Product`` of two kinds."""
+
+    __slots__ = ()
+
+    def _compose(self, other: Any) -> Action:
+        """``self * other`` for ``other`` of this kind (by default, their product)."""
+        return product(self, other)
+
+    def __mul__(self, other: object) -> Action:
+        """The element acting as ``other``, then this one."""
+        return self._compose(other) if isinstance(other, type(self)) else product(self, other)
+
+    def __rmul__(self, other: object) -> Action:
+        return product(other, self)
+
+
+class Product(Composing):
     """Elements of different kinds acting one after the other: ``Product(g, h)`` acts as ``h``, then ``g``.
 
     Made by ``g * h``; see the module docstring.
@@ -45,7 +63,7 @@ class Product(Action):
     """
 
     __slots__ = ("factors",)
-    _act_writes_nothing = True
+    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, *factors: Action) -> None:
         for factor in factors:
@@ -120,19 +138,11 @@ class Product(Action):
         """The factors' inverses in the reverse order."""
         return Product.of(*(f.inverse() for f in reversed(self.factors)))
 
-    def __mul__(self, other: object) -> Action:
-        return product(self, other)
-
-    def __rmul__(self, other: object) -> Action:
-        return product(other, self)
-
     def _key(self) -> Hashable:
         return self.factors
 
     def __repr__(self) -> str:
         return " * ".join(map(repr, self.factors))
-
-    __str__ = __repr__
 
     def to_json(self) -> Any:
         """``{"product": [...]}``: the factors' JSON forms, outermost first."""
@@ -159,8 +169,7 @@ def _composes(element: Action) -> bool:
 def product(outer: object, inner: object) -> Action:
     """``outer * inner`` for elements of different kinds (or NotImplemented where one is not an element).
 
-    Each kind's ``__mul__`` composes elements of its own kind and hands the
-    others here.
+    Each kind's ``__mul__`` composes elements of its own kind and hands the others here.
     """
     if not isinstance(outer, Action) or not isinstance(inner, Action):
         return NotImplemented  # type: ignore[no-any-return]

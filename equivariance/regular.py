@@ -1,8 +1,8 @@
 """Group-convolution outputs: the regular representation of p4 and p4m on orientation channels.
 
-A hidden layer of a p4 or p4m group CNN is a stack of fields of 4 or 8 orientation channels, which a
-rotation of the input permutes as it rotates the map; [`regular`][equivariance.regular.regular] gives
-that action (its channel layout and conventions are in docs/group_convolutions.md).
+A hidden layer of a p4 or p4m group CNN is a stack of fields of 4 or 8 orientation channels, which a rotation
+of the input permutes as it rotates the map; [`regular`][equivariance.regular.regular] gives that action (its
+channel layout and conventions are in docs/group_convolutions.md).
 
 Examples:
     A p4 lifting convolution: four rotated copies of one filter bank.
@@ -46,8 +46,8 @@ class Regular:
     Args:
         group: ``"p4"`` (rotations by quarter turns) or ``"p4m"`` (with reflections).
         fields: the number of fields ``K`` (``C = K * |G|``); default inferred from ``C``.
-        direction: ``1`` if a quarter turn of the input moves orientation ``i`` to ``i + 1``,
-            ``-1`` if to ``i - 1``.
+        direction: ``1`` if a quarter turn of the input moves orientation ``i`` to ``i + 1``, ``-1`` if to
+            ``i - 1``.
         reflection: the spatial dim the group's reflection reverses (p4m), ``-1`` or ``-2``.
     """
 
@@ -94,9 +94,8 @@ class Regular:
     def decompose(self, element: Action) -> tuple[int, int]:
         """The element as ``(s, k)``: reflect ``s`` times, then rotate by ``k`` quarter turns.
 
-        Every element of p4m in the image plane: rotations, flips, the
-        diagonal reflections ([`Transpose`][equivariance.transforms.Transpose])
-        and their products (``Rot90(1) * Flip(-1)``).
+        Every element of p4m in the image plane: rotations, flips, the diagonal reflections
+        ([`Transpose`][equivariance.transforms.Transpose]) and their products (``Rot90(1) * Flip(-1)``).
 
         Examples:
             >>> from equivariance.transforms import Flip, Rot90, Transpose
@@ -202,9 +201,9 @@ def regular(
     Args:
         group: ``"p4"`` or ``"p4m"``.
         fields: the number of fields ``K`` of the output (default: its channels over ``|G|``).
-        direction: ``1`` if a quarter turn of the input moves orientation ``i`` to ``i + 1``
-            (the numbering measured on escnn's fields, and that of a filter bank rotated with
-            ``torch.rot90``), ``-1`` otherwise.
+        direction: ``1`` if a quarter turn of the input moves orientation ``i`` to ``i + 1`` (the numbering
+            measured on escnn's fields, and that of a filter bank rotated with ``torch.rot90``), ``-1``
+            otherwise.
         reflection: the spatial dim the group's reflection reverses (p4m): ``-1`` (default) or ``-2``.
 
     Returns:

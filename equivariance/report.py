@@ -1,8 +1,8 @@
 """The result of a check: per-element errors, the verdict, and how it was reached.
 
 One row per group element checked; a failed report is raised by
-[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which the asserts and
-the pytest fixtures share.
+[`raise_if_failed`][equivariance.report.EquivarianceReport.raise_if_failed], which the asserts and the pytest
+fixtures share.
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ class ShiftResult:
     """The outcome for one group element (a shift or a transform), over the whole batch.
 
     Attributes:
-        element: the input shift, or the transform (``Rot90``, ``Flip``, an
-            action of your own) when the check was given ``transforms=``.
-        error: the worst error over the batch: relative, or RMS absolute
-            where ``absolute`` is set.
+        element: the input shift, or the transform (``Rot90``, ``Flip``, an action of your own) when the check
+            was given ``transforms=``.
+        error: the worst error over the batch: relative, or RMS absolute where ``absolute`` is set.
         passed: whether every sample was within tolerance.
-        absolute: whether the worst sample's reference output was all zero,
-            making its error an absolute one.
-        parts: for a model of several outputs (``outputs=``), the worst error of each output part
-            under this element, in the order of ``EquivarianceReport.parts``; empty otherwise.
+        absolute: whether the worst sample's reference output was all zero, making its error an absolute one.
+        parts: for a model of several outputs (``outputs=``), the worst error of each output part under this
+            element, in the order of ``EquivarianceReport.parts``; empty otherwise.
     """
 
     element: Action
@@ -50,17 +48,17 @@ class PartResult:
         name: the output, e.g. ``"output[1]"`` or ``"output['forces']"``.
         field: its field type, e.g. ``"Vectors()"``; ``"unchanged"`` for invariance.
         shape: its shape for the inputs as given.
-        error: its worst error over the elements and samples, relative to its own size (or RMS
-            absolute where its reference is zero).
+        error: its worst error over the elements and samples, relative to its own size (or RMS absolute where
+            its reference is zero).
         element: the element with that error.
         sample: the sample with that error.
-        passed: whether it was within tolerance (or within ``FLOOR_FACTOR`` times its noise floor)
-            for every element and sample.
-        noise_floor: its error through the check's own path: the identity, and inputs moved there
-            and back by elements that round.
+        passed: whether it was within tolerance (or within ``FLOOR_FACTOR`` times its noise floor) for every
+            element and sample.
+        noise_floor: its error through the check's own path: the identity, and inputs moved there and back by
+            elements that round.
         median: the median over the elements of its worst error over the samples.
-        failed_samples: how many samples fail under some element (errors tiny for most inputs and
-            large for a few show as a few failed samples).
+        failed_samples: how many samples fail under some element (errors tiny for most inputs and large for a
+            few show as a few failed samples).
         samples: how many samples were checked.
     """
 
@@ -81,9 +79,8 @@ class PartResult:
 class EquivarianceReport:
     """What a check measured, and its verdict.
 
-    ``str(report)`` is a compact table, worst shifts (or transforms) first, and
-    ``repr(report)`` its first line (so a failing ``assert report.passed`` in
-    pytest shows one line before the table, not every field);
+    ``str(report)`` is a compact table, worst shifts (or transforms) first, and ``repr(report)`` its first
+    line (so a failing ``assert report.passed`` in pytest shows one line before the table, not every field);
     [`to_dict`][equivariance.report.EquivarianceReport.to_dict] is JSON-serializable. Made by
     [`check_equivariance`][equivariance.check_equivariance] and
     [`check_invariance`][equivariance.check_invariance]; never needs to be built by hand.
@@ -91,42 +88,39 @@ class EquivarianceReport:
     Attributes:
         kind: ``"equivariance"`` or ``"invariance"``.
         subject: what was measured, e.g. ``"LeNet.conv4"``.
-        results: one [`ShiftResult`][equivariance.report.ShiftResult] per shift (or transform), in the
-            order checked.
+        results: one [`ShiftResult`][equivariance.report.ShiftResult] per shift (or transform), in the order
+            checked.
         rtol: relative tolerance used.
         atol: absolute (RMS) tolerance used where the reference is zero.
         tolerance_source: where the tolerance came from, e.g. ``"float32 default"``.
-        noise_floor: the error of the identity shift sent through the same
-            batched path: what the numerics alone contribute.
-        zero_reference: how many (shift, sample) pairs had an all-zero
-            reference and were measured as absolute errors.
+        noise_floor: the error of the identity shift sent through the same batched path: what the numerics
+            alone contribute.
+        zero_reference: how many (shift, sample) pairs had an all-zero reference and were measured as absolute
+            errors.
         input_shape: shape of ``x``.
         output_shape: shape of the measured output for ``x``.
         dtype: dtype of ``x``, e.g. ``"float32"``.
         device: device of ``x``, e.g. ``"cpu"``.
-        boundary: ``"zeros"`` or ``"circular"``; for transforms, which map the
-            grid onto itself, ``"none (the transforms map the grid onto itself)"``.
-        output_action: how the output was expected to move: ``"shift"``,
-            ``"shift / 2"``, ``"the same transform"``, ``"none (invariance)"``
-            or a callable's name.
+        boundary: ``"zeros"`` or ``"circular"``; for transforms, which map the grid onto itself, ``"none (the
+            transforms map the grid onto itself)"``.
+        output_action: how the output was expected to move: ``"shift"``, ``"shift / 2"``, ``"the same
+            transform"``, ``"none (invariance)"`` or a callable's name.
         margin: samples dropped at each edge of the compared region, per dim.
         batch_size: samples per forward pass.
         hints: likely causes of a failure, with fixes, when recognisable.
-        inferred: how ``stride="auto"`` and ``margin="auto"`` (and a layout
-            that is not channels first) were resolved, one sentence each.
+        inferred: how ``stride="auto"`` and ``margin="auto"`` (and a layout that is not channels first) were
+            resolved, one sentence each.
         layout: the output's layout, e.g. ``"channels_last"`` (equivariance).
         layer: the layer measured (``layer=``), None for the model's output.
         parts: for a model of several inputs and outputs (``inputs=``, ``outputs=``), one
             [`PartResult`][equivariance.report.PartResult] per output: each judged by its own size.
         inputs: for several inputs, each with its shape and field type.
         drawn: how the elements were drawn, e.g. ``"E3(64, seed=0)"`` (a group sample), or "".
-        vacuous: why a check whose every element is within tolerance could
-            not have failed (an output that does not move, or does not
-            respond to the input), None when it could. Such a check is not a
-            pass: ``passed`` is False, the reason is also the first hint, and
-            ``assert_*`` and the pytest fixtures raise
-            [`VacuousCheckError`][equivariance.errors.VacuousCheckError]
-            unless given ``allow_vacuous=True``.
+        vacuous: why a check whose every element is within tolerance could not have failed (an output that
+            does not move, or does not respond to the input), None when it could. Such a check is not a pass:
+            ``passed`` is False, the reason is also the first hint, and ``assert_*`` and the pytest fixtures
+            raise [`VacuousCheckError`][equivariance.errors.VacuousCheckError] unless given
+            ``allow_vacuous=True``.
     """
 
     kind: str
@@ -159,11 +153,10 @@ class EquivarianceReport:
         """Whether the check showed the symmetry: every shift (or transform) within tolerance, and a
         check that could have failed.
 
-        A vacuous check (``vacuous``: an output that does not move, or does
-        not respond to its input) is not a pass, though every element is
-        within tolerance (``within_tolerance``): a test that reads
-        ``passed`` must not go green on a check that asserted nothing, as a
-        Hypothesis test whose every example was rejected fails.
+        A vacuous check (``vacuous``: an output that does not move, or does not respond to its input) is not a
+        pass, though every element is within tolerance (``within_tolerance``): a test that reads ``passed``
+        must not go green on a check that asserted nothing, as a Hypothesis test whose every example was
+        rejected fails.
         """
         return self.within_tolerance and self.vacuous is None
 
@@ -205,8 +198,7 @@ class EquivarianceReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of every field, plus the verdict and summary numbers.
 
-        Each element is in its JSON form (a shift as a list of offsets, a
-        transform as its repr).
+        Each element is in its JSON form (a shift as a list of offsets, a transform as its repr).
         """
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["results"] = [
@@ -234,16 +226,15 @@ class EquivarianceReport:
 
     def raise_if_failed(self, *, allow_vacuous: bool = False) -> EquivarianceReport:
         """Raise [`EquivarianceError`][equivariance.EquivarianceError] with the report's text if the
-        check failed, and [`VacuousCheckError`][equivariance.errors.VacuousCheckError] (one) if it
-        could not have failed, unless ``allow_vacuous``; return the report otherwise.
+        check failed, and [`VacuousCheckError`][equivariance.errors.VacuousCheckError] (one) if it could not
+        have failed, unless ``allow_vacuous``; return the report otherwise.
 
-        The message of a failure ends with the call that finds the layer where
-        an equivariance check breaks (the per-layer profile of the worst
-        element, up to the layer measured).
+        The message of a failure ends with the call that finds the layer where an equivariance check breaks
+        (the per-layer profile of the worst element, up to the layer measured).
 
         Args:
-            allow_vacuous: return a check that could not have failed instead of
-                raising (a property test that may draw dead networks).
+            allow_vacuous: return a check that could not have failed instead of raising (a property test that
+                may draw dead networks).
         """
         __tracebackhide__ = True
         if self.within_tolerance:

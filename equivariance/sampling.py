@@ -1,9 +1,9 @@
 """Seeded samples of a group: continuous groups are sampled, not enumerated.
 
-A sample draws ``samples`` elements uniformly (by the Haar measure, for a compact group) from a seed,
-after the elements you ``include``; it is a sequence usable wherever a list of elements is. The
-samples themselves live in ``equivariance.euclidean`` and ``equivariance.permutations``
-(docs/point_clouds.md, "Samples of a group").
+A sample draws ``samples`` elements uniformly (by the Haar measure, for a compact group) from a seed, after
+the elements you ``include``; it is a sequence usable wherever a list of elements is. The samples themselves
+live in ``equivariance.euclidean`` and ``equivariance.permutations`` (docs/point_clouds.md, "Samples of a
+group").
 
 Examples:
     >>> from equivariance.euclidean import SO3, Rotation
@@ -32,14 +32,12 @@ E = TypeVar("E", bound=Action)
 class GroupSample(Sequence[E], Generic[E], abc.ABC):
     """Group elements drawn from a seed, after the ones included by name: a sequence of elements.
 
-    Subclasses say how to draw (``_draw``) and which elements belong
-    (``_admit``).
+    Subclasses say how to draw (``_draw``) and which elements belong (``_admit``).
 
     Args:
         samples: how many elements to draw (after the included ones).
         seed: the seed of the draw: the same seed, the same elements.
-        include: elements checked first, as given (e.g. the inversion, or a
-            rotation a user reported).
+        include: elements checked first, as given (e.g. the inversion, or a rotation a user reported).
 
     Attributes:
         group: the group's name, e.g. ``"SO(3)"``.

@@ -1,7 +1,7 @@
 """Hypothesis strategies for property tests of shift equivariance (docs/strategies.md).
 
-Shifts, inputs, equivariant convolution stacks and non-equivariant dense networks, with keyword-only
-options that take a value or a strategy. This is the only module that imports Hypothesis.
+Shifts, inputs, equivariant convolution stacks and non-equivariant dense networks, with keyword-only options
+that take a value or a strategy. This is the only module that imports Hypothesis.
 """
 
 from __future__ import annotations
@@ -67,9 +67,8 @@ def shifts(
 ) -> st.SearchStrategy[Shift]:
     """Shifts with offsets in ``[-max_shift, max_shift]`` that are multiples of ``multiple_of``.
 
-    Offsets shrink toward zero, so a failing property reports the smallest
-    shift that fails. ``multiple_of`` is the stride of a subsampled output:
-    pass a conv stack's ``stack.stride`` to draw the shifts it can follow.
+    Offsets shrink toward zero. Pass a conv stack's ``stack.stride`` as ``multiple_of`` to draw the shifts it
+    can follow.
 
     Args:
         ndim: number of spatial dims, at least 1.
@@ -138,19 +137,14 @@ def signals(
 ) -> st.SearchStrategy[torch.Tensor]:
     """Batches ``(N, C, *spatial)`` of finite values in ``[min_value, max_value]``.
 
-    Sizes shrink toward their minimum. The values are drawn uniformly by
-    torch from a drawn seed, fast at any size, and replay exactly. With
-    ``border=b`` the content sits on a zero canvas with ``b`` zero samples at
-    every edge, like a digit on a larger image: the input a zero-boundary
-    shift of up to ``b`` moves without losing anything. NaN and infinity
-    appear only when asked for, at a few drawn positions.
+    Sizes shrink toward their minimum; values are drawn by torch from a drawn seed. ``border=b`` puts the
+    content on a zero canvas with ``b`` zero samples at every edge.
 
     Args:
         ndim: number of spatial dims (1 for signals, 2 for images, 3 for volumes).
         batch: number of samples.
         channels: number of channels.
-        size: spatial size of each dim, drawn per dim; a strategy of tuples
-            gives the whole spatial shape.
+        size: spatial size of each dim, drawn per dim; a strategy of tuples gives the whole spatial shape.
         dtype: a floating-point dtype.
         min_value: smallest value.
         max_value: largest value.
@@ -223,19 +217,8 @@ def images(
     border: int | st.SearchStrategy[int | None] | None = None,
     device: str | torch.device | st.SearchStrategy[str | torch.device] = "cpu",
 ) -> st.SearchStrategy[torch.Tensor]:
-    """Batches of images ``(N, C, H, W)``: [`signals`][equivariance.strategies.signals] with two spatial dims.
-
-    Args:
-        batch: number of samples.
-        channels: number of channels.
-        size: height and width, drawn separately; a strategy of pairs gives both.
-        dtype: a floating-point dtype.
-        min_value: smallest value.
-        max_value: largest value.
-        allow_nan: put a few NaNs in some draws.
-        allow_infinity: put a few infinities in some draws.
-        border: zero samples at every edge (``None``: content everywhere).
-        device: where the tensor is made.
+    """Batches of images ``(N, C, H, W)``: [`signals`][equivariance.strategies.signals] with two spatial dims,
+    the same arguments (``size``: height and width, drawn separately).
 
     Examples:
         >>> from hypothesis import given
@@ -258,10 +241,8 @@ def images(
 class ConvStack:
     """A random stack of convolutions, drawn by ``conv_stacks``, and what a check needs to know.
 
-    The model maps ``(N, in_channels, *spatial)`` to ``(N, out_channels,
-    *spatial / stride)`` (less the kernels' reach for valid padding). It is
-    exactly equivariant for every shift that is a multiple of ``stride``,
-    under ``boundary``: pass both to a check.
+    Exactly equivariant for every shift that is a multiple of ``stride``, under ``boundary``: pass both to a
+    check.
 
     Attributes:
         model: the ``nn.Sequential`` of convolutions and pointwise nonlinearities.
@@ -269,8 +250,8 @@ class ConvStack:
         in_channels: channels of the input.
         out_channels: channels of the output.
         stride: total stride per dim: the output is subsampled by it.
-        padding: ``"valid"`` (no padding; each layer shrinks the map) or
-            ``"circular"`` (each layer keeps the size, up to its stride).
+        padding: ``"valid"`` (no padding; each layer shrinks the map) or ``"circular"`` (each layer keeps the
+            size, up to its stride).
         min_size: smallest spatial size the stack accepts.
     """
 
@@ -301,14 +282,14 @@ class ConvStack:
     ) -> st.SearchStrategy[torch.Tensor]:
         """Inputs this stack accepts, from ``signals``, sized by the output they give.
 
-        Circular stacks get sizes that are multiples of the stride; valid
-        ones any size giving ``output_size`` samples per dim.
+        Circular stacks get sizes that are multiples of the stride; valid ones any size giving ``output_size``
+        samples per dim.
 
         Args:
             output_size: samples per dim of the output (an int, a ``(min, max)`` pair or a strategy).
             batch: number of samples.
-            **options: the other options of [`signals`][equivariance.strategies.signals] (dtype,
-                values, border, device).
+            **options: the other options of [`signals`][equivariance.strategies.signals] (dtype, values,
+                border, device).
         """
         if "size" in options or "ndim" in options or "channels" in options:
             raise InvalidArgument(
@@ -322,8 +303,8 @@ class ConvStack:
     def shifts(self, *, max_shift: PerDim | None = None, nonzero: bool = False) -> st.SearchStrategy[Shift]:
         """Shifts this stack follows: multiples of its stride, up to ``max_shift`` (default twice the stride).
 
-        Keep them smaller than the input (for valid stacks, smaller than the
-        output times the stride) for a check to have something to compare.
+        Keep them smaller than the input (for valid stacks, smaller than the output times the stride) for a
+        check to have something to compare.
         """
         bound = 2 * self.stride[0] if max_shift is None else max_shift
         return shifts(ndim=self.ndim, max_shift=bound, multiple_of=self.stride, nonzero=nonzero)
@@ -333,9 +314,8 @@ class ConvStack:
 class DenseNet:
     """A random dense network, drawn by ``mlps``: the family that is not equivariant.
 
-    It flattens ``(N, in_channels, *input_size)``, applies fully connected
-    layers and reshapes to ``(N, out_channels, *input_size)``, so a check
-    compares maps of the same size, and fails for every nonzero shift.
+    It maps ``(N, in_channels, *input_size)`` to ``(N, out_channels, *input_size)`` through dense layers, so a
+    check of a nonzero shift fails.
 
     Attributes:
         model: the ``nn.Sequential``.
@@ -369,15 +349,8 @@ def conv_stacks(
 ) -> st.SearchStrategy[ConvStack]:
     """Random stacks of convolutions with pointwise nonlinearities, drawn as a ``ConvStack``.
 
-    The ground truth of shift equivariance: every stack is exactly
-    equivariant for every shift that is a multiple of ``stack.stride`` (the
-    product of the layers' strides), under ``stack.boundary``: ``"zeros"``
-    for valid padding, ``"circular"`` for circular padding, which keeps the
-    size ('same'). A stride above 1 means only multiples of it can be
-    followed: draw shifts with ``stack.shifts()`` or
-    ``shifts(multiple_of=stack.stride)`` through ``st.data()``. Stacks
-    shrink toward one layer, one channel and small kernels; weights are made
-    from a drawn seed.
+    The ground truth: every stack is exactly equivariant for every multiple of ``stack.stride`` under
+    ``stack.boundary`` (draw its shifts with ``stack.shifts()``). Stacks shrink toward one small layer.
 
     Args:
         ndim: number of spatial dims, 1 to 3.
@@ -445,10 +418,8 @@ def mlps(
 ) -> st.SearchStrategy[DenseNet]:
     """Random dense networks with as many outputs as inputs, drawn as a ``DenseNet``.
 
-    The negative control: every output unit has its own weights for every
-    input sample, so no shift of the input moves the output, and a check of
-    a nonzero shift fails. Networks shrink toward one hidden layer and small
-    sizes; weights are made from a drawn seed.
+    The negative control: every output has its own weights for every input sample, so a check of a nonzero
+    shift fails.
 
     Args:
         ndim: number of spatial dims, 1 to 3.
@@ -508,9 +479,8 @@ def _convolution(
 def _initialised(model: nn.Sequential, seed: int) -> nn.Sequential:
     """``model``, built on the meta device, with weights drawn from ``seed``.
 
-    PyTorch's default initialisation (uniform within 1/sqrt(fan_in)) from a
-    local generator: the same draw gives the same weights, and the global RNG
-    is never touched, nor reseeded (which is slow).
+    PyTorch's default initialisation (uniform within 1/sqrt(fan_in)) from a local generator: the same draw
+    gives the same weights, and the global RNG is never touched, nor reseeded (which is slow).
     """
     generator = torch.Generator().manual_seed(seed)
     model = model.to_empty(device="cpu")
@@ -555,12 +525,8 @@ POSITIONS = Positions()  # the default field of a point cloud
 def rotations(*, group: str | st.SearchStrategy[str] = "SO3") -> st.SearchStrategy[Rotation]:
     """Rotations of ``group`` (``"SO2"``, ``"O2"``, ``"SO3"`` or ``"O3"``), shrinking toward the identity.
 
-    A 3-D rotation is drawn as a quaternion of four numbers in [-1, 1],
-    normalised (the identity where all four are near zero), a planar one as
-    an angle; the groups with reflections add a mirror (a reflection in
-    2-D, the inversion in 3-D) on a drawn coin. Every rotation can be drawn,
-    though not uniformly: for uniform (Haar) draws use the samples of
-    [`equivariance.euclidean`][equivariance.euclidean], e.g. ``SO3(64, seed=0)``.
+    Every rotation can be drawn, though not uniformly; for Haar draws use ``SO3(64, seed=0)`` and the like
+    ([`equivariance.euclidean`][equivariance.euclidean]).
 
     Args:
         group: the group to draw from.
@@ -650,15 +616,9 @@ def point_clouds(
 ) -> st.SearchStrategy[Any]:
     """Point clouds: one tensor per field type, all with the same batch and number of points.
 
-    For ``fields=(Positions(), Scalars())`` a draw is ``(pos, h)``, ``pos``
-    of shape ``(B, N, 3)`` and ``h`` of shape ``(B, N, C)``, ready for
-    ``model(*cloud)``; for one field type, the tensor alone. The shape of
-    each part follows its field type: ``(B, N, dim)`` for vectors and
-    positions (``(B, N, C, dim)`` with ``nodes=-3``), ``(B, N, irreps.dim)``
-    for [`Irreps`][equivariance.fields.Irreps], ``(B, N, N)`` for an
-    [`Adjacency`][equivariance.fields.Adjacency] (0 or 1), ``(B, C)`` for
-    ``nodes=None``. Values are uniform in ``[-scale, scale]``, made by torch
-    from a drawn seed; counts shrink toward one cloud of one point.
+    A draw is ``(pos, h)`` for ``fields=(Positions(), Scalars())`` (the tensor alone for one field type), each
+    part shaped by its field type, values uniform in ``[-scale, scale]``; counts shrink toward one cloud of
+    one point.
 
     Args:
         fields: a field type or a sequence of them (``nodes`` of -2, -3 or None).
@@ -746,8 +706,8 @@ class Graph:
 
     Attributes:
         num_nodes: the number of nodes.
-        edge_index: ``(2, E)`` long tensor, sources in row 0, targets in row 1
-            (an undirected graph holds each edge both ways).
+        edge_index: ``(2, E)`` long tensor, sources in row 0, targets in row 1 (an undirected graph holds each
+            edge both ways).
         features: one tensor per name given in ``features=``, nodes on axis 0.
     """
 
@@ -763,8 +723,8 @@ class Graph:
 
     def data(self, **node_fields: torch.Tensor) -> Any:
         """This graph as a torch_geometric ``Data``: ``edge_index``, ``num_nodes``, its features and
-        ``node_fields`` (tensors with the nodes on axis 0). Needs torch_geometric
-        (``pip install equivariance[geometric]``); ``Batch.from_data_list`` batches them.
+        ``node_fields`` (tensors with the nodes on axis 0). Needs torch_geometric (``pip install
+        equivariance[geometric]``); ``Batch.from_data_list`` batches them.
         """
         for name, value in node_fields.items():
             if not isinstance(value, torch.Tensor) or value.dim() == 0 or len(value) != self.num_nodes:
@@ -797,15 +757,8 @@ def graphs(
     dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
 ) -> st.SearchStrategy[Graph]:
     """Random graphs as ``edge_index`` (a [`Graph`][equivariance.strategies.Graph]), shrinking toward few
-    nodes and few edges.
-
-    With ``features={"x": Scalars(), "pos": Positions()}`` each graph also
-    holds one tensor per name, nodes on axis 0, shaped by its field type as
-    in [`point_clouds`][equivariance.strategies.point_clouds] (``(N, C)``,
-    ``(N, 3)``, ``(N, C, 3)`` with ``nodes=-3``), uniform in ``[-scale,
-    scale]`` from a drawn seed. For a batch of graphs of different sizes
-    that share their channels, use
-    [`graph_batches`][equivariance.strategies.graph_batches].
+    nodes and few edges; with ``features=``, node features shaped by their field types as in
+    [`point_clouds`][equivariance.strategies.point_clouds].
 
     Args:
         nodes: the number of nodes.
@@ -826,13 +779,10 @@ def graphs(
         ...     assert torch.equal(a, a.T) and a.diagonal().sum() == 0
         >>> test_symmetric()
     """
-    draw_one = _GraphDrawer(nodes, edges, undirected, self_loops, features, channels, dim, scale, dtype)
-
-    @st.composite
-    def draw_graph(draw: st.DrawFn) -> Graph:
-        return draw_one(draw, draw_one.shared(draw))
-
-    return draw_graph()
+    return graph_batches(
+        batch=1, nodes=nodes, edges=edges, undirected=undirected, self_loops=self_loops, features=features,
+        channels=channels, dim=dim, scale=scale, dtype=dtype,
+    ).map(lambda batch: batch[0])  # fmt: skip
 
 
 def graph_batches(
@@ -848,23 +798,20 @@ def graph_batches(
     scale: float | st.SearchStrategy[float] = 1.0,
     dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float32,
 ) -> st.SearchStrategy[list[Graph]]:
-    """Lists of graphs of different sizes, ready for one torch_geometric ``Batch``.
+    """Lists of graphs of different sizes, ready for one torch_geometric ``Batch``
+    (``Batch.from_data_list([g.data() for g in graphs])``), shrinking toward one graph of one node.
 
-    Each graph draws its own number of nodes and edges; the options that a
-    batch must share (``undirected``, ``self_loops``, each feature's
-    ``channels``, ``dim``, ``scale``, ``dtype``) are drawn once per list, so
-    ``Batch.from_data_list([g.data() for g in graphs])`` concatenates them.
-    Lists shrink toward one graph of one node without edges. Check such a
-    batch under [`node_permutations`][equivariance.strategies.node_permutations]
-    (docs/point_clouds.md, "Graphs of different sizes in one Batch").
+    Each graph draws its own nodes and edges; what a batch must share (``undirected``, ``self_loops``, each
+    feature's ``channels``, ``dim``, ``scale``, ``dtype``) is drawn once per list. See "Graphs of different
+    sizes in one Batch" in "Point clouds, sets and graphs".
 
     Args:
         batch: the number of graphs.
         nodes: the number of nodes of each graph.
-        edges: the number of edges of each graph; default any number.
+        edges: the number of edges of each graph.
         undirected: hold every edge both ways.
         self_loops: allow edges from a node to itself.
-        features: node features to draw, a field type per name (as in ``graphs``).
+        features: node features to draw, a field type per name.
         channels: the channels ``C`` of each feature without components, one draw per list.
         dim: the components of vectors and positions, 2 or 3.
         scale: the largest absolute feature value.
@@ -985,17 +932,12 @@ def node_permutations(*, seed: Count = (0, 2**63 - 1)) -> st.SearchStrategy[Node
     """[`NodePermutation`][equivariance.permutations.NodePermutation]s: a permutation of every graph's own
     nodes, for a batch of graphs of different sizes.
 
-    An element is its seed (on ``n`` nodes it acts as ``g.sized(n)``, the
-    permutation ``torch.randperm(n)`` draws from it), so draws shrink
-    toward seed 0 as integers do, not toward the identity (which a check
-    refuses): a failing example reports the smallest seed that still
-    fails, and replays exactly. A batch of one-node
-    graphs is left as it is by every element; draw graphs with ``nodes=(2,
-    ...)`` for a test that must move something.
+    An element is its seed, so draws shrink toward seed 0, not toward the identity (which a check refuses).
+    One-node graphs are left as they are by every element.
 
     Args:
-        seed: the seeds to draw from: an int, an inclusive ``(min, max)`` pair or a strategy of ints,
-            in ``0..2**63 - 1``.
+        seed: the seeds to draw from: an int, an inclusive ``(min, max)`` pair or a strategy of ints, in
+            ``0..2**63 - 1``.
 
     Examples:
         >>> from hypothesis import given

@@ -2,8 +2,8 @@
 
 [`antialias`][equivariance.surgery.antialias], [`polyphase`][equivariance.surgery.polyphase] and
 [`circular_padding`][equivariance.surgery.circular_padding] each return a converted deep copy whose
-``state_dict`` is the original's; what each does and what cannot be converted are in docs/fixing.md
-("The three conversions").
+``state_dict`` is the original's; what each does and what cannot be converted are in docs/fixing.md ("The
+three conversions").
 """
 
 from __future__ import annotations
@@ -51,21 +51,10 @@ def antialias(
 ) -> M:
     """A copy of ``model`` that blurs before it subsamples (Zhang, ICML 2019), its weights kept.
 
-    Each strided convolution runs at stride 1 and is followed by a
-    [`BlurPool`][equivariance.downsampling.BlurPool] that subsamples. Where
-    the convolution sits in an ``nn.Sequential`` followed by its activation
-    (possibly after a BatchNorm), the blur comes after that activation, as in
-    Zhang's ``ConvBlurPool``; elsewhere (an activation called in ``forward``)
-    right after the convolution. A strided max pooling (or power-average
-    pooling) becomes the pooling at stride 1, then the blur (``MaxBlurPool``);
-    an average pooling becomes the blur. Output sizes stay those of the
-    original for convolutions and max poolings (``ceil_mode=False``); an
-    average pooling's becomes ``ceil(n / stride)``.
-
-    Blurring lowers the error a shift causes at each subsampling; it does not
-    remove it (see [`polyphase`][equivariance.surgery.polyphase] for exact
-    invariance). Running at stride 1 costs more: the benchmarks page measures
-    how much.
+    Each strided convolution runs at stride 1, then its activation, then a
+    [`BlurPool`][equivariance.downsampling.BlurPool] subsamples; a strided pooling runs at stride 1, then the
+    blur (see "Fixing what the profile finds" for the placement and the output sizes). Blurring lowers the
+    error a shift causes; it does not remove it.
 
     Examples:
         >>> import torch
@@ -74,21 +63,7 @@ def antialias(
         >>> _ = torch.manual_seed(0)
         >>> model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         ...                       nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
-        >>> fixed = antialias(model)
-        >>> fixed
-        Sequential(
-          (0): Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
-          (1): ReLU()
-          (2): AntialiasedMaxPool2d(
-            kernel_size=2, stride=1, padding=0, dilation=1, ceil_mode=False
-            (blur): BlurPool(stride=2, filter_size=4, pad_type='reflect')
-          )
-          (3): Conv2d(8, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
-          (4): Sequential(
-            (0): ReLU()
-            (1): BlurPool(stride=(2, 2), filter_size=4, pad_type='reflect')
-          )
-        )
+        >>> fixed = antialias(model)  # docs/fixing.md prints it
         >>> x = torch.zeros(4, 1, 48, 48)
         >>> x[..., 8:40, 8:40] = torch.rand(4, 1, 32, 32)
         >>> before = profile_equivariance(model, x, (1, 0))["4"].error
@@ -98,21 +73,18 @@ def antialias(
 
     Args:
         model: any ``nn.Module``; it is deep-copied, never changed.
-        layers: names (``model.named_modules()``) of the layers to convert, or
-            of containers whose strided layers to convert; default every
-            strided convolution and pooling layer.
-        filter_size: taps of the binomial filter per dim (Zhang's default 4;
-            3 is ``[1, 2, 1]``).
-        pad_type: the blur's padding: ``"reflect"`` (Zhang's default),
-            ``"replicate"``, ``"zeros"`` or ``"circular"`` (for a circularly
-            padded model).
+        layers: names (``model.named_modules()``) of the layers to convert, or of containers whose strided
+            layers to convert; default every strided convolution and pooling layer.
+        filter_size: taps of the binomial filter per dim (Zhang's default 4; 3 is ``[1, 2, 1]``).
+        pad_type: the blur's padding: ``"reflect"`` (Zhang's default), ``"replicate"``, ``"zeros"`` or
+            ``"circular"`` (for a circularly padded model).
 
     Returns:
         The converted copy, of the model's own class.
 
     Raises:
-        InvalidArgument: a name that is no layer, or a layer named that does
-            not subsample or cannot be converted (the message says why).
+        InvalidArgument: a name that is no layer, or a layer named that does not subsample or cannot be
+            converted (the message says why).
     """
     blur = BlurPool(1, filter_size, pad_type)  # checks the options before the model is copied
     options = _Options(blur.filter_size, blur.pad_type)
@@ -124,17 +96,11 @@ def polyphase(
 ) -> M:
     """A copy of ``model`` whose every subsampling keeps the grid of largest norm (Chaman and Dokmanic, 2021).
 
-    Each strided convolution, pooling or [`BlurPool`][equivariance.downsampling.BlurPool] runs at stride 1
-    and is followed by a [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling], which
-    keeps, per sample, the polyphase component of largest L2 norm. An average
-    pooling becomes the average at stride 1, then the sampling. Two layers that
-    subsample the same tensor (a ResNet block's convolution and its shortcut)
-    keep the same grid. Output sizes stay those of the original.
-
-    With circular padding everywhere ([`circular_padding`][equivariance.surgery.circular_padding])
-    and input sizes that every stride divides, each layer's output follows a
-    circular shift of the input exactly (moved by whole samples), and a
-    classifier that pools globally is exactly invariant to circular shifts.
+    Each strided layer runs at stride 1, then a
+    [`PolyphaseSampling`][equivariance.downsampling.PolyphaseSampling] keeps, per sample, the polyphase
+    component of largest norm; two layers subsampling one tensor keep one grid. With
+    [`circular_padding`][equivariance.surgery.circular_padding] and sizes every stride divides, a globally
+    pooled classifier is exactly invariant to circular shifts.
 
     Examples:
         >>> import torch
@@ -154,18 +120,18 @@ def polyphase(
 
     Args:
         model: any ``nn.Module``; it is deep-copied, never changed.
-        layers: names of the layers (or containers) to convert; default every
-            strided convolution, pooling and blur pooling layer.
-        filter_size: taps of a binomial blur before the sampling (1, the
-            default: none; the paper's "APS with a low-pass filter" uses 2 to 5).
+        layers: names of the layers (or containers) to convert; default every strided convolution, pooling and
+            blur pooling layer.
+        filter_size: taps of a binomial blur before the sampling (1, the default: none; the paper's "APS with
+            a low-pass filter" uses 2 to 5).
         pad_type: that blur's padding, ``"circular"`` by default.
 
     Returns:
         The converted copy, of the model's own class.
 
     Raises:
-        InvalidArgument: a name that is no layer, or a layer named that does
-            not subsample or cannot be converted (the message says why).
+        InvalidArgument: a name that is no layer, or a layer named that does not subsample or cannot be
+            converted (the message says why).
     """
     sampling = PolyphaseSampling(1, filter_size, pad_type)
     options = _Options(sampling.filter_size, sampling.pad_type)
@@ -176,13 +142,9 @@ def polyphase(
 def circular_padding(model: M, layers: Sequence[str] | None = None) -> M:
     """A copy of ``model`` in which every padded layer pads circularly (the model of ``boundary="circular"``).
 
-    Convolutions get ``padding_mode="circular"``; max and average poolings
-    with ``padding`` pad circularly first; zero, constant, reflection and
-    replication padding layers become ``nn.CircularPad1d/2d/3d``; blurs
-    ([`BlurPool`][equivariance.downsampling.BlurPool]) get
-    ``pad_type="circular"``. A transposed convolution cannot pad circularly in
-    torch, and a layer that pads in its own ``forward`` cannot be changed from
-    outside: both are named (a warning, or an error when named in ``layers``).
+    Convolutions, padded poolings, padding layers and blurs pad circularly; what cannot (a transposed
+    convolution, a layer that pads in its own ``forward``) is named in a warning, or an error when named in
+    ``layers``.
 
     Examples:
         >>> import torch
@@ -203,8 +165,8 @@ def circular_padding(model: M, layers: Sequence[str] | None = None) -> M:
         The converted copy, of the model's own class.
 
     Raises:
-        InvalidArgument: a name that is no layer, or a layer named that does
-            not pad or cannot be converted (the message says why).
+        InvalidArgument: a name that is no layer, or a layer named that does not pad or cannot be converted
+            (the message says why).
     """
     conversion = _Conversion(
         "circular_padding", _pads, _why_not_circular, _made_circular, _Options(1, "circular")
@@ -436,20 +398,13 @@ def _unknown_stride(module: nn.Module) -> bool:
 
 def _subsamples(module: nn.Module) -> bool:
     """A layer antialias is about: it subsamples and does not blur first."""
-    if isinstance(module, BlurPool) or _blurs(module):
-        return False
-    stride = _stride_of(module)
-    if stride is not None:
-        return any(s > 1 for s in stride)
-    return _unknown_stride(module)
+    return not isinstance(module, BlurPool) and not _blurs(module) and _subsamples_or_blurs(module)
 
 
 def _subsamples_or_blurs(module: nn.Module) -> bool:
     """A layer polyphase is about: it subsamples, blurring first or not."""
     stride = _stride_of(module)
-    if stride is not None:
-        return any(s > 1 for s in stride)
-    return _unknown_stride(module)
+    return any(s > 1 for s in stride) if stride is not None else _unknown_stride(module)
 
 
 def _blurs(module: nn.Module) -> bool:

@@ -18,8 +18,8 @@ class Tolerance:
     Attributes:
         rtol: largest relative error that passes.
         atol: largest RMS absolute error that passes where the reference is zero.
-        source: ``"float32 default"``, ``"caller"``, or a mix such as
-            ``"rtol from caller, atol float32 default"``.
+        source: ``"float32 default"``, ``"caller"``, or a mix such as ``"rtol from caller, atol float32
+            default"``.
     """
 
     rtol: float

@@ -95,10 +95,8 @@ def train(
 ) -> TrainingResult:
     """Train a classifier with cross-entropy; validate after every epoch.
 
-    The model is trained in place, in train mode, and left in the mode it
-    was in. Batches are drawn by a ``torch.Generator`` seeded with ``seed``
-    (the global RNG is not touched, so seed the model's initialization
-    yourself, e.g. ``torch.manual_seed(0); LeNet()``).
+    The model is trained in place and left in the mode it was in; batches are drawn by a generator seeded with
+    ``seed`` (the global RNG is not touched).
 
     Args:
         model: maps ``(N, 1, 28, 28)`` to logits ``(N, classes)``, e.g. [`LeNet`][equivariance.models.LeNet].
@@ -108,14 +106,12 @@ def train(
         batch_size: digits per step.
         lr: the learning rate (the peak rate of the one-cycle schedule).
         optimizer: ``"adam"`` or ``"sgd"`` (with momentum 0.9).
-        schedule: ``"onecycle"`` (default: the rate warms up to ``lr`` over
-            the first 30% of the steps, then anneals to almost zero; on the
-            offline digits it is what makes 97% reliable) or ``"constant"``.
+        schedule: ``"onecycle"`` (default: the rate warms up to ``lr`` over the first 30% of the steps, then
+            anneals to almost zero; on the offline digits it is what makes 97% reliable) or ``"constant"``.
         weight_decay: L2 penalty passed to the optimizer.
         seed: seeds the shuffling.
         device: where to train (default: the model's device).
-        progress: show a progress bar on stderr (redrawn on a terminal, one
-            summary line per epoch elsewhere).
+        progress: show a progress bar on stderr (redrawn on a terminal, one summary line per epoch elsewhere).
 
     Returns:
         A [`TrainingResult`][equivariance.training.TrainingResult].
@@ -255,8 +251,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> None:
 def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load weights saved by ``save`` into ``model`` (strictly: every name must match); returns it.
 
-    Only tensors are read (``torch.load(..., weights_only=True)``), so a file
-    from elsewhere cannot run code.
+    Only tensors are read (``torch.load(..., weights_only=True)``), so a file from elsewhere cannot run code.
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgument(

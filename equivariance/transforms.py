@@ -1,10 +1,10 @@
 """90-degree rotations and flips of spatial dims: the p4 and p4m symmetries, on the same machinery.
 
 [`Rot90`][equivariance.transforms.Rot90] rotates a plane of two spatial dims and
-[`Flip`][equivariance.transforms.Flip] reverses one; they are exact on the whole grid and go to the
-checks as ``transforms=[Rot90(1), Flip(-1)]`` (docs/diagnosing.md, "Rotations and flips"). The eight
-elements of a plane's p4m group are closed under ``*``, in one canonical form; a product across planes
-or with a shift is refused:
+[`Flip`][equivariance.transforms.Flip] reverses one; they are exact on the whole grid and go to the checks as
+``transforms=[Rot90(1), Flip(-1)]`` (docs/diagnosing.md, "Rotations and flips"). The eight elements of a
+plane's p4m group are closed under ``*``, in one canonical form; a product across planes or with a shift is
+refused:
 
     >>> Rot90(1) * Flip(-1), Rot90(2) * Flip(-1), Flip(-1) * Flip(-2), Rot90(1) * Rot90(3)
     (Transpose(), Flip(-2), Rot90(2), Identity())
@@ -30,6 +30,8 @@ class _GridMap(Action):
     """A transform of the grid onto itself (a rotation, a flip, a reflection), which acts on every
     tensor by its ``apply`` (the stride does not matter) and composes with any other element."""
 
+    moves_positions_only: ClassVar[bool] = True
+
     @abc.abstractmethod
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         """Transform ``x`` whose last ``spatial_dims`` dims are spatial."""
@@ -50,8 +52,7 @@ class _GridMap(Action):
 class Rot90(_GridMap):
     """Rotation by ``k`` quarter turns in the plane of two spatial dims (``torch.rot90``).
 
-    ``dims`` are negative indices among the spatial dims, default the last
-    two (the image plane).
+    ``dims`` are negative indices among the spatial dims, default the last two (the image plane).
 
     Examples:
         >>> import torch
@@ -67,21 +68,10 @@ class Rot90(_GridMap):
     """
 
     __slots__ = ("dims", "k")
-    moves_positions_only: ClassVar[bool] = True
-    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, k: int = 1, dims: tuple[int, int] = (-2, -1)) -> None:
         self.k = as_int(k, "k") % 4
-        if not (isinstance(dims, tuple) and len(dims) == 2) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d < 0 for d in dims
-        ):
-            raise InvalidArgument(
-                f"dims must be two negative ints naming spatial dims, found {describe(dims)}; "
-                "pass e.g. dims=(-2, -1) for the image plane"
-            )
-        if dims[0] == dims[1]:
-            raise InvalidArgument(f"dims must be two different dims, found {dims}; pass e.g. dims=(-2, -1)")
-        self.dims = dims
+        self.dims = _plane(dims)
 
     def apply(self, x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         """Rotate ``x``; the two dims must be spatial and of equal size."""
@@ -108,8 +98,6 @@ class Rot90(_GridMap):
         suffix = "" if self.dims == (-2, -1) else f", dims={self.dims}"
         return f"Rot90({self.k}{suffix})"
 
-    __str__ = __repr__
-
 
 class Flip(_GridMap):
     """Reversal of one spatial dim (``torch.flip``), default the last.
@@ -124,8 +112,6 @@ class Flip(_GridMap):
     """
 
     __slots__ = ("dim",)
-    moves_positions_only: ClassVar[bool] = True
-    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, dim: int = -1) -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim >= 0:
@@ -154,16 +140,14 @@ class Flip(_GridMap):
     def __repr__(self) -> str:
         return f"Flip({self.dim})"
 
-    __str__ = __repr__
-
 
 class Transpose(_GridMap):
     """Reflection of a plane of two spatial dims across its main diagonal (``anti=True``: across the
     other diagonal): the two diagonal reflections of p4m.
 
-    ``Transpose()`` is ``Rot90(1) * Flip(-1)`` (a flip of the last dim, then a
-    quarter turn) and ``Transpose(anti=True)`` is ``Rot90(3) * Flip(-1)``;
-    products of rotations and flips return them where they are these elements.
+    ``Transpose()`` is ``Rot90(1) * Flip(-1)`` (a flip of the last dim, then a quarter turn) and
+    ``Transpose(anti=True)`` is ``Rot90(3) * Flip(-1)``; products of rotations and flips return them where
+    they are these elements.
 
     Examples:
         >>> import torch
@@ -179,11 +163,10 @@ class Transpose(_GridMap):
     """
 
     __slots__ = ("anti", "dims")
-    moves_positions_only: ClassVar[bool] = True
-    _act_writes_nothing: ClassVar[bool] = True
 
     def __init__(self, dims: tuple[int, int] = (-2, -1), *, anti: bool = False) -> None:
-        self.dims = _plane(dims)
+        a, b = sorted(_plane(dims))
+        self.dims = (a, b)
         if not isinstance(anti, bool):
             raise InvalidArgument(f"anti must be True or False, found {describe(anti)}")
         self.anti = anti
@@ -206,11 +189,9 @@ class Transpose(_GridMap):
         options += ["anti=True"] if self.anti else []
         return f"Transpose({', '.join(options)})"
 
-    __str__ = __repr__
-
 
 def _plane(dims: object) -> tuple[int, int]:
-    """Two different negative spatial dims, in increasing order."""
+    """Two different negative spatial dims."""
     if not (isinstance(dims, tuple) and len(dims) == 2) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d < 0 for d in dims
     ):
@@ -220,8 +201,7 @@ def _plane(dims: object) -> tuple[int, int]:
         )
     if dims[0] == dims[1]:
         raise InvalidArgument(f"dims must be two different dims, found {dims}; pass e.g. dims=(-2, -1)")
-    a, b = sorted(dims)
-    return a, b
+    return dims
 
 
 def _check_square(element: Rot90 | Transpose, x: torch.Tensor, spatial_dims: int) -> None:
@@ -247,8 +227,8 @@ second dim), then rotate by ``k`` quarter turns from its first dim towards its s
 
 def planar(element: Action, plane: tuple[int, int] | None = None) -> Planar | None:
     """``element`` as ``(plane, s, k)`` (see ``Planar``): in ``plane`` where given (or the element's
-    own); None for an element that is not a rotation, flip or diagonal reflection of a plane, or
-    not of ``plane``.
+    own); None for an element that is not a rotation, flip or diagonal reflection of a plane, or not of
+    ``plane``.
 
     Examples:
         >>> planar(Flip(-2)), planar(Transpose(anti=True)), planar(Rot90(1, dims=(-1, -2)))
@@ -263,7 +243,8 @@ def planar(element: Action, plane: tuple[int, int] | None = None) -> Planar | No
             return None
         return found, 1, 0 if dim == found[1] else 2
     if isinstance(element, Rot90):
-        own = _plane(element.dims)
+        low, high = sorted(element.dims)
+        own = (low, high)
         if plane is not None and own != plane:
             return None
         return own, 0, element.k if element.dims == own else -element.k % 4

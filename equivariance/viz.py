@@ -1,7 +1,7 @@
 """Pictures of equivariance: error heatmaps and the seed's moving feature maps.
 
-Needs the ``viz`` extra (``pip install "equivariance[viz]"``: matplotlib and Pillow). Nothing here is
-imported by ``import equivariance``.
+Needs the ``viz`` extra (``pip install "equivariance[viz]"``: matplotlib and Pillow). Nothing here is imported
+by ``import equivariance``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def _pyplot() -> Any:
 def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None = None) -> Any:
     """Draw a report's per-shift errors on the (dy, dx) grid; returns the matplotlib Axes.
 
-    The colour is the error on a log scale; failing shifts are marked with a
-    cross, and the tolerance is drawn in the colour bar.
+    The colour is the error on a log scale; failing shifts are marked with a cross, and the tolerance is drawn
+    in the colour bar.
 
     Args:
         report: a report of 2-D shifts.
@@ -108,8 +108,7 @@ def shift_heatmap(report: EquivarianceReport, ax: Any = None, title: str | None 
 def heatmaps_figure(reports: Sequence[EquivarianceReport]) -> Any:
     """One figure with a ``shift_heatmap`` per report, side by side; returns the Figure.
 
-    The figure is not registered with pyplot, so it needs no closing: save it
-    with ``figure.savefig(path)``.
+    The figure is not registered with pyplot, so it needs no closing: save it with ``figure.savefig(path)``.
 
     Examples:
         >>> import torch
@@ -130,9 +129,8 @@ def heatmaps_figure(reports: Sequence[EquivarianceReport]) -> Any:
 def profile_chart(profile: EquivarianceProfile, ax: Any = None) -> Any:
     """A bar per layer of a ``profile_equivariance`` result; returns the Axes.
 
-    The bars are the layers' errors on a log scale, in the order the model
-    runs them, red where a layer fails, with the tolerance as a line: the
-    first red bar is where equivariance breaks.
+    The bars are the layers' errors on a log scale, in the order the model runs them, red where a layer fails,
+    with the tolerance as a line: the first red bar is where equivariance breaks.
 
     Examples:
         >>> import torch
@@ -253,10 +251,9 @@ def cluster_colors(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A colouring of feature maps by k-means clusters of their activations, as in the seed.
 
-    Runs ``feature_map`` on ``images`` (the seed uses a batch of 50), clusters
-    the per-pixel activation vectors into ``k`` clusters, and returns a
-    function mapping a batch of inputs to label maps ``(N, H, W)`` (the nearest
-    centre of each pixel's activations).
+    Runs ``feature_map`` on ``images`` (the seed uses a batch of 50), clusters the per-pixel activation
+    vectors into ``k`` clusters, and returns a function mapping a batch of inputs to label maps ``(N, H, W)``
+    (the nearest centre of each pixel's activations).
 
     Examples:
         >>> import torch
@@ -294,16 +291,14 @@ def feature_animation(
 ) -> Path:
     """Save the seed's animation as a GIF: the input moving, each model's clustered map beside it.
 
-    For each model in ``feature_maps`` (name -> callable giving an
-    ``(N, C, H, W)`` map), the activations on ``reference_images`` are
-    clustered with k-means ([`cluster_colors`][equivariance.viz.cluster_colors]); every frame of
-    ``frames`` (``(T, 1, H, W)``, e.g. a digit moving across a canvas) is then
-    drawn as the input next to each model's map, coloured by cluster. An
-    equivariant map moves with the digit; a dense network's map does not.
+    For each model in ``feature_maps`` (name -> callable giving an ``(N, C, H, W)`` map), the activations on
+    ``reference_images`` are clustered with k-means ([`cluster_colors`][equivariance.viz.cluster_colors]);
+    every frame of ``frames`` (``(T, 1, H, W)``, e.g. a digit moving across a canvas) is then drawn as the
+    input next to each model's map, coloured by cluster. An equivariant map moves with the digit; a dense
+    network's map does not.
 
     Args:
-        feature_maps: the models to show, by name, e.g.
-            ``{"LeNet conv4": lenet.features, "MLP": mlp}``.
+        feature_maps: the models to show, by name, e.g. ``{"LeNet conv4": lenet.features, "MLP": mlp}``.
         frames: the inputs, one per frame.
         reference_images: the batch whose activations define the clusters.
         path: where to write the GIF.
