@@ -125,7 +125,7 @@ def float32_sums_finite(
     if low >= _FLOAT32_SAFE and high < math.inf:
         return sums.to(torch.float64), True
     values = tensor()
-    if high == 0 and _all_zeros(values):  # every sum zero: exact (an exact layer), unless squares underflowed
+    if high == 0 and all_zeros(values):  # every sum zero: exact (an exact layer), unless squares underflowed
         return sums.to(torch.float64), True
     sums = sums.to(torch.float64)
     doubtful = ~(sums >= _FLOAT32_SAFE) | sums.isinf()  # nan is doubtful too, and stays nan
@@ -135,7 +135,7 @@ def float32_sums_finite(
     return sums, False
 
 
-def _all_zeros(tensor: torch.Tensor) -> bool:
+def all_zeros(tensor: torch.Tensor) -> bool:
     """Whether every element is zero: one reduction, read in memory order (a permuted view would be
     copied first)."""
     if tensor.numel() == 0:

@@ -14,6 +14,7 @@ import torch
 from equivariance._engine.judge import (
     KEEP_FRACTION,
     accumulation_dtype,
+    all_zeros,
     float32_sums_finite,
     margins_beyond,
     sample_errors,
@@ -134,10 +135,7 @@ class PooledLayer:
         else:
             for in_box, in_moved, in_base in self.tiles:
                 torch.sub(moved[in_moved], base[in_base], out=differences[in_box])
-        squared = torch.mul(
-            differences, differences, out=_laid_out(flat[size : 2 * size], differences.shape, order)
-        )
-        summed, finite = float32_sums_finite(squared.sum(dims), lambda: differences, dims)
+        summed, finite = self._differences(differences, flat[size : 2 * size], order)
         # the reference's squares summed over channels where it lies whole, then its tiles: a small copy
         squared = torch.mul(base, base, out=_laid_out(flat[size : size + whole], base.shape, order))
         full, whole_finite = float32_sums_finite(squared.sum(dims), lambda: base, dims)
@@ -150,6 +148,24 @@ class PooledLayer:
         for in_box, _, in_base in self.tiles:
             reference[samples + in_box[-d:]] = full[samples + in_base[-d:]]
         return sums, finite
+
+    def _differences(
+        self, differences: torch.Tensor, scratch: torch.Tensor, order: tuple[int, ...]
+    ) -> tuple[torch.Tensor, bool]:
+        """The squared differences summed over channels, in float64 (``scratch`` holds their squares),
+        and whether they are known finite. Where the layer before was exact (all its differences zero,
+        as in a model equivariant by construction), this one is tested first by one reduction, which
+        spares its squares and sums; the sums are the same zeros either way."""
+        pool, dims = self.pool, self.channel_dims
+        if pool.exact:
+            pool.exact = all_zeros(differences)
+            if pool.exact:
+                shape = [size for k, size in enumerate(differences.shape) if k not in dims]
+                return torch.zeros(shape, dtype=torch.float64, device=differences.device), True
+        squared = torch.mul(differences, differences, out=_laid_out(scratch, differences.shape, order))
+        summed, finite = float32_sums_finite(squared.sum(dims), lambda: differences, dims)
+        pool.exact = finite and not bool(summed.any())  # all zero: not an underflow (float32_sums)
+        return summed, finite
 
     def _rolled(self, tensor: torch.Tensor, first: int) -> torch.Tensor:
         """``tensor`` rolled by the layer's translation, its spatial dims from ``first`` on: only along
@@ -192,6 +208,7 @@ class LayerSums:
         self.n = n
         self.layers: list[PooledLayer] = []
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
+        self.exact = True  # whether the layer compared last had no difference at all
         self._views: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
         # small layers' outputs not compared yet, in groups that share a shape, a dtype, a comparison
         self._deferred: list[list[Kept]] = []
