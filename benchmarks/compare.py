@@ -10,7 +10,10 @@ a workload's time in a round is the median of about half a second of calls
 taken within the round; the table shows the median over rounds. Nothing is
 asserted: this is a benchmark, not a timed test.
 
-    python benchmarks/compare.py --before c35bbb1 [--rounds 5] [--markdown docs/benchmarks.md]
+    python benchmarks/compare.py --before c35bbb1 [--rounds 5] [--clock cpu] [--markdown docs/benchmarks.md]
+
+``--clock cpu`` times each call by the process's CPU time (``time.process_time``) instead of wall
+time: on a machine other jobs load, the steadier measure.
 """
 
 from __future__ import annotations
@@ -79,18 +82,21 @@ import equivariance.invariance, equivariance.audit
 {setup}
 out = {{}}
 for label, statement in {workloads!r}.items():
-    start = time.perf_counter(); exec(statement); warm = time.perf_counter() - start  # kernels, allocators
+    start = {clock}(); exec(statement); warm = {clock}() - start  # kernels, allocators
     times = []
     for _ in range(max(3, min(50, int(0.5 / max(warm, 1e-4))))):  # about half a second of calls
-        start = time.perf_counter(); exec(statement); times.append(time.perf_counter() - start)
+        start = {clock}(); exec(statement); times.append({clock}() - start)
     out[label] = sorted(times)[len(times) // 2]
 print(json.dumps(out))
 """
 
 
-def run(path: Path, label: str) -> float:
+CLOCKS = {"wall": "time.perf_counter", "cpu": "time.process_time"}
+
+
+def run(path: Path, label: str, clock: str = "wall") -> float:
     """One workload on the package at ``path``, in a fresh process: the median time of a call."""
-    code = CHILD.format(path=str(path), setup=SETUP, workloads={label: WORKLOADS[label]})
+    code = CHILD.format(path=str(path), setup=SETUP, workloads={label: WORKLOADS[label]}, clock=CLOCKS[clock])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     times: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
     return times[label]
@@ -102,6 +108,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--markdown", default=None, help="also write the table into this page")
     parser.add_argument("--only", default="", help="time only the workloads whose label contains this")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="wall time or CPU time")
     args = parser.parse_args()
     labels = [label for label in WORKLOADS if args.only in label]
     with tempfile.TemporaryDirectory() as scratch:
@@ -113,7 +120,7 @@ def main() -> None:
             times: dict[str, list[float]] = {label: [] for label in labels}
             for _ in range(args.rounds):
                 for label in labels:
-                    old, new = run(before, label), run(ROOT, label)
+                    old, new = run(before, label, args.clock), run(ROOT, label, args.clock)
                     ratios[label].append(new / old)
                     times[label].append(new)
         finally:
@@ -125,6 +132,7 @@ def main() -> None:
         for label in labels
     ]
     title = f"this checkout against {args.before}; medians of {args.rounds} rounds"
+    title += "; CPU time" if args.clock == "cpu" else ""
     print(title)
     for row in rows:
         print(f"{row[0]:<50} {row[1]:>12} {row[2]:>8}")
@@ -134,6 +142,7 @@ def main() -> None:
 
         header = ("workload", "time now", "now / before")
         command = f"python benchmarks/compare.py --before {args.before} --rounds {args.rounds}"
+        command += " --clock cpu" if args.clock == "cpu" else ""
         write_markdown(args.markdown, title, rows, "cpu", header, section="before-after", command=command)
 
 

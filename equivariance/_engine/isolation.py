@@ -91,13 +91,14 @@ def submodules(module: torch.nn.Module) -> list[torch.nn.Module]:
     found: list[torch.nn.Module] = []
     seen: set[int] = set()
     stack = [module]
-    while stack:
+    while stack:  # depth first, in ``modules()``'s order; a list per parent, not a generator
         current = stack.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
         found.append(current)
-        stack.extend(child for child in reversed(current._modules.values()) if child is not None)
+        if current._modules:
+            stack.extend(reversed([child for child in current._modules.values() if child is not None]))
     return found
 
 

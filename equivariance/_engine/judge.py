@@ -91,10 +91,16 @@ def squared_norms(tensor: torch.Tensor, dims: int | tuple[int, ...]) -> torch.Te
         >>> squared_norms(huge, 1).item() == 25 * 2.0**200
         True
     """
+    return squared_norms_finite(tensor, dims)[0]
+
+
+def squared_norms_finite(tensor: torch.Tensor, dims: int | tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    """[`squared_norms`][equivariance._engine.judge.squared_norms], and True where its reduction
+    already showed every sum finite (False: not known; a caller that refuses nan or inf tests then)."""
     accumulate = accumulation_dtype(tensor.device)
     if tensor.dtype != torch.float32 or accumulate == torch.float32:
-        return tensor.to(accumulate).square().sum(dims)
-    return float32_sums(torch.mul(tensor, tensor).sum(dims), lambda: tensor, dims)
+        return tensor.to(accumulate).square().sum(dims), False
+    return float32_sums_finite(torch.mul(tensor, tensor).sum(dims), lambda: tensor, dims)
 
 
 def float32_sums(
@@ -105,23 +111,31 @@ def float32_sums(
     ``tensor()`` (called only then) where a sum is doubtful and the tensor is not all zeros there.
     Sums of another dtype are returned in float64 as they are.
     """
+    return float32_sums_finite(sums, tensor, dims)[0]
+
+
+def float32_sums_finite(
+    sums: torch.Tensor, tensor: Callable[[], torch.Tensor], dims: int | tuple[int, ...]
+) -> tuple[torch.Tensor, bool]:
+    """[`float32_sums`][equivariance._engine.judge.float32_sums], and True where the reduction that
+    chose its fast path showed every sum finite (a nan makes both bounds nan; False: not known)."""
     if sums.dtype != torch.float32 or sums.numel() == 0:
-        return sums.to(torch.float64)
+        return sums.to(torch.float64), sums.numel() == 0
     low, high = (float(bound) for bound in torch.aminmax(sums))  # the common case in one reduction
     if low >= _FLOAT32_SAFE and high < math.inf:
-        return sums.to(torch.float64)
+        return sums.to(torch.float64), True
     values = tensor()
-    if high == 0 and _all_zeros(values):  # every sum zero: exact (an exact layer), unless squares underflowed
-        return sums.to(torch.float64)
+    if high == 0 and all_zeros(values):  # every sum zero: exact (an exact layer), unless squares underflowed
+        return sums.to(torch.float64), True
     sums = sums.to(torch.float64)
     doubtful = ~(sums >= _FLOAT32_SAFE) | sums.isinf()  # nan is doubtful too, and stays nan
     again = doubtful & ((values.amax(dims) != 0) | (values.amin(dims) != 0))  # two fast reductions
     if bool(again.any()):
         sums = torch.where(again, values.to(torch.float64).square().sum(dims), sums)
-    return sums
+    return sums, False
 
 
-def _all_zeros(tensor: torch.Tensor) -> bool:
+def all_zeros(tensor: torch.Tensor) -> bool:
     """Whether every element is zero: one reduction, read in memory order (a permuted view would be
     copied first)."""
     if tensor.numel() == 0:

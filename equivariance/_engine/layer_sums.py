@@ -14,10 +14,11 @@ import torch
 from equivariance._engine.judge import (
     KEEP_FRACTION,
     accumulation_dtype,
-    float32_sums,
+    all_zeros,
+    float32_sums_finite,
     margins_beyond,
     sample_errors,
-    squared_norms,
+    squared_norms_finite,
     within,
 )
 from equivariance._engine.sinks import _tiles, beyond_sums, check_finite, reach_masks
@@ -90,31 +91,36 @@ class PooledLayer:
             # a small layer: kept as it is now, compared later with the others of its shape at once
             self.pool.defer(self, both.clone(), what)
             return
-        self.sums = self._finished(both, self._squares(both, self.work), what)
+        self.sums = self._finished(both, *self._squares(both, self.work), what)
 
-    def _finished(self, both: torch.Tensor, sums: torch.Tensor, what: Callable[[str], str]) -> torch.Tensor:
-        """``sums``, or where they are not finite, an error for outputs that are not (after any earlier
-        layer's), or the sums taken again in float64."""
-        if bool(torch.isfinite(sums.sum())):
+    def _finished(
+        self, both: torch.Tensor, sums: torch.Tensor, finite: bool, what: Callable[[str], str]
+    ) -> torch.Tensor:
+        """``sums``, or where they are not finite (``finite``: known to be), an error for outputs that
+        are not (after any earlier layer's), or the sums taken again in float64."""
+        if finite or bool(torch.isfinite(sums.sum())):
             return sums
         self.pool.flush()  # an earlier layer's outputs that are not finite are named first
         n = self.pool.n
         check_finite(both[:n], what("x"))
         check_finite(both[n:], what("the moved input"))
-        return self._squares(both, torch.float64) if both.device.type != "mps" else sums
+        return self._squares(both, torch.float64)[0] if both.device.type != "mps" else sums
 
     def _fast(self, both: torch.Tensor) -> bool:
         """Whether ``_squares`` compares these outputs in their own dtype (not converted first)."""
         return self.work == both.dtype and accumulation_dtype(both.device) == torch.float64
 
-    def _squares(self, both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
-        """``(2, N, *box)``: the squared differences and the reference's squares, summed over channels."""
+    def _squares(self, both: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, bool]:
+        """``(2, N, *box)``: the squared differences and the reference's squares, summed over channels;
+        and whether they are known finite."""
         if work != both.dtype or not self._fast(both):
             return self._squares_copied(both, work)
         n = self.pool.n
         return self._compared(both[:n], both[n:], work)
 
-    def _compared(self, base: torch.Tensor, moved: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+    def _compared(
+        self, base: torch.Tensor, moved: torch.Tensor, work: torch.dtype
+    ) -> tuple[torch.Tensor, bool]:
         """``_squares`` of the outputs for ``x`` and the moved input, of any number of samples."""
         n, d, dims = len(base), len(self.box), self.channel_dims
         # kept memory (fresh memory would cost page faults), laid out in the output's memory order (a
@@ -129,21 +135,37 @@ class PooledLayer:
         else:
             for in_box, in_moved, in_base in self.tiles:
                 torch.sub(moved[in_moved], base[in_base], out=differences[in_box])
-        squared = torch.mul(
-            differences, differences, out=_laid_out(flat[size : 2 * size], differences.shape, order)
-        )
-        summed = float32_sums(squared.sum(dims), lambda: differences, dims)
+        summed, finite = self._differences(differences, flat[size : 2 * size], order)
         # the reference's squares summed over channels where it lies whole, then its tiles: a small copy
         squared = torch.mul(base, base, out=_laid_out(flat[size : size + whole], base.shape, order))
-        full = float32_sums(squared.sum(dims), lambda: base, dims)
+        full, whole_finite = float32_sums_finite(squared.sum(dims), lambda: base, dims)
+        finite = finite and whole_finite
         if self.roll is not None:
-            return torch.stack([summed, self._rolled(full, 1)])
+            return torch.stack([summed, self._rolled(full, 1)]), finite
         sums = torch.empty((2, n, *self.box), dtype=torch.float64, device=base.device)
         sums[0] = summed
         reference, samples = sums[1], (slice(None),)
         for in_box, _, in_base in self.tiles:
             reference[samples + in_box[-d:]] = full[samples + in_base[-d:]]
-        return sums
+        return sums, finite
+
+    def _differences(
+        self, differences: torch.Tensor, scratch: torch.Tensor, order: tuple[int, ...]
+    ) -> tuple[torch.Tensor, bool]:
+        """The squared differences summed over channels, in float64 (``scratch`` holds their squares),
+        and whether they are known finite. Where the layer before was exact (all its differences zero,
+        as in a model equivariant by construction), this one is tested first by one reduction, which
+        spares its squares and sums; the sums are the same zeros either way."""
+        pool, dims = self.pool, self.channel_dims
+        if pool.exact:
+            pool.exact = all_zeros(differences)
+            if pool.exact:
+                shape = [size for k, size in enumerate(differences.shape) if k not in dims]
+                return torch.zeros(shape, dtype=torch.float64, device=differences.device), True
+        squared = torch.mul(differences, differences, out=_laid_out(scratch, differences.shape, order))
+        summed, finite = float32_sums_finite(squared.sum(dims), lambda: differences, dims)
+        pool.exact = finite and not bool(summed.any())  # all zero: not an underflow (float32_sums)
+        return summed, finite
 
     def _rolled(self, tensor: torch.Tensor, first: int) -> torch.Tensor:
         """``tensor`` rolled by the layer's translation, its spatial dims from ``first`` on: only along
@@ -154,7 +176,7 @@ class PooledLayer:
         offsets = tuple(self.roll[k] for k in self.rolled)
         return torch.roll(tensor, offsets, tuple(first + k for k in self.rolled))
 
-    def _squares_copied(self, both: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+    def _squares_copied(self, both: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, bool]:
         """``_squares`` for an output converted to ``work`` (a narrower dtype, or float64 again)."""
         n = self.pool.n
         base, moved = both[:n], both[n:]
@@ -164,7 +186,7 @@ class PooledLayer:
         for in_box, in_moved, in_base in self.tiles:
             reference[in_box].copy_(base[in_base])
             torch.sub(moved[in_moved], reference[in_box], out=differences[in_box])
-        return squared_norms(squares, self.summed)
+        return squared_norms_finite(squares, self.summed)
 
 
 Kept = tuple[PooledLayer, torch.Tensor, Callable[[str], str]]
@@ -186,6 +208,7 @@ class LayerSums:
         self.n = n
         self.layers: list[PooledLayer] = []
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
+        self.exact = True  # whether the layer compared last had no difference at all
         self._views: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
         # small layers' outputs not compared yet, in groups that share a shape, a dtype, a comparison
         self._deferred: list[list[Kept]] = []
@@ -212,16 +235,16 @@ class LayerSums:
             first = group[0][0]
             base = torch.stack([both[:n] for _, both, _ in group]).flatten(0, 1)
             moved = torch.stack([both[n:] for _, both, _ in group]).flatten(0, 1)
-            sums = first._compared(base, moved, first.work)
+            sums, finite = first._compared(base, moved, first.work)
             sums = sums.view(2, len(group), n, *sums.shape[2:])
-            finite = bool(torch.isfinite(sums.sum()))
+            finite = finite or bool(torch.isfinite(sums.sum()))
             for k, (layer, both, what) in enumerate(group):
                 layer.sums = sums[:, k]
                 if not finite:
                     failing.append((layer, both, what))
         order = {layer: k for k, layer in enumerate(self.layers)}
         for layer, both, what in sorted(failing, key=lambda item: order[item[0]]):
-            layer.sums = layer._finished(both, layer.sums, what)  # type: ignore[arg-type]
+            layer.sums = layer._finished(both, layer.sums, False, what)  # type: ignore[arg-type]
 
     def scratch(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Memory for one layer's differences, kept across layers: a fresh tensor each time would

@@ -23,6 +23,7 @@ from equivariance._engine.judge import (
     sample_scale,
     scaled,
     squared_norms,
+    squared_norms_finite,
 )
 from equivariance._engine.validation import describe
 from equivariance.actions import Action, Grid
@@ -50,15 +51,19 @@ class _Differences:
         self.scratch: torch.Tensor | None = None
 
     def checked(
-        self, measure: Callable[[torch.dtype], torch.Tensor], outputs: torch.Tensor, what: Describe
+        self,
+        measure: Callable[[torch.dtype], tuple[torch.Tensor, bool]],
+        outputs: torch.Tensor,
+        what: Describe,
     ) -> torch.Tensor:
-        """``measure(dtype)``'s sums, taken again in float64 where they overflowed ``self.work``."""
-        sums = measure(self.work)
-        if not bool(torch.isfinite(sums.sum())):
+        """``measure(dtype)``'s sums, taken again in float64 where they overflowed ``self.work``
+        (``measure`` also says whether they are known finite: then nothing is tested again)."""
+        sums, finite = measure(self.work)
+        if not finite and not bool(torch.isfinite(sums.sum())):
             check_finite(outputs, what())
             wide = accumulation_dtype(outputs.device)
             if wide != self.work:
-                sums = measure(wide)
+                sums = measure(wide)[0]
         return sums
 
     def squared(
@@ -66,7 +71,7 @@ class _Differences:
     ) -> torch.Tensor:
         """``squared_norms(outputs - reference, dims)``; InvalidArgument for non-finite outputs."""
         return self.checked(
-            lambda dtype: squared_norms(self.between(outputs, reference, dtype), dims), outputs, what
+            lambda dtype: squared_norms_finite(self.between(outputs, reference, dtype), dims), outputs, what
         )
 
     def between(self, outputs: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
