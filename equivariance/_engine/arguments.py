@@ -35,6 +35,9 @@ from equivariance.shifts import Shift, as_shift
 Mode = Literal["equivariance", "invariance"]
 Auto = Literal["auto"]
 BatchSize = int | Literal["auto"] | None
+LayerFields = Field | tuple[Field | None, ...]
+"""What ``fields=`` names for one layer: the field type of its output, or one for each item of a tuple
+it returns (None: as if not named)."""
 AUTO: Auto = "auto"
 
 DEFAULT_MAX_SHIFT = 2
@@ -679,7 +682,7 @@ class LayerRequest:
     boundary: Boundary
     layers: Layers
     arguments: Call | None = None
-    fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
+    fields: Mapping[str, LayerFields] = dataclasses.field(default_factory=dict)
     outputs: Any = None
     points: int | None = None
 
@@ -740,7 +743,7 @@ def validate_layer_parts(
     )
 
 
-def _given_fields(model: nn.Module, fields: object) -> dict[str, Field]:
+def _given_fields(model: nn.Module, fields: object) -> dict[str, LayerFields]:
     """``fields=``: a field type by layer name, each name looked up (as ``layouts=``'s are)."""
     if fields is None:
         return {}
@@ -749,20 +752,30 @@ def _given_fields(model: nn.Module, fields: object) -> dict[str, Field]:
             f"fields must be a dict from layer names to field types, found {describe(fields)}; pass e.g. "
             "fields={'encoder.2': Vectors(), 'head': Scalars(nodes=None)}"
         )
-    given = {}
+    given: dict[str, LayerFields] = {}
     for name, field in fields.items():
         find_layer(model, name, "fields")  # an unknown name is refused with the close ones
-        if isinstance(field, type) and issubclass(field, Field):
-            raise InvalidArgument(
-                f"fields gives {name!r} the class {field.__name__}; pass {field.__name__}()"
-            )
-        if not isinstance(field, Field):
-            raise InvalidArgument(
-                f"fields[{name!r}] must be a field type (equivariance.fields: Scalars(), Vectors(), "
-                f"Adjacency(), ...), found {describe(field)}"
-            )
-        given[name] = field
+        if isinstance(field, (tuple, list)):  # one per item a layer returns (None: as if not named)
+            given[name] = tuple(_given_field(f"[{name!r}][{i}]", f, True) for i, f in enumerate(field))
+        else:
+            single = _given_field(f"[{name!r}]", field, False)
+            assert single is not None
+            given[name] = single
     return given
+
+
+def _given_field(where: str, field: object, optional: bool) -> Field | None:
+    if field is None and optional:
+        return None
+    if isinstance(field, type) and issubclass(field, Field):
+        raise InvalidArgument(f"fields{where} is the class {field.__name__}; pass {field.__name__}()")
+    if not isinstance(field, Field):
+        raise InvalidArgument(
+            f"fields{where} must be a field type (equivariance.fields: Scalars(), Vectors(), Adjacency(), "
+            f"...){', or None' if optional else ', or a tuple of them (one per tensor a layer returns)'}, "
+            f"found {describe(field)}"
+        )
+    return field
 
 
 def _points(arguments: Call) -> int | None:

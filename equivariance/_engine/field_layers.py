@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 import torch
 
 from equivariance._engine import causes
-from equivariance._engine.arguments import OUTPUT, LayerRequest
-from equivariance._engine.diagnosis import JUNCTION
+from equivariance._engine.arguments import OUTPUT, LayerFields, LayerRequest
+from equivariance._engine.diagnosis import JUNCTION, junction_name
+from equivariance._engine.judge import sample_errors, within
 from equivariance._engine.layer_sums import LayerSums
 from equivariance._engine.layers import LayerSpec, Recorded
 from equivariance._engine.part_sums import PartSums
@@ -50,6 +51,10 @@ from equivariance.tolerances import Tolerance
 
 L = TypeVar("L")
 UNBATCHED = "no batch axis first"
+TWO_PASSES = (
+    "x and its moved copy ran in two separate passes, which join a layer's first tensor only, so its "
+    "other tensors are not compared"
+)
 """How the note of a row without the batch axis first begins (its shape is the whole tensor's)."""
 _LISTED = 4  # the most ambiguous layers an error lists
 
@@ -67,34 +72,119 @@ class FieldPass(LayerPass):
         self.read: dict[str, tuple[Field | None, str]] = {}  # by row: its field type, and how it was read
         self.ambiguous: list[tuple[str, tuple[int, ...], list[int]]] = []
         self.by_id: dict[int, str] = {}  # by id of a row's tensor (alive while self.seen says so): its row
-        # a Batch of graphs: its nodes, whose per-node tensors are read as (graphs, nodes a graph, ...)
-        self.nodes = sum(passes.x.nodes()) if isinstance(passes.x, Graphs) else None
+        # by row of a layer that returned several tensors: the layer, and the tensor's place in its tuple
+        self.sources: dict[str, tuple[str, int]] = {}
+        self.separate = passes.separate
+        # a Batch of graphs: each graph's nodes (x's, then its moved copy's), whose per-node tensors are
+        # read as (graphs, nodes a graph, ...), padded to the largest graph where the sizes differ
+        self.counts = passes.x.nodes() if isinstance(passes.x, Graphs) else None
+        self.nodes = None if self.counts is None else sum(self.counts)
+        self.mixed = self.counts is not None and len(set(self.counts)) > 1
         self.node_rows: set[str] = set()
+        if self.counts is not None:
+            both = torch.tensor(self.counts * 2)
+            self.graph_of = torch.repeat_interleave(torch.arange(len(both)), both)
+            self.position = torch.arange(int(both.sum())) - (torch.cumsum(both, 0) - both)[self.graph_of]
 
     def on_output(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
-        """A layer's output; a per-node tensor of graphs first read as ``(graphs, nodes a graph, ...)``
-        (its input is then not read for a row of its own)."""
+        """A layer's output: one row a tensor it returns (``name[i]`` where it returns several); a
+        per-node tensor of graphs read as ``(graphs, nodes a graph, ...)`` (its input is then not read
+        for a row of its own)."""
+        kind = self.types.get(name, type(self.model).__name__)
+        returned = self.taps.returned
+        several = (
+            isinstance(returned, (tuple, list)) and sum(isinstance(v, torch.Tensor) for v in returned) > 1
+        )
+        items = [(i, v) for i, v in enumerate(returned) if isinstance(v, torch.Tensor)] if several else []
+        named = self._named(name)
+        if named is not None and isinstance(named[1], tuple):
+            self._check_arity(name, named[0], named[1], returned if several else tensor)
         viewed = self._by_graph(tensor, f"layer {name!r}")
+        source = first_tensor(inputs)
+        if viewed is tensor and self.junctions and source is not None and self._is_junction(source):
+            # computed in forward from earlier tensors (a sum, a parameter added): a row of its own
+            shape = self.per_sample(source.shape)
+            junction = Recorded(junction_name(name), JUNCTION, shape, id(source), None, shape, None)
+            self._add(junction, source, "input")
+            self._see(source)  # the same computed tensor may feed several layers: one row
+        self.last = tensor
+        if not several:
+            self._row(name, kind, tensor, viewed)
+            return
+        for i, value in items:
+            row = f"{name}[{i}]"
+            self.sources[row], self.types[row] = (name, i), kind
+            if i == 0:
+                self._row(row, kind, tensor, viewed)
+            elif self.separate:  # two passes join a layer's first tensor only
+                self._not_compared(row, kind, value, TWO_PASSES)
+            elif value.dim() == 0 or value.shape[0] not in self.taps.sizes:
+                self._unbatched(row, (), value)
+                self._see(value)
+            else:
+                self._row(row, kind, value, self._by_graph(value, f"layer {row!r}"))
+
+    def _row(self, row: str, kind: str, tensor: torch.Tensor, viewed: torch.Tensor) -> None:
+        """A row of a tensor a layer returned, ``viewed`` as compared."""
         if viewed is not tensor:
-            self.node_rows.add(name)
-            inputs = ()
-        super().on_output(name, inputs, viewed)
+            self.node_rows.add(row)
+        record = Recorded(row, kind, self.per_sample(viewed.shape), id(tensor), None, None, None)
+        self._add(record, viewed, "output", self._first_graph(tensor) if viewed is not tensor else None)
         self._see(tensor)
-        self.by_id[id(tensor)] = name
+        self.by_id[id(tensor)] = row
+
+    def _check_arity(self, name: str, key: str, named: tuple[Field | None, ...], returned: Any) -> None:
+        """A tuple of field types must give one to each item the layer returns."""
+        if isinstance(returned, (tuple, list)) and len(returned) == len(named):
+            return
+        if isinstance(returned, (tuple, list)):
+            shapes = ", ".join(_shape(v[: self.n] if isinstance(v, torch.Tensor) else v) for v in returned)
+            what = f"a {type(returned).__name__} of {len(returned)} ({shapes})"
+        else:
+            what = f"one tensor of {_shape(returned[: self.n])}"
+        where = f"layer {name!r}" if key == name else f"layer {name!r}, which {key!r} holds,"
+        count = f"{len(named)} field type{'s' if len(named) != 1 else ''}"
+        apart = (
+            ""
+            if key == name
+            else f", or give {name!r} (or a container of it) its own name (the longest wins)"
+        )
+        raise InvalidArgument(
+            f"fields[{key!r}] gives a tuple of {count} (one a tensor a layer returns), but {where} returns "
+            f"{what}; name one field type (or None) for each item it returns{apart}"
+        )
+
+    def _first_graph(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The rows of x's first graph in a per-node tensor of graphs: what x[:1] alone gives."""
+        assert self.counts is not None
+        return tensor[: self.counts[0]]
 
     def _by_graph(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
-        """A per-node tensor of a Batch of graphs ``(nodes, ...)`` as ``(graphs, nodes a graph, ...)``."""
-        if self.nodes is None or len(tensor) != 2 * self.nodes or self.nodes == self.n:
+        """A per-node tensor of a Batch of graphs ``(nodes, ...)`` as ``(graphs, nodes a graph, ...)``:
+        a view where the graphs have one size, else padded with zeros to the largest."""
+        if self.nodes is None or tensor.dim() == 0 or len(tensor) != 2 * self.nodes or self.nodes == self.n:
             return tensor
-        if self.points is None:
-            raise InvalidArgument(
-                f"{what} returned a per-node tensor of shape {tuple(tensor.shape)} for graphs of different "
-                "sizes; a profile compares the graphs of one size at a time: pass graphs of one size"
-            )
-        return tensor.reshape(2 * self.n, self.points, *tensor.shape[1:])
+        assert self.counts is not None
+        width = max(self.counts)
+        if not self.mixed:
+            return tensor.reshape(2 * self.n, width, *tensor.shape[1:])
+        padded = tensor.detach().new_zeros(2 * self.n, width, *tensor.shape[1:])
+        padded[self.graph_of.to(tensor.device), self.position.to(tensor.device)] = tensor.detach()
+        return padded
 
     def other_sizes(self) -> Hook | None:
         return self._unbatched
+
+    def source(self, row: str) -> tuple[str, Callable[[Any, torch.Tensor], torch.Tensor | None]]:
+        layer, index = self.sources.get(row, (row, 0))
+
+        def pick(returned: Any, tensor: torch.Tensor) -> torch.Tensor | None:
+            if index == 0:
+                return tensor
+            value = returned[index] if isinstance(returned, (tuple, list)) and len(returned) > index else None
+            return value if isinstance(value, torch.Tensor) else None
+
+        return layer, pick
 
     def _unbatched(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
         """A layer's output without the batch axis first (nodes of all samples flattened, ``(B * N,
@@ -105,23 +195,46 @@ class FieldPass(LayerPass):
             "samples): a layer whose tensors put the samples elsewhere (the nodes of all samples "
             "flattened, as in e3nn's and torch_geometric's layers) is not read"
         )
-        spec = LayerSpec(name, self.types.get(name, type(self.model).__name__), shape, None, None, None)
+        self._not_compared(name, self.types.get(name, type(self.model).__name__), tensor, note, shape)
+
+    def _not_compared(
+        self, name: str, kind: str, tensor: torch.Tensor, note: str, shape: tuple[int, ...] | None = None
+    ) -> None:
+        """A row not compared, which says why."""
+        if shape is None:
+            shape = self.per_sample(tensor.shape) if tensor.dim() else ()
+        spec = LayerSpec(name, kind, shape, None, None, None, ambiguous=note)
         self.read[name] = (None, note)
-        self.compared[name] = Compared(dataclasses.replace(spec, ambiguous=note), None, "output")
+        self.compared[name] = Compared(spec, None, "output")
 
     # -- each row's field type ----------------------------------------------------------------------
 
-    def _named(self, name: str) -> tuple[str, Field] | None:
-        """The field type ``fields=`` gives a layer: its own name's, else its closest container's."""
+    def _named(self, name: str) -> tuple[str, LayerFields] | None:
+        """What ``fields=`` names for a layer: its own name's, else its closest container's."""
         keys = [k for k in self.named if name == k or name.startswith(k + ".")]
         if not keys:
             return None
         key = max(keys, key=len)
         return key, self.named[key]
 
+    def _named_row(self, row: str) -> tuple[str, Field] | None:
+        """Where ``fields=`` gives a row a field type (``fields['layer'][1]``), and that field type: its
+        layer's (a tuple's item for one of several tensors; a single field type is the first tensor's)."""
+        layer, index = self.sources.get(row, (row, None))
+        named = self._named(layer)
+        if named is None:
+            return None
+        key, value = named
+        if isinstance(value, tuple):
+            field = value[index or 0]
+            return None if field is None else (f"fields[{key!r}][{index or 0}]", field)
+        if isinstance(value, Field) and not index:
+            return f"fields[{key!r}]", value
+        return None
+
     def _field(self, name: str, kind: str, tensor: torch.Tensor) -> tuple[Field | None, str]:
         """A row's field type and how it was read (None: not compared, and why)."""
-        named = None if kind == "input" else self._named(name)
+        named = None if kind == "input" else self._named_row(name)
         node_row = name in self.node_rows
         if named is not None:
             key, field = named
@@ -130,22 +243,28 @@ class FieldPass(LayerPass):
                 field = _nodes_on(field, 1)
             problem = _misfit(self.element, field, tensor[: self.n])
             if problem is not None:
+                which = (
+                    "what the layer returns" if name not in self.sources else "each tensor the layer returns"
+                )
                 raise InvalidArgument(
-                    f"fields[{key!r}] gives layer {name!r} the field type {field!r}, but its output of shape "
+                    f"{key} gives {self._what(name)} the field type {field!r}, but its output of shape "
                     f"{tuple(tensor[: self.n].shape)} does not fit it ({problem}); name the field type of "
-                    "what the layer returns (its first tensor), or leave the layer out of fields="
+                    f"{which}, or leave the layer out of fields="
                 )
             return field, shown
         element = self.element
         if not element.only_reorders:
-            return None, (
-                f"field type not named: {element.noun} {element} moves a tensor by what it holds "
-                "(positions, vectors and scalars move differently), which its shape does not say; name it "
-                "in fields=, e.g. fields={'encoder': Scalars(), 'head': Vectors()} (a container's name "
-                "covers its layers)"
-            )
+            return None, self._unnamed(name)
         if node_row:
             return Scalars(nodes=1), "per node"
+        if self.mixed and self.counts is not None:  # one row a graph: pooled, unless an axis may hold nodes
+            width = max(self.counts)
+            if all(tensor.shape[a] != width for a in range(1, tensor.dim())):
+                return Scalars(nodes=None), "pooled"
+            return None, (
+                f"an axis as long as the largest graph ({width} nodes) may hold the nodes of graphs of "
+                "different sizes, padded, which the profile does not read (it does for graphs of one size)"
+            )
         if self.points is None:
             return None, (
                 "the inputs' field types show no single number of points, so the axis of points of this "
@@ -160,21 +279,49 @@ class FieldPass(LayerPass):
             self.ambiguous.append((name, tuple(tensor[: self.n].shape), axes))
         return None, f"axes {axes} all have {self.points} entries, the number of points"
 
+    def _what(self, row: str) -> str:
+        layer, index = self.sources.get(row, (row, None))
+        return f"layer {row!r}" if index is None else f"tensor {index} of layer {layer!r} ({row})"
+
+    def _unnamed(self, row: str) -> str:
+        """Why a row is not compared under an element that moves tensors by what they hold."""
+        element, layer = self.element, self.sources.get(row, (row, None))[0]
+        named = self._named(layer)
+        if row in self.sources and named is not None:  # a single field type: the layer's first tensor's
+            count = sum(1 for r, (source, _) in self.sources.items() if source == layer)
+            return (
+                f"fields[{named[0]!r}] names one field type, {named[1]!r}, which is the first tensor's of "
+                f"the {count} that {layer!r} returns; name one for each, e.g. fields={{{layer!r}: "
+                f"({named[1]!r}, {', '.join(['Scalars()'] * (count - 1))})}}"
+            )
+        example = "{'encoder': Scalars(), 'head': Vectors()}"
+        if row in self.sources:
+            example = f"{{{layer!r}: (Vectors(), Scalars())}} (one field type a tensor it returns)"
+        return (
+            f"field type not named: {element.noun} {element} moves a tensor by what it holds (positions, "
+            "vectors and scalars move differently), which its shape does not say; name it in fields=, e.g. "
+            f"fields={example} (a container's name covers its layers)"
+        )
+
     # -- the pass's rows ----------------------------------------------------------------------------
 
-    def _add(self, record: Recorded, tensor: torch.Tensor, kind: str) -> LayerSpec:
+    def _add(
+        self, record: Recorded, tensor: torch.Tensor, kind: str, first: torch.Tensor | None = None
+    ) -> LayerSpec:
         spec = LayerSpec(record.name, record.type, record.shape, None, None, None)
         field, how = self._field(record.name, kind, tensor)
-        self._compare_as(spec, kind, field, how, tensor)
+        self._compare_as(spec, kind, field, how, tensor, first)
         return spec
 
     def _compare_as(
-        self, spec: LayerSpec, kind: str, field: Field | None, how: str, tensor: torch.Tensor
-    ) -> None:
-        """A row's two halves compared as ``field`` (not compared where it is None)."""
+        self, spec: LayerSpec, kind: str, field: Field | None, how: str, tensor: torch.Tensor,
+        first: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
+        """A row's two halves compared as ``field`` (not compared where it is None); ``first``: what
+        x[:1] alone gives for it, where that is not the row's first sample (a graph's nodes)."""
         name, n = spec.name, self.n
         self.read[name] = (field, how)
-        self.firsts[name] = tensor[:1].detach().clone()
+        self.firsts[name] = (tensor[:1] if first is None else first).detach().clone()
         self.by_id[id(tensor)] = name
         if field is None:
             self.compared[name] = Compared(dataclasses.replace(spec, ambiguous=how), None, kind)
@@ -183,8 +330,15 @@ class FieldPass(LayerPass):
         if not both.is_floating_point():
             both = both.double()
         base = both[:n].reshape(n, -1)
-        part = Part(name, ("whole", 0), field)
-        parts = OutputParts(field, (part,), (base.shape[1],), ((n, *both.shape[1:]),), (False,))
+        shape = (n, *both.shape[1:])
+        if self.mixed and name in self.node_rows and field.nodes is not None:
+            # moved graph by graph, each by element.sized(its nodes), on its own rows (nodes first)
+            assert self.counts is not None
+            part = Part(name, ("whole", 0), _nodes_on(field, _one_graph(field.nodes)))
+            parts = OutputParts(field, (part,), (base.shape[1],), (shape,), (True,), tuple(self.counts))
+        else:
+            part = Part(name, ("whole", 0), field)
+            parts = OutputParts(field, (part,), (base.shape[1],), (shape,), (False,))
         sink = PartSums(base, parts, [self.element])
 
         def describe() -> str:
@@ -209,6 +363,10 @@ class FieldPass(LayerPass):
             tensor = returned if isinstance(returned, torch.Tensor) else None
             if tensor is not None and tensor.dim() > 0:
                 tensor = self._by_graph(tensor, f"the model's {what}")
+            first = None
+            if tensor is not None and tensor is not returned:
+                assert isinstance(returned, torch.Tensor)
+                first = self._first_graph(returned)
             if tensor is None or tensor.dim() == 0 or len(tensor) != 2 * self.n:
                 if not given:
                     return
@@ -226,7 +384,7 @@ class FieldPass(LayerPass):
                     spec = LayerSpec(
                         name, type(self.model).__name__, self.per_sample(tensor.shape), None, None, None
                     )
-                    self._compare_as(spec, "output", *self._field(name, "output", tensor), tensor)
+                    self._compare_as(spec, "output", *self._field(name, "output", tensor), tensor, first)
                     self.output_name = name
                 return
             assert part is not None
@@ -241,12 +399,14 @@ class FieldPass(LayerPass):
                     f"{field!r}, which does not fit it ({problem}); pass the field type of each output"
                 )
             if row is not None:  # a layer returned it: compared by the outputs' field type, unless named
-                if self._named(row) is None:
-                    self._compare_as(self.compared[row].spec, "output", field, how, tensor)
+                if self._named_row(row) is None:
+                    self._compare_as(self.compared[row].spec, "output", field, how, tensor, first)
                 continue
             name = OUTPUT if part.path[0] == "whole" else f"({what})"
+            if tensor is not returned:
+                self.node_rows.add(name)
             spec = LayerSpec(name, type(self.model).__name__, self.per_sample(tensor.shape), None, None, None)
-            self._compare_as(spec, "output", field, how, tensor)
+            self._compare_as(spec, "output", field, how, tensor, first)
             if i > 0:  # only the first output is run again alone (``passes._interaction``)
                 self.firsts.pop(name)
             else:
@@ -320,9 +480,20 @@ class FieldPass(LayerPass):
             cause = fix = None
             if not passed:
                 cause, fix, failed = causes.NO_SYMMETRY, self._fix(name, field, junction, rows), True
+                fix += self._graphs(compared.sink, tolerance)
             rows.append(make(**common, output_element=self.element, error=error, passed=passed, cause=cause,
                              fix=fix, field=how))  # fmt: skip
         return tuple(rows)
+
+    def _graphs(self, sink: Any, tolerance: Tolerance) -> str:
+        """For a Batch of graphs: which graph of x fails worst, and how many fail."""
+        if self.counts is None or not isinstance(sink, Measured) or self.n < 2:
+            return ""
+        sums = sink.sums()
+        errors, absolute = sample_errors(sums.diff_sq, sums.ref_sq, sums.count, sums.scale)
+        failing = int((~within(errors, absolute, tolerance)).sum())
+        worst = int(errors[0].argmax())
+        return f" (worst: graph {worst} of x, {self.counts[worst]} nodes; {failing} of {self.n} graphs fail)"
 
     def _fix(self, name: str, field: Field | None, junction: bool, before: list[Any]) -> str:
         """What a failing row means, in the element's words (``Action.failure_hint``)."""
@@ -363,3 +534,10 @@ def _nodes_on(field: Field, axis: int) -> Field:
 
 def _shape(value: object) -> str:
     return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _one_graph(nodes: Any) -> Any:
+    """The axis of points of one graph's tensor ``(nodes, ...)``, given theirs in ``(graphs, nodes, ...)``."""
+    if isinstance(nodes, tuple):
+        return tuple(_one_graph(a) for a in nodes)
+    return nodes - 1 if nodes > 0 else nodes
