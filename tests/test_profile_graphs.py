@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from equivariance import check_equivariance, equivariance_error, profile_equivariance
@@ -155,6 +157,7 @@ def test_a_node_index_of_the_whole_batch_fails_where_it_is_added(seed: int) -> N
     assert result["embed"].passed
     assert "does not permute with the points" in first.fix
     assert "graphs fail)" in first.fix
+    assert result.separate_passes is None  # the first graph sits first in the Batch alone too
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -166,6 +169,20 @@ def test_a_layer_that_mixes_nodes_across_graphs_fails_where_it_mixes(seed: int) 
     assert all(result[name].passed for name in ("embed", "index", "conv1"))
     # the first graph's nodes read the last graph's: x[:1] alone differs from the batch, two passes
     assert result.separate_passes is not None
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.sampled_from([2, 3, 4, 5, 7, 9]), min_size=2, max_size=4), st.integers(0, 2**20))
+def test_any_sizes_and_permutation_pass_every_layer_and_the_index_fails_at_its_layer(
+    sizes: list[int], seed: int
+) -> None:
+    """(Sizes other than the HIDDEN features: graphs of one size read a per-graph axis that long as nodes.)"""
+    x, g = batch(tuple(sizes)), NodePermutation(seed)
+    good = profile_equivariance(GraphNet().double(), x, g, inputs=FIELDS, outputs=OUTPUTS)
+    assert good.passed, good
+    local = profile_equivariance(Local(True).double(), x, g, inputs=FIELDS, outputs=Scalars(nodes=0))
+    moved = any(not g.sized(n).is_identity for n in sizes)  # a permutation of each size may be the identity
+    assert local.passed != moved
 
 
 def test_the_worst_graph_is_named() -> None:
