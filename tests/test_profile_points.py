@@ -388,6 +388,37 @@ def test_one_field_type_for_a_layer_of_several_tensors_is_its_firsts() -> None:
     )
 
 
+class Three(nn.Module):
+    """Returns ``(pos, h, None, h)``: items that are not tensors are skipped, but keep their places."""
+
+    def forward(
+        self, pos: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor]:
+        return pos, h, None, 2 * h
+
+
+def test_the_rows_of_a_tuple_keep_the_places_of_its_items() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.three = Three()
+
+        def forward(self, pos: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            return self.three(pos, h)[3]
+
+    g = SO3(1, seed=0)[0]
+    one = profile_equivariance(Net(), egnn_args(), g, inputs=EGNN_INPUTS, fields={"three": Vectors()})
+    assert [row.name for row in one.layers] == ["three[0]", "three[1]", "three[3]"]
+    assert "the first tensor's of the 4 that 'three' returns" in (one["three[1]"].note or "")
+    each = profile_equivariance(Net(), egnn_args(), g, inputs=EGNN_INPUTS,
+                                fields={"three": (Vectors(), Scalars(), None, Scalars())})  # fmt: skip
+    assert each.passed, each
+    assert all(row.compared for row in each.layers)
+    wrong = profile_equivariance(Net(), egnn_args(), g, inputs=EGNN_INPUTS,
+                                 fields={"three": (Scalars(), Scalars(), None, Scalars())})  # fmt: skip
+    assert rows(wrong) == {"three[0]": "FAIL", "three[1]": "ok", "three[3]": "ok"}  # positions do turn
+
+
 def test_a_tuple_of_field_types_that_does_not_fit_the_layer_is_refused() -> None:
     with pytest.raises(InvalidArgument, match=re.escape(
         "fields['layers'] gives a tuple of 1 field type (one a tensor a layer returns), but layer 'layers.0', "

@@ -14,6 +14,14 @@ not compared, and its row says so. The model's outputs take ``outputs=``.
 Each compared output is judged as a check judges an output part
 (`equivariance._engine.part_sums`), and a failure is worded by the element
 (``Action.failure_hint``).
+
+A layer that returns several tensors (a tuple, as EGNN layers return
+``(pos, h)``) has a row for each, ``name[i]``, each read as above; ``fields=``
+may name a tuple for it, one field type (or None) an item. A torch_geometric
+``Batch`` of graphs is read one row a graph: a per-node tensor of all the
+graphs' nodes becomes ``(graphs, nodes a graph, ...)``, padded with zeros to
+the largest graph where their sizes differ, and is moved graph by graph, each
+by the element's ``sized(nodes)`` (``part_sums.GraphReferences``).
 """
 
 from __future__ import annotations
@@ -51,11 +59,11 @@ from equivariance.tolerances import Tolerance
 
 L = TypeVar("L")
 UNBATCHED = "no batch axis first"
+"""How the note of a row without the batch axis first begins (its shape is the whole tensor's)."""
 TWO_PASSES = (
     "x and its moved copy ran in two separate passes, which join a layer's first tensor only, so its "
     "other tensors are not compared"
 )
-"""How the note of a row without the batch axis first begins (its shape is the whole tensor's)."""
 _LISTED = 4  # the most ambiguous layers an error lists
 
 
@@ -74,6 +82,7 @@ class FieldPass(LayerPass):
         self.by_id: dict[int, str] = {}  # by id of a row's tensor (alive while self.seen says so): its row
         # by row of a layer that returned several tensors: the layer, and the tensor's place in its tuple
         self.sources: dict[str, tuple[str, int]] = {}
+        self.returns: dict[str, int] = {}  # by such a layer: the length of its tuple
         self.separate = passes.separate
         # a Batch of graphs: each graph's nodes (x's, then its moved copy's), whose per-node tensors are
         # read as (graphs, nodes a graph, ...), padded to the largest graph where the sizes differ
@@ -98,8 +107,8 @@ class FieldPass(LayerPass):
         items = [(i, v) for i, v in enumerate(returned) if isinstance(v, torch.Tensor)] if several else []
         named = self._named(name)
         if named is not None and isinstance(named[1], tuple):
-            self._check_arity(name, named[0], named[1], returned if several else tensor)
-        viewed = self._by_graph(tensor, f"layer {name!r}")
+            self._check_arity(name, named[0], named[1], returned)
+        viewed = self._by_graph(tensor)
         source = first_tensor(inputs)
         if viewed is tensor and self.junctions and source is not None and self._is_junction(source):
             # computed in forward from earlier tensors (a sum, a parameter added): a row of its own
@@ -111,6 +120,7 @@ class FieldPass(LayerPass):
         if not several:
             self._row(name, kind, tensor, viewed)
             return
+        self.returns[name] = len(returned)
         for i, value in items:
             row = f"{name}[{i}]"
             self.sources[row], self.types[row] = (name, i), kind
@@ -122,7 +132,7 @@ class FieldPass(LayerPass):
                 self._unbatched(row, (), value)
                 self._see(value)
             else:
-                self._row(row, kind, value, self._by_graph(value, f"layer {row!r}"))
+                self._row(row, kind, value, self._by_graph(value))
 
     def _row(self, row: str, kind: str, tensor: torch.Tensor, viewed: torch.Tensor) -> None:
         """A row of a tensor a layer returned, ``viewed`` as compared."""
@@ -141,7 +151,7 @@ class FieldPass(LayerPass):
             shapes = ", ".join(_shape(v[: self.n] if isinstance(v, torch.Tensor) else v) for v in returned)
             what = f"a {type(returned).__name__} of {len(returned)} ({shapes})"
         else:
-            what = f"one tensor of {_shape(returned[: self.n])}"
+            what = f"one tensor of {_shape(returned[: self.n])}"  # not a tuple: the tensor itself
         where = f"layer {name!r}" if key == name else f"layer {name!r}, which {key!r} holds,"
         count = f"{len(named)} field type{'s' if len(named) != 1 else ''}"
         apart = (
@@ -159,7 +169,7 @@ class FieldPass(LayerPass):
         assert self.counts is not None
         return tensor[: self.counts[0]]
 
-    def _by_graph(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
+    def _by_graph(self, tensor: torch.Tensor) -> torch.Tensor:
         """A per-node tensor of a Batch of graphs ``(nodes, ...)`` as ``(graphs, nodes a graph, ...)``:
         a view where the graphs have one size, else padded with zeros to the largest."""
         if self.nodes is None or tensor.dim() == 0 or len(tensor) != 2 * self.nodes or self.nodes == self.n:
@@ -287,8 +297,8 @@ class FieldPass(LayerPass):
         """Why a row is not compared under an element that moves tensors by what they hold."""
         element, layer = self.element, self.sources.get(row, (row, None))[0]
         named = self._named(layer)
-        if row in self.sources and named is not None:  # a single field type: the layer's first tensor's
-            count = sum(1 for r, (source, _) in self.sources.items() if source == layer)
+        if row in self.sources and named is not None and isinstance(named[1], Field):
+            count = self.returns[layer]  # a single field type: the layer's first tensor's
             return (
                 f"fields[{named[0]!r}] names one field type, {named[1]!r}, which is the first tensor's of "
                 f"the {count} that {layer!r} returns; name one for each, e.g. fields={{{layer!r}: "
@@ -362,7 +372,7 @@ class FieldPass(LayerPass):
             what = "the output" if part is None else part.name
             tensor = returned if isinstance(returned, torch.Tensor) else None
             if tensor is not None and tensor.dim() > 0:
-                tensor = self._by_graph(tensor, f"the model's {what}")
+                tensor = self._by_graph(tensor)
             first = None
             if tensor is not None and tensor is not returned:
                 assert isinstance(returned, torch.Tensor)
