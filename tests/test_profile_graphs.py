@@ -9,6 +9,8 @@ graphs) must be named at the layer that breaks them.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,7 +20,7 @@ from torch import nn
 from equivariance import check_equivariance, equivariance_error, profile_equivariance
 from equivariance.errors import InvalidArgument
 from equivariance.euclidean import SO3, Translation
-from equivariance.fields import EdgeIndex, Positions, Scalars
+from equivariance.fields import EdgeIndex, Positions, Scalars, Vectors
 from equivariance.permutations import NodePermutation, NodePermutations, Permutation
 
 pytest.importorskip("torch_geometric", reason="the Batch of graphs is torch_geometric's")
@@ -265,3 +267,76 @@ def test_a_check_finds_what_the_profile_explains() -> None:
         report = check_equivariance(broken.double(), batch(), transforms=NodePermutations(4, seed=0),
                                     inputs=FIELDS, outputs=OUTPUTS)  # fmt: skip
         assert not report.passed
+
+
+# -- one row an edge ---------------------------------------------------------------------------------
+
+
+class EdgeVectors(nn.Module):
+    """Each edge's vector ``pos[dst] - pos[src]`` (one row an edge of the whole Batch); ``labels`` adds
+    the source node's label (its index in the Batch), which a permutation of the nodes changes;
+    ``absolute`` gives the source's position instead (a position, not a difference)."""
+
+    def __init__(self, labels: bool = False, absolute: bool = False) -> None:
+        super().__init__()
+        self.labels, self.absolute = labels, absolute
+
+    def forward(self, pos: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        src, dst = edge_index
+        vectors = pos[src] if self.absolute else pos[dst] - pos[src]
+        return vectors + (0.01 * src.to(pos.dtype)[:, None] if self.labels else 0)
+
+
+class Forces(nn.Module):
+    """Per node: the sum of its incoming edge vectors, weighted by their length."""
+
+    def forward(self, vectors: torch.Tensor, edge_index: torch.Tensor, nodes: int) -> torch.Tensor:
+        weight = torch.exp(-vectors.norm(dim=-1, keepdim=True))
+        return torch.zeros(nodes, 3, dtype=vectors.dtype).index_add(0, edge_index[1], weight * vectors)
+
+
+class EdgeNet(nn.Module):
+    def __init__(self, **broken: bool) -> None:
+        super().__init__()
+        self.edges, self.forces = EdgeVectors(**broken), Forces()
+
+    def forward(self, data: Data) -> torch.Tensor:
+        out: torch.Tensor = self.forces(self.edges(data.pos, data.edge_index), data.edge_index, len(data.pos))
+        return out
+
+
+EDGES = {"edges": Vectors(nodes=None), "forces": Vectors(nodes=0)}
+"""An edge's vector turns and keeps its row (the edges keep their order); the forces turn and move with
+their nodes."""
+
+
+def test_per_edge_tensors_are_read_one_row_a_graph_and_do_not_move_with_the_nodes() -> None:
+    result = profile_equivariance(EdgeNet(), batch(), NodePermutation(2), inputs=FIELDS)
+    assert result.passed, result
+    assert (result["edges"].field, result["forces"].field) == ("per edge", "per node")
+    assert result["edges"].output_shape == (3, 2 * 10, 3)  # the graph of 9 nodes has 10 edges both ways
+    broken = profile_equivariance(EdgeNet(labels=True), batch(), NodePermutation(2), inputs=FIELDS)
+    assert broken.first_failure is not None
+    assert broken.first_failure.name == "edges"
+    assert "the per-edge output (edges) changes when the nodes are reordered" in broken.first_failure.fix
+
+
+def test_edge_vectors_turn_under_a_rotation_with_a_node_permutation() -> None:
+    g = Translation([0.5, 1.0, -1.0]) * SO3(1, seed=5)[0] * NodePermutation(7)
+    result = profile_equivariance(EdgeNet(), batch(), g, inputs=FIELDS, fields=EDGES)
+    assert result.passed, result
+    assert all(row.compared for row in result.layers)
+    absolute = profile_equivariance(EdgeNet(absolute=True), batch(), g, inputs=FIELDS, fields=EDGES)
+    assert absolute.first_failure is not None
+    assert absolute.first_failure.name == "edges"
+    unnamed = profile_equivariance(EdgeNet(), batch(), g, inputs=FIELDS, fields={"forces": Vectors(nodes=0)})
+    assert not unnamed["edges"].compared
+    assert "field type not named" in (unnamed["edges"].note or "")
+    with pytest.raises(InvalidArgument, match=re.escape(
+        "fields['edges'] gives layer 'edges', one row an edge, the field type Vectors(nodes=0), whose points "
+        "are on an axis; a permutation of the nodes relabels edge_index but keeps the edges in their order, so "
+        "a per-edge tensor has no axis of points: pass nodes=None, e.g. Vectors(nodes=None)"
+    )):  # fmt: skip
+        profile_equivariance(
+            EdgeNet(), batch(), g, inputs=FIELDS, fields={**EDGES, "edges": Vectors(nodes=0)}
+        )

@@ -54,7 +54,7 @@ from equivariance._engine.passes import (
 )
 from equivariance.actions import guarded_act
 from equivariance.errors import InvalidArgument
-from equivariance.fields import Adjacency, Field, Scalars
+from equivariance.fields import Adjacency, EdgeIndex, Field, Scalars
 from equivariance.tolerances import Tolerance
 
 L = TypeVar("L")
@@ -90,10 +90,13 @@ class FieldPass(LayerPass):
         self.nodes = None if self.counts is None else sum(self.counts)
         self.mixed = self.counts is not None and len(set(self.counts)) > 1
         self.node_rows: set[str] = set()
-        if self.counts is not None:
-            both = torch.tensor(self.counts * 2)
-            self.graph_of = torch.repeat_interleave(torch.arange(len(both)), both)
-            self.position = torch.arange(int(both.sum())) - (torch.cumsum(both, 0) - both)[self.graph_of]
+        # and each graph's edges: a per-edge tensor (edges, ...) is read as (graphs, edges a graph, ...)
+        self.edge_counts: list[int] | None = None
+        if isinstance(passes.x, Graphs):
+            keys = [str(p.path[1]) for p in passes.x.parts if isinstance(p.field, EdgeIndex)]
+            if keys:
+                self.edge_counts = [int(getattr(g, keys[0]).shape[1]) for g in passes.x.graphs]
+        self.edge_rows: set[str] = set()
 
     def on_output(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
         """A layer's output: one row a tensor it returns (``name[i]`` where it returns several); a
@@ -108,9 +111,9 @@ class FieldPass(LayerPass):
         named = self._named(name)
         if named is not None and isinstance(named[1], tuple):
             self._check_arity(name, named[0], named[1], returned)
-        viewed = self._by_graph(tensor)
         source = first_tensor(inputs)
-        if viewed is tensor and self.junctions and source is not None and self._is_junction(source):
+        per_graph = self._per_graph(tensor) is not None
+        if not per_graph and self.junctions and source is not None and self._is_junction(source):
             # computed in forward from earlier tensors (a sum, a parameter added): a row of its own
             shape = self.per_sample(source.shape)
             junction = Recorded(junction_name(name), JUNCTION, shape, id(source), None, shape, None)
@@ -118,28 +121,32 @@ class FieldPass(LayerPass):
             self._see(source)  # the same computed tensor may feed several layers: one row
         self.last = tensor
         if not several:
-            self._row(name, kind, tensor, viewed)
+            self._row(name, kind, tensor)
             return
         self.returns[name] = len(returned)
         for i, value in items:
             row = f"{name}[{i}]"
             self.sources[row], self.types[row] = (name, i), kind
             if i == 0:
-                self._row(row, kind, tensor, viewed)
+                self._row(row, kind, tensor)
             elif self.separate:  # two passes join a layer's first tensor only
                 self._not_compared(row, kind, value, TWO_PASSES)
-            elif value.dim() == 0 or value.shape[0] not in self.taps.sizes:
-                self._unbatched(row, (), value)
+            elif self._per_graph(value) is None and (
+                value.dim() == 0 or value.shape[0] not in self.taps.sizes
+            ):
+                self._not_read(row, value)
                 self._see(value)
             else:
-                self._row(row, kind, value, self._by_graph(value))
+                self._row(row, kind, value)
 
-    def _row(self, row: str, kind: str, tensor: torch.Tensor, viewed: torch.Tensor) -> None:
-        """A row of a tensor a layer returned, ``viewed`` as compared."""
-        if viewed is not tensor:
-            self.node_rows.add(row)
+    def _row(self, row: str, kind: str, tensor: torch.Tensor) -> None:
+        """A row of a tensor a layer returned; a per-node or per-edge tensor of graphs one row a graph."""
+        counts, viewed, first = self._per_graph(tensor), tensor, None
+        if counts is not None:
+            viewed, first = self._padded(tensor, counts), tensor[: counts[0]]  # x[:1] alone: its first graph
+            (self.node_rows if counts is self.counts else self.edge_rows).add(row)
         record = Recorded(row, kind, self.per_sample(viewed.shape), id(tensor), None, None, None)
-        self._add(record, viewed, "output", self._first_graph(tensor) if viewed is not tensor else None)
+        self._add(record, viewed, "output", first)
         self._see(tensor)
         self.by_id[id(tensor)] = row
 
@@ -169,17 +176,33 @@ class FieldPass(LayerPass):
         assert self.counts is not None
         return tensor[: self.counts[0]]
 
+    def _per_graph(self, tensor: torch.Tensor) -> list[int] | None:
+        """Each graph's rows in a tensor of a Batch of graphs with one row a node (``self.counts``), or
+        one row an edge (``self.edge_counts``; nodes first where they are as many); None for others."""
+        for counts in (self.counts, self.edge_counts):
+            if counts is not None and tensor.dim() > 0 and len(tensor) == 2 * sum(counts) != 2 * self.n:
+                return counts
+        return None
+
     def _by_graph(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A per-node tensor of a Batch of graphs ``(nodes, ...)`` as ``(graphs, nodes a graph, ...)``:
-        a view where the graphs have one size, else padded with zeros to the largest."""
-        if self.nodes is None or tensor.dim() == 0 or len(tensor) != 2 * self.nodes or self.nodes == self.n:
-            return tensor
-        assert self.counts is not None
-        width = max(self.counts)
-        if not self.mixed:
+        """A per-node tensor of a Batch of graphs as ``(graphs, nodes a graph, ...)`` (else itself)."""
+        counts = self._per_graph(tensor)
+        return tensor if counts is None or counts is not self.counts else self._padded(tensor, counts)
+
+    def _padded(self, tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """A tensor of graphs' rows (``counts`` a graph, for x then its moved copy) as ``(graphs, rows a
+        graph, ...)``: a view where the graphs have one size, else padded with zeros to the largest."""
+        width = max(counts)
+        if len(set(counts)) == 1:
             return tensor.reshape(2 * self.n, width, *tensor.shape[1:])
+        both = torch.tensor(counts * 2)
+        graph = torch.repeat_interleave(torch.arange(len(both)), both).to(tensor.device)
+        position = (
+            torch.arange(int(both.sum()), device=tensor.device)
+            - (torch.cumsum(both, 0) - both).to(tensor.device)[graph]
+        )
         padded = tensor.detach().new_zeros(2 * self.n, width, *tensor.shape[1:])
-        padded[self.graph_of.to(tensor.device), self.position.to(tensor.device)] = tensor.detach()
+        padded[graph, position] = tensor.detach()
         return padded
 
     def other_sizes(self) -> Hook | None:
@@ -197,8 +220,16 @@ class FieldPass(LayerPass):
         return layer, pick
 
     def _unbatched(self, name: str, inputs: Any, tensor: torch.Tensor) -> None:
-        """A layer's output without the batch axis first (nodes of all samples flattened, ``(B * N,
-        C)``, or a layout of its own): a row not compared, which says so (never a guess of its axes)."""
+        """A layer's first tensor without the batch axis first: one row an edge of a Batch of graphs
+        (read one row a graph), else not read (``_not_read``)."""
+        if self._per_graph(tensor) is not None:
+            self.on_output(name, inputs, tensor)
+        else:
+            self._not_read(name, tensor)
+
+    def _not_read(self, name: str, tensor: torch.Tensor) -> None:
+        """A tensor without the batch axis first (nodes of all samples flattened, ``(B * N, C)``, or a
+        layout of its own): a row not compared, which says so (never a guess of its axes)."""
         shape = tuple(tensor.shape)
         note = (
             f"{UNBATCHED} (its shape is shown whole; the batch of x and its moved copy has {2 * self.n} "
@@ -249,6 +280,13 @@ class FieldPass(LayerPass):
         if named is not None:
             key, field = named
             shown = repr(field)
+            if name in self.edge_rows and field.nodes is not None:
+                raise InvalidArgument(
+                    f"{key} gives {self._what(name)}, one row an edge, the field type {field!r}, whose "
+                    "points are on an axis; a permutation of the nodes relabels edge_index but keeps the "
+                    "edges in their order, so a per-edge tensor has no axis of points: pass nodes=None, e.g. "
+                    f"{type(field).__name__}(nodes=None)"
+                )
             if node_row and field.nodes == 0:  # a graph's per-node field type: nodes after the graphs
                 field = _nodes_on(field, 1)
             problem = _misfit(self.element, field, tensor[: self.n])
@@ -267,6 +305,8 @@ class FieldPass(LayerPass):
             return None, self._unnamed(name)
         if node_row:
             return Scalars(nodes=1), "per node"
+        if name in self.edge_rows:  # the edges keep their order (edge_index is relabelled)
+            return Scalars(nodes=None), "per edge"
         if self.mixed and self.counts is not None:  # one row a graph: pooled, unless an axis may hold nodes
             width = max(self.counts)
             if all(tensor.shape[a] != width for a in range(1, tensor.dim())):
@@ -511,6 +551,12 @@ class FieldPass(LayerPass):
         hint = element.failure_hint(
             f"the input of {name.removesuffix(' (input)')}" if junction else name, field
         )
+        if name in self.edge_rows and element.only_reorders:  # not pooled: one row an edge, in order
+            hint = (
+                f"the per-edge output ({name}) changes when the nodes are reordered: the edges keep their "
+                "order (edge_index is relabelled), so it reads the nodes' labels (their index in the Batch) "
+                "where it should read what each edge joins"
+            )
         if hint is None:
             hint = f"{name} does not follow {element!r}, while the rows before it do"
         if junction:

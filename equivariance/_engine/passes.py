@@ -121,6 +121,7 @@ class Taps:
                 self.on_output(name, inputs, tensor)
             elif self.other is not None and name not in self.seen | self.elsewhere and tensor is not None:
                 self.elsewhere.add(name)  # once; an output with the batch axis first is still read after it
+                self.returned = out
                 self.other(name, inputs, tensor)
 
         return record
