@@ -449,7 +449,9 @@ def profile_equivariance(
             is its first tensor's. For a torch_geometric ``Batch``, a per-node
             output is read one row a graph (padded to the largest graph
             where their sizes differ), each graph moved by the element's
-            ``sized(nodes)``.
+            ``sized(nodes)``; a per-edge output too, which keeps its order
+            under a node permutation (name it ``Vectors(nodes=None)`` where
+            it turns).
 
     Returns:
         An [`EquivarianceProfile`][equivariance.EquivarianceProfile].
