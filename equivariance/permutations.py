@@ -275,6 +275,10 @@ class NodePermutation(Composing):
     def is_identity(self) -> bool:
         return not self.steps
 
+    @property
+    def only_reorders(self) -> bool:
+        return True
+
     def act(self, x: torch.Tensor, where: Any) -> torch.Tensor:
         """``x`` reordered by ``sized(n)``, ``n`` the length of its axis of points (see the class)."""
         field = field_of(where, self)

@@ -47,7 +47,9 @@ class LayerProfile:
 
     Attributes:
         name: the layer's name in ``model.named_modules()``; ``"(output)"``
-            for the model's output where no leaf returns it.
+            for the model's output where no leaf returns it. For several
+            inputs, a layer that returns several tensors has a row for each,
+            ``"layers.0[1]"`` for the second.
         type: the layer's class name, e.g. ``"Conv2d"``.
         output_shape: the shape of the layer's output for ``x``.
         stride: the cumulative stride per dim (the stride each module
@@ -336,7 +338,7 @@ def profile_equivariance(
     layouts: Mapping[str, LayoutLike] | None = None,
     inputs: FieldSpec = None,
     outputs: FieldSpec = None,
-    fields: Mapping[str, Field] | None = None,
+    fields: Mapping[str, Field | Sequence[Field | None]] | None = None,
 ) -> EquivarianceProfile:
     """The equivariance error of every layer of ``model`` under one input shift.
 
@@ -440,8 +442,16 @@ def profile_equivariance(
         fields: with ``inputs``, the field type of layers' outputs by name, as
             ``layouts`` names layouts: ``{"encoder": Scalars(), "head":
             Vectors()}``; a container's name covers the layers in it (the
-            longest name wins). A layer returning several tensors is
-            compared by its first.
+            longest name wins). Each tensor a layer returns is a row of its
+            own (``"layers.0[1]"``): name a tuple for such a layer, one field
+            type (or None: as if not named) for each item it returns,
+            ``{"layers.0": (Positions(), Scalars())}``; a single field type
+            is its first tensor's. For a torch_geometric ``Batch``, a per-node
+            output is read one row a graph (padded to the largest graph
+            where their sizes differ), each graph moved by the element's
+            ``sized(nodes)``; a per-edge output too, which keeps its order
+            under a node permutation (name it ``Vectors(nodes=None)`` where
+            it turns).
 
     Returns:
         An [`EquivarianceProfile`][equivariance.EquivarianceProfile].

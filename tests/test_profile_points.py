@@ -301,6 +301,179 @@ def test_a_graph_convolution_permutes_its_nodes_layer_by_layer() -> None:
     no_grid_advice(broken)
 
 
+# -- layers that return several tensors --------------------------------------------------------------
+
+EGNN_LAYERS = ["layers.0", "layers.1"]
+"""The EGNN's layers themselves, each returning ``(pos, h)``."""
+
+
+def test_each_tensor_a_layer_returns_is_a_row_of_its_own_field_type() -> None:
+    g = Translation([1.0, 2.0, 3.0]) * Rotation.about("y", 40, degrees=True)
+    profile = profile_equivariance(gallery.egnn().double(), egnn_args(), g, inputs=EGNN_INPUTS, layers=EGNN_LAYERS,
+                                   fields={"layers": (Positions(), Scalars())})  # fmt: skip
+    assert profile.passed, profile
+    assert [(row.name, row.field) for row in profile.layers] == [
+        ("layers.0[0]", "Positions()"), ("layers.0[1]", "Scalars()"),
+        ("layers.1[0]", "Positions()"), ("layers.1[1]", "Scalars()"),
+    ]  # fmt: skip
+    assert max(row.error for row in profile.layers) < 1e-12
+    # the negative control: the coordinates fed to phi_h break the features only, not the positions
+    broken = profile_equivariance(gallery.egnn(coordinates_as_features=True).double(), egnn_args(), g,
+                                  inputs=EGNN_INPUTS, layers=EGNN_LAYERS,
+                                  fields={"layers": (Positions(), Scalars())})  # fmt: skip
+    assert broken["layers.0[0]"].passed
+    assert broken.first_failure is not None
+    assert broken.first_failure.name == "layers.0[1]"
+    assert "at layers.0[1]: " in str(broken)
+    no_grid_advice(broken)
+
+
+class Indexed(nn.Module):
+    """Returns ``(pos, h)``; ``broken`` adds each point's index to ``h``: the second tensor alone breaks."""
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__()
+        self.broken = broken
+
+    def forward(self, pos: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.arange(h.shape[-2], dtype=h.dtype)[:, None]
+        return 2 * pos, torch.tanh(h) + (index if self.broken else 0)
+
+
+class Holder(nn.Module):
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__()
+        self.layer = Indexed(broken)
+
+    def forward(self, pos: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out: tuple[torch.Tensor, torch.Tensor] = self.layer(pos, h)
+        return out
+
+
+def test_under_a_permutation_each_tensor_is_read_from_its_shape() -> None:
+    good = profile_equivariance(Holder(), egnn_args(), CYCLE, inputs=EGNN_INPUTS)
+    assert good.passed, good
+    assert [(row.name, row.field) for row in good.layers] == [
+        ("layer[0]", "points on axis 1"), ("layer[1]", "points on axis 1")
+    ]  # fmt: skip
+    broken = profile_equivariance(Holder(broken=True), egnn_args(), CYCLE, inputs=EGNN_INPUTS)
+    assert rows(broken) == {"layer[0]": "ok", "layer[1]": "FAIL"}
+    assert "the per-node output (layer[1]) does not permute" in (broken.first_failure.fix or "")
+
+
+def test_the_model_outputs_a_layer_returns_are_compared_by_outputs() -> None:
+    g = SO3(1, seed=4)[0]
+    profile = profile_equivariance(Holder(broken=True), egnn_args(), g, inputs=EGNN_INPUTS,
+                                   outputs=(Vectors(), Scalars()))  # fmt: skip
+    assert [(row.name, row.field, row.passed) for row in profile.layers] == [
+        ("layer[0]", "Vectors() (outputs=)", True), ("layer[1]", "Scalars() (outputs=)", True)
+    ]  # fmt: skip
+    wrong = profile_equivariance(Holder(), egnn_args(), g, inputs=EGNN_INPUTS, outputs=(Scalars(), Scalars()))
+    assert rows(wrong) == {"layer[0]": "FAIL", "layer[1]": "ok"}  # positions named scalars do not turn
+
+
+def test_one_field_type_for_a_layer_of_several_tensors_is_its_firsts() -> None:
+    profile = profile_equivariance(gallery.egnn().double(), egnn_args(), SO3(1, seed=0)[0], inputs=EGNN_INPUTS,
+                                   layers=EGNN_LAYERS, fields={"layers": Positions()})  # fmt: skip
+    assert [row.name for row in profile.layers if row.compared] == ["layers.0[0]", "layers.1[0]"]
+    assert profile["layers.0[1]"].note == (
+        "fields['layers'] names one field type, Positions(), which is the first tensor's of the 2 that "
+        "'layers.0' returns; name one for each, e.g. fields={'layers.0': (Positions(), Scalars())}"
+    )
+    unnamed = profile_equivariance(gallery.egnn().double(), egnn_args(), SO3(1, seed=0)[0], inputs=EGNN_INPUTS,
+                                   layers=EGNN_LAYERS, fields={"layers.0": (Positions(), None)})  # fmt: skip
+    assert [row.name for row in unnamed.layers if row.compared] == ["layers.0[0]"]
+    assert "fields={'layers.1': (Vectors(), Scalars())} (one field type a tensor it returns)" in (
+        unnamed["layers.1[1]"].note or ""
+    )
+
+
+class Three(nn.Module):
+    """Returns ``(pos, h, None, h)``: items that are not tensors are skipped, but keep their places."""
+
+    def forward(
+        self, pos: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor]:
+        return pos, h, None, 2 * h
+
+
+def test_the_rows_of_a_tuple_keep_the_places_of_its_items() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.three = Three()
+
+        def forward(self, pos: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            return self.three(pos, h)[3]
+
+    g = SO3(1, seed=0)[0]
+    one = profile_equivariance(Net(), egnn_args(), g, inputs=EGNN_INPUTS, fields={"three": Vectors()})
+    assert [row.name for row in one.layers] == ["three[0]", "three[1]", "three[3]"]
+    assert "the first tensor's of the 4 that 'three' returns" in (one["three[1]"].note or "")
+    each = profile_equivariance(Net(), egnn_args(), g, inputs=EGNN_INPUTS,
+                                fields={"three": (Vectors(), Scalars(), None, Scalars())})  # fmt: skip
+    assert each.passed, each
+    assert all(row.compared for row in each.layers)
+    wrong = profile_equivariance(Net(), egnn_args(), g, inputs=EGNN_INPUTS,
+                                 fields={"three": (Scalars(), Scalars(), None, Scalars())})  # fmt: skip
+    assert rows(wrong) == {"three[0]": "FAIL", "three[1]": "ok", "three[3]": "ok"}  # positions do turn
+
+
+def test_a_tuple_of_field_types_that_does_not_fit_the_layer_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(
+        "fields['layers'] gives a tuple of 1 field type (one a tensor a layer returns), but layer 'layers.0', "
+        "which 'layers' holds, returns a tuple of 2 (shape (2, 5, 3), shape (2, 5, 4)); name one field type "
+        "(or None) for each item it returns, or give 'layers.0' (or a container of it) its own name"
+    )):  # fmt: skip
+        profile_equivariance(gallery.egnn().double(), egnn_args(), CYCLE, inputs=EGNN_INPUTS, layers=EGNN_LAYERS,
+                             fields={"layers": (Positions(),)})  # fmt: skip
+    with pytest.raises(InvalidArgument, match=re.escape(
+        "fields['layers.0.node.0'] gives a tuple of 2 field types (one a tensor a layer returns), but layer "
+        "'layers.0.node.0' returns one tensor of shape (2, 5, 16)"
+    )):  # fmt: skip
+        profile_equivariance(gallery.egnn().double(), egnn_args(), CYCLE, inputs=EGNN_INPUTS,
+                             fields={"layers.0.node.0": (Scalars(), Scalars())})  # fmt: skip
+    with pytest.raises(InvalidArgument, match=re.escape(
+        "fields['layers.0'][1] gives tensor 1 of layer 'layers.0' (layers.0[1]) the field type Vectors(), but its "
+        "output of shape (2, 5, 4) does not fit it"
+    )):  # fmt: skip
+        profile_equivariance(gallery.egnn().double(), egnn_args(), SO3(1, seed=0)[0], inputs=EGNN_INPUTS,
+                             layers=EGNN_LAYERS, fields={"layers.0": (Positions(), Vectors())})  # fmt: skip
+    with pytest.raises(
+        InvalidArgument,
+        match=re.escape("fields gives 'layers.0'[1] 'scalars' (str), which is not a field type"),
+    ):
+        profile_equivariance(gallery.egnn().double(), egnn_args(), CYCLE, inputs=EGNN_INPUTS, layers=EGNN_LAYERS,
+                             fields={"layers.0": (Positions(), "scalars")})  # fmt: skip
+
+
+class BatchMean(nn.Module):
+    """Returns ``(pos, h less its mean over the batch)``: the second tensor depends on the batch."""
+
+    def forward(self, pos: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return pos, h - h.mean(0, keepdim=True)
+
+
+class Batched(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = BatchMean()
+
+    def forward(self, pos: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.layer(pos, h)[1]
+
+
+def test_a_batch_interaction_in_a_second_tensor_runs_two_passes() -> None:
+    """The first failure, in the layer's second tensor, is run alone on x[:1]: it differs, so two passes;
+    those join the layer's first tensor only, so its second is listed as not compared."""
+    profile = profile_equivariance(Batched(), egnn_args(), CYCLE, inputs=EGNN_INPUTS, outputs=Scalars())
+    assert profile.separate_passes is not None
+    assert "the first failing row, layer[1], gives x[:1] run alone another value" in profile.separate_passes
+    assert not profile["layer[1]"].compared
+    assert "join a layer's first tensor only" in (profile["layer[1]"].note or "")
+    assert profile.passed, profile
+
+
 # -- the batch -------------------------------------------------------------------------------------
 
 

@@ -45,6 +45,9 @@ from equivariance.shifts import Shift, as_shift
 Mode = Literal["equivariance", "invariance"]
 Auto = Literal["auto"]
 BatchSize = int | Literal["auto"] | None
+LayerFields = Field | tuple[Field | None, ...]
+"""What ``fields=`` names for one layer: the field type of its output, or one for each item of a tuple
+it returns (None: as if not named)."""
 AUTO: Auto = "auto"
 
 DEFAULT_MAX_SHIFT = 2
@@ -673,7 +676,7 @@ class LayerRequest:
     boundary: Boundary
     layers: Layers
     arguments: Call | None = None
-    fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
+    fields: Mapping[str, LayerFields] = dataclasses.field(default_factory=dict)
     outputs: Any = None
     points: int | None = None
 
@@ -729,11 +732,20 @@ def validate_layer_parts(
     chosen = choose_layers(module, layers, up_to, None)
     example = "{'encoder.2': Vectors(), 'head': Scalars(nodes=None)}"
     by_layer = _by_layer(module, fields, "fields", example).items()
-    given = {name: as_field(field, "fields", repr(name), none=False) for name, field in by_layer}
+    given = {name: _layer_fields(name, field) for name, field in by_layer}
     arguments = checked_call(module, x, inputs, [element], "profile", "a profile that cannot fail")
     return LayerRequest(
         module, arguments.first, element, "zeros", chosen, arguments, given, outputs, _points(arguments)
     )
+
+
+def _layer_fields(name: str, field: object) -> LayerFields:
+    """What ``fields=`` gives one layer: a field type, or a tuple of them (None: that item not named)."""
+    if isinstance(field, (tuple, list)):  # one per item the layer returns
+        return tuple(
+            None if f is None else as_field(f, "fields", f"{name!r}[{i}]") for i, f in enumerate(field)
+        )
+    return as_field(field, "fields", repr(name), none=False)
 
 
 def _points(arguments: Call) -> int | None:

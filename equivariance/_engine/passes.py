@@ -98,6 +98,7 @@ class Taps:
         self.sizes: frozenset[int] = frozenset()
         self.other: Hook | None = None
         self.handles: list[Any] = []
+        self.returned: Any = None  # what the layer handed to on_output returned whole (a tuple of tensors)
 
     def start(self, batch: int, on_output: Hook, nodes: int | None = None, other: Hook | None = None) -> None:
         """A new pass of ``batch`` samples; ``nodes``: the nodes of a Batch of graphs, whose per-node
@@ -116,9 +117,11 @@ class Taps:
                 and tensor.shape[0] in self.sizes
             ):
                 self.seen.add(name)
+                self.returned = out
                 self.on_output(name, inputs, tensor)
             elif self.other is not None and name not in self.seen | self.elsewhere and tensor is not None:
                 self.elsewhere.add(name)  # once; an output with the batch axis first is still read after it
+                self.returned = out
                 self.other(name, inputs, tensor)
 
         return record
@@ -189,7 +192,8 @@ class Passes:
 
         alone = rows_of(batch, slice(0, n))
         self.taps.start(n, keep, _nodes(alone))
-        for_x = first_tensor(_call(self.model, alone, self.stop, self.up_to, "x alone"))
+        result_x = _call(self.model, alone, self.stop, self.up_to, "x alone")
+        for_x = first_tensor(result_x)
         moved = rows_of(batch, slice(n, None))
         joiner = Joiner(first, list(zip(tensors_of(moved), tensors_of(batch))), on_output)
         self.taps.start(n, joiner.on_output, _nodes(moved))
@@ -197,6 +201,9 @@ class Passes:
         tensor = first_tensor(for_moved)
         if for_x is None or tensor is None or for_x.shape != tensor.shape:
             return None
+        several = isinstance(for_moved, (tuple, list)) and isinstance(result_x, (tuple, list))
+        if several and len(for_moved) == len(result_x):  # several outputs: each tensor joined
+            return tuple(_joined(joiner, a, b) for a, b in zip(result_x, for_moved))
         return joiner.join(snapshot(for_x), tensor)
 
 
@@ -255,6 +262,13 @@ class Joiner:
             self.on(name, () if joined_source is None else (joined_source,), joined)
 
 
+def _joined(joiner: Joiner, for_x: Any, moved: Any) -> Any:
+    """Two passes' outputs joined where both are tensors of one shape (else None)."""
+    if isinstance(for_x, torch.Tensor) and isinstance(moved, torch.Tensor) and for_x.shape == moved.shape:
+        return joiner.join(snapshot(for_x), moved)
+    return None
+
+
 def _measured(
     passes: Passes, blurs: frozenset[str], junctions: bool, reading: type[LayerPass]
 ) -> tuple[LayerPass, LayerSums]:
@@ -285,27 +299,30 @@ def _interaction(passes: Passes, layer_pass: LayerPass, first: Any, tolerance: T
         return None
     joint = layer_pass.firsts[first.name]
     compared = layer_pass.compared[first.name]
-    layer = first.name.removesuffix(" (input)") if compared.kind == "input" else first.name
+    layer, pick = layer_pass.source(
+        first.name.removesuffix(" (input)") if compared.kind == "input" else first.name
+    )
     module = passes.taps.targets.get(layer) if first.name != layer_pass.output_name else None
     captured: list[torch.Tensor] = []
 
     def capture(name: str, inputs: Any, tensor: torch.Tensor) -> None:
-        read = first_tensor(inputs) if compared.kind == "input" else tensor
+        read = first_tensor(inputs) if compared.kind == "input" else pick(passes.taps.returned, tensor)
         if name == layer and not captured and read is not None:
             captured.append(read.detach().clone())
 
-    passes.taps.start(1, capture)
+    alone = rows_of(passes.x, slice(0, 1))
+    passes.taps.start(1, capture, _nodes(alone))
     try:
-        result, _ = call_until(passes.model, rows_of(passes.x, slice(0, 1)), module or passes.stop)
+        result, _ = call_until(passes.model, alone, module or passes.stop)
     except Exception as exc:  # a model that needs more than one sample: two passes of N
         return (
             f"the model raised {type(exc).__name__} on x[:1] alone ({exc}), so its outputs may depend on "
             "the batch a sample is in; the profile ran x and its moved copy in two separate passes"
         )
-    alone = first_tensor(result) if module is None else (captured[0] if captured else None)
-    if alone is None or alone.shape != joint.shape:
+    read = first_tensor(result) if module is None else (captured[0] if captured else None)
+    if read is None or read.shape != joint.shape:
         return None
-    diff = (alone.detach().double() - joint.double()).square().sum().reshape(1, 1)
+    diff = (read.detach().double() - joint.double()).square().sum().reshape(1, 1)
     ref = joint.double().square().sum().reshape(1, 1)
     errors, absolute = sample_errors(diff, ref, torch.tensor([[float(max(1, joint.numel()))]]))
     # kernels that round differently by batch size stay far below the tolerance; a batch statistic or
@@ -398,6 +415,11 @@ class LayerPass:
     def other_sizes(self) -> Hook | None:
         """Where outputs without the batch axis first go: nowhere on grids (they are not layers' maps)."""
         return None
+
+    def source(self, row: str) -> tuple[str, Callable[[Any, torch.Tensor], torch.Tensor | None]]:
+        """The layer whose output a row compares, and how to take the row's tensor from what the layer
+        returned and its first tensor (on grids: the row is the layer's, its first tensor)."""
+        return row, lambda _returned, tensor: tensor
 
     def judged(
         self, pool: LayerSums, request: LayerRequest, tolerance: Tolerance, make: Callable[..., L]
