@@ -31,6 +31,7 @@ from equivariance.check import check_equivariance, check_invariance
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, ChannelsLast, Layout, Tokens, as_layout
 from equivariance.report import EquivarianceReport
+from equivariance.transforms import Flip, Rot90, Transpose
 
 __all__ = ["load_factory", "load_input", "main"]
 
@@ -356,7 +357,18 @@ def _group_samples() -> dict[str, Any]:
         kinds
         | {name: getattr(permutations, name) for name in ("Permutations", "NodePermutations", "Permutation")}
         | {"Rotation": euclidean.Rotation, "Translation": euclidean.Translation}
+        | GRID_TRANSFORMS
     )
+
+
+GRID_TRANSFORMS = {"Rot90": Rot90, "Flip": Flip, "Transpose": Transpose}
+"""The ``--transforms`` of a grid (without ``--inputs``): the input rotated, flipped or transposed."""
+
+
+def _of_grids(transforms: Any) -> bool:
+    """Whether ``--transforms`` are transforms of a grid (``'Rot90(1), Flip(-1)'``)."""
+    listed = transforms if isinstance(transforms, tuple | list) else [transforms]
+    return all(isinstance(t, tuple(GRID_TRANSFORMS.values())) for t in listed)
 
 
 def _transforms(text: str) -> Any:
@@ -586,7 +598,7 @@ def _point_options(check: argparse.ArgumentParser) -> None:
     group = next(g for g in check._action_groups if g.title == "what to check")
     group.add_argument(
         "--transforms", type=_transforms, default=None, metavar="G",
-        help="points: so3:64, e3:64, node-permutations:8, ...",
+        help="so3:64, e3:64, ..., or 'Rot90(1), Flip(-1)'",
     )  # fmt: skip
     group.add_argument("--inputs", type=_fields, default=None, metavar="FIELDS",
                        help="their field types: 'Positions(), Scalars()'")  # fmt: skip
@@ -741,12 +753,14 @@ def _check(args: argparse.Namespace) -> int:
         layer=args.layer, output=args.select, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size
     )
     grid: dict[str, Any] = {}
-    if args.transforms is not None:  # points, sets and graphs: no grid options (refused in _settle)
+    if args.inputs is not None:  # points, sets and graphs (with --transforms): no grid options
         options |= dict(transforms=_elements(args.transforms, args.seed), inputs=args.inputs)
         grid = {} if args.invariance else {"outputs": args.outputs}
     else:
         max_shift = None if args.max_shift is None else _one_or_tuple(args.max_shift)
         options |= dict(max_shift=max_shift, boundary=args.boundary or "zeros")
+        if args.transforms is not None:  # rotations and flips of the grid, which the check may refuse
+            options["transforms"] = _elements(args.transforms, args.seed)
         grid = dict(
             stride=_one_or_tuple(args.stride or (1,)), margin=_one_or_tuple(args.margin or (0,)),
             layout=args.layout,
@@ -762,11 +776,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _elements(transforms: Any, seed: int) -> Any:
-    """``--transforms``: a group sample by ``NAME:COUNT`` (seeded by ``--seed``), or as written."""
+    """``--transforms``: a group sample by ``NAME:COUNT`` (seeded by ``--seed``), or as written (one
+    element, or several separated by commas, as a list)."""
     if isinstance(transforms, tuple) and len(transforms) == 2 and isinstance(transforms[0], str):
         name, count = transforms
         return _group_samples()[name](count, seed=seed)
-    return transforms
+    if isinstance(transforms, tuple):
+        return list(transforms)
+    return transforms if isinstance(transforms, Sequence) else [transforms]
 
 
 def _progress_shown(args: argparse.Namespace) -> bool:
@@ -848,8 +865,8 @@ def _points_or_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     points = [
         f"--{n}" for n in ("transforms", "inputs", "outputs", "example") if getattr(args, n) is not None
     ]
-    if not points:
-        return
+    if not points or (points == ["--transforms"] and _of_grids(args.transforms)):
+        return  # a grid's check: of shifts, or of rotations and flips
     if args.transforms is None:
         parser.error(
             f"argument {points[0]}: a check of points, sets or graphs moves the model's arguments by the "
@@ -859,7 +876,8 @@ def _points_or_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         parser.error(
             "argument --transforms: the elements move the model's arguments by their field types; pass "
             "--inputs, e.g. --inputs 'Positions()' for one tensor of points, or --inputs 'Positions(), "
-            "Scalars()' for the arguments of --example"
+            "Scalars()' for the arguments of --example (a grid's --transforms are Rot90, Flip and "
+            "Transpose)"
         )
     if args.outputs is None and not args.invariance:
         parser.error(

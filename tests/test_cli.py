@@ -855,3 +855,25 @@ def test_a_bad_example_is_a_usage_error_that_says_what_to_return(
     err = capsys.readouterr().err
     assert err.startswith("equivariance: error:")
     assert re.search(message, err), err
+
+
+def test_transforms_of_a_grid_rotate_and_flip_it(capsys: pytest.CaptureFixture[str]) -> None:
+    grid = ["--input-shape", "2,1,8,8", "--transforms", "Rot90(1), Flip(-1)", "-q"]
+    assert main(["check", "torch.nn:Identity", *grid]) == 0
+    assert "equivariance check PASSED: Identity, 2 transforms" in capsys.readouterr().out
+    conv = [
+        "--arg",
+        "in_channels=1",
+        "--arg",
+        "out_channels=2",
+        "--arg",
+        "kernel_size=3",
+        "--arg",
+        "padding=1",
+    ]
+    assert main(["check", "torch.nn:Conv2d", *conv, *grid]) == 1  # a learned kernel is not symmetric
+    assert main(["check", "torch.nn:Flatten", *grid, "--invariance"]) == 1
+    assert main(["check", "torch.nn:Identity", *grid, "--max-shift", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "transforms= replaces the shifts, so max_shift cannot be passed with it" in err
+    assert "on the command line: transforms= is --transforms" in err
