@@ -31,6 +31,7 @@ from equivariance.check import check_equivariance, check_invariance
 from equivariance.errors import InvalidArgument
 from equivariance.layouts import ChannelsFirst, ChannelsLast, Layout, Tokens, as_layout
 from equivariance.report import EquivarianceReport
+from equivariance.transforms import Flip, Rot90, Transpose
 
 __all__ = ["load_factory", "load_input", "main"]
 
@@ -295,6 +296,94 @@ def _layout(text: str) -> Layout:
         ) from None
 
 
+def _python(text: str, names: Mapping[str, Any], option: str, example: str) -> Any:
+    """``text`` evaluated as Python made of literals, tuples, lists, dicts and calls of ``names`` only
+    (what ``--inputs``, ``--outputs`` and ``--transforms`` take), never as code of its own."""
+
+    def value(node: ast.expr) -> Any:
+        if isinstance(node, ast.Constant) or (
+            isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd)
+        ):
+            return ast.literal_eval(node)
+        if isinstance(node, ast.Tuple | ast.List):
+            items = [value(item) for item in node.elts]
+            return tuple(items) if isinstance(node, ast.Tuple) else items
+        if isinstance(node, ast.Dict) and all(key is not None for key in node.keys):
+            return {value(k): value(v) for k, v in zip(node.keys, node.values) if k is not None}
+        if isinstance(node, ast.Call) and _named(node.func, names):
+            keywords = {k.arg: value(k.value) for k in node.keywords if k.arg is not None}
+            return _named(node.func, names)(*map(value, node.args), **keywords)
+        raise ValueError(ast.unparse(node))
+
+    try:
+        return value(ast.parse(text.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, TypeError, InvalidArgument) as exc:
+        found = f" ({exc})" if isinstance(exc, InvalidArgument | TypeError) else ""
+        if isinstance(exc, ValueError) and not isinstance(exc, InvalidArgument):
+            found = f" ({exc} is none of them)"
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(names)} written as in Python, found {text!r}{found}; e.g. {option} "
+            f"{example!r}"
+        ) from None
+
+
+def _named(node: ast.expr, names: Mapping[str, Any]) -> Any:
+    """What ``node`` names among ``names``: ``Name`` or a public ``Name.method`` (``Rotation.about``)."""
+    if isinstance(node, ast.Name):
+        return names.get(node.id)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and not node.attr.startswith("_"):
+        return getattr(names.get(node.value.id), node.attr, None) if node.value.id in names else None
+    return None
+
+
+def _fields(text: str) -> Any:
+    import equivariance.fields as fields
+
+    kinds = ("Positions", "Vectors", "Scalars", "Pseudovectors", "Pseudoscalars", "Irreps", "EdgeIndex")
+    return _python(text, {k: getattr(fields, k) for k in kinds}, "--inputs", "Positions(), Scalars()")
+
+
+SAMPLES = {"so2": "SO2", "o2": "O2", "so3": "SO3", "o3": "O3", "se3": "SE3", "e3": "E3",
+           "node-permutations": "NodePermutations"}  # fmt: skip
+"""``--transforms NAME:COUNT``: the group samples that need no more than a count."""
+
+
+def _group_samples() -> dict[str, Any]:
+    import equivariance.euclidean as euclidean
+    import equivariance.permutations as permutations
+
+    kinds = {name: getattr(euclidean, name) for name in ("SO2", "O2", "SO3", "O3", "SE3", "E3")}
+    return (
+        kinds
+        | {name: getattr(permutations, name) for name in ("Permutations", "NodePermutations", "Permutation")}
+        | {"Rotation": euclidean.Rotation, "Translation": euclidean.Translation}
+        | GRID_TRANSFORMS
+    )
+
+
+GRID_TRANSFORMS = {"Rot90": Rot90, "Flip": Flip, "Transpose": Transpose}
+"""The ``--transforms`` of a grid (without ``--inputs``): the input rotated, flipped or transposed."""
+
+
+def _of_grids(transforms: Any) -> bool:
+    """Whether ``--transforms`` are transforms of a grid (``'Rot90(1), Flip(-1)'``)."""
+    listed = transforms if isinstance(transforms, tuple | list) else [transforms]
+    return all(isinstance(t, tuple(GRID_TRANSFORMS.values())) for t in listed)
+
+
+def _transforms(text: str) -> Any:
+    """``NAME:COUNT`` (seeded by ``--seed`` later) or the library's spelling, ``SO3(64, seed=0)``."""
+    name, colon, count = text.strip().partition(":")
+    if colon:
+        if name.lower() not in SAMPLES or not count.strip().isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME:COUNT with NAME one of {', '.join(SAMPLES)} and COUNT a positive integer, "
+                f"found {text!r}; e.g. --transforms so3:64, or 'Permutations(16, n=6)' as in Python"
+            )
+        return (SAMPLES[name.lower()], int(count))
+    return _python(text, _group_samples(), "--transforms", "SO3(64, seed=0)")
+
+
 class _Formatter(argparse.HelpFormatter):
     """Wraps each paragraph on its own, keeps the examples' lines, and appends an option's default."""
 
@@ -334,6 +423,8 @@ CHECK_EXAMPLES = _examples(
     "equivariance check mymodels:cnn --input-shape 8,3,64,64 --max-shift 4",
     "equivariance check mymodels:vit --input-shape 2,3,224,224 --layout tokens",
     "equivariance check mymodels:seg --input scan.npy --select masks -o report.json",
+    "equivariance check mols:Net --example mols:batch --transforms e3:64 \\\n"
+    "    --inputs 'Positions(), Scalars()' --outputs 'Scalars(nodes=None), Vectors()'",
 )
 PROFILE_EXAMPLES = _examples(
     "equivariance profile mymodels:build --input-shape 2,3,64,64 --shift 1,0",
@@ -361,16 +452,18 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="check a model's equivariance (or invariance) over many shifts",
-        usage="%(prog)s MODEL (--input-shape SHAPE | --input FILE) [options]",
-        description="Check a model's equivariance (or invariance) over every shift of a box. "
+        usage="%(prog)s MODEL (--input-shape S | --input F | --example FN) ...",
+        description="Check a model's equivariance (or invariance) over the shifts of a grid, or over "
+        "--transforms of points. "
         + EXIT_CODES.format(what="the check", fails="it")
         + "\n\n"
         + CHECK_EXAMPLES,
         formatter_class=_Formatter,
         add_help=False,
     )
-    _model_and_input(check)
+    _model_and_input(check, example=True)
     _check_options(check)
+    _point_options(check)
     _tolerances(check, batch_size=True)
     _output_options(check, progress=True)
     profile = commands.add_parser(
@@ -408,7 +501,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_and_input(parser: argparse.ArgumentParser) -> None:
+def _model_and_input(parser: argparse.ArgumentParser, *, example: bool = False) -> None:
     group = parser.add_argument_group("model and input")
     group.add_argument("model", metavar="MODEL", help="PKG.MODULE:FACTORY, e.g. equivariance.models:LeNet")
     group.add_argument(
@@ -427,6 +520,10 @@ def _model_and_input(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--input", metavar="FILE", help="a real input: .pt, .npy (N, C, *spatial) or an image"
     )
+    if example:
+        source.add_argument(
+            "--example", metavar="FN", help="PKG.MODULE:FN that returns the model's arguments"
+        )
     group.add_argument(
         "--border", type=_non_negative, default=0, metavar="B", help="zero B samples at each input edge"
     )
@@ -451,12 +548,14 @@ def _check_options(check: argparse.ArgumentParser) -> None:
         help="every shift in [-N, N] (default: 2 strides)",
     )
     group.add_argument(
-        "--stride", type=_ints_or_auto, default=(1,), metavar="S", help="the output's subsampling, or auto"
-    )
+        "--stride", type=_ints_or_auto, default=None, metavar="S",
+        help="the output's subsampling, or auto (default: 1)",
+    )  # fmt: skip
     group.add_argument(
-        "--margin", type=_ints_or_auto, default=(0,), metavar="M", help="edge samples dropped, or auto"
-    )
-    _boundary(group)
+        "--margin", type=_ints_or_auto, default=None, metavar="M",
+        help="edge samples dropped, or auto (default: 0)",
+    )  # fmt: skip
+    _boundary(group, default=None)
     group.add_argument("--layer", default=None, metavar="NAME", help="check this submodule's output")
     group.add_argument(
         "--select",
@@ -485,14 +584,26 @@ def _check_options(check: argparse.ArgumentParser) -> None:
     group.add_argument("--invariance", action="store_true", help="check that the output does not move")
 
 
-def _boundary(group: argparse._ActionsContainer) -> None:
+def _boundary(group: argparse._ActionsContainer, default: str | None = "zeros") -> None:
     group.add_argument(
         "--boundary",
         choices=("zeros", "circular"),
-        default="zeros",
+        default=default,
         metavar="B",
-        help="zeros (a canvas) or circular",
+        help="zeros (a canvas) or circular" + (" (default: zeros)" if default is None else ""),
     )
+
+
+def _point_options(check: argparse.ArgumentParser) -> None:
+    group = next(g for g in check._action_groups if g.title == "what to check")
+    group.add_argument(
+        "--transforms", type=_transforms, default=None, metavar="G",
+        help="so3:64, e3:64, ..., or 'Rot90(1), Flip(-1)'",
+    )  # fmt: skip
+    group.add_argument("--inputs", type=_fields, default=None, metavar="FIELDS",
+                       help="their field types: 'Positions(), Scalars()'")  # fmt: skip
+    group.add_argument("--outputs", type=_fields, default=None, metavar="FIELDS",
+                       help="the outputs': 'Scalars(nodes=None), Vectors()'")  # fmt: skip
 
 
 def _tolerances(parser: argparse.ArgumentParser, *, batch_size: bool) -> None:
@@ -587,12 +698,42 @@ def _input(args: argparse.Namespace) -> torch.Tensor:
         raise InvalidArgument(f"cannot use --device {args.device}: {exc}") from None
 
 
-def _model_and_x(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
+def _model_and_x(args: argparse.Namespace) -> tuple[Any, Any]:
     model = load_factory(args.model, dict(args.arguments))
-    x = _input(args)
+    x = _example(args) if getattr(args, "example", None) is not None else _input(args)
     if isinstance(model, torch.nn.Module):
-        model = model.to(device=x.device, dtype=x.dtype)
+        model = model.to(device=args.device, dtype=getattr(torch, args.dtype))
     return model, x
+
+
+def _example(args: argparse.Namespace) -> Any:
+    """What ``--example PKG.MODULE:FN`` returns (``FN()``, torch seeded by ``--seed``), its floating
+    tensors in ``--dtype`` on ``--device``."""
+    torch.manual_seed(args.seed)
+    try:
+        x = load_factory(args.example)
+    except InvalidArgument as error:
+        raise InvalidArgument(f"--example: {error}") from None
+    dtype = getattr(torch, args.dtype)
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(args.device, dtype) if value.is_floating_point() else value.to(args.device)
+        if isinstance(value, tuple | list):
+            return type(value)(moved(v) for v in value)
+        if isinstance(value, Mapping):
+            return {key: moved(v) for key, v in value.items()}
+        if not isinstance(value, torch.nn.Module) and callable(getattr(value, "apply", None)):  # a Data
+            return value.to(args.device).apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
+        raise InvalidArgument(
+            f"--example {args.example} returned {type(value).__name__}; return the model's arguments: a "
+            "tensor, a tuple or list of them (positional), a dict (keyword) or a torch_geometric Data/Batch"
+        )
+
+    try:
+        return moved(x)
+    except (RuntimeError, AssertionError) as exc:
+        raise InvalidArgument(f"cannot use --device {args.device}: {exc}") from None
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -609,25 +750,40 @@ def _profile(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     model, x = _model_and_x(args)
     options: dict[str, Any] = dict(
-        max_shift=None if args.max_shift is None else _one_or_tuple(args.max_shift),
-        boundary=args.boundary,
-        layer=args.layer,
-        output=args.select,
-        rtol=args.rtol,
-        atol=args.atol,
-        batch_size=args.batch_size,
+        layer=args.layer, output=args.select, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size
     )
+    grid: dict[str, Any] = {}
+    if args.inputs is not None:  # points, sets and graphs (with --transforms): no grid options
+        options |= dict(transforms=_elements(args.transforms, args.seed), inputs=args.inputs)
+        grid = {} if args.invariance else {"outputs": args.outputs}
+    else:
+        max_shift = None if args.max_shift is None else _one_or_tuple(args.max_shift)
+        options |= dict(max_shift=max_shift, boundary=args.boundary or "zeros")
+        if args.transforms is not None:  # rotations and flips of the grid, which the check may refuse
+            options["transforms"] = _elements(args.transforms, args.seed)
+        grid = dict(
+            stride=_one_or_tuple(args.stride or (1,)), margin=_one_or_tuple(args.margin or (0,)),
+            layout=args.layout,
+        )  # fmt: skip
     report: EquivarianceReport
     with contextlib.nullcontext() if _progress_shown(args) else progress_off():
         if args.invariance:
             report = check_invariance(model, x, **options)
         else:
-            report = check_equivariance(
-                model, x, stride=_one_or_tuple(args.stride), margin=_one_or_tuple(args.margin),
-                layout=args.layout, **options,
-            )  # fmt: skip
+            report = check_equivariance(model, x, **grid, **options)
     _emit(args, report.summary(), str(report) + _options_named(report.hints), report.to_dict())
     return EXIT_PASSED if report.passed else EXIT_FAILED
+
+
+def _elements(transforms: Any, seed: int) -> Any:
+    """``--transforms``: a group sample by ``NAME:COUNT`` (seeded by ``--seed``), or as written (one
+    element, or several separated by commas, as a list)."""
+    if isinstance(transforms, tuple) and len(transforms) == 2 and isinstance(transforms[0], str):
+        name, count = transforms
+        return _group_samples()[name](count, seed=seed)
+    if isinstance(transforms, tuple):
+        return list(transforms)
+    return transforms if isinstance(transforms, Sequence) else [transforms]
 
 
 def _progress_shown(args: argparse.Namespace) -> bool:
@@ -646,6 +802,9 @@ OPTION_OF = {
     "batch_size=": "--batch-size",
     "boundary=": "--boundary",
     "check_invariance": "--invariance",
+    "transforms=": "--transforms",
+    "inputs=": "--inputs",
+    "outputs=": "--outputs",
 }
 
 
@@ -694,7 +853,47 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.json or (args.format is None and args.output and Path(args.output).suffix.lower() == ".json"):
         args.format = "json"
     if args.command == "check":
+        _points_or_grid(args, parser)
         args.layout = _tokens_layout(args, parser)
+
+
+GRID_OPTIONS = ("max_shift", "stride", "margin", "boundary", "layout", "grid", "prefix", "border")
+
+
+def _points_or_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A check of points (``--transforms`` with ``--inputs``) takes no grid option, and needs both."""
+    points = [
+        f"--{n}" for n in ("transforms", "inputs", "outputs", "example") if getattr(args, n) is not None
+    ]
+    if not points or (points == ["--transforms"] and _of_grids(args.transforms)):
+        return  # a grid's check: of shifts, or of rotations and flips
+    if args.transforms is None:
+        parser.error(
+            f"argument {points[0]}: a check of points, sets or graphs moves the model's arguments by the "
+            "elements of --transforms; pass it, e.g. --transforms so3:64 (or e3:64, node-permutations:8)"
+        )
+    if args.inputs is None:
+        parser.error(
+            "argument --transforms: the elements move the model's arguments by their field types; pass "
+            "--inputs, e.g. --inputs 'Positions()' for one tensor of points, or --inputs 'Positions(), "
+            "Scalars()' for the arguments of --example (a grid's --transforms are Rot90, Flip and "
+            "Transpose)"
+        )
+    if args.outputs is None and not args.invariance:
+        parser.error(
+            "argument --transforms: pass --outputs, the field type of each output (e.g. --outputs "
+            "'Scalars(nodes=None), Vectors()'), or --invariance for outputs that must not change"
+        )
+    if args.outputs is not None and args.invariance:
+        parser.error("argument --outputs: --invariance compares every output unmoved; drop one of them")
+    defaults = {"border": 0}
+    given = [name for name in GRID_OPTIONS if getattr(args, name) not in (None, defaults.get(name))]
+    if given:
+        shown = "--" + given[0].replace("_", "-")
+        parser.error(
+            f"argument {shown}: an option of grids (shifts); a check of --transforms moves points and "
+            "graphs, so drop it"
+        )
 
 
 def _tokens_layout(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Layout | None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from equivariance._engine import arguments as _arguments
 from equivariance._engine.diagnosis import JUNCTION, junction_name
+from equivariance._engine.distances import DistanceRules, Wrap
 from equivariance._engine.forward import Forward, OutputSelector
 from equivariance._engine.grids import Stride, shown
 from equivariance._engine.judge import relative_sizes, sample_scale, scaled, squared_norms
@@ -368,21 +369,28 @@ class _Setup:
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(f(x), L f(x))``, chunk by chunk, isolated like a check."""
         outputs, derivatives = [], []
-        watch = TangentWatch(self.forward.model)
+        watch, rules = TangentWatch(self.forward.model), DistanceRules()
         with Runner(self.forward.model), forward_mode():
             for start in range(0, len(self.x), self.batch_size):
-                base, derivative = self._chunk(self.x[start : start + self.batch_size], watch)
+                base, derivative = self._chunk(self.x[start : start + self.batch_size], watch, rules)
                 outputs.append(base)
                 derivatives.append(derivative)
         warn_cuts(watch, stacklevel=4)
         return torch.cat(outputs), torch.cat(derivatives)
 
-    def _chunk(self, x: torch.Tensor, watch: TangentWatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk(
+        self, x: torch.Tensor, watch: TangentWatch, rules: DistanceRules
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         spatial = tuple(x.shape[2:])
         tangent = self.generator.apply(x, (1,) * len(spatial))
-        given_x = x.clone()
-        with Follower(given_x).following(self.forward.model) as follower:
-            base, pushed = pushforward(lambda v: floating(self.forward(v)), given_x, tangent, watch)
+
+        def attempt(wrap: Wrap) -> tuple[torch.Tensor, torch.Tensor, Follower]:
+            given_x = x.clone()
+            with Follower(given_x).following(self.forward.model) as follower:
+                pushed = pushforward(wrap(lambda v: floating(self.forward(v))), given_x, tangent, watch)
+            return (*pushed, follower)
+
+        base, pushed, follower = rules.run(attempt)
         stride = self._output_stride(tuple(base.shape), follower.stride(base))
         derivative = (pushed - _moved(self.generator, base, stride)).detach()
         check_derivative(base.detach(), derivative)
@@ -478,21 +486,25 @@ class _Points:
         row), chunk by chunk, isolated like a check."""
         bases: list[list[torch.Tensor]] = []
         derivatives: list[list[torch.Tensor]] = []
-        watch = TangentWatch(self.forward.model)
+        watch, rules = TangentWatch(self.forward.model), DistanceRules()
         with Runner(self.forward.model), forward_mode():
             for start in range(0, len(self.arguments), self.batch_size):
                 chunk = self.arguments.select(slice(start, start + self.batch_size)).snapshot()
-                base, derivative = self._chunk(chunk, watch)
+                base, derivative = self._chunk(chunk, watch, rules)
                 bases.append(base)
                 derivatives.append(derivative)
         warn_cuts(watch, stacklevel=4)
         return [torch.cat(p) for p in zip(*bases)], [torch.cat(p) for p in zip(*derivatives)]
 
-    def _chunk(self, call: Call, watch: TangentWatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _chunk(
+        self, call: Call, watch: TangentWatch, rules: DistanceRules
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         tensors, tangents, rebuild = _duals(call, self.moving, self.generator)
-        base, pushed = pushforward(
-            lambda duals: floating(self.forward(rebuild(duals), detach=False)), tensors, tangents, watch,
-            POINT_LIMIT,
+        base, pushed = rules.run(
+            lambda wrap: pushforward(
+                wrap(lambda duals: floating(self.forward(rebuild(duals), detach=False))), tensors, tangents,
+                watch, POINT_LIMIT,
+            )
         )  # fmt: skip
         parts = self.forward.parts
         assert parts is not None
@@ -942,15 +954,18 @@ def _contributions(
 
     watch = TangentWatch(forward.model, normalizations=False)  # under vmap: no branching on values
 
-    def along(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        result: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
-            lambda t: _conjugated(forward, x.clone(), plain, t, watch), (s,), (direction,)
-        )
-        return result
+    def along(wrap: Wrap) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        def jvp(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            result: tuple[torch.Tensor, torch.Tensor] = torch.func.jvp(  # type: ignore[assignment]
+                wrap(lambda t: _conjugated(forward, x.clone(), plain, t, watch)), (s,), (direction,)
+            )
+            return result
+
+        return jvp
 
     try:
         with watch:
-            bases, parts = torch.func.vmap(along)(basis)
+            bases, parts = DistanceRules().run(lambda wrap: torch.func.vmap(along(wrap))(basis))
     except InvalidArgument as exc:
         raise not_implemented(exc) from exc.__cause__
     except Exception as exc:

@@ -69,6 +69,19 @@ def equivariance_loss(
     by its field type, and its value in eval mode is the mean of
     ``equivariance_error(model, x, g, inputs=..., outputs=..., reduction="none") ** 2``.
 
+    Both equalities assume that a sample's output does not depend on where
+    it sits in the batch. ``equivariance_error`` runs ``x`` and each
+    element's copies in passes laid out as ``x``; the loss runs ``x`` and
+    all ``k`` elements' copies in one pass of ``(k + 1) N`` samples, copy
+    ``j`` of sample ``i`` at place ``(j + 1) N + i``. A model that reads a
+    sample's place (a node's index in the whole torch_geometric ``Batch``,
+    ``torch.arange`` over the batch) sees other places in the loss's pass,
+    so its loss is larger than the mean squared error, and nonzero even
+    where that error is zero (a rotation, which leaves the indices as they
+    are). ``batch_size=len(x)`` runs each element's copies in a pass of
+    their own, laid out as ``x``, and gives ``equivariance_error``'s value
+    again, at ``k + 1`` passes.
+
     Examples:
         >>> import torch
         >>> torch.manual_seed(0) and None

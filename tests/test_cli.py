@@ -239,7 +239,7 @@ def test_every_subcommand_documents_its_options_defaults_and_examples(
     assert undocumented == []
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
-    examples = out.split("examples:\n")[1].split("\n\n")[0].splitlines()
+    examples = out.split("examples:\n")[1].split("\n\n")[0].replace("\\\n", "").splitlines()
     assert len(examples) >= 2
     assert all(line.startswith(f"  equivariance {command} ") for line in examples)
     with_defaults = [
@@ -457,7 +457,10 @@ def _pt(path: Path, value: object) -> Path:
             "argument --rtol: expected a finite non-negative number, found '-1'",
         ),
         (["check", *LENET, "--input", "x.pt"], "argument --input: not allowed with argument --input-shape"),
-        (["check", "equivariance.models:LeNet"], "one of the arguments --input-shape --input is required"),
+        (
+            ["check", "equivariance.models:LeNet"],
+            "one of the arguments --input-shape --input --example is required",
+        ),
         (["demo", "--epochs", "0"], "argument --epochs: expected a positive integer, found '0'"),
         (["demo", "--max-shift", "-1"], "argument --max-shift: expected a non-negative integer, found '-1'"),
     ],
@@ -544,7 +547,9 @@ def test_output_options_are_checked_before_any_work(
     monkeypatch.setattr(cli, "check_equivariance", _refuse_to_check)
     assert main(["check", *LENET, *argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: equivariance check MODEL (--input-shape SHAPE | --input FILE) [options]\n")
+    assert err.startswith(
+        "usage: equivariance check MODEL (--input-shape S | --input F | --example FN) ...\n"
+    )
     assert f"equivariance check: error: {message}" in err
 
 
@@ -592,11 +597,11 @@ def test_check_help_fits_a_screen_with_examples_first_and_options_grouped(
     assert main(["check", "--help"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert len(lines) <= 48, len(lines)
+    assert len(lines) <= 52, len(lines)  # a screen of a maximized terminal, with the options of points
     assert max(len(line) for line in lines) <= 80
     headings = [line for line in lines if line and not line.startswith(" ") and line.endswith(":")]
     assert headings == ["examples:", "model and input:", "what to check:", "tolerance and speed:", "output:"]
-    assert lines[0] == "usage: equivariance check MODEL (--input-shape SHAPE | --input FILE) [options]"
+    assert lines[0] == "usage: equivariance check MODEL (--input-shape S | --input F | --example FN) ..."
 
 
 @pytest.mark.parametrize(
@@ -705,3 +710,170 @@ def test_bad_layouts_are_usage_errors(
 ) -> None:
     assert main([*tokenizer, *argv]) == 2
     assert f"equivariance check: error: {message}" in capsys.readouterr().err
+
+
+# -- points, sets and graphs (issue 25) ------------------------------------------------------------------
+
+CLI_PAGE = Path(__file__).parents[1] / "docs" / "cli.md"
+POINT_FIELDS = ["--inputs", "Positions(), Scalars()", "--outputs", "Scalars(nodes=None), Vectors()"]
+
+
+def _page_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """docs/cli.md's ``mols.py``, written to the current directory, and its console transcript."""
+    page = CLI_PAGE.read_text()
+    module = re.search(r"```python\n(# mols\.py\n.*?)```", page, re.DOTALL)
+    console = re.search(r"```console\n(.*?)```", page, re.DOTALL)
+    assert module is not None
+    assert console is not None
+    (tmp_path / "mols.py").write_text(module.group(1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = console.group(1).replace("\\\n", "")
+    return re.findall(r"^\$ (.*)\n((?:(?!\$ ).*\n)*)", text, re.MULTILINE)
+
+
+def test_the_pages_point_example_passes_and_its_leak_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import doctest
+    import shlex
+
+    runs = _page_example(tmp_path, monkeypatch)
+    assert len(runs) == 2
+    for (command, expected), code in zip(runs, (0, 1)):
+        argv = shlex.split(command)
+        assert main(argv[1:]) == code  # the leak is a negative control: it must fail
+        out = capsys.readouterr().out
+        assert doctest.OutputChecker().check_output(expected, out, doctest.ELLIPSIS), out
+
+
+def test_one_tensor_of_points_random_or_from_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    points = ["--input-shape", "4,6,3", "--transforms", "so3:8", "--inputs", "Positions()", "-q"]
+    assert main(["check", "torch.nn:Identity", *points, "--outputs", "Positions()"]) == 0
+    assert "equivariance check PASSED: Identity, 8 rotations" in capsys.readouterr().out
+    # a linear map of the coordinates is not rotation-equivariant; its flattening is not invariant
+    assert main(["check", "torch.nn:Linear", "--arg", "in_features=3", "--arg", "out_features=3", *points,
+                 "--outputs", "Vectors()"]) == 1  # fmt: skip
+    assert main(["check", "torch.nn:Flatten", *points, "--invariance"]) == 1
+    assert "invariance check FAILED: Flatten, 8 rotations, 8 failed" in capsys.readouterr().out
+    torch.save(torch.randn(3, 5, 3), tmp_path / "pos.pt")
+    sets = ["--transforms", "Permutations(8, n=5)", "--inputs", "Positions()", "--outputs", "Positions()"]
+    assert main(["check", "torch.nn:Identity", "--input", str(tmp_path / "pos.pt"), *sets, "-q"]) == 0
+    pooled = ["--input", str(tmp_path / "pos.pt"), "--transforms", "Permutations(8, n=5)"]
+    assert main(["check", "torch.nn:Flatten", *pooled, "--inputs", "Positions()", "--invariance"]) == 1
+
+
+def test_a_graph_of_torch_geometric_from_an_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch_geometric")
+    (tmp_path / "graphs_here.py").write_text(
+        "import torch\nfrom torch_geometric.data import Batch, Data\n\n"
+        "def graphs():\n"
+        "    ring = lambda n: torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])\n"
+        "    return Batch.from_data_list([Data(pos=torch.randn(n, 3), edge_index=ring(n)) for n in (4, 6)])\n\n"
+        "def messages(index=False):\n"
+        "    def forward(data):\n"
+        "        src, dst = data.edge_index\n"
+        "        w = (data.pos[src] - data.pos[dst]).norm(dim=-1, keepdim=True)\n"
+        "        if index:  # the node's place in its own graph: breaks permutations\n"
+        "            w = w + 0.3 * (src - data.ptr[data.batch[src]]).unsqueeze(-1)\n"
+        "        return torch.zeros_like(data.pos).index_add(0, src, w * (data.pos[src] - data.pos[dst]))\n"
+        "    return forward\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fields = ["--inputs", "{'pos': Positions(nodes=0), 'edge_index': EdgeIndex()}", "--outputs",
+              "Vectors(nodes=0)", "--example", "graphs_here:graphs", "--dtype", "float64", "-q"]  # fmt: skip
+    for transforms in ("node-permutations:4", "so3:8"):
+        assert main(["check", "graphs_here:messages", *fields, "--transforms", transforms]) == 0
+    capsys.readouterr()
+    broken = ["check", "graphs_here:messages", "--arg", "index=True", *fields]
+    assert main([*broken, "--transforms", "node-permutations:4"]) == 1
+    assert main([*broken, "--transforms", "so3:8"]) == 0  # the index breaks permutations, not rotations
+    assert "FAILED" in capsys.readouterr().out
+
+
+def _module_and_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    _page_example(tmp_path, monkeypatch)
+    return ["check", "mols:PairPotential", "--example", "mols:molecules"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (POINT_FIELDS, r"argument --inputs: .* pass it, e\.g\. --transforms so3:64"),
+        (["--transforms", "e3:8"], r"argument --transforms: .* pass --inputs, e\.g\. --inputs 'Positions\(\)'"),
+        (["--transforms", "e3:8", "--inputs", "Positions(), Scalars()"],
+         r"argument --transforms: pass --outputs, .* or --invariance"),
+        (["--transforms", "e3:8", *POINT_FIELDS, "--invariance"], r"argument --outputs: --invariance compares"),
+        (["--transforms", "e3:8", *POINT_FIELDS, "--max-shift", "2"],
+         r"argument --max-shift: an option of grids \(shifts\); .* drop it"),
+        (["--transforms", "e3:8", *POINT_FIELDS, "--boundary", "circular"], r"argument --boundary: an option of"),
+        (["--transforms", "so4:8", *POINT_FIELDS], r"expected NAME:COUNT with NAME one of so2, .* found 'so4:8'"),
+        (["--transforms", "e3:0", *POINT_FIELDS], r"COUNT a positive integer, found 'e3:0'"),
+        (["--transforms", "Permutations(16)", *POINT_FIELDS],
+         r"found 'Permutations\(16\)' \(.*missing 1 required keyword-only argument: 'n'\)"),
+        (["--transforms", "e3:8", "--inputs", "Positions(), Scalers()", "--outputs", "Vectors()"],
+         r"argument --inputs: expected Positions, .* found 'Positions\(\), Scalers\(\)' \(Scalers\(\) is none"),
+        (["--transforms", "e3:8", "--inputs", "__import__('os').getcwd()", "--outputs", "Vectors()"],
+         r"argument --inputs: expected Positions, .* is none of them"),
+        (["--transforms", "Rotation.__init__.__globals__", *POINT_FIELDS], r"is none of them"),
+    ],
+    ids=["no-transforms", "no-inputs", "no-outputs", "outputs-and-invariance", "max-shift", "boundary",
+         "unknown-group", "zero-count", "permutations-without-n", "misspelt-field", "code", "dunder"],
+)  # fmt: skip
+def test_bad_point_options_are_usage_errors_before_any_work(
+    extra: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    assert main([*_module_and_example(tmp_path, monkeypatch), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "usage: equivariance check" in err
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--example", "mols:nothing"], r"--example: module 'mols' has no attribute 'nothing'"),
+        (["--example", "mols:PairPotential"], r"--example mols:PairPotential returned PairPotential; return"),
+        (["--example", "mols:molecules", "--transforms", "e3:8", "--inputs", "Positions()", "--outputs",
+          "Vectors()"], r"x holds 2 positional arguments .*\n  on the command line: inputs= is --inputs"),
+    ],
+    ids=["missing", "a-model", "too-few-fields"],
+)  # fmt: skip
+def test_a_bad_example_is_a_usage_error_that_says_what_to_return(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _page_example(tmp_path, monkeypatch)
+    fields = [] if "--inputs" in argv else ["--transforms", "e3:8", *POINT_FIELDS]
+    assert main(["check", "mols:PairPotential", *argv, *fields]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equivariance: error:")
+    assert re.search(message, err), err
+
+
+def test_transforms_of_a_grid_rotate_and_flip_it(capsys: pytest.CaptureFixture[str]) -> None:
+    grid = ["--input-shape", "2,1,8,8", "--transforms", "Rot90(1), Flip(-1)", "-q"]
+    assert main(["check", "torch.nn:Identity", *grid]) == 0
+    assert "equivariance check PASSED: Identity, 2 transforms" in capsys.readouterr().out
+    conv = [
+        "--arg",
+        "in_channels=1",
+        "--arg",
+        "out_channels=2",
+        "--arg",
+        "kernel_size=3",
+        "--arg",
+        "padding=1",
+    ]
+    assert main(["check", "torch.nn:Conv2d", *conv, *grid]) == 1  # a learned kernel is not symmetric
+    assert main(["check", "torch.nn:Flatten", *grid, "--invariance"]) == 1
+    assert main(["check", "torch.nn:Identity", *grid, "--max-shift", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "transforms= replaces the shifts, so max_shift cannot be passed with it" in err
+    assert "on the command line: transforms= is --transforms" in err

@@ -840,3 +840,31 @@ def test_batch_norms_and_broadcast_ops_push_the_derivative_as_torch_func_jvp_doe
     measured = lie_derivative(model.train(training), x, generator)
     torch.testing.assert_close(measured, expected, rtol=1e-9, atol=1e-12)
     assert model.training is training
+
+
+class _SelfSimilarity(nn.Module):
+    """A grid model that mixes its pixels by their feature distances (``torch.cdist``, which has no
+    forward-mode formula in torch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular").double()
+        self.out = nn.Conv2d(3, 1, 1).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        f = h.flatten(2).transpose(1, 2)  # (B, HW, 3)
+        mixed = torch.softmax(-torch.cdist(f, f), -1) @ f
+        return self.out(mixed.transpose(1, 2).reshape(h.shape))
+
+
+def test_a_grid_model_that_calls_cdist_is_measured_and_profiled() -> None:
+    model, x = _SelfSimilarity(), torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    error = lie_derivative_error(model, x, "translation", reduction="none")
+    t = 1e-5  # the finite-difference limit the errors suggest
+    limit = fractional_equivariance_error(model, x, (0, t), reduction="none") / t
+    assert float(error.min()) > 1e-2  # softmax of distances is not band-limited: sub-pixel shifts alias
+    assert float(((limit - error).abs() / error).max()) < 1e-3
+    profile = profile_lie_derivative(model, x, "translation")
+    assert profile.error == pytest.approx(float(error.mean()), rel=1e-9)

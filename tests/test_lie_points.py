@@ -449,8 +449,9 @@ def test_an_output_that_no_derivative_reaches_suggests_the_finite_difference_of_
 
 
 def test_an_op_without_a_forward_derivative_suggests_the_finite_difference_of_points() -> None:
-    def nearest(pos: torch.Tensor) -> torch.Tensor:
-        return torch.cdist(pos, pos).sum((-1, -2))
+    def nearest(pos: torch.Tensor) -> torch.Tensor:  # index_reduce has no forward-mode formula in torch
+        index = torch.zeros(pos.shape[1], dtype=torch.long)
+        return pos.new_zeros(len(pos), 1, 3).index_reduce(1, index, pos, "amax").sum((-1, -2))
 
     with pytest.raises(
         InvalidArgument, match=r"no forward-mode derivative.*equivariance_error\(model, x, Rotation"
@@ -475,6 +476,111 @@ def test_a_named_layer_measured_with_the_field_types_of_its_outputs() -> None:
     assert all(torch.equal(a, b) for a, b in zip(whole, first))
     assert float(lie_derivative_error(egnn(), (pos, h), Rotation3D("x"), inputs=EGNN_FIELDS,
                                       outputs=EGNN_FIELDS, layer="layers.0")) < 1e-12  # fmt: skip
+
+
+# -- distances: torch.cdist and torch.pdist, which have no forward-mode formula in torch -------------
+
+
+class PairModel(torch.nn.Module):
+    """Energy and forces from ``torch.cdist(pos, pos, p)`` (zeros on its diagonal, used as they are):
+    invariant and equivariant for p=2 under rotations and translations; ``leak`` also feeds the
+    coordinates to the energy's MLP, which breaks both."""
+
+    def __init__(self, p: float = 2.0, leak: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.p, self.leak = p, leak
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(7 if leak else 4, 16), torch.nn.Tanh(),
+                                       torch.nn.Linear(16, 1)).double()  # fmt: skip
+
+    def forward(self, pos: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distance = torch.cdist(pos, pos, p=self.p)
+        mixed = torch.exp(-distance) @ h  # each atom's features, weighted by closeness
+        features = torch.cat([mixed, pos], -1) if self.leak else mixed
+        energy = self.mlp(features).sum((-1, -2)) + 0.1 * distance.sum((-1, -2))
+        forces = (torch.exp(-distance).unsqueeze(-1) * (pos.unsqueeze(-2) - pos.unsqueeze(-3))).sum(-2)
+        return energy, forces
+
+
+PAIR_OUTPUTS = (Scalars(nodes=None), Vectors())
+
+
+@pytest.mark.parametrize(
+    ("p", "leak", "generator"),
+    [(2.0, True, Rotation3D("x")), (2.0, True, Rotation3D([1.0, -2.0, 0.5])), (2.0, True, Translation3D("z")),
+     (1.0, False, Rotation3D("y")), (3.0, False, Rotation3D("z")), (float("inf"), False, Rotation3D("x"))],
+)  # fmt: skip
+def test_the_derivative_through_cdist_is_the_derivative_of_the_group_action(
+    p: float, leak: bool, generator: PointGenerator
+) -> None:
+    model, (pos, h) = PairModel(p, leak), cloud()
+    derivative = lie_derivative(model, (pos, h), generator, inputs=EGNN_FIELDS, outputs=PAIR_OUTPUTS)
+    expected = group_derivative(model, (pos, h), generator, EGNN_FIELDS, [None, Vectors()])
+    scale = max(float(e.abs().max()) for e in expected)
+    assert scale > 1e-2  # broken (leak) or not a Euclidean distance (p != 2): clearly nonzero
+    for got, want in zip(derivative, expected):
+        assert bool(torch.isfinite(got).all())  # a zero distance has slope zero, not nan
+        assert float((got - want).abs().max()) < 1e-6 * scale
+
+
+@pytest.mark.parametrize("generator", [Rotation3D("x"), Rotation3D([1.0, -2.0, 0.5]), Translation3D("y")],
+                         ids=repr)  # fmt: skip
+def test_a_model_of_euclidean_distances_has_a_zero_derivative_and_a_leak_does_not(
+    generator: PointGenerator,
+) -> None:
+    pos, h = cloud()
+    options = {"inputs": EGNN_FIELDS, "outputs": PAIR_OUTPUTS}
+    assert float(lie_derivative_error(PairModel(), (pos, h), generator, **options)) < 1e-10
+    assert float(lie_derivative_error(PairModel(leak=True), (pos, h), generator, **options)) > 1e-2
+
+
+def test_the_rule_is_found_once_a_run_and_chunks_agree() -> None:
+    """The first pass runs without the rule (it costs every op a Python call), fails at cdist and runs
+    again with it; the later chunks use it from the start."""
+    model, (pos, h), calls = PairModel(leak=True), cloud(), []
+
+    def counted(p: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(len(p))
+        return model(p, f)
+
+    options: dict[str, Any] = {"inputs": EGNN_FIELDS, "outputs": PAIR_OUTPUTS}
+    whole = lie_derivative(counted, (pos, h), Rotation3D("x"), **options)
+    assert calls == [3, 3]
+    calls.clear()
+    chunked = lie_derivative(counted, (pos, h), Rotation3D("x"), batch_size=1, **options)
+    assert calls == [1, 1, 1, 1]
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(whole, chunked))
+
+
+def test_pdist_too() -> None:
+    pos = torch.randn(5, 3, dtype=F64)
+
+    def spread(p: torch.Tensor) -> torch.Tensor:  # one cloud a sample: pdist takes a (N, 3) matrix
+        return torch.stack([torch.pdist(c).square().sum() + c[:, 0].sum() for c in p])
+
+    derivative = lie_derivative(spread, pos[None], Rotation3D("z"), inputs=Positions(),
+                                outputs=Scalars(nodes=None))  # fmt: skip
+    (expected,) = group_derivative(spread, (pos[None],), Rotation3D("z"), [Positions()], [None])
+    assert float(expected.abs().max()) > 1e-2
+    assert torch.allclose(derivative, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_the_distance_rule_leaves_torch_as_it_was() -> None:
+    """The rule lives only while the library differentiates: afterwards, torch.cdist still has no
+    forward-mode formula, under dual tensors or torch.func.jvp, and no mode is left on torch's stack."""
+    pos, h = cloud()
+    lie_derivative(PairModel(), (pos, h), Rotation3D("x"), inputs=EGNN_FIELDS, outputs=PAIR_OUTPUTS)
+    assert torch._C._len_torch_function_stack() == 0
+    assert torch.cdist is torch.functional.cdist
+    with pytest.raises(RuntimeError, match=r"forward AD with _(cdist_forward|euclidean_dist)"):
+        torch.func.jvp(lambda p: torch.cdist(p, p), (pos,), (torch.ones_like(pos),))
+    with pytest.raises(RuntimeError, match=r"forward AD with _pdist_forward"):
+        torch.func.jvp(torch.pdist, (pos[0],), (torch.ones_like(pos[0]),))
+
+
+def test_a_distance_of_no_slope_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"torch\.cdist with p=0\.5; .* p = 0 or p >= 1"):
+        lie_derivative(PairModel(p=0.5), cloud(), Rotation3D("x"), inputs=EGNN_FIELDS, outputs=PAIR_OUTPUTS)
 
 
 # -- laws ----------------------------------------------------------------------------------------------

@@ -169,6 +169,52 @@ def test_graphs_of_different_sizes() -> None:
         assert model.weight.weight.grad is not None
 
 
+def test_a_model_that_reads_its_place_in_the_batch_gets_a_larger_loss_unless_chunked_as_x() -> None:
+    """The loss runs x and every element's copies in one pass, where a node's index in the whole Batch
+    differs from the one it has in x's pass; equivariance_error runs passes laid out as x. The model below
+    is rotation-equivariant on the Batch it is given (rotations leave the indices as they are), so its
+    error is zero, but its one-pass loss is not; ``batch_size=len(batch)`` gives the error back."""
+    data = pytest.importorskip("torch_geometric.data")
+
+    def molecule(seed: int) -> object:
+        generator = torch.Generator().manual_seed(seed)
+        src, dst = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+        keep = src != dst
+        pos = torch.randn(4, 3, generator=generator, dtype=F64)
+        return data.Data(pos=pos, edge_index=torch.stack([src[keep], dst[keep]]))
+
+    class GlobalIndex(nn.Module):
+        def __init__(self, place: float) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.weight, self.place = nn.Linear(1, 1, dtype=F64), place
+
+        def forward(self, graphs: object) -> torch.Tensor:
+            pos, (src, dst) = graphs.pos, graphs.edge_index  # type: ignore[attr-defined]
+            offset = pos[src] - pos[dst]
+            w = self.weight(offset.norm(dim=-1, keepdim=True)) + self.place * src.unsqueeze(-1).to(F64)
+            return torch.zeros_like(pos).index_add(0, src, w * offset)
+
+    batch = data.Batch.from_data_list([molecule(0), molecule(1)])
+    options = {"inputs": {"pos": Positions(nodes=0), "edge_index": EdgeIndex()}, "outputs": Vectors(nodes=0)}
+    rotations, permutations = list(SO3(3, seed=0)), list(NodePermutations(2, seed=0))
+    for place in (0.0, 0.01):  # 0: the control, a model that does not read the index
+        model = GlobalIndex(place)
+        for elements in (rotations, permutations):
+            errors = torch.stack([equivariance_error(model, batch, g, reduction="none", **options)
+                                  for g in elements])  # fmt: skip
+            mean = float((errors**2).mean())
+            one_pass = equivariance_loss(model, batch, transforms=elements, **options).item()
+            as_x = equivariance_loss(model, batch, transforms=elements, batch_size=2, **options).item()
+            assert as_x == pytest.approx(mean, rel=1e-9, abs=1e-28)
+            if place == 0:
+                assert one_pass == pytest.approx(mean, rel=1e-9, abs=1e-28)
+                assert mean < 1e-28
+            else:
+                assert one_pass > 10 * mean + 1e-4
+                assert (mean < 1e-28) == (elements is rotations)  # a permutation moves the indices
+
+
 def test_mismatched_options_are_refused_clearly() -> None:
     model, x = PairModel(), clouds()
     with pytest.raises(InvalidArgument, match=r"inputs= says how .* pass outputs= too"):

@@ -250,6 +250,37 @@ def test_a_point_model_is_watched_with_its_field_types() -> None:
     assert check.measure().value < 1e-5
 
 
+def test_a_point_model_that_calls_cdist_is_watched_by_its_lie_derivative() -> None:
+    from equivariance.fields import Positions, Scalars
+    from equivariance.generators import Rotation3D
+
+    class Pairs(nn.Module):
+        """An energy of pair distances by torch.cdist (no forward-mode formula in torch), plus a leak."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.leak = nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, pos: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            energy = (torch.exp(-torch.cdist(pos, pos)) @ h).sum((-1, -2))
+            return energy + self.leak * pos[..., 0].sum(-1)
+
+    torch.manual_seed(0)
+    model, pos, h = Pairs(), torch.randn(4, 5, 3), torch.randn(4, 5, 1)
+    monitor = EquivarianceMonitor(
+        model, (pos, h), generator=Rotation3D("z"), inputs=(Positions(), Scalars()),
+        outputs=Scalars(nodes=None),
+    )  # fmt: skip
+    first = monitor.step()
+    assert first is not None
+    assert first.value > 1e-2  # the leaked x coordinate turns about z
+    with torch.no_grad():
+        model.leak.zero_()
+    second = monitor.step()
+    assert second is not None
+    assert second.value < 1e-5
+
+
 def test_several_inputs_with_mismatched_options_are_refused_clearly() -> None:
     from equivariance.fields import Positions, Scalars
 
