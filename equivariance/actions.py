@@ -247,6 +247,21 @@ def _writes_nothing(cls: type[Action]) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=256)
+def _defining(cls: type[Action], name: str) -> type:
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
+
+
+def batched_path(
+    cls: type[Action], x: torch.Tensor, elements: Sequence[Action], grid: Where
+) -> Batched | None:
+    """``cls.batched``, unless ``cls`` redefines ``act`` below the class that gives it that path (a
+    subclass of ``Shift`` with an ``act`` of its own): then its own ``act`` moves each row."""
+    if not issubclass(_defining(cls, "batched"), _defining(cls, "act")):
+        return None
+    return cls.batched(x, elements, grid)
+
+
 class Batched(abc.ABC):
     """Many elements of one class applied to rows of one tensor, vectorized (see ``Action.batched``)."""
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from equivariance._engine.validation import describe
-from equivariance.actions import Action, Batched, Identity, guarded_act
+from equivariance.actions import Action, Batched, Identity, batched_path, guarded_act
 from equivariance.errors import InvalidArgument
 
 __all__ = ["Product", "product"]
@@ -188,7 +188,7 @@ class _ProductRows(Batched):
         y, taken = self.x, rows
         for i in reversed(range(len(self.products[0].factors))):
             factors = [p.factors[i] for p in self.products]
-            batched = type(factors[0]).batched(y, factors, self.where)
+            batched = batched_path(type(factors[0]), y, factors, self.where)
             if batched is not None:
                 y = batched.take(taken, which)
             else:  # the factor's own act, row by row

@@ -19,7 +19,7 @@ from equivariance import (
     equivariance_error,
     profile_equivariance,
 )
-from equivariance.actions import Action, Grid, Identity
+from equivariance.actions import Action, Grid, Identity, Where
 from equivariance.fractional import FractionalShift
 
 
@@ -225,3 +225,46 @@ def test_elements_are_equal_by_class_and_key_and_hash_alike() -> None:
     assert Scale(2.0) == Scale(2.0)
     assert Scale(2.0) != Scale(3.0)
     assert hash(Scale(2.0)) == hash(Scale(3.0))  # attributes need not be hashable: the class is hashed
+
+
+def test_a_subclass_that_redefines_act_is_moved_by_its_own_act_not_the_inherited_batched_path() -> None:
+    class FlippedShift(Shift):
+        """A shift followed by a flip: a conv is not equivariant to it (the negative control)."""
+
+        def act(self, x: torch.Tensor, grid: Where) -> torch.Tensor:
+            return super().act(x, grid).flip(-1)
+
+    class SameShift(Shift):
+        def act(self, x: torch.Tensor, grid: Where) -> torch.Tensor:
+            return super().act(x, grid)
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular", bias=False)
+    x = torch.randn(2, 1, 8, 8)
+    flipped = check_equivariance(conv, x, shifts=[FlippedShift((1, 2))], boundary="circular")
+    assert not flipped.passed  # it passed when Shift's batched roll stood in for the subclass's act
+    assert check_equivariance(conv, x, shifts=[SameShift((1, 2))], boundary="circular").passed
+
+
+def test_a_factor_that_redefines_act_is_moved_by_its_own_act_in_a_product() -> None:
+    from equivariance.euclidean import Rotation, Translation
+    from equivariance.fields import Positions, Vectors
+
+    class Doubling(Rotation):
+        """A rotation that also doubles what it moves: not a symmetry of ``c |c|`` (the negative control)."""
+
+        def act(self, x: torch.Tensor, grid: Where) -> torch.Tensor:
+            return 2 * super().act(x, grid)
+
+    def centred_squares(pos: torch.Tensor) -> torch.Tensor:
+        c = pos - pos.mean(-2, keepdim=True)
+        return c * c.norm(dim=-1, keepdim=True)
+
+    model = nn.Sequential()
+    model.forward = centred_squares  # type: ignore[method-assign]
+    pos = torch.randn(2, 5, 3, dtype=torch.float64)
+    plain = Rotation.about("z", 30, degrees=True) * Translation([1.0, 0.0, 0.0])
+    doubled = Doubling.about("z", 30, degrees=True) * Translation([1.0, 0.0, 0.0])
+    kwargs = {"inputs": (Positions(),), "outputs": Vectors()}
+    assert check_equivariance(model, (pos,), transforms=[plain], **kwargs).passed
+    assert not check_equivariance(model, (pos,), transforms=[doubled], **kwargs).passed

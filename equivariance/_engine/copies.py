@@ -18,7 +18,7 @@ import torch
 
 from equivariance._engine.isolation import private_copy
 from equivariance._engine.parts import Arguments, Graphs
-from equivariance.actions import Action, Batched, Grid, Where, _writes_nothing, guarded_act
+from equivariance.actions import Action, Batched, Grid, Where, _writes_nothing, batched_path, guarded_act
 
 __all__ = ["ArgumentCopies", "Copies", "GraphCopies"]
 
@@ -45,7 +45,7 @@ class Copies:
         for cls, members in by_class.items():
             # a vectorized path of the caller's own gets a private copy, as its act does
             given = x if _writes_nothing(cls) else private_copy(x)
-            batched = cls.batched(given, [self.elements[k] for k in members], grid)
+            batched = batched_path(cls, given, [self.elements[k] for k in members], grid)
             if batched is None:
                 continue
             for j, k in enumerate(members):
