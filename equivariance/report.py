@@ -13,6 +13,7 @@ from typing import Any
 
 from equivariance.actions import Action
 from equivariance.errors import EquivarianceError, VacuousCheckError
+from equivariance.tolerances import FLOOR_FACTOR
 
 __all__ = ["EquivarianceReport", "PartResult", "ShiftResult"]
 
@@ -320,7 +321,7 @@ class EquivarianceReport:
         )
         lines.append(
             f"  tolerance rtol={self.rtol:.0e}, atol={self.atol:.0e} ({self.tolerance_source}), or an "
-            f"output's error within {_FLOOR_FACTOR:g}x its noise floor (the check's own rounding)"
+            f"output's error within {FLOOR_FACTOR:g}x its noise floor (the check's own rounding)"
         )
         names = [p.name for p in self.parts]
         fields = [p.field for p in self.parts]
@@ -353,9 +354,6 @@ class EquivarianceReport:
             f"noise floor {self.noise_floor:.1e}; mean error {self.mean_error:.2e}"
         )
         return lines
-
-
-_FLOOR_FACTOR = 10.0  # equivariance._engine.judge.FLOOR_FACTOR (the report imports no engine module)
 
 
 def _quantile(ordered: list[float], q: float) -> float:

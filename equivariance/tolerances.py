@@ -8,6 +8,9 @@ import torch
 
 from equivariance._engine.validation import as_float
 
+FLOOR_FACTOR = 10.0
+"""An error within this many times its own noise floor (the check's own rounding) passes."""
+
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "default_tolerance", "resolve_tolerance"]
 
 

@@ -14,13 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from equivariance.tolerances import Tolerance, default_tolerance
+from equivariance.tolerances import FLOOR_FACTOR, Tolerance, default_tolerance
 
 KEEP_FRACTION = 0.25
 """The share of the compared positions a suggested margin must keep."""
-FLOOR_FACTOR = 10.0
-"""An output part whose relative error is within this many times its noise floor passes (see
-``within_floor``)."""
 
 # float64 samples whose largest magnitude lies in this range square exactly; others are scaled first
 _FLOAT64_SAFE = (2.0**-450, 2.0**450)
