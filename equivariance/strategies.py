@@ -522,7 +522,9 @@ ROTATION_GROUPS = ("SO2", "O2", "SO3", "O3")
 POSITIONS = Positions()  # the default field of a point cloud
 
 
-def rotations(*, group: str | st.SearchStrategy[str] = "SO3") -> st.SearchStrategy[Rotation]:
+def rotations(
+    *, group: str | st.SearchStrategy[str] = "SO3", nonzero: bool | st.SearchStrategy[bool] = False
+) -> st.SearchStrategy[Rotation]:
     """Rotations of ``group`` (``"SO2"``, ``"O2"``, ``"SO3"`` or ``"O3"``), shrinking toward the identity.
 
     Every rotation can be drawn, though not uniformly; for Haar draws use ``SO3(64, seed=0)`` and the like
@@ -530,6 +532,7 @@ def rotations(*, group: str | st.SearchStrategy[str] = "SO3") -> st.SearchStrate
 
     Args:
         group: the group to draw from.
+        nonzero: leave out the identity (a check refuses it, as one that cannot fail).
 
     Examples:
         >>> from hypothesis import given
@@ -540,10 +543,11 @@ def rotations(*, group: str | st.SearchStrategy[str] = "SO3") -> st.SearchStrate
         >>> test_orthogonal()
     """
     groups = _option(group, "group", _as_rotation_group)
+    nonzeros = _flag(nonzero, "nonzero")
 
     @st.composite
     def draw_rotation(draw: st.DrawFn) -> Rotation:
-        name = draw(groups)
+        name, nz = draw(groups), draw(nonzeros)
         if name.endswith("2"):
             rotation = Rotation.planar(draw(st.floats(-math.pi, math.pi)))
         else:
@@ -556,6 +560,7 @@ def rotations(*, group: str | st.SearchStrategy[str] = "SO3") -> st.SearchStrate
             product = mirror * rotation
             assert isinstance(product, Rotation)
             rotation = product
+        assume(not (nz and rotation.is_identity))
         return rotation
 
     return draw_rotation()
@@ -581,11 +586,14 @@ def translations(
     return draw_translation()
 
 
-def permutations(*, n: Count = (1, 8)) -> st.SearchStrategy[Permutation]:
+def permutations(
+    *, n: Count = (1, 8), nonzero: bool | st.SearchStrategy[bool] = False
+) -> st.SearchStrategy[Permutation]:
     """Permutations of ``n`` points, shrinking toward the identity and few points.
 
     Args:
         n: the number of points.
+        nonzero: leave out the identity (a check refuses it, as one that cannot fail); needs 2 points or more.
 
     Examples:
         >>> from hypothesis import given
@@ -595,10 +603,20 @@ def permutations(*, n: Count = (1, 8)) -> st.SearchStrategy[Permutation]:
         >>> test_inverse()
     """
     sizes = _count(n, "n", minimum=1)
+    nonzeros = _flag(nonzero, "nonzero")
+    if _fixed(n) == 1 and _fixed(nonzero) is True:
+        raise InvalidArgument(
+            "the one permutation of 1 point is the identity; pass n=2 or more, or nonzero=False"
+        )
 
     @st.composite
     def draw_permutation(draw: st.DrawFn) -> Permutation:
-        return Permutation(draw(st.permutations(range(draw(sizes)))))
+        n, nz = draw(sizes), draw(nonzeros)
+        assume(not (nz and n == 1))
+        order = draw(st.permutations(range(n)))
+        if nz and order == sorted(order):  # the identity: swap the first two instead (no rejection)
+            order[0], order[1] = order[1], order[0]
+        return Permutation(order)
 
     return draw_permutation()
 

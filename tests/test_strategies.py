@@ -560,3 +560,23 @@ def test_graph_data_says_what_to_install_without_torch_geometric(monkeypatch: py
         match=r"Graph.data\(\) builds a torch_geometric Data, and torch_geometric is not installed; pip install equivariance\[geometric\]",
     ):
         g.data()
+
+
+@settings(max_examples=30, deadline=None)
+@given(rotations(group="O3", nonzero=True), permutations(n=(1, 4), nonzero=True))
+def test_nonzero_rotations_and_permutations_leave_out_the_identity(r: Rotation, p: Permutation) -> None:
+    assert not r.is_identity
+    assert not p.is_identity
+
+
+def test_without_nonzero_the_identity_is_what_they_shrink_to() -> None:
+    # the negative control: the identity is drawn (a check would refuse it), so nonzero= has work to do
+    assert find(rotations(), lambda r: True).is_identity
+    assert find(permutations(n=3), lambda p: True).is_identity
+    assert not find(rotations(nonzero=True), lambda r: True).is_identity
+    assert not find(permutations(n=3, nonzero=True), lambda p: True).is_identity
+
+
+def test_a_nonzero_permutation_of_one_point_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"the one permutation of 1 point is the identity; pass n=2"):
+        permutations(n=1, nonzero=True)
